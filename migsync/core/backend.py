@@ -1,0 +1,190 @@
+"""The storage backend contract: what the processor needs of a client database.
+
+A backend is opened once per process (``async with backend:``) and hands
+out units of work: ``transaction()`` yields a :class:`Connection` inside
+one database transaction, ``autocommit()`` one where every statement
+commits on its own (for migrations that cannot run in a transaction).
+
+The SQL that migsync itself sends uses ``$1, $2, ...`` placeholders (as
+asyncpg does); backends whose driver spells them otherwise translate.
+
+Third-party backends subclass :class:`BaseBackend` and
+:class:`BaseConnection`, which supply everything that can be built from a
+few primitives, and run the conformance suite in :mod:`migsync.testing`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+from migsync.core import schema
+from migsync.core.errors import BackendError
+
+Row = dict[str, Any]
+Params = Sequence[Any]
+
+#: Capability flags a backend may declare (tests skip by capability).
+TRANSACTIONAL_DDL = "transactional_ddl"
+SAVEPOINTS = "savepoints"
+MULTI_PROCESS = "multi_process"  # several OS processes may share one database
+
+
+@runtime_checkable
+class Connection(Protocol):
+    """A database session inside one unit of work."""
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; return the number of rows it changed (or -1)."""
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one query; return its rows as dicts."""
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None: ...
+
+    async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> None:
+        """Run several statements in order (one round trip where the driver can)."""
+
+    async def run_script(self, sql: str) -> None:
+        """Run a migration script, all its statements in order.
+
+        Raises :class:`~migsync.core.errors.StatementError` naming the failing
+        statement's position and line. A blank or comment-only script is a no-op.
+        """
+
+    def savepoint(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A nested transaction: on an exception, its work is undone and the error re-raised."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A client database."""
+
+    name: ClassVar[str]
+    dialect: ClassVar[str]
+    capabilities: ClassVar[frozenset[str]]
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A write transaction; commits on success, rolls back on an exception."""
+
+    def autocommit(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        """A session without a transaction: each statement commits by itself."""
+
+    def processor_lock(
+        self, name: str, timeout: float
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        """Exclusive across processes sharing this database; raises LockTimeout after ``timeout``."""
+
+    async def ensure_schema(self) -> None:
+        """Create migsync's bookkeeping tables if they are missing (idempotent)."""
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        """A read outside any explicit transaction."""
+
+
+class BaseConnection:
+    """Defaults for :class:`Connection` built on ``execute`` and ``fetch``."""
+
+    dialect: ClassVar[str] = ""
+    _savepoint_ids = itertools.count(1)
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        raise NotImplementedError
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        raise NotImplementedError
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        rows = await self.fetch(sql, params)
+        return rows[0] if rows else None
+
+    async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> None:
+        for sql, params in statements:
+            await self.execute(sql, params)
+
+    async def run_script(self, sql: str) -> None:
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        name = f"migsync_sp_{next(self._savepoint_ids)}"
+        await self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            await self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        await self.execute(f"RELEASE SAVEPOINT {name}")
+
+
+class BaseBackend:
+    """Defaults for :class:`Backend`: context management and schema creation."""
+
+    name: ClassVar[str] = ""
+    dialect: ClassVar[str] = ""
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, url: str):
+        self.url = url
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        raise NotImplementedError
+
+    def autocommit(self) -> contextlib.AbstractAsyncContextManager[Connection]:
+        raise NotImplementedError
+
+    def processor_lock(
+        self, name: str, timeout: float
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    def schema_statements(self) -> list[str]:
+        """The DDL of the bookkeeping tables in this backend's dialect."""
+        return schema.ddl(self.dialect)
+
+    async def ensure_schema(self) -> None:
+        # A read first: an up-to-date database costs no write (and no fsync) per start.
+        try:
+            rows = await self.fetch(
+                f"SELECT value FROM {schema.META} WHERE key = 'schema_version'"
+            )
+            if rows and int(rows[0]["value"]) >= schema.SCHEMA_VERSION:
+                return
+        except BackendError:
+            pass  # no bookkeeping tables yet
+        async with self.transaction() as tx:
+            await tx.execute_batch([(statement, ()) for statement in self.schema_statements()])
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self.transaction() as tx:
+            return await tx.fetch(sql, params)

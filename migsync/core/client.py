@@ -1,0 +1,147 @@
+"""``Client``: one client database with its ledger, processor and event sinks.
+
+This is the embedding API::
+
+    from migsync import Client, load_directory
+
+    async with Client.connect("sqlite:///app.db") as client:
+        client.bus.subscribe(print, "migration_applied")
+        result = await client.apply(load_directory("migrations"))
+
+``apply`` records the migrations, queues what is pending and runs one
+processor pass; ``start()`` keeps passes running in the background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Self
+
+from migsync.core.backend import Backend
+from migsync.core.clock import Clock, RetryPolicy, SystemClock
+from migsync.core.errors import ConfigError
+from migsync.core.events import EventDispatcher, EventSink
+from migsync.core.ledger import Ledger, MigrationHandler, MigrationState
+from migsync.core.migration import Migration
+from migsync.core.plugins import Plugins, make_plugins
+from migsync.core.processor import ChangesProcessor, PassResult
+from migsync.plugins.sinks import EventBus
+
+
+def parse_sink(text: str) -> tuple[str, dict[str, str]]:
+    """``"jsonl:path=events.jsonl,x=1"`` -> ``("jsonl", {"path": ..., "x": "1"})``."""
+    name, _, raw = text.partition(":")
+    options: dict[str, str] = {}
+    for item in filter(None, raw.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"sink option {item!r} in {text!r} is not key=value")
+        options[key.strip()] = value.strip()
+    if not name.strip():
+        raise ConfigError(f"sink {text!r} has no name")
+    return name.strip(), options
+
+
+def build_sinks(plugins: Plugins, configs: Sequence[str] | None) -> list[EventSink]:
+    """Sinks from ``NAME[:key=value,...]`` strings; the default sinks when ``configs`` is None."""
+    if configs is None:
+        return [spec.load()({}) for spec in plugins.event_sinks if spec.default]
+    sinks = []
+    for config in configs:
+        name, options = parse_sink(config)
+        sinks.append(plugins.event_sinks.get(name).load()(options))
+    return sinks
+
+
+class Client:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        sinks: Sequence[EventSink] = (),
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        max_attempts: int = 3,
+        sink_timeout: float = 5.0,
+        lock_timeout: float = 60.0,
+    ):
+        self.backend = backend
+        self.clock = clock or SystemClock()
+        self.events = EventDispatcher(sinks, timeout=sink_timeout)
+        self.ledger = Ledger(backend, clock=self.clock, events=self.events, max_attempts=max_attempts)
+        self.processor = ChangesProcessor(
+            backend,
+            MigrationHandler(backend.dialect, self.clock),
+            events=self.events,
+            clock=self.clock,
+            retry=retry,
+            lock_timeout=lock_timeout,
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        plugins: Plugins | None = None,
+        sinks: Sequence[str] | None = None,
+        backend_options: dict[str, object] | None = None,
+        **options: object,
+    ) -> Client:
+        """A client for the database at ``url``, its backend chosen by URL scheme.
+
+        ``sinks`` are ``NAME[:key=value,...]`` strings (default: the plugins'
+        default sinks). Open it with ``async with``.
+        """
+        plugins = plugins or make_plugins()
+        backend = plugins.backend_for_url(url).load()(url, **(backend_options or {}))
+        return cls(backend, sinks=build_sinks(plugins, sinks), **options)  # type: ignore[arg-type]
+
+    async def __aenter__(self) -> Self:
+        await self.backend.open()
+        try:
+            await self.backend.ensure_schema()
+        except BaseException:
+            await self.backend.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            await self.processor.stop()
+            await self.events.aclose()
+        finally:
+            await self.backend.close()
+
+    @property
+    def bus(self) -> EventBus:
+        """The in-process event bus (attached on first use)."""
+        for sink in self.events.sinks:
+            if isinstance(sink, EventBus):
+                return sink
+        bus = EventBus()
+        self.events.add(bus)
+        return bus
+
+    async def apply(self, migrations: Sequence[Migration], *, ignore_backoff: bool = False) -> PassResult:
+        """Record ``migrations``, queue the pending ones and run one processor pass."""
+        await self.ledger.record(migrations)
+        await self.ledger.queue_pending()
+        return await self.processor.run_pass(ignore_backoff=ignore_backoff)
+
+    async def process(self, *, ignore_backoff: bool = False) -> PassResult:
+        """Run one processor pass over what is already queued."""
+        return await self.processor.run_pass(ignore_backoff=ignore_backoff)
+
+    async def status(self) -> list[MigrationState]:
+        return await self.ledger.status()
+
+    def start(self, interval: float = 5.0) -> None:
+        """Keep processing in the background every ``interval`` seconds."""
+        self.processor.start(interval)
+
+    async def stop(self) -> None:
+        await self.processor.stop()

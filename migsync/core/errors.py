@@ -1,0 +1,148 @@
+"""Every error migsync raises, in one tree.
+
+::
+
+    MigsyncError
+    ├── ConfigError            a bad URL, option or unknown plugin name
+    ├── PluginError            a plugin that cannot load or that clashes with another
+    ├── SourceError            a migration file that cannot be read or parsed
+    ├── BackendError           anything the database driver reported
+    │   ├── ConnectError       the database cannot be opened or reached
+    │   ├── LockTimeout        the processor lock was held by someone else too long
+    │   └── StatementError     a SQL statement failed (names migration, statement, line)
+    └── MigrationError         the migration history does not allow the request
+        ├── UnknownMigration   no migration of that name or version
+        ├── ChecksumMismatch   an applied migration's content changed (drift)
+        └── DirtyDatabase      a non-transactional migration died half-way
+
+Backends map their driver's exceptions to these in one place, so no raw
+``sqlite3`` or ``asyncpg`` exception reaches a caller.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MigsyncError(Exception):
+    """Base of every error migsync raises on purpose."""
+
+
+class ConfigError(MigsyncError):
+    """A URL, option or plugin name that does not make sense."""
+
+
+class PluginError(MigsyncError):
+    """A plugin failed to load, or two plugins claim the same name."""
+
+
+class SourceError(MigsyncError):
+    """A migration source (file or directory) is malformed.
+
+    ``str(error)`` starts with ``path:line:`` when a file and line are known,
+    the way compilers report, so editors can jump to it.
+    """
+
+    def __init__(self, message: str, path: Path | str | None = None, line: int | None = None):
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        self.reason = message
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
+        super().__init__(f"{where}{message}")
+
+
+class BackendError(MigsyncError):
+    """The database reported an error."""
+
+
+class ConnectError(BackendError):
+    """The database could not be opened or reached."""
+
+
+class LockTimeout(BackendError):
+    """The processor lock could not be taken in time."""
+
+
+class StatementError(BackendError):
+    """A SQL statement failed.
+
+    Carries what a person needs to find it: the migration, the statement's
+    position in the script, the line it starts on, and the driver's message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        migration: str | None = None,
+        statement: str | None = None,
+        index: int | None = None,
+        line: int | None = None,
+    ):
+        self.driver_message = message
+        self.migration = migration
+        self.statement = statement
+        self.index = index
+        self.line = line
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        where = []
+        if self.migration:
+            where.append(f"migration {self.migration}")
+        if self.index is not None:
+            where.append(f"statement {self.index + 1}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        prefix = ", ".join(where)
+        text = f"{prefix}: {self.driver_message}" if prefix else self.driver_message
+        if self.statement:
+            snippet = " ".join(self.statement.split())
+            if len(snippet) > 120:
+                snippet = snippet[:117] + "..."
+            text += f" [in: {snippet}]"
+        return text
+
+    def in_migration(self, name: str) -> StatementError:
+        """The same error, naming the migration it happened in."""
+        return StatementError(
+            self.driver_message,
+            migration=name,
+            statement=self.statement,
+            index=self.index,
+            line=self.line,
+        )
+
+
+class MigrationError(MigsyncError):
+    """The migration history does not allow what was asked."""
+
+
+class UnknownMigration(MigrationError):
+    """No migration matches the given name or version."""
+
+
+class ChecksumMismatch(MigrationError):
+    """A migration's content differs from what this database applied."""
+
+
+class DirtyDatabase(MigrationError):
+    """A migration that ran outside a transaction stopped half-way."""
+
+
+__all__ = [
+    "BackendError",
+    "ChecksumMismatch",
+    "ConfigError",
+    "ConnectError",
+    "DirtyDatabase",
+    "LockTimeout",
+    "MigrationError",
+    "MigsyncError",
+    "PluginError",
+    "SourceError",
+    "StatementError",
+    "UnknownMigration",
+]

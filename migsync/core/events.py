@@ -1,0 +1,185 @@
+"""Processor events and their delivery to sinks.
+
+Events are small attrs records with a ``kind``. The processor hands them to
+an :class:`EventDispatcher` only after the transaction they describe has
+committed. The dispatcher gives each sink its own bounded queue and worker
+task, so a slow sink delays nobody but itself and a failing one is logged
+and skipped: the processor never waits on a sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import attrs
+
+log = logging.getLogger("migsync.events")
+
+
+def _now() -> float:
+    return time.time()
+
+
+@attrs.frozen(kw_only=True)
+class Event:
+    """Base of all events. ``kind`` names the event in sinks and logs."""
+
+    kind: ClassVar[str] = "event"
+    timestamp: float = attrs.field(factory=_now)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **attrs.asdict(self)}
+
+    def describe(self) -> str:
+        fields = " ".join(f"{k}={v!r}" for k, v in attrs.asdict(self).items() if k != "timestamp")
+        return f"{self.kind} {fields}"
+
+
+@attrs.frozen(kw_only=True)
+class MigrationEvent(Event):
+    name: str
+    version: int
+
+
+@attrs.frozen(kw_only=True)
+class MigrationQueued(MigrationEvent):
+    kind: ClassVar[str] = "migration_queued"
+    operation: str
+
+
+@attrs.frozen(kw_only=True)
+class MigrationApplied(MigrationEvent):
+    kind: ClassVar[str] = "migration_applied"
+    duration: float
+
+
+@attrs.frozen(kw_only=True)
+class MigrationReverted(MigrationEvent):
+    kind: ClassVar[str] = "migration_reverted"
+    duration: float
+
+
+@attrs.frozen(kw_only=True)
+class MigrationFailed(MigrationEvent):
+    kind: ClassVar[str] = "migration_failed"
+    operation: str
+    error: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: float
+
+
+@attrs.frozen(kw_only=True)
+class MigrationDead(MigrationEvent):
+    kind: ClassVar[str] = "migration_dead"
+    operation: str
+    error: str
+    attempts: int
+
+
+@attrs.frozen(kw_only=True)
+class PassCompleted(Event):
+    """One processor pass over a queue has finished."""
+
+    kind: ClassVar[str] = "pass_completed"
+    queue: str
+    processed: int
+    failed: int
+    remaining: int
+    blocked_by: str | None = None
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    async def emit(self, event: Event) -> None: ...
+
+
+class BaseEventSink:
+    """Base for sinks: override ``emit``; ``aclose`` is called once at shutdown."""
+
+    name: ClassVar[str] = ""
+
+    async def emit(self, event: Event) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+class EventDispatcher:
+    """Fans events out to sinks without ever blocking the caller.
+
+    ``timeout`` bounds each ``sink.emit`` call; ``queue_size`` bounds what a
+    sink may fall behind by, after which its events are dropped (and counted
+    in ``dropped``) rather than kept in memory without limit.
+    """
+
+    def __init__(self, sinks: Iterable[EventSink] = (), *, timeout: float = 5.0, queue_size: int = 1000):
+        self.sinks = list(sinks)
+        self.timeout = timeout
+        self.queue_size = queue_size
+        self.dropped = 0
+        self._queues: dict[int, asyncio.Queue[Event | None]] = {}
+        self._workers: list[asyncio.Task[None]] = []
+
+    def add(self, sink: EventSink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        if not self.sinks:
+            return
+        if not self._workers:
+            self._start()
+        for index, sink in enumerate(self.sinks):
+            try:
+                self._queues[index].put_nowait(event)
+            except asyncio.QueueFull:
+                self.dropped += 1
+                log.warning("event sink %s is behind; dropped %s", _sink_name(sink), event.kind)
+
+    def _start(self) -> None:
+        for index, sink in enumerate(self.sinks):
+            queue: asyncio.Queue[Event | None] = asyncio.Queue(self.queue_size)
+            self._queues[index] = queue
+            self._workers.append(asyncio.create_task(self._work(sink, queue)))
+
+    async def _work(self, sink: EventSink, queue: asyncio.Queue[Event | None]) -> None:
+        while True:
+            event = await queue.get()
+            if event is None:
+                return
+            try:
+                await asyncio.wait_for(sink.emit(event), self.timeout)
+            except TimeoutError:
+                log.warning("event sink %s took over %.1fs on %s; skipped", _sink_name(sink), self.timeout, event.kind)
+            except Exception:
+                log.exception("event sink %s failed on %s", _sink_name(sink), event.kind)
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (waiting at most ``timeout``), then close every sink."""
+        for queue in self._queues.values():
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=timeout or self.timeout * 2)
+            for task in pending:
+                task.cancel()
+            self._workers.clear()
+            self._queues.clear()
+        for sink in self.sinks:
+            close = getattr(sink, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await asyncio.wait_for(close(), self.timeout)
+            except Exception:
+                log.exception("event sink %s failed to close", _sink_name(sink))
+
+
+def _sink_name(sink: object) -> str:
+    return getattr(sink, "name", "") or type(sink).__name__

@@ -1,0 +1,121 @@
+"""The plugin contract: every hook migsync calls, in one module.
+
+All hooks are *registration* hooks. They are synchronous, do no I/O, and
+receive a ``register`` callback to which they hand small frozen records
+(:mod:`migsync.core.specs`). Runtime work happens later, in the ``async``
+methods of the classes those records point to.
+
+A plugin is any module or object with functions marked ``@hookimpl``::
+
+    from migsync import hookimpl, EventSinkSpec
+
+    @hookimpl
+    def migsync_register_event_sinks(register):
+        register(EventSinkSpec("stdout", "my_pkg.sinks:StdoutSink"))
+
+Installed packages are found through the ``migsync`` entry-point group::
+
+    [project.entry-points.migsync]
+    my_plugin = "my_pkg.plugin"
+
+Names are unique across all plugins: registering a name that another plugin
+already registered is an error naming both. A URL scheme claimed by a
+built-in may be claimed again by a third-party plugin, which then wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pluggy
+
+from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, TransportSpec
+
+hookspec = pluggy.HookspecMarker("migsync")
+hookimpl = pluggy.HookimplMarker("migsync")
+
+#: Hooks whose implementations may be ``async def``. None yet: every hook
+#: is a registration hook, and the manager refuses a coroutine for those.
+ASYNC_NOTIFICATION_HOOKS: frozenset[str] = frozenset()
+
+
+# -- storage -------------------------------------------------------------------
+
+
+@hookspec
+def migsync_register_backends(register: Callable[[BackendSpec], None]) -> None:
+    """Register storage backends for client databases.
+
+    Call ``register(BackendSpec(name, schemes, factory))`` once per backend.
+    ``factory(url, **options)`` must return an unopened object that follows
+    :class:`migsync.core.backend.Backend` (subclass
+    :class:`migsync.core.backend.BaseBackend`). ``schemes`` are the URL
+    schemes it serves, such as ``("sqlite",)``.
+
+    Example::
+
+        @hookimpl
+        def migsync_register_backends(register):
+            register(BackendSpec("duck", ("duckdb",), "my_pkg.duck:DuckBackend"))
+    """
+
+
+# -- transports -----------------------------------------------------------------
+
+
+@hookspec
+def migsync_register_transports(register: Callable[[TransportSpec], None]) -> None:
+    """Register transports that carry migrations and reports between server and client.
+
+    Call ``register(TransportSpec(name, schemes, factory))``. A transport
+    never touches a database; it fetches migrations for a client since a
+    cursor, sends status reports and pushes entity changes.
+
+    Example::
+
+        @hookimpl
+        def migsync_register_transports(register):
+            register(TransportSpec("s3", ("s3",), "my_pkg.s3:S3Transport"))
+    """
+
+
+# -- events ----------------------------------------------------------------------
+
+
+@hookspec
+def migsync_register_event_sinks(register: Callable[[EventSinkSpec], None]) -> None:
+    """Register event sinks, the receivers of processor events.
+
+    Call ``register(EventSinkSpec(name, factory))``. ``factory(options)``
+    receives a ``dict[str, str]`` of options from the deployment's
+    configuration (``--sink NAME:key=value``) and returns an object with
+    ``async def emit(self, event)`` (subclass
+    :class:`migsync.core.events.BaseEventSink`). Sinks are isolated: one
+    that is slow or raises never stalls the processor.
+
+    Example::
+
+        @hookimpl
+        def migsync_register_event_sinks(register):
+            register(EventSinkSpec("statsd", "my_pkg.statsd:StatsdSink"))
+    """
+
+
+# -- migration sources -------------------------------------------------------------
+
+
+@hookspec
+def migsync_register_source_formats(register: Callable[[SourceFormatSpec], None]) -> None:
+    """Register migration file formats for the directory loader.
+
+    Call ``register(SourceFormatSpec(name, factory, priority=...))``.
+    ``factory()`` returns a :class:`migsync.core.formats.SourceFormat`: it
+    claims file names (``match``) and turns a claimed file's text into
+    sections (``parse``). Lower ``priority`` is asked first.
+
+    Example::
+
+        @hookimpl
+        def migsync_register_source_formats(register):
+            register(SourceFormatSpec("flyway", "my_pkg.flyway:FlywayFormat", priority=50))
+    """

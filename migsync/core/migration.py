@@ -1,0 +1,107 @@
+"""The ``Migration`` record and its checksum.
+
+A migration is identified by its integer ``version`` (the sortable prefix
+of its file name) and carries, per direction, one :class:`Script` per
+dialect. The key :data:`ANY_DIALECT` holds the generic script used by every
+dialect that has no script of its own. A dialect with no script at all runs
+nothing: the migration is a no-op there, but still recorded as applied.
+
+The checksum is the sha256 of the migration's canonical content (a JSON
+document with sorted keys, line endings normalised to ``\\n`` and outer
+whitespace stripped), so it does not depend on the file layout the
+migration came from: a native file and the equivalent golang-migrate pair
+have the same checksum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+ANY_DIALECT = "*"
+
+Direction = Literal["up", "down"]
+
+
+def normalise_sql(sql: str) -> str:
+    return sql.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+@attrs.frozen
+class Script:
+    """The SQL of one direction for one dialect.
+
+    ``autocommit`` scripts must run outside a transaction (``CREATE INDEX
+    CONCURRENTLY``, ``VACUUM``): each statement commits on its own.
+    """
+
+    sql: str = attrs.field(converter=normalise_sql)
+    autocommit: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sql": self.sql, "autocommit": self.autocommit}
+
+
+EMPTY = Script("")
+
+
+def _freeze(scripts: Mapping[str, Script]) -> Mapping[str, Script]:
+    return dict(sorted(scripts.items()))
+
+
+@attrs.frozen
+class Migration:
+    """One migration, as loaded from a source or read back from a database."""
+
+    version: int
+    name: str
+    up: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
+    down: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
+    source: str | None = attrs.field(default=None, eq=False)
+    checksum: str = attrs.field(init=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        digest = hashlib.sha256(self.canonical_content().encode()).hexdigest()
+        object.__setattr__(self, "checksum", digest)
+
+    @property
+    def description(self) -> str:
+        """The name without its version prefix (``create_users``)."""
+        prefix, _, rest = self.name.partition("_")
+        return rest if prefix.isdigit() and rest else self.name
+
+    def script(self, direction: Direction, dialect: str) -> Script:
+        """The script to run for ``dialect``: its own, else the generic one, else a no-op."""
+        scripts = self.up if direction == "up" else self.down
+        return scripts.get(dialect) or scripts.get(ANY_DIALECT) or EMPTY
+
+    def dialects(self) -> set[str]:
+        return (set(self.up) | set(self.down)) - {ANY_DIALECT}
+
+    def canonical_content(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "name": self.name,
+            "up": {d: s.to_json() for d, s in self.up.items()},
+            "down": {d: s.to_json() for d, s in self.down.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], source: str | None = None) -> Migration:
+        def scripts(raw: Mapping[str, Any]) -> dict[str, Script]:
+            return {d: Script(s["sql"], bool(s.get("autocommit", False))) for d, s in raw.items()}
+
+        return cls(
+            version=int(data["version"]),
+            name=str(data["name"]),
+            up=scripts(data.get("up", {})),
+            down=scripts(data.get("down", {})),
+            source=source,
+        )

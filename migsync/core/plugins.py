@@ -1,0 +1,303 @@
+"""The plugin manager factory and the facade the rest of migsync talks to.
+
+Only this module calls into pluggy's hooks. Everything else asks the
+:class:`Plugins` facade for typed registries (``plugins.backends``,
+``plugins.backend_for_url(url)``, ...), built lazily on first use.
+
+Discovery of installed plugins (entry-point group ``migsync``) is controlled
+by environment variables:
+
+``MIGSYNC_DISABLE_PLUGIN_AUTOLOAD=1``
+    load built-ins only.
+``MIGSYNC_PLUGINS=name,name``
+    load only these entry points (an allow-list).
+``MIGSYNC_STRICT_PLUGINS=1`` (the default when ``CI=true``)
+    a plugin that fails to load is an error instead of a logged warning.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+import pluggy
+
+from migsync.core import hookspecs
+from migsync.core.errors import ConfigError, PluginError
+from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, Spec, TransportSpec
+
+log = logging.getLogger("migsync.plugins")
+
+ENTRY_POINT_GROUP = "migsync"
+
+#: Built-in plugins, registered through the same hooks as third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "migsync.core.formats",
+    "migsync.backends",
+    "migsync.plugins.sinks",
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+@attrs.frozen
+class PluginInfo:
+    """One loaded (or failed) plugin, for ``migsync plugins``."""
+
+    name: str
+    origin: str  # "builtin", or "entry point <dist> <version>"
+    registers: tuple[str, ...] = ()
+    error: str | None = None
+
+
+S = TypeVar("S", bound=Spec)
+
+
+@attrs.define
+class Registry(Generic[S]):
+    """The specs of one kind, by name, with which plugin registered each."""
+
+    kind: str
+    specs: dict[str, S] = attrs.field(factory=dict)
+    owners: dict[str, str] = attrs.field(factory=dict)
+    by_scheme: dict[str, str] = attrs.field(factory=dict)
+
+    def __iter__(self) -> Any:
+        return iter(self.specs.values())
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def get(self, name: str) -> S:
+        try:
+            return self.specs[name]
+        except KeyError:
+            valid = ", ".join(sorted(self.specs)) or "none registered"
+            raise ConfigError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self.specs)
+
+
+class Plugins:
+    """Typed access to everything plugins registered. Build with :func:`make_plugins`."""
+
+    def __init__(self, pm: pluggy.PluginManager, failures: Sequence[PluginInfo], builtins: set[str]):
+        self.pm = pm
+        self.failures = list(failures)
+        self._builtins = builtins
+        self._cache: dict[str, Registry[Any]] = {}
+
+    # -- registries ---------------------------------------------------------
+
+    @property
+    def backends(self) -> Registry[BackendSpec]:
+        return self._registry("backend", "migsync_register_backends")
+
+    @property
+    def transports(self) -> Registry[TransportSpec]:
+        return self._registry("transport", "migsync_register_transports")
+
+    @property
+    def event_sinks(self) -> Registry[EventSinkSpec]:
+        return self._registry("event sink", "migsync_register_event_sinks")
+
+    @property
+    def source_formats(self) -> Registry[SourceFormatSpec]:
+        return self._registry("source format", "migsync_register_source_formats")
+
+    def backend_for_url(self, url: str) -> BackendSpec:
+        return self._by_scheme(self.backends, url, "database")
+
+    def transport_for_url(self, url: str) -> TransportSpec:
+        return self._by_scheme(self.transports, url, "server")
+
+    # -- introspection --------------------------------------------------------
+
+    def describe(self) -> list[PluginInfo]:
+        """Every plugin with what it registers, built-ins first."""
+        registered: dict[str, list[str]] = {}
+        for registry in (self.backends, self.transports, self.event_sinks, self.source_formats):
+            for name, owner in registry.owners.items():
+                registered.setdefault(owner, []).append(f"{registry.kind}:{name}")
+        infos = []
+        for plugin_name, _ in self.pm.list_name_plugin():
+            if plugin_name is None:
+                continue
+            infos.append(
+                PluginInfo(
+                    name=plugin_name,
+                    origin=self._origin(plugin_name),
+                    registers=tuple(registered.get(plugin_name, ())),
+                )
+            )
+        return infos + self.failures
+
+    def _origin(self, plugin_name: str) -> str:
+        if plugin_name in self._builtins:
+            return "builtin"
+        for plugin, dist in self.pm.list_plugin_distinfo():
+            if self.pm.get_name(plugin) == plugin_name:
+                return f"entry point ({dist.project_name} {dist.version})"
+        return "registered"
+
+    # -- internals ---------------------------------------------------------------
+
+    def _registry(self, kind: str, hook_name: str) -> Registry[Any]:
+        cached = self._cache.get(hook_name)
+        if cached is not None:
+            return cached
+        registry: Registry[Any] = Registry(kind)
+        hook = getattr(self.pm.hook, hook_name)
+        # Call implementations one by one, built-ins first, so every spec is
+        # attributed to the plugin that registered it and clashes name both.
+        for impl in hook.get_hookimpls():
+            owner = impl.plugin_name
+
+            def register(spec: Any, owner: str = owner) -> None:
+                self._add(registry, spec, owner)
+
+            impl.function(register=register)
+        self._cache[hook_name] = registry
+        return registry
+
+    def _add(self, registry: Registry[Any], spec: Any, owner: str) -> None:
+        if spec.name in registry.specs:
+            raise PluginError(
+                f"{registry.kind} {spec.name!r} is registered twice: by plugin "
+                f"{registry.owners[spec.name]!r} and by plugin {owner!r}"
+            )
+        for scheme in getattr(spec, "schemes", ()):
+            previous = registry.by_scheme.get(scheme)
+            if previous is None:
+                continue
+            previous_plugin = registry.owners[previous]
+            if previous_plugin not in self._builtins:
+                raise PluginError(
+                    f"URL scheme {scheme!r} is claimed by {registry.kind} {previous!r} "
+                    f"(plugin {previous_plugin!r}) and by {spec.name!r} (plugin {owner!r})"
+                )
+            log.debug("%s %r takes scheme %r from built-in %r", registry.kind, spec.name, scheme, previous)
+        for scheme in getattr(spec, "schemes", ()):
+            registry.by_scheme[scheme] = spec.name
+        registry.specs[spec.name] = spec
+        registry.owners[spec.name] = owner
+
+    def _by_scheme(self, registry: Registry[Any], url: str, what: str) -> Any:
+        scheme = urlsplit(url).scheme.lower()
+        by_scheme = registry.by_scheme
+        if not scheme or scheme not in by_scheme:
+            valid = ", ".join(f"{s}://" for s in sorted(by_scheme)) or "none registered"
+            raise ConfigError(f"no {registry.kind} serves {what} URL {url!r}; known schemes: {valid}")
+        return registry.specs[by_scheme[scheme]]
+
+
+def _check_sync_hookimpls(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    for hook_caller in pm.get_hookcallers(plugin) or ():
+        if hook_caller.name in hookspecs.ASYNC_NOTIFICATION_HOOKS:
+            continue
+        for impl in hook_caller.get_hookimpls():
+            if impl.plugin is plugin and inspect.iscoroutinefunction(impl.function):
+                raise PluginError(
+                    f"plugin {name!r}: hook {hook_caller.name} must not be 'async def'; "
+                    "registration hooks are synchronous (do async work in the registered class)"
+                )
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    pm.register(plugin, name=name)
+    try:
+        _check_sync_hookimpls(pm, plugin, name)
+    except PluginError:
+        pm.unregister(plugin)
+        raise
+
+
+def make_plugins(
+    *,
+    autoload: bool | None = None,
+    strict: bool | None = None,
+    extra: Iterable[object] = (),
+    builtins: Sequence[str] = DEFAULT_PLUGINS,
+) -> Plugins:
+    """Build an isolated plugin manager: built-ins, then installed plugins, then ``extra``.
+
+    ``autoload`` defaults to on unless ``MIGSYNC_DISABLE_PLUGIN_AUTOLOAD`` is
+    set; ``strict`` defaults to on when ``MIGSYNC_STRICT_PLUGINS`` or ``CI``
+    is true. ``extra`` are plugin objects (modules, instances) registered
+    last, which is how tests and embedding applications add their own.
+    """
+    if autoload is None:
+        autoload = not _env_flag("MIGSYNC_DISABLE_PLUGIN_AUTOLOAD")
+    if strict is None:
+        strict = _env_flag("MIGSYNC_STRICT_PLUGINS") or _env_flag("CI")
+    pm = pluggy.PluginManager("migsync")
+    pm.add_hookspecs(hookspecs)
+    builtin_names = set()
+    for module_name in builtins:
+        _register(pm, importlib.import_module(module_name), module_name)
+        builtin_names.add(module_name)
+    failures: list[PluginInfo] = []
+    if autoload:
+        failures = _load_entry_points(pm, strict)
+    for index, plugin in enumerate(extra):
+        name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
+        _register(pm, plugin, name)
+    return Plugins(pm, failures, builtin_names)
+
+
+def _load_entry_points(pm: pluggy.PluginManager, strict: bool) -> list[PluginInfo]:
+    from importlib.metadata import entry_points
+
+    allowed_raw = os.environ.get("MIGSYNC_PLUGINS", "").strip()
+    allowed = {n.strip() for n in allowed_raw.split(",") if n.strip()} if allowed_raw else None
+    failures: list[PluginInfo] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if allowed is not None and ep.name not in allowed:
+            continue
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        dist = getattr(ep, "dist", None)
+        origin = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
+        try:
+            plugin = ep.load()
+            _register(pm, plugin, ep.name)
+        except Exception as exc:
+            message = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+            if strict:
+                raise PluginError(message) from exc
+            log.warning("%s", message)
+            failures.append(PluginInfo(ep.name, origin, error=f"{type(exc).__name__}: {exc}"))
+            continue
+        if dist is not None:
+            pm._plugin_distinfo.append((plugin, _DistFacade(dist)))  # noqa: SLF001
+    return failures
+
+
+class _DistFacade:
+    """What pluggy's ``list_plugin_distinfo`` expects of a distribution."""
+
+    def __init__(self, dist: Any):
+        self._dist = dist
+
+    @property
+    def project_name(self) -> str:
+        return str(self._dist.name)
+
+    @property
+    def version(self) -> str:
+        return str(self._dist.version)
+
+
+# Typed re-export for callers that only need the callback type.
+Register = Callable[[Spec], None]

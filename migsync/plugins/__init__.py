@@ -1,0 +1,1 @@
+"""Built-in plugins other than backends and transports (event sinks)."""
