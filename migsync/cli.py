@@ -1,0 +1,363 @@
+"""The ``migsync`` command.
+
+Start-up matters (it runs on every client, often), so this module imports
+only click at the top; everything else is imported by the command that
+needs it, and ``rich`` only when there is a terminal or a table to draw.
+
+Exit codes: 0 success; 1 a migration failed, is dead or is waiting to be
+retried; 2 bad input (usage, configuration, migration files, database
+refused the request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from migsync.core.client import Client
+    from migsync.core.ledger import MigrationState
+    from migsync.core.processor import PassResult
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+db_option = click.option(
+    "--db", "db_url", required=True, envvar="MIGSYNC_DB", metavar="URL",
+    help="Client database URL, e.g. sqlite:///app.db [env: MIGSYNC_DB]",
+)
+sink_option = click.option(
+    "--sink", "sinks", multiple=True, metavar="NAME[:k=v,...]",
+    help="Event sink to send events to (repeatable); default: logging. See 'migsync plugins'.",
+)
+max_attempts_option = click.option(
+    "--max-attempts", default=3, show_default=True, type=click.IntRange(min=1),
+    help="Failures after which a queued migration is dead.",
+)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``, turning migsync errors into one line and exit code 2."""
+    from migsync.core.errors import MigsyncError
+
+    try:
+        return asyncio.run(coro)
+    except MigsyncError as exc:
+        if logging.getLogger("migsync").isEnabledFor(logging.DEBUG):
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _client(ctx: click.Context, url: str, sinks: Sequence[str], **options: Any) -> Client:
+    from migsync.core.client import Client
+
+    return Client.connect(url, plugins=_plugins(ctx), sinks=list(sinks) or None, **options)
+
+
+def _plugins(ctx: click.Context) -> Any:
+    obj = ctx.ensure_object(dict)
+    if "plugins" not in obj:
+        from migsync.core.plugins import make_plugins
+
+        obj["plugins"] = make_plugins()
+    return obj["plugins"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Show events (-v) and debug output with tracebacks (-vv).")
+@click.version_option(package_name="migsync")
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
+    """Ship schema migrations to client databases and keep them correct."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.ensure_object(dict)
+
+
+# -- apply ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--migrations", "directory", required=True, type=click.Path(), metavar="DIR",
+              help="Directory of migration files.")
+@db_option
+@sink_option
+@max_attempts_option
+@click.option("--wait/--no-wait", default=False,
+              help="On failure, keep retrying with backoff until applied or dead.")
+@click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed migration.")
+@click.pass_context
+def apply(
+    ctx: click.Context, directory: str, db_url: str, sinks: tuple[str, ...], max_attempts: int,
+    wait: bool, retry_now: bool,
+) -> None:
+    """Apply every pending migration in DIR to the database, in version order.
+
+    Loads and validates DIR (nothing runs if any file is invalid), records
+    the migrations in the database, queues the pending ones and processes
+    the queue. Exits 1 if a migration failed, is dead or is waiting to retry.
+    """
+    sys.exit(_run(_apply(ctx, directory, db_url, sinks, max_attempts, wait, retry_now)))
+
+
+async def _apply(
+    ctx: click.Context, directory: str, db_url: str, sinks: Sequence[str], max_attempts: int,
+    wait: bool, retry_now: bool,
+) -> int:
+    from migsync.core.sources import load_directory
+
+    migrations = load_directory(directory, _formats(ctx))
+    started = time.perf_counter()
+    async with _client(ctx, db_url, sinks, max_attempts=max_attempts) as client:
+        await client.ledger.record(migrations)
+        queued = await client.ledger.queue_pending()
+        with _progress(client, len(queued), "applying"):
+            result = await client.process(ignore_backoff=retry_now)
+            while wait and result.failure is not None and not result.failure.dead:
+                _report_failure(result)
+                await client.clock.sleep(max(0.0, (result.failure.next_attempt_at or 0) - client.clock.now()))
+                result = await client.process()
+    return _report(result, time.perf_counter() - started, "applied")
+
+
+def _formats(ctx: click.Context) -> list[Any]:
+    plugins = _plugins(ctx)
+    specs = sorted(plugins.source_formats, key=lambda spec: spec.priority)
+    return [spec.load()() for spec in specs]
+
+
+class _progress:
+    """A progress bar on a terminal, fed by the event bus; nothing otherwise."""
+
+    def __init__(self, client: Client, total: int, verb: str):
+        self.client, self.total, self.verb = client, total, verb
+        self._stop: Callable[[], None] | None = None
+        self._bar: Any = None
+
+    def __enter__(self) -> _progress:
+        if self.total < 2 or not sys.stderr.isatty():
+            return self
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        task = self._bar.add_task(self.verb, total=self.total)
+        self._bar.start()
+        self._stop = self.client.bus.subscribe(
+            lambda event: self._bar.advance(task), "migration_applied", "migration_reverted"
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._stop()
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _report(result: PassResult, elapsed: float, verb: str) -> int:
+    done = [o for o in result.processed if o.ok]
+    if done:
+        names = done[0].label.split(" ", 1)[1] if len(done) == 1 else (
+            f"{done[0].label.split(' ', 1)[1]} .. {done[-1].label.split(' ', 1)[1]}"
+        )
+        click.echo(f"{verb} {len(done)} migration{'s' * (len(done) != 1)} ({names}) in {elapsed * 1000:.0f} ms")
+    if result.failure is not None:
+        _report_failure(result)
+        return EXIT_FAILED
+    if result.blocked is not None:
+        b = result.blocked
+        click.echo(
+            f"dead: {b.label} failed {b.attempts} times and blocks everything after it: {b.error}\n"
+            f"  fix the cause, then retry it with: migsync queue --db URL {b.label.split(' ', 1)[1]}",
+            err=True,
+        )
+        return EXIT_FAILED
+    if result.waiting_until is not None:
+        when = time.strftime("%H:%M:%S", time.localtime(result.waiting_until))
+        click.echo(f"waiting: the next queued change retries after {when} (use --retry-now or --wait)", err=True)
+        return EXIT_FAILED
+    if not done:
+        click.echo(f"nothing to do: the database is up to date")
+    return 0
+
+
+def _report_failure(result: PassResult) -> None:
+    f = result.failure
+    assert f is not None
+    if f.dead:
+        click.echo(
+            f"dead: {f.label} failed {f.attempts} of {f.max_attempts} attempts: {f.error}\n"
+            f"  fix the cause, then retry it with: migsync queue --db URL {f.label.split(' ', 1)[1]}",
+            err=True,
+        )
+    else:
+        when = time.strftime("%H:%M:%S", time.localtime(f.next_attempt_at or 0))
+        click.echo(
+            f"failed: {f.label} (attempt {f.attempts} of {f.max_attempts}): {f.error}\n"
+            f"  next attempt after {when}; later migrations wait for it",
+            err=True,
+        )
+
+
+# -- process, queue, revert ---------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@sink_option
+@click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed change.")
+@click.pass_context
+def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: bool) -> None:
+    """Work what is already queued (applies and reverts), in order."""
+
+    async def run() -> int:
+        started = time.perf_counter()
+        async with _client(ctx, db_url, sinks) as client:
+            result = await client.process(ignore_backoff=retry_now)
+        return _report(result, time.perf_counter() - started, "processed")
+
+    sys.exit(_run(run()))
+
+
+@main.command()
+@db_option
+@max_attempts_option
+@click.argument("name")
+@click.pass_context
+def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None:
+    """Queue migration NAME (and every earlier pending one) for apply.
+
+    NAME is the full name (0003_add_email), the name without its version
+    (add_email) or the version (3). A dead migration is revived: its
+    attempts start again. Run 'migsync process' (or apply) to work the queue.
+    """
+
+    async def run() -> None:
+        async with _client(ctx, db_url, (), max_attempts=max_attempts) as client:
+            names = await client.ledger.queue(name)
+        click.echo(f"queued: {', '.join(names)}" if names else "nothing to queue: already queued")
+
+    _run(run())
+
+
+@main.command()
+@db_option
+@sink_option
+@click.argument("name", required=False)
+@click.option("--to", "to_version", type=int, metavar="VERSION", help="Revert everything above VERSION.")
+@click.option("--all", "everything", is_flag=True, help="Revert every applied migration.")
+@click.option("--queue-only", is_flag=True, help="Queue the reverts without processing them.")
+@click.pass_context
+def revert(
+    ctx: click.Context, db_url: str, sinks: tuple[str, ...], name: str | None, to_version: int | None,
+    everything: bool, queue_only: bool,
+) -> None:
+    """Revert NAME and every migration applied after it, newest first.
+
+    Or --to VERSION (keep VERSION, revert what is above it) or --all.
+    """
+    if sum((name is not None, to_version is not None, everything)) != 1:
+        raise click.UsageError("give exactly one of NAME, --to VERSION or --all")
+
+    async def run() -> int:
+        started = time.perf_counter()
+        async with _client(ctx, db_url, sinks) as client:
+            names = await client.ledger.revert(name, to=to_version, everything=everything)
+            if not names:
+                click.echo("nothing to revert")
+                return 0
+            if queue_only:
+                click.echo(f"queued for revert: {', '.join(names)}")
+                return 0
+            with _progress(client, len(names), "reverting"):
+                result = await client.process()
+        return _report(result, time.perf_counter() - started, "reverted")
+
+    sys.exit(_run(run()))
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.pass_context
+def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
+    """Show every migration the database knows and its state."""
+
+    async def run() -> list[MigrationState]:
+        async with _client(ctx, db_url, ()) as client:
+            return await client.status()
+
+    states = _run(run())
+    if as_json:
+        click.echo(json.dumps({"migrations": [s.to_json() for s in states]}, indent=2))
+        return
+    _print_status(states)
+
+
+def _print_status(states: Sequence[MigrationState]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not states:
+        console.print("no migrations recorded in this database yet")
+        return
+    colors = {"applied": "green", "pending": "yellow", "failed": "red", "dead": "bold red"}
+    table = Table(box=None, header_style="bold")
+    for column in ("version", "name", "state", "applied at", "attempts", "error"):
+        table.add_column(column)
+    for s in states:
+        state = s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
+        table.add_row(
+            str(s.version), s.name, f"[{colors[s.state]}]{state}[/]", s.to_json()["applied_at"] or "",
+            str(s.attempts or ""), (s.error or "")[:80],
+        )
+    console.print(table)
+    counts = {k: sum(1 for s in states if s.state == k) for k in colors}
+    console.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+
+
+# -- plugins, demo --------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List every plugin, where it comes from and what it registers."""
+    infos = _plugins(ctx).describe()
+    if as_json:
+        click.echo(json.dumps([
+            {"name": i.name, "origin": i.origin, "registers": list(i.registers), "error": i.error}
+            for i in infos
+        ], indent=2))
+        return
+    for info in infos:
+        click.echo(f"{info.name}  [{info.origin}]")
+        if info.error:
+            click.echo(f"    FAILED: {info.error}")
+        for item in info.registers:
+            click.echo(f"    {item}")
+
+
+@main.command()
+@click.option("--dir", "workdir", type=click.Path(file_okay=False), default="demo-output",
+              show_default=True, help="Where the demo writes its database and files.")
+def demo(workdir: str) -> None:
+    """Show the main job end to end on a SQLite file (no server needed)."""
+    from migsync.demo import run_demo
+
+    sys.exit(_run(run_demo(workdir)))
