@@ -32,15 +32,25 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 db_option = click.option(
-    "--db", "db_url", required=True, envvar="MIGSYNC_DB", metavar="URL",
+    "--db",
+    "db_url",
+    required=True,
+    envvar="MIGSYNC_DB",
+    metavar="URL",
     help="Client database URL, e.g. sqlite:///app.db [env: MIGSYNC_DB]",
 )
 sink_option = click.option(
-    "--sink", "sinks", multiple=True, metavar="NAME[:k=v,...]",
+    "--sink",
+    "sinks",
+    multiple=True,
+    metavar="NAME[:k=v,...]",
     help="Event sink to send events to (repeatable); default: logging. See 'migsync plugins'.",
 )
 max_attempts_option = click.option(
-    "--max-attempts", default=3, show_default=True, type=click.IntRange(min=1),
+    "--max-attempts",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=1),
     help="Failures after which a queued migration is dead.",
 )
 
@@ -88,18 +98,32 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 @main.command()
-@click.option("--migrations", "directory", required=True, type=click.Path(), metavar="DIR",
-              help="Directory of migration files.")
+@click.option(
+    "--migrations",
+    "directory",
+    required=True,
+    type=click.Path(),
+    metavar="DIR",
+    help="Directory of migration files.",
+)
 @db_option
 @sink_option
 @max_attempts_option
-@click.option("--wait/--no-wait", default=False,
-              help="On failure, keep retrying with backoff until applied or dead.")
+@click.option(
+    "--wait/--no-wait",
+    default=False,
+    help="On failure, keep retrying with backoff until applied or dead.",
+)
 @click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed migration.")
 @click.pass_context
 def apply(
-    ctx: click.Context, directory: str, db_url: str, sinks: tuple[str, ...], max_attempts: int,
-    wait: bool, retry_now: bool,
+    ctx: click.Context,
+    directory: str,
+    db_url: str,
+    sinks: tuple[str, ...],
+    max_attempts: int,
+    wait: bool,
+    retry_now: bool,
 ) -> None:
     """Apply every pending migration in DIR to the database, in version order.
 
@@ -111,8 +135,13 @@ def apply(
 
 
 async def _apply(
-    ctx: click.Context, directory: str, db_url: str, sinks: Sequence[str], max_attempts: int,
-    wait: bool, retry_now: bool,
+    ctx: click.Context,
+    directory: str,
+    db_url: str,
+    sinks: Sequence[str],
+    max_attempts: int,
+    wait: bool,
+    retry_now: bool,
 ) -> int:
     from migsync.core.sources import load_directory
 
@@ -167,10 +196,14 @@ class _progress:
 def _report(result: PassResult, elapsed: float, verb: str) -> int:
     done = [o for o in result.processed if o.ok]
     if done:
-        names = done[0].label.split(" ", 1)[1] if len(done) == 1 else (
-            f"{done[0].label.split(' ', 1)[1]} .. {done[-1].label.split(' ', 1)[1]}"
+        names = (
+            done[0].label.split(" ", 1)[1]
+            if len(done) == 1
+            else (f"{done[0].label.split(' ', 1)[1]} .. {done[-1].label.split(' ', 1)[1]}")
         )
-        click.echo(f"{verb} {len(done)} migration{'s' * (len(done) != 1)} ({names}) in {elapsed * 1000:.0f} ms")
+        click.echo(
+            f"{verb} {len(done)} migration{'s' * (len(done) != 1)} ({names}) in {elapsed * 1000:.0f} ms"
+        )
     if result.failure is not None:
         _report_failure(result)
         return EXIT_FAILED
@@ -184,10 +217,13 @@ def _report(result: PassResult, elapsed: float, verb: str) -> int:
         return EXIT_FAILED
     if result.waiting_until is not None:
         when = time.strftime("%H:%M:%S", time.localtime(result.waiting_until))
-        click.echo(f"waiting: the next queued change retries after {when} (use --retry-now or --wait)", err=True)
+        click.echo(
+            f"waiting: the next queued change retries after {when} (use --retry-now or --wait)",
+            err=True,
+        )
         return EXIT_FAILED
     if not done:
-        click.echo(f"nothing to do: the database is up to date")
+        click.echo("nothing to do: the database is up to date")
     return 0
 
 
@@ -259,8 +295,13 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
 @click.option("--queue-only", is_flag=True, help="Queue the reverts without processing them.")
 @click.pass_context
 def revert(
-    ctx: click.Context, db_url: str, sinks: tuple[str, ...], name: str | None, to_version: int | None,
-    everything: bool, queue_only: bool,
+    ctx: click.Context,
+    db_url: str,
+    sinks: tuple[str, ...],
+    name: str | None,
+    to_version: int | None,
+    everything: bool,
+    queue_only: bool,
 ) -> None:
     """Revert NAME and every migration applied after it, newest first.
 
@@ -304,30 +345,9 @@ def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"migrations": [s.to_json() for s in states]}, indent=2))
         return
-    _print_status(states)
+    from migsync.report import print_status
 
-
-def _print_status(states: Sequence[MigrationState]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not states:
-        console.print("no migrations recorded in this database yet")
-        return
-    colors = {"applied": "green", "pending": "yellow", "failed": "red", "dead": "bold red"}
-    table = Table(box=None, header_style="bold")
-    for column in ("version", "name", "state", "applied at", "attempts", "error"):
-        table.add_column(column)
-    for s in states:
-        state = s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
-        table.add_row(
-            str(s.version), s.name, f"[{colors[s.state]}]{state}[/]", s.to_json()["applied_at"] or "",
-            str(s.attempts or ""), (s.error or "")[:80],
-        )
-    console.print(table)
-    counts = {k: sum(1 for s in states if s.state == k) for k in colors}
-    console.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    print_status(states)
 
 
 # -- plugins, demo --------------------------------------------------------------------------
@@ -340,10 +360,20 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     """List every plugin, where it comes from and what it registers."""
     infos = _plugins(ctx).describe()
     if as_json:
-        click.echo(json.dumps([
-            {"name": i.name, "origin": i.origin, "registers": list(i.registers), "error": i.error}
-            for i in infos
-        ], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "origin": i.origin,
+                        "registers": list(i.registers),
+                        "error": i.error,
+                    }
+                    for i in infos
+                ],
+                indent=2,
+            )
+        )
         return
     for info in infos:
         click.echo(f"{info.name}  [{info.origin}]")
@@ -354,8 +384,14 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--dir", "workdir", type=click.Path(file_okay=False), default="demo-output",
-              show_default=True, help="Where the demo writes its database and files.")
+@click.option(
+    "--dir",
+    "workdir",
+    type=click.Path(file_okay=False),
+    default="demo-output",
+    show_default=True,
+    help="Where the demo writes its database and files.",
+)
 def demo(workdir: str) -> None:
     """Show the main job end to end on a SQLite file (no server needed)."""
     from migsync.demo import run_demo

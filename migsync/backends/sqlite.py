@@ -94,13 +94,13 @@ class _Thread:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             # aiosqlite's own dispatch: one queue hop runs ``fn`` next to the connection.
-            return await self.db._execute(fn, *args)  # type: ignore[no-any-return]  # noqa: SLF001
+            return await self.db._execute(fn, *args)  # type: ignore[no-any-return,no-untyped-call]
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
 
     @property
     def raw(self) -> sqlite3.Connection:
-        return self.db._conn  # type: ignore[no-any-return]  # noqa: SLF001
+        return self.db._conn
 
 
 def _fetch_sync(conn: sqlite3.Connection, sql: str, params: Params) -> list[Row]:
@@ -126,7 +126,10 @@ def _script_sync(conn: sqlite3.Connection, statements: list[Statement]) -> None:
             conn.execute(statement.sql)
         except sqlite3.Error as exc:
             raise StatementError(
-                f"{type(exc).__name__}: {exc}", statement=statement.sql, index=index, line=statement.line
+                f"{type(exc).__name__}: {exc}",
+                statement=statement.sql,
+                index=index,
+                line=statement.line,
             ) from exc
 
 
@@ -167,7 +170,9 @@ class SQLiteBackend(BaseBackend):
         super().__init__(url)
         self.path, options = parse_url(url)
         self.memory = self.path == ":memory:"
-        self.busy_timeout = float(busy_timeout if busy_timeout is not None else options.get("busy_timeout", 30))
+        self.busy_timeout = float(
+            busy_timeout if busy_timeout is not None else options.get("busy_timeout", 30)
+        )
         self.synchronous = (synchronous or options.get("synchronous", "FULL")).upper()
         self.journal_mode = (journal_mode or options.get("journal_mode", "WAL")).upper()
         if self.synchronous not in _SYNCHRONOUS:

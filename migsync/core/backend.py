@@ -75,7 +75,10 @@ class Backend(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None: ...
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
@@ -153,7 +156,10 @@ class BaseBackend:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -175,9 +181,7 @@ class BaseBackend:
     async def ensure_schema(self) -> None:
         # A read first: an up-to-date database costs no write (and no fsync) per start.
         try:
-            rows = await self.fetch(
-                f"SELECT value FROM {schema.META} WHERE key = 'schema_version'"
-            )
+            rows = await self.fetch(f"SELECT value FROM {schema.META} WHERE key = 'schema_version'")
             if rows and int(rows[0]["value"]) >= schema.SCHEMA_VERSION:
                 return
         except BackendError:

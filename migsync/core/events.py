@@ -36,8 +36,20 @@ class Event:
         return {"kind": self.kind, **attrs.asdict(self)}
 
     def describe(self) -> str:
-        fields = " ".join(f"{k}={v!r}" for k, v in attrs.asdict(self).items() if k != "timestamp")
+        """One line for logs: the kind, then the fields that say what happened."""
+        fields = " ".join(
+            f"{k}={_brief(v)}" for k, v in attrs.asdict(self).items() if k not in _NOT_DESCRIBED
+        )
         return f"{self.kind} {fields}"
+
+
+_NOT_DESCRIBED = frozenset({"timestamp", "next_attempt_at"})
+
+
+def _brief(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return repr(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -119,7 +131,9 @@ class EventDispatcher:
     in ``dropped``) rather than kept in memory without limit.
     """
 
-    def __init__(self, sinks: Iterable[EventSink] = (), *, timeout: float = 5.0, queue_size: int = 1000):
+    def __init__(
+        self, sinks: Iterable[EventSink] = (), *, timeout: float = 5.0, queue_size: int = 1000
+    ):
         self.sinks = list(sinks)
         self.timeout = timeout
         self.queue_size = queue_size
@@ -156,7 +170,12 @@ class EventDispatcher:
             try:
                 await asyncio.wait_for(sink.emit(event), self.timeout)
             except TimeoutError:
-                log.warning("event sink %s took over %.1fs on %s; skipped", _sink_name(sink), self.timeout, event.kind)
+                log.warning(
+                    "event sink %s took over %.1fs on %s; skipped",
+                    _sink_name(sink),
+                    self.timeout,
+                    event.kind,
+                )
             except Exception:
                 log.exception("event sink %s failed on %s", _sink_name(sink), event.kind)
 

@@ -165,13 +165,15 @@ class MigrationHandler:
         row = await tx.fetchone(f"SELECT version FROM {schema.MIGRATIONS} WHERE name = $1", (name,))
         version = int(row["version"]) if row else 0
         reverting = change["operation"] == "revert"
-        await tx.execute(
-            _FAILED_STATUS, (name, version, reverting, error, attempts, self.clock.now())
-        )
+        await tx.execute(_FAILED_STATUS, (name, version, reverting, error, attempts, self.clock.now()))
         if dead:
             return [
                 MigrationDead(
-                    name=name, version=version, operation=change["operation"], error=error, attempts=attempts
+                    name=name,
+                    version=version,
+                    operation=change["operation"],
+                    error=error,
+                    attempts=attempts,
                 )
             ]
         next_row = await tx.fetchone(

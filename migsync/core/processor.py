@@ -26,6 +26,7 @@ The rules, for every queue:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Protocol
@@ -120,9 +121,7 @@ class ChangesProcessor:
         self._wake = asyncio.Event()
         self._stopping = False
         q = handler.queue
-        self._sql_head = (
-            f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq LIMIT {int(batch_size)}"
-        )
+        self._sql_head = f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq LIMIT {int(batch_size)}"
         self._sql_claim = (
             f"UPDATE {q} SET attempts = attempts + 1 WHERE id = $1 AND processed = FALSE "
             "AND attempts < max_attempts AND next_attempt_at <= $2 RETURNING attempts, max_attempts"
@@ -135,11 +134,13 @@ class ChangesProcessor:
 
     async def run_pass(self, *, ignore_backoff: bool = False) -> PassResult:
         """Work the queue in order until it is empty, blocked, or waiting on backoff."""
-        async with self._pass_lock:
-            async with self.backend.processor_lock(self.handler.queue, self.lock_timeout):
-                result = await self._work(ignore_backoff)
-                rows = await self.backend.fetch(self._sql_remaining)
-                result.remaining = int(rows[0]["n"])
+        async with (
+            self._pass_lock,
+            self.backend.processor_lock(self.handler.queue, self.lock_timeout),
+        ):
+            result = await self._work(ignore_backoff)
+            rows = await self.backend.fetch(self._sql_remaining)
+            result.remaining = int(rows[0]["n"])
         blocked = result.failure or result.blocked
         self.events.emit(
             PassCompleted(
@@ -206,7 +207,13 @@ class ChangesProcessor:
                 await tx.execute(self._sql_failed, (error, next_at, change["id"]))
                 events = await handler.record_failure(tx, change, error, attempts, dead)
                 outcome = Outcome(
-                    change["id"], label, False, attempts, max_attempts, error, dead,
+                    change["id"],
+                    label,
+                    False,
+                    attempts,
+                    max_attempts,
+                    error,
+                    dead,
                     None if dead else next_at,
                 )
             else:
@@ -256,10 +263,8 @@ class ChangesProcessor:
             if self._stopping:
                 break
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-            except TimeoutError:
-                pass
 
 
 def monotonic() -> float:

@@ -1,0 +1,94 @@
+"""``migsync demo``: the main job end to end on a SQLite file, no server needed.
+
+1. apply the bundled migrations (three files in both supported formats);
+2. a broken migration fails, is retried with backoff, and ends up dead;
+3. the fix is written, the dead migration is revived and applies;
+4. a revert runs newest first.
+
+Events go to the log and to ``events.jsonl`` in the demo folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from migsync.core.client import Client
+from migsync.core.clock import RetryPolicy
+from migsync.core.events import Event
+from migsync.core.sources import load_directory
+from migsync.report import print_status
+
+BROKEN = """-- migrate:up
+ALTER TABLE customer ADD COLUMN email TEXT;  -- typo: the table is 'customers'
+-- migrate:down
+ALTER TABLE customers DROP COLUMN email;
+"""
+FIXED = BROKEN.replace("ALTER TABLE customer ADD", "ALTER TABLE customers ADD").replace(
+    "  -- typo: the table is 'customers'", ""
+)
+
+
+def _step(text: str) -> None:
+    click.secho(f"\n== {text}", bold=True)
+
+
+def _show(event: Event) -> None:
+    click.echo(f"   event: {event.describe()}")
+
+
+async def run_demo(workdir: str) -> int:
+    root = Path(workdir)
+    if root.exists():
+        shutil.rmtree(root)
+    migrations = root / "migrations"
+    migrations.mkdir(parents=True)
+    bundled = resources.files("migsync") / "demo_migrations"
+    for item in bundled.iterdir():
+        if item.name.endswith(".sql"):
+            (migrations / item.name).write_text(item.read_text(encoding="utf-8"), encoding="utf-8")
+    db_url = f"sqlite:///{root / 'client.db'}"
+    click.echo(f"demo folder: {root}/  database: {db_url}")
+
+    client = Client.connect(
+        db_url,
+        sinks=["logging", f"jsonl:path={root / 'events.jsonl'}"],
+        retry=RetryPolicy(base=0.2, factor=2, jitter=0.2),
+        max_attempts=3,
+    )
+    async with client:
+        client.bus.subscribe(_show)
+
+        _step(f"1. apply {len(list(migrations.iterdir()))} migration files from {migrations}")
+        result = await client.apply(load_directory(migrations))
+        click.echo(f"   applied {sum(o.ok for o in result.processed)} migrations")
+        print_status(await client.status())
+
+        _step("2. a broken migration: it fails, retries with backoff, then is dead")
+        (migrations / "0004_add_customer_email.sql").write_text(BROKEN, encoding="utf-8")
+        result = await client.apply(load_directory(migrations))
+        while result.failure is not None and not result.failure.dead:
+            wait = (result.failure.next_attempt_at or 0) - client.clock.now()
+            click.echo(
+                f"   attempt {result.failure.attempts} failed; retrying in {max(wait, 0):.2f}s"
+            )
+            await client.clock.sleep(max(wait, 0))
+            result = await client.process()
+        print_status(await client.status())
+
+        _step("3. fix the file: new content revives the dead migration, and it applies")
+        (migrations / "0004_add_customer_email.sql").write_text(FIXED, encoding="utf-8")
+        result = await client.apply(load_directory(migrations))
+        print_status(await client.status())
+
+        _step("4. revert everything above version 2, newest first")
+        await client.ledger.revert(to=2)
+        result = await client.process()
+        print_status(await client.status())
+
+    click.echo(f"\nevents were also written to {root / 'events.jsonl'}")
+    click.echo(f"try: migsync status --db {db_url}")
+    return 0 if result.ok else 1

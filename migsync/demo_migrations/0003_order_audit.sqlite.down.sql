@@ -1,0 +1,2 @@
+DROP TRIGGER trg_orders_audit;
+DROP TABLE order_audit;

@@ -1,0 +1,38 @@
+"""Human-readable output shared by the CLI and the demo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from migsync.core.ledger import MigrationState
+
+
+def print_status(states: Sequence[MigrationState]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not states:
+        console.print("no migrations recorded in this database yet")
+        return
+    colors = {"applied": "green", "pending": "yellow", "failed": "red", "dead": "bold red"}
+    table = Table(box=None, header_style="bold")
+    for column in ("version", "name", "state", "applied at", "attempts"):
+        table.add_column(column, no_wrap=True)
+    for s in states:
+        state = (
+            s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
+        )
+        table.add_row(
+            str(s.version),
+            s.name,
+            f"[{colors[s.state]}]{state}[/]",
+            s.to_json()["applied_at"] or "",
+            str(s.attempts or ""),
+        )
+    console.print(table)
+    for s in states:
+        if s.error and s.state in ("failed", "dead"):
+            console.print(f"[{colors[s.state]}]{s.name}[/]: {s.error}", highlight=False)
+    counts = {k: sum(1 for s in states if s.state == k) for k in colors}
+    console.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
