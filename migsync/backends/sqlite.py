@@ -49,6 +49,19 @@ from migsync.core.errors import (
     StatementError,
 )
 from migsync.core.splitter import Statement, split
+from migsync.core.work import (
+    Begin,
+    Commit,
+    Execute,
+    Fetch,
+    Release,
+    Request,
+    RollbackTo,
+    Savepoint,
+    Script,
+    Work,
+    drive_sync,
+)
 
 T = TypeVar("T")
 
@@ -131,6 +144,37 @@ def _script_sync(conn: sqlite3.Connection, statements: list[Statement]) -> None:
                 index=index,
                 line=statement.line,
             ) from exc
+
+
+def _perform_sync(conn: sqlite3.Connection, request: Request) -> Any:
+    """One unit-of-work request, run on the worker thread, driver errors mapped."""
+    if isinstance(request, Script):
+        statements = split(request.sql, "sqlite")
+        return _script_sync(conn, statements) if statements else None
+    try:
+        match request:
+            case Fetch(sql, params):
+                return _fetch_sync(conn, sql, params)
+            case Execute(sql, params):
+                return _execute_sync(conn, sql, params)
+            case Begin():
+                return conn.execute("BEGIN IMMEDIATE")
+            case Commit():
+                return conn.execute("COMMIT")
+            case Savepoint(name):
+                return conn.execute(f"SAVEPOINT {name}")
+            case Release(name):
+                return conn.execute(f"RELEASE SAVEPOINT {name}")
+            case RollbackTo(name):
+                conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                return conn.execute(f"RELEASE SAVEPOINT {name}")
+    except sqlite3.Error as exc:
+        raise _map_error(exc, "sqlite") from exc
+    raise TypeError(f"not a unit-of-work request: {request!r}")
+
+
+def _drive_sync(conn: sqlite3.Connection, work: Work[T]) -> T:
+    return drive_sync(work, functools.partial(_perform_sync, conn), lambda: conn.execute("ROLLBACK"))
 
 
 class SQLiteConnection(BaseConnection):
@@ -271,3 +315,9 @@ class SQLiteBackend(BaseBackend):
         thread = self._require()
         async with self._lock:
             return await thread.run(_fetch_sync, thread.raw, sql, params)
+
+    async def run(self, work: Work[T]) -> T:
+        # The whole program runs on the worker thread: one hand-off, not one per statement.
+        thread = self._require()
+        async with self._lock:
+            return await thread.run(_drive_sync, thread.raw, work)

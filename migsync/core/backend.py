@@ -19,10 +19,13 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from migsync.core import schema
 from migsync.core.errors import BackendError
+from migsync.core.work import Work, drive_async
+
+T = TypeVar("T")
 
 Row = dict[str, Any]
 Params = Sequence[Any]
@@ -87,13 +90,18 @@ class Backend(Protocol):
     def autocommit(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         """A session without a transaction: each statement commits by itself."""
 
-    def processor_lock(
-        self, name: str, timeout: float
-    ) -> contextlib.AbstractAsyncContextManager[None]:
+    def processor_lock(self, name: str, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
         """Exclusive across processes sharing this database; raises LockTimeout after ``timeout``."""
 
     async def ensure_schema(self) -> None:
         """Create migsync's bookkeeping tables if they are missing (idempotent)."""
+
+    async def run(self, work: Work[T]) -> T:
+        """Drive a unit-of-work program (:mod:`migsync.core.work`) to its end.
+
+        The program issues its own ``Begin``/``Commit``; if it ends inside a
+        transaction, that transaction is rolled back.
+        """
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         """A read outside any explicit transaction."""
@@ -169,9 +177,7 @@ class BaseBackend:
     def autocommit(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         raise NotImplementedError
 
-    def processor_lock(
-        self, name: str, timeout: float
-    ) -> contextlib.AbstractAsyncContextManager[None]:
+    def processor_lock(self, name: str, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
         raise NotImplementedError
 
     def schema_statements(self) -> list[str]:
@@ -192,3 +198,7 @@ class BaseBackend:
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         async with self.transaction() as tx:
             return await tx.fetch(sql, params)
+
+    async def run(self, work: Work[T]) -> T:
+        async with self.autocommit() as connection:
+            return await drive_async(work, connection)

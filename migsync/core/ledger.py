@@ -16,16 +16,17 @@ A migration's state, as ``migsync status`` shows it:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
 
 from migsync.core import schema
-from migsync.core.backend import Backend, Connection, Row
+from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, SystemClock
 from migsync.core.errors import ChecksumMismatch, MigrationError, StatementError, UnknownMigration
 from migsync.core.events import (
@@ -37,7 +38,8 @@ from migsync.core.events import (
     MigrationQueued,
     MigrationReverted,
 )
-from migsync.core.migration import Migration
+from migsync.core.migration import ANY_DIALECT, Migration
+from migsync.core.work import Execute, Fetch, Script, Work
 
 State = Literal["applied", "pending", "failed", "dead"]
 
@@ -115,70 +117,70 @@ class MigrationHandler:
     def describe(self, change: Row) -> str:
         return f"{change['operation']} {change['migration_name']}"
 
-    async def handle(self, tx: Connection, change: Row) -> Event | None:
+    def handle(self, change: Row) -> Work[Event | None]:
         name = change["migration_name"]
-        row = await tx.fetchone(
+        rows: list[Row] = yield Fetch(
             f"SELECT version, checksum, content FROM {schema.MIGRATIONS} WHERE name = $1", (name,)
         )
-        if row is None:
+        if not rows:
             raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
-        migration = Migration.from_json(json.loads(row["content"]))
-        if migration.checksum != row["checksum"]:
+        row = rows[0]
+        # The stored content is the canonical JSON the checksum covers: one
+        # hash proves it is what was recorded (and signed), untouched since.
+        if hashlib.sha256(row["content"].encode()).hexdigest() != row["checksum"]:
             raise ChecksumMismatch(
                 f"migration {name}: stored content does not match its checksum "
                 f"{row['checksum'][:12]}; the database's copy was modified"
             )
+        content = json.loads(row["content"])
         applying = change["operation"] == "apply"
-        script = migration.script("up" if applying else "down", self.dialect)
-        if script.autocommit:
+        scripts = content["up" if applying else "down"]
+        script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
+        if script["autocommit"]:
             raise MigrationError(
                 f"migration {name} must run outside a transaction (autocommit); "
                 "this release of migsync cannot run such migrations yet"
             )
+        version = int(row["version"])
         started = time.perf_counter()
         try:
-            await tx.run_script(script.sql)
+            yield Script(script["sql"])
         except StatementError as exc:
             raise exc.in_migration(name) from exc
         duration = time.perf_counter() - started
         now = self.clock.now()
-        await tx.execute(
+        yield Execute(
             _UPSERT_STATUS,
             (
                 name,
-                migration.version,
+                version,
                 applying,
                 now if applying else None,
-                migration.checksum if applying else None,
+                row["checksum"] if applying else None,
                 change["attempts"] + 1,
                 now,
             ),
         )
         if applying:
-            return MigrationApplied(name=name, version=migration.version, duration=duration)
-        return MigrationReverted(name=name, version=migration.version, duration=duration)
+            return MigrationApplied(name=name, version=version, duration=duration)
+        return MigrationReverted(name=name, version=version, duration=duration)
 
-    async def record_failure(
-        self, tx: Connection, change: Row, error: str, attempts: int, dead: bool
-    ) -> list[Event]:
+    def record_failure(self, change: Row, error: str, attempts: int, dead: bool) -> Work[list[Event]]:
         name = change["migration_name"]
-        row = await tx.fetchone(f"SELECT version FROM {schema.MIGRATIONS} WHERE name = $1", (name,))
-        version = int(row["version"]) if row else 0
+        rows: list[Row] = yield Fetch(
+            f"SELECT m.version, q.next_attempt_at FROM {schema.QUEUE} q "
+            f"LEFT JOIN {schema.MIGRATIONS} m ON m.name = q.migration_name WHERE q.id = $1",
+            (change["id"],),
+        )
+        version = int(rows[0]["version"] or 0) if rows else 0
         reverting = change["operation"] == "revert"
-        await tx.execute(_FAILED_STATUS, (name, version, reverting, error, attempts, self.clock.now()))
+        yield Execute(_FAILED_STATUS, (name, version, reverting, error, attempts, self.clock.now()))
         if dead:
             return [
                 MigrationDead(
-                    name=name,
-                    version=version,
-                    operation=change["operation"],
-                    error=error,
-                    attempts=attempts,
+                    name=name, version=version, operation=change["operation"], error=error, attempts=attempts
                 )
             ]
-        next_row = await tx.fetchone(
-            f"SELECT next_attempt_at FROM {schema.QUEUE} WHERE id = $1", (change["id"],)
-        )
         return [
             MigrationFailed(
                 name=name,
@@ -187,7 +189,7 @@ class MigrationHandler:
                 error=error,
                 attempts=attempts,
                 max_attempts=int(change["max_attempts"]),
-                next_attempt_at=float(next_row["next_attempt_at"]) if next_row else 0.0,
+                next_attempt_at=float(rows[0]["next_attempt_at"]) if rows else 0.0,
             )
         ]
 
@@ -303,51 +305,53 @@ class Ledger:
     # -- queueing -----------------------------------------------------------------
 
     async def queue_pending(self) -> list[str]:
-        """Queue an apply for every recorded migration that is neither applied nor queued."""
-        return await self._queue_applies(up_to=None)
+        """Queue an apply for every recorded migration that is neither applied nor queued.
+
+        Dead changes stay dead: reviving one is a person's decision (:meth:`queue`).
+        """
+        rows = await self.backend.fetch(
+            f"SELECT m.version, m.name FROM {schema.MIGRATIONS} m "
+            f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name "
+            f"WHERE (s.applied IS NULL OR s.applied = FALSE) AND NOT EXISTS ("
+            f"SELECT 1 FROM {schema.QUEUE} q WHERE q.migration_name = m.name AND q.processed = FALSE) "
+            f"ORDER BY m.version"
+        )
+        return await self._enqueue([(int(r["version"]), r["name"]) for r in rows], [])
 
     async def queue(self, ref: str) -> list[str]:
         """Queue ``ref`` for apply, with every earlier migration not applied yet.
 
         A dead change for one of them is revived: its attempts start again.
         """
-        target = await self.find(ref)
+        states = await self.status()
+        target = await self.find(ref, states)
         if target.state == "applied" and target.queued is None:
             raise MigrationError(f"migration {target.name} is already applied")
-        return await self._queue_applies(up_to=target.version)
+        earlier = [s for s in states if s.version <= target.version]
+        fresh = [(s.version, s.name) for s in earlier if s.queued is None and s.state != "applied"]
+        revived = [s.name for s in earlier if s.state == "dead"]
+        return await self._enqueue(fresh, revived)
 
-    async def _queue_applies(self, up_to: int | None) -> list[str]:
-        states = await self.status()
-        queued: list[MigrationState] = []
-        revived: list[MigrationState] = []
-        for state in states:
-            if up_to is not None and state.version > up_to:
-                break
-            if state.queued is not None:
-                if state.state == "dead":
-                    revived.append(state)
-                continue
-            if state.state != "applied":
-                queued.append(state)
-        if not queued and not revived:
+    async def _enqueue(self, fresh: Sequence[tuple[int, str]], revived: Sequence[str]) -> list[str]:
+        if not fresh and not revived:
             return []
         now = self.clock.now()
         statements: list[tuple[str, Sequence[Any]]] = [
             (
                 f"UPDATE {schema.QUEUE} SET attempts = 0, next_attempt_at = 0 "
                 "WHERE migration_name = $1 AND processed = FALSE",
-                (state.name,),
+                (name,),
             )
-            for state in revived
+            for name in revived
         ]
         statements += [
-            (_INSERT_CHANGE, (str(uuid.uuid4()), state.name, "apply", now, self.max_attempts))
-            for state in queued
+            (_INSERT_CHANGE, (str(uuid.uuid4()), name, "apply", now, self.max_attempts)) for _, name in fresh
         ]
         async with self.backend.transaction() as tx:
             await tx.execute_batch(statements)
-        self._emit_queued(queued, "apply")
-        return [s.name for s in revived + queued]
+        for version, name in fresh:
+            self.events.emit(MigrationQueued(name=name, version=version, operation="apply"))
+        return [*revived, *(name for _, name in fresh)]
 
     async def revert(
         self, ref: str | None = None, *, to: int | None = None, everything: bool = False
@@ -390,12 +394,9 @@ class Ledger:
         ]
         async with self.backend.transaction() as tx:
             await tx.execute_batch(statements)
-        self._emit_queued(to_revert, "revert")
+        for state in to_revert:
+            self.events.emit(MigrationQueued(name=state.name, version=state.version, operation="revert"))
         return [s.name for s in to_revert]
-
-    def _emit_queued(self, states: Iterable[MigrationState], operation: str) -> None:
-        for state in states:
-            self.events.emit(MigrationQueued(name=state.name, version=state.version, operation=operation))
 
     # -- reading -------------------------------------------------------------------
 

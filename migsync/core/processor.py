@@ -28,21 +28,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Protocol
 
 import attrs
 
-from migsync.core.backend import Backend, Connection, Row
+from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import MigsyncError
 from migsync.core.events import Event, EventDispatcher, PassCompleted
+from migsync.core.work import Begin, Commit, Execute, Fetch, Release, RollbackTo, Savepoint, Work
 
 log = logging.getLogger("migsync.processor")
 
 
 class ChangeHandler(Protocol):
-    """What a queue's changes mean."""
+    """What a queue's changes mean. Its methods are unit-of-work programs
+    (:mod:`migsync.core.work`): they yield database requests, so the same
+    handler runs on every backend."""
 
     #: The queue table; it has the columns of ``migration_changes``.
     queue: str
@@ -50,15 +52,13 @@ class ChangeHandler(Protocol):
     def describe(self, change: Row) -> str:
         """A short label for logs and errors, e.g. ``apply 0003_add_email``."""
 
-    async def handle(self, tx: Connection, change: Row) -> Event | None:
+    def handle(self, change: Row) -> Work[Event | None]:
         """Do the change's work inside the open transaction; raise to fail it.
 
         Returns the event to emit once the transaction has committed.
         """
 
-    async def record_failure(
-        self, tx: Connection, change: Row, error: str, attempts: int, dead: bool
-    ) -> list[Event]:
+    def record_failure(self, change: Row, error: str, attempts: int, dead: bool) -> Work[list[Event]]:
         """Write what the failure means beyond the queue row; return the events to emit."""
 
 
@@ -94,7 +94,7 @@ class PassResult:
         return self.failure is None and self.blocked is None
 
 
-_SKIPPED = object()
+_SAVEPOINT = "migsync_change"
 
 
 class ChangesProcessor:
@@ -134,11 +134,18 @@ class ChangesProcessor:
 
     async def run_pass(self, *, ignore_backoff: bool = False) -> PassResult:
         """Work the queue in order until it is empty, blocked, or waiting on backoff."""
+        result = PassResult()
         async with (
             self._pass_lock,
             self.backend.processor_lock(self.handler.queue, self.lock_timeout),
         ):
-            result = await self._work(ignore_backoff)
+            due_by = float("inf") if ignore_backoff else None
+            more = True
+            while more:
+                more, events = await self.backend.run(self._batch(result, due_by))
+                # The batch's transactions have committed: now its events may go out.
+                for event in events:
+                    self.events.emit(event)
             rows = await self.backend.fetch(self._sql_remaining)
             result.remaining = int(rows[0]["n"])
         blocked = result.failure or result.blocked
@@ -153,76 +160,74 @@ class ChangesProcessor:
         )
         return result
 
-    async def _work(self, ignore_backoff: bool) -> PassResult:
-        result = PassResult()
-        due_by = float("inf") if ignore_backoff else None
-        while True:
-            head = await self.backend.fetch(self._sql_head)
-            if not head:
-                return result
-            for change in head:
-                if change["attempts"] >= change["max_attempts"]:
-                    result.blocked = Outcome(
-                        change["id"],
-                        self.handler.describe(change),
-                        ok=False,
-                        attempts=change["attempts"],
-                        max_attempts=change["max_attempts"],
-                        error=change["error"],
-                        dead=True,
-                    )
-                    return result
-                if not ignore_backoff and change["next_attempt_at"] > self.clock.now():
-                    result.waiting_until = float(change["next_attempt_at"])
-                    return result
-                outcome = await self._process(change, due_by or self.clock.now())
-                if outcome is None:
-                    break  # another processor got there first: read the queue again
-                result.processed.append(outcome)
-                if not outcome.ok:
-                    result.failure = outcome
-                    return result
+    def _batch(self, result: PassResult, due_by: float | None) -> Work[tuple[bool, list[Event]]]:
+        """Up to ``batch_size`` changes, each in its own transaction.
 
-    async def _process(self, change: Row, due_by: float) -> Outcome | None:
-        handler = self.handler
-        label = handler.describe(change)
+        Returns whether the pass should go on, and the events to emit.
+        """
         events: list[Event] = []
-        async with self.backend.transaction() as tx:
-            # Re-read inside the write transaction: only a change that is still
-            # unprocessed, alive and due is ours to work.
-            claim = await tx.fetchone(self._sql_claim, (change["id"], due_by))
-            if claim is None:
-                return None
-            attempts, max_attempts = int(claim["attempts"]), int(claim["max_attempts"])
-            try:
-                async with tx.savepoint():
-                    event = await handler.handle(tx, change)
-                    await tx.execute(self._sql_done, (self.clock.now(), change["id"]))
-            except Exception as exc:
-                error = str(exc) if isinstance(exc, MigsyncError) else f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, MigsyncError):
-                    log.exception("unexpected error in %s", label)
-                dead = attempts >= max_attempts
-                next_at = self.clock.now() + self.retry.delay(attempts)
-                await tx.execute(self._sql_failed, (error, next_at, change["id"]))
-                events = await handler.record_failure(tx, change, error, attempts, dead)
-                outcome = Outcome(
+        head: list[Row] = yield Fetch(self._sql_head)
+        for change in head:
+            if change["attempts"] >= change["max_attempts"]:
+                result.blocked = Outcome(
                     change["id"],
-                    label,
-                    False,
-                    attempts,
-                    max_attempts,
-                    error,
-                    dead,
-                    None if dead else next_at,
+                    self.handler.describe(change),
+                    ok=False,
+                    attempts=change["attempts"],
+                    max_attempts=change["max_attempts"],
+                    error=change["error"],
+                    dead=True,
                 )
+                return False, events
+            now = self.clock.now()
+            if due_by is None and change["next_attempt_at"] > now:
+                result.waiting_until = float(change["next_attempt_at"])
+                return False, events
+            outcome = yield from self._change(change, now if due_by is None else due_by, events)
+            if outcome is None:
+                return True, events  # another processor got there first: read the queue again
+            result.processed.append(outcome)
+            if not outcome.ok:
+                result.failure = outcome
+                return False, events
+        return len(head) == self.batch_size, events
+
+    def _change(self, change: Row, due_by: float, events: list[Event]) -> Work[Outcome | None]:
+        handler = self.handler
+        yield Begin()
+        # Claim inside the write transaction: only a change that is still
+        # unprocessed, alive and due is ours to work.
+        claim: list[Row] = yield Fetch(self._sql_claim, (change["id"], due_by))
+        if not claim:
+            yield Commit()
+            return None
+        attempts, max_attempts = int(claim[0]["attempts"]), int(claim[0]["max_attempts"])
+        label = handler.describe(change)
+        yield Savepoint(_SAVEPOINT)
+        try:
+            event = yield from handler.handle(change)
+            yield Execute(self._sql_done, (self.clock.now(), change["id"]))
+        except Exception as exc:
+            yield RollbackTo(_SAVEPOINT)
+            if isinstance(exc, MigsyncError):
+                error = str(exc)
             else:
-                if event is not None:
-                    events = [event]
-                outcome = Outcome(change["id"], label, True, attempts, max_attempts)
-        for event in events:
-            self.events.emit(event)
-        return outcome
+                log.error("unexpected error in %s", label, exc_info=exc)
+                error = f"{type(exc).__name__}: {exc}"
+            dead = attempts >= max_attempts
+            next_at = self.clock.now() + self.retry.delay(attempts)
+            yield Execute(self._sql_failed, (error, next_at, change["id"]))
+            failure_events = yield from handler.record_failure(change, error, attempts, dead)
+            yield Commit()
+            events.extend(failure_events)
+            return Outcome(
+                change["id"], label, False, attempts, max_attempts, error, dead, None if dead else next_at
+            )
+        yield Release(_SAVEPOINT)
+        yield Commit()
+        if event is not None:
+            events.append(event)
+        return Outcome(change["id"], label, True, attempts, max_attempts)
 
     # -- the loop --------------------------------------------------------------------
 
@@ -265,7 +270,3 @@ class ChangesProcessor:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
-
-
-def monotonic() -> float:
-    return time.perf_counter()

@@ -1,0 +1,180 @@
+"""Apply and revert N migrations with migsync against raw sqlite3, in one run.
+
+Each migration creates a table and an index (down drops both). Raw sqlite3
+runs the same statements with one transaction and one history-row insert
+per migration, on a file with the same pragmas migsync sets (WAL journal,
+synchronous=FULL). Also measured: a no-op ``apply`` (nothing pending) in
+processor time, and whole processes (``migsync apply`` against a raw
+driver script) for the no-op case, where start-up is most of the cost.
+
+    python bench/apply.py [-n 1000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from migsync import Client, load_directory
+from migsync.backends.sqlite import SQLiteBackend
+from migsync.core.plugins import make_plugins
+
+
+def generate(directory: Path, n: int) -> list[tuple[list[str], list[str]]]:
+    scripts = []
+    for i in range(1, n + 1):
+        up = [
+            f"CREATE TABLE t_{i} (id INTEGER PRIMARY KEY, name TEXT NOT NULL, created REAL)",
+            f"CREATE INDEX ix_t_{i}_name ON t_{i} (name)",
+        ]
+        down = [f"DROP INDEX ix_t_{i}_name", f"DROP TABLE t_{i}"]
+        (directory / f"{i:05d}_table_{i}.sql").write_text(
+            "-- migrate:up\n" + ";\n".join(up) + ";\n-- migrate:down\n" + ";\n".join(down) + ";\n"
+        )
+        scripts.append((up, down))
+    return scripts
+
+
+def raw_connect(path: Path, pragmas: dict[str, str]) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA journal_mode = {pragmas['journal_mode']}")
+    conn.execute(f"PRAGMA synchronous = {pragmas['synchronous']}")
+    conn.execute("CREATE TABLE IF NOT EXISTS history (version INTEGER PRIMARY KEY, applied_at REAL)")
+    return conn
+
+
+def raw_apply(conn: sqlite3.Connection, scripts: list[tuple[list[str], list[str]]]) -> None:
+    for version, (up, _) in enumerate(scripts, 1):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in up:
+            conn.execute(statement)
+        conn.execute("INSERT INTO history VALUES (?, ?)", (version, time.time()))
+        conn.execute("COMMIT")
+
+
+def raw_revert(conn: sqlite3.Connection, scripts: list[tuple[list[str], list[str]]]) -> None:
+    for version in range(len(scripts), 0, -1):
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in scripts[version - 1][1]:
+            conn.execute(statement)
+        conn.execute("DELETE FROM history WHERE version = ?", (version,))
+        conn.execute("COMMIT")
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+async def migsync_round(db: Path, migrations_dir: Path) -> dict[str, tuple[float, float]]:
+    plugins = make_plugins(autoload=False)
+    out: dict[str, tuple[float, float]] = {}
+    async with Client.connect(f"sqlite:///{db}", plugins=plugins, sinks=[]) as client:
+
+        async def apply() -> None:
+            result = await client.apply(load_directory(migrations_dir))
+            assert result.ok and result.remaining == 0, result
+
+        async def revert() -> None:
+            await client.ledger.revert(everything=True)
+            result = await client.process()
+            assert result.ok and result.remaining == 0, result
+
+        for name, step in (("apply", apply), ("noop", apply), ("revert", revert)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            await step()
+            out[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+    return out
+
+
+def process_noop(migrations_dir: Path, db: Path, pragmas: dict[str, str]) -> tuple[float, float]:
+    """Wall time of a whole `migsync apply` process with nothing pending, and of a raw script."""
+    raw_script = (
+        "import sqlite3, pathlib\n"
+        f"conn = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        f"conn.execute('PRAGMA journal_mode = {pragmas['journal_mode']}')\n"
+        f"conn.execute('PRAGMA synchronous = {pragmas['synchronous']}')\n"
+        f"files = sorted(pathlib.Path({str(migrations_dir)!r}).glob('*.sql'))\n"
+        "texts = [f.read_text() for f in files]\n"
+        "done = {r[0] for r in conn.execute('SELECT version FROM client_migration')}\n"
+        "assert len(done) == len(texts)\n"
+    )
+    migsync = str(Path(sys.executable).with_name("migsync"))
+    env = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+    def run(cmd: list[str]) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env, capture_output=True)
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    cmd = [migsync, "apply", "--migrations", str(migrations_dir), "--db", f"sqlite:///{db}"]
+    return run(cmd), run([sys.executable, "-c", raw_script])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1000, help="number of migrations")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; the median is shown")
+    args = parser.parse_args()
+    pragmas = SQLiteBackend("sqlite:///x.db").pragmas
+
+    samples: dict[str, list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="migsync-bench-") as tmp:
+        root = Path(tmp)
+        migrations_dir = root / "migrations"
+        migrations_dir.mkdir()
+        scripts = generate(migrations_dir, args.n)
+        for round_ in range(args.repeat):
+            raw = raw_connect(root / f"raw{round_}.db", pragmas)
+            samples.setdefault("raw apply", []).append(timed(lambda: raw_apply(raw, scripts)))
+            samples.setdefault("raw revert", []).append(timed(lambda: raw_revert(raw, scripts)))
+            raw.close()
+            ours = asyncio.run(migsync_round(root / f"migsync{round_}.db", migrations_dir))
+            for key, value in ours.items():
+                samples.setdefault(f"migsync {key}", []).append(value)
+        db = root / "migsync0.db"
+        asyncio.run(migsync_round(db, migrations_dir))  # leave it fully applied for the no-op
+        asyncio.run(_apply_all(db, migrations_dir))
+        proc_migsync, proc_raw = process_noop(migrations_dir, db, pragmas)
+
+    def median(key: str, index: int = 0) -> float:
+        return statistics.median(s[index] for s in samples[key])
+
+    n = args.n
+    print(f"\nmigsync bench/apply.py  N={n}  pragmas={pragmas}  sqlite {sqlite3.sqlite_version}")
+    print(f"{'operation':<34}{'raw ms':>10}{'migsync ms':>12}{'ms/migration':>14}{'ratio':>8}")
+    for op in ("apply", "revert"):
+        raw_ms, ours_ms = median(f"raw {op}") * 1000, median(f"migsync {op}") * 1000
+        print(f"{op + ' N':<34}{raw_ms:>10.1f}{ours_ms:>12.1f}{ours_ms / n:>14.3f}{ours_ms / raw_ms:>7.2f}x")
+    noop_cpu = median("migsync noop", 1) * 1000
+    noop_wall = median("migsync noop") * 1000
+    print(f"{'no-op apply (in-process, CPU)':<34}{'':>10}{noop_cpu:>12.1f}{'':>14}{'':>8}")
+    print(f"{'no-op apply (in-process, wall)':<34}{'':>10}{noop_wall:>12.1f}{'':>14}{'':>8}")
+    print(
+        f"{'no-op apply (whole process)':<34}{proc_raw * 1000:>10.1f}{proc_migsync * 1000:>12.1f}"
+        f"{'':>14}{proc_migsync / proc_raw:>7.2f}x"
+    )
+    print("targets: apply and revert <= 1.2x raw; no-op apply < 20 ms CPU")
+
+
+async def _apply_all(db: Path, migrations_dir: Path) -> None:
+    async with Client.connect(f"sqlite:///{db}", plugins=make_plugins(autoload=False), sinks=[]) as c:
+        result = await c.apply(load_directory(migrations_dir))
+        assert result.ok, result
+
+
+if __name__ == "__main__":
+    main()

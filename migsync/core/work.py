@@ -1,0 +1,163 @@
+"""Units of work as sans-I/O programs, so one program runs on every backend.
+
+The processor's work on a change (claim it, run the migration in a
+savepoint, record the outcome, commit) is written once, as a generator
+that *yields requests* (:class:`Execute`, :class:`Fetch`, :class:`Script`,
+transaction control) and receives each result. A backend *drives* it:
+
+* an async driver (:func:`drive_async`, the default of every backend)
+  awaits one database call per request;
+* a backend whose driver lives in a thread (SQLite through aiosqlite)
+  runs the whole program inside that thread with :func:`drive_sync`: one
+  hand-off per batch of changes instead of one per statement, which is
+  what keeps migsync within a few percent of the raw driver.
+
+A failed request is thrown into the program at its ``yield``, so the
+program handles errors with ordinary ``try``/``except``. When a program
+ends with a transaction still open, the driver rolls it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from migsync.core.backend import Connection
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Execute:
+    """Run one statement; the result is its row count."""
+
+    sql: str
+    params: Sequence[Any] = ()
+
+
+@attrs.frozen
+class Fetch:
+    """Run one query; the result is its rows as a list of dicts."""
+
+    sql: str
+    params: Sequence[Any] = ()
+
+
+@attrs.frozen
+class Script:
+    """Run a migration script (split as the backend needs); raises StatementError."""
+
+    sql: str
+
+
+@attrs.frozen
+class Begin:
+    """Start a write transaction."""
+
+
+@attrs.frozen
+class Commit:
+    pass
+
+
+@attrs.frozen
+class Savepoint:
+    name: str
+
+
+@attrs.frozen
+class Release:
+    name: str
+
+
+@attrs.frozen
+class RollbackTo:
+    """Undo the work since the savepoint and end it."""
+
+    name: str
+
+
+Request = Execute | Fetch | Script | Begin | Commit | Savepoint | Release | RollbackTo
+Work = Generator[Request, Any, T]
+
+
+def drive_sync(work: Work[T], perform: Callable[[Request], Any], rollback: Callable[[], Any]) -> T:
+    """Run ``work`` to its end, calling ``perform`` for each request.
+
+    ``rollback`` is called if the program ends (or fails) inside a transaction.
+    """
+    value: Any = None
+    error: BaseException | None = None
+    in_transaction = False
+    try:
+        while True:
+            try:
+                request = work.send(value) if error is None else work.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                value = perform(request)
+            except Exception as exc:
+                error = exc
+            else:
+                in_transaction = _still_open(request, in_transaction)
+    finally:
+        if in_transaction:
+            rollback()
+
+
+async def drive_async(work: Work[T], connection: Connection) -> T:
+    """Run ``work`` against an async connection, one awaited call per request."""
+    value: Any = None
+    error: BaseException | None = None
+    in_transaction = False
+    try:
+        while True:
+            try:
+                request = work.send(value) if error is None else work.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                value = await _perform_async(request, connection)
+            except Exception as exc:
+                error = exc
+            else:
+                in_transaction = _still_open(request, in_transaction)
+    finally:
+        if in_transaction:
+            await connection.execute("ROLLBACK")
+
+
+def _still_open(request: Request, in_transaction: bool) -> bool:
+    if isinstance(request, Begin):
+        return True
+    if isinstance(request, Commit):
+        return False
+    return in_transaction
+
+
+async def _perform_async(request: Request, connection: Connection) -> Any:
+    match request:
+        case Fetch(sql, params):
+            return await connection.fetch(sql, params)
+        case Execute(sql, params):
+            return await connection.execute(sql, params)
+        case Script(sql):
+            return await connection.run_script(sql)
+        case Begin():
+            return await connection.execute("BEGIN")
+        case Commit():
+            return await connection.execute("COMMIT")
+        case Savepoint(name):
+            return await connection.execute(f"SAVEPOINT {name}")
+        case Release(name):
+            return await connection.execute(f"RELEASE SAVEPOINT {name}")
+        case RollbackTo(name):
+            await connection.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            return await connection.execute(f"RELEASE SAVEPOINT {name}")
+    raise TypeError(f"not a unit-of-work request: {request!r}")
