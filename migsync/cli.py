@@ -77,9 +77,14 @@ def _client(ctx: click.Context, url: str, sinks: Sequence[str], **options: Any) 
 def _plugins(ctx: click.Context) -> Any:
     obj = ctx.ensure_object(dict)
     if "plugins" not in obj:
+        from migsync.core.errors import MigsyncError
         from migsync.core.plugins import make_plugins
 
-        obj["plugins"] = make_plugins()
+        try:
+            obj["plugins"] = make_plugins()
+        except MigsyncError as exc:  # a broken plugin in strict mode
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
     return obj["plugins"]
 
 
@@ -91,6 +96,9 @@ def main(ctx: click.Context, verbose: int) -> None:
     """Ship schema migrations to client databases and keep them correct."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose == 0:
+        # The command reports failures itself; the logging sink speaks from -v on.
+        logging.getLogger("migsync.events").setLevel(logging.CRITICAL)
     ctx.ensure_object(dict)
 
 

@@ -92,10 +92,10 @@ class StatementError(BackendError):
         where = []
         if self.migration:
             where.append(f"migration {self.migration}")
-        if self.index is not None:
+        if self.index is not None and self.line is not None:
+            where.append(f"statement {self.index + 1} (line {self.line} of the script)")
+        elif self.index is not None:
             where.append(f"statement {self.index + 1}")
-        if self.line is not None:
-            where.append(f"line {self.line}")
         prefix = ", ".join(where)
         text = f"{prefix}: {self.driver_message}" if prefix else self.driver_message
         if self.statement:

@@ -92,29 +92,36 @@ class Registry(Generic[S]):
 class Plugins:
     """Typed access to everything plugins registered. Build with :func:`make_plugins`."""
 
-    def __init__(self, pm: pluggy.PluginManager, failures: Sequence[PluginInfo], builtins: set[str]):
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        failures: Sequence[PluginInfo],
+        builtins: set[str],
+        origins: dict[str, str] | None = None,
+    ):
         self.pm = pm
         self.failures = list(failures)
         self._builtins = builtins
+        self._origins = dict(origins or {})
         self._cache: dict[str, Registry[Any]] = {}
 
     # -- registries ---------------------------------------------------------
 
     @property
     def backends(self) -> Registry[BackendSpec]:
-        return self._registry("backend", "migsync_register_backends")
+        return self._registry("backend", "migsync_register_backends", BackendSpec)
 
     @property
     def transports(self) -> Registry[TransportSpec]:
-        return self._registry("transport", "migsync_register_transports")
+        return self._registry("transport", "migsync_register_transports", TransportSpec)
 
     @property
     def event_sinks(self) -> Registry[EventSinkSpec]:
-        return self._registry("event sink", "migsync_register_event_sinks")
+        return self._registry("event sink", "migsync_register_event_sinks", EventSinkSpec)
 
     @property
     def source_formats(self) -> Registry[SourceFormatSpec]:
-        return self._registry("source format", "migsync_register_source_formats")
+        return self._registry("source format", "migsync_register_source_formats", SourceFormatSpec)
 
     def backend_for_url(self, url: str) -> BackendSpec:
         return self._by_scheme(self.backends, url, "database")
@@ -146,28 +153,38 @@ class Plugins:
     def _origin(self, plugin_name: str) -> str:
         if plugin_name in self._builtins:
             return "builtin"
-        for plugin, dist in self.pm.list_plugin_distinfo():
-            if self.pm.get_name(plugin) == plugin_name:
-                return f"entry point ({dist.project_name} {dist.version})"
-        return "registered"
+        return self._origins.get(plugin_name, "registered")
 
     # -- internals ---------------------------------------------------------------
 
-    def _registry(self, kind: str, hook_name: str) -> Registry[Any]:
+    def _registry(self, kind: str, hook_name: str, spec_type: type) -> Registry[Any]:
         cached = self._cache.get(hook_name)
         if cached is not None:
             return cached
         registry: Registry[Any] = Registry(kind)
         hook = getattr(self.pm.hook, hook_name)
-        # Call implementations one by one, built-ins first, so every spec is
-        # attributed to the plugin that registered it and clashes name both.
+        # Call implementations one by one so every spec is attributed to the
+        # plugin that registered it and a clash can name both plugins.
         for impl in hook.get_hookimpls():
             owner = impl.plugin_name
 
             def register(spec: Any, owner: str = owner) -> None:
+                if not isinstance(spec, spec_type):
+                    raise PluginError(
+                        f"plugin {owner!r}: {hook_name} registered {spec!r}; expected a {spec_type.__name__}"
+                    )
                 self._add(registry, spec, owner)
 
-            impl.function(register=register)
+            # pluggy lets an implementation take a subset of the spec's arguments.
+            arguments = {"register": register}
+            try:
+                impl.function(**{name: arguments[name] for name in impl.argnames})
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {owner!r}: {hook_name} raised {type(exc).__name__}: {exc}"
+                ) from exc
         self._cache[hook_name] = registry
         return registry
 
@@ -177,23 +194,34 @@ class Plugins:
                 f"{registry.kind} {spec.name!r} is registered twice: by plugin "
                 f"{registry.owners[spec.name]!r} and by plugin {owner!r}"
             )
+        claimed = []
         for scheme in getattr(spec, "schemes", ()):
             previous = registry.by_scheme.get(scheme)
             if previous is None:
+                claimed.append(scheme)
                 continue
             previous_plugin = registry.owners[previous]
-            if previous_plugin not in self._builtins:
+            previous_builtin = previous_plugin in self._builtins
+            builtin = owner in self._builtins
+            if previous_builtin and not builtin:
+                log.debug(
+                    "%s %r takes scheme %r from built-in %r", registry.kind, spec.name, scheme, previous
+                )
+                claimed.append(scheme)
+            elif builtin and not previous_builtin:
+                # A third party already has it (its hook ran first): it wins.
+                continue
+            else:
                 raise PluginError(
                     f"URL scheme {scheme!r} is claimed by {registry.kind} {previous!r} "
                     f"(plugin {previous_plugin!r}) and by {spec.name!r} (plugin {owner!r})"
                 )
-            log.debug("%s %r takes scheme %r from built-in %r", registry.kind, spec.name, scheme, previous)
-        for scheme in getattr(spec, "schemes", ()):
+        for scheme in claimed:
             registry.by_scheme[scheme] = spec.name
         registry.specs[spec.name] = spec
         registry.owners[spec.name] = owner
 
-    def _by_scheme(self, registry: Registry[Any], url: str, what: str) -> Any:
+    def _by_scheme(self, registry: Registry[S], url: str, what: str) -> S:
         scheme = urlsplit(url).scheme.lower()
         by_scheme = registry.by_scheme
         if not scheme or scheme not in by_scheme:
@@ -202,22 +230,37 @@ class Plugins:
         return registry.specs[by_scheme[scheme]]
 
 
-def _check_sync_hookimpls(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+def _check_hookimpls(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     for hook_caller in pm.get_hookcallers(plugin) or ():
+        mine = [impl for impl in hook_caller.get_hookimpls() if impl.plugin is plugin]
+        if not hook_caller.has_spec() and not all(impl.optionalhook for impl in mine):
+            known = ", ".join(sorted(_hook_names()))
+            raise PluginError(
+                f"plugin {name!r} implements unknown hook {hook_caller.name!r}; known hooks: {known}"
+            )
         if hook_caller.name in hookspecs.ASYNC_NOTIFICATION_HOOKS:
             continue
-        for impl in hook_caller.get_hookimpls():
-            if impl.plugin is plugin and inspect.iscoroutinefunction(impl.function):
+        for impl in mine:
+            function = impl.function
+            if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
                 raise PluginError(
                     f"plugin {name!r}: hook {hook_caller.name} must not be 'async def'; "
                     "registration hooks are synchronous (do async work in the registered class)"
                 )
 
 
+def _hook_names() -> list[str]:
+    return [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "migsync_spec")]
+
+
 def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
-    pm.register(plugin, name=name)
     try:
-        _check_sync_hookimpls(pm, plugin, name)
+        pm.register(plugin, name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        # pluggy's messages are good; ours adds which plugin and the common type.
+        raise PluginError(f"plugin {name!r} cannot be registered: {exc}") from exc
+    try:
+        _check_hookimpls(pm, plugin, name)
     except PluginError:
         pm.unregister(plugin)
         raise
@@ -248,21 +291,26 @@ def make_plugins(
         _register(pm, importlib.import_module(module_name), module_name)
         builtin_names.add(module_name)
     failures: list[PluginInfo] = []
+    origins: dict[str, str] = {}
     if autoload:
-        failures = _load_entry_points(pm, strict)
+        failures, origins = _load_entry_points(pm, strict)
     for index, plugin in enumerate(extra):
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
         _register(pm, plugin, name)
-    return Plugins(pm, failures, builtin_names)
+    return Plugins(pm, failures, builtin_names, origins)
 
 
-def _load_entry_points(pm: pluggy.PluginManager, strict: bool) -> list[PluginInfo]:
+def _load_entry_points(pm: pluggy.PluginManager, strict: bool) -> tuple[list[PluginInfo], dict[str, str]]:
+    """Register the ``migsync`` entry points: (failures, origin of each loaded plugin)."""
     from importlib.metadata import entry_points
 
     allowed_raw = os.environ.get("MIGSYNC_PLUGINS", "").strip()
     allowed = {n.strip() for n in allowed_raw.split(",") if n.strip()} if allowed_raw else None
     failures: list[PluginInfo] = []
+    origins: dict[str, str] = {}
+    seen: set[str] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        seen.add(ep.name)
         if allowed is not None and ep.name not in allowed:
             continue
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
@@ -279,24 +327,10 @@ def _load_entry_points(pm: pluggy.PluginManager, strict: bool) -> list[PluginInf
             log.warning("%s", message)
             failures.append(PluginInfo(ep.name, origin, error=f"{type(exc).__name__}: {exc}"))
             continue
-        if dist is not None:
-            pm._plugin_distinfo.append((plugin, _DistFacade(dist)))  # noqa: SLF001
-    return failures
-
-
-class _DistFacade:
-    """What pluggy's ``list_plugin_distinfo`` expects of a distribution."""
-
-    def __init__(self, dist: Any):
-        self._dist = dist
-
-    @property
-    def project_name(self) -> str:
-        return str(self._dist.name)
-
-    @property
-    def version(self) -> str:
-        return str(self._dist.version)
+        origins[ep.name] = origin
+    for name in sorted((allowed or set()) - seen):
+        log.warning("MIGSYNC_PLUGINS names %r, but no installed plugin has that name", name)
+    return failures, origins
 
 
 # Typed re-export for callers that only need the callback type.

@@ -9,8 +9,9 @@ implementation is imported the first time it is used (``spec.load()``), so
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -23,17 +24,50 @@ Target = Callable[..., Any] | str
 def _load_target(target: Target, what: str) -> Callable[..., Any]:
     if not isinstance(target, str):
         return target
-    module_name, _, attribute = target.partition(":")
+    module_name, colon, attribute = target.partition(":")
+    if not colon or not module_name or not attribute:
+        raise PluginError(f"{what}: factory {target!r} is not of the form 'package.module:attribute'")
     try:
-        module = importlib.import_module(module_name)
-        loaded: Callable[..., Any] = getattr(module, attribute) if attribute else module
-    except (ImportError, AttributeError) as exc:
-        raise PluginError(f"{what}: cannot import {target!r}: {exc}") from exc
-    return loaded
+        loaded: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            loaded = getattr(loaded, part)
+    except Exception as exc:
+        # Any exception: a plugin's module may fail at import for reasons of its own.
+        raise PluginError(f"{what}: cannot import {target!r}: {type(exc).__name__}: {exc}") from exc
+    if not callable(loaded):
+        raise PluginError(f"{what}: {target!r} is {type(loaded).__name__}, not a class or function")
+    return cast("Callable[..., Any]", loaded)
 
 
-def _schemes(value: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    return tuple(s.lower() for s in value)
+def _schemes(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    # A lone string is one scheme, not a sequence of one-letter schemes.
+    items = (value,) if isinstance(value, str) else tuple(value)
+    return tuple(s.lower() for s in items)
+
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+
+
+def _check_schemes(instance: object, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not value:
+        raise ValueError(f"{type(instance).__name__} needs at least one URL scheme")
+    for scheme in value:
+        if not _SCHEME.fullmatch(scheme):
+            raise ValueError(
+                f"{type(instance).__name__}: {scheme!r} is not a URL scheme (write 'sqlite', not 'sqlite://')"
+            )
+
+
+def _check_name(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{type(instance).__name__} needs a non-empty name, got {value!r}")
+
+
+def _check_target(instance: object, attribute: attrs.Attribute[Any], value: Target) -> None:
+    if not isinstance(value, str) and not callable(value):
+        raise TypeError(
+            f"{type(instance).__name__}: factory must be callable or 'module:attribute', got {value!r}"
+        )
 
 
 @attrs.frozen
@@ -44,9 +78,9 @@ class BackendSpec:
     :class:`migsync.core.backend.Backend`).
     """
 
-    name: str
-    schemes: tuple[str, ...] = attrs.field(converter=_schemes)
-    factory: Target
+    name: str = attrs.field(validator=_check_name)
+    schemes: tuple[str, ...] = attrs.field(converter=_schemes, validator=_check_schemes)
+    factory: Target = attrs.field(validator=_check_target)
     description: str = ""
 
     def load(self) -> Callable[..., Any]:
@@ -57,9 +91,9 @@ class BackendSpec:
 class TransportSpec:
     """A transport: the URL schemes it serves and the class that serves them."""
 
-    name: str
-    schemes: tuple[str, ...] = attrs.field(converter=_schemes)
-    factory: Target
+    name: str = attrs.field(validator=_check_name)
+    schemes: tuple[str, ...] = attrs.field(converter=_schemes, validator=_check_schemes)
+    factory: Target = attrs.field(validator=_check_target)
     description: str = ""
 
     def load(self) -> Callable[..., Any]:
@@ -74,8 +108,8 @@ class EventSinkSpec:
     ``default`` sinks are active when a deployment names none.
     """
 
-    name: str
-    factory: Target
+    name: str = attrs.field(validator=_check_name)
+    factory: Target = attrs.field(validator=_check_target)
     description: str = ""
     default: bool = False
 
@@ -92,8 +126,8 @@ class SourceFormatSpec:
     first whose ``match`` accepts a file name owns that file.
     """
 
-    name: str
-    factory: Target
+    name: str = attrs.field(validator=_check_name)
+    factory: Target = attrs.field(validator=_check_target)
     description: str = ""
     priority: int = 100
 

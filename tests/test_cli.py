@@ -1,0 +1,168 @@
+"""The ``migsync`` command through its real console script, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+from conftest import MIGSYNC, write_migrations
+
+GOOD = {
+    "0001_users.sql": "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n"
+    "-- migrate:down\nDROP TABLE users;\n",
+    "0002_email.up.sql": "ALTER TABLE users ADD COLUMN email TEXT;",
+    "0002_email.down.sql": "ALTER TABLE users DROP COLUMN email;",
+}
+BROKEN = "-- migrate:up\nCREATE TABLE t (x);\nSELEC oops;\n-- migrate:down\nDROP TABLE t;\n"
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    return subprocess.run(
+        [MIGSYNC, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60, check=False
+    )
+
+
+def status_json(db_url: str) -> list[dict[str, object]]:
+    result = run("status", "--db", db_url, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["migrations"]  # type: ignore[no-any-return]
+
+
+def test_apply_then_status_json(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", GOOD)
+    result = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert result.returncode == 0, result.stderr
+    assert "applied 2 migrations (0001_users .. 0002_email)" in result.stdout
+    rows = status_json(db_url)
+    assert [(r["version"], r["name"], r["state"], r["attempts"], r["error"]) for r in rows] == [
+        (1, "0001_users", "applied", 1, None),
+        (2, "0002_email", "applied", 1, None),
+    ]
+    assert all(isinstance(r["applied_at"], str) and r["applied_at"].endswith("Z") for r in rows)
+
+    again = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_failed_migration_exits_1_naming_it(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", {**GOOD, "0003_broken.sql": BROKEN})
+    result = run("apply", "--migrations", str(migrations), "--db", db_url, "--max-attempts", "1")
+    assert result.returncode == 1
+    assert "applied 2 migrations" in result.stdout
+    assert "dead: apply 0003_broken failed 1 of 1 attempts" in result.stderr
+    assert "statement 2 (line 2 of the script)" in result.stderr and "syntax error" in result.stderr
+    rows = status_json(db_url)
+    assert [r["state"] for r in rows] == ["applied", "applied", "dead"]
+    assert "syntax error" in str(rows[2]["error"])
+
+
+def test_failed_migration_waits_for_backoff(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", {"0001_broken.sql": BROKEN})
+    first = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert first.returncode == 1 and "failed: apply 0001_broken (attempt 1 of 3)" in first.stderr
+    second = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert second.returncode == 1 and "waiting: the next queued change retries after" in second.stderr
+    assert status_json(db_url)[0]["attempts"] == 1
+    third = run("apply", "--migrations", str(migrations), "--db", db_url, "--retry-now")
+    assert third.returncode == 1 and "attempt 2 of 3" in third.stderr
+
+
+def test_invalid_source_exits_2_and_touches_nothing(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", {**GOOD, "0003_x.sql": "CREATE TABLE x (a);\n"})
+    result = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ")
+    assert "0003_x.sql" in result.stderr and "migrate:up" in result.stderr
+    assert "Traceback" not in result.stderr
+    db_file = Path(db_url.removeprefix("sqlite:///"))
+    assert not db_file.exists(), "nothing may be applied (or created) from an invalid source"
+
+
+def test_revert_and_queue(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", GOOD)
+    assert run("apply", "--migrations", str(migrations), "--db", db_url).returncode == 0
+    reverted = run("revert", "--db", db_url, "--all")
+    assert reverted.returncode == 0, reverted.stderr
+    assert "reverted 2 migrations (0002_email .. 0001_users)" in reverted.stdout
+    assert [r["state"] for r in status_json(db_url)] == ["pending", "pending"]
+
+    queued = run("queue", "--db", db_url, "email")
+    assert queued.returncode == 0 and "queued: 0001_users, 0002_email" in queued.stdout
+    processed = run("process", "--db", db_url)
+    assert processed.returncode == 0 and "processed 2 migrations" in processed.stdout
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(users)")]
+    assert columns == ["id", "email"]
+
+    usage = run("revert", "--db", db_url)
+    assert usage.returncode == 2 and "exactly one of NAME, --to VERSION or --all" in usage.stderr
+    unknown = run("revert", "--db", db_url, "nope")
+    assert unknown.returncode == 2 and "no migration 'nope'" in unknown.stderr
+
+
+def test_bad_database_url_lists_known_schemes(tmp_path: Path) -> None:
+    result = run("status", "--db", "oracle://x")
+    assert result.returncode == 2
+    assert "no backend serves database URL 'oracle://x'" in result.stderr
+    assert "sqlite://" in result.stderr
+    missing = run("status", "--db", f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_sinks_from_the_command_line(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", GOOD)
+    events = tmp_path / "events.jsonl"
+    result = run("apply", "--migrations", str(migrations), "--db", db_url, "--sink", f"jsonl:path={events}")
+    assert result.returncode == 0, result.stderr
+    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
+    assert kinds.count("migration_applied") == 2 and kinds[-1] == "pass_completed"
+    unknown = run("apply", "--migrations", str(migrations), "--db", db_url, "--sink", "nope")
+    assert (
+        unknown.returncode == 2 and "unknown event sink 'nope'; valid: bus, jsonl, logging" in unknown.stderr
+    )
+
+
+def test_plugins_lists_builtins() -> None:
+    result = run("plugins", "--json")
+    assert result.returncode == 0
+    registered = {item for plugin in json.loads(result.stdout) for item in plugin["registers"]}
+    assert {"backend:sqlite", "event sink:jsonl", "source format:native"} <= registered
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = run("demo", "--dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    for step in ("== 1.", "== 2.", "== 3.", "== 4."):
+        assert step in result.stdout
+    assert "migration_dead" in result.stdout
+    assert (tmp_path / "demo" / "events.jsonl").stat().st_size > 0
+
+
+def test_two_processes_apply_each_migration_exactly_once(tmp_path: Path, db_url: str) -> None:
+    files = {
+        f"{i:04d}_t{i}.sql": f"-- migrate:up\nCREATE TABLE t{i} (x);\n-- migrate:down\nDROP TABLE t{i};\n"
+        for i in range(1, 41)
+    }
+    migrations = write_migrations(tmp_path / "m", files)
+    env = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    cmd = [MIGSYNC, "apply", "--migrations", str(migrations), "--db", db_url]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        changes = conn.execute(
+            "SELECT migration_name, attempts, processed FROM migration_changes ORDER BY seq"
+        ).fetchall()
+        statuses = conn.execute("SELECT applied, attempts FROM client_migration_status").fetchall()
+    # Each process may queue; a migration is applied by exactly one change, once.
+    applied_changes = [c for c in changes if c[1] == 1]
+    assert sorted(c[0] for c in applied_changes) == sorted(Path(f).stem for f in files)
+    assert all(c[2] for c in changes)
+    assert statuses == [(1, 1)] * 40
