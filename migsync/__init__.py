@@ -5,30 +5,84 @@ The public API is re-exported here; everything else is internal.
 
 from __future__ import annotations
 
-from migsync.core.backend import Backend, BaseBackend, BaseConnection, Connection
-from migsync.core.client import Client
-from migsync.core.clock import Clock, RetryPolicy, SystemClock
-from migsync.core.errors import (
-    BackendError,
-    ChecksumMismatch,
-    ConfigError,
-    ConnectError,
-    DirtyDatabase,
-    LockTimeout,
-    MigrationError,
-    MigsyncError,
-    PluginError,
-    SourceError,
-    StatementError,
-    UnknownMigration,
-)
-from migsync.core.events import BaseEventSink, Event, EventSink
-from migsync.core.formats import SourceFormat
-from migsync.core.hookspecs import hookimpl, hookspec
-from migsync.core.migration import Migration, Script
-from migsync.core.plugins import Plugins, make_plugins
-from migsync.core.sources import load_directory
-from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, TransportSpec
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use (PEP 562), so that ``migsync apply`` pays only for
+# the modules it needs: start-up time is part of every client run.
+_EXPORTS: dict[str, str] = {
+    "Backend": "migsync.core.backend",
+    "BackendError": "migsync.core.errors",
+    "BackendSpec": "migsync.core.specs",
+    "BaseBackend": "migsync.core.backend",
+    "BaseConnection": "migsync.core.backend",
+    "BaseEventSink": "migsync.core.events",
+    "ChecksumMismatch": "migsync.core.errors",
+    "Client": "migsync.core.client",
+    "Clock": "migsync.core.clock",
+    "ConfigError": "migsync.core.errors",
+    "ConnectError": "migsync.core.errors",
+    "Connection": "migsync.core.backend",
+    "DirtyDatabase": "migsync.core.errors",
+    "Event": "migsync.core.events",
+    "EventSink": "migsync.core.events",
+    "EventSinkSpec": "migsync.core.specs",
+    "LockTimeout": "migsync.core.errors",
+    "Migration": "migsync.core.migration",
+    "MigrationError": "migsync.core.errors",
+    "MigsyncError": "migsync.core.errors",
+    "PluginError": "migsync.core.errors",
+    "Plugins": "migsync.core.plugins",
+    "RetryPolicy": "migsync.core.clock",
+    "Script": "migsync.core.migration",
+    "SourceError": "migsync.core.errors",
+    "SourceFormat": "migsync.core.formats",
+    "SourceFormatSpec": "migsync.core.specs",
+    "StatementError": "migsync.core.errors",
+    "SystemClock": "migsync.core.clock",
+    "TransportSpec": "migsync.core.specs",
+    "UnknownMigration": "migsync.core.errors",
+    "hookimpl": "migsync.core.hookspecs",
+    "hookspec": "migsync.core.hookspecs",
+    "load_directory": "migsync.core.sources",
+    "make_plugins": "migsync.core.plugins",
+}
+
+if TYPE_CHECKING:
+    from migsync.core.backend import Backend, BaseBackend, BaseConnection, Connection
+    from migsync.core.client import Client
+    from migsync.core.clock import Clock, RetryPolicy, SystemClock
+    from migsync.core.errors import (
+        BackendError,
+        ChecksumMismatch,
+        ConfigError,
+        ConnectError,
+        DirtyDatabase,
+        LockTimeout,
+        MigrationError,
+        MigsyncError,
+        PluginError,
+        SourceError,
+        StatementError,
+        UnknownMigration,
+    )
+    from migsync.core.events import BaseEventSink, Event, EventSink
+    from migsync.core.formats import SourceFormat
+    from migsync.core.hookspecs import hookimpl, hookspec
+    from migsync.core.migration import Migration, Script
+    from migsync.core.plugins import Plugins, make_plugins
+    from migsync.core.sources import load_directory
+    from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, TransportSpec
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'migsync' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

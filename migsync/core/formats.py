@@ -37,7 +37,7 @@ from migsync.core.errors import SourceError
 from migsync.core.hookspecs import hookimpl
 from migsync.core.migration import ANY_DIALECT, Direction
 from migsync.core.specs import SourceFormatSpec
-from migsync.core.splitter import is_blank
+from migsync.core.splitter import split
 
 
 @attrs.frozen
@@ -82,7 +82,7 @@ class SourceFormat:
 
 _NATIVE_NAME = re.compile(r"^(?P<version>\d+)_(?P<desc>[^.]+)\.sql$")
 _OPTION = re.compile(r"(\w+)(?:[=:](\S+))?")
-_MARKER = re.compile(r"^--\s*migrate:(?P<direction>\w+)(?P<options>[^\n]*)$", re.MULTILINE)
+_MARKER = re.compile(r"^--[ \t]*migrate:(?P<direction>\w+)(?P<options>[^\n]*)$", re.MULTILINE)
 
 
 class NativeFormat(SourceFormat):
@@ -100,10 +100,9 @@ class NativeFormat(SourceFormat):
         line_of: Callable[[int], int] = lambda pos: text.count("\n", 0, pos) + 1  # noqa: E731
         if not markers:
             raise SourceError("no '-- migrate:up' section", path)
-        if not is_blank(text[: markers[0].start()]):
-            raise SourceError(
-                "SQL before the first '-- migrate:up' marker", path, line_of(_first_text(text))
-            )
+        leading = split(text[: markers[0].start()], "postgresql")
+        if leading:
+            raise SourceError("SQL before the first '-- migrate:up' marker", path, leading[0].line)
         sections: list[Section] = []
         seen: dict[tuple[str, str], int] = {}
         for index, marker in enumerate(markers):
@@ -133,11 +132,6 @@ class NativeFormat(SourceFormat):
         if not any(s.direction == "up" for s in sections):
             raise SourceError("no '-- migrate:up' section", path)
         return sections
-
-
-def _first_text(text: str) -> int:
-    stripped = text.lstrip()
-    return len(text) - len(stripped)
 
 
 def _marker_options(raw: str, path: Path, line: int) -> tuple[str, bool]:
@@ -184,19 +178,18 @@ class PairedFormat(SourceFormat):
             return None
         dialect = ANY_DIALECT
         autocommit = False
+        # Anything unknown, repeated or contradictory (two dialects) makes the name
+        # not ours; the loader then reports a name that fits no format.
         for infix in m["infixes"].split(".")[1:]:
-            if infix.lower() == "autocommit":
+            if infix.lower() == "autocommit" and not autocommit:
                 autocommit = True
                 continue
             found = dialects.lookup(infix)
-            if found is None:
-                # Not ours after all; the loader reports a name that fits no format.
+            if found is None or dialect != ANY_DIALECT:
                 return None
             dialect = found
         direction: Direction = "up" if m["direction"] == "up" else "down"
-        return FileName(
-            int(m["version"]), f"{m['version']}_{m['desc']}", direction, dialect, autocommit
-        )
+        return FileName(int(m["version"]), f"{m['version']}_{m['desc']}", direction, dialect, autocommit)
 
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         assert file.direction is not None

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import attrs
 
+from migsync.core import dialects
+
 ANY_DIALECT = "*"
 
 Direction = Literal["up", "down"]
@@ -77,7 +79,11 @@ class Migration:
     def script(self, direction: Direction, dialect: str) -> Script:
         """The script to run for ``dialect``: its own, else the generic one, else a no-op."""
         scripts = self.up if direction == "up" else self.down
-        return scripts.get(dialect) or scripts.get(ANY_DIALECT) or EMPTY
+        dialect = dialects.lookup(dialect) or dialect
+        for key in (dialect, ANY_DIALECT):
+            if key in scripts:
+                return scripts[key]
+        return EMPTY
 
     def dialects(self) -> set[str]:
         return (set(self.up) | set(self.down)) - {ANY_DIALECT}

@@ -11,8 +11,11 @@ yields no migrations at all, so nothing is applied from it.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+import attrs
 
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
@@ -23,9 +26,7 @@ def builtin_formats() -> list[SourceFormat]:
     return [PairedFormat(), NativeFormat()]
 
 
-def load_directory(
-    directory: str | Path, formats: Sequence[SourceFormat] | None = None
-) -> list[Migration]:
+def load_directory(directory: str | Path, formats: Sequence[SourceFormat] | None = None) -> list[Migration]:
     """The migrations in ``directory``, sorted by version.
 
     Raises :class:`SourceError` naming the file (and line) of the first
@@ -36,21 +37,20 @@ def load_directory(
     if not root.is_dir():
         raise SourceError("migrations directory does not exist or is not a directory", root)
     formats = list(formats) if formats is not None else builtin_formats()
-    suffixes = {suffix for fmt in formats for suffix in fmt.suffixes}
+    # Case-insensitive: "001_x.SQL" must be reported, not silently skipped.
+    suffixes = {suffix.lower() for fmt in formats for suffix in fmt.suffixes}
     claimed: list[tuple[SourceFormat, FileName, Path]] = []
     for path in sorted(root.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
         owner = _claim(formats, path.name)
         if owner is None:
-            if any(path.name.endswith(suffix) for suffix in suffixes):
+            if any(path.name.lower().endswith(suffix) for suffix in suffixes):
                 expected = " or ".join(f.pattern_help for f in formats if f.pattern_help)
                 raise SourceError(f"file name fits no migration format (expected {expected})", path)
             continue
         claimed.append((owner[0], owner[1], path))
-    return _assemble(
-        (file, fmt.parse(file, read_text(path), path)) for fmt, file, path in claimed
-    )
+    return _assemble((file, path, fmt.parse(file, read_text(path), path)) for fmt, file, path in claimed)
 
 
 def _claim(formats: Sequence[SourceFormat], filename: str) -> tuple[SourceFormat, FileName] | None:
@@ -67,32 +67,42 @@ def read_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read file: {exc.strerror}", path) from exc
+    # Not the "utf-8-sig" codec: its error offsets do not count the BOM.
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        offset = bom + exc.start
+        line = data.count(b"\n", 0, offset) + 1
         raise SourceError(
-            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
-            "save the file as UTF-8",
+            f"not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); save the file as UTF-8",
             path,
             line,
         ) from exc
 
 
-def _assemble(files: Iterable[tuple[FileName, list[Section]]]) -> list[Migration]:
-    by_version: dict[int, tuple[str, Path | None, dict[tuple[str, str], Section]]] = {}
-    for file, sections in files:
-        first_path = sections[0].path if sections else None
+@attrs.define
+class _Entry:
+    name: str
+    path: Path
+    whole: bool  # a file that holds the whole migration (native): it shares it with no other
+    slots: dict[tuple[str, str], Section] = attrs.Factory(dict)
+
+
+def _assemble(files: Iterable[tuple[FileName, Path, list[Section]]]) -> list[Migration]:
+    by_version: dict[int, _Entry] = {}
+    for file, file_path, sections in files:
+        whole = file.direction is None
         entry = by_version.get(file.version)
         if entry is None:
-            entry = (file.name, first_path, {})
+            entry = _Entry(file.name, file_path, whole)
             by_version[file.version] = entry
-        elif entry[0] != file.name:
+        elif entry.name != file.name or entry.whole or whole:
             raise SourceError(
-                f"version {file.version} is used twice: by {entry[1]} and by this file",
-                first_path,
+                f"version {file.version} is used twice: by {entry.path} and by this file",
+                file_path,
             )
-        slots = entry[2]
+        slots = entry.slots
         for section in sections:
             key = (section.direction, section.dialect)
             other = slots.get(key)
@@ -100,18 +110,18 @@ def _assemble(files: Iterable[tuple[FileName, list[Section]]]) -> list[Migration
                 which = "generic" if section.dialect == ANY_DIALECT else section.dialect
                 raise SourceError(
                     f"version {file.version} has two {section.direction} scripts for {which}: "
-                    f"{other.path} and this file",
-                    section.path,
+                    f"{other.path or 'another file'} and this file",
+                    file_path,
                 )
             slots[key] = section
     migrations = []
-    for version in sorted(by_version):
-        name, path, slots = by_version[version]
-        if not any(direction == "up" for direction, _ in slots):
-            raise SourceError(f"migration {name} has a down script but no up script", path)
-        up = {d: Script(s.sql, s.autocommit) for (direction, d), s in slots.items() if direction == "up"}
-        down = {
-            d: Script(s.sql, s.autocommit) for (direction, d), s in slots.items() if direction == "down"
-        }
-        migrations.append(Migration(version, name, up, down, source=str(path) if path else None))
+    for version, entry in sorted(by_version.items()):
+        if not any(direction == "up" for direction, _ in entry.slots):
+            raise SourceError(f"migration {entry.name} has a down script but no up script", entry.path)
+        scripts: dict[str, dict[str, Script]] = {"up": {}, "down": {}}
+        for (direction, dialect), section in entry.slots.items():
+            scripts[direction][dialect] = Script(section.sql, section.autocommit)
+        migrations.append(
+            Migration(version, entry.name, scripts["up"], scripts["down"], source=str(entry.path))
+        )
     return migrations

@@ -1,0 +1,3 @@
+from migsync.cli import main
+
+main()
