@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sqlite3
 import statistics
@@ -139,8 +140,8 @@ def main() -> None:
         scripts = generate(migrations_dir, args.n)
         for round_ in range(args.repeat):
             raw = raw_connect(root / f"raw{round_}.db", pragmas)
-            samples.setdefault("raw apply", []).append(timed(lambda: raw_apply(raw, scripts)))
-            samples.setdefault("raw revert", []).append(timed(lambda: raw_revert(raw, scripts)))
+            samples.setdefault("raw apply", []).append(timed(functools.partial(raw_apply, raw, scripts)))
+            samples.setdefault("raw revert", []).append(timed(functools.partial(raw_revert, raw, scripts)))
             raw.close()
             ours = asyncio.run(migsync_round(root / f"migsync{round_}.db", migrations_dir))
             for key, value in ours.items():

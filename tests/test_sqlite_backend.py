@@ -105,7 +105,7 @@ async def test_unit_of_work_left_open_is_rolled_back(tmp_path: Path) -> None:
 async def test_not_a_database_is_a_connect_error(tmp_path: Path) -> None:
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(ConnectError, match="junk.db"):
+    with pytest.raises(ConnectError, match=r"junk\.db"):
         async with SQLiteBackend(f"sqlite:///{junk}"):
             pass
     with pytest.raises(ConnectError, match="does not exist"):
@@ -120,7 +120,7 @@ async def test_write_lock_held_elsewhere_is_a_lock_timeout(tmp_path: Path) -> No
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         try:
-            with pytest.raises(LockTimeout, match="held the write lock for over 0.2s"):
+            with pytest.raises(LockTimeout, match=r"held the write lock for over 0\.2s"):
                 async with backend.transaction():
                     pass
         finally:
