@@ -72,9 +72,7 @@ async def run_demo(workdir: str) -> int:
         result = await client.apply(load_directory(migrations))
         while result.failure is not None and not result.failure.dead:
             wait = (result.failure.next_attempt_at or 0) - client.clock.now()
-            click.echo(
-                f"   attempt {result.failure.attempts} failed; retrying in {max(wait, 0):.2f}s"
-            )
+            click.echo(f"   attempt {result.failure.attempts} failed; retrying in {max(wait, 0):.2f}s")
             await client.clock.sleep(max(wait, 0))
             result = await client.process()
         print_status(await client.status())

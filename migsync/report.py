@@ -20,9 +20,7 @@ def print_status(states: Sequence[MigrationState]) -> None:
     for column in ("version", "name", "state", "applied at", "attempts"):
         table.add_column(column, no_wrap=True)
     for s in states:
-        state = (
-            s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
-        )
+        state = s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
         table.add_row(
             str(s.version),
             s.name,

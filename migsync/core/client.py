@@ -69,9 +69,7 @@ class Client:
         self.backend = backend
         self.clock = clock or SystemClock()
         self.events = EventDispatcher(sinks, timeout=sink_timeout)
-        self.ledger = Ledger(
-            backend, clock=self.clock, events=self.events, max_attempts=max_attempts
-        )
+        self.ledger = Ledger(backend, clock=self.clock, events=self.events, max_attempts=max_attempts)
         self.processor = ChangesProcessor(
             backend,
             MigrationHandler(backend.dialect, self.clock),
@@ -131,9 +129,7 @@ class Client:
         self.events.add(bus)
         return bus
 
-    async def apply(
-        self, migrations: Sequence[Migration], *, ignore_backoff: bool = False
-    ) -> PassResult:
+    async def apply(self, migrations: Sequence[Migration], *, ignore_backoff: bool = False) -> PassResult:
         """Record ``migrations``, queue the pending ones and run one processor pass."""
         await self.ledger.record(migrations)
         await self.ledger.queue_pending()

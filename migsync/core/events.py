@@ -131,9 +131,7 @@ class EventDispatcher:
     in ``dropped``) rather than kept in memory without limit.
     """
 
-    def __init__(
-        self, sinks: Iterable[EventSink] = (), *, timeout: float = 5.0, queue_size: int = 1000
-    ):
+    def __init__(self, sinks: Iterable[EventSink] = (), *, timeout: float = 5.0, queue_size: int = 1000):
         self.sinks = list(sinks)
         self.timeout = timeout
         self.queue_size = queue_size

@@ -112,10 +112,6 @@ class JsonLinesSink(BaseEventSink):
 
 @hookimpl
 def migsync_register_event_sinks(register: Callable[[EventSinkSpec], None]) -> None:
-    register(
-        EventSinkSpec(
-            "logging", LoggingSink, "log each event (migsync.events logger)", default=True
-        )
-    )
+    register(EventSinkSpec("logging", LoggingSink, "log each event (migsync.events logger)", default=True))
     register(EventSinkSpec("bus", EventBus, "in-process bus that application code subscribes to"))
     register(EventSinkSpec("jsonl", JsonLinesSink, "append events as JSON lines: jsonl:path=FILE"))
