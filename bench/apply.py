@@ -28,6 +28,7 @@ from pathlib import Path
 from migsync import Client, load_directory
 from migsync.backends.sqlite import SQLiteBackend
 from migsync.core.plugins import make_plugins
+from migsync.core.sources import scan_directory
 
 
 def generate(directory: Path, n: int) -> list[tuple[list[str], list[str]]]:
@@ -83,7 +84,8 @@ async def migsync_round(db: Path, migrations_dir: Path) -> dict[str, tuple[float
     async with Client.connect(f"sqlite:///{db}", plugins=plugins, sinks=[]) as client:
 
         async def apply() -> None:
-            result = await client.apply(load_directory(migrations_dir))
+            # What `migsync apply` does: a snapshot, parsed only if its digest is new.
+            result = await client.apply(scan_directory(migrations_dir))
             assert result.ok and result.remaining == 0, result
 
         async def revert() -> None:

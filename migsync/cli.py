@@ -151,12 +151,14 @@ async def _apply(
     wait: bool,
     retry_now: bool,
 ) -> int:
-    from migsync.core.sources import load_directory
+    from migsync.core.sources import scan_directory
 
-    migrations = load_directory(directory, _formats(ctx))
+    # Parsed (and validated) inside record_source, before anything is written,
+    # and only when these files differ from the ones this database recorded last.
+    source = scan_directory(directory, _formats(ctx))
     started = time.perf_counter()
     async with _client(ctx, db_url, sinks, max_attempts=max_attempts) as client:
-        await client.ledger.record(migrations)
+        await client.ledger.record_source(source)
         queued = await client.ledger.queue_pending()
         with _progress(client, len(queued), "applying"):
             result = await client.process(ignore_backoff=retry_now)

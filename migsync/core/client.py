@@ -26,6 +26,7 @@ from migsync.core.ledger import Ledger, MigrationHandler, MigrationState
 from migsync.core.migration import Migration
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.core.processor import ChangesProcessor, PassResult
+from migsync.core.sources import SourceSnapshot
 from migsync.plugins.sinks import EventBus
 
 
@@ -129,9 +130,19 @@ class Client:
         self.events.add(bus)
         return bus
 
-    async def apply(self, migrations: Sequence[Migration], *, ignore_backoff: bool = False) -> PassResult:
-        """Record ``migrations``, queue the pending ones and run one processor pass."""
-        await self.ledger.record(migrations)
+    async def apply(
+        self, migrations: Sequence[Migration] | SourceSnapshot, *, ignore_backoff: bool = False
+    ) -> PassResult:
+        """Record ``migrations``, queue the pending ones and run one processor pass.
+
+        ``migrations`` is a list (:func:`~migsync.core.sources.load_directory`) or a
+        snapshot (:func:`~migsync.core.sources.scan_directory`), which is parsed
+        only if this database has not recorded the same files before.
+        """
+        if isinstance(migrations, SourceSnapshot):
+            await self.ledger.record_source(migrations)
+        else:
+            await self.ledger.record(migrations)
         await self.ledger.queue_pending()
         return await self.processor.run_pass(ignore_backoff=ignore_backoff)
 

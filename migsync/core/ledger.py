@@ -39,6 +39,7 @@ from migsync.core.events import (
     MigrationReverted,
 )
 from migsync.core.migration import ANY_DIALECT, Migration
+from migsync.core.sources import SourceSnapshot
 from migsync.core.work import Execute, Fetch, Script, Work
 
 State = Literal["applied", "pending", "failed", "dead"]
@@ -301,6 +302,25 @@ class Ledger:
         async with self.backend.transaction() as tx:
             await tx.execute_batch(statements)
         return RecordResult([m.name for m in added], [m.name for m in updated])
+
+    async def record_source(self, snapshot: SourceSnapshot) -> RecordResult:
+        """:meth:`record` a directory snapshot, skipping it if this database recorded the same bytes.
+
+        A client that starts with ``migsync apply`` every time reads its
+        migration files every time; parsing and comparing them only when
+        their digest changed keeps a no-op start cheap.
+        """
+        rows = await self.backend.fetch(f"SELECT value FROM {schema.META} WHERE key = 'source_digest'")
+        if rows and rows[0]["value"] == snapshot.digest:
+            return RecordResult([], [])
+        result = await self.record(snapshot.migrations())
+        async with self.backend.transaction() as tx:
+            await tx.execute(
+                f"INSERT INTO {schema.META} (key, value) VALUES ('source_digest', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (snapshot.digest,),
+            )
+        return result
 
     # -- queueing -----------------------------------------------------------------
 

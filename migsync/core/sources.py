@@ -12,6 +12,8 @@ yields no migrations at all, so nothing is applied from it.
 from __future__ import annotations
 
 import codecs
+import hashlib
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -20,6 +22,9 @@ import attrs
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
 from migsync.core.migration import ANY_DIALECT, Migration, Script
+
+# Bump when parsing rules change, so that old digests no longer match.
+_DIGEST_SALT = b"migsync-source-1\0"
 
 
 def builtin_formats() -> list[SourceFormat]:
@@ -33,24 +38,64 @@ def load_directory(directory: str | Path, formats: Sequence[SourceFormat] | None
     problem: a name that fits no format, two migrations with one version,
     a native file without an up section, text that is not UTF-8.
     """
+    return scan_directory(directory, formats).migrations()
+
+
+@attrs.frozen
+class SourceSnapshot:
+    """The migration files of a directory as read at one moment, parsed on demand.
+
+    ``digest`` covers the files' names and bytes and the formats that read
+    them: two snapshots with one digest hold the same migrations, so a client
+    that recorded this digest already can skip parsing and recording.
+    """
+
+    directory: Path
+    files: tuple[tuple[SourceFormat, FileName, Path, bytes], ...]
+    digest: str
+    _parsed: list[list[Migration]] = attrs.field(factory=list, eq=False, repr=False, alias="_parsed")
+
+    def migrations(self) -> list[Migration]:
+        if not self._parsed:
+            self._parsed.append(
+                _assemble(
+                    (file, path, fmt.parse(file, decode(data, path), path))
+                    for fmt, file, path, data in self.files
+                )
+            )
+        return self._parsed[0]
+
+
+def scan_directory(directory: str | Path, formats: Sequence[SourceFormat] | None = None) -> SourceSnapshot:
+    """Read the migration files of ``directory`` (names checked, contents not yet parsed)."""
     root = Path(directory)
-    if not root.is_dir():
-        raise SourceError("migrations directory does not exist or is not a directory", root)
     formats = list(formats) if formats is not None else builtin_formats()
     # Case-insensitive: "001_x.SQL" must be reported, not silently skipped.
-    suffixes = {suffix.lower() for fmt in formats for suffix in fmt.suffixes}
-    claimed: list[tuple[SourceFormat, FileName, Path]] = []
-    for path in sorted(root.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+    suffixes = tuple({suffix.lower() for fmt in formats for suffix in fmt.suffixes})
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        raise SourceError("migrations directory does not exist or is not a directory", root) from None
+    except OSError as exc:
+        raise SourceError(f"cannot read directory: {exc.strerror}", root) from exc
+    digest = hashlib.sha256(_DIGEST_SALT + ",".join(type(f).__qualname__ for f in formats).encode())
+    files = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or entry.is_dir():
             continue
-        owner = _claim(formats, path.name)
+        owner = _claim(formats, name)
+        path = root / name
         if owner is None:
-            if any(path.name.lower().endswith(suffix) for suffix in suffixes):
+            if name.lower().endswith(suffixes):
                 expected = " or ".join(f.pattern_help for f in formats if f.pattern_help)
                 raise SourceError(f"file name fits no migration format (expected {expected})", path)
             continue
-        claimed.append((owner[0], owner[1], path))
-    return _assemble((file, path, fmt.parse(file, read_text(path), path)) for fmt, file, path in claimed)
+        data = read_bytes(path)
+        digest.update(b"\0%d\0%s\0" % (len(data), name.encode()))
+        digest.update(data)
+        files.append((owner[0], owner[1], path, data))
+    return SourceSnapshot(root, tuple(files), digest.hexdigest())
 
 
 def _claim(formats: Sequence[SourceFormat], filename: str) -> tuple[SourceFormat, FileName] | None:
@@ -63,10 +108,19 @@ def _claim(formats: Sequence[SourceFormat], filename: str) -> tuple[SourceFormat
 
 def read_text(path: Path) -> str:
     """The file's text as UTF-8 (a BOM is allowed), or a SourceError saying where it is not."""
+    return decode(read_bytes(path), path)
+
+
+def read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as file:
+            return file.read()
     except OSError as exc:
         raise SourceError(f"cannot read file: {exc.strerror}", path) from exc
+
+
+def decode(data: bytes, path: Path) -> str:
+    """``data`` as UTF-8 text (a BOM is allowed), or a SourceError saying where it is not."""
     # Not the "utf-8-sig" codec: its error offsets do not count the BOM.
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
