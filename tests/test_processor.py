@@ -338,3 +338,29 @@ async def test_background_loop_applies_and_stops(tmp_path: Path, db_path: Path) 
         assert not client.processor.running
         states = await client.status()
     assert [s.state for s in states] == ["applied"] * 3
+
+
+async def test_unchanged_source_is_not_parsed_again_but_changes_are(tmp_path: Path, db_path: Path) -> None:
+    from migsync.core.errors import SourceError
+    from migsync.core.sources import scan_directory
+
+    migrations = write_migrations(tmp_path / "m", THREE)
+    async with make_client(db_path) as client:
+        first = await client.ledger.record_source(scan_directory(migrations))
+        assert first.added == ["0001_users", "0002_posts", "0003_tags"]
+        await client.apply(scan_directory(migrations))
+
+        same = scan_directory(migrations)
+        assert (await client.ledger.record_source(same)).added == []
+        assert same._parsed == [], "an unchanged source is not parsed"
+
+        # A changed applied migration is still caught: its digest differs.
+        (migrations / "0003_tags.sql").write_text(THREE["0003_tags.sql"].replace("name TEXT", "n TEXT"))
+        with pytest.raises(ChecksumMismatch, match="0003_tags"):
+            await client.apply(scan_directory(migrations))
+        # So is a new invalid file, and nothing is recorded from it.
+        (migrations / "0003_tags.sql").write_text(THREE["0003_tags.sql"])
+        (migrations / "0004_bad.sql").write_text("CREATE TABLE nope (x);")
+        with pytest.raises(SourceError, match="0004_bad.sql"):
+            await client.apply(scan_directory(migrations))
+        assert [s.name for s in await client.status()] == ["0001_users", "0002_posts", "0003_tags"]
