@@ -361,6 +361,6 @@ async def test_unchanged_source_is_not_parsed_again_but_changes_are(tmp_path: Pa
         # So is a new invalid file, and nothing is recorded from it.
         (migrations / "0003_tags.sql").write_text(THREE["0003_tags.sql"])
         (migrations / "0004_bad.sql").write_text("CREATE TABLE nope (x);")
-        with pytest.raises(SourceError, match="0004_bad.sql"):
+        with pytest.raises(SourceError, match=r"0004_bad\.sql"):
             await client.apply(scan_directory(migrations))
         assert [s.name for s in await client.status()] == ["0001_users", "0002_posts", "0003_tags"]
