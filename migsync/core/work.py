@@ -20,7 +20,7 @@ ends with a transaction still open, the driver rolls it back.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
@@ -84,61 +84,64 @@ Request = Execute | Fetch | Script | Begin | Commit | Savepoint | Release | Roll
 Work = Generator[Request, Any, T]
 
 
+class _Program(Generic[T]):
+    """Steps a program: hands out its next request, takes back the result or the error."""
+
+    def __init__(self, work: Work[T]):
+        self._work = work
+        self.result: T | None = None
+        self.in_transaction = False
+
+    def next_request(self, value: Any, error: BaseException | None) -> Request | None:
+        """The program's next request, or None once it has returned (see ``result``)."""
+        try:
+            return self._work.send(value) if error is None else self._work.throw(error)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+    def performed(self, request: Request) -> None:
+        if isinstance(request, Begin):
+            self.in_transaction = True
+        elif isinstance(request, Commit):
+            self.in_transaction = False
+
+
 def drive_sync(work: Work[T], perform: Callable[[Request], Any], rollback: Callable[[], Any]) -> T:
     """Run ``work`` to its end, calling ``perform`` for each request.
 
     ``rollback`` is called if the program ends (or fails) inside a transaction.
     """
-    value: Any = None
-    error: BaseException | None = None
-    in_transaction = False
+    program, value, error = _Program(work), None, None
     try:
-        while True:
-            try:
-                request = work.send(value) if error is None else work.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+        while (request := program.next_request(value, error)) is not None:
             value, error = None, None
             try:
                 value = perform(request)
+                program.performed(request)
             except Exception as exc:
                 error = exc
-            else:
-                in_transaction = _still_open(request, in_transaction)
+        return program.result  # type: ignore[return-value]
     finally:
-        if in_transaction:
+        if program.in_transaction:
             rollback()
 
 
 async def drive_async(work: Work[T], connection: Connection) -> T:
     """Run ``work`` against an async connection, one awaited call per request."""
-    value: Any = None
-    error: BaseException | None = None
-    in_transaction = False
+    program, value, error = _Program(work), None, None
     try:
-        while True:
-            try:
-                request = work.send(value) if error is None else work.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+        while (request := program.next_request(value, error)) is not None:
             value, error = None, None
             try:
                 value = await _perform_async(request, connection)
+                program.performed(request)
             except Exception as exc:
                 error = exc
-            else:
-                in_transaction = _still_open(request, in_transaction)
+        return program.result  # type: ignore[return-value]
     finally:
-        if in_transaction:
+        if program.in_transaction:
             await connection.execute("ROLLBACK")
-
-
-def _still_open(request: Request, in_transaction: bool) -> bool:
-    if isinstance(request, Begin):
-        return True
-    if isinstance(request, Commit):
-        return False
-    return in_transaction
 
 
 async def _perform_async(request: Request, connection: Connection) -> Any:
