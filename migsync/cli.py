@@ -44,7 +44,7 @@ sink_option = click.option(
     "sinks",
     multiple=True,
     metavar="NAME[:k=v,...]",
-    help="Event sink to send events to (repeatable); default: logging. See 'migsync plugins'.",
+    help="Event sink to send events to (repeatable); default: logging, shown with -v. See 'migsync plugins'.",
 )
 max_attempts_option = click.option(
     "--max-attempts",
@@ -68,10 +68,19 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         sys.exit(EXIT_BAD_INPUT)
 
 
-def _client(ctx: click.Context, url: str, sinks: Sequence[str], **options: Any) -> Client:
+def _client(
+    ctx: click.Context, url: str, sinks: Sequence[str], *, create: bool = False, **options: Any
+) -> Client:
+    """A client for ``url``; only ``apply`` may create a database that does not exist yet."""
     from migsync.core.client import Client
 
-    return Client.connect(url, plugins=_plugins(ctx), sinks=list(sinks) or None, **options)
+    return Client.connect(
+        url,
+        plugins=_plugins(ctx),
+        sinks=list(sinks) or None,
+        backend_options={"create": create},
+        **options,
+    )
 
 
 def _plugins(ctx: click.Context) -> Any:
@@ -157,16 +166,24 @@ async def _apply(
     # and only when these files differ from the ones this database recorded last.
     source = scan_directory(directory, _formats(ctx))
     started = time.perf_counter()
-    async with _client(ctx, db_url, sinks, max_attempts=max_attempts) as client:
+    async with _client(ctx, db_url, sinks, create=True, max_attempts=max_attempts) as client:
         await client.ledger.record_source(source)
         queued = await client.ledger.queue_pending()
         with _progress(client, len(queued), "applying"):
             result = await client.process(ignore_backoff=retry_now)
-            while wait and result.failure is not None and not result.failure.dead:
-                _report_failure(result)
-                await client.clock.sleep(max(0.0, (result.failure.next_attempt_at or 0) - client.clock.now()))
+            while wait and (due := _retry_due(result)) is not None:
+                if result.failure is not None:
+                    _report_failure(result)
+                await client.clock.sleep(max(0.0, due - client.clock.now()))
                 result = await client.process()
     return _report(result, time.perf_counter() - started, "applied")
+
+
+def _retry_due(result: PassResult) -> float | None:
+    """When the change blocking the queue may be tried again (None: it may not, or nothing blocks)."""
+    if result.failure is not None and not result.failure.dead:
+        return result.failure.next_attempt_at
+    return result.waiting_until
 
 
 def _formats(ctx: click.Context) -> list[Any]:
@@ -299,6 +316,7 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
 @main.command()
 @db_option
 @sink_option
+@max_attempts_option
 @click.argument("name", required=False)
 @click.option("--to", "to_version", type=int, metavar="VERSION", help="Revert everything above VERSION.")
 @click.option("--all", "everything", is_flag=True, help="Revert every applied migration.")
@@ -308,6 +326,7 @@ def revert(
     ctx: click.Context,
     db_url: str,
     sinks: tuple[str, ...],
+    max_attempts: int,
     name: str | None,
     to_version: int | None,
     everything: bool,
@@ -322,10 +341,14 @@ def revert(
 
     async def run() -> int:
         started = time.perf_counter()
-        async with _client(ctx, db_url, sinks) as client:
-            names = await client.ledger.revert(name, to=to_version, everything=everything)
+        async with _client(ctx, db_url, sinks, max_attempts=max_attempts) as client:
+            requested = await client.ledger.revert(name, to=to_version, everything=everything)
+            names = requested.reverting
+            if requested.cancelled:
+                click.echo(f"cancelled queued applies: {', '.join(requested.cancelled)}")
             if not names:
-                click.echo("nothing to revert")
+                if not requested.cancelled:
+                    click.echo("nothing to revert")
                 return 0
             if queue_only:
                 click.echo(f"queued for revert: {', '.join(names)}")

@@ -145,27 +145,81 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "events.jsonl").stat().st_size > 0
 
 
-def test_two_processes_apply_each_migration_exactly_once(tmp_path: Path, db_url: str) -> None:
+def test_processes_racing_on_a_new_file_apply_each_migration_exactly_once(tmp_path: Path) -> None:
+    # Each migration inserts a row: a migration run twice would leave two.
     files = {
-        f"{i:04d}_t{i}.sql": f"-- migrate:up\nCREATE TABLE t{i} (x);\n-- migrate:down\nDROP TABLE t{i};\n"
-        for i in range(1, 41)
+        "0001_runs.sql": "-- migrate:up\nCREATE TABLE runs (migration INTEGER);\n"
+        "-- migrate:down\nDROP TABLE runs;\n"
+    }
+    files |= {
+        f"{i:04d}_m{i}.sql": f"-- migrate:up\nINSERT INTO runs VALUES ({i});\n"
+        f"-- migrate:down\nDELETE FROM runs WHERE migration = {i};\n"
+        for i in range(2, 31)
     }
     migrations = write_migrations(tmp_path / "m", files)
     env = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    cmd = [MIGSYNC, "apply", "--migrations", str(migrations), "--db", db_url]
-    procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(3)
+    for round_ in range(3):
+        db = tmp_path / f"race{round_}.db"
+        cmd = [MIGSYNC, "apply", "--migrations", str(migrations), "--db", f"sqlite:///{db}"]
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        outputs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, outputs
+        with sqlite3.connect(db) as conn:
+            runs = sorted(r[0] for r in conn.execute("SELECT migration FROM runs"))
+            statuses = conn.execute("SELECT applied FROM client_migration_status").fetchall()
+            open_changes = conn.execute(
+                "SELECT count(*) FROM migration_changes WHERE processed = 0"
+            ).fetchone()
+        assert runs == list(range(2, 31)), f"round {round_}: a migration ran more or less than once"
+        assert statuses == [(1,)] * 30 and open_changes == (0,)
+
+
+def test_commands_other_than_apply_never_create_a_database(tmp_path: Path) -> None:
+    db = tmp_path / "typo.db"
+    for args in (["status"], ["process"], ["queue", "x"], ["revert", "--all"]):
+        result = run(*args, "--db", f"sqlite:///{db}")
+        assert result.returncode == 2 and "does not exist" in result.stderr, (args, result.stderr)
+    assert not db.exists()
+    bad_option = run("status", "--db", f"sqlite:///{db}?busy_timout=5")
+    assert bad_option.returncode == 2 and "unknown option(s) busy_timout" in bad_option.stderr
+
+
+def test_wait_retries_through_backoff_left_by_an_earlier_run(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", {"0001_broken.sql": BROKEN})
+    first = run("apply", "--migrations", str(migrations), "--db", db_url, "--max-attempts", "2")
+    assert first.returncode == 1 and "attempt 1 of 2" in first.stderr
+    waited = run("apply", "--migrations", str(migrations), "--db", db_url, "--wait")
+    assert waited.returncode == 1 and "dead: apply 0001_broken failed 2 of 2 attempts" in waited.stderr
+    assert status_json(db_url)[0]["state"] == "dead"
+
+
+def test_revert_reports_cancelled_applies(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", {**GOOD, "0003_broken.sql": BROKEN})
+    assert (
+        run("apply", "--migrations", str(migrations), "--db", db_url, "--max-attempts", "1").returncode == 1
+    )
+    result = run("revert", "--db", db_url, "--to", "1")
+    assert result.returncode == 0, result.stderr
+    assert "cancelled queued applies: 0003_broken" in result.stdout
+    assert "reverted 1 migration (0002_email)" in result.stdout
+    rows = status_json(db_url)
+    assert [(r["state"], r["error"]) for r in rows] == [
+        ("applied", None),
+        ("pending", None),
+        ("pending", None),
     ]
-    outputs = [p.communicate(timeout=60) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], outputs
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
-        changes = conn.execute(
-            "SELECT migration_name, attempts, processed FROM migration_changes ORDER BY seq"
-        ).fetchall()
-        statuses = conn.execute("SELECT applied, attempts FROM client_migration_status").fetchall()
-    # Each process may queue; a migration is applied by exactly one change, once.
-    applied_changes = [c for c in changes if c[1] == 1]
-    assert sorted(c[0] for c in applied_changes) == sorted(Path(f).stem for f in files)
-    assert all(c[2] for c in changes)
-    assert statuses == [(1, 1)] * 40
+
+
+def test_migrations_that_need_autocommit_are_refused_before_anything_runs(
+    tmp_path: Path, db_url: str
+) -> None:
+    migrations = write_migrations(
+        tmp_path / "m", {**GOOD, "0003_vacuum.sql": "-- migrate:up transaction:false\nVACUUM;\n"}
+    )
+    result = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert result.returncode == 2
+    assert "0003_vacuum" in result.stderr and "outside a transaction" in result.stderr
+    assert status_json(db_url) == []

@@ -186,7 +186,11 @@ async def test_revert_runs_newest_first(tmp_path: Path, db_path: Path) -> None:
     recorder = Recorder()
     async with make_client(db_path, sinks=[recorder]) as client:
         await client.apply(load_directory(migrations))
-        assert await client.ledger.revert(everything=True) == ["0003_tags", "0002_posts", "0001_users"]
+        assert (await client.ledger.revert(everything=True)).reverting == [
+            "0003_tags",
+            "0002_posts",
+            "0001_users",
+        ]
         result = await client.process()
         await drain(client)
         states = await client.status()
@@ -200,12 +204,12 @@ async def test_revert_name_takes_later_ones_with_it(tmp_path: Path, db_path: Pat
     migrations = write_migrations(tmp_path / "m", THREE)
     async with make_client(db_path) as client:
         await client.apply(load_directory(migrations))
-        assert await client.ledger.revert("posts") == ["0003_tags", "0002_posts"]
+        assert (await client.ledger.revert("posts")).reverting == ["0003_tags", "0002_posts"]
         await client.process()
         states = [(s.name, s.state) for s in await client.status()]
         with pytest.raises(MigrationError, match="0003_tags is not applied"):
             await client.ledger.revert("0003_tags")
-        assert await client.ledger.revert(to=1) == []
+        assert (await client.ledger.revert(to=1)).reverting == []
     assert states == [("0001_users", "applied"), ("0002_posts", "pending"), ("0003_tags", "pending")]
     assert tables(db_path) == {"users"}
 
@@ -214,7 +218,7 @@ async def test_revert_to_version(tmp_path: Path, db_path: Path) -> None:
     migrations = write_migrations(tmp_path / "m", THREE)
     async with make_client(db_path) as client:
         await client.apply(load_directory(migrations))
-        assert await client.ledger.revert(to=1) == ["0003_tags", "0002_posts"]
+        assert (await client.ledger.revert(to=1)).reverting == ["0003_tags", "0002_posts"]
         assert (await client.process()).ok
     assert tables(db_path) == {"users"}
 

@@ -65,6 +65,7 @@ from migsync.core.work import (
 
 T = TypeVar("T")
 
+_URL_OPTIONS = frozenset({"busy_timeout", "synchronous", "journal_mode"})
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _JOURNAL = {"WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF"}
 
@@ -210,9 +211,17 @@ class SQLiteBackend(BaseBackend):
         busy_timeout: float | None = None,
         synchronous: str | None = None,
         journal_mode: str | None = None,
+        create: bool = True,
     ):
         super().__init__(url)
         self.path, options = parse_url(url)
+        unknown = sorted(set(options) - _URL_OPTIONS)
+        if unknown:
+            raise ConfigError(
+                f"sqlite URL {url!r}: unknown option(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(_URL_OPTIONS))}"
+            )
+        self.create = create
         self.memory = self.path == ":memory:"
         self.busy_timeout = float(
             busy_timeout if busy_timeout is not None else options.get("busy_timeout", 30)
@@ -239,6 +248,8 @@ class SQLiteBackend(BaseBackend):
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise ConnectError(f"cannot open SQLite database {self.path}: folder {parent} does not exist")
+            if not self.create and not Path(self.path).is_file():
+                raise ConnectError(f"SQLite database {self.path} does not exist")
         try:
             db = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:

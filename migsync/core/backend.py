@@ -144,7 +144,13 @@ class BaseConnection:
 
 
 class BaseBackend:
-    """Defaults for :class:`Backend`: context management and schema creation."""
+    """Defaults for :class:`Backend`: context management and schema creation.
+
+    Every backend's factory accepts ``create`` (default True): whether opening
+    may create the database when it does not exist. Commands that only read
+    or change an existing client pass ``create=False``, so a mistyped URL is
+    an error instead of a new, empty database.
+    """
 
     name: ClassVar[str] = ""
     dialect: ClassVar[str] = ""

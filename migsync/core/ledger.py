@@ -20,7 +20,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -61,6 +61,19 @@ ON CONFLICT (migration_name) DO UPDATE SET
     error = excluded.error, attempts = excluded.attempts, updated_at = excluded.updated_at
 """
 
+_KNOWN = (
+    f"SELECT m.version, m.name, m.checksum, s.applied FROM {schema.MIGRATIONS} m "
+    f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name"
+)
+
+_UNQUEUED = (
+    f"SELECT m.version, m.name FROM {schema.MIGRATIONS} m "
+    f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name "
+    f"WHERE (s.applied IS NULL OR s.applied = FALSE) AND NOT EXISTS ("
+    f"SELECT 1 FROM {schema.QUEUE} q WHERE q.migration_name = m.name AND q.processed = FALSE) "
+    f"ORDER BY m.version"
+)
+
 _INSERT_CHANGE = f"""
 INSERT INTO {schema.QUEUE} (id, seq, migration_name, operation, timestamp, max_attempts)
 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {schema.QUEUE}), $2, $3, $4, $5)
@@ -90,6 +103,7 @@ class MigrationState:
             "attempts": self.attempts,
             "error": self.error,
             "queued": self.queued,
+            "next_attempt_at": _iso(self.next_attempt_at),
             "checksum": self.checksum,
         }
 
@@ -98,6 +112,12 @@ def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+@attrs.frozen
+class RevertResult:
+    reverting: list[str]  # queued for revert, newest first
+    cancelled: list[str]  # queued applies dropped because the revert covers them
 
 
 @attrs.frozen
@@ -121,11 +141,16 @@ class MigrationHandler:
     def handle(self, change: Row) -> Work[Event | None]:
         name = change["migration_name"]
         rows: list[Row] = yield Fetch(
-            f"SELECT version, checksum, content FROM {schema.MIGRATIONS} WHERE name = $1", (name,)
+            f"SELECT m.version, m.checksum, m.content, s.applied FROM {schema.MIGRATIONS} m "
+            f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name WHERE m.name = $1",
+            (name,),
         )
         if not rows:
             raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
         row = rows[0]
+        applying = change["operation"] == "apply"
+        if bool(row["applied"]) == applying:
+            return None  # already done (twice queued by racing processes): never run it twice
         # The stored content is the canonical JSON the checksum covers: one
         # hash proves it is what was recorded (and signed), untouched since.
         if hashlib.sha256(row["content"].encode()).hexdigest() != row["checksum"]:
@@ -134,7 +159,6 @@ class MigrationHandler:
                 f"{row['checksum'][:12]}; the database's copy was modified"
             )
         content = json.loads(row["content"])
-        applying = change["operation"] == "apply"
         scripts = content["up" if applying else "down"]
         script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
         if script["autocommit"]:
@@ -226,13 +250,19 @@ class Ledger:
         version order only.
         """
         signatures = signatures or {}
-        known = {
-            int(r["version"]): r
-            for r in await self.backend.fetch(
-                f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_checksum "
-                f"FROM {schema.MIGRATIONS} m LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name"
-            )
-        }
+        added, updated, _ = self._plan_record(await self.backend.fetch(_KNOWN), migrations)
+        if not added and not updated:
+            return RecordResult([], [])
+        async with self.backend.transaction() as tx:
+            # Again under the write lock: another process may have recorded them meanwhile.
+            added, updated, known = self._plan_record(await tx.fetch(_KNOWN), migrations)
+            await tx.execute_batch(self._record_statements(added, updated, known, signatures))
+        return RecordResult([m.name for m in added], [m.name for m in updated])
+
+    def _plan_record(
+        self, rows: list[Row], migrations: Sequence[Migration]
+    ) -> tuple[list[Migration], list[Migration], dict[int, Row]]:
+        known = {int(r["version"]): r for r in rows}
         newest_applied = max((v for v, r in known.items() if r["applied"]), default=None)
         added: list[Migration] = []
         updated: list[Migration] = []
@@ -255,8 +285,26 @@ class Ledger:
                         "or revert this one first"
                     )
                 updated.append(migration)
-        if not added and not updated:
-            return RecordResult([], [])
+        for migration in added + updated:
+            self._check_runnable(migration)
+        return added, updated, known
+
+    def _check_runnable(self, migration: Migration) -> None:
+        for direction in ("up", "down"):
+            if migration.script(direction, self.backend.dialect).autocommit:
+                raise MigrationError(
+                    f"migration {migration.name}: its {direction} script for {self.backend.dialect} must run "
+                    "outside a transaction (transaction:false / .autocommit), which this release of "
+                    "migsync does not run yet; nothing was recorded"
+                )
+
+    def _record_statements(
+        self,
+        added: list[Migration],
+        updated: list[Migration],
+        known: dict[int, Row],
+        signatures: dict[int, str],
+    ) -> list[tuple[str, Sequence[Any]]]:
         now = self.clock.now()
         statements: list[tuple[str, Sequence[Any]]] = []
         for migration in added:
@@ -299,9 +347,7 @@ class Ledger:
                     (migration.name, old_name),
                 )
             )
-        async with self.backend.transaction() as tx:
-            await tx.execute_batch(statements)
-        return RecordResult([m.name for m in added], [m.name for m in updated])
+        return statements
 
     async def record_source(self, snapshot: SourceSnapshot) -> RecordResult:
         """:meth:`record` a directory snapshot, skipping it if this database recorded the same bytes.
@@ -329,32 +375,35 @@ class Ledger:
 
         Dead changes stay dead: reviving one is a person's decision (:meth:`queue`).
         """
-        rows = await self.backend.fetch(
-            f"SELECT m.version, m.name FROM {schema.MIGRATIONS} m "
-            f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name "
-            f"WHERE (s.applied IS NULL OR s.applied = FALSE) AND NOT EXISTS ("
-            f"SELECT 1 FROM {schema.QUEUE} q WHERE q.migration_name = m.name AND q.processed = FALSE) "
-            f"ORDER BY m.version"
-        )
-        return await self._enqueue([(int(r["version"]), r["name"]) for r in rows], [])
+        if not await self.backend.fetch(_UNQUEUED):
+            return []
+        async with self.backend.transaction() as tx:
+            rows = await tx.fetch(_UNQUEUED)  # again under the write lock
+            fresh = [(int(r["version"]), r["name"]) for r in rows]
+            await tx.execute_batch(self._enqueue_statements(fresh, []))
+        self._emit_queued(fresh, "apply")
+        return [name for _, name in fresh]
 
     async def queue(self, ref: str) -> list[str]:
         """Queue ``ref`` for apply, with every earlier migration not applied yet.
 
         A dead change for one of them is revived: its attempts start again.
         """
-        states = await self.status()
-        target = await self.find(ref, states)
-        if target.state == "applied" and target.queued is None:
-            raise MigrationError(f"migration {target.name} is already applied")
-        earlier = [s for s in states if s.version <= target.version]
-        fresh = [(s.version, s.name) for s in earlier if s.queued is None and s.state != "applied"]
-        revived = [s.name for s in earlier if s.state == "dead"]
-        return await self._enqueue(fresh, revived)
+        async with self.backend.transaction() as tx:
+            states = await _read_status(tx.fetch)
+            target = await self.find(ref, states)
+            if target.state == "applied" and target.queued is None:
+                raise MigrationError(f"migration {target.name} is already applied")
+            earlier = [s for s in states if s.version <= target.version]
+            fresh = [(s.version, s.name) for s in earlier if s.queued is None and s.state != "applied"]
+            revived = [s.name for s in earlier if s.state == "dead"]
+            await tx.execute_batch(self._enqueue_statements(fresh, revived))
+        self._emit_queued(fresh, "apply")
+        return [*revived, *(name for _, name in fresh)]
 
-    async def _enqueue(self, fresh: Sequence[tuple[int, str]], revived: Sequence[str]) -> list[str]:
-        if not fresh and not revived:
-            return []
+    def _enqueue_statements(
+        self, fresh: Sequence[tuple[int, str]], revived: Sequence[str], operation: str = "apply"
+    ) -> list[tuple[str, Sequence[Any]]]:
         now = self.clock.now()
         statements: list[tuple[str, Sequence[Any]]] = [
             (
@@ -365,17 +414,18 @@ class Ledger:
             for name in revived
         ]
         statements += [
-            (_INSERT_CHANGE, (str(uuid.uuid4()), name, "apply", now, self.max_attempts)) for _, name in fresh
+            (_INSERT_CHANGE, (str(uuid.uuid4()), name, operation, now, self.max_attempts))
+            for _, name in fresh
         ]
-        async with self.backend.transaction() as tx:
-            await tx.execute_batch(statements)
-        for version, name in fresh:
-            self.events.emit(MigrationQueued(name=name, version=version, operation="apply"))
-        return [*revived, *(name for _, name in fresh)]
+        return statements
+
+    def _emit_queued(self, queued: Sequence[tuple[int, str]], operation: str) -> None:
+        for version, name in queued:
+            self.events.emit(MigrationQueued(name=name, version=version, operation=operation))
 
     async def revert(
         self, ref: str | None = None, *, to: int | None = None, everything: bool = False
-    ) -> list[str]:
+    ) -> RevertResult:
         """Queue reverts, newest first, of the applied migrations the request covers.
 
         ``ref``: that migration and every applied one after it. ``to``: every
@@ -384,57 +434,43 @@ class Ledger:
         """
         if sum(x is not None and x is not False for x in (ref, to, everything or None)) != 1:
             raise ValueError("give exactly one of ref, to, everything")
-        states = await self.status()
-        if ref is not None:
-            target = await self.find(ref, states)
-            if target.state != "applied" and target.queued != "revert":
-                raise MigrationError(f"migration {target.name} is not applied ({target.state})")
-            floor = target.version
-        elif to is not None:
-            floor = to + 1
-        else:
-            floor = min((s.version for s in states), default=0)
-        covered = [s for s in states if s.version >= floor]
-        to_revert = [s for s in reversed(covered) if s.state == "applied" and s.queued is None]
-        cancelled = [s for s in covered if s.queued == "apply"]
-        if not to_revert and not cancelled:
-            return []
-        now = self.clock.now()
-        statements: list[tuple[str, Sequence[Any]]] = [
-            (
-                f"UPDATE {schema.QUEUE} SET processed = TRUE, processed_at = $1, "
-                "error = 'cancelled by a revert' WHERE migration_name = $2 AND processed = FALSE",
-                (now, state.name),
-            )
-            for state in cancelled
-        ]
-        statements += [
-            (_INSERT_CHANGE, (str(uuid.uuid4()), state.name, "revert", now, self.max_attempts))
-            for state in to_revert
-        ]
         async with self.backend.transaction() as tx:
+            states = await _read_status(tx.fetch)
+            if ref is not None:
+                target = await self.find(ref, states)
+                if target.state != "applied" and target.queued != "revert":
+                    raise MigrationError(f"migration {target.name} is not applied ({target.state})")
+                floor = target.version
+            elif to is not None:
+                floor = to + 1
+            else:
+                floor = min((s.version for s in states), default=0)
+            covered = [s for s in states if s.version >= floor]
+            to_revert = [
+                (s.version, s.name) for s in reversed(covered) if s.state == "applied" and s.queued is None
+            ]
+            cancelled = [s.name for s in covered if s.queued == "apply"]
+            now = self.clock.now()
+            statements: list[tuple[str, Sequence[Any]]] = []
+            for name in cancelled:
+                statements += [
+                    (
+                        f"UPDATE {schema.QUEUE} SET processed = TRUE, processed_at = $1, "
+                        "error = 'cancelled by a revert' WHERE migration_name = $2 AND processed = FALSE",
+                        (now, name),
+                    ),
+                    (f"UPDATE {schema.STATUS} SET error = NULL WHERE migration_name = $1", (name,)),
+                ]
+            statements += self._enqueue_statements(to_revert, [], "revert")
             await tx.execute_batch(statements)
-        for state in to_revert:
-            self.events.emit(MigrationQueued(name=state.name, version=state.version, operation="revert"))
-        return [s.name for s in to_revert]
+        self._emit_queued(to_revert, "revert")
+        return RevertResult([name for _, name in to_revert], cancelled)
 
     # -- reading -------------------------------------------------------------------
 
     async def status(self) -> list[MigrationState]:
         """Every recorded migration with its state, in version order."""
-        rows = await self.backend.fetch(
-            f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, "
-            f"s.error AS status_error, s.attempts AS status_attempts "
-            f"FROM {schema.MIGRATIONS} m LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name "
-            f"ORDER BY m.version"
-        )
-        heads: dict[str, Row] = {}
-        for change in await self.backend.fetch(
-            f"SELECT migration_name, operation, attempts, max_attempts, error, next_attempt_at "
-            f"FROM {schema.QUEUE} WHERE processed = FALSE ORDER BY seq"
-        ):
-            heads.setdefault(change["migration_name"], change)
-        return [_state(row, heads.get(row["name"])) for row in rows]
+        return await _read_status(self.backend.fetch)
 
     async def find(self, ref: str, states: Sequence[MigrationState] | None = None) -> MigrationState:
         """The migration named by ``ref``: its full name, its name without version, or its version."""
@@ -452,6 +488,22 @@ class Ledger:
         raise UnknownMigration(
             f"{ref!r} names several migrations: {', '.join(s.name for s in matches)}; use the full name"
         )
+
+
+async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]]) -> list[MigrationState]:
+    rows = await fetch(
+        f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, "
+        f"s.error AS status_error, s.attempts AS status_attempts "
+        f"FROM {schema.MIGRATIONS} m LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name "
+        f"ORDER BY m.version"
+    )
+    heads: dict[str, Row] = {}
+    for change in await fetch(
+        f"SELECT migration_name, operation, attempts, max_attempts, error, next_attempt_at "
+        f"FROM {schema.QUEUE} WHERE processed = FALSE ORDER BY seq"
+    ):
+        heads.setdefault(change["migration_name"], change)
+    return [_state(row, heads.get(row["name"])) for row in rows]
 
 
 def _state(row: Row, change: Row | None) -> MigrationState:
