@@ -187,9 +187,9 @@ def _retry_due(result: PassResult) -> float | None:
 
 
 def _formats(ctx: click.Context) -> list[Any]:
-    plugins = _plugins(ctx)
-    specs = sorted(plugins.source_formats, key=lambda spec: spec.priority)
-    return [spec.load()() for spec in specs]
+    from migsync.core.sources import plugin_formats
+
+    return plugin_formats(_plugins(ctx))
 
 
 class _progress:

@@ -550,7 +550,7 @@ def test_hook_migsync_register_source_formats(tmp_path: Path) -> None:
         tmp_path / "migrations",
         {"V1__create_users.sql": "CREATE TABLE users (id INTEGER);", **dict(list(MIGRATIONS.items())[1:])},
     )
-    migrations = load_directory(directory, [spec.load()() for spec in specs])
+    migrations = load_directory(directory, plugin_formats(plugins))
     assert [(m.version, m.name) for m in migrations] == [(1, "1_create_users"), (2, "0002_add_email")]
     assert "CREATE TABLE users" in migrations[0].script("up", "sqlite").sql
 

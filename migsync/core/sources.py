@@ -16,6 +16,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -23,12 +24,21 @@ from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
 from migsync.core.migration import ANY_DIALECT, Migration, Script
 
+if TYPE_CHECKING:
+    from migsync.core.plugins import Plugins
+
 # Bump when parsing rules change, so that old digests no longer match.
 _DIGEST_SALT = b"migsync-source-1\0"
 
 
 def builtin_formats() -> list[SourceFormat]:
     return [PairedFormat(), NativeFormat()]
+
+
+def plugin_formats(plugins: Plugins) -> list[SourceFormat]:
+    """Every format the plugins registered (built-ins included), in priority order."""
+    specs = sorted(plugins.source_formats, key=lambda spec: spec.priority)
+    return [spec.load()() for spec in specs]
 
 
 def load_directory(directory: str | Path, formats: Sequence[SourceFormat] | None = None) -> list[Migration]:
