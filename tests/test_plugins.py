@@ -48,6 +48,7 @@ from migsync import (
 from migsync.backends.sqlite import SQLiteBackend
 from migsync.core import hookspecs
 from migsync.core.formats import FileName, Section, SourceFormat
+from migsync.core.sources import plugin_formats
 
 HERE = Path(__file__).resolve().parent
 PLUGIN_PKG = HERE / "plugin_pkg"
