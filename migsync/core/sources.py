@@ -61,7 +61,7 @@ class SourceSnapshot:
     """
 
     directory: Path
-    files: tuple[tuple[SourceFormat, FileName, Path, bytes], ...]
+    files: tuple[tuple[SourceFormat, FileName, str, bytes], ...]
     digest: str
     _parsed: list[list[Migration]] = attrs.field(factory=list, eq=False, repr=False, alias="_parsed")
 
@@ -70,7 +70,7 @@ class SourceSnapshot:
             self._parsed.append(
                 _assemble(
                     (file, path, fmt.parse(file, decode(data, path), path))
-                    for fmt, file, path, data in self.files
+                    for fmt, file, path, data in ((f, n, Path(p), d) for f, n, p, d in self.files)
                 )
             )
         return self._parsed[0]
@@ -95,7 +95,8 @@ def scan_directory(directory: str | Path, formats: Sequence[SourceFormat] | None
         if name.startswith(".") or entry.is_dir():
             continue
         owner = _claim(formats, name)
-        path = root / name
+        # Plain strings, not Path objects, on this loop: it runs per file on every start.
+        path = entry.path
         if owner is None:
             if name.lower().endswith(suffixes):
                 expected = " or ".join(f.pattern_help for f in formats if f.pattern_help)
@@ -121,10 +122,10 @@ def read_text(path: Path) -> str:
     return decode(read_bytes(path), path)
 
 
-def read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path | str) -> bytes:
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        with open(path, "rb", buffering=0) as file:
+            return file.readall()
     except OSError as exc:
         raise SourceError(f"cannot read file: {exc.strerror}", path) from exc
 
