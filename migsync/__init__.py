@@ -34,6 +34,10 @@ _EXPORTS: dict[str, str] = {
     "PluginError": "migsync.core.errors",
     "Plugins": "migsync.core.plugins",
     "RetryPolicy": "migsync.core.clock",
+    "RevertResult": "migsync.core.ledger",
+    "SourceSnapshot": "migsync.core.sources",
+    "scan_directory": "migsync.core.sources",
+    "plugin_formats": "migsync.core.sources",
     "Script": "migsync.core.migration",
     "SourceError": "migsync.core.errors",
     "SourceFormat": "migsync.core.formats",
@@ -69,9 +73,10 @@ if TYPE_CHECKING:
     from migsync.core.events import BaseEventSink, Event, EventSink
     from migsync.core.formats import SourceFormat
     from migsync.core.hookspecs import hookimpl, hookspec
+    from migsync.core.ledger import RevertResult
     from migsync.core.migration import Migration, Script
     from migsync.core.plugins import Plugins, make_plugins
-    from migsync.core.sources import load_directory
+    from migsync.core.sources import SourceSnapshot, load_directory, plugin_formats, scan_directory
     from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, TransportSpec
 
 
@@ -110,10 +115,12 @@ __all__ = [
     "PluginError",
     "Plugins",
     "RetryPolicy",
+    "RevertResult",
     "Script",
     "SourceError",
     "SourceFormat",
     "SourceFormatSpec",
+    "SourceSnapshot",
     "StatementError",
     "SystemClock",
     "TransportSpec",
@@ -123,4 +130,6 @@ __all__ = [
     "hookspec",
     "load_directory",
     "make_plugins",
+    "plugin_formats",
+    "scan_directory",
 ]

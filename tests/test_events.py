@@ -111,3 +111,12 @@ async def test_dispatcher_times_out_a_stuck_sink(caplog: pytest.LogCaptureFixtur
         dispatcher.emit(applied())
         await dispatcher.aclose(timeout=1.0)
     assert any("took over 0.1s" in r.getMessage() or "took over" in r.getMessage() for r in caplog.records)
+
+
+def test_public_api_resolves() -> None:
+    import migsync
+
+    for name in migsync.__all__:
+        assert getattr(migsync, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = migsync.nope

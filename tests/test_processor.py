@@ -148,6 +148,7 @@ async def test_backoff_retries_then_dead(tmp_path: Path, db_path: Path) -> None:
         states = {s.name: s for s in await client.status()}
         await drain(client)
     assert states["0001_half"].state == "dead" and states["0001_half"].attempts == 3
+    assert states["0001_half"].next_attempt_at is None, "a dead change is never retried"
     assert "no such table: nowhere" in (states["0001_half"].error or "")
     assert states["0002_tags"].state == "pending"
     assert recorder.kinds("migration_failed") == ["0001_half", "0001_half"]

@@ -96,7 +96,13 @@ class Client:
         default sinks). Open it with ``async with``.
         """
         plugins = plugins or make_plugins()
-        backend = plugins.backend_for_url(url).load()(url, **(backend_options or {}))
+        spec = plugins.backend_for_url(url)
+        try:
+            backend = spec.load()(url, **(backend_options or {}))
+        except TypeError as exc:
+            raise ConfigError(
+                f"backend {spec.name!r} does not take the options {sorted(backend_options or {})}: {exc}"
+            ) from exc
         return cls(backend, sinks=build_sinks(plugins, sinks), **options)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Self:

@@ -530,6 +530,6 @@ def _state(row: Row, change: Row | None) -> MigrationState:
     return MigrationState(
         state=state,
         queued=change["operation"],
-        next_attempt_at=float(change["next_attempt_at"]) if change["error"] else None,
+        next_attempt_at=float(change["next_attempt_at"]) if state == "failed" else None,
         **base,
     )
