@@ -72,6 +72,51 @@ def raw_revert(conn: sqlite3.Connection, scripts: list[tuple[list[str], list[str
         conn.execute("COMMIT")
 
 
+async def prepare_queue(db: Path, migrations_dir: Path) -> None:
+    """A database with the migrations recorded and queued by migsync, nothing applied."""
+    async with Client.connect(f"sqlite:///{db}", plugins=make_plugins(autoload=False), sinks=[]) as client:
+        await client.ledger.record_source(scan_directory(migrations_dir))
+        await client.ledger.queue_pending()
+
+
+def raw_bookkeeping_apply(
+    db: Path, scripts: list[tuple[list[str], list[str]]], pragmas: dict[str, str]
+) -> float:
+    """Raw sqlite3 running the statements a migsync pass runs: the SQL floor of the design.
+
+    Same claim, savepoint, content read, status upsert and processed flag as the
+    processor (its own SQL strings), without the Python around them.
+    """
+    from migsync.backends.sqlite import _placeholders
+    from migsync.core import ledger
+    from migsync.core.processor import ChangesProcessor
+
+    conn = raw_connect(db, pragmas)
+    proc = ChangesProcessor.__new__(ChangesProcessor)
+    ChangesProcessor.__init__(proc, None, ledger.MigrationHandler("sqlite"))  # type: ignore[arg-type]
+    claim, done = _placeholders(proc._sql_claim), _placeholders(proc._sql_done)
+    upsert = _placeholders(ledger._UPSERT_STATUS)
+    content = "SELECT m.version, m.checksum, m.content, s.applied FROM client_migration m "
+    content += "LEFT JOIN client_migration_status s ON s.version = m.version WHERE m.name = ?"
+    changes = conn.execute("SELECT seq, migration_name FROM migration_changes ORDER BY seq").fetchall()
+    started = time.perf_counter()
+    for (seq, name), (up, _) in zip(changes, scripts, strict=True):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(claim, (seq, time.time())).fetchall()
+        conn.execute("SAVEPOINT s")
+        row = conn.execute(content, (name,)).fetchone()
+        for statement in up:
+            conn.execute(statement)
+        now = time.time()
+        conn.execute(upsert, (name, row[0], True, now, row[1], 1, now))
+        conn.execute(done, (now, seq))
+        conn.execute("RELEASE s")
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return elapsed
+
+
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
@@ -100,8 +145,8 @@ async def migsync_round(db: Path, migrations_dir: Path) -> dict[str, tuple[float
     return out
 
 
-def process_noop(migrations_dir: Path, db: Path, pragmas: dict[str, str]) -> tuple[float, float]:
-    """Wall time of a whole `migsync apply` process with nothing pending, and of a raw script."""
+def process_noop(migrations_dir: Path, db: Path, pragmas: dict[str, str]) -> tuple[float, float, float]:
+    """Wall time of a whole no-op `migsync apply` process, of a raw sqlite3 and a raw aiosqlite script."""
     raw_script = (
         "import sqlite3, pathlib\n"
         f"conn = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
@@ -123,8 +168,21 @@ def process_noop(migrations_dir: Path, db: Path, pragmas: dict[str, str]) -> tup
             best = min(best, time.perf_counter() - started)
         return best
 
+    # The same work through aiosqlite, the driver migsync's SQLite backend uses (and so asyncio).
+    aio_script = (
+        "import asyncio, pathlib, aiosqlite\n"
+        "async def main():\n"
+        f"    async with aiosqlite.connect({str(db)!r}, isolation_level=None) as conn:\n"
+        f"        await conn.execute('PRAGMA journal_mode = {pragmas['journal_mode']}')\n"
+        f"        await conn.execute('PRAGMA synchronous = {pragmas['synchronous']}')\n"
+        f"        files = sorted(pathlib.Path({str(migrations_dir)!r}).glob('*.sql'))\n"
+        "        texts = [f.read_text() for f in files]\n"
+        "        rows = await conn.execute_fetchall('SELECT version FROM client_migration')\n"
+        "        assert len(rows) == len(texts)\n"
+        "asyncio.run(main())\n"
+    )
     cmd = [migsync, "apply", "--migrations", str(migrations_dir), "--db", f"sqlite:///{db}"]
-    return run(cmd), run([sys.executable, "-c", raw_script])
+    return run(cmd), run([sys.executable, "-c", raw_script]), run([sys.executable, "-c", aio_script])
 
 
 def main() -> None:
@@ -145,13 +203,17 @@ def main() -> None:
             samples.setdefault("raw apply", []).append(timed(functools.partial(raw_apply, raw, scripts)))
             samples.setdefault("raw revert", []).append(timed(functools.partial(raw_revert, raw, scripts)))
             raw.close()
+            floor_db = root / f"floor{round_}.db"
+            asyncio.run(prepare_queue(floor_db, migrations_dir))
+            floor = raw_bookkeeping_apply(floor_db, scripts, pragmas)
+            samples.setdefault("floor apply", []).append((floor, floor))
             ours = asyncio.run(migsync_round(root / f"migsync{round_}.db", migrations_dir))
             for key, value in ours.items():
                 samples.setdefault(f"migsync {key}", []).append(value)
         db = root / "migsync0.db"
         asyncio.run(migsync_round(db, migrations_dir))  # leave it fully applied for the no-op
         asyncio.run(_apply_all(db, migrations_dir))
-        proc_migsync, proc_raw = process_noop(migrations_dir, db, pragmas)
+        proc_migsync, proc_raw, proc_aio = process_noop(migrations_dir, db, pragmas)
 
     def median(key: str, index: int = 0) -> float:
         return statistics.median(s[index] for s in samples[key])
@@ -162,12 +224,19 @@ def main() -> None:
     for op in ("apply", "revert"):
         raw_ms, ours_ms = median(f"raw {op}") * 1000, median(f"migsync {op}") * 1000
         print(f"{op + ' N':<34}{raw_ms:>10.1f}{ours_ms:>12.1f}{ours_ms / n:>14.3f}{ours_ms / raw_ms:>7.2f}x")
+    raw_ms, floor_ms = median("raw apply") * 1000, median("floor apply") * 1000
+    label = "apply N, raw + migsync's bookkeeping"
+    print(f"{label:<34}{raw_ms:>10.1f}{floor_ms:>12.1f}{floor_ms / n:>14.3f}{floor_ms / raw_ms:>7.2f}x")
     noop_cpu = median("migsync noop", 1) * 1000
     noop_wall = median("migsync noop") * 1000
     print(f"{'no-op apply (in-process, CPU)':<34}{'':>10}{noop_cpu:>12.1f}{'':>14}{'':>8}")
     print(f"{'no-op apply (in-process, wall)':<34}{'':>10}{noop_wall:>12.1f}{'':>14}{'':>8}")
     print(
-        f"{'no-op apply (whole process)':<34}{proc_raw * 1000:>10.1f}{proc_migsync * 1000:>12.1f}"
+        f"{'no-op apply (process) vs aiosqlite':<34}{proc_aio * 1000:>10.1f}{proc_migsync * 1000:>12.1f}"
+        f"{'':>14}{proc_migsync / proc_aio:>7.2f}x"
+    )
+    print(
+        f"{'no-op apply (process) vs sqlite3':<34}{proc_raw * 1000:>10.1f}{proc_migsync * 1000:>12.1f}"
         f"{'':>14}{proc_migsync / proc_raw:>7.2f}x"
     )
     print("targets: apply and revert <= 1.2x raw; no-op apply < 20 ms CPU")

@@ -48,8 +48,8 @@ _UPSERT_STATUS = f"""
 INSERT INTO {schema.STATUS}
     (migration_name, version, applied, applied_at, applied_checksum, error, attempts, dirty, updated_at)
 VALUES ($1, $2, $3, $4, $5, NULL, $6, FALSE, $7)
-ON CONFLICT (migration_name) DO UPDATE SET
-    applied = excluded.applied, applied_at = excluded.applied_at,
+ON CONFLICT (version) DO UPDATE SET
+    migration_name = excluded.migration_name, applied = excluded.applied, applied_at = excluded.applied_at,
     applied_checksum = excluded.applied_checksum, error = NULL,
     attempts = excluded.attempts, dirty = FALSE, updated_at = excluded.updated_at
 """
@@ -57,18 +57,18 @@ ON CONFLICT (migration_name) DO UPDATE SET
 _FAILED_STATUS = f"""
 INSERT INTO {schema.STATUS} (migration_name, version, applied, error, attempts, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (migration_name) DO UPDATE SET
+ON CONFLICT (version) DO UPDATE SET
     error = excluded.error, attempts = excluded.attempts, updated_at = excluded.updated_at
 """
 
 _KNOWN = (
     f"SELECT m.version, m.name, m.checksum, s.applied FROM {schema.MIGRATIONS} m "
-    f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name"
+    f"LEFT JOIN {schema.STATUS} s ON s.version = m.version"
 )
 
 _UNQUEUED = (
     f"SELECT m.version, m.name FROM {schema.MIGRATIONS} m "
-    f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name "
+    f"LEFT JOIN {schema.STATUS} s ON s.version = m.version "
     f"WHERE (s.applied IS NULL OR s.applied = FALSE) AND NOT EXISTS ("
     f"SELECT 1 FROM {schema.QUEUE} q WHERE q.migration_name = m.name AND q.processed = FALSE) "
     f"ORDER BY m.version"
@@ -142,7 +142,7 @@ class MigrationHandler:
         name = change["migration_name"]
         rows: list[Row] = yield Fetch(
             f"SELECT m.version, m.checksum, m.content, s.applied FROM {schema.MIGRATIONS} m "
-            f"LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name WHERE m.name = $1",
+            f"LEFT JOIN {schema.STATUS} s ON s.version = m.version WHERE m.name = $1",
             (name,),
         )
         if not rows:
@@ -190,17 +190,16 @@ class MigrationHandler:
             return MigrationApplied(name=name, version=version, duration=duration)
         return MigrationReverted(name=name, version=version, duration=duration)
 
-    def record_failure(self, change: Row, error: str, attempts: int, dead: bool) -> Work[list[Event]]:
+    def record_failure(
+        self, change: Row, error: str, attempts: int, next_attempt_at: float | None
+    ) -> Work[list[Event]]:
         name = change["migration_name"]
-        rows: list[Row] = yield Fetch(
-            f"SELECT m.version, q.next_attempt_at FROM {schema.QUEUE} q "
-            f"LEFT JOIN {schema.MIGRATIONS} m ON m.name = q.migration_name WHERE q.id = $1",
-            (change["id"],),
-        )
-        version = int(rows[0]["version"] or 0) if rows else 0
-        reverting = change["operation"] == "revert"
-        yield Execute(_FAILED_STATUS, (name, version, reverting, error, attempts, self.clock.now()))
-        if dead:
+        rows: list[Row] = yield Fetch(f"SELECT version FROM {schema.MIGRATIONS} WHERE name = $1", (name,))
+        version = int(rows[0]["version"]) if rows else 0
+        if rows:
+            reverting = change["operation"] == "revert"
+            yield Execute(_FAILED_STATUS, (name, version, reverting, error, attempts, self.clock.now()))
+        if next_attempt_at is None:
             return [
                 MigrationDead(
                     name=name, version=version, operation=change["operation"], error=error, attempts=attempts
@@ -214,7 +213,7 @@ class MigrationHandler:
                 error=error,
                 attempts=attempts,
                 max_attempts=int(change["max_attempts"]),
-                next_attempt_at=float(rows[0]["next_attempt_at"]) if rows else 0.0,
+                next_attempt_at=next_attempt_at,
             )
         ]
 
@@ -494,7 +493,7 @@ async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]]) -> list[Mig
     rows = await fetch(
         f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, "
         f"s.error AS status_error, s.attempts AS status_attempts "
-        f"FROM {schema.MIGRATIONS} m LEFT JOIN {schema.STATUS} s ON s.migration_name = m.name "
+        f"FROM {schema.MIGRATIONS} m LEFT JOIN {schema.STATUS} s ON s.version = m.version "
         f"ORDER BY m.version"
     )
     heads: dict[str, Row] = {}

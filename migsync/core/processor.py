@@ -58,8 +58,13 @@ class ChangeHandler(Protocol):
         Returns the event to emit once the transaction has committed.
         """
 
-    def record_failure(self, change: Row, error: str, attempts: int, dead: bool) -> Work[list[Event]]:
-        """Write what the failure means beyond the queue row; return the events to emit."""
+    def record_failure(
+        self, change: Row, error: str, attempts: int, next_attempt_at: float | None
+    ) -> Work[list[Event]]:
+        """Write what the failure means beyond the queue row; return the events to emit.
+
+        ``next_attempt_at`` is None when the change is now dead.
+        """
 
 
 @attrs.frozen
@@ -123,11 +128,11 @@ class ChangesProcessor:
         q = handler.queue
         self._sql_head = f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq LIMIT {int(batch_size)}"
         self._sql_claim = (
-            f"UPDATE {q} SET attempts = attempts + 1 WHERE id = $1 AND processed = FALSE "
+            f"UPDATE {q} SET attempts = attempts + 1 WHERE seq = $1 AND processed = FALSE "
             "AND attempts < max_attempts AND next_attempt_at <= $2 RETURNING attempts, max_attempts"
         )
-        self._sql_done = f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL WHERE id = $2"
-        self._sql_failed = f"UPDATE {q} SET error = $1, next_attempt_at = $2 WHERE id = $3"
+        self._sql_done = f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL WHERE seq = $2"
+        self._sql_failed = f"UPDATE {q} SET error = $1, next_attempt_at = $2 WHERE seq = $3"
         self._sql_remaining = f"SELECT COUNT(*) AS n FROM {q} WHERE processed = FALSE"
 
     # -- one pass ------------------------------------------------------------------
@@ -197,7 +202,7 @@ class ChangesProcessor:
         yield Begin()
         # Claim inside the write transaction: only a change that is still
         # unprocessed, alive and due is ours to work.
-        claim: list[Row] = yield Fetch(self._sql_claim, (change["id"], due_by))
+        claim: list[Row] = yield Fetch(self._sql_claim, (change["seq"], due_by))
         if not claim:
             yield Commit()
             return None
@@ -206,7 +211,7 @@ class ChangesProcessor:
         yield Savepoint(_SAVEPOINT)
         try:
             event = yield from handler.handle(change)
-            yield Execute(self._sql_done, (self.clock.now(), change["id"]))
+            yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
         except Exception as exc:
             yield RollbackTo(_SAVEPOINT)
             if isinstance(exc, MigsyncError):
@@ -216,8 +221,10 @@ class ChangesProcessor:
                 error = f"{type(exc).__name__}: {exc}"
             dead = attempts >= max_attempts
             next_at = self.clock.now() + self.retry.delay(attempts)
-            yield Execute(self._sql_failed, (error, next_at, change["id"]))
-            failure_events = yield from handler.record_failure(change, error, attempts, dead)
+            yield Execute(self._sql_failed, (error, next_at, change["seq"]))
+            failure_events = yield from handler.record_failure(
+                change, error, attempts, None if dead else next_at
+            )
             yield Commit()
             events.extend(failure_events)
             return Outcome(
