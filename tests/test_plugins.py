@@ -606,3 +606,26 @@ def test_public_api_exports_the_plugin_contract() -> None:
     ):
         assert name in migsync.__all__
     assert migsync.hookimpl is hookspecs.hookimpl
+
+
+def test_entry_point_prefilter_reads_only_entry_points_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from migsync.core.plugins import _any_entry_point_declared
+
+    site = tmp_path / "site"
+    other = site / "other-1.0.dist-info"
+    other.mkdir(parents=True)
+    (other / "entry_points.txt").write_text("[console_scripts]\nother = other:main\n")
+    monkeypatch.setattr(sys, "path", [str(site), str(tmp_path / "missing")])
+    assert not _any_entry_point_declared("migsync")
+
+    plugin = site / "plug-2.0.dist-info"
+    plugin.mkdir()
+    (plugin / "entry_points.txt").write_text("[migsync]\nplug = plug.plugin\n")
+    assert _any_entry_point_declared("migsync")
+
+    archive = tmp_path / "bundle.zip"
+    archive.write_bytes(b"PK")
+    monkeypatch.setattr(sys, "path", [str(archive)])
+    assert _any_entry_point_declared("migsync"), "a zip on the path is left to importlib.metadata"

@@ -21,6 +21,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -300,8 +301,46 @@ def make_plugins(
     return Plugins(pm, failures, builtin_names, origins)
 
 
+def _any_entry_point_declared(group: str) -> bool:
+    """Whether some distribution on ``sys.path`` may declare entry points in ``group``.
+
+    ``importlib.metadata`` costs ~40 ms to import (email, zipfile, csv), paid by
+    every ``migsync`` start. Most installs have no migsync plugin, and a look at
+    the ``entry_points.txt`` files costs ~2 ms, so look first. Any doubt (a
+    zip on the path, a file that cannot be read) answers yes: the full
+    discovery then decides.
+    """
+    header = f"[{group}]"
+    for entry in sys.path:
+        if not entry:
+            entry = "."
+        if not os.path.isdir(entry):
+            if os.path.exists(entry):
+                return True  # a zip archive: let importlib.metadata look inside
+            continue
+        try:
+            names = os.listdir(entry)
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".dist-info", ".egg-info")):
+                continue
+            path = os.path.join(entry, name, "entry_points.txt")
+            try:
+                with open(path, encoding="utf-8") as file:
+                    if any(line.strip() == header for line in file):
+                        return True
+            except FileNotFoundError:
+                continue
+            except (OSError, UnicodeDecodeError):
+                return True
+    return False
+
+
 def _load_entry_points(pm: pluggy.PluginManager, strict: bool) -> tuple[list[PluginInfo], dict[str, str]]:
     """Register the ``migsync`` entry points: (failures, origin of each loaded plugin)."""
+    if not _any_entry_point_declared(ENTRY_POINT_GROUP):
+        return [], {}
     from importlib.metadata import entry_points
 
     allowed_raw = os.environ.get("MIGSYNC_PLUGINS", "").strip()
