@@ -16,8 +16,7 @@ few primitives, and run the conformance suite in :mod:`migsync.testing`.
 from __future__ import annotations
 
 import contextlib
-import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
@@ -57,9 +56,6 @@ class Connection(Protocol):
         Raises :class:`~migsync.core.errors.StatementError` naming the failing
         statement's position and line. A blank or comment-only script is a no-op.
         """
-
-    def savepoint(self) -> contextlib.AbstractAsyncContextManager[None]:
-        """A nested transaction: on an exception, its work is undone and the error re-raised."""
 
 
 @runtime_checkable
@@ -111,7 +107,6 @@ class BaseConnection:
     """Defaults for :class:`Connection` built on ``execute`` and ``fetch``."""
 
     dialect: ClassVar[str] = ""
-    _savepoint_ids = itertools.count(1)
 
     async def execute(self, sql: str, params: Params = ()) -> int:
         raise NotImplementedError
@@ -129,18 +124,6 @@ class BaseConnection:
 
     async def run_script(self, sql: str) -> None:
         raise NotImplementedError
-
-    @contextlib.asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
-        name = f"migsync_sp_{next(self._savepoint_ids)}"
-        await self.execute(f"SAVEPOINT {name}")
-        try:
-            yield
-        except BaseException:
-            await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
-            await self.execute(f"RELEASE SAVEPOINT {name}")
-            raise
-        await self.execute(f"RELEASE SAVEPOINT {name}")
 
 
 class BaseBackend:
