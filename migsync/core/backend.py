@@ -66,6 +66,7 @@ class Backend(Protocol):
     dialect: ClassVar[str]
     capabilities: ClassVar[frozenset[str]]
     url: str
+    tables: schema.Tables
 
     async def open(self) -> None: ...
 
@@ -138,6 +139,8 @@ class BaseBackend:
     name: ClassVar[str] = ""
     dialect: ClassVar[str] = ""
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: Where the bookkeeping tables live (a backend with schemas may qualify them).
+    tables: schema.Tables = schema.DEFAULT_TABLES
 
     def __init__(self, url: str):
         self.url = url
@@ -171,12 +174,12 @@ class BaseBackend:
 
     def schema_statements(self) -> list[str]:
         """The DDL of the bookkeeping tables in this backend's dialect."""
-        return schema.ddl(self.dialect)
+        return schema.ddl(self.dialect, self.tables)
 
     async def ensure_schema(self) -> None:
         # A read first: an up-to-date database costs no write (and no fsync) per start.
         try:
-            rows = await self.fetch(f"SELECT value FROM {schema.META} WHERE key = 'schema_version'")
+            rows = await self.fetch(f"SELECT value FROM {self.tables.meta} WHERE key = 'schema_version'")
             if rows and int(rows[0]["value"]) >= schema.SCHEMA_VERSION:
                 return
         except BackendError:

@@ -73,7 +73,7 @@ class Client:
         self.ledger = Ledger(backend, clock=self.clock, events=self.events, max_attempts=max_attempts)
         self.processor = ChangesProcessor(
             backend,
-            MigrationHandler(backend.dialect, self.clock),
+            MigrationHandler(backend.dialect, self.clock, backend.tables),
             events=self.events,
             clock=self.clock,
             retry=retry,

@@ -16,6 +16,7 @@ A migration's state, as ``migsync status`` shows it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -25,7 +26,6 @@ from typing import Any, Literal
 
 import attrs
 
-from migsync.core import schema
 from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, SystemClock
 from migsync.core.errors import ChecksumMismatch, MigrationError, StatementError, UnknownMigration
@@ -39,13 +39,20 @@ from migsync.core.events import (
     MigrationReverted,
 )
 from migsync.core.migration import ANY_DIALECT, Migration
+from migsync.core.schema import DEFAULT_TABLES, Tables
 from migsync.core.sources import SourceSnapshot
 from migsync.core.work import Execute, Fetch, Script, Work
 
 State = Literal["applied", "pending", "failed", "dead"]
 
-_UPSERT_STATUS = f"""
-INSERT INTO {schema.STATUS}
+
+class _SQL:
+    """The ledger's statements, for one set of table names (built once per names)."""
+
+    def __init__(self, t: Tables):
+        self.t = t
+        self.upsert_status = f"""
+INSERT INTO {t.status}
     (migration_name, version, applied, applied_at, applied_checksum, error, attempts, dirty, updated_at)
 VALUES ($1, $2, $3, $4, $5, NULL, $6, FALSE, $7)
 ON CONFLICT (version) DO UPDATE SET
@@ -53,31 +60,46 @@ ON CONFLICT (version) DO UPDATE SET
     applied_checksum = excluded.applied_checksum, error = NULL,
     attempts = excluded.attempts, dirty = FALSE, updated_at = excluded.updated_at
 """
-
-_FAILED_STATUS = f"""
-INSERT INTO {schema.STATUS} (migration_name, version, applied, error, attempts, updated_at)
+        self.failed_status = f"""
+INSERT INTO {t.status} (migration_name, version, applied, error, attempts, updated_at)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (version) DO UPDATE SET
     error = excluded.error, attempts = excluded.attempts, updated_at = excluded.updated_at
 """
-
-_KNOWN = (
-    f"SELECT m.version, m.name, m.checksum, s.applied FROM {schema.MIGRATIONS} m "
-    f"LEFT JOIN {schema.STATUS} s ON s.version = m.version"
-)
-
-_UNQUEUED = (
-    f"SELECT m.version, m.name FROM {schema.MIGRATIONS} m "
-    f"LEFT JOIN {schema.STATUS} s ON s.version = m.version "
-    f"WHERE (s.applied IS NULL OR s.applied = FALSE) AND NOT EXISTS ("
-    f"SELECT 1 FROM {schema.QUEUE} q WHERE q.migration_name = m.name AND q.processed = FALSE) "
-    f"ORDER BY m.version"
-)
-
-_INSERT_CHANGE = f"""
-INSERT INTO {schema.QUEUE} (id, seq, migration_name, operation, timestamp, max_attempts)
-VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {schema.QUEUE}), $2, $3, $4, $5)
+        self.known = (
+            f"SELECT m.version, m.name, m.checksum, s.applied FROM {t.migrations} m "
+            f"LEFT JOIN {t.status} s ON s.version = m.version"
+        )
+        self.unqueued = (
+            f"SELECT m.version, m.name FROM {t.migrations} m "
+            f"LEFT JOIN {t.status} s ON s.version = m.version "
+            f"WHERE (s.applied IS NULL OR s.applied = FALSE) AND NOT EXISTS ("
+            f"SELECT 1 FROM {t.queue} q WHERE q.migration_name = m.name AND q.processed = FALSE) "
+            f"ORDER BY m.version"
+        )
+        self.insert_change = f"""
+INSERT INTO {t.queue} (id, seq, migration_name, operation, timestamp, max_attempts)
+VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {t.queue}), $2, $3, $4, $5)
 """
+        self.migration_for_change = (
+            f"SELECT m.version, m.checksum, m.content, s.applied FROM {t.migrations} m "
+            f"LEFT JOIN {t.status} s ON s.version = m.version WHERE m.name = $1"
+        )
+        self.status = (
+            f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, "
+            f"s.error AS status_error, s.attempts AS status_attempts "
+            f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version "
+            f"ORDER BY m.version"
+        )
+        self.open_changes = (
+            f"SELECT migration_name, operation, attempts, max_attempts, error, next_attempt_at "
+            f"FROM {t.queue} WHERE processed = FALSE ORDER BY seq"
+        )
+
+
+@functools.lru_cache(maxsize=16)
+def _sql(tables: Tables) -> _SQL:
+    return _SQL(tables)
 
 
 @attrs.frozen
@@ -129,22 +151,18 @@ class RecordResult:
 class MigrationHandler:
     """Applies or reverts the migration a queued change names."""
 
-    queue = schema.QUEUE
-
-    def __init__(self, dialect: str, clock: Clock | None = None):
+    def __init__(self, dialect: str, clock: Clock | None = None, tables: Tables = DEFAULT_TABLES):
         self.dialect = dialect
         self.clock = clock or SystemClock()
+        self.sql = _sql(tables)
+        self.queue = tables.queue
 
     def describe(self, change: Row) -> str:
         return f"{change['operation']} {change['migration_name']}"
 
     def handle(self, change: Row) -> Work[Event | None]:
         name = change["migration_name"]
-        rows: list[Row] = yield Fetch(
-            f"SELECT m.version, m.checksum, m.content, s.applied FROM {schema.MIGRATIONS} m "
-            f"LEFT JOIN {schema.STATUS} s ON s.version = m.version WHERE m.name = $1",
-            (name,),
-        )
+        rows: list[Row] = yield Fetch(self.sql.migration_for_change, (name,))
         if not rows:
             raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
         row = rows[0]
@@ -175,7 +193,7 @@ class MigrationHandler:
         duration = time.perf_counter() - started
         now = self.clock.now()
         yield Execute(
-            _UPSERT_STATUS,
+            self.sql.upsert_status,
             (
                 name,
                 version,
@@ -194,11 +212,12 @@ class MigrationHandler:
         self, change: Row, error: str, attempts: int, next_attempt_at: float | None
     ) -> Work[list[Event]]:
         name = change["migration_name"]
-        rows: list[Row] = yield Fetch(f"SELECT version FROM {schema.MIGRATIONS} WHERE name = $1", (name,))
+        rows: list[Row] = yield Fetch(f"SELECT version FROM {self.sql.t.migrations} WHERE name = $1", (name,))
         version = int(rows[0]["version"]) if rows else 0
         if rows:
             reverting = change["operation"] == "revert"
-            yield Execute(_FAILED_STATUS, (name, version, reverting, error, attempts, self.clock.now()))
+            now = self.clock.now()
+            yield Execute(self.sql.failed_status, (name, version, reverting, error, attempts, now))
         if next_attempt_at is None:
             return [
                 MigrationDead(
@@ -235,6 +254,7 @@ class Ledger:
         self.clock = clock or SystemClock()
         self.events = events or EventDispatcher()
         self.max_attempts = max_attempts
+        self.sql = _sql(backend.tables)
 
     # -- recording ----------------------------------------------------------------
 
@@ -249,12 +269,12 @@ class Ledger:
         version order only.
         """
         signatures = signatures or {}
-        added, updated, _ = self._plan_record(await self.backend.fetch(_KNOWN), migrations)
+        added, updated, _ = self._plan_record(await self.backend.fetch(self.sql.known), migrations)
         if not added and not updated:
             return RecordResult([], [])
         async with self.backend.transaction() as tx:
             # Again under the write lock: another process may have recorded them meanwhile.
-            added, updated, known = self._plan_record(await tx.fetch(_KNOWN), migrations)
+            added, updated, known = self._plan_record(await tx.fetch(self.sql.known), migrations)
             await tx.execute_batch(self._record_statements(added, updated, known, signatures))
         return RecordResult([m.name for m in added], [m.name for m in updated])
 
@@ -309,7 +329,7 @@ class Ledger:
         for migration in added:
             statements.append(
                 (
-                    f"INSERT INTO {schema.MIGRATIONS} "
+                    f"INSERT INTO {self.sql.t.migrations} "
                     "(version, name, checksum, signature, content, recorded_at) "
                     "VALUES ($1, $2, $3, $4, $5, $6)",
                     (
@@ -326,7 +346,7 @@ class Ledger:
             old_name = known[migration.version]["name"]
             statements.append(
                 (
-                    f"UPDATE {schema.MIGRATIONS} SET name = $1, checksum = $2, signature = $3, "
+                    f"UPDATE {self.sql.t.migrations} SET name = $1, checksum = $2, signature = $3, "
                     "content = $4, recorded_at = $5 WHERE version = $6",
                     (
                         migration.name,
@@ -341,7 +361,7 @@ class Ledger:
             # New content deserves a fresh start: its queued change retries now.
             statements.append(
                 (
-                    f"UPDATE {schema.QUEUE} SET migration_name = $1, attempts = 0, error = NULL, "
+                    f"UPDATE {self.sql.t.queue} SET migration_name = $1, attempts = 0, error = NULL, "
                     "next_attempt_at = 0 WHERE migration_name = $2 AND processed = FALSE",
                     (migration.name, old_name),
                 )
@@ -355,13 +375,13 @@ class Ledger:
         migration files every time; parsing and comparing them only when
         their digest changed keeps a no-op start cheap.
         """
-        rows = await self.backend.fetch(f"SELECT value FROM {schema.META} WHERE key = 'source_digest'")
+        rows = await self.backend.fetch(f"SELECT value FROM {self.sql.t.meta} WHERE key = 'source_digest'")
         if rows and rows[0]["value"] == snapshot.digest:
             return RecordResult([], [])
         result = await self.record(snapshot.migrations())
         async with self.backend.transaction() as tx:
             await tx.execute(
-                f"INSERT INTO {schema.META} (key, value) VALUES ('source_digest', $1) "
+                f"INSERT INTO {self.sql.t.meta} (key, value) VALUES ('source_digest', $1) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (snapshot.digest,),
             )
@@ -374,10 +394,10 @@ class Ledger:
 
         Dead changes stay dead: reviving one is a person's decision (:meth:`queue`).
         """
-        if not await self.backend.fetch(_UNQUEUED):
+        if not await self.backend.fetch(self.sql.unqueued):
             return []
         async with self.backend.transaction() as tx:
-            rows = await tx.fetch(_UNQUEUED)  # again under the write lock
+            rows = await tx.fetch(self.sql.unqueued)  # again under the write lock
             fresh = [(int(r["version"]), r["name"]) for r in rows]
             await tx.execute_batch(self._enqueue_statements(fresh, []))
         self._emit_queued(fresh, "apply")
@@ -389,7 +409,7 @@ class Ledger:
         A dead change for one of them is revived: its attempts start again.
         """
         async with self.backend.transaction() as tx:
-            states = await _read_status(tx.fetch)
+            states = await _read_status(tx.fetch, self.sql)
             target = await self.find(ref, states)
             if target.state == "applied" and target.queued is None:
                 raise MigrationError(f"migration {target.name} is already applied")
@@ -406,14 +426,14 @@ class Ledger:
         now = self.clock.now()
         statements: list[tuple[str, Sequence[Any]]] = [
             (
-                f"UPDATE {schema.QUEUE} SET attempts = 0, next_attempt_at = 0 "
+                f"UPDATE {self.sql.t.queue} SET attempts = 0, next_attempt_at = 0 "
                 "WHERE migration_name = $1 AND processed = FALSE",
                 (name,),
             )
             for name in revived
         ]
         statements += [
-            (_INSERT_CHANGE, (str(uuid.uuid4()), name, operation, now, self.max_attempts))
+            (self.sql.insert_change, (str(uuid.uuid4()), name, operation, now, self.max_attempts))
             for _, name in fresh
         ]
         return statements
@@ -434,7 +454,7 @@ class Ledger:
         if sum(x is not None and x is not False for x in (ref, to, everything or None)) != 1:
             raise ValueError("give exactly one of ref, to, everything")
         async with self.backend.transaction() as tx:
-            states = await _read_status(tx.fetch)
+            states = await _read_status(tx.fetch, self.sql)
             if ref is not None:
                 target = await self.find(ref, states)
                 if target.state != "applied" and target.queued != "revert":
@@ -454,11 +474,11 @@ class Ledger:
             for name in cancelled:
                 statements += [
                     (
-                        f"UPDATE {schema.QUEUE} SET processed = TRUE, processed_at = $1, "
+                        f"UPDATE {self.sql.t.queue} SET processed = TRUE, processed_at = $1, "
                         "error = 'cancelled by a revert' WHERE migration_name = $2 AND processed = FALSE",
                         (now, name),
                     ),
-                    (f"UPDATE {schema.STATUS} SET error = NULL WHERE migration_name = $1", (name,)),
+                    (f"UPDATE {self.sql.t.status} SET error = NULL WHERE migration_name = $1", (name,)),
                 ]
             statements += self._enqueue_statements(to_revert, [], "revert")
             await tx.execute_batch(statements)
@@ -469,7 +489,7 @@ class Ledger:
 
     async def status(self) -> list[MigrationState]:
         """Every recorded migration with its state, in version order."""
-        return await _read_status(self.backend.fetch)
+        return await _read_status(self.backend.fetch, self.sql)
 
     async def find(self, ref: str, states: Sequence[MigrationState] | None = None) -> MigrationState:
         """The migration named by ``ref``: its full name, its name without version, or its version."""
@@ -489,18 +509,10 @@ class Ledger:
         )
 
 
-async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]]) -> list[MigrationState]:
-    rows = await fetch(
-        f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, "
-        f"s.error AS status_error, s.attempts AS status_attempts "
-        f"FROM {schema.MIGRATIONS} m LEFT JOIN {schema.STATUS} s ON s.version = m.version "
-        f"ORDER BY m.version"
-    )
+async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]], sql: _SQL) -> list[MigrationState]:
+    rows = await fetch(sql.status)
     heads: dict[str, Row] = {}
-    for change in await fetch(
-        f"SELECT migration_name, operation, attempts, max_attempts, error, next_attempt_at "
-        f"FROM {schema.QUEUE} WHERE processed = FALSE ORDER BY seq"
-    ):
+    for change in await fetch(sql.open_changes):
         heads.setdefault(change["migration_name"], change)
     return [_state(row, heads.get(row["name"])) for row in rows]
 

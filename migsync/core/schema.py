@@ -11,6 +11,12 @@ release can upgrade the bookkeeping tables of an existing client.
 
 from __future__ import annotations
 
+import re
+
+import attrs
+
+from migsync.core.errors import ConfigError
+
 SCHEMA_VERSION = 1
 
 MIGRATIONS = "client_migration"
@@ -18,28 +24,70 @@ STATUS = "client_migration_status"
 QUEUE = "migration_changes"
 META = "migsync_meta"
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+@attrs.frozen
+class Tables:
+    """The bookkeeping tables' names as they appear in SQL, qualified by a schema or not.
+
+    Backends that keep the tables in a namespace of their own (a Postgres
+    schema) pass it here; all of migsync's SQL is built from these names, so
+    a migration's own unqualified statements still go where its author meant.
+    """
+
+    namespace: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.namespace is not None and not _IDENTIFIER.fullmatch(self.namespace):
+            raise ConfigError(
+                f"schema name {self.namespace!r} is not a plain SQL identifier (letters, digits, _)"
+            )
+
+    def _name(self, table: str) -> str:
+        return table if self.namespace is None else f'"{self.namespace}".{table}'
+
+    @property
+    def meta(self) -> str:
+        return self._name(META)
+
+    @property
+    def migrations(self) -> str:
+        return self._name(MIGRATIONS)
+
+    @property
+    def status(self) -> str:
+        return self._name(STATUS)
+
+    @property
+    def queue(self) -> str:
+        return self._name(QUEUE)
+
+
+DEFAULT_TABLES = Tables()
+
 # SQLite makes a column declared exactly "INTEGER PRIMARY KEY" the table's
 # rowid: no separate index to write. On every migration that is one B-tree
 # less per table (measured: 7% of the floor cost of a migration).
 _INT_KEY = {"sqlite": "INTEGER PRIMARY KEY"}
 
 _DDL = [
-    f"""CREATE TABLE IF NOT EXISTS {META} (
+    """CREATE TABLE IF NOT EXISTS {t.meta} (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 )""",
     # What this client knows: the content it was given, per dialect, as the
     # canonical JSON the checksum covers.
-    f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS} (
-    version {{int_key}},
+    """CREATE TABLE IF NOT EXISTS {t.migrations} (
+    version {int_key},
     name TEXT NOT NULL UNIQUE,
     checksum TEXT NOT NULL,
     signature TEXT,
     content TEXT NOT NULL,
     recorded_at DOUBLE PRECISION NOT NULL
 )""",
-    f"""CREATE TABLE IF NOT EXISTS {STATUS} (
-    version {{int_key}},
+    """CREATE TABLE IF NOT EXISTS {t.status} (
+    version {int_key},
     migration_name TEXT NOT NULL,
     applied BOOLEAN NOT NULL DEFAULT FALSE,
     applied_at DOUBLE PRECISION,
@@ -51,8 +99,8 @@ _DDL = [
 )""",
     # The queue. ``seq`` is the strict processing order; ``id`` is a stable
     # identifier for reports and events.
-    f"""CREATE TABLE IF NOT EXISTS {QUEUE} (
-    seq {{int_key}},
+    """CREATE TABLE IF NOT EXISTS {t.queue} (
+    seq {int_key},
     id TEXT NOT NULL UNIQUE,
     migration_name TEXT NOT NULL,
     operation TEXT NOT NULL CHECK (operation IN ('apply', 'revert')),
@@ -66,16 +114,17 @@ _DDL = [
 )""",
     # Partial indexes: they hold only the open changes, so the queue's history
     # can grow without slowing down the search for what is left to do.
-    f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open ON {QUEUE} (seq) WHERE processed = FALSE",
-    f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open_name ON {QUEUE} (migration_name) WHERE processed = FALSE",
+    f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open ON {{t.queue}} (seq) WHERE processed = FALSE",
+    f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open_name ON {{t.queue}} (migration_name) "
+    "WHERE processed = FALSE",
 ]
 
 
-def ddl(dialect: str) -> list[str]:
+def ddl(dialect: str, tables: Tables = DEFAULT_TABLES) -> list[str]:
     """The statements that create the bookkeeping tables (all ``IF NOT EXISTS``)."""
     int_key = _INT_KEY.get(dialect, "BIGINT PRIMARY KEY")
     return [
-        *(statement.format(int_key=int_key) for statement in _DDL),
-        f"INSERT INTO {META} (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') "
+        *(statement.format(int_key=int_key, t=tables) for statement in _DDL),
+        f"INSERT INTO {tables.meta} (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') "
         "ON CONFLICT (key) DO NOTHING",
     ]
