@@ -18,3 +18,11 @@ def migsync_register_backends(register: Callable[[BackendSpec], None]) -> None:
             "SQLite files through aiosqlite (WAL, BEGIN IMMEDIATE)",
         )
     )
+    register(
+        BackendSpec(
+            "postgresql",
+            ("postgresql", "postgres"),
+            "migsync.backends.postgres:PostgresBackend",
+            "Postgres through asyncpg (advisory locks, bookkeeping in a chosen schema)",
+        )
+    )

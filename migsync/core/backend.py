@@ -16,13 +16,14 @@ few primitives, and run the conformance suite in :mod:`migsync.testing`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from migsync.core import schema
 from migsync.core.errors import BackendError
-from migsync.core.work import Work, drive_async
+from migsync.core.work import Work, drive_async, perform_async
 
 T = TypeVar("T")
 
@@ -193,4 +194,6 @@ class BaseBackend:
 
     async def run(self, work: Work[T]) -> T:
         async with self.autocommit() as connection:
-            return await drive_async(work, connection)
+            return await drive_async(
+                work, functools.partial(perform_async, connection), lambda: connection.execute("ROLLBACK")
+            )

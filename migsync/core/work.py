@@ -19,7 +19,7 @@ ends with a transaction still open, the driver rolls it back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
@@ -127,24 +127,32 @@ def drive_sync(work: Work[T], perform: Callable[[Request], Any], rollback: Calla
             rollback()
 
 
-async def drive_async(work: Work[T], connection: Connection) -> T:
-    """Run ``work`` against an async connection, one awaited call per request."""
+async def drive_async(
+    work: Work[T],
+    perform: Callable[[Request], Awaitable[Any]],
+    rollback: Callable[[], Awaitable[Any]],
+) -> T:
+    """Run ``work`` to its end, awaiting ``perform`` for each request (one database call each).
+
+    ``rollback`` is awaited if the program ends (or fails) inside a transaction.
+    """
     program, value, error = _Program(work), None, None
     try:
         while (request := program.next_request(value, error)) is not None:
             value, error = None, None
             try:
-                value = await _perform_async(request, connection)
+                value = await perform(request)
                 program.performed(request)
             except Exception as exc:
                 error = exc
         return program.result  # type: ignore[return-value]
     finally:
         if program.in_transaction:
-            await connection.execute("ROLLBACK")
+            await rollback()
 
 
-async def _perform_async(request: Request, connection: Connection) -> Any:
+async def perform_async(connection: Connection, request: Request) -> Any:
+    """The default meaning of each request on an async :class:`Connection`."""
     match request:
         case Fetch(sql, params):
             return await connection.fetch(sql, params)

@@ -1,0 +1,338 @@
+"""The Postgres backend (asyncpg).
+
+``postgresql://user:password@host:5432/dbname`` (or ``postgres://``). Options
+in the query string, removed before the URL reaches asyncpg (whose own
+parameters, such as ``sslmode``, pass through):
+
+``schema``
+    the schema of the bookkeeping tables (default ``public``; created if
+    missing). Migrations themselves run with the connection's normal
+    ``search_path``: only migsync's own tables are qualified.
+``pool_max``
+    the most connections the pool opens (default 4).
+``lock_timeout``
+    seconds to wait for migsync's write lock before :class:`LockTimeout`
+    (default 60).
+
+Units of work:
+
+* One pool acquire per unit of work; a connection is never shared between
+  tasks.
+* Every write transaction begins by taking a transaction-level advisory lock
+  (``pg_advisory_xact_lock``) keyed by the bookkeeping schema: migsync's
+  writers on one database take turns, as SQLite's write lock makes them.
+  The processor lock is a session-level advisory lock held for a whole pass.
+* A migration's script is sent whole, in one round trip, inside the open
+  transaction (Postgres runs a multi-statement simple query as one
+  implicit block, and within ours it is simply part of the transaction).
+  A blank or comment-only script never reaches the driver.
+* Driver errors are mapped here, once: a failing statement names the
+  statement's position and line in the script and carries Postgres's
+  message, detail and hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from migsync.core.backend import (
+    MULTI_PROCESS,
+    SAVEPOINTS,
+    TRANSACTIONAL_DDL,
+    BaseBackend,
+    BaseConnection,
+    Params,
+    Row,
+)
+from migsync.core.errors import (
+    BackendError,
+    ConfigError,
+    ConnectError,
+    LockTimeout,
+    StatementError,
+)
+from migsync.core.schema import Tables
+from migsync.core.splitter import is_blank, split
+from migsync.core.work import Begin, Request, Script, Work, drive_async, perform_async
+
+T = TypeVar("T")
+log = logging.getLogger("migsync.postgres")
+
+_OUR_OPTIONS = frozenset({"schema", "pool_max", "lock_timeout"})
+
+
+def parse_url(url: str) -> tuple[str, dict[str, str]]:
+    """The DSN for asyncpg (our options removed) and our options."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ConfigError(f"not a postgres URL: {url!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    ours = {k: v for k, v in query if k in _OUR_OPTIONS}
+    rest = [(k, v) for k, v in query if k not in _OUR_OPTIONS]
+    dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment))
+    return dsn, ours
+
+
+def where(url: str) -> str:
+    """``host:port/database`` of a URL, for messages (never the password)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    port = parts.port or 5432
+    database = parts.path.lstrip("/") or parts.username or "postgres"
+    return f"{host}:{port}/{database}"
+
+
+def lock_key(namespace: str, name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``namespace.name``."""
+    digest = hashlib.sha256(f"migsync:{namespace}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _rowcount(status: str) -> int:
+    # asyncpg returns the command tag, e.g. "UPDATE 3" or "INSERT 0 1".
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else -1
+
+
+def _describe(exc: asyncpg.PostgresError) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    detail = getattr(exc, "detail", None)
+    hint = getattr(exc, "hint", None)
+    if detail:
+        text += f" (detail: {detail})"
+    if hint:
+        text += f" (hint: {hint})"
+    return text
+
+
+def _statement_error(exc: asyncpg.PostgresError, script: str) -> StatementError:
+    """Which statement of ``script`` failed, from the error's character position."""
+    position = getattr(exc, "position", None)
+    statements = split(script, "postgresql")
+    if not position or not str(position).isdigit():
+        only = statements[0] if len(statements) == 1 else None
+        return StatementError(
+            _describe(exc),
+            statement=only.sql if only else None,
+            index=0 if only else None,
+            line=only.line if only else None,
+        )
+    offset = int(position) - 1
+    line = script.count("\n", 0, offset) + 1
+    index = max((i for i, s in enumerate(statements) if s.line <= line), default=0)
+    return StatementError(_describe(exc), statement=statements[index].sql, index=index, line=line)
+
+
+class PostgresConnection(BaseConnection):
+    dialect: ClassVar[str] = "postgresql"
+
+    def __init__(self, conn: asyncpg.Connection, where: str):
+        self._conn = conn
+        self._where = where
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        try:
+            return _rowcount(await self._conn.execute(sql, *params))
+        except asyncpg.PostgresError as exc:
+            raise BackendError(f"{self._where}: {_describe(exc)}") from exc
+        except (asyncpg.InterfaceError, OSError) as exc:
+            raise ConnectError(f"{self._where}: {exc}") from exc
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        try:
+            return [dict(record) for record in await self._conn.fetch(sql, *params)]
+        except asyncpg.PostgresError as exc:
+            raise BackendError(f"{self._where}: {_describe(exc)}") from exc
+        except (asyncpg.InterfaceError, OSError) as exc:
+            raise ConnectError(f"{self._where}: {exc}") from exc
+
+    async def run_script(self, sql: str) -> None:
+        if is_blank(sql, "postgresql"):
+            return  # asyncpg rejects an empty query
+        try:
+            await self._conn.execute(sql)
+        except asyncpg.PostgresError as exc:
+            raise _statement_error(exc, sql) from exc
+        except (asyncpg.InterfaceError, OSError) as exc:
+            raise ConnectError(f"{self._where}: {exc}") from exc
+
+
+class PostgresBackend(BaseBackend):
+    name: ClassVar[str] = "postgresql"
+    dialect: ClassVar[str] = "postgresql"
+    capabilities: ClassVar[frozenset[str]] = frozenset({TRANSACTIONAL_DDL, SAVEPOINTS, MULTI_PROCESS})
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_max: int | None = None,
+        lock_timeout: float | None = None,
+        create: bool = True,
+    ):
+        super().__init__(url)
+        del create  # a Postgres database is made by its administrator, never by migsync
+        self.dsn, options = parse_url(url)
+        self.where = where(url)
+        self.schema = schema or options.get("schema") or "public"
+        self.tables = Tables(self.schema)
+        try:
+            self.pool_max = int(pool_max if pool_max is not None else options.get("pool_max", 4))
+            self.lock_timeout = float(
+                lock_timeout if lock_timeout is not None else options.get("lock_timeout", 60)
+            )
+        except ValueError as exc:
+            raise ConfigError(f"postgres URL {self.where}: {exc}") from None
+        if self.pool_max < 2:
+            raise ConfigError("postgres pool_max must be at least 2 (the processor lock holds one)")
+        self._write_key = lock_key(self.schema, "write")
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_max,
+                server_settings={"application_name": "migsync"},
+                timeout=10,
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise ConnectError(f"cannot connect to Postgres at {self.where}: {reason}") from exc
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _require(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise BackendError(f"Postgres database {self.where} is not open (use 'async with backend:')")
+        return self._pool
+
+    def schema_statements(self) -> list[str]:
+        create = [] if self.schema == "public" else [f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"']
+        return create + super().schema_statements()
+
+    # -- units of work ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self._require().acquire() as conn:
+                yield conn
+        except (OSError, asyncpg.InterfaceError) as exc:
+            if isinstance(exc, asyncpg.InterfaceError) and "pool" not in str(exc):
+                raise
+            raise ConnectError(f"lost the connection to Postgres at {self.where}: {exc}") from exc
+
+    async def _begin(self, conn: asyncpg.Connection) -> None:
+        """BEGIN and take migsync's write lock, in one round trip."""
+        millis = int(self.lock_timeout * 1000)
+        try:
+            await conn.execute(
+                f"BEGIN; SET LOCAL lock_timeout = {millis}; "
+                f"SELECT pg_advisory_xact_lock({self._write_key}); SET LOCAL lock_timeout = 0"
+            )
+        except asyncpg.LockNotAvailableError as exc:
+            holder = await self._lock_holder(self._write_key)
+            raise LockTimeout(
+                f"{self.where}: migsync's write lock was held for over {self.lock_timeout:g}s{holder}"
+            ) from exc
+        except asyncpg.PostgresError as exc:
+            raise BackendError(f"{self.where}: {_describe(exc)}") from exc
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresConnection]:
+        async with self._connection() as conn:
+            await self._begin(conn)
+            try:
+                yield PostgresConnection(conn, self.where)
+            except BaseException:
+                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                    await conn.execute("ROLLBACK")
+                raise
+            try:
+                await conn.execute("COMMIT")
+            except asyncpg.PostgresError as exc:
+                raise BackendError(f"{self.where}: commit failed: {_describe(exc)}") from exc
+
+    @contextlib.asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[PostgresConnection]:
+        async with self._connection() as conn:
+            yield PostgresConnection(conn, self.where)
+
+    async def run(self, work: Work[T]) -> T:
+        async with self._connection() as conn:
+            connection = PostgresConnection(conn, self.where)
+
+            async def perform(request: Request) -> Any:
+                if isinstance(request, Begin):
+                    return await self._begin(conn)
+                if isinstance(request, Script):
+                    return await connection.run_script(request.sql)
+                return await perform_async(connection, request)
+
+            return await drive_async(work, perform, functools.partial(conn.execute, "ROLLBACK"))
+
+    async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._connection() as conn:
+            return await PostgresConnection(conn, self.where).fetch(sql, params)
+
+    # -- the processor lock ------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def processor_lock(self, name: str, timeout: float) -> AsyncIterator[None]:
+        key = lock_key(self.schema, name)
+        async with self._connection() as conn:
+            deadline = time.monotonic() + timeout
+            delay = 0.02
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                if time.monotonic() >= deadline:
+                    holder = await self._lock_holder(key)
+                    raise LockTimeout(
+                        f"{self.where}: processor lock {name!r} not free after {timeout:g}s{holder}"
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def _lock_holder(self, key: int) -> str:
+        """Who holds advisory lock ``key``, as far as Postgres tells: for error messages."""
+        sql = (
+            "SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.state, "
+            "now() - a.xact_start AS held FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = $1 "
+            "LIMIT 1"
+        )
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(sql, key)
+        except Exception:  # a message helper must not hide the error it decorates
+            return ""
+        if row is None:
+            return ""
+        app = row["application_name"] or "?"
+        return f" (held by pid {row['pid']}, {app} from {row['addr'] or 'local socket'}, {row['state']})"
+
+
+__all__ = ["PostgresBackend", "PostgresConnection", "lock_key", "parse_url"]
