@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint pytest bench clean
+.PHONY: demo test lint services pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,14 @@ demo: $(VENV)/.installed
 	$(BIN)/migsync demo
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check migsync tests bench
-	$(BIN)/ruff format --check migsync tests bench
+	$(BIN)/ruff check migsync tests bench scripts
+	$(BIN)/ruff format --check migsync tests bench scripts
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-test
+services: $(VENV)/.installed-test
+	$(BIN)/python scripts/ensure_postgres.py
+
+pytest: $(VENV)/.installed-test services
 	$(BIN)/python -m pytest
 
 test: lint pytest

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 
 # Tests build their own plugin managers; never pick up whatever is installed
@@ -12,6 +17,8 @@ os.environ.setdefault("MIGSYNC_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 MIGSYNC = str(Path(sys.executable).with_name("migsync"))
+PG_DSN = os.environ.get("MIGSYNC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture
@@ -25,3 +32,42 @@ def write_migrations(directory: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         (directory / name).write_text(text, encoding="utf-8")
     return directory
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_DSN, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The admin DSN of a Postgres that answers; under CI=true its absence fails the run."""
+    try:
+        asyncio.run(_admin("SELECT 1"))
+    except Exception as exc:
+        message = f"Postgres does not answer at {PG_DSN}: {exc} (make test starts it; see MIGSYNC_TEST_PG_DSN)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return PG_DSN
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> Iterator[str]:
+    """A database of this test's own, created for it and dropped after it."""
+    name = f"migsync_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(postgres_server)
+    yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh database on each built-in backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'client.db'}"
+    return str(request.getfixturevalue("pg_url"))

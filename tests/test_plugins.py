@@ -165,7 +165,7 @@ def test_plugins_command_json(installed: Installed) -> None:
         "error": None,
     }
     assert entries["migsync.backends"]["origin"] == "builtin"
-    assert entries["migsync.backends"]["registers"] == ["backend:sqlite"]
+    assert entries["migsync.backends"]["registers"] == ["backend:sqlite", "backend:postgresql"]
 
 
 def test_apply_uses_third_party_backend_and_sink(installed: Installed, tmp_path: Path) -> None:
@@ -205,7 +205,7 @@ def test_plugin_can_be_switched_off(installed: Installed, tmp_path: Path, env: d
         path=[installed.example], **env,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "known schemes: sqlite://" in result.stderr
+    assert "known schemes: postgres://, postgresql://, sqlite://" in result.stderr
     assert not (tmp_path / "client.db").exists()
 
 
@@ -414,9 +414,10 @@ async def test_unknown_backend_scheme_lists_known_schemes(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as raised:
         Client.connect(url, plugins=plugins)
     assert str(raised.value) == (
-        f"no backend serves database URL {url!r}; known schemes: alt-sqlite://, sqlite://, testsqlite://"
+        f"no backend serves database URL {url!r}; known schemes: alt-sqlite://, postgres://, "
+        "postgresql://, sqlite://, testsqlite://"
     )
-    with pytest.raises(ConfigError, match=r"known schemes: sqlite://$"):
+    with pytest.raises(ConfigError, match=r"known schemes: postgres://, postgresql://, sqlite://$"):
         make_plugins().backend_for_url(str(tmp_path / "no-scheme.db"))
 
 
