@@ -190,7 +190,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1000, help="number of migrations")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the median is shown")
+    parser.add_argument(
+        "--backend",
+        choices=("all", "sqlite", "postgresql"),
+        default="all",
+        help="which backends to time (Postgres: MIGSYNC_BENCH_PG_DSN, default the local server)",
+    )
     args = parser.parse_args()
+    if args.backend in ("all", "sqlite"):
+        sqlite_bench(args.n, args.repeat)
+    if args.backend in ("all", "postgresql"):
+        postgres_bench(args.n, args.repeat)
+
+
+def postgres_bench(n: int, repeat: int) -> None:
+    import pg
+
+    why = asyncio.run(pg.available())
+    if why is not None:
+        print(f"\npostgres: skipped, no server at {pg.DSN}: {why}")
+        return
+    with tempfile.TemporaryDirectory(prefix="migsync-bench-") as tmp:
+        migrations_dir = Path(tmp)
+        scripts = generate(migrations_dir, n)
+        samples = pg.rounds(migrations_dir, scripts, repeat)
+
+    def median(key: str) -> float:
+        return statistics.median(samples[key]) * 1000
+
+    print(f"\nmigsync bench/apply.py  N={n}  postgres (asyncpg)  repeat={repeat}")
+    print(f"{'operation':<34}{'raw ms':>10}{'migsync ms':>12}{'ms/migration':>14}{'ratio':>8}")
+    for op in ("apply", "revert"):
+        raw_ms, ours_ms = median(f"raw {op}"), median(f"migsync {op}")
+        print(f"{op + ' N':<34}{raw_ms:>10.1f}{ours_ms:>12.1f}{ours_ms / n:>14.3f}{ours_ms / raw_ms:>7.2f}x")
+    print(f"{'no-op apply (in-process, wall)':<34}{'':>10}{median('migsync noop'):>12.1f}")
+    print("target: apply and revert <= 1.1x raw")
+
+
+def sqlite_bench(n: int, repeat: int) -> None:
     pragmas = SQLiteBackend("sqlite:///x.db").pragmas
 
     samples: dict[str, list[tuple[float, float]]] = {}
@@ -198,8 +235,8 @@ def main() -> None:
         root = Path(tmp)
         migrations_dir = root / "migrations"
         migrations_dir.mkdir()
-        scripts = generate(migrations_dir, args.n)
-        for round_ in range(args.repeat):
+        scripts = generate(migrations_dir, n)
+        for round_ in range(repeat):
             raw = raw_connect(root / f"raw{round_}.db", pragmas)
             samples.setdefault("raw apply", []).append(timed(functools.partial(raw_apply, raw, scripts)))
             samples.setdefault("raw revert", []).append(timed(functools.partial(raw_revert, raw, scripts)))
@@ -219,7 +256,6 @@ def main() -> None:
     def median(key: str, index: int = 0) -> float:
         return statistics.median(s[index] for s in samples[key])
 
-    n = args.n
     print(f"\nmigsync bench/apply.py  N={n}  pragmas={pragmas}  sqlite {sqlite3.sqlite_version}")
     print(f"{'operation':<34}{'raw ms':>10}{'migsync ms':>12}{'ms/migration':>14}{'ratio':>8}")
     for op in ("apply", "revert"):

@@ -234,6 +234,9 @@ def _report(result: PassResult, elapsed: float, verb: str) -> int:
     if result.failure is not None:
         _report_failure(result)
         return EXIT_FAILED
+    if result.blocked is not None and result.blocked.dirty:
+        click.echo(f"dirty: {result.blocked.error}", err=True)
+        return EXIT_FAILED
     if result.blocked is not None:
         b = result.blocked
         click.echo(
@@ -257,7 +260,9 @@ def _report(result: PassResult, elapsed: float, verb: str) -> int:
 def _report_failure(result: PassResult) -> None:
     f = result.failure
     assert f is not None
-    if f.dead:
+    if f.dirty:
+        click.echo(f"dirty: {f.label} stopped half-way: {f.error}", err=True)
+    elif f.dead:
         click.echo(
             f"dead: {f.label} failed {f.attempts} of {f.max_attempts} attempts: {f.error}\n"
             f"  fix the cause, then retry it with: migsync queue --db URL {f.label.split(' ', 1)[1]}",
@@ -358,6 +363,31 @@ def revert(
         return _report(result, time.perf_counter() - started, "reverted")
 
     sys.exit(_run(run()))
+
+
+@main.command()
+@db_option
+@click.argument("name")
+@click.option("--applied", "outcome", flag_value="applied", help="It took effect: record it as done.")
+@click.option("--not-applied", "outcome", flag_value="not-applied", help="It did not: run it again.")
+@click.pass_context
+def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> None:
+    """Resolve a dirty migration after checking the database by hand.
+
+    A migration that runs outside a transaction (transaction:false,
+    .autocommit) and stops half-way leaves the database dirty: nothing runs
+    until a person has looked. If its changes took effect, say --applied;
+    if they did not (or you undid them), say --not-applied and it runs again.
+    """
+    if outcome is None:
+        raise click.UsageError("say what you found: --applied or --not-applied")
+
+    async def run() -> None:
+        async with _client(ctx, db_url, ()) as client:
+            state = await client.ledger.repair(name, applied=outcome == "applied")
+        click.echo(f"repaired: {state.name} is now {state.state}")
+
+    _run(run())
 
 
 # -- status ------------------------------------------------------------------------------

@@ -48,7 +48,9 @@ def postgres_server() -> str:
     try:
         asyncio.run(_admin("SELECT 1"))
     except Exception as exc:
-        message = f"Postgres does not answer at {PG_DSN}: {exc} (make test starts it; see MIGSYNC_TEST_PG_DSN)"
+        message = (
+            f"Postgres does not answer at {PG_DSN}: {exc} (make test starts it; see MIGSYNC_TEST_PG_DSN)"
+        )
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

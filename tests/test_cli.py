@@ -213,13 +213,77 @@ def test_revert_reports_cancelled_applies(tmp_path: Path, db_url: str) -> None:
     ]
 
 
-def test_migrations_that_need_autocommit_are_refused_before_anything_runs(
-    tmp_path: Path, db_url: str
-) -> None:
+def test_migration_outside_a_transaction_runs(tmp_path: Path, db_url: str) -> None:
+    # VACUUM refuses to run inside a transaction on SQLite.
     migrations = write_migrations(
         tmp_path / "m", {**GOOD, "0003_vacuum.sql": "-- migrate:up transaction:false\nVACUUM;\n"}
     )
     result = run("apply", "--migrations", str(migrations), "--db", db_url)
-    assert result.returncode == 2
-    assert "0003_vacuum" in result.stderr and "outside a transaction" in result.stderr
-    assert status_json(db_url) == []
+    assert result.returncode == 0, result.stderr
+    assert [r["state"] for r in status_json(db_url)] == ["applied"] * 3
+
+
+def test_half_finished_migration_outside_a_transaction_leaves_the_database_dirty(
+    tmp_path: Path, db_url: str
+) -> None:
+    half = "CREATE TABLE half (x INTEGER);\nINSERT INTO nowhere VALUES (1);\n"
+    migrations = write_migrations(
+        tmp_path / "m",
+        {
+            **GOOD,
+            "0003_half.autocommit.up.sql": half,
+            "0004_after.sql": "-- migrate:up\nCREATE TABLE after (x INTEGER);\n",
+        },
+    )
+    result = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert result.returncode == 1
+    assert "dirty: apply 0003_half stopped half-way" in result.stderr
+    assert "statements 1-1 had already committed" in result.stderr
+    rows = status_json(db_url)
+    assert [r["state"] for r in rows] == ["applied", "applied", "dirty", "pending"]
+
+    again = run("apply", "--migrations", str(migrations), "--db", db_url, "--retry-now")
+    assert again.returncode == 1 and "the database is dirty: migration 0003_half" in again.stderr
+    status = run("status", "--db", db_url)
+    assert "0003_half is dirty" in status.stdout and "migsync repair" in status.stdout
+
+    usage = run("repair", "--db", db_url, "0003_half")
+    assert usage.returncode == 2 and "--applied or --not-applied" in usage.stderr
+    not_dirty = run("repair", "--db", db_url, "0001_users", "--applied")
+    assert not_dirty.returncode == 2 and "is not dirty" in not_dirty.stderr
+
+    # The operator finishes the job by hand and says it took effect.
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("CREATE TABLE nowhere (x INTEGER)")
+    repaired = run("repair", "--db", db_url, "0003_half", "--applied")
+    assert repaired.returncode == 0 and "repaired: 0003_half is now applied" in repaired.stdout
+    after = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert after.returncode == 0, after.stderr
+    assert [r["state"] for r in status_json(db_url)] == ["applied"] * 4
+
+
+def test_repair_not_applied_runs_it_again(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(
+        tmp_path / "m",
+        {"0001_half.autocommit.up.sql": "CREATE TABLE half (x INTEGER);\nINSERT INTO nowhere VALUES (1);\n"},
+    )
+    assert run("apply", "--migrations", str(migrations), "--db", db_url).returncode == 1
+    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+        conn.execute("DROP TABLE half")  # undo by hand what did commit
+        conn.execute("CREATE TABLE nowhere (x INTEGER)")  # and fix the cause
+    repaired = run("repair", "--db", db_url, "half", "--not-applied")
+    assert repaired.returncode == 0 and "is now pending" in repaired.stdout
+    result = run("process", "--db", db_url)
+    assert result.returncode == 0, result.stderr
+    assert status_json(db_url)[0]["state"] == "applied"
+
+
+def test_first_statement_failing_outside_a_transaction_is_an_ordinary_failure(
+    tmp_path: Path, db_url: str
+) -> None:
+    migrations = write_migrations(
+        tmp_path / "m", {"0001_bad.autocommit.up.sql": "INSERT INTO nowhere VALUES (1);\nVACUUM;\n"}
+    )
+    result = run("apply", "--migrations", str(migrations), "--db", db_url)
+    assert result.returncode == 1 and "failed: apply 0001_bad (attempt 1 of 3)" in result.stderr
+    assert status_json(db_url)[0]["state"] == "failed"

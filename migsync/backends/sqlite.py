@@ -56,6 +56,7 @@ from migsync.core.work import (
     Fetch,
     Release,
     Request,
+    Rollback,
     RollbackTo,
     Savepoint,
     Script,
@@ -162,6 +163,8 @@ def _perform_sync(conn: sqlite3.Connection, request: Request) -> Any:
                 return conn.execute("BEGIN IMMEDIATE")
             case Commit():
                 return conn.execute("COMMIT")
+            case Rollback():
+                return conn.execute("ROLLBACK")
             case Savepoint(name):
                 return conn.execute(f"SAVEPOINT {name}")
             case Release(name):
@@ -193,7 +196,8 @@ class SQLiteConnection(BaseConnection):
     async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> None:
         await self._thread.run(_batch_sync, self._thread.raw, statements)
 
-    async def run_script(self, sql: str) -> None:
+    async def run_script(self, sql: str, *, each_commits: bool = False) -> None:
+        # One statement at a time either way: outside a transaction each commits.
         statements = split(sql, "sqlite")
         if statements:
             await self._thread.run(_script_sync, self._thread.raw, statements)

@@ -51,11 +51,13 @@ class Connection(Protocol):
     async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> None:
         """Run several statements in order (one round trip where the driver can)."""
 
-    async def run_script(self, sql: str) -> None:
+    async def run_script(self, sql: str, *, each_commits: bool = False) -> None:
         """Run a migration script, all its statements in order.
 
         Raises :class:`~migsync.core.errors.StatementError` naming the failing
         statement's position and line. A blank or comment-only script is a no-op.
+        ``each_commits``: no transaction is open; run the statements one at a
+        time so that each commits by itself.
         """
 
 
@@ -124,7 +126,7 @@ class BaseConnection:
         for sql, params in statements:
             await self.execute(sql, params)
 
-    async def run_script(self, sql: str) -> None:
+    async def run_script(self, sql: str, *, each_commits: bool = False) -> None:
         raise NotImplementedError
 
 

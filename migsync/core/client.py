@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
-from migsync.core.backend import Backend
+from migsync.core.backend import TRANSACTIONAL_DDL, Backend
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
 from migsync.core.events import EventDispatcher, EventSink
@@ -73,7 +73,12 @@ class Client:
         self.ledger = Ledger(backend, clock=self.clock, events=self.events, max_attempts=max_attempts)
         self.processor = ChangesProcessor(
             backend,
-            MigrationHandler(backend.dialect, self.clock, backend.tables),
+            MigrationHandler(
+                backend.dialect,
+                self.clock,
+                backend.tables,
+                transactional_ddl=TRANSACTIONAL_DDL in backend.capabilities,
+            ),
             events=self.events,
             clock=self.clock,
             retry=retry,

@@ -95,6 +95,22 @@ class MigrationDead(MigrationEvent):
 
 
 @attrs.frozen(kw_only=True)
+class MigrationDirty(MigrationEvent):
+    """A migration that runs outside a transaction stopped half-way: a person must repair it."""
+
+    kind: ClassVar[str] = "migration_dirty"
+    operation: str
+    error: str
+    attempts: int
+
+
+@attrs.frozen(kw_only=True)
+class MigrationRepaired(MigrationEvent):
+    kind: ClassVar[str] = "migration_repaired"
+    applied: bool
+
+
+@attrs.frozen(kw_only=True)
 class PassCompleted(Event):
     """One processor pass over a queue has finished."""
 

@@ -12,6 +12,8 @@ A migration's state, as ``migsync status`` shows it:
 ``pending``  not applied (queued or not yet queued)
 ``failed``   its queued change failed and will be retried
 ``dead``     its queued change failed ``max_attempts`` times; it blocks the queue
+``dirty``    it runs outside a transaction and stopped half-way (or is running now):
+             nothing runs until ``migsync repair`` says whether it took effect
 """
 
 from __future__ import annotations
@@ -28,22 +30,31 @@ import attrs
 
 from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, SystemClock
-from migsync.core.errors import ChecksumMismatch, MigrationError, StatementError, UnknownMigration
+from migsync.core.errors import (
+    ChecksumMismatch,
+    DirtyDatabase,
+    MigrationError,
+    StatementError,
+    UnknownMigration,
+)
 from migsync.core.events import (
     Event,
     EventDispatcher,
     MigrationApplied,
     MigrationDead,
+    MigrationDirty,
     MigrationFailed,
     MigrationQueued,
+    MigrationRepaired,
     MigrationReverted,
 )
 from migsync.core.migration import ANY_DIALECT, Migration
+from migsync.core.processor import Loaded
 from migsync.core.schema import DEFAULT_TABLES, Tables
 from migsync.core.sources import SourceSnapshot
 from migsync.core.work import Execute, Fetch, Script, Work
 
-State = Literal["applied", "pending", "failed", "dead"]
+State = Literal["applied", "pending", "failed", "dead", "dirty"]
 
 
 class _SQL:
@@ -61,10 +72,18 @@ ON CONFLICT (version) DO UPDATE SET
     attempts = excluded.attempts, dirty = FALSE, updated_at = excluded.updated_at
 """
         self.failed_status = f"""
-INSERT INTO {t.status} (migration_name, version, applied, error, attempts, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO {t.status} (migration_name, version, applied, error, attempts, dirty, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (version) DO UPDATE SET
-    error = excluded.error, attempts = excluded.attempts, updated_at = excluded.updated_at
+    error = excluded.error, attempts = excluded.attempts, dirty = excluded.dirty,
+    updated_at = excluded.updated_at
+"""
+        # Before work outside a transaction: in progress until finish or repair.
+        self.mark_dirty = f"""
+INSERT INTO {t.status} (migration_name, version, applied, attempts, dirty, updated_at)
+VALUES ($1, $2, $3, $4, TRUE, $5)
+ON CONFLICT (version) DO UPDATE SET
+    dirty = TRUE, attempts = excluded.attempts, updated_at = excluded.updated_at
 """
         self.known = (
             f"SELECT m.version, m.name, m.checksum, s.applied FROM {t.migrations} m "
@@ -82,11 +101,12 @@ INSERT INTO {t.queue} (id, seq, migration_name, operation, timestamp, max_attemp
 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {t.queue}), $2, $3, $4, $5)
 """
         self.migration_for_change = (
-            f"SELECT m.version, m.checksum, m.content, s.applied FROM {t.migrations} m "
-            f"LEFT JOIN {t.status} s ON s.version = m.version WHERE m.name = $1"
+            f"SELECT m.version, m.checksum, m.content, s.applied, "
+            f"(SELECT d.migration_name FROM {t.status} d WHERE d.dirty LIMIT 1) AS dirty_name "
+            f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version WHERE m.name = $1"
         )
         self.status = (
-            f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, "
+            f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, s.dirty, "
             f"s.error AS status_error, s.attempts AS status_attempts "
             f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version "
             f"ORDER BY m.version"
@@ -151,8 +171,17 @@ class RecordResult:
 class MigrationHandler:
     """Applies or reverts the migration a queued change names."""
 
-    def __init__(self, dialect: str, clock: Clock | None = None, tables: Tables = DEFAULT_TABLES):
+    def __init__(
+        self,
+        dialect: str,
+        clock: Clock | None = None,
+        tables: Tables = DEFAULT_TABLES,
+        *,
+        transactional_ddl: bool = True,
+    ):
         self.dialect = dialect
+        # Without transactional DDL every migration runs the way an autocommit one does.
+        self.transactional_ddl = transactional_ddl
         self.clock = clock or SystemClock()
         self.sql = _sql(tables)
         self.queue = tables.queue
@@ -160,15 +189,15 @@ class MigrationHandler:
     def describe(self, change: Row) -> str:
         return f"{change['operation']} {change['migration_name']}"
 
-    def handle(self, change: Row) -> Work[Event | None]:
+    def load(self, change: Row) -> Work[Loaded]:
         name = change["migration_name"]
         rows: list[Row] = yield Fetch(self.sql.migration_for_change, (name,))
         if not rows:
             raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
         row = rows[0]
+        if row["dirty_name"] is not None:
+            raise DirtyDatabase(_dirty_message(row["dirty_name"]))
         applying = change["operation"] == "apply"
-        if bool(row["applied"]) == applying:
-            return None  # already done (twice queued by racing processes): never run it twice
         # The stored content is the canonical JSON the checksum covers: one
         # hash proves it is what was recorded (and signed), untouched since.
         if hashlib.sha256(row["content"].encode()).hexdigest() != row["checksum"]:
@@ -176,40 +205,71 @@ class MigrationHandler:
                 f"migration {name}: stored content does not match its checksum "
                 f"{row['checksum'][:12]}; the database's copy was modified"
             )
-        content = json.loads(row["content"])
-        scripts = content["up" if applying else "down"]
+        scripts = json.loads(row["content"])["up" if applying else "down"]
         script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
-        if script["autocommit"]:
-            raise MigrationError(
-                f"migration {name} must run outside a transaction (autocommit); "
-                "this release of migsync cannot run such migrations yet"
-            )
-        version = int(row["version"])
+        step = _Step(
+            name=name,
+            version=int(row["version"]),
+            checksum=row["checksum"],
+            applying=applying,
+            sql=script["sql"],
+            # Already in the requested state: queued twice by racing processes. Never run twice.
+            done=bool(row["applied"]) == applying,
+        )
+        outside = (script["autocommit"] or not self.transactional_ddl) and not step.done
+        return Loaded(step, outside_transaction=outside)
+
+    def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
+        step: _Step = loaded.data
+        if step.done:
+            return None
         started = time.perf_counter()
         try:
-            yield Script(script["sql"])
+            yield Script(step.sql)
         except StatementError as exc:
-            raise exc.in_migration(name) from exc
-        duration = time.perf_counter() - started
+            raise exc.in_migration(step.name) from exc
+        return (yield from self._applied(change, step, time.perf_counter() - started))
+
+    def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        step: _Step = loaded.data
+        attempts, now = change["attempts"] + 1, self.clock.now()
+        yield Execute(self.sql.mark_dirty, (step.name, step.version, not step.applying, attempts, now))
+
+    def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        step: _Step = loaded.data
+        try:
+            yield Script(step.sql, each_commits=True)
+        except StatementError as exc:
+            if exc.index:  # statements before it have committed: only a person can tell what now
+                raise DirtyDatabase(
+                    f"{exc.in_migration(step.name)}; it runs outside a transaction and statements "
+                    f"1-{exc.index} had already committed: {_REPAIR_HINT.format(name=step.name)}"
+                ) from exc
+            raise exc.in_migration(step.name) from exc
+
+    def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
+        return (yield from self._applied(change, loaded.data, duration))
+
+    def _applied(self, change: Row, step: _Step, duration: float) -> Work[Event]:
         now = self.clock.now()
         yield Execute(
             self.sql.upsert_status,
             (
-                name,
-                version,
-                applying,
-                now if applying else None,
-                row["checksum"] if applying else None,
+                step.name,
+                step.version,
+                step.applying,
+                now if step.applying else None,
+                step.checksum if step.applying else None,
                 change["attempts"] + 1,
                 now,
             ),
         )
-        if applying:
-            return MigrationApplied(name=name, version=version, duration=duration)
-        return MigrationReverted(name=name, version=version, duration=duration)
+        if step.applying:
+            return MigrationApplied(name=step.name, version=step.version, duration=duration)
+        return MigrationReverted(name=step.name, version=step.version, duration=duration)
 
     def record_failure(
-        self, change: Row, error: str, attempts: int, next_attempt_at: float | None
+        self, change: Row, error: str, attempts: int, next_attempt_at: float | None, dirty: bool
     ) -> Work[list[Event]]:
         name = change["migration_name"]
         rows: list[Row] = yield Fetch(f"SELECT version FROM {self.sql.t.migrations} WHERE name = $1", (name,))
@@ -217,7 +277,13 @@ class MigrationHandler:
         if rows:
             reverting = change["operation"] == "revert"
             now = self.clock.now()
-            yield Execute(self.sql.failed_status, (name, version, reverting, error, attempts, now))
+            yield Execute(self.sql.failed_status, (name, version, reverting, error, attempts, dirty, now))
+        if dirty:
+            return [
+                MigrationDirty(
+                    name=name, version=version, operation=change["operation"], error=error, attempts=attempts
+                )
+            ]
         if next_attempt_at is None:
             return [
                 MigrationDead(
@@ -235,6 +301,32 @@ class MigrationHandler:
                 next_attempt_at=next_attempt_at,
             )
         ]
+
+
+_REPAIR_HINT = (
+    "check by hand whether it took effect, then run "
+    "'migsync repair --db URL {name} --applied' or '... --not-applied'"
+)
+
+
+def _dirty_message(name: str) -> str:
+    return (
+        f"the database is dirty: migration {name} ran outside a transaction and did not finish "
+        f"(or is running right now in another process); nothing else runs until it is repaired: "
+        + _REPAIR_HINT.format(name=name)
+    )
+
+
+@attrs.frozen
+class _Step:
+    """One migration change, loaded: what to run and how to record it."""
+
+    name: str
+    version: int
+    checksum: str
+    applying: bool
+    sql: str
+    done: bool
 
 
 class Ledger:
@@ -304,18 +396,7 @@ class Ledger:
                         "or revert this one first"
                     )
                 updated.append(migration)
-        for migration in added + updated:
-            self._check_runnable(migration)
         return added, updated, known
-
-    def _check_runnable(self, migration: Migration) -> None:
-        for direction in ("up", "down"):
-            if migration.script(direction, self.backend.dialect).autocommit:
-                raise MigrationError(
-                    f"migration {migration.name}: its {direction} script for {self.backend.dialect} must run "
-                    "outside a transaction (transaction:false / .autocommit), which this release of "
-                    "migsync does not run yet; nothing was recorded"
-                )
 
     def _record_statements(
         self,
@@ -485,6 +566,53 @@ class Ledger:
         self._emit_queued(to_revert, "revert")
         return RevertResult([name for _, name in to_revert], cancelled)
 
+    async def repair(self, ref: str, *, applied: bool) -> MigrationState:
+        """Resolve a dirty migration after a person checked the database by hand.
+
+        ``applied=True``: it took effect; it is recorded applied (or, for a
+        revert, reverted) and its queued change is done. ``applied=False``: it
+        did not; its queued change runs again from a fresh start.
+        """
+        async with self.backend.transaction() as tx:
+            states = await _read_status(tx.fetch, self.sql)
+            target = await self.find(ref, states)
+            if target.state != "dirty":
+                raise MigrationError(
+                    f"migration {target.name} is not dirty ({target.state}); nothing to repair"
+                )
+            now = self.clock.now()
+            reverting = target.queued == "revert"
+            # What the database now has: applied unless a revert took effect (or an apply did not).
+            now_applied = applied != reverting
+            checksum = target.checksum if now_applied else None
+            statements: list[tuple[str, Sequence[Any]]] = [
+                (
+                    f"UPDATE {self.sql.t.status} SET dirty = FALSE, error = NULL, applied = $1, "
+                    "applied_at = $2, applied_checksum = $3, updated_at = $4 WHERE version = $5",
+                    (now_applied, now if now_applied else None, checksum, now, target.version),
+                )
+            ]
+            if applied:
+                statements.append(
+                    (
+                        f"UPDATE {self.sql.t.queue} SET processed = TRUE, processed_at = $1, error = NULL "
+                        "WHERE migration_name = $2 AND processed = FALSE",
+                        (now, target.name),
+                    )
+                )
+            else:
+                statements.append(
+                    (
+                        f"UPDATE {self.sql.t.queue} SET attempts = 0, error = NULL, next_attempt_at = 0 "
+                        "WHERE migration_name = $1 AND processed = FALSE",
+                        (target.name,),
+                    )
+                )
+            await tx.execute_batch(statements)
+        self.events.emit(MigrationRepaired(name=target.name, version=target.version, applied=applied))
+        repaired = await self.find(target.name)
+        return repaired
+
     # -- reading -------------------------------------------------------------------
 
     async def status(self) -> list[MigrationState]:
@@ -527,6 +655,10 @@ def _state(row: Row, change: Row | None) -> MigrationState:
         "attempts": int(row["status_attempts"] or 0),
         "error": row["status_error"],
     }
+    if row["dirty"]:
+        # Interrupted (or running now) outside a transaction: only repair moves it on.
+        queued = change["operation"] if change is not None else None
+        return MigrationState(state="dirty", queued=queued, **base)
     if change is None:
         return MigrationState(state="applied" if applied else "pending", **base)
     attempts = int(change["attempts"])

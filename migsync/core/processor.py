@@ -28,17 +28,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
 import attrs
 
 from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
-from migsync.core.errors import MigsyncError
+from migsync.core.errors import DirtyDatabase, MigsyncError
 from migsync.core.events import Event, EventDispatcher, PassCompleted
-from migsync.core.work import Begin, Commit, Execute, Fetch, Release, RollbackTo, Savepoint, Work
+from migsync.core.work import (
+    Begin,
+    Commit,
+    Execute,
+    Fetch,
+    Release,
+    Rollback,
+    RollbackTo,
+    Savepoint,
+    Work,
+)
 
 log = logging.getLogger("migsync.processor")
+
+
+@attrs.frozen
+class Loaded:
+    """What a change needs for its work, read inside its claim transaction.
+
+    ``outside_transaction``: the work cannot run in a transaction. The
+    processor then marks the change in progress and commits, lets the handler
+    work with no transaction open, and records the outcome in a new one.
+    """
+
+    data: Any = None
+    outside_transaction: bool = False
 
 
 class ChangeHandler(Protocol):
@@ -52,18 +76,35 @@ class ChangeHandler(Protocol):
     def describe(self, change: Row) -> str:
         """A short label for logs and errors, e.g. ``apply 0003_add_email``."""
 
-    def handle(self, change: Row) -> Work[Event | None]:
+    def load(self, change: Row) -> Work[Loaded]:
+        """Read what the change needs (in the claim transaction).
+
+        Raise :class:`~migsync.core.errors.DirtyDatabase` when nothing may run
+        now: the claim is undone (no attempt counted) and the pass stops.
+        """
+
+    def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
         """Do the change's work inside the open transaction; raise to fail it.
 
         Returns the event to emit once the transaction has committed.
         """
 
+    def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        """Mark the change in progress, in the claim transaction, before work outside one."""
+
+    def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        """Do the work with no transaction open. Raise DirtyDatabase if it stopped half-way."""
+
+    def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
+        """Record the success of work done outside a transaction (in a new transaction)."""
+
     def record_failure(
-        self, change: Row, error: str, attempts: int, next_attempt_at: float | None
+        self, change: Row, error: str, attempts: int, next_attempt_at: float | None, dirty: bool
     ) -> Work[list[Event]]:
         """Write what the failure means beyond the queue row; return the events to emit.
 
-        ``next_attempt_at`` is None when the change is now dead.
+        ``next_attempt_at`` is None when the change is now dead; ``dirty`` when
+        work outside a transaction stopped half-way and a person must look.
         """
 
 
@@ -79,6 +120,10 @@ class Outcome:
     error: str | None = None
     dead: bool = False
     next_attempt_at: float | None = None
+    #: Work outside a transaction stopped half-way (or is still running elsewhere).
+    dirty: bool = False
+    #: False when nothing ran: the change was found blocked and its claim undone.
+    ran: bool = True
 
 
 @attrs.define
@@ -191,6 +236,9 @@ class ChangesProcessor:
             outcome = yield from self._change(change, now if due_by is None else due_by, events)
             if outcome is None:
                 return True, events  # another processor got there first: read the queue again
+            if not outcome.ran:
+                result.blocked = outcome
+                return False, events
             result.processed.append(outcome)
             if not outcome.ok:
                 result.failure = outcome
@@ -210,31 +258,74 @@ class ChangesProcessor:
         label = handler.describe(change)
         yield Savepoint(_SAVEPOINT)
         try:
-            event = yield from handler.handle(change)
-            yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
+            loaded = yield from handler.load(change)
+            if not loaded.outside_transaction:
+                event = yield from handler.handle(change, loaded)
+                yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
+        except DirtyDatabase as exc:
+            yield Rollback()  # not this change's failure: leave no trace of the claim
+            return Outcome(
+                change["id"], label, False, attempts - 1, max_attempts, str(exc), dirty=True, ran=False
+            )
         except Exception as exc:
             yield RollbackTo(_SAVEPOINT)
-            if isinstance(exc, MigsyncError):
-                error = str(exc)
-            else:
-                log.error("unexpected error in %s", label, exc_info=exc)
-                error = f"{type(exc).__name__}: {exc}"
-            dead = attempts >= max_attempts
-            next_at = self.clock.now() + self.retry.delay(attempts)
-            yield Execute(self._sql_failed, (error, next_at, change["seq"]))
-            failure_events = yield from handler.record_failure(
-                change, error, attempts, None if dead else next_at
-            )
+            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
             yield Commit()
-            events.extend(failure_events)
-            return Outcome(
-                change["id"], label, False, attempts, max_attempts, error, dead, None if dead else next_at
-            )
+            return outcome
+        if loaded.outside_transaction:
+            return (yield from self._change_outside(change, loaded, label, attempts, max_attempts, events))
         yield Release(_SAVEPOINT)
         yield Commit()
         if event is not None:
             events.append(event)
         return Outcome(change["id"], label, True, attempts, max_attempts)
+
+    def _change_outside(
+        self, change: Row, loaded: Loaded, label: str, attempts: int, max_attempts: int, events: list[Event]
+    ) -> Work[Outcome]:
+        """A change whose work cannot run in a transaction: mark, commit, work, record."""
+        handler = self.handler
+        yield from handler.begin_outside(change, loaded)
+        yield Release(_SAVEPOINT)
+        yield Commit()
+        started = time.perf_counter()
+        try:
+            yield from handler.handle_outside(change, loaded)
+        except Exception as exc:
+            yield Begin()
+            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
+            yield Commit()
+            return outcome
+        yield Begin()
+        event = yield from handler.finish_outside(change, loaded, time.perf_counter() - started)
+        yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
+        yield Commit()
+        if event is not None:
+            events.append(event)
+        return Outcome(change["id"], label, True, attempts, max_attempts)
+
+    def _failed(
+        self,
+        change: Row,
+        label: str,
+        exc: Exception,
+        attempts: int,
+        max_attempts: int,
+        events: list[Event],
+    ) -> Work[Outcome]:
+        """Record a failed attempt (inside an open transaction) and say what it means."""
+        if isinstance(exc, MigsyncError):
+            error = str(exc)
+        else:
+            log.error("unexpected error in %s", label, exc_info=exc)
+            error = f"{type(exc).__name__}: {exc}"
+        dirty = isinstance(exc, DirtyDatabase)
+        dead = attempts >= max_attempts and not dirty
+        next_at = None if dead or dirty else self.clock.now() + self.retry.delay(attempts)
+        # A dirty change waits for a person: no retry time, however many attempts are left.
+        yield Execute(self._sql_failed, (error, next_at if next_at is not None else 0.0, change["seq"]))
+        events.extend((yield from self.handler.record_failure(change, error, attempts, next_at, dirty)))
+        return Outcome(change["id"], label, False, attempts, max_attempts, error, dead, next_at, dirty)
 
     # -- the loop --------------------------------------------------------------------
 

@@ -48,9 +48,14 @@ class Fetch:
 
 @attrs.frozen
 class Script:
-    """Run a migration script (split as the backend needs); raises StatementError."""
+    """Run a migration script (split as the backend needs); raises StatementError.
+
+    ``each_commits``: run with no transaction open, one statement at a time, so
+    that each commits on its own (``CREATE INDEX CONCURRENTLY``, ``VACUUM``).
+    """
 
     sql: str
+    each_commits: bool = False
 
 
 @attrs.frozen
@@ -61,6 +66,11 @@ class Begin:
 @attrs.frozen
 class Commit:
     pass
+
+
+@attrs.frozen
+class Rollback:
+    """Undo the open transaction and end it."""
 
 
 @attrs.frozen
@@ -80,7 +90,7 @@ class RollbackTo:
     name: str
 
 
-Request = Execute | Fetch | Script | Begin | Commit | Savepoint | Release | RollbackTo
+Request = Execute | Fetch | Script | Begin | Commit | Rollback | Savepoint | Release | RollbackTo
 Work = Generator[Request, Any, T]
 
 
@@ -103,7 +113,7 @@ class _Program(Generic[T]):
     def performed(self, request: Request) -> None:
         if isinstance(request, Begin):
             self.in_transaction = True
-        elif isinstance(request, Commit):
+        elif isinstance(request, Commit | Rollback):
             self.in_transaction = False
 
 
@@ -158,12 +168,14 @@ async def perform_async(connection: Connection, request: Request) -> Any:
             return await connection.fetch(sql, params)
         case Execute(sql, params):
             return await connection.execute(sql, params)
-        case Script(sql):
-            return await connection.run_script(sql)
+        case Script(sql, each_commits):
+            return await connection.run_script(sql, each_commits=each_commits)
         case Begin():
             return await connection.execute("BEGIN")
         case Commit():
             return await connection.execute("COMMIT")
+        case Rollback():
+            return await connection.execute("ROLLBACK")
         case Savepoint(name):
             return await connection.execute(f"SAVEPOINT {name}")
         case Release(name):

@@ -20,6 +20,7 @@ Subscriber = Callable[[Event], Awaitable[None] | None]
 _LEVELS = {
     "migration_failed": logging.WARNING,
     "migration_dead": logging.ERROR,
+    "migration_dirty": logging.ERROR,
     "pass_completed": logging.DEBUG,
 }
 
