@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -47,6 +46,7 @@ import asyncpg
 
 from migsync.core.backend import (
     MULTI_PROCESS,
+    PROCESS_WIDE_LOCK,
     SAVEPOINTS,
     TRANSACTIONAL_DDL,
     BaseBackend,
@@ -87,7 +87,10 @@ def where(url: str) -> str:
     """``host:port/database`` of a URL, for messages (never the password)."""
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
-    port = parts.port or 5432
+    try:
+        port = parts.port or 5432
+    except ValueError as exc:  # urllib's own check of the port
+        raise ConfigError(f"postgres URL: {exc}") from None
     database = parts.path.lstrip("/") or parts.username or "postgres"
     return f"{host}:{port}/{database}"
 
@@ -98,6 +101,15 @@ def lock_key(namespace: str, name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+#: The connection is gone, or the driver lost track of it: a ConnectError, never a SQL error.
+_LOST: tuple[type[Exception], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    OSError,
+)
+
+
 def _rowcount(status: str) -> int:
     # asyncpg returns the command tag, e.g. "UPDATE 3" or "INSERT 0 1".
     last = status.rsplit(" ", 1)[-1]
@@ -105,7 +117,8 @@ def _rowcount(status: str) -> int:
 
 
 def _describe(exc: asyncpg.PostgresError) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    # ``str(exc)`` appends DETAIL and HINT on lines of their own; we add them inline, once.
+    text = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
     detail = getattr(exc, "detail", None)
     hint = getattr(exc, "hint", None)
     if detail:
@@ -129,8 +142,25 @@ def _statement_error(exc: asyncpg.PostgresError, script: str) -> StatementError:
         )
     offset = int(position) - 1
     line = script.count("\n", 0, offset) + 1
-    index = max((i for i, s in enumerate(statements) if s.line <= line), default=0)
+    # By character offset, not line: several statements may share a line.
+    index, cursor = 0, 0
+    for i, statement in enumerate(statements):
+        start = script.find(statement.sql, cursor)
+        if start < 0 or start > offset:
+            break
+        index, cursor = i, start + len(statement.sql)
     return StatementError(_describe(exc), statement=statements[index].sql, index=index, line=line)
+
+
+@contextlib.contextmanager
+def _mapped(where: str, doing: str = "") -> Iterator[None]:
+    """Driver errors of migsync's own calls on a raw connection, as ours."""
+    try:
+        yield
+    except _LOST as exc:
+        raise ConnectError(f"lost the connection to Postgres at {where}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise BackendError(f"{where}: {doing}{_describe(exc)}") from exc
 
 
 class PostgresConnection(BaseConnection):
@@ -143,34 +173,49 @@ class PostgresConnection(BaseConnection):
     async def execute(self, sql: str, params: Params = ()) -> int:
         try:
             return _rowcount(await self._conn.execute(sql, *params))
+        except _LOST as exc:
+            raise ConnectError(f"{self._where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise BackendError(f"{self._where}: {_describe(exc)}") from exc
-        except (asyncpg.InterfaceError, OSError) as exc:
-            raise ConnectError(f"{self._where}: {exc}") from exc
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         try:
             return [dict(record) for record in await self._conn.fetch(sql, *params)]
+        except _LOST as exc:
+            raise ConnectError(f"{self._where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise BackendError(f"{self._where}: {_describe(exc)}") from exc
-        except (asyncpg.InterfaceError, OSError) as exc:
-            raise ConnectError(f"{self._where}: {exc}") from exc
 
-    async def run_script(self, sql: str) -> None:
+    async def run_script(self, sql: str, *, each_commits: bool = False) -> None:
         if is_blank(sql, "postgresql"):
             return  # asyncpg rejects an empty query
+        if each_commits:
+            # A multi-statement query is one implicit transaction block, in which
+            # CREATE INDEX CONCURRENTLY and friends refuse to run: send them singly.
+            for index, statement in enumerate(split(sql, "postgresql")):
+                try:
+                    await self._conn.execute(statement.sql)
+                except _LOST as exc:
+                    raise ConnectError(f"{self._where}: {exc}") from exc
+                except asyncpg.PostgresError as exc:
+                    raise StatementError(
+                        _describe(exc), statement=statement.sql, index=index, line=statement.line
+                    ) from exc
+            return
         try:
             await self._conn.execute(sql)
+        except _LOST as exc:
+            raise ConnectError(f"{self._where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise _statement_error(exc, sql) from exc
-        except (asyncpg.InterfaceError, OSError) as exc:
-            raise ConnectError(f"{self._where}: {exc}") from exc
 
 
 class PostgresBackend(BaseBackend):
     name: ClassVar[str] = "postgresql"
     dialect: ClassVar[str] = "postgresql"
-    capabilities: ClassVar[frozenset[str]] = frozenset({TRANSACTIONAL_DDL, SAVEPOINTS, MULTI_PROCESS})
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {TRANSACTIONAL_DDL, SAVEPOINTS, MULTI_PROCESS, PROCESS_WIDE_LOCK}
+    )
 
     def __init__(
         self,
@@ -232,13 +277,16 @@ class PostgresBackend(BaseBackend):
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        # Only acquire and release are mapped here: an exception from the
+        # caller's block (a TimeoutError of its own, say) passes through as it is.
+        pool = self._require()
+        with _mapped(self.where):
+            conn = await pool.acquire()
         try:
-            async with self._require().acquire() as conn:
-                yield conn
-        except (OSError, asyncpg.InterfaceError) as exc:
-            if isinstance(exc, asyncpg.InterfaceError) and "pool" not in str(exc):
-                raise
-            raise ConnectError(f"lost the connection to Postgres at {self.where}: {exc}") from exc
+            yield conn
+        finally:
+            with _mapped(self.where):
+                await pool.release(conn)
 
     async def _begin(self, conn: asyncpg.Connection) -> None:
         """BEGIN and take migsync's write lock, in one round trip."""
@@ -249,10 +297,15 @@ class PostgresBackend(BaseBackend):
                 f"SELECT pg_advisory_xact_lock({self._write_key}); SET LOCAL lock_timeout = 0"
             )
         except asyncpg.LockNotAvailableError as exc:
-            holder = await self._lock_holder(self._write_key)
+            # Ask on this connection: the pool may have none to spare (deadlock).
+            with contextlib.suppress(*_LOST, asyncpg.PostgresError):
+                await conn.execute("ROLLBACK")
+            holder = await self._lock_holder(conn, self._write_key)
             raise LockTimeout(
                 f"{self.where}: migsync's write lock was held for over {self.lock_timeout:g}s{holder}"
             ) from exc
+        except _LOST as exc:
+            raise ConnectError(f"lost the connection to Postgres at {self.where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise BackendError(f"{self.where}: {_describe(exc)}") from exc
 
@@ -263,13 +316,11 @@ class PostgresBackend(BaseBackend):
             try:
                 yield PostgresConnection(conn, self.where)
             except BaseException:
-                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                with contextlib.suppress(*_LOST, asyncpg.PostgresError):
                     await conn.execute("ROLLBACK")
                 raise
-            try:
+            with _mapped(self.where, "commit failed: "):
                 await conn.execute("COMMIT")
-            except asyncpg.PostgresError as exc:
-                raise BackendError(f"{self.where}: commit failed: {_describe(exc)}") from exc
 
     @contextlib.asynccontextmanager
     async def autocommit(self) -> AsyncIterator[PostgresConnection]:
@@ -284,10 +335,14 @@ class PostgresBackend(BaseBackend):
                 if isinstance(request, Begin):
                     return await self._begin(conn)
                 if isinstance(request, Script):
-                    return await connection.run_script(request.sql)
+                    return await connection.run_script(request.sql, each_commits=request.each_commits)
                 return await perform_async(connection, request)
 
-            return await drive_async(work, perform, functools.partial(conn.execute, "ROLLBACK"))
+            async def rollback() -> None:
+                with _mapped(self.where):
+                    await conn.execute("ROLLBACK")
+
+            return await drive_async(work, perform, rollback)
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         async with self._connection() as conn:
@@ -301,9 +356,12 @@ class PostgresBackend(BaseBackend):
         async with self._connection() as conn:
             deadline = time.monotonic() + timeout
             delay = 0.02
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            while True:
+                with _mapped(self.where):
+                    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                        break
                 if time.monotonic() >= deadline:
-                    holder = await self._lock_holder(key)
+                    holder = await self._lock_holder(conn, key)
                     raise LockTimeout(
                         f"{self.where}: processor lock {name!r} not free after {timeout:g}s{holder}"
                     )
@@ -312,21 +370,22 @@ class PostgresBackend(BaseBackend):
             try:
                 yield
             finally:
-                with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                with contextlib.suppress(*_LOST, asyncpg.PostgresError):
                     await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
-    async def _lock_holder(self, key: int) -> str:
+    async def _lock_holder(self, conn: asyncpg.Connection, key: int) -> str:
         """Who holds advisory lock ``key``, as far as Postgres tells: for error messages."""
         sql = (
             "SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.state, "
             "now() - a.xact_start AS held FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted "
+            # Advisory locks are per database: the same key elsewhere is someone else's.
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = $1 "
             "LIMIT 1"
         )
         try:
-            async with self._connection() as conn:
-                row = await conn.fetchrow(sql, key)
+            row = await conn.fetchrow(sql, key, timeout=5)
         except Exception:  # a message helper must not hide the error it decorates
             return ""
         if row is None:

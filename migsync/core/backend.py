@@ -34,6 +34,10 @@ Params = Sequence[Any]
 TRANSACTIONAL_DDL = "transactional_ddl"
 SAVEPOINTS = "savepoints"
 MULTI_PROCESS = "multi_process"  # several OS processes may share one database
+#: ``processor_lock`` excludes other processes, not only other tasks of this backend
+#: instance. Without it, exactly-once rests on each change's claim in a write
+#: transaction (SQLite's write lock), which the processor does in any case.
+PROCESS_WIDE_LOCK = "process_wide_lock"
 
 
 @runtime_checkable
@@ -91,7 +95,12 @@ class Backend(Protocol):
         """A session without a transaction: each statement commits by itself."""
 
     def processor_lock(self, name: str, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
-        """Exclusive across processes sharing this database; raises LockTimeout after ``timeout``."""
+        """Exclusive between passes on queue ``name``; raises LockTimeout after ``timeout``.
+
+        With capability ``process_wide_lock`` it excludes every process on the
+        database; otherwise only this instance's tasks, and other processes are
+        kept apart by each change's claim inside a write transaction.
+        """
 
     async def ensure_schema(self) -> None:
         """Create migsync's bookkeeping tables if they are missing (idempotent)."""
