@@ -63,7 +63,17 @@ from migsync.core.errors import (
 )
 from migsync.core.schema import Tables
 from migsync.core.splitter import is_blank, split
-from migsync.core.work import Begin, Request, Script, Work, drive_async, perform_async
+from migsync.core.work import (
+    Begin,
+    Commit,
+    Release,
+    Request,
+    Savepoint,
+    Script,
+    Work,
+    drive_async,
+    perform_async,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("migsync.postgres")
@@ -128,8 +138,11 @@ def _describe(exc: asyncpg.PostgresError) -> str:
     return text
 
 
-def _statement_error(exc: asyncpg.PostgresError, script: str) -> StatementError:
-    """Which statement of ``script`` failed, from the error's character position."""
+def _statement_error(exc: asyncpg.PostgresError, script: str, shift: int = 0) -> StatementError:
+    """Which statement of ``script`` failed, from the error's character position.
+
+    ``shift``: characters sent before the script in the same query.
+    """
     position = getattr(exc, "position", None)
     statements = split(script, "postgresql")
     if not position or not str(position).isdigit():
@@ -140,7 +153,7 @@ def _statement_error(exc: asyncpg.PostgresError, script: str) -> StatementError:
             index=0 if only else None,
             line=only.line if only else None,
         )
-    offset = int(position) - 1
+    offset = max(int(position) - 1 - shift, 0)
     line = script.count("\n", 0, offset) + 1
     # By character offset, not line: several statements may share a line.
     index, cursor = 0, 0
@@ -186,10 +199,15 @@ class PostgresConnection(BaseConnection):
         except asyncpg.PostgresError as exc:
             raise BackendError(f"{self._where}: {_describe(exc)}") from exc
 
-    async def run_script(self, sql: str, *, each_commits: bool = False) -> None:
+    async def run_script(self, sql: str, *, each_commits: bool = False, prefix: str = "") -> None:
+        """Run ``sql``; ``prefix`` (statements without results, ending in ``;``) rides along."""
         if is_blank(sql, "postgresql"):
+            if prefix:
+                await self.execute(prefix)
             return  # asyncpg rejects an empty query
         if each_commits:
+            if prefix:
+                await self.execute(prefix)
             # A multi-statement query is one implicit transaction block, in which
             # CREATE INDEX CONCURRENTLY and friends refuse to run: send them singly.
             for index, statement in enumerate(split(sql, "postgresql")):
@@ -203,11 +221,11 @@ class PostgresConnection(BaseConnection):
                     ) from exc
             return
         try:
-            await self._conn.execute(sql)
+            await self._conn.execute(prefix + sql)
         except _LOST as exc:
             raise ConnectError(f"{self._where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
-            raise _statement_error(exc, sql) from exc
+            raise _statement_error(exc, sql, len(prefix)) from exc
 
 
 class PostgresBackend(BaseBackend):
@@ -331,11 +349,33 @@ class PostgresBackend(BaseBackend):
         async with self._connection() as conn:
             connection = PostgresConnection(conn, self.where)
 
+            # Statements without results (SAVEPOINT, RELEASE) wait and ride along with
+            # the next round trip: on loopback each round trip is most of a request's cost.
+            pending: list[str] = []
+
+            def take_pending() -> str:
+                text = "".join(f"{statement}; " for statement in pending)
+                pending.clear()
+                return text
+
             async def perform(request: Request) -> Any:
+                match request:
+                    case Savepoint(name):
+                        pending.append(f"SAVEPOINT {name}")
+                        return None
+                    case Release(name):
+                        pending.append(f"RELEASE SAVEPOINT {name}")
+                        return None
+                    case Commit():
+                        return await connection.execute(take_pending() + "COMMIT")
+                    case Script(sql, each_commits):
+                        return await connection.run_script(
+                            sql, each_commits=each_commits, prefix=take_pending()
+                        )
+                if pending:
+                    await connection.execute(take_pending())
                 if isinstance(request, Begin):
                     return await self._begin(conn)
-                if isinstance(request, Script):
-                    return await connection.run_script(request.sql, each_commits=request.each_commits)
                 return await perform_async(connection, request)
 
             async def rollback() -> None:

@@ -256,24 +256,28 @@ class ChangesProcessor:
             return None
         attempts, max_attempts = int(claim[0]["attempts"]), int(claim[0]["max_attempts"])
         label = handler.describe(change)
-        yield Savepoint(_SAVEPOINT)
         try:
-            loaded = yield from handler.load(change)
-            if not loaded.outside_transaction:
-                event = yield from handler.handle(change, loaded)
-                yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
+            loaded = yield from handler.load(change)  # reads only: nothing to undo if it fails
         except DirtyDatabase as exc:
             yield Rollback()  # not this change's failure: leave no trace of the claim
             return Outcome(
                 change["id"], label, False, attempts - 1, max_attempts, str(exc), dirty=True, ran=False
             )
         except Exception as exc:
-            yield RollbackTo(_SAVEPOINT)
             outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
             yield Commit()
             return outcome
         if loaded.outside_transaction:
             return (yield from self._change_outside(change, loaded, label, attempts, max_attempts, events))
+        yield Savepoint(_SAVEPOINT)
+        try:
+            event = yield from handler.handle(change, loaded)
+            yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
+        except Exception as exc:
+            yield RollbackTo(_SAVEPOINT)
+            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
+            yield Commit()
+            return outcome
         yield Release(_SAVEPOINT)
         yield Commit()
         if event is not None:
@@ -286,7 +290,6 @@ class ChangesProcessor:
         """A change whose work cannot run in a transaction: mark, commit, work, record."""
         handler = self.handler
         yield from handler.begin_outside(change, loaded)
-        yield Release(_SAVEPOINT)
         yield Commit()
         started = time.perf_counter()
         try:
