@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -240,3 +244,43 @@ async def test_closed_backend_says_so(pg_url: str) -> None:
     backend = PostgresBackend(pg_url)
     with pytest.raises(BackendError, match=r"127\.0\.0\.1:5432/migsync_test_\w+ is not open"):
         await backend.fetch("SELECT 1")
+
+
+def test_a_killed_client_does_not_leave_its_statement_running(tmp_path: Path, pg_url: str) -> None:
+    # client_connection_check_interval: the server notices the dead client and
+    # aborts its statement (releasing migsync's locks) instead of finishing it.
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    (migrations / "0001_sleep.sql").write_text("-- migrate:up\nSELECT pg_sleep(60);\n")
+    env = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    proc = subprocess.Popen(
+        [MIGSYNC, "apply", "--migrations", str(migrations), "--db", pg_url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    database = pg_url.rsplit("/", 1)[1]
+
+    async def sleeping() -> int:
+        conn = await asyncpg.connect(pg_url.rsplit("/", 1)[0] + "/postgres")
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                    "AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()",
+                    database,
+                )
+            )
+        finally:
+            await conn.close()
+
+    deadline = time.monotonic() + 20
+    while asyncio.run(sleeping()) == 0:
+        assert time.monotonic() < deadline, "the migration never started"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    killed_at = time.monotonic()
+    while asyncio.run(sleeping()):
+        assert time.monotonic() - killed_at < 5, "the dead client's statement kept running"
+        time.sleep(0.1)

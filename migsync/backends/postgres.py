@@ -228,6 +228,14 @@ class PostgresConnection(BaseConnection):
             raise _statement_error(exc, sql, len(prefix)) from exc
 
 
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # If this process dies mid-migration, have the server notice within a
+    # second and abort the running statement, instead of finishing it (and
+    # holding migsync's locks) for nobody. Postgres 14+; older servers skip it.
+    if conn.get_server_version().major >= 14:
+        await conn.execute("SET client_connection_check_interval = 1000")
+
+
 class PostgresBackend(BaseBackend):
     name: ClassVar[str] = "postgresql"
     dialect: ClassVar[str] = "postgresql"
@@ -272,6 +280,7 @@ class PostgresBackend(BaseBackend):
                 max_size=self.pool_max,
                 server_settings={"application_name": "migsync"},
                 timeout=10,
+                init=_init_connection,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             reason = str(exc) or type(exc).__name__
