@@ -287,3 +287,22 @@ def test_first_statement_failing_outside_a_transaction_is_an_ordinary_failure(
     result = run("apply", "--migrations", str(migrations), "--db", db_url)
     assert result.returncode == 1 and "failed: apply 0001_bad (attempt 1 of 3)" in result.stderr
     assert status_json(db_url)[0]["state"] == "failed"
+
+
+def test_apply_imports_only_what_it_needs(tmp_path: Path, db_url: str) -> None:
+    # Start-up is paid by every client run: no server, ORM, web, network or
+    # Postgres driver for a SQLite apply, and no importlib.metadata without plugins.
+    import sys
+
+    migrations = write_migrations(tmp_path / "m", GOOD)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "migsync", "apply", "--migrations", str(migrations),
+         "--db", db_url],
+        capture_output=True, text=True, env={**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "migsync.backends.sqlite" in imported
+    for heavy in ("sqlalchemy", "starlette", "httpx", "asyncpg", "rich", "uvicorn", "importlib.metadata"):
+        assert heavy not in imported, f"'migsync apply' imported {heavy}"
