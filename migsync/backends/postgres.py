@@ -184,20 +184,12 @@ class PostgresConnection(BaseConnection):
         self._where = where
 
     async def execute(self, sql: str, params: Params = ()) -> int:
-        try:
+        with _mapped(self._where):
             return _rowcount(await self._conn.execute(sql, *params))
-        except _LOST as exc:
-            raise ConnectError(f"{self._where}: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise BackendError(f"{self._where}: {_describe(exc)}") from exc
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
-        try:
+        with _mapped(self._where):
             return [dict(record) for record in await self._conn.fetch(sql, *params)]
-        except _LOST as exc:
-            raise ConnectError(f"{self._where}: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise BackendError(f"{self._where}: {_describe(exc)}") from exc
 
     async def run_script(self, sql: str, *, each_commits: bool = False, prefix: str = "") -> None:
         """Run ``sql``; ``prefix`` (statements without results, ending in ``;``) rides along."""
