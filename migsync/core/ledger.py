@@ -111,6 +111,7 @@ VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {t.queue}), $2, $3, $4, $5)
             f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version "
             f"ORDER BY m.version"
         )
+        self.dirty = f"SELECT migration_name FROM {t.status} WHERE dirty LIMIT 1"
         self.open_changes = (
             f"SELECT migration_name, operation, attempts, max_attempts, error, next_attempt_at "
             f"FROM {t.queue} WHERE processed = FALSE ORDER BY seq"
@@ -189,6 +190,11 @@ class MigrationHandler:
     def describe(self, change: Row) -> str:
         return f"{change['operation']} {change['migration_name']}"
 
+    def check(self) -> Work[None]:
+        rows: list[Row] = yield Fetch(self.sql.dirty)
+        if rows:
+            raise DirtyDatabase(_dirty_message(rows[0]["migration_name"]))
+
     def load(self, change: Row) -> Work[Loaded]:
         name = change["migration_name"]
         rows: list[Row] = yield Fetch(self.sql.migration_for_change, (name,))
@@ -241,9 +247,10 @@ class MigrationHandler:
             yield Script(step.sql, each_commits=True)
         except StatementError as exc:
             if exc.index:  # statements before it have committed: only a person can tell what now
+                committed = "statement 1" if exc.index == 1 else f"statements 1-{exc.index}"
                 raise DirtyDatabase(
-                    f"{exc.in_migration(step.name)}; it runs outside a transaction and statements "
-                    f"1-{exc.index} had already committed: {_REPAIR_HINT.format(name=step.name)}"
+                    f"{exc.in_migration(step.name)}; it runs outside a transaction and {committed} "
+                    f"had already committed: {_REPAIR_HINT.format(name=step.name)}"
                 ) from exc
             raise exc.in_migration(step.name) from exc
 
@@ -307,6 +314,12 @@ _REPAIR_HINT = (
     "check by hand whether it took effect, then run "
     "'migsync repair --db URL {name} --applied' or '... --not-applied'"
 )
+
+
+def _refuse_if_dirty(states: Sequence[MigrationState]) -> None:
+    for state in states:
+        if state.state == "dirty":
+            raise DirtyDatabase(_dirty_message(state.name))
 
 
 def _dirty_message(name: str) -> str:
@@ -491,6 +504,7 @@ class Ledger:
         """
         async with self.backend.transaction() as tx:
             states = await _read_status(tx.fetch, self.sql)
+            _refuse_if_dirty(states)
             target = await self.find(ref, states)
             if target.state == "applied" and target.queued is None:
                 raise MigrationError(f"migration {target.name} is already applied")
@@ -536,6 +550,7 @@ class Ledger:
             raise ValueError("give exactly one of ref, to, everything")
         async with self.backend.transaction() as tx:
             states = await _read_status(tx.fetch, self.sql)
+            _refuse_if_dirty(states)
             if ref is not None:
                 target = await self.find(ref, states)
                 if target.state != "applied" and target.queued != "revert":

@@ -20,6 +20,11 @@ The rules, for every queue:
 * One pass at a time: in-process by a lock, across processes by the
   backend's processor lock. Inside the transaction the change is re-read,
   so a change another processor finished is skipped, never run twice.
+* Work that cannot run in a transaction (``ChangeHandler.load`` says so) is
+  marked in progress and committed first, runs with no transaction open, and
+  is recorded done in a new transaction. If it stops half-way the handler
+  says the database is dirty: nothing more runs until a person repairs it,
+  and a processor that meets a dirty database undoes its claim and stops.
 * Events go to the sinks after the transaction has committed.
 """
 
@@ -75,6 +80,12 @@ class ChangeHandler(Protocol):
 
     def describe(self, change: Row) -> str:
         """A short label for logs and errors, e.g. ``apply 0003_add_email``."""
+
+    def check(self) -> Work[None]:
+        """Raise :class:`~migsync.core.errors.DirtyDatabase` when nothing in the queue may run now.
+
+        Asked once per batch, before the queue's head is judged.
+        """
 
     def load(self, change: Row) -> Work[Loaded]:
         """Read what the change needs (in the claim transaction).
@@ -217,6 +228,19 @@ class ChangesProcessor:
         """
         events: list[Event] = []
         head: list[Row] = yield Fetch(self._sql_head)
+        if head:
+            try:
+                yield from self.handler.check()
+            except DirtyDatabase as exc:  # before "dead": a dirty change waits for repair, not revival
+                result.blocked = Outcome(
+                    head[0]["id"],
+                    self.handler.describe(head[0]),
+                    False,
+                    error=str(exc),
+                    dirty=True,
+                    ran=False,
+                )
+                return False, events
         for change in head:
             if change["attempts"] >= change["max_attempts"]:
                 result.blocked = Outcome(

@@ -18,7 +18,7 @@ the plugin registry exactly as ``migsync`` opens it::
 
         @pytest.fixture
         def plugins(self):  # optional: default is make_plugins()
-            return make_plugins(extra=[my_plugin])
+            return make_plugins(autoload=False, extra=[my_plugin])
 
 Optional fixtures: ``backend_options`` (keyword arguments for the backend's
 factory, default none). Each test gets a fresh ``backend_url``: the suite
