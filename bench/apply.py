@@ -88,15 +88,16 @@ def raw_bookkeeping_apply(
     processor (its own SQL strings), without the Python around them.
     """
     from migsync.backends.sqlite import _placeholders
-    from migsync.core import ledger
+    from migsync.core.handler import MigrationHandler
+    from migsync.core.history_sql import history_sql
     from migsync.core.processor import ChangesProcessor
     from migsync.core.schema import DEFAULT_TABLES
 
     conn = raw_connect(db, pragmas)
     proc = ChangesProcessor.__new__(ChangesProcessor)
-    ChangesProcessor.__init__(proc, None, ledger.MigrationHandler("sqlite"))  # type: ignore[arg-type]
+    ChangesProcessor.__init__(proc, None, MigrationHandler("sqlite"))  # type: ignore[arg-type]
     claim, done = _placeholders(proc._sql_claim), _placeholders(proc._sql_done)
-    upsert = _placeholders(ledger._sql(DEFAULT_TABLES).upsert_status)
+    upsert = _placeholders(history_sql(DEFAULT_TABLES).upsert_status)
     content = "SELECT m.version, m.checksum, m.content, s.applied FROM client_migration m "
     content += "LEFT JOIN client_migration_status s ON s.version = m.version WHERE m.name = ?"
     changes = conn.execute("SELECT seq, migration_name FROM migration_changes ORDER BY seq").fetchall()

@@ -22,7 +22,8 @@ from migsync.core.backend import TRANSACTIONAL_DDL, Backend
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
 from migsync.core.events import EventDispatcher, EventSink
-from migsync.core.ledger import Ledger, MigrationHandler, MigrationState
+from migsync.core.handler import MigrationHandler
+from migsync.core.ledger import Ledger, MigrationState
 from migsync.core.migration import Migration
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.core.processor import ChangesProcessor, PassResult

@@ -1,10 +1,9 @@
-"""The migration history of one client database, and the handler that applies it.
+"""The migration history of one client database: record, queue, revert, repair, status.
 
 :class:`Ledger` records migrations in ``client_migration``, queues apply and
-revert changes in ``migration_changes`` and reports the state of each
-migration. :class:`MigrationHandler` is the
-:class:`~migsync.core.processor.ChangeHandler` that the processor calls to
-apply or revert one migration.
+revert changes in ``migration_changes``, repairs a dirty migration and
+reports the state of each migration. The processor does the work of each
+queued change through :class:`~migsync.core.handler.MigrationHandler`.
 
 A migration's state, as ``migsync status`` shows it:
 
@@ -18,9 +17,6 @@ A migration's state, as ``migsync status`` shows it:
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,97 +26,14 @@ import attrs
 
 from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, SystemClock
-from migsync.core.errors import (
-    ChecksumMismatch,
-    DirtyDatabase,
-    MigrationError,
-    StatementError,
-    UnknownMigration,
-)
-from migsync.core.events import (
-    Event,
-    EventDispatcher,
-    MigrationApplied,
-    MigrationDead,
-    MigrationDirty,
-    MigrationFailed,
-    MigrationQueued,
-    MigrationRepaired,
-    MigrationReverted,
-)
-from migsync.core.migration import ANY_DIALECT, Migration
-from migsync.core.processor import Loaded
-from migsync.core.schema import DEFAULT_TABLES, Tables
+from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError, UnknownMigration
+from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired
+from migsync.core.handler import dirty_message
+from migsync.core.history_sql import HistorySQL, history_sql
+from migsync.core.migration import Migration
 from migsync.core.sources import SourceSnapshot
-from migsync.core.work import Execute, Fetch, Script, Work
 
 State = Literal["applied", "pending", "failed", "dead", "dirty"]
-
-
-class _SQL:
-    """The ledger's statements, for one set of table names (built once per names)."""
-
-    def __init__(self, t: Tables):
-        self.t = t
-        self.upsert_status = f"""
-INSERT INTO {t.status}
-    (migration_name, version, applied, applied_at, applied_checksum, error, attempts, dirty, updated_at)
-VALUES ($1, $2, $3, $4, $5, NULL, $6, FALSE, $7)
-ON CONFLICT (version) DO UPDATE SET
-    migration_name = excluded.migration_name, applied = excluded.applied, applied_at = excluded.applied_at,
-    applied_checksum = excluded.applied_checksum, error = NULL,
-    attempts = excluded.attempts, dirty = FALSE, updated_at = excluded.updated_at
-"""
-        self.failed_status = f"""
-INSERT INTO {t.status} (migration_name, version, applied, error, attempts, dirty, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (version) DO UPDATE SET
-    error = excluded.error, attempts = excluded.attempts, dirty = excluded.dirty,
-    updated_at = excluded.updated_at
-"""
-        # Before work outside a transaction: in progress until finish or repair.
-        self.mark_dirty = f"""
-INSERT INTO {t.status} (migration_name, version, applied, attempts, dirty, updated_at)
-VALUES ($1, $2, $3, $4, TRUE, $5)
-ON CONFLICT (version) DO UPDATE SET
-    dirty = TRUE, attempts = excluded.attempts, updated_at = excluded.updated_at
-"""
-        self.known = (
-            f"SELECT m.version, m.name, m.checksum, s.applied FROM {t.migrations} m "
-            f"LEFT JOIN {t.status} s ON s.version = m.version"
-        )
-        self.unqueued = (
-            f"SELECT m.version, m.name FROM {t.migrations} m "
-            f"LEFT JOIN {t.status} s ON s.version = m.version "
-            f"WHERE (s.applied IS NULL OR s.applied = FALSE) AND NOT EXISTS ("
-            f"SELECT 1 FROM {t.queue} q WHERE q.migration_name = m.name AND q.processed = FALSE) "
-            f"ORDER BY m.version"
-        )
-        self.insert_change = f"""
-INSERT INTO {t.queue} (id, seq, migration_name, operation, timestamp, max_attempts)
-VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {t.queue}), $2, $3, $4, $5)
-"""
-        self.migration_for_change = (
-            f"SELECT m.version, m.checksum, m.content, s.applied, "
-            f"(SELECT d.migration_name FROM {t.status} d WHERE d.dirty LIMIT 1) AS dirty_name "
-            f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version WHERE m.name = $1"
-        )
-        self.status = (
-            f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, s.dirty, "
-            f"s.error AS status_error, s.attempts AS status_attempts "
-            f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version "
-            f"ORDER BY m.version"
-        )
-        self.dirty = f"SELECT migration_name FROM {t.status} WHERE dirty LIMIT 1"
-        self.open_changes = (
-            f"SELECT migration_name, operation, attempts, max_attempts, error, next_attempt_at "
-            f"FROM {t.queue} WHERE processed = FALSE ORDER BY seq"
-        )
-
-
-@functools.lru_cache(maxsize=16)
-def _sql(tables: Tables) -> _SQL:
-    return _SQL(tables)
 
 
 @attrs.frozen
@@ -169,177 +82,10 @@ class RecordResult:
     updated: list[str]
 
 
-class MigrationHandler:
-    """Applies or reverts the migration a queued change names."""
-
-    def __init__(
-        self,
-        dialect: str,
-        clock: Clock | None = None,
-        tables: Tables = DEFAULT_TABLES,
-        *,
-        transactional_ddl: bool = True,
-    ):
-        self.dialect = dialect
-        # Without transactional DDL every migration runs the way an autocommit one does.
-        self.transactional_ddl = transactional_ddl
-        self.clock = clock or SystemClock()
-        self.sql = _sql(tables)
-        self.queue = tables.queue
-
-    def describe(self, change: Row) -> str:
-        return f"{change['operation']} {change['migration_name']}"
-
-    def check(self) -> Work[None]:
-        rows: list[Row] = yield Fetch(self.sql.dirty)
-        if rows:
-            raise DirtyDatabase(_dirty_message(rows[0]["migration_name"]))
-
-    def load(self, change: Row) -> Work[Loaded]:
-        name = change["migration_name"]
-        rows: list[Row] = yield Fetch(self.sql.migration_for_change, (name,))
-        if not rows:
-            raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
-        row = rows[0]
-        if row["dirty_name"] is not None:
-            raise DirtyDatabase(_dirty_message(row["dirty_name"]))
-        applying = change["operation"] == "apply"
-        # The stored content is the canonical JSON the checksum covers: one
-        # hash proves it is what was recorded (and signed), untouched since.
-        if hashlib.sha256(row["content"].encode()).hexdigest() != row["checksum"]:
-            raise ChecksumMismatch(
-                f"migration {name}: stored content does not match its checksum "
-                f"{row['checksum'][:12]}; the database's copy was modified"
-            )
-        scripts = json.loads(row["content"])["up" if applying else "down"]
-        script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
-        step = _Step(
-            name=name,
-            version=int(row["version"]),
-            checksum=row["checksum"],
-            applying=applying,
-            sql=script["sql"],
-            # Already in the requested state: queued twice by racing processes. Never run twice.
-            done=bool(row["applied"]) == applying,
-        )
-        outside = (script["autocommit"] or not self.transactional_ddl) and not step.done
-        return Loaded(step, outside_transaction=outside)
-
-    def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
-        step: _Step = loaded.data
-        if step.done:
-            return None
-        started = time.perf_counter()
-        try:
-            yield Script(step.sql)
-        except StatementError as exc:
-            raise exc.in_migration(step.name) from exc
-        return (yield from self._applied(change, step, time.perf_counter() - started))
-
-    def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
-        step: _Step = loaded.data
-        attempts, now = change["attempts"] + 1, self.clock.now()
-        yield Execute(self.sql.mark_dirty, (step.name, step.version, not step.applying, attempts, now))
-
-    def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
-        step: _Step = loaded.data
-        try:
-            yield Script(step.sql, each_commits=True)
-        except StatementError as exc:
-            if exc.index:  # statements before it have committed: only a person can tell what now
-                committed = "statement 1" if exc.index == 1 else f"statements 1-{exc.index}"
-                raise DirtyDatabase(
-                    f"{exc.in_migration(step.name)}; it runs outside a transaction and {committed} "
-                    f"had already committed: {_REPAIR_HINT.format(name=step.name)}"
-                ) from exc
-            raise exc.in_migration(step.name) from exc
-
-    def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
-        return (yield from self._applied(change, loaded.data, duration))
-
-    def _applied(self, change: Row, step: _Step, duration: float) -> Work[Event]:
-        now = self.clock.now()
-        yield Execute(
-            self.sql.upsert_status,
-            (
-                step.name,
-                step.version,
-                step.applying,
-                now if step.applying else None,
-                step.checksum if step.applying else None,
-                change["attempts"] + 1,
-                now,
-            ),
-        )
-        if step.applying:
-            return MigrationApplied(name=step.name, version=step.version, duration=duration)
-        return MigrationReverted(name=step.name, version=step.version, duration=duration)
-
-    def record_failure(
-        self, change: Row, error: str, attempts: int, next_attempt_at: float | None, dirty: bool
-    ) -> Work[list[Event]]:
-        name = change["migration_name"]
-        rows: list[Row] = yield Fetch(f"SELECT version FROM {self.sql.t.migrations} WHERE name = $1", (name,))
-        version = int(rows[0]["version"]) if rows else 0
-        if rows:
-            reverting = change["operation"] == "revert"
-            now = self.clock.now()
-            yield Execute(self.sql.failed_status, (name, version, reverting, error, attempts, dirty, now))
-        if dirty:
-            return [
-                MigrationDirty(
-                    name=name, version=version, operation=change["operation"], error=error, attempts=attempts
-                )
-            ]
-        if next_attempt_at is None:
-            return [
-                MigrationDead(
-                    name=name, version=version, operation=change["operation"], error=error, attempts=attempts
-                )
-            ]
-        return [
-            MigrationFailed(
-                name=name,
-                version=version,
-                operation=change["operation"],
-                error=error,
-                attempts=attempts,
-                max_attempts=int(change["max_attempts"]),
-                next_attempt_at=next_attempt_at,
-            )
-        ]
-
-
-_REPAIR_HINT = (
-    "check by hand whether it took effect, then run "
-    "'migsync repair --db URL {name} --applied' or '... --not-applied'"
-)
-
-
 def _refuse_if_dirty(states: Sequence[MigrationState]) -> None:
     for state in states:
         if state.state == "dirty":
-            raise DirtyDatabase(_dirty_message(state.name))
-
-
-def _dirty_message(name: str) -> str:
-    return (
-        f"the database is dirty: migration {name} ran outside a transaction and did not finish "
-        f"(or is running right now in another process); nothing else runs until it is repaired: "
-        + _REPAIR_HINT.format(name=name)
-    )
-
-
-@attrs.frozen
-class _Step:
-    """One migration change, loaded: what to run and how to record it."""
-
-    name: str
-    version: int
-    checksum: str
-    applying: bool
-    sql: str
-    done: bool
+            raise DirtyDatabase(dirty_message(state.name))
 
 
 class Ledger:
@@ -359,7 +105,7 @@ class Ledger:
         self.clock = clock or SystemClock()
         self.events = events or EventDispatcher()
         self.max_attempts = max_attempts
-        self.sql = _sql(backend.tables)
+        self.sql = history_sql(backend.tables)
 
     # -- recording ----------------------------------------------------------------
 
@@ -652,7 +398,7 @@ class Ledger:
         )
 
 
-async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]], sql: _SQL) -> list[MigrationState]:
+async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]], sql: HistorySQL) -> list[MigrationState]:
     rows = await fetch(sql.status)
     heads: dict[str, Row] = {}
     for change in await fetch(sql.open_changes):

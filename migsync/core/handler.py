@@ -1,0 +1,198 @@
+"""``MigrationHandler``: what a queued migration change means to the processor.
+
+It loads the migration a change names (verifying its checksum), applies or
+reverts it inside the processor's transaction, or, for a script that must run
+outside a transaction, one statement at a time with the database marked dirty
+until it finishes. See :mod:`migsync.core.processor` for the protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import attrs
+
+from migsync.core.backend import Row
+from migsync.core.clock import Clock, SystemClock
+from migsync.core.errors import ChecksumMismatch, DirtyDatabase, StatementError, UnknownMigration
+from migsync.core.events import (
+    Event,
+    MigrationApplied,
+    MigrationDead,
+    MigrationDirty,
+    MigrationFailed,
+    MigrationReverted,
+)
+from migsync.core.history_sql import history_sql
+from migsync.core.migration import ANY_DIALECT
+from migsync.core.processor import Loaded
+from migsync.core.schema import DEFAULT_TABLES, Tables
+from migsync.core.work import Execute, Fetch, Script, Work
+
+_REPAIR_HINT = (
+    "check by hand whether it took effect, then run "
+    "'migsync repair --db URL {name} --applied' or '... --not-applied'"
+)
+
+
+def dirty_message(name: str) -> str:
+    return (
+        f"the database is dirty: migration {name} ran outside a transaction and did not finish "
+        f"(or is running right now in another process); nothing else runs until it is repaired: "
+        + _REPAIR_HINT.format(name=name)
+    )
+
+
+@attrs.frozen
+class _Step:
+    """One migration change, loaded: what to run and how to record it."""
+
+    name: str
+    version: int
+    checksum: str
+    applying: bool
+    sql: str
+    done: bool
+
+
+class MigrationHandler:
+    """Applies or reverts the migration a queued change names."""
+
+    def __init__(
+        self,
+        dialect: str,
+        clock: Clock | None = None,
+        tables: Tables = DEFAULT_TABLES,
+        *,
+        transactional_ddl: bool = True,
+    ):
+        self.dialect = dialect
+        # Without transactional DDL every migration runs the way an autocommit one does.
+        self.transactional_ddl = transactional_ddl
+        self.clock = clock or SystemClock()
+        self.sql = history_sql(tables)
+        self.queue = tables.queue
+
+    def describe(self, change: Row) -> str:
+        return f"{change['operation']} {change['migration_name']}"
+
+    def check(self) -> Work[None]:
+        rows: list[Row] = yield Fetch(self.sql.dirty)
+        if rows:
+            raise DirtyDatabase(dirty_message(rows[0]["migration_name"]))
+
+    def load(self, change: Row) -> Work[Loaded]:
+        name = change["migration_name"]
+        rows: list[Row] = yield Fetch(self.sql.migration_for_change, (name,))
+        if not rows:
+            raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
+        row = rows[0]
+        if row["dirty_name"] is not None:
+            raise DirtyDatabase(dirty_message(row["dirty_name"]))
+        applying = change["operation"] == "apply"
+        # The stored content is the canonical JSON the checksum covers: one
+        # hash proves it is what was recorded (and signed), untouched since.
+        if hashlib.sha256(row["content"].encode()).hexdigest() != row["checksum"]:
+            raise ChecksumMismatch(
+                f"migration {name}: stored content does not match its checksum "
+                f"{row['checksum'][:12]}; the database's copy was modified"
+            )
+        scripts = json.loads(row["content"])["up" if applying else "down"]
+        script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
+        step = _Step(
+            name=name,
+            version=int(row["version"]),
+            checksum=row["checksum"],
+            applying=applying,
+            sql=script["sql"],
+            # Already in the requested state: queued twice by racing processes. Never run twice.
+            done=bool(row["applied"]) == applying,
+        )
+        outside = (script["autocommit"] or not self.transactional_ddl) and not step.done
+        return Loaded(step, outside_transaction=outside)
+
+    def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
+        step: _Step = loaded.data
+        if step.done:
+            return None
+        started = time.perf_counter()
+        try:
+            yield Script(step.sql)
+        except StatementError as exc:
+            raise exc.in_migration(step.name) from exc
+        return (yield from self._applied(change, step, time.perf_counter() - started))
+
+    def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        step: _Step = loaded.data
+        attempts, now = change["attempts"] + 1, self.clock.now()
+        yield Execute(self.sql.mark_dirty, (step.name, step.version, not step.applying, attempts, now))
+
+    def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        step: _Step = loaded.data
+        try:
+            yield Script(step.sql, each_commits=True)
+        except StatementError as exc:
+            if exc.index:  # statements before it have committed: only a person can tell what now
+                committed = "statement 1" if exc.index == 1 else f"statements 1-{exc.index}"
+                raise DirtyDatabase(
+                    f"{exc.in_migration(step.name)}; it runs outside a transaction and {committed} "
+                    f"had already committed: {_REPAIR_HINT.format(name=step.name)}"
+                ) from exc
+            raise exc.in_migration(step.name) from exc
+
+    def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
+        return (yield from self._applied(change, loaded.data, duration))
+
+    def _applied(self, change: Row, step: _Step, duration: float) -> Work[Event]:
+        now = self.clock.now()
+        yield Execute(
+            self.sql.upsert_status,
+            (
+                step.name,
+                step.version,
+                step.applying,
+                now if step.applying else None,
+                step.checksum if step.applying else None,
+                change["attempts"] + 1,
+                now,
+            ),
+        )
+        if step.applying:
+            return MigrationApplied(name=step.name, version=step.version, duration=duration)
+        return MigrationReverted(name=step.name, version=step.version, duration=duration)
+
+    def record_failure(
+        self, change: Row, error: str, attempts: int, next_attempt_at: float | None, dirty: bool
+    ) -> Work[list[Event]]:
+        name = change["migration_name"]
+        rows: list[Row] = yield Fetch(f"SELECT version FROM {self.sql.t.migrations} WHERE name = $1", (name,))
+        version = int(rows[0]["version"]) if rows else 0
+        if rows:
+            reverting = change["operation"] == "revert"
+            now = self.clock.now()
+            yield Execute(self.sql.failed_status, (name, version, reverting, error, attempts, dirty, now))
+        if dirty:
+            return [
+                MigrationDirty(
+                    name=name, version=version, operation=change["operation"], error=error, attempts=attempts
+                )
+            ]
+        if next_attempt_at is None:
+            return [
+                MigrationDead(
+                    name=name, version=version, operation=change["operation"], error=error, attempts=attempts
+                )
+            ]
+        return [
+            MigrationFailed(
+                name=name,
+                version=version,
+                operation=change["operation"],
+                error=error,
+                attempts=attempts,
+                max_attempts=int(change["max_attempts"]),
+                next_attempt_at=next_attempt_at,
+            )
+        ]
