@@ -4,7 +4,7 @@ Start-up matters (it runs on every client, often), so this module imports
 only click at the top; everything else is imported by the command that
 needs it, and ``rich`` only when there is a terminal or a table to draw.
 
-Exit codes: 0 success; 1 a migration failed, is dead or is waiting to be
+Exit codes: 0 success; 1 a migration failed, is dead, is dirty or is waiting to be
 retried; 2 bad input (usage, configuration, migration files, database
 refused the request).
 """
@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 db_option = click.option(
@@ -161,6 +160,7 @@ async def _apply(
     retry_now: bool,
 ) -> int:
     from migsync.core.sources import scan_directory
+    from migsync.report import Progress, report_failure, report_pass
 
     # Parsed (and validated) inside record_source, before anything is written,
     # and only when these files differ from the ones this database recorded last.
@@ -169,14 +169,14 @@ async def _apply(
     async with _client(ctx, db_url, sinks, create=True, max_attempts=max_attempts) as client:
         await client.ledger.record_source(source)
         queued = await client.ledger.queue_pending()
-        with _progress(client, len(queued), "applying"):
+        with Progress(client, len(queued), "applying"):
             result = await client.process(ignore_backoff=retry_now)
             while wait and (due := _retry_due(result)) is not None:
                 if result.failure is not None:
-                    _report_failure(result)
+                    report_failure(result)
                 await client.clock.sleep(max(0.0, due - client.clock.now()))
                 result = await client.process()
-    return _report(result, time.perf_counter() - started, "applied")
+    return report_pass(result, time.perf_counter() - started, "applied")
 
 
 def _retry_due(result: PassResult) -> float | None:
@@ -192,91 +192,6 @@ def _formats(ctx: click.Context) -> list[Any]:
     return plugin_formats(_plugins(ctx))
 
 
-class _progress:
-    """A progress bar on a terminal, fed by the event bus; nothing otherwise."""
-
-    def __init__(self, client: Client, total: int, verb: str):
-        self.client, self.total, self.verb = client, total, verb
-        self._stop: Callable[[], None] | None = None
-        self._bar: Any = None
-
-    def __enter__(self) -> _progress:
-        if self.total < 2 or not sys.stderr.isatty():
-            return self
-        from rich.progress import Progress
-
-        self._bar = Progress(transient=True)
-        task = self._bar.add_task(self.verb, total=self.total)
-        self._bar.start()
-        self._stop = self.client.bus.subscribe(
-            lambda event: self._bar.advance(task), "migration_applied", "migration_reverted"
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._stop is not None:
-            self._stop()
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def _report(result: PassResult, elapsed: float, verb: str) -> int:
-    done = [o for o in result.processed if o.ok]
-    if done:
-        names = (
-            done[0].label.split(" ", 1)[1]
-            if len(done) == 1
-            else (f"{done[0].label.split(' ', 1)[1]} .. {done[-1].label.split(' ', 1)[1]}")
-        )
-        click.echo(
-            f"{verb} {len(done)} migration{'s' * (len(done) != 1)} ({names}) in {elapsed * 1000:.0f} ms"
-        )
-    if result.failure is not None:
-        _report_failure(result)
-        return EXIT_FAILED
-    if result.blocked is not None and result.blocked.dirty:
-        click.echo(f"dirty: {result.blocked.error}", err=True)
-        return EXIT_FAILED
-    if result.blocked is not None:
-        b = result.blocked
-        click.echo(
-            f"dead: {b.label} failed {b.attempts} times and blocks everything after it: {b.error}\n"
-            f"  fix the cause, then retry it with: migsync queue --db URL {b.label.split(' ', 1)[1]}",
-            err=True,
-        )
-        return EXIT_FAILED
-    if result.waiting_until is not None:
-        when = time.strftime("%H:%M:%S", time.localtime(result.waiting_until))
-        click.echo(
-            f"waiting: the next queued change retries after {when} (use --retry-now or --wait)",
-            err=True,
-        )
-        return EXIT_FAILED
-    if not done:
-        click.echo("nothing to do: the database is up to date")
-    return 0
-
-
-def _report_failure(result: PassResult) -> None:
-    f = result.failure
-    assert f is not None
-    if f.dirty:
-        click.echo(f"dirty: {f.label} stopped half-way: {f.error}", err=True)
-    elif f.dead:
-        click.echo(
-            f"dead: {f.label} failed {f.attempts} of {f.max_attempts} attempts: {f.error}\n"
-            f"  fix the cause, then retry it with: migsync queue --db URL {f.label.split(' ', 1)[1]}",
-            err=True,
-        )
-    else:
-        when = time.strftime("%H:%M:%S", time.localtime(f.next_attempt_at or 0))
-        click.echo(
-            f"failed: {f.label} (attempt {f.attempts} of {f.max_attempts}): {f.error}\n"
-            f"  next attempt after {when}; later migrations wait for it",
-            err=True,
-        )
-
-
 # -- process, queue, revert ---------------------------------------------------------------
 
 
@@ -289,10 +204,12 @@ def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: 
     """Work what is already queued (applies and reverts), in order."""
 
     async def run() -> int:
+        from migsync.report import report_pass
+
         started = time.perf_counter()
         async with _client(ctx, db_url, sinks) as client:
             result = await client.process(ignore_backoff=retry_now)
-        return _report(result, time.perf_counter() - started, "processed")
+        return report_pass(result, time.perf_counter() - started, "processed")
 
     sys.exit(_run(run()))
 
@@ -345,6 +262,8 @@ def revert(
         raise click.UsageError("give exactly one of NAME, --to VERSION or --all")
 
     async def run() -> int:
+        from migsync.report import Progress, report_pass
+
         started = time.perf_counter()
         async with _client(ctx, db_url, sinks, max_attempts=max_attempts) as client:
             requested = await client.ledger.revert(name, to=to_version, everything=everything)
@@ -358,9 +277,9 @@ def revert(
             if queue_only:
                 click.echo(f"queued for revert: {', '.join(names)}")
                 return 0
-            with _progress(client, len(names), "reverting"):
+            with Progress(client, len(names), "reverting"):
                 result = await client.process()
-        return _report(result, time.perf_counter() - started, "reverted")
+        return report_pass(result, time.perf_counter() - started, "reverted")
 
     sys.exit(_run(run()))
 

@@ -1,10 +1,19 @@
-"""Human-readable output shared by the CLI and the demo."""
+"""Human-readable output of the CLI and the demo: pass reports, progress, status tables."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import click
+
+from migsync.core.client import Client
 from migsync.core.ledger import MigrationState
+from migsync.core.processor import PassResult
+
+EXIT_FAILED = 1
 
 
 def print_status(states: Sequence[MigrationState]) -> None:
@@ -47,3 +56,88 @@ def print_status(states: Sequence[MigrationState]) -> None:
             )
     counts = {k: sum(1 for s in states if s.state == k) for k in colors}
     console.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+
+
+class Progress:
+    """A progress bar on a terminal, fed by the event bus; nothing otherwise."""
+
+    def __init__(self, client: Client, total: int, verb: str):
+        self.client, self.total, self.verb = client, total, verb
+        self._stop: Callable[[], None] | None = None
+        self._bar: Any = None
+
+    def __enter__(self) -> Progress:
+        if self.total < 2 or not sys.stderr.isatty():
+            return self
+        from rich.progress import Progress
+
+        self._bar = Progress(transient=True)
+        task = self._bar.add_task(self.verb, total=self.total)
+        self._bar.start()
+        self._stop = self.client.bus.subscribe(
+            lambda event: self._bar.advance(task), "migration_applied", "migration_reverted"
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            self._stop()
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def report_pass(result: PassResult, elapsed: float, verb: str) -> int:
+    done = [o for o in result.processed if o.ok]
+    if done:
+        names = (
+            done[0].label.split(" ", 1)[1]
+            if len(done) == 1
+            else (f"{done[0].label.split(' ', 1)[1]} .. {done[-1].label.split(' ', 1)[1]}")
+        )
+        click.echo(
+            f"{verb} {len(done)} migration{'s' * (len(done) != 1)} ({names}) in {elapsed * 1000:.0f} ms"
+        )
+    if result.failure is not None:
+        report_failure(result)
+        return EXIT_FAILED
+    if result.blocked is not None and result.blocked.dirty:
+        click.echo(f"dirty: {result.blocked.error}", err=True)
+        return EXIT_FAILED
+    if result.blocked is not None:
+        b = result.blocked
+        click.echo(
+            f"dead: {b.label} failed {b.attempts} times and blocks everything after it: {b.error}\n"
+            f"  fix the cause, then retry it with: migsync queue --db URL {b.label.split(' ', 1)[1]}",
+            err=True,
+        )
+        return EXIT_FAILED
+    if result.waiting_until is not None:
+        when = time.strftime("%H:%M:%S", time.localtime(result.waiting_until))
+        click.echo(
+            f"waiting: the next queued change retries after {when} (use --retry-now or --wait)",
+            err=True,
+        )
+        return EXIT_FAILED
+    if not done:
+        click.echo("nothing to do: the database is up to date")
+    return 0
+
+
+def report_failure(result: PassResult) -> None:
+    f = result.failure
+    assert f is not None
+    if f.dirty:
+        click.echo(f"dirty: {f.label} stopped half-way: {f.error}", err=True)
+    elif f.dead:
+        click.echo(
+            f"dead: {f.label} failed {f.attempts} of {f.max_attempts} attempts: {f.error}\n"
+            f"  fix the cause, then retry it with: migsync queue --db URL {f.label.split(' ', 1)[1]}",
+            err=True,
+        )
+    else:
+        when = time.strftime("%H:%M:%S", time.localtime(f.next_attempt_at or 0))
+        click.echo(
+            f"failed: {f.label} (attempt {f.attempts} of {f.max_attempts}): {f.error}\n"
+            f"  next attempt after {when}; later migrations wait for it",
+            err=True,
+        )
