@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import subprocess
 from pathlib import Path
 
-from conftest import MIGSYNC, write_migrations
+from conftest import write_migrations
+from dbtools import migsync_env, query, run, start, status_json, tables
 
 GOOD = {
     "0001_users.sql": "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n"
@@ -17,19 +16,6 @@ GOOD = {
     "0002_email.down.sql": "ALTER TABLE users DROP COLUMN email;",
 }
 BROKEN = "-- migrate:up\nCREATE TABLE t (x);\nSELEC oops;\n-- migrate:down\nDROP TABLE t;\n"
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    return subprocess.run(
-        [MIGSYNC, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60, check=False
-    )
-
-
-def status_json(db_url: str) -> list[dict[str, object]]:
-    result = run("status", "--db", db_url, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["migrations"]  # type: ignore[no-any-return]
 
 
 def test_apply_then_status_json(tmp_path: Path, db_url: str) -> None:
@@ -78,11 +64,9 @@ def test_invalid_source_exits_2_and_touches_nothing(tmp_path: Path, db_url: str)
     assert result.stderr.startswith("error: ")
     assert "0003_x.sql" in result.stderr and "migrate:up" in result.stderr
     assert "Traceback" not in result.stderr
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
-        recorded = conn.execute("SELECT count(*) FROM client_migration").fetchone()[0]
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    [(recorded,)] = query(db_url, "SELECT count(*) FROM client_migration")
     assert recorded == 0, "nothing may be recorded or applied from an invalid source"
-    assert "users" not in tables
+    assert "users" not in tables(db_url)
 
 
 def test_revert_and_queue(tmp_path: Path, db_url: str) -> None:
@@ -97,8 +81,7 @@ def test_revert_and_queue(tmp_path: Path, db_url: str) -> None:
     assert queued.returncode == 0 and "queued: 0001_users, 0002_email" in queued.stdout
     processed = run("process", "--db", db_url)
     assert processed.returncode == 0 and "processed 2 migrations" in processed.stdout
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(users)")]
+    columns = [r[1] for r in query(db_url, "PRAGMA table_info(users)")]
     assert columns == ["id", "email"]
 
     usage = run("revert", "--db", db_url)
@@ -157,22 +140,14 @@ def test_processes_racing_on_a_new_file_apply_each_migration_exactly_once(tmp_pa
         for i in range(2, 31)
     }
     migrations = write_migrations(tmp_path / "m", files)
-    env = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
     for round_ in range(3):
-        db = tmp_path / f"race{round_}.db"
-        cmd = [MIGSYNC, "apply", "--migrations", str(migrations), "--db", f"sqlite:///{db}"]
-        procs = [
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(6)
-        ]
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        procs = [start("apply", "--migrations", str(migrations), "--db", url) for _ in range(6)]
         outputs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0] * 6, outputs
-        with sqlite3.connect(db) as conn:
-            runs = sorted(r[0] for r in conn.execute("SELECT migration FROM runs"))
-            statuses = conn.execute("SELECT applied FROM client_migration_status").fetchall()
-            open_changes = conn.execute(
-                "SELECT count(*) FROM migration_changes WHERE processed = 0"
-            ).fetchone()
+        runs = sorted(r[0] for r in query(url, "SELECT migration FROM runs"))
+        statuses = query(url, "SELECT applied FROM client_migration_status")
+        [open_changes] = query(url, "SELECT count(*) FROM migration_changes WHERE processed = 0")
         assert runs == list(range(2, 31)), f"round {round_}: a migration ran more or less than once"
         assert statuses == [(1,)] * 30 and open_changes == (0,)
 
@@ -253,8 +228,7 @@ def test_half_finished_migration_outside_a_transaction_leaves_the_database_dirty
     assert not_dirty.returncode == 2 and "is not dirty" in not_dirty.stderr
 
     # The operator finishes the job by hand and says it took effect.
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
-        conn.execute("CREATE TABLE nowhere (x INTEGER)")
+    query(db_url, "CREATE TABLE nowhere (x INTEGER)")
     repaired = run("repair", "--db", db_url, "0003_half", "--applied")
     assert repaired.returncode == 0 and "repaired: 0003_half is now applied" in repaired.stdout
     after = run("apply", "--migrations", str(migrations), "--db", db_url)
@@ -268,9 +242,8 @@ def test_repair_not_applied_runs_it_again(tmp_path: Path, db_url: str) -> None:
         {"0001_half.autocommit.up.sql": "CREATE TABLE half (x INTEGER);\nINSERT INTO nowhere VALUES (1);\n"},
     )
     assert run("apply", "--migrations", str(migrations), "--db", db_url).returncode == 1
-    with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
-        conn.execute("DROP TABLE half")  # undo by hand what did commit
-        conn.execute("CREATE TABLE nowhere (x INTEGER)")  # and fix the cause
+    query(db_url, "DROP TABLE half")  # undo by hand what did commit
+    query(db_url, "CREATE TABLE nowhere (x INTEGER)")  # and fix the cause
     repaired = run("repair", "--db", db_url, "half", "--not-applied")
     assert repaired.returncode == 0 and "is now pending" in repaired.stdout
     result = run("process", "--db", db_url)
@@ -306,7 +279,7 @@ def test_apply_imports_only_what_it_needs(tmp_path: Path, db_url: str) -> None:
     )
     result = subprocess.run(
         [sys.executable, "-c", probe, str(migrations), db_url],
-        capture_output=True, text=True, env={**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        capture_output=True, text=True, env=migsync_env(),
         timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

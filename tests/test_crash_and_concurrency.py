@@ -11,65 +11,39 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-from conftest import MIGSYNC, PG_DSN, write_migrations
+from conftest import _admin, write_migrations
+from dbtools import (
+    is_sqlite,
+    kill,
+    long_statement,
+    migsync_sessions,
+    query,
+    run,
+    sqlite_path,
+    start,
+    tables,
+    wait_for,
+    wait_until_long_statement_runs,
+    wait_until_sessions_gone,
+)
 
 from migsync import Client
 from migsync.core.sources import scan_directory
 
-ENV = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
 RUNS = 30
 #: How long migration 0002 of the crash tests keeps its transaction open.
 SLEEP = 3.0
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite:")
-
-
-def sqlite_path(url: str) -> str:
-    assert url.startswith("sqlite:///")
-    return url[len("sqlite:///") :]
-
-
-def query(url: str, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` read from a connection of the test's own (never migsync's)."""
-    if is_sqlite(url):
-        conn = sqlite3.connect(sqlite_path(url), timeout=10)
-        try:
-            return [tuple(row) for row in conn.execute(sql).fetchall()]
-        finally:
-            conn.close()
-
-    async def fetch() -> list[tuple[Any, ...]]:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            return [tuple(record) for record in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
-
-
-def user_tables(url: str) -> set[str]:
-    if is_sqlite(url):
-        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
-    else:
-        sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-    return {name for (name,) in query(url, sql)} & {"a", "b", "c", "d", "runs"}
 
 
 def statuses(url: str) -> dict[int, tuple[bool, int]]:
@@ -82,26 +56,6 @@ def changes(url: str) -> list[tuple[str, bool, int]]:
     """(migration_name, processed, attempts) of every queue row, in seq order."""
     rows = query(url, "SELECT migration_name, processed, attempts FROM migration_changes ORDER BY seq")
     return [(name, bool(processed), int(attempts)) for name, processed, attempts in rows]
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [MIGSYNC, *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MIGSYNC, *args], capture_output=True, text=True, env=ENV, timeout=timeout, check=False
-    )
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def finish(procs: Sequence[subprocess.Popen[str]], timeout: float = 120) -> list[tuple[int, str, str]]:
@@ -118,13 +72,6 @@ def finish(procs: Sequence[subprocess.Popen[str]], timeout: float = 120) -> list
                 proc.kill()
                 proc.communicate()
     return results
-
-
-def kill(proc: subprocess.Popen[str]) -> None:
-    assert proc.poll() is None, f"the process ended before it could be killed: {proc.communicate()}"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=10)
-    assert proc.returncode == -signal.SIGKILL
 
 
 def reported_count(stdout: str) -> int:
@@ -188,20 +135,12 @@ def another_database(url: str, tag: str, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / f'{tag}.db'}"
         return
     name = f"migsync_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     parts = urlsplit(url)
     try:
         yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
     finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN, timeout=10)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_concurrent_applies_on_a_fresh_database_apply_each_migration_once_in_order(
@@ -238,29 +177,9 @@ def test_concurrent_processes_and_applies_work_a_queue_once_in_order(tmp_path: P
 # -- crash safety ---------------------------------------------------------------------------------
 
 
-def sqlite_busy_loop(seconds: float) -> str:
-    """A SQLite statement that runs about ``seconds`` here (calibrated, same library)."""
-    sql = (
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
-    )
-    conn = sqlite3.connect(":memory:")
-    try:
-        n = 500_000
-        while True:
-            began = time.perf_counter()
-            conn.execute(sql.format(n=n)).fetchone()
-            took = time.perf_counter() - began
-            if took > 0.2:
-                break
-            n *= 4
-    finally:
-        conn.close()
-    return sql.format(n=int(n * seconds / took))
-
-
 def crash_migrations(directory: Path, url: str) -> Path:
     """0002 writes, then holds its transaction open for about SLEEP seconds, then writes more."""
-    pause = f"SELECT pg_sleep({SLEEP:g})" if not is_sqlite(url) else sqlite_busy_loop(SLEEP)
+    pause = long_statement(url, SLEEP)
     return write_migrations(
         directory,
         {
@@ -278,51 +197,22 @@ def crash_migrations(directory: Path, url: str) -> Path:
 
 def wait_until_0002_is_running(url: str, proc: subprocess.Popen[str]) -> None:
     """Until the process is inside 0002's transaction, in its long statement."""
-
-    def alive() -> None:
-        if proc.poll() is not None:
-            raise AssertionError(f"migsync ended early: {proc.communicate()}")
-
-    if is_sqlite(url):
-        # 0001's commit is visible to other connections (WAL); 0002 begins right after it.
-        def first_applied() -> bool:
-            alive()
-            try:
-                return statuses(url).get(1) == (True, 1)
-            except sqlite3.OperationalError:  # the bookkeeping tables are not there yet
-                return False
-
-        wait_for("0001 to be applied", first_applied, timeout=30)
-        time.sleep(0.5)
-        alive()
-        return
-
-    def sleeping() -> bool:
-        alive()
-        rows = query(
-            url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'migsync' AND state = 'active' AND query LIKE '%pg_sleep%'",
-        )
-        return bool(rows[0][0])
-
-    wait_for("0002's pg_sleep to be running", sleeping, timeout=30)
+    # SQLite: 0001's commit is visible to other connections (WAL); 0002 begins right after it.
+    wait_until_long_statement_runs(
+        url,
+        proc,
+        sqlite_began=lambda: statuses(url).get(1) == (True, 1),
+        sqlite_what="0001 to be applied",
+        settle=0.5,
+    )
 
 
 def wait_until_session_gone(url: str) -> None:
     """On Postgres, until the killed process's sessions are gone (a backend runs out its
     statement before it notices its client died); then no advisory lock may remain."""
+    wait_until_sessions_gone(url, timeout=SLEEP + 15)
     if is_sqlite(url):
         return
-
-    def gone() -> bool:
-        sql = (
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'migsync'"
-        )
-        return query(url, sql) == [(0,)]
-
-    wait_for("the killed process's Postgres sessions to end", gone, timeout=SLEEP + 15)
     locks = query(
         url,
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
@@ -332,7 +222,7 @@ def wait_until_session_gone(url: str) -> None:
 
 
 def assert_as_if_0002_never_started(url: str) -> None:
-    assert user_tables(url) == {"a"}, "0002's tables survived the kill"
+    assert tables(url, bookkeeping=False) == {"a"}, "0002's tables survived the kill"
     assert query(url, "SELECT count(*) FROM a") == [(0,)], "0002's row survived the kill"
     status = statuses(url)
     assert status[1] == (True, 1)
@@ -343,7 +233,7 @@ def assert_as_if_0002_never_started(url: str) -> None:
 
 
 def assert_all_applied_once(url: str) -> None:
-    assert user_tables(url) == {"a", "b", "c", "d"}
+    assert tables(url, bookkeeping=False) == {"a", "b", "c", "d"}
     assert query(url, "SELECT note FROM a") == [("from 0002",)]
     assert statuses(url) == {1: (True, 1), 2: (True, 1), 3: (True, 1)}
     assert changes(url) == [("0001_a", True, 1), ("0002_b", True, 1), ("0003_d", True, 1)]
@@ -384,11 +274,6 @@ def test_a_process_killed_mid_migration_leaves_it_as_if_never_started(tmp_path: 
     assert_all_applied_once(any_url)
 
 
-MIGSYNC_SESSIONS = (
-    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'migsync'"
-)
-
-
 def has_open(pid: int, path: str) -> bool:
     """Whether process ``pid`` has ``path`` open (Linux /proc)."""
     fds = Path(f"/proc/{pid}/fd")
@@ -407,7 +292,7 @@ def test_a_process_waiting_on_a_killed_ones_lock_finishes_everything_once(
     try:
         wait_until_0002_is_running(any_url, first)
         began = time.monotonic()
-        first_sessions = set() if is_sqlite(any_url) else {pid for (pid,) in query(any_url, MIGSYNC_SESSIONS)}
+        first_sessions = migsync_sessions(any_url)
         second = start("apply", "--migrations", str(migrations), "--db", any_url)
         waiting_proc = second
 

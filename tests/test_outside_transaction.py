@@ -12,11 +12,6 @@ Most tests run the real console script on both built-in backends (``any_url``).
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -24,9 +19,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
-import asyncpg
 import pytest
-from conftest import MIGSYNC, write_migrations
+from conftest import write_migrations
+from dbtools import (
+    is_sqlite,
+    kill,
+    long_statement,
+    query,
+    run,
+    start,
+    status_json,
+    tables,
+    wait_until_long_statement_runs,
+    wait_until_sessions_gone,
+)
 
 from migsync import Client
 from migsync.backends.sqlite import SQLiteBackend
@@ -37,7 +43,6 @@ from migsync.core.plugins import make_plugins
 from migsync.core.sources import load_directory
 from migsync.core.specs import BackendSpec
 
-ENV = {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
 #: How long the long statement of the crash test runs (the process is killed well before).
 SLEEP = 5.0
 
@@ -45,53 +50,8 @@ SLEEP = 5.0
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MIGSYNC, *args], capture_output=True, text=True, env=ENV, timeout=timeout, check=False
-    )
-
-
 def apply(directory: Path, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return run("apply", "--migrations", str(directory), "--db", url, *extra)
-
-
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite:")
-
-
-def sqlite_path(url: str) -> str:
-    assert url.startswith("sqlite:///")
-    return url[len("sqlite:///") :]
-
-
-def query(url: str, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` on a connection of the test's own (autocommit: each statement commits)."""
-    if is_sqlite(url):
-        conn = sqlite3.connect(sqlite_path(url), timeout=10, isolation_level=None)
-        try:
-            return [tuple(row) for row in conn.execute(sql).fetchall()]
-        finally:
-            conn.close()
-
-    async def fetch() -> list[tuple[Any, ...]]:
-        conn = await asyncpg.connect(url, timeout=10)
-        try:
-            return [tuple(record) for record in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-
-    return asyncio.run(fetch())
-
-
-def tables(url: str) -> set[str]:
-    if is_sqlite(url):
-        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
-    else:
-        sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-    return {name for (name,) in query(url, sql)} & USER_TABLES
-
-
-USER_TABLES = {"t", "a", "b", "c", "d", "half", "after_half", "nowhere", "keep", "first"}
 
 
 def indexes(url: str) -> set[str]:
@@ -100,12 +60,6 @@ def indexes(url: str) -> set[str]:
     else:
         sql = "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"
     return {name for (name,) in query(url, sql)} & {"idx", "idx2"}
-
-
-def status_json(url: str) -> list[dict[str, Any]]:
-    result = run("status", "--db", url, "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["migrations"]  # type: ignore[no-any-return]
 
 
 def states(url: str) -> dict[str, str]:
@@ -128,14 +82,6 @@ def changes(url: str) -> list[tuple[str, str, bool, int]]:
 def one_line(text: str) -> str:
     """``text`` with its whitespace runs (rich wraps tables and notes) as single spaces."""
     return " ".join(text.split())
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 # -- 1. Postgres: CREATE INDEX CONCURRENTLY -------------------------------------------------------
@@ -227,7 +173,7 @@ def test_a_later_statement_failing_leaves_the_database_dirty_until_repaired(
     assert rows[1]["queued"] == "apply" and "nowhere" in rows[1]["error"]
     assert rows[1]["next_attempt_at"] is None  # no retry by backoff: it waits for a person
     # The statements before the failing one committed; nothing after the migration ran.
-    assert tables(any_url) == {"t", "half"}
+    assert tables(any_url, bookkeeping=False) == {"t", "half"}
     assert query(any_url, "SELECT x FROM half") == [(1,)]
     assert dirty_flags(any_url)["0002_half"] is True
 
@@ -235,7 +181,7 @@ def test_a_later_statement_failing_leaves_the_database_dirty_until_repaired(
     again = apply(migrations, any_url, "--retry-now")
     assert again.returncode == 1
     assert "the database is dirty: migration 0002_half" in again.stderr, again.stderr
-    assert tables(any_url) == {"t", "half"}
+    assert tables(any_url, bookkeeping=False) == {"t", "half"}
     status = run("status", "--db", any_url)
     assert status.returncode == 0, status.stderr
     text = one_line(status.stdout)
@@ -260,7 +206,7 @@ def test_a_later_statement_failing_leaves_the_database_dirty_until_repaired(
     after = apply(migrations, any_url)
     assert after.returncode == 0, after.stderr
     assert states(any_url) == dict.fromkeys(("0001_t", "0002_half", "0003_after_half"), "applied")
-    assert tables(any_url) == {"t", "half", "nowhere", "after_half"}
+    assert tables(any_url, bookkeeping=False) == {"t", "half", "nowhere", "after_half"}
     # Exactly once: repaired as applied it never ran again; as not applied it ran in full once more.
     assert query(any_url, "SELECT x FROM half") == [(1,)]
     assert query(any_url, "SELECT x FROM nowhere") == [(1,)]
@@ -305,28 +251,9 @@ def test_repair_refuses_a_migration_that_is_not_dirty(tmp_path: Path, any_url: s
 # -- 3. killed mid-migration -----------------------------------------------------------------------
 
 
-def sqlite_busy_loop(seconds: float) -> str:
-    """A SQLite statement that runs about ``seconds`` here (calibrated, same library)."""
-    sql = (
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
-    )
-    conn = sqlite3.connect(":memory:")
-    try:
-        n = 500_000
-        while True:
-            began = time.perf_counter()
-            conn.execute(sql.format(n=n)).fetchone()
-            took = time.perf_counter() - began
-            if took > 0.2:
-                break
-            n *= 4
-    finally:
-        conn.close()
-    return sql.format(n=int(n * seconds / took))
-
-
 def crash_migrations(directory: Path, url: str) -> Path:
-    pause = f"SELECT pg_sleep({SLEEP:g})" if not is_sqlite(url) else sqlite_busy_loop(SLEEP)
+    """0002 runs outside a transaction: it makes ``b``, runs about SLEEP seconds, then makes ``c``."""
+    pause = long_statement(url, SLEEP)
     return write_migrations(
         directory,
         {
@@ -340,69 +267,31 @@ def crash_migrations(directory: Path, url: str) -> Path:
 
 
 def wait_until_the_long_statement_runs(url: str, proc: subprocess.Popen[str]) -> None:
-    def alive() -> None:
-        if proc.poll() is not None:
-            raise AssertionError(f"migsync ended early: {proc.communicate()}")
-
-    if is_sqlite(url):
-        # The first statement commits on its own: once ``b`` is there, the long one has begun.
-        def b_exists() -> bool:
-            alive()
-            try:
-                return "b" in tables(url)
-            except sqlite3.OperationalError:
-                return False
-
-        wait_for("0002's first statement to commit", b_exists, timeout=30)
-        time.sleep(0.3)
-        alive()
-        return
-
-    def sleeping() -> bool:
-        alive()
-        rows = query(
-            url,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = 'migsync' AND state = 'active' AND query LIKE '%pg_sleep%'",
-        )
-        return bool(rows[0][0])
-
-    wait_for("0002's pg_sleep to be running", sleeping, timeout=30)
-
-
-def wait_until_sessions_gone(url: str) -> None:
-    if is_sqlite(url):
-        return
-    sql = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND application_name = 'migsync'"
+    """Until the process is inside 0002, in its long statement."""
+    # SQLite: the first statement commits on its own: once ``b`` is there, the long one has begun.
+    wait_until_long_statement_runs(
+        url,
+        proc,
+        sqlite_began=lambda: "b" in tables(url),
+        sqlite_what="0002's first statement to commit",
+        settle=0.3,
     )
-    wait_for("the killed process's sessions to end", lambda: query(url, sql) == [(0,)], timeout=SLEEP + 10)
 
 
 def test_a_process_killed_mid_autocommit_migration_leaves_it_dirty(tmp_path: Path, any_url: str) -> None:
     migrations = crash_migrations(tmp_path / "m", any_url)
-    proc = subprocess.Popen(
-        [MIGSYNC, "apply", "--migrations", str(migrations), "--db", any_url],
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start("apply", "--migrations", str(migrations), "--db", any_url)
     try:
         wait_until_the_long_statement_runs(any_url, proc)
-        assert proc.poll() is None, proc.communicate()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=10)
-        assert proc.returncode == -signal.SIGKILL
+        kill(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    wait_until_sessions_gone(any_url)
+    wait_until_sessions_gone(any_url, timeout=SLEEP + 10)
 
     # The first statement committed; the migration is recorded in progress.
-    assert tables(any_url) == {"a", "b"}
+    assert tables(any_url, bookkeeping=False) == {"a", "b"}
     rows = status_json(any_url)
     assert [(r["name"], r["state"]) for r in rows] == [
         ("0001_a", "applied"),
@@ -427,7 +316,7 @@ def test_a_process_killed_mid_autocommit_migration_leaves_it_dirty(tmp_path: Pat
     assert "the database is dirty: migration 0002_b" in again.stderr, again.stderr
     assert "migsync repair" in again.stderr
     assert time.monotonic() - began < 20
-    assert tables(any_url) == {"a", "b"}
+    assert tables(any_url, bookkeeping=False) == {"a", "b"}
     assert changes(any_url) == queue_before, "the refused run counted an attempt or changed the queue"
     assert states(any_url)["0002_b"] == "dirty"
     process = run("process", "--db", any_url)
@@ -442,7 +331,7 @@ def test_a_process_killed_mid_autocommit_migration_leaves_it_dirty(tmp_path: Pat
     after = apply(migrations, any_url)
     assert after.returncode == 0, after.stderr
     assert "applied 1 migration (0003_d)" in after.stdout
-    assert tables(any_url) == {"a", "b", "c", "d"}
+    assert tables(any_url, bookkeeping=False) == {"a", "b", "c", "d"}
     assert states(any_url) == {"0001_a": "applied", "0002_b": "applied", "0003_d": "applied"}
     assert all(processed for _, _, processed, _ in changes(any_url))
     assert not any(dirty_flags(any_url).values())
@@ -542,7 +431,7 @@ def test_repair_not_applied_for_a_revert_runs_the_revert_again(tmp_path: Path, a
     processed = run("process", "--db", any_url)
     assert processed.returncode == 0, processed.stderr
     assert "processed 1 migration (0003_idx2)" in processed.stdout
-    assert indexes(any_url) == {"idx"} and tables(any_url) == {"t"}
+    assert indexes(any_url) == {"idx"} and tables(any_url, bookkeeping=False) == {"t"}
     assert states(any_url)["0003_idx2"] == "pending"
 
 
@@ -597,7 +486,7 @@ async def test_a_backend_without_transactional_ddl_runs_every_migration_outside_
     assert status["0002_two"].state == "dirty" and status["0003_later"].state == "pending"
     nodl_url = f"sqlite:///{nodl_file}"
     # Not marked autocommit, yet its first statement committed on its own.
-    assert tables(nodl_url) == {"t", "first"}
+    assert tables(nodl_url, bookkeeping=False) == {"t", "first"}
 
     # The same migrations on plain SQLite (transactional DDL): an ordinary failure, rolled back.
     plain_url = f"sqlite:///{tmp_path / 'plain.db'}"
@@ -606,7 +495,7 @@ async def test_a_backend_without_transactional_ddl_runs_every_migration_outside_
         plain_status = {s.name: s.state for s in await client.status()}
     assert plain.failure is not None and not plain.failure.dirty and plain.failure.next_attempt_at
     assert plain_status["0002_two"] == "failed"
-    assert tables(plain_url) == {"t"}
+    assert tables(plain_url, bookkeeping=False) == {"t"}
 
     # Repaired, the rest runs on the backend without transactional DDL too.
     query(nodl_url, "DROP TABLE first")
@@ -618,7 +507,7 @@ async def test_a_backend_without_transactional_ddl_runs_every_migration_outside_
         final = {s.name: s.state for s in await client.status()}
     assert after.ok and [o.label for o in after.processed] == ["apply 0002_two", "apply 0003_later"]
     assert set(final.values()) == {"applied"}
-    assert tables(nodl_url) == {"t", "first", "nowhere", "keep"}
+    assert tables(nodl_url, bookkeeping=False) == {"t", "first", "nowhere", "keep"}
 
 
 # -- 6. events ---------------------------------------------------------------------------------------

@@ -1,0 +1,223 @@
+"""Helpers that tests share: the ``migsync`` console script in subprocesses, and a look at its database.
+
+Every helper takes a database URL (``sqlite:///path`` or ``postgresql://...``) and works on
+both built-in backends. The database is always read on a connection of the test's own,
+never one of migsync's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from conftest import MIGSYNC
+
+from migsync.core.schema import META, MIGRATIONS, QUEUE, STATUS
+
+#: migsync's own bookkeeping tables (see ``migsync.core.schema``).
+BOOKKEEPING_TABLES = frozenset({META, MIGRATIONS, STATUS, QUEUE})
+
+#: Every Postgres session of a migsync process in the current database (migsync names its sessions).
+MIGSYNC_SESSIONS = (
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'migsync'"
+)
+
+
+# -- the database --------------------------------------------------------------------------------
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether ``url`` is a SQLite database's."""
+    return url.startswith("sqlite:")
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///path`` URL."""
+    assert url.startswith("sqlite:///")
+    return url[len("sqlite:///") :]
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` on a connection of the test's own (autocommit: each statement commits)."""
+    if is_sqlite(url):
+        conn = sqlite3.connect(sqlite_path(url), timeout=10, isolation_level=None)
+        try:
+            return [tuple(row) for row in conn.execute(sql).fetchall()]
+        finally:
+            conn.close()
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url, timeout=10)
+        try:
+            return [tuple(record) for record in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def tables(url: str, *, bookkeeping: bool = True) -> set[str]:
+    """The names of the database's tables (SQLite's internal ``sqlite_*`` ones never).
+
+    With ``bookkeeping=False`` migsync's own tables are left out: what is left is what
+    migrations (or the test) made.
+    """
+    if is_sqlite(url):
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    else:
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    names = {name for (name,) in query(url, sql) if not (is_sqlite(url) and name.startswith("sqlite_"))}
+    return names if bookkeeping else names - BOOKKEEPING_TABLES
+
+
+def migsync_sessions(url: str) -> set[int]:
+    """The server pids of every migsync session on the database (none on SQLite)."""
+    if is_sqlite(url):
+        return set()
+    return {pid for (pid,) in query(url, MIGSYNC_SESSIONS)}
+
+
+# -- the migsync console script ------------------------------------------------------------------
+
+
+def migsync_env() -> dict[str, str]:
+    """The environment of a migsync subprocess: this one's, plugin autoload off."""
+    return {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+
+
+def run(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``migsync ARGS`` run to its end, its output captured; never raises on a failing exit code."""
+    return subprocess.run(
+        [MIGSYNC, *args],
+        capture_output=True,
+        text=True,
+        env=migsync_env(),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    """``migsync ARGS`` started in the background, its stdout and stderr piped."""
+    return subprocess.Popen(
+        [MIGSYNC, *args], env=migsync_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL a process that is still running, and wait until it is dead."""
+    assert proc.poll() is None, f"the process ended before it could be killed: {proc.communicate()}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def status_json(url: str) -> list[dict[str, Any]]:
+    """The ``migrations`` rows of ``migsync status --json``, which must succeed."""
+    result = run("status", "--db", url, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["migrations"]  # type: ignore[no-any-return]
+
+
+# -- waiting -------------------------------------------------------------------------------------
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; an AssertionError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def sqlite_busy_loop(seconds: float) -> str:
+    """A SQLite statement that runs about ``seconds`` here (calibrated, same library)."""
+    sql = (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
+    )
+    conn = sqlite3.connect(":memory:")
+    try:
+        n = 500_000
+        while True:
+            began = time.perf_counter()
+            conn.execute(sql.format(n=n)).fetchone()
+            took = time.perf_counter() - began
+            if took > 0.2:
+                break
+            n *= 4
+    finally:
+        conn.close()
+    return sql.format(n=int(n * seconds / took))
+
+
+def long_statement(url: str, seconds: float) -> str:
+    """A statement (no trailing ``;``) that runs about ``seconds`` on ``url``'s backend.
+
+    On Postgres it is a ``pg_sleep``, which :func:`wait_until_long_statement_runs` sees.
+    """
+    return sqlite_busy_loop(seconds) if is_sqlite(url) else f"SELECT pg_sleep({seconds:g})"
+
+
+def wait_until_long_statement_runs(
+    url: str,
+    proc: subprocess.Popen[str],
+    *,
+    sqlite_began: Callable[[], bool],
+    sqlite_what: str,
+    settle: float,
+) -> None:
+    """Until the migsync process ``proc`` runs a migration's :func:`long_statement`.
+
+    On Postgres: one of its sessions runs ``pg_sleep``. SQLite shows no such thing, so
+    ``sqlite_began`` says when what comes just before the long statement has committed
+    (an ``OperationalError`` from it counts as not yet: migsync's tables may not be there),
+    and ``settle`` seconds more let the statement begin. Fails as soon as ``proc`` ends.
+    """
+
+    def alive() -> None:
+        if proc.poll() is not None:
+            raise AssertionError(f"migsync ended early: {proc.communicate()}")
+
+    if is_sqlite(url):
+
+        def began() -> bool:
+            alive()
+            try:
+                return sqlite_began()
+            except sqlite3.OperationalError:
+                return False
+
+        wait_for(sqlite_what, began, timeout=30)
+        time.sleep(settle)
+        alive()
+        return
+
+    def sleeping() -> bool:
+        alive()
+        rows = query(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name = 'migsync' AND state = 'active' AND query LIKE '%pg_sleep%'",
+        )
+        return bool(rows[0][0])
+
+    wait_for("the long statement's pg_sleep to be running", sleeping, timeout=30)
+
+
+def wait_until_sessions_gone(url: str, timeout: float) -> None:
+    """On Postgres, until no migsync session is left on the database (a killed process's backend
+    runs out its statement before it notices its client died); at once on SQLite."""
+    if is_sqlite(url):
+        return
+    wait_for("the killed process's Postgres sessions to end", lambda: not migsync_sessions(url), timeout)
