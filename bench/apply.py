@@ -98,8 +98,7 @@ def raw_bookkeeping_apply(
     ChangesProcessor.__init__(proc, None, MigrationHandler("sqlite"))  # type: ignore[arg-type]
     claim, done = _placeholders(proc._sql_claim), _placeholders(proc._sql_done)
     upsert = _placeholders(history_sql(DEFAULT_TABLES).upsert_status)
-    content = "SELECT m.version, m.checksum, m.content, s.applied FROM client_migration m "
-    content += "LEFT JOIN client_migration_status s ON s.version = m.version WHERE m.name = ?"
+    content = _placeholders(history_sql(DEFAULT_TABLES).migration_for_change)
     changes = conn.execute("SELECT seq, migration_name FROM migration_changes ORDER BY seq").fetchall()
     started = time.perf_counter()
     for (seq, name), (up, _) in zip(changes, scripts, strict=True):

@@ -52,7 +52,7 @@ VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {t.queue}), $2, $3, $4, $5)
 """
         self.migration_for_change = (
             f"SELECT m.version, m.checksum, m.content, s.applied, "
-            f"(SELECT d.migration_name FROM {t.status} d WHERE d.dirty LIMIT 1) AS dirty_name "
+            f"(SELECT d.migration_name FROM {t.status} d WHERE d.dirty = TRUE LIMIT 1) AS dirty_name "
             f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version WHERE m.name = $1"
         )
         self.status = (
@@ -61,7 +61,7 @@ VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {t.queue}), $2, $3, $4, $5)
             f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version "
             f"ORDER BY m.version"
         )
-        self.dirty = f"SELECT migration_name FROM {t.status} WHERE dirty LIMIT 1"
+        self.dirty = f"SELECT migration_name FROM {t.status} WHERE dirty = TRUE LIMIT 1"
         self.open_changes = (
             f"SELECT migration_name, operation, attempts, max_attempts, error, next_attempt_at "
             f"FROM {t.queue} WHERE processed = FALSE ORDER BY seq"

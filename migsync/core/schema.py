@@ -117,6 +117,9 @@ _DDL = [
     f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open ON {{t.queue}} (seq) WHERE processed = FALSE",
     f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open_name ON {{t.queue}} (migration_name) "
     "WHERE processed = FALSE",
+    # Asked before every change ("is anything dirty?"): an index that is empty
+    # unless something is, instead of a scan of the whole history.
+    f"CREATE INDEX IF NOT EXISTS idx_{STATUS}_dirty ON {{t.status}} (version) WHERE dirty = TRUE",
 ]
 
 
