@@ -40,7 +40,9 @@ def test_failed_migration_exits_1_naming_it(tmp_path: Path, db_url: str) -> None
     assert result.returncode == 1
     assert "applied 2 migrations" in result.stdout
     assert "dead: apply 0003_broken failed 1 of 1 attempts" in result.stderr
-    assert "statement 2 (line 2 of the script)" in result.stderr and "syntax error" in result.stderr
+    # The failing statement's file and line: the migrate:up marker is line 1.
+    assert f"statement 2 ({migrations / '0003_broken.sql'}:3)" in result.stderr
+    assert "syntax error" in result.stderr
     rows = status_json(db_url)
     assert [r["state"] for r in rows] == ["applied", "applied", "dead"]
     assert "syntax error" in str(rows[2]["error"])

@@ -112,7 +112,9 @@ async def test_failure_leaves_no_trace_and_blocks_later(tmp_path: Path, db_path:
         states = {s.name: s for s in await client.status()}
     assert result.failure is not None and result.failure.label == "apply 0002_posts"
     assert "no such table: nowhere" in (result.failure.error or "")
-    assert "migration 0002_posts, statement 2 (line 2 of the script)" in (result.failure.error or "")
+    assert f"migration 0002_posts, statement 2 ({migrations / '0002_posts.up.sql'}:2)" in (
+        result.failure.error or ""
+    )
     assert tables(db_path) == {"users"}, "the failed migration's first statement was rolled back"
     assert states["0002_posts"].state == "failed"
     assert states["0002_posts"].attempts == 1

@@ -593,3 +593,25 @@ def test_format_name_matching() -> None:
     down = paired.match("0002_x.down.sql")
     assert down is not None
     assert (down.direction, down.dialect, down.autocommit) == ("down", ANY_DIALECT, False)
+
+
+def test_origins_point_at_the_first_line_of_each_script(tmp_path: Path) -> None:
+    directory = tmp_path / "m"
+    directory.mkdir()
+    (directory / "0001_a.sql").write_text(
+        "-- a comment\n-- migrate:up\n\nCREATE TABLE a (x INTEGER);\n-- migrate:down dialect=sqlite\nDROP TABLE a;\n"
+    )
+    (directory / "0002_b.up.sql").write_text("\n\n  CREATE TABLE b (x INTEGER);\n")
+    first, second = load_directory(directory)
+    assert first.origins == {
+        "up:*": (str(directory / "0001_a.sql"), 4),
+        "down:sqlite": (str(directory / "0001_a.sql"), 6),
+    }
+    assert first.origin("down", "postgresql") is None
+    assert first.origin("up", "postgresql") == (str(directory / "0001_a.sql"), 4)
+    assert second.origin("up", "sqlite") == (str(directory / "0002_b.up.sql"), 3)
+    # Where a script came from is not part of what it is.
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (moved / "0002_b.up.sql").write_text("CREATE TABLE b (x INTEGER);")
+    assert load_directory(moved)[0].checksum == second.checksum

@@ -80,19 +80,32 @@ class StatementError(BackendError):
         statement: str | None = None,
         index: int | None = None,
         line: int | None = None,
+        origin: tuple[str, int] | None = None,
     ):
         self.driver_message = message
         self.migration = migration
         self.statement = statement
         self.index = index
         self.line = line
+        #: (file, line the script starts on) when the migration came from a file
+        self.origin = origin
         super().__init__(self._describe())
+
+    @property
+    def location(self) -> str | None:
+        """``path:line`` of the failing statement in its migration file, if known."""
+        if self.origin is None or self.line is None:
+            return None
+        path, first_line = self.origin
+        return f"{path}:{first_line + self.line - 1}"
 
     def _describe(self) -> str:
         where = []
         if self.migration:
             where.append(f"migration {self.migration}")
-        if self.index is not None and self.line is not None:
+        if self.index is not None and self.location is not None:
+            where.append(f"statement {self.index + 1} ({self.location})")
+        elif self.index is not None and self.line is not None:
             where.append(f"statement {self.index + 1} (line {self.line} of the script)")
         elif self.index is not None:
             where.append(f"statement {self.index + 1}")
@@ -105,14 +118,15 @@ class StatementError(BackendError):
             text += f" [in: {snippet}]"
         return text
 
-    def in_migration(self, name: str) -> StatementError:
-        """The same error, naming the migration it happened in."""
+    def in_migration(self, name: str, origin: tuple[str, int] | None = None) -> StatementError:
+        """The same error, naming the migration (and the file it came from) it happened in."""
         return StatementError(
             self.driver_message,
             migration=name,
             statement=self.statement,
             index=self.index,
             line=self.line,
+            origin=origin,
         )
 
 

@@ -125,7 +125,9 @@ class NativeFormat(SourceFormat):
                 )
             seen[(direction, dialect)] = line
             end = markers[index + 1].start() if index + 1 < len(markers) else len(text)
-            body = text[marker.end() : end]
+            # The body starts on the line after the marker (the section's ``line``).
+            start = marker.end() + 1 if text.startswith("\n", marker.end()) else marker.end()
+            body = text[start:end]
             sections.append(
                 Section(direction, body, dialect, autocommit, path, line + 1)  # type: ignore[arg-type]
             )

@@ -26,7 +26,7 @@ from migsync.core.events import (
     MigrationReverted,
 )
 from migsync.core.history_sql import history_sql
-from migsync.core.migration import ANY_DIALECT
+from migsync.core.migration import ANY_DIALECT, origins_lookup
 from migsync.core.processor import Loaded
 from migsync.core.schema import DEFAULT_TABLES, Tables
 from migsync.core.work import Execute, Fetch, Script, Work
@@ -55,6 +55,7 @@ class _Step:
     applying: bool
     sql: str
     done: bool
+    origin: tuple[str, int] | None = None  # the script's file and first line
 
 
 class MigrationHandler:
@@ -101,8 +102,11 @@ class MigrationHandler:
             )
         scripts = json.loads(row["content"])["up" if applying else "down"]
         script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
+        origins = json.loads(row["origins"]) if row["origins"] else {}
+        origin = origins_lookup(origins, "up" if applying else "down", self.dialect)
         step = _Step(
             name=name,
+            origin=(origin[0], int(origin[1])) if origin else None,
             version=int(row["version"]),
             checksum=row["checksum"],
             applying=applying,
@@ -121,7 +125,7 @@ class MigrationHandler:
         try:
             yield Script(step.sql)
         except StatementError as exc:
-            raise exc.in_migration(step.name) from exc
+            raise exc.in_migration(step.name, step.origin) from exc
         return (yield from self._applied(change, step, time.perf_counter() - started))
 
     def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
@@ -136,11 +140,12 @@ class MigrationHandler:
         except StatementError as exc:
             if exc.index:  # statements before it have committed: only a person can tell what now
                 committed = "statement 1" if exc.index == 1 else f"statements 1-{exc.index}"
+                located = exc.in_migration(step.name, step.origin)
                 raise DirtyDatabase(
-                    f"{exc.in_migration(step.name)}; it runs outside a transaction and {committed} "
+                    f"{located}; it runs outside a transaction and {committed} "
                     f"had already committed: {_REPAIR_HINT.format(name=step.name)}"
                 ) from exc
-            raise exc.in_migration(step.name) from exc
+            raise exc.in_migration(step.name, step.origin) from exc
 
     def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
         return (yield from self._applied(change, loaded.data, duration))

@@ -17,6 +17,7 @@ A migration's state, as ``migsync status`` shows it:
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,6 +81,10 @@ class RevertResult:
 class RecordResult:
     added: list[str]
     updated: list[str]
+
+
+def _origins_json(migration: Migration) -> str | None:
+    return json.dumps(migration.origins, sort_keys=True) if migration.origins else None
 
 
 def _refuse_if_dirty(states: Sequence[MigrationState]) -> None:
@@ -170,14 +175,15 @@ class Ledger:
             statements.append(
                 (
                     f"INSERT INTO {self.sql.t.migrations} "
-                    "(version, name, checksum, signature, content, recorded_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6)",
+                    "(version, name, checksum, signature, content, origins, recorded_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     (
                         migration.version,
                         migration.name,
                         migration.checksum,
                         signatures.get(migration.version),
                         migration.canonical_content(),
+                        _origins_json(migration),
                         now,
                     ),
                 )
@@ -187,12 +193,13 @@ class Ledger:
             statements.append(
                 (
                     f"UPDATE {self.sql.t.migrations} SET name = $1, checksum = $2, signature = $3, "
-                    "content = $4, recorded_at = $5 WHERE version = $6",
+                    "content = $4, origins = $5, recorded_at = $6 WHERE version = $7",
                     (
                         migration.name,
                         migration.checksum,
                         signatures.get(migration.version),
                         migration.canonical_content(),
+                        _origins_json(migration),
                         now,
                         migration.version,
                     ),

@@ -33,6 +33,19 @@ def normalise_sql(sql: str) -> str:
     return sql.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
+def first_line_offset(sql: str) -> int:
+    """How many lines :func:`normalise_sql` strips from the start of ``sql``."""
+    text = sql.replace("\r\n", "\n").replace("\r", "\n")
+    return text[: len(text) - len(text.lstrip())].count("\n")
+
+
+def origins_lookup(
+    origins: Mapping[str, tuple[str, int]], direction: str, dialect: str
+) -> tuple[str, int] | None:
+    """The origin of the script a dialect runs: its own, else the generic one's."""
+    return origins.get(f"{direction}:{dialect}") or origins.get(f"{direction}:{ANY_DIALECT}")
+
+
 @attrs.frozen
 class Script:
     """The SQL of one direction for one dialect.
@@ -64,6 +77,9 @@ class Migration:
     up: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
     down: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
     source: str | None = attrs.field(default=None, eq=False)
+    #: Where each script came from, ``"up:sqlite"`` -> (file, line its SQL starts on).
+    #: For error messages only: not part of the content or the checksum.
+    origins: Mapping[str, tuple[str, int]] = attrs.field(factory=dict, eq=False)
     checksum: str = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -75,6 +91,10 @@ class Migration:
         """The name without its version prefix (``create_users``)."""
         prefix, _, rest = self.name.partition("_")
         return rest if prefix.isdigit() and rest else self.name
+
+    def origin(self, direction: Direction, dialect: str) -> tuple[str, int] | None:
+        """The file and first line of the script :meth:`script` returns, if known."""
+        return origins_lookup(self.origins, direction, dialect)
 
     def script(self, direction: Direction, dialect: str) -> Script:
         """The script to run for ``dialect``: its own, else the generic one, else a no-op."""

@@ -84,6 +84,7 @@ _DDL = [
     checksum TEXT NOT NULL,
     signature TEXT,
     content TEXT NOT NULL,
+    origins TEXT,
     recorded_at DOUBLE PRECISION NOT NULL
 )""",
     """CREATE TABLE IF NOT EXISTS {t.status} (

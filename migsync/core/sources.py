@@ -22,7 +22,7 @@ import attrs
 
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
-from migsync.core.migration import ANY_DIALECT, Migration, Script
+from migsync.core.migration import ANY_DIALECT, Migration, Script, first_line_offset
 
 if TYPE_CHECKING:
     from migsync.core.plugins import Plugins
@@ -184,9 +184,17 @@ def _assemble(files: Iterable[tuple[FileName, Path, list[Section]]]) -> list[Mig
         if not any(direction == "up" for direction, _ in entry.slots):
             raise SourceError(f"migration {entry.name} has a down script but no up script", entry.path)
         scripts: dict[str, dict[str, Script]] = {"up": {}, "down": {}}
+        origins: dict[str, tuple[str, int]] = {}
         for (direction, dialect), section in entry.slots.items():
             scripts[direction][dialect] = Script(section.sql, section.autocommit)
+            if section.path is not None:
+                origins[f"{direction}:{dialect}"] = (
+                    str(section.path),
+                    section.line + first_line_offset(section.sql),
+                )
         migrations.append(
-            Migration(version, entry.name, scripts["up"], scripts["down"], source=str(entry.path))
+            Migration(
+                version, entry.name, scripts["up"], scripts["down"], source=str(entry.path), origins=origins
+            )
         )
     return migrations
