@@ -599,7 +599,8 @@ def test_origins_point_at_the_first_line_of_each_script(tmp_path: Path) -> None:
     directory = tmp_path / "m"
     directory.mkdir()
     (directory / "0001_a.sql").write_text(
-        "-- a comment\n-- migrate:up\n\nCREATE TABLE a (x INTEGER);\n-- migrate:down dialect=sqlite\nDROP TABLE a;\n"
+        "-- a comment\n-- migrate:up\n\nCREATE TABLE a (x INTEGER);\n"
+        "-- migrate:down dialect=sqlite\nDROP TABLE a;\n"
     )
     (directory / "0002_b.up.sql").write_text("\n\n  CREATE TABLE b (x INTEGER);\n")
     first, second = load_directory(directory)
