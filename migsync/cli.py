@@ -336,6 +336,34 @@ def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--out",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="KEY",
+    help="Where to write the private key; the public key goes to KEY.pub.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing key pair.")
+def keygen(path: str, force: bool) -> None:
+    """Create an Ed25519 key pair for signing published migrations.
+
+    Keep KEY (mode 0600) on the publishing side only; give KEY.pub to every
+    client that must trust what is signed with it.
+    """
+    from migsync.core.errors import MigsyncError
+    from migsync.core.signing import write_keypair
+
+    try:
+        public = write_keypair(path, overwrite=force)
+    except MigsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"private key: {path} (keep it secret)\npublic key:  {public.source}")
+    click.echo(f"fingerprint: {public.fingerprint}")
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:

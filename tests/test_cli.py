@@ -287,5 +287,14 @@ def test_apply_imports_only_what_it_needs(tmp_path: Path, db_url: str) -> None:
     assert result.returncode == 0, result.stderr
     imported = set(result.stdout.split())
     assert {"migsync.backends.sqlite", "aiosqlite"} <= imported
-    for heavy in ("sqlalchemy", "starlette", "httpx", "asyncpg", "rich", "uvicorn", "importlib.metadata"):
+    for heavy in (
+        "sqlalchemy",
+        "starlette",
+        "httpx",
+        "asyncpg",
+        "rich",
+        "uvicorn",
+        "importlib.metadata",
+        "cryptography",
+    ):
         assert heavy not in imported, f"'migsync apply' imported {heavy}"

@@ -10,10 +10,11 @@
     │   ├── ConnectError       the database cannot be opened or reached
     │   ├── LockTimeout        the processor lock was held by someone else too long
     │   └── StatementError     a SQL statement failed (names migration, statement, line)
-    └── MigrationError         the migration history does not allow the request
-        ├── UnknownMigration   no migration of that name or version
-        ├── ChecksumMismatch   an applied migration's content changed (drift)
-        └── DirtyDatabase      a non-transactional migration died half-way
+    ├── MigrationError         the migration history does not allow the request
+    │   ├── UnknownMigration   no migration of that name or version
+    │   ├── ChecksumMismatch   an applied migration's content changed (drift)
+    │   └── DirtyDatabase      a non-transactional migration died half-way
+    └── SignatureError         a migration is unsigned or its signature does not verify
 
 Backends map their driver's exceptions to these in one place, so no raw
 ``sqlite3`` or ``asyncpg`` exception reaches a caller.
@@ -146,6 +147,10 @@ class DirtyDatabase(MigrationError):
     """A migration that ran outside a transaction stopped half-way."""
 
 
+class SignatureError(MigsyncError):
+    """A migration is unsigned, or signed by no trusted key: nothing of it may run."""
+
+
 __all__ = [
     "BackendError",
     "ChecksumMismatch",
@@ -156,6 +161,7 @@ __all__ = [
     "MigrationError",
     "MigsyncError",
     "PluginError",
+    "SignatureError",
     "SourceError",
     "StatementError",
     "UnknownMigration",

@@ -1,0 +1,135 @@
+"""Ed25519 signatures over migrations.
+
+The server signs what it publishes; a client verifies each migration against
+the public keys it trusts before it stores it, whatever transport brought it.
+The signed bytes are the migration's canonical content: the same document
+its checksum covers, so a signature also vouches for the checksum.
+
+Keys are PEM files: ``KEY`` holds the private key (PKCS#8, written with mode
+0600), ``KEY.pub`` the public key (SubjectPublicKeyInfo). A client may trust
+several public keys at once, which is how a key is rotated: trust the new
+key, publish with it, then drop the old one.
+
+``cryptography`` is imported only here, and only by the commands that sign
+or verify: ``migsync apply`` of a local folder does not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import attrs
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from migsync.core.errors import ConfigError, SignatureError
+from migsync.core.migration import Migration
+
+
+@attrs.frozen
+class TrustedKey:
+    """A public key a client accepts signatures from, and where it was read."""
+
+    key: Ed25519PublicKey = attrs.field(eq=False)
+    source: str
+    fingerprint: str
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """A short, stable name for a public key (for messages and reports)."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b32encode(raw).decode()[:16].lower()
+
+
+def write_keypair(path: str | Path, *, overwrite: bool = False) -> TrustedKey:
+    """Create a new key pair: the private key at ``path``, the public key at ``path.pub``."""
+    private_path = Path(path)
+    public_path = private_path.with_name(private_path.name + ".pub")
+    for existing in (private_path, public_path):
+        if existing.exists() and not overwrite:
+            raise ConfigError(f"{existing} exists; refusing to overwrite a key (use --force)")
+    if not private_path.parent.is_dir():
+        raise ConfigError(f"cannot write key {private_path}: folder {private_path.parent} does not exist")
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = private.public_key()
+    public_pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # The private key is created unreadable to others from its first byte on.
+    descriptor = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(private_pem)
+    os.chmod(private_path, 0o600)
+    public_path.write_bytes(public_pem)
+    return TrustedKey(public, str(public_path), fingerprint(public))
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key in the PEM file at ``path``."""
+    data = _read(path, "signing key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: not a PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path}: not an Ed25519 key ({type(key).__name__})")
+    return key
+
+
+def load_public_keys(paths: Iterable[str | Path]) -> list[TrustedKey]:
+    """The Ed25519 public keys in the PEM files at ``paths``."""
+    keys = []
+    for path in paths:
+        data = _read(path, "trusted key")
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{path}: not a PEM public key ({exc})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError(f"{path}: not an Ed25519 key ({type(key).__name__})")
+        keys.append(TrustedKey(key, str(path), fingerprint(key)))
+    return keys
+
+
+def sign(key: Ed25519PrivateKey, migration: Migration) -> str:
+    """The signature of ``migration``'s canonical content, base64."""
+    return base64.b64encode(key.sign(migration.canonical_content().encode())).decode()
+
+
+def verify(migration: Migration, signature: str | None, trusted: Sequence[TrustedKey]) -> TrustedKey:
+    """The trusted key that signed ``migration``; :class:`SignatureError` if none did."""
+    if not trusted:
+        raise ConfigError("no trusted public key configured to verify migrations with")
+    if not signature:
+        raise SignatureError(f"migration {migration.name} is not signed; refusing to store or run it")
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        raise SignatureError(f"migration {migration.name}: the signature is not base64") from None
+    content = migration.canonical_content().encode()
+    for candidate in trusted:
+        try:
+            candidate.key.verify(raw, content)
+        except InvalidSignature:
+            continue
+        return candidate
+    names = ", ".join(k.fingerprint for k in trusted)
+    raise SignatureError(
+        f"migration {migration.name}: the signature does not match its content under any "
+        f"trusted key ({names}); it was changed after signing, or signed by an unknown key"
+    )
+
+
+def _read(path: str | Path, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
