@@ -18,6 +18,7 @@ EXIT_FAILED = 1
 
 def print_status(states: Sequence[MigrationState]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -38,7 +39,7 @@ def print_status(states: Sequence[MigrationState]) -> None:
         state = s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
         table.add_row(
             str(s.version),
-            s.name,
+            escape(s.name),
             f"[{colors[s.state]}]{state}[/]",
             s.to_json()["applied_at"] or "",
             str(s.attempts or ""),
@@ -46,12 +47,13 @@ def print_status(states: Sequence[MigrationState]) -> None:
     console.print(table)
     for s in states:
         if s.error and s.state in ("failed", "dead", "dirty"):
-            console.print(f"[{colors[s.state]}]{s.name}[/]: {s.error}", highlight=False)
+            # escape: "[in: ...]" in an error would otherwise be read as rich markup and vanish
+            console.print(f"[{colors[s.state]}]{escape(s.name)}[/]: {escape(s.error)}", highlight=False)
         if s.state == "dirty":
             console.print(
-                f"[bold red]{s.name} is dirty[/]: it runs outside a transaction and did not finish. "
+                f"[bold red]{escape(s.name)} is dirty[/]: it runs outside a transaction and did not finish. "
                 "Check by hand whether it took effect, then run "
-                f"'migsync repair --db URL {s.name} --applied' or '--not-applied'.",
+                f"'migsync repair --db URL {escape(s.name)} --applied' or '--not-applied'.",
                 highlight=False,
             )
     counts = {k: sum(1 for s in states if s.state == k) for k in colors}

@@ -298,3 +298,15 @@ def test_apply_imports_only_what_it_needs(tmp_path: Path, db_url: str) -> None:
         "cryptography",
     ):
         assert heavy not in imported, f"'migsync apply' imported {heavy}"
+
+
+def test_status_table_shows_errors_with_brackets_intact(tmp_path: Path, db_url: str) -> None:
+    migrations = write_migrations(
+        tmp_path / "m", {"0001_[x].sql": "-- migrate:up\nINSERT INTO nowhere VALUES (1);\n"}
+    )
+    assert (
+        run("apply", "--migrations", str(migrations), "--db", db_url, "--max-attempts", "1").returncode == 1
+    )
+    table = " ".join(run("status", "--db", db_url).stdout.split())
+    assert "0001_[x]" in table
+    assert "[in: INSERT INTO nowhere VALUES (1)]" in table
