@@ -332,6 +332,135 @@ def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
     print_status(states)
 
 
+# -- server: publish, clients ----------------------------------------------------------------
+
+
+store_option = click.option(
+    "--store",
+    "store_url",
+    required=True,
+    envvar="MIGSYNC_STORE",
+    metavar="URL",
+    help="Server store URL, e.g. sqlite:///server.db or postgresql://host/db [env: MIGSYNC_STORE]",
+)
+
+
+@main.command()
+@click.option(
+    "--migrations",
+    "directory",
+    required=True,
+    type=click.Path(),
+    metavar="DIR",
+    help="Directory of migration files.",
+)
+@store_option
+@click.option(
+    "--signing-key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="KEY",
+    help="Ed25519 private key to sign with (see 'migsync keygen').",
+)
+@click.option("--force", is_flag=True, help="Replace versions already published with other content.")
+@click.pass_context
+def publish(ctx: click.Context, directory: str, store_url: str, key_path: str, force: bool) -> None:
+    """Sign the migrations in DIR and publish them to the server store.
+
+    Versions already published with the same content are left as they are.
+    A version published with other content is refused (exit 2, nothing
+    written) unless --force: then it is replaced, and clients that applied
+    the old content are told of the checksum mismatch.
+    """
+
+    async def run() -> None:
+        from migsync.core.signing import load_private_key
+        from migsync.core.sources import load_directory
+        from migsync.server import Store
+
+        migrations = load_directory(directory, _formats(ctx))
+        key = load_private_key(key_path)
+        if not migrations:
+            click.echo(f"nothing to publish: {directory} holds no migrations")
+            return
+        async with Store.open(store_url) as store:
+            result = await store.publish(migrations, key, force=force)
+        for label, names in (
+            ("added", result.added),
+            ("unchanged", result.unchanged),
+            ("re-signed", result.resigned),
+            ("replaced (--force; clients that applied the old content will be told)", result.replaced),
+        ):
+            if names:
+                click.echo(f"{label}: {', '.join(names)}")
+        click.echo(
+            f"published {len(migrations)} migration{'s' if len(migrations) != 1 else ''}: "
+            f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
+            f"{len(result.resigned)} re-signed, {len(result.replaced)} replaced"
+        )
+
+    _run(run())
+
+
+@main.group()
+def clients() -> None:
+    """Register the clients that may talk to the server, and list them."""
+
+
+@clients.command("add")
+@click.argument("name")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help='Print {"client_id": ..., "token": ...}.')
+def clients_add(name: str, store_url: str, as_json: bool) -> None:
+    """Register client NAME and print its token (shown this once; the store keeps only its hash)."""
+
+    async def run() -> tuple[int, str]:
+        from migsync.server import Store
+
+        async with Store.open(store_url) as store:
+            return await store.add_client(name)
+
+    client_id, token = _run(run())
+    if as_json:
+        click.echo(json.dumps({"client_id": client_id, "token": token}))
+        return
+    click.echo(f"client {client_id} ({name.strip()}) added; its token (shown only now, stored hashed):")
+    click.echo(token)
+
+
+@clients.command("list")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def clients_list(store_url: str, as_json: bool) -> None:
+    """List every registered client."""
+
+    async def run() -> list[Any]:
+        from migsync.server import Store
+
+        async with Store.open(store_url, create=False) as store:
+            return await store.clients()
+
+    records = _run(run())
+    if as_json:
+        click.echo(json.dumps({"clients": [r.to_json() for r in records]}, indent=2))
+        return
+    if not records:
+        click.echo("no clients")
+        return
+    header = ("id", "name", "created", "last seen", "reported version")
+    rows = [
+        tuple(
+            str(v) if v is not None else "-"
+            for v in (j["client_id"], j["name"], j["created_at"], j["last_seen_at"], j["reported_version"])
+        )
+        for j in (r.to_json() for r in records)
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 # -- plugins, demo --------------------------------------------------------------------------
 
 

@@ -1,0 +1,305 @@
+"""The server store: published (signed) migrations, clients, and status per client.
+
+::
+
+    async with Store.open("sqlite:///server.db") as store:
+        result = await store.publish(load_directory("migrations"), load_private_key("key"))
+        client_id, token = await store.add_client("shop-berlin")
+
+Publishing is all or nothing: every migration is signed before the
+transaction starts, and a refusal (a published version with other content)
+writes nothing. ``force=True`` replaces such content but keeps the checksum
+it replaced in ``replaced_checksum``, and every client's status row keeps the
+checksum that client applied, so a client that applied the old content is
+told of the mismatch rather than silently changed.
+
+Client tokens are shown once, by :meth:`Store.add_client`; the store keeps
+only their sha256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import itertools
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Row, insert, inspect, select, text, update
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
+from migsync.core.migration import Migration
+from migsync.server import engine as engines
+from migsync.server import tables as t
+from migsync.server.records import ClientRecord, PublishedMigration, PublishResult, token_hash
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+#: Key of the Postgres advisory lock that serialises publishing and schema changes.
+_LOCK_KEY = 0x6D696773796E63  # "migsync"
+
+_MAX_NAME = 200
+_MAX_TOKEN = 512
+
+
+class Store:
+    """The server's database. Open it with :meth:`open`; every method is one unit of work."""
+
+    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+        self._engine = engine
+        self._url = url
+        self.where = engines.display(url)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, url: str, *, create: bool = True) -> AsyncIterator[Store]:
+        """The store at ``url``, its tables created (``create``) or upgraded as needed.
+
+        Without ``create`` a store that does not exist yet is a :class:`ConfigError`.
+        A store written by a newer migsync is refused with :class:`ConnectError`.
+        """
+        mapped = engines.store_url(url)
+        engine = engines.create_engine(mapped, create=create)
+        try:
+            where = engines.display(mapped)
+            await engines.check_connection(engine, where)
+            store = cls(engine, mapped)
+            await store._ensure_schema(create)
+            yield store
+        finally:
+            await engine.dispose()
+
+    # -- units of work ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _read(self, doing: str) -> AsyncIterator[AsyncConnection]:
+        async with engines.mapped_errors(self.where, doing), self._engine.connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _write(self, doing: str, *, exclusive: bool = False) -> AsyncIterator[AsyncConnection]:
+        """One transaction; ``exclusive`` ones (publish, schema changes) run one at a time."""
+        async with engines.mapped_errors(self.where, doing), self._engine.connect() as conn:
+            conn = await engines.writing(conn, self._url)
+            async with conn.begin():
+                if exclusive and not engines.is_sqlite(self._url):
+                    # SQLite's BEGIN IMMEDIATE already admits one writer only.
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+                yield conn
+
+    # -- the store's own schema ------------------------------------------------------------------
+
+    async def _ensure_schema(self, create: bool) -> None:
+        async with self._read("reading the store's schema version") as conn:
+            version = await self._schema_version(conn)
+        if version == t.SCHEMA_VERSION:
+            return
+        self._check_version(version, create)
+        async with self._write("creating the store's tables", exclusive=True) as conn:
+            version = await self._schema_version(conn)  # again: another process may have done it
+            self._check_version(version, create)
+            if version is None:
+                await conn.run_sync(t.metadata.create_all)
+                await conn.execute(
+                    insert(t.store_meta).values(key="schema_version", value=str(t.SCHEMA_VERSION))
+                )
+                return
+            for step in range(version, t.SCHEMA_VERSION):
+                await conn.run_sync(t.UPGRADES[step])
+            await conn.execute(
+                update(t.store_meta)
+                .where(t.store_meta.c.key == "schema_version")
+                .values(value=str(t.SCHEMA_VERSION))
+            )
+
+    async def _schema_version(self, conn: AsyncConnection) -> int | None:
+        exists = await conn.run_sync(lambda sync: inspect(sync).has_table(t.store_meta.name))
+        if not exists:
+            return None
+        value = await conn.scalar(select(t.store_meta.c.value).where(t.store_meta.c.key == "schema_version"))
+        if value is None:
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise BackendError(
+                f"store {self.where}: {t.store_meta.name}.schema_version is {value!r}, not a number"
+            ) from None
+
+    def _check_version(self, version: int | None, create: bool) -> None:
+        if version is None and not create:
+            raise ConfigError(f"{self.where} is not a migsync store (it has no {t.store_meta.name} table)")
+        if version is not None and version > t.SCHEMA_VERSION:
+            raise ConnectError(
+                f"store {self.where} has schema version {version}, newer than this migsync "
+                f"understands ({t.SCHEMA_VERSION}); upgrade migsync to use it"
+            )
+
+    # -- migrations ------------------------------------------------------------------------------
+
+    async def publish(
+        self, migrations: Iterable[Migration], signing_key: Ed25519PrivateKey, *, force: bool = False
+    ) -> PublishResult:
+        """Sign ``migrations`` and add them; refuse changed content unless ``force``.
+
+        Raises :class:`ChecksumMismatch` naming every version that is published
+        with other content (nothing is written then), :class:`ConfigError` if
+        two of ``migrations`` share a version.
+        """
+        from migsync.core.signing import fingerprint, sign
+
+        items = sorted(migrations, key=lambda m: m.version)
+        for before, after in itertools.pairwise(items):
+            if before.version == after.version:
+                raise ConfigError(f"version {after.version} given twice: {before.name} and {after.name}")
+        signer = fingerprint(signing_key.public_key())
+        signed = [(m, sign(signing_key, m)) for m in items]
+        added: list[str] = []
+        unchanged: list[str] = []
+        replaced: list[str] = []
+        resigned: list[str] = []
+        async with self._write("publishing migrations", exclusive=True) as conn:
+            columns = t.store_migrations.c
+            published = {
+                row.version: row
+                for row in await conn.execute(select(columns.version, columns.checksum, columns.signature))
+            }
+            conflicts = [
+                (m, published[m.version].checksum)
+                for m, _ in signed
+                if m.version in published and published[m.version].checksum != m.checksum
+            ]
+            if conflicts and not force:
+                raise ChecksumMismatch(_refusal(conflicts))
+            now = time.time()
+            rows = []
+            for migration, signature in signed:
+                values = {
+                    "name": migration.name,
+                    "content": migration.canonical_content(),
+                    "checksum": migration.checksum,
+                    "signature": signature,
+                    "signed_by": signer,
+                    "published_at": now,
+                }
+                old = published.get(migration.version)
+                where = columns.version == migration.version
+                if old is None:
+                    rows.append({"version": migration.version, **values})
+                    added.append(migration.name)
+                elif old.checksum != migration.checksum:
+                    values |= {"replaced_checksum": old.checksum, "replaced_at": now}
+                    await conn.execute(update(t.store_migrations).where(where).values(values))
+                    replaced.append(migration.name)
+                elif old.signature != signature:  # Ed25519 is deterministic: another key signed it
+                    await conn.execute(
+                        update(t.store_migrations).where(where).values(signature=signature, signed_by=signer)
+                    )
+                    resigned.append(migration.name)
+                else:
+                    unchanged.append(migration.name)
+            if rows:
+                await conn.execute(insert(t.store_migrations), rows)
+        return PublishResult(tuple(added), tuple(unchanged), tuple(replaced), tuple(resigned))
+
+    async def migrations(self) -> list[PublishedMigration]:
+        """Every published migration, in version order."""
+        async with self._read("reading published migrations") as conn:
+            rows = (
+                await conn.execute(select(t.store_migrations).order_by(t.store_migrations.c.version))
+            ).all()
+        return [self._published(row) for row in rows]
+
+    def _published(self, row: Row[Any]) -> PublishedMigration:
+        try:
+            migration = Migration.from_json(json.loads(row.content))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackendError(
+                f"store {self.where}: published version {row.version} holds unreadable content ({exc})"
+            ) from None
+        if migration.checksum != row.checksum or migration.version != row.version:
+            raise BackendError(
+                f"store {self.where}: published version {row.version} ({row.name}) was changed outside "
+                "migsync: its content does not match its checksum"
+            )
+        return PublishedMigration(
+            migration,
+            row.checksum,
+            row.signature,
+            row.signed_by,
+            row.published_at,
+            row.replaced_checksum,
+            row.replaced_at,
+        )
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    async def add_client(self, name: str) -> tuple[int, str]:
+        """Register client ``name``: its id and its bearer token (shown this once, stored hashed)."""
+        name = _client_name(name)
+        token = secrets.token_urlsafe(32)
+        async with self._write("adding a client") as conn:
+            existing = await conn.scalar(select(t.store_clients.c.id).where(t.store_clients.c.name == name))
+            if existing is not None:
+                raise ConfigError(f"a client named {name!r} exists already (id {existing})")
+            result = await conn.execute(
+                insert(t.store_clients).values(
+                    name=name, token_hash=token_hash(token), created_at=time.time()
+                )
+            )
+            key = result.inserted_primary_key
+            assert key is not None  # an INSERT of one row always has one
+            client_id = key[0]
+        return int(client_id), token
+
+    async def authenticate(self, token: str) -> ClientRecord | None:
+        """The client whose token this is, or None. Reads only: it does not mark the client seen."""
+        if not token or len(token) > _MAX_TOKEN:
+            return None
+        digest = token_hash(token)
+        async with self._read("authenticating a client") as conn:
+            row = (
+                await conn.execute(select(t.store_clients).where(t.store_clients.c.token_hash == digest))
+            ).first()
+        if row is None or not hmac.compare_digest(row.token_hash, digest):
+            return None
+        return _client(row)
+
+    async def clients(self) -> list[ClientRecord]:
+        """Every client, oldest first."""
+        async with self._read("reading clients") as conn:
+            rows = (await conn.execute(select(t.store_clients).order_by(t.store_clients.c.id))).all()
+        return [_client(row) for row in rows]
+
+
+def _client(row: Row[Any]) -> ClientRecord:
+    return ClientRecord(row.id, row.name, row.created_at, row.last_seen_at, row.reported_version)
+
+
+def _client_name(name: str) -> str:
+    cleaned = name.strip()
+    if not cleaned:
+        raise ConfigError("a client name must not be empty")
+    if len(cleaned) > _MAX_NAME:
+        raise ConfigError(f"client name is {len(cleaned)} characters long; at most {_MAX_NAME} are allowed")
+    if not cleaned.isprintable():
+        raise ConfigError(f"client name {cleaned!r} holds control characters")
+    return cleaned
+
+
+def _refusal(conflicts: list[tuple[Migration, str]]) -> str:
+    listed = ", ".join(
+        f"{m.name} (version {m.version}: published {old[:12]}, now {m.checksum[:12]})" for m, old in conflicts
+    )
+    what = "is" if len(conflicts) == 1 else "are"
+    return (
+        f"{listed} {what} already published with other content; refusing to change what clients may "
+        "have applied. Publish the change as a new version, or force it (--force): clients that "
+        "applied the old content are then told of the checksum mismatch"
+    )

@@ -1,0 +1,96 @@
+"""The server store's tables (SQLAlchemy Core).
+
+Times are seconds since the epoch (a double), as on the client, so that
+comparisons are numeric on every backend and no time zone is lost on SQLite.
+
+Status is kept per client and per migration (``store_client_status``); there
+is no global "applied" flag anywhere, because with more than one client it
+cannot be right.
+
+``store_meta`` holds ``schema_version``: the layout below. A release that
+changes it adds an upgrade step to :data:`UPGRADES` and bumps
+:data:`SCHEMA_VERSION`; a store written by a newer release is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+#: key/value pairs about the store itself; ``schema_version`` is the one that matters.
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+#: One row per published version: what clients get, signed.
+store_migrations = Table(
+    "store_migrations",
+    metadata,
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", Text, nullable=False),
+    #: the migration's canonical content (JSON): what the checksum and the signature cover
+    Column("content", Text, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    #: base64 Ed25519 signature of ``content``, and the fingerprint of the key that made it
+    Column("signature", Text, nullable=False),
+    Column("signed_by", String(32), nullable=False),
+    Column("published_at", Float, nullable=False),
+    #: set when ``publish --force`` replaced other content: the checksum clients may have applied
+    Column("replaced_checksum", String(64), nullable=True),
+    Column("replaced_at", Float, nullable=True),
+)
+
+store_clients = Table(
+    "store_clients",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False, unique=True),
+    #: sha256 (hex) of the bearer token; the token itself is never stored
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=True),
+    Column("reported_version", BigInteger, nullable=True),
+)
+
+store_client_status = Table(
+    "store_client_status",
+    metadata,
+    Column(
+        "client_id",
+        Integer,
+        ForeignKey("store_clients.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # No foreign key to store_migrations: a client reports what it has, even a
+    # version the server no longer (or never) published.
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("applied", Boolean, nullable=False, default=False),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    #: the checksum of the content the client applied (drift shows as a difference)
+    Column("checksum", String(64), nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+#: ``UPGRADES[n]`` takes a store from schema version ``n`` to ``n + 1`` (inside one transaction).
+UPGRADES: dict[int, Callable[[Connection], None]] = {}
