@@ -30,6 +30,14 @@ T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
 
+migrations_option = click.option(
+    "--migrations",
+    "directory",
+    required=True,
+    type=click.Path(),
+    metavar="DIR",
+    help="Directory of migration files.",
+)
 db_option = click.option(
     "--db",
     "db_url",
@@ -114,14 +122,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 @main.command()
-@click.option(
-    "--migrations",
-    "directory",
-    required=True,
-    type=click.Path(),
-    metavar="DIR",
-    help="Directory of migration files.",
-)
+@migrations_option
 @db_option
 @sink_option
 @max_attempts_option
@@ -346,14 +347,7 @@ store_option = click.option(
 
 
 @main.command()
-@click.option(
-    "--migrations",
-    "directory",
-    required=True,
-    type=click.Path(),
-    metavar="DIR",
-    help="Directory of migration files.",
-)
+@migrations_option
 @store_option
 @click.option(
     "--signing-key",
