@@ -455,6 +455,59 @@ def clients_list(store_url: str, as_json: bool) -> None:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
+@main.command()
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on."
+)
+@click.option(
+    "--admin-token",
+    required=True,
+    envvar="MIGSYNC_ADMIN_TOKEN",
+    metavar="TOKEN",
+    help="Token of the admin endpoints (/api/migrations, /api/clients) [env: MIGSYNC_ADMIN_TOKEN]",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Log level of the server (uvicorn), access log included.",
+)
+def serve(store_url: str, host: str, port: int, admin_token: str, log_level: str) -> None:
+    """Serve the store's HTTP API to clients (uvicorn).
+
+    The store must exist (see 'publish' and 'clients add'). Clients poll
+    GET /api/migrations/pending and report to POST /api/migrations/status
+    with their own token; the admin token reads /api/migrations and
+    /api/clients. Stops cleanly on SIGINT or SIGTERM.
+    """
+
+    async def check() -> None:
+        from migsync.server import Store
+
+        async with Store.open(store_url, create=False):
+            pass
+
+    _run(check())  # a missing or unreadable store is one line and exit 2, before uvicorn starts
+    import uvicorn
+
+    from migsync.core.errors import ConfigError
+    from migsync.server.app import create_app
+
+    try:
+        app = create_app(store_url, admin_token=admin_token)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(EXIT_BAD_INPUT)
+
+
 # -- plugins, demo --------------------------------------------------------------------------
 
 

@@ -72,3 +72,108 @@ def iso(timestamp: float | None) -> str | None:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@attrs.frozen
+class ClientState:
+    """What a poll needs to know before it reads anything else: who asks, and the ETag's parts."""
+
+    client: ClientRecord
+    #: bumped by every publish that changes what clients get
+    publish_serial: int
+    #: bumped by every status report of this client that changes something
+    status_serial: int
+
+    @property
+    def etag(self) -> str:
+        return pending_etag(self.client.client_id, self.publish_serial, self.status_serial)
+
+
+def pending_etag(client_id: int, publish_serial: int, status_serial: int) -> str:
+    """The (strong) ETag of a client's pending list: it changes whenever the list can."""
+    return f'"{client_id}.{publish_serial}.{status_serial}"'
+
+
+@attrs.frozen
+class PendingMigration:
+    """A published migration a client has not applied (or applied with other content)."""
+
+    version: int
+    name: str
+    #: the canonical content (JSON text): exactly the bytes the signature covers
+    content: str
+    checksum: str
+    signature: str
+    signed_by: str
+    #: the checksum this client reported applying, when it differs from ``checksum`` (drift)
+    applied_checksum: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class StatusReport:
+    """One client's word on one migration."""
+
+    version: int
+    applied: bool
+    error: str | None
+    attempts: int
+    checksum: str
+
+
+@attrs.frozen
+class Drift:
+    """A migration a client reported with other content than the published one."""
+
+    version: int
+    published_checksum: str
+    reported_checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ReportResult:
+    """What :meth:`Store.report` did. With ``unpublished`` set, it wrote nothing."""
+
+    recorded: tuple[int, ...] = ()
+    unchanged: tuple[int, ...] = ()
+    drift: tuple[Drift, ...] = ()
+    unpublished: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class Failure:
+    """A migration a client reported as not applied, with its error."""
+
+    version: int
+    error: str | None
+    attempts: int
+
+
+@attrs.frozen
+class FleetEntry:
+    """One client in the fleet view: what it applied, what failed, what drifted, when it was seen."""
+
+    client: ClientRecord
+    applied: tuple[int, ...]
+    failed: tuple[Failure, ...]
+    drift: tuple[Drift, ...]
+    #: published versions it has not applied (with the published content)
+    pending: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client.client_id,
+            "name": self.client.name,
+            "applied": list(self.applied),
+            "latest_version": max(self.applied) if self.applied else None,
+            "failed": [attrs.asdict(f) for f in self.failed],
+            "drift": [d.to_json() for d in self.drift],
+            "pending": list(self.pending),
+            "created_at": iso(self.client.created_at),
+            "last_seen": iso(self.client.last_seen_at),
+        }

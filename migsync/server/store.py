@@ -25,7 +25,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, insert, inspect, select, text, update
@@ -35,8 +35,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
 from migsync.core.migration import Migration
 from migsync.server import engine as engines
+from migsync.server import status
 from migsync.server import tables as t
-from migsync.server.records import ClientRecord, PublishedMigration, PublishResult, token_hash
+from migsync.server.records import (
+    ClientRecord,
+    ClientState,
+    FleetEntry,
+    PendingMigration,
+    PublishedMigration,
+    PublishResult,
+    ReportResult,
+    StatusReport,
+    token_hash,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -206,6 +217,8 @@ class Store:
                     unchanged.append(migration.name)
             if rows:
                 await conn.execute(insert(t.store_migrations), rows)
+            if rows or replaced or resigned:
+                await status.bump_publish_serial(conn)
         return PublishResult(tuple(added), tuple(unchanged), tuple(replaced), tuple(resigned))
 
     async def migrations(self) -> list[PublishedMigration]:
@@ -269,17 +282,50 @@ class Store:
             ).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
-        return _client(row)
+        return status.client(row)
 
     async def clients(self) -> list[ClientRecord]:
         """Every client, oldest first."""
         async with self._read("reading clients") as conn:
             rows = (await conn.execute(select(t.store_clients).order_by(t.store_clients.c.id))).all()
-        return [_client(row) for row in rows]
+        return [status.client(row) for row in rows]
 
+    # -- per-client status -----------------------------------------------------------------------
 
-def _client(row: Row[Any]) -> ClientRecord:
-    return ClientRecord(row.id, row.name, row.created_at, row.last_seen_at, row.reported_version)
+    async def client_state(self, token: str) -> ClientState | None:
+        """Like :meth:`authenticate`, with the parts of the client's pending ETag, in one read."""
+        if not token or len(token) > _MAX_TOKEN:
+            return None
+        digest = token_hash(token)
+        async with self._read("authenticating a client") as conn:
+            return await status.client_state(conn, digest)
+
+    async def pending(self, client_id: int) -> tuple[ClientState, list[PendingMigration]]:
+        """What client ``client_id`` has not applied with the published content, in version order,
+        and its state (whose ``etag`` is no newer than the list)."""
+        async with self._read("reading a client's pending migrations") as conn:
+            return await status.pending(conn, client_id)
+
+    async def report(self, client_id: int, reports: Sequence[StatusReport]) -> ReportResult:
+        """Record a batch of status reports of client ``client_id``, all or nothing.
+
+        Idempotent: a report equal to what is recorded changes nothing. A report
+        for a version that is not published makes the whole batch write nothing
+        (``ReportResult.unpublished`` names them). A checksum other than the
+        published one is recorded as it is and returned as drift. Marks the client seen.
+        """
+        async with self._write("recording status reports") as conn:
+            return await status.report(conn, client_id, reports)
+
+    async def touch(self, client_id: int, when: float | None = None) -> None:
+        """Set the client's ``last_seen_at`` (now, by default)."""
+        async with self._write("marking a client seen") as conn:
+            await status.touch(conn, client_id, time.time() if when is None else when)
+
+    async def fleet(self) -> list[FleetEntry]:
+        """Every client with what it applied, what failed, what drifted and what it still lacks."""
+        async with self._read("reading the fleet's status") as conn:
+            return await status.fleet(conn)
 
 
 def _client_name(name: str) -> str:

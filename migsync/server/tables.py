@@ -7,7 +7,9 @@ Status is kept per client and per migration (``store_client_status``); there
 is no global "applied" flag anywhere, because with more than one client it
 cannot be right.
 
-``store_meta`` holds ``schema_version``: the layout below. A release that
+``store_meta`` holds ``schema_version``: the layout below, and
+``publish_serial``, bumped by every publish that changes what clients get
+(the other half of a pending ETag; absent means 0). A release that
 changes it adds an upgrade step to :data:`UPGRADES` and bumps
 :data:`SCHEMA_VERSION`; a store written by a newer release is refused.
 """
@@ -30,7 +32,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -70,6 +72,8 @@ store_clients = Table(
     Column("created_at", Float, nullable=False),
     Column("last_seen_at", Float, nullable=True),
     Column("reported_version", BigInteger, nullable=True),
+    #: bumped by every status report that changes something: half of the client's pending ETag
+    Column("status_serial", BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 store_client_status = Table(
@@ -94,3 +98,10 @@ store_client_status = Table(
 
 #: ``UPGRADES[n]`` takes a store from schema version ``n`` to ``n + 1`` (inside one transaction).
 UPGRADES: dict[int, Callable[[Connection], None]] = {}
+
+
+def _add_status_serial(conn: Connection) -> None:
+    conn.exec_driver_sql("ALTER TABLE store_clients ADD COLUMN status_serial BIGINT NOT NULL DEFAULT 0")
+
+
+UPGRADES[1] = _add_status_serial
