@@ -1,4 +1,7 @@
-"""The ``migsync`` command.
+"""The ``migsync`` command: the client side (apply, status, revert, ...).
+
+The server commands live in :mod:`migsync.cli_server`, the shared options and
+the error boundary in :mod:`migsync.cli_support`.
 
 Start-up matters (it runs on every client, often), so this module imports
 only click at the top; everything else is imported by the command that
@@ -11,97 +14,30 @@ refused the request).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 import time
-from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
+from migsync.cli_server import SERVER_COMMANDS
+from migsync.cli_support import (
+    connect,
+    db_option,
+    formats_of,
+    max_attempts_option,
+    migrations_option,
+    plugins_of,
+    run_coro,
+    sink_option,
+)
+
 if TYPE_CHECKING:
-    from migsync.core.client import Client
     from migsync.core.ledger import MigrationState
     from migsync.core.processor import PassResult
-
-T = TypeVar("T")
-
-EXIT_BAD_INPUT = 2
-
-migrations_option = click.option(
-    "--migrations",
-    "directory",
-    required=True,
-    type=click.Path(),
-    metavar="DIR",
-    help="Directory of migration files.",
-)
-db_option = click.option(
-    "--db",
-    "db_url",
-    required=True,
-    envvar="MIGSYNC_DB",
-    metavar="URL",
-    help="Client database URL, e.g. sqlite:///app.db [env: MIGSYNC_DB]",
-)
-sink_option = click.option(
-    "--sink",
-    "sinks",
-    multiple=True,
-    metavar="NAME[:k=v,...]",
-    help="Event sink to send events to (repeatable); default: logging, shown with -v. See 'migsync plugins'.",
-)
-max_attempts_option = click.option(
-    "--max-attempts",
-    default=3,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Failures after which a queued migration is dead.",
-)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro``, turning migsync errors into one line and exit code 2."""
-    from migsync.core.errors import MigsyncError
-
-    try:
-        return asyncio.run(coro)
-    except MigsyncError as exc:
-        if logging.getLogger("migsync").isEnabledFor(logging.DEBUG):
-            raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-
-
-def _client(
-    ctx: click.Context, url: str, sinks: Sequence[str], *, create: bool = False, **options: Any
-) -> Client:
-    """A client for ``url``; only ``apply`` may create a database that does not exist yet."""
-    from migsync.core.client import Client
-
-    return Client.connect(
-        url,
-        plugins=_plugins(ctx),
-        sinks=list(sinks) or None,
-        backend_options={"create": create},
-        **options,
-    )
-
-
-def _plugins(ctx: click.Context) -> Any:
-    obj = ctx.ensure_object(dict)
-    if "plugins" not in obj:
-        from migsync.core.errors import MigsyncError
-        from migsync.core.plugins import make_plugins
-
-        try:
-            obj["plugins"] = make_plugins()
-        except MigsyncError as exc:  # a broken plugin in strict mode
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_BAD_INPUT)
-    return obj["plugins"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -148,7 +84,7 @@ def apply(
     the migrations in the database, queues the pending ones and processes
     the queue. Exits 1 if a migration failed, is dead or is waiting to retry.
     """
-    sys.exit(_run(_apply(ctx, directory, db_url, sinks, max_attempts, wait, retry_now)))
+    sys.exit(run_coro(_apply(ctx, directory, db_url, sinks, max_attempts, wait, retry_now)))
 
 
 async def _apply(
@@ -165,9 +101,9 @@ async def _apply(
 
     # Parsed (and validated) inside record_source, before anything is written,
     # and only when these files differ from the ones this database recorded last.
-    source = scan_directory(directory, _formats(ctx))
+    source = scan_directory(directory, formats_of(ctx))
     started = time.perf_counter()
-    async with _client(ctx, db_url, sinks, create=True, max_attempts=max_attempts) as client:
+    async with connect(ctx, db_url, sinks, create=True, max_attempts=max_attempts) as client:
         await client.ledger.record_source(source)
         queued = await client.ledger.queue_pending()
         with Progress(client, len(queued), "applying"):
@@ -187,12 +123,6 @@ def _retry_due(result: PassResult) -> float | None:
     return result.waiting_until
 
 
-def _formats(ctx: click.Context) -> list[Any]:
-    from migsync.core.sources import plugin_formats
-
-    return plugin_formats(_plugins(ctx))
-
-
 # -- process, queue, revert ---------------------------------------------------------------
 
 
@@ -208,11 +138,11 @@ def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: 
         from migsync.report import report_pass
 
         started = time.perf_counter()
-        async with _client(ctx, db_url, sinks) as client:
+        async with connect(ctx, db_url, sinks) as client:
             result = await client.process(ignore_backoff=retry_now)
         return report_pass(result, time.perf_counter() - started, "processed")
 
-    sys.exit(_run(run()))
+    sys.exit(run_coro(run()))
 
 
 @main.command()
@@ -229,11 +159,11 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
     """
 
     async def run() -> None:
-        async with _client(ctx, db_url, (), max_attempts=max_attempts) as client:
+        async with connect(ctx, db_url, (), max_attempts=max_attempts) as client:
             names = await client.ledger.queue(name)
         click.echo(f"queued: {', '.join(names)}" if names else "nothing to queue: already queued")
 
-    _run(run())
+    run_coro(run())
 
 
 @main.command()
@@ -266,7 +196,7 @@ def revert(
         from migsync.report import Progress, report_pass
 
         started = time.perf_counter()
-        async with _client(ctx, db_url, sinks, max_attempts=max_attempts) as client:
+        async with connect(ctx, db_url, sinks, max_attempts=max_attempts) as client:
             requested = await client.ledger.revert(name, to=to_version, everything=everything)
             names = requested.reverting
             if requested.cancelled:
@@ -282,7 +212,7 @@ def revert(
                 result = await client.process()
         return report_pass(result, time.perf_counter() - started, "reverted")
 
-    sys.exit(_run(run()))
+    sys.exit(run_coro(run()))
 
 
 @main.command()
@@ -303,11 +233,11 @@ def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> N
         raise click.UsageError("say what you found: --applied or --not-applied")
 
     async def run() -> None:
-        async with _client(ctx, db_url, ()) as client:
+        async with connect(ctx, db_url, ()) as client:
             state = await client.ledger.repair(name, applied=outcome == "applied")
         click.echo(f"repaired: {state.name} is now {state.state}")
 
-    _run(run())
+    run_coro(run())
 
 
 # -- status ------------------------------------------------------------------------------
@@ -321,10 +251,10 @@ def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
     """Show every migration the database knows and its state."""
 
     async def run() -> list[MigrationState]:
-        async with _client(ctx, db_url, ()) as client:
+        async with connect(ctx, db_url, ()) as client:
             return await client.status()
 
-    states = _run(run())
+    states = run_coro(run())
     if as_json:
         click.echo(json.dumps({"migrations": [s.to_json() for s in states]}, indent=2))
         return
@@ -333,210 +263,7 @@ def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
     print_status(states)
 
 
-# -- server: publish, clients ----------------------------------------------------------------
-
-
-store_option = click.option(
-    "--store",
-    "store_url",
-    required=True,
-    envvar="MIGSYNC_STORE",
-    metavar="URL",
-    help="Server store URL, e.g. sqlite:///server.db or postgresql://host/db [env: MIGSYNC_STORE]",
-)
-
-
-@main.command()
-@migrations_option
-@store_option
-@click.option(
-    "--signing-key",
-    "key_path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    metavar="KEY",
-    help="Ed25519 private key to sign with (see 'migsync keygen').",
-)
-@click.option("--force", is_flag=True, help="Replace versions already published with other content.")
-@click.pass_context
-def publish(ctx: click.Context, directory: str, store_url: str, key_path: str, force: bool) -> None:
-    """Sign the migrations in DIR and publish them to the server store.
-
-    Versions already published with the same content are left as they are.
-    A version published with other content is refused (exit 2, nothing
-    written) unless --force: then it is replaced, and clients that applied
-    the old content are told of the checksum mismatch.
-    """
-
-    async def run() -> None:
-        from migsync.core.signing import load_private_key
-        from migsync.core.sources import load_directory
-        from migsync.server import Store
-
-        migrations = load_directory(directory, _formats(ctx))
-        key = load_private_key(key_path)
-        if not migrations:
-            click.echo(f"nothing to publish: {directory} holds no migrations")
-            return
-        async with Store.open(store_url) as store:
-            result = await store.publish(migrations, key, force=force)
-        for label, names in (
-            ("added", result.added),
-            ("unchanged", result.unchanged),
-            ("re-signed", result.resigned),
-            ("replaced (--force; clients that applied the old content will be told)", result.replaced),
-        ):
-            if names:
-                click.echo(f"{label}: {', '.join(names)}")
-        click.echo(
-            f"published {len(migrations)} migration{'s' if len(migrations) != 1 else ''}: "
-            f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
-            f"{len(result.resigned)} re-signed, {len(result.replaced)} replaced"
-        )
-
-    _run(run())
-
-
-@main.group()
-def clients() -> None:
-    """Register the clients that may talk to the server, and list them."""
-
-
-@clients.command("add")
-@click.argument("name")
-@store_option
-@click.option("--json", "as_json", is_flag=True, help='Print {"client_id": ..., "token": ...}.')
-def clients_add(name: str, store_url: str, as_json: bool) -> None:
-    """Register client NAME and print its token (shown this once; the store keeps only its hash)."""
-
-    async def run() -> tuple[int, str]:
-        from migsync.server import Store
-
-        async with Store.open(store_url) as store:
-            return await store.add_client(name)
-
-    client_id, token = _run(run())
-    if as_json:
-        click.echo(json.dumps({"client_id": client_id, "token": token}))
-        return
-    click.echo(f"client {client_id} ({name.strip()}) added; its token (shown only now, stored hashed):")
-    click.echo(token)
-
-
-@clients.command("list")
-@store_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def clients_list(store_url: str, as_json: bool) -> None:
-    """List every registered client."""
-
-    async def run() -> list[Any]:
-        from migsync.server import Store
-
-        async with Store.open(store_url, create=False) as store:
-            return await store.clients()
-
-    records = _run(run())
-    if as_json:
-        click.echo(json.dumps({"clients": [r.to_json() for r in records]}, indent=2))
-        return
-    if not records:
-        click.echo("no clients")
-        return
-    header = ("id", "name", "created", "last seen", "reported version")
-    rows = [
-        tuple(
-            str(v) if v is not None else "-"
-            for v in (j["client_id"], j["name"], j["created_at"], j["last_seen_at"], j["reported_version"])
-        )
-        for j in (r.to_json() for r in records)
-    ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-@main.command()
-@store_option
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option(
-    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on."
-)
-@click.option(
-    "--admin-token",
-    required=True,
-    envvar="MIGSYNC_ADMIN_TOKEN",
-    metavar="TOKEN",
-    help="Token of the admin endpoints (/api/migrations, /api/clients) [env: MIGSYNC_ADMIN_TOKEN]",
-)
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
-    help="Log level of the server (uvicorn), access log included.",
-)
-def serve(store_url: str, host: str, port: int, admin_token: str, log_level: str) -> None:
-    """Serve the store's HTTP API to clients (uvicorn).
-
-    The store must exist (see 'publish' and 'clients add'). Clients poll
-    GET /api/migrations/pending and report to POST /api/migrations/status
-    with their own token; the admin token reads /api/migrations and
-    /api/clients. Stops cleanly on SIGINT or SIGTERM.
-    """
-
-    async def check() -> None:
-        from migsync.server import Store
-
-        async with Store.open(store_url, create=False):
-            pass
-
-    _run(check())  # a missing or unreadable store is one line and exit 2, before uvicorn starts
-    import uvicorn
-
-    from migsync.core.errors import ConfigError
-    from migsync.server.app import create_app
-
-    try:
-        app = create_app(store_url, admin_token=admin_token)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
-    server = uvicorn.Server(config)
-    server.run()
-    if not server.started:
-        sys.exit(EXIT_BAD_INPUT)
-
-
 # -- plugins, demo --------------------------------------------------------------------------
-
-
-@main.command()
-@click.option(
-    "--out",
-    "path",
-    required=True,
-    type=click.Path(dir_okay=False),
-    metavar="KEY",
-    help="Where to write the private key; the public key goes to KEY.pub.",
-)
-@click.option("--force", is_flag=True, help="Overwrite an existing key pair.")
-def keygen(path: str, force: bool) -> None:
-    """Create an Ed25519 key pair for signing published migrations.
-
-    Keep KEY (mode 0600) on the publishing side only; give KEY.pub to every
-    client that must trust what is signed with it.
-    """
-    from migsync.core.errors import MigsyncError
-    from migsync.core.signing import write_keypair
-
-    try:
-        public = write_keypair(path, overwrite=force)
-    except MigsyncError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
-    click.echo(f"private key: {path} (keep it secret)\npublic key:  {public.source}")
-    click.echo(f"fingerprint: {public.fingerprint}")
 
 
 @main.command()
@@ -544,7 +271,7 @@ def keygen(path: str, force: bool) -> None:
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List every plugin, where it comes from and what it registers."""
-    infos = _plugins(ctx).describe()
+    infos = plugins_of(ctx).describe()
     if as_json:
         click.echo(
             json.dumps(
@@ -582,4 +309,8 @@ def demo(workdir: str) -> None:
     """Show the main job end to end on a SQLite file (no server needed)."""
     from migsync.demo import run_demo
 
-    sys.exit(_run(run_demo(workdir)))
+    sys.exit(run_coro(run_demo(workdir)))
+
+
+for _command in SERVER_COMMANDS:
+    main.add_command(_command)

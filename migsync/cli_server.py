@@ -1,0 +1,218 @@
+"""The server side of the ``migsync`` command: keygen, publish, clients, serve.
+
+Each command imports what it needs (cryptography, SQLAlchemy, Starlette,
+uvicorn) when it runs, so none of that is paid by ``migsync apply``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, run_coro
+
+
+@click.command()
+@click.option(
+    "--out",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="KEY",
+    help="Where to write the private key; the public key goes to KEY.pub.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing key pair.")
+def keygen(path: str, force: bool) -> None:
+    """Create an Ed25519 key pair for signing published migrations.
+
+    Keep KEY (mode 0600) on the publishing side only; give KEY.pub to every
+    client that must trust what is signed with it.
+    """
+    from migsync.core.errors import MigsyncError
+    from migsync.core.signing import write_keypair
+
+    try:
+        public = write_keypair(path, overwrite=force)
+    except MigsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    click.echo(f"private key: {path} (keep it secret)\npublic key:  {public.source}")
+    click.echo(f"fingerprint: {public.fingerprint}")
+
+
+store_option = click.option(
+    "--store",
+    "store_url",
+    required=True,
+    envvar="MIGSYNC_STORE",
+    metavar="URL",
+    help="Server store URL, e.g. sqlite:///server.db or postgresql://host/db [env: MIGSYNC_STORE]",
+)
+
+
+@click.command()
+@migrations_option
+@store_option
+@click.option(
+    "--signing-key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    metavar="KEY",
+    help="Ed25519 private key to sign with (see 'migsync keygen').",
+)
+@click.option("--force", is_flag=True, help="Replace versions already published with other content.")
+@click.pass_context
+def publish(ctx: click.Context, directory: str, store_url: str, key_path: str, force: bool) -> None:
+    """Sign the migrations in DIR and publish them to the server store.
+
+    Versions already published with the same content are left as they are.
+    A version published with other content is refused (exit 2, nothing
+    written) unless --force: then it is replaced, and clients that applied
+    the old content are told of the checksum mismatch.
+    """
+
+    async def run() -> None:
+        from migsync.core.signing import load_private_key
+        from migsync.core.sources import load_directory
+        from migsync.server import Store
+
+        migrations = load_directory(directory, formats_of(ctx))
+        key = load_private_key(key_path)
+        if not migrations:
+            click.echo(f"nothing to publish: {directory} holds no migrations")
+            return
+        async with Store.open(store_url) as store:
+            result = await store.publish(migrations, key, force=force)
+        for label, names in (
+            ("added", result.added),
+            ("unchanged", result.unchanged),
+            ("re-signed", result.resigned),
+            ("replaced (--force; clients that applied the old content will be told)", result.replaced),
+        ):
+            if names:
+                click.echo(f"{label}: {', '.join(names)}")
+        click.echo(
+            f"published {len(migrations)} migration{'s' if len(migrations) != 1 else ''}: "
+            f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
+            f"{len(result.resigned)} re-signed, {len(result.replaced)} replaced"
+        )
+
+    run_coro(run())
+
+
+@click.group()
+def clients() -> None:
+    """Register the clients that may talk to the server, and list them."""
+
+
+@clients.command("add")
+@click.argument("name")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help='Print {"client_id": ..., "token": ...}.')
+def clients_add(name: str, store_url: str, as_json: bool) -> None:
+    """Register client NAME and print its token (shown this once; the store keeps only its hash)."""
+
+    async def run() -> tuple[int, str]:
+        from migsync.server import Store
+
+        async with Store.open(store_url) as store:
+            return await store.add_client(name)
+
+    client_id, token = run_coro(run())
+    if as_json:
+        click.echo(json.dumps({"client_id": client_id, "token": token}))
+        return
+    click.echo(f"client {client_id} ({name.strip()}) added; its token (shown only now, stored hashed):")
+    click.echo(token)
+
+
+@clients.command("list")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def clients_list(store_url: str, as_json: bool) -> None:
+    """List every registered client."""
+
+    async def run() -> list[Any]:
+        from migsync.server import Store
+
+        async with Store.open(store_url, create=False) as store:
+            return await store.clients()
+
+    records = run_coro(run())
+    if as_json:
+        click.echo(json.dumps({"clients": [r.to_json() for r in records]}, indent=2))
+        return
+    if not records:
+        click.echo("no clients")
+        return
+    header = ("id", "name", "created", "last seen", "reported version")
+    rows = [
+        tuple(
+            str(v) if v is not None else "-"
+            for v in (j["client_id"], j["name"], j["created_at"], j["last_seen_at"], j["reported_version"])
+        )
+        for j in (r.to_json() for r in records)
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@click.command()
+@store_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on."
+)
+@click.option(
+    "--admin-token",
+    required=True,
+    envvar="MIGSYNC_ADMIN_TOKEN",
+    metavar="TOKEN",
+    help="Token of the admin endpoints (/api/migrations, /api/clients) [env: MIGSYNC_ADMIN_TOKEN]",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    help="Log level of the server (uvicorn), access log included.",
+)
+def serve(store_url: str, host: str, port: int, admin_token: str, log_level: str) -> None:
+    """Serve the store's HTTP API to clients (uvicorn).
+
+    The store must exist (see 'publish' and 'clients add'). Clients poll
+    GET /api/migrations/pending and report to POST /api/migrations/status
+    with their own token; the admin token reads /api/migrations and
+    /api/clients. Stops cleanly on SIGINT or SIGTERM.
+    """
+
+    async def check() -> None:
+        from migsync.server import Store
+
+        async with Store.open(store_url, create=False):
+            pass
+
+    run_coro(check())  # a missing or unreadable store is one line and exit 2, before uvicorn starts
+    import uvicorn
+
+    from migsync.core.errors import ConfigError
+    from migsync.server.app import create_app
+
+    try:
+        app = create_app(store_url, admin_token=admin_token)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(EXIT_BAD_INPUT)
+
+
+SERVER_COMMANDS = (keygen, publish, clients, serve)
