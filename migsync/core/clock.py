@@ -10,6 +10,13 @@ from typing import Protocol
 import attrs
 
 
+def iso(timestamp: float | None) -> str | None:
+    """Seconds since the epoch as ISO 8601 UTC (``2026-11-24T21:45:56Z``), for output."""
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Seconds since the epoch."""

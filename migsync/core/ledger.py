@@ -18,7 +18,6 @@ A migration's state, as ``migsync status`` shows it:
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from typing import Any, Literal
 import attrs
 
 from migsync.core.backend import Backend, Row
-from migsync.core.clock import Clock, SystemClock
+from migsync.core.clock import Clock, SystemClock, iso
 from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError, UnknownMigration
 from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired
 from migsync.core.handler import dirty_message
@@ -56,19 +55,13 @@ class MigrationState:
             "version": self.version,
             "name": self.name,
             "state": self.state,
-            "applied_at": _iso(self.applied_at),
+            "applied_at": iso(self.applied_at),
             "attempts": self.attempts,
             "error": self.error,
             "queued": self.queued,
-            "next_attempt_at": _iso(self.next_attempt_at),
+            "next_attempt_at": iso(self.next_attempt_at),
             "checksum": self.checksum,
         }
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 @attrs.frozen

@@ -35,9 +35,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from migsync.core.clock import iso
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.server.bodies import MAX_BODY, ApiError, read_json, status_reports
-from migsync.server.records import ClientState, iso, token_hash
+from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
 
 __all__ = ["create_app"]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any
 
 import attrs
 
+from migsync.core.clock import iso
 from migsync.core.migration import Migration
 
 
@@ -62,12 +62,6 @@ class ClientRecord:
             "last_seen_at": iso(self.last_seen_at),
             "reported_version": self.reported_version,
         }
-
-
-def iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 def token_hash(token: str) -> str:
