@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from migsync.cli_client import client
 from migsync.cli_server import SERVER_COMMANDS
 from migsync.cli_support import (
     connect,
@@ -312,5 +313,5 @@ def demo(workdir: str) -> None:
     sys.exit(run_coro(run_demo(workdir)))
 
 
-for _command in SERVER_COMMANDS:
+for _command in (client, *SERVER_COMMANDS):
     main.add_command(_command)

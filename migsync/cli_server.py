@@ -1,4 +1,4 @@
-"""The server side of the ``migsync`` command: keygen, publish, clients, serve.
+"""The server side of the ``migsync`` command: keygen, publish, clients, fleet, serve.
 
 Each command imports what it needs (cryptography, SQLAlchemy, Starlette,
 uvicorn) when it runs, so none of that is paid by ``migsync apply``.
@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, run_coro
+
+if TYPE_CHECKING:
+    from migsync.server.records import Failure, FleetEntry
 
 
 @click.command()
@@ -164,6 +168,81 @@ def clients_list(store_url: str, as_json: bool) -> None:
 
 @click.command()
 @store_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def fleet(store_url: str, as_json: bool) -> None:
+    """Show every client's status: applied, pending, failed, last seen.
+
+    One row per client: its latest applied version, how many it applied, the
+    published versions it lacks, those it applied with other content (drift),
+    when it last polled or reported, and what failed with the first line of
+    the error (--json has the errors in full). Exits 0 whatever the states.
+    """
+
+    async def run() -> list[FleetEntry]:
+        from migsync.server import Store
+
+        async with Store.open(store_url, create=False) as store:
+            return await store.fleet()
+
+    entries = run_coro(run())
+    if as_json:
+        click.echo(json.dumps({"clients": [e.to_json() for e in entries]}, indent=2))
+        return
+    if not entries:
+        click.echo("no clients")
+        return
+    from migsync.core.clock import iso
+
+    # failed is last: it is the only column of free text, so the others stay lined up before it
+    header = ("id", "name", "latest", "applied", "pending", "drift", "last seen", "failed")
+    rows = [
+        (
+            str(e.client.client_id),
+            e.client.name,
+            str(max(e.applied)) if e.applied else "-",
+            str(len(e.applied)),
+            _versions(e.pending),
+            _versions([d.version for d in e.drift]),
+            iso(e.client.last_seen_at) or "never",
+            "; ".join(_failure(f) for f in e.failed) or "-",
+        )
+        for e in entries
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+_MAX_ERROR = 60
+_MAX_RANGES = 5
+
+
+def _versions(versions: Sequence[int]) -> str:
+    """``1-3, 7``: runs of consecutive versions as ranges, the first few of them, or ``-``."""
+    ranges: list[list[int]] = []
+    for v in sorted(versions):
+        if ranges and v == ranges[-1][1] + 1:
+            ranges[-1][1] = v
+        else:
+            ranges.append([v, v])
+    shown = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:_MAX_RANGES]]
+    if len(ranges) > _MAX_RANGES:
+        shown.append(f"... ({len(versions)} in all)")
+    return ", ".join(shown) or "-"
+
+
+def _failure(failure: Failure) -> str:
+    """``VERSION: first line of the error``, cut to a readable length."""
+    line = next((s.strip() for s in (failure.error or "").splitlines() if s.strip()), "")
+    # A client sends its errors: no escape sequence of theirs reaches the admin's terminal.
+    line = "".join(c if c.isprintable() else "?" for c in line)
+    if len(line) > _MAX_ERROR:
+        line = line[: _MAX_ERROR - 3].rstrip() + "..."
+    return f"{failure.version}: {line or 'failed'}"
+
+
+@click.command()
+@store_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on."
@@ -215,4 +294,4 @@ def serve(store_url: str, host: str, port: int, admin_token: str, log_level: str
         sys.exit(EXIT_BAD_INPUT)
 
 
-SERVER_COMMANDS = (keygen, publish, clients, serve)
+SERVER_COMMANDS = (keygen, publish, clients, fleet, serve)

@@ -151,6 +151,22 @@ class SignatureError(MigsyncError):
     """A migration is unsigned, or signed by no trusted key: nothing of it may run."""
 
 
+class TransportError(MigsyncError):
+    """A transport could not do what was asked."""
+
+
+class ServerUnavailable(TransportError):
+    """The server cannot be reached now, or answered 5xx: try again later; nothing is lost."""
+
+
+class ServerRefused(TransportError):
+    """The server refused the request (bad token, bad request): retrying the same will not help."""
+
+
+class MalformedAnswer(TransportError):
+    """What came back from the server (or a drop folder) does not have the documented shape."""
+
+
 __all__ = [
     "BackendError",
     "ChecksumMismatch",
@@ -158,11 +174,15 @@ __all__ = [
     "ConnectError",
     "DirtyDatabase",
     "LockTimeout",
+    "MalformedAnswer",
     "MigrationError",
     "MigsyncError",
     "PluginError",
+    "ServerRefused",
+    "ServerUnavailable",
     "SignatureError",
     "SourceError",
     "StatementError",
+    "TransportError",
     "UnknownMigration",
 ]

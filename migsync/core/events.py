@@ -122,6 +122,27 @@ class PassCompleted(Event):
     blocked_by: str | None = None
 
 
+@attrs.frozen(kw_only=True)
+class MigrationRefused(MigrationEvent):
+    """A migration a transport delivered was not stored: bad signature, or drift."""
+
+    kind: ClassVar[str] = "migration_refused"
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class SyncCompleted(Event):
+    """One sync with the server has finished (see :class:`migsync.core.sync.SyncResult`)."""
+
+    kind: ClassVar[str] = "sync_completed"
+    server: str
+    offline: str | None
+    stored: int
+    refused: int
+    delivered: int
+    undelivered: int
+
+
 @runtime_checkable
 class EventSink(Protocol):
     async def emit(self, event: Event) -> None: ...

@@ -41,6 +41,7 @@ ENTRY_POINT_GROUP = "migsync"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "migsync.core.formats",
     "migsync.backends",
+    "migsync.transports",
     "migsync.plugins.sinks",
 )
 

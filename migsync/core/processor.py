@@ -149,6 +149,8 @@ class PassResult:
     #: The head of the queue is waiting for its backoff to expire until then.
     waiting_until: float | None = None
     remaining: int = 0
+    #: The pass stopped early because :meth:`ChangesProcessor.halt` was called.
+    halted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -181,6 +183,7 @@ class ChangesProcessor:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._halted = False
         q = handler.queue
         self._sql_head = f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq LIMIT {int(batch_size)}"
         self._sql_claim = (
@@ -242,6 +245,9 @@ class ChangesProcessor:
                 )
                 return False, events
         for change in head:
+            if self._halted:
+                result.halted = True
+                return False, events
             if change["attempts"] >= change["max_attempts"]:
                 result.blocked = Outcome(
                     change["id"],
@@ -362,6 +368,16 @@ class ChangesProcessor:
             return
         self._stopping = False
         self._task = asyncio.create_task(self._loop(interval), name=f"migsync-{self.handler.queue}")
+
+    def halt(self) -> None:
+        """Stop the pass in progress after the change it is working on, and every later pass,
+        until :meth:`resume`. Safe to call from a signal handler."""
+        self._halted = True
+        self._stopping = True
+        self._wake.set()
+
+    def resume(self) -> None:
+        self._halted = False
 
     def trigger(self) -> None:
         """Start the next pass now instead of at the end of the interval."""

@@ -17,12 +17,13 @@ import attrs
 
 from migsync.core.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the status-report outbox
 
 MIGRATIONS = "client_migration"
 STATUS = "client_migration_status"
 QUEUE = "migration_changes"
 META = "migsync_meta"
+REPORTS = "migsync_report_outbox"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
@@ -62,6 +63,10 @@ class Tables:
     @property
     def queue(self) -> str:
         return self._name(QUEUE)
+
+    @property
+    def reports(self) -> str:
+        return self._name(REPORTS)
 
 
 DEFAULT_TABLES = Tables()
@@ -118,6 +123,20 @@ _DDL = [
     f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open ON {{t.queue}} (seq) WHERE processed = FALSE",
     f"CREATE INDEX IF NOT EXISTS idx_{QUEUE}_open_name ON {{t.queue}} (migration_name) "
     "WHERE processed = FALSE",
+    # The status-report outbox: this client's latest word on each migration
+    # and whether the server has it. A change of state bumps ``revision``; a
+    # delivery acknowledged by the server raises ``delivered_revision`` to it.
+    """CREATE TABLE IF NOT EXISTS {t.reports} (
+    version {int_key},
+    applied BOOLEAN NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    delivered_revision INTEGER NOT NULL DEFAULT 0,
+    changed_at DOUBLE PRECISION NOT NULL,
+    delivered_at DOUBLE PRECISION
+)""",
     # Asked before every change ("is anything dirty?"): an index that is empty
     # unless something is, instead of a scan of the whole history.
     f"CREATE INDEX IF NOT EXISTS idx_{STATUS}_dirty ON {{t.status}} (version) WHERE dirty = TRUE",
@@ -130,5 +149,5 @@ def ddl(dialect: str, tables: Tables = DEFAULT_TABLES) -> list[str]:
     return [
         *(statement.format(int_key=int_key, t=tables) for statement in _DDL),
         f"INSERT INTO {tables.meta} (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') "
-        "ON CONFLICT (key) DO NOTHING",
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     ]

@@ -9,6 +9,22 @@ import attrs
 
 from migsync.core.clock import iso
 from migsync.core.migration import Migration
+from migsync.core.wire import Drift, StatusReport
+
+__all__ = [
+    "ClientRecord",
+    "ClientState",
+    "Drift",
+    "Failure",
+    "FleetEntry",
+    "PendingMigration",
+    "PublishResult",
+    "PublishedMigration",
+    "ReportResult",
+    "StatusReport",
+    "pending_etag",
+    "token_hash",
+]
 
 
 @attrs.frozen
@@ -101,29 +117,6 @@ class PendingMigration:
     signed_by: str
     #: the checksum this client reported applying, when it differs from ``checksum`` (drift)
     applied_checksum: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-@attrs.frozen
-class StatusReport:
-    """One client's word on one migration."""
-
-    version: int
-    applied: bool
-    error: str | None
-    attempts: int
-    checksum: str
-
-
-@attrs.frozen
-class Drift:
-    """A migration a client reported with other content than the published one."""
-
-    version: int
-    published_checksum: str
-    reported_checksum: str
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)

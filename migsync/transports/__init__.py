@@ -1,5 +1,33 @@
-"""Transports between server and clients (HTTP polling, file drop, in-memory).
+"""Built-in transports between server and clients, registered like third-party ones.
 
-They arrive with the server issue; the hook they register through,
-``migsync_register_transports``, is already part of the plugin contract.
+``http``/``https``: polling the server's HTTP API (:mod:`migsync.transports.http`).
+``memory``: an in-memory server for tests and embedding (:mod:`migsync.transports.memory`).
+The contract every transport keeps is :mod:`migsync.transports.base`.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from migsync.core.hookspecs import hookimpl
+from migsync.core.specs import TransportSpec
+
+
+@hookimpl
+def migsync_register_transports(register: Callable[[TransportSpec], None]) -> None:
+    register(
+        TransportSpec(
+            "http",
+            ("http", "https"),
+            "migsync.transports.http:HttpTransport",
+            "polls the server's HTTP API (ETag, retries with backoff)",
+        )
+    )
+    register(
+        TransportSpec(
+            "memory",
+            ("memory",),
+            "migsync.transports.memory:MemoryTransport",
+            "an in-memory server, for tests and embedding",
+        )
+    )

@@ -1,0 +1,260 @@
+"""``migsync client sync`` and ``migsync client run``: a client database kept in step with its server.
+
+Options come from the command line, ``MIGSYNC_*`` environment variables or
+the ``[client]`` table of ``migsync.toml`` (see :mod:`migsync.config`).
+Like the other client commands, nothing heavy is imported until a command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from migsync.cli_support import connect, db_option, max_attempts_option, plugins_of, run_coro
+
+if TYPE_CHECKING:
+    from migsync.core.sync import SyncResult
+
+EXIT_FAILED = 1
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from migsync.config import CLIENT_KEYS, find_file, load_table
+    from migsync.core.errors import ConfigError
+
+    try:
+        path = find_file(value)
+        if path is not None:
+            ctx.default_map = {**load_table(path, "client", CLIENT_KEYS), **(ctx.default_map or {})}
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def client_options(command: Any) -> Any:
+    """The options every client command shares (applied bottom-up, so listed in reverse)."""
+    options = [
+        click.option(
+            "--config",
+            callback=_load_config,
+            is_eager=True,
+            expose_value=False,
+            envvar="MIGSYNC_CONFIG",
+            metavar="FILE",
+            help="Configuration file (default: ./migsync.toml if present) [env: MIGSYNC_CONFIG]",
+        ),
+        db_option,
+        click.option(
+            "--server",
+            "server_url",
+            required=True,
+            envvar="MIGSYNC_SERVER",
+            metavar="URL",
+            help="The server: http(s)://HOST[:PORT][/PREFIX], or another transport's URL "
+            "[env: MIGSYNC_SERVER]",
+        ),
+        click.option(
+            "--client-id",
+            required=True,
+            envvar="MIGSYNC_CLIENT_ID",
+            metavar="ID",
+            help="This client's id on the server [env: MIGSYNC_CLIENT_ID]",
+        ),
+        click.option(
+            "--token",
+            envvar="MIGSYNC_TOKEN",
+            metavar="TOKEN",
+            help="This client's token (from 'migsync clients add') [env: MIGSYNC_TOKEN]",
+        ),
+        click.option(
+            "--trust-key",
+            "trust_keys",
+            multiple=True,
+            required=True,
+            envvar="MIGSYNC_TRUST_KEY",
+            type=click.Path(dir_okay=False),
+            metavar="PUB",
+            help="Public key whose signatures this client accepts (repeatable) [env: MIGSYNC_TRUST_KEY, "
+            "space-separated]",
+        ),
+        click.option(
+            "--timeout",
+            default=10.0,
+            show_default=True,
+            type=click.FloatRange(min=0.1),
+            help="Seconds to wait for the server per request.",
+        ),
+        click.option(
+            "--retries",
+            default=3,
+            show_default=True,
+            type=click.IntRange(min=0),
+            help="Retries of a request when the server is down or answers 5xx (with backoff).",
+        ),
+        max_attempts_option,
+        click.option(
+            "--sink",
+            "sinks",
+            multiple=True,
+            metavar="NAME[:k=v,...]",
+            help="Event sink to send events to (repeatable); see 'migsync plugins'.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print each sync's result as one JSON object."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.group()
+def client() -> None:
+    """Keep this client's database in step with its server."""
+
+
+@client.command()
+@client_options
+@click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed migration.")
+@click.pass_context
+def sync(ctx: click.Context, /, retry_now: bool, **options: Any) -> None:
+    """Sync once: fetch what the server has for this client, verify it, apply it, report back.
+
+    Exits 0 when everything is applied and reported; 1 when a migration
+    failed or was refused, or the server could not be reached (the client
+    then worked with what it had, and its reports wait in the outbox);
+    2 on bad input or when the server refused this client (bad token).
+    """
+    sys.exit(run_coro(_sync_once(ctx, retry_now=retry_now, **options)))
+
+
+@client.command()
+@client_options
+@click.option(
+    "--interval",
+    default=30.0,
+    show_default=True,
+    envvar="MIGSYNC_INTERVAL",
+    type=click.FloatRange(min=0.1),
+    help="Seconds between syncs [env: MIGSYNC_INTERVAL]",
+)
+@click.pass_context
+def run(ctx: click.Context, /, interval: float, **options: Any) -> None:
+    """Sync every --interval seconds until stopped.
+
+    SIGINT or SIGTERM stop it cleanly: the migration in progress finishes,
+    what was done is reported, and the command exits 0. A sync that fails
+    is logged and tried again at the next interval; a server that refuses
+    this client (bad token) ends it with exit 2.
+    """
+    sys.exit(run_coro(_run_forever(ctx, interval, **options)))
+
+
+async def _sync_once(ctx: click.Context, *, retry_now: bool, as_json: bool, **options: Any) -> int:
+    async with _Session(ctx, **options) as (syncer, _client):
+        started = time.perf_counter()
+        result = await syncer.sync(ignore_backoff=retry_now)
+        return _print(result, time.perf_counter() - started, as_json, quiet=False)
+
+
+async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **options: Any) -> int:
+    stop = asyncio.Event()
+    async with _Session(ctx, **options) as (syncer, client_):
+        loop = asyncio.get_running_loop()
+
+        def halt() -> None:
+            stop.set()
+            client_.processor.halt()  # after the migration in progress
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, halt)
+        try:
+            while not stop.is_set():
+                started = time.perf_counter()
+                result = await syncer.sync()
+                _print(result, time.perf_counter() - started, as_json, quiet=True)
+                wait = interval
+                if result.run.waiting_until is not None:
+                    wait = max(0.0, min(interval, result.run.waiting_until - client_.clock.now()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+    click.echo("stopped", err=True)
+    return 0
+
+
+class _Session:
+    def __init__(self, ctx: click.Context, **options: Any) -> None:
+        self.ctx = ctx
+        self.options = options
+
+    async def __aenter__(self) -> tuple[Any, Any]:
+        from migsync.core.signing import load_public_keys
+        from migsync.core.sync import Syncer
+
+        o = self.options
+        trusted = load_public_keys(o["trust_keys"])
+        spec = plugins_of(self.ctx).transport_for_url(o["server_url"])
+        self.transport = spec.load()(
+            o["server_url"],
+            client_id=str(o["client_id"]),
+            token=o["token"],
+            timeout=o["timeout"],
+            retries=o["retries"],
+        )
+        self.client = connect(self.ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
+        try:
+            await self.client.__aenter__()
+        except BaseException:
+            await self.transport.aclose()
+            raise
+        return Syncer(self.client, self.transport, trusted), self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.transport.aclose()
+        finally:
+            await self.client.__aexit__(None, None, None)
+
+
+def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) -> int:
+    from migsync.report import report_pass
+
+    failed = not result.ok
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+        return EXIT_FAILED if failed else 0
+    idle = not result.stored and not result.refused and not result.run.processed and not result.delivered
+    if quiet and idle and result.ok:
+        return 0
+    if result.offline is not None:
+        click.echo(f"offline: {result.offline}; working with what this client has", err=True)
+    elif result.offered is not None:
+        click.echo(f"{result.server}: {result.offered} offered, {len(result.stored)} stored")
+    _print_refusals(result.refused)
+    code = 0 if quiet and idle else report_pass(result.run, elapsed, "applied")
+    if result.delivered:
+        click.echo(f"reported {result.delivered} status change{'s' * (result.delivered != 1)}")
+    if result.report_error is not None:
+        click.echo(f"reports not delivered: {result.report_error}", err=True)
+    if result.undelivered:
+        click.echo(
+            f"{result.undelivered} report{'s' * (result.undelivered != 1)} wait in the outbox", err=True
+        )
+    return EXIT_FAILED if failed or code else 0
+
+
+def _print_refusals(refused: Sequence[Any]) -> None:
+    for refusal in refused:
+        click.echo(f"refused ({refusal.kind}): {refusal.name}: {refusal.reason}", err=True)
+
+
+__all__ = ["client"]

@@ -1,0 +1,264 @@
+"""One sync of a client with its server: fetch, verify, store, queue, process, report.
+
+::
+
+    async with Client.connect("sqlite:///app.db") as client, HttpTransport(url, token=t) as transport:
+        result = await Syncer(client, transport, load_public_keys(["server.pub"])).sync()
+
+The steps, and what each does when something goes wrong:
+
+1. **Fetch** the pending migrations (with the ETag of the last full answer).
+   A server that cannot be reached is no failure of the client: it goes on
+   with what it has (``result.offline`` says why) and catches up later.
+2. **Verify** each offered migration (:mod:`migsync.core.verify`). The first
+   one that fails is refused and reported, and nothing from it on is stored:
+   migrations apply in version order, so a later one must wait for it.
+   A migration this client applied with other content is refused as drift.
+3. **Store** the verified migrations with their signatures and queue them.
+4. **Process** the queue: the same processor pass as ``migsync apply``.
+5. **Report**: stage this client's word on every migration from the server
+   in the outbox (:mod:`migsync.core.outbox`) and deliver what the server lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from migsync.core.errors import MigsyncError, ServerRefused, ServerUnavailable, SignatureError, TransportError
+from migsync.core.events import MigrationRefused, SyncCompleted
+from migsync.core.ledger import MigrationState
+from migsync.core.migration import Migration
+from migsync.core.outbox import ReportOutbox, report_of, worth_reporting
+from migsync.core.processor import PassResult
+from migsync.core.signing import TrustedKey
+from migsync.core.verify import verify_offer
+from migsync.core.wire import CHECKSUM, Offer, OfferedMigration, StatusReport
+
+if TYPE_CHECKING:
+    from migsync.core.client import Client
+    from migsync.transports.base import Transport
+
+log = logging.getLogger("migsync.sync")
+
+_ETAG_KEY = "server_etag"
+
+
+@attrs.frozen
+class Refusal:
+    """A migration the server offered that this client did not store."""
+
+    version: int
+    name: str
+    reason: str
+    #: "signature" (unsigned, badly signed or malformed), "drift" (applied here with other
+    #: content), "order" (older than one applied here) or "waiting" (after a refused one)
+    kind: str
+
+
+@attrs.frozen
+class SyncResult:
+    server: str
+    run: PassResult
+    #: why the server could not be reached (the client worked offline), or None
+    offline: str | None = None
+    #: migrations the server offered (None: unchanged since the last sync, or offline)
+    offered: int | None = None
+    stored: tuple[str, ...] = ()
+    refused: tuple[Refusal, ...] = ()
+    #: reports the server acknowledged in this sync
+    delivered: int = 0
+    #: reports still in the outbox (the server has not acknowledged them)
+    undelivered: int = 0
+    #: why reports could not be delivered, if they could not
+    report_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "server": self.server,
+            "ok": self.ok,
+            "offline": self.offline,
+            "offered": self.offered,
+            "stored": list(self.stored),
+            "refused": [attrs.asdict(r) for r in self.refused],
+            "applied": [o.label for o in run.processed if o.ok],
+            "failed": None
+            if (bad := run.failure or run.blocked) is None
+            else {"change": bad.label, "error": bad.error, "attempts": bad.attempts, "dead": bad.dead},
+            "remaining": run.remaining,
+            "delivered": self.delivered,
+            "undelivered": self.undelivered,
+            "report_error": self.report_error,
+        }
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed: the server was reached, nothing was refused, the pass was clean."""
+        return (
+            self.run.ok
+            and self.offline is None
+            and self.report_error is None
+            and not any(r.kind != "waiting" for r in self.refused)
+        )
+
+
+class Syncer:
+    """Syncs one client with one server through one transport."""
+
+    def __init__(self, client: Client, transport: Transport, trusted: Sequence[TrustedKey]) -> None:
+        if not trusted:
+            raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")
+        self.client = client
+        self.transport = transport
+        self.trusted = list(trusted)
+        self.outbox = ReportOutbox(client.backend, client.clock)
+        self._meta = client.backend.tables.meta
+
+    async def sync(self, *, ignore_backoff: bool = False) -> SyncResult:
+        offline: str | None = None
+        offer: Offer | None = None
+        try:
+            offer = await self.transport.fetch(await self._etag())
+        except ServerUnavailable as exc:
+            offline = str(exc)
+            log.info("server unreachable, working offline: %s", exc)
+        states = await self.client.ledger.status()
+        stored: list[str] = []
+        refused: list[Refusal] = []
+        if offer is not None and offer.migrations is not None:
+            accepted, refused = self._accept(offer.migrations, states)
+            if accepted:
+                signatures = {m.version: s for m, s in accepted}
+                recorded = await self.client.ledger.record([m for m, _ in accepted], signatures)
+                stored = [*recorded.added, *recorded.updated]
+            if not refused:
+                await self._save_etag(offer.etag)
+            for refusal in refused:
+                log.info("refused %s: %s", refusal.name, refusal.reason)
+                self.client.events.emit(
+                    MigrationRefused(name=refusal.name, version=refusal.version, reason=refusal.reason)
+                )
+        await self.client.ledger.queue_pending()
+        run = await self.client.processor.run_pass(ignore_backoff=ignore_backoff)
+        refused_reports = self._refusal_reports(offer, refused)
+        delivered, undelivered, report_error = await self._report(refused_reports, deliver=offline is None)
+        result = SyncResult(
+            self.transport.where,
+            run,
+            offline,
+            None if offer is None or offer.migrations is None else len(offer.migrations),
+            tuple(stored),
+            tuple(refused),
+            delivered,
+            undelivered,
+            report_error,
+        )
+        self.client.events.emit(
+            SyncCompleted(
+                server=result.server,
+                offline=offline,
+                stored=len(stored),
+                refused=len(refused),
+                delivered=delivered,
+                undelivered=undelivered,
+            )
+        )
+        return result
+
+    def _accept(
+        self, offers: Sequence[OfferedMigration], states: Sequence[MigrationState]
+    ) -> tuple[list[tuple[Migration, str]], list[Refusal]]:
+        """The offers this client may store (with their signatures), and the refused ones."""
+        known = {s.version: s for s in states}
+        newest_applied = max((s.version for s in states if s.applied_at is not None), default=None)
+        accepted: list[tuple[Migration, str]] = []
+        refused: list[Refusal] = []
+        blocked_by: str | None = None
+        for offer in offers:
+            if blocked_by is not None:
+                reason = f"waits for {blocked_by}, which was refused"
+                refused.append(Refusal(offer.version, offer.name, reason, "waiting"))
+                continue
+            local = known.get(offer.version)
+            try:
+                migration = verify_offer(offer, self.trusted, source=self.transport.where)
+            except SignatureError as exc:
+                refused.append(Refusal(offer.version, offer.name, str(exc), "signature"))
+                blocked_by = offer.name
+                continue
+            if local is not None and local.applied_at is not None and local.checksum != offer.checksum:
+                reason = (
+                    f"applied here with checksum {local.checksum[:12]}, but the server now publishes "
+                    f"{offer.checksum[:12]}; an applied migration is never changed: publish the change "
+                    "as a new migration, or revert this one here first"
+                )
+                refused.append(Refusal(offer.version, offer.name, reason, "drift"))
+                continue
+            if local is None and newest_applied is not None and offer.version < newest_applied:
+                reason = (
+                    f"published after {known[newest_applied].name}, a newer migration, was applied "
+                    "here; migrations apply in version order only"
+                )
+                refused.append(Refusal(offer.version, offer.name, reason, "order"))
+                blocked_by = offer.name
+                continue
+            assert offer.signature is not None  # verify_offer refuses unsigned offers
+            accepted.append((migration, offer.signature))
+        return accepted, refused
+
+    @staticmethod
+    def _refusal_reports(offer: Offer | None, refused: Sequence[Refusal]) -> list[StatusReport]:
+        """Refused migrations are reported as not applied, with the reason, under the offered checksum."""
+        if offer is None or offer.migrations is None:
+            return []
+        checksums = {o.version: o.checksum for o in offer.migrations}
+        return [
+            StatusReport(r.version, False, f"refused: {r.reason}", 0, checksums[r.version])
+            for r in refused
+            if r.kind in ("signature", "order") and CHECKSUM.fullmatch(checksums[r.version])
+        ]
+
+    async def _report(self, extra: Sequence[StatusReport], *, deliver: bool) -> tuple[int, int, str | None]:
+        states = await self.client.ledger.status()
+        from_server = await self._signed_versions()
+        reports = [report_of(s) for s in states if s.version in from_server and worth_reporting(s)]
+        await self.outbox.stage([*reports, *extra])
+        delivered = 0
+        error: str | None = None
+        if deliver:
+            try:
+                delivered = (await self.outbox.deliver(self.transport)).delivered
+            except ServerRefused as exc:
+                error = str(exc)
+                log.error("the server refused this client's reports: %s", exc)
+            except TransportError as exc:
+                error = str(exc)
+                log.warning("reports stay in the outbox: %s", exc)
+        return delivered, await self.outbox.count_undelivered(), error
+
+    async def _signed_versions(self) -> set[int]:
+        rows = await self.client.backend.fetch(
+            f"SELECT version FROM {self.client.backend.tables.migrations} WHERE signature IS NOT NULL"
+        )
+        return {int(r["version"]) for r in rows}
+
+    async def _etag(self) -> str | None:
+        rows = await self.client.backend.fetch(f"SELECT value FROM {self._meta} WHERE key = $1", (_ETAG_KEY,))
+        return rows[0]["value"] if rows else None
+
+    async def _save_etag(self, etag: str | None) -> None:
+        if etag == await self._etag():
+            return
+        async with self.client.backend.transaction() as tx:
+            if etag is None:
+                await tx.execute(f"DELETE FROM {self._meta} WHERE key = $1", (_ETAG_KEY,))
+            else:
+                await tx.execute(
+                    f"INSERT INTO {self._meta} (key, value) VALUES ($1, $2) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (_ETAG_KEY, etag),
+                )

@@ -1,0 +1,141 @@
+"""What travels between the server and its clients, whatever the transport.
+
+A transport hands the client :class:`OfferedMigration` records (untrusted:
+the client verifies each before it stores it, see :mod:`migsync.core.verify`)
+and carries the client's :class:`StatusReport` records back. The JSON shapes
+here are the ones the HTTP API and the drop folder use; everything read from
+the other side is checked by :func:`offers_from_json` and
+:func:`ack_from_json`, which raise :class:`MalformedAnswer` naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from migsync.core.errors import MalformedAnswer
+
+CHECKSUM = re.compile(r"[0-9a-f]{64}")
+
+
+@attrs.frozen
+class OfferedMigration:
+    """A published migration as a transport delivered it: nothing of it is trusted yet."""
+
+    version: int
+    name: str
+    #: the canonical content (JSON text): exactly the bytes the signature covers
+    content: str
+    checksum: str
+    signature: str | None
+    signed_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class Offer:
+    """The answer to a fetch: the client's pending migrations, or ``None`` when unchanged."""
+
+    #: in version order; ``None`` means "the same as the answer that had ``etag``"
+    migrations: tuple[OfferedMigration, ...] | None
+    #: an opaque tag to send with the next fetch (``None``: the transport has none)
+    etag: str | None = None
+
+    @property
+    def unchanged(self) -> bool:
+        return self.migrations is None
+
+
+@attrs.frozen
+class StatusReport:
+    """One client's word on one migration."""
+
+    version: int
+    applied: bool
+    error: str | None
+    attempts: int
+    checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class Drift:
+    """A migration a client reported with other content than the published one."""
+
+    version: int
+    published_checksum: str
+    reported_checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ReportAck:
+    """The server's answer to a batch of reports: what it recorded, what it had already."""
+
+    recorded: tuple[int, ...] = ()
+    unchanged: tuple[int, ...] = ()
+    drift: tuple[Drift, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recorded": list(self.recorded),
+            "unchanged": list(self.unchanged),
+            "drift": [d.to_json() for d in self.drift],
+        }
+
+
+def reports_to_json(reports: Sequence[StatusReport]) -> dict[str, Any]:
+    return {"reports": [r.to_json() for r in reports]}
+
+
+def offers_from_json(body: Any, where: str) -> tuple[OfferedMigration, ...]:
+    """``{"migrations": [...]}`` from ``where`` as records, in version order."""
+    if not isinstance(body, dict) or not isinstance(body.get("migrations"), list):
+        raise MalformedAnswer(f'{where}: expected an object {{"migrations": [...]}}')
+    offers = [_offer(f"{where}: migrations[{i}]", item) for i, item in enumerate(body["migrations"])]
+    versions = [o.version for o in offers]
+    if versions != sorted(set(versions)):
+        raise MalformedAnswer(f"{where}: the migrations are not in strictly increasing version order")
+    return tuple(offers)
+
+
+def _offer(where: str, item: Any) -> OfferedMigration:
+    if not isinstance(item, dict):
+        raise MalformedAnswer(f"{where} is not an object")
+    version = item.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise MalformedAnswer(f"{where}.version is not a non-negative integer")
+    for key in ("name", "content", "checksum"):
+        if not isinstance(item.get(key), str):
+            raise MalformedAnswer(f"{where}.{key} is not a string")
+    for key in ("signature", "signed_by"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise MalformedAnswer(f"{where}.{key} is not a string or null")
+    return OfferedMigration(
+        version, item["name"], item["content"], item["checksum"], item.get("signature"), item.get("signed_by")
+    )
+
+
+def ack_from_json(body: Any, where: str) -> ReportAck:
+    """``{"recorded": [...], "unchanged": [...], "drift": [...]}`` from ``where``."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer(f"{where}: expected an object with 'recorded', 'unchanged' and 'drift'")
+    try:
+        recorded = tuple(int(v) for v in body.get("recorded", ()))
+        unchanged = tuple(int(v) for v in body.get("unchanged", ()))
+        drift = tuple(
+            Drift(int(d["version"]), str(d["published_checksum"]), str(d["reported_checksum"]))
+            for d in body.get("drift", ())
+        )
+    except (TypeError, ValueError, KeyError) as exc:
+        raise MalformedAnswer(f"{where}: the acknowledgement is malformed ({exc})") from None
+    return ReportAck(recorded, unchanged, drift)

@@ -1,0 +1,150 @@
+"""HTTP polling: the client asks the server's API for what it lacks and posts its reports.
+
+URLs are the server's base, ``http://host:port`` or ``https://host/prefix``
+when the API is mounted under a prefix. Each request has a timeout; a
+request that cannot reach the server, times out, or gets 429 or 5xx is tried
+again ``retries`` times with exponential backoff and jitter (a ``Retry-After``
+the server sends is honoured, up to the cap) before it gives up with
+:class:`ServerUnavailable`. 401, 403 and the other 4xx are
+:class:`ServerRefused` at once: the same request would be refused again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from migsync.core.clock import Clock, RetryPolicy, SystemClock
+from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
+from migsync.core.wire import (
+    Drift,
+    Offer,
+    ReportAck,
+    StatusReport,
+    ack_from_json,
+    offers_from_json,
+    reports_to_json,
+)
+from migsync.transports.base import BaseTransport
+
+#: The most reports one request carries (the server's limit).
+MAX_REPORTS = 1000
+_RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+class HttpTransport(BaseTransport):
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        parsed = httpx.URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigError(f"server URL {url!r} is not http://HOST[:PORT][/PREFIX] or https://...")
+        if not token:
+            raise ConfigError(f"a token is needed to talk to {url} (--token or MIGSYNC_TOKEN)")
+        if retries < 0 or timeout <= 0:
+            raise ConfigError("retries must be >= 0 and timeout > 0")
+        self.base = str(parsed.copy_with(query=None, fragment=None)).rstrip("/")
+        self.where = self.base
+        self.client_id = client_id
+        self.retries = retries
+        self.backoff = backoff or RetryPolicy(base=0.5, cap=10.0, rng=random.Random())
+        self.clock = clock or SystemClock()
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
+        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def fetch(self, etag: str | None = None) -> Offer:
+        headers = dict(self._headers)
+        if etag:
+            headers["If-None-Match"] = etag
+        url = f"{self.base}/api/migrations/pending"
+        response = await self._send("GET", url, headers=headers)
+        tag = response.headers.get("etag")
+        if response.status_code == 304:
+            return Offer(None, tag or etag)
+        return Offer(offers_from_json(_json(response, url), f"GET {url}"), tag)
+
+    async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
+        url = f"{self.base}/api/migrations/status"
+        recorded: list[int] = []
+        unchanged: list[int] = []
+        drift: list[Drift] = []
+        for start in range(0, len(reports), MAX_REPORTS):
+            body = json.dumps(reports_to_json(reports[start : start + MAX_REPORTS])).encode()
+            headers = self._headers | {"Content-Type": "application/json"}
+            response = await self._send("POST", url, headers=headers, content=body)
+            ack = ack_from_json(_json(response, url), f"POST {url}")
+            recorded += ack.recorded
+            unchanged += ack.unchanged
+            drift += ack.drift
+        return ReportAck(tuple(recorded), tuple(unchanged), tuple(drift))
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """The response (2xx or 304), after retries; a refusal or exhaustion raises."""
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                response = await self._http.request(method, url, **kwargs)
+            except httpx.TransportError as exc:  # cannot connect, timed out, connection dropped
+                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if response.status_code < 300 or response.status_code == 304:
+                    return response
+                if response.status_code not in _RETRY_STATUSES:
+                    raise ServerRefused(
+                        f"{method} {url} was refused: {response.status_code} {_error_text(response)}"
+                    )
+                problem = f"{response.status_code} {_error_text(response)}"
+                retry_after = _retry_after(response)
+            if attempt > self.retries:
+                tries = f" (tried {attempt} times)" if attempt > 1 else ""
+                raise ServerUnavailable(f"{method} {url}: {problem}{tries}")
+            delay = self.backoff.delay(attempt)
+            if retry_after is not None:
+                delay = min(max(delay, retry_after), self.backoff.cap)
+            await self.clock.sleep(delay)
+
+
+def _json(response: httpx.Response, url: str) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MalformedAnswer(f"{url} answered {response.status_code} with a body that is not JSON") from None
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    text = response.text.strip()
+    return text[:200] if text else (response.reason_phrase or "")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: the backoff decides

@@ -1,0 +1,121 @@
+"""An in-memory server and its transport, for tests and for embedding.
+
+:class:`MemoryServer` keeps published migrations and each client's reports
+in memory, with the same rules as the real store (a pending list per client,
+an ETag that changes when it can, idempotent reports). It can be switched
+``down`` to play a server that cannot be reached. URLs ``memory://NAME``
+reach the server registered under NAME with :meth:`MemoryServer.named`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import attrs
+
+from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
+from migsync.core.wire import Drift, Offer, OfferedMigration, ReportAck, StatusReport
+from migsync.transports.base import BaseTransport
+
+
+@attrs.define
+class MemoryServer:
+    """Published migrations and per-client status, in memory."""
+
+    published: dict[int, OfferedMigration] = attrs.field(factory=dict)
+    #: client id -> version -> its last report
+    status: dict[str, dict[int, StatusReport]] = attrs.field(factory=dict)
+    #: every report batch as it arrived, per client (to see what was delivered how often)
+    received: dict[str, list[tuple[StatusReport, ...]]] = attrs.field(factory=dict)
+    down: bool = False
+    serial: int = 0
+    tokens: dict[str, str] = attrs.field(factory=dict)  # client id -> token; empty: any token
+
+    _registry: ClassVar[dict[str, MemoryServer]] = {}
+
+    @classmethod
+    def named(cls, name: str) -> MemoryServer:
+        """The server ``memory://NAME`` reaches (created on first use)."""
+        return cls._registry.setdefault(name, cls())
+
+    def publish(self, offers: Sequence[OfferedMigration]) -> None:
+        for offer in offers:
+            self.published[offer.version] = offer
+        self.serial += 1
+
+    def pending(self, client_id: str) -> list[OfferedMigration]:
+        mine = self.status.get(client_id, {})
+        return [
+            offer
+            for version, offer in sorted(self.published.items())
+            if not (version in mine and mine[version].applied and mine[version].checksum == offer.checksum)
+        ]
+
+    def etag(self, client_id: str) -> str:
+        return f'"{self.serial}.{len(self.received.get(client_id, ()))}.{hash(self._state(client_id))}"'
+
+    def _state(self, client_id: str) -> tuple[StatusReport, ...]:
+        return tuple(sorted(self.status.get(client_id, {}).values(), key=lambda r: r.version))
+
+    def report(self, client_id: str, reports: Sequence[StatusReport]) -> ReportAck:
+        unpublished = [r.version for r in reports if r.version not in self.published]
+        if unpublished:
+            raise ServerRefused(f"versions {unpublished} are not published; nothing was recorded")
+        self.received.setdefault(client_id, []).append(tuple(reports))
+        mine = self.status.setdefault(client_id, {})
+        recorded: list[int] = []
+        unchanged: list[int] = []
+        for item in reports:
+            (unchanged if mine.get(item.version) == item else recorded).append(item.version)
+            mine[item.version] = item
+        drift = tuple(
+            Drift(r.version, self.published[r.version].checksum, r.checksum)
+            for r in reports
+            if r.checksum != self.published[r.version].checksum
+        )
+        return ReportAck(tuple(recorded), tuple(unchanged), drift)
+
+
+class MemoryTransport(BaseTransport):
+    """A client's way to a :class:`MemoryServer`."""
+
+    def __init__(
+        self,
+        url: str | MemoryServer,
+        *,
+        client_id: str | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+    ) -> None:
+        # timeout and retries are part of every transport's factory; nothing here waits.
+        del timeout, retries
+        if isinstance(url, MemoryServer):
+            self.server, self.where = url, "memory server"
+        else:
+            if not url.startswith("memory://") or not url.removeprefix("memory://"):
+                raise ConfigError(f"in-memory server URL {url!r} is not memory://NAME")
+            self.server, self.where = MemoryServer.named(url.removeprefix("memory://")), url
+        if not client_id:
+            raise ConfigError("the in-memory transport needs a client id")
+        self.client_id = client_id
+        self.token = token
+
+    def _check(self) -> None:
+        if self.server.down:
+            raise ServerUnavailable(f"{self.where} is down")
+        expected = self.server.tokens.get(self.client_id)
+        if self.server.tokens and expected != self.token:
+            raise ServerRefused(f"{self.where} refused client {self.client_id}: unknown token")
+
+    async def fetch(self, etag: str | None = None) -> Offer:
+        self._check()
+        current = self.server.etag(self.client_id)
+        if etag == current:
+            return Offer(None, current)
+        return Offer(tuple(self.server.pending(self.client_id)), current)
+
+    async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
+        self._check()
+        return self.server.report(self.client_id, reports)
