@@ -10,13 +10,18 @@ reach the server registered under NAME with :meth:`MemoryServer.named`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
 from migsync.core.wire import Drift, Offer, OfferedMigration, ReportAck, StatusReport
 from migsync.transports.base import BaseTransport
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from migsync.core.migration import Migration
 
 
 @attrs.define
@@ -44,6 +49,18 @@ class MemoryServer:
             self.published[offer.version] = offer
         self.serial += 1
 
+    def publish_signed(self, migrations: Sequence[Migration], key: Ed25519PrivateKey) -> None:
+        """Sign ``migrations`` with ``key`` and publish them, as ``migsync publish`` does."""
+        from migsync.core.signing import fingerprint, sign
+
+        signer = fingerprint(key.public_key())
+        self.publish(
+            [
+                OfferedMigration(m.version, m.name, m.canonical_content(), m.checksum, sign(key, m), signer)
+                for m in migrations
+            ]
+        )
+
     def pending(self, client_id: str) -> list[OfferedMigration]:
         mine = self.status.get(client_id, {})
         return [
@@ -59,6 +76,10 @@ class MemoryServer:
         return tuple(sorted(self.status.get(client_id, {}).values(), key=lambda r: r.version))
 
     def report(self, client_id: str, reports: Sequence[StatusReport]) -> ReportAck:
+        versions = [r.version for r in reports]
+        twice = sorted({v for v in versions if versions.count(v) > 1})
+        if twice:  # as the HTTP API: a batch says one thing per version
+            raise ServerRefused(f"versions {twice} are reported twice in one batch; nothing was recorded")
         unpublished = [r.version for r in reports if r.version not in self.published]
         if unpublished:
             raise ServerRefused(f"versions {unpublished} are not published; nothing was recorded")
