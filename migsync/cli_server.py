@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,7 +15,7 @@ import click
 from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, run_coro
 
 if TYPE_CHECKING:
-    from migsync.server.records import Failure, FleetEntry
+    from migsync.server.records import FleetEntry
 
 
 @click.command()
@@ -161,9 +160,9 @@ def clients_list(store_url: str, as_json: bool) -> None:
         )
         for j in (r.to_json() for r in records)
     ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    from migsync.report_server import print_table
+
+    print_table(header, rows)
 
 
 @click.command()
@@ -191,54 +190,9 @@ def fleet(store_url: str, as_json: bool) -> None:
     if not entries:
         click.echo("no clients")
         return
-    from migsync.core.clock import iso
+    from migsync.report_server import print_fleet
 
-    # failed is last: it is the only column of free text, so the others stay lined up before it
-    header = ("id", "name", "latest", "applied", "pending", "drift", "last seen", "failed")
-    rows = [
-        (
-            str(e.client.client_id),
-            e.client.name,
-            str(max(e.applied)) if e.applied else "-",
-            str(len(e.applied)),
-            _versions(e.pending),
-            _versions([d.version for d in e.drift]),
-            iso(e.client.last_seen_at) or "never",
-            "; ".join(_failure(f) for f in e.failed) or "-",
-        )
-        for e in entries
-    ]
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-_MAX_ERROR = 60
-_MAX_RANGES = 5
-
-
-def _versions(versions: Sequence[int]) -> str:
-    """``1-3, 7``: runs of consecutive versions as ranges, the first few of them, or ``-``."""
-    ranges: list[list[int]] = []
-    for v in sorted(versions):
-        if ranges and v == ranges[-1][1] + 1:
-            ranges[-1][1] = v
-        else:
-            ranges.append([v, v])
-    shown = [str(a) if a == b else f"{a}-{b}" for a, b in ranges[:_MAX_RANGES]]
-    if len(ranges) > _MAX_RANGES:
-        shown.append(f"... ({len(versions)} in all)")
-    return ", ".join(shown) or "-"
-
-
-def _failure(failure: Failure) -> str:
-    """``VERSION: first line of the error``, cut to a readable length."""
-    line = next((s.strip() for s in (failure.error or "").splitlines() if s.strip()), "")
-    # A client sends its errors: no escape sequence of theirs reaches the admin's terminal.
-    line = "".join(c if c.isprintable() else "?" for c in line)
-    if len(line) > _MAX_ERROR:
-        line = line[: _MAX_ERROR - 3].rstrip() + "..."
-    return f"{failure.version}: {line or 'failed'}"
+    print_fleet(entries)
 
 
 @click.command()

@@ -65,6 +65,11 @@ def query(url: str, sql: str) -> list[tuple[Any, ...]]:
     return asyncio.run(fetch())
 
 
+async def aquery(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """:func:`query` from inside a running event loop (it runs one of its own)."""
+    return await asyncio.to_thread(query, url, sql)
+
+
 def tables(url: str, *, bookkeeping: bool = True) -> set[str]:
     """The names of the database's tables (SQLite's internal ``sqlite_*`` ones never).
 

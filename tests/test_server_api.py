@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +16,8 @@ from typing import Any
 import attrs
 import httpx
 import pytest
-from dbtools import query, run, start
+from dbtools import aquery, run, start
+from servers import free_port
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
@@ -119,11 +119,6 @@ def failed(m: Migration, error: str, attempts: int = 1) -> dict[str, Any]:
         "attempts": attempts,
         "checksum": m.checksum,
     }
-
-
-async def aquery(url: str, sql: str) -> list[tuple[Any, ...]]:
-    """:func:`dbtools.query` from inside a running event loop (it runs one of its own)."""
-    return await asyncio.to_thread(query, url, sql)
 
 
 @contextlib.asynccontextmanager
@@ -677,12 +672,6 @@ async def test_a_version_1_store_is_upgraded(any_store: str, key_path: Path) -> 
 
 
 # -- migsync serve -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

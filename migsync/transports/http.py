@@ -49,7 +49,10 @@ class HttpTransport(BaseTransport):
         clock: Clock | None = None,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        parsed = httpx.URL(url)
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"server URL {url!r} is not a valid URL ({exc})") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConfigError(f"server URL {url!r} is not http://HOST[:PORT][/PREFIX] or https://...")
         if not token:
@@ -106,6 +109,8 @@ class HttpTransport(BaseTransport):
                 response = await self._http.request(method, url, **kwargs)
             except httpx.TransportError as exc:  # cannot connect, timed out, connection dropped
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
+                raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
                 if response.status_code < 300 or response.status_code == 304:
                     return response
