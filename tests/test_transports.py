@@ -309,8 +309,11 @@ async def test_an_answer_of_the_wrong_shape_is_malformed(malformed: Answer) -> N
         answer(200, json=["recorded"]),
         answer(200, json={"recorded": None}),
         answer(200, json={"drift": [{"version": 1}]}),
+        answer(200, json={"recorded": "12"}),
+        answer(200, json={"unchanged": [1.5]}),
+        answer(200, json={"recorded": [True]}),
     ],
-    ids=["text", "list", "null", "drift"],
+    ids=["text", "list", "null", "drift", "string", "float", "boolean"],
 )
 async def test_a_malformed_acknowledgement_is_malformed(malformed: Answer) -> None:
     async with mocked(malformed) as m:

@@ -111,8 +111,8 @@ def offers_from_json(body: Any, where: str) -> tuple[OfferedMigration, ...]:
 def _offer(where: str, item: Any) -> OfferedMigration:
     if not isinstance(item, dict):
         raise MalformedAnswer(f"{where} is not an object")
-    version = item.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+    version: int = item.get("version")  # type: ignore[assignment]  # checked on the next line
+    if not _is_version(version):
         raise MalformedAnswer(f"{where}.version is not a non-negative integer")
     for key in ("name", "content", "checksum"):
         if not isinstance(item.get(key), str):
@@ -129,13 +129,31 @@ def ack_from_json(body: Any, where: str) -> ReportAck:
     """``{"recorded": [...], "unchanged": [...], "drift": [...]}`` from ``where``."""
     if not isinstance(body, dict):
         raise MalformedAnswer(f"{where}: expected an object with 'recorded', 'unchanged' and 'drift'")
-    try:
-        recorded = tuple(int(v) for v in body.get("recorded", ()))
-        unchanged = tuple(int(v) for v in body.get("unchanged", ()))
-        drift = tuple(
-            Drift(int(d["version"]), str(d["published_checksum"]), str(d["reported_checksum"]))
-            for d in body.get("drift", ())
+    recorded = _versions(body.get("recorded", []), f"{where}: recorded")
+    unchanged = _versions(body.get("unchanged", []), f"{where}: unchanged")
+    drift = body.get("drift", [])
+    if not isinstance(drift, list) or not all(
+        isinstance(d, dict)
+        and _is_version(d.get("version"))
+        and isinstance(d.get("published_checksum"), str)
+        and isinstance(d.get("reported_checksum"), str)
+        for d in drift
+    ):
+        raise MalformedAnswer(
+            f"{where}: drift is not a list of {{version, published_checksum, reported_checksum}}"
         )
-    except (TypeError, ValueError, KeyError) as exc:
-        raise MalformedAnswer(f"{where}: the acknowledgement is malformed ({exc})") from None
-    return ReportAck(recorded, unchanged, drift)
+    return ReportAck(
+        recorded,
+        unchanged,
+        tuple(Drift(d["version"], d["published_checksum"], d["reported_checksum"]) for d in drift),
+    )
+
+
+def _is_version(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _versions(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(_is_version(v) for v in value):
+        raise MalformedAnswer(f"{where} is not a list of versions")
+    return tuple(value)
