@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -274,3 +275,32 @@ def test_sigterm_during_a_long_pass_stops_after_the_current_migration(tmp_path: 
         wait_for("its report", lambda: len(deployment.fleet()["shop"]["applied"]) == applied, timeout=10)
     finally:
         deployment.server.stop()
+
+
+def test_client_sync_imports_no_server_code(tmp_path: Path) -> None:
+    # A client syncs often: it pays for httpx and cryptography, never for the server's stack.
+    deployment = Deployment(tmp_path, f"sqlite:///{tmp_path / 'server.db'}")
+    deployment.publish({"0001_users.sql": USERS})
+    shop = deployment.add_client("shop")
+    probe = (
+        "import sys\n"
+        "from migsync.cli import main\n"
+        "try:\n"
+        "    main(['client', 'sync', *sys.argv[1:]])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print('\\n'.join(sorted(sys.modules)))\n"
+    )
+    deployment.server.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *deployment.client_args("shop", *shop)],
+            capture_output=True, text=True, env=migsync_env(), timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        deployment.server.stop()
+    assert result.returncode == 0, result.stderr
+    imported = set(result.stdout.split())
+    assert {"httpx", "migsync.core.sync"} <= imported
+    for heavy in ("sqlalchemy", "starlette", "uvicorn", "asyncpg", "migsync.server"):
+        assert heavy not in imported, f"'migsync client sync' imported {heavy}"

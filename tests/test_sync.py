@@ -333,3 +333,19 @@ async def test_a_syncer_needs_a_trusted_key(harness: Harness) -> None:
     async with Client.connect(harness.url, sinks=[], backend_options={"create": True}) as client:
         with pytest.raises(MigsyncError, match="no trusted public key"):
             Syncer(client, MemoryTransport(harness.server, client_id="c1"), [])
+
+
+async def test_a_database_of_layout_1_gets_the_outbox(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    async with Client.connect(url, sinks=[], backend_options={"create": True}) as client:
+        assert (await client.apply([V1])).ok
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "old.db") as conn:  # as a release before the outbox left it
+        conn.execute("DROP TABLE migsync_report_outbox")
+        conn.execute("UPDATE migsync_meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+    async with Client.connect(url, sinks=[]) as client:
+        assert [s.state for s in await client.status()] == ["applied"]
+    assert "migsync_report_outbox" in tables(tmp_path / "old.db")
+    assert query(url, "SELECT value FROM migsync_meta WHERE key = 'schema_version'") == [("2",)]
