@@ -304,13 +304,24 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     type=click.Path(file_okay=False),
     default="demo-output",
     show_default=True,
-    help="Where the demo writes its database and files.",
+    help="Where the demo writes its databases and files (deleted first).",
 )
-def demo(workdir: str) -> None:
-    """Show the main job end to end on a SQLite file (no server needed)."""
+@click.option(
+    "--part",
+    type=click.Choice(["local", "fleet", "all"]),
+    default="all",
+    show_default=True,
+    help="local: one client on its own; fleet: a server and two clients; all: both.",
+)
+def demo(workdir: str, part: str) -> None:
+    """Show one client alone, then a server and its fleet, end to end.
+
+    Everything runs in this process on SQLite files; the server listens on
+    a free loopback port for the length of the demo.
+    """
     from migsync.demo import run_demo
 
-    sys.exit(run_coro(run_demo(workdir)))
+    sys.exit(run_coro(run_demo(workdir, part)))
 
 
 for _command in (client, *SERVER_COMMANDS):

@@ -1,11 +1,17 @@
-"""``migsync demo``: the main job end to end on a SQLite file, no server needed.
+"""``migsync demo``: the main job end to end, on SQLite files, in this one process.
+
+Part 1, one client on its own (no server):
 
 1. apply the bundled migrations (three files in both supported formats);
 2. a broken migration fails, is retried with backoff, and ends up dead;
 3. the fix is written, the dead migration is revived and applies;
 4. a revert runs newest first.
 
-Events go to the log and to ``events.jsonl`` in the demo folder.
+Part 2, a server and its fleet, is :mod:`migsync.demo_fleet` (steps 5-10).
+It imports the server's stack (SQLAlchemy, Starlette, uvicorn, httpx), so it
+is imported only when it runs.
+
+Part 1's events go to the log and to ``events.jsonl`` in the demo folder.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from migsync.core.events import Event
 from migsync.core.sources import load_directory
 from migsync.report import print_status
 
+PARTS = ("local", "fleet", "all")
+
 BROKEN = """-- migrate:up
 ALTER TABLE customer ADD COLUMN email TEXT;  -- typo: the table is 'customers'
 -- migrate:down
@@ -30,26 +38,55 @@ ALTER TABLE customers DROP COLUMN email;
 FIXED = BROKEN.replace("ALTER TABLE customer ADD", "ALTER TABLE customers ADD").replace(
     "  -- typo: the table is 'customers'", ""
 )
+#: The file name of BROKEN and FIXED.
+FOURTH = "0004_add_customer_email.sql"
 
 
-def _step(text: str) -> None:
+def step(text: str) -> None:
     click.secho(f"\n== {text}", bold=True)
+
+
+def part(text: str) -> None:
+    click.secho(f"\n#### {text}", bold=True)
+
+
+def copy_bundled(folder: Path) -> Path:
+    """The bundled migrations, copied into ``folder`` (created)."""
+    folder.mkdir(parents=True)
+    bundled = resources.files("migsync") / "demo_migrations"
+    for item in bundled.iterdir():
+        if item.name.endswith(".sql"):
+            (folder / item.name).write_text(item.read_text(encoding="utf-8"), encoding="utf-8")
+    return folder
 
 
 def _show(event: Event) -> None:
     click.echo(f"   event: {event.describe()}")
 
 
-async def run_demo(workdir: str) -> int:
+async def run_demo(workdir: str, which: str = "all") -> int:
+    """Part 1 (``local``), part 2 (``fleet``) or both, in ``workdir`` (deleted first)."""
+    if which not in PARTS:
+        raise ValueError(f"part {which!r} is not one of {', '.join(PARTS)}")
     root = Path(workdir)
     if root.exists():
         shutil.rmtree(root)
-    migrations = root / "migrations"
-    migrations.mkdir(parents=True)
-    bundled = resources.files("migsync") / "demo_migrations"
-    for item in bundled.iterdir():
-        if item.name.endswith(".sql"):
-            (migrations / item.name).write_text(item.read_text(encoding="utf-8"), encoding="utf-8")
+    root.mkdir(parents=True)
+    codes = []
+    if which in ("local", "all"):
+        part("part 1: one client on its own, no server")
+        codes.append(await run_local(root))
+    if which in ("fleet", "all"):
+        from migsync.demo_fleet import run_fleet
+
+        part("part 2: a server and its fleet, on a loopback port of this process")
+        codes.append(await run_fleet(root / "fleet"))
+    return max(codes)
+
+
+async def run_local(root: Path) -> int:
+    """Steps 1-4: one client database, migrations from a folder."""
+    migrations = copy_bundled(root / "migrations")
     db_url = f"sqlite:///{root / 'client.db'}"
     click.echo(f"demo folder: {root}/  database: {db_url}")
 
@@ -62,13 +99,13 @@ async def run_demo(workdir: str) -> int:
     async with client:
         client.bus.subscribe(_show)
 
-        _step(f"1. apply {len(list(migrations.iterdir()))} migration files from {migrations}")
+        step(f"1. apply {len(list(migrations.iterdir()))} migration files from {migrations}")
         result = await client.apply(load_directory(migrations))
         click.echo(f"   applied {sum(o.ok for o in result.processed)} migrations")
         print_status(await client.status())
 
-        _step("2. a broken migration: it fails, retries with backoff, then is dead")
-        (migrations / "0004_add_customer_email.sql").write_text(BROKEN, encoding="utf-8")
+        step("2. a broken migration: it fails, retries with backoff, then is dead")
+        (migrations / FOURTH).write_text(BROKEN, encoding="utf-8")
         result = await client.apply(load_directory(migrations))
         while result.failure is not None and not result.failure.dead:
             wait = (result.failure.next_attempt_at or 0) - client.clock.now()
@@ -77,12 +114,12 @@ async def run_demo(workdir: str) -> int:
             result = await client.process()
         print_status(await client.status())
 
-        _step("3. fix the file: new content revives the dead migration, and it applies")
-        (migrations / "0004_add_customer_email.sql").write_text(FIXED, encoding="utf-8")
+        step("3. fix the file: new content revives the dead migration, and it applies")
+        (migrations / FOURTH).write_text(FIXED, encoding="utf-8")
         result = await client.apply(load_directory(migrations))
         print_status(await client.status())
 
-        _step("4. revert everything above version 2, newest first")
+        step("4. revert everything above version 2, newest first")
         await client.ledger.revert(to=2)
         result = await client.process()
         print_status(await client.status())

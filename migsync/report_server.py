@@ -40,7 +40,7 @@ def print_fleet(entries: Sequence[FleetEntry]) -> None:
     print_table(header, rows)
 
 
-_MAX_ERROR = 60
+_MAX_ERROR = 100
 _MAX_RANGES = 5
 
 

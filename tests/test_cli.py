@@ -121,15 +121,6 @@ def test_plugins_lists_builtins() -> None:
     assert {"backend:sqlite", "event sink:jsonl", "source format:native"} <= registered
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = run("demo", "--dir", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stderr
-    for step in ("== 1.", "== 2.", "== 3.", "== 4."):
-        assert step in result.stdout
-    assert "migration_dead" in result.stdout
-    assert (tmp_path / "demo" / "events.jsonl").stat().st_size > 0
-
-
 def test_processes_racing_on_a_new_file_apply_each_migration_exactly_once(tmp_path: Path) -> None:
     # Each migration inserts a row: a migration run twice would leave two.
     files = {

@@ -1,0 +1,200 @@
+"""Part 2 of ``migsync demo``: a server and its fleet, all in this process.
+
+5. a key pair signs the bundled migrations into a server store (SQLite), two
+   clients are registered, and the HTTP API is served on a loopback port;
+6. both clients sync: fetch, verify, apply, report;
+7. a broken migration is published: shop-berlin fails on it, and the fleet
+   view shows the failure;
+8. the fix is published over it (``force``: nobody applied the old content):
+   shop-berlin recovers, shop-paris gets the fixed one directly;
+9. a migration signed with a key nobody trusts is refused by both clients;
+   signed again with the real key, it applies;
+10. the fleet view: both clients on the latest version, nothing failing.
+
+The server is uvicorn serving :func:`migsync.server.app.create_app`, as a task
+on the same event loop as the clients. This module imports SQLAlchemy,
+Starlette, uvicorn, httpx and cryptography: :mod:`migsync.demo` imports it
+only when part 2 runs, and ``migsync apply`` never does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import attrs
+import click
+import uvicorn
+
+from migsync.core.client import Client
+from migsync.core.clock import RetryPolicy
+from migsync.core.errors import MigsyncError
+from migsync.core.signing import TrustedKey, load_private_key, write_keypair
+from migsync.core.sources import load_directory
+from migsync.core.sync import Syncer, SyncResult
+from migsync.demo import BROKEN, FIXED, FOURTH, copy_bundled, step
+from migsync.report_server import print_fleet
+from migsync.server import PublishResult, Store
+from migsync.server.app import create_app
+from migsync.transports.http import HttpTransport
+
+SHOPS = ("shop-berlin", "shop-paris")
+FIFTH = "0005_add_customer_city.sql"
+CITY = """-- migrate:up
+ALTER TABLE customers ADD COLUMN city TEXT;
+-- migrate:down
+ALTER TABLE customers DROP COLUMN city;
+"""
+#: Short and without jitter: the demo is quick and prints the same every time.
+_RETRY = RetryPolicy(base=0.05, factor=2, cap=0.5, jitter=0)
+
+
+@attrs.frozen
+class _Shop:
+    name: str
+    client: Client
+    syncer: Syncer
+
+
+async def run_fleet(root: Path) -> int:
+    """Steps 5-10 in ``root`` (created): server store, keys and client databases."""
+    migrations = copy_bundled(root / "migrations")
+    (root / "keys").mkdir()
+    store_url = f"sqlite:///{root / 'server.db'}"
+    async with contextlib.AsyncExitStack() as stack:
+        step("5. a server: sign and publish the bundled migrations, register two clients, serve")
+        trusted = write_keypair(root / "keys" / "server")
+        key = load_private_key(root / "keys" / "server")
+        store = await stack.enter_async_context(Store.open(store_url))
+        _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
+        registered = {name: await store.add_client(name) for name in SHOPS}
+        click.echo("   registered " + ", ".join(f"{n} (id {i})" for n, (i, _) in registered.items()))
+        url = await stack.enter_async_context(_serving(store_url))
+        click.echo(f"   serving {url} (store {store_url}); clients trust key {trusted.fingerprint}")
+        berlin, paris = [
+            await stack.enter_async_context(_shop(root, name, url, client_id, token, trusted))
+            for name, (client_id, token) in registered.items()
+        ]
+
+        step("6. both clients sync: fetch, verify the signatures, apply, report")
+        for shop in (berlin, paris):
+            await _sync(shop)
+
+        step("7. a broken migration is published; shop-berlin syncs and fails on it")
+        (migrations / FOURTH).write_text(BROKEN, encoding="utf-8")
+        _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
+        await _sync(berlin)
+        print_fleet(await store.fleet())
+
+        step("8. the fix is published over it (force: nobody applied the old content)")
+        (migrations / FOURTH).write_text(FIXED, encoding="utf-8")
+        _published(await store.publish(load_directory(migrations), key, force=True), trusted.fingerprint)
+        for shop in (berlin, paris):
+            await _sync(shop)
+
+        step("9. a migration signed with a key the clients do not trust; then with the real key")
+        (migrations / FIFTH).write_text(CITY, encoding="utf-8")
+        rogue = write_keypair(root / "keys" / "rogue")
+        fifth = [m for m in load_directory(migrations) if m.version == 5]
+        _published(await store.publish(fifth, load_private_key(root / "keys" / "rogue")), rogue.fingerprint)
+        for shop in (berlin, paris):
+            await _sync(shop)
+        _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
+        last = [await _sync(shop) for shop in (berlin, paris)]
+
+        step("10. the fleet view")
+        fleet = await store.fleet()
+        print_fleet(fleet)
+    newest = max(m.version for m in load_directory(migrations))
+    clean = all(
+        max(e.applied, default=None) == newest and not (e.failed or e.drift or e.pending) for e in fleet
+    )
+    click.echo(f"\ntry: migsync fleet --store {store_url}")
+    return 0 if clean and all(r.ok for r in last) else 1
+
+
+def _published(result: PublishResult, signer: str) -> None:
+    done = {"added": result.added, "replaced": result.replaced, "re-signed": result.resigned}
+    listed = "; ".join(f"{what} {_span(names)}" for what, names in done.items() if names)
+    click.echo(f"   published, signed by {signer}: {listed or 'nothing new'}")
+
+
+def _span(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
+
+
+async def _sync(shop: _Shop) -> SyncResult:
+    """One sync of ``shop``, told in a line or two."""
+    result = await shop.syncer.sync()
+    said = []
+    if result.offline is not None:
+        said.append(f"offline ({result.offline})")
+    elif result.offered is not None:
+        said.append(f"{result.offered} offered, {len(result.stored)} verified and stored")
+    applied = [o.label.split(" ", 1)[1] for o in result.run.processed if o.ok]
+    if applied:
+        said.append(f"applied {_span(applied)}")
+    if result.delivered:
+        said.append(f"reported {result.delivered}")
+    click.echo(f"   {shop.name}: {', '.join(said) or 'nothing new'}")
+    if (bad := result.run.failure or result.run.blocked) is not None:
+        click.echo(
+            f"   {shop.name}: FAILED {bad.label} (attempt {bad.attempts} of {bad.max_attempts}): {bad.error}"
+        )
+    for refusal in result.refused:
+        click.echo(
+            f"   {shop.name}: REFUSED {refusal.name} ({refusal.kind}), not stored, not run: {refusal.reason}"
+        )
+    return result
+
+
+@contextlib.asynccontextmanager
+async def _shop(
+    root: Path, name: str, url: str, client_id: int, token: str, trusted: TrustedKey
+) -> AsyncIterator[_Shop]:
+    """Client ``name``: its own SQLite file, an HTTP transport to ``url``, trusting one key."""
+    client = Client.connect(
+        f"sqlite:///{root / name}.db",
+        backend_options={"create": True},
+        sinks=["logging", f"jsonl:path={root / name}.events.jsonl"],
+        retry=_RETRY,
+        max_attempts=3,
+    )
+    transport = HttpTransport(url, client_id=str(client_id), token=token, retries=1, backoff=_RETRY)
+    async with client, transport:
+        yield _Shop(name, client, Syncer(client, transport, [trusted]))
+
+
+@contextlib.asynccontextmanager
+async def _serving(store_url: str) -> AsyncIterator[str]:
+    """The HTTP API on a free loopback port, served by uvicorn on this event loop; yields its URL."""
+    app = create_app(store_url, admin_token=secrets.token_urlsafe(16), cache_seconds=0)
+    # A socket bound here and handed to uvicorn: no other process can take the port in between.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                if task.done():
+                    await task  # raises what stopped it, if anything did
+                    raise MigsyncError("the demo's server did not start (see the log above)")
+                await asyncio.sleep(0.01)
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            await task

@@ -1,0 +1,105 @@
+"""``migsync demo`` through its real console script: both parts, and each part alone."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from dbtools import query, run
+
+STEPS = [f"== {n}." for n in range(1, 11)]
+
+
+def sections(stdout: str) -> dict[int, str]:
+    """The output of each step, by its number (``== 7. ...`` up to the next step)."""
+    parts = re.split(r"^== (\d+)\.", stdout, flags=re.MULTILINE)
+    return {int(number): text for number, text in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def fleet_rows(text: str) -> dict[str, dict[str, str]]:
+    """The rows of the fleet table in ``text``, by client name, as {column: cell}."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("id  name"))
+    header = re.split(r"\s{2,}", lines[start])
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.strip() or not line[0].isdigit():
+            break
+        cells = dict(zip(header, re.split(r"\s{2,}", line.rstrip(), maxsplit=len(header) - 1), strict=True))
+        rows[cells["name"]] = cells
+    return rows
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    result = run("demo", "--dir", str(workdir))
+    out = result.stdout
+    assert result.returncode == 0, result.stderr
+
+    positions = [out.find(step) for step in STEPS]
+    assert -1 not in positions, [s for s, p in zip(STEPS, positions, strict=True) if p == -1]
+    assert positions == sorted(positions), "the steps are out of order"
+    step = sections(out)
+
+    # part 1, one client on its own
+    assert "migration_dead" in step[2]
+    assert (workdir / "events.jsonl").stat().st_size > 0
+
+    # 6: both clients apply the three bundled migrations
+    for shop in ("shop-berlin", "shop-paris"):
+        assert f"{shop}: 3 offered, 3 verified and stored, applied 0001_create_customers" in step[6]
+
+    # 7: shop-berlin fails on the broken migration, and the fleet view says so; shop-paris did not sync
+    assert "shop-berlin: FAILED apply 0004_add_customer_email (attempt 1 of 3)" in step[7]
+    assert "no such table: customer" in step[7]
+    assert "shop-paris" not in step[7].split("id  name")[0]
+    failing = fleet_rows(step[7])
+    assert failing["shop-berlin"]["failed"].startswith("4: migration 0004_add_customer_email")
+    assert failing["shop-paris"]["failed"] == "-"
+
+    # 8: the fix replaces it; both apply it
+    assert "replaced 0004_add_customer_email" in step[8]
+    for shop in ("shop-berlin", "shop-paris"):
+        assert f"{shop}: 1 offered, 1 verified and stored, applied 0004_add_customer_email" in step[8]
+
+    # 9: both refuse the rogue signature, nothing of it runs until the real key signs it
+    assert step[9].count("re-signed 0005_add_customer_city") == 1, step[9]
+    refused, resigned = step[9].split("re-signed 0005_add_customer_city")
+    for shop in ("shop-berlin", "shop-paris"):
+        assert f"{shop}: REFUSED 0005_add_customer_city (signature)" in refused
+        assert f"{shop}: 1 offered, 1 verified and stored, applied 0005_add_customer_city" in resigned
+    assert "does not match its content under any trusted key" in refused
+    assert "applied" not in refused.split("added 0005_add_customer_city")[1]
+
+    # 10: the fleet view
+    final = fleet_rows(step[10])
+    assert sorted(final) == ["shop-berlin", "shop-paris"]
+    for row in final.values():
+        assert (row["latest"], row["applied"], row["pending"], row["drift"], row["failed"]) == (
+            "5", "5", "-", "-", "-"
+        )  # fmt: skip
+
+    # the store and the client databases agree with what was printed
+    fleet = run("fleet", "--store", f"sqlite:///{workdir / 'fleet' / 'server.db'}", "--json")
+    assert fleet.returncode == 0, fleet.stderr
+    clients = json.loads(fleet.stdout)["clients"]
+    assert [(c["name"], c["latest_version"], c["failed"]) for c in clients] == [
+        ("shop-berlin", 5, []),
+        ("shop-paris", 5, []),
+    ]
+    for shop in ("shop-berlin", "shop-paris"):
+        columns = query(f"sqlite:///{workdir / 'fleet' / shop}.db", "PRAGMA table_info(customers)")
+        assert {"email", "city"} <= {c[1] for c in columns}
+
+
+def test_demo_runs_one_part_alone(tmp_path: Path) -> None:
+    local = run("demo", "--dir", str(tmp_path / "local"), "--part", "local")
+    assert local.returncode == 0, local.stderr
+    assert "== 4." in local.stdout and "== 5." not in local.stdout
+    assert not (tmp_path / "local" / "fleet").exists()
+
+    fleet = run("demo", "--dir", str(tmp_path / "fleet"), "--part", "fleet")
+    assert fleet.returncode == 0, fleet.stderr
+    assert "== 1." not in fleet.stdout and "== 10." in fleet.stdout
+    assert not (tmp_path / "fleet" / "client.db").exists()
