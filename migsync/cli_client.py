@@ -164,6 +164,8 @@ async def _sync_once(ctx: click.Context, *, retry_now: bool, as_json: bool, **op
 
 
 async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **options: Any) -> int:
+    from migsync.core.errors import MigsyncError, ServerRefused
+
     stop = asyncio.Event()
     async with _Session(ctx, **options) as (syncer, client_):
         loop = asyncio.get_running_loop()
@@ -177,11 +179,17 @@ async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **
         try:
             while not stop.is_set():
                 started = time.perf_counter()
-                result = await syncer.sync()
-                _print(result, time.perf_counter() - started, as_json, quiet=True)
                 wait = interval
-                if result.run.waiting_until is not None:
-                    wait = max(0.0, min(interval, result.run.waiting_until - client_.clock.now()))
+                try:
+                    result = await syncer.sync()
+                except ServerRefused:
+                    raise  # a bad token or client id: the next interval would be refused too
+                except MigsyncError as exc:  # a malformed answer, a locked database: try again later
+                    click.echo(f"sync failed: {exc}; next try in {interval:g}s", err=True)
+                else:
+                    _print(result, time.perf_counter() - started, as_json, quiet=True)
+                    if result.run.waiting_until is not None:
+                        wait = max(0.0, min(interval, result.run.waiting_until - client_.clock.now()))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)
         finally:

@@ -304,3 +304,31 @@ def test_client_sync_imports_no_server_code(tmp_path: Path) -> None:
     assert {"httpx", "migsync.core.sync"} <= imported
     for heavy in ("sqlalchemy", "starlette", "uvicorn", "asyncpg", "migsync.server"):
         assert heavy not in imported, f"'migsync client sync' imported {heavy}"
+
+
+def test_client_run_outlives_a_malformed_answer_and_says_so(tmp_path: Path) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    answers: list[int] = []
+
+    async def garbage(_request: object) -> PlainTextResponse:
+        answers.append(1)
+        return PlainTextResponse("<html>a proxy's error page</html>")
+
+    server = ServerThread(lambda: Starlette(routes=[Route("/api/migrations/pending", garbage)]))
+    assert run("keygen", "--out", str(tmp_path / "key")).returncode == 0
+    server.start()
+    try:
+        args = ["--db", f"sqlite:///{tmp_path / 'c.db'}", "--server", server.url, "--client-id", "1"]
+        args += ["--token", "t", "--trust-key", str(tmp_path / "key.pub"), "--interval", "0.1"]
+        proc = start("client", "run", *args)
+        wait_for("three polls", lambda: len(answers) >= 3, timeout=30)
+        assert proc.poll() is None, proc.communicate()
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, err
+    assert err.count("sync failed: ") >= 2 and "is not JSON" in err
