@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_migrations
+from dbtools import BOOKKEEPING_TABLES
 
 from migsync import Client, RetryPolicy, load_directory
 from migsync.backends.sqlite import SQLiteBackend
@@ -46,12 +47,7 @@ class Recorder(BaseEventSink):
 def tables(db_path: Path) -> set[str]:
     with sqlite3.connect(db_path) as conn:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    return {r[0] for r in rows} - {
-        "client_migration",
-        "client_migration_status",
-        "migration_changes",
-        "migsync_meta",
-    }
+    return {r[0] for r in rows} - BOOKKEEPING_TABLES
 
 
 def make_client(db_path: Path, **kwargs: object) -> Client:
