@@ -308,7 +308,7 @@ async def test_idle_polls_do_not_touch_the_store(sqlite_store: str, key_path: Pa
 async def test_last_seen_is_written_on_the_first_poll_then_at_most_once_per_interval(
     sqlite_store: str, key_path: Path
 ) -> None:
-    async with api_on(sqlite_store, key_path, seen_interval=3600) as api:
+    async with api_on(sqlite_store, key_path, seen_interval=3600, seen_flush=0) as api:
         me = await api.client("a")
         assert (await api.store.clients())[0].last_seen_at is None
         before = time.time()
@@ -318,11 +318,38 @@ async def test_last_seen_is_written_on_the_first_poll_then_at_most_once_per_inte
         await asyncio.sleep(0.05)
         assert (await api.pending(me, etag)).status_code == 304
         assert (await api.store.clients())[0].last_seen_at == seen
-    async with api_on(sqlite_store, key_path, seen_interval=0) as api:
+    async with api_on(sqlite_store, key_path, seen_interval=0, seen_flush=0) as api:
         await asyncio.sleep(0.05)
         assert (await api.pending(me, etag)).status_code == 304
         later = (await api.store.clients())[0].last_seen_at
         assert later is not None and later > seen
+
+
+async def test_seen_marks_are_written_together_and_at_shutdown(sqlite_store: str, key_path: Path) -> None:
+    async with api_on(sqlite_store, key_path, seen_flush=0.3) as api:
+        tokens = [await api.client(name) for name in ("a", "b", "c")]
+        statements: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE"):
+                statements.append(statement)
+
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            for token in tokens:
+                assert (await api.pending(token)).status_code == 200
+            assert statements == []  # not yet: they go out together
+            assert all(c.last_seen_at is None for c in await api.store.clients())
+            await asyncio.sleep(0.5)
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+        assert len(statements) == 1  # one executemany for the three
+        assert all(c.last_seen_at is not None for c in await api.store.clients())
+        d = await api.client("d")
+        assert (await api.pending(d)).status_code == 200
+    # The lifespan's end wrote what was left.
+    async with Store.open(sqlite_store) as store:
+        assert {c.name: c.last_seen_at is not None for c in await store.clients()}["d"]
 
 
 # -- status reports ------------------------------------------------------------------------------
@@ -746,3 +773,24 @@ def test_migsync_serve_refuses_a_missing_store(tmp_path: Path) -> None:
     missing_token = run("serve", "--store", f"sqlite:///{tmp_path / 'nope.db'}")
     assert missing_token.returncode == 2
     assert "--admin-token" in missing_token.stderr
+
+
+async def test_the_fleet_cache_sees_new_clients_at_once_and_other_processes_within_cache_seconds(
+    sqlite_store: str, key_path: Path
+) -> None:
+    async with api_on(sqlite_store, key_path, cache_seconds=0.3) as api:
+        await api.publish(V1, V2)
+        a = await api.client("a")
+        etag = (await api.pending(a)).headers["etag"]
+        # Registered after the app read its clients: served at once, not 401 until the next read.
+        b = await api.client("b")
+        assert (await api.pending(b)).status_code == 200
+        # A report through another process (another worker) ...
+        async with Store.open(sqlite_store) as other:
+            client_a = next(c for c in await other.clients() if c.name == "a")
+            await other.report(client_a.client_id, [StatusReport(1, True, None, 1, V1.checksum)])
+        assert (await api.pending(a, etag)).status_code == 304  # ... is not seen while fresh,
+        await asyncio.sleep(0.4)
+        response = await api.pending(a, etag)  # ... and is seen once the period is over.
+        assert response.status_code == 200
+        assert [m["version"] for m in response.json()["migrations"]] == [2]

@@ -11,18 +11,24 @@ global, so two apps (or a test's) never share anything. Starlette does not
 run the lifespan of a mounted app: a parent app enters it from its own
 (``async with api.router.lifespan_context(api): yield``).
 
-An idle poll costs no store access at all: each process keeps, per client
-token, the client and its ETag's parts (see :mod:`migsync.server.status`)
-for ``cache_seconds``. A report through this process drops its client's
-entry at once; a publish (``migsync publish`` is another process) or a
-report through another process is seen within ``cache_seconds``. A poll
-marks its client seen in the store at most once per ``seen_interval``.
+An idle poll costs no store access at all. Each process keeps every
+client's state (its token hash, and its ETag's parts, see
+:mod:`migsync.server.status`) in memory, and checks at most once per
+``cache_seconds`` whether anything changed, with one small read for the
+whole fleet (the store's *generation*). Only when it changed are the
+clients read again, all in one read. So a publish (``migsync publish`` is
+another process) or a report through another process is seen within
+``cache_seconds``; a report through this process is seen at once. A
+poll marks its client seen at most once per ``seen_interval``; those
+marks are written together, once per ``seen_flush`` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -43,41 +49,59 @@ from migsync.server.store import Store
 
 __all__ = ["create_app"]
 
+log = logging.getLogger("migsync.server")
+
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
-
-
-@attrs.define
-class _Cached:
-    state: ClientState
-    at: float
 
 
 class _Api:
     """One app's state: its store (while the lifespan runs) and its caches."""
 
     def __init__(
-        self, store_url: str, admin_token: str, cache_seconds: float, seen_interval: float, max_body: int
+        self,
+        store_url: str,
+        admin_token: str,
+        cache_seconds: float,
+        seen_interval: float,
+        seen_flush: float,
+        max_body: int,
     ) -> None:
         self.store_url = store_url
         self.admin_token = admin_token.encode()
         self.cache_seconds = cache_seconds
         self.seen_interval = seen_interval
         self.max_body = max_body
+        self.seen_flush = seen_flush
         self._store: Store | None = None
-        #: token hash -> the client and its ETag's parts, as last read
-        self._states: dict[str, _Cached] = {}
-        #: client id -> when this process last wrote its last_seen_at (monotonic)
+        #: token hash -> the client and its ETag's parts, as of ``_generation``
+        self._states: dict[str, ClientState] = {}
+        self._generation: tuple[int, int, int] | None = None
+        self._checked_at = -math.inf  # monotonic
+        self._refreshing = asyncio.Lock()
+        #: client id -> when this process last marked it seen (monotonic)
         self._touched: dict[int, float] = {}
+        #: client id -> when it was seen (epoch), not written yet
+        self._unwritten: dict[int, float] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         async with Store.open(self.store_url, create=False) as store:
             self._store = store
+            flusher = (
+                asyncio.create_task(self._flush_seen_every(self.seen_flush)) if self.seen_flush else None
+            )
             try:
                 yield
             finally:
+                if flusher is not None:
+                    flusher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await flusher
+                with contextlib.suppress(MigsyncError):  # the store may be gone: marks are a nicety
+                    await self._flush_seen()
                 self._store = None
                 self._states.clear()
+                self._generation = None
                 self._touched.clear()
 
     @property
@@ -95,22 +119,41 @@ class _Api:
     def _is_admin(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.admin_token)
 
-    async def _client(self, request: Request, *, fresh: bool = False) -> tuple[str, ClientState]:
+    async def _client(self, request: Request) -> tuple[str, ClientState]:
         """The client the bearer token names (its token hash and state); 401 or 403 otherwise."""
         token = _bearer(request)
         if self._is_admin(token):
             raise ApiError(403, "the admin token is not a client's; use the client's own token")
         digest = token_hash(token)
-        now = time.monotonic()
-        cached = self._states.get(digest)
-        if cached is not None and not fresh and now - cached.at < self.cache_seconds:
-            return digest, cached.state
-        state = await self.store.client_state(token)
+        await self._refresh()
+        state = self._states.get(digest)
+        if state is not None:
+            return digest, state
+        state = await self.store.client_state(token)  # a client registered since the last read
         if state is None:
-            self._states.pop(digest, None)
             raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
-        self._states[digest] = _Cached(state, now)
+        self._states[digest] = state
         return digest, state
+
+    async def _refresh(self) -> None:
+        """Read every client's state again if the store's generation moved (checked once per period)."""
+        if time.monotonic() - self._checked_at < self.cache_seconds:
+            return
+        async with self._refreshing:
+            if time.monotonic() - self._checked_at < self.cache_seconds:
+                return  # another request refreshed meanwhile
+            generation = await self.store.generation()
+            if generation != self._generation:
+                self._states = await self.store.client_states()
+                self._generation = generation
+            self._checked_at = time.monotonic()
+
+    def _reported(self, digest: str, state: ClientState) -> None:
+        """A report through this process bumped the client's status serial by one."""
+        self._states[digest] = attrs.evolve(state, status_serial=state.status_serial + 1)
+        if self._generation is not None:
+            publish, status_sum, clients = self._generation
+            self._generation = (publish, status_sum + 1, clients)
 
     async def _admin(self, request: Request) -> None:
         token = _bearer(request)
@@ -124,7 +167,21 @@ class _Api:
         now = time.monotonic()
         if now - self._touched.get(client_id, -math.inf) >= self.seen_interval:
             self._touched[client_id] = now
-            await self.store.touch(client_id)
+            self._unwritten[client_id] = time.time()
+            if not self.seen_flush:
+                await self._flush_seen()
+
+    async def _flush_seen(self) -> None:
+        seen, self._unwritten = self._unwritten, {}
+        await self.store.touch_many(seen)
+
+    async def _flush_seen_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self._flush_seen()
+            except MigsyncError as exc:  # the store is down: the next poll marks them again
+                log.warning("could not mark clients seen: %s", exc)
 
     # -- endpoints -------------------------------------------------------------------------------
 
@@ -135,7 +192,7 @@ class _Api:
         if wanted is not None and _matches(wanted, state.etag):
             return Response(status_code=304, headers=_etag_headers(state.etag))
         state, items = await self.store.pending(state.client.client_id)
-        self._states[digest] = _Cached(state, time.monotonic())
+        self._states[digest] = state  # as new as what the store holds: never older than the cache
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
             return Response(status_code=304, headers=_etag_headers(state.etag))
         return JSONResponse(
@@ -156,8 +213,9 @@ class _Api:
                 versions=list(result.unpublished),
             )
         self._touched[client_id] = time.monotonic()  # the report marked it seen
+        self._unwritten.pop(client_id, None)
         if result.recorded:
-            self._states.pop(digest, None)
+            self._reported(digest, state)
         return JSONResponse(
             {
                 "recorded": list(result.recorded),
@@ -189,6 +247,7 @@ class _Api:
 
     async def clients(self, request: Request) -> Response:
         await self._admin(request)
+        await self._flush_seen()  # this process's own view is never behind
         return JSONResponse({"clients": [entry.to_json() for entry in await self.store.fleet()]})
 
 
@@ -198,19 +257,21 @@ def create_app(
     admin_token: str,
     cache_seconds: float = 1.0,
     seen_interval: float = 60.0,
+    seen_flush: float = 5.0,
     max_body: int = MAX_BODY,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
-    ``cache_seconds``: how long a client's ETag parts are trusted without the
-    store (0: every poll reads one row). ``seen_interval``: how often a poll
-    may write the client's ``last_seen_at``. ``max_body``: the largest request body.
+    ``cache_seconds``: how long the clients' states are trusted without asking the
+    store whether anything changed (0: every poll asks). ``seen_interval``: how often a
+    poll may mark its client seen. ``seen_flush``: how often those marks are written,
+    together (0: at once). ``max_body``: the largest request body.
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
-    if cache_seconds < 0 or seen_interval < 0 or max_body < 1:
-        raise ConfigError("cache_seconds and seen_interval must be >= 0, max_body > 0")
-    api = _Api(store_url, admin_token, cache_seconds, seen_interval, max_body)
+    if cache_seconds < 0 or seen_interval < 0 or seen_flush < 0 or max_body < 1:
+        raise ConfigError("cache_seconds, seen_interval and seen_flush must be >= 0, max_body > 0")
+    api = _Api(store_url, admin_token, cache_seconds, seen_interval, seen_flush, max_body)
     routes = [
         Route("/api/migrations/pending", api.pending, methods=["GET"]),
         Route("/api/migrations/status", api.status, methods=["POST"]),

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.server import tables as t
@@ -67,6 +67,25 @@ async def client_state(conn: AsyncConnection, digest: str) -> ClientState | None
     if row is None:
         return None
     return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
+
+
+async def generation(conn: AsyncConnection) -> tuple[int, int, int]:
+    """``(publish_serial, sum of status_serial, number of clients)``: it changes whenever any
+    client's ETag can. Every serial only grows, so their sum changes with any one of them."""
+    query = select(
+        _publish_serial_query(), func.coalesce(func.sum(_clients.status_serial), 0), func.count(_clients.id)
+    )
+    row = (await conn.execute(query)).one()
+    return int(row[0] or 0), int(row[1]), int(row[2])
+
+
+async def client_states(conn: AsyncConnection) -> dict[str, ClientState]:
+    """Every client's state, by token hash, in one read."""
+    query = select(t.store_clients, _publish_serial_query().label("publish_serial"))
+    return {
+        row.token_hash: ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
+        for row in await conn.execute(query)
+    }
 
 
 async def pending(conn: AsyncConnection, client_id: int) -> tuple[ClientState, list[PendingMigration]]:
@@ -170,8 +189,15 @@ async def report(conn: AsyncConnection, client_id: int, reports: Sequence[Status
     return ReportResult(tuple(recorded), tuple(unchanged), drift)
 
 
-async def touch(conn: AsyncConnection, client_id: int, when: float) -> None:
-    await conn.execute(update(t.store_clients).where(_clients.id == client_id).values(last_seen_at=when))
+async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
+    """Set ``last_seen_at`` of each client in ``seen`` (client id -> when), never backwards."""
+    statement = (
+        update(t.store_clients)
+        .where(_clients.id == bindparam("client_id"))
+        .where(or_(_clients.last_seen_at.is_(None), _clients.last_seen_at < bindparam("seen")))
+        .values(last_seen_at=bindparam("seen"))
+    )
+    await conn.execute(statement, [{"client_id": k, "seen": v} for k, v in seen.items()])
 
 
 async def fleet(conn: AsyncConnection) -> list[FleetEntry]:

@@ -319,8 +319,23 @@ class Store:
 
     async def touch(self, client_id: int, when: float | None = None) -> None:
         """Set the client's ``last_seen_at`` (now, by default)."""
-        async with self._write("marking a client seen") as conn:
-            await status.touch(conn, client_id, time.time() if when is None else when)
+        await self.touch_many({client_id: time.time() if when is None else when})
+
+    async def touch_many(self, seen: dict[int, float]) -> None:
+        """Set the ``last_seen_at`` of many clients (client id -> when) in one transaction."""
+        if seen:
+            async with self._write("marking clients seen") as conn:
+                await status.touch(conn, seen)
+
+    async def generation(self) -> tuple[int, int, int]:
+        """A value that changes whenever any client's pending ETag can (one small read)."""
+        async with self._read("reading the store's generation") as conn:
+            return await status.generation(conn)
+
+    async def client_states(self) -> dict[str, ClientState]:
+        """Every client's state (see :meth:`client_state`), by the sha256 of its token."""
+        async with self._read("reading clients") as conn:
+            return await status.client_states(conn)
 
     async def fleet(self) -> list[FleetEntry]:
         """Every client with what it applied, what failed, what drifted and what it still lacks."""
