@@ -1,0 +1,273 @@
+"""The files of a drop folder: their layout, their formats, and how they are written and read.
+
+A drop folder carries migrations to clients that never reach the server
+(a USB stick, a synced folder, a network share), and their reports back::
+
+    DIR/manifest.json                       what is published: versions, names, checksums, files
+    DIR/migrations/0001_create_users.json   one signed bundle per migration
+    DIR/reports/<client-id>/<time>-<digest>.json   one file per delivery of a client's reports
+
+Writers (``migsync export``, the client's report delivery) write every file
+atomically: a temporary file in the same folder (named ``.tmp-*``, which
+readers never list), flushed and fsynced, then renamed over its final name,
+then the folder fsynced. A reader sees a whole file or none. The manifest is
+written last, so a reader that reads it finds every bundle it names, unless
+a copy tool (rsync, a sync client) delivers them out of order: a bundle the
+manifest names but that is not there yet is "not arrived", never an error.
+
+Readers treat everything as untrusted: names must match a strict pattern (no
+path separators, no ``..``), files must be regular files whose real path is
+inside the folder (a symlink out of it is refused), and sizes are capped.
+Signatures are checked by the client, not here (:mod:`migsync.core.verify`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from migsync.core.errors import MalformedAnswer
+from migsync.core.wire import CHECKSUM, OfferedMigration, StatusReport
+
+MANIFEST = "manifest.json"
+MIGRATIONS_DIR = "migrations"
+REPORTS_DIR = "reports"
+MANIFEST_FORMAT = "migsync-manifest/1"
+BUNDLE_FORMAT = "migsync-bundle/1"
+REPORTS_FORMAT = "migsync-reports/1"
+#: the suffix ``migsync import-reports`` gives a report file it has imported
+IMPORTED_SUFFIX = ".imported"
+
+#: Largest manifest, bundle and report file read (bytes).
+MAX_MANIFEST = 16 * 1024 * 1024
+MAX_BUNDLE = 4 * 1024 * 1024
+MAX_REPORT_FILE = 4 * 1024 * 1024
+
+BUNDLE_NAME = re.compile(r"[0-9]+(_[A-Za-z0-9_.-]{1,200})?\.json")
+REPORT_NAME = re.compile(r"[0-9]{13,}-(?P<digest>[0-9a-f]{16})\.json")
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+_TEMP_PREFIX = ".tmp-"
+
+
+def bundle_file(version: int, name: str) -> str:
+    """The file name of a migration's bundle: its name when that is a plain file name, else its version."""
+    file = f"{name}.json"
+    return file if BUNDLE_NAME.fullmatch(file) and name.startswith(str(version)) else f"{version}.json"
+
+
+def check_client_id(client_id: str) -> str:
+    """``client_id`` if it is safe as one folder name (letters, digits, ``_ - .``; not ``.``/``..``)."""
+    if not CLIENT_ID.fullmatch(client_id) or client_id in (".", ".."):
+        raise ValueError(
+            f"client id {client_id!r} cannot name a reports folder: use letters, digits, '_', '-' and '.'"
+        )
+    return client_id
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` all at once (temporary file, fsync, rename, fsync of the folder).
+
+    Returns False, writing nothing, when ``path`` already holds exactly ``data``.
+    """
+    with contextlib.suppress(OSError):
+        same_size = path.is_file() and not path.is_symlink() and path.stat().st_size == len(data)
+        if same_size and path.read_bytes() == data:
+            return False
+    temp = path.with_name(f"{_TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
+    try:
+        with open(temp, "xb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    fsync_dir(path.parent)
+    return True
+
+
+def fsync_dir(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def dump(document: dict[str, Any]) -> bytes:
+    """The bytes a drop file holds: JSON with sorted keys, so equal documents are equal files."""
+    return (json.dumps(document, sort_keys=True, indent=1) + "\n").encode()
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def read_inside(root: Path, relative: str, limit: int) -> bytes:
+    """The bytes of ``root/relative``, refused unless it is a regular file inside ``root``.
+
+    Raises :class:`FileNotFoundError` when it is not there (yet), :class:`MalformedAnswer`
+    for a file that must not be read (outside the folder, not a file, too big).
+    """
+    path = root / relative
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise MalformedAnswer(f"{path}: it leads outside {root} (a symlink?); refusing to read it")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) * (not path.is_symlink())
+    descriptor = os.open(real, flags)
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise MalformedAnswer(f"{path}: not a regular file")
+        if info.st_size > limit:
+            raise MalformedAnswer(f"{path}: {info.st_size} bytes, over the limit of {limit}")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise MalformedAnswer(f"{path}: over the limit of {limit} bytes")
+    return data
+
+
+def load(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedAnswer(f"{where}: not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise MalformedAnswer(f"{where}: expected a JSON object")
+    return document
+
+
+# -- the manifest ----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ManifestEntry:
+    version: int
+    name: str
+    checksum: str
+    file: str
+
+
+def manifest_document(entries: Sequence[ManifestEntry], generated_at: float) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "generated_at": generated_at,
+        "migrations": [attrs.asdict(e) for e in entries],
+    }
+
+
+def parse_manifest(data: bytes, where: str) -> list[ManifestEntry]:
+    document = load(data, where)
+    if document.get("format") != MANIFEST_FORMAT:
+        raise MalformedAnswer(f"{where}: not a migsync manifest (format {document.get('format')!r})")
+    items = document.get("migrations")
+    if not isinstance(items, list):
+        raise MalformedAnswer(f"{where}: 'migrations' is not a list")
+    entries = []
+    for index, item in enumerate(items):
+        at = f"{where}: migrations[{index}]"
+        if not isinstance(item, dict):
+            raise MalformedAnswer(f"{at} is not an object")
+        version, name, checksum, file = (item.get(k) for k in ("version", "name", "checksum", "file"))
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise MalformedAnswer(f"{at}.version is not a non-negative integer")
+        if not isinstance(name, str) or not isinstance(checksum, str) or not CHECKSUM.fullmatch(checksum):
+            raise MalformedAnswer(f"{at}: name or checksum missing or malformed")
+        if not isinstance(file, str) or not BUNDLE_NAME.fullmatch(file):
+            raise MalformedAnswer(f"{at}.file {file!r} is not a bundle file name (no folders, no '..')")
+        entries.append(ManifestEntry(version, name, checksum, file))
+    versions = [e.version for e in entries]
+    if versions != sorted(set(versions)):
+        raise MalformedAnswer(f"{where}: versions are not in strictly increasing order")
+    return entries
+
+
+# -- bundles ---------------------------------------------------------------------------------------
+
+
+def bundle_document(offer: OfferedMigration) -> dict[str, Any]:
+    return {"format": BUNDLE_FORMAT, **offer.to_json()}
+
+
+def parse_bundle(data: bytes, where: str, entry: ManifestEntry) -> OfferedMigration:
+    """The offer a bundle holds; it must be the one the manifest names. Not verified here."""
+    document = load(data, where)
+    if document.get("format") != BUNDLE_FORMAT:
+        raise MalformedAnswer(f"{where}: not a migsync bundle (format {document.get('format')!r})")
+    fields = {
+        k: document.get(k) for k in ("version", "name", "content", "checksum", "signature", "signed_by")
+    }
+    if not isinstance(fields["content"], str) or not isinstance(fields["checksum"], str):
+        raise MalformedAnswer(f"{where}: 'content' and 'checksum' must be strings")
+    for key in ("signature", "signed_by"):
+        if fields[key] is not None and not isinstance(fields[key], str):
+            raise MalformedAnswer(f"{where}: '{key}' must be a string or null")
+    if (fields["version"], fields["name"], fields["checksum"]) != (entry.version, entry.name, entry.checksum):
+        raise MalformedAnswer(
+            f"{where}: it holds {fields['name']!r} (version {fields['version']!r}), "
+            f"not what the manifest lists ({entry.name}, version {entry.version}, "
+            f"checksum {entry.checksum[:12]})"
+        )
+    return OfferedMigration(
+        entry.version,
+        entry.name,
+        fields["content"],
+        fields["checksum"],
+        fields["signature"],
+        fields["signed_by"],
+    )
+
+
+# -- reports ---------------------------------------------------------------------------------------
+
+
+def reports_document(client_id: str, reports: Sequence[StatusReport]) -> dict[str, Any]:
+    return {"format": REPORTS_FORMAT, "client_id": client_id, "reports": [r.to_json() for r in reports]}
+
+
+def report_file_name(written_at: float, data: bytes) -> str:
+    """``<milliseconds>-<digest>.json``: sorted by time; the same reports make the same digest."""
+    return f"{int(written_at * 1000):013d}-{digest_of(data)}.json"
+
+
+def digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def parse_reports(data: bytes, where: str) -> tuple[str, dict[str, Any]]:
+    """The client id a report file names, and its document (its reports are checked by the importer)."""
+    document = load(data, where)
+    if document.get("format") != REPORTS_FORMAT:
+        raise MalformedAnswer(f"{where}: not a migsync report file (format {document.get('format')!r})")
+    client_id = document.get("client_id")
+    if not isinstance(client_id, str):
+        raise MalformedAnswer(f"{where}: 'client_id' is not a string")
+    return client_id, document
+
+
+def report_files(folder: Path) -> Iterator[Path]:
+    """The report files in ``folder`` (imported or not), oldest first; temporary files never."""
+    if not folder.is_dir():
+        return
+    names = [
+        entry.name
+        for entry in os.scandir(folder)
+        if REPORT_NAME.fullmatch(entry.name.removesuffix(IMPORTED_SUFFIX))
+    ]
+    for name in sorted(names):
+        yield folder / name
