@@ -26,6 +26,8 @@ from migsync.core.wire import OfferedMigration
 def verify_offer(offer: OfferedMigration, trusted: Sequence[TrustedKey], *, source: str) -> Migration:
     """The migration ``offer`` carries, once it is proven signed by a trusted key."""
     label = f"migration {offer.name} (version {offer.version}) from {source}"
+    if offer.problem is not None:
+        raise SignatureError(f"{label}: {offer.problem}")
     digest = hashlib.sha256(offer.content.encode()).hexdigest()
     if digest != offer.checksum:
         raise SignatureError(

@@ -32,9 +32,14 @@ class OfferedMigration:
     checksum: str
     signature: str | None
     signed_by: str | None = None
+    #: why the transport could not read it whole (it is then refused, and reported)
+    problem: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        if data["problem"] is None:
+            del data["problem"]
+        return data
 
 
 @attrs.frozen

@@ -240,9 +240,14 @@ def reports_document(client_id: str, reports: Sequence[StatusReport]) -> dict[st
     return {"format": REPORTS_FORMAT, "client_id": client_id, "reports": [r.to_json() for r in reports]}
 
 
-def report_file_name(written_at: float, data: bytes) -> str:
-    """``<milliseconds>-<digest>.json``: sorted by time; the same reports make the same digest."""
-    return f"{int(written_at * 1000):013d}-{digest_of(data)}.json"
+def report_file_name(millis: int, data: bytes) -> str:
+    """``<milliseconds>-<digest>.json``: report files sort by the time they were written."""
+    return f"{millis:013d}-{digest_of(data)}.json"
+
+
+def report_millis(path: Path) -> int:
+    """The time a report file was written, in milliseconds, from its name."""
+    return int(path.name.partition("-")[0])
 
 
 def digest_of(data: bytes) -> str:

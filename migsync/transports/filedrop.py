@@ -1,0 +1,188 @@
+"""The file-drop transport: migrations and reports travel as files, for clients that never see the server.
+
+URL ``file:///path/to/drop``; the folder's layout is in
+:mod:`migsync.transports.dropfiles`. ``migsync export`` fills it on the
+server's side; ``migsync import-reports`` reads the reports back.
+
+The transport plays the server from what the folder holds:
+
+* **registration**: ``export`` makes ``reports/<client-id>/`` for every
+  registered client; a client whose folder is not there is refused.
+* **pending**: the manifest's migrations, less those this client's own report
+  files (imported or not) say it applied with the published checksum. The
+  ETag is a digest of the manifest and of those reports.
+* **reports**: written as one file per delivery, atomically, into
+  ``reports/<client-id>/`` of the drop folder, or of a separate ``reports``
+  folder when the drop folder is read-only. A report equal to the last one
+  written for its version is acknowledged as unchanged and not written again.
+* **unreachable**: a drop folder that is not there (not mounted) is
+  :class:`ServerUnavailable`; so is a bundle the manifest names that has not
+  arrived yet (a copy in progress), for it and every migration after it.
+
+A bundle that cannot be read safely (outside the folder, oversized, not
+what the manifest names) is handed over with its problem, so the client
+refuses it and reports why, and nothing of it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
+from migsync.core.wire import Drift, Offer, OfferedMigration, ReportAck, StatusReport
+from migsync.transports import dropfiles as files
+from migsync.transports.base import BaseTransport
+
+
+class FileDropTransport(BaseTransport):
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
+        reports: str | None = None,
+    ) -> None:
+        del token, timeout, retries  # nothing to authenticate with, nothing to wait for
+        parts = urlsplit(url)
+        if parts.scheme != "file" or parts.netloc not in ("", "localhost") or not parts.path:
+            raise ConfigError(f"drop folder URL {url!r} is not file:///PATH (an absolute path)")
+        self.root = Path(unquote(parts.path))
+        query = parse_qs(parts.query)
+        if not reports and query.get("reports"):
+            reports = query["reports"][0]
+        if not client_id:
+            raise ConfigError("the file-drop transport needs a client id (--client-id)")
+        try:
+            self.client_id = files.check_client_id(str(client_id))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.reports_root = Path(reports) if reports else self.root / files.REPORTS_DIR
+        self.where = f"file://{self.root}"
+
+    # -- fetch -----------------------------------------------------------------------------------
+
+    async def fetch(self, etag: str | None = None) -> Offer:
+        return await asyncio.to_thread(self._fetch, etag)
+
+    def _fetch(self, etag: str | None) -> Offer:
+        manifest_bytes = self._manifest_bytes()
+        entries = files.parse_manifest(manifest_bytes, str(self.root / files.MANIFEST))
+        self._check_registered()
+        latest = self._latest_reports()
+        state = json.dumps(sorted((v, r.applied, r.checksum) for v, r in latest.items()))
+        tag = '"' + hashlib.sha256(manifest_bytes + state.encode()).hexdigest()[:32] + '"'
+        if etag == tag:
+            return Offer(None, tag)
+        offers: list[OfferedMigration] = []
+        for entry in entries:
+            mine = latest.get(entry.version)
+            if mine is not None and mine.applied and mine.checksum == entry.checksum:
+                continue
+            relative = f"{files.MIGRATIONS_DIR}/{entry.file}"
+            try:
+                data = files.read_inside(self.root, relative, files.MAX_BUNDLE)
+                offers.append(files.parse_bundle(data, str(self.root / relative), entry))
+            except FileNotFoundError:
+                # Not arrived yet (a copy in progress): it and what follows wait for the next fetch.
+                if not offers:
+                    raise ServerUnavailable(
+                        f"{self.root / relative}: listed in the manifest but not there (yet)"
+                    ) from None
+                return Offer(tuple(offers), None)
+            except (MalformedAnswer, OSError) as exc:
+                problem = str(exc) if isinstance(exc, MalformedAnswer) else f"{relative}: {exc.strerror}"
+                offers.append(
+                    OfferedMigration(entry.version, entry.name, "", entry.checksum, None, None, problem)
+                )
+        return Offer(tuple(offers), tag)
+
+    def _manifest_bytes(self) -> bytes:
+        if not self.root.is_dir():
+            raise ServerUnavailable(f"drop folder {self.root} is not there (not mounted?)")
+        try:
+            return files.read_inside(self.root, files.MANIFEST, files.MAX_MANIFEST)
+        except FileNotFoundError:
+            raise ServerUnavailable(
+                f"drop folder {self.root} has no {files.MANIFEST} yet "
+                "(nothing exported, or a copy in progress)"
+            ) from None
+
+    def _check_registered(self) -> None:
+        if not (self.root / files.REPORTS_DIR / self.client_id).is_dir():
+            raise ServerRefused(
+                f"client {self.client_id} is not registered in drop folder {self.root}: "
+                f"{files.REPORTS_DIR}/{self.client_id}/ is missing (register it with 'migsync clients add', "
+                "then 'migsync export' again)"
+            )
+
+    def _latest_reports(self) -> dict[int, StatusReport]:
+        """This client's last word on each version, from its report files (imported or not)."""
+        latest: dict[int, StatusReport] = {}
+        folder = self.reports_root / self.client_id
+        for path in files.report_files(folder):
+            try:
+                data = files.read_inside(folder, path.name, files.MAX_REPORT_FILE)
+                _, document = files.parse_reports(data, str(path))
+                for item in document.get("reports", []):
+                    report = StatusReport(**item)
+                    latest[report.version] = report
+            except (OSError, MalformedAnswer, TypeError):
+                continue  # not ours to judge: import-reports names bad files
+        return latest
+
+    # -- report ----------------------------------------------------------------------------------
+
+    async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
+        return await asyncio.to_thread(self._report, list(reports))
+
+    def _report(self, reports: list[StatusReport]) -> ReportAck:
+        entries = {
+            e.version: e
+            for e in files.parse_manifest(self._manifest_bytes(), str(self.root / files.MANIFEST))
+        }
+        self._check_registered()
+        versions = [r.version for r in reports]
+        if len(set(versions)) != len(versions):
+            raise ServerRefused("a batch of reports names a version twice; nothing was written")
+        unpublished = sorted(v for v in versions if v not in entries)
+        if unpublished:
+            raise ServerRefused(
+                f"versions {unpublished} are not in the drop folder's manifest; nothing was written"
+            )
+        latest = self._latest_reports()
+        changed = [r for r in reports if latest.get(r.version) != r]
+        unchanged = tuple(r.version for r in reports if latest.get(r.version) == r)
+        drift = tuple(
+            Drift(r.version, entries[r.version].checksum, r.checksum)
+            for r in reports
+            if r.checksum != entries[r.version].checksum
+        )
+        if changed:
+            self._write(changed)
+        return ReportAck(tuple(r.version for r in changed), unchanged, drift)
+
+    def _write(self, reports: list[StatusReport]) -> None:
+        folder = self.reports_root / self.client_id
+        data = files.dump(files.reports_document(self.client_id, reports))
+        try:
+            folder.mkdir(parents=self.reports_root != self.root / files.REPORTS_DIR, exist_ok=True)
+            # Names sort by time; one written in the same millisecond as the last still sorts after it.
+            last = max((files.report_millis(p) for p in files.report_files(folder)), default=0)
+            millis = max(int(time.time() * 1000), last + 1)
+            files.write_atomic(folder / files.report_file_name(millis, data), data)
+        except OSError as exc:
+            if not self.root.is_dir():
+                raise ServerUnavailable(f"drop folder {self.root} is not there (not mounted?)") from None
+            raise ServerRefused(
+                f"cannot write reports to {folder}: {exc.strerror or exc}; if the drop folder is "
+                "read-only, give a writable folder with --reports"
+            ) from None
