@@ -86,6 +86,14 @@ def client_options(command: Any) -> Any:
             "space-separated]",
         ),
         click.option(
+            "--reports",
+            "reports_dir",
+            type=click.Path(file_okay=False),
+            envvar="MIGSYNC_REPORTS",
+            metavar="DIR",
+            help="File drop only: write reports here, for a read-only drop folder [env: MIGSYNC_REPORTS]",
+        ),
+        click.option(
             "--timeout",
             default=10.0,
             show_default=True,
@@ -205,19 +213,25 @@ class _Session:
         self.options = options
 
     async def __aenter__(self) -> tuple[Any, Any]:
+        from migsync.core.errors import ConfigError
         from migsync.core.signing import load_public_keys
         from migsync.core.sync import Syncer
 
         o = self.options
         trusted = load_public_keys(o["trust_keys"])
         spec = plugins_of(self.ctx).transport_for_url(o["server_url"])
-        self.transport = spec.load()(
-            o["server_url"],
-            client_id=str(o["client_id"]),
-            token=o["token"],
-            timeout=o["timeout"],
-            retries=o["retries"],
-        )
+        extra = {"reports": o["reports_dir"]} if o["reports_dir"] else {}
+        try:
+            self.transport = spec.load()(
+                o["server_url"],
+                client_id=str(o["client_id"]),
+                token=o["token"],
+                timeout=o["timeout"],
+                retries=o["retries"],
+                **extra,
+            )
+        except TypeError as exc:
+            raise ConfigError(f"the {spec.name} transport does not take {sorted(extra)}: {exc}") from None
         self.client = connect(self.ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
         try:
             await self.client.__aenter__()

@@ -41,6 +41,7 @@ CLIENT_KEYS = {
     "retries": "retries",
     "max_attempts": "max_attempts",
     "sink": "sinks",
+    "reports": "reports_dir",
 }
 _LISTS = {"trust_key", "sink"}
 
