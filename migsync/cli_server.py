@@ -1,4 +1,4 @@
-"""The server side of the ``migsync`` command: keygen, publish, clients, fleet, serve.
+"""The server side of the ``migsync`` command: keygen, publish, clients, fleet, serve, export, import-reports.
 
 Each command imports what it needs (cryptography, SQLAlchemy, Starlette,
 uvicorn) when it runs, so none of that is paid by ``migsync apply``.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -15,6 +16,8 @@ import click
 from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, run_coro
 
 if TYPE_CHECKING:
+    from migsync.server.export import ExportResult
+    from migsync.server.import_reports import ImportResult
     from migsync.server.records import FleetEntry
 
 
@@ -248,4 +251,107 @@ def serve(store_url: str, host: str, port: int, admin_token: str, log_level: str
         sys.exit(EXIT_BAD_INPUT)
 
 
-SERVER_COMMANDS = (keygen, publish, clients, fleet, serve)
+@click.command("export")
+@store_option
+@click.option(
+    "--to",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The drop folder to write (made if missing; its parent must exist).",
+)
+def export_command(store_url: str, folder: str) -> None:
+    """Write the published migrations to drop folder DIR.
+
+    For clients that never reach the server: one signed bundle per migration
+    in DIR/migrations/, a folder per
+    registered client in DIR/reports/, then DIR/manifest.json listing every
+    version and checksum. Only what changed is written, each file atomically:
+    run it again after every publish. Clients sync with --server file://DIR.
+    """
+
+    async def run() -> ExportResult:
+        from migsync.core.errors import ConfigError
+        from migsync.server import Store
+        from migsync.server.export import export
+
+        async with Store.open(store_url, create=False) as store:
+            try:
+                return await export(store, Path(folder))
+            except OSError as exc:
+                raise ConfigError(f"cannot write drop folder {folder}: {exc.strerror or exc}") from None
+
+    result = run_coro(run())
+    if result.written:
+        click.echo(f"wrote: {', '.join(result.written)}")
+    if result.client_folders:
+        click.echo(f"made reports folders for clients {', '.join(result.client_folders)}")
+    if result.removed:
+        click.echo(f"removed {len(result.removed)} stale temporary file{_s(result.removed)}")
+    click.echo(
+        f"wrote {len(result.written)} bundle{_s(result.written)}, {len(result.unchanged)} unchanged, "
+        f"manifest {'written' if result.manifest_written else 'unchanged'}"
+    )
+
+
+@click.command("import-reports")
+@store_option
+@click.option(
+    "--from",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="The reports folder (a drop folder's reports/, or the drop folder).",
+)
+def import_reports_command(store_url: str, folder: str) -> None:
+    """Record the status reports offline clients left in DIR.
+
+    DIR holds a folder per client, named by its id, of report files. Each
+    file is imported oldest first, then renamed to NAME.imported, so running
+    it again changes nothing. A file that cannot be imported (unknown client,
+    bad format, unpublished version, too big, a symlink out of its folder) is
+    left where it is and named on stderr; the rest is imported. Exits 1 if
+    any file was refused or could not be renamed.
+    """
+
+    async def run() -> ImportResult:
+        from migsync.core.errors import ConfigError
+        from migsync.server import Store
+        from migsync.server.import_reports import import_reports
+
+        async with Store.open(store_url, create=False) as store:
+            try:
+                return await import_reports(store, Path(folder))
+            except OSError as exc:
+                raise ConfigError(f"cannot read reports folder {folder}: {exc.strerror or exc}") from None
+
+    result = run_coro(run())
+    for item in result.imported:
+        parts = [f"{len(item.recorded)} recorded", f"{len(item.unchanged)} unchanged"]
+        if item.drift:
+            parts.append(f"drift in {', '.join(str(d.version) for d in item.drift)}")
+        if item.superseded:
+            parts.append(f"{', '.join(map(str, item.superseded))} left out (a newer file reports them)")
+        click.echo(f"imported {item.path}: {', '.join(parts)}")
+    problems = 0
+    for item in result.imported:
+        if item.not_marked:
+            problems += 1
+            click.echo(f"warning: {item.path}: recorded, but {item.not_marked}", err=True)
+    for refused in result.refused:
+        click.echo(f"refused {refused.path}: {refused.reason}", err=True)
+    click.echo(
+        f"imported {len(result.imported)} file{_s(result.imported)}, refused {len(result.refused)}, "
+        f"{result.already_imported} imported before"
+    )
+    if result.refused or problems:
+        sys.exit(1)
+
+
+def _s(items: tuple[object, ...]) -> str:
+    return "" if len(items) == 1 else "s"
+
+
+SERVER_COMMANDS = (keygen, publish, clients, fleet, serve, export_command, import_reports_command)

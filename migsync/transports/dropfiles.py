@@ -56,13 +56,18 @@ MAX_REPORT_FILE = 4 * 1024 * 1024
 BUNDLE_NAME = re.compile(r"[0-9]+(_[A-Za-z0-9_.-]{1,200})?\.json")
 REPORT_NAME = re.compile(r"[0-9]{13,}-(?P<digest>[0-9a-f]{16})\.json")
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
-_TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"
 
 
 def bundle_file(version: int, name: str) -> str:
     """The file name of a migration's bundle: its name when that is a plain file name, else its version."""
     file = f"{name}.json"
-    return file if BUNDLE_NAME.fullmatch(file) and name.startswith(str(version)) else f"{version}.json"
+    prefix = name.partition("_")[0]
+    return (
+        file
+        if BUNDLE_NAME.fullmatch(file) and prefix.isdigit() and int(prefix) == version
+        else f"{version}.json"
+    )
 
 
 def check_client_id(client_id: str) -> str:
@@ -86,7 +91,7 @@ def write_atomic(path: Path, data: bytes) -> bool:
         same_size = path.is_file() and not path.is_symlink() and path.stat().st_size == len(data)
         if same_size and path.read_bytes() == data:
             return False
-    temp = path.with_name(f"{_TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
+    temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
     try:
         with open(temp, "xb") as file:
             file.write(data)
@@ -124,8 +129,11 @@ def read_inside(root: Path, relative: str, limit: int) -> bytes:
     for a file that must not be read (outside the folder, not a file, too big).
     """
     path = root / relative
-    real_root = root.resolve()
-    real = path.resolve()
+    try:
+        real_root = root.resolve()
+        real = path.resolve()
+    except RuntimeError:  # a symlink loop (Python 3.11 raises this from resolve)
+        raise MalformedAnswer(f"{path}: a symlink loop; refusing to read it") from None
     if real != real_root and real_root not in real.parents:
         raise MalformedAnswer(f"{path}: it leads outside {root} (a symlink?); refusing to read it")
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) * (not path.is_symlink())
