@@ -162,3 +162,82 @@ def _versions(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(_is_version(v) for v in value):
         raise MalformedAnswer(f"{where} is not a list of versions")
     return tuple(value)
+
+
+# -- entity changes ------------------------------------------------------------------------------
+
+OPERATIONS = ("insert", "update", "delete")
+
+
+@attrs.frozen
+class EntityChange:
+    """One write of the client's application data, as the server receives it."""
+
+    #: unique per client: the server stores a change once, however often it is sent
+    id: str
+    entity: str
+    entity_id: str
+    operation: str  # insert | update | delete
+    #: the row after the write (None for a delete, or when not captured)
+    data: Any
+    #: the client's newest applied migration when the change was written (None: none yet)
+    schema_version: int | None
+    timestamp: float
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ChangeRefusal:
+    id: str
+    reason: str
+
+
+@attrs.frozen
+class ChangesAck:
+    """The server's answer to a batch of changes, which it takes in order.
+
+    ``accepted`` (stored now) and ``duplicate`` (stored before) together are a
+    prefix of the batch. ``refused`` is the first change it would not take, with
+    the reason; the changes after it were not looked at and must be sent again.
+    """
+
+    accepted: tuple[str, ...] = ()
+    duplicate: tuple[str, ...] = ()
+    refused: ChangeRefusal | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accepted": list(self.accepted),
+            "duplicate": list(self.duplicate),
+            "refused": None if self.refused is None else attrs.asdict(self.refused),
+        }
+
+
+def changes_to_json(changes: Sequence[EntityChange]) -> dict[str, Any]:
+    return {"changes": [c.to_json() for c in changes]}
+
+
+def changes_ack_from_json(body: Any, where: str) -> ChangesAck:
+    """``{"accepted": [ids], "duplicate": [ids], "refused": null | {"id", "reason"}}`` from ``where``."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer(f"{where}: expected an object with 'accepted', 'duplicate' and 'refused'")
+    ids = {}
+    for key in ("accepted", "duplicate"):
+        value = body.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise MalformedAnswer(f"{where}: {key} is not a list of change ids")
+        ids[key] = tuple(value)
+    refused = body.get("refused")
+    if refused is not None and not (
+        isinstance(refused, dict)
+        and isinstance(refused.get("id"), str)
+        and isinstance(refused.get("reason"), str)
+    ):
+        raise MalformedAnswer(f"{where}: refused is not null or {{id, reason}}")
+    return ChangesAck(
+        ids["accepted"],
+        ids["duplicate"],
+        None if refused is None else ChangeRefusal(refused["id"], refused["reason"]),
+    )

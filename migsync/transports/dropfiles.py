@@ -6,6 +6,7 @@ A drop folder carries migrations to clients that never reach the server
     DIR/manifest.json                       what is published: versions, names, checksums, files
     DIR/migrations/0001_create_users.json   one signed bundle per migration
     DIR/reports/<client-id>/<time>-<digest>.json   one file per delivery of a client's reports
+    DIR/changes/<client-id>/<time>-<digest>.json   one file per batch of a client's entity changes
 
 Writers (``migsync export``, the client's report delivery) write every file
 atomically: a temporary file in the same folder (named ``.tmp-*``, which
@@ -37,7 +38,7 @@ from typing import Any
 import attrs
 
 from migsync.core.errors import MalformedAnswer
-from migsync.core.wire import CHECKSUM, OfferedMigration, StatusReport
+from migsync.core.wire import CHECKSUM, EntityChange, OfferedMigration, StatusReport
 
 MANIFEST = "manifest.json"
 MIGRATIONS_DIR = "migrations"
@@ -45,6 +46,8 @@ REPORTS_DIR = "reports"
 MANIFEST_FORMAT = "migsync-manifest/1"
 BUNDLE_FORMAT = "migsync-bundle/1"
 REPORTS_FORMAT = "migsync-reports/1"
+CHANGES_DIR = "changes"
+CHANGES_FORMAT = "migsync-changes/1"
 #: the suffix ``migsync import-reports`` gives a report file it has imported
 IMPORTED_SUFFIX = ".imported"
 
@@ -284,3 +287,22 @@ def report_files(folder: Path) -> Iterator[Path]:
     ]
     for name in sorted(names):
         yield folder / name
+
+
+# -- entity changes ----------------------------------------------------------------------------------
+
+
+def changes_document(client_id: str, changes: Sequence[EntityChange]) -> dict[str, Any]:
+    """A batch of a client's entity changes, in the order it recorded them (a file under ``changes/``)."""
+    return {"format": CHANGES_FORMAT, "client_id": client_id, "changes": [c.to_json() for c in changes]}
+
+
+def parse_changes(data: bytes, where: str) -> tuple[str, dict[str, Any]]:
+    """The client id a changes file names, and its document (its changes are checked by the importer)."""
+    document = load(data, where)
+    if document.get("format") != CHANGES_FORMAT:
+        raise MalformedAnswer(f"{where}: not a migsync changes file (format {document.get('format')!r})")
+    client_id = document.get("client_id")
+    if not isinstance(client_id, str):
+        raise MalformedAnswer(f"{where}: 'client_id' is not a string")
+    return client_id, document
