@@ -21,10 +21,10 @@ from typing import Any
 import asyncpg
 from conftest import MIGSYNC
 
-from migsync.core.schema import META, MIGRATIONS, QUEUE, REPORTS, STATUS
+from migsync.core.schema import CHANGES, META, MIGRATIONS, QUEUE, REPORTS, STATUS
 
 #: migsync's own bookkeeping tables (see ``migsync.core.schema``).
-BOOKKEEPING_TABLES = frozenset({META, MIGRATIONS, STATUS, QUEUE, REPORTS})
+BOOKKEEPING_TABLES = frozenset({META, MIGRATIONS, STATUS, QUEUE, REPORTS, CHANGES})
 
 #: Every Postgres session of a migsync process in the current database (migsync names its sessions).
 MIGSYNC_SESSIONS = (

@@ -46,9 +46,19 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "migration_dead" in step[2]
     assert (workdir / "events.jsonl").stat().st_size > 0
 
-    # 6: both clients apply the three bundled migrations
-    for shop in ("shop-berlin", "shop-paris"):
-        assert f"{shop}: 3 offered, 3 verified and stored, applied 0001_create_customers" in step[6]
+    # 6: all three clients apply the three bundled migrations, ship-atlantic from the drop folder
+    drop = workdir / "fleet" / "drop"
+    for client in ("shop-berlin", "shop-paris", "ship-atlantic"):
+        assert f"{client}: 3 offered, 3 verified and stored, applied 0001_create_customers" in step[6]
+    assert f"exported to {drop}: wrote 0001_create_customers .. 0003_order_audit" in step[6]
+    # the server learns what the ship did only from import-reports
+    before, after = step[6].split("import-reports: 1 report file of ship-atlantic, versions 1, 2, 3 recorded")
+    unknown = fleet_rows(before)["ship-atlantic"]
+    assert (unknown["latest"], unknown["applied"], unknown["last seen"]) == ("-", "0", "never")
+    assert "the fleet view now: ship-atlantic on version 3" in after
+    assert fleet_rows(step[7])["ship-atlantic"]["latest"] == "3"
+    # offline, it hears nothing of steps 7 to 9 (it only appears in step 7's fleet table)
+    assert "ship-atlantic" not in step[7].split("id  name")[0] + step[8] + step[9]
 
     # 7: shop-berlin fails on the broken migration, and the fleet view says so; shop-paris did not sync
     assert "shop-berlin: FAILED apply 0004_add_customer_email (attempt 1 of 3)" in step[7]
@@ -72,9 +82,21 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "does not match its content under any trusted key" in refused
     assert "applied" not in refused.split("added 0005_add_customer_city")[1]
 
-    # 10: the fleet view
+    # 10: ship-atlantic catches up from a fresh export, its reports are imported; the fleet view
+    assert (
+        f"exported to {drop}: wrote 0004_add_customer_email .. 0005_add_customer_city, 3 unchanged"
+        in step[10]
+    )
+    assert (
+        "ship-atlantic: 2 offered, 2 verified and stored, "
+        "applied 0004_add_customer_email .. 0005_add_customer_city, reported 2"
+    ) in step[10]
+    assert "import-reports: 1 report file of ship-atlantic, versions 4, 5 recorded" in step[10]
+    assert "REFUSED" not in step[10]
+    ship_reports = drop / "reports" / "3"
+    assert [p.suffix for p in ship_reports.iterdir()] == [".imported", ".imported"]
     final = fleet_rows(step[10])
-    assert sorted(final) == ["shop-berlin", "shop-paris"]
+    assert sorted(final) == ["ship-atlantic", "shop-berlin", "shop-paris"]
     for row in final.values():
         assert (row["latest"], row["applied"], row["pending"], row["drift"], row["failed"]) == (
             "5", "5", "-", "-", "-"
@@ -87,8 +109,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert [(c["name"], c["latest_version"], c["failed"]) for c in clients] == [
         ("shop-berlin", 5, []),
         ("shop-paris", 5, []),
+        ("ship-atlantic", 5, []),
     ]
-    for shop in ("shop-berlin", "shop-paris"):
+    for shop in ("shop-berlin", "shop-paris", "ship-atlantic"):
         columns = query(f"sqlite:///{workdir / 'fleet' / shop}.db", "PRAGMA table_info(customers)")
         assert {"email", "city"} <= {c[1] for c in columns}
 

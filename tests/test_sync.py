@@ -336,6 +336,8 @@ async def test_a_syncer_needs_a_trusted_key(harness: Harness) -> None:
 
 
 async def test_a_database_of_layout_1_gets_the_outbox(tmp_path: Path) -> None:
+    from migsync.core.schema import SCHEMA_VERSION
+
     url = f"sqlite:///{tmp_path / 'old.db'}"
     async with Client.connect(url, sinks=[], backend_options={"create": True}) as client:
         assert (await client.apply([V1])).ok
@@ -348,4 +350,6 @@ async def test_a_database_of_layout_1_gets_the_outbox(tmp_path: Path) -> None:
     async with Client.connect(url, sinks=[]) as client:
         assert [s.state for s in await client.status()] == ["applied"]
     assert "migsync_report_outbox" in tables(tmp_path / "old.db")
-    assert query(url, "SELECT value FROM migsync_meta WHERE key = 'schema_version'") == [("2",)]
+    assert query(url, "SELECT value FROM migsync_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
