@@ -1,15 +1,19 @@
 """Part 2 of ``migsync demo``: a server and its fleet, all in this process.
 
-5. a key pair signs the bundled migrations into a server store (SQLite), two
+5. a key pair signs the bundled migrations into a server store (SQLite), three
    clients are registered, and the HTTP API is served on a loopback port;
-6. both clients sync: fetch, verify, apply, report;
+6. both shops sync over HTTP: fetch, verify, apply, report. The third client,
+   ship-atlantic, never reaches the server: the migrations are exported to a
+   drop folder, it syncs from there, and its reports reach the fleet view only
+   when ``import-reports`` reads them back;
 7. a broken migration is published: shop-berlin fails on it, and the fleet
    view shows the failure;
 8. the fix is published over it (``force``: nobody applied the old content):
    shop-berlin recovers, shop-paris gets the fixed one directly;
 9. a migration signed with a key nobody trusts is refused by both clients;
    signed again with the real key, it applies;
-10. the fleet view: both clients on the latest version, nothing failing.
+10. ship-atlantic catches up from a fresh export, its reports are imported, and
+    the fleet view: all three clients on the latest version, nothing failing.
 
 The server is uvicorn serving :func:`migsync.server.app.create_app`, as a task
 on the same event loop as the clients. This module imports SQLAlchemy,
@@ -40,9 +44,15 @@ from migsync.demo import BROKEN, FIXED, FOURTH, copy_bundled, step
 from migsync.report_server import print_fleet
 from migsync.server import PublishResult, Store
 from migsync.server.app import create_app
+from migsync.server.export import ExportResult, export
+from migsync.server.import_reports import ImportResult, import_reports
+from migsync.transports.base import Transport
+from migsync.transports.filedrop import FileDropTransport
 from migsync.transports.http import HttpTransport
 
 SHOPS = ("shop-berlin", "shop-paris")
+#: The offline client: migrations and reports travel through a drop folder.
+SHIP = "ship-atlantic"
 FIFTH = "0005_add_customer_city.sql"
 CITY = """-- migrate:up
 ALTER TABLE customers ADD COLUMN city TEXT;
@@ -66,23 +76,38 @@ async def run_fleet(root: Path) -> int:
     (root / "keys").mkdir()
     store_url = f"sqlite:///{root / 'server.db'}"
     async with contextlib.AsyncExitStack() as stack:
-        step("5. a server: sign and publish the bundled migrations, register two clients, serve")
+        step("5. a server: sign and publish the bundled migrations, register three clients, serve")
         trusted = write_keypair(root / "keys" / "server")
         key = load_private_key(root / "keys" / "server")
         store = await stack.enter_async_context(Store.open(store_url))
         _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
-        registered = {name: await store.add_client(name) for name in SHOPS}
-        click.echo("   registered " + ", ".join(f"{n} (id {i})" for n, (i, _) in registered.items()))
+        registered = {name: await store.add_client(name) for name in (*SHOPS, SHIP)}
+        click.echo(
+            "   registered "
+            + ", ".join(f"{n} (id {i}{', offline' if n == SHIP else ''})" for n, (i, _) in registered.items())
+        )
         url = await stack.enter_async_context(_serving(store_url))
         click.echo(f"   serving {url} (store {store_url}); clients trust key {trusted.fingerprint}")
         berlin, paris = [
-            await stack.enter_async_context(_shop(root, name, url, client_id, token, trusted))
-            for name, (client_id, token) in registered.items()
+            await stack.enter_async_context(_shop(root, name, _http(url, *registered[name]), trusted))
+            for name in SHOPS
         ]
+        drop = root / "drop"
+        # The ship never sees the server, so the token registration gave it is never used.
+        ship_transport = FileDropTransport(f"file://{drop}", client_id=str(registered[SHIP][0]))
+        ship = await stack.enter_async_context(_shop(root, SHIP, ship_transport, trusted))
+        names = {str(i): name for name, (i, _) in registered.items()}
 
-        step("6. both clients sync: fetch, verify the signatures, apply, report")
+        step(f"6. first sync: the shops over HTTP, {SHIP} through a drop folder and import-reports")
         for shop in (berlin, paris):
             await _sync(shop)
+        _exported(await export(store, drop), drop)
+        await _sync(ship)
+        click.echo(f"   the fleet view before import-reports: the server does not know what {SHIP} did")
+        print_fleet(await store.fleet())
+        imported = _imported(await import_reports(store, drop / "reports"), names)
+        ship_now = next(e for e in await store.fleet() if e.client.name == SHIP)
+        click.echo(f"   the fleet view now: {SHIP} on version {max(ship_now.applied, default='-')}")
 
         step("7. a broken migration is published; shop-berlin syncs and fails on it")
         (migrations / FOURTH).write_text(BROKEN, encoding="utf-8")
@@ -106,7 +131,10 @@ async def run_fleet(root: Path) -> int:
         _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
         last = [await _sync(shop) for shop in (berlin, paris)]
 
-        step("10. the fleet view")
+        step(f"10. {SHIP} catches up through the drop folder; the fleet view")
+        _exported(await export(store, drop), drop)
+        last.append(await _sync(ship))
+        imported &= _imported(await import_reports(store, drop / "reports"), names)
         fleet = await store.fleet()
         print_fleet(fleet)
     newest = max(m.version for m in load_directory(migrations))
@@ -114,13 +142,33 @@ async def run_fleet(root: Path) -> int:
         max(e.applied, default=None) == newest and not (e.failed or e.drift or e.pending) for e in fleet
     )
     click.echo(f"\ntry: migsync fleet --store {store_url}")
-    return 0 if clean and all(r.ok for r in last) else 1
+    return 0 if clean and imported and all(r.ok for r in last) else 1
 
 
 def _published(result: PublishResult, signer: str) -> None:
     done = {"added": result.added, "replaced": result.replaced, "re-signed": result.resigned}
     listed = "; ".join(f"{what} {_span(names)}" for what, names in done.items() if names)
     click.echo(f"   published, signed by {signer}: {listed or 'nothing new'}")
+
+
+def _exported(result: ExportResult, drop: Path) -> None:
+    written = f"wrote {_span(result.written)}" if result.written else "wrote nothing new"
+    unchanged = f", {len(result.unchanged)} unchanged" if result.unchanged else ""
+    click.echo(f"   exported to {drop}: {written}{unchanged}")
+
+
+def _imported(result: ImportResult, names: dict[str, str]) -> bool:
+    """Print what import-reports did, in a line or two; whether nothing was refused."""
+    versions = sorted({v for f in result.imported for v in (*f.recorded, *f.unchanged)})
+    by = sorted({names.get(f.path.parent.name, f.path.parent.name) for f in result.imported})
+    files = f"{len(result.imported)} report file{'' if len(result.imported) == 1 else 's'}"
+    click.echo(
+        f"   import-reports: {files} of {', '.join(by) or 'nobody'}, "
+        f"versions {', '.join(map(str, versions)) or '-'} recorded"
+    )
+    for refused in result.refused:
+        click.echo(f"   import-reports: REFUSED {refused.path}: {refused.reason}")
+    return not result.refused
 
 
 def _span(names: Sequence[str]) -> str:
@@ -152,11 +200,13 @@ async def _sync(shop: _Shop) -> SyncResult:
     return result
 
 
+def _http(url: str, client_id: int, token: str) -> HttpTransport:
+    return HttpTransport(url, client_id=str(client_id), token=token, retries=1, backoff=_RETRY)
+
+
 @contextlib.asynccontextmanager
-async def _shop(
-    root: Path, name: str, url: str, client_id: int, token: str, trusted: TrustedKey
-) -> AsyncIterator[_Shop]:
-    """Client ``name``: its own SQLite file, an HTTP transport to ``url``, trusting one key."""
+async def _shop(root: Path, name: str, transport: Transport, trusted: TrustedKey) -> AsyncIterator[_Shop]:
+    """Client ``name``: its own SQLite file, syncing through ``transport``, trusting one key."""
     client = Client.connect(
         f"sqlite:///{root / name}.db",
         backend_options={"create": True},
@@ -164,7 +214,6 @@ async def _shop(
         retry=_RETRY,
         max_attempts=3,
     )
-    transport = HttpTransport(url, client_id=str(client_id), token=token, retries=1, backoff=_RETRY)
     async with client, transport:
         yield _Shop(name, client, Syncer(client, transport, [trusted]))
 
