@@ -254,7 +254,7 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return EXIT_FAILED if failed else 0
-    idle = not result.stored and not result.refused and not result.run.processed and not result.delivered
+    idle = not (result.stored or result.refused or result.run.processed or result.delivered or result.pushed)
     if quiet and idle and result.ok:
         return 0
     if result.offline is not None:
@@ -265,6 +265,7 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
     code = 0 if quiet and idle else report_pass(result.run, elapsed, "applied")
     if result.delivered:
         click.echo(f"reported {result.delivered} status change{'s' * (result.delivered != 1)}")
+    _print_changes(result)
     if result.report_error is not None:
         click.echo(f"reports not delivered: {result.report_error}", err=True)
     if result.undelivered:
@@ -272,6 +273,22 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
             f"{result.undelivered} report{'s' * (result.undelivered != 1)} wait in the outbox", err=True
         )
     return EXIT_FAILED if failed or code else 0
+
+
+def _print_changes(result: SyncResult) -> None:
+    run = result.changes
+    if result.pushed:
+        click.echo(f"pushed {result.pushed} entity change{'s' * (result.pushed != 1)}")
+    if run is None:
+        return
+    if run.gated is not None and run.remaining:
+        click.echo(
+            f"{run.remaining} entity change(s) wait: {run.gated.removeprefix('entity changes ')}", err=True
+        )
+    bad = run.failure or run.blocked
+    if bad is not None:
+        state = "dead" if bad.dead else "failed"
+        click.echo(f"{state}: {bad.label}: {bad.error}", err=True)
 
 
 def _print_refusals(refused: Sequence[Any]) -> None:

@@ -50,6 +50,7 @@ from migsync.core.errors import (
 )
 from migsync.core.splitter import Statement, split
 from migsync.core.work import (
+    Await,
     Begin,
     Commit,
     Execute,
@@ -61,6 +62,7 @@ from migsync.core.work import (
     Savepoint,
     Script,
     Work,
+    await_from_thread,
     drive_sync,
 )
 
@@ -148,8 +150,10 @@ def _script_sync(conn: sqlite3.Connection, statements: list[Statement]) -> None:
             ) from exc
 
 
-def _perform_sync(conn: sqlite3.Connection, request: Request) -> Any:
+def _perform_sync(conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, request: Request) -> Any:
     """One unit-of-work request, run on the worker thread, driver errors mapped."""
+    if isinstance(request, Await):
+        return await_from_thread(loop, request)
     if isinstance(request, Script):
         statements = split(request.sql, "sqlite")
         return _script_sync(conn, statements) if statements else None
@@ -177,8 +181,8 @@ def _perform_sync(conn: sqlite3.Connection, request: Request) -> Any:
     raise TypeError(f"not a unit-of-work request: {request!r}")
 
 
-def _drive_sync(conn: sqlite3.Connection, work: Work[T]) -> T:
-    return drive_sync(work, functools.partial(_perform_sync, conn), lambda: conn.execute("ROLLBACK"))
+def _drive_sync(conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, work: Work[T]) -> T:
+    return drive_sync(work, functools.partial(_perform_sync, conn, loop), lambda: conn.execute("ROLLBACK"))
 
 
 class SQLiteConnection(BaseConnection):
@@ -335,4 +339,4 @@ class SQLiteBackend(BaseBackend):
         # The whole program runs on the worker thread: one hand-off, not one per statement.
         thread = self._require()
         async with self._lock:
-            return await thread.run(_drive_sync, thread.raw, work)
+            return await thread.run(_drive_sync, thread.raw, asyncio.get_running_loop(), work)

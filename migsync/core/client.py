@@ -14,11 +14,13 @@ processor pass; ``start()`` keeps passes running in the background.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
 from migsync.core.backend import TRANSACTIONAL_DDL, Backend
+from migsync.core.changes import ChangeRecorder, recording
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
 from migsync.core.events import EventDispatcher, EventSink
@@ -161,6 +163,17 @@ class Client:
     async def process(self, *, ignore_backoff: bool = False) -> PassResult:
         """Run one processor pass over what is already queued."""
         return await self.processor.run_pass(ignore_backoff=ignore_backoff)
+
+    def changes(self) -> contextlib.AbstractAsyncContextManager[ChangeRecorder]:
+        """A transaction in which to write the application's data and record each change::
+
+            async with client.changes() as rec:
+                await rec.execute("UPDATE todo SET done = TRUE WHERE id = $1", (7,))
+                await rec.update("todo", 7, {"id": 7, "done": True})
+
+        The changes are pushed to the server by :meth:`migsync.core.sync.Syncer.sync`.
+        """
+        return recording(self.backend)
 
     async def status(self) -> list[MigrationState]:
         return await self.ledger.status()

@@ -151,6 +151,19 @@ class SignatureError(MigsyncError):
     """A migration is unsigned, or signed by no trusted key: nothing of it may run."""
 
 
+class NotYet(MigsyncError):
+    """Nothing in a queue may run yet (entity changes wait for the schema): no attempt is counted."""
+
+
+class Postponed(MigsyncError):
+    """A change could not be done now for a reason outside it (the server is down): it is tried
+    again later, and the attempt is not counted against it."""
+
+
+class PermanentFailure(MigsyncError):
+    """A change failed in a way no retry can fix (the server refused it): it is dead at once."""
+
+
 class TransportError(MigsyncError):
     """A transport could not do what was asked."""
 
@@ -177,7 +190,10 @@ __all__ = [
     "MalformedAnswer",
     "MigrationError",
     "MigsyncError",
+    "NotYet",
+    "PermanentFailure",
     "PluginError",
+    "Postponed",
     "ServerRefused",
     "ServerUnavailable",
     "SignatureError",

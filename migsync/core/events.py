@@ -123,6 +123,39 @@ class PassCompleted(Event):
 
 
 @attrs.frozen(kw_only=True)
+class ChangesPushed(Event):
+    """A batch of entity changes reached the server (stored now, or stored before)."""
+
+    kind: ClassVar[str] = "changes_pushed"
+    count: int
+    first_seq: int
+    last_seq: int
+
+
+@attrs.frozen(kw_only=True)
+class ChangeEvent(Event):
+    change_id: str
+    entity: str
+    entity_id: str
+
+
+@attrs.frozen(kw_only=True)
+class ChangeFailed(ChangeEvent):
+    kind: ClassVar[str] = "change_failed"
+    error: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: float
+
+
+@attrs.frozen(kw_only=True)
+class ChangeDead(ChangeEvent):
+    kind: ClassVar[str] = "change_dead"
+    error: str
+    attempts: int
+
+
+@attrs.frozen(kw_only=True)
 class MigrationRefused(MigrationEvent):
     """A migration a transport delivered was not stored: bad signature, or drift."""
 

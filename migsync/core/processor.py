@@ -40,7 +40,7 @@ import attrs
 
 from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
-from migsync.core.errors import DirtyDatabase, MigsyncError
+from migsync.core.errors import DirtyDatabase, MigsyncError, NotYet, PermanentFailure, Postponed
 from migsync.core.events import Event, EventDispatcher, PassCompleted
 from migsync.core.work import (
     Begin,
@@ -135,6 +135,9 @@ class Outcome:
     dirty: bool = False
     #: False when nothing ran: the change was found blocked and its claim undone.
     ran: bool = True
+    #: Put off for a reason outside the change (:class:`~migsync.core.errors.Postponed`);
+    #: the attempt was not counted and ``next_attempt_at`` says when it is tried again.
+    postponed: bool = False
 
 
 @attrs.define
@@ -151,6 +154,8 @@ class PassResult:
     remaining: int = 0
     #: The pass stopped early because :meth:`ChangesProcessor.halt` was called.
     halted: bool = False
+    #: Why nothing in the queue may run yet (:class:`~migsync.core.errors.NotYet`), if so.
+    gated: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -192,6 +197,12 @@ class ChangesProcessor:
         )
         self._sql_done = f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL WHERE seq = $2"
         self._sql_failed = f"UPDATE {q} SET error = $1, next_attempt_at = $2 WHERE seq = $3"
+        self._sql_dead = (
+            f"UPDATE {q} SET error = $1, next_attempt_at = 0, attempts = max_attempts WHERE seq = $2"
+        )
+        self._sql_postponed = (
+            f"UPDATE {q} SET attempts = attempts - 1, error = $1, next_attempt_at = $2 WHERE seq = $3"
+        )
         self._sql_remaining = f"SELECT COUNT(*) AS n FROM {q} WHERE processed = FALSE"
 
     # -- one pass ------------------------------------------------------------------
@@ -234,6 +245,9 @@ class ChangesProcessor:
         if head:
             try:
                 yield from self.handler.check()
+            except NotYet as exc:  # not a failure: the queue waits for something else to happen
+                result.gated = str(exc)
+                return False, events
             except DirtyDatabase as exc:  # before "dead": a dirty change waits for repair, not revival
                 result.blocked = Outcome(
                     head[0]["id"],
@@ -266,6 +280,9 @@ class ChangesProcessor:
             outcome = yield from self._change(change, now if due_by is None else due_by, events)
             if outcome is None:
                 return True, events  # another processor got there first: read the queue again
+            if outcome.postponed:
+                result.waiting_until = outcome.next_attempt_at
+                return False, events
             if not outcome.ran:
                 result.blocked = outcome
                 return False, events
@@ -324,6 +341,15 @@ class ChangesProcessor:
         started = time.perf_counter()
         try:
             yield from handler.handle_outside(change, loaded)
+        except Postponed as exc:
+            next_at = self.clock.now() + self.retry.delay(1)
+            yield Begin()
+            yield Execute(self._sql_postponed, (str(exc), next_at, change["seq"]))
+            yield Commit()
+            return Outcome(
+                change["id"], label, False, attempts - 1, max_attempts, str(exc), False, next_at, ran=False,
+                postponed=True,
+            )  # fmt: skip
         except Exception as exc:
             yield Begin()
             outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
@@ -353,10 +379,15 @@ class ChangesProcessor:
             log.error("unexpected error in %s", label, exc_info=exc)
             error = f"{type(exc).__name__}: {exc}"
         dirty = isinstance(exc, DirtyDatabase)
-        dead = attempts >= max_attempts and not dirty
+        permanent = isinstance(exc, PermanentFailure) and not dirty
+        dead = (attempts >= max_attempts or permanent) and not dirty
         next_at = None if dead or dirty else self.clock.now() + self.retry.delay(attempts)
-        # A dirty change waits for a person: no retry time, however many attempts are left.
-        yield Execute(self._sql_failed, (error, next_at if next_at is not None else 0.0, change["seq"]))
+        if permanent:  # dead now, however many attempts were left
+            attempts = max_attempts
+            yield Execute(self._sql_dead, (error, change["seq"]))
+        else:
+            # A dirty change waits for a person: no retry time, however many attempts are left.
+            yield Execute(self._sql_failed, (error, next_at if next_at is not None else 0.0, change["seq"]))
         events.extend((yield from self.handler.record_failure(change, error, attempts, next_at, dirty)))
         return Outcome(change["id"], label, False, attempts, max_attempts, error, dead, next_at, dirty)
 

@@ -28,15 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from migsync.core.changes import EntityChangeHandler
 from migsync.core.errors import MigsyncError, ServerRefused, ServerUnavailable, SignatureError, TransportError
 from migsync.core.events import MigrationRefused, SyncCompleted
 from migsync.core.ledger import MigrationState
 from migsync.core.migration import Migration
 from migsync.core.outbox import ReportOutbox, report_of, worth_reporting
-from migsync.core.processor import PassResult
+from migsync.core.processor import ChangesProcessor, PassResult
 from migsync.core.signing import TrustedKey
 from migsync.core.verify import verify_offer
-from migsync.core.wire import CHECKSUM, Offer, OfferedMigration, StatusReport
+from migsync.core.wire import CHECKSUM, ChangesAck, EntityChange, Offer, OfferedMigration, StatusReport
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
@@ -75,6 +76,10 @@ class SyncResult:
     undelivered: int = 0
     #: why reports could not be delivered, if they could not
     report_error: str | None = None
+    #: the pass over the entity changes (None: not run, the server could not be reached)
+    changes: PassResult | None = None
+    #: entity changes the server took in this sync
+    pushed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         run = self.run
@@ -93,6 +98,7 @@ class SyncResult:
             "delivered": self.delivered,
             "undelivered": self.undelivered,
             "report_error": self.report_error,
+            "changes": None if self.changes is None else _changes_json(self.changes, self.pushed),
         }
 
     @property
@@ -100,16 +106,35 @@ class SyncResult:
         """Nothing failed: the server was reached, nothing was refused, the pass was clean."""
         return (
             self.run.ok
+            and (self.changes is None or self.changes.ok)
             and self.offline is None
             and self.report_error is None
             and not any(r.kind != "waiting" for r in self.refused)
         )
 
 
+def _changes_json(run: PassResult, pushed: int) -> dict[str, Any]:
+    bad = run.failure or run.blocked
+    return {
+        "pushed": pushed,
+        "waiting_for_schema": run.gated,
+        "failed": None if bad is None else {"change": bad.label, "error": bad.error, "dead": bad.dead},
+        "remaining": run.remaining,
+    }
+
+
 class Syncer:
     """Syncs one client with one server through one transport."""
 
-    def __init__(self, client: Client, transport: Transport, trusted: Sequence[TrustedKey]) -> None:
+    def __init__(
+        self,
+        client: Client,
+        transport: Transport,
+        trusted: Sequence[TrustedKey],
+        *,
+        push_changes: bool = True,
+        batch_size: int = 500,
+    ) -> None:
         if not trusted:
             raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")
         self.client = client
@@ -117,6 +142,16 @@ class Syncer:
         self.trusted = list(trusted)
         self.outbox = ReportOutbox(client.backend, client.clock)
         self._meta = client.backend.tables.meta
+        self.push_changes = push_changes
+        #: the same processor as the migrations', over the entity changes queue
+        self.changes_processor = ChangesProcessor(
+            client.backend,
+            EntityChangeHandler(client.backend.tables, _Late(self), client.clock, batch_size=batch_size),
+            events=client.events,
+            clock=client.clock,
+            retry=client.processor.retry,
+            lock_timeout=client.processor.lock_timeout,
+        )
 
     async def sync(self, *, ignore_backoff: bool = False) -> SyncResult:
         offline: str | None = None
@@ -146,6 +181,12 @@ class Syncer:
         run = await self.client.processor.run_pass(ignore_backoff=ignore_backoff)
         refused_reports = self._refusal_reports(offer, refused)
         delivered, undelivered, report_error = await self._report(refused_reports, deliver=offline is None)
+        changes = None
+        handler = self.changes_processor.handler
+        assert isinstance(handler, EntityChangeHandler)
+        pushed_before = handler.pushed
+        if offline is None and self.push_changes:
+            changes = await self.changes_processor.run_pass(ignore_backoff=ignore_backoff)
         result = SyncResult(
             self.transport.where,
             run,
@@ -156,6 +197,8 @@ class Syncer:
             delivered,
             undelivered,
             report_error,
+            changes,
+            handler.pushed - pushed_before,
         )
         self.client.events.emit(
             SyncCompleted(
@@ -262,3 +305,18 @@ class Syncer:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (_ETAG_KEY, etag),
                 )
+
+
+class _Late:
+    """The syncer's transport as the change handler sees it: whatever it is when a push happens
+    (a test, or an embedding, may swap ``Syncer.transport``)."""
+
+    def __init__(self, syncer: Syncer) -> None:
+        self._syncer = syncer
+
+    @property
+    def where(self) -> str:
+        return self._syncer.transport.where
+
+    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+        return await self._syncer.transport.push_changes(changes)

@@ -10,7 +10,8 @@ transaction control) and receives each result. A backend *drives* it:
 * a backend whose driver lives in a thread (SQLite through aiosqlite)
   runs the whole program inside that thread with :func:`drive_sync`: one
   hand-off per batch of changes instead of one per statement, which is
-  what keeps migsync within a few percent of the raw driver.
+  what keeps migsync within a few percent of the raw driver. Its rare
+  :class:`Await` requests hop back to the event loop (:func:`await_from_thread`).
 
 A failed request is thrown into the program at its ``yield``, so the
 program handles errors with ordinary ``try``/``except``. When a program
@@ -19,6 +20,7 @@ ends with a transaction still open, the driver rolls it back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -90,7 +92,15 @@ class RollbackTo:
     name: str
 
 
-Request = Execute | Fetch | Script | Begin | Commit | Rollback | Savepoint | Release | RollbackTo
+@attrs.frozen
+class Await:
+    """Await ``call()`` on the event loop (network I/O of a handler, e.g. a push to the server);
+    the result is its value. Asked for with no transaction open: nothing is held while it waits."""
+
+    call: Callable[[], Awaitable[Any]]
+
+
+Request = Execute | Fetch | Script | Begin | Commit | Rollback | Savepoint | Release | RollbackTo | Await
 Work = Generator[Request, Any, T]
 
 
@@ -161,9 +171,20 @@ async def drive_async(
             await rollback()
 
 
+def await_from_thread(loop: asyncio.AbstractEventLoop, request: Await) -> Any:
+    """Perform an :class:`Await` from a driver's worker thread: run it on ``loop`` and wait."""
+
+    async def call() -> Any:
+        return await request.call()
+
+    return asyncio.run_coroutine_threadsafe(call(), loop).result()
+
+
 async def perform_async(connection: Connection, request: Request) -> Any:
     """The default meaning of each request on an async :class:`Connection`."""
     match request:
+        case Await(call):
+            return await call()
         case Fetch(sql, params):
             return await connection.fetch(sql, params)
         case Execute(sql, params):

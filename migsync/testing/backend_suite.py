@@ -54,6 +54,7 @@ from migsync.core.migration import ANY_DIALECT, Migration, Script
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.core.schema import SCHEMA_VERSION
 from migsync.core.work import (
+    Await,
     Begin,
     Commit,
     Execute,
@@ -345,6 +346,39 @@ class BackendSuite:
             count, rows = await backend.run(program())
             assert count == 2 and rows == [{"s": 10}]
             assert await backend.fetch("SELECT COUNT(*) AS n FROM w") == [{"n": 4}]
+
+    async def test_run_awaits_on_the_event_loop_between_transactions(
+        self, make_backend: BackendFactory
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[object] = []
+
+        async def remote(value: int) -> int:
+            seen.append(asyncio.get_running_loop())
+            await asyncio.sleep(0)
+            return value * 2
+
+        async def broken() -> int:
+            raise ValueError("the server said no")
+
+        def program() -> Work[tuple[int, str]]:
+            yield Begin()
+            yield Execute("CREATE TABLE aw (x INTEGER)")
+            yield Commit()
+            doubled: int = yield Await(lambda: remote(21))
+            try:
+                yield Await(broken)
+            except ValueError as exc:
+                error = str(exc)
+            yield Begin()
+            yield Execute("INSERT INTO aw VALUES ($1)", (doubled,))
+            yield Commit()
+            return doubled, error
+
+        async with make_backend() as backend:
+            assert await backend.run(program()) == (42, "the server said no")
+            assert await backend.fetch("SELECT x FROM aw") == [{"x": 42}]
+        assert seen == [loop]  # on the caller's loop, whatever thread drives the program
 
     async def test_run_with_savepoints_and_a_caught_script_failure(
         self, make_backend: BackendFactory

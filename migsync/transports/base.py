@@ -1,7 +1,7 @@
 """The transport contract: what a client asks of the way to its server.
 
 A transport fetches the client's pending migrations and carries its status
-reports back. It never touches a database and never decides what is
+reports and its entity changes back. It never touches a database and never decides what is
 trusted: the client verifies everything a transport hands over (see
 :mod:`migsync.core.verify`). A transport is built by its plugin's factory::
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from migsync.core.wire import Offer, ReportAck, StatusReport
+from migsync.core.wire import ChangesAck, EntityChange, Offer, ReportAck, StatusReport
 
 
 @runtime_checkable
@@ -34,6 +34,10 @@ class Transport(Protocol):
 
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
         """Deliver status reports. Sending the same report again must be harmless."""
+
+    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+        """Deliver a batch of entity changes, in order. Sending a change again must be harmless
+        (the server answers ``duplicate``)."""
 
     async def aclose(self) -> None:
         """Release what the transport holds (connections, files)."""

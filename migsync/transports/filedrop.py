@@ -35,7 +35,15 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
-from migsync.core.wire import Drift, Offer, OfferedMigration, ReportAck, StatusReport
+from migsync.core.wire import (
+    ChangesAck,
+    Drift,
+    EntityChange,
+    Offer,
+    OfferedMigration,
+    ReportAck,
+    StatusReport,
+)
 from migsync.transports import dropfiles as files
 from migsync.transports.base import BaseTransport
 
@@ -170,12 +178,34 @@ class FileDropTransport(BaseTransport):
             self._write(changed)
         return ReportAck(tuple(r.version for r in changed), unchanged, drift)
 
+    # -- entity changes ---------------------------------------------------------------------------
+
+    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+        return await asyncio.to_thread(self._push_changes, list(changes))
+
+    def _push_changes(self, changes: list[EntityChange]) -> ChangesAck:
+        """Write the batch as one file; ``import-reports`` stores each change once, in order, and
+        refuses a bad one there (the client cannot hear it: an offline client's refusals show on
+        the server's side)."""
+        self._manifest_bytes()  # not mounted: unavailable
+        self._check_registered()
+        if not changes:
+            return ChangesAck()
+        folder = self.root / files.CHANGES_DIR / self.client_id
+        data = files.dump(files.changes_document(self.client_id, changes))
+        self._write_file(folder, data, parents=True)
+        return ChangesAck(accepted=tuple(c.id for c in changes))
+
     def _write(self, reports: list[StatusReport]) -> None:
         folder = self.reports_root / self.client_id
         data = files.dump(files.reports_document(self.client_id, reports))
+        self._write_file(folder, data, parents=self.reports_root != self.root / files.REPORTS_DIR)
+
+    def _write_file(self, folder: Path, data: bytes, *, parents: bool) -> None:
+        """``data`` as a new file in ``folder``, named so that files sort by the time they were written."""
         try:
-            folder.mkdir(parents=self.reports_root != self.root / files.REPORTS_DIR, exist_ok=True)
-            # Names sort by time; one written in the same millisecond as the last still sorts after it.
+            folder.mkdir(parents=parents, exist_ok=True)
+            # One written in the same millisecond as the last still sorts after it.
             last = max((files.report_millis(p) for p in files.report_files(folder)), default=0)
             millis = max(int(time.time() * 1000), last + 1)
             files.write_atomic(folder / files.report_file_name(millis, data), data)
@@ -183,6 +213,6 @@ class FileDropTransport(BaseTransport):
             if not self.root.is_dir():
                 raise ServerUnavailable(f"drop folder {self.root} is not there (not mounted?)") from None
             raise ServerRefused(
-                f"cannot write reports to {folder}: {exc.strerror or exc}; if the drop folder is "
+                f"cannot write to {folder}: {exc.strerror or exc}; if the drop folder is "
                 "read-only, give a writable folder with --reports"
             ) from None

@@ -21,18 +21,23 @@ import httpx
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.wire import (
+    ChangesAck,
     Drift,
+    EntityChange,
     Offer,
     ReportAck,
     StatusReport,
     ack_from_json,
+    changes_ack_from_json,
+    changes_to_json,
     offers_from_json,
     reports_to_json,
 )
 from migsync.transports.base import BaseTransport
 
-#: The most reports one request carries (the server's limit).
+#: The most reports, and changes, one request carries (the server's limits).
 MAX_REPORTS = 1000
+MAX_CHANGES = 1000
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
@@ -98,6 +103,23 @@ class HttpTransport(BaseTransport):
             unchanged += ack.unchanged
             drift += ack.drift
         return ReportAck(tuple(recorded), tuple(unchanged), tuple(drift))
+
+    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+        url = f"{self.base}/api/changes"
+        accepted: list[str] = []
+        duplicate: list[str] = []
+        for start in range(0, len(changes), MAX_CHANGES):
+            body = json.dumps(changes_to_json(changes[start : start + MAX_CHANGES])).encode()
+            headers = self._headers | {"Content-Type": "application/json"}
+            response = await self._send("POST", url, headers=headers, content=body)
+            ack = changes_ack_from_json(_json(response, url), f"POST {url}")
+            accepted += ack.accepted
+            duplicate += ack.duplicate
+            if ack.refused is not None or len(ack.accepted) + len(ack.duplicate) < len(
+                changes[start : start + MAX_CHANGES]
+            ):
+                return ChangesAck(tuple(accepted), tuple(duplicate), ack.refused)
+        return ChangesAck(tuple(accepted), tuple(duplicate))
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """The response (2xx or 304), after retries; a refusal or exhaustion raises."""

@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING, ClassVar
 import attrs
 
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
-from migsync.core.wire import Drift, Offer, OfferedMigration, ReportAck, StatusReport
+from migsync.core.wire import (
+    ChangeRefusal,
+    ChangesAck,
+    Drift,
+    EntityChange,
+    Offer,
+    OfferedMigration,
+    ReportAck,
+    StatusReport,
+)
 from migsync.transports.base import BaseTransport
 
 if TYPE_CHECKING:
@@ -33,6 +42,8 @@ class MemoryServer:
     status: dict[str, dict[int, StatusReport]] = attrs.field(factory=dict)
     #: every report batch as it arrived, per client (to see what was delivered how often)
     received: dict[str, list[tuple[StatusReport, ...]]] = attrs.field(factory=dict)
+    #: client id -> the entity changes it pushed, in the order received (each id once)
+    inbox: dict[str, list[EntityChange]] = attrs.field(factory=dict)
     down: bool = False
     serial: int = 0
     tokens: dict[str, str] = attrs.field(factory=dict)  # client id -> token; empty: any token
@@ -97,6 +108,23 @@ class MemoryServer:
         )
         return ReportAck(tuple(recorded), tuple(unchanged), drift)
 
+    def receive_changes(self, client_id: str, changes: Sequence[EntityChange]) -> ChangesAck:
+        mine = self.inbox.setdefault(client_id, [])
+        known = {c.id for c in mine}
+        accepted: list[str] = []
+        duplicate: list[str] = []
+        for change in changes:
+            if change.id in known:
+                duplicate.append(change.id)
+            elif change.schema_version is not None and change.schema_version not in self.published:
+                reason = f"schema version {change.schema_version} was never published by this server"
+                return ChangesAck(tuple(accepted), tuple(duplicate), ChangeRefusal(change.id, reason))
+            else:
+                mine.append(change)
+                known.add(change.id)
+                accepted.append(change.id)
+        return ChangesAck(tuple(accepted), tuple(duplicate))
+
 
 class MemoryTransport(BaseTransport):
     """A client's way to a :class:`MemoryServer`."""
@@ -140,3 +168,7 @@ class MemoryTransport(BaseTransport):
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
         self._check()
         return self.server.report(self.client_id, reports)
+
+    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+        self._check()
+        return self.server.receive_changes(self.client_id, changes)

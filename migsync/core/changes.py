@@ -1,0 +1,243 @@
+"""Entity changes: the application's own writes, recorded in ``entity_changes`` and pushed to the server.
+
+Recording, inside the application's transaction::
+
+    async with client.changes() as rec:
+        await rec.execute("INSERT INTO todo (id, title) VALUES ($1, $2)", (7, "milk"))
+        await rec.insert("todo", 7, {"id": 7, "title": "milk"})
+
+Both statements commit together or not at all. Each change is tagged with
+the client's schema version at the time of the write (its newest applied
+migration), so the server knows which schema the data was written against,
+even when the change is pushed after the client applied newer migrations.
+Tables can also be captured without application code (:mod:`migsync.core.capture`).
+
+Pushing is the work of :class:`EntityChangeHandler`, run by the same
+:class:`~migsync.core.processor.ChangesProcessor` as migrations, with the
+same rules: strict order, retries with backoff, dead after ``max_attempts``,
+events after commit. Its particulars:
+
+* **After the schema.** Nothing is pushed while a migration change is open
+  (pending, failed or dead) or a migration is dirty: the data waits for the
+  schema it needs (:class:`~migsync.core.errors.NotYet`, no attempt counted).
+* **In batches.** The head change carries the changes after it (up to
+  ``batch_size``) in one request, sent with no transaction open; each change
+  the server took, a prefix of the batch, is marked processed.
+* **Idempotent delivery.** A change sent twice (a lost answer) is stored
+  once by the server: it answers "duplicate", which counts as delivered.
+* **Server down** is :class:`~migsync.core.errors.Postponed`: retried later,
+  the attempt not counted. **A refusal** (a schema version the server never
+  published) is :class:`~migsync.core.errors.PermanentFailure`: the change is
+  dead at once with the server's reason, and blocks the ones after it until
+  a person revives or discards it. Nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import attrs
+
+from migsync.core.backend import Backend, Connection, Row
+from migsync.core.clock import Clock
+from migsync.core.errors import (
+    ConfigError,
+    MalformedAnswer,
+    NotYet,
+    PermanentFailure,
+    Postponed,
+    ServerUnavailable,
+)
+from migsync.core.events import ChangeDead, ChangeFailed, ChangesPushed, Event
+from migsync.core.processor import Loaded
+from migsync.core.schema import Tables
+from migsync.core.wire import OPERATIONS, ChangesAck, EntityChange
+from migsync.core.work import Await, Execute, Fetch, Work
+
+
+class ChangePusher(Protocol):
+    """The part of a transport the handler uses (:class:`migsync.transports.base.Transport` is one)."""
+
+    @property
+    def where(self) -> str: ...
+
+    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck: ...
+
+
+def schema_version_sql(tables: Tables) -> str:
+    """The client's schema version: its newest applied migration (NULL: none)."""
+    return f"SELECT MAX(version) AS v FROM {tables.status} WHERE applied = TRUE"
+
+
+class ChangeRecorder:
+    """Records entity changes (and runs the application's statements) in one open transaction."""
+
+    def __init__(self, tx: Connection, tables: Tables, schema_version: int | None) -> None:
+        self._tx = tx
+        self._tables = tables
+        self.schema_version = schema_version
+        self._insert = (
+            f"INSERT INTO {tables.changes} (entity, entity_id, operation, data, schema_version) "
+            "VALUES ($1, $2, $3, $4, $5)"
+        )
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one of the application's own statements in the same transaction."""
+        return await self._tx.execute(sql, params)
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._tx.fetch(sql, params)
+
+    async def record(self, entity: str, entity_id: object, operation: str, data: Any = None) -> None:
+        """Record one change; ``data`` is the row after the write (JSON-serialisable)."""
+        if operation not in OPERATIONS:
+            raise ConfigError(f"operation {operation!r} is not one of {', '.join(OPERATIONS)}")
+        if not entity or not isinstance(entity, str):
+            raise ConfigError(f"entity {entity!r} must be a non-empty string")
+        try:
+            text = None if data is None else json.dumps(data, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"change to {entity} {entity_id}: data is not JSON ({exc})") from None
+        await self._tx.execute(self._insert, (entity, str(entity_id), operation, text, self.schema_version))
+
+    async def insert(self, entity: str, entity_id: object, data: Any) -> None:
+        await self.record(entity, entity_id, "insert", data)
+
+    async def update(self, entity: str, entity_id: object, data: Any) -> None:
+        await self.record(entity, entity_id, "update", data)
+
+    async def delete(self, entity: str, entity_id: object) -> None:
+        await self.record(entity, entity_id, "delete", None)
+
+
+@asynccontextmanager
+async def recording(backend: Backend) -> AsyncIterator[ChangeRecorder]:
+    """A transaction with a :class:`ChangeRecorder`; it commits when the block ends without error."""
+    async with backend.transaction() as tx:
+        rows = await tx.fetch(schema_version_sql(backend.tables))
+        version = rows[0]["v"] if rows else None
+        yield ChangeRecorder(tx, backend.tables, None if version is None else int(version))
+
+
+def change_of(row: Row) -> EntityChange:
+    data = row["data"]
+    return EntityChange(
+        id=row["id"],
+        entity=row["entity"],
+        entity_id=row["entity_id"],
+        operation=row["operation"],
+        data=None if data is None else json.loads(data),
+        schema_version=None if row["schema_version"] is None else int(row["schema_version"]),
+        timestamp=float(row["timestamp"]),
+    )
+
+
+@attrs.define
+class _Batch:
+    rows: list[Row]
+    done: list[str] = attrs.field(factory=list)
+
+
+class EntityChangeHandler:
+    """Pushes the ``entity_changes`` queue to the server through a transport, in batches."""
+
+    def __init__(
+        self, tables: Tables, transport: ChangePusher, clock: Clock, *, batch_size: int = 500
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError("batch_size must be at least 1")
+        self.queue = tables.changes
+        self.transport = transport
+        self.clock = clock
+        self.batch_size = batch_size
+        #: changes the server took since this handler was made (a batch counts each of its changes)
+        self.pushed = 0
+        self._sql_gate = (
+            f"SELECT (SELECT COUNT(*) FROM {tables.queue} WHERE processed = FALSE) AS open, "
+            f"(SELECT COUNT(*) FROM {tables.status} WHERE dirty = TRUE) AS dirty"
+        )
+        self._sql_batch = (
+            f"SELECT * FROM {tables.changes} WHERE processed = FALSE AND seq >= $1 "
+            f"AND attempts < max_attempts ORDER BY seq LIMIT {int(batch_size)}"
+        )
+        self._sql_done = (
+            f"UPDATE {tables.changes} SET processed = TRUE, processed_at = $1, error = NULL WHERE id = $2"
+        )
+
+    def describe(self, change: Row) -> str:
+        return f"push {change['operation']} {change['entity']} {change['entity_id']}"
+
+    def check(self) -> Work[None]:
+        rows: list[Row] = yield Fetch(self._sql_gate)
+        open_changes, dirty = int(rows[0]["open"]), int(rows[0]["dirty"])
+        if open_changes or dirty:
+            raise NotYet(
+                "entity changes wait for the schema: "
+                + (f"{open_changes} migration change(s) not done" if open_changes else "a migration is dirty")
+            )
+
+    def load(self, change: Row) -> Work[Loaded]:
+        rows: list[Row] = yield Fetch(self._sql_batch, (change["seq"],))
+        # The head itself was claimed (its attempts went up): keep it whatever its count says now.
+        batch = [change, *(r for r in rows if r["seq"] != change["seq"])]
+        return Loaded(_Batch(batch), outside_transaction=True)
+
+    def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
+        raise AssertionError("entity changes are pushed outside a transaction")  # load says so
+        yield  # pragma: no cover
+
+    def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        return  # a push stopped half-way is simply sent again: the server stores a change once
+        yield  # pragma: no cover
+
+    def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
+        batch: _Batch = loaded.data
+        changes = [change_of(row) for row in batch.rows]
+        try:
+            ack = yield Await(lambda: self.transport.push_changes(changes))
+        except ServerUnavailable as exc:
+            raise Postponed(f"the server cannot be reached: {exc}") from None
+        taken = [*ack.accepted, *ack.duplicate]
+        sent = [c.id for c in changes]
+        prefix = sent[: len(taken)]
+        if sorted(taken) != sorted(prefix):
+            raise MalformedAnswer(
+                f"{self.transport.where}: the server's answer does not name a prefix of the batch it was sent"
+            )
+        batch.done = prefix
+        if change["id"] not in batch.done:
+            if ack.refused is not None and ack.refused.id == change["id"]:
+                raise PermanentFailure(f"refused by the server: {ack.refused.reason}")
+            raise MalformedAnswer(
+                f"{self.transport.where}: the server neither took nor refused {change['id']}"
+            )
+
+    def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
+        batch: _Batch = loaded.data
+        now = self.clock.now()
+        for change_id in batch.done:
+            if change_id != change["id"]:  # the processor marks the head itself
+                yield Execute(self._sql_done, (now, change_id))
+        seqs = [int(r["seq"]) for r in batch.rows if r["id"] in batch.done]
+        self.pushed += len(seqs)
+        return ChangesPushed(count=len(seqs), first_seq=min(seqs), last_seq=max(seqs))
+
+    def record_failure(
+        self, change: Row, error: str, attempts: int, next_attempt_at: float | None, dirty: bool
+    ) -> Work[list[Event]]:
+        ids = {"change_id": change["id"], "entity": change["entity"], "entity_id": change["entity_id"]}
+        if next_attempt_at is None:
+            return [ChangeDead(error=error, attempts=attempts, **ids)]
+        return [
+            ChangeFailed(
+                error=error,
+                attempts=attempts,
+                max_attempts=int(change["max_attempts"]),
+                next_attempt_at=next_attempt_at,
+                **ids,
+            )
+        ]
+        yield  # pragma: no cover
