@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbtools import MIGSYNC, migsync_env, query, run, start, wait_for
+from dbtools import BOOKKEEPING_TABLES, MIGSYNC, migsync_env, query, run, start, wait_for
 from servers import ServerThread
 
 from migsync.server.app import create_app
@@ -99,7 +99,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deplo
 
 def user_tables(url: str) -> set[str]:
     rows = query(url, "SELECT name FROM sqlite_master WHERE type = 'table'")
-    return {r[0] for r in rows if not r[0].startswith(("client_", "migration_", "migsync_"))}
+    return {r[0] for r in rows} - BOOKKEEPING_TABLES
 
 
 def test_clients_sync_apply_and_report_and_the_fleet_shows_each(deployment: Deployment) -> None:

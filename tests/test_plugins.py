@@ -505,7 +505,7 @@ async def test_hook_migsync_register_transports() -> None:
     assert spec.name == "pigeon"
     transport = spec.load()("pigeon://loft")
     assert isinstance(transport, PigeonTransport)
-    assert plugins.transports.names() == ["http", "memory", "pigeon"]
+    assert plugins.transports.names() == ["file", "http", "memory", "pigeon"]
     with pytest.raises(
         ConfigError, match=r"no transport serves server URL 'ftp://x'; known schemes: .*pigeons://"
     ):
