@@ -264,6 +264,48 @@ def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
     print_status(states)
 
 
+# -- capture -------------------------------------------------------------------------------------
+
+
+@main.command()
+@db_option
+@click.option("--table", metavar="NAME", help="The table: NAME, or SCHEMA.NAME on Postgres.")
+@click.option("--remove", is_flag=True, help="Stop capturing the table: drop its triggers.")
+@click.option("--list", "listing", is_flag=True, help="Print the captured tables, one a line.")
+@click.pass_context
+def capture(ctx: click.Context, db_url: str, table: str | None, remove: bool, listing: bool) -> None:
+    """Record every insert, update and delete of a table as entity changes, by triggers.
+
+    Installs (again: replaces) AFTER row triggers on --table that write each
+    change into the client's entity_changes table in the writer's own
+    transaction. The table needs a primary key. On SQLite, run it again after
+    a migration adds a column to the table, or the new column is not captured.
+    """
+    if table is None and (remove or not listing):
+        raise click.UsageError("give --table NAME (or --list)")
+
+    async def run() -> list[str] | None:
+        from migsync.core import capture as capturing
+
+        async with connect(ctx, db_url, ()) as client:
+            if table is not None and remove:
+                removed = await capturing.remove(client.backend, table)
+                click.echo(f"stopped capturing {table}" if removed else f"{table} was not captured")
+            elif table is not None:
+                info = await capturing.install(client.backend, table)
+                click.echo(
+                    f"capturing {info.table} (key: {', '.join(info.key)}; {len(info.columns)} columns)"
+                )
+            return await capturing.captured(client.backend) if listing else None
+
+    tables = run_coro(run())
+    if tables is not None:
+        for name in tables:
+            click.echo(name)
+        if not tables:
+            click.echo("no captured tables", err=True)
+
+
 # -- plugins, demo --------------------------------------------------------------------------
 
 

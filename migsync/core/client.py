@@ -158,11 +158,20 @@ class Client:
         else:
             await self.ledger.record(migrations)
         await self.ledger.queue_pending()
-        return await self.processor.run_pass(ignore_backoff=ignore_backoff)
+        return await self.process(ignore_backoff=ignore_backoff)
 
     async def process(self, *, ignore_backoff: bool = False) -> PassResult:
         """Run one processor pass over what is already queued."""
-        return await self.processor.run_pass(ignore_backoff=ignore_backoff)
+        result = await self.processor.run_pass(ignore_backoff=ignore_backoff)
+        if any(outcome.ok for outcome in result.processed):
+            await self.after_migrations()
+        return result
+
+    async def after_migrations(self) -> None:
+        """What must follow migrations that ran: capture triggers follow their tables' new columns."""
+        from migsync.core.capture import refresh
+
+        await refresh(self.backend)
 
     def changes(self) -> contextlib.AbstractAsyncContextManager[ChangeRecorder]:
         """A transaction in which to write the application's data and record each change::

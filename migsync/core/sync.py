@@ -178,7 +178,7 @@ class Syncer:
                     MigrationRefused(name=refusal.name, version=refusal.version, reason=refusal.reason)
                 )
         await self.client.ledger.queue_pending()
-        run = await self.client.processor.run_pass(ignore_backoff=ignore_backoff)
+        run = await self.client.process(ignore_backoff=ignore_backoff)
         refused_reports = self._refusal_reports(offer, refused)
         delivered, undelivered, report_error = await self._report(refused_reports, deliver=offline is None)
         changes = None
