@@ -17,6 +17,7 @@ _EXPORTS: dict[str, str] = {
     "BaseBackend": "migsync.core.backend",
     "BaseConnection": "migsync.core.backend",
     "BaseEventSink": "migsync.core.events",
+    "ChangeApplierSpec": "migsync.core.specs",
     "ChecksumMismatch": "migsync.core.errors",
     "Client": "migsync.core.client",
     "Clock": "migsync.core.clock",
@@ -95,7 +96,13 @@ if TYPE_CHECKING:
     from migsync.core.migration import Migration, Script
     from migsync.core.plugins import Plugins, make_plugins
     from migsync.core.sources import SourceSnapshot, load_directory, plugin_formats, scan_directory
-    from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, TransportSpec
+    from migsync.core.specs import (
+        BackendSpec,
+        ChangeApplierSpec,
+        EventSinkSpec,
+        SourceFormatSpec,
+        TransportSpec,
+    )
     from migsync.core.sync import Syncer, SyncResult
     from migsync.core.wire import Offer, OfferedMigration, ReportAck, StatusReport
     from migsync.transports.base import BaseTransport, Transport
@@ -120,6 +127,7 @@ __all__ = [
     "BaseConnection",
     "BaseEventSink",
     "BaseTransport",
+    "ChangeApplierSpec",
     "ChecksumMismatch",
     "Client",
     "Clock",

@@ -1,4 +1,5 @@
-"""The server side of the ``migsync`` command: keygen, publish, clients, fleet, serve, export, import-reports.
+"""The server side of the ``migsync`` command: keygen, publish, clients, fleet, serve, export,
+import-reports, inbox.
 
 Each command imports what it needs (cryptography, SQLAlchemy, Starlette,
 uvicorn) when it runs, so none of that is paid by ``migsync apply``.
@@ -8,17 +9,21 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, run_coro
+from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, plugins_of, run_coro
 
 if TYPE_CHECKING:
+    from migsync.server.appliers import ChangeApplier
     from migsync.server.export import ExportResult
     from migsync.server.import_reports import ImportResult
-    from migsync.server.records import FleetEntry
+    from migsync.server.records import FleetEntry, ReceivedChange
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.command()
@@ -57,6 +62,40 @@ store_option = click.option(
     metavar="URL",
     help="Server store URL, e.g. sqlite:///server.db or postgresql://host/db [env: MIGSYNC_STORE]",
 )
+
+
+def appliers_options(command: F) -> F:
+    """``--apply-changes NAME[:k=v,...]`` (repeatable) and ``--no-apply-changes``."""
+    command = click.option(
+        "--no-apply-changes",
+        is_flag=True,
+        help="Only store the entity changes clients push; apply them nowhere.",
+    )(command)
+    return click.option(
+        "--apply-changes",
+        "apply_changes",
+        multiple=True,
+        metavar="NAME[:k=v,...]",
+        help="Change applier to hand each received entity change to (repeatable, in this order); "
+        "default: the default ones (tables). See 'migsync plugins'.",
+    )(command)
+
+
+def build_appliers(ctx: click.Context, names: tuple[str, ...], off: bool) -> list[ChangeApplier]:
+    """The appliers the options name: none with --no-apply-changes, the defaults without either."""
+    from migsync.core.errors import MigsyncError
+    from migsync.server.appliers import build_appliers as build
+
+    if off and names:
+        click.echo("error: --apply-changes and --no-apply-changes exclude each other", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if off:
+        return []
+    try:
+        return build(plugins_of(ctx), list(names) or None)
+    except MigsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @click.command()
@@ -218,14 +257,28 @@ def fleet(store_url: str, as_json: bool) -> None:
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     help="Log level of the server (uvicorn), access log included.",
 )
-def serve(store_url: str, host: str, port: int, admin_token: str, log_level: str) -> None:
+@appliers_options
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    store_url: str,
+    host: str,
+    port: int,
+    admin_token: str,
+    log_level: str,
+    apply_changes: tuple[str, ...],
+    no_apply_changes: bool,
+) -> None:
     """Serve the store's HTTP API to clients (uvicorn).
 
     The store must exist (see 'publish' and 'clients add'). Clients poll
-    GET /api/migrations/pending and report to POST /api/migrations/status
-    with their own token; the admin token reads /api/migrations and
-    /api/clients. Stops cleanly on SIGINT or SIGTERM.
+    GET /api/migrations/pending, report to POST /api/migrations/status and
+    push entity changes to POST /api/changes with their own token; the admin
+    token reads /api/migrations and /api/clients. Received changes go to the
+    inbox (see 'migsync inbox') and to the change appliers. Stops cleanly on
+    SIGINT or SIGTERM.
     """
+    appliers = build_appliers(ctx, apply_changes, no_apply_changes)
 
     async def check() -> None:
         from migsync.server import Store
@@ -240,7 +293,7 @@ def serve(store_url: str, host: str, port: int, admin_token: str, log_level: str
     from migsync.server.app import create_app
 
     try:
-        app = create_app(store_url, admin_token=admin_token)
+        app = create_app(store_url, admin_token=admin_token, appliers=appliers)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -300,32 +353,60 @@ def export_command(store_url: str, folder: str) -> None:
 @click.option(
     "--from",
     "folder",
-    required=True,
     type=click.Path(file_okay=False),
     metavar="DIR",
-    help="The reports folder (a drop folder's reports/, or the drop folder).",
+    help="The reports folder (a drop folder's reports/), or the drop folder (its reports/ and changes/).",
 )
-def import_reports_command(store_url: str, folder: str) -> None:
-    """Record the status reports offline clients left in DIR.
+@click.option(
+    "--changes",
+    "changes_folder",
+    type=click.Path(file_okay=False),
+    metavar="DIR",
+    help="A changes folder (a drop folder's changes/) to import entity changes from.",
+)
+@appliers_options
+@click.pass_context
+def import_reports_command(
+    ctx: click.Context,
+    store_url: str,
+    folder: str | None,
+    changes_folder: str | None,
+    apply_changes: tuple[str, ...],
+    no_apply_changes: bool,
+) -> None:
+    """Record the status reports and entity changes offline clients left in DIR.
 
-    DIR holds a folder per client, named by its id, of report files. Each
-    file is imported oldest first, then renamed to NAME.imported, so running
-    it again changes nothing. A file that cannot be imported (unknown client,
-    bad format, unpublished version, too big, a symlink out of its folder) is
-    left where it is and named on stderr; the rest is imported. Exits 1 if
+    DIR holds a folder per client, named by its id, of report files; a drop
+    folder holds such a folder of reports (reports/) and one of entity
+    changes (changes/), and --changes names a changes folder on its own.
+    Each file is imported oldest first, then renamed to NAME.imported, so
+    running it again changes nothing. A file that cannot be imported (unknown
+    client, bad format, unpublished version, too big, a symlink out of its
+    folder) is left where it is and named on stderr; the rest is imported,
+    except that a client's changes files after a refused one wait for it.
+    Received changes go to the change appliers, as with 'serve'. Exits 1 if
     any file was refused or could not be renamed.
     """
+    if folder is None and changes_folder is None:
+        raise click.UsageError("name what to import: --from DIR, --changes DIR, or both")
+    appliers = build_appliers(ctx, apply_changes, no_apply_changes)
 
     async def run() -> ImportResult:
         from migsync.core.errors import ConfigError
         from migsync.server import Store
         from migsync.server.import_reports import import_reports
 
-        async with Store.open(store_url, create=False) as store:
+        async with Store.open(store_url, create=False, appliers=appliers) as store:
             try:
-                return await import_reports(store, Path(folder))
+                return await import_reports(
+                    store,
+                    None if folder is None else Path(folder),
+                    changes=None if changes_folder is None else Path(changes_folder),
+                )
             except OSError as exc:
-                raise ConfigError(f"cannot read reports folder {folder}: {exc.strerror or exc}") from None
+                raise ConfigError(
+                    f"cannot read folder {exc.filename or folder or changes_folder}: {exc.strerror or exc}"
+                ) from None
 
     result = run_coro(run())
     for item in result.imported:
@@ -342,16 +423,91 @@ def import_reports_command(store_url: str, folder: str) -> None:
             click.echo(f"warning: {item.path}: recorded, but {item.not_marked}", err=True)
     for refused in result.refused:
         click.echo(f"refused {refused.path}: {refused.reason}", err=True)
-    click.echo(
-        f"imported {len(result.imported)} file{_s(result.imported)}, refused {len(result.refused)}, "
-        f"{result.already_imported} imported before"
-    )
-    if result.refused or problems:
+    if folder is not None:
+        click.echo(
+            f"imported {len(result.imported)} file{_s(result.imported)}, refused {len(result.refused)}, "
+            f"{result.already_imported} imported before"
+        )
+    for changes in result.changes_imported:
+        click.echo(
+            f"imported changes {changes.path}: {len(changes.accepted)} accepted, "
+            f"{len(changes.duplicate)} stored before"
+        )
+        if changes.not_marked:
+            problems += 1
+            click.echo(f"warning: {changes.path}: stored, but {changes.not_marked}", err=True)
+    for refused in result.changes_refused:
+        click.echo(f"refused {refused.path}: {refused.reason}", err=True)
+    looked = result.changes_imported or result.changes_refused or result.changes_already_imported
+    if changes_folder is not None or looked:
+        click.echo(
+            f"imported {len(result.changes_imported)} changes file{_s(result.changes_imported)}, "
+            f"refused {len(result.changes_refused)}, {result.changes_already_imported} imported before"
+        )
+    if result.refused or result.changes_refused or problems:
         sys.exit(1)
+
+
+@click.command()
+@store_option
+@click.option("--json", "as_json", is_flag=True, help='Print {"changes": [...]} instead of a table.')
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Only the latest N changes (still listed in the order received).",
+)
+def inbox(store_url: str, as_json: bool, limit: int | None) -> None:
+    """List the entity changes clients pushed, in the order received.
+
+    One row per change: when it was received, the client, the entity and its
+    id, the operation, the schema version it was written under, and the
+    error of a change applier that failed on it (--json has the data and
+    the errors in full).
+    """
+
+    async def run() -> tuple[list[ReceivedChange], dict[int, str]]:
+        from migsync.server import Store
+
+        async with Store.open(store_url, create=False) as store:
+            return await store.inbox(limit), {c.client_id: c.name for c in await store.clients()}
+
+    changes, names = run_coro(run())
+    if as_json:
+        click.echo(json.dumps({"changes": [c.to_json() for c in changes]}, indent=2))
+        return
+    if not changes:
+        click.echo("no changes received")
+        return
+    from migsync.core.clock import iso
+    from migsync.report_server import print_table
+
+    header = ("received", "client", "entity", "entity id", "operation", "schema", "data", "error")
+    rows = [
+        (
+            iso(c.received_at) or "-",
+            _cell(f"{c.client_id} ({names.get(c.client_id, '?')})"),
+            _cell(c.entity),
+            _cell(c.entity_id),
+            c.operation,
+            "-" if c.schema_version is None else str(c.schema_version),
+            _cell(json.dumps(c.data, separators=(",", ":")), 40),
+            _cell(c.apply_error.splitlines()[0], 60) if c.apply_error else "-",
+        )
+        for c in changes
+    ]
+    print_table(header, rows)
+
+
+def _cell(text: str, width: int = 30) -> str:
+    """``text`` fit for one table cell: what came from a client cannot move the cursor."""
+    shown = text if text.isprintable() else json.dumps(text)[1:-1]
+    return shown if len(shown) <= width else shown[: width - 3] + "..."
 
 
 def _s(items: tuple[object, ...]) -> str:
     return "" if len(items) == 1 else "s"
 
 
-SERVER_COMMANDS = (keygen, publish, clients, fleet, serve, export_command, import_reports_command)
+SERVER_COMMANDS = (keygen, publish, clients, fleet, serve, export_command, import_reports_command, inbox)

@@ -34,6 +34,7 @@ import migsync
 from migsync import (
     BackendSpec,
     BaseEventSink,
+    ChangeApplierSpec,
     Client,
     ConfigError,
     Event,
@@ -557,6 +558,41 @@ def test_hook_migsync_register_source_formats(tmp_path: Path) -> None:
     assert "CREATE TABLE users" in migrations[0].script("up", "sqlite").sql
 
 
+async def test_hook_migsync_register_change_appliers(tmp_path: Path) -> None:
+    from migsync.core.wire import EntityChange
+    from migsync.server import Store
+    from migsync.server.appliers import build_appliers
+
+    seen: list[tuple[str, str, str, str]] = []
+
+    class AuditApplier:
+        name = "audit"
+
+        def __init__(self, options: Mapping[str, str]):
+            self.tag = options["tag"]
+
+        async def apply(self, change: Any, connection: Any, dialect: str) -> None:
+            seen.append((self.tag, change.change_id, change.entity, dialect))
+
+    @hookimpl
+    def migsync_register_change_appliers(register: Callable[[ChangeApplierSpec], None]) -> None:
+        register(ChangeApplierSpec("audit", AuditApplier, "keeps what it is given"))
+
+    plugins = make_plugins(extra=[plugin("audit-plugin", migsync_register_change_appliers)])
+    assert plugins.change_appliers.names() == ["audit", "tables"]
+    assert [spec.name for spec in plugins.change_appliers if spec.default] == ["tables"]
+    appliers = build_appliers(plugins, ["audit:tag=mine"])
+    async with Store.open(f"sqlite:///{tmp_path / 'server.db'}", appliers=appliers) as store:
+        client_id, _ = await store.add_client("a")
+        change = EntityChange("c1", "todo", "1", "insert", {"title": "x"}, None, 1.0)
+        assert (await store.receive_changes(client_id, [change])).accepted == ("c1",)
+        assert [c.apply_error for c in await store.inbox()] == [None]
+    assert seen == [("mine", "c1", "todo", "sqlite")]
+    described = {info.name: info for info in plugins.describe()}
+    assert described["audit-plugin"].registers == ("change applier:audit",)
+    assert described["migsync.plugins.appliers"].registers == ("change applier:tables",)
+
+
 # -- meta-tests: the contract stays documented and tested -------------------------------------
 
 
@@ -604,6 +640,7 @@ def test_public_api_exports_the_plugin_contract() -> None:
         "EventSinkSpec",
         "TransportSpec",
         "SourceFormatSpec",
+        "ChangeApplierSpec",
     ):
         assert name in migsync.__all__
     assert migsync.hookimpl is hookspecs.hookimpl

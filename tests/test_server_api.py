@@ -686,6 +686,7 @@ async def test_a_version_1_store_is_upgraded(any_store: str, key_path: Path) -> 
     async with Store.open(any_store) as store:
         _, token = await store.add_client("a")
     await aquery(any_store, "ALTER TABLE store_clients DROP COLUMN status_serial")
+    await aquery(any_store, "DROP TABLE store_inbox")
     await aquery(any_store, "UPDATE store_meta SET value = '1' WHERE key = 'schema_version'")
     async with api_on(any_store, key_path) as api:
         me = {"Authorization": f"Bearer {token}"}
@@ -693,6 +694,17 @@ async def test_a_version_1_store_is_upgraded(any_store: str, key_path: Path) -> 
         assert await api.versions(me) == [1]
         assert (await api.report(me, applied(V1))).status_code == 200
         assert await api.versions(me) == []
+        change = {
+            "id": "c1",
+            "entity": "todo",
+            "entity_id": "1",
+            "operation": "insert",
+            "data": None,
+            "schema_version": 1,
+            "timestamp": 1.0,
+        }
+        pushed = await api.http.post("/api/changes", headers=me, json={"changes": [change]})
+        assert pushed.json() == {"accepted": ["c1"], "duplicate": [], "refused": None}
     assert await aquery(any_store, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]

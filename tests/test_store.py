@@ -17,11 +17,12 @@ from dbtools import is_sqlite, migsync_env, query, run
 from migsync.core.errors import ChecksumMismatch, ConfigError, ConnectError, SignatureError
 from migsync.core.migration import Migration, Script
 from migsync.core.signing import load_private_key, load_public_keys, verify, write_keypair
+from migsync.core.wire import EntityChange
 from migsync.server import Store
 from migsync.server.engine import store_url
 from migsync.server.tables import SCHEMA_VERSION, metadata
 
-STORE_TABLES = ("store_meta", "store_migrations", "store_clients", "store_client_status")
+STORE_TABLES = ("store_meta", "store_migrations", "store_clients", "store_client_status", "store_inbox")
 
 
 class Urls(NamedTuple):
@@ -122,6 +123,23 @@ async def test_a_newer_store_schema_is_refused(urls: Urls) -> None:
         async with Store.open(urls.store):
             pass
     assert await aquery(urls.raw, "SELECT value FROM store_meta") == [(str(SCHEMA_VERSION + 1),)]
+
+
+async def test_a_version_2_store_gets_an_inbox(urls: Urls, key_path: Path) -> None:
+    async with Store.open(urls.store) as store:
+        await store.publish([V1], load_private_key(key_path))
+        client_id, _ = await store.add_client("a")
+    await aquery(urls.raw, "DROP TABLE store_inbox")
+    await aquery(urls.raw, "UPDATE store_meta SET value = '2' WHERE key = 'schema_version'")
+    async with Store.open(urls.store, create=False) as store:
+        ack = await store.receive_changes(client_id, [EntityChange("c1", "todo", "1", "insert", {}, 1, 1.0)])
+        assert ack.accepted == ("c1",)
+        assert [c.change_id for c in await store.inbox()] == ["c1"]
+        assert [m.version for m in await store.migrations()] == [1], "the upgrade keeps what was there"
+    assert await aquery(urls.raw, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    assert SCHEMA_VERSION == 3
 
 
 async def test_without_create_a_missing_store_is_an_error(tmp_path: Path, pg_url: str) -> None:

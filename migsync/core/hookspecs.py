@@ -29,7 +29,13 @@ from collections.abc import Callable
 
 import pluggy
 
-from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, TransportSpec
+from migsync.core.specs import (
+    BackendSpec,
+    ChangeApplierSpec,
+    EventSinkSpec,
+    SourceFormatSpec,
+    TransportSpec,
+)
 
 hookspec = pluggy.HookspecMarker("migsync")
 hookimpl = pluggy.HookimplMarker("migsync")
@@ -118,4 +124,33 @@ def migsync_register_source_formats(register: Callable[[SourceFormatSpec], None]
         @hookimpl
         def migsync_register_source_formats(register):
             register(SourceFormatSpec("flyway", "my_pkg.flyway:FlywayFormat", priority=50))
+    """
+
+
+# -- the server: entity changes ------------------------------------------------------
+
+
+@hookspec
+def migsync_register_change_appliers(register: Callable[[ChangeApplierSpec], None]) -> None:
+    """Register change appliers: what the server does with the entity changes clients push.
+
+    Call ``register(ChangeApplierSpec(name, factory))``. ``factory(options)``
+    receives a ``dict[str, str]`` of options from the deployment's
+    configuration (``migsync serve --apply-changes NAME:key=value``) and
+    returns an object with ``async def apply(self, change, connection,
+    dialect)``: ``change`` is a :class:`migsync.server.records.ReceivedChange`,
+    ``connection`` the store's SQLAlchemy ``AsyncConnection`` inside the
+    transaction that stores the change, ``dialect`` ``"sqlite"`` or
+    ``"postgresql"``. Each change is applied in a savepoint of its own: an
+    applier that raises undoes only what the appliers did for that change,
+    and its error is kept with the change in the inbox (the change is
+    accepted all the same). ``default=True`` appliers run when a deployment
+    names none. Keep the registering module free of heavy imports: name the
+    factory as ``"package.module:attribute"``.
+
+    Example::
+
+        @hookimpl
+        def migsync_register_change_appliers(register):
+            register(ChangeApplierSpec("audit", "my_pkg.audit:AuditApplier"))
     """

@@ -31,7 +31,14 @@ import pluggy
 
 from migsync.core import hookspecs
 from migsync.core.errors import ConfigError, PluginError
-from migsync.core.specs import BackendSpec, EventSinkSpec, SourceFormatSpec, Spec, TransportSpec
+from migsync.core.specs import (
+    BackendSpec,
+    ChangeApplierSpec,
+    EventSinkSpec,
+    SourceFormatSpec,
+    Spec,
+    TransportSpec,
+)
 
 log = logging.getLogger("migsync.plugins")
 
@@ -43,6 +50,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "migsync.backends",
     "migsync.transports",
     "migsync.plugins.sinks",
+    "migsync.plugins.appliers",
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -125,6 +133,10 @@ class Plugins:
     def source_formats(self) -> Registry[SourceFormatSpec]:
         return self._registry("source format", "migsync_register_source_formats", SourceFormatSpec)
 
+    @property
+    def change_appliers(self) -> Registry[ChangeApplierSpec]:
+        return self._registry("change applier", "migsync_register_change_appliers", ChangeApplierSpec)
+
     def backend_for_url(self, url: str) -> BackendSpec:
         return self._by_scheme(self.backends, url, "database")
 
@@ -136,7 +148,14 @@ class Plugins:
     def describe(self) -> list[PluginInfo]:
         """Every plugin with what it registers, built-ins first."""
         registered: dict[str, list[str]] = {}
-        for registry in (self.backends, self.transports, self.event_sinks, self.source_formats):
+        registries = (
+            self.backends,
+            self.transports,
+            self.event_sinks,
+            self.source_formats,
+            self.change_appliers,
+        )
+        for registry in registries:
             for name, owner in registry.owners.items():
                 registered.setdefault(owner, []).append(f"{registry.kind}:{name}")
         infos = []

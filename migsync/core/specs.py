@@ -118,6 +118,25 @@ class EventSinkSpec:
 
 
 @attrs.frozen
+class ChangeApplierSpec:
+    """A change applier of the server, built from a mapping of string options.
+
+    ``factory(options)`` returns an object with
+    ``async apply(change, connection, dialect)`` (see
+    :mod:`migsync.server.appliers`). ``default`` appliers are active when a
+    deployment names none.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    factory: Target = attrs.field(validator=_check_target)
+    description: str = ""
+    default: bool = False
+
+    def load(self) -> Callable[..., Any]:
+        return _load_target(self.factory, f"change applier {self.name!r}")
+
+
+@attrs.frozen
 class SourceFormatSpec:
     """A migration file format understood by the directory loader.
 
@@ -135,4 +154,4 @@ class SourceFormatSpec:
         return _load_target(self.factory, f"source format {self.name!r}")
 
 
-Spec = BackendSpec | TransportSpec | EventSinkSpec | SourceFormatSpec
+Spec = BackendSpec | TransportSpec | EventSinkSpec | SourceFormatSpec | ChangeApplierSpec

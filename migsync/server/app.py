@@ -21,6 +21,10 @@ another process) or a report through another process is seen within
 ``cache_seconds``; a report through this process is seen at once. A
 poll marks its client seen at most once per ``seen_interval``; those
 marks are written together, once per ``seen_flush`` seconds.
+
+Entity changes a client pushes (``POST /api/changes``) go to the store's
+inbox and to the change appliers given to :func:`create_app` (by default the
+plugins' default ones: the built-in ``tables`` applier).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from starlette.applications import Starlette
@@ -46,8 +50,15 @@ from migsync.core.errors import ConfigError, MigsyncError
 from migsync.server.bodies import MAX_BODY, ApiError, read_json, status_reports
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
+from migsync.server.validation import InvalidChanges, entity_changes
 
-__all__ = ["create_app"]
+if TYPE_CHECKING:
+    from migsync.server.appliers import ChangeApplier
+
+__all__ = ["MAX_CHANGES_BODY", "create_app"]
+
+#: The largest body of ``POST /api/changes`` (16 MiB): changes carry rows, reports do not.
+MAX_CHANGES_BODY = 16 * 1024 * 1024
 
 log = logging.getLogger("migsync.server")
 
@@ -65,8 +76,12 @@ class _Api:
         seen_interval: float,
         seen_flush: float,
         max_body: int,
+        max_changes_body: int,
+        appliers: Sequence[ChangeApplier],
     ) -> None:
         self.store_url = store_url
+        self.max_changes_body = max_changes_body
+        self.appliers = tuple(appliers)
         self.admin_token = admin_token.encode()
         self.cache_seconds = cache_seconds
         self.seen_interval = seen_interval
@@ -85,7 +100,7 @@ class _Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        async with Store.open(self.store_url, create=False) as store:
+        async with Store.open(self.store_url, create=False, appliers=self.appliers) as store:
             self._store = store
             flusher = (
                 asyncio.create_task(self._flush_seen_every(self.seen_flush)) if self.seen_flush else None
@@ -224,6 +239,18 @@ class _Api:
             }
         )
 
+    async def changes(self, request: Request) -> Response:
+        _digest, state = await self._client(request)
+        try:
+            changes = entity_changes(await read_json(request, self.max_changes_body))
+        except InvalidChanges as exc:
+            raise ApiError(422, str(exc)) from None
+        client_id = state.client.client_id
+        ack = await self.store.receive_changes(client_id, changes)
+        self._touched[client_id] = time.monotonic()  # receiving marked it seen
+        self._unwritten.pop(client_id, None)
+        return JSONResponse(ack.to_json())
+
     async def migrations(self, request: Request) -> Response:
         await self._admin(request)
         published = await self.store.migrations()
@@ -259,22 +286,44 @@ def create_app(
     seen_interval: float = 60.0,
     seen_flush: float = 5.0,
     max_body: int = MAX_BODY,
+    max_changes_body: int = MAX_CHANGES_BODY,
+    appliers: Sequence[ChangeApplier] | None = None,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
     ``cache_seconds``: how long the clients' states are trusted without asking the
     store whether anything changed (0: every poll asks). ``seen_interval``: how often a
     poll may mark its client seen. ``seen_flush``: how often those marks are written,
-    together (0: at once). ``max_body``: the largest request body.
+    together (0: at once). ``max_body``: the largest request body, but for
+    ``POST /api/changes``, whose largest is ``max_changes_body``. ``appliers``: what
+    each received entity change is handed to (see :mod:`migsync.server.appliers`);
+    None: the plugins' default appliers, ``[]``: none (the changes are only stored).
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
-    if cache_seconds < 0 or seen_interval < 0 or seen_flush < 0 or max_body < 1:
-        raise ConfigError("cache_seconds, seen_interval and seen_flush must be >= 0, max_body > 0")
-    api = _Api(store_url, admin_token, cache_seconds, seen_interval, seen_flush, max_body)
+    if cache_seconds < 0 or seen_interval < 0 or seen_flush < 0 or max_body < 1 or max_changes_body < 1:
+        raise ConfigError(
+            "cache_seconds, seen_interval and seen_flush must be >= 0, max_body and max_changes_body > 0"
+        )
+    if appliers is None:
+        from migsync.core.plugins import make_plugins
+        from migsync.server.appliers import build_appliers
+
+        appliers = build_appliers(make_plugins(), None)
+    api = _Api(
+        store_url,
+        admin_token,
+        cache_seconds,
+        seen_interval,
+        seen_flush,
+        max_body,
+        max_changes_body,
+        appliers,
+    )
     routes = [
         Route("/api/migrations/pending", api.pending, methods=["GET"]),
         Route("/api/migrations/status", api.status, methods=["POST"]),
+        Route("/api/changes", api.changes, methods=["POST"]),
         Route("/api/migrations", api.migrations, methods=["GET"]),
         Route("/api/clients", api.clients, methods=["GET"]),
     ]

@@ -1,13 +1,18 @@
-"""``migsync import-reports``: the status reports offline clients left in a drop folder, into the store.
+"""``migsync import-reports``: the status reports and entity changes offline clients left in a
+drop folder, into the store.
 
 ::
 
     result = await import_reports(store, Path("/media/usb/drop/reports"))
+    result = await import_reports(store, Path("/media/usb/drop"))  # reports/ and changes/
+    result = await import_reports(store, None, changes=Path("/srv/changes"))
 
 ``source`` is a reports folder: one ``<client-id>/`` folder per client (its
 id in the store), each holding report files ``<milliseconds>-<digest>.json``
 (formats in :mod:`migsync.transports.dropfiles`). A drop folder (one with a
-``reports/`` folder in it) stands for that folder.
+``reports/`` or ``changes/`` folder in it) stands for both of those: its
+reports, then its changes. ``changes`` names a changes folder of the same
+layout explicitly (it wins over the drop folder's own).
 
 Each client's files are imported oldest first. A file's reports are checked
 like the body of ``POST /api/migrations/status`` (:mod:`migsync.server.validation`,
@@ -27,6 +32,16 @@ writer's temporary files) are ignored.
 A file imported after a newer one of the same client (it was refused at
 first, then a missing version was published) does not undo what the newer
 one said: its reports for versions a newer imported file covers are left out.
+
+Changes files (``migsync-changes/1``) are read with the same rules, checked
+like the body of ``POST /api/changes`` (without its cap on their number) and
+handed to :meth:`Store.receive_changes`, 1000 per transaction. A file is
+renamed ``NAME.imported`` once every change in it is accepted or was stored
+before. Order matters for changes: a file with a refused change (a schema
+version never published) or that cannot be read is left in place with the
+reason (naming the change), what came before the refused change stays
+stored, and that client's newer changes files wait (they are reported, not
+read) until it is imported.
 """
 
 from __future__ import annotations
@@ -39,10 +54,20 @@ from pathlib import Path
 import attrs
 
 from migsync.core.errors import ConfigError, MalformedAnswer
-from migsync.core.wire import Drift, StatusReport
+from migsync.core.wire import Drift, EntityChange, StatusReport
 from migsync.server.store import Store
-from migsync.server.validation import MAX_REPORTS, InvalidReports, status_reports
+from migsync.server.validation import (
+    MAX_CHANGES,
+    MAX_REPORTS,
+    InvalidChanges,
+    InvalidReports,
+    entity_changes,
+    status_reports,
+)
 from migsync.transports import dropfiles as files
+
+#: The largest changes file read (bytes): changes carry rows.
+MAX_CHANGES_FILE = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -62,6 +87,19 @@ class ImportedFile:
 
 
 @attrs.frozen
+class ImportedChanges:
+    """A changes file whose every change is stored (now, or before)."""
+
+    #: where it was read (it is now at this path plus ``.imported``, unless ``not_marked``)
+    path: Path
+    #: ids of the changes stored now, and of those stored before
+    accepted: tuple[str, ...] = ()
+    duplicate: tuple[str, ...] = ()
+    #: why it could not be renamed (the next import reads it again: all duplicates)
+    not_marked: str | None = None
+
+
+@attrs.frozen
 class RefusedFile:
     """A file (or folder) that was not imported, left where it is, and why."""
 
@@ -75,29 +113,65 @@ class ImportResult:
     refused: tuple[RefusedFile, ...] = ()
     #: report files found already imported (``.imported``), left alone
     already_imported: int = 0
+    #: changes files imported, refused (or waiting behind a refused one), and imported before
+    changes_imported: tuple[ImportedChanges, ...] = ()
+    changes_refused: tuple[RefusedFile, ...] = ()
+    changes_already_imported: int = 0
 
 
 class _Refusal(Exception):
     """Why one file is not imported."""
 
 
-async def import_reports(store: Store, source: Path) -> ImportResult:
-    """Record the reports in reports folder ``source``; see the module docstring.
+async def import_reports(store: Store, source: Path | None, *, changes: Path | None = None) -> ImportResult:
+    """Record the reports in reports folder ``source`` (or drop folder ``source``'s reports and
+    changes), and the changes in changes folder ``changes``; see the module docstring.
 
-    A ``source`` that is not a folder is a :class:`ConfigError`.
+    A ``source`` or ``changes`` that is not a folder is a :class:`ConfigError`.
     """
-    source = Path(source)
-    if (source / files.REPORTS_DIR).is_dir():  # a drop folder: no client's id is "reports"
-        source = source / files.REPORTS_DIR
-    if not source.is_dir():
-        raise ConfigError(f"{source} is not a folder of client reports")
+    reports_folder, changes_folder = _sources(source, changes)
     registered = {str(c.client_id): c.client_id for c in await store.clients()}
+    result = ImportResult()
+    if reports_folder is not None:
+        result = await _import_reports(store, reports_folder, registered)
+    if changes_folder is not None:
+        imported, refused, already = await _import_changes(store, changes_folder, registered)
+        result = attrs.evolve(
+            result, changes_imported=imported, changes_refused=refused, changes_already_imported=already
+        )
+    return result
+
+
+def _sources(source: Path | None, changes: Path | None) -> tuple[Path | None, Path | None]:
+    """The reports folder and the changes folder to import (either may be None)."""
+    reports_folder: Path | None = None
+    changes_folder = None if changes is None else Path(changes)
+    if source is not None:
+        source = Path(source)
+        reports_in, changes_in = source / files.REPORTS_DIR, source / files.CHANGES_DIR
+        # A drop folder: no client's id is "reports" or "changes" (ids are numbers).
+        if reports_in.is_dir() or changes_in.is_dir():
+            reports_folder = reports_in if reports_in.is_dir() else None
+            if changes_folder is None and changes_in.is_dir():
+                changes_folder = changes_in
+        elif source.is_dir():
+            reports_folder = source
+        else:
+            raise ConfigError(f"{source} is not a folder of client reports")
+    elif changes_folder is None:
+        raise ConfigError("nothing to import: name a reports folder, a drop folder or a changes folder")
+    if changes_folder is not None and not changes_folder.is_dir():
+        raise ConfigError(f"{changes_folder} is not a folder of client changes")
+    return reports_folder, changes_folder
+
+
+async def _import_reports(store: Store, source: Path, registered: dict[str, int]) -> ImportResult:
     published = {m.version for m in await store.migrations()}
-    folders, refused = await asyncio.to_thread(_client_folders, source)
+    folders, refused = await asyncio.to_thread(_client_folders, source, "reports")
     imported: list[ImportedFile] = []
     already = 0
     for folder in folders:
-        pending, done, misnamed = await asyncio.to_thread(_listing, folder)
+        pending, done, misnamed = await asyncio.to_thread(_listing, folder, "report")
         already += len(done)
         refused += misnamed
         client_id = registered.get(folder.name)
@@ -122,7 +196,7 @@ async def import_reports(store: Store, source: Path) -> ImportResult:
     return ImportResult(tuple(imported), tuple(refused), already)
 
 
-def _client_folders(source: Path) -> tuple[list[Path], list[RefusedFile]]:
+def _client_folders(source: Path, kind: str) -> tuple[list[Path], list[RefusedFile]]:
     folders: list[Path] = []
     refused: list[RefusedFile] = []
     for entry in sorted(os.scandir(source), key=lambda e: e.name):
@@ -132,7 +206,7 @@ def _client_folders(source: Path) -> tuple[list[Path], list[RefusedFile]]:
         if entry.is_symlink():
             refused.append(RefusedFile(path, "a symlink; a client's folder must be a real folder"))
         elif not entry.is_dir():
-            refused.append(RefusedFile(path, "not a client's folder (reports go in <client-id>/)"))
+            refused.append(RefusedFile(path, f"not a client's folder ({kind} go in <client-id>/)"))
         else:
             try:
                 files.check_client_id(entry.name)
@@ -143,8 +217,11 @@ def _client_folders(source: Path) -> tuple[list[Path], list[RefusedFile]]:
     return folders, refused
 
 
-def _listing(folder: Path) -> tuple[list[str], list[str], list[RefusedFile]]:
-    """The report files to import (oldest first), those imported before, and misnamed entries."""
+def _listing(folder: Path, kind: str) -> tuple[list[str], list[str], list[RefusedFile]]:
+    """The ``kind`` files to import (oldest first), those imported before, and misnamed entries.
+
+    Report and changes files are named alike: ``<milliseconds>-<digest>.json``.
+    """
     pending: list[str] = []
     done: list[str] = []
     misnamed: list[RefusedFile] = []
@@ -159,7 +236,7 @@ def _listing(folder: Path) -> tuple[list[str], list[str], list[RefusedFile]]:
         ):
             done.append(name)
         else:
-            reason = "not a report file: report files are named <milliseconds>-<digest>.json"
+            reason = f"not a {kind} file: {kind} files are named <milliseconds>-<digest>.json"
             misnamed.append(RefusedFile(folder / name, reason))
     return sorted(pending), sorted(done), misnamed
 
@@ -230,6 +307,89 @@ def _mark_imported(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot rename it to {target.name}: {exc.strerror or exc}"
     return None
+
+
+# -- changes -----------------------------------------------------------------------------------------
+
+
+async def _import_changes(
+    store: Store, source: Path, registered: dict[str, int]
+) -> tuple[tuple[ImportedChanges, ...], tuple[RefusedFile, ...], int]:
+    folders, refused = await asyncio.to_thread(_client_folders, source, "changes")
+    imported: list[ImportedChanges] = []
+    already = 0
+    for folder in folders:
+        pending, done, misnamed = await asyncio.to_thread(_listing, folder, "changes")
+        already += len(done)
+        refused += misnamed
+        client_id = registered.get(folder.name)
+        if client_id is None:
+            reason = f"no registered client has id {folder.name!r} (see 'migsync clients list')"
+            refused += [RefusedFile(folder / name, reason) for name in pending]
+            continue
+        blocked: str | None = None
+        for name in pending:
+            path = folder / name
+            if blocked is not None:
+                refused.append(
+                    RefusedFile(
+                        path,
+                        f"not read: an older changes file of this client, {blocked}, is not imported "
+                        "(changes are taken in order)",
+                    )
+                )
+                continue
+            try:
+                changes = await asyncio.to_thread(_read_changes, folder, name)
+                imported.append(await _receive(store, client_id, path, changes))
+            except FileNotFoundError:
+                continue  # gone since the listing: another import took it
+            except _Refusal as exc:
+                refused.append(RefusedFile(path, str(exc)))
+                blocked = name
+    return tuple(imported), tuple(refused), already
+
+
+def _read_changes(folder: Path, name: str) -> list[EntityChange]:
+    """The changes in ``folder/name``, checked; :class:`_Refusal` says why they cannot be imported."""
+    where = str(folder / name)
+    try:
+        data = files.read_inside(folder, name, MAX_CHANGES_FILE)
+        client_id, document = files.parse_changes(data, where)
+    except FileNotFoundError:
+        if os.path.islink(where):
+            raise _Refusal("a symlink that leads nowhere") from None
+        raise
+    except MalformedAnswer as exc:
+        raise _Refusal(str(exc).removeprefix(f"{where}: ")) from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: Python 3.11's Path.resolve on a symlink loop
+        raise _Refusal(f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    if client_id != folder.name:
+        raise _Refusal(f"it holds changes of client {client_id!r}, not of {folder.name!r} (its folder)")
+    try:
+        return entity_changes({"changes": document.get("changes")}, max_changes=None)
+    except InvalidChanges as exc:
+        raise _Refusal(str(exc)) from None
+
+
+async def _receive(store: Store, client_id: int, path: Path, changes: list[EntityChange]) -> ImportedChanges:
+    accepted: list[str] = []
+    duplicate: list[str] = []
+    # One transaction per MAX_CHANGES, as the HTTP API takes them. A failure half-way leaves the
+    # file in place; importing it again finds what was stored as duplicates.
+    for start in range(0, len(changes), MAX_CHANGES):
+        ack = await store.receive_changes(client_id, changes[start : start + MAX_CHANGES])
+        accepted += ack.accepted
+        duplicate += ack.duplicate
+        if ack.refused is not None:
+            stored = len(accepted) + len(duplicate)
+            raise _Refusal(
+                f"change {ack.refused.id!r} is refused: {ack.refused.reason}; the {stored} change"
+                f"{'' if stored == 1 else 's'} before it {'is' if stored == 1 else 'are'} stored, "
+                "the rest of the file is not"
+            )
+    not_marked = await asyncio.to_thread(_mark_imported, path)
+    return ImportedChanges(path, tuple(accepted), tuple(duplicate), not_marked)
 
 
 def _unpublished(versions: list[int] | tuple[int, ...]) -> str:

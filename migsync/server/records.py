@@ -20,6 +20,7 @@ __all__ = [
     "PendingMigration",
     "PublishResult",
     "PublishedMigration",
+    "ReceivedChange",
     "ReportResult",
     "StatusReport",
     "pending_etag",
@@ -163,4 +164,40 @@ class FleetEntry:
             "pending": list(self.pending),
             "created_at": iso(self.client.created_at),
             "last_seen": iso(self.client.last_seen_at),
+        }
+
+
+@attrs.frozen
+class ReceivedChange:
+    """An entity change as the server stored it in its inbox (and hands it to change appliers)."""
+
+    client_id: int
+    #: the client's own id of the change (unique per client)
+    change_id: str
+    entity: str
+    entity_id: str
+    operation: str  # insert | update | delete
+    #: the row after the write, parsed JSON (None for a delete, or when not captured)
+    data: Any
+    #: the client's newest applied migration when it wrote the change (None: none yet)
+    schema_version: int | None
+    #: when the client wrote it (seconds since the epoch, the client's clock)
+    client_timestamp: float
+    #: when the server stored it (the server's clock)
+    received_at: float
+    #: why a change applier failed on it; the change is kept all the same
+    apply_error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "change_id": self.change_id,
+            "entity": self.entity,
+            "entity_id": self.entity_id,
+            "operation": self.operation,
+            "data": self.data,
+            "schema_version": self.schema_version,
+            "client_timestamp": self.client_timestamp,
+            "received_at": iso(self.received_at),
+            "apply_error": self.apply_error,
         }

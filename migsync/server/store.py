@@ -15,6 +15,10 @@ told of the mismatch rather than silently changed.
 
 Client tokens are shown once, by :meth:`Store.add_client`; the store keeps
 only their sha256.
+
+Entity changes that clients push land in the inbox (:meth:`Store.receive_changes`,
+:mod:`migsync.server.inbox`), each handed to the store's change appliers
+(``Store.open(url, appliers=...)``; none by default, see :mod:`migsync.server.appliers`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
 from migsync.core.migration import Migration
+from migsync.core.wire import ChangesAck, EntityChange
 from migsync.server import engine as engines
+from migsync.server import inbox as inboxes
 from migsync.server import status
 from migsync.server import tables as t
 from migsync.server.records import (
@@ -44,6 +50,7 @@ from migsync.server.records import (
     PendingMigration,
     PublishedMigration,
     PublishResult,
+    ReceivedChange,
     ReportResult,
     StatusReport,
     token_hash,
@@ -51,6 +58,8 @@ from migsync.server.records import (
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from migsync.server.appliers import ChangeApplier
 
 #: Key of the Postgres advisory lock that serialises publishing and schema changes.
 _LOCK_KEY = 0x6D696773796E63  # "migsync"
@@ -62,25 +71,30 @@ _MAX_TOKEN = 512
 class Store:
     """The server's database. Open it with :meth:`open`; every method is one unit of work."""
 
-    def __init__(self, engine: AsyncEngine, url: URL) -> None:
+    def __init__(self, engine: AsyncEngine, url: URL, appliers: Sequence[ChangeApplier] = ()) -> None:
         self._engine = engine
         self._url = url
         self.where = engines.display(url)
+        #: what :meth:`receive_changes` hands each stored change to, in this order
+        self.appliers: tuple[ChangeApplier, ...] = tuple(appliers)
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, url: str, *, create: bool = True) -> AsyncIterator[Store]:
+    async def open(
+        cls, url: str, *, create: bool = True, appliers: Sequence[ChangeApplier] = ()
+    ) -> AsyncIterator[Store]:
         """The store at ``url``, its tables created (``create``) or upgraded as needed.
 
         Without ``create`` a store that does not exist yet is a :class:`ConfigError`.
         A store written by a newer migsync is refused with :class:`ConnectError`.
+        ``appliers`` get each entity change the store receives (none by default).
         """
         mapped = engines.store_url(url)
         engine = engines.create_engine(mapped, create=create)
         try:
             where = engines.display(mapped)
             await engines.check_connection(engine, where)
-            store = cls(engine, mapped)
+            store = cls(engine, mapped, appliers)
             await store._ensure_schema(create)
             yield store
         finally:
@@ -341,6 +355,28 @@ class Store:
         """Every client with what it applied, what failed, what drifted and what it still lacks."""
         async with self._read("reading the fleet's status") as conn:
             return await status.fleet(conn)
+
+    # -- entity changes --------------------------------------------------------------------------
+
+    async def receive_changes(self, client_id: int, changes: Sequence[EntityChange]) -> ChangesAck:
+        """Store a batch of client ``client_id``'s entity changes, in order, in one transaction.
+
+        A change whose id the client sent before is a duplicate (stored once). A change
+        tagged with a schema version that was never published is refused with the reason,
+        and the batch stops there: the changes after it are neither accepted nor refused.
+        Each stored change goes to :attr:`appliers` in a savepoint of its own; an applier's
+        error is kept in the change's ``apply_error`` (it is accepted all the same).
+        Marks the client seen. See :mod:`migsync.server.inbox`.
+        """
+        async with self._write("storing entity changes") as conn:
+            return await inboxes.receive(conn, client_id, changes, self.appliers)
+
+    async def inbox(self, limit: int | None = None) -> list[ReceivedChange]:
+        """The entity changes received, in the order received; with ``limit``, the latest ones."""
+        if limit is not None and limit < 0:
+            raise ConfigError(f"limit must be >= 0, not {limit}")
+        async with self._read("reading the inbox") as conn:
+            return await inboxes.read(conn, limit)
 
 
 def _client_name(name: str) -> str:

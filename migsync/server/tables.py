@@ -9,7 +9,8 @@ cannot be right.
 
 ``store_meta`` holds ``schema_version``: the layout below, and
 ``publish_serial``, bumped by every publish that changes what clients get
-(the other half of a pending ETag; absent means 0). A release that
+(the other half of a pending ETag; absent means 0). ``store_inbox`` holds
+the entity changes clients pushed, in the order received. A release that
 changes it adds an upgrade step to :data:`UPGRADES` and bumps
 :data:`SCHEMA_VERSION`; a store written by a newer release is refused.
 """
@@ -30,9 +31,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -96,6 +98,30 @@ store_client_status = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+#: The entity changes clients pushed (``POST /api/changes``, a drop folder's ``changes/``);
+#: ``id`` is the order they were received in. A change is stored once per client, however
+#: often it is sent: ``(client_id, change_id)`` is unique.
+store_inbox = Table(
+    "store_inbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", Integer, ForeignKey("store_clients.id", ondelete="CASCADE"), nullable=False),
+    #: the client's own id of the change
+    Column("change_id", Text, nullable=False),
+    Column("entity", Text, nullable=False),
+    Column("entity_id", Text, nullable=False),
+    Column("operation", String(16), nullable=False),
+    #: the row after the write, as JSON text (``null`` for a delete)
+    Column("data", Text, nullable=False),
+    #: the client's newest applied migration when it wrote the change (NULL: none yet)
+    Column("schema_version", BigInteger, nullable=True),
+    Column("client_timestamp", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    #: why a change applier failed on it (the change is kept all the same)
+    Column("apply_error", Text, nullable=True),
+    UniqueConstraint("client_id", "change_id", name="store_inbox_client_change"),
+)
+
 #: ``UPGRADES[n]`` takes a store from schema version ``n`` to ``n + 1`` (inside one transaction).
 UPGRADES: dict[int, Callable[[Connection], None]] = {}
 
@@ -105,3 +131,10 @@ def _add_status_serial(conn: Connection) -> None:
 
 
 UPGRADES[1] = _add_status_serial
+
+
+def _add_inbox(conn: Connection) -> None:
+    store_inbox.create(conn)
+
+
+UPGRADES[2] = _add_inbox

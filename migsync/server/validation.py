@@ -1,16 +1,19 @@
-"""Checking status reports a client sent, whatever carried them (the HTTP API, a drop folder's report file).
+"""Checking what a client sent, whatever carried it (the HTTP API, a drop folder's file):
+status reports and entity changes.
 
-Pure: no Starlette, no I/O. A refusal is :class:`InvalidReports`, whose
-message says what is wrong and where; the API answers it with a 422.
+Pure: no Starlette, no I/O. A refusal is :class:`InvalidReports` (reports) or
+:class:`InvalidChanges` (changes), whose message says what is wrong and where;
+the API answers it with a 422.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
-from migsync.core.wire import StatusReport
+from migsync.core.wire import OPERATIONS, EntityChange, StatusReport
 
 #: The most status reports one request may carry.
 MAX_REPORTS = 1000
@@ -78,6 +81,93 @@ def _report(where: str, item: Any) -> StatusReport:
             f"{where}.checksum must be a sha256 in lower-case hex (64 characters), not {_show(checksum)}"
         )
     return StatusReport(version, applied, error, attempts, checksum)
+
+
+# -- entity changes ------------------------------------------------------------------------------
+
+#: The most entity changes one request may carry.
+MAX_CHANGES = 1000
+#: The longest change id, entity name and entity id.
+MAX_KEY = 200
+_CHANGE_FIELDS = ("id", "entity", "entity_id", "operation", "data", "schema_version", "timestamp")
+
+
+class InvalidChanges(ValueError):
+    """Entity changes of the wrong shape; the message says what is wrong."""
+
+
+def entity_changes(body: Any, *, max_changes: int | None = MAX_CHANGES) -> list[EntityChange]:
+    """``{"changes": [{id, entity, entity_id, operation, data, schema_version, timestamp}, ...]}``
+    as records, in the order sent.
+
+    ``max_changes=None`` lifts the cap on their number (a changes file's size cap bounds it instead).
+    """
+    if not isinstance(body, dict) or set(body) != {"changes"}:
+        raise InvalidChanges('the body must be an object with one key, "changes": {"changes": [...]}')
+    items = body["changes"]
+    if not isinstance(items, list):
+        raise InvalidChanges(f'"changes" must be a list, not {_kind(items)}')
+    if max_changes is not None and len(items) > max_changes:
+        raise InvalidChanges(f'"changes" holds {len(items)} changes; at most {max_changes} per request')
+    changes: list[EntityChange] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        change = _change(f"changes[{index}]", item)
+        if change.id in seen:
+            raise InvalidChanges(
+                f"changes[{index}]: id {_show(change.id)} is sent twice (see changes[{seen[change.id]}])"
+            )
+        seen[change.id] = index
+        changes.append(change)
+    return changes
+
+
+def _change(where: str, item: Any) -> EntityChange:
+    if not isinstance(item, dict):
+        raise InvalidChanges(f"{where} must be an object, not {_kind(item)}")
+    missing = [f for f in _CHANGE_FIELDS if f not in item]
+    if missing:
+        raise InvalidChanges(f"{where}: missing {', '.join(repr(f) for f in missing)}")
+    unknown = sorted(str(k) for k in item if k not in _CHANGE_FIELDS)
+    if unknown:
+        raise InvalidChanges(f"{where}: unknown field {', '.join(repr(f) for f in unknown)}")
+    change_id, entity, entity_id, operation, data, schema_version, timestamp = (
+        item[f] for f in _CHANGE_FIELDS
+    )
+    for name, value in (("id", change_id), ("entity", entity), ("entity_id", entity_id)):
+        if not isinstance(value, str) or not value:
+            raise InvalidChanges(f"{where}.{name} must be a non-empty string, not {_show(value)}")
+        if len(value) > MAX_KEY:
+            raise InvalidChanges(
+                f"{where}.{name} is {len(value)} characters long; at most {MAX_KEY} are accepted"
+            )
+        if not _storable(value):
+            raise InvalidChanges(f"{where}.{name} holds a NUL character or an unpaired surrogate")
+    if operation not in OPERATIONS:
+        valid = ", ".join(f'"{o}"' for o in OPERATIONS)
+        raise InvalidChanges(f"{where}.operation must be one of {valid}, not {_show(operation)}")
+    if data is not None and not isinstance(data, dict):
+        raise InvalidChanges(f"{where}.data must be an object or null, not {_kind(data)}")
+    if schema_version is not None and (not _is_int(schema_version) or not 0 <= schema_version <= _MAX_BIGINT):
+        raise InvalidChanges(
+            f"{where}.schema_version must be null or a non-negative integer, not {_show(schema_version)}"
+        )
+    if not isinstance(timestamp, int | float) or isinstance(timestamp, bool) or not math.isfinite(timestamp):
+        raise InvalidChanges(
+            f"{where}.timestamp must be a number (seconds since the epoch), not {_show(timestamp)}"
+        )
+    return EntityChange(change_id, entity, entity_id, operation, data, schema_version, float(timestamp))
+
+
+def _storable(value: str) -> bool:
+    """Whether every database can store ``value`` as text (Postgres refuses NUL; UTF-8, surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _show(value: Any) -> str:
