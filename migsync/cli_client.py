@@ -181,6 +181,7 @@ async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **
         def halt() -> None:
             stop.set()
             client_.processor.halt()  # after the migration in progress
+            syncer.changes_processor.halt()  # after the batch in flight
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, halt)
