@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint services pytest bench clean
+.PHONY: demo test lint services browsers pytest bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ lint: $(VENV)/.installed-test
 services: $(VENV)/.installed-test
 	$(BIN)/python scripts/ensure_postgres.py
 
-pytest: $(VENV)/.installed-test services
+# The admin panel's browser tests drive Debian's chromium through Playwright (never `playwright install`).
+browsers:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
+pytest: $(VENV)/.installed-test services browsers
 	$(BIN)/python -m pytest
 
 test: lint pytest

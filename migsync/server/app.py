@@ -43,7 +43,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from migsync.core.clock import iso
 from migsync.core.errors import ConfigError, MigsyncError
@@ -54,6 +54,7 @@ from migsync.server.validation import InvalidChanges, entity_changes
 
 if TYPE_CHECKING:
     from migsync.server.appliers import ChangeApplier
+    from migsync.server.panel import PanelOptions
 
 __all__ = ["MAX_CHANGES_BODY", "create_app"]
 
@@ -288,6 +289,7 @@ def create_app(
     max_body: int = MAX_BODY,
     max_changes_body: int = MAX_CHANGES_BODY,
     appliers: Sequence[ChangeApplier] | None = None,
+    panel: bool | PanelOptions = True,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -298,6 +300,9 @@ def create_app(
     ``POST /api/changes``, whose largest is ``max_changes_body``. ``appliers``: what
     each received entity change is handed to (see :mod:`migsync.server.appliers`);
     None: the plugins' default appliers, ``[]``: none (the changes are only stored).
+    ``panel``: mount the admin panel (:mod:`migsync.server.panel`) at ``/admin``, behind the
+    same admin token and reading the same store; :class:`~migsync.server.panel.PanelOptions`
+    to set its cookies and sessions, False to leave it out.
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
@@ -320,13 +325,24 @@ def create_app(
         max_changes_body,
         appliers,
     )
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/api/migrations/pending", api.pending, methods=["GET"]),
         Route("/api/migrations/status", api.status, methods=["POST"]),
         Route("/api/changes", api.changes, methods=["POST"]),
         Route("/api/migrations", api.migrations, methods=["GET"]),
         Route("/api/clients", api.clients, methods=["GET"]),
     ]
+    if panel is not False:
+        from migsync.server.panel import create_panel
+
+        options = None if panel is True else panel
+        routes.append(
+            Mount(
+                "/admin",
+                create_panel(lambda: api.store, admin_token, options, before_read=api._flush_seen),
+                name="admin",
+            )
+        )
     handlers: dict[Any, Any] = {
         ApiError: _refused,
         HTTPException: _http_error,

@@ -1,0 +1,394 @@
+"""The admin panel's Starlette app: login, the fleet grid, one client, the published migrations.
+
+:func:`migsync.server.app.create_app` mounts it at ``/admin``; on its own::
+
+    panel = create_panel(lambda: store, admin_token="...")
+
+It reads through the store the callable returns (the API's own: it never opens one) and
+writes nothing to it. Every page needs a session (see :mod:`.sessions`); every POST needs
+the CSRF token of the form it came from. Pages are rendered by Jinja2 with autoescaping on,
+so nothing a client reported (names, errors) can become markup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import attrs
+import jinja2
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from migsync.core.clock import iso
+from migsync.core.errors import ConfigError, MigsyncError
+from migsync.server.bodies import ApiError
+from migsync.server.panel import views
+from migsync.server.panel.sessions import Session, Sessions
+from migsync.server.records import PublishedMigration
+from migsync.server.store import Store
+
+__all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "PanelOptions", "create_panel"]
+
+SESSION_COOKIE = "migsync_panel"
+#: The login page's own cookie: the nonce its form's CSRF token is bound to.
+LOGIN_COOKIE = "migsync_panel_login"
+_LOGIN_COOKIE_SECONDS = 3600
+#: Forms are small: a body past this is refused before it is parsed.
+_MAX_FORM = 8 * 1024
+
+log = logging.getLogger("migsync.server.panel")
+
+_PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@attrs.frozen
+class PanelOptions:
+    """How the panel runs. ``create_app(..., panel=PanelOptions(...))`` passes them on."""
+
+    #: Mark the cookies ``Secure`` on every request, not only on https ones. Set it when a TLS
+    #: proxy the server does not trust for ``X-Forwarded-Proto`` stands in front of it.
+    secure_cookie: bool = False
+    #: How long a login lasts, in seconds (8 hours).
+    session_seconds: float = 8 * 3600.0
+    #: How long a wrong admin token holds up the login form, in seconds; one login is checked
+    #: at a time, so this bounds the guesses per second for everyone together.
+    login_delay: float = 1.0
+    #: The key sessions are signed with (at least 32 bytes). None: a random one per app, so
+    #: a restart logs everyone out. Give processes that share the logins the same secret.
+    secret: bytes | None = None
+
+
+class LoginRequired(Exception):
+    """No valid session: the answer is a redirect to the login form."""
+
+
+def create_panel(
+    store: Callable[[], Store],
+    admin_token: str,
+    options: PanelOptions | None = None,
+    *,
+    before_read: Callable[[], Awaitable[None]] | None = None,
+) -> Starlette:
+    """The panel on the store ``store()`` returns, behind ``admin_token``.
+
+    ``before_read`` is awaited before each page reads the store: the API passes the
+    writing of its pending "seen" marks, so a page is never behind the API it is mounted in.
+    """
+    options = options or PanelOptions()
+    if not admin_token or not admin_token.strip():
+        raise ConfigError("the admin token must not be empty")
+    if options.session_seconds <= 0 or options.login_delay < 0:
+        raise ConfigError("the panel's session_seconds must be > 0 and its login_delay >= 0")
+    if options.secret is not None and len(options.secret) < 32:
+        raise ConfigError("the panel's secret must be at least 32 bytes")
+    panel = _Panel(store, admin_token, options, before_read)
+    routes = [
+        Route("/", panel.fleet, methods=["GET"], name="fleet"),
+        Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
+        Route("/clients/{client_id:int}", panel.client, methods=["GET"], name="client"),
+        Route("/login", panel.login_form, methods=["GET"], name="login"),
+        Route("/login", panel.login, methods=["POST"]),
+        Route("/logout", panel.logout, methods=["POST"], name="logout"),
+        Route("/panel.css", panel.stylesheet, methods=["GET"], name="stylesheet"),
+    ]
+    handlers: dict[Any, Any] = {
+        LoginRequired: panel.to_login,
+        HTTPException: panel.http_error,
+        MigsyncError: panel.store_error,
+        ApiError: panel.store_error,
+    }
+    return Starlette(routes=routes, exception_handlers=handlers)
+
+
+class _Panel:
+    def __init__(
+        self,
+        store: Callable[[], Store],
+        admin_token: str,
+        options: PanelOptions,
+        before_read: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self.store = store
+        self.admin_token = admin_token.encode()
+        self.options = options
+        self.before_read = before_read
+        self.sessions = Sessions(options.secret or secrets.token_bytes(32), options.session_seconds)
+        self._login_lock = asyncio.Lock()
+        self.env = jinja2.Environment(
+            loader=jinja2.PackageLoader("migsync.server.panel", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(when=_when, ago=_ago, short=_short)
+        self.css = importlib.resources.files("migsync.server.panel").joinpath("static/panel.css").read_bytes()
+
+    # -- sessions, cookies and forms ------------------------------------------------------------
+
+    def session(self, request: Request) -> Session | None:
+        return self.sessions.verify(request.cookies.get(SESSION_COOKIE))
+
+    def require(self, request: Request) -> Session:
+        """The request's session; without one, the answer is the login form."""
+        session = self.session(request)
+        if session is None:
+            raise LoginRequired
+        return session
+
+    async def checked_form(self, request: Request, session: Session) -> dict[str, str]:
+        """The posted form, once its CSRF token is the session's; 403 otherwise."""
+        form = await _form(request)
+        if not self.sessions.check_csrf(session, form.get("csrf")):
+            raise HTTPException(403, _CSRF_REFUSED)
+        return form
+
+    def _set_cookie(
+        self, request: Request, response: Response, name: str, value: str, seconds: float
+    ) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=int(seconds),
+            path=_root(request) or "/",
+            secure=self._secure(request),
+            httponly=True,
+            samesite="strict",
+        )
+
+    def _clear_cookie(self, request: Request, response: Response, name: str) -> None:
+        response.delete_cookie(
+            name, path=_root(request) or "/", secure=self._secure(request), httponly=True, samesite="strict"
+        )
+
+    def _secure(self, request: Request) -> bool:
+        return self.options.secure_cookie or request.url.scheme == "https"
+
+    def render(
+        self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        html = self.env.get_template(template).render(
+            root=_root(request),
+            session=session,
+            csrf=self.sessions.csrf(session) if session is not None else None,
+            now=time.time(),
+            **context,
+        )
+        return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
+
+    async def _read(self) -> tuple[list[PublishedMigration], list[views.ClientRow]]:
+        if self.before_read is not None:
+            await self.before_read()
+        store = self.store()
+        published = await store.migrations()
+        return published, views.client_rows(await store.fleet(), published)
+
+    # -- login and logout ------------------------------------------------------------------------
+
+    async def login_form(self, request: Request) -> Response:
+        if self.session(request) is not None:
+            return RedirectResponse(self._next(request, request.query_params.get("next")), 303)
+        return self._login_page(request, request.query_params.get("next"))
+
+    def _login_page(self, request: Request, next_url: str | None, error: str | None = None) -> Response:
+        nonce = request.cookies.get(LOGIN_COOKIE) or ""
+        if not 16 <= len(nonce) <= 64:
+            nonce = Sessions.login_nonce()
+        response = self.render(
+            request,
+            "login.html",
+            None,
+            login_csrf=self.sessions.login_csrf(nonce),
+            next=self._next(request, next_url),
+            error=error,
+        )
+        self._set_cookie(request, response, LOGIN_COOKIE, nonce, _LOGIN_COOKIE_SECONDS)
+        return response
+
+    async def login(self, request: Request) -> Response:
+        form = await _form(request)
+        if not self.sessions.check_login_csrf(request.cookies.get(LOGIN_COOKIE), form.get("csrf")):
+            raise HTTPException(403, _CSRF_REFUSED)
+        async with self._login_lock:
+            if not hmac.compare_digest(form.get("token", "").strip().encode(), self.admin_token):
+                log.warning(
+                    "panel: a wrong admin token from %s", request.client.host if request.client else "?"
+                )
+                await asyncio.sleep(self.options.login_delay)
+                return self._login_page(request, form.get("next"), error="That is not the admin token.")
+        _session, value = self.sessions.issue()
+        response = RedirectResponse(self._next(request, form.get("next")), 303)
+        self._set_cookie(request, response, SESSION_COOKIE, value, self.options.session_seconds)
+        self._clear_cookie(request, response, LOGIN_COOKIE)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        session = self.require(request)
+        await self.checked_form(request, session)
+        self.sessions.revoke(session)
+        response = RedirectResponse(f"{_root(request)}/login", 303)
+        self._clear_cookie(request, response, SESSION_COOKIE)
+        return response
+
+    @staticmethod
+    def _next(request: Request, wanted: str | None) -> str:
+        """Where to go after the login: ``wanted`` if it is a page of this panel, else the fleet."""
+        root = _root(request)
+        if (
+            wanted
+            and wanted.startswith(f"{root}/")
+            and "//" not in wanted
+            and "\\" not in wanted
+            and wanted.isprintable()
+        ):
+            return wanted
+        return f"{root}/"
+
+    # -- pages -----------------------------------------------------------------------------------
+
+    async def fleet(self, request: Request) -> Response:
+        session = self.require(request)
+        failing = _flag(request.query_params.get("failing"))
+        stale = _flag(request.query_params.get("stale"))
+        published, rows = await self._read()
+        now = time.time()
+        return self.render(
+            request,
+            "fleet.html",
+            session,
+            published=published,
+            rows=views.select(rows, failing=failing, stale=stale, now=now),
+            counts=views.counts(rows, now),
+            failing=failing,
+            stale=stale,
+        )
+
+    async def client(self, request: Request) -> Response:
+        session = self.require(request)
+        client_id = request.path_params["client_id"]
+        published, rows = await self._read()
+        row = next((r for r in rows if r.client_id == client_id), None)
+        if row is None:
+            raise HTTPException(404, f"There is no client {client_id}.")
+        return self.render(request, "client.html", session, row=row, published=published)
+
+    async def migrations(self, request: Request) -> Response:
+        session = self.require(request)
+        published, rows = await self._read()
+        return self.render(
+            request,
+            "migrations.html",
+            session,
+            migrations=views.migration_rows(rows, published),
+            clients=len(rows),
+        )
+
+    async def stylesheet(self, _request: Request) -> Response:
+        return Response(
+            self.css,
+            media_type="text/css",
+            headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    async def to_login(self, request: Request, _exc: Exception) -> Response:
+        login = f"{_root(request)}/login"
+        if request.method not in ("GET", "HEAD"):  # a form posted after the session ended: start afresh
+            return RedirectResponse(login, 303)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"{login}?next={quote(target, safe='/')}", 303)
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return self.render(
+            request,
+            "error.html",
+            self.session(request),
+            status=exc.status_code,
+            title=_TITLES.get(exc.status_code, "Error"),
+            message=exc.detail,
+        )
+
+    async def store_error(self, request: Request, exc: Exception) -> Response:
+        message = exc.message if isinstance(exc, ApiError) else f"The store failed: {exc}"
+        response = self.render(
+            request,
+            "error.html",
+            self.session(request),
+            status=503,
+            title="Store unavailable",
+            message=message,
+        )
+        response.headers["Retry-After"] = "5"
+        return response
+
+
+_CSRF_REFUSED = (
+    "This form has expired or did not come from this panel. Go back, reload the page and send it again."
+)
+_TITLES = {403: "Forbidden", 404: "Not found", 405: "Method not allowed", 413: "Too large"}
+
+
+def _root(request: Request) -> str:
+    """The path the panel is mounted at (``/admin``), without a trailing slash."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form body (no multipart: the panel's forms have no files); no body: no fields."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_FORM:
+            raise HTTPException(413, "The form is too large.")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body and kind != "application/x-www-form-urlencoded":
+        raise HTTPException(415, "Forms must be sent as application/x-www-form-urlencoded.")
+    try:
+        pairs = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=32)
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "The form could not be read.") from None
+    return dict(reversed(pairs))  # the first value of a repeated field wins
+
+
+def _when(t: float | None) -> str:
+    return iso(t) or "never"
+
+
+def _ago(t: float | None, now: float) -> str:
+    if t is None:
+        return "never"
+    seconds = max(0, int(now - t))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _short(checksum: str | None) -> str:
+    return checksum[:12] if checksum else ""
