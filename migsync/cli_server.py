@@ -248,7 +248,8 @@ def fleet(store_url: str, as_json: bool) -> None:
     required=True,
     envvar="MIGSYNC_ADMIN_TOKEN",
     metavar="TOKEN",
-    help="Token of the admin endpoints (/api/migrations, /api/clients) [env: MIGSYNC_ADMIN_TOKEN]",
+    help="Token of the admin endpoints (/api/migrations, /api/clients) and the panel (/admin) "
+    "[env: MIGSYNC_ADMIN_TOKEN]",
 )
 @click.option(
     "--log-level",
@@ -258,6 +259,13 @@ def fleet(store_url: str, as_json: bool) -> None:
     help="Log level of the server (uvicorn), access log included.",
 )
 @appliers_options
+@click.option("--no-panel", is_flag=True, help="Do not serve the admin panel under /admin.")
+@click.option(
+    "--panel-secure-cookie",
+    is_flag=True,
+    help="Mark the panel's cookies Secure on every request (behind a TLS proxy not trusted for "
+    "X-Forwarded-Proto).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -268,15 +276,17 @@ def serve(
     log_level: str,
     apply_changes: tuple[str, ...],
     no_apply_changes: bool,
+    no_panel: bool,
+    panel_secure_cookie: bool,
 ) -> None:
     """Serve the store's HTTP API to clients (uvicorn).
 
     The store must exist (see 'publish' and 'clients add'). Clients poll
     GET /api/migrations/pending, report to POST /api/migrations/status and
     push entity changes to POST /api/changes with their own token; the admin
-    token reads /api/migrations and /api/clients. Received changes go to the
-    inbox (see 'migsync inbox') and to the change appliers. Stops cleanly on
-    SIGINT or SIGTERM.
+    token reads /api/migrations and /api/clients and logs in to the admin
+    panel at /admin. Received changes go to the inbox (see 'migsync inbox')
+    and to the change appliers. Stops cleanly on SIGINT or SIGTERM.
     """
     appliers = build_appliers(ctx, apply_changes, no_apply_changes)
 
@@ -291,9 +301,11 @@ def serve(
 
     from migsync.core.errors import ConfigError
     from migsync.server.app import create_app
+    from migsync.server.panel import PanelOptions
 
+    panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie)
     try:
-        app = create_app(store_url, admin_token=admin_token, appliers=appliers)
+        app = create_app(store_url, admin_token=admin_token, appliers=appliers, panel=panel)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

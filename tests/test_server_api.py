@@ -806,3 +806,24 @@ async def test_the_fleet_cache_sees_new_clients_at_once_and_other_processes_with
         response = await api.pending(a, etag)  # ... and is seen once the period is over.
         assert response.status_code == 200
         assert [m["version"] for m in response.json()["migrations"]] == [2]
+
+
+def test_migsync_serve_serves_the_panel_unless_told_not_to(served: tuple[str, str], tmp_path: Path) -> None:
+    base, _ = served
+    assert httpx.get(f"{base}/admin/login", timeout=10).status_code == 200
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    port = free_port()
+    proc = start("serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, "--no-panel")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/admin/login", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.1)
+        assert response.status_code == 404
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=15)
