@@ -135,6 +135,10 @@ def change_of(row: Row) -> EntityChange:
     )
 
 
+#: How many changes one UPDATE marks processed (well under SQLite's limit on bound parameters).
+_MARK_CHUNK = 500
+
+
 @attrs.define
 class _Batch:
     rows: list[Row]
@@ -145,7 +149,7 @@ class EntityChangeHandler:
     """Pushes the ``entity_changes`` queue to the server through a transport, in batches."""
 
     def __init__(
-        self, tables: Tables, transport: ChangePusher, clock: Clock, *, batch_size: int = 500
+        self, tables: Tables, transport: ChangePusher, clock: Clock, *, batch_size: int = 1000
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
@@ -159,12 +163,14 @@ class EntityChangeHandler:
             f"SELECT (SELECT COUNT(*) FROM {tables.queue} WHERE processed = FALSE) AS open, "
             f"(SELECT COUNT(*) FROM {tables.status} WHERE dirty = TRUE) AS dirty"
         )
+        # What a push needs of each change (a row is a dict: every column costs).
         self._sql_batch = (
-            f"SELECT * FROM {tables.changes} WHERE processed = FALSE AND seq >= $1 "
+            "SELECT seq, id, entity, entity_id, operation, data, schema_version, timestamp "
+            f"FROM {tables.changes} WHERE processed = FALSE AND seq >= $1 "
             f"AND attempts < max_attempts ORDER BY seq LIMIT {int(batch_size)}"
         )
         self._sql_done = (
-            f"UPDATE {tables.changes} SET processed = TRUE, processed_at = $1, error = NULL WHERE id = $2"
+            f"UPDATE {tables.changes} SET processed = TRUE, processed_at = $1, error = NULL WHERE seq IN "
         )
 
     def describe(self, change: Row) -> str:
@@ -218,10 +224,14 @@ class EntityChangeHandler:
     def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
         batch: _Batch = loaded.data
         now = self.clock.now()
-        for change_id in batch.done:
-            if change_id != change["id"]:  # the processor marks the head itself
-                yield Execute(self._sql_done, (now, change_id))
-        seqs = [int(r["seq"]) for r in batch.rows if r["id"] in batch.done]
+        done = set(batch.done)
+        seqs = [int(r["seq"]) for r in batch.rows if r["id"] in done]
+        # One statement per chunk, not one per change; the processor marks the head itself.
+        rest = [seq for seq in seqs if seq != int(change["seq"])]
+        for start in range(0, len(rest), _MARK_CHUNK):
+            chunk = rest[start : start + _MARK_CHUNK]
+            marks = ", ".join(f"${i}" for i in range(2, len(chunk) + 2))
+            yield Execute(f"{self._sql_done}({marks})", (now, *chunk))
         self.pushed += len(seqs)
         return ChangesPushed(count=len(seqs), first_seq=min(seqs), last_seq=max(seqs))
 

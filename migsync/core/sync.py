@@ -133,7 +133,7 @@ class Syncer:
         trusted: Sequence[TrustedKey],
         *,
         push_changes: bool = True,
-        batch_size: int = 500,
+        batch_size: int = 1000,
     ) -> None:
         if not trusted:
             raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")

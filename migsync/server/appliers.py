@@ -10,6 +10,15 @@ appliers did for that change is undone and the error kept in the inbox
 ``migsync_register_change_appliers`` hook; :func:`build_appliers` makes them
 from ``NAME[:key=value,...]`` strings, as ``migsync serve --apply-changes`` does.
 
+An applier may also have ``async def apply_many(self, changes, connection, dialect)``:
+the same as ``apply`` on each change in turn, with everything done through
+``connection``, so that it can be undone. When it is the store's only applier,
+the store hands it a whole batch at once, in one savepoint; if that raises,
+the store undoes the batch and hands the changes to ``apply`` one by one, each
+in its savepoint, as above, so an error is kept with its own change. The
+outcome is the same, only faster when nothing fails. An applier that does
+anything the database cannot undo (sends a message) must not have it.
+
 The built-in ``tables`` applier (:class:`TablesApplier`, on by default)
 writes each change to the table of the store database that has the entity's
 name, if there is one. Everything in a change comes from a client and is
@@ -145,11 +154,15 @@ class TablesApplier(BaseChangeApplier):
             raise ConfigError(f"tables applier: unknown options {sorted(options)} (valid: cache_seconds)")
         #: (database, entity) -> (when it was looked at (monotonic), its table or None)
         self._tables: dict[tuple[str, str], tuple[float, Table | None]] = {}
+        #: the last engine seen and its URL as text (rendering it for every change is not free)
+        self._engine: tuple[object, str] | None = None
 
     async def apply(self, change: ReceivedChange, connection: AsyncConnection, dialect: str) -> None:
         table = await self._table(change.entity, connection)
-        if table is None:
-            return
+        if table is not None:
+            await self._apply_to(table, change, connection)
+
+    async def _apply_to(self, table: Table, change: ReceivedChange, connection: AsyncConnection) -> None:
         if change.operation == "insert":
             await self._insert(table, change, connection)
         elif change.operation == "update":
@@ -159,12 +172,46 @@ class TablesApplier(BaseChangeApplier):
         else:
             raise UnsafeChange(f"unknown operation {change.operation!r}")
 
+    async def apply_many(
+        self, changes: Sequence[ReceivedChange], connection: AsyncConnection, dialect: str
+    ) -> None:
+        """:meth:`apply` on each of ``changes`` in turn; a run of inserts into one table, of the
+        same columns, is one ``executemany``."""
+        rows: list[dict[str, Any]] = []
+        into: tuple[Table, frozenset[str]] | None = None
+        for change in changes:
+            table = await self._table(change.entity, connection)
+            if table is None:
+                continue
+            if change.operation == "insert":
+                values = self._insert_values(table, change)
+                columns = frozenset(values)
+                if into is None or into[0] is not table or into[1] != columns:
+                    await self._flush(into, rows, connection)
+                    into, rows = (table, columns), []
+                rows.append(values)
+                continue
+            await self._flush(into, rows, connection)
+            into, rows = None, []
+            await self._apply_to(table, change, connection)
+        await self._flush(into, rows, connection)
+
+    @staticmethod
+    async def _flush(
+        into: tuple[Table, frozenset[str]] | None, rows: list[dict[str, Any]], connection: AsyncConnection
+    ) -> None:
+        if into is not None and rows:
+            await connection.execute(insert(into[0]), rows)
+
     async def _table(self, entity: str, connection: AsyncConnection) -> Table | None:
         if not IDENTIFIER.fullmatch(entity):
             raise UnsafeChange(f"entity {entity!r} is not a plain identifier: no table is touched")
         if entity.lower().startswith(RESERVED_PREFIXES):
             raise UnsafeChange(f"entity {entity!r} names a table of the store or the database: not touched")
-        key = (str(connection.engine.url), entity)
+        engine = connection.engine
+        if self._engine is None or self._engine[0] is not engine:
+            self._engine = (engine, str(engine.url))
+        key = (self._engine[1], entity)
         cached = self._tables.get(key)
         now = time.monotonic()
         if cached is not None and now - cached[0] < self.cache_seconds:
@@ -174,11 +221,15 @@ class TablesApplier(BaseChangeApplier):
         return table
 
     async def _insert(self, table: Table, change: ReceivedChange, connection: AsyncConnection) -> None:
+        await connection.execute(insert(table).values(self._insert_values(table, change)))
+
+    @staticmethod
+    def _insert_values(table: Table, change: ReceivedChange) -> dict[str, Any]:
         values = _values(table, change)
         keys = _key_columns(table)
         if len(keys) == 1 and keys[0].name not in values:
             values[keys[0].name] = _convert(keys[0], change.entity_id)
-        await connection.execute(insert(table).values(values))
+        return values
 
     async def _update(self, table: Table, change: ReceivedChange, connection: AsyncConnection) -> None:
         where = _where(table, change)
@@ -203,10 +254,31 @@ def _reflect(connection: Connection, entity: str) -> Table | None:
 
 
 def _key_columns(table: Table) -> list[Column[Any]]:
-    keys = list(table.primary_key.columns)
-    if not keys and "id" in table.c:
-        keys = [table.c.id]
+    keys: list[Column[Any]] | None = table.info.get(_KEYS)
+    if keys is None:
+        keys = list(table.primary_key.columns)
+        if not keys and "id" in table.c:
+            keys = [table.c.id]
+        table.info[_KEYS] = keys
     return keys
+
+
+def _columns(table: Table) -> dict[str, tuple[Column[Any], type | None]]:
+    """The columns data may set (those named by a plain identifier), each with its Python type
+    (None: not known); worked out once per table, and kept with it (``Table.info``)."""
+    columns: dict[str, tuple[Column[Any], type | None]] | None = table.info.get(_COLUMNS)
+    if columns is None:
+        columns = {
+            name: (column, _python_type(column))
+            for name, column in table.c.items()
+            if IDENTIFIER.fullmatch(name)
+        }
+        table.info[_COLUMNS] = columns
+    return columns
+
+
+_KEYS = "migsync_key_columns"
+_COLUMNS = "migsync_columns"
 
 
 def _values(table: Table, change: ReceivedChange) -> dict[str, Any]:
@@ -216,10 +288,11 @@ def _values(table: Table, change: ReceivedChange) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UnsafeChange(f"the data of {change.operation} must be an object, not {type(data).__name__}")
+    columns = _columns(table)
     return {
-        name: _convert(table.c[name], value)
+        name: _convert_as(*column, value)
         for name, value in data.items()
-        if isinstance(name, str) and IDENTIFIER.fullmatch(name) and name in table.c
+        if (column := columns.get(name)) is not None
     }
 
 
@@ -255,11 +328,19 @@ def _composite(entity_id: str, size: int) -> list[Any] | None:
 
 def _convert(column: Column[Any], value: Any) -> Any:
     """``value`` (from JSON) as the column's Python type, where that is clear; ValueError otherwise."""
-    if value is None:
-        return None
+    return _convert_as(column, _python_type(column), value)
+
+
+def _python_type(column: Column[Any]) -> type | None:
     try:
-        kind = column.type.python_type
+        return column.type.python_type
     except NotImplementedError:
+        return None
+
+
+def _convert_as(column: Column[Any], kind: type | None, value: Any) -> Any:
+    """:func:`_convert`, the column's Python type (None: not known) given."""
+    if value is None or kind is None or type(value) is kind:  # the last: what _as would return
         return value
     try:
         return _as(kind, value)

@@ -16,6 +16,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import httpx
 
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
@@ -29,7 +30,6 @@ from migsync.core.wire import (
     StatusReport,
     ack_from_json,
     changes_ack_from_json,
-    changes_to_json,
     offers_from_json,
     reports_to_json,
 )
@@ -109,7 +109,8 @@ class HttpTransport(BaseTransport):
         accepted: list[str] = []
         duplicate: list[str] = []
         for start in range(0, len(changes), MAX_CHANGES):
-            body = json.dumps(changes_to_json(changes[start : start + MAX_CHANGES])).encode()
+            chunk = [_change_json(c) for c in changes[start : start + MAX_CHANGES]]
+            body = json.dumps({"changes": chunk}).encode()
             headers = self._headers | {"Content-Type": "application/json"}
             response = await self._send("POST", url, headers=headers, content=body)
             ack = changes_ack_from_json(_json(response, url), f"POST {url}")
@@ -149,6 +150,15 @@ class HttpTransport(BaseTransport):
             if retry_after is not None:
                 delay = min(max(delay, retry_after), self.backoff.cap)
             await self.clock.sleep(delay)
+
+
+#: The fields of a change on the wire: :meth:`EntityChange.to_json`'s, whose ``attrs.asdict``
+#: copies ``data`` deeply (a third of the client's cost of a push) where JSON needs no copy.
+_CHANGE_FIELDS = tuple(field.name for field in attrs.fields(EntityChange))
+
+
+def _change_json(change: EntityChange) -> dict[str, Any]:
+    return {name: getattr(change, name) for name in _CHANGE_FIELDS}
 
 
 def _json(response: httpx.Response, url: str) -> Any:
