@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -243,24 +244,30 @@ def _listing(folder: Path, kind: str) -> tuple[list[str], list[str], list[Refuse
 
 def _read(folder: Path, name: str) -> list[StatusReport]:
     """The reports in ``folder/name``, checked; :class:`_Refusal` says why they cannot be imported."""
-    where = str(folder / name)
-    try:
-        data = files.read_inside(folder, name, files.MAX_REPORT_FILE)
-        client_id, document = files.parse_reports(data, where)
-    except FileNotFoundError:
-        if os.path.islink(where):
-            raise _Refusal("a symlink that leads nowhere") from None
-        raise
-    except MalformedAnswer as exc:
-        raise _Refusal(str(exc).removeprefix(f"{where}: ")) from None
-    except (OSError, RuntimeError) as exc:  # RuntimeError: Python 3.11's Path.resolve on a symlink loop
-        raise _Refusal(f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    if client_id != folder.name:
-        raise _Refusal(f"it holds reports of client {client_id!r}, not of {folder.name!r} (its folder)")
+    document = _read_client_file(folder, name, files.MAX_REPORT_FILE, files.REPORTS_FORMAT, "reports")
     try:
         return status_reports({"reports": document.get("reports")}, max_reports=None)
     except InvalidReports as exc:
         raise _Refusal(str(exc)) from None
+
+
+def _read_client_file(folder: Path, name: str, limit: int, format_: str, what: str) -> dict[str, Any]:
+    """The document of a client's file ``folder/name``, which must be of that client (its folder)."""
+    where = str(folder / name)
+    try:
+        data = files.read_inside(folder, name, limit)
+        client_id, document = files.parse_client_file(data, where, format_)
+    except FileNotFoundError:
+        if os.path.islink(where):
+            raise _Refusal("a symlink that leads nowhere") from None
+        raise
+    except MalformedAnswer as exc:  # symlink loops and escapes included (read_inside says so)
+        raise _Refusal(str(exc).removeprefix(f"{where}: ")) from None
+    except OSError as exc:
+        raise _Refusal(f"cannot read it: {exc.strerror or exc}") from None
+    if client_id != folder.name:
+        raise _Refusal(f"it holds {what} of client {client_id!r}, not of {folder.name!r} (its folder)")
+    return document
 
 
 def _covered_by_newer(folder: Path, name: str, done: list[str]) -> set[int]:
@@ -352,20 +359,7 @@ async def _import_changes(
 
 def _read_changes(folder: Path, name: str) -> list[EntityChange]:
     """The changes in ``folder/name``, checked; :class:`_Refusal` says why they cannot be imported."""
-    where = str(folder / name)
-    try:
-        data = files.read_inside(folder, name, MAX_CHANGES_FILE)
-        client_id, document = files.parse_changes(data, where)
-    except FileNotFoundError:
-        if os.path.islink(where):
-            raise _Refusal("a symlink that leads nowhere") from None
-        raise
-    except MalformedAnswer as exc:
-        raise _Refusal(str(exc).removeprefix(f"{where}: ")) from None
-    except (OSError, RuntimeError) as exc:  # RuntimeError: Python 3.11's Path.resolve on a symlink loop
-        raise _Refusal(f"cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
-    if client_id != folder.name:
-        raise _Refusal(f"it holds changes of client {client_id!r}, not of {folder.name!r} (its folder)")
+    document = _read_client_file(folder, name, MAX_CHANGES_FILE, files.CHANGES_FORMAT, "changes")
     try:
         return entity_changes({"changes": document.get("changes")}, max_changes=None)
     except InvalidChanges as exc:

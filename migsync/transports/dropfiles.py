@@ -48,6 +48,8 @@ BUNDLE_FORMAT = "migsync-bundle/1"
 REPORTS_FORMAT = "migsync-reports/1"
 CHANGES_DIR = "changes"
 CHANGES_FORMAT = "migsync-changes/1"
+#: what each format of a client's file is called in messages
+_CLIENT_FILES = {REPORTS_FORMAT: "report file", CHANGES_FORMAT: "changes file"}
 #: the suffix ``migsync import-reports`` gives a report file it has imported
 IMPORTED_SUFFIX = ".imported"
 
@@ -265,11 +267,13 @@ def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def parse_reports(data: bytes, where: str) -> tuple[str, dict[str, Any]]:
-    """The client id a report file names, and its document (its reports are checked by the importer)."""
+def parse_client_file(data: bytes, where: str, format_: str) -> tuple[str, dict[str, Any]]:
+    """The client id a client's file (reports or changes) names, and its document; the
+    records in it are checked by the importer."""
     document = load(data, where)
-    if document.get("format") != REPORTS_FORMAT:
-        raise MalformedAnswer(f"{where}: not a migsync report file (format {document.get('format')!r})")
+    if document.get("format") != format_:
+        what = _CLIENT_FILES[format_]
+        raise MalformedAnswer(f"{where}: not a migsync {what} (format {document.get('format')!r})")
     client_id = document.get("client_id")
     if not isinstance(client_id, str):
         raise MalformedAnswer(f"{where}: 'client_id' is not a string")
@@ -295,14 +299,3 @@ def report_files(folder: Path) -> Iterator[Path]:
 def changes_document(client_id: str, changes: Sequence[EntityChange]) -> dict[str, Any]:
     """A batch of a client's entity changes, in the order it recorded them (a file under ``changes/``)."""
     return {"format": CHANGES_FORMAT, "client_id": client_id, "changes": [c.to_json() for c in changes]}
-
-
-def parse_changes(data: bytes, where: str) -> tuple[str, dict[str, Any]]:
-    """The client id a changes file names, and its document (its changes are checked by the importer)."""
-    document = load(data, where)
-    if document.get("format") != CHANGES_FORMAT:
-        raise MalformedAnswer(f"{where}: not a migsync changes file (format {document.get('format')!r})")
-    client_id = document.get("client_id")
-    if not isinstance(client_id, str):
-        raise MalformedAnswer(f"{where}: 'client_id' is not a string")
-    return client_id, document

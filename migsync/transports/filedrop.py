@@ -139,7 +139,7 @@ class FileDropTransport(BaseTransport):
         for path in files.report_files(folder):
             try:
                 data = files.read_inside(folder, path.name, files.MAX_REPORT_FILE)
-                _, document = files.parse_reports(data, str(path))
+                _, document = files.parse_client_file(data, str(path), files.REPORTS_FORMAT)
                 for item in document.get("reports", []):
                     report = StatusReport(**item)
                     latest[report.version] = report
