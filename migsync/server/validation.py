@@ -24,6 +24,30 @@ _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("version", "applied", "error", "attempts", "checksum")
 
 
+def _list_of(body: Any, key: str, limit: int | None, error: type[ValueError]) -> list[Any]:
+    """The list ``body`` holds under its one key ``key``, at most ``limit`` long (None: any)."""
+    if not isinstance(body, dict) or set(body) != {key}:
+        raise error(f'the body must be an object with one key, "{key}": {{"{key}": [...]}}')
+    items = body[key]
+    if not isinstance(items, list):
+        raise error(f'"{key}" must be a list, not {_kind(items)}')
+    if limit is not None and len(items) > limit:
+        raise error(f'"{key}" holds {len(items)} {key}; at most {limit} per request')
+    return items
+
+
+def _check_fields(where: str, item: Any, fields: tuple[str, ...], error: type[ValueError]) -> None:
+    """``item`` must be an object with exactly ``fields``."""
+    if not isinstance(item, dict):
+        raise error(f"{where} must be an object, not {_kind(item)}")
+    missing = [f for f in fields if f not in item]
+    if missing:
+        raise error(f"{where}: missing {', '.join(repr(f) for f in missing)}")
+    unknown = sorted(str(k) for k in item if k not in fields)
+    if unknown:
+        raise error(f"{where}: unknown field {', '.join(repr(f) for f in unknown)}")
+
+
 class InvalidReports(ValueError):
     """Status reports of the wrong shape; the message says what is wrong."""
 
@@ -33,13 +57,7 @@ def status_reports(body: Any, *, max_reports: int | None = MAX_REPORTS) -> list[
 
     ``max_reports=None`` lifts the cap on their number (a report file's size cap bounds it instead).
     """
-    if not isinstance(body, dict) or set(body) != {"reports"}:
-        raise InvalidReports('the body must be an object with one key, "reports": {"reports": [...]}')
-    items = body["reports"]
-    if not isinstance(items, list):
-        raise InvalidReports(f'"reports" must be a list, not {_kind(items)}')
-    if max_reports is not None and len(items) > max_reports:
-        raise InvalidReports(f'"reports" holds {len(items)} reports; at most {max_reports} per request')
+    items = _list_of(body, "reports", max_reports, InvalidReports)
     reports: list[StatusReport] = []
     seen: dict[int, int] = {}
     for index, item in enumerate(items):
@@ -55,14 +73,7 @@ def status_reports(body: Any, *, max_reports: int | None = MAX_REPORTS) -> list[
 
 
 def _report(where: str, item: Any) -> StatusReport:
-    if not isinstance(item, dict):
-        raise InvalidReports(f"{where} must be an object, not {_kind(item)}")
-    missing = [f for f in _FIELDS if f not in item]
-    if missing:
-        raise InvalidReports(f"{where}: missing {', '.join(repr(f) for f in missing)}")
-    unknown = sorted(str(k) for k in item if k not in _FIELDS)
-    if unknown:
-        raise InvalidReports(f"{where}: unknown field {', '.join(repr(f) for f in unknown)}")
+    _check_fields(where, item, _FIELDS, InvalidReports)
     version, applied, error, attempts, checksum = (item[f] for f in _FIELDS)
     if not _is_int(version) or not 0 <= version <= _MAX_BIGINT:
         raise InvalidReports(f"{where}.version must be a non-negative integer, not {_show(version)}")
@@ -102,13 +113,7 @@ def entity_changes(body: Any, *, max_changes: int | None = MAX_CHANGES) -> list[
 
     ``max_changes=None`` lifts the cap on their number (a changes file's size cap bounds it instead).
     """
-    if not isinstance(body, dict) or set(body) != {"changes"}:
-        raise InvalidChanges('the body must be an object with one key, "changes": {"changes": [...]}')
-    items = body["changes"]
-    if not isinstance(items, list):
-        raise InvalidChanges(f'"changes" must be a list, not {_kind(items)}')
-    if max_changes is not None and len(items) > max_changes:
-        raise InvalidChanges(f'"changes" holds {len(items)} changes; at most {max_changes} per request')
+    items = _list_of(body, "changes", max_changes, InvalidChanges)
     changes: list[EntityChange] = []
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
@@ -126,14 +131,7 @@ def _change(where: str, item: Any) -> EntityChange:
     change = _plainly_valid(item)
     if change is not None:
         return change
-    if not isinstance(item, dict):
-        raise InvalidChanges(f"{where} must be an object, not {_kind(item)}")
-    missing = [f for f in _CHANGE_FIELDS if f not in item]
-    if missing:
-        raise InvalidChanges(f"{where}: missing {', '.join(repr(f) for f in missing)}")
-    unknown = sorted(str(k) for k in item if k not in _CHANGE_FIELDS)
-    if unknown:
-        raise InvalidChanges(f"{where}: unknown field {', '.join(repr(f) for f in unknown)}")
+    _check_fields(where, item, _CHANGE_FIELDS, InvalidChanges)
     change_id, entity, entity_id, operation, data, schema_version, timestamp = (
         item[f] for f in _CHANGE_FIELDS
     )
