@@ -21,7 +21,10 @@ import click
 from migsync.cli_support import connect, db_option, max_attempts_option, plugins_of, run_coro
 
 if TYPE_CHECKING:
-    from migsync.core.sync import SyncResult
+    from collections.abc import AsyncIterator
+
+    from migsync.core.client import Client
+    from migsync.core.sync import Syncer, SyncResult
 
 EXIT_FAILED = 1
 
@@ -165,7 +168,7 @@ def run(ctx: click.Context, /, interval: float, **options: Any) -> None:
 
 
 async def _sync_once(ctx: click.Context, *, retry_now: bool, as_json: bool, **options: Any) -> int:
-    async with _Session(ctx, **options) as (syncer, _client):
+    async with _session(ctx, **options) as (syncer, _client):
         started = time.perf_counter()
         result = await syncer.sync(ignore_backoff=retry_now)
         return _print(result, time.perf_counter() - started, as_json, quiet=False)
@@ -175,7 +178,7 @@ async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **
     from migsync.core.errors import MigsyncError, ServerRefused
 
     stop = asyncio.Event()
-    async with _Session(ctx, **options) as (syncer, client_):
+    async with _session(ctx, **options) as (syncer, client_):
         loop = asyncio.get_running_loop()
 
         def halt() -> None:
@@ -208,44 +211,30 @@ async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **
     return 0
 
 
-class _Session:
-    def __init__(self, ctx: click.Context, **options: Any) -> None:
-        self.ctx = ctx
-        self.options = options
+@contextlib.asynccontextmanager
+async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, Client]]:
+    """The syncer of the configured client and transport, both opened, and the client."""
+    from migsync.core.errors import ConfigError
+    from migsync.core.signing import load_public_keys
+    from migsync.core.sync import Syncer
 
-    async def __aenter__(self) -> tuple[Any, Any]:
-        from migsync.core.errors import ConfigError
-        from migsync.core.signing import load_public_keys
-        from migsync.core.sync import Syncer
-
-        o = self.options
-        trusted = load_public_keys(o["trust_keys"])
-        spec = plugins_of(self.ctx).transport_for_url(o["server_url"])
-        extra = {"reports": o["reports_dir"]} if o["reports_dir"] else {}
-        try:
-            self.transport = spec.load()(
-                o["server_url"],
-                client_id=str(o["client_id"]),
-                token=o["token"],
-                timeout=o["timeout"],
-                retries=o["retries"],
-                **extra,
-            )
-        except TypeError as exc:
-            raise ConfigError(f"the {spec.name} transport does not take {sorted(extra)}: {exc}") from None
-        self.client = connect(self.ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
-        try:
-            await self.client.__aenter__()
-        except BaseException:
-            await self.transport.aclose()
-            raise
-        return Syncer(self.client, self.transport, trusted), self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.transport.aclose()
-        finally:
-            await self.client.__aexit__(None, None, None)
+    trusted = load_public_keys(o["trust_keys"])
+    spec = plugins_of(ctx).transport_for_url(o["server_url"])
+    extra = {"reports": o["reports_dir"]} if o["reports_dir"] else {}
+    try:
+        transport = spec.load()(
+            o["server_url"],
+            client_id=str(o["client_id"]),
+            token=o["token"],
+            timeout=o["timeout"],
+            retries=o["retries"],
+            **extra,
+        )
+    except TypeError as exc:
+        raise ConfigError(f"the {spec.name} transport does not take {sorted(extra)}: {exc}") from None
+    client = connect(ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
+    async with transport, client:
+        yield Syncer(client, transport, trusted), client
 
 
 def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) -> int:

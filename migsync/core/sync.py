@@ -37,7 +37,7 @@ from migsync.core.outbox import ReportOutbox, report_of, worth_reporting
 from migsync.core.processor import ChangesProcessor, PassResult
 from migsync.core.signing import TrustedKey
 from migsync.core.verify import verify_offer
-from migsync.core.wire import CHECKSUM, ChangesAck, EntityChange, Offer, OfferedMigration, StatusReport
+from migsync.core.wire import CHECKSUM, Offer, OfferedMigration, StatusReport
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
@@ -138,7 +138,7 @@ class Syncer:
         if not trusted:
             raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")
         self.client = client
-        self.transport = transport
+        self._transport = transport
         self.trusted = list(trusted)
         self.outbox = ReportOutbox(client.backend, client.clock)
         self._meta = client.backend.tables.meta
@@ -146,12 +146,24 @@ class Syncer:
         #: the same processor as the migrations', over the entity changes queue
         self.changes_processor = ChangesProcessor(
             client.backend,
-            EntityChangeHandler(client.backend.tables, _Late(self), client.clock, batch_size=batch_size),
+            EntityChangeHandler(client.backend.tables, transport, client.clock, batch_size=batch_size),
             events=client.events,
             clock=client.clock,
             retry=client.processor.retry,
             lock_timeout=client.processor.lock_timeout,
         )
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    @transport.setter
+    def transport(self, transport: Transport) -> None:
+        """Another way to the server (an embedding may switch); the change handler follows."""
+        self._transport = transport
+        handler = self.changes_processor.handler
+        assert isinstance(handler, EntityChangeHandler)
+        handler.transport = transport
 
     async def sync(self, *, ignore_backoff: bool = False) -> SyncResult:
         offline: str | None = None
@@ -305,18 +317,3 @@ class Syncer:
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (_ETAG_KEY, etag),
                 )
-
-
-class _Late:
-    """The syncer's transport as the change handler sees it: whatever it is when a push happens
-    (a test, or an embedding, may swap ``Syncer.transport``)."""
-
-    def __init__(self, syncer: Syncer) -> None:
-        self._syncer = syncer
-
-    @property
-    def where(self) -> str:
-        return self._syncer.transport.where
-
-    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
-        return await self._syncer.transport.push_changes(changes)
