@@ -99,13 +99,18 @@ def migsync_env() -> dict[str, str]:
     return {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
-def run(*args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``migsync ARGS`` run to its end, its output captured; never raises on a failing exit code."""
+def run(
+    *args: str, timeout: float = 60, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``migsync ARGS`` run to its end, its output captured; never raises on a failing exit code.
+
+    ``env``: variables to set on top of :func:`migsync_env`.
+    """
     return subprocess.run(
         [MIGSYNC, *args],
         capture_output=True,
         text=True,
-        env=migsync_env(),
+        env={**migsync_env(), **(env or {})},
         cwd=cwd,
         timeout=timeout,
         check=False,
@@ -226,3 +231,24 @@ def wait_until_sessions_gone(url: str, timeout: float) -> None:
     if is_sqlite(url):
         return
     wait_for("the killed process's Postgres sessions to end", lambda: not migsync_sessions(url), timeout)
+
+
+# -- drop folders ----------------------------------------------------------------------------------
+
+
+def drop_client_file(folder: Path, client: str, data: bytes, at: int) -> Path:
+    """Write a client's file (reports or changes) as a client does:
+    ``<folder>/<client>/<at ms>-<digest>.json``."""
+    from migsync.transports import dropfiles
+
+    path = folder / client / dropfiles.report_file_name(at, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert dropfiles.write_atomic(path, data)
+    return path
+
+
+def imported_name(path: Path) -> Path:
+    """What ``import-reports`` renames a file it imported to."""
+    from migsync.transports import dropfiles
+
+    return path.with_name(path.name + dropfiles.IMPORTED_SUFFIX)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from dbtools import run
+from dbtools import drop_client_file, imported_name, run
 
 from migsync.core.errors import ConfigError, SignatureError
 from migsync.core.migration import Migration, Script
@@ -83,15 +83,9 @@ def drop_report(
     reports: Path, folder: str, items: Sequence[StatusReport], at: int, *, client_id: str | None = None
 ) -> Path:
     """Write a report file the way a client does: ``reports/<folder>/<at (ms)>-<digest>.json``."""
-    data = files.dump(files.reports_document(client_id or folder, items))
-    path = reports / folder / files.report_file_name(at, data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert files.write_atomic(path, data)
-    return path
-
-
-def imported_name(path: Path) -> Path:
-    return path.with_name(path.name + files.IMPORTED_SUFFIX)
+    return drop_client_file(
+        reports, folder, files.dump(files.reports_document(client_id or folder, items)), at
+    )
 
 
 async def fleet(url: str) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:

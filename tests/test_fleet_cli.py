@@ -78,18 +78,6 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [re.split(r" {2,}", line) for line in stdout.splitlines()]
 
 
-def with_store_env(store: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``migsync ARGS`` with the store given by MIGSYNC_STORE instead of --store."""
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        env={**migsync_env(), "MIGSYNC_STORE": store},
-        timeout=60,
-        check=False,
-    )
-
-
 def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_path: Path) -> None:
     sums = publish(store, tmp_path, 3)
     ids = add_clients(
@@ -150,7 +138,7 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
         },
     ]
 
-    table = with_store_env(store, "fleet")
+    table = run("fleet", env={"MIGSYNC_STORE": store})
     assert table.returncode == 0, table.stderr
     header, *rows = table_rows(table.stdout)
     assert header == ["id", "name", "latest", "applied", "pending", "drift", "last seen", "failed"]

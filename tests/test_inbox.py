@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dbtools import aquery, is_sqlite, run, start
+from dbtools import aquery, drop_client_file, imported_name, is_sqlite, run, start
 from servers import free_port
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -567,15 +567,9 @@ def drop_changes(
     folder: Path, client: str, items: Sequence[EntityChange], at: int, *, client_id: str | None = None
 ) -> Path:
     """Write a changes file as a client does: ``<folder>/<client>/<at (ms)>-<digest>.json``."""
-    data = files.dump(files.changes_document(client_id or client, items))
-    path = folder / client / files.report_file_name(at, data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert files.write_atomic(path, data)
-    return path
-
-
-def imported(path: Path) -> Path:
-    return path.with_name(path.name + files.IMPORTED_SUFFIX)
+    return drop_client_file(
+        folder, client, files.dump(files.changes_document(client_id or client, items)), at
+    )
 
 
 async def test_import_reports_imports_changes_files_in_order(tmp_path: Path, key_path: Path) -> None:
@@ -612,7 +606,7 @@ async def test_import_reports_imports_changes_files_in_order(tmp_path: Path, key
         "(changes are taken in order)",
     }
     assert result.imported == () and result.refused == (), "the drop folder has no reports"
-    assert imported(first).exists() and not first.exists() and imported(other).exists()
+    assert imported_name(first).exists() and not first.exists() and imported_name(other).exists()
     assert second.exists() and third.exists() and stranger.exists()
 
     async with Store.open(url, create=False) as store:

@@ -324,18 +324,6 @@ async def test_client_names_are_checked(urls: Urls) -> None:
 # -- the commands --------------------------------------------------------------------------------
 
 
-def _run_with_store(store: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``migsync ARGS`` with the store given by MIGSYNC_STORE instead of --store."""
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        env={**migsync_env(), "MIGSYNC_STORE": store},
-        timeout=60,
-        check=False,
-    )
-
-
 def test_cli_publish(urls: Urls, tmp_path: Path) -> None:
     plain = urls.raw  # the command maps sqlite:// and postgresql:// itself
     key = tmp_path / "signing.key"
@@ -353,7 +341,7 @@ def test_cli_publish(urls: Urls, tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert "added: 0001_create_a, 0002_create_b" in first.stdout
 
-    again = _run_with_store(plain, *publish)
+    again = run(*publish, env={"MIGSYNC_STORE": plain})
     assert again.returncode == 0, again.stderr
     assert "unchanged: 0001_create_a, 0002_create_b" in again.stdout
 
@@ -389,7 +377,7 @@ def test_cli_clients_add_and_list(tmp_path: Path) -> None:
     assert set(record) == {"client_id", "token"}
     assert isinstance(record["client_id"], int) and len(record["token"]) >= 40
 
-    text = _run_with_store(store, "clients", "add", "shop-paris")
+    text = run("clients", "add", "shop-paris", env={"MIGSYNC_STORE": store})
     assert text.returncode == 0, text.stderr
     token = text.stdout.splitlines()[-1]
     assert "shown only now" in text.stdout and len(token) >= 40
@@ -415,7 +403,7 @@ def test_cli_clients_add_and_list(tmp_path: Path) -> None:
         (record["client_id"], "shop-berlin", None),
         (record["client_id"] + 1, "shop-paris", None),
     ]
-    table = _run_with_store(store, "clients", "list")
+    table = run("clients", "list", env={"MIGSYNC_STORE": store})
     assert table.returncode == 0, table.stderr
     assert table.stdout.splitlines()[0].split()[:2] == ["id", "name"]
     assert "shop-berlin" in table.stdout and "shop-paris" in table.stdout
