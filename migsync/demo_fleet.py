@@ -94,7 +94,7 @@ async def run_fleet(root: Path) -> int:
         ]
         drop = root / "drop"
         # The ship never sees the server, so the token registration gave it is never used.
-        ship_transport = FileDropTransport(f"file://{drop}", client_id=str(registered[SHIP][0]))
+        ship_transport = FileDropTransport(drop.resolve().as_uri(), client_id=str(registered[SHIP][0]))
         ship = await stack.enter_async_context(_shop(root, SHIP, ship_transport, trusted))
         names = {str(i): name for name, (i, _) in registered.items()}
 

@@ -126,3 +126,11 @@ def test_demo_runs_one_part_alone(tmp_path: Path) -> None:
     assert fleet.returncode == 0, fleet.stderr
     assert "== 1." not in fleet.stdout and "== 10." in fleet.stdout
     assert not (tmp_path / "fleet" / "client.db").exists()
+
+
+def test_demo_runs_with_its_default_relative_folder(tmp_path: Path) -> None:
+    # `make demo` runs `migsync demo` with the default --dir demo-output, relative to the cwd.
+    fleet = run("demo", "--part", "fleet", cwd=tmp_path)
+    assert fleet.returncode == 0, fleet.stderr
+    assert "== 10." in fleet.stdout and "ship-atlantic" in fleet.stdout
+    assert (tmp_path / "demo-output" / "fleet" / "drop" / "manifest.json").is_file()
