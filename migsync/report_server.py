@@ -65,4 +65,4 @@ def _failure(failure: Failure) -> str:
     line = "".join(c if c.isprintable() else "?" for c in line)
     if len(line) > _MAX_ERROR:
         line = line[: _MAX_ERROR - 3].rstrip() + "..."
-    return f"{failure.version}: {line or 'failed'}"
+    return f"{failure.version}{' (dead)' if failure.dead else ''}: {line or 'failed'}"

@@ -21,10 +21,10 @@ from typing import Any
 import asyncpg
 from conftest import MIGSYNC
 
-from migsync.core.schema import CHANGES, META, MIGRATIONS, QUEUE, REPORTS, STATUS
+from migsync.core.schema import ACTIONS, CHANGES, META, MIGRATIONS, QUEUE, REPORTS, STATUS
 
 #: migsync's own bookkeeping tables (see ``migsync.core.schema``).
-BOOKKEEPING_TABLES = frozenset({META, MIGRATIONS, STATUS, QUEUE, REPORTS, CHANGES})
+BOOKKEEPING_TABLES = frozenset({META, MIGRATIONS, STATUS, QUEUE, REPORTS, CHANGES, ACTIONS})
 
 #: Every Postgres session of a migsync process in the current database (migsync names its sessions).
 MIGSYNC_SESSIONS = (
@@ -252,3 +252,21 @@ def imported_name(path: Path) -> Path:
     from migsync.transports import dropfiles
 
     return path.with_name(path.name + dropfiles.IMPORTED_SUFFIX)
+
+
+#: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
+_STORE_DOWNGRADES = {
+    3: ["DROP TABLE store_actions", "ALTER TABLE store_client_status DROP COLUMN dead"],
+    2: ["DROP TABLE store_inbox"],
+    1: ["ALTER TABLE store_clients DROP COLUMN status_serial"],
+}
+
+
+async def downgrade_store(url: str, version: int) -> None:
+    """Turn a current store into one an earlier migsync wrote, with schema ``version``."""
+    from migsync.server.tables import SCHEMA_VERSION
+
+    for step in range(SCHEMA_VERSION - 1, version - 1, -1):
+        for statement in _STORE_DOWNGRADES[step]:
+            await aquery(url, statement)
+    await aquery(url, f"UPDATE store_meta SET value = '{version}' WHERE key = 'schema_version'")

@@ -55,6 +55,7 @@ async def test_postgres_schema_option_holds_only_the_bookkeeping(pg_url: str) ->
         ("custom_schema", "client_migration_status"),
         ("custom_schema", "entity_changes"),
         ("custom_schema", "migration_changes"),
+        ("custom_schema", "migsync_actions"),
         ("custom_schema", "migsync_meta"),
         ("custom_schema", "migsync_report_outbox"),
         ("public", "users"),

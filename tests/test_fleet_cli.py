@@ -78,6 +78,9 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [re.split(r" {2,}", line) for line in stdout.splitlines()]
 
 
+DEAD_LINE = "2 (dead): duplicate column: email"
+
+
 def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_path: Path) -> None:
     sums = publish(store, tmp_path, 3)
     ids = add_clients(
@@ -86,7 +89,7 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
             "shop-berlin": [StatusReport(1, True, None, 1, sums[1]), StatusReport(2, True, None, 1, sums[2])],
             "shop-paris": [
                 StatusReport(1, True, None, 1, sums[1]),
-                StatusReport(2, False, ERROR, 3, sums[2]),
+                StatusReport(2, False, ERROR, 3, sums[2], dead=True),
             ],
             "shop-idle": [],
             "shop-drifted": [StatusReport(1, True, None, 1, OTHER_CHECKSUM)],
@@ -114,7 +117,7 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
             "name": "shop-paris",
             "applied": [1],
             "latest_version": 1,
-            "failed": [{"version": 2, "error": ERROR, "attempts": 3}],
+            "failed": [{"version": 2, "error": ERROR, "attempts": 3, "dead": True}],
             "drift": [],
             "pending": [2, 3],
         },
@@ -144,7 +147,16 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
     assert header == ["id", "name", "latest", "applied", "pending", "drift", "last seen", "failed"]
     assert rows == [
         [str(ids["shop-berlin"]), "shop-berlin", "2", "2", "3", "-", seen[0], "-"],
-        [str(ids["shop-paris"]), "shop-paris", "1", "1", "2-3", "-", seen[1], "2: duplicate column: email"],
+        [
+            str(ids["shop-paris"]),
+            "shop-paris",
+            "1",
+            "1",
+            "2-3",
+            "-",
+            seen[1],
+            "2 (dead): duplicate column: email",
+        ],
         [str(ids["shop-idle"]), "shop-idle", "-", "0", "1-3", "-", "never", "-"],
         [str(ids["shop-drifted"]), "shop-drifted", "1", "1", "1-3", "1", seen[3], "-"],
     ]
@@ -177,7 +189,9 @@ def test_fleet_table_cuts_long_errors_and_long_version_lists(tmp_path: Path) -> 
     assert early[:6] == [str(ids["early"]), "early", "3", "3", "4-12", "-"]
 
     [entry, _] = fleet_json(store)
-    assert entry["failed"] == [{"version": 12, "error": hostile, "attempts": 1}], "--json keeps it whole"
+    assert entry["failed"] == [{"version": 12, "error": hostile, "attempts": 1, "dead": False}], (
+        "--json keeps it whole"
+    )
 
 
 def test_fleet_of_a_store_without_clients(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
-from dbtools import aquery, run, start
+from dbtools import aquery, downgrade_store, run, start
 from servers import free_port
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -214,7 +214,7 @@ async def test_an_empty_store_has_nothing_pending(api: Api) -> None:
     me = await api.client("a")
     response = await api.pending(me)
     assert response.status_code == 200
-    assert response.json() == {"migrations": []}
+    assert response.json() == {"migrations": [], "actions": []}
 
 
 async def test_etag_gives_304_until_a_publish_or_a_report_changes_the_list(api: Api) -> None:
@@ -393,7 +393,7 @@ async def test_two_clients_each_have_their_own_status(api: Api) -> None:
     }
     assert clients["a"]["applied"] == [1, 2] and clients["a"]["failed"] == []
     assert clients["b"]["applied"] == []
-    assert clients["b"]["failed"] == [{"version": 1, "error": "no such table", "attempts": 1}]
+    assert clients["b"]["failed"] == [{"version": 1, "error": "no such table", "attempts": 1, "dead": False}]
 
 
 async def test_many_clients_report_concurrently(api: Api) -> None:
@@ -627,7 +627,7 @@ async def test_fleet_view_and_published_list(api: Api) -> None:
         [1, 2], 2, [], [3]
     )  # fmt: skip
     assert (b_entry["applied"], b_entry["latest_version"], b_entry["pending"]) == ([1], 1, [2, 3])
-    assert b_entry["failed"] == [{"version": 2, "error": "duplicate column", "attempts": 3}]
+    assert b_entry["failed"] == [{"version": 2, "error": "duplicate column", "attempts": 3, "dead": False}]
     assert a_entry["last_seen"] is not None and a_entry["last_seen"].endswith("Z")
     assert (idle_entry["applied"], idle_entry["latest_version"], idle_entry["last_seen"]) == ([], None, None)
     assert idle_entry["pending"] == [1, 2, 3]
@@ -685,9 +685,7 @@ async def test_the_app_does_not_create_a_store(tmp_path: Path) -> None:
 async def test_a_version_1_store_is_upgraded(any_store: str, key_path: Path) -> None:
     async with Store.open(any_store) as store:
         _, token = await store.add_client("a")
-    await aquery(any_store, "ALTER TABLE store_clients DROP COLUMN status_serial")
-    await aquery(any_store, "DROP TABLE store_inbox")
-    await aquery(any_store, "UPDATE store_meta SET value = '1' WHERE key = 'schema_version'")
+    await downgrade_store(any_store, 1)
     async with api_on(any_store, key_path) as api:
         me = {"Authorization": f"Bearer {token}"}
         await api.publish(V1)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from conftest import MIGSYNC, write_migrations
-from dbtools import is_sqlite, migsync_env, query, run
+from dbtools import aquery, downgrade_store, is_sqlite, migsync_env, query, run
 
 from migsync.core.errors import ChecksumMismatch, ConfigError, ConnectError, SignatureError
 from migsync.core.migration import Migration, Script
@@ -63,11 +63,6 @@ def stored(urls: Urls) -> dict[int, tuple[str, str | None]]:
     """version -> (checksum, replaced_checksum), read on a connection of the test's own."""
     rows = query(urls.raw, "SELECT version, checksum, replaced_checksum FROM store_migrations")
     return {int(v): (c, r) for v, c, r in rows}
-
-
-async def aquery(url: str, sql: str) -> list[tuple[Any, ...]]:
-    """:func:`dbtools.query` from inside a running event loop (it runs one of its own)."""
-    return await asyncio.to_thread(query, url, sql)
 
 
 async def astored(urls: Urls) -> dict[int, tuple[str, str | None]]:
@@ -129,8 +124,7 @@ async def test_a_version_2_store_gets_an_inbox(urls: Urls, key_path: Path) -> No
     async with Store.open(urls.store) as store:
         await store.publish([V1], load_private_key(key_path))
         client_id, _ = await store.add_client("a")
-    await aquery(urls.raw, "DROP TABLE store_inbox")
-    await aquery(urls.raw, "UPDATE store_meta SET value = '2' WHERE key = 'schema_version'")
+    await downgrade_store(urls.raw, 2)
     async with Store.open(urls.store, create=False) as store:
         ack = await store.receive_changes(client_id, [EntityChange("c1", "todo", "1", "insert", {}, 1, 1.0)])
         assert ack.accepted == ("c1",)
@@ -139,7 +133,7 @@ async def test_a_version_2_store_gets_an_inbox(urls: Urls, key_path: Path) -> No
     assert await aquery(urls.raw, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
 
 
 async def test_without_create_a_missing_store_is_an_error(tmp_path: Path, pg_url: str) -> None:

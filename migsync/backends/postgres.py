@@ -288,9 +288,14 @@ class PostgresBackend(BaseBackend):
             raise BackendError(f"Postgres database {self.where} is not open (use 'async with backend:')")
         return self._pool
 
-    def schema_statements(self) -> list[str]:
-        create = [] if self.schema == "public" else [f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"']
-        return create + super().schema_statements()
+    def schema_statements(self, from_version: int | None = None) -> list[str]:
+        return self._create_schema() + super().schema_statements(from_version)
+
+    def schema_prelude(self) -> list[str]:
+        return self._create_schema() + super().schema_prelude()
+
+    def _create_schema(self) -> list[str]:
+        return [] if self.schema == "public" else [f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"']
 
     # -- units of work ---------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
@@ -184,20 +184,35 @@ class BaseBackend:
     def processor_lock(self, name: str, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
         raise NotImplementedError
 
-    def schema_statements(self) -> list[str]:
-        """The DDL of the bookkeeping tables in this backend's dialect."""
-        return schema.ddl(self.dialect, self.tables)
+    def schema_statements(self, from_version: int | None = None) -> list[str]:
+        """The DDL that takes the bookkeeping tables from layout ``from_version`` (None: none)
+        to the current one, in this backend's dialect."""
+        return schema.ddl(self.dialect, self.tables, from_version)
+
+    def schema_prelude(self) -> list[str]:
+        """What must exist before the layout's version can be read: the meta table (idempotent)."""
+        return [schema.meta_ddl(self.tables)]
 
     async def ensure_schema(self) -> None:
         # A read first: an up-to-date database costs no write (and no fsync) per start.
-        try:
-            rows = await self.fetch(f"SELECT value FROM {self.tables.meta} WHERE key = 'schema_version'")
-            if rows and int(rows[0]["value"]) >= schema.SCHEMA_VERSION:
-                return
-        except BackendError:
-            pass  # no bookkeeping tables yet
+        if (await self._schema_version(self.fetch) or 0) >= schema.SCHEMA_VERSION:
+            return
         async with self.transaction() as tx:
-            await tx.execute_batch([(statement, ()) for statement in self.schema_statements()])
+            # Again under the write lock: another process may have upgraded it meanwhile. The
+            # meta table first, so the read cannot fail (a failed statement ends a Postgres
+            # transaction).
+            await tx.execute_batch([(statement, ()) for statement in self.schema_prelude()])
+            version = await self._schema_version(tx.fetch)
+            if version is not None and version >= schema.SCHEMA_VERSION:
+                return
+            await tx.execute_batch([(statement, ()) for statement in self.schema_statements(version)])
+
+    async def _schema_version(self, fetch: Callable[[str], Awaitable[list[Row]]]) -> int | None:
+        try:
+            rows = await fetch(f"SELECT value FROM {self.tables.meta} WHERE key = 'schema_version'")
+        except BackendError:
+            return None  # no bookkeeping tables yet
+        return int(rows[0]["value"]) if rows else None
 
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         async with self.transaction() as tx:

@@ -13,6 +13,13 @@ A migration's state, as ``migsync status`` shows it:
 ``dead``     its queued change failed ``max_attempts`` times; it blocks the queue
 ``dirty``    it runs outside a transaction and stopped half-way (or is running now):
              nothing runs until ``migsync repair`` says whether it took effect
+
+A *hold* (``migsync_meta.hold_from``) keeps every migration from a version on
+from being queued by :meth:`Ledger.queue_pending`: the server's admin asked
+this client to revert it (see :mod:`migsync.core.actions`), so the next sync
+must not apply it again. Such a migration is ``pending`` with ``held`` set.
+An explicit :meth:`Ledger.queue` of a held migration (a person's decision, or
+the admin's re-apply) lifts the hold.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ class MigrationState:
     error: str | None = None
     queued: str | None = None  # "apply" or "revert" while a change is queued
     next_attempt_at: float | None = None
+    #: not applied, and kept from being queued by a hold (a revert the server asked for)
+    held: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +70,7 @@ class MigrationState:
             "queued": self.queued,
             "next_attempt_at": iso(self.next_attempt_at),
             "checksum": self.checksum,
+            "held": self.held,
         }
 
 
@@ -230,14 +240,16 @@ class Ledger:
     # -- queueing -----------------------------------------------------------------
 
     async def queue_pending(self) -> list[str]:
-        """Queue an apply for every recorded migration that is neither applied nor queued.
+        """Queue an apply for every recorded migration that is neither applied, queued nor held.
 
         Dead changes stay dead: reviving one is a person's decision (:meth:`queue`).
         """
-        if not await self.backend.fetch(self.sql.unqueued):
+        rows = await self.backend.fetch(self.sql.unqueued)
+        if not rows or not _unheld(rows, await _hold(self.backend.fetch, self.sql)):
             return []
         async with self.backend.transaction() as tx:
-            rows = await tx.fetch(self.sql.unqueued)  # again under the write lock
+            # Again under the write lock: another process may have queued (or held) them meanwhile.
+            rows = _unheld(await tx.fetch(self.sql.unqueued), await _hold(tx.fetch, self.sql))
             fresh = [(int(r["version"]), r["name"]) for r in rows]
             await tx.execute_batch(self._enqueue_statements(fresh, []))
         self._emit_queued(fresh, "apply")
@@ -246,7 +258,8 @@ class Ledger:
     async def queue(self, ref: str) -> list[str]:
         """Queue ``ref`` for apply, with every earlier migration not applied yet.
 
-        A dead change for one of them is revived: its attempts start again.
+        A dead change for one of them is revived: its attempts start again. Queueing a
+        held migration lifts the hold (see the module's docstring).
         """
         async with self.backend.transaction() as tx:
             states = await _read_status(tx.fetch, self.sql)
@@ -257,7 +270,10 @@ class Ledger:
             earlier = [s for s in states if s.version <= target.version]
             fresh = [(s.version, s.name) for s in earlier if s.queued is None and s.state != "applied"]
             revived = [s.name for s in earlier if s.state == "dead"]
-            await tx.execute_batch(self._enqueue_statements(fresh, revived))
+            statements = self._enqueue_statements(fresh, revived)
+            if target.held:
+                statements.append((f"DELETE FROM {self.sql.t.meta} WHERE key = '{HOLD_KEY}'", ()))
+            await tx.execute_batch(statements)
         self._emit_queued(fresh, "apply")
         return [*revived, *(name for _, name in fresh)]
 
@@ -282,6 +298,30 @@ class Ledger:
     def _emit_queued(self, queued: Sequence[tuple[int, str]], operation: str) -> None:
         for version, name in queued:
             self.events.emit(MigrationQueued(name=name, version=version, operation=operation))
+
+    async def held_from(self) -> int | None:
+        """The version from which migrations are held (not queued), or None."""
+        return await _hold(self.backend.fetch, self.sql)
+
+    async def hold(self, version: int) -> None:
+        """Keep every migration from ``version`` on from being queued (an earlier hold stays)."""
+        async with self.backend.transaction() as tx:
+            current = await _hold(tx.fetch, self.sql)
+            if current is not None and current <= version:
+                return
+            await tx.execute(
+                f"INSERT INTO {self.sql.t.meta} (key, value) VALUES ('{HOLD_KEY}', $1) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(version),),
+            )
+
+    async def release_hold(self) -> int | None:
+        """Lift the hold; the version it held from, or None if there was none."""
+        async with self.backend.transaction() as tx:
+            current = await _hold(tx.fetch, self.sql)
+            if current is not None:
+                await tx.execute(f"DELETE FROM {self.sql.t.meta} WHERE key = '{HOLD_KEY}'")
+        return current
 
     async def revert(
         self, ref: str | None = None, *, to: int | None = None, everything: bool = False
@@ -398,12 +438,32 @@ class Ledger:
         )
 
 
+#: ``migsync_meta`` key of the hold: the version from which nothing is queued.
+HOLD_KEY = "hold_from"
+
+
+async def _hold(fetch: Callable[[str], Awaitable[list[Row]]], sql: HistorySQL) -> int | None:
+    rows = await fetch(f"SELECT value FROM {sql.t.meta} WHERE key = '{HOLD_KEY}'")
+    return int(rows[0]["value"]) if rows else None
+
+
+def _unheld(rows: list[Row], hold: int | None) -> list[Row]:
+    return rows if hold is None else [r for r in rows if int(r["version"]) < hold]
+
+
 async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]], sql: HistorySQL) -> list[MigrationState]:
     rows = await fetch(sql.status)
     heads: dict[str, Row] = {}
     for change in await fetch(sql.open_changes):
         heads.setdefault(change["migration_name"], change)
-    return [_state(row, heads.get(row["name"])) for row in rows]
+    hold = await _hold(fetch, sql)
+    states = [_state(row, heads.get(row["name"])) for row in rows]
+    if hold is None:
+        return states
+    return [
+        attrs.evolve(s, held=True) if s.version >= hold and s.state == "pending" and s.queued is None else s
+        for s in states
+    ]
 
 
 def _state(row: Row, change: Row | None) -> MigrationState:

@@ -38,7 +38,7 @@ def report_of(state: MigrationState) -> StatusReport:
     error = state.error if state.state in ("failed", "dead", "dirty") else None
     if state.state == "dirty" and not error:
         error = "stopped half-way outside a transaction; needs 'migsync repair'"
-    return StatusReport(state.version, applied, error, state.attempts, state.checksum)
+    return StatusReport(state.version, applied, error, state.attempts, state.checksum, state.state == "dead")
 
 
 def worth_reporting(state: MigrationState) -> bool:
@@ -57,9 +57,9 @@ class ReportOutbox:
         self.backend = backend
         self.clock = clock
         self.t = (tables or backend.tables).reports
-        self._sql_rows = f"SELECT version, applied, error, attempts, checksum, revision FROM {self.t}"
+        self._sql_rows = f"SELECT version, applied, error, attempts, checksum, dead, revision FROM {self.t}"
         self._sql_undelivered = (
-            f"SELECT version, applied, error, attempts, checksum, revision FROM {self.t} "
+            f"SELECT version, applied, error, attempts, checksum, dead, revision FROM {self.t} "
             "WHERE revision > delivered_revision ORDER BY version"
         )
 
@@ -73,20 +73,20 @@ class ReportOutbox:
             now = self.clock.now()
             statements: list[tuple[str, Sequence[Any]]] = []
             for report in changed:
-                values = (report.applied, report.error, report.attempts, report.checksum, now)
+                values = (report.applied, report.error, report.attempts, report.checksum, report.dead, now)
                 if report.version in rows:
                     statements.append(
                         (
                             f"UPDATE {self.t} SET applied = $1, error = $2, attempts = $3, checksum = $4, "
-                            "changed_at = $5, revision = revision + 1 WHERE version = $6",
+                            "dead = $5, changed_at = $6, revision = revision + 1 WHERE version = $7",
                             (*values, report.version),
                         )
                     )
                 else:
                     statements.append(
                         (
-                            f"INSERT INTO {self.t} (version, applied, error, attempts, checksum, changed_at, "
-                            "revision) VALUES ($1, $2, $3, $4, $5, $6, 1)",
+                            f"INSERT INTO {self.t} (version, applied, error, attempts, checksum, dead, "
+                            "changed_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
                             (report.version, *values),
                         )
                     )
@@ -135,5 +135,10 @@ class ReportOutbox:
 
 def _report(row: Any) -> StatusReport:
     return StatusReport(
-        int(row["version"]), bool(row["applied"]), row["error"], int(row["attempts"]), row["checksum"]
+        int(row["version"]),
+        bool(row["applied"]),
+        row["error"],
+        int(row["attempts"]),
+        row["checksum"],
+        bool(row["dead"]),
     )

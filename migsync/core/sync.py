@@ -18,6 +18,12 @@ The steps, and what each does when something goes wrong:
 4. **Process** the queue: the same processor pass as ``migsync apply``.
 5. **Report**: stage this client's word on every migration from the server
    in the outbox (:mod:`migsync.core.outbox`) and deliver what the server lacks.
+
+An offer also carries what the server's admin asked of this client (re-apply
+or revert a migration, :mod:`migsync.core.actions`): the requests are kept
+with the migrations (step 3), queued before the pending migrations (so a
+revert's hold is in place first), settled after the pass, and answered with
+the reports (step 5).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from migsync.core.actions import ClientActions
 from migsync.core.changes import EntityChangeHandler
 from migsync.core.errors import MigsyncError, ServerRefused, ServerUnavailable, SignatureError, TransportError
 from migsync.core.events import MigrationRefused, SyncCompleted
@@ -80,6 +87,10 @@ class SyncResult:
     changes: PassResult | None = None
     #: entity changes the server took in this sync
     pushed: int = 0
+    #: admin requests (re-apply, revert) that arrived in this sync
+    actions_received: int = 0
+    #: answers to admin requests the server acknowledged in this sync
+    actions_answered: int = 0
 
     def to_json(self) -> dict[str, Any]:
         run = self.run
@@ -99,6 +110,7 @@ class SyncResult:
             "undelivered": self.undelivered,
             "report_error": self.report_error,
             "changes": None if self.changes is None else _changes_json(self.changes, self.pushed),
+            "actions": {"received": self.actions_received, "answered": self.actions_answered},
         }
 
     @property
@@ -141,6 +153,7 @@ class Syncer:
         self._transport = transport
         self.trusted = list(trusted)
         self.outbox = ReportOutbox(client.backend, client.clock)
+        self.actions = ClientActions(client.ledger, client.clock)
         self._meta = client.backend.tables.meta
         self.push_changes = push_changes
         #: the same processor as the migrations', over the entity changes queue
@@ -176,12 +189,15 @@ class Syncer:
         states = await self.client.ledger.status()
         stored: list[str] = []
         refused: list[Refusal] = []
+        received = 0
         if offer is not None and offer.migrations is not None:
             accepted, refused = self._accept(offer.migrations, states)
             if accepted:
                 signatures = {m.version: s for m, s in accepted}
                 recorded = await self.client.ledger.record([m for m, _ in accepted], signatures)
                 stored = [*recorded.added, *recorded.updated]
+            # Before the ETag is saved: a request must not be lost to a crash in between.
+            received = await self.actions.receive(offer.actions)
             if not refused:
                 await self._save_etag(offer.etag)
             for refusal in refused:
@@ -189,10 +205,15 @@ class Syncer:
                 self.client.events.emit(
                     MigrationRefused(name=refusal.name, version=refusal.version, reason=refusal.reason)
                 )
+        await self.actions.carry_out()
         await self.client.ledger.queue_pending()
         run = await self.client.process(ignore_backoff=ignore_backoff)
+        await self.actions.settle()
         refused_reports = self._refusal_reports(offer, refused)
         delivered, undelivered, report_error = await self._report(refused_reports, deliver=offline is None)
+        answered = 0
+        if offline is None and report_error is None:
+            answered, report_error = await self._answer_actions()
         changes = None
         handler = self.changes_processor.handler
         assert isinstance(handler, EntityChangeHandler)
@@ -211,6 +232,8 @@ class Syncer:
             report_error,
             changes,
             handler.pushed - pushed_before,
+            received,
+            answered,
         )
         self.client.events.emit(
             SyncCompleted(
@@ -294,6 +317,17 @@ class Syncer:
                 error = str(exc)
                 log.warning("reports stay in the outbox: %s", exc)
         return delivered, await self.outbox.count_undelivered(), error
+
+    async def _answer_actions(self) -> tuple[int, str | None]:
+        """Deliver the answers to the admin's requests; (how many, why not if they could not be)."""
+        try:
+            return await self.actions.deliver(self.transport), None
+        except ServerRefused as exc:
+            log.error("the server refused this client's answers to its requests: %s", exc)
+            return 0, str(exc)
+        except TransportError as exc:
+            log.warning("answers to the server's requests wait for the next sync: %s", exc)
+            return 0, str(exc)
 
     async def _signed_versions(self) -> set[int]:
         rows = await self.client.backend.fetch(

@@ -50,10 +50,57 @@ class Offer:
     migrations: tuple[OfferedMigration, ...] | None
     #: an opaque tag to send with the next fetch (``None``: the transport has none)
     etag: str | None = None
+    #: what the server's admin asked of this client and it has not acknowledged, oldest first
+    actions: tuple[ActionRequest, ...] = ()
 
     @property
     def unchanged(self) -> bool:
         return self.migrations is None
+
+
+#: What an admin can ask of a client: apply a migration again (a dead one), or revert it.
+ACTIONS = ("reapply", "revert")
+#: What a client answers about an action: taken into its queue, carried out, or not possible.
+ACTION_STATES = ("queued", "done", "failed")
+
+
+@attrs.frozen
+class ActionRequest:
+    """An admin's request to one client (see :mod:`migsync.core.actions`)."""
+
+    #: the server's id of the request: the client carries out each id once
+    id: int
+    action: str  # reapply | revert
+    version: int
+    requested_by: str
+    #: seconds since the epoch (the server's clock)
+    requested_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ActionResult:
+    """A client's word on an action request: queued, done or failed, and why."""
+
+    id: int
+    state: str  # queued | done | failed
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class ActionsAck:
+    """The server's answer to action results: which it recorded, and which ids it does not know."""
+
+    recorded: tuple[int, ...] = ()
+    unknown: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recorded": list(self.recorded), "unknown": list(self.unknown)}
 
 
 @attrs.frozen
@@ -65,6 +112,8 @@ class StatusReport:
     error: str | None
     attempts: int
     checksum: str
+    #: it failed as often as it may: nothing retries it until someone re-applies it
+    dead: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -113,6 +162,44 @@ def offers_from_json(body: Any, where: str) -> tuple[OfferedMigration, ...]:
     return tuple(offers)
 
 
+def actions_from_json(body: Any, where: str) -> tuple[ActionRequest, ...]:
+    """The ``"actions"`` of a pending answer (absent: none, as from a server that has none)."""
+    items = body.get("actions", []) if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise MalformedAnswer(f"{where}: actions is not a list")
+    actions = []
+    for i, item in enumerate(items):
+        here = f"{where}: actions[{i}]"
+        if not isinstance(item, dict):
+            raise MalformedAnswer(f"{here} is not an object")
+        if not _is_version(item.get("id")) or not _is_version(item.get("version")):
+            raise MalformedAnswer(f"{here}: id and version must be non-negative integers")
+        if item.get("action") not in ACTIONS:
+            raise MalformedAnswer(f"{here}.action is not one of {', '.join(ACTIONS)}")
+        if not isinstance(item.get("requested_by"), str):
+            raise MalformedAnswer(f"{here}.requested_by is not a string")
+        requested_at = item.get("requested_at")
+        if not isinstance(requested_at, int | float) or isinstance(requested_at, bool):
+            raise MalformedAnswer(f"{here}.requested_at is not a number")
+        actions.append(
+            ActionRequest(item["id"], item["action"], item["version"], item["requested_by"], requested_at)
+        )
+    return tuple(sorted(actions, key=lambda a: a.id))
+
+
+def action_results_to_json(results: Sequence[ActionResult]) -> dict[str, Any]:
+    return {"results": [r.to_json() for r in results]}
+
+
+def actions_ack_from_json(body: Any, where: str) -> ActionsAck:
+    """``{"recorded": [ids], "unknown": [ids]}`` from ``where``."""
+    if not isinstance(body, dict):
+        raise MalformedAnswer(f"{where}: expected an object with 'recorded' and 'unknown'")
+    recorded = _versions(body.get("recorded", []), f"{where}: recorded", "action ids")
+    unknown = _versions(body.get("unknown", []), f"{where}: unknown", "action ids")
+    return ActionsAck(recorded, unknown)
+
+
 def _offer(where: str, item: Any) -> OfferedMigration:
     if not isinstance(item, dict):
         raise MalformedAnswer(f"{where} is not an object")
@@ -158,9 +245,9 @@ def _is_version(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _versions(value: Any, where: str) -> tuple[int, ...]:
+def _versions(value: Any, where: str, what: str = "versions") -> tuple[int, ...]:
     if not isinstance(value, list) or not all(_is_version(v) for v in value):
-        raise MalformedAnswer(f"{where} is not a list of versions")
+        raise MalformedAnswer(f"{where} is not a list of {what}")
     return tuple(value)
 
 

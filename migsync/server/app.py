@@ -47,7 +47,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from migsync.core.clock import iso
 from migsync.core.errors import ConfigError, MigsyncError
-from migsync.server.bodies import MAX_BODY, ApiError, read_json, status_reports
+from migsync.server.bodies import MAX_BODY, ApiError, action_answers, read_json, status_reports
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
 from migsync.server.validation import InvalidChanges, entity_changes
@@ -211,8 +211,10 @@ class _Api:
         self._states[digest] = state  # as new as what the store holds: never older than the cache
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
             return Response(status_code=304, headers=_etag_headers(state.etag))
+        actions = await self.store.pending_actions(state.client.client_id)
         return JSONResponse(
-            {"migrations": [item.to_json() for item in items]}, headers=_etag_headers(state.etag)
+            {"migrations": [item.to_json() for item in items], "actions": [a.to_json() for a in actions]},
+            headers=_etag_headers(state.etag),
         )
 
     async def status(self, request: Request) -> Response:
@@ -239,6 +241,37 @@ class _Api:
                 "drift": [d.to_json() for d in result.drift],
             }
         )
+
+    async def answers(self, request: Request) -> Response:
+        digest, state = await self._client(request)
+        answers = action_answers(await read_json(request, self.max_body))
+        ack, moved = await self.store.record_answers(state.client.client_id, answers)
+        if moved:
+            self._reported(digest, state)
+        return JSONResponse(ack.to_json())
+
+    def forget_states(self) -> None:
+        """Trust no cached client state: the next poll asks the store (after a request to clients)."""
+        self._checked_at = -math.inf
+
+    async def actions(self, request: Request) -> Response:
+        await self._admin(request)
+        limit = request.query_params.get("limit")
+        if limit is not None and not limit.isdigit():
+            raise ApiError(422, f"limit must be a non-negative integer, not {limit!r}")
+        records = await self.store.actions(limit=None if limit is None else int(limit))
+        return JSONResponse({"actions": [r.to_json() for r in records]})
+
+    async def request_action(self, request: Request) -> Response:
+        await self._admin(request)
+        body = await read_json(request, self.max_body)
+        action, version, clients, by = _action_request(body)
+        try:
+            records = await self.store.request_action(action, version, clients, by)
+        except ConfigError as exc:
+            raise ApiError(422, str(exc)) from None
+        self.forget_states()
+        return JSONResponse({"actions": [r.to_json() for r in records]}, status_code=201)
 
     async def changes(self, request: Request) -> Response:
         _digest, state = await self._client(request)
@@ -328,6 +361,9 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/api/migrations/pending", api.pending, methods=["GET"]),
         Route("/api/migrations/status", api.status, methods=["POST"]),
+        Route("/api/actions/results", api.answers, methods=["POST"]),
+        Route("/api/actions", api.actions, methods=["GET"]),
+        Route("/api/actions", api.request_action, methods=["POST"]),
         Route("/api/changes", api.changes, methods=["POST"]),
         Route("/api/migrations", api.migrations, methods=["GET"]),
         Route("/api/clients", api.clients, methods=["GET"]),
@@ -339,7 +375,13 @@ def create_app(
         routes.append(
             Mount(
                 "/admin",
-                create_panel(lambda: api.store, admin_token, options, before_read=api._flush_seen),
+                create_panel(
+                    lambda: api.store,
+                    admin_token,
+                    options,
+                    before_read=api._flush_seen,
+                    after_request=api.forget_states,
+                ),
                 name="admin",
             )
         )
@@ -360,6 +402,25 @@ def _bearer(request: Request) -> str:
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "the Authorization header must be 'Bearer TOKEN'", headers=_UNAUTHORIZED)
     return token
+
+
+def _action_request(body: Any) -> tuple[str, int, list[int] | None, str]:
+    """``{"action", "version", "clients": [ids] | null, "requested_by"}`` (else 422)."""
+    fields = {"action", "version", "clients", "requested_by"}
+    if not isinstance(body, dict) or set(body) != fields:
+        raise ApiError(422, f"the body must be an object with {', '.join(sorted(fields))}")
+    action, version, clients, by = body["action"], body["version"], body["clients"], body["requested_by"]
+    if not isinstance(action, str) or not isinstance(by, str):
+        raise ApiError(422, "action and requested_by must be strings")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ApiError(422, "version must be a non-negative integer")
+    if clients is not None and not (
+        isinstance(clients, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in clients)
+    ):
+        raise ApiError(
+            422, "clients must be a list of client ids, or null for every client it makes sense for"
+        )
+    return action, version, clients, by
 
 
 def _matches(header: str, etag: str) -> bool:

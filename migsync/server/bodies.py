@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from migsync.core.wire import ActionResult
 from migsync.server import validation
 from migsync.server.records import StatusReport
 
@@ -78,5 +79,13 @@ def status_reports(body: Any) -> list[StatusReport]:
     """``{"reports": [{version, applied, error, attempts, checksum}, ...]}`` as records (else 422)."""
     try:
         return validation.status_reports(body)
+    except validation.InvalidReports as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def action_answers(body: Any) -> list[ActionResult]:
+    """``{"results": [{id, state, detail}, ...]}`` as records (else 422)."""
+    try:
+        return validation.action_answers(body)
     except validation.InvalidReports as exc:
         raise ApiError(422, str(exc)) from None

@@ -12,6 +12,7 @@ from migsync.core.migration import Migration
 from migsync.core.wire import Drift, StatusReport
 
 __all__ = [
+    "ActionRecord",
     "ClientRecord",
     "ClientState",
     "Drift",
@@ -140,6 +141,8 @@ class Failure:
     version: int
     error: str | None
     attempts: int
+    #: failed as often as the client allows: it waits for a re-apply
+    dead: bool = False
 
 
 @attrs.frozen
@@ -200,4 +203,41 @@ class ReceivedChange:
             "client_timestamp": self.client_timestamp,
             "received_at": iso(self.received_at),
             "apply_error": self.apply_error,
+        }
+
+
+@attrs.frozen
+class ActionRecord:
+    """A request an admin made of one client, and where it stands (see :mod:`migsync.server.actions`)."""
+
+    id: int
+    client_id: int
+    client_name: str
+    action: str  # reapply | revert
+    version: int
+    requested_by: str
+    requested_at: float
+    #: pending (the client has not answered), queued, done, failed, or superseded
+    state: str
+    #: the client's word on it, or why it was superseded
+    detail: str | None
+    updated_at: float
+
+    @property
+    def open(self) -> bool:
+        """Not settled yet: the client has not heard of it, or is still working on it."""
+        return self.state in ("pending", "queued")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "client_id": self.client_id,
+            "client": self.client_name,
+            "action": self.action,
+            "version": self.version,
+            "requested_by": self.requested_by,
+            "requested_at": iso(self.requested_at),
+            "state": self.state,
+            "detail": self.detail,
+            "updated_at": iso(self.updated_at),
         }

@@ -140,18 +140,23 @@ async def report(conn: AsyncConnection, client_id: int, reports: Sequence[Status
     if unpublished:
         return ReportResult(unpublished=unpublished)
     existing = {
-        r.version: (bool(r.applied), r.error, r.attempts, r.checksum)
+        r.version: (bool(r.applied), r.error, r.attempts, r.checksum, bool(r.dead))
         for r in await conn.execute(
-            select(_status.version, _status.applied, _status.error, _status.attempts, _status.checksum).where(
-                _status.client_id == client_id, _status.version.in_(versions)
-            )
+            select(
+                _status.version,
+                _status.applied,
+                _status.error,
+                _status.attempts,
+                _status.checksum,
+                _status.dead,
+            ).where(_status.client_id == client_id, _status.version.in_(versions))
         )
     }
     now = time.time()
     recorded: list[int] = []
     unchanged: list[int] = []
     for item in reports:
-        values = (item.applied, item.error, item.attempts, item.checksum)
+        values = (item.applied, item.error, item.attempts, item.checksum, item.dead)
         old = existing.get(item.version)
         if old == values:
             unchanged.append(item.version)
@@ -161,6 +166,7 @@ async def report(conn: AsyncConnection, client_id: int, reports: Sequence[Status
             "error": item.error,
             "attempts": item.attempts,
             "checksum": item.checksum,
+            "dead": item.dead,
             "updated_at": now,
         }
         if old is None:
@@ -216,7 +222,9 @@ async def fleet(conn: AsyncConnection) -> list[FleetEntry]:
     for record in clients:
         mine = rows.get(record.client_id, [])
         applied = tuple(r.version for r in mine if r.applied)
-        failed = tuple(Failure(r.version, r.error, r.attempts) for r in mine if not r.applied and r.error)
+        failed = tuple(
+            Failure(r.version, r.error, r.attempts, bool(r.dead)) for r in mine if not r.applied and r.error
+        )
         drift = tuple(
             Drift(r.version, published[r.version], r.checksum)
             for r in mine

@@ -38,12 +38,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
 from migsync.core.migration import Migration
-from migsync.core.wire import ChangesAck, EntityChange
+from migsync.core.wire import ActionRequest, ActionResult, ActionsAck, ChangesAck, EntityChange
+from migsync.server import actions as requests
 from migsync.server import engine as engines
 from migsync.server import inbox as inboxes
 from migsync.server import status
 from migsync.server import tables as t
 from migsync.server.records import (
+    ActionRecord,
     ClientRecord,
     ClientState,
     FleetEntry,
@@ -355,6 +357,34 @@ class Store:
         """Every client with what it applied, what failed, what drifted and what it still lacks."""
         async with self._read("reading the fleet's status") as conn:
             return await status.fleet(conn)
+
+    # -- the admin's requests to clients --------------------------------------------------------
+
+    async def request_action(
+        self, action: str, version: int, client_ids: Sequence[int] | None, requested_by: str
+    ) -> list[ActionRecord]:
+        """Ask clients to ``reapply`` or ``revert`` ``version``; each request is recorded with
+        ``requested_by`` and the time. ``client_ids`` None: every client it makes sense for.
+        See :func:`migsync.server.actions.request`."""
+        async with self._write("recording a request to clients") as conn:
+            return await requests.request(conn, action, version, client_ids, requested_by)
+
+    async def pending_actions(self, client_id: int) -> list[ActionRequest]:
+        """The requests client ``client_id`` has not answered yet, oldest first."""
+        async with self._read("reading a client's requests") as conn:
+            return await requests.pending_for(conn, client_id)
+
+    async def record_answers(
+        self, client_id: int, answers: Sequence[ActionResult]
+    ) -> tuple[ActionsAck, bool]:
+        """Record client ``client_id``'s answers to requests; the ack, and whether its ETag moved."""
+        async with self._write("recording a client's answers") as conn:
+            return await requests.record_answers(conn, client_id, answers)
+
+    async def actions(self, client_id: int | None = None, limit: int | None = None) -> list[ActionRecord]:
+        """Requests made of clients (of ``client_id`` only, if given), newest first."""
+        async with self._read("reading requests to clients") as conn:
+            return await requests.read(conn, client_id, limit)
 
     # -- entity changes --------------------------------------------------------------------------
 

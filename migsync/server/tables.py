@@ -10,7 +10,8 @@ cannot be right.
 ``store_meta`` holds ``schema_version``: the layout below, and
 ``publish_serial``, bumped by every publish that changes what clients get
 (the other half of a pending ETag; absent means 0). ``store_inbox`` holds
-the entity changes clients pushed, in the order received. A release that
+the entity changes clients pushed, in the order received; ``store_actions``
+what an admin asked of clients. A release that
 changes it adds an upgrade step to :data:`UPGRADES` and bumps
 :data:`SCHEMA_VERSION`; a store written by a newer release is refused.
 """
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Connection,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -34,7 +36,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -96,6 +98,8 @@ store_client_status = Table(
     #: the checksum of the content the client applied (drift shows as a difference)
     Column("checksum", String(64), nullable=True),
     Column("updated_at", Float, nullable=False),
+    #: it failed as often as the client allows: nothing retries it until someone re-applies it
+    Column("dead", Boolean, nullable=False, default=False, server_default="0"),
 )
 
 #: The entity changes clients pushed (``POST /api/changes``, a drop folder's ``changes/``);
@@ -122,6 +126,27 @@ store_inbox = Table(
     UniqueConstraint("client_id", "change_id", name="store_inbox_client_change"),
 )
 
+#: What an admin asked of a client (the panel's actions): re-apply a migration, or revert it.
+#: A client hears of a ``pending`` request with its next poll and answers ``queued``, then
+#: ``done`` or ``failed`` (with ``detail``); a newer request to the same client replaces one it
+#: has not picked up yet (``superseded``).
+store_actions = Table(
+    "store_actions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", Integer, ForeignKey("store_clients.id", ondelete="CASCADE"), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    #: who asked (the name given at the panel's login, or to ``migsync actions request --by``)
+    Column("requested_by", Text, nullable=False),
+    Column("requested_at", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    #: the client's word on it (or why it was superseded)
+    Column("detail", Text, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Index("store_actions_client_state", "client_id", "state"),
+)
+
 #: ``UPGRADES[n]`` takes a store from schema version ``n`` to ``n + 1`` (inside one transaction).
 UPGRADES: dict[int, Callable[[Connection], None]] = {}
 
@@ -138,3 +163,14 @@ def _add_inbox(conn: Connection) -> None:
 
 
 UPGRADES[2] = _add_inbox
+
+
+def _add_actions(conn: Connection) -> None:
+    store_actions.create(conn)
+    default = "0" if conn.dialect.name == "sqlite" else "FALSE"
+    conn.exec_driver_sql(
+        f"ALTER TABLE store_client_status ADD COLUMN dead BOOLEAN NOT NULL DEFAULT {default}"
+    )
+
+
+UPGRADES[3] = _add_actions

@@ -1,9 +1,9 @@
 """Checking what a client sent, whatever carried it (the HTTP API, a drop folder's file):
-status reports and entity changes.
+status reports, answers to the admin's requests and entity changes.
 
-Pure: no Starlette, no I/O. A refusal is :class:`InvalidReports` (reports) or
-:class:`InvalidChanges` (changes), whose message says what is wrong and where;
-the API answers it with a 422.
+Pure: no Starlette, no I/O. A refusal is :class:`InvalidReports` (reports and
+answers) or :class:`InvalidChanges` (changes), whose message says what is
+wrong and where; the API answers it with a 422.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
-from migsync.core.wire import OPERATIONS, EntityChange, StatusReport
+from migsync.core.wire import ACTION_STATES, OPERATIONS, ActionResult, EntityChange, StatusReport
 
 #: The most status reports one request may carry.
 MAX_REPORTS = 1000
@@ -22,6 +23,8 @@ _MAX_BIGINT = 2**63 - 1
 _MAX_INT = 2**31 - 1
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("version", "applied", "error", "attempts", "checksum")
+#: Fields a report may leave out (a client of an earlier release does): their defaults.
+_OPTIONAL_FIELDS = {"dead": False}
 
 
 def _list_of(body: Any, key: str, limit: int | None, error: type[ValueError]) -> list[Any]:
@@ -36,14 +39,16 @@ def _list_of(body: Any, key: str, limit: int | None, error: type[ValueError]) ->
     return items
 
 
-def _check_fields(where: str, item: Any, fields: tuple[str, ...], error: type[ValueError]) -> None:
-    """``item`` must be an object with exactly ``fields``."""
+def _check_fields(
+    where: str, item: Any, fields: tuple[str, ...], error: type[ValueError], optional: Iterable[str] = ()
+) -> None:
+    """``item`` must be an object with exactly ``fields``, and any of ``optional``."""
     if not isinstance(item, dict):
         raise error(f"{where} must be an object, not {_kind(item)}")
     missing = [f for f in fields if f not in item]
     if missing:
         raise error(f"{where}: missing {', '.join(repr(f) for f in missing)}")
-    unknown = sorted(str(k) for k in item if k not in fields)
+    unknown = sorted(str(k) for k in item if k not in fields and k not in optional)
     if unknown:
         raise error(f"{where}: unknown field {', '.join(repr(f) for f in unknown)}")
 
@@ -73,8 +78,11 @@ def status_reports(body: Any, *, max_reports: int | None = MAX_REPORTS) -> list[
 
 
 def _report(where: str, item: Any) -> StatusReport:
-    _check_fields(where, item, _FIELDS, InvalidReports)
+    _check_fields(where, item, _FIELDS, InvalidReports, _OPTIONAL_FIELDS)
     version, applied, error, attempts, checksum = (item[f] for f in _FIELDS)
+    dead = item.get("dead", _OPTIONAL_FIELDS["dead"])
+    if not isinstance(dead, bool):
+        raise InvalidReports(f"{where}.dead must be true or false, not {_kind(dead)}")
     if not _is_int(version) or not 0 <= version <= _MAX_BIGINT:
         raise InvalidReports(f"{where}.version must be a non-negative integer, not {_show(version)}")
     if not isinstance(applied, bool):
@@ -91,7 +99,40 @@ def _report(where: str, item: Any) -> StatusReport:
         raise InvalidReports(
             f"{where}.checksum must be a sha256 in lower-case hex (64 characters), not {_show(checksum)}"
         )
-    return StatusReport(version, applied, error, attempts, checksum)
+    return StatusReport(version, applied, error, attempts, checksum, dead and not applied)
+
+
+_ANSWER_FIELDS = ("id", "state", "detail")
+
+
+def action_answers(body: Any) -> list[ActionResult]:
+    """``{"results": [{id, state, detail}, ...]}`` (a client's answers to requests) as records."""
+    items = _list_of(body, "results", MAX_REPORTS, InvalidReports)
+    answers: list[ActionResult] = []
+    seen: dict[int, int] = {}
+    for index, item in enumerate(items):
+        where = f"results[{index}]"
+        _check_fields(where, item, _ANSWER_FIELDS, InvalidReports)
+        action_id, state, detail = (item[f] for f in _ANSWER_FIELDS)
+        if not _is_int(action_id) or not 0 <= action_id <= _MAX_INT:
+            raise InvalidReports(f"{where}.id must be a non-negative integer, not {_show(action_id)}")
+        if action_id in seen:
+            raise InvalidReports(
+                f"{where}: request {action_id} is answered twice (see results[{seen[action_id]}])"
+            )
+        if state not in ACTION_STATES:
+            valid = ", ".join(f'"{s}"' for s in ACTION_STATES)
+            raise InvalidReports(f"{where}.state must be one of {valid}, not {_show(state)}")
+        if detail is not None and (
+            not isinstance(detail, str) or len(detail) > MAX_ERROR or not _storable(detail)
+        ):
+            raise InvalidReports(
+                f"{where}.detail must be null or a text of at most {MAX_ERROR} characters, "
+                f"not {_show(detail)}"
+            )
+        seen[action_id] = index
+        answers.append(ActionResult(action_id, state, detail))
+    return answers
 
 
 # -- entity changes ------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The transport contract: what a client asks of the way to its server.
 
-A transport fetches the client's pending migrations and carries its status
-reports and its entity changes back. It never touches a database and never decides what is
-trusted: the client verifies everything a transport hands over (see
-:mod:`migsync.core.verify`). A transport is built by its plugin's factory::
+A transport fetches the client's pending migrations (with the admin's
+requests to it, see :mod:`migsync.core.actions`) and carries its status
+reports, its answers to those requests and its entity changes back. It
+never touches a database and never decides what is trusted: the client
+verifies everything a transport hands over (see :mod:`migsync.core.verify`).
+A transport is built by its plugin's factory::
 
     factory(url, *, client_id: str, token: str | None, timeout: float, retries: int) -> Transport
 
@@ -21,7 +23,15 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from migsync.core.wire import ChangesAck, EntityChange, Offer, ReportAck, StatusReport
+from migsync.core.wire import (
+    ActionResult,
+    ActionsAck,
+    ChangesAck,
+    EntityChange,
+    Offer,
+    ReportAck,
+    StatusReport,
+)
 
 
 @runtime_checkable
@@ -34,6 +44,10 @@ class Transport(Protocol):
 
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
         """Deliver status reports. Sending the same report again must be harmless."""
+
+    async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
+        """Deliver the client's answers to the admin's requests. Sending one again must be harmless.
+        Only called with answers to requests this transport's offers carried."""
 
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
         """Deliver a batch of entity changes, in order. Sending a change again must be harmless

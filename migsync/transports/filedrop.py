@@ -36,6 +36,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.wire import (
+    ActionResult,
+    ActionsAck,
     ChangesAck,
     Drift,
     EntityChange,
@@ -177,6 +179,12 @@ class FileDropTransport(BaseTransport):
         if changed:
             self._write(changed)
         return ReportAck(tuple(r.version for r in changed), unchanged, drift)
+
+    async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
+        """A drop folder carries no admin requests, so there are no answers to take: none is
+        recorded, and any (from a client that once synced over HTTP) wait for that server."""
+        del results
+        return ActionsAck()
 
     # -- entity changes ---------------------------------------------------------------------------
 

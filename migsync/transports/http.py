@@ -22,6 +22,8 @@ import httpx
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.wire import (
+    ActionResult,
+    ActionsAck,
     ChangesAck,
     Drift,
     EntityChange,
@@ -29,6 +31,9 @@ from migsync.core.wire import (
     ReportAck,
     StatusReport,
     ack_from_json,
+    action_results_to_json,
+    actions_ack_from_json,
+    actions_from_json,
     changes_ack_from_json,
     offers_from_json,
     reports_to_json,
@@ -87,7 +92,8 @@ class HttpTransport(BaseTransport):
         tag = response.headers.get("etag")
         if response.status_code == 304:
             return Offer(None, tag or etag)
-        return Offer(offers_from_json(_json(response, url), f"GET {url}"), tag)
+        body = _json(response, url)
+        return Offer(offers_from_json(body, f"GET {url}"), tag, actions_from_json(body, f"GET {url}"))
 
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
         url = f"{self.base}/api/migrations/status"
@@ -103,6 +109,19 @@ class HttpTransport(BaseTransport):
             unchanged += ack.unchanged
             drift += ack.drift
         return ReportAck(tuple(recorded), tuple(unchanged), tuple(drift))
+
+    async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
+        url = f"{self.base}/api/actions/results"
+        recorded: list[int] = []
+        unknown: list[int] = []
+        for start in range(0, len(results), MAX_REPORTS):
+            body = json.dumps(action_results_to_json(results[start : start + MAX_REPORTS])).encode()
+            headers = self._headers | {"Content-Type": "application/json"}
+            response = await self._send("POST", url, headers=headers, content=body)
+            ack = actions_ack_from_json(_json(response, url), f"POST {url}")
+            recorded += ack.recorded
+            unknown += ack.unknown
+        return ActionsAck(tuple(recorded), tuple(unknown))
 
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
         url = f"{self.base}/api/changes"

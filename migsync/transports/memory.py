@@ -16,6 +16,9 @@ import attrs
 
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
 from migsync.core.wire import (
+    ActionRequest,
+    ActionResult,
+    ActionsAck,
     ChangeRefusal,
     ChangesAck,
     Drift,
@@ -44,6 +47,10 @@ class MemoryServer:
     received: dict[str, list[tuple[StatusReport, ...]]] = attrs.field(factory=dict)
     #: client id -> the entity changes it pushed, in the order received (each id once)
     inbox: dict[str, list[EntityChange]] = attrs.field(factory=dict)
+    #: client id -> the admin's requests to it, oldest first
+    actions: dict[str, list[ActionRequest]] = attrs.field(factory=dict)
+    #: action id -> the client's latest answer
+    answers: dict[int, ActionResult] = attrs.field(factory=dict)
     down: bool = False
     serial: int = 0
     tokens: dict[str, str] = attrs.field(factory=dict)  # client id -> token; empty: any token
@@ -80,8 +87,31 @@ class MemoryServer:
             if not (version in mine and mine[version].applied and mine[version].checksum == offer.checksum)
         ]
 
+    def request(
+        self, client_id: str, action: str, version: int, requested_by: str = "admin"
+    ) -> ActionRequest:
+        """Ask ``client_id`` to ``reapply`` or ``revert`` ``version`` (it hears of it on its next fetch)."""
+        ids = [a.id for mine in self.actions.values() for a in mine]
+        request = ActionRequest(max(ids, default=0) + 1, action, version, requested_by, 0.0)
+        self.actions.setdefault(client_id, []).append(request)
+        return request
+
+    def open_actions(self, client_id: str) -> list[ActionRequest]:
+        """The requests ``client_id`` has not answered yet."""
+        return [a for a in self.actions.get(client_id, []) if a.id not in self.answers]
+
+    def answer(self, client_id: str, results: Sequence[ActionResult]) -> ActionsAck:
+        mine = {a.id for a in self.actions.get(client_id, [])}
+        for result in results:
+            if result.id in mine:
+                self.answers[result.id] = result
+        return ActionsAck(
+            tuple(r.id for r in results if r.id in mine), tuple(r.id for r in results if r.id not in mine)
+        )
+
     def etag(self, client_id: str) -> str:
-        return f'"{self.serial}.{len(self.received.get(client_id, ()))}.{hash(self._state(client_id))}"'
+        state = (self._state(client_id), tuple(self.open_actions(client_id)))
+        return f'"{self.serial}.{len(self.received.get(client_id, ()))}.{hash(state)}"'
 
     def _state(self, client_id: str) -> tuple[StatusReport, ...]:
         return tuple(sorted(self.status.get(client_id, {}).values(), key=lambda r: r.version))
@@ -163,11 +193,19 @@ class MemoryTransport(BaseTransport):
         current = self.server.etag(self.client_id)
         if etag == current:
             return Offer(None, current)
-        return Offer(tuple(self.server.pending(self.client_id)), current)
+        return Offer(
+            tuple(self.server.pending(self.client_id)),
+            current,
+            tuple(self.server.open_actions(self.client_id)),
+        )
 
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
         self._check()
         return self.server.report(self.client_id, reports)
+
+    async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
+        self._check()
+        return self.server.answer(self.client_id, results)
 
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
         self._check()

@@ -88,11 +88,14 @@ def create_panel(
     options: PanelOptions | None = None,
     *,
     before_read: Callable[[], Awaitable[None]] | None = None,
+    after_request: Callable[[], None] | None = None,
 ) -> Starlette:
     """The panel on the store ``store()`` returns, behind ``admin_token``.
 
     ``before_read`` is awaited before each page reads the store: the API passes the
     writing of its pending "seen" marks, so a page is never behind the API it is mounted in.
+    ``after_request`` is called after the panel recorded requests to clients: the API
+    passes the dropping of its cached client states, so the clients hear of them at once.
     """
     options = options or PanelOptions()
     if not admin_token or not admin_token.strip():
@@ -101,7 +104,7 @@ def create_panel(
         raise ConfigError("the panel's session_seconds must be > 0 and its login_delay >= 0")
     if options.secret is not None and len(options.secret) < 32:
         raise ConfigError("the panel's secret must be at least 32 bytes")
-    panel = _Panel(store, admin_token, options, before_read)
+    panel = _Panel(store, admin_token, options, before_read, after_request)
     routes = [
         Route("/", panel.fleet, methods=["GET"], name="fleet"),
         Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
@@ -127,8 +130,10 @@ class _Panel:
         admin_token: str,
         options: PanelOptions,
         before_read: Callable[[], Awaitable[None]] | None,
+        after_request: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.after_request = after_request
         self.admin_token = admin_token.encode()
         self.options = options
         self.before_read = before_read

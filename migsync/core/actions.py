@@ -1,0 +1,209 @@
+"""What the server's admin asks of this client: re-apply a migration, or revert one.
+
+An admin asks from the panel (or ``migsync actions request``); the request
+reaches the client with its next fetch (:attr:`Offer.actions
+<migsync.core.wire.Offer.actions>`), and :class:`ClientActions` keeps it in
+``migsync_actions`` by the server's id, so each request is carried out once
+however often it arrives. Carrying one out only queues work; the processor
+does it, in order, like any other migration change:
+
+``revert V``
+    Hold the client at V (nothing from V on is queued again, see
+    :meth:`Ledger.hold <migsync.core.ledger.Ledger.hold>`), then queue the
+    revert of every applied migration from V on, newest first. Queued applies
+    among them are cancelled. Without the hold, the next sync would queue
+    them again, since the server still publishes them.
+``reapply V``
+    Lift the hold and queue V (and any earlier migration not applied). A dead
+    change is revived: its attempts start again.
+
+The client's answer goes back like a status report: ``queued`` once the
+request is in the queue, then ``done`` or ``failed`` (with why) once the
+processor settled it; each answer is kept until the server acknowledged it
+(``revision`` / ``delivered_revision``, as in :mod:`migsync.core.outbox`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from migsync.core.backend import Backend
+from migsync.core.clock import Clock
+from migsync.core.errors import MigsyncError
+from migsync.core.ledger import Ledger, MigrationState
+from migsync.core.wire import ActionRequest, ActionResult
+
+if TYPE_CHECKING:
+    from migsync.transports.base import Transport
+
+log = logging.getLogger("migsync.actions")
+
+_COLUMNS = "id, action, version, requested_by, requested_at, received_at, state, detail, changed_at, revision"
+
+
+class ClientActions:
+    """The admin's requests to this client database, and its answers."""
+
+    def __init__(self, ledger: Ledger, clock: Clock) -> None:
+        self.ledger = ledger
+        self.backend: Backend = ledger.backend
+        self.clock = clock
+        self.t = self.backend.tables.actions
+
+    async def receive(self, requests: Sequence[ActionRequest]) -> int:
+        """Keep the requests this client has not seen yet; how many were new."""
+        if not requests:
+            return 0
+        known = {int(r["id"]) for r in await self.backend.fetch(f"SELECT id FROM {self.t}")}
+        fresh = [r for r in requests if r.id not in known]
+        if not fresh:
+            return 0
+        now = self.clock.now()
+        async with self.backend.transaction() as tx:
+            await tx.execute_batch(
+                [
+                    (
+                        f"INSERT INTO {self.t} (id, action, version, requested_by, requested_at, "
+                        "received_at, state, changed_at) VALUES ($1, $2, $3, $4, $5, $6, 'received', $6) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        (r.id, r.action, r.version, r.requested_by, r.requested_at, now),
+                    )
+                    for r in fresh
+                ]
+            )
+        for request in fresh:
+            log.info(
+                "the server asks to %s version %d (action %d, by %s)",
+                request.action,
+                request.version,
+                request.id,
+                request.requested_by,
+            )
+        return len(fresh)
+
+    async def carry_out(self) -> int:
+        """Queue the work of every request received and not carried out yet, oldest first."""
+        rows = await self.backend.fetch(
+            f"SELECT {_COLUMNS} FROM {self.t} WHERE state = 'received' ORDER BY id"
+        )
+        for row in rows:
+            try:
+                state, detail = await self._carry_out(row["action"], int(row["version"]))
+            except MigsyncError as exc:  # a dirty database, a migration this client lacks
+                state, detail = "failed", str(exc)
+            await self._answer(int(row["id"]), state, detail)
+        return len(rows)
+
+    async def _carry_out(self, action: str, version: int) -> tuple[str, str | None]:
+        if action == "revert":
+            # The hold first: a crash after it leaves nothing queued that the hold would undo.
+            await self.ledger.hold(version)
+            result = await self.ledger.revert(to=version - 1)
+            if not result.reverting:
+                return "done", f"nothing from version {version} on is applied here; held at {version}"
+            return "queued", f"reverting {', '.join(result.reverting)}"
+        states = await self.ledger.status()
+        target = next((s for s in states if s.version == version), None)
+        if target is None:
+            return "failed", f"version {version} is not known here: the server's migration has not arrived"
+        if target.state == "applied" and target.queued is None:
+            await self.ledger.release_hold()
+            return "done", f"{target.name} is applied already"
+        await self.ledger.release_hold()
+        queued = await self.ledger.queue(str(version))
+        return "queued", f"queued {', '.join(queued)}" if queued else f"{target.name} is queued already"
+
+    async def settle(self) -> int:
+        """Mark the queued requests whose work the processor finished as done or failed."""
+        rows = await self.backend.fetch(f"SELECT {_COLUMNS} FROM {self.t} WHERE state = 'queued' ORDER BY id")
+        if not rows:
+            return 0
+        states = await self.ledger.status()
+        settled = 0
+        for row in rows:
+            outcome = _outcome(row["action"], int(row["version"]), states)
+            if outcome is not None:
+                await self._answer(int(row["id"]), *outcome)
+                settled += 1
+        return settled
+
+    async def _answer(self, action_id: int, state: str, detail: str | None) -> None:
+        async with self.backend.transaction() as tx:
+            await tx.execute(
+                f"UPDATE {self.t} SET state = $1, detail = $2, changed_at = $3, revision = revision + 1 "
+                "WHERE id = $4",
+                (state, detail, self.clock.now(), action_id),
+            )
+
+    async def undelivered(self) -> list[tuple[ActionResult, int]]:
+        """Every answer the server has not acknowledged, with its revision."""
+        rows = await self.backend.fetch(
+            f"SELECT id, state, detail, revision FROM {self.t} "
+            "WHERE revision > delivered_revision AND state <> 'received' ORDER BY id"
+        )
+        return [(ActionResult(int(r["id"]), r["state"], r["detail"]), int(r["revision"])) for r in rows]
+
+    async def deliver(self, transport: Transport) -> int:
+        """Send the answers the server lacks; mark them delivered once acknowledged.
+
+        Transport errors propagate with the answers still undelivered. An id the server
+        does not know (its store was rebuilt) is marked delivered: there is no one to tell.
+        An answer the server neither recorded nor calls unknown stays for the next sync.
+        """
+        pending = await self.undelivered()
+        if not pending:
+            return 0
+        ack = await transport.report_actions([result for result, _ in pending])
+        for unknown in ack.unknown:
+            log.warning("the server does not know action %d any more; its answer is dropped", unknown)
+        taken = set(ack.recorded) | set(ack.unknown)
+        delivered = [(result, revision) for result, revision in pending if result.id in taken]
+        if delivered:
+            async with self.backend.transaction() as tx:
+                await tx.execute_batch(
+                    [
+                        (
+                            f"UPDATE {self.t} SET delivered_revision = $1 "
+                            "WHERE id = $2 AND delivered_revision < $1",
+                            (revision, result.id),
+                        )
+                        for result, revision in delivered
+                    ]
+                )
+        return len(delivered)
+
+    async def list(self) -> list[dict[str, Any]]:
+        """Every request this client received, newest first (for status views)."""
+        rows = await self.backend.fetch(
+            f"SELECT {_COLUMNS}, delivered_revision FROM {self.t} ORDER BY id DESC"
+        )
+        return [dict(r) for r in rows]
+
+
+def _outcome(action: str, version: int, states: Sequence[MigrationState]) -> tuple[str, str | None] | None:
+    """``(state, detail)`` once the work of a queued request is over, None while it is not."""
+    if action == "revert":
+        covered = [s for s in states if s.version >= version]
+        dead = next((s for s in covered if s.state == "dead" and s.queued == "revert"), None)
+        if dead is not None:
+            return "failed", f"the revert of {dead.name} failed: {dead.error}"
+        dirty = next((s for s in covered if s.state == "dirty"), None)
+        if dirty is not None:
+            return "failed", f"{dirty.name} stopped half-way; it needs 'migsync repair'"
+        if any(s.applied_at is not None or s.queued == "revert" for s in covered):
+            return None
+        return "done", f"reverted; held at version {version}"
+    target = next((s for s in states if s.version == version), None)
+    if target is None:
+        return "failed", f"version {version} is not known here any more"
+    if target.state == "applied" and target.queued is None:
+        return "done", f"{target.name} applied"
+    if target.state == "dead":
+        return "failed", f"{target.name} failed again: {target.error}"
+    if target.state == "dirty":
+        return "failed", f"{target.name} stopped half-way; it needs 'migsync repair'"
+    if target.queued is None:  # reverted or cancelled since, by someone else
+        return "failed", f"{target.name} is no longer queued"
+    return None

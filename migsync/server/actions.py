@@ -1,0 +1,210 @@
+"""What an admin asks of clients (re-apply a migration, revert one), and what the clients answer.
+
+The functions here run inside one of :class:`~migsync.server.store.Store`'s
+units of work and take its connection; the store's methods are their public face.
+
+A request is made for one client or many (:func:`request`). It is ``pending``
+until the client answers; the client hears of it with its next poll, whose
+ETag changes because making a request bumps the client's ``status_serial``.
+The client answers ``queued`` (the work is in its queue), then ``done`` or
+``failed`` with a detail (:func:`record_answers`). A newer request to the same
+client replaces one still ``pending`` (it becomes ``superseded``): a client
+carries out the admin's latest word, not a backlog of second thoughts.
+See :mod:`migsync.core.actions` for what the client does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Row, and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from migsync.core.errors import ConfigError
+from migsync.core.wire import ACTIONS, ActionRequest, ActionResult, ActionsAck
+from migsync.server import tables as t
+from migsync.server.records import ActionRecord
+
+_actions = t.store_actions.c
+_clients = t.store_clients.c
+_status = t.store_client_status.c
+
+_MAX_BY = 200
+_MAX_DETAIL = 4000
+
+
+async def request(
+    conn: AsyncConnection,
+    action: str,
+    version: int,
+    client_ids: Sequence[int] | None,
+    requested_by: str,
+) -> list[ActionRecord]:
+    """Ask each of ``client_ids`` (None: every client it makes sense for) to ``action`` ``version``.
+
+    For every client, ``reapply`` goes to those that reported the migration not applied (failed,
+    dead or reverted) and ``revert`` to those that reported it applied. Raises
+    :class:`ConfigError` for an unknown action, client or version, or when no client is left.
+    """
+    if action not in ACTIONS:
+        raise ConfigError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    requested_by = _who(requested_by)
+    published = await conn.scalar(
+        select(t.store_migrations.c.name).where(t.store_migrations.c.version == version)
+    )
+    if published is None:
+        raise ConfigError(f"version {version} is not published")
+    names = {r.id: r.name for r in await conn.execute(select(_clients.id, _clients.name))}
+    if client_ids is None:
+        applied = action == "revert"
+        rows = await conn.execute(
+            select(_status.client_id).where(_status.version == version, _status.applied.is_(applied))
+        )
+        targets = sorted(r.client_id for r in rows if r.client_id in names)
+        if not targets:
+            state = "applied" if applied else "reported as not applied (failed, dead or reverted)"
+            raise ConfigError(f"no client has {published} {state}: there is nothing to {action}")
+    else:
+        targets = sorted(set(client_ids))
+        unknown = [c for c in targets if c not in names]
+        if unknown:
+            raise ConfigError(f"no client with id {', '.join(map(str, unknown))}")
+        if not targets:
+            raise ConfigError("no client given")
+    now = time.time()
+    records = []
+    for client_id in targets:
+        result = await conn.execute(
+            insert(t.store_actions).values(
+                client_id=client_id,
+                action=action,
+                version=version,
+                requested_by=requested_by,
+                requested_at=now,
+                state="pending",
+                updated_at=now,
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None  # an INSERT of one row always has one
+        action_id = int(key[0])
+        await conn.execute(
+            update(t.store_actions)
+            .where(_actions.client_id == client_id, _actions.state == "pending", _actions.id < action_id)
+            .values(state="superseded", detail=f"replaced by request {action_id}", updated_at=now)
+        )
+        records.append(
+            ActionRecord(
+                action_id,
+                client_id,
+                names[client_id],
+                action,
+                version,
+                requested_by,
+                now,
+                "pending",
+                None,
+                now,
+            )
+        )
+    # The clients' pending answers now hold a request: their ETags must change.
+    await conn.execute(
+        update(t.store_clients)
+        .where(_clients.id.in_(targets))
+        .values(status_serial=_clients.status_serial + 1)
+    )
+    return records
+
+
+async def pending_for(conn: AsyncConnection, client_id: int) -> list[ActionRequest]:
+    """The requests ``client_id`` has not answered, oldest first."""
+    rows = await conn.execute(
+        select(_actions.id, _actions.action, _actions.version, _actions.requested_by, _actions.requested_at)
+        .where(_actions.client_id == client_id, _actions.state == "pending")
+        .order_by(_actions.id)
+    )
+    return [ActionRequest(r.id, r.action, r.version, r.requested_by, r.requested_at) for r in rows]
+
+
+async def record_answers(
+    conn: AsyncConnection, client_id: int, answers: Sequence[ActionResult]
+) -> tuple[ActionsAck, bool]:
+    """Record ``client_id``'s answers; the ack, and whether a pending request was answered (then
+    the client's ``status_serial`` was bumped, by one: its pending answer changed)."""
+    ids = [a.id for a in answers]
+    current = {
+        r.id: (r.state, r.detail)
+        for r in await conn.execute(
+            select(_actions.id, _actions.state, _actions.detail).where(
+                _actions.client_id == client_id, _actions.id.in_(ids)
+            )
+        )
+    }
+    now = time.time()
+    recorded: list[int] = []
+    unknown: list[int] = []
+    answered_pending = False
+    for answer in answers:
+        old = current.get(answer.id)
+        if old is None:
+            unknown.append(answer.id)
+            continue
+        recorded.append(answer.id)
+        detail = None if answer.detail is None else answer.detail[:_MAX_DETAIL]
+        if old == (answer.state, detail):
+            continue
+        answered_pending |= old[0] == "pending"
+        await conn.execute(
+            update(t.store_actions)
+            .where(and_(_actions.id == answer.id, _actions.client_id == client_id))
+            .values(state=answer.state, detail=detail, updated_at=now)
+        )
+    if answered_pending:
+        await conn.execute(
+            update(t.store_clients)
+            .where(_clients.id == client_id)
+            .values(status_serial=_clients.status_serial + 1)
+        )
+    return ActionsAck(tuple(recorded), tuple(unknown)), answered_pending
+
+
+async def read(
+    conn: AsyncConnection, client_id: int | None = None, limit: int | None = None
+) -> list[ActionRecord]:
+    """Requests, newest first: every client's, or ``client_id``'s; with ``limit``, the latest ones."""
+    query = (
+        select(t.store_actions, _clients.name.label("client_name"))
+        .join(t.store_clients, _clients.id == _actions.client_id)
+        .order_by(_actions.id.desc())
+    )
+    if client_id is not None:
+        query = query.where(_actions.client_id == client_id)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_record(r) for r in await conn.execute(query)]
+
+
+def _record(row: Row[Any]) -> ActionRecord:
+    return ActionRecord(
+        row.id,
+        row.client_id,
+        row.client_name,
+        row.action,
+        row.version,
+        row.requested_by,
+        row.requested_at,
+        row.state,
+        row.detail,
+        row.updated_at,
+    )
+
+
+def _who(name: str) -> str:
+    cleaned = " ".join(name.split())
+    if not cleaned:
+        raise ConfigError("say who asks: a request is recorded with who made it")
+    if len(cleaned) > _MAX_BY or not cleaned.isprintable():
+        raise ConfigError(f"who asks must be at most {_MAX_BY} printable characters")
+    return cleaned
