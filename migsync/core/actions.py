@@ -53,13 +53,16 @@ class ClientActions:
         self.t = self.backend.tables.actions
 
     async def receive(self, requests: Sequence[ActionRequest]) -> int:
-        """Keep the requests this client has not seen yet; how many were new."""
+        """Keep the requests this client has not seen yet; how many were new.
+
+        A request seen before is not carried out again; but the server offers only requests
+        it has no answer to, so the answer it should have is sent again.
+        """
         if not requests:
             return 0
         known = {int(r["id"]) for r in await self.backend.fetch(f"SELECT id FROM {self.t}")}
         fresh = [r for r in requests if r.id not in known]
-        if not fresh:
-            return 0
+        again = [r.id for r in requests if r.id in known]
         now = self.clock.now()
         async with self.backend.transaction() as tx:
             await tx.execute_batch(
@@ -72,6 +75,7 @@ class ClientActions:
                     )
                     for r in fresh
                 ]
+                + [(f"UPDATE {self.t} SET delivered_revision = 0 WHERE id = $1", (i,)) for i in again]
             )
         for request in fresh:
             log.info(
