@@ -493,29 +493,23 @@ def inbox(store_url: str, as_json: bool, limit: int | None) -> None:
         click.echo("no changes received")
         return
     from migsync.core.clock import iso
-    from migsync.report_server import print_table
+    from migsync.report_server import cell, print_table
 
     header = ("received", "client", "entity", "entity id", "operation", "schema", "data", "error")
     rows = [
         (
             iso(c.received_at) or "-",
-            _cell(f"{c.client_id} ({names.get(c.client_id, '?')})"),
-            _cell(c.entity),
-            _cell(c.entity_id),
+            cell(f"{c.client_id} ({names.get(c.client_id, '?')})"),
+            cell(c.entity),
+            cell(c.entity_id),
             c.operation,
             "-" if c.schema_version is None else str(c.schema_version),
-            _cell(json.dumps(c.data, separators=(",", ":")), 40),
-            _cell(c.apply_error.splitlines()[0], 60) if c.apply_error else "-",
+            cell(json.dumps(c.data, separators=(",", ":")), 40),
+            cell(c.apply_error.splitlines()[0], 60) if c.apply_error else "-",
         )
         for c in changes
     ]
     print_table(header, rows)
-
-
-def _cell(text: str, width: int = 30) -> str:
-    """``text`` fit for one table cell: what came from a client cannot move the cursor."""
-    shown = text if text.isprintable() else json.dumps(text)[1:-1]
-    return shown if len(shown) <= width else shown[: width - 3] + "..."
 
 
 def _s(items: tuple[object, ...]) -> str:

@@ -37,6 +37,8 @@ def print_status(states: Sequence[MigrationState]) -> None:
         table.add_column(column, no_wrap=True)
     for s in states:
         state = s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
+        if s.held:
+            state = f"{s.state} (held)"
         table.add_row(
             str(s.version),
             escape(s.name),
@@ -56,6 +58,14 @@ def print_status(states: Sequence[MigrationState]) -> None:
                 f"'migsync repair --db URL {escape(s.name)} --applied' or '--not-applied'.",
                 highlight=False,
             )
+    held = [s for s in states if s.held]
+    if held:
+        console.print(
+            f"[yellow]held from {escape(held[0].name)} on[/]: the server asked this client to revert it; "
+            "nothing from there on is applied until the server asks for a re-apply "
+            f"(or 'migsync queue --db URL {escape(held[0].name)}' lifts the hold here).",
+            highlight=False,
+        )
     counts = {k: sum(1 for s in states if s.state == k) for k in colors}
     console.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
 

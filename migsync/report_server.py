@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import click
@@ -66,3 +67,9 @@ def _failure(failure: Failure) -> str:
     if len(line) > _MAX_ERROR:
         line = line[: _MAX_ERROR - 3].rstrip() + "..."
     return f"{failure.version}{' (dead)' if failure.dead else ''}: {line or 'failed'}"
+
+
+def cell(text: str, width: int = 30) -> str:
+    """``text`` fit for one table cell: what came from a client cannot move the cursor."""
+    shown = text if text.isprintable() else json.dumps(text)[1:-1]
+    return shown if len(shown) <= width else shown[: width - 3] + "..."

@@ -7,13 +7,15 @@ database is a real SQLite file, or a real Postgres database where the backend ma
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from dbtools import aquery, query
+from dbtools import aquery, query, run
 
 from migsync.core.client import Client
 from migsync.core.errors import MalformedAnswer
@@ -345,3 +347,18 @@ async def test_a_version_3_client_database_is_upgraded_in_place(
         (1, False),
         (2, False),
     ]
+
+
+async def test_status_shows_the_hold_and_how_to_lift_it(harness: Harness) -> None:
+    await harness.sync()
+    harness.server.request("c1", "revert", 2)
+    await harness.sync()
+    shown = run("status", "--db", harness.url)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert any(re.search(r"^\s*2\s+0002_orders\s+pending \(held\)", line) for line in lines), shown.stdout
+    assert "held from 0002_orders on: the server asked this client to revert it" in shown.stdout
+    assert "'migsync queue --db URL 0002_orders' lifts the hold here" in " ".join(shown.stdout.split())
+    as_json = run("status", "--db", harness.url, "--json")
+    held = {m["name"]: m["held"] for m in json.loads(as_json.stdout)["migrations"]}
+    assert held == {"0001_users": False, "0002_orders": True, "0003_items": True}

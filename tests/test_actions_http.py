@@ -4,6 +4,7 @@ requested through ``POST /api/actions``, picked up by a real client's sync, answ
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dbtools import aquery, downgrade_store, query
+from dbtools import aquery, downgrade_store, query, run
 from servers import ServerThread
 
 from migsync.core.client import Client
@@ -300,3 +301,53 @@ async def test_a_version_3_store_gets_actions_and_dead_flags(uncached: Server) -
     assert entry.applied == (1,)
     rows = await aquery(uncached.store_url, "SELECT value FROM store_meta WHERE key = 'schema_version'")
     assert rows == [(str(SCHEMA_VERSION),)]
+
+
+async def test_the_cli_requests_lists_and_the_client_answers(uncached: Server) -> None:
+    shop = await uncached.add("shop")
+    await uncached.add("idle")
+    await uncached.sync("shop")
+    store = uncached.store_url
+
+    made = run(
+        "actions", "request", "revert", "2", "--store", store, "--client", "shop", "--by", "carol", "--json"
+    )
+    assert made.returncode == 0, made.stderr
+    [action] = json.loads(made.stdout)["actions"]
+    assert (action["client_id"], action["requested_by"], action["state"]) == (shop, "carol", "pending")
+
+    result = await uncached.sync("shop")
+    assert result.actions_answered == 1 and "orders" not in tables(uncached.db("shop"))
+
+    listed = run("actions", "list", "--store", store)
+    assert listed.returncode == 0, listed.stderr
+    [header, row] = listed.stdout.splitlines()
+    assert header.split()[:4] == ["id", "requested", "by", "client"]
+    assert re.search(
+        rf"^{action['id']}\s+\S+\s+carol\s+shop\s+revert\s+2\s+done\s+reverted; held at version 2$", row
+    )
+
+    every = run("actions", "request", "reapply", "2", "--store", store, "--all")
+    assert every.returncode == 0, every.stderr
+    assert every.stdout.splitlines()[0].endswith(f"reapply version 2 on shop (client {shop})")
+    assert (await uncached.sync("shop")).ok and "orders" in tables(uncached.db("shop"))
+    only_shop = run("actions", "list", "--store", store, "--client", str(shop), "--json")
+    assert [a["state"] for a in json.loads(only_shop.stdout)["actions"]] == ["done", "done"]
+    assert json.loads(run("actions", "list", "--store", store, "--client", "idle", "--json").stdout) == {
+        "actions": []
+    }
+
+
+def test_the_cli_says_what_is_wrong(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    assert run("clients", "add", "shop", "--store", store).returncode == 0
+    neither = run("actions", "request", "revert", "1", "--store", store)
+    assert neither.returncode == 2 and "give --client NAME (one or more) or --all" in neither.stderr
+    both = run("actions", "request", "revert", "1", "--store", store, "--all", "--client", "shop")
+    assert both.returncode == 2 and "give --client NAME" in both.stderr
+    unknown = run("actions", "request", "revert", "1", "--store", store, "--client", "nope")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "error: no client named 'nope' (see 'migsync clients list')"
+    unpublished = run("actions", "request", "revert", "1", "--store", store, "--client", "shop")
+    assert unpublished.returncode == 2 and unpublished.stderr.strip() == "error: version 1 is not published"
+    assert run("actions", "list", "--store", store).stdout.strip() == "no requests"
