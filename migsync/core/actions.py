@@ -87,6 +87,15 @@ class ClientActions:
             )
         return len(fresh)
 
+    async def busy(self) -> bool:
+        """Whether any request waits to be carried out, settled or answered (one small read: a
+        sync with nothing asked of it pays no more)."""
+        rows = await self.backend.fetch(
+            f"SELECT id FROM {self.t} WHERE state IN ('received', 'queued') "
+            "OR revision > delivered_revision LIMIT 1"
+        )
+        return bool(rows)
+
     async def carry_out(self) -> int:
         """Queue the work of every request received and not carried out yet, oldest first."""
         rows = await self.backend.fetch(

@@ -205,14 +205,17 @@ class Syncer:
                 self.client.events.emit(
                     MigrationRefused(name=refusal.name, version=refusal.version, reason=refusal.reason)
                 )
-        await self.actions.carry_out()
+        asked = await self.actions.busy()
+        if asked:
+            await self.actions.carry_out()
         await self.client.ledger.queue_pending()
         run = await self.client.process(ignore_backoff=ignore_backoff)
-        await self.actions.settle()
+        if asked:
+            await self.actions.settle()
         refused_reports = self._refusal_reports(offer, refused)
         delivered, undelivered, report_error = await self._report(refused_reports, deliver=offline is None)
         answered = 0
-        if offline is None and report_error is None:
+        if asked and offline is None and report_error is None:
             answered, report_error = await self._answer_actions()
         changes = None
         handler = self.changes_processor.handler
