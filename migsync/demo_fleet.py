@@ -131,7 +131,16 @@ async def run_fleet(root: Path) -> int:
         _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
         last = [await _sync(shop) for shop in (berlin, paris)]
 
-        step(f"10. {SHIP} catches up through the drop folder; the fleet view")
+        step("10. the admin asks shop-paris to revert 0005, then to re-apply it (the panel's buttons)")
+        paris_id = registered["shop-paris"][0]
+        for action in ("revert", "reapply"):
+            [made] = await store.request_action(action, 5, [paris_id], "demo admin")
+            click.echo(f"   request {made.id}: {action} version 5 on shop-paris, by {made.requested_by}")
+            await _sync(paris)
+            [answered] = await store.actions(paris_id, limit=1)
+            click.echo(f"   request {answered.id}: {answered.state} ({answered.detail})")
+
+        step(f"11. {SHIP} catches up through the drop folder; the fleet view")
         _exported(await export(store, drop), drop)
         last.append(await _sync(ship))
         imported &= _imported(await import_reports(store, drop / "reports"), names)
@@ -183,9 +192,14 @@ async def _sync(shop: _Shop) -> SyncResult:
         said.append(f"offline ({result.offline})")
     elif result.offered is not None:
         said.append(f"{result.offered} offered, {len(result.stored)} verified and stored")
-    applied = [o.label.split(" ", 1)[1] for o in result.run.processed if o.ok]
-    if applied:
-        said.append(f"applied {_span(applied)}")
+    if result.actions_received:
+        said.append(f"{result.actions_received} request from the admin")
+    for operation, done in (("apply", "applied"), ("revert", "reverted")):
+        names = [
+            o.label.split(" ", 1)[1] for o in result.run.processed if o.ok and o.label.startswith(operation)
+        ]
+        if names:
+            said.append(f"{done} {_span(names)}")
     if result.delivered:
         said.append(f"reported {result.delivered}")
     click.echo(f"   {shop.name}: {', '.join(said) or 'nothing new'}")

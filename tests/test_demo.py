@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dbtools import query, run
 
-STEPS = [f"== {n}." for n in range(1, 11)]
+STEPS = [f"== {n}." for n in range(1, 12)]
 
 
 def sections(stdout: str) -> dict[int, str]:
@@ -82,20 +82,35 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "does not match its content under any trusted key" in refused
     assert "applied" not in refused.split("added 0005_add_customer_city")[1]
 
-    # 10: ship-atlantic catches up from a fresh export, its reports are imported; the fleet view
+    # 10: a revert request, then a re-apply, each carried out by shop-paris's next sync
+    revert, reapply = step[10].split("reapply version 5 on shop-paris, by demo admin")
+    assert "revert version 5 on shop-paris, by demo admin" in revert
+    assert (
+        "shop-paris: 0 offered, 0 verified and stored, 1 request from the admin, "
+        "reverted 0005_add_customer_city, reported 1"
+    ) in revert
+    assert "done (reverted; held at version 5)" in revert
+    assert (
+        "shop-paris: 1 offered, 0 verified and stored, 1 request from the admin, "
+        "applied 0005_add_customer_city, reported 1"
+    ) in reapply
+    assert "done (0005_add_customer_city applied)" in reapply
+    assert "shop-berlin" not in step[10]
+
+    # 11: ship-atlantic catches up from a fresh export, its reports are imported; the fleet view
     assert (
         f"exported to {drop}: wrote 0004_add_customer_email .. 0005_add_customer_city, 3 unchanged"
-        in step[10]
+        in step[11]
     )
     assert (
         "ship-atlantic: 2 offered, 2 verified and stored, "
         "applied 0004_add_customer_email .. 0005_add_customer_city, reported 2"
-    ) in step[10]
-    assert "import-reports: 1 report file of ship-atlantic, versions 4, 5 recorded" in step[10]
-    assert "REFUSED" not in step[10]
+    ) in step[11]
+    assert "import-reports: 1 report file of ship-atlantic, versions 4, 5 recorded" in step[11]
+    assert "REFUSED" not in step[11]
     ship_reports = drop / "reports" / "3"
     assert [p.suffix for p in ship_reports.iterdir()] == [".imported", ".imported"]
-    final = fleet_rows(step[10])
+    final = fleet_rows(step[11])
     assert sorted(final) == ["ship-atlantic", "shop-berlin", "shop-paris"]
     for row in final.values():
         assert (row["latest"], row["applied"], row["pending"], row["drift"], row["failed"]) == (
