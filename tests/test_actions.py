@@ -362,3 +362,23 @@ async def test_status_shows_the_hold_and_how_to_lift_it(harness: Harness) -> Non
     as_json = run("status", "--db", harness.url, "--json")
     held = {m["name"]: m["held"] for m in json.loads(as_json.stdout)["migrations"]}
     assert held == {"0001_users": False, "0002_orders": True, "0003_items": True}
+
+
+async def test_a_reapply_runs_a_failed_migration_now_without_waiting_for_its_backoff(
+    harness: Harness, keys: Any
+) -> None:
+    harness.server.publish_signed([V2_BLOCKED], keys[0])
+    query(harness.url, "CREATE TABLE blocker (x INTEGER)")
+    await harness.sync(max_attempts=5)
+    async with Client.connect(harness.url, sinks=[]) as client:
+        [failed] = [s for s in await client.status() if s.version == 2]
+        assert failed.state == "failed" and failed.next_attempt_at is not None
+    query(harness.url, "DROP TABLE blocker")
+    harness.server.request("c1", "reapply", 2)
+    async with Client.connect(harness.url, sinks=[], max_attempts=5, clock=harness.clock) as client:
+        # No ignore_backoff, and the clock has not moved: only the request makes it run now.
+        result = await Syncer(
+            client, MemoryTransport(harness.server, client_id="c1"), [harness.trusted]
+        ).sync()
+        assert result.ok, result.to_json()
+        assert {s.name: s.state for s in await client.status()}["0002_orders"] == "applied"

@@ -15,7 +15,8 @@ does it, in order, like any other migration change:
     them again, since the server still publishes them.
 ``reapply V``
     Lift the hold and queue V (and any earlier migration not applied). A dead
-    change is revived: its attempts start again.
+    change is revived: its attempts start again; a failed one waiting for its
+    backoff runs at once.
 
 The client's answer goes back like a status report: ``queued`` once the
 request is in the queue, then ``done`` or ``failed`` (with why) once the
@@ -125,7 +126,7 @@ class ClientActions:
             await self.ledger.release_hold()
             return "done", f"{target.name} is applied already"
         await self.ledger.release_hold()
-        queued = await self.ledger.queue(str(version))
+        queued = await self.ledger.queue(str(version), now=True)
         return "queued", f"queued {', '.join(queued)}" if queued else f"{target.name} is queued already"
 
     async def settle(self) -> int:

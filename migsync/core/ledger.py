@@ -255,11 +255,12 @@ class Ledger:
         self._emit_queued(fresh, "apply")
         return [name for _, name in fresh]
 
-    async def queue(self, ref: str) -> list[str]:
+    async def queue(self, ref: str, *, now: bool = False) -> list[str]:
         """Queue ``ref`` for apply, with every earlier migration not applied yet.
 
-        A dead change for one of them is revived: its attempts start again. Queueing a
-        held migration lifts the hold (see the module's docstring).
+        A dead change for one of them is revived: its attempts start again; with ``now``, so
+        is a failed one waiting for its backoff. Queueing a held migration lifts the hold
+        (see the module's docstring).
         """
         async with self.backend.transaction() as tx:
             states = await _read_status(tx.fetch, self.sql)
@@ -269,7 +270,7 @@ class Ledger:
                 raise MigrationError(f"migration {target.name} is already applied")
             earlier = [s for s in states if s.version <= target.version]
             fresh = [(s.version, s.name) for s in earlier if s.queued is None and s.state != "applied"]
-            revived = [s.name for s in earlier if s.state == "dead"]
+            revived = [s.name for s in earlier if s.state == "dead" or (now and s.state == "failed")]
             statements = self._enqueue_statements(fresh, revived)
             if target.held:
                 statements.append((f"DELETE FROM {self.sql.t.meta} WHERE key = '{HOLD_KEY}'", ()))
