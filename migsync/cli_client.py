@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from migsync.cli_support import connect, db_option, max_attempts_option, plugins_of, run_coro
+from migsync.cli_support import (
+    EXIT_BAD_INPUT,
+    connect,
+    db_option,
+    max_attempts_option,
+    plugins_of,
+    run_coro,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -128,6 +135,41 @@ def client_options(command: Any) -> Any:
 @click.group()
 def client() -> None:
     """Keep this client's database in step with its server."""
+
+
+@client.command()
+@db_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8081, show_default=True, type=click.IntRange(1, 65535), help="Port.")
+@click.pass_context
+def panel(ctx: click.Context, db_url: str, host: str, port: int) -> None:
+    """Serve a read-only page of this client database, for support staff on site.
+
+    Every migration with its state and its last error in full, the hold, the
+    admin's requests and this client's answers, and what waits to be told to
+    the server. It writes nothing and has no login: it listens on loopback
+    unless --host says otherwise. Stops on SIGINT or SIGTERM.
+    """
+
+    async def check() -> None:
+        async with connect(ctx, db_url, ()):
+            pass
+
+    run_coro(check())  # a missing database is one line and exit 2, before uvicorn starts
+    import uvicorn
+
+    from migsync.client_panel import create_client_panel
+
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        click.echo(
+            f"warning: the panel has no login and listens on {host}: anyone who reaches it sees it", err=True
+        )
+    app = create_client_panel(db_url, plugins=plugins_of(ctx))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    click.echo(f"serving http://{host}:{port}/ (read-only); Ctrl-C stops it", err=True)
+    server.run()
+    if not server.started:
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @client.command()
