@@ -1,4 +1,5 @@
-"""Take the admin panel's screenshots for the docs: docs/images/panel-{login,fleet,client,migrations}.png.
+"""Take the admin panel's screenshots for the docs: docs/images/panel-*.png (login, fleet,
+fleet-held, client, migrations, actions).
 
 They come from the browser test itself (tests/test_panel_browser.py: a real server, clients
 synced over HTTP, Debian's chromium through Playwright), so the pictures show what the test

@@ -382,3 +382,14 @@ async def test_a_reapply_runs_a_failed_migration_now_without_waiting_for_its_bac
         ).sync()
         assert result.ok, result.to_json()
         assert {s.name: s.state for s in await client.status()}["0002_orders"] == "applied"
+
+
+async def test_a_long_error_is_cut_in_the_answer_so_the_server_takes_it(harness: Harness, keys: Any) -> None:
+    long_name = "x" * 30000
+    harness.server.publish_signed([migration(2, "0002_orders", f"SELECT * FROM {long_name}")], keys[0])
+    await harness.sync(max_attempts=1)
+    request = harness.server.request("c1", "reapply", 2)
+    await harness.sync(max_attempts=1)
+    state, detail = harness.answers()[request.id]
+    assert state == "failed" and detail is not None
+    assert len(detail) == 16 * 1024 and detail.endswith("...") and long_name[:100] in detail

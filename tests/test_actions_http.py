@@ -351,3 +351,16 @@ def test_the_cli_says_what_is_wrong(tmp_path: Path) -> None:
     unpublished = run("actions", "request", "revert", "1", "--store", store, "--client", "shop")
     assert unpublished.returncode == 2 and unpublished.stderr.strip() == "error: version 1 is not published"
     assert run("actions", "list", "--store", store).stdout.strip() == "no requests"
+
+
+async def test_a_long_detail_is_kept_whole_up_to_the_limit(server: Server) -> None:
+    shop = await server.add("shop")
+    [made] = (await server.request(action="revert", version=1, clients=[shop])).json()["actions"]
+    headers = {"Authorization": f"Bearer {server.tokens['shop'][1]}"}
+    detail = "x" * 60000
+    async with httpx.AsyncClient(base_url=server.http.url) as http:
+        answer = {"results": [{"id": made["id"], "state": "failed", "detail": detail}]}
+        response = await http.post("/api/actions/results", json=answer, headers=headers)
+    assert response.json() == {"recorded": [made["id"]], "unknown": []}
+    [listed] = await server.actions()
+    assert listed["detail"] == detail

@@ -1,9 +1,13 @@
 """The admin panel (migsync.server.panel) in-process through httpx.ASGITransport: the login, the
-session cookie, CSRF, escaping, and what the pages show (the filters and the counts)."""
+session cookie, CSRF, escaping, what the pages show (the filters and the counts), and the requests
+an admin makes of clients (re-apply, revert) on a real store: SQLite, and Postgres where the store's
+SQL matters."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -16,20 +20,25 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from migsync.core.clock import iso
 from migsync.core.errors import BackendError, ConfigError
 from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.wire import StatusReport
+from migsync.core.wire import ActionResult, StatusReport
 from migsync.server import ClientRecord, FleetEntry, Store
 from migsync.server.app import create_app
 from migsync.server.panel import LOGIN_COOKIE, SESSION_COOKIE, PanelOptions, create_panel, views
+from migsync.server.panel import app as app_module
 from migsync.server.panel.sessions import Sessions
+from migsync.server.records import ActionRecord
 from migsync.testing.backend_suite import migration
 
 ADMIN = "panel-admin-token"
+NAME = "Ana Admin"
 SECRET = b"s" * 32
 V1 = migration(1, "0001_users", "CREATE TABLE users (id INTEGER)")
 V2 = migration(2, "0002_email", "ALTER TABLE users ADD COLUMN email TEXT")
 V2_OTHER = migration(2, "0002_email", "ALTER TABLE users ADD COLUMN mail TEXT")
+V3 = migration(3, "0003_orders", "CREATE TABLE orders (id INTEGER)")
 DAY = 24 * 3600
 
 
@@ -48,10 +57,12 @@ class Panel:
             assert not (await self.store.report(client_id, reports)).unpublished
         return client_id
 
-    async def login(self, token: str = ADMIN, next_url: str | None = None) -> httpx.Response:
+    async def login(
+        self, token: str = ADMIN, next_url: str | None = None, name: str = NAME
+    ) -> httpx.Response:
         page = await self.http.get("/admin/login")
         assert page.status_code == 200
-        form = {"token": token, "csrf": form_csrf(page.text)}
+        form = {"name": name, "token": token, "csrf": form_csrf(page.text)}
         if next_url is not None:
             form["next"] = next_url
         return await self.http.post("/admin/login", data=form)
@@ -60,6 +71,25 @@ class Panel:
         response = await self.http.get(path)
         assert response.status_code == 200, (response.status_code, response.headers.get("location"))
         return response.text
+
+    async def csrf(self) -> str:
+        return form_csrf(await self.page("/admin/"))
+
+    async def ask(
+        self, client_id: int, action: str, version: int, confirmed: bool = True, **fields: str
+    ) -> httpx.Response:
+        """POST the request form of a client's page (with the page's CSRF token unless given)."""
+        data = {"csrf": await self.csrf(), "action": action, "version": str(version)}
+        if confirmed:
+            data["confirm"] = "1"
+        return await self.http.post(f"/admin/clients/{client_id}/actions", data={**data, **fields})
+
+    async def ask_all(self, action: str, version: int | str, confirmed: bool = True) -> httpx.Response:
+        """POST the every-client request form of the migrations page."""
+        data = {"csrf": await self.csrf(), "action": action}
+        if confirmed:
+            data["confirm"] = "1"
+        return await self.http.post(f"/admin/migrations/{version}/actions", data=data)
 
 
 def form_csrf(html: str) -> str:
@@ -74,6 +104,30 @@ def applied(m: Any, checksum: str | None = None) -> StatusReport:
 
 def failed(m: Any, error: str, attempts: int = 1) -> StatusReport:
     return StatusReport(m.version, False, error, attempts, m.checksum)
+
+
+def dead(m: Any, error: str, attempts: int = 3) -> StatusReport:
+    return StatusReport(m.version, False, error, attempts, m.checksum, dead=True)
+
+
+def not_applied(m: Any) -> StatusReport:
+    """What a client reports of a migration it reverted."""
+    return StatusReport(m.version, False, None, 1, m.checksum)
+
+
+def cells(html: str, client_id: int) -> list[str]:
+    """The states of a client's cells in the grid."""
+    row = html.split(f'<tr id="client-{client_id}"', 1)[1].split("</tr>", 1)[0]
+    return re.findall(r'<td class="cell (\w+)"', row)
+
+
+def request_rows(html: str) -> list[list[str]]:
+    """The requests table's rows, each a list of its cells' text."""
+    body = html.split('<table class="requests">', 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
+    return [
+        [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        for row in re.findall(r"<tr id=\"request-\d+\">(.*?)</tr>", body, re.S)
+    ]
 
 
 def shown_clients(html: str) -> list[int]:
@@ -93,15 +147,19 @@ def set_cookies(response: httpx.Response) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def panel_on(
-    tmp_path: Path, base_url: str = "http://migsync.test", **options: Any
+    tmp_path: Path,
+    base_url: str = "http://migsync.test",
+    store_url: str | None = None,
+    cache_seconds: float = 0,
+    **options: Any,
 ) -> AsyncIterator[Panel]:
     tmp_path.mkdir(exist_ok=True)
-    url = f"sqlite:///{tmp_path / 'server.db'}"
+    url = store_url or f"sqlite:///{tmp_path / 'server.db'}"
     key_path = tmp_path / "signing.key"
     write_keypair(key_path)
     options.setdefault("login_delay", 0)
     options.setdefault("secret", SECRET)
-    app = create_app(url, admin_token=ADMIN, cache_seconds=0, panel=PanelOptions(**options))
+    app = create_app(url, admin_token=ADMIN, cache_seconds=cache_seconds, panel=PanelOptions(**options))
     async with Store.open(url) as store, app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
@@ -119,6 +177,22 @@ async def admin(panel: Panel) -> Panel:
     """The panel, logged in."""
     assert (await panel.login()).status_code == 303
     return panel
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store database of each kind (a sync fixture: ``pg_url`` runs its own event loop)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'server.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def any_admin(store_url: str, tmp_path: Path) -> AsyncIterator[Panel]:
+    """The panel, logged in, on a store of each kind."""
+    async with panel_on(tmp_path, store_url=store_url) as value:
+        assert (await value.login()).status_code == 303
+        yield value
 
 
 # -- login and session ---------------------------------------------------------------------------
@@ -205,14 +279,14 @@ def _tampered(value: str) -> str:
 
 
 def _longer(value: str) -> str:
-    version, sid, expires, mac = value.split(".")
-    return ".".join((version, sid, str(int(expires) + 3600), mac))
+    version, sid, expires, name, mac = value.split(".")
+    return ".".join((version, sid, str(int(expires) + 3600), name, mac))
 
 
 async def test_a_forged_expired_or_foreign_session_cookie_is_refused(panel: Panel) -> None:
-    _, good = Sessions(SECRET, 60).issue()
-    _, expired = Sessions(SECRET, 60, clock=lambda: time.time() - 120).issue()
-    _, foreign = Sessions(b"x" * 32, 60).issue()
+    _, good = Sessions(SECRET, 60).issue(NAME)
+    _, expired = Sessions(SECRET, 60, clock=lambda: time.time() - 120).issue(NAME)
+    _, foreign = Sessions(b"x" * 32, 60).issue(NAME)
     cases = {
         "good": (good, 200),
         "tampered": (_tampered(good), 303),
@@ -239,25 +313,27 @@ async def test_a_session_from_another_app_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_login_post_without_the_right_csrf_token_is_403(panel: Panel) -> None:
-    no_cookie = await panel.http.post("/admin/login", data={"token": ADMIN, "csrf": "x"})
+    no_cookie = await panel.http.post("/admin/login", data={"name": NAME, "token": ADMIN, "csrf": "x"})
     assert no_cookie.status_code == 403
     assert "did not come from this panel" in no_cookie.text
     page = await panel.http.get("/admin/login")
     for csrf in ("", "0" * 64, Sessions(SECRET, 60).login_csrf("another-nonce-of-the-attacker")):
-        response = await panel.http.post("/admin/login", data={"token": ADMIN, "csrf": csrf})
+        response = await panel.http.post("/admin/login", data={"name": NAME, "token": ADMIN, "csrf": csrf})
         assert response.status_code == 403, csrf
         assert SESSION_COOKIE not in set_cookies(response)
-    missing = await panel.http.post("/admin/login", data={"token": ADMIN})
+    missing = await panel.http.post("/admin/login", data={"name": NAME, "token": ADMIN})
     assert missing.status_code == 403
     assert (
-        await panel.http.post("/admin/login", data={"token": ADMIN, "csrf": form_csrf(page.text)})
+        await panel.http.post(
+            "/admin/login", data={"name": NAME, "token": ADMIN, "csrf": form_csrf(page.text)}
+        )
     ).status_code == 303
 
 
 async def test_logout_needs_the_sessions_csrf_token_and_ends_the_session(admin: Panel) -> None:
     page = await admin.page("/admin/")
     value = admin.http.cookies[SESSION_COOKIE]
-    other_session, _ = Sessions(SECRET, 60).issue()
+    other_session, _ = Sessions(SECRET, 60).issue(NAME)
     for data in ({}, {"csrf": "nope"}, {"csrf": Sessions(SECRET, 60).csrf(other_session)}):
         assert (await admin.http.post("/admin/logout", data=data)).status_code == 403
     assert (await admin.http.get("/admin/")).status_code == 200  # still logged in
@@ -379,16 +455,11 @@ async def test_the_grid_counts_and_filters(admin: Panel) -> None:
 async def test_the_grid_has_a_cell_per_client_and_migration(admin: Panel) -> None:
     ids = await _fleet(admin)
     html = await admin.page("/admin/")
-
-    def cells(client_id: int) -> list[str]:
-        row = html.split(f'<tr id="client-{client_id}"', 1)[1].split("</tr>", 1)[0]
-        return re.findall(r'<td class="cell (\w+)"', row)
-
-    assert cells(ids["latest"]) == ["applied", "applied"]
-    assert cells(ids["behind"]) == ["applied", "pending"]
-    assert cells(ids["failing"]) == ["applied", "failed"]
-    assert cells(ids["drift"]) == ["applied", "drift"]
-    assert cells(ids["new"]) == ["pending", "pending"]
+    assert cells(html, ids["latest"]) == ["applied", "applied"]
+    assert cells(html, ids["behind"]) == ["applied", "pending"]
+    assert cells(html, ids["failing"]) == ["applied", "failed"]
+    assert cells(html, ids["drift"]) == ["applied", "drift"]
+    assert cells(html, ids["new"]) == ["pending", "pending"]
     assert "failed &times;5" in html
     assert f'href="/admin/clients/{ids["drift"]}#v2">drift</a>' in html
     assert "2 d ago" in html and "never" in html
@@ -444,7 +515,7 @@ async def test_a_page_sees_the_polls_this_process_has_not_written_yet(tmp_path: 
             poll = await http.get("/api/migrations/pending", headers={"Authorization": f"Bearer {token}"})
             assert poll.status_code == 200
             page = await http.get("/admin/login")
-            await http.post("/admin/login", data={"token": ADMIN, "csrf": form_csrf(page.text)})
+            await http.post("/admin/login", data={"name": NAME, "token": ADMIN, "csrf": form_csrf(page.text)})
             html = (await http.get(f"/admin/clients/{client_id}")).text
     assert "s ago (" in html
 
@@ -474,7 +545,7 @@ async def test_a_store_that_is_not_open_or_fails_is_an_html_503(tmp_path: Path) 
         async def migrations(self) -> None:
             raise BackendError("the database went away")
 
-    _, cookie = Sessions(SECRET, 60).issue()
+    _, cookie = Sessions(SECRET, 60).issue(NAME)
     url = f"sqlite:///{tmp_path / 'server.db'}"
     async with Store.open(url):
         pass
@@ -513,7 +584,517 @@ async def test_the_panel_follows_the_path_it_is_mounted_at(tmp_path: Path) -> No
             ] == "/sync/admin/login?next=/sync/admin/"
             page = await http.get("/sync/admin/login")
             assert 'action="/sync/admin/login"' in page.text and 'href="/sync/admin/panel.css"' in page.text
-            login = await http.post("/sync/admin/login", data={"token": ADMIN, "csrf": form_csrf(page.text)})
+            login = await http.post(
+                "/sync/admin/login", data={"name": NAME, "token": ADMIN, "csrf": form_csrf(page.text)}
+            )
             assert login.headers["location"] == "/sync/admin/"
             assert "Path=/sync/admin" in set_cookies(login)[SESSION_COOKIE]
             assert "<h1>Fleet</h1>" in (await http.get("/sync/admin/")).text
+
+
+# -- who is logged in ----------------------------------------------------------------------------
+
+
+async def test_the_login_asks_for_a_name_and_the_header_shows_it(panel: Panel) -> None:
+    page = await panel.page("/admin/login")
+    assert re.search(r'<input id="name" name="name" type="text"[^>]* maxlength="100"[^>]* required', page)
+    response = await panel.login(name="  Ana \t  Admin\n")
+    assert response.status_code == 303
+    fleet = await panel.page("/admin/")
+    assert "signed in as <strong>Ana Admin</strong>" in fleet  # whitespace collapsed
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101, "tab\x07bell", "zero\u200bwidth"])
+async def test_a_login_without_a_proper_name_is_refused(panel: Panel, name: str) -> None:
+    response = await panel.login(name=name)
+    assert response.status_code == 400
+    assert "Say who you are: a name of 1 to 100 printable characters." in response.text
+    assert SESSION_COOKIE not in set_cookies(response)
+    assert (await panel.http.get("/admin/")).status_code == 303
+
+
+async def test_a_name_of_a_hundred_characters_is_kept_whole_and_escaped(panel: Panel) -> None:
+    name = "<b>Zoë</b> & " + "é" * 87
+    assert len(name) == 100
+    assert (await panel.login(name=name)).status_code == 303
+    html = await panel.page("/admin/")
+    assert f"signed in as <strong>&lt;b&gt;Zoë&lt;/b&gt; &amp; {'é' * 87}</strong>" in html
+
+
+async def test_a_wrong_token_keeps_the_name_typed(panel: Panel) -> None:
+    response = await panel.login("not-the-token", name='Eve "<x>"')
+    assert response.status_code == 200 and "That is not the admin token." in response.text
+    assert 'value="Eve &#34;&lt;x&gt;&#34;"' in response.text
+    assert 'value="panel-admin-token"' not in response.text
+
+
+def test_the_session_value_carries_the_name_under_its_mac() -> None:
+    sessions = Sessions(SECRET, 60)
+    session, value = sessions.issue("José Ñandú")
+    assert value.startswith("v2.")
+    verified = sessions.verify(value)
+    assert verified is not None and verified.name == "José Ñandú" and verified.sid == session.sid
+    version, sid, expires, _name, mac = value.split(".")
+    other = base64.urlsafe_b64encode(b"Mallory").decode().rstrip("=")
+    assert sessions.verify(".".join((version, sid, expires, other, mac))) is None
+    assert sessions.verify(".".join(("v1", sid, expires, mac))) is None  # a value from before names
+    assert sessions.verify(value.replace("v2.", "v1.", 1)) is None
+    assert sessions.verify(value + "é") is None  # not ASCII: refused, not a TypeError
+    for bad in ("", " padded ", "x" * 101, "new\nline"):
+        with pytest.raises(ValueError):
+            sessions.issue(bad)
+
+
+# -- dead and held cells -------------------------------------------------------------------------
+
+
+async def _held(admin: Panel, client_id: int, version: int, state: str = "done") -> int:
+    """A revert of ``version`` asked of ``client_id`` and answered ``state`` (as the client would)."""
+    [record] = await admin.store.request_action("revert", version, [client_id], "Bob")
+    await admin.store.record_answers(client_id, [ActionResult(record.id, state, "reverted")])
+    return record.id
+
+
+async def test_a_dead_migration_has_its_own_cell_and_counts_as_failing(admin: Panel) -> None:
+    await admin.publish(V1, V2)
+    dying = await admin.client("dying", applied(V1), dead(V2, "table orders already exists", attempts=3))
+    retrying = await admin.client("retrying", applied(V1), failed(V2, "busy", attempts=1))
+    html = await admin.page("/admin/")
+    assert cells(html, dying) == ["applied", "dead"]
+    assert cells(html, retrying) == ["applied", "failed"]
+    assert (
+        f'<td class="cell dead"><a href="/admin/clients/{dying}#v2" title="table orders already exists">'
+        "dead &times;3</a>"
+    ) in html
+    assert count(html, "failing") == 2
+    assert shown_clients(await admin.page("/admin/?failing=1")) == [dying, retrying]
+    page = await admin.page(f"/admin/clients/{dying}")
+    assert re.findall(r'<td class="state (\w+)"', page) == ["applied", "dead"]
+    assert "3 attempts, as many as the client allows: it waits for a re-apply." in page
+    tallies = re.findall(r'<td class="tally">(.*)</td>', await admin.page("/admin/migrations"))
+    assert re.sub(r"<[^>]+>", "", tallies[1]) == "0 applied, 1 failed, 1 dead"
+
+
+async def test_a_revert_the_client_carried_out_holds_that_version_and_later(any_admin: Panel) -> None:
+    admin = any_admin
+    await admin.publish(V1, V2, V3)
+    client_id = await admin.client("shop", applied(V1), applied(V2), applied(V3))
+    other = await admin.client("other", applied(V1), applied(V2), applied(V3))
+    [record] = await admin.store.request_action("revert", 2, [client_id], "Bob")
+    html = await admin.page("/admin/")
+    # Asked, not picked up yet: still applied, with the request on the cell.
+    assert cells(html, client_id) == ["applied", "applied", "applied"]
+    assert "requested: revert" in html.split(f'<tr id="client-{client_id}"', 1)[1].split("</tr>", 1)[0]
+    await admin.store.record_answers(client_id, [ActionResult(record.id, "done", "reverted")])
+    await admin.store.report(client_id, [not_applied(V2), not_applied(V3)])
+    html = await admin.page("/admin/")
+    assert cells(html, client_id) == ["applied", "held", "held"]
+    assert cells(html, other) == ["applied", "applied", "applied"]
+    assert "requested: revert" not in html
+    assert count(html, "held") == 1 and count(html, "failing") == 0
+    page = await admin.page(f"/admin/clients/{client_id}")
+    assert re.findall(r'<td class="state (\w+)"', page) == ["applied", "held", "held"]
+    assert f"Held by request {record.id} (revert of version 2, by Bob)" in page
+    assert "held from version 2" in page
+    forms = _row_forms(page)
+    assert forms == {1: ["revert"], 2: ["reapply"], 3: ["reapply"]}
+    tallies = re.findall(r'<td class="tally">(.*)</td>', await admin.page("/admin/migrations"))
+    assert [re.sub(r"<[^>]+>", "", t) for t in tallies[1:]] == ["1 applied, 1 held"] * 2
+
+
+async def test_a_reapply_the_client_carried_out_lifts_the_hold(admin: Panel) -> None:
+    await admin.publish(V1, V2)
+    client_id = await admin.client("shop", applied(V1), applied(V2))
+    await _held(admin, client_id, 2)
+    await admin.store.report(client_id, [not_applied(V2)])
+    assert cells(await admin.page("/admin/"), client_id) == ["applied", "held"]
+    [reapply] = await admin.store.request_action("reapply", 2, [client_id], "Bob")
+    html = await admin.page("/admin/")
+    assert cells(html, client_id) == ["applied", "held"]  # not carried out yet: the client still holds
+    assert "requested: reapply" in html
+    await admin.store.record_answers(client_id, [ActionResult(reapply.id, "queued", "queued 0002_email")])
+    html = await admin.page("/admin/")
+    assert cells(html, client_id) == ["applied", "pending"]
+    assert "reapply under way" in html
+
+
+def _record(action_id: int, action: str, version: int, state: str) -> ActionRecord:
+    return ActionRecord(action_id, 1, "c", action, version, "Bob", 0.0, state, None, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("requests", "held_from"),
+    [
+        ([], None),
+        ([("revert", 2, "done")], 2),
+        ([("revert", 2, "queued")], 2),
+        ([("revert", 2, "failed")], 2),  # the client holds before it reverts
+        ([("revert", 2, "pending")], None),  # not picked up yet
+        ([("revert", 2, "superseded")], None),
+        ([("revert", 3, "done"), ("revert", 2, "done")], 2),
+        ([("revert", 2, "done"), ("revert", 3, "done")], 2),  # an earlier, lower hold stays
+        ([("revert", 2, "done"), ("reapply", 2, "done")], None),
+        ([("revert", 2, "done"), ("reapply", 3, "queued")], None),  # a re-apply lifts the whole hold
+        ([("revert", 2, "done"), ("reapply", 2, "pending")], 2),
+        ([("revert", 2, "done"), ("reapply", 2, "done"), ("revert", 3, "done")], 3),
+    ],
+)
+def test_the_hold_follows_the_requests_the_client_carried_out(
+    requests: list[tuple[str, int, str]], held_from: int | None
+) -> None:
+    records = [_record(i, *r) for i, r in enumerate(requests, 1)]
+    hold = views.hold_of(reversed(records))  # in any order: ids say which came first
+    assert (hold.version if hold else None) == held_from
+
+
+# -- requests to clients -------------------------------------------------------------------------
+
+
+def _row_forms(page: str) -> dict[int, list[str]]:
+    """Per migration row of a client's page, the actions its forms ask for."""
+    table = page.split('<table class="status">', 1)[1].split("</table>", 1)[0]
+    return {
+        int(version): re.findall(r'name="action" value="(\w+)"', row)
+        for version, row in re.findall(r'<tr id="v(\d+)"[^>]*>(.*?)</tr>', table, re.S)
+    }
+
+
+async def test_a_client_page_offers_what_makes_sense_per_migration(admin: Panel) -> None:
+    ids = await _fleet(admin)
+    await admin.publish(V3)
+    await admin.store.report(ids["latest"], [dead(V3, "no")])
+    page = await admin.page(f"/admin/clients/{ids['latest']}")
+    assert _row_forms(page) == {1: ["revert"], 2: ["revert"], 3: ["reapply"]}
+    assert _row_forms(await admin.page(f"/admin/clients/{ids['failing']}")) == {
+        1: ["revert"],
+        2: ["reapply"],
+        3: [],
+    }
+    assert _row_forms(await admin.page(f"/admin/clients/{ids['drift']}"))[2] == ["revert"]
+    assert _row_forms(await admin.page(f"/admin/clients/{ids['new']}")) == {1: [], 2: [], 3: []}
+    # A revert's form cannot be sent without its box ticked (no script: the browser's `required`).
+    revert = page.split('value="revert"', 1)[1].split("</form>", 1)[0]
+    assert (
+        '<label><input type="checkbox" name="confirm" value="1" required> '
+        "revert this and every later migration on latest</label>"
+    ) in revert
+    assert f'<input type="hidden" name="csrf" value="{form_csrf(page)}">' in page
+    assert "Nothing was asked of this client yet." in page
+
+
+async def test_a_request_from_a_client_page_is_recorded_with_who_and_when(any_admin: Panel) -> None:
+    admin = any_admin
+    await admin.publish(V1, V2)
+    client_id = await admin.client("shop", applied(V1), dead(V2, "boom"))
+    before = time.time()
+    response = await admin.ask(client_id, "reapply", 2, confirmed=False)
+    after = time.time()
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/admin/clients/{client_id}?requested=1#requests"
+    [record] = await admin.store.actions()
+    assert (record.client_id, record.action, record.version, record.state) == (
+        client_id,
+        "reapply",
+        2,
+        "pending",
+    )
+    assert record.requested_by == NAME
+    assert before - 1 <= record.requested_at <= after + 1
+    page = await admin.page(response.headers["location"])
+    assert "Request recorded: shop hears of it at its next poll." in page
+    assert '<h2 id="requests">' in page
+    assert request_rows(page) == [
+        [str(record.id), "reapply", "2", NAME, iso(record.requested_at), "pending", ""]
+    ]
+    assert "requested: reapply" in page  # on its row, too
+    assert "requested: reapply" in await admin.page("/admin/")
+    assert "Request recorded" not in await admin.page(f"/admin/clients/{client_id}")  # once, after the POST
+
+
+async def test_the_client_hears_of_a_request_at_its_very_next_poll(tmp_path: Path) -> None:
+    """The API caches client states; the panel's request drops the cache, so the ETag moves."""
+    async with panel_on(tmp_path, cache_seconds=3600) as admin:
+        await admin.publish(V1)
+        client_id, token = await admin.store.add_client("shop")
+        await admin.store.report(client_id, [applied(V1)])
+        auth = {"Authorization": f"Bearer {token}"}
+        first = await admin.http.get("/api/migrations/pending", headers=auth)
+        assert first.status_code == 200 and first.json()["actions"] == []
+        etag = first.headers["etag"]
+        assert (
+            await admin.http.get("/api/migrations/pending", headers={**auth, "If-None-Match": etag})
+        ).status_code == 304
+        await admin.login()
+        assert (await admin.ask(client_id, "revert", 1)).status_code == 303
+        poll = await admin.http.get("/api/migrations/pending", headers={**auth, "If-None-Match": etag})
+        assert poll.status_code == 200
+        [asked] = poll.json()["actions"]
+        assert (asked["action"], asked["version"], asked["requested_by"]) == ("revert", 1, NAME)
+
+
+async def test_after_request_is_called_once_a_request_is_recorded(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    write_keypair(tmp_path / "key")
+    calls: list[int] = []
+    async with Store.open(url) as store:
+        await store.publish([V1], load_private_key(tmp_path / "key"))
+        client_id, _ = await store.add_client("shop")
+        await store.report(client_id, [applied(V1)])
+        app = create_panel(
+            lambda: store,
+            ADMIN,
+            PanelOptions(secret=SECRET, login_delay=0),
+            after_request=lambda: calls.append(1),
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://migsync.test") as http:
+            page = await http.get("/login")
+            await http.post("/login", data={"name": NAME, "token": ADMIN, "csrf": form_csrf(page.text)})
+            csrf = form_csrf((await http.get("/")).text)
+            refused = await http.post(
+                f"/clients/{client_id}/actions", data={"csrf": csrf, "action": "reapply", "version": "7"}
+            )
+            assert refused.status_code == 422 and calls == []
+            bad = await http.post(
+                f"/clients/{client_id}/actions", data={"csrf": csrf, "action": "drop", "version": "1"}
+            )
+            assert bad.status_code == 400 and calls == []
+            done = await http.post(
+                f"/clients/{client_id}/actions",
+                data={
+                    "csrf": csrf,
+                    "action": "revert",
+                    "version": "1",
+                    "confirm": "on",
+                },  # a browser's default
+            )
+            assert (
+                done.status_code == 303
+                and done.headers["location"] == f"/clients/{client_id}?requested=1#requests"
+            )
+            assert calls == [1]
+        assert [r.action for r in await store.actions()] == ["revert"]
+
+
+async def test_each_request_is_logged_with_who_and_from_where(
+    admin: Panel, caplog: pytest.LogCaptureFixture
+) -> None:
+    await admin.publish(V1)
+    client_id = await admin.client("shop", applied(V1))
+    with caplog.at_level(logging.INFO, logger="migsync.server.panel"):
+        assert (await admin.ask(client_id, "revert", 1)).status_code == 303
+    [record] = await admin.store.actions()
+    messages = [r.getMessage() for r in caplog.records if r.name == "migsync.server.panel"]
+    assert messages == [
+        f"panel: {NAME} (from 127.0.0.1) asked 'shop' ({client_id}) to revert version 1: request {record.id}"
+    ]
+
+
+async def test_a_request_needs_a_session(admin: Panel) -> None:
+    await admin.publish(V1)
+    client_id = await admin.client("shop", applied(V1))
+    csrf = await admin.csrf()
+    admin.http.cookies.delete(SESSION_COOKIE)
+    for path, data in (
+        (
+            f"/admin/clients/{client_id}/actions",
+            {"csrf": csrf, "action": "revert", "version": "1", "confirm": "1"},
+        ),
+        ("/admin/migrations/1/actions", {"csrf": csrf, "action": "revert", "confirm": "1"}),
+    ):
+        response = await admin.http.post(path, data=data)
+        assert response.status_code == 303 and response.headers["location"] == "/admin/login", path
+    assert await admin.store.actions() == []
+
+
+async def test_a_request_needs_the_csrf_token_of_the_session(admin: Panel) -> None:
+    await admin.publish(V1)
+    client_id = await admin.client("shop", applied(V1))
+    other, _ = Sessions(SECRET, 60).issue("Mallory")
+    for token in (None, "", "nope", Sessions(SECRET, 60).csrf(other)):
+        fields = {} if token is None else {"csrf": token}
+        one = await admin.http.post(
+            f"/admin/clients/{client_id}/actions",
+            data={**fields, "action": "revert", "version": "1", "confirm": "1"},
+        )
+        every = await admin.http.post(
+            "/admin/migrations/1/actions", data={**fields, "action": "revert", "confirm": "1"}
+        )
+        for response in (one, every):
+            assert response.status_code == 403, token
+            assert "did not come from this panel" in response.text
+    assert await admin.store.actions() == []
+    assert (await admin.ask(client_id, "revert", 1)).status_code == 303  # the page's own token works
+
+
+async def test_a_revert_without_its_confirm_box_is_refused(admin: Panel) -> None:
+    await admin.publish(V1)
+    client_id = await admin.client("shop", applied(V1))
+    for confirm in ({}, {"confirm": ""}, {"confirm": "0"}, {"confirm": "no"}):
+        one = await admin.ask(client_id, "revert", 1, confirmed=False, **confirm)
+        every = await admin.http.post(
+            "/admin/migrations/1/actions", data={"csrf": await admin.csrf(), "action": "revert", **confirm}
+        )
+        for response in (one, every):
+            assert response.status_code == 400, confirm
+            assert response.headers["content-type"].startswith("text/html")
+            assert "<h1>Bad request</h1>" in response.text
+            assert "A revert must be confirmed: tick the box" in response.text
+    assert await admin.store.actions() == []
+    # A re-apply undoes nothing: it needs no box.
+    [record] = await admin.store.request_action("revert", 1, [client_id], "Bob")
+    await admin.store.record_answers(client_id, [ActionResult(record.id, "done", "reverted")])
+    await admin.store.report(client_id, [not_applied(V1)])
+    assert (await admin.ask(client_id, "reapply", 1, confirmed=False)).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"action": "drop"}, "Unknown action &#39;drop&#39;: use one of reapply, revert."),
+        ({"action": ""}, "Unknown action &#39;&#39;"),
+        ({"action": "<script>"}, "Unknown action &#39;&lt;script&gt;&#39;"),
+        ({"version": "two"}, "&#39;two&#39; is not a migration version."),
+        ({"version": ""}, "&#39;&#39; is not a migration version."),
+        ({"version": "-1"}, "&#39;-1&#39; is not a migration version."),
+        ({"version": "\u0663"}, "is not a migration version."),  # a digit, but not an ASCII one
+        ({"version": "9" * 40}, "is not a migration version."),
+    ],
+)
+async def test_a_request_with_a_bad_action_or_version_is_a_400_page(
+    admin: Panel, fields: dict[str, str], message: str
+) -> None:
+    await admin.publish(V1)
+    client_id = await admin.client("shop", failed(V1, "x"))
+    response = await admin.ask(client_id, **{"action": "reapply", "version": "1", **fields})  # type: ignore[arg-type]
+    assert response.status_code == 400
+    assert "<h1>Bad request</h1>" in response.text and message in response.text
+    if "action" in fields:
+        every = await admin.http.post(
+            "/admin/migrations/1/actions", data={"csrf": await admin.csrf(), **fields}
+        )
+        assert every.status_code == 400 and message in every.text
+    assert await admin.store.actions() == []
+
+
+async def test_a_request_the_store_refuses_is_a_422_page_with_its_reason(admin: Panel) -> None:
+    await admin.publish(V1, V2)
+    client_id = await admin.client("shop", applied(V1))
+    cases = [
+        (
+            await admin.ask(client_id, "reapply", 9),
+            "version 9 is not published",
+            f"/admin/clients/{client_id}",
+        ),
+        (await admin.ask(424242, "revert", 1), "no client with id 424242", "/admin/clients/424242"),
+        (await admin.ask_all("reapply", 1), "there is nothing to reapply", "/admin/migrations"),
+        (await admin.ask_all("revert", 2), "there is nothing to revert", "/admin/migrations"),
+        (await admin.ask_all("revert", 9), "version 9 is not published", "/admin/migrations"),
+    ]
+    for response, reason, back in cases:
+        assert response.status_code == 422, reason
+        assert response.headers["content-type"].startswith("text/html")
+        assert "<h1>Request refused</h1>" in response.text
+        assert "Nothing was requested: " in response.text and reason in response.text
+        assert f'<a href="{back}">Back</a>' in response.text
+    assert await admin.store.actions() == []
+    assert (
+        await admin.http.post("/admin/migrations/one/actions", data={"csrf": await admin.csrf()})
+    ).status_code == 404
+    assert (await admin.http.get(f"/admin/clients/{client_id}/actions")).status_code == 405
+
+
+async def test_requests_for_every_client_from_the_migrations_page(any_admin: Panel) -> None:
+    admin = any_admin
+    ids = await _fleet(admin)
+    dying = await admin.client("dying", applied(V1), dead(V2_OTHER, "boom"))
+    page = await admin.page("/admin/migrations")
+    v1 = page.split('<tr id="v1">', 1)[1].split("</tr>", 1)[0]
+    v2 = page.split('<tr id="v2">', 1)[1].split("</tr>", 1)[0]
+    assert "Re-apply on every client that failed it" not in v1 and "Revert on every client" in v1
+    assert "Re-apply on every client that failed it" in v2 and "Revert on every client" in v2
+    assert (
+        '<label><input type="checkbox" name="confirm" value="1" required> '
+        "revert this and every later migration on every client that applied it</label>"
+    ) in v1
+    assert 'action="/admin/migrations/2/actions"' in v2
+
+    reapply = await admin.ask_all("reapply", 2, confirmed=False)
+    assert reapply.status_code == 303
+    assert reapply.headers["location"] == "/admin/migrations?requested=2#v2"
+    records = await admin.store.actions()
+    assert sorted(r.client_id for r in records) == sorted([ids["failing"], dying])
+    assert {(r.action, r.version, r.requested_by, r.state) for r in records} == {
+        ("reapply", 2, NAME, "pending")
+    }
+    flash = await admin.page(reapply.headers["location"])
+    assert "2 requests recorded, one per client: they hear of them at their next poll." in flash
+
+    revert = await admin.ask_all("revert", 1)
+    assert revert.status_code == 303 and revert.headers["location"] == "/admin/migrations?requested=5#v1"
+    reverts = [r for r in await admin.store.actions() if r.action == "revert"]
+    applied_v1 = {ids["latest"], ids["behind"], ids["failing"], ids["drift"], dying}
+    assert {r.client_id for r in reverts} == applied_v1
+
+
+async def test_a_newer_request_supersedes_one_not_picked_up(any_admin: Panel) -> None:
+    admin = any_admin
+    await admin.publish(V1, V2)
+    client_id = await admin.client("shop", applied(V1), dead(V2, "boom"))
+    assert (await admin.ask(client_id, "revert", 1)).status_code == 303
+    assert (await admin.ask(client_id, "reapply", 2)).status_code == 303
+    newer, older = await admin.store.actions()
+    assert (older.state, older.detail) == ("superseded", f"replaced by request {newer.id}")
+    page = await admin.page(f"/admin/clients/{client_id}")
+    assert [row[0:3] + row[5:] for row in request_rows(page)] == [
+        [str(newer.id), "reapply", "2", "pending", ""],
+        [str(older.id), "revert", "1", "superseded", f"replaced by request {newer.id}"],
+    ]
+    assert '<td class="rstate superseded"' in page
+    assert "requested: revert" not in page and "requested: reapply" in page
+    actions = await admin.page("/admin/actions")
+    assert [row[0:3] + row[6:] for row in request_rows(actions)] == [
+        [str(newer.id), "shop", "reapply", "pending", ""],
+        [str(older.id), "shop", "revert", "superseded", f"replaced by request {newer.id}"],
+    ]
+
+
+async def test_the_actions_page_lists_the_latest_requests_newest_first(admin: Panel) -> None:
+    assert "Nothing was asked of any client yet" in await admin.page("/admin/actions")
+    await admin.publish(V1)
+    shop = await admin.client("shop", applied(V1))
+    depot = await admin.client("depot", applied(V1))
+    for i in range(app_module.ACTIONS_SHOWN):
+        await admin.store.request_action("revert", 1, [shop if i % 2 else depot], f"admin {i}")
+    await admin.store.request_action("revert", 1, [shop], NAME)
+    html = await admin.page("/admin/actions")
+    assert 'href="/admin/actions" aria-current="page">Actions</a>' in html
+    rows = request_rows(html)
+    assert len(rows) == app_module.ACTIONS_SHOWN
+    ids = [int(r[0]) for r in rows]
+    assert ids == sorted(ids, reverse=True) and ids[0] == ids[-1] + app_module.ACTIONS_SHOWN - 1
+    assert rows[0][1:5] == ["shop", "revert", "1", NAME]
+    assert f'<td><a href="/admin/clients/{shop}#requests">shop</a></td>' in html
+    assert f'<td><a href="/admin/clients/{depot}#requests">depot</a></td>' in html
+    assert "admin 0<" not in html  # the oldest is past the latest 200
+
+
+async def test_what_clients_and_admins_wrote_is_escaped_in_requests(admin: Panel) -> None:
+    await admin.publish(V1, V2)
+    client_id = await admin.client("<i>shop</i>", applied(V1), applied(V2))
+    [record] = await admin.store.request_action("revert", 2, [client_id], "<b>Eve</b>")
+    await admin.store.record_answers(
+        client_id,
+        [ActionResult(record.id, "failed", 'the revert of 0002 failed: <script>alert("x")</script>')],
+    )
+    [pending] = await admin.store.request_action("reapply", 2, [client_id], "<b>Eve</b>")
+    for path in (f"/admin/clients/{client_id}", "/admin/actions", "/admin/"):
+        html = await admin.page(path)
+        assert "<script>" not in html and "<b>Eve</b>" not in html and "<i>shop</i>" not in html, path
+    page = await admin.page(f"/admin/clients/{client_id}")
+    assert "the revert of 0002 failed: &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "&lt;b&gt;Eve&lt;/b&gt;" in page
+    assert "revert this and every later migration on &lt;i&gt;shop&lt;/i&gt;</label>" in page
+    assert f'title="request {pending.id} by &lt;b&gt;Eve&lt;/b&gt;, ' in page
+    actions = await admin.page("/admin/actions")
+    assert ">&lt;i&gt;shop&lt;/i&gt;</a>" in actions and "&lt;script&gt;" in actions

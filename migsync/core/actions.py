@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("migsync.actions")
 
+#: The longest detail sent with an answer (the server refuses more than 64 KiB).
+MAX_DETAIL = 16 * 1024
+
 _COLUMNS = "id, action, version, requested_by, requested_at, received_at, state, detail, changed_at, revision"
 
 
@@ -144,6 +147,8 @@ class ClientActions:
         return settled
 
     async def _answer(self, action_id: int, state: str, detail: str | None) -> None:
+        if detail is not None and len(detail) > MAX_DETAIL:  # a long error: the server takes 64 KiB
+            detail = detail[: MAX_DETAIL - 3] + "..."
         async with self.backend.transaction() as tx:
             await tx.execute(
                 f"UPDATE {self.t} SET state = $1, detail = $2, changed_at = $3, revision = revision + 1 "

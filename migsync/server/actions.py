@@ -32,7 +32,6 @@ _clients = t.store_clients.c
 _status = t.store_client_status.c
 
 _MAX_BY = 200
-_MAX_DETAIL = 4000
 
 
 async def request(
@@ -152,7 +151,7 @@ async def record_answers(
             unknown.append(answer.id)
             continue
         recorded.append(answer.id)
-        detail = None if answer.detail is None else answer.detail[:_MAX_DETAIL]
+        detail = answer.detail  # its length was checked with the body (validation.MAX_ERROR)
         if old == (answer.state, detail):
             continue
         answered_pending |= old[0] == "pending"

@@ -1,13 +1,16 @@
-"""The admin panel's Starlette app: login, the fleet grid, one client, the published migrations.
+"""The admin panel's Starlette app: login, the fleet grid, one client, the published migrations,
+and the requests an admin makes of clients (re-apply, revert).
 
 :func:`migsync.server.app.create_app` mounts it at ``/admin``; on its own::
 
     panel = create_panel(lambda: store, admin_token="...")
 
-It reads through the store the callable returns (the API's own: it never opens one) and
-writes nothing to it. Every page needs a session (see :mod:`.sessions`); every POST needs
-the CSRF token of the form it came from. Pages are rendered by Jinja2 with autoescaping on,
-so nothing a client reported (names, errors) can become markup.
+It works through the store the callable returns (the API's own: it never opens one). The
+only thing it writes is requests to clients (:meth:`Store.request_action
+<migsync.server.store.Store.request_action>`), recorded with the name the admin logged in
+with. Every page needs a session (see :mod:`.sessions`); every POST needs the CSRF token of
+the form it came from. Pages are rendered by Jinja2 with autoescaping on, so nothing a
+client reported (names, errors, answers) can become markup.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote
 
 import attrs
 import jinja2
@@ -30,12 +33,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from migsync.core.clock import iso
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.server.bodies import ApiError
 from migsync.server.panel import views
-from migsync.server.panel.sessions import Session, Sessions
-from migsync.server.records import PublishedMigration
+from migsync.server.panel.forms import action_fields, flag, read_form, requested_count
+from migsync.server.panel.sessions import MAX_NAME, Session, Sessions, clean_name
+from migsync.server.records import ActionRecord, PublishedMigration
 from migsync.server.store import Store
 
 __all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "PanelOptions", "create_panel"]
@@ -44,8 +47,8 @@ SESSION_COOKIE = "migsync_panel"
 #: The login page's own cookie: the nonce its form's CSRF token is bound to.
 LOGIN_COOKIE = "migsync_panel_login"
 _LOGIN_COOKIE_SECONDS = 3600
-#: Forms are small: a body past this is refused before it is parsed.
-_MAX_FORM = 8 * 1024
+#: The Actions page shows this many requests, the newest.
+ACTIONS_SHOWN = 200
 
 log = logging.getLogger("migsync.server.panel")
 
@@ -109,6 +112,9 @@ def create_panel(
         Route("/", panel.fleet, methods=["GET"], name="fleet"),
         Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
         Route("/clients/{client_id:int}", panel.client, methods=["GET"], name="client"),
+        Route("/clients/{client_id:int}/actions", panel.request_for_client, methods=["POST"]),
+        Route("/migrations/{version:int}/actions", panel.request_for_all, methods=["POST"]),
+        Route("/actions", panel.actions, methods=["GET"], name="actions"),
         Route("/login", panel.login_form, methods=["GET"], name="login"),
         Route("/login", panel.login, methods=["POST"]),
         Route("/logout", panel.logout, methods=["POST"], name="logout"),
@@ -146,7 +152,7 @@ class _Panel:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=_when, ago=_ago, short=_short)
+        self.env.filters.update(when=views.when, ago=views.ago, short=views.short)
         self.css = importlib.resources.files("migsync.server.panel").joinpath("static/panel.css").read_bytes()
 
     # -- sessions, cookies and forms ------------------------------------------------------------
@@ -163,7 +169,7 @@ class _Panel:
 
     async def checked_form(self, request: Request, session: Session) -> dict[str, str]:
         """The posted form, once its CSRF token is the session's; 403 otherwise."""
-        form = await _form(request)
+        form = await read_form(request)
         if not self.sessions.check_csrf(session, form.get("csrf")):
             raise HTTPException(403, _CSRF_REFUSED)
         return form
@@ -201,12 +207,18 @@ class _Panel:
         )
         return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
 
-    async def _read(self) -> tuple[list[PublishedMigration], list[views.ClientRow]]:
+    async def _read(
+        self, client_id: int | None = None
+    ) -> tuple[list[PublishedMigration], list[views.ClientRow]]:
+        """The published migrations and the fleet's rows (with only ``client_id``'s requests, if given)."""
         if self.before_read is not None:
             await self.before_read()
         store = self.store()
         published = await store.migrations()
-        return published, views.client_rows(await store.fleet(), published)
+        fleet = await store.fleet()
+        # Every request, not only the latest: a client's hold follows from all it carried out.
+        requests = await store.actions(client_id=client_id)
+        return published, views.client_rows(fleet, published, requests)
 
     # -- login and logout ------------------------------------------------------------------------
 
@@ -215,7 +227,14 @@ class _Panel:
             return RedirectResponse(self._next(request, request.query_params.get("next")), 303)
         return self._login_page(request, request.query_params.get("next"))
 
-    def _login_page(self, request: Request, next_url: str | None, error: str | None = None) -> Response:
+    def _login_page(
+        self,
+        request: Request,
+        next_url: str | None,
+        error: str | None = None,
+        name: str = "",
+        status: int = 200,
+    ) -> Response:
         nonce = request.cookies.get(LOGIN_COOKIE) or ""
         if not 16 <= len(nonce) <= 64:
             nonce = Sessions.login_nonce()
@@ -223,25 +242,31 @@ class _Panel:
             request,
             "login.html",
             None,
+            status=status,
             login_csrf=self.sessions.login_csrf(nonce),
             next=self._next(request, next_url),
             error=error,
+            name=name,
+            max_name=MAX_NAME,
         )
         self._set_cookie(request, response, LOGIN_COOKIE, nonce, _LOGIN_COOKIE_SECONDS)
         return response
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await read_form(request)
         if not self.sessions.check_login_csrf(request.cookies.get(LOGIN_COOKIE), form.get("csrf")):
             raise HTTPException(403, _CSRF_REFUSED)
+        name = clean_name(form.get("name", ""))
+        if name is None:
+            error = f"Say who you are: a name of 1 to {MAX_NAME} printable characters."
+            return self._login_page(request, form.get("next"), error, form.get("name", ""), status=400)
         async with self._login_lock:
             if not hmac.compare_digest(form.get("token", "").strip().encode(), self.admin_token):
-                log.warning(
-                    "panel: a wrong admin token from %s", request.client.host if request.client else "?"
-                )
+                log.warning("panel: a wrong admin token from %s (as %r)", _address(request), name)
                 await asyncio.sleep(self.options.login_delay)
-                return self._login_page(request, form.get("next"), error="That is not the admin token.")
-        _session, value = self.sessions.issue()
+                return self._login_page(request, form.get("next"), "That is not the admin token.", name)
+        _session, value = self.sessions.issue(name)
+        log.info("panel: %s logged in from %s", name, _address(request))
         response = RedirectResponse(self._next(request, form.get("next")), 303)
         self._set_cookie(request, response, SESSION_COOKIE, value, self.options.session_seconds)
         self._clear_cookie(request, response, LOGIN_COOKIE)
@@ -273,8 +298,8 @@ class _Panel:
 
     async def fleet(self, request: Request) -> Response:
         session = self.require(request)
-        failing = _flag(request.query_params.get("failing"))
-        stale = _flag(request.query_params.get("stale"))
+        failing = flag(request.query_params.get("failing"))
+        stale = flag(request.query_params.get("stale"))
         published, rows = await self._read()
         now = time.time()
         return self.render(
@@ -291,11 +316,13 @@ class _Panel:
     async def client(self, request: Request) -> Response:
         session = self.require(request)
         client_id = request.path_params["client_id"]
-        published, rows = await self._read()
+        published, rows = await self._read(client_id)
         row = next((r for r in rows if r.client_id == client_id), None)
         if row is None:
             raise HTTPException(404, f"There is no client {client_id}.")
-        return self.render(request, "client.html", session, row=row, published=published)
+        return self.render(
+            request, "client.html", session, row=row, published=published, requested=requested_count(request)
+        )
 
     async def migrations(self, request: Request) -> Response:
         session = self.require(request)
@@ -306,7 +333,68 @@ class _Panel:
             session,
             migrations=views.migration_rows(rows, published),
             clients=len(rows),
+            requested=requested_count(request),
         )
+
+    async def actions(self, request: Request) -> Response:
+        session = self.require(request)
+        records = await self.store().actions(limit=ACTIONS_SHOWN)
+        return self.render(request, "actions.html", session, records=records, shown=ACTIONS_SHOWN)
+
+    # -- requests to clients ---------------------------------------------------------------------
+
+    async def request_for_client(self, request: Request) -> Response:
+        """A re-apply or revert of one migration (the form's ``version``) on this page's client."""
+        session = self.require(request)
+        form = await self.checked_form(request, session)
+        client_id = request.path_params["client_id"]
+        action, version = action_fields(form, form.get("version"))
+        back = f"{_root(request)}/clients/{client_id}"
+        return await self._request(request, session, action, version, [client_id], back, "#requests")
+
+    async def request_for_all(self, request: Request) -> Response:
+        """A re-apply or revert of this migration on every client it makes sense for."""
+        session = self.require(request)
+        form = await self.checked_form(request, session)
+        action, version = action_fields(form, str(request.path_params["version"]))
+        back = f"{_root(request)}/migrations"
+        return await self._request(request, session, action, version, None, back, f"#v{version}")
+
+    async def _request(
+        self,
+        request: Request,
+        session: Session,
+        action: str,
+        version: int,
+        client_ids: list[int] | None,
+        back: str,
+        anchor: str,
+    ) -> Response:
+        try:
+            records = await self.store().request_action(action, version, client_ids, session.name)
+        except ConfigError as exc:
+            return self.render(
+                request,
+                "error.html",
+                session,
+                status=422,
+                title="Request refused",
+                message=f"Nothing was requested: {exc}.",
+                back=back,
+            )
+        if self.after_request is not None:
+            self.after_request()  # the clients hear of it at their very next poll
+        log.info(
+            "panel: %s (from %s) asked %s to %s version %d: request%s %s",
+            session.name,
+            _address(request),
+            "every client" if client_ids is None else _names(records),
+            action,
+            version,
+            "s" if len(records) != 1 else "",
+            ", ".join(str(r.id) for r in records),
+        )
+        return RedirectResponse(f"{back}?requested={len(records)}{anchor}", 303)
 
     async def stylesheet(self, _request: Request) -> Response:
         return Response(
@@ -333,6 +421,7 @@ class _Panel:
             status=exc.status_code,
             title=_TITLES.get(exc.status_code, "Error"),
             message=exc.detail,
+            back=None,
         )
 
     async def store_error(self, request: Request, exc: Exception) -> Response:
@@ -344,6 +433,7 @@ class _Panel:
             status=503,
             title="Store unavailable",
             message=message,
+            back=None,
         )
         response.headers["Retry-After"] = "5"
         return response
@@ -352,7 +442,14 @@ class _Panel:
 _CSRF_REFUSED = (
     "This form has expired or did not come from this panel. Go back, reload the page and send it again."
 )
-_TITLES = {403: "Forbidden", 404: "Not found", 405: "Method not allowed", 413: "Too large"}
+_TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Too large",
+    415: "Unsupported form",
+}
 
 
 def _root(request: Request) -> str:
@@ -360,40 +457,9 @@ def _root(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes", "on")
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded form body (no multipart: the panel's forms have no files); no body: no fields."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM:
-            raise HTTPException(413, "The form is too large.")
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if body and kind != "application/x-www-form-urlencoded":
-        raise HTTPException(415, "Forms must be sent as application/x-www-form-urlencoded.")
-    try:
-        pairs = parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=32)
-    except (UnicodeDecodeError, ValueError):
-        raise HTTPException(400, "The form could not be read.") from None
-    return dict(reversed(pairs))  # the first value of a repeated field wins
-
-
-def _when(t: float | None) -> str:
-    return iso(t) or "never"
-
-
-def _ago(t: float | None, now: float) -> str:
-    if t is None:
-        return "never"
-    seconds = max(0, int(now - t))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
-
-
-def _short(checksum: str | None) -> str:
-    return checksum[:12] if checksum else ""
+def _names(records: list[ActionRecord]) -> str:
+    return ", ".join(f"{r.client_name!r} ({r.client_id})" for r in records)

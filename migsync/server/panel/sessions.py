@@ -1,10 +1,12 @@
 """The panel's sessions: signed, expiring cookie values, and the CSRF tokens bound to them.
 
-A session cookie holds ``v1.<sid>.<expires>.<mac>``: a random session id, when the
-session ends (seconds since the epoch) and an HMAC-SHA256 of both under the panel's
-secret. The server keeps no session table: a value is valid when its MAC checks out
-and it has not expired. The only state is the ids of sessions logged out before they
-expired, kept until they would have expired, so a logged-out cookie stays dead.
+A session cookie holds ``v2.<sid>.<expires>.<name>.<mac>``: a random session id, when the
+session ends (seconds since the epoch), the name the admin logged in with (UTF-8,
+base64url without padding) and an HMAC-SHA256 of all three under the panel's secret.
+The server keeps no session table: a value is valid when its MAC checks out and it has
+not expired (a ``v1`` value, from before sessions had a name, is refused: log in again).
+The only state is the ids of sessions logged out before they expired, kept until they
+would have expired, so a logged-out cookie stays dead.
 
 Every form of a session carries ``csrf(sid)``, an HMAC of the session id: a page of
 another site can neither read it nor compute it. The login form has no session yet: it
@@ -16,6 +18,8 @@ Each MAC names its purpose, so no value made for one purpose passes for another.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -24,9 +28,21 @@ from collections.abc import Callable
 
 import attrs
 
-__all__ = ["Session", "Sessions"]
+__all__ = ["MAX_NAME", "Session", "Sessions", "clean_name"]
 
-_VERSION = "v1"
+_VERSION = "v2"
+#: The longest name an admin may log in with, in characters (after collapsing whitespace).
+MAX_NAME = 100
+#: base64 of MAX_NAME characters of up to 4 UTF-8 bytes each, and the rest of the value
+_MAX_VALUE = 1024
+
+
+def clean_name(name: str) -> str | None:
+    """``name`` with its whitespace collapsed, or None unless it is 1 to MAX_NAME printable characters."""
+    cleaned = " ".join(name.split())
+    if not cleaned or len(cleaned) > MAX_NAME or not cleaned.isprintable():
+        return None
+    return cleaned
 
 
 @attrs.frozen
@@ -36,6 +52,8 @@ class Session:
     sid: str
     #: when it ends, seconds since the epoch
     expires: float
+    #: who logged in (what they typed in the login form): requests to clients are recorded with it
+    name: str
 
 
 class Sessions:
@@ -54,25 +72,35 @@ class Sessions:
 
     # -- sessions --------------------------------------------------------------------------------
 
-    def issue(self) -> tuple[Session, str]:
-        """A new session and its cookie value."""
-        session = Session(secrets.token_urlsafe(18), float(int(self._clock() + self.lifetime)))
+    def issue(self, name: str) -> tuple[Session, str]:
+        """A new session of ``name`` and its cookie value. ``name`` must pass :func:`clean_name`."""
+        if clean_name(name) != name:
+            raise ValueError(f"not a name to log in with: {name!r}")
+        session = Session(secrets.token_urlsafe(18), float(int(self._clock() + self.lifetime)), name)
         expires = str(int(session.expires))
-        return session, ".".join((_VERSION, session.sid, expires, self._mac("session", session.sid, expires)))
+        encoded = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+        mac = self._mac("session", session.sid, expires, encoded)
+        return session, ".".join((_VERSION, session.sid, expires, encoded, mac))
 
     def verify(self, value: str | None) -> Session | None:
         """The session ``value`` holds, or None if it is malformed, forged, expired or logged out."""
-        if not value or len(value) > 256:
+        if not value or len(value) > _MAX_VALUE or not value.isascii():  # compare_digest wants ASCII
             return None
         parts = value.split(".")
-        if len(parts) != 4 or parts[0] != _VERSION or not parts[2].isdigit():
+        if len(parts) != 5 or parts[0] != _VERSION or not parts[2].isdigit():
             return None
-        _, sid, expires, mac = parts
-        if not hmac.compare_digest(mac, self._mac("session", sid, expires)):
+        _, sid, expires, encoded, mac = parts
+        if not hmac.compare_digest(mac, self._mac("session", sid, expires, encoded)):
             return None
         if int(expires) <= self._clock() or sid in self._revoked:
             return None
-        return Session(sid, float(expires))
+        try:
+            name = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):  # signed by us, so never: but never trust a parse
+            return None
+        if clean_name(name) != name:
+            return None
+        return Session(sid, float(expires), name)
 
     def revoke(self, session: Session) -> None:
         """Log ``session`` out: its cookie value is refused from now on, even if a copy survives."""

@@ -1,16 +1,25 @@
 """What the panel's pages show, worked out from the store's records (no HTTP, no HTML here).
 
-Each client gets one :class:`Cell` per published migration, in one of four states:
+Each client gets one :class:`Cell` per published migration, in one of six states, the first
+that fits:
 
+- ``dead``: it reported the migration as not applied, failed as often as the client allows;
+  nothing retries it until an admin asks for a re-apply;
 - ``failed``: it reported the migration as not applied, with an error (and how many attempts);
+  the client tries again later;
+- ``held``: it does not have the migration applied, and a revert the client carried out
+  holds it there (see :func:`hold_of`);
 - ``drift``: it applied other content than the published one (a ``--force`` publish);
 - ``applied``: it applied the published content;
 - ``pending``: it has not reported the migration applied (nor failed) yet.
 
 A client is *at the latest version* when nothing published is pending for it, *behind*
-otherwise, and *failing* when a migration failed or drifted: a failing client is also
-behind. It is *stale* when it was not seen for :data:`STALE_AFTER` seconds (a client never
-seen: registered that long ago).
+otherwise, and *failing* when a migration failed (dead or not) or drifted: a failing client
+is also behind. It is *held* when one of its cells is. It is *stale* when it was not seen
+for :data:`STALE_AFTER` seconds (a client never seen: registered that long ago).
+
+A cell also carries the client's *open* request about its migration (``pending``: the client
+has not picked it up yet; ``queued``: it is working on it), so a page can say so.
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ from typing import Literal
 
 import attrs
 
+from migsync.core.clock import iso
 from migsync.core.wire import Drift
-from migsync.server.records import FleetEntry, PublishedMigration
+from migsync.server.records import ActionRecord, FleetEntry, PublishedMigration
 
 __all__ = [
     "STALE_AFTER",
@@ -29,16 +39,25 @@ __all__ = [
     "ClientRow",
     "Counts",
     "MigrationRow",
+    "ago",
+    "client_row",
     "client_rows",
     "counts",
+    "hold_of",
     "migration_rows",
     "select",
+    "short",
+    "when",
 ]
 
 #: A client not seen for this long (a day, in seconds) is stale.
 STALE_AFTER = 24 * 3600.0
 
-State = Literal["applied", "pending", "failed", "drift"]
+State = Literal["applied", "pending", "failed", "dead", "drift", "held"]
+STATES: tuple[State, ...] = ("applied", "pending", "failed", "dead", "drift", "held")
+
+#: The states of a request the client carried out: its hold (or the lifting of one) is in place.
+_CARRIED_OUT = ("queued", "done", "failed")
 
 
 @attrs.frozen
@@ -50,18 +69,35 @@ class Cell:
     error: str | None = None
     attempts: int | None = None
     drift: Drift | None = None
+    #: the client's latest open request (pending or queued) about this migration
+    request: ActionRecord | None = None
+    #: for a held cell, the revert that holds it
+    held_by: ActionRecord | None = None
 
     @property
     def version(self) -> int:
         return self.migration.version
 
+    @property
+    def can_reapply(self) -> bool:
+        """A re-apply makes sense: the client does not have it applied and will not retry it soon."""
+        return self.state in ("failed", "dead", "held")
+
+    @property
+    def can_revert(self) -> bool:
+        """A revert makes sense: the client has it applied (with the published content or not)."""
+        return self.state in ("applied", "drift")
+
 
 @attrs.frozen
 class ClientRow:
-    """One client and its cells, in version order."""
+    """One client, its cells in version order, and its requests (newest first)."""
 
     entry: FleetEntry
     cells: tuple[Cell, ...]
+    #: the revert that holds the client (see :func:`hold_of`), or None
+    hold: ActionRecord | None = None
+    requests: tuple[ActionRecord, ...] = ()
 
     @property
     def client_id(self) -> int:
@@ -79,6 +115,10 @@ class ClientRow:
     def failing(self) -> bool:
         return bool(self.entry.failed or self.entry.drift)
 
+    @property
+    def held(self) -> bool:
+        return any(c.state == "held" for c in self.cells)
+
     def stale(self, now: float) -> bool:
         seen = self.entry.client.last_seen_at
         return now - (seen if seen is not None else self.entry.client.created_at) >= STALE_AFTER
@@ -92,36 +132,99 @@ class Counts:
     at_latest: int
     behind: int
     failing: int
+    held: int
     stale: int
 
 
 @attrs.frozen
 class MigrationRow:
-    """A published migration and how many clients applied it, failed on it or drifted."""
+    """A published migration and how many clients stand where on it (one count per cell state)."""
 
     migration: PublishedMigration
     applied: int
     failed: int
     drift: int
     pending: int
+    dead: int = 0
+    held: int = 0
+
+    @property
+    def not_applied(self) -> int:
+        """The clients a re-apply for every client goes to (they reported it not applied)."""
+        return self.failed + self.dead + self.held
+
+    @property
+    def has_applied(self) -> bool:
+        """Whether a revert for every client would reach anyone."""
+        return bool(self.applied + self.drift)
 
 
-def _cell(entry: FleetEntry, migration: PublishedMigration) -> Cell:
+def hold_of(requests: Iterable[ActionRecord]) -> ActionRecord | None:
+    """The revert that holds a client, from its requests; None when nothing holds it.
+
+    The server cannot see a client's hold; it follows the requests the client carried out
+    (answered ``queued``, ``done`` or ``failed``), in the order they were made, as the client
+    does (:mod:`migsync.core.actions`): a revert of V holds V and every later version, and an
+    earlier hold from a lower version stays; a re-apply lifts the hold. A *failed* revert
+    counts: the client holds before it reverts, so a revert that failed half-way still holds
+    what it did revert. Pending and superseded requests were never carried out.
+    """
+    hold: ActionRecord | None = None
+    for record in sorted(requests, key=lambda r: r.id):
+        if record.state not in _CARRIED_OUT:
+            continue
+        if record.action == "reapply":
+            hold = None
+        elif hold is None or record.version < hold.version:
+            hold = record
+    return hold
+
+
+def _cell(
+    entry: FleetEntry,
+    migration: PublishedMigration,
+    hold: ActionRecord | None,
+    request: ActionRecord | None,
+) -> Cell:
     version = migration.version
     failure = next((f for f in entry.failed if f.version == version), None)
     drift = next((d for d in entry.drift if d.version == version), None)
     if failure is not None:
-        return Cell(migration, "failed", failure.error, failure.attempts, drift)
+        state: State = "dead" if failure.dead else "failed"
+        return Cell(migration, state, failure.error, failure.attempts, drift, request)
+    if hold is not None and version >= hold.version and version not in entry.applied:
+        return Cell(migration, "held", request=request, held_by=hold)
     if drift is not None:
-        return Cell(migration, "drift", drift=drift)
+        return Cell(migration, "drift", drift=drift, request=request)
     if version in entry.applied and version not in entry.pending:
-        return Cell(migration, "applied")
-    return Cell(migration, "pending")
+        return Cell(migration, "applied", request=request)
+    return Cell(migration, "pending", request=request)
 
 
-def client_rows(fleet: Iterable[FleetEntry], published: Sequence[PublishedMigration]) -> list[ClientRow]:
-    """One row per client, one cell per published migration."""
-    return [ClientRow(entry, tuple(_cell(entry, m) for m in published)) for entry in fleet]
+def client_row(
+    entry: FleetEntry, published: Sequence[PublishedMigration], requests: Iterable[ActionRecord] = ()
+) -> ClientRow:
+    """One client's row; ``requests`` are its requests (others' are ignored), in any order."""
+    mine = sorted((r for r in requests if r.client_id == entry.client.client_id), key=lambda r: -r.id)
+    hold = hold_of(mine)
+    open_by_version: dict[int, ActionRecord] = {}
+    for record in mine:  # newest first: the first open one per version wins
+        if record.open:
+            open_by_version.setdefault(record.version, record)
+    cells = tuple(_cell(entry, m, hold, open_by_version.get(m.version)) for m in published)
+    return ClientRow(entry, cells, hold, tuple(mine))
+
+
+def client_rows(
+    fleet: Iterable[FleetEntry],
+    published: Sequence[PublishedMigration],
+    requests: Iterable[ActionRecord] = (),
+) -> list[ClientRow]:
+    """One row per client, one cell per published migration; ``requests``: every client's."""
+    by_client: dict[int, list[ActionRecord]] = {}
+    for record in requests:
+        by_client.setdefault(record.client_id, []).append(record)
+    return [client_row(e, published, by_client.get(e.client.client_id, ())) for e in fleet]
 
 
 def counts(rows: Sequence[ClientRow], now: float) -> Counts:
@@ -130,6 +233,7 @@ def counts(rows: Sequence[ClientRow], now: float) -> Counts:
         at_latest=sum(r.at_latest for r in rows),
         behind=sum(not r.at_latest for r in rows),
         failing=sum(r.failing for r in rows),
+        held=sum(r.held for r in rows),
         stale=sum(r.stale(now) for r in rows),
     )
 
@@ -141,10 +245,32 @@ def select(rows: Iterable[ClientRow], *, failing: bool, stale: bool, now: float)
 
 def migration_rows(rows: Sequence[ClientRow], published: Sequence[PublishedMigration]) -> list[MigrationRow]:
     """Per published migration, how the fleet stands on it."""
-    tally: dict[int, dict[str, int]] = {
-        m.version: {"applied": 0, "pending": 0, "failed": 0, "drift": 0} for m in published
-    }
+    tally: dict[int, dict[str, int]] = {m.version: dict.fromkeys(STATES, 0) for m in published}
     for row in rows:
         for cell in row.cells:
             tally[cell.version][cell.state] += 1
     return [MigrationRow(m, **tally[m.version]) for m in published]
+
+
+# -- text the templates show (their filters) ---------------------------------------------------
+
+
+def when(t: float | None) -> str:
+    """A moment as ISO 8601 (UTC), or "never"."""
+    return iso(t) or "never"
+
+
+def ago(t: float | None, now: float) -> str:
+    """How long before ``now`` a moment was, roughly ("3 h ago"), or "never"."""
+    if t is None:
+        return "never"
+    seconds = max(0, int(now - t))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def short(checksum: str | None) -> str:
+    """The first 12 characters of a checksum or key fingerprint (enough to tell them apart)."""
+    return checksum[:12] if checksum else ""
