@@ -364,3 +364,28 @@ async def test_a_long_detail_is_kept_whole_up_to_the_limit(server: Server) -> No
     assert response.json() == {"recorded": [made["id"]], "unknown": []}
     [listed] = await server.actions()
     assert listed["detail"] == detail
+
+
+async def test_current_requests_are_the_open_ones_and_those_since_the_last_reapply(server: Server) -> None:
+    from migsync.core.wire import ActionResult
+
+    a = await server.add("a")
+    b = await server.add("b")
+    async with Store.open(server.store_url) as store:
+
+        async def ask(action: str, version: int, client: int, answer: str | None) -> int:
+            [made] = await store.request_action(action, version, [client], "x")
+            if answer is not None:
+                await store.record_answers(client, [ActionResult(made.id, answer, None)])
+            return made.id
+
+        old_revert = await ask("revert", 2, a, "done")
+        reapply = await ask("reapply", 2, a, "done")
+        revert = await ask("revert", 1, a, "failed")
+        queued = await ask("reapply", 1, b, "queued")
+        b_done = await ask("revert", 1, b, "done")
+        pending = await ask("revert", 2, b, None)
+        current = [r.id for r in await store.current_actions()]
+        every = [r.id for r in await store.actions()]
+    assert current == [pending, b_done, queued, revert, reapply]
+    assert old_revert not in current and old_revert in every

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, insert, select, update
+from sqlalchemy import Row, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
@@ -182,6 +182,38 @@ async def read(
         query = query.where(_actions.client_id == client_id)
     if limit is not None:
         query = query.limit(limit)
+    return [_record(r) for r in await conn.execute(query)]
+
+
+#: What a client answered once it carried a request out.
+CARRIED_OUT = ("queued", "done", "failed")
+
+
+async def current(conn: AsyncConnection) -> list[ActionRecord]:
+    """The requests that still say something about their client, newest first: those not settled
+    (pending, queued), and those carried out since the client's last carried-out re-apply, that
+    re-apply included: what decides whether the client holds. A long history costs nothing."""
+    later = t.store_actions.alias("later")
+    last_reapply = (
+        select(func.max(later.c.id))
+        .where(
+            later.c.client_id == _actions.client_id,
+            later.c.action == "reapply",
+            later.c.state.in_(CARRIED_OUT),
+        )
+        .scalar_subquery()
+    )
+    query = (
+        select(t.store_actions, _clients.name.label("client_name"))
+        .join(t.store_clients, _clients.id == _actions.client_id)
+        .where(
+            or_(
+                _actions.state.in_(("pending", "queued")),
+                and_(_actions.state.in_(CARRIED_OUT), _actions.id >= func.coalesce(last_reapply, 0)),
+            )
+        )
+        .order_by(_actions.id.desc())
+    )
     return [_record(r) for r in await conn.execute(query)]
 
 

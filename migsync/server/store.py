@@ -381,6 +381,12 @@ class Store:
         async with self._write("recording a client's answers") as conn:
             return await requests.record_answers(conn, client_id, answers)
 
+    async def current_actions(self) -> list[ActionRecord]:
+        """The requests that still say something about their client (open ones, and those since
+        its last re-apply), newest first; see :func:`migsync.server.actions.current`."""
+        async with self._read("reading requests to clients") as conn:
+            return await requests.current(conn)
+
     async def actions(self, client_id: int | None = None, limit: int | None = None) -> list[ActionRecord]:
         """Requests made of clients (of ``client_id`` only, if given), newest first."""
         async with self._read("reading requests to clients") as conn:

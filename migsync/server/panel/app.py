@@ -216,8 +216,10 @@ class _Panel:
         store = self.store()
         published = await store.migrations()
         fleet = await store.fleet()
-        # Every request, not only the latest: a client's hold follows from all it carried out.
-        requests = await store.actions(client_id=client_id)
+        # A client's hold follows from the requests it carried out since its last re-apply.
+        requests = await (
+            store.actions(client_id=client_id) if client_id is not None else store.current_actions()
+        )
         return published, views.client_rows(fleet, published, requests)
 
     # -- login and logout ------------------------------------------------------------------------
