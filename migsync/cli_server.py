@@ -326,24 +326,35 @@ def serve(
     metavar="DIR",
     help="The drop folder to write (made if missing; its parent must exist).",
 )
-def export_command(store_url: str, folder: str) -> None:
+@click.option(
+    "--signing-key",
+    "key_path",
+    type=click.Path(dir_okay=False),
+    metavar="KEY",
+    help="Sign the admin's requests to clients with this key (see 'keygen'); without it they "
+    "are not exported.",
+)
+def export_command(store_url: str, folder: str, key_path: str | None) -> None:
     """Write the published migrations to drop folder DIR.
 
     For clients that never reach the server: one signed bundle per migration
-    in DIR/migrations/, a folder per
-    registered client in DIR/reports/, then DIR/manifest.json listing every
-    version and checksum. Only what changed is written, each file atomically:
-    run it again after every publish. Clients sync with --server file://DIR.
+    in DIR/migrations/, a folder per registered client in DIR/reports/, the
+    admin's requests each client has not answered in DIR/actions/ (signed
+    with --signing-key), then DIR/manifest.json listing every version and
+    checksum. Only what changed is written, each file atomically: run it
+    again after every publish or request. Clients sync with --server file://DIR.
     """
 
     async def run() -> ExportResult:
         from migsync.core.errors import ConfigError
+        from migsync.core.signing import load_private_key
         from migsync.server import Store
         from migsync.server.export import export
 
+        key = None if key_path is None else load_private_key(key_path)
         async with Store.open(store_url, create=False) as store:
             try:
-                return await export(store, Path(folder))
+                return await export(store, Path(folder), key)
             except OSError as exc:
                 raise ConfigError(f"cannot write drop folder {folder}: {exc.strerror or exc}") from None
 
@@ -354,6 +365,16 @@ def export_command(store_url: str, folder: str) -> None:
         click.echo(f"made reports folders for clients {', '.join(result.client_folders)}")
     if result.removed:
         click.echo(f"removed {len(result.removed)} stale temporary file{_s(result.removed)}")
+    if result.actions_written:
+        click.echo(f"wrote signed requests for clients {', '.join(result.actions_written)}")
+    if result.actions_removed:
+        click.echo(f"removed the requests of clients {', '.join(result.actions_removed)} (none pending)")
+    if result.actions_unsigned:
+        click.echo(
+            f"warning: requests to clients {', '.join(result.actions_unsigned)} are not exported: "
+            "give --signing-key to sign them (a client carries out signed requests only)",
+            err=True,
+        )
     click.echo(
         f"wrote {len(result.written)} bundle{_s(result.written)}, {len(result.unchanged)} unchanged, "
         f"manifest {'written' if result.manifest_written else 'unchanged'}"
@@ -386,7 +407,7 @@ def import_reports_command(
     apply_changes: tuple[str, ...],
     no_apply_changes: bool,
 ) -> None:
-    """Record the status reports and entity changes offline clients left in DIR.
+    """Record the status reports, answers to requests and entity changes offline clients left in DIR.
 
     DIR holds a folder per client, named by its id, of report files; a drop
     folder holds such a folder of reports (reports/) and one of entity
@@ -429,6 +450,14 @@ def import_reports_command(
             parts.append(f"{', '.join(map(str, item.superseded))} left out (a newer file reports them)")
         click.echo(f"imported {item.path}: {', '.join(parts)}")
     problems = 0
+    for answers in result.answers_imported:
+        line = f"imported answers {answers.path}: requests {', '.join(map(str, answers.recorded)) or 'none'}"
+        if answers.superseded:
+            line += f", {', '.join(map(str, answers.superseded))} left out (a newer file answers them)"
+        click.echo(line)
+        if answers.not_marked:
+            problems += 1
+            click.echo(f"warning: {answers.path}: recorded, but {answers.not_marked}", err=True)
     for item in result.imported:
         if item.not_marked:
             problems += 1

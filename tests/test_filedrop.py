@@ -25,7 +25,7 @@ from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
 from migsync.core.sync import Syncer
-from migsync.core.wire import StatusReport
+from migsync.core.wire import ACTION_STATES, StatusReport
 from migsync.server import Store
 from migsync.server.export import export
 from migsync.server.import_reports import import_reports
@@ -54,13 +54,13 @@ class DropHarness:
 
     async def publish(self, migrations: Sequence[Migration]) -> None:
         await self.store.publish(migrations, self.key)
-        await export(self.store, self.drop)
+        await export(self.store, self.drop, self.key)
 
     async def register(self, client: str) -> str:
         if client not in self.ids:
             self.ids[client], _ = await self.store.add_client(client)
             if not self.down:  # an unmounted folder is written when it is back
-                await export(self.store, self.drop)
+                await export(self.store, self.drop, self.key)
         return str(self.ids[client])
 
     async def transport(self, client: str) -> Transport:
@@ -86,10 +86,22 @@ class DropHarness:
     async def bring_up(self) -> None:
         self.drop.with_name("unmounted").rename(self.drop)
         self.down = False
-        await export(self.store, self.drop)
+        await export(self.store, self.drop, self.key)
 
     async def refusing_transport(self) -> Transport:
         return FileDropTransport(self.url, client_id="999")
+
+    async def request(self, client: str, action: str, version: int, requested_by: str) -> int:
+        client_id = int(await self.register(client))
+        [record] = await self.store.request_action(action, version, [client_id], requested_by)
+        if not self.down:
+            await export(self.store, self.drop, self.key)
+        return record.id
+
+    async def answers(self, client: str) -> dict[int, tuple[str, str | None]]:
+        await import_reports(self.store, self.drop / dropfiles.REPORTS_DIR)
+        records = await self.store.actions(self.ids[client]) if client in self.ids else []
+        return {r.id: (r.state, r.detail) for r in records if r.state in ACTION_STATES}
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, Ser
 from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
-from migsync.core.wire import ReportAck, StatusReport
+from migsync.core.wire import ACTION_STATES, ReportAck, StatusReport
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing import FakeClock
@@ -78,6 +78,13 @@ class MemoryHarness:
         await self.transport("a")
         return MemoryTransport(self.server, client_id="a", token="not-the-token")
 
+    async def request(self, client: str, action: str, version: int, requested_by: str) -> int:
+        return self.server.request(client, action, version, requested_by).id
+
+    async def answers(self, client: str) -> dict[int, tuple[str, str | None]]:
+        mine = {a.id for a in self.server.actions.get(client, [])}
+        return {i: (a.state, a.detail) for i, a in self.server.answers.items() if i in mine}
+
 
 class TestMemory(TransportSuite):
     @pytest.fixture
@@ -111,6 +118,7 @@ class HttpHarness:
     key: Ed25519PrivateKey
     trusted: list[TrustedKey]
     tokens: dict[str, str] = attrs.field(factory=dict)
+    ids: dict[str, int] = attrs.field(factory=dict)
 
     def make(self, client: str, token: str) -> Transport:
         """A transport made through the plugin registry, as ``migsync`` makes one; small timeouts."""
@@ -130,7 +138,7 @@ class HttpHarness:
 
     async def transport(self, client: str) -> Transport:
         if client not in self.tokens:
-            _, self.tokens[client] = await self.store.add_client(client)
+            self.ids[client], self.tokens[client] = await self.store.add_client(client)
         return self.make(client, self.tokens[client])
 
     async def reports(self, client: str) -> dict[int, StatusReport]:
@@ -150,6 +158,16 @@ class HttpHarness:
 
     async def refusing_transport(self) -> Transport:
         return self.make("intruder", "not-a-token-of-this-server")
+
+    async def request(self, client: str, action: str, version: int, requested_by: str) -> int:
+        if client not in self.ids:
+            await self.transport(client)
+        [record] = await self.store.request_action(action, version, [self.ids[client]], requested_by)
+        return record.id
+
+    async def answers(self, client: str) -> dict[int, tuple[str, str | None]]:
+        records = await self.store.actions(self.ids[client]) if client in self.ids else []
+        return {r.id: (r.state, r.detail) for r in records if r.state in ACTION_STATES}
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-"""Ed25519 signatures over migrations.
+"""Ed25519 signatures over migrations, and over the admin's requests that travel by drop folder.
 
 The server signs what it publishes; a client verifies each migration against
 the public keys it trusts before it stores it, whatever transport brought it.
@@ -10,6 +10,11 @@ Keys are PEM files: ``KEY`` holds the private key (PKCS#8, written with mode
 several public keys at once, which is how a key is rotated: trust the new
 key, publish with it, then drop the old one.
 
+A request to a client (re-apply, revert) is signed when it travels through a
+drop folder, which anyone with the folder may write to: the signed bytes are
+:func:`request_message`, which names the client, so a request to one client
+cannot be replayed to another.
+
 ``cryptography`` is imported only here, and only by the commands that sign
 or verify: ``migsync apply`` of a local folder does not pay for it.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -29,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from migsync.core.errors import ConfigError, SignatureError
 from migsync.core.migration import Migration
+from migsync.core.wire import ActionRequest
 
 
 @attrs.frozen
@@ -108,22 +115,50 @@ def verify(migration: Migration, signature: str | None, trusted: Sequence[Truste
     """The trusted key that signed ``migration``; :class:`SignatureError` if none did."""
     if not trusted:
         raise ConfigError("no trusted public key configured to verify migrations with")
+    return _verify(migration.canonical_content().encode(), signature, trusted, f"migration {migration.name}")
+
+
+def request_message(request: ActionRequest, client_id: str) -> bytes:
+    """The bytes a request's signature covers: every field that decides what it does, and the client."""
+    fields = {
+        "action": request.action,
+        "client_id": client_id,
+        "id": request.id,
+        "requested_at": request.requested_at,
+        "requested_by": request.requested_by,
+        "version": request.version,
+    }
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign_request(key: Ed25519PrivateKey, request: ActionRequest, client_id: str) -> ActionRequest:
+    """``request`` to ``client_id`` with its signature (base64) and the signer's fingerprint."""
+    signature = base64.b64encode(key.sign(request_message(request, client_id))).decode()
+    return attrs.evolve(request, signature=signature, signed_by=fingerprint(key.public_key()))
+
+
+def verify_request(request: ActionRequest, client_id: str, trusted: Sequence[TrustedKey]) -> TrustedKey:
+    """The trusted key that signed ``request`` to ``client_id``; :class:`SignatureError` if none did."""
+    what = f"request {request.id} ({request.action} version {request.version})"
+    return _verify(request_message(request, client_id), request.signature, trusted, what)
+
+
+def _verify(message: bytes, signature: str | None, trusted: Sequence[TrustedKey], what: str) -> TrustedKey:
     if not signature:
-        raise SignatureError(f"migration {migration.name} is not signed; refusing to store or run it")
+        raise SignatureError(f"{what} is not signed; refusing to store or run it")
     try:
         raw = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
-        raise SignatureError(f"migration {migration.name}: the signature is not base64") from None
-    content = migration.canonical_content().encode()
+        raise SignatureError(f"{what}: the signature is not base64") from None
     for candidate in trusted:
         try:
-            candidate.key.verify(raw, content)
+            candidate.key.verify(raw, message)
         except InvalidSignature:
             continue
         return candidate
     names = ", ".join(k.fingerprint for k in trusted)
     raise SignatureError(
-        f"migration {migration.name}: the signature does not match its content under any "
+        f"{what}: the signature does not match its content under any "
         f"trusted key ({names}); it was changed after signing, or signed by an unknown key"
     )
 

@@ -42,9 +42,9 @@ from migsync.core.ledger import MigrationState
 from migsync.core.migration import Migration
 from migsync.core.outbox import ReportOutbox, report_of, worth_reporting
 from migsync.core.processor import ChangesProcessor, PassResult
-from migsync.core.signing import TrustedKey
+from migsync.core.signing import TrustedKey, verify_request
 from migsync.core.verify import verify_offer
-from migsync.core.wire import CHECKSUM, Offer, OfferedMigration, StatusReport
+from migsync.core.wire import CHECKSUM, ActionRequest, Offer, OfferedMigration, StatusReport
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
@@ -197,7 +197,7 @@ class Syncer:
                 recorded = await self.client.ledger.record([m for m, _ in accepted], signatures)
                 stored = [*recorded.added, *recorded.updated]
             # Before the ETag is saved: a request must not be lost to a crash in between.
-            received = await self.actions.receive(offer.actions)
+            received = await self.actions.receive(self._trusted_requests(offer.actions))
             if not refused:
                 await self._save_etag(offer.etag)
             for refusal in refused:
@@ -290,6 +290,23 @@ class Syncer:
             assert offer.signature is not None  # verify_offer refuses unsigned offers
             accepted.append((migration, offer.signature))
         return accepted, refused
+
+    def _trusted_requests(self, requests: Sequence[ActionRequest]) -> list[ActionRequest]:
+        """The requests to carry out: all of them, or, from a transport anyone could write requests
+        to (a drop folder), those signed for this client under a trusted key; the others are
+        logged and dropped."""
+        if not requests or not getattr(self.transport, "requests_signed", False):
+            return list(requests)
+        client_id = str(getattr(self.transport, "client_id", ""))
+        kept = []
+        for request in requests:
+            try:
+                verify_request(request, client_id, self.trusted)
+            except SignatureError as exc:
+                log.warning("not carried out: %s: %s", self.transport.where, exc)
+                continue
+            kept.append(request)
+        return kept
 
     @staticmethod
     def _refusal_reports(offer: Offer | None, refused: Sequence[Refusal]) -> list[StatusReport]:

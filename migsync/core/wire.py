@@ -75,9 +75,16 @@ class ActionRequest:
     requested_by: str
     #: seconds since the epoch (the server's clock)
     requested_at: float
+    #: set when it travels by drop folder: see :func:`migsync.core.signing.sign_request`
+    signature: str | None = None
+    signed_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        for key in ("signature", "signed_by"):
+            if data[key] is None:
+                del data[key]
+        return data
 
 
 @attrs.frozen
@@ -181,8 +188,19 @@ def actions_from_json(body: Any, where: str) -> tuple[ActionRequest, ...]:
         requested_at = item.get("requested_at")
         if not isinstance(requested_at, int | float) or isinstance(requested_at, bool):
             raise MalformedAnswer(f"{here}.requested_at is not a number")
+        for key in ("signature", "signed_by"):
+            if item.get(key) is not None and not isinstance(item[key], str):
+                raise MalformedAnswer(f"{here}.{key} is not a string or null")
         actions.append(
-            ActionRequest(item["id"], item["action"], item["version"], item["requested_by"], requested_at)
+            ActionRequest(
+                item["id"],
+                item["action"],
+                item["version"],
+                item["requested_by"],
+                requested_at,
+                item.get("signature"),
+                item.get("signed_by"),
+            )
         )
     return tuple(sorted(actions, key=lambda a: a.id))
 

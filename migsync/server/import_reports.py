@@ -33,6 +33,16 @@ A file imported after a newer one of the same client (it was refused at
 first, then a missing version was published) does not undo what the newer
 one said: its reports for versions a newer imported file covers are left out.
 
+A client's folder also holds its answers to the admin's requests
+(``migsync-answers/1``, named like report files), imported in the same
+oldest-first order: checked like the body of ``POST /api/actions/results``
+(:func:`~migsync.server.validation.action_answers`), recorded with
+:meth:`Store.record_answers`, and the file renamed ``NAME.imported``. Every
+request it answers must be one made of that client: an answer to another
+client's request, or to a request the store does not know, refuses the file
+and nothing of it is recorded. Answers to requests that a newer imported
+answers file answers are left out, as reports are.
+
 Changes files (``migsync-changes/1``) are read with the same rules, checked
 like the body of ``POST /api/changes`` (without its cap on their number) and
 handed to :meth:`Store.receive_changes`, 1000 per transaction. A file is
@@ -55,13 +65,14 @@ from typing import Any
 import attrs
 
 from migsync.core.errors import ConfigError, MalformedAnswer
-from migsync.core.wire import Drift, EntityChange, StatusReport
+from migsync.core.wire import ActionResult, Drift, EntityChange, StatusReport
 from migsync.server.store import Store
 from migsync.server.validation import (
     MAX_CHANGES,
     MAX_REPORTS,
     InvalidChanges,
     InvalidReports,
+    action_answers,
     entity_changes,
     status_reports,
 )
@@ -69,6 +80,8 @@ from migsync.transports import dropfiles as files
 
 #: The largest changes file read (bytes): changes carry rows.
 MAX_CHANGES_FILE = 64 * 1024 * 1024
+#: What a client's file of each format holds, in refusals
+_WHAT = {files.REPORTS_FORMAT: "reports", files.ANSWERS_FORMAT: "answers", files.CHANGES_FORMAT: "changes"}
 
 
 @attrs.frozen
@@ -84,6 +97,20 @@ class ImportedFile:
     superseded: tuple[int, ...] = ()
     #: why it could not be renamed (its reports are recorded all the same; the next import
     #: reads it again and changes nothing)
+    not_marked: str | None = None
+
+
+@attrs.frozen
+class ImportedAnswers:
+    """An answers file whose answers to the admin's requests are recorded."""
+
+    #: where it was read (it is now at this path plus ``.imported``, unless ``not_marked``)
+    path: Path
+    #: ids of the requests whose answer is recorded (or was already)
+    recorded: tuple[int, ...] = ()
+    #: ids of the requests left out because a newer imported answers file answers them
+    superseded: tuple[int, ...] = ()
+    #: why it could not be renamed (its answers are recorded all the same)
     not_marked: str | None = None
 
 
@@ -118,6 +145,8 @@ class ImportResult:
     changes_imported: tuple[ImportedChanges, ...] = ()
     changes_refused: tuple[RefusedFile, ...] = ()
     changes_already_imported: int = 0
+    #: answers files imported (their refusals are in ``refused``, with the report files')
+    answers_imported: tuple[ImportedAnswers, ...] = ()
 
 
 class _Refusal(Exception):
@@ -170,6 +199,7 @@ async def _import_reports(store: Store, source: Path, registered: dict[str, int]
     published = {m.version for m in await store.migrations()}
     folders, refused = await asyncio.to_thread(_client_folders, source, "reports")
     imported: list[ImportedFile] = []
+    answered: list[ImportedAnswers] = []
     already = 0
     for folder in folders:
         pending, done, misnamed = await asyncio.to_thread(_listing, folder, "report")
@@ -180,21 +210,30 @@ async def _import_reports(store: Store, source: Path, registered: dict[str, int]
             reason = f"no registered client has id {folder.name!r} (see 'migsync clients list')"
             refused += [RefusedFile(folder / name, reason) for name in pending]
             continue
+        requests: set[int] | None = None  # ids of the requests made of this client, once needed
         for name in pending:
             try:
-                reports = await asyncio.to_thread(_read, folder, name)
+                reports, answers = await asyncio.to_thread(_read_any, folder, name)
+                if answers is not None:
+                    if requests is None:
+                        requests = {r.id for r in await store.actions(client_id)}
+                    await _check_answered(store, client_id, answers, requests)
+                    covered = await asyncio.to_thread(_covered_by_newer, folder, name, done)
+                    path = folder / name
+                    answered.append(await _record_answers(store, client_id, path, answers, covered[1]))
+                    continue
                 unpublished = sorted({r.version for r in reports} - published)
                 if unpublished:
                     raise _Refusal(_unpublished(unpublished))
                 covered = await asyncio.to_thread(_covered_by_newer, folder, name, done)
-                done_file = await _record(store, client_id, folder / name, reports, covered)
+                done_file = await _record(store, client_id, folder / name, reports, covered[0])
             except FileNotFoundError:
                 continue  # gone since the listing: another import took it
             except _Refusal as exc:
                 refused.append(RefusedFile(folder / name, str(exc)))
                 continue
             imported.append(done_file)
-    return ImportResult(tuple(imported), tuple(refused), already)
+    return ImportResult(tuple(imported), tuple(refused), already, answers_imported=tuple(answered))
 
 
 def _client_folders(source: Path, kind: str) -> tuple[list[Path], list[RefusedFile]]:
@@ -242,16 +281,20 @@ def _listing(folder: Path, kind: str) -> tuple[list[str], list[str], list[Refuse
     return sorted(pending), sorted(done), misnamed
 
 
-def _read(folder: Path, name: str) -> list[StatusReport]:
-    """The reports in ``folder/name``, checked; :class:`_Refusal` says why they cannot be imported."""
-    document = _read_client_file(folder, name, files.MAX_REPORT_FILE, files.REPORTS_FORMAT, "reports")
+def _read_any(folder: Path, name: str) -> tuple[list[StatusReport], list[ActionResult] | None]:
+    """The reports in report file ``folder/name``, or the answers in answers file ``folder/name``
+    (then the reports are none), checked; :class:`_Refusal` says why they cannot be imported."""
+    formats = (files.REPORTS_FORMAT, files.ANSWERS_FORMAT)
+    document = _read_client_file(folder, name, files.MAX_REPORT_FILE, formats)
     try:
-        return status_reports({"reports": document.get("reports")}, max_reports=None)
+        if document["format"] == files.ANSWERS_FORMAT:
+            return [], action_answers({"results": document.get("results")})
+        return status_reports({"reports": document.get("reports")}, max_reports=None), None
     except InvalidReports as exc:
         raise _Refusal(str(exc)) from None
 
 
-def _read_client_file(folder: Path, name: str, limit: int, format_: str, what: str) -> dict[str, Any]:
+def _read_client_file(folder: Path, name: str, limit: int, format_: str | tuple[str, ...]) -> dict[str, Any]:
     """The document of a client's file ``folder/name``, which must be of that client (its folder)."""
     where = str(folder / name)
     try:
@@ -266,18 +309,23 @@ def _read_client_file(folder: Path, name: str, limit: int, format_: str, what: s
     except OSError as exc:
         raise _Refusal(f"cannot read it: {exc.strerror or exc}") from None
     if client_id != folder.name:
+        what = _WHAT[document["format"]]
         raise _Refusal(f"it holds {what} of client {client_id!r}, not of {folder.name!r} (its folder)")
     return document
 
 
-def _covered_by_newer(folder: Path, name: str, done: list[str]) -> set[int]:
-    """Versions that files imported before and newer than ``name`` report."""
-    covered: set[int] = set()
+def _covered_by_newer(folder: Path, name: str, done: list[str]) -> tuple[set[int], set[int]]:
+    """Versions that report files, and request ids that answers files, imported before and newer
+    than ``name`` hold."""
+    versions: set[int] = set()
+    requests: set[int] = set()
     for imported in done:
         if imported.removesuffix(files.IMPORTED_SUFFIX) > name:
             with contextlib.suppress(FileNotFoundError, _Refusal):  # it was fine when it was imported
-                covered |= {r.version for r in _read(folder, imported)}
-    return covered
+                reports, answers = _read_any(folder, imported)
+                versions |= {r.version for r in reports}
+                requests |= {a.id for a in answers or ()}
+    return versions, requests
 
 
 async def _record(
@@ -299,6 +347,37 @@ async def _record(
     not_marked = await asyncio.to_thread(_mark_imported, path)
     superseded = tuple(sorted(r.version for r in reports if r.version in covered))
     return ImportedFile(path, tuple(recorded), tuple(unchanged), tuple(drift), superseded, not_marked)
+
+
+async def _check_answered(
+    store: Store, client_id: int, answers: list[ActionResult], requests: set[int]
+) -> None:
+    """Every answer must be to a request made of ``client_id`` (ids in ``requests``)."""
+    strays = sorted({a.id for a in answers} - requests)
+    if not strays:
+        return
+    owners = {r.id: r.client_name for r in await store.actions()}
+    foreign = [f"{i} (made of client {owners[i]!r})" for i in strays if i in owners]
+    unknown = [str(i) for i in strays if i not in owners]
+    reasons = []
+    if foreign:
+        reasons.append(f"it answers requests to another client: {', '.join(foreign)}")
+    if unknown:
+        reasons.append(f"it answers requests this store does not know: {', '.join(unknown)}")
+    raise _Refusal("; ".join(reasons) + "; nothing of it was recorded")
+
+
+async def _record_answers(
+    store: Store, client_id: int, path: Path, answers: list[ActionResult], covered: set[int]
+) -> ImportedAnswers:
+    kept = [a for a in answers if a.id not in covered]
+    ack, _ = await store.record_answers(client_id, kept)
+    if ack.unknown:  # checked before; only a store changed under the import could get here
+        listed = ", ".join(map(str, ack.unknown))
+        raise _Refusal(f"requests {listed} are not this client's any more; the other answers are recorded")
+    not_marked = await asyncio.to_thread(_mark_imported, path)
+    superseded = tuple(sorted(a.id for a in answers if a.id in covered))
+    return ImportedAnswers(path, ack.recorded, superseded, not_marked)
 
 
 def _mark_imported(path: Path) -> str | None:
@@ -359,7 +438,7 @@ async def _import_changes(
 
 def _read_changes(folder: Path, name: str) -> list[EntityChange]:
     """The changes in ``folder/name``, checked; :class:`_Refusal` says why they cannot be imported."""
-    document = _read_client_file(folder, name, MAX_CHANGES_FILE, files.CHANGES_FORMAT, "changes")
+    document = _read_client_file(folder, name, MAX_CHANGES_FILE, files.CHANGES_FORMAT)
     try:
         return entity_changes({"changes": document.get("changes")}, max_changes=None)
     except InvalidChanges as exc:

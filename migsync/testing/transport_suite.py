@@ -38,6 +38,11 @@ The rules the suite holds a transport to, beyond :mod:`migsync.transports.base`:
 * An unreachable server is :class:`ServerUnavailable` (never another error)
   within :attr:`TransportSuite.down_within` seconds; bad credentials are
   :class:`ServerRefused`.
+* The admin's requests (when the harness is an :class:`ActionsHarness`; the
+  tests skip otherwise): a request reaches its client only, with the next
+  fetch (an old ETag gets the new offer), and is offered until the client
+  answers it; answers are acknowledged as recorded, the same answer again
+  changes nothing, and the server keeps the latest.
 
 The tests are ``async def``: the suite needs pytest-asyncio with
 ``asyncio_mode = "auto"``. The harness fixture may be async; the suite
@@ -50,14 +55,14 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pytest
 
 from migsync.core.errors import ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.signing import TrustedKey, verify
-from migsync.core.wire import Drift, Offer, ReportAck, StatusReport
+from migsync.core.wire import ActionResult, ActionsAck, Drift, Offer, ReportAck, StatusReport
 from migsync.testing.backend_suite import migration
 from migsync.transports.base import Transport
 
@@ -92,6 +97,19 @@ class TransportHarness(Protocol):
 
     async def refusing_transport(self) -> Transport:
         """A transport with credentials the server does not accept (an unknown client or token)."""
+
+
+@runtime_checkable
+class ActionsHarness(TransportHarness, Protocol):
+    """A harness whose server takes the admin's requests to clients (re-apply, revert)."""
+
+    async def request(self, client: str, action: str, version: int, requested_by: str) -> int:
+        """Ask ``client`` (registered on first use) to ``action`` ``version``, as an admin does
+        from the panel; the request's id. ``version`` is published."""
+
+    async def answers(self, client: str) -> dict[int, tuple[str, str | None]]:
+        """The server's record of ``client``'s answers (request id -> state, detail), for the
+        requests it answered, read on the server's side. Called only while the server is up."""
 
 
 def applied(m: Migration, *, checksum: str | None = None, attempts: int = 1) -> StatusReport:
@@ -283,6 +301,55 @@ class TransportSuite:
             with pytest.raises(ServerRefused):
                 await transport.report([applied(V1)])
 
+    # -- the admin's requests ------------------------------------------------------------------
+
+    async def test_a_request_reaches_its_client_and_is_offered_until_answered(
+        self, harness: TransportHarness
+    ) -> None:
+        if not isinstance(harness, ActionsHarness):
+            pytest.skip("the harness cannot make requests (not an ActionsHarness)")
+        await harness.publish([V1, V2])
+        async with await harness.transport("a") as a, await harness.transport("b") as b:
+            first, first_b = await a.fetch(), await b.fetch()
+            assert first.actions == () and first_b.actions == ()
+            action_id = await harness.request("a", "revert", 2, "alice")
+            offer = await a.fetch(first.etag)
+            assert versions(offer) == [1, 2]
+            [request] = offer.actions
+            assert (request.id, request.action, request.version) == (action_id, "revert", 2)
+            assert request.requested_by == "alice"
+            if offer.etag is not None:
+                assert (await a.fetch(offer.etag)).unchanged
+            assert (await a.fetch()).actions == offer.actions  # offered again until answered
+            after_b = await b.fetch(first_b.etag)
+            assert after_b.unchanged or after_b.actions == ()
+            assert (await b.fetch()).actions == ()
+
+            answer = ActionResult(action_id, "queued", "reverting 0002_two")
+            assert await a.report_actions([answer]) == ActionsAck(recorded=(action_id,))
+            answered = await a.fetch(offer.etag)
+            assert not answered.unchanged and answered.actions == ()
+            assert versions(answered) == [1, 2]
+        assert await harness.answers("a") == {action_id: ("queued", "reverting 0002_two")}
+        assert await harness.answers("b") == {}
+
+    async def test_answers_are_idempotent_and_the_latest_one_counts(self, harness: TransportHarness) -> None:
+        if not isinstance(harness, ActionsHarness):
+            pytest.skip("the harness cannot make requests (not an ActionsHarness)")
+        await harness.publish([V1])
+        async with await harness.transport("a") as transport:
+            action_id = await harness.request("a", "reapply", 1, "bob")
+            assert [r.id for r in (await transport.fetch()).actions] == [action_id]
+            queued = ActionResult(action_id, "queued", None)
+            done = ActionResult(action_id, "done", "0001_one applied")
+            assert (await transport.report_actions([queued])).recorded == (action_id,)
+            assert (await transport.report_actions([queued])).recorded == (action_id,)
+            assert await harness.answers("a") == {action_id: ("queued", None)}
+            assert (await transport.report_actions([done])).recorded == (action_id,)
+            assert await transport.report_actions([]) == ActionsAck()
+            assert (await transport.fetch()).actions == ()
+        assert await harness.answers("a") == {action_id: ("done", "0001_one applied")}
+
     # -- an unreachable server ---------------------------------------------------------------
 
     async def test_an_unreachable_server_is_server_unavailable_in_bounded_time(
@@ -317,6 +384,7 @@ __all__ = [
     "V2_OTHER",
     "V3",
     "V4",
+    "ActionsHarness",
     "TransportHarness",
     "TransportSuite",
     "applied",

@@ -70,6 +70,11 @@ class BaseTransport:
     """The context-manager part of :class:`Transport`; subclasses add fetch and report."""
 
     where: str = ""
+    #: True when whoever can reach the transport's medium could write the admin's requests (a
+    #: drop folder): the client then carries out only requests signed, for its ``client_id``,
+    #: under a key it trusts (:func:`migsync.core.signing.verify_request`). Over HTTP the
+    #: server's token and TLS vouch for them.
+    requests_signed: bool = False
 
     async def aclose(self) -> None:
         return None

@@ -5,8 +5,16 @@ A drop folder carries migrations to clients that never reach the server
 
     DIR/manifest.json                       what is published: versions, names, checksums, files
     DIR/migrations/0001_create_users.json   one signed bundle per migration
-    DIR/reports/<client-id>/<time>-<digest>.json   one file per delivery of a client's reports
+    DIR/actions/<client-id>.json            the admin's requests to a client it has not answered
+    DIR/reports/<client-id>/<time>-<digest>.json   one file per delivery of a client's reports,
+                                                    or of its answers to the admin's requests
     DIR/changes/<client-id>/<time>-<digest>.json   one file per batch of a client's entity changes
+
+A client's answers to requests (``migsync-answers/1``) are a file kind of their
+own, beside its report files and named alike, rather than a key of the report
+format: ``import-reports`` of a release that knows no answers refuses such a
+file (not a report file) and leaves it in place, where a new key in a report
+file would be imported without it and the file marked imported, the answers lost.
 
 Writers (``migsync export``, the client's report delivery) write every file
 atomically: a temporary file in the same folder (named ``.tmp-*``, which
@@ -38,7 +46,15 @@ from typing import Any
 import attrs
 
 from migsync.core.errors import MalformedAnswer
-from migsync.core.wire import CHECKSUM, EntityChange, OfferedMigration, StatusReport
+from migsync.core.wire import (
+    CHECKSUM,
+    ActionRequest,
+    ActionResult,
+    EntityChange,
+    OfferedMigration,
+    StatusReport,
+    actions_from_json,
+)
 
 MANIFEST = "manifest.json"
 MIGRATIONS_DIR = "migrations"
@@ -48,8 +64,15 @@ BUNDLE_FORMAT = "migsync-bundle/1"
 REPORTS_FORMAT = "migsync-reports/1"
 CHANGES_DIR = "changes"
 CHANGES_FORMAT = "migsync-changes/1"
+ACTIONS_DIR = "actions"
+ACTIONS_FORMAT = "migsync-actions/1"
+ANSWERS_FORMAT = "migsync-answers/1"
 #: what each format of a client's file is called in messages
-_CLIENT_FILES = {REPORTS_FORMAT: "report file", CHANGES_FORMAT: "changes file"}
+_CLIENT_FILES = {
+    REPORTS_FORMAT: "report file",
+    CHANGES_FORMAT: "changes file",
+    ANSWERS_FORMAT: "answers file",
+}
 #: the suffix ``migsync import-reports`` gives a report file it has imported
 IMPORTED_SUFFIX = ".imported"
 
@@ -57,10 +80,16 @@ IMPORTED_SUFFIX = ".imported"
 MAX_MANIFEST = 16 * 1024 * 1024
 MAX_BUNDLE = 4 * 1024 * 1024
 MAX_REPORT_FILE = 4 * 1024 * 1024
+#: Largest requests file read (bytes): a client has one pending request at a time, as a rule.
+MAX_ACTIONS_FILE = 1024 * 1024
+#: The most answers one answers file holds: as many as the HTTP API takes in one request
+#: (``migsync.server.validation.MAX_REPORTS``), so the importer checks a file as one request.
+MAX_ANSWERS = 1000
 
 BUNDLE_NAME = re.compile(r"[0-9]+(_[A-Za-z0-9_.-]{1,200})?\.json")
 REPORT_NAME = re.compile(r"[0-9]{13,}-(?P<digest>[0-9a-f]{16})\.json")
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+ACTIONS_NAME = re.compile(rf"(?P<client>{CLIENT_ID.pattern})\.json")
 TEMP_PREFIX = ".tmp-"
 
 
@@ -267,12 +296,14 @@ def digest_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def parse_client_file(data: bytes, where: str, format_: str) -> tuple[str, dict[str, Any]]:
-    """The client id a client's file (reports or changes) names, and its document; the
-    records in it are checked by the importer."""
+def parse_client_file(data: bytes, where: str, format_: str | tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """The client id a client's file (reports, answers or changes) names, and its document; the
+    records in it are checked by the importer. ``format_`` may name several formats the file
+    may have (its document's ``"format"`` says which it is)."""
     document = load(data, where)
-    if document.get("format") != format_:
-        what = _CLIENT_FILES[format_]
+    formats = (format_,) if isinstance(format_, str) else format_
+    if document.get("format") not in formats:
+        what = " or ".join(_CLIENT_FILES[f] for f in formats)
         raise MalformedAnswer(f"{where}: not a migsync {what} (format {document.get('format')!r})")
     client_id = document.get("client_id")
     if not isinstance(client_id, str):
@@ -299,3 +330,57 @@ def report_files(folder: Path) -> Iterator[Path]:
 def changes_document(client_id: str, changes: Sequence[EntityChange]) -> dict[str, Any]:
     """A batch of a client's entity changes, in the order it recorded them (a file under ``changes/``)."""
     return {"format": CHANGES_FORMAT, "client_id": client_id, "changes": [c.to_json() for c in changes]}
+
+
+# -- the admin's requests, and the client's answers ------------------------------------------------
+
+_ACTIONS_KEYS = {"format", "client_id", "actions"}
+#: A request in a drop folder is signed: the folder is no proof of who wrote it.
+_REQUEST_FIELDS = {"id", "action", "version", "requested_by", "requested_at", "signature", "signed_by"}
+
+
+def actions_file(client_id: str) -> str:
+    """Where, relative to the drop folder, the requests to ``client_id`` are: ``actions/<id>.json``."""
+    return f"{ACTIONS_DIR}/{check_client_id(client_id)}.json"
+
+
+def actions_document(client_id: str, requests: Sequence[ActionRequest]) -> dict[str, Any]:
+    """The requests to ``client_id`` it has not answered, by id: a file under ``actions/``."""
+    return {
+        "format": ACTIONS_FORMAT,
+        "client_id": client_id,
+        "actions": [r.to_json() for r in sorted(requests, key=lambda r: r.id)],
+    }
+
+
+def parse_actions(data: bytes, where: str, client_id: str) -> tuple[ActionRequest, ...]:
+    """The requests an actions file holds, which must be ``client_id``'s; strict: exactly the
+    keys the format has, each request whole, ids in strictly increasing order."""
+    document = load(data, where)
+    if document.get("format") != ACTIONS_FORMAT:
+        raise MalformedAnswer(f"{where}: not a migsync actions file (format {document.get('format')!r})")
+    if set(document) != _ACTIONS_KEYS:
+        keys = ", ".join(sorted(map(repr, set(document) ^ _ACTIONS_KEYS)))
+        raise MalformedAnswer(f"{where}: keys {keys} are missing or unknown")
+    if document["client_id"] != client_id:
+        raise MalformedAnswer(
+            f"{where}: it holds the requests to client {document['client_id']!r}, not to {client_id!r}"
+        )
+    items = document["actions"]
+    if not isinstance(items, list):
+        raise MalformedAnswer(f"{where}: 'actions' is not a list")
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and set(item) != _REQUEST_FIELDS:
+            fields = ", ".join(sorted(map(repr, set(item) ^ _REQUEST_FIELDS)))
+            raise MalformedAnswer(f"{where}: actions[{index}]: fields {fields} are missing or unknown")
+    requests = actions_from_json(document, where)  # each item's types, as over HTTP
+    ids = [item["id"] for item in items]
+    if ids != [r.id for r in requests] or len(set(ids)) != len(ids):
+        raise MalformedAnswer(f"{where}: the requests' ids are not in strictly increasing order")
+    return requests
+
+
+def answers_document(client_id: str, results: Sequence[ActionResult]) -> dict[str, Any]:
+    """A delivery of ``client_id``'s answers to requests (a file beside its report files), in
+    the shape of the body of ``POST /api/actions/results``."""
+    return {"format": ANSWERS_FORMAT, "client_id": client_id, "results": [r.to_json() for r in results]}

@@ -1,4 +1,5 @@
-"""The file-drop transport: migrations and reports travel as files, for clients that never see the server.
+"""The file-drop transport: migrations, reports, requests and answers travel as files, for clients
+that never see the server.
 
 URL ``file:///path/to/drop``; the folder's layout is in
 :mod:`migsync.transports.dropfiles`. ``migsync export`` fills it on the
@@ -11,6 +12,20 @@ The transport plays the server from what the folder holds:
 * **pending**: the manifest's migrations, less those this client's own report
   files (imported or not) say it applied with the published checksum. The
   ETag is a digest of the manifest and of those reports.
+* **requests**: the admin's requests to this client, from
+  ``actions/<client-id>.json`` when ``export`` wrote one, less those its own
+  answers files (imported or not) answer, as the server offers only requests
+  it has no answer to. The file's bytes, and the answered ids, are part of the
+  ETag, so a new request is a new offer. A requests file that cannot be read
+  safely or is malformed is a warning (naming the file and what is wrong) and
+  offers no request, but the migrations are offered all the same: they are
+  what the folder is for, and a damaged or tampered requests file must
+  neither be carried out nor keep a client from its migrations.
+* **answers**: written like reports (same folder, same naming, atomic), one
+  file per delivery (``migsync-answers/1``); an answer equal to the last one
+  written for its request is not written again. Every answer is acknowledged
+  as recorded: only ``import-reports`` can tell a request it does not know,
+  and it says so on the server's side.
 * **reports**: written as one file per delivery, atomically, into
   ``reports/<client-id>/`` of the drop folder, or of a separate ``reports``
   folder when the drop folder is read-only. A report equal to the last one
@@ -29,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +52,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.wire import (
+    ActionRequest,
     ActionResult,
     ActionsAck,
     ChangesAck,
@@ -49,8 +66,12 @@ from migsync.core.wire import (
 from migsync.transports import dropfiles as files
 from migsync.transports.base import BaseTransport
 
+log = logging.getLogger("migsync.filedrop")
+
 
 class FileDropTransport(BaseTransport):
+    requests_signed = True
+
     def __init__(
         self,
         url: str,
@@ -87,11 +108,17 @@ class FileDropTransport(BaseTransport):
         manifest_bytes = self._manifest_bytes()
         entries = files.parse_manifest(manifest_bytes, str(self.root / files.MANIFEST))
         self._check_registered()
-        latest = self._latest_reports()
+        latest, answered = self._own_files()
         state = json.dumps(sorted((v, r.applied, r.checksum) for v, r in latest.items()))
-        tag = '"' + hashlib.sha256(manifest_bytes + state.encode()).hexdigest()[:32] + '"'
+        digest = hashlib.sha256(manifest_bytes + state.encode())
+        requests, unreadable = self._requests_file()
+        if requests is not None or unreadable is not None:  # neither: the ETag as before requests
+            read = requests if requests is not None else f"unreadable: {unreadable}".encode()
+            digest.update(b"\0" + read + b"\0" + json.dumps(sorted(answered)).encode())
+        tag = '"' + digest.hexdigest()[:32] + '"'
         if etag == tag:
             return Offer(None, tag)
+        actions = self._requests(requests, unreadable, answered)
         offers: list[OfferedMigration] = []
         for entry in entries:
             mine = latest.get(entry.version)
@@ -107,13 +134,13 @@ class FileDropTransport(BaseTransport):
                     raise ServerUnavailable(
                         f"{self.root / relative}: listed in the manifest but not there (yet)"
                     ) from None
-                return Offer(tuple(offers), None)
+                return Offer(tuple(offers), None, actions)
             except (MalformedAnswer, OSError) as exc:
                 problem = str(exc) if isinstance(exc, MalformedAnswer) else f"{relative}: {exc.strerror}"
                 offers.append(
                     OfferedMigration(entry.version, entry.name, "", entry.checksum, None, None, problem)
                 )
-        return Offer(tuple(offers), tag)
+        return Offer(tuple(offers), tag, actions)
 
     def _manifest_bytes(self) -> bytes:
         if not self.root.is_dir():
@@ -134,20 +161,59 @@ class FileDropTransport(BaseTransport):
                 "then 'migsync export' again)"
             )
 
-    def _latest_reports(self) -> dict[int, StatusReport]:
-        """This client's last word on each version, from its report files (imported or not)."""
+    def _own_files(self) -> tuple[dict[int, StatusReport], dict[int, ActionResult]]:
+        """This client's last word on each version, and on each request, from its report and
+        answers files (imported or not)."""
         latest: dict[int, StatusReport] = {}
+        answers: dict[int, ActionResult] = {}
         folder = self.reports_root / self.client_id
         for path in files.report_files(folder):
             try:
                 data = files.read_inside(folder, path.name, files.MAX_REPORT_FILE)
-                _, document = files.parse_client_file(data, str(path), files.REPORTS_FORMAT)
+                _, document = files.parse_client_file(
+                    data, str(path), (files.REPORTS_FORMAT, files.ANSWERS_FORMAT)
+                )
+                if document["format"] == files.ANSWERS_FORMAT:
+                    for item in document.get("results", []):
+                        answer = ActionResult(**item)
+                        answers[answer.id] = answer
+                    continue
                 for item in document.get("reports", []):
                     report = StatusReport(**item)
                     latest[report.version] = report
             except (OSError, MalformedAnswer, TypeError):
                 continue  # not ours to judge: import-reports names bad files
-        return latest
+        return latest, answers
+
+    def _requests_file(self) -> tuple[bytes | None, str | None]:
+        """The bytes of this client's requests file, or why it must not be read (a symlink out
+        of the folder, too big); (None, None) when there is none."""
+        relative = files.actions_file(self.client_id)
+        try:
+            return files.read_inside(self.root, relative, files.MAX_ACTIONS_FILE), None
+        except FileNotFoundError:
+            return None, None
+        except MalformedAnswer as exc:
+            return None, str(exc)
+        except OSError as exc:
+            return None, f"{self.root / relative}: {exc.strerror or exc}"
+
+    def _requests(
+        self, data: bytes | None, unreadable: str | None, answered: dict[int, ActionResult]
+    ) -> tuple[ActionRequest, ...]:
+        """The requests of this client's requests file it has not answered; none, and a
+        warning, when the file cannot be read or is malformed."""
+        try:
+            if unreadable is not None:
+                raise MalformedAnswer(unreadable)
+            if data is None:
+                return ()
+            where = str(self.root / files.actions_file(self.client_id))
+            requests = files.parse_actions(data, where, self.client_id)
+        except MalformedAnswer as exc:
+            log.warning("the admin's requests are not read: %s", exc)
+            return ()
+        return tuple(r for r in requests if r.id not in answered)
 
     # -- report ----------------------------------------------------------------------------------
 
@@ -168,7 +234,7 @@ class FileDropTransport(BaseTransport):
             raise ServerRefused(
                 f"versions {unpublished} are not in the drop folder's manifest; nothing was written"
             )
-        latest = self._latest_reports()
+        latest, _ = self._own_files()
         changed = [r for r in reports if latest.get(r.version) != r]
         unchanged = tuple(r.version for r in reports if latest.get(r.version) == r)
         drift = tuple(
@@ -181,10 +247,25 @@ class FileDropTransport(BaseTransport):
         return ReportAck(tuple(r.version for r in changed), unchanged, drift)
 
     async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
-        """A drop folder carries no admin requests, so there are no answers to take: none is
-        recorded, and any (from a client that once synced over HTTP) wait for that server."""
-        del results
-        return ActionsAck()
+        return await asyncio.to_thread(self._report_actions, list(results))
+
+    def _report_actions(self, results: list[ActionResult]) -> ActionsAck:
+        """Write the answers not written before as answers files (at most
+        :data:`~migsync.transports.dropfiles.MAX_ANSWERS` each); every one is acknowledged as
+        recorded, since what the folder holds is all the server will read."""
+        self._manifest_bytes()  # not mounted: unavailable
+        self._check_registered()
+        ids = [r.id for r in results]
+        if len(set(ids)) != len(ids):
+            raise ServerRefused("a batch of answers names a request twice; nothing was written")
+        _, latest = self._own_files()
+        changed = [r for r in results if latest.get(r.id) != r]
+        folder = self.reports_root / self.client_id
+        for start in range(0, len(changed), files.MAX_ANSWERS):
+            batch = changed[start : start + files.MAX_ANSWERS]
+            data = files.dump(files.answers_document(self.client_id, batch))
+            self._write_file(folder, data, parents=self.reports_root != self.root / files.REPORTS_DIR)
+        return ActionsAck(recorded=tuple(ids))
 
     # -- entity changes ---------------------------------------------------------------------------
 
