@@ -73,3 +73,12 @@ def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'client.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh server store database on each backend (plain URLs, as a user gives them); a sync
+    fixture, since ``pg_url`` runs its own event loop."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'server.db'}"
+    return str(request.getfixturevalue("pg_url"))

@@ -123,17 +123,10 @@ async def drop(tmp_path: Path) -> AsyncIterator[Drop]:
         yield value
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'server.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
-async def any_drop(store_url: str, tmp_path: Path) -> AsyncIterator[Drop]:
+async def any_drop(any_store: str, tmp_path: Path) -> AsyncIterator[Drop]:
     """The same on a SQLite store and on a Postgres one."""
-    async for value in open_drop(store_url, tmp_path):
+    async for value in open_drop(any_store, tmp_path):
         yield value
 
 

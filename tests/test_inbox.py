@@ -61,13 +61,6 @@ def change(
     return EntityChange(change_id, entity, entity_id, operation, data, schema_version, timestamp)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'server.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def key_path(tmp_path: Path) -> Path:
     path = tmp_path / "signing.key"

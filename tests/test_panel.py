@@ -179,18 +179,10 @@ async def admin(panel: Panel) -> Panel:
     return panel
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store database of each kind (a sync fixture: ``pg_url`` runs its own event loop)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'server.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
-async def any_admin(store_url: str, tmp_path: Path) -> AsyncIterator[Panel]:
+async def any_admin(any_store: str, tmp_path: Path) -> AsyncIterator[Panel]:
     """The panel, logged in, on a store of each kind."""
-    async with panel_on(tmp_path, store_url=store_url) as value:
+    async with panel_on(tmp_path, store_url=any_store) as value:
         assert (await value.login()).status_code == 303
         yield value
 

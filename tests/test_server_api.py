@@ -45,14 +45,6 @@ V3 = migration(3, "CREATE TABLE c (x INTEGER)")
 V4 = migration(4, "CREATE TABLE d (x INTEGER)")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh store database on each backend (plain URLs, as a user gives them)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'server.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'server.db'}"
