@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import httpx
@@ -25,7 +25,6 @@ from migsync.core.wire import (
     ActionResult,
     ActionsAck,
     ChangesAck,
-    Drift,
     EntityChange,
     Offer,
     ReportAck,
@@ -44,6 +43,9 @@ from migsync.transports.base import BaseTransport
 MAX_REPORTS = 1000
 MAX_CHANGES = 1000
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+T = TypeVar("T")
+A = TypeVar("A")
 
 
 class HttpTransport(BaseTransport):
@@ -96,32 +98,38 @@ class HttpTransport(BaseTransport):
         return Offer(offers_from_json(body, f"GET {url}"), tag, actions_from_json(body, f"GET {url}"))
 
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
-        url = f"{self.base}/api/migrations/status"
-        recorded: list[int] = []
-        unchanged: list[int] = []
-        drift: list[Drift] = []
-        for start in range(0, len(reports), MAX_REPORTS):
-            body = json.dumps(reports_to_json(reports[start : start + MAX_REPORTS])).encode()
-            headers = self._headers | {"Content-Type": "application/json"}
-            response = await self._send("POST", url, headers=headers, content=body)
-            ack = ack_from_json(_json(response, url), f"POST {url}")
-            recorded += ack.recorded
-            unchanged += ack.unchanged
-            drift += ack.drift
-        return ReportAck(tuple(recorded), tuple(unchanged), tuple(drift))
+        acks = await self._post_batches("/api/migrations/status", reports, reports_to_json, ack_from_json)
+        return ReportAck(
+            tuple(v for a in acks for v in a.recorded),
+            tuple(v for a in acks for v in a.unchanged),
+            tuple(d for a in acks for d in a.drift),
+        )
 
     async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
-        url = f"{self.base}/api/actions/results"
-        recorded: list[int] = []
-        unknown: list[int] = []
-        for start in range(0, len(results), MAX_REPORTS):
-            body = json.dumps(action_results_to_json(results[start : start + MAX_REPORTS])).encode()
+        acks = await self._post_batches(
+            "/api/actions/results", results, action_results_to_json, actions_ack_from_json
+        )
+        return ActionsAck(
+            tuple(i for a in acks for i in a.recorded), tuple(i for a in acks for i in a.unknown)
+        )
+
+    async def _post_batches(
+        self,
+        path: str,
+        items: Sequence[T],
+        to_json: Callable[[Sequence[T]], Any],
+        parse: Callable[[Any, str], A],
+    ) -> list[A]:
+        """POST ``items`` to ``path`` in batches of at most MAX_REPORTS (the server's limit); the
+        parsed answers, in order."""
+        url = f"{self.base}{path}"
+        acks = []
+        for start in range(0, len(items), MAX_REPORTS):
+            body = json.dumps(to_json(items[start : start + MAX_REPORTS])).encode()
             headers = self._headers | {"Content-Type": "application/json"}
             response = await self._send("POST", url, headers=headers, content=body)
-            ack = actions_ack_from_json(_json(response, url), f"POST {url}")
-            recorded += ack.recorded
-            unknown += ack.unknown
-        return ActionsAck(tuple(recorded), tuple(unknown))
+            acks.append(parse(_json(response, url), f"POST {url}"))
+        return acks
 
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
         url = f"{self.base}/api/changes"
