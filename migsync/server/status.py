@@ -206,9 +206,15 @@ async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
     await conn.execute(statement, [{"client_id": k, "seen": v} for k, v in seen.items()])
 
 
-async def fleet(conn: AsyncConnection) -> list[FleetEntry]:
-    """Every client, oldest first, with its status against what is published now."""
-    clients = [client(r) for r in await conn.execute(select(t.store_clients).order_by(_clients.id))]
+async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[FleetEntry]:
+    """Every client (or only ``client_id``), oldest first, with its status against what is
+    published now."""
+    which = select(t.store_clients).order_by(_clients.id)
+    rows_query = select(t.store_client_status).order_by(_status.client_id, _status.version)
+    if client_id is not None:
+        which = which.where(_clients.id == client_id)
+        rows_query = rows_query.where(_status.client_id == client_id)
+    clients = [client(r) for r in await conn.execute(which)]
     published = {
         r.version: r.checksum
         for r in await conn.execute(
@@ -216,7 +222,7 @@ async def fleet(conn: AsyncConnection) -> list[FleetEntry]:
         )
     }
     rows: dict[int, list[Row[Any]]] = {}
-    for r in await conn.execute(select(t.store_client_status).order_by(_status.client_id, _status.version)):
+    for r in await conn.execute(rows_query):
         rows.setdefault(r.client_id, []).append(r)
     entries = []
     for record in clients:

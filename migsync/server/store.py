@@ -353,10 +353,11 @@ class Store:
         async with self._read("reading clients") as conn:
             return await status.client_states(conn)
 
-    async def fleet(self) -> list[FleetEntry]:
-        """Every client with what it applied, what failed, what drifted and what it still lacks."""
+    async def fleet(self, client_id: int | None = None) -> list[FleetEntry]:
+        """Every client (or only ``client_id``) with what it applied, what failed, what drifted
+        and what it still lacks."""
         async with self._read("reading the fleet's status") as conn:
-            return await status.fleet(conn)
+            return await status.fleet(conn, client_id)
 
     # -- the admin's requests to clients --------------------------------------------------------
 

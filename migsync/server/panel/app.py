@@ -210,12 +210,13 @@ class _Panel:
     async def _read(
         self, client_id: int | None = None
     ) -> tuple[list[PublishedMigration], list[views.ClientRow]]:
-        """The published migrations and the fleet's rows (with only ``client_id``'s requests, if given)."""
+        """The published migrations and the fleet's rows; with ``client_id``, only that client's
+        row, with every request made of it."""
         if self.before_read is not None:
             await self.before_read()
         store = self.store()
         published = await store.migrations()
-        fleet = await store.fleet()
+        fleet = await store.fleet(client_id)
         # A client's hold follows from the requests it carried out since its last re-apply.
         requests = await (
             store.actions(client_id=client_id) if client_id is not None else store.current_actions()
