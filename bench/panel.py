@@ -47,7 +47,8 @@ async def fill(store: Store, clients: int, migrations: int, key_path: Path) -> N
         ]
         if failing:
             last = reports[-1]
-            reports[-1] = StatusReport(last.version, False, "no such table: t0", 3, last.checksum, i % 20 == 0)
+            dead = i % 20 == 0
+            reports[-1] = StatusReport(last.version, False, "no such table: t0", 3, last.checksum, dead)
         await store.report(client_id, reports)
         if failing:
             for action in ("revert", "reapply"):
