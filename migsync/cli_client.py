@@ -286,7 +286,15 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return EXIT_FAILED if failed else 0
-    idle = not (result.stored or result.refused or result.run.processed or result.delivered or result.pushed)
+    idle = not (
+        result.stored
+        or result.refused
+        or result.run.processed
+        or result.delivered
+        or result.pushed
+        or result.actions_received
+        or result.actions_answered
+    )
     if quiet and idle and result.ok:
         return 0
     if result.offline is not None:
@@ -294,9 +302,16 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
     elif result.offered is not None:
         click.echo(f"{result.server}: {result.offered} offered, {len(result.stored)} stored")
     _print_refusals(result.refused)
-    code = 0 if quiet and idle else report_pass(result.run, elapsed, "applied")
+    if result.actions_received:
+        click.echo(
+            f"{result.actions_received} request{'s' * (result.actions_received != 1)} from the admin "
+            "(see 'migsync status')"
+        )
+    code = 0 if quiet and idle else report_pass(result.run, elapsed, None)
     if result.delivered:
         click.echo(f"reported {result.delivered} status change{'s' * (result.delivered != 1)}")
+    if result.actions_answered:
+        click.echo(f"answered {result.actions_answered} request{'s' * (result.actions_answered != 1)}")
     _print_changes(result)
     if result.report_error is not None:
         click.echo(f"reports not delivered: {result.report_error}", err=True)

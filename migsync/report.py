@@ -98,17 +98,23 @@ class Progress:
             self._bar.stop()
 
 
-def report_pass(result: PassResult, elapsed: float, verb: str) -> int:
+def report_pass(result: PassResult, elapsed: float, verb: str | None) -> int:
+    """Print what a pass did and why it stopped; its exit code. ``verb`` None: a line per kind
+    of change (``applied ...``, ``reverted ...``), for a pass that may hold both."""
     done = [o for o in result.processed if o.ok]
-    if done:
-        names = (
-            done[0].label.split(" ", 1)[1]
-            if len(done) == 1
-            else (f"{done[0].label.split(' ', 1)[1]} .. {done[-1].label.split(' ', 1)[1]}")
-        )
-        click.echo(
-            f"{verb} {len(done)} migration{'s' * (len(done) != 1)} ({names}) in {elapsed * 1000:.0f} ms"
-        )
+    groups = {verb: done} if verb is not None else {}
+    if verb is None:
+        for operation, said in (("apply", "applied"), ("revert", "reverted")):
+            mine = [o for o in done if o.label.split(" ", 1)[0] == operation]
+            if mine:
+                groups[said] = mine
+    for said, items in groups.items():
+        if items:
+            names = [o.label.split(" ", 1)[1] for o in items]
+            span = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
+            click.echo(
+                f"{said} {len(items)} migration{'s' * (len(items) != 1)} ({span}) in {elapsed * 1000:.0f} ms"
+            )
     if result.failure is not None:
         report_failure(result)
         return EXIT_FAILED

@@ -31,7 +31,7 @@ def print_fleet(entries: Sequence[FleetEntry]) -> None:
             e.client.name,
             str(max(e.applied)) if e.applied else "-",
             str(len(e.applied)),
-            _versions(e.pending),
+            _versions(e.pending) + ("" if e.held_from is None else f" (held from {e.held_from})"),
             _versions([d.version for d in e.drift]),
             iso(e.client.last_seen_at) or "never",
             "; ".join(_failure(f) for f in e.failed) or "-",

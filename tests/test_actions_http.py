@@ -389,3 +389,27 @@ async def test_current_requests_are_the_open_ones_and_those_since_the_last_reapp
         every = [r.id for r in await store.actions()]
     assert current == [pending, b_done, queued, revert, reapply]
     assert old_revert not in current and old_revert in every
+
+
+async def test_the_fleet_and_the_client_command_say_what_a_request_did(uncached: Server) -> None:
+    shop = await uncached.add("shop")
+    await uncached.sync("shop")
+    await uncached.request(action="revert", version=2, clients=[shop])
+    client_id, token = uncached.tokens["shop"]
+    synced = run(
+        "client", "sync", "--db", uncached.db("shop"), "--server", uncached.http.url,
+        "--client-id", str(client_id), "--token", token, "--trust-key", str(uncached.tmp_path / "key.pub"),
+    )  # fmt: skip
+    assert synced.returncode == 0, synced.stderr
+    lines = synced.stdout.splitlines()
+    assert "1 request from the admin (see 'migsync status')" in lines
+    assert any(re.fullmatch(r"reverted 1 migration \(0002_orders\) in \d+ ms", line) for line in lines), lines
+    assert "answered 1 request" in lines
+    fleet = run("fleet", "--store", uncached.store_url)
+    assert re.search(r"^\d+\s+shop\s+1\s+1\s+2 \(held from 2\)\s+-", fleet.stdout, re.MULTILINE), fleet.stdout
+    [entry] = json.loads(run("fleet", "--store", uncached.store_url, "--json").stdout)["clients"]
+    assert (entry["pending"], entry["held_from"]) == ([2], 2)
+    await uncached.request(action="reapply", version=2, clients=[shop])
+    await uncached.sync("shop")
+    [entry] = json.loads(run("fleet", "--store", uncached.store_url, "--json").stdout)["clients"]
+    assert (entry["pending"], entry["held_from"]) == ([], None)

@@ -111,6 +111,7 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
             "failed": [],
             "drift": [],
             "pending": [3],
+            "held_from": None,
         },
         {
             "client_id": ids["shop-paris"],
@@ -120,6 +121,7 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
             "failed": [{"version": 2, "error": ERROR, "attempts": 3, "dead": True}],
             "drift": [],
             "pending": [2, 3],
+            "held_from": None,
         },
         {
             "client_id": ids["shop-idle"],
@@ -129,6 +131,7 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
             "failed": [],
             "drift": [],
             "pending": [1, 2, 3],
+            "held_from": None,
         },
         {
             "client_id": ids["shop-drifted"],
@@ -138,6 +141,7 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
             "failed": [],
             "drift": [{"version": 1, "published_checksum": sums[1], "reported_checksum": OTHER_CHECKSUM}],
             "pending": [1, 2, 3],
+            "held_from": None,
         },
     ]
 

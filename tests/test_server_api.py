@@ -611,8 +611,8 @@ async def test_fleet_view_and_published_list(api: Api) -> None:
     assert [e["name"] for e in entries] == ["a", "b", "idle"]
     for entry in entries:
         assert set(entry) == {
-            "client_id", "name", "applied", "latest_version", "failed", "drift", "pending", "created_at",
-            "last_seen",
+            "client_id", "name", "applied", "latest_version", "failed", "drift", "pending", "held_from",
+            "created_at", "last_seen",
         }  # fmt: skip
     a_entry, b_entry, idle_entry = entries
     assert (a_entry["applied"], a_entry["latest_version"], a_entry["failed"], a_entry["pending"]) == (

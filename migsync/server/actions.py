@@ -16,7 +16,7 @@ See :mod:`migsync.core.actions` for what the client does.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Row, and_, func, insert, or_, select, update
@@ -215,6 +215,27 @@ async def current(conn: AsyncConnection) -> list[ActionRecord]:
         .order_by(_actions.id.desc())
     )
     return [_record(r) for r in await conn.execute(query)]
+
+
+def hold_of(requests: Iterable[ActionRecord]) -> ActionRecord | None:
+    """The revert that holds a client, from its requests; None when nothing holds it.
+
+    The server cannot see a client's hold; it follows the requests the client carried out
+    (answered ``queued``, ``done`` or ``failed``), in the order they were made, as the client
+    does (:mod:`migsync.core.actions`): a revert of V holds V and every later version, and an
+    earlier hold from a lower version stays; a re-apply lifts the hold. A *failed* revert
+    counts: the client holds before it reverts, so a revert that failed half-way still holds
+    what it did revert. Pending and superseded requests were never carried out.
+    """
+    hold: ActionRecord | None = None
+    for record in sorted(requests, key=lambda r: r.id):
+        if record.state not in CARRIED_OUT:
+            continue
+        if record.action == "reapply":
+            hold = None
+        elif hold is None or record.version < hold.version:
+            hold = record
+    return hold
 
 
 def _record(row: Row[Any]) -> ActionRecord:

@@ -155,6 +155,9 @@ class FleetEntry:
     drift: tuple[Drift, ...]
     #: published versions it has not applied (with the published content)
     pending: tuple[int, ...]
+    #: the version from which a revert the admin asked for holds it (nothing from there on is
+    #: applied until a re-apply), or None; see :func:`migsync.server.actions.hold_of`
+    held_from: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -165,6 +168,7 @@ class FleetEntry:
             "failed": [attrs.asdict(f) for f in self.failed],
             "drift": [d.to_json() for d in self.drift],
             "pending": list(self.pending),
+            "held_from": self.held_from,
             "created_at": iso(self.client.created_at),
             "last_seen": iso(self.client.last_seen_at),
         }

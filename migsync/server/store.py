@@ -32,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from sqlalchemy import Row, insert, inspect, select, text, update
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -357,7 +358,16 @@ class Store:
         """Every client (or only ``client_id``) with what it applied, what failed, what drifted
         and what it still lacks."""
         async with self._read("reading the fleet's status") as conn:
-            return await status.fleet(conn, client_id)
+            entries = await status.fleet(conn, client_id)
+            current = await requests.current(conn)
+        by_client: dict[int, list[ActionRecord]] = {}
+        for record in current:
+            by_client.setdefault(record.client_id, []).append(record)
+        held = [requests.hold_of(by_client.get(e.client.client_id, [])) for e in entries]
+        return [
+            attrs.evolve(e, held_from=None if hold is None else hold.version)
+            for e, hold in zip(entries, held, strict=True)
+        ]
 
     # -- the admin's requests to clients --------------------------------------------------------
 

@@ -31,6 +31,7 @@ import attrs
 
 from migsync.core.clock import iso
 from migsync.core.wire import Drift
+from migsync.server.actions import hold_of
 from migsync.server.records import ActionRecord, FleetEntry, PublishedMigration
 
 __all__ = [
@@ -57,7 +58,6 @@ State = Literal["applied", "pending", "failed", "dead", "drift", "held"]
 STATES: tuple[State, ...] = ("applied", "pending", "failed", "dead", "drift", "held")
 
 #: The states of a request the client carried out: its hold (or the lifting of one) is in place.
-_CARRIED_OUT = ("queued", "done", "failed")
 
 
 @attrs.frozen
@@ -157,27 +157,6 @@ class MigrationRow:
     def has_applied(self) -> bool:
         """Whether a revert for every client would reach anyone."""
         return bool(self.applied + self.drift)
-
-
-def hold_of(requests: Iterable[ActionRecord]) -> ActionRecord | None:
-    """The revert that holds a client, from its requests; None when nothing holds it.
-
-    The server cannot see a client's hold; it follows the requests the client carried out
-    (answered ``queued``, ``done`` or ``failed``), in the order they were made, as the client
-    does (:mod:`migsync.core.actions`): a revert of V holds V and every later version, and an
-    earlier hold from a lower version stays; a re-apply lifts the hold. A *failed* revert
-    counts: the client holds before it reverts, so a revert that failed half-way still holds
-    what it did revert. Pending and superseded requests were never carried out.
-    """
-    hold: ActionRecord | None = None
-    for record in sorted(requests, key=lambda r: r.id):
-        if record.state not in _CARRIED_OUT:
-            continue
-        if record.action == "reapply":
-            hold = None
-        elif hold is None or record.version < hold.version:
-            hold = record
-    return hold
 
 
 def _cell(
