@@ -57,8 +57,6 @@ STALE_AFTER = 24 * 3600.0
 State = Literal["applied", "pending", "failed", "dead", "drift", "held"]
 STATES: tuple[State, ...] = ("applied", "pending", "failed", "dead", "drift", "held")
 
-#: The states of a request the client carried out: its hold (or the lifting of one) is in place.
-
 
 @attrs.frozen
 class Cell:
