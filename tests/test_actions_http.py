@@ -385,7 +385,9 @@ async def test_current_requests_are_the_open_ones_and_those_since_the_last_reapp
         queued = await ask("reapply", 1, b, "queued")
         b_done = await ask("revert", 1, b, "done")
         pending = await ask("revert", 2, b, None)
-        current = [r.id for r in await store.current_actions()]
+        _, current_records = await store.fleet_view()
+        current = [r.id for r in current_records]
+        assert [r.id for r in (await store.fleet_view(b))[1]] == [pending, b_done, queued]
         every = [r.id for r in await store.actions()]
     assert current == [pending, b_done, queued, revert, reapply]
     assert old_revert not in current and old_revert in every

@@ -189,10 +189,11 @@ async def read(
 CARRIED_OUT = ("queued", "done", "failed")
 
 
-async def current(conn: AsyncConnection) -> list[ActionRecord]:
-    """The requests that still say something about their client, newest first: those not settled
-    (pending, queued), and those carried out since the client's last carried-out re-apply, that
-    re-apply included: what decides whether the client holds. A long history costs nothing."""
+async def current(conn: AsyncConnection, client_id: int | None = None) -> list[ActionRecord]:
+    """The requests that still say something about their client (every client's, or
+    ``client_id``'s), newest first: those not settled (pending, queued), and those carried out
+    since the client's last carried-out re-apply, that re-apply included: what decides whether
+    the client holds. A long history costs nothing."""
     later = t.store_actions.alias("later")
     last_reapply = (
         select(func.max(later.c.id))
@@ -214,6 +215,8 @@ async def current(conn: AsyncConnection) -> list[ActionRecord]:
         )
         .order_by(_actions.id.desc())
     )
+    if client_id is not None:
+        query = query.where(_actions.client_id == client_id)
     return [_record(r) for r in await conn.execute(query)]
 
 

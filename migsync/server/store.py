@@ -355,19 +355,27 @@ class Store:
             return await status.client_states(conn)
 
     async def fleet(self, client_id: int | None = None) -> list[FleetEntry]:
-        """Every client (or only ``client_id``) with what it applied, what failed, what drifted
-        and what it still lacks."""
+        """Every client (or only ``client_id``) with what it applied, what failed, what drifted,
+        what it still lacks and where a revert holds it."""
+        entries, _ = await self.fleet_view(client_id)
+        return entries
+
+    async def fleet_view(self, client_id: int | None = None) -> tuple[list[FleetEntry], list[ActionRecord]]:
+        """:meth:`fleet`, and the requests its holds come from (the open ones, and those since each
+        client's last re-apply, newest first: see :func:`migsync.server.actions.current`), in one
+        read, for a view that shows both."""
         async with self._read("reading the fleet's status") as conn:
             entries = await status.fleet(conn, client_id)
-            current = await requests.current(conn)
+            current = await requests.current(conn, client_id)
         by_client: dict[int, list[ActionRecord]] = {}
         for record in current:
             by_client.setdefault(record.client_id, []).append(record)
         held = [requests.hold_of(by_client.get(e.client.client_id, [])) for e in entries]
-        return [
+        entries = [
             attrs.evolve(e, held_from=None if hold is None else hold.version)
             for e, hold in zip(entries, held, strict=True)
         ]
+        return entries, current
 
     # -- the admin's requests to clients --------------------------------------------------------
 
@@ -391,12 +399,6 @@ class Store:
         """Record client ``client_id``'s answers to requests; the ack, and whether its ETag moved."""
         async with self._write("recording a client's answers") as conn:
             return await requests.record_answers(conn, client_id, answers)
-
-    async def current_actions(self) -> list[ActionRecord]:
-        """The requests that still say something about their client (open ones, and those since
-        its last re-apply), newest first; see :func:`migsync.server.actions.current`."""
-        async with self._read("reading requests to clients") as conn:
-            return await requests.current(conn)
 
     async def actions(self, client_id: int | None = None, limit: int | None = None) -> list[ActionRecord]:
         """Requests made of clients (of ``client_id`` only, if given), newest first."""

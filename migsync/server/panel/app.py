@@ -216,11 +216,11 @@ class _Panel:
             await self.before_read()
         store = self.store()
         published = await store.migrations()
-        fleet = await store.fleet(client_id)
-        # A client's hold follows from the requests it carried out since its last re-apply.
-        requests = await (
-            store.actions(client_id=client_id) if client_id is not None else store.current_actions()
-        )
+        # One read for the fleet and the requests its holds come from; a client's page lists all
+        # of that client's requests.
+        fleet, requests = await store.fleet_view(client_id)
+        if client_id is not None:
+            requests = await store.actions(client_id=client_id)
         return published, views.client_rows(fleet, published, requests)
 
     # -- login and logout ------------------------------------------------------------------------
