@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from migsync.core.wire import ACTION_STATES, OPERATIONS, ActionResult, EntityChange, StatusReport
 
@@ -23,6 +24,9 @@ _MAX_BIGINT = 2**63 - 1
 _MAX_INT = 2**31 - 1
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("version", "applied", "error", "attempts", "checksum")
+_VERSION = attrgetter("version")
+_ID = attrgetter("id")
+R = TypeVar("R")
 #: Fields a report may leave out (a client of an earlier release does): their defaults.
 _OPTIONAL_FIELDS = {"dead": False}
 
@@ -37,6 +41,27 @@ def _list_of(body: Any, key: str, limit: int | None, error: type[ValueError]) ->
     if limit is not None and len(items) > limit:
         raise error(f'"{key}" holds {len(items)} {key}; at most {limit} per request')
     return items
+
+
+def _each_once(
+    key: str,
+    items: list[Any],
+    parse: Callable[[str, Any], R],
+    identity: Callable[[R], Hashable],
+    twice: Callable[[Hashable], str],
+    error: type[ValueError],
+) -> list[R]:
+    """``items`` (the list under ``key``) parsed in order, none of them twice by ``identity``."""
+    records: list[R] = []
+    seen: dict[Hashable, int] = {}
+    for index, item in enumerate(items):
+        record = parse(f"{key}[{index}]", item)
+        name = identity(record)
+        if name in seen:
+            raise error(f"{key}[{index}]: {twice(name)} (see {key}[{seen[name]}])")
+        seen[name] = index
+        records.append(record)
+    return records
 
 
 def _check_fields(
@@ -63,18 +88,9 @@ def status_reports(body: Any, *, max_reports: int | None = MAX_REPORTS) -> list[
     ``max_reports=None`` lifts the cap on their number (a report file's size cap bounds it instead).
     """
     items = _list_of(body, "reports", max_reports, InvalidReports)
-    reports: list[StatusReport] = []
-    seen: dict[int, int] = {}
-    for index, item in enumerate(items):
-        report = _report(f"reports[{index}]", item)
-        if report.version in seen:
-            raise InvalidReports(
-                f"reports[{index}]: version {report.version} is reported twice "
-                f"(see reports[{seen[report.version]}])"
-            )
-        seen[report.version] = index
-        reports.append(report)
-    return reports
+    return _each_once(
+        "reports", items, _report, _VERSION, lambda v: f"version {v} is reported twice", InvalidReports
+    )
 
 
 def _report(where: str, item: Any) -> StatusReport:
@@ -108,31 +124,26 @@ _ANSWER_FIELDS = ("id", "state", "detail")
 def action_answers(body: Any) -> list[ActionResult]:
     """``{"results": [{id, state, detail}, ...]}`` (a client's answers to requests) as records."""
     items = _list_of(body, "results", MAX_REPORTS, InvalidReports)
-    answers: list[ActionResult] = []
-    seen: dict[int, int] = {}
-    for index, item in enumerate(items):
-        where = f"results[{index}]"
-        _check_fields(where, item, _ANSWER_FIELDS, InvalidReports)
-        action_id, state, detail = (item[f] for f in _ANSWER_FIELDS)
-        if not _is_int(action_id) or not 0 <= action_id <= _MAX_INT:
-            raise InvalidReports(f"{where}.id must be a non-negative integer, not {_show(action_id)}")
-        if action_id in seen:
-            raise InvalidReports(
-                f"{where}: request {action_id} is answered twice (see results[{seen[action_id]}])"
-            )
-        if state not in ACTION_STATES:
-            valid = ", ".join(f'"{s}"' for s in ACTION_STATES)
-            raise InvalidReports(f"{where}.state must be one of {valid}, not {_show(state)}")
-        if detail is not None and (
-            not isinstance(detail, str) or len(detail) > MAX_ERROR or not _storable(detail)
-        ):
-            raise InvalidReports(
-                f"{where}.detail must be null or a text of at most {MAX_ERROR} characters, "
-                f"not {_show(detail)}"
-            )
-        seen[action_id] = index
-        answers.append(ActionResult(action_id, state, detail))
-    return answers
+    return _each_once(
+        "results", items, _answer, _ID, lambda i: f"request {i} is answered twice", InvalidReports
+    )
+
+
+def _answer(where: str, item: Any) -> ActionResult:
+    _check_fields(where, item, _ANSWER_FIELDS, InvalidReports)
+    action_id, state, detail = (item[f] for f in _ANSWER_FIELDS)
+    if not _is_int(action_id) or not 0 <= action_id <= _MAX_INT:
+        raise InvalidReports(f"{where}.id must be a non-negative integer, not {_show(action_id)}")
+    if state not in ACTION_STATES:
+        valid = ", ".join(f'"{s}"' for s in ACTION_STATES)
+        raise InvalidReports(f"{where}.state must be one of {valid}, not {_show(state)}")
+    if detail is not None and (
+        not isinstance(detail, str) or len(detail) > MAX_ERROR or not _storable(detail)
+    ):
+        raise InvalidReports(
+            f"{where}.detail must be null or a text of at most {MAX_ERROR} characters, not {_show(detail)}"
+        )
+    return ActionResult(action_id, state, detail)
 
 
 # -- entity changes ------------------------------------------------------------------------------
@@ -155,17 +166,9 @@ def entity_changes(body: Any, *, max_changes: int | None = MAX_CHANGES) -> list[
     ``max_changes=None`` lifts the cap on their number (a changes file's size cap bounds it instead).
     """
     items = _list_of(body, "changes", max_changes, InvalidChanges)
-    changes: list[EntityChange] = []
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        change = _change(f"changes[{index}]", item)
-        if change.id in seen:
-            raise InvalidChanges(
-                f"changes[{index}]: id {_show(change.id)} is sent twice (see changes[{seen[change.id]}])"
-            )
-        seen[change.id] = index
-        changes.append(change)
-    return changes
+    return _each_once(
+        "changes", items, _change, _ID, lambda i: f"id {_show(i)} is sent twice", InvalidChanges
+    )
 
 
 def _change(where: str, item: Any) -> EntityChange:
