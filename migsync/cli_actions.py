@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from migsync.cli_server import store_option
-from migsync.cli_support import run_coro
+from migsync.cli_server import on_store, store_option
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from migsync.server import Store
     from migsync.server.records import ActionRecord, ClientRecord
 
 
@@ -76,14 +76,11 @@ def request(
         raise click.UsageError("give --client NAME (one or more) or --all")
     who = requested_by if requested_by is not None else f"{getpass.getuser()} (cli)"
 
-    async def run() -> list[ActionRecord]:
-        from migsync.server import Store
+    async def ask(store: Store) -> list[ActionRecord]:
+        ids = None if every else _client_ids(await store.clients(), client_names)
+        return await store.request_action(action, version, ids, who)
 
-        async with Store.open(store_url, create=False) as store:
-            ids = None if every else _client_ids(await store.clients(), client_names)
-            return await store.request_action(action, version, ids, who)
-
-    records = run_coro(run())
+    records = on_store(store_url, ask)
     if as_json:
         click.echo(json.dumps({"actions": [r.to_json() for r in records]}, indent=2))
         return
@@ -120,16 +117,13 @@ def _client_ids(clients: Sequence[ClientRecord], names: tuple[str, ...]) -> list
 def list_actions(store_url: str, client_name: str | None, limit: int, as_json: bool) -> None:
     """List the requests made of clients, newest first, with the clients' answers."""
 
-    async def run() -> list[ActionRecord]:
-        from migsync.server import Store
+    async def read(store: Store) -> list[ActionRecord]:
+        client_id = None
+        if client_name is not None:
+            [client_id] = _client_ids(await store.clients(), (client_name,))
+        return await store.actions(client_id, limit)
 
-        async with Store.open(store_url, create=False) as store:
-            client_id = None
-            if client_name is not None:
-                [client_id] = _client_ids(await store.clients(), (client_name,))
-            return await store.actions(client_id, limit)
-
-    records = run_coro(run())
+    records = on_store(store_url, read)
     if as_json:
         click.echo(json.dumps({"actions": [r.to_json() for r in records]}, indent=2))
         return

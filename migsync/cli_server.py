@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,12 +18,14 @@ import click
 from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, plugins_of, run_coro
 
 if TYPE_CHECKING:
+    from migsync.server import Store
     from migsync.server.appliers import ChangeApplier
     from migsync.server.export import ExportResult
     from migsync.server.import_reports import ImportResult
-    from migsync.server.records import FleetEntry, ReceivedChange
+    from migsync.server.records import ReceivedChange
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 @click.command()
@@ -52,6 +54,19 @@ def keygen(path: str, force: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
     click.echo(f"private key: {path} (keep it secret)\npublic key:  {public.source}")
     click.echo(f"fingerprint: {public.fingerprint}")
+
+
+def on_store(store_url: str, work: Callable[[Store], Awaitable[T]], *, create: bool = False) -> T:
+    """``work(store)`` on the store at ``store_url``, opened for it (made if missing only with
+    ``create``); a migsync error is one line and exit 2."""
+
+    async def run() -> T:
+        from migsync.server import Store
+
+        async with Store.open(store_url, create=create) as store:
+            return await work(store)
+
+    return run_coro(run())
 
 
 store_option = click.option(
@@ -161,13 +176,7 @@ def clients() -> None:
 def clients_add(name: str, store_url: str, as_json: bool) -> None:
     """Register client NAME and print its token (shown this once; the store keeps only its hash)."""
 
-    async def run() -> tuple[int, str]:
-        from migsync.server import Store
-
-        async with Store.open(store_url) as store:
-            return await store.add_client(name)
-
-    client_id, token = run_coro(run())
+    client_id, token = on_store(store_url, lambda store: store.add_client(name), create=True)
     if as_json:
         click.echo(json.dumps({"client_id": client_id, "token": token}))
         return
@@ -181,13 +190,7 @@ def clients_add(name: str, store_url: str, as_json: bool) -> None:
 def clients_list(store_url: str, as_json: bool) -> None:
     """List every registered client."""
 
-    async def run() -> list[Any]:
-        from migsync.server import Store
-
-        async with Store.open(store_url, create=False) as store:
-            return await store.clients()
-
-    records = run_coro(run())
+    records = on_store(store_url, lambda store: store.clients())
     if as_json:
         click.echo(json.dumps({"clients": [r.to_json() for r in records]}, indent=2))
         return
@@ -219,13 +222,7 @@ def fleet(store_url: str, as_json: bool) -> None:
     the error (--json has the errors in full). Exits 0 whatever the states.
     """
 
-    async def run() -> list[FleetEntry]:
-        from migsync.server import Store
-
-        async with Store.open(store_url, create=False) as store:
-            return await store.fleet()
-
-    entries = run_coro(run())
+    entries = on_store(store_url, lambda store: store.fleet())
     if as_json:
         click.echo(json.dumps({"clients": [e.to_json() for e in entries]}, indent=2))
         return
@@ -508,13 +505,10 @@ def inbox(store_url: str, as_json: bool, limit: int | None) -> None:
     the errors in full).
     """
 
-    async def run() -> tuple[list[ReceivedChange], dict[int, str]]:
-        from migsync.server import Store
+    async def read(store: Store) -> tuple[list[ReceivedChange], dict[int, str]]:
+        return await store.inbox(limit), {c.client_id: c.name for c in await store.clients()}
 
-        async with Store.open(store_url, create=False) as store:
-            return await store.inbox(limit), {c.client_id: c.name for c in await store.clients()}
-
-    changes, names = run_coro(run())
+    changes, names = on_store(store_url, read)
     if as_json:
         click.echo(json.dumps({"changes": [c.to_json() for c in changes]}, indent=2))
         return
