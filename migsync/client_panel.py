@@ -103,7 +103,7 @@ class _ClientPanel:
             "migrations": [m.to_json() for m in migrations],
             "requests": [
                 {**r, "requested_at": iso(r["requested_at"]), "received_at": iso(r["received_at"])}
-                for r in await actions.list()
+                for r in await actions.requests()
             ],
             "undelivered_reports": await outbox.count_undelivered(),
             "undelivered_answers": len(unanswered),

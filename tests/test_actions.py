@@ -245,7 +245,7 @@ async def test_the_client_keeps_each_request_with_who_asked(harness: Harness) ->
     await harness.sync()
     async with Client.connect(harness.url, sinks=[]) as client:
         syncer = Syncer(client, MemoryTransport(harness.server, client_id="c1"), [harness.trusted])
-        [kept] = await syncer.actions.list()
+        [kept] = await syncer.actions.requests()
     assert kept["action"] == "revert" and kept["version"] == 3
     assert kept["requested_by"] == "alice at the office" and kept["state"] == "done"
     # Nothing was applied: done at once (one answer), and delivered.

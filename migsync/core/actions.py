@@ -125,10 +125,9 @@ class ClientActions:
         target = next((s for s in states if s.version == version), None)
         if target is None:
             return "failed", f"version {version} is not known here: the server's migration has not arrived"
-        if target.state == "applied" and target.queued is None:
-            await self.ledger.release_hold()
-            return "done", f"{target.name} is applied already"
         await self.ledger.release_hold()
+        if target.state == "applied" and target.queued is None:
+            return "done", f"{target.name} is applied already"
         queued = await self.ledger.queue(str(version), now=True)
         return "queued", f"queued {', '.join(queued)}" if queued else f"{target.name} is queued already"
 
@@ -193,7 +192,7 @@ class ClientActions:
                 )
         return len(delivered)
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def requests(self) -> list[dict[str, Any]]:
         """Every request this client received, newest first (for status views)."""
         rows = await self.backend.fetch(
             f"SELECT {_COLUMNS}, delivered_revision FROM {self.t} ORDER BY id DESC"
