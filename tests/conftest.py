@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from migsync.core.signing import write_keypair
+
 # Tests build their own plugin managers; never pick up whatever is installed
 # in the environment unless a test asks for it.
 os.environ.setdefault("MIGSYNC_DISABLE_PLUGIN_AUTOLOAD", "1")
@@ -82,3 +84,11 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'server.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def key_path(tmp_path: Path) -> Path:
+    """A fresh signing key pair: the private key here, the public one beside it (``.pub``)."""
+    path = tmp_path / "signing.key"
+    write_keypair(path)
+    return path

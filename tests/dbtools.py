@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 from conftest import MIGSYNC
 
+from migsync.core.migration import Migration, Script
 from migsync.core.schema import ACTIONS, CHANGES, META, MIGRATIONS, QUEUE, REPORTS, STATUS
 
 #: migsync's own bookkeeping tables (see ``migsync.core.schema``).
@@ -270,3 +271,13 @@ async def downgrade_store(url: str, version: int) -> None:
         for statement in _STORE_DOWNGRADES[step]:
             await aquery(url, statement)
     await aquery(url, f"UPDATE store_meta SET value = '{version}' WHERE key = 'schema_version'")
+
+
+def table_migration(version: int) -> Migration:
+    """Migration ``version`` (named ``000N_mN``): creates table ``tN``, and drops it on revert."""
+    return Migration(
+        version,
+        f"{version:04d}_m{version}",
+        {"*": Script(f"CREATE TABLE t{version} (x INTEGER)")},
+        {"*": Script(f"DROP TABLE t{version}")},
+    )

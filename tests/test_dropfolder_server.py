@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 from dbtools import drop_client_file, imported_name, run
+from dbtools import table_migration as migration
 
 from migsync.core.errors import ConfigError, SignatureError
-from migsync.core.migration import Migration, Script
+from migsync.core.migration import Migration
 from migsync.core.signing import load_private_key, load_public_keys, write_keypair
 from migsync.core.verify import verify_offer
 from migsync.core.wire import StatusReport
@@ -24,24 +25,7 @@ from migsync.server.export import STALE_TEMP_AGE, ExportResult, export
 from migsync.server.import_reports import ImportResult, import_reports
 from migsync.transports import dropfiles as files
 
-
-def migration(version: int) -> Migration:
-    return Migration(
-        version,
-        f"{version:04d}_m{version}",
-        {"*": Script(f"CREATE TABLE t{version} (x INTEGER)")},
-        {"*": Script(f"DROP TABLE t{version}")},
-    )
-
-
 V1, V2, V3 = migration(1), migration(2), migration(3)
-
-
-@pytest.fixture
-def key_path(tmp_path: Path) -> Path:
-    path = tmp_path / "signing.key"
-    write_keypair(path)
-    return path
 
 
 @pytest.fixture

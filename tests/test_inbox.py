@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 from dbtools import aquery, drop_client_file, imported_name, is_sqlite, run, start
+from dbtools import table_migration as migration
 from servers import free_port
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
-from migsync.core.migration import Migration, Script
 from migsync.core.plugins import make_plugins
-from migsync.core.signing import load_private_key, write_keypair
+from migsync.core.signing import load_private_key
 from migsync.core.wire import ChangeRefusal, ChangesAck, EntityChange
 from migsync.server import Store
 from migsync.server.app import create_app
@@ -35,15 +35,6 @@ from migsync.server.validation import MAX_CHANGES, InvalidChanges, entity_change
 from migsync.transports import dropfiles as files
 
 ADMIN = "admin-secret-token"
-
-
-def migration(version: int) -> Migration:
-    return Migration(
-        version,
-        f"{version:04d}_m{version}",
-        {"*": Script(f"CREATE TABLE t{version} (x INTEGER)")},
-        {"*": Script(f"DROP TABLE t{version}")},
-    )
 
 
 V1, V2, V7 = migration(1), migration(2), migration(7)
@@ -59,13 +50,6 @@ def change(
     timestamp: float = 1_700_000_000.5,
 ) -> EntityChange:
     return EntityChange(change_id, entity, entity_id, operation, data, schema_version, timestamp)
-
-
-@pytest.fixture
-def key_path(tmp_path: Path) -> Path:
-    path = tmp_path / "signing.key"
-    write_keypair(path)
-    return path
 
 
 async def prepare(url: str, key_path: Path, *clients: str) -> dict[str, int]:

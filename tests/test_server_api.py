@@ -25,7 +25,7 @@ from starlette.routing import Mount
 
 from migsync.core.errors import ConfigError
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify, write_keypair
+from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify
 from migsync.server import Failure, StatusReport, Store
 from migsync.server.app import create_app
 from migsync.server.bodies import MAX_REPORTS
@@ -48,13 +48,6 @@ V4 = migration(4, "CREATE TABLE d (x INTEGER)")
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'server.db'}"
-
-
-@pytest.fixture
-def key_path(tmp_path: Path) -> Path:
-    path = tmp_path / "signing.key"
-    write_keypair(path)
-    return path
 
 
 @attrs.define

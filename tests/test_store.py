@@ -40,13 +40,6 @@ def urls(request: pytest.FixtureRequest, tmp_path: Path) -> Urls:
     return Urls(pg.replace("postgresql://", "postgresql+asyncpg://", 1), pg)
 
 
-@pytest.fixture
-def key_path(tmp_path: Path) -> Path:
-    path = tmp_path / "signing.key"
-    write_keypair(path)
-    return path
-
-
 def migration(version: int, sql: str, name: str | None = None) -> Migration:
     return Migration(
         version, name or f"{version:04d}_m{version}", {"*": Script(sql)}, {"*": Script("SELECT 1")}
