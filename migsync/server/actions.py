@@ -117,14 +117,28 @@ async def request(
     return records
 
 
-async def pending_for(conn: AsyncConnection, client_id: int) -> list[ActionRequest]:
-    """The requests ``client_id`` has not answered, oldest first."""
-    rows = await conn.execute(
-        select(_actions.id, _actions.action, _actions.version, _actions.requested_by, _actions.requested_at)
-        .where(_actions.client_id == client_id, _actions.state == "pending")
+async def pending_for(conn: AsyncConnection, client_id: int | None = None) -> dict[int, list[ActionRequest]]:
+    """The requests each client (or only ``client_id``) has not answered, oldest first, by client
+    id; a client without any is not in it."""
+    query = (
+        select(
+            _actions.client_id,
+            _actions.id,
+            _actions.action,
+            _actions.version,
+            _actions.requested_by,
+            _actions.requested_at,
+        )
+        .where(_actions.state == "pending")
         .order_by(_actions.id)
     )
-    return [ActionRequest(r.id, r.action, r.version, r.requested_by, r.requested_at) for r in rows]
+    if client_id is not None:
+        query = query.where(_actions.client_id == client_id)
+    pending: dict[int, list[ActionRequest]] = {}
+    for r in await conn.execute(query):
+        request = ActionRequest(r.id, r.action, r.version, r.requested_by, r.requested_at)
+        pending.setdefault(r.client_id, []).append(request)
+    return pending
 
 
 async def record_answers(

@@ -88,8 +88,9 @@ async def export(store: Store, to: Path, signing_key: Ed25519PrivateKey | None =
     published = await store.migrations()
     registered = await store.clients()
     clients = [str(c.client_id) for c in registered]
-    # One read per client, as the HTTP API answers each client's poll: the same requests.
-    requests = {str(c.client_id): await store.pending_actions(c.client_id) for c in registered}
+    # The same requests the HTTP API offers each client's poll, read for all clients at once.
+    pending = await store.pending_actions_by_client()
+    requests = {str(c.client_id): pending.get(c.client_id, []) for c in registered}
     if signing_key is None:
         unsigned = tuple(client_id for client_id, items in requests.items() if items)
         result = await asyncio.to_thread(_write_folder, published, clients, None, Path(to))

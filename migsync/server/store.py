@@ -391,7 +391,12 @@ class Store:
     async def pending_actions(self, client_id: int) -> list[ActionRequest]:
         """The requests client ``client_id`` has not answered yet, oldest first."""
         async with self._read("reading a client's requests") as conn:
-            return await requests.pending_for(conn, client_id)
+            return (await requests.pending_for(conn, client_id)).get(client_id, [])
+
+    async def pending_actions_by_client(self) -> dict[int, list[ActionRequest]]:
+        """Every client's requests it has not answered yet, oldest first, by client id (one read)."""
+        async with self._read("reading the clients' requests") as conn:
+            return await requests.pending_for(conn)
 
     async def record_answers(
         self, client_id: int, answers: Sequence[ActionResult]
