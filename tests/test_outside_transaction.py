@@ -12,6 +12,7 @@ Most tests run the real console script on both built-in backends (``any_url``).
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from migsync.backends.sqlite import SQLiteBackend
 from migsync.core.backend import TRANSACTIONAL_DDL
 from migsync.core.events import Event, MigrationDirty, MigrationRepaired
 from migsync.core.hookspecs import hookimpl
+from migsync.core.migration import ANY_DIALECT, Migration, Script
 from migsync.core.plugins import make_plugins
 from migsync.core.sources import load_directory
 from migsync.core.specs import BackendSpec
@@ -110,19 +112,33 @@ def test_postgres_concurrent_index_in_an_autocommit_migration_applies(tmp_path: 
     assert changes(pg_url) == [("0001_t", "apply", True, 1), ("0002_idx", "apply", True, 1)]
 
 
-def test_postgres_concurrent_index_not_marked_autocommit_is_an_ordinary_failure(
+def test_postgres_concurrent_index_not_marked_autocommit_is_refused_by_the_loader(
     tmp_path: Path, pg_url: str
 ) -> None:
     migrations = write_migrations(
         tmp_path / "m", {**TABLE_T, "0002_idx.up.sql": "CREATE INDEX CONCURRENTLY idx ON t (x);\n"}
     )
-    before = time.time()
     result = apply(migrations, pg_url)
-    assert result.returncode == 1
-    assert "failed: apply 0002_idx (attempt 1 of 3)" in result.stderr, result.stderr
-    assert "cannot run inside a transaction block" in result.stderr
-    assert "migration 0002_idx" in result.stderr
-    assert "dirty" not in result.stderr
+    assert result.returncode == 2
+    assert "0002_idx.up.sql:1: CREATE ... CONCURRENTLY cannot run inside a transaction" in result.stderr
+    assert ".autocommit" in result.stderr and "transaction:false" in result.stderr
+    assert tables(pg_url, bookkeeping=False) == set()  # nothing ran, not even 0001
+
+
+def test_postgres_concurrent_index_from_elsewhere_is_an_ordinary_failure(tmp_path: Path, pg_url: str) -> None:
+    """A migration that did not come through the loader: Postgres refuses it in its own words, and
+    the failure is an ordinary one (counted, retried with backoff), never dirty."""
+    migrations = write_migrations(tmp_path / "m", TABLE_T)
+    assert apply(migrations, pg_url).returncode == 0
+    before = time.time()
+
+    async def apply_unchecked() -> None:
+        index = Migration(2, "0002_idx", up={ANY_DIALECT: Script("CREATE INDEX CONCURRENTLY idx ON t (x)")})
+        async with Client.connect(pg_url) as client:
+            result = await client.apply([*load_directory(migrations), index])
+            assert result.failure is not None and not result.failure.dead and not result.failure.dirty
+
+    asyncio.run(apply_unchecked())
     rows = status_json(pg_url)
     assert [r["state"] for r in rows] == ["applied", "failed"]
     failed = rows[1]
@@ -137,7 +153,7 @@ def test_postgres_concurrent_index_not_marked_autocommit_is_an_ordinary_failure(
     assert dirty_flags(pg_url).get("0002_idx", False) is False
     assert indexes(pg_url) == set()
     # It is retried (the backoff ignored), fails the same way, and counts the attempt.
-    again = apply(migrations, pg_url, "--retry-now")
+    again = run("process", "--db", pg_url, "--retry-now")
     assert again.returncode == 1 and "failed: apply 0002_idx (attempt 2 of 3)" in again.stderr, again.stderr
     assert states(pg_url)["0002_idx"] == "failed"
 

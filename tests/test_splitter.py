@@ -400,3 +400,74 @@ def test_property_arbitrary_text_never_crashes_and_resplits_stably(sql: str, dia
         assert 1 <= statement.line <= sql.count("\n") + 1
         assert statement.sql in sql
     assert [s.line for s in result] == sorted(s.line for s in result)
+
+
+# -- offsets, BEGIN ATOMIC, brackets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ALL_DIALECTS)
+def test_offsets_point_at_each_statement_and_its_terminator(dialect: str) -> None:
+    sql = "-- head\nSELECT 1;\n\n  SELECT 'a;b' ;\nSELECT 3"
+    for statement in split(sql, dialect):
+        assert sql[statement.start : statement.end] == statement.sql
+        assert statement.terminator == len(sql) or sql[statement.terminator] == ";"
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (  # a SQL-standard body keeps its semicolons (psql's rule)
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END; SELECT 3",
+            ["CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END", "SELECT 3"],
+        ),
+        (  # CASE ... END inside the body does not close it
+            "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC "
+            "SELECT CASE WHEN true THEN 1 END; END; SELECT 2",
+            [
+                "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC "
+                "SELECT CASE WHEN true THEN 1 END; END",
+                "SELECT 2",
+            ],
+        ),
+        (  # words in strings, comments and parentheses do not count
+            "CREATE FUNCTION g(x text DEFAULT 'begin') RETURNS int LANGUAGE sql "
+            "BEGIN ATOMIC SELECT 'end'; /* end */ SELECT 1; END; SELECT 2",
+            [
+                "CREATE FUNCTION g(x text DEFAULT 'begin') RETURNS int LANGUAGE sql "
+                "BEGIN ATOMIC SELECT 'end'; /* end */ SELECT 1; END",
+                "SELECT 2",
+            ],
+        ),
+        (  # outside a routine, BEGIN is transaction control and ends at its semicolon
+            "BEGIN; SELECT 1; END; SELECT 2",
+            ["BEGIN", "SELECT 1", "END", "SELECT 2"],
+        ),
+    ],
+)
+def test_postgres_begin_atomic_bodies(sql: str, expected: list[str]) -> None:
+    assert sqls(sql, "postgresql") == expected
+
+
+def test_sqlite_brackets_may_hold_quotes() -> None:
+    assert sqls("SELECT [it's] FROM t; SELECT 'x'; SELECT 2", "sqlite") == [
+        "SELECT [it's] FROM t",
+        "SELECT 'x'",
+        "SELECT 2",
+    ]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_a_string_with_many_semicolons_is_one_statement(dialect: str) -> None:
+    sql = "INSERT INTO t VALUES ('" + "a;" * 20_000 + "'); SELECT 2"
+    result = split(sql, dialect)
+    assert [s.line for s in result] == [1, 1]
+    assert result[1].sql == "SELECT 2"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_many_statements_keep_their_lines(dialect: str) -> None:
+    sql = "".join(f"INSERT INTO t VALUES ({i}, 'x;y');\n-- note\n" for i in range(5000))
+    result = split(sql, dialect)
+    assert len(result) == 5000
+    assert [s.line for s in result[:3]] == [1, 3, 5]
+    assert result[-1].line == 9999

@@ -25,7 +25,9 @@ Units of work:
 * A migration's script is sent whole, in one round trip, inside the open
   transaction (Postgres runs a multi-statement simple query as one
   implicit block, and within ours it is simply part of the transaction).
-  A blank or comment-only script never reaches the driver.
+  A blank or comment-only script never reaches the driver. If the script
+  ended that transaction after all, the driver's transaction status says so
+  and the script fails with :class:`~migsync.core.errors.TransactionLost`.
 * Driver errors are mapped here, once: a failing statement names the
   statement's position and line in the script and carries Postgres's
   message, detail and hint.
@@ -60,16 +62,14 @@ from migsync.core.errors import (
     ConnectError,
     LockTimeout,
     StatementError,
+    TransactionLost,
 )
 from migsync.core.schema import Tables
 from migsync.core.splitter import is_blank, split
 from migsync.core.work import (
     Begin,
-    Commit,
-    Release,
     Request,
-    Savepoint,
-    Script,
+    Rollback,
     Work,
     drive_async,
     perform_async,
@@ -138,11 +138,8 @@ def _describe(exc: asyncpg.PostgresError) -> str:
     return text
 
 
-def _statement_error(exc: asyncpg.PostgresError, script: str, shift: int = 0) -> StatementError:
-    """Which statement of ``script`` failed, from the error's character position.
-
-    ``shift``: characters sent before the script in the same query.
-    """
+def _statement_error(exc: asyncpg.PostgresError, script: str) -> StatementError:
+    """Which statement of ``script`` failed, from the error's character position."""
     position = getattr(exc, "position", None)
     statements = split(script, "postgresql")
     if not position or not str(position).isdigit():
@@ -153,15 +150,14 @@ def _statement_error(exc: asyncpg.PostgresError, script: str, shift: int = 0) ->
             index=0 if only else None,
             line=only.line if only else None,
         )
-    offset = max(int(position) - 1 - shift, 0)
+    offset = max(int(position) - 1, 0)
     line = script.count("\n", 0, offset) + 1
     # By character offset, not line: several statements may share a line.
-    index, cursor = 0, 0
+    index = 0
     for i, statement in enumerate(statements):
-        start = script.find(statement.sql, cursor)
-        if start < 0 or start > offset:
+        if statement.start > offset:
             break
-        index, cursor = i, start + len(statement.sql)
+        index = i
     return StatementError(_describe(exc), statement=statements[index].sql, index=index, line=line)
 
 
@@ -191,33 +187,70 @@ class PostgresConnection(BaseConnection):
         with _mapped(self._where):
             return [dict(record) for record in await self._conn.fetch(sql, *params)]
 
-    async def run_script(self, sql: str, *, each_commits: bool = False, prefix: str = "") -> None:
-        """Run ``sql``; ``prefix`` (statements without results, ending in ``;``) rides along."""
+    async def run_script(self, sql: str, *, each_commits: bool = False) -> None:
         if is_blank(sql, "postgresql"):
-            if prefix:
-                await self.execute(prefix)
             return  # asyncpg rejects an empty query
         if each_commits:
-            if prefix:
-                await self.execute(prefix)
-            # A multi-statement query is one implicit transaction block, in which
-            # CREATE INDEX CONCURRENTLY and friends refuse to run: send them singly.
-            for index, statement in enumerate(split(sql, "postgresql")):
-                try:
-                    await self._conn.execute(statement.sql)
-                except _LOST as exc:
-                    raise ConnectError(f"{self._where}: {exc}") from exc
-                except asyncpg.PostgresError as exc:
-                    raise StatementError(
-                        _describe(exc), statement=statement.sql, index=index, line=statement.line
-                    ) from exc
+            await self._run_each(sql)
             return
+        owned = self._conn.is_in_transaction()
         try:
-            await self._conn.execute(prefix + sql)
+            await self._conn.execute(sql)
         except _LOST as exc:
             raise ConnectError(f"{self._where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
-            raise _statement_error(exc, sql, len(prefix)) from exc
+            raise _statement_error(exc, sql) from exc
+        if owned and not self._conn.is_in_transaction():
+            raise TransactionLost(
+                "the script ended the transaction migsync opened for it (a COMMIT or ROLLBACK); "
+                "what ran before that committed without the migration's bookkeeping"
+            )
+
+    async def _run_each(self, sql: str) -> None:
+        """One statement at a time with no transaction open, so each commits by itself.
+
+        A multi-statement query is one implicit transaction block, in which CREATE INDEX
+        CONCURRENTLY and friends refuse to run. A transaction the script opens itself and
+        does not finish (it failed inside it, or has no COMMIT) is rolled back; the error
+        says how many statements had committed.
+        """
+        committed = 0
+        statements = split(sql, "postgresql")
+        for index, statement in enumerate(statements):
+            try:
+                await self._conn.execute(statement.sql)
+            except _LOST as exc:
+                raise ConnectError(f"{self._where}: {exc}") from exc
+            except asyncpg.PostgresError as exc:
+                error = StatementError(
+                    _describe(exc),
+                    statement=statement.sql,
+                    index=index,
+                    line=statement.line,
+                    committed=committed,
+                )
+                await self._roll_back_leftover(error)
+                raise error from exc
+            if not self._conn.is_in_transaction():
+                committed = index + 1
+        if self._conn.is_in_transaction():
+            last = statements[-1]
+            error = StatementError(
+                "the script left a transaction open (a BEGIN without its COMMIT); it was rolled back",
+                statement=last.sql,
+                index=len(statements) - 1,
+                line=last.line,
+                committed=committed,
+            )
+            await self._roll_back_leftover(error)
+            raise error
+
+    async def _roll_back_leftover(self, error: StatementError) -> None:
+        if self._conn.is_in_transaction():
+            try:
+                await self._conn.execute("ROLLBACK")
+            except (*_LOST, asyncpg.PostgresError) as exc:
+                error.add_note(f"rolling back the script's own transaction failed too: {exc}")
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -355,38 +388,19 @@ class PostgresBackend(BaseBackend):
         async with self._connection() as conn:
             connection = PostgresConnection(conn, self.where)
 
-            # Statements without results (SAVEPOINT, RELEASE) wait and ride along with
-            # the next round trip: on loopback each round trip is most of a request's cost.
-            pending: list[str] = []
-
-            def take_pending() -> str:
-                text = "".join(f"{statement}; " for statement in pending)
-                pending.clear()
-                return text
-
             async def perform(request: Request) -> Any:
-                match request:
-                    case Savepoint(name):
-                        pending.append(f"SAVEPOINT {name}")
-                        return None
-                    case Release(name):
-                        pending.append(f"RELEASE SAVEPOINT {name}")
-                        return None
-                    case Commit():
-                        return await connection.execute(take_pending() + "COMMIT")
-                    case Script(sql, each_commits):
-                        return await connection.run_script(
-                            sql, each_commits=each_commits, prefix=take_pending()
-                        )
-                if pending:
-                    await connection.execute(take_pending())
                 if isinstance(request, Begin):
                     return await self._begin(conn)
+                if isinstance(request, Rollback):
+                    return await rollback()
                 return await perform_async(connection, request)
 
             async def rollback() -> None:
-                with _mapped(self.where):
-                    await conn.execute("ROLLBACK")
+                # Outside a transaction (a script's error ended it, or a failed COMMIT did)
+                # there is nothing to undo; ROLLBACK would only warn.
+                if conn.is_in_transaction():
+                    with _mapped(self.where):
+                        await conn.execute("ROLLBACK")
 
             return await drive_async(work, perform, rollback)
 

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import aiosqlite
 
+from migsync.backends.sqlite_keys import ForeignKeyGuard, parse_mode
 from migsync.core.backend import (
     MULTI_PROCESS,
     SAVEPOINTS,
@@ -47,6 +48,7 @@ from migsync.core.errors import (
     ConnectError,
     LockTimeout,
     StatementError,
+    TransactionLost,
 )
 from migsync.core.splitter import Statement, split
 from migsync.core.work import (
@@ -68,7 +70,7 @@ from migsync.core.work import (
 
 T = TypeVar("T")
 
-_URL_OPTIONS = frozenset({"busy_timeout", "synchronous", "journal_mode"})
+_URL_OPTIONS = frozenset({"busy_timeout", "synchronous", "journal_mode", "migration_foreign_keys"})
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _JOURNAL = {"WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF"}
 
@@ -137,52 +139,139 @@ def _batch_sync(conn: sqlite3.Connection, statements: Sequence[tuple[str, Params
         conn.execute(_placeholders(sql), params)
 
 
-def _script_sync(conn: sqlite3.Connection, statements: list[Statement]) -> None:
+def _script_sync(
+    conn: sqlite3.Connection, statements: list[Statement], guard: ForeignKeyGuard | None = None
+) -> None:
+    """Run a script's statements in order.
+
+    Inside a transaction (migsync's), every statement must leave it open: one that ends it
+    raises :class:`TransactionLost`. Outside one, each statement commits by itself, unless the
+    script opens a transaction of its own; a failure rolls back whatever the script left open,
+    and the error says how many statements had committed.
+    """
+    owned = conn.in_transaction
+    if guard is not None:
+        guard.before(statements)
+    committed = 0
     for index, statement in enumerate(statements):
         try:
             conn.execute(statement.sql)
         except sqlite3.Error as exc:
-            raise StatementError(
+            error = StatementError(
                 f"{type(exc).__name__}: {exc}",
                 statement=statement.sql,
                 index=index,
                 line=statement.line,
-            ) from exc
+                committed=None if owned else committed,
+            )
+            if not owned:
+                _roll_back_leftover(conn, error)
+            raise error from exc
+        if owned and not conn.in_transaction:
+            raise TransactionLost(
+                "this statement ended the transaction migsync opened for the script; what ran before "
+                "it committed without the migration's bookkeeping",
+                statement=statement.sql,
+                index=index,
+                line=statement.line,
+            )
+        if not conn.in_transaction:
+            committed = index + 1
+    if not owned and conn.in_transaction:
+        last = statements[-1]
+        error = StatementError(
+            "the script left a transaction open (a BEGIN without its COMMIT); it was rolled back",
+            statement=last.sql,
+            index=len(statements) - 1,
+            line=last.line,
+            committed=committed,
+        )
+        _roll_back_leftover(conn, error)
+        raise error
 
 
-def _perform_sync(conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, request: Request) -> Any:
-    """One unit-of-work request, run on the worker thread, driver errors mapped."""
-    if isinstance(request, Await):
-        return await_from_thread(loop, request)
-    if isinstance(request, Script):
-        statements = split(request.sql, "sqlite")
-        return _script_sync(conn, statements) if statements else None
+def _roll_back_leftover(conn: sqlite3.Connection, error: StatementError) -> None:
+    """Undo a transaction a script opened and did not end, keeping ``error`` the one reported."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            error.add_note(f"rolling back the script's own transaction failed too: {exc}")
+
+
+class _Session:
+    """One unit-of-work program's requests, performed on the worker thread."""
+
+    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, foreign_keys: str):
+        self.conn = conn
+        self.loop = loop
+        self.foreign_keys = foreign_keys
+        self.guard: ForeignKeyGuard | None = None
+
+    def perform(self, request: Request) -> Any:
+        conn = self.conn
+        if isinstance(request, Await):
+            return await_from_thread(self.loop, request)
+        if isinstance(request, Script):
+            statements = split(request.sql, "sqlite")
+            return _script_sync(conn, statements, self.guard) if statements else None
+        try:
+            match request:
+                case Fetch(sql, params):
+                    return _fetch_sync(conn, sql, params)
+                case Execute(sql, params):
+                    return _execute_sync(conn, sql, params)
+                case Begin(schema_change):
+                    return self._begin(schema_change)
+                case Commit():
+                    if self.guard is not None:
+                        self.guard.verify()
+                    conn.execute("COMMIT")
+                    return self._end_guard()
+                case Rollback():
+                    return self.rollback()
+                case Savepoint(name):
+                    return conn.execute(f"SAVEPOINT {name}")
+                case Release(name):
+                    return conn.execute(f"RELEASE SAVEPOINT {name}")
+                case RollbackTo(name):
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                    return conn.execute(f"RELEASE SAVEPOINT {name}")
+        except sqlite3.Error as exc:
+            raise _map_error(exc, "sqlite") from exc
+        raise TypeError(f"not a unit-of-work request: {request!r}")
+
+    def _begin(self, schema_change: bool) -> None:
+        if schema_change and self.foreign_keys == "check":
+            self.guard = ForeignKeyGuard.begin(self.conn)
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._end_guard()
+            raise
+
+    def rollback(self) -> None:
+        """End the open transaction, if the database has not ended it already (a full disk)."""
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self._end_guard()
+
+    def _end_guard(self) -> None:
+        guard, self.guard = self.guard, None
+        if guard is not None:
+            guard.end()
+
+
+def _drive_sync(
+    conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, foreign_keys: str, work: Work[T]
+) -> T:
+    session = _Session(conn, loop, foreign_keys)
     try:
-        match request:
-            case Fetch(sql, params):
-                return _fetch_sync(conn, sql, params)
-            case Execute(sql, params):
-                return _execute_sync(conn, sql, params)
-            case Begin():
-                return conn.execute("BEGIN IMMEDIATE")
-            case Commit():
-                return conn.execute("COMMIT")
-            case Rollback():
-                return conn.execute("ROLLBACK")
-            case Savepoint(name):
-                return conn.execute(f"SAVEPOINT {name}")
-            case Release(name):
-                return conn.execute(f"RELEASE SAVEPOINT {name}")
-            case RollbackTo(name):
-                conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-                return conn.execute(f"RELEASE SAVEPOINT {name}")
-    except sqlite3.Error as exc:
-        raise _map_error(exc, "sqlite") from exc
-    raise TypeError(f"not a unit-of-work request: {request!r}")
-
-
-def _drive_sync(conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, work: Work[T]) -> T:
-    return drive_sync(work, functools.partial(_perform_sync, conn, loop), lambda: conn.execute("ROLLBACK"))
+        return drive_sync(work, session.perform, session.rollback)
+    finally:
+        session.rollback()  # a program that failed at its Begin or Commit leaves nothing behind
 
 
 class SQLiteConnection(BaseConnection):
@@ -219,6 +308,7 @@ class SQLiteBackend(BaseBackend):
         busy_timeout: float | None = None,
         synchronous: str | None = None,
         journal_mode: str | None = None,
+        migration_foreign_keys: str | None = None,
         create: bool = True,
     ):
         super().__init__(url)
@@ -240,6 +330,10 @@ class SQLiteBackend(BaseBackend):
             raise ConfigError(f"sqlite synchronous={self.synchronous!r}; valid: {sorted(_SYNCHRONOUS)}")
         if self.journal_mode not in _JOURNAL:
             raise ConfigError(f"sqlite journal_mode={self.journal_mode!r}; valid: {sorted(_JOURNAL)}")
+        #: foreign keys while a migration runs (:mod:`migsync.backends.sqlite_keys`)
+        self.migration_foreign_keys = parse_mode(
+            migration_foreign_keys or options.get("migration_foreign_keys", "check")
+        )
         self._thread: _Thread | None = None
         self._lock = asyncio.Lock()  # one unit of work at a time on the one connection
         self._processor_locks: dict[str, asyncio.Lock] = {}
@@ -339,4 +433,5 @@ class SQLiteBackend(BaseBackend):
         # The whole program runs on the worker thread: one hand-off, not one per statement.
         thread = self._require()
         async with self._lock:
-            return await thread.run(_drive_sync, thread.raw, asyncio.get_running_loop(), work)
+            loop = asyncio.get_running_loop()
+            return await thread.run(_drive_sync, thread.raw, loop, self.migration_foreign_keys, work)

@@ -148,6 +148,8 @@ class _Batch:
 class EntityChangeHandler:
     """Pushes the ``entity_changes`` queue to the server through a transport, in batches."""
 
+    changes_schema = False
+
     def __init__(
         self, tables: Tables, transport: ChangePusher, clock: Clock, *, batch_size: int = 1000
     ) -> None:

@@ -9,7 +9,9 @@
     ├── BackendError           anything the database driver reported
     │   ├── ConnectError       the database cannot be opened or reached
     │   ├── LockTimeout        the processor lock was held by someone else too long
-    │   └── StatementError     a SQL statement failed (names migration, statement, line)
+    │   ├── StatementError     a SQL statement failed (names migration, statement, line)
+    │   ├── ConstraintViolation a migration left data that breaks a constraint checked at commit
+    │   └── TransactionLost    a script ended the transaction migsync opened for it
     ├── MigrationError         the migration history does not allow the request
     │   ├── UnknownMigration   no migration of that name or version
     │   ├── ChecksumMismatch   an applied migration's content changed (drift)
@@ -82,6 +84,7 @@ class StatementError(BackendError):
         index: int | None = None,
         line: int | None = None,
         origin: tuple[str, int] | None = None,
+        committed: int | None = None,
     ):
         self.driver_message = message
         self.migration = migration
@@ -90,6 +93,10 @@ class StatementError(BackendError):
         self.line = line
         #: (file, line the script starts on) when the migration came from a file
         self.origin = origin
+        #: For a script run outside a transaction: how many of its statements had committed
+        #: when it failed (a transaction the script opened itself and that was rolled back
+        #: does not count). None when the backend cannot tell.
+        self.committed = committed
         super().__init__(self._describe())
 
     @property
@@ -110,6 +117,8 @@ class StatementError(BackendError):
             where.append(f"statement {self.index + 1} (line {self.line} of the script)")
         elif self.index is not None:
             where.append(f"statement {self.index + 1}")
+        elif self.origin is not None:
+            where.append(f"a statement of the script at {self.origin[0]}:{self.origin[1]}")
         prefix = ", ".join(where)
         text = f"{prefix}: {self.driver_message}" if prefix else self.driver_message
         if self.statement:
@@ -121,14 +130,25 @@ class StatementError(BackendError):
 
     def in_migration(self, name: str, origin: tuple[str, int] | None = None) -> StatementError:
         """The same error, naming the migration (and the file it came from) it happened in."""
-        return StatementError(
+        return type(self)(
             self.driver_message,
             migration=name,
             statement=self.statement,
             index=self.index,
             line=self.line,
             origin=origin,
+            committed=self.committed,
         )
+
+
+class ConstraintViolation(BackendError):
+    """A migration left data that breaks a constraint checked before its commit (SQLite's
+    foreign keys, which are not enforced while a migration runs): the migration is rolled back."""
+
+
+class TransactionLost(StatementError):
+    """A script ended the transaction migsync opened for it (a ``COMMIT`` or ``ROLLBACK`` that the
+    script check could not see): what ran before it may have committed without the bookkeeping."""
 
 
 class MigrationError(MigsyncError):
@@ -185,6 +205,7 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "ConnectError",
+    "ConstraintViolation",
     "DirtyDatabase",
     "LockTimeout",
     "MalformedAnswer",
@@ -199,6 +220,7 @@ __all__ = [
     "SignatureError",
     "SourceError",
     "StatementError",
+    "TransactionLost",
     "TransportError",
     "UnknownMigration",
 ]

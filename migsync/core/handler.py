@@ -14,9 +14,17 @@ import time
 
 import attrs
 
+from migsync.core import script_check
 from migsync.core.backend import Row
 from migsync.core.clock import Clock, SystemClock
-from migsync.core.errors import ChecksumMismatch, DirtyDatabase, StatementError, UnknownMigration
+from migsync.core.errors import (
+    ChecksumMismatch,
+    DirtyDatabase,
+    PermanentFailure,
+    StatementError,
+    TransactionLost,
+    UnknownMigration,
+)
 from migsync.core.events import (
     Event,
     MigrationApplied,
@@ -61,6 +69,8 @@ class _Step:
 class MigrationHandler:
     """Applies or reverts the migration a queued change names."""
 
+    changes_schema = True
+
     def __init__(
         self,
         dialect: str,
@@ -104,17 +114,25 @@ class MigrationHandler:
         script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
         origins = json.loads(row["origins"]) if row["origins"] else {}
         origin = origins_lookup(origins, "up" if applying else "down", self.dialect)
+        # Already in the requested state: queued twice by racing processes. Never run twice.
+        done = bool(row["applied"]) == applying
+        outside = (script["autocommit"] or not self.transactional_ddl) and not done
+        try:
+            # Checked again here, whatever the loader did: a migration may come from a server's
+            # bundle or an older publisher. A wrapper BEGIN/COMMIT is blanked out.
+            sql = "" if done else script_check.runnable(script["sql"], self.dialect, autocommit=outside)
+        except script_check.ScriptRefused as exc:
+            where = f"{origin[0]}:{int(origin[1]) + exc.line - 1}" if origin else f"line {exc.line}"
+            raise PermanentFailure(f"migration {name}, {where}: {exc}") from None
         step = _Step(
             name=name,
             origin=(origin[0], int(origin[1])) if origin else None,
             version=int(row["version"]),
             checksum=row["checksum"],
             applying=applying,
-            sql=script["sql"],
-            # Already in the requested state: queued twice by racing processes. Never run twice.
-            done=bool(row["applied"]) == applying,
+            sql=sql,
+            done=done,
         )
-        outside = (script["autocommit"] or not self.transactional_ddl) and not step.done
         return Loaded(step, outside_transaction=outside)
 
     def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
@@ -124,6 +142,9 @@ class MigrationHandler:
         started = time.perf_counter()
         try:
             yield Script(step.sql)
+        except TransactionLost as exc:  # what ran before it committed, without the bookkeeping
+            located = exc.in_migration(step.name, step.origin)
+            raise DirtyDatabase(f"{located}; {_REPAIR_HINT.format(name=step.name)}") from exc
         except StatementError as exc:
             raise exc.in_migration(step.name, step.origin) from exc
         return (yield from self._applied(change, step, time.perf_counter() - started))
@@ -138,8 +159,9 @@ class MigrationHandler:
         try:
             yield Script(step.sql, each_commits=True)
         except StatementError as exc:
-            if exc.index:  # statements before it have committed: only a person can tell what now
-                committed = "statement 1" if exc.index == 1 else f"statements 1-{exc.index}"
+            done = exc.committed if exc.committed is not None else exc.index
+            if done:  # statements before it have committed: only a person can tell what now
+                committed = "statement 1" if done == 1 else f"statements 1-{done}"
                 located = exc.in_migration(step.name, step.origin)
                 raise DirtyDatabase(
                     f"{located}; it runs outside a transaction and {committed} "

@@ -9,11 +9,16 @@ The rules, for every queue:
 
 * Changes are taken in ``seq`` order. A change that failed blocks the ones
   after it until it succeeds: they wait, they are never skipped.
-* Each change runs in one transaction that also marks it processed. The
-  work itself runs in a savepoint inside that transaction; the attempt
-  counter and the error are written outside the savepoint, so a failure
-  still counts while none of the failed work remains. A process killed
-  mid-change leaves nothing at all: the change is as if never started.
+* Each change runs in one transaction that also marks it processed and
+  counts the attempt. When the work fails, that transaction is rolled back
+  whole and a second one records the failure (the attempt, the error, the
+  retry time), so a failure still counts while none of the failed work
+  remains. No savepoint is involved: a script's own error (a syntax error
+  that Postgres reports before running anything, a full disk after which
+  SQLite has already rolled back) can never be replaced by a bookkeeping
+  error about a savepoint. When the rollback or the record fails too, the
+  change's own error is kept first and the second one added. A process
+  killed mid-change leaves nothing at all: the change is as if never started.
 * A failure sets ``next_attempt_at`` by exponential backoff with jitter; at
   ``max_attempts`` failures the change is dead, and stays so until someone
   revives it.
@@ -40,17 +45,21 @@ import attrs
 
 from migsync.core.backend import Backend, Row
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
-from migsync.core.errors import DirtyDatabase, MigsyncError, NotYet, PermanentFailure, Postponed
+from migsync.core.errors import (
+    BackendError,
+    DirtyDatabase,
+    MigsyncError,
+    NotYet,
+    PermanentFailure,
+    Postponed,
+)
 from migsync.core.events import Event, EventDispatcher, PassCompleted
 from migsync.core.work import (
     Begin,
     Commit,
     Execute,
     Fetch,
-    Release,
     Rollback,
-    RollbackTo,
-    Savepoint,
     Work,
 )
 
@@ -77,6 +86,8 @@ class ChangeHandler(Protocol):
 
     #: The queue table; it has the columns of ``migration_changes``.
     queue: str
+    #: Its changes run migration scripts (see :class:`~migsync.core.work.Begin`).
+    changes_schema: bool
 
     def describe(self, change: Row) -> str:
         """A short label for logs and errors, e.g. ``apply 0003_add_email``."""
@@ -162,9 +173,6 @@ class PassResult:
         return self.failure is None and self.blocked is None
 
 
-_SAVEPOINT = "migsync_change"
-
-
 class ChangesProcessor:
     def __init__(
         self,
@@ -191,12 +199,17 @@ class ChangesProcessor:
         self._halted = False
         q = handler.queue
         self._sql_head = f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq LIMIT {int(batch_size)}"
+        # Read inside the write transaction: only a change still unprocessed, alive and due is
+        # ours to work. The attempt is counted by the statement that ends the attempt.
         self._sql_claim = (
-            f"UPDATE {q} SET attempts = attempts + 1 WHERE seq = $1 AND processed = FALSE "
-            "AND attempts < max_attempts AND next_attempt_at <= $2 RETURNING attempts, max_attempts"
+            f"SELECT attempts, max_attempts FROM {q} WHERE seq = $1 AND processed = FALSE "
+            "AND attempts < max_attempts AND next_attempt_at <= $2"
         )
-        self._sql_done = f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL WHERE seq = $2"
-        self._sql_failed = f"UPDATE {q} SET error = $1, next_attempt_at = $2 WHERE seq = $3"
+        self._sql_started = f"UPDATE {q} SET attempts = $1 WHERE seq = $2"
+        self._sql_done = (
+            f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL, attempts = $2 WHERE seq = $3"
+        )
+        self._sql_failed = f"UPDATE {q} SET attempts = $1, error = $2, next_attempt_at = $3 WHERE seq = $4"
         self._sql_dead = (
             f"UPDATE {q} SET error = $1, next_attempt_at = 0, attempts = max_attempts WHERE seq = $2"
         )
@@ -294,14 +307,12 @@ class ChangesProcessor:
 
     def _change(self, change: Row, due_by: float, events: list[Event]) -> Work[Outcome | None]:
         handler = self.handler
-        yield Begin()
-        # Claim inside the write transaction: only a change that is still
-        # unprocessed, alive and due is ours to work.
+        yield Begin(schema_change=handler.changes_schema)
         claim: list[Row] = yield Fetch(self._sql_claim, (change["seq"], due_by))
         if not claim:
-            yield Commit()
+            yield Rollback()
             return None
-        attempts, max_attempts = int(claim[0]["attempts"]), int(claim[0]["max_attempts"])
+        attempts, max_attempts = int(claim[0]["attempts"]) + 1, int(claim[0]["max_attempts"])
         label = handler.describe(change)
         try:
             loaded = yield from handler.load(change)  # reads only: nothing to undo if it fails
@@ -316,26 +327,45 @@ class ChangesProcessor:
             return outcome
         if loaded.outside_transaction:
             return (yield from self._change_outside(change, loaded, label, attempts, max_attempts, events))
-        yield Savepoint(_SAVEPOINT)
         try:
             event = yield from handler.handle(change, loaded)
-            yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
+            yield Execute(self._sql_done, (self.clock.now(), attempts, change["seq"]))
+            yield Commit()  # deferred checks fail here: the change's failure like any other
         except Exception as exc:
-            yield RollbackTo(_SAVEPOINT)
-            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
-            yield Commit()
-            return outcome
-        yield Release(_SAVEPOINT)
-        yield Commit()
+            return (yield from self._rolled_back(change, label, exc, attempts, max_attempts, events))
         if event is not None:
             events.append(event)
         return Outcome(change["id"], label, True, attempts, max_attempts)
+
+    def _rolled_back(
+        self, change: Row, label: str, exc: Exception, attempts: int, max_attempts: int, events: list[Event]
+    ) -> Work[Outcome]:
+        """Undo a failed change's transaction, then record the failure in a new one.
+
+        The change's own error stays the one reported: a rollback or record that fails
+        too is added to it, never put in its place.
+        """
+        try:
+            yield Rollback()
+        except Exception as rollback_error:  # the database may already have ended it (disk full)
+            log.warning("%s: rollback after a failure failed too: %s", label, rollback_error)
+        try:
+            yield Begin()
+            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
+            yield Commit()
+        except Exception as record_error:
+            raise BackendError(
+                f"{label} failed: {_message(exc)}; and recording the failure failed too: "
+                f"{_message(record_error)}"
+            ) from exc
+        return outcome
 
     def _change_outside(
         self, change: Row, loaded: Loaded, label: str, attempts: int, max_attempts: int, events: list[Event]
     ) -> Work[Outcome]:
         """A change whose work cannot run in a transaction: mark, commit, work, record."""
         handler = self.handler
+        yield Execute(self._sql_started, (attempts, change["seq"]))
         yield from handler.begin_outside(change, loaded)
         yield Commit()
         started = time.perf_counter()
@@ -357,7 +387,7 @@ class ChangesProcessor:
             return outcome
         yield Begin()
         event = yield from handler.finish_outside(change, loaded, time.perf_counter() - started)
-        yield Execute(self._sql_done, (self.clock.now(), change["seq"]))
+        yield Execute(self._sql_done, (self.clock.now(), attempts, change["seq"]))
         yield Commit()
         if event is not None:
             events.append(event)
@@ -373,11 +403,9 @@ class ChangesProcessor:
         events: list[Event],
     ) -> Work[Outcome]:
         """Record a failed attempt (inside an open transaction) and say what it means."""
-        if isinstance(exc, MigsyncError):
-            error = str(exc)
-        else:
+        if not isinstance(exc, MigsyncError):
             log.error("unexpected error in %s", label, exc_info=exc)
-            error = f"{type(exc).__name__}: {exc}"
+        error = _message(exc)
         dirty = isinstance(exc, DirtyDatabase)
         permanent = isinstance(exc, PermanentFailure) and not dirty
         dead = (attempts >= max_attempts or permanent) and not dirty
@@ -387,7 +415,8 @@ class ChangesProcessor:
             yield Execute(self._sql_dead, (error, change["seq"]))
         else:
             # A dirty change waits for a person: no retry time, however many attempts are left.
-            yield Execute(self._sql_failed, (error, next_at if next_at is not None else 0.0, change["seq"]))
+            retry_at = next_at if next_at is not None else 0.0
+            yield Execute(self._sql_failed, (attempts, error, retry_at, change["seq"]))
         events.extend((yield from self.handler.record_failure(change, error, attempts, next_at, dirty)))
         return Outcome(change["id"], label, False, attempts, max_attempts, error, dead, next_at, dirty)
 
@@ -442,3 +471,8 @@ class ChangesProcessor:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
+
+
+def _message(exc: BaseException) -> str:
+    """An error as a change's record keeps it: ours as written, anything else with its type."""
+    return str(exc) if isinstance(exc, MigsyncError) else f"{type(exc).__name__}: {exc}"

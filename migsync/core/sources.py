@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from migsync.core import script_check
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
 from migsync.core.migration import ANY_DIALECT, Migration, Script, first_line_offset
@@ -186,15 +187,24 @@ def _assemble(files: Iterable[tuple[FileName, Path, list[Section]]]) -> list[Mig
         scripts: dict[str, dict[str, Script]] = {"up": {}, "down": {}}
         origins: dict[str, tuple[str, int]] = {}
         for (direction, dialect), section in entry.slots.items():
-            scripts[direction][dialect] = Script(section.sql, section.autocommit)
+            script = Script(section.sql, section.autocommit)
+            first_line = section.line + first_line_offset(section.sql)
+            _check_script(script, dialect, section.path or entry.path, first_line)
+            scripts[direction][dialect] = script
             if section.path is not None:
-                origins[f"{direction}:{dialect}"] = (
-                    str(section.path),
-                    section.line + first_line_offset(section.sql),
-                )
+                origins[f"{direction}:{dialect}"] = (str(section.path), first_line)
         migrations.append(
             Migration(
                 version, entry.name, scripts["up"], scripts["down"], source=str(entry.path), origins=origins
             )
         )
     return migrations
+
+
+def _check_script(script: Script, dialect: str, path: Path, first_line: int) -> None:
+    """Refuse a transactional script that holds transaction control (:mod:`migsync.core.script_check`)."""
+    if script.autocommit:
+        return
+    found = script_check.problems(script.sql, dialect)
+    if found:
+        raise SourceError(script_check.explain(found), path, first_line + found[0].line - 1)

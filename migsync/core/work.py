@@ -62,7 +62,17 @@ class Script:
 
 @attrs.frozen
 class Begin:
-    """Start a write transaction."""
+    """Start a write transaction.
+
+    ``schema_change``: the transaction will run a migration script. A backend
+    may prepare the session the way its database's own schema-change procedure
+    asks, and verify before the commit what that relaxed: SQLite turns
+    foreign-key enforcement off before the transaction begins (``PRAGMA
+    foreign_keys`` is a no-op inside one) and runs ``PRAGMA foreign_key_check``
+    before it commits, failing the commit on a violation the script left.
+    """
+
+    schema_change: bool = False
 
 
 @attrs.frozen

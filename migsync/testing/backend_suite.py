@@ -488,7 +488,7 @@ class BackendSuite:
             "DROP TABLE half",
         )
         async with self.client(make_backend()) as client:
-            require(client.backend, TRANSACTIONAL_DDL, SAVEPOINTS)
+            require(client.backend, TRANSACTIONAL_DDL)
             result = await client.apply([half])
             assert result.failure is not None and not result.ok
             assert "0001_half" in (result.failure.error or "")
@@ -499,7 +499,6 @@ class BackendSuite:
 
     async def test_apply_and_revert_through_client(self, make_backend: BackendFactory) -> None:
         async with self.client(make_backend()) as client:
-            require(client.backend, SAVEPOINTS)
             result = await client.apply(THREE)
             assert result.ok and [o.label for o in result.processed] == [
                 "apply 0001_one",
@@ -531,7 +530,7 @@ class BackendSuite:
             ),
         ]
         probe = make_backend()
-        require(probe, MULTI_PROCESS, SAVEPOINTS)
+        require(probe, MULTI_PROCESS)
         async with self.client(make_backend()) as one, self.client(make_backend()) as two:
             results = await asyncio.gather(one.apply(migrations), two.apply(migrations))
             assert all(r.ok for r in results)
