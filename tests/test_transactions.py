@@ -12,12 +12,14 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import pytest
 from conftest import write_migrations
 from dbtools import is_sqlite, query, run, sqlite_path, status_json, tables
 
 from migsync import Client
 from migsync.core.errors import TransactionLost
+from migsync.core.events import BaseEventSink, Event, MigrationWaiting
 from migsync.core.migration import ANY_DIALECT, Migration, Script
 from migsync.core.work import Begin, Commit, Execute, Work
 from migsync.core.work import Script as RunScript
@@ -398,3 +400,92 @@ def test_outside_script_that_leaves_a_transaction_open_fails(tmp_path: Path, any
         conn.execute("BEGIN IMMEDIATE")
         conn.rollback()
         conn.close()
+
+
+# -- Postgres: a migration waiting on a lock ----------------------------------------------------
+
+
+class Waits(BaseEventSink):
+    def __init__(self) -> None:
+        self.seen: list[MigrationWaiting] = []
+
+    async def emit(self, event: Event) -> None:
+        if isinstance(event, MigrationWaiting):
+            self.seen.append(event)
+
+
+async def hold_table_lock(url: str) -> asyncpg.Connection:
+    """A session of the test's own, idle in a transaction that holds ``t`` exclusively."""
+    holder = await asyncpg.connect(url, server_settings={"application_name": "the-blocker"})
+    await holder.execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+    return holder
+
+
+ADD_COLUMN = [
+    Migration(1, "0001_t", up={ANY_DIALECT: Script("CREATE TABLE t (x int)")}),
+    Migration(2, "0002_y", up={ANY_DIALECT: Script("ALTER TABLE t ADD COLUMN y int")}),
+]
+
+
+async def test_postgres_migration_waiting_on_a_lock_says_who_holds_it(pg_url: str) -> None:
+    waits = Waits()
+    async with Client.connect(pg_url, backend_options={"lock_wait_report": 0.2}) as client:
+        client.events.add(waits)
+        assert (await client.apply(ADD_COLUMN[:1])).ok
+        holder = await hold_table_lock(pg_url)
+        try:
+            applying = asyncio.create_task(client.apply(ADD_COLUMN))
+            for _ in range(600):  # until the first report (the test fails if none ever comes)
+                if waits.seen or applying.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert waits.seen, "no migration_waiting event"
+            event = waits.seen[0]
+            assert event.label == "apply 0002_y"
+            assert event.pids == [holder.get_server_pid()]
+            assert "the-blocker" in event.blocked_by[0] and "LOCK TABLE t" in event.blocked_by[0]
+            assert "idle in transaction" in event.blocked_by[0]
+        finally:
+            await holder.execute("ROLLBACK")
+            await holder.close()
+        assert (await applying).ok  # once the lock is gone, the migration goes through
+
+
+def test_postgres_migration_lock_timeout_is_an_ordinary_failure(tmp_path: Path, pg_url: str) -> None:
+    directory = write_migrations(tmp_path / "m", {"0001_t.up.sql": "CREATE TABLE t (x int);\n"})
+    assert apply(directory, pg_url).returncode == 0
+    write_migrations(directory, {"0002_y.up.sql": "ALTER TABLE t ADD COLUMN y int;\n"})
+
+    async def blocked_apply() -> subprocess.CompletedProcess[str]:
+        holder = await hold_table_lock(pg_url)
+        try:
+            url = f"{pg_url}?migration_lock_timeout=0.5&lock_wait_report=0.1"
+            return await asyncio.to_thread(apply, directory, url)
+        finally:
+            await holder.close()
+
+    result = asyncio.run(blocked_apply())
+    assert result.returncode == 1
+    (_, waiting) = status_json(pg_url)
+    assert (waiting["state"], waiting["attempts"]) == ("failed", 1)
+    assert "LockNotAvailableError" in waiting["error"] and "lock timeout" in waiting["error"]
+    assert "0002_y.up.sql:1" in waiting["error"]
+    assert apply(directory, pg_url, "--retry-now").returncode == 0  # no lock now: it applies
+
+
+def test_postgres_timeouts_must_be_seconds(tmp_path: Path, pg_url: str) -> None:
+    directory = write_migrations(tmp_path / "m", {"0001_t.up.sql": "CREATE TABLE t (x int);\n"})
+    for option, message in [
+        ("migration_lock_timeout=soon", "migration_lock_timeout='soon' is not a number of seconds"),
+        ("migration_statement_timeout=-1", "migration_statement_timeout='-1' must not be negative"),
+    ]:
+        result = apply(directory, f"{pg_url}?{option}")
+        assert result.returncode == 2 and message in one_error_line(result)
+
+
+def test_postgres_statement_timeout_stops_a_long_migration(tmp_path: Path, pg_url: str) -> None:
+    directory = write_migrations(tmp_path / "m", {"0001_slow.up.sql": "SELECT pg_sleep(30);\n"})
+    result = apply(directory, f"{pg_url}?migration_statement_timeout=0.3")
+    assert result.returncode == 1
+    (state,) = status_json(pg_url)
+    assert state["state"] == "failed" and "statement timeout" in state["error"]

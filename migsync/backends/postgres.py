@@ -13,6 +13,14 @@ parameters, such as ``sslmode``, pass through):
 ``lock_timeout``
     seconds to wait for migsync's write lock before :class:`LockTimeout`
     (default 60).
+``migration_lock_timeout``, ``migration_statement_timeout``
+    Postgres's ``lock_timeout`` and ``statement_timeout``, in seconds, for a
+    migration's statements (default 0: none). A migration that times out
+    fails like any other: counted, retried with backoff.
+``lock_wait_report``
+    seconds after which a migration that waits on a lock says who holds it,
+    on the log and as a ``migration_waiting`` event, and again as often while
+    the wait lasts (default 5; 0: never). See :mod:`migsync.backends.postgres_waits`.
 
 Units of work:
 
@@ -46,6 +54,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from migsync.backends.postgres_waits import WaitListener, watching
 from migsync.core.backend import (
     MULTI_PROCESS,
     PROCESS_WIDE_LOCK,
@@ -70,6 +79,7 @@ from migsync.core.work import (
     Begin,
     Request,
     Rollback,
+    Script,
     Work,
     drive_async,
     perform_async,
@@ -78,7 +88,16 @@ from migsync.core.work import (
 T = TypeVar("T")
 log = logging.getLogger("migsync.postgres")
 
-_OUR_OPTIONS = frozenset({"schema", "pool_max", "lock_timeout"})
+_OUR_OPTIONS = frozenset(
+    {
+        "schema",
+        "pool_max",
+        "lock_timeout",
+        "migration_lock_timeout",
+        "migration_statement_timeout",
+        "lock_wait_report",
+    }
+)
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
@@ -91,6 +110,18 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     rest = [(k, v) for k, v in query if k not in _OUR_OPTIONS]
     dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment))
     return dsn, ours
+
+
+def _seconds(options: dict[str, str], name: str, given: float | None, default: float) -> float:
+    """A non-negative number of seconds from a keyword argument, else the URL, else ``default``."""
+    raw = given if given is not None else options.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"postgres option {name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise ConfigError(f"postgres option {name}={raw!r} must not be negative (0: none)")
+    return value
 
 
 def where(url: str) -> str:
@@ -275,6 +306,9 @@ class PostgresBackend(BaseBackend):
         schema: str | None = None,
         pool_max: int | None = None,
         lock_timeout: float | None = None,
+        migration_lock_timeout: float | None = None,
+        migration_statement_timeout: float | None = None,
+        lock_wait_report: float | None = None,
         create: bool = True,
     ):
         super().__init__(url)
@@ -290,6 +324,13 @@ class PostgresBackend(BaseBackend):
             )
         except ValueError as exc:
             raise ConfigError(f"postgres URL {self.where}: {exc}") from None
+        self.migration_lock_timeout = _seconds(options, "migration_lock_timeout", migration_lock_timeout, 0)
+        self.migration_statement_timeout = _seconds(
+            options, "migration_statement_timeout", migration_statement_timeout, 0
+        )
+        self.lock_wait_report = _seconds(options, "lock_wait_report", lock_wait_report, 5)
+        #: Called with each :class:`~migsync.backends.postgres_waits.LockWait` (the client's events).
+        self.wait_listener: WaitListener | None = None
         if self.pool_max < 2:
             raise ConfigError("postgres pool_max must be at least 2 (the processor lock holds one)")
         self._write_key = lock_key(self.schema, "write")
@@ -345,13 +386,14 @@ class PostgresBackend(BaseBackend):
             with _mapped(self.where):
                 await pool.release(conn)
 
-    async def _begin(self, conn: asyncpg.Connection) -> None:
-        """BEGIN and take migsync's write lock, in one round trip."""
+    async def _begin(self, conn: asyncpg.Connection, schema_change: bool = False) -> None:
+        """BEGIN and take migsync's write lock, in one round trip; for a migration, its timeouts too."""
         millis = int(self.lock_timeout * 1000)
+        timeouts = self._timeouts("SET LOCAL") if schema_change else "SET LOCAL lock_timeout = 0"
         try:
             await conn.execute(
                 f"BEGIN; SET LOCAL lock_timeout = {millis}; "
-                f"SELECT pg_advisory_xact_lock({self._write_key}); SET LOCAL lock_timeout = 0"
+                f"SELECT pg_advisory_xact_lock({self._write_key}); {timeouts}"
             )
         except asyncpg.LockNotAvailableError as exc:
             # Ask on this connection: the pool may have none to spare (deadlock).
@@ -384,15 +426,43 @@ class PostgresBackend(BaseBackend):
         async with self._connection() as conn:
             yield PostgresConnection(conn, self.where)
 
+    def _timeouts(self, verb: str) -> str:
+        """The statements that set a migration's timeouts (``SET LOCAL`` in its transaction)."""
+        lock, statement = (
+            int(t * 1000) for t in (self.migration_lock_timeout, self.migration_statement_timeout)
+        )
+        return f"{verb} lock_timeout = {lock}; {verb} statement_timeout = {statement}"
+
+    async def _script(self, connection: PostgresConnection, conn: asyncpg.Connection, script: Script) -> None:
+        """A migration's script, watched while it waits on locks (and timed out, if asked)."""
+        outside = script.each_commits and (self.migration_lock_timeout or self.migration_statement_timeout)
+        async with watching(
+            self.dsn, conn.get_server_pid(), script.label, self.lock_wait_report, self.wait_listener
+        ) as watch:
+            try:
+                if outside:
+                    await connection.execute(self._timeouts("SET"))
+                await connection.run_script(script.sql, each_commits=script.each_commits)
+            except StatementError as exc:
+                if watch is not None and watch.last is not None:
+                    raise exc.amended(f"{exc.driver_message}; {watch.last.describe()}") from exc
+                raise
+            finally:
+                if outside:
+                    with contextlib.suppress(*_LOST, asyncpg.PostgresError):
+                        await conn.execute("RESET lock_timeout; RESET statement_timeout")
+
     async def run(self, work: Work[T]) -> T:
         async with self._connection() as conn:
             connection = PostgresConnection(conn, self.where)
 
             async def perform(request: Request) -> Any:
                 if isinstance(request, Begin):
-                    return await self._begin(conn)
+                    return await self._begin(conn, request.schema_change)
                 if isinstance(request, Rollback):
                     return await rollback()
+                if isinstance(request, Script):
+                    return await self._script(connection, conn, request)
                 return await perform_async(connection, request)
 
             async def rollback() -> None:

@@ -17,13 +17,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from migsync.core.backend import TRANSACTIONAL_DDL, Backend
+
+if TYPE_CHECKING:
+    from migsync.backends.postgres_waits import LockWait
 from migsync.core.changes import ChangeRecorder, recording
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
-from migsync.core.events import EventDispatcher, EventSink
+from migsync.core.events import EventDispatcher, EventSink, MigrationWaiting
 from migsync.core.handler import MigrationHandler
 from migsync.core.ledger import Ledger, MigrationState
 from migsync.core.migration import Migration
@@ -86,6 +89,18 @@ class Client:
             clock=self.clock,
             retry=retry,
             lock_timeout=lock_timeout,
+        )
+        if hasattr(backend, "wait_listener"):  # a backend that can say who blocks a migration
+            backend.wait_listener = self._lock_wait
+
+    def _lock_wait(self, wait: LockWait) -> None:
+        self.events.emit(
+            MigrationWaiting(
+                label=wait.label,
+                waited=wait.waited,
+                blocked_by=[blocker.describe() for blocker in wait.blockers],
+                pids=[blocker.pid for blocker in wait.blockers],
+            )
         )
 
     @classmethod

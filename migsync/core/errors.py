@@ -130,13 +130,20 @@ class StatementError(BackendError):
 
     def in_migration(self, name: str, origin: tuple[str, int] | None = None) -> StatementError:
         """The same error, naming the migration (and the file it came from) it happened in."""
+        error = self.amended(self.driver_message)
+        error.migration, error.origin = name, origin
+        error.args = (error._describe(),)
+        return error
+
+    def amended(self, driver_message: str) -> StatementError:
+        """The same error with another message from the driver (one with more said about it)."""
         return type(self)(
-            self.driver_message,
-            migration=name,
+            driver_message,
+            migration=self.migration,
             statement=self.statement,
             index=self.index,
             line=self.line,
-            origin=origin,
+            origin=self.origin,
             committed=self.committed,
         )
 

@@ -111,6 +111,18 @@ class MigrationRepaired(MigrationEvent):
 
 
 @attrs.frozen(kw_only=True)
+class MigrationWaiting(Event):
+    """A migration's script has waited ``waited`` seconds on a lock other sessions hold
+    (Postgres); repeated while the wait lasts. ``blocked_by`` describes each holder."""
+
+    kind: ClassVar[str] = "migration_waiting"
+    label: str
+    waited: float
+    blocked_by: list[str]
+    pids: list[int]
+
+
+@attrs.frozen(kw_only=True)
 class PassCompleted(Event):
     """One processor pass over a queue has finished."""
 

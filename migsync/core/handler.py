@@ -141,7 +141,7 @@ class MigrationHandler:
             return None
         started = time.perf_counter()
         try:
-            yield Script(step.sql)
+            yield Script(step.sql, label=self.describe(change))
         except TransactionLost as exc:  # what ran before it committed, without the bookkeeping
             located = exc.in_migration(step.name, step.origin)
             raise DirtyDatabase(f"{located}; {_REPAIR_HINT.format(name=step.name)}") from exc
@@ -157,7 +157,7 @@ class MigrationHandler:
     def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         step: _Step = loaded.data
         try:
-            yield Script(step.sql, each_commits=True)
+            yield Script(step.sql, each_commits=True, label=self.describe(change))
         except StatementError as exc:
             done = exc.committed if exc.committed is not None else exc.index
             if done:  # statements before it have committed: only a person can tell what now

@@ -54,10 +54,13 @@ class Script:
 
     ``each_commits``: run with no transaction open, one statement at a time, so
     that each commits on its own (``CREATE INDEX CONCURRENTLY``, ``VACUUM``).
+    ``label``: what the script is (``apply 0003_add_email``), for messages about it
+    while it runs (a Postgres migration waiting on a lock says who holds it).
     """
 
     sql: str
     each_commits: bool = False
+    label: str = ""
 
 
 @attrs.frozen
