@@ -18,7 +18,10 @@ from dbtools import aquery, is_sqlite, run, status_json, tables
 from migsync import Client, load_directory
 from migsync.core.errors import MigrationError
 from migsync.core.migration import ANY_DIALECT, Migration, Script
+from migsync.core.signing import load_private_key, write_keypair
+from migsync.core.sync import Syncer
 from migsync.testing import FakeClock
+from migsync.transports.memory import MemoryServer, MemoryTransport
 
 
 def history(url: str) -> dict[str, str]:
@@ -162,6 +165,33 @@ async def test_a_revert_above_them_still_works_and_an_empty_down_section_is_a_no
         again = await client.apply(load_directory(migrations))
         assert again.ok and len(again.processed) == 3
         assert [s.state for s in await client.status()] == ["applied"] * 7
+
+
+async def test_the_admins_revert_request_is_answered_failed_and_leaves_no_hold(
+    tmp_path: Path, any_url: str
+) -> None:
+    trusted = write_keypair(tmp_path / "key")
+    key = load_private_key(tmp_path / "key")
+    server = MemoryServer()
+    server.publish_signed(load_directory(write_migrations(tmp_path / "m", history(any_url))), key)
+
+    async def sync() -> dict[str, str]:
+        async with connect(any_url) as client:
+            result = await Syncer(client, MemoryTransport(server, client_id="c1"), [trusted]).sync()
+            assert result.ok
+            return {s.name: "held" if s.held else s.state for s in await client.status()}
+
+    assert set((await sync()).values()) == {"applied"}
+    request = server.request("c1", "revert", 2, "alice")
+    assert set((await sync()).values()) == {"applied"}
+    state, detail = server.answers[request.id].state, server.answers[request.id].detail
+    dialect = "sqlite" if is_sqlite(any_url) else "postgresql"
+    assert (state, detail) == ("failed", REFUSED.format(dialect=dialect))
+    # No hold was left: a migration published later applies as usual.
+    server.publish_signed(
+        [Migration(8, "0008_more", {ANY_DIALECT: Script("CREATE TABLE more (x INTEGER)")})], key
+    )
+    assert (await sync())["0008_more"] == "applied"
 
 
 # -- through the CLI ------------------------------------------------------------------------------

@@ -307,14 +307,18 @@ class Ledger:
     async def hold(self, version: int) -> None:
         """Keep every migration from ``version`` on from being queued (an earlier hold stays)."""
         async with self.backend.transaction() as tx:
-            current = await _hold(tx.fetch, self.sql)
-            if current is not None and current <= version:
-                return
-            await tx.execute(
+            await tx.execute_batch(self._hold_statements(await _hold(tx.fetch, self.sql), version))
+
+    def _hold_statements(self, current: int | None, version: int) -> list[tuple[str, Sequence[Any]]]:
+        if current is not None and current <= version:
+            return []
+        return [
+            (
                 f"INSERT INTO {self.sql.t.meta} (key, value) VALUES ('{HOLD_KEY}', $1) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(version),),
             )
+        ]
 
     async def release_hold(self) -> int | None:
         """Lift the hold; the version it held from, or None if there was none."""
@@ -325,16 +329,22 @@ class Ledger:
         return current
 
     async def revert(
-        self, ref: str | None = None, *, to: int | None = None, everything: bool = False
+        self,
+        ref: str | None = None,
+        *,
+        to: int | None = None,
+        everything: bool = False,
+        hold_from: int | None = None,
     ) -> RevertResult:
         """Queue reverts, newest first, of the applied migrations the request covers.
 
         ``ref``: that migration and every applied one after it. ``to``: every
         applied migration with a version above ``to``. ``everything``: all.
-        Queued applies of those migrations are cancelled.
+        Queued applies of those migrations are cancelled. ``hold_from``: also
+        :meth:`hold` from that version, in the same transaction.
 
-        Refuses (``MigrationError``, naming each), before anything is queued
-        or cancelled, if any migration to revert has no down script for
+        Refuses (``MigrationError``, naming each), before anything is queued,
+        cancelled or held, if any migration to revert has no down script for
         this database's dialect (:meth:`Migration.irreversible
         <migsync.core.migration.Migration.irreversible>`): reverting it would
         undo nothing, yet mark it pending, and applying it again would fail.
@@ -361,6 +371,8 @@ class Ledger:
             cancelled = [s.name for s in covered if s.queued == "apply"]
             now = self.clock.now()
             statements: list[tuple[str, Sequence[Any]]] = []
+            if hold_from is not None:
+                statements += self._hold_statements(await _hold(tx.fetch, self.sql), hold_from)
             for name in cancelled:
                 statements += [
                     (
