@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from conftest import MIGSYNC
+from conftest import MIGSYNC, REPO
 
 from migsync.core.migration import Migration, Script
 from migsync.core.schema import ACTIONS, CHANGES, META, MIGRATIONS, QUEUE, REPORTS, STATUS
@@ -96,8 +96,14 @@ def migsync_sessions(url: str) -> set[int]:
 
 
 def migsync_env() -> dict[str, str]:
-    """The environment of a migsync subprocess: this one's, plugin autoload off."""
-    return {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    """The environment of a migsync subprocess: this one's, plugin autoload off, and this
+    checkout's ``migsync`` first on the path.
+
+    The console script imports whatever ``migsync`` the virtualenv has installed, which,
+    from a second git worktree sharing that virtualenv, is another checkout's code.
+    """
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": path}
 
 
 def run(

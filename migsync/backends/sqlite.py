@@ -13,9 +13,12 @@
 * Each unit of SQL runs in aiosqlite's worker thread in a single hop: a
   migration script is split and executed by one function call in that
   thread, not one round trip per statement.
-* SQLite's write lock is the processor lock across processes: a change is
-  claimed and worked inside one ``BEGIN IMMEDIATE`` transaction, so another
-  process waits for it and then sees it finished.
+* The processor lock is a lock file beside the database, one per queue
+  (:mod:`migsync.backends.filelock`): a pass excludes every other process
+  and backend instance, also while a migration runs outside a transaction,
+  when no write lock is held. Each change is still claimed inside its
+  ``BEGIN IMMEDIATE`` transaction. A ``:memory:`` database (no other process
+  can open it), or a platform without ``flock``, has an in-process lock only.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import functools
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -32,9 +36,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import aiosqlite
 
+from migsync.backends import filelock
 from migsync.backends.sqlite_keys import ForeignKeyGuard, parse_mode
 from migsync.core.backend import (
     MULTI_PROCESS,
+    PROCESS_WIDE_LOCK,
     SAVEPOINTS,
     TRANSACTIONAL_DDL,
     BaseBackend,
@@ -299,7 +305,9 @@ class SQLiteConnection(BaseConnection):
 class SQLiteBackend(BaseBackend):
     name: ClassVar[str] = "sqlite"
     dialect: ClassVar[str] = "sqlite"
-    capabilities: ClassVar[frozenset[str]] = frozenset({TRANSACTIONAL_DDL, SAVEPOINTS, MULTI_PROCESS})
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {TRANSACTIONAL_DDL, SAVEPOINTS, MULTI_PROCESS, *([PROCESS_WIDE_LOCK] if filelock.AVAILABLE else [])}
+    )
 
     def __init__(
         self,
@@ -412,15 +420,21 @@ class SQLiteBackend(BaseBackend):
 
     @contextlib.asynccontextmanager
     async def processor_lock(self, name: str, timeout: float) -> AsyncIterator[None]:
-        # Across processes the write lock of each change's transaction is the
-        # exclusion; within this process, passes on one queue take turns.
+        # This instance's passes on one queue take turns on an asyncio.Lock (no polling);
+        # then the lock file excludes other processes and instances.
+        deadline = time.monotonic() + timeout
+        timed_out = f"{self.path}: processor lock {name!r} not free after {timeout:g}s"
         lock = self._processor_locks.setdefault(name, asyncio.Lock())
         try:
             await asyncio.wait_for(lock.acquire(), timeout)
         except TimeoutError:
-            raise LockTimeout(f"{self.path}: processor lock {name!r} not free after {timeout:g}s") from None
+            raise LockTimeout(timed_out) from None
         try:
-            yield
+            if self.memory or not filelock.AVAILABLE:
+                yield
+            else:
+                async with filelock.hold(filelock.lock_path(self.path, name), deadline, timed_out):
+                    yield
         finally:
             lock.release()
 

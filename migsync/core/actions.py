@@ -9,10 +9,12 @@ does it, in order, like any other migration change:
 
 ``revert V``
     Hold the client at V (nothing from V on is queued again, see
-    :meth:`Ledger.hold <migsync.core.ledger.Ledger.hold>`), then queue the
-    revert of every applied migration from V on, newest first. Queued applies
-    among them are cancelled. Without the hold, the next sync would queue
-    them again, since the server still publishes them.
+    :meth:`Ledger.hold <migsync.core.ledger.Ledger.hold>`) and queue the
+    revert of every applied migration from V on, newest first, in one
+    transaction. Queued applies among them are cancelled. Without the hold,
+    the next sync would queue them again, since the server still publishes
+    them. If one of them has no down script, nothing is done and the answer
+    is ``failed``, naming each such migration.
 ``reapply V``
     Lift the hold and queue V (and any earlier migration not applied). A dead
     change is revived: its attempts start again; a failed one waiting for its
@@ -115,9 +117,10 @@ class ClientActions:
 
     async def _carry_out(self, action: str, version: int) -> tuple[str, str | None]:
         if action == "revert":
-            # The hold first: a crash after it leaves nothing queued that the hold would undo.
-            await self.ledger.hold(version)
-            result = await self.ledger.revert(to=version - 1)
+            # The hold and the reverts in one transaction: a crash cannot leave reverts queued
+            # without the hold (the next sync would queue the applies again), and a refused
+            # revert (a migration without a down script) leaves no hold behind either.
+            result = await self.ledger.revert(to=version - 1, hold_from=version)
             if not result.reverting:
                 return "done", f"nothing from version {version} on is applied here; held at {version}"
             return "queued", f"reverting {', '.join(result.reverting)}"

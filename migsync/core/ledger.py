@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import attrs
 
-from migsync.core.backend import Backend, Row
+from migsync.core.backend import Backend, Connection, Row
 from migsync.core.clock import Clock, SystemClock, iso
 from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError, UnknownMigration
 from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired
@@ -307,14 +307,18 @@ class Ledger:
     async def hold(self, version: int) -> None:
         """Keep every migration from ``version`` on from being queued (an earlier hold stays)."""
         async with self.backend.transaction() as tx:
-            current = await _hold(tx.fetch, self.sql)
-            if current is not None and current <= version:
-                return
-            await tx.execute(
+            await tx.execute_batch(self._hold_statements(await _hold(tx.fetch, self.sql), version))
+
+    def _hold_statements(self, current: int | None, version: int) -> list[tuple[str, Sequence[Any]]]:
+        if current is not None and current <= version:
+            return []
+        return [
+            (
                 f"INSERT INTO {self.sql.t.meta} (key, value) VALUES ('{HOLD_KEY}', $1) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(version),),
             )
+        ]
 
     async def release_hold(self) -> int | None:
         """Lift the hold; the version it held from, or None if there was none."""
@@ -325,13 +329,25 @@ class Ledger:
         return current
 
     async def revert(
-        self, ref: str | None = None, *, to: int | None = None, everything: bool = False
+        self,
+        ref: str | None = None,
+        *,
+        to: int | None = None,
+        everything: bool = False,
+        hold_from: int | None = None,
     ) -> RevertResult:
         """Queue reverts, newest first, of the applied migrations the request covers.
 
         ``ref``: that migration and every applied one after it. ``to``: every
         applied migration with a version above ``to``. ``everything``: all.
-        Queued applies of those migrations are cancelled.
+        Queued applies of those migrations are cancelled. ``hold_from``: also
+        :meth:`hold` from that version, in the same transaction.
+
+        Refuses (``MigrationError``, naming each), before anything is queued,
+        cancelled or held, if any migration to revert has no down script for
+        this database's dialect (:meth:`Migration.irreversible
+        <migsync.core.migration.Migration.irreversible>`): reverting it would
+        undo nothing, yet mark it pending, and applying it again would fail.
         """
         if sum(x is not None and x is not False for x in (ref, to, everything or None)) != 1:
             raise ValueError("give exactly one of ref, to, everything")
@@ -351,9 +367,12 @@ class Ledger:
             to_revert = [
                 (s.version, s.name) for s in reversed(covered) if s.state == "applied" and s.queued is None
             ]
+            await self._refuse_irreversible(tx, to_revert)
             cancelled = [s.name for s in covered if s.queued == "apply"]
             now = self.clock.now()
             statements: list[tuple[str, Sequence[Any]]] = []
+            if hold_from is not None:
+                statements += self._hold_statements(await _hold(tx.fetch, self.sql), hold_from)
             for name in cancelled:
                 statements += [
                     (
@@ -367,6 +386,29 @@ class Ledger:
             await tx.execute_batch(statements)
         self._emit_queued(to_revert, "revert")
         return RevertResult([name for _, name in to_revert], cancelled)
+
+    async def _refuse_irreversible(self, tx: Connection, to_revert: Sequence[tuple[int, str]]) -> None:
+        if not to_revert:
+            return
+        rows = await tx.fetch(
+            f"SELECT version, content FROM {self.sql.t.migrations} WHERE version >= $1",
+            (min(v for v, _ in to_revert),),
+        )
+        contents = {int(r["version"]): r["content"] for r in rows}
+        dialect = self.backend.dialect
+        lacking = [
+            name
+            for version, name in to_revert
+            if Migration.from_json(json.loads(contents[version])).irreversible(dialect)
+        ]
+        if lacking:
+            they = "it has" if len(lacking) == 1 else "they have"
+            raise MigrationError(
+                f"cannot revert {', '.join(lacking)}: {they} no down script for {dialect}, "
+                "so reverting would undo nothing; nothing was queued. Write a new migration that "
+                f"undoes {'it' if len(lacking) == 1 else 'them'}, or revert only the migrations "
+                f"after {lacking[0]}"
+            )
 
     async def repair(self, ref: str, *, applied: bool) -> MigrationState:
         """Resolve a dirty migration after a person checked the database by hand.

@@ -6,6 +6,11 @@ dialect. The key :data:`ANY_DIALECT` holds the generic script used by every
 dialect that has no script of its own. A dialect with no script at all runs
 nothing: the migration is a no-op there, but still recorded as applied.
 
+A down script that is present but empty is recorded as such (``"down":
+{"*": {"sql": ""}}``), apart from no down script at all (``"down": {}``):
+the first reverts as a deliberate no-op, the second cannot be reverted
+(see :meth:`Migration.irreversible`).
+
 The checksum is the sha256 of the migration's canonical content (a JSON
 document with sorted keys, line endings normalised to ``\\n`` and outer
 whitespace stripped), so it does not depend on the file layout the
@@ -104,6 +109,21 @@ class Migration:
             if key in scripts:
                 return scripts[key]
         return EMPTY
+
+    def has_script(self, direction: Direction, dialect: str) -> bool:
+        """Whether ``dialect`` has a script of its own or a generic one (an empty one counts)."""
+        scripts = self.up if direction == "up" else self.down
+        return (dialects.lookup(dialect) or dialect) in scripts or ANY_DIALECT in scripts
+
+    def irreversible(self, dialect: str) -> bool:
+        """Whether reverting it on ``dialect`` would leave its up script's work in place.
+
+        True when ``dialect`` runs a non-empty up script but has no down script.
+        An empty down script (``-- migrate:down`` with nothing under it, an empty
+        ``.down.sql``) is a deliberate no-op and reverts; so does a migration that
+        runs nothing on ``dialect`` at all.
+        """
+        return bool(self.script("up", dialect).sql) and not self.has_script("down", dialect)
 
     def dialects(self) -> set[str]:
         return (set(self.up) | set(self.down)) - {ANY_DIALECT}
