@@ -104,14 +104,12 @@ def raw_bookkeeping_apply(
     for (seq, name), (up, _) in zip(changes, scripts, strict=True):
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(claim, (seq, time.time())).fetchall()
-        conn.execute("SAVEPOINT s")
         row = conn.execute(content, (name,)).fetchone()
         for statement in up:
             conn.execute(statement)
         now = time.time()
         conn.execute(upsert, (name, row[0], True, now, row[1], 1, now))
-        conn.execute(done, (now, seq))
-        conn.execute("RELEASE s")
+        conn.execute(done, (now, 1, seq))
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
