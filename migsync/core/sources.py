@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from migsync.core import files
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
 from migsync.core.migration import ANY_DIALECT, Migration, Script, first_line_offset
@@ -87,26 +88,31 @@ def scan_directory(directory: str | Path, formats: Sequence[SourceFormat] | None
     except (FileNotFoundError, NotADirectoryError):
         raise SourceError("migrations directory does not exist or is not a directory", root) from None
     except OSError as exc:
-        raise SourceError(f"cannot read directory: {exc.strerror}", root) from exc
+        raise SourceError(f"cannot read directory: {files.reason(exc)}", root) from exc
     digest = hashlib.sha256(_DIGEST_SALT + ",".join(type(f).__qualname__ for f in formats).encode())
-    files = []
+    found = []
     for entry in entries:
         name = entry.name
-        if name.startswith(".") or entry.is_dir():
+        if name.startswith("."):
             continue
         owner = _claim(formats, name)
+        if owner is None and not name.lower().endswith(suffixes):
+            continue  # README.md, .gitkeep: never looked at, so not even a symlink loop is an error
         # Plain strings, not Path objects, on this loop: it runs per file on every start.
         path = entry.path
+        try:
+            if entry.is_dir():
+                continue
+        except OSError as exc:  # a symlink loop: is_dir() cannot tell
+            raise SourceError(f"cannot read file: {files.reason(exc)}", path) from exc
         if owner is None:
-            if name.lower().endswith(suffixes):
-                expected = " or ".join(f.pattern_help for f in formats if f.pattern_help)
-                raise SourceError(f"file name fits no migration format (expected {expected})", path)
-            continue
+            expected = " or ".join(f.pattern_help for f in formats if f.pattern_help)
+            raise SourceError(f"file name fits no migration format (expected {expected})", path)
         data = read_bytes(path)
         digest.update(b"\0%d\0%s\0" % (len(data), name.encode()))
         digest.update(data)
-        files.append((owner[0], owner[1], path, data))
-    return SourceSnapshot(root, tuple(files), digest.hexdigest())
+        found.append((owner[0], owner[1], path, data))
+    return SourceSnapshot(root, tuple(found), digest.hexdigest())
 
 
 def _claim(formats: Sequence[SourceFormat], filename: str) -> tuple[SourceFormat, FileName] | None:
@@ -123,11 +129,11 @@ def read_text(path: Path) -> str:
 
 
 def read_bytes(path: Path | str) -> bytes:
+    """The file's bytes; a FIFO, a device, a symlink loop is a SourceError, never a hang."""
     try:
-        with open(path, "rb", buffering=0) as file:
-            return file.readall()
+        return files.read_regular(path)
     except OSError as exc:
-        raise SourceError(f"cannot read file: {exc.strerror}", path) from exc
+        raise SourceError(f"cannot read file: {files.reason(exc)}", path) from exc
 
 
 def decode(data: bytes, path: Path) -> str:
