@@ -93,3 +93,21 @@ def test_a_symlink_loop_the_loader_does_not_read_is_ignored(tmp_path: Path, db_u
     result = run("apply", "--migrations", str(folder), "--db", db_url)
     assert result.returncode == 0, result.stderr
     assert tables(db_url, bookkeeping=False) == {"a", "b"}
+
+
+def test_a_nul_byte_in_a_migration_file_is_an_error_naming_its_line(tmp_path: Path, db_url: str) -> None:
+    folder = write_migrations(tmp_path / "migrations", MIGRATIONS)
+    path = folder / "0002_b.sql"
+    data = b"-- migrate:up\nCREATE TABLE b (x INTEGER);\nINSERT INTO b VALUES (1)\0;\n"
+    path.write_bytes(data)
+    with pytest.raises(SourceError) as info:
+        load_directory(folder)
+    assert (info.value.path, info.value.line) == (path, 3)
+    offset = data.index(b"\0")
+    message = (
+        f"{path}:3: NUL byte at line 3 (offset {offset}): migration files are text; save the file as UTF-8"
+    )
+    assert str(info.value) == message
+    result = run("apply", "--migrations", str(folder), "--db", db_url)
+    one_error(result, message)
+    assert tables(db_url, bookkeeping=False) == set()  # refused before anything ran

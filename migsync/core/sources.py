@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from migsync.core.plugins import Plugins
 
 # Bump when parsing rules change, so that old digests no longer match.
-_DIGEST_SALT = b"migsync-source-1\0"
+_DIGEST_SALT = b"migsync-source-2\0"
 
 
 def builtin_formats() -> list[SourceFormat]:
@@ -137,11 +137,12 @@ def read_bytes(path: Path | str) -> bytes:
 
 
 def decode(data: bytes, path: Path) -> str:
-    """``data`` as UTF-8 text (a BOM is allowed), or a SourceError saying where it is not."""
+    """``data`` as UTF-8 text (a BOM is allowed) without NUL bytes, or a SourceError saying
+    where it is not."""
     # Not the "utf-8-sig" codec: its error offsets do not count the BOM.
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data[bom:].decode("utf-8")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = bom + exc.start
         line = data.count(b"\n", 0, offset) + 1
@@ -150,6 +151,17 @@ def decode(data: bytes, path: Path) -> str:
             path,
             line,
         ) from exc
+    # Valid UTF-8 may hold NUL: a binary file, or UTF-16 without a BOM. A driver would cut
+    # the SQL short at it (SQLite) or refuse it mid-apply (Postgres): refuse it here.
+    offset = data.find(b"\0", bom)
+    if offset >= 0:
+        line = data.count(b"\n", 0, offset) + 1
+        raise SourceError(
+            f"NUL byte at line {line} (offset {offset}): migration files are text; save the file as UTF-8",
+            path,
+            line,
+        )
+    return text
 
 
 @attrs.define
