@@ -9,7 +9,9 @@ command, whose timeout (:func:`dbtools.run`) fails the test instead of stalling 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_migrations
-from dbtools import run, sqlite_path, tables
+from dbtools import imported_name, query, run, sqlite_path, tables
 
 from migsync.core.errors import SourceError
 from migsync.core.sources import load_directory
@@ -111,3 +113,125 @@ def test_a_nul_byte_in_a_migration_file_is_an_error_naming_its_line(tmp_path: Pa
     result = run("apply", "--migrations", str(folder), "--db", db_url)
     one_error(result, message)
     assert tables(db_url, bookkeeping=False) == set()  # refused before anything ran
+
+
+# -- a drop folder, on the client's side ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
+    """A store with migrations 1 and 2 published and clients ship and kiosk, exported to a
+    drop folder: made once, by the commands; each test takes a copy (:func:`drop`)."""
+    root = tmp_path_factory.mktemp("exported")
+    store = f"sqlite:///{root / 'server.db'}"
+    assert run("keygen", "--out", str(root / "key")).returncode == 0
+    ids = {}
+    for name in ("ship", "kiosk"):
+        added = run("clients", "add", name, "--store", store, "--json")
+        assert added.returncode == 0, added.stderr
+        ids[name] = str(json.loads(added.stdout)["client_id"])
+    folder = write_migrations(root / "migrations", MIGRATIONS)
+    steps = [
+        ("publish", "--migrations", str(folder), "--signing-key", str(root / "key"), "--store", store),
+        ("export", "--store", store, "--to", str(root / "drop")),
+    ]
+    for step in steps:
+        result = run(*step)
+        assert result.returncode == 0, result.stderr
+    return {"root": root, "store": store, **ids}
+
+
+@pytest.fixture
+def drop(tmp_path: Path, exported: dict[str, Path | str]) -> dict[str, Path | str]:
+    """This test's own copy of the exported drop folder and store."""
+    root = Path(exported["root"])
+    shutil.copytree(root / "drop", tmp_path / "drop", symlinks=True)
+    shutil.copy(root / "server.db", tmp_path / "server.db")
+    return {
+        **exported,
+        "drop": tmp_path / "drop",
+        "store": f"sqlite:///{tmp_path / 'server.db'}",
+        "pub": root / "key.pub",
+    }
+
+
+def client_sync(
+    drop: dict[str, Path | str], db_url: str, client: str = "ship"
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        "client", "sync", "--db", db_url, "--server", f"file://{drop['drop']}",
+        "--client-id", str(drop[client]), "--trust-key", str(drop["pub"]),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["fifo", "loop"])
+def test_a_manifest_that_is_no_file_is_one_error_not_a_hang(
+    drop: dict[str, Path | str], db_url: str, kind: str
+) -> None:
+    manifest = Path(drop["drop"]) / "manifest.json"
+    manifest.unlink()
+    (a_fifo if kind == "fifo" else a_loop)(manifest)
+    result = client_sync(drop, db_url)
+    what = "not a regular file (a FIFO)" if kind == "fifo" else "a symlink loop; refusing to read it"
+    one_error(result, f"{manifest}: {what}")
+
+
+def test_a_bundle_that_is_a_fifo_is_refused_and_the_rest_applied(
+    drop: dict[str, Path | str], db_url: str
+) -> None:
+    bundle = Path(drop["drop"]) / "migrations" / "0002_b.json"
+    bundle.unlink()
+    a_fifo(bundle)
+    result = client_sync(drop, db_url)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1  # a refused migration, as for a bundle that does not verify
+    [line] = [line for line in result.stderr.splitlines() if str(bundle) in line]
+    assert line.startswith("refused") and line.endswith(f"{bundle}: not a regular file (a FIFO)")
+    assert tables(db_url, bookkeeping=False) == {"a"}
+
+
+def test_a_requests_file_that_is_a_fifo_is_a_warning_and_the_migrations_run(
+    drop: dict[str, Path | str], db_url: str
+) -> None:
+    requests = Path(drop["drop"]) / "actions" / f"{drop['ship']}.json"
+    requests.parent.mkdir()
+    a_fifo(requests)
+    result = client_sync(drop, db_url)
+    assert result.returncode == 0, result.stderr
+    warning = "WARNING migsync.filedrop: the admin's requests are not read"
+    assert result.stderr.splitlines() == [f"{warning}: {requests}: not a regular file (a FIFO)"]
+    assert tables(db_url, bookkeeping=False) == {"a", "b"}
+
+
+# -- a drop folder, on the server's side: import-reports ----------------------------------------------
+
+
+def test_import_reports_names_and_skips_a_fifo_and_imports_every_other_file(
+    drop: dict[str, Path | str], tmp_path: Path
+) -> None:
+    folder = Path(drop["drop"])
+    ship, kiosk = str(drop["ship"]), str(drop["kiosk"])
+    for client in ("ship", "kiosk"):
+        synced = client_sync(drop, f"sqlite:///{tmp_path / client}.db", client)
+        assert synced.returncode == 0, synced.stderr
+    [ship_report] = (folder / "reports" / ship).iterdir()
+    [kiosk_report] = (folder / "reports" / kiosk).iterdir()
+    # Named like report and changes files, and older than the clients' own: read first.
+    fifos = [
+        folder / "reports" / ship / "0000000001000-0123456789abcdef.json",
+        folder / "reports" / kiosk / "0000000001000-0123456789abcdef.json",
+        folder / "changes" / ship / "0000000001000-0123456789abcdef.json",
+    ]
+    fifos[-1].parent.mkdir(parents=True)
+    for fifo in fifos:
+        a_fifo(fifo)
+    result = run("import-reports", "--store", str(drop["store"]), "--from", str(folder))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1  # as for any refused file
+    assert sorted(result.stderr.splitlines()) == sorted(
+        f"refused {p}: not a regular file (a FIFO)" for p in fifos
+    )
+    assert imported_name(ship_report).exists() and imported_name(kiosk_report).exists()
+    assert all(fifo.exists() for fifo in fifos)  # left where they are
+    applied = query(str(drop["store"]), "SELECT client_id, version FROM store_client_status WHERE applied")
+    assert sorted(applied) == sorted((int(c), v) for c in (ship, kiosk) for v in (1, 2))
