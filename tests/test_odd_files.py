@@ -203,7 +203,17 @@ def test_a_requests_file_that_is_a_fifo_is_a_warning_and_the_migrations_run(
     assert tables(db_url, bookkeeping=False) == {"a", "b"}
 
 
-# -- a drop folder, on the server's side: import-reports ----------------------------------------------
+# -- a drop folder, on the server's side: export and import-reports ----------------------------------
+
+
+def test_export_replaces_a_fifo_where_its_manifest_goes(drop: dict[str, Path | str], db_url: str) -> None:
+    manifest = Path(drop["drop"]) / "manifest.json"
+    manifest.unlink()
+    a_fifo(manifest)
+    result = run("export", "--store", str(drop["store"]), "--to", str(drop["drop"]))
+    assert result.returncode == 0, result.stderr
+    assert "manifest written" in result.stdout and manifest.is_file()
+    assert client_sync(drop, db_url).returncode == 0
 
 
 def test_import_reports_names_and_skips_a_fifo_and_imports_every_other_file(
