@@ -245,3 +245,28 @@ def test_import_reports_names_and_skips_a_fifo_and_imports_every_other_file(
     assert all(fifo.exists() for fifo in fifos)  # left where they are
     applied = query(str(drop["store"]), "SELECT client_id, version FROM store_client_status WHERE applied")
     assert sorted(applied) == sorted((int(c), v) for c in (ship, kiosk) for v in (1, 2))
+
+
+# -- keys and the configuration file ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["trusted key", "signing key", "configuration file"])
+def test_a_key_or_configuration_file_that_is_a_fifo_is_one_error_not_a_hang(
+    tmp_path: Path, db_url: str, which: str
+) -> None:
+    fifo = tmp_path / "fifo"
+    a_fifo(fifo)
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    folder = write_migrations(tmp_path / "migrations", MIGRATIONS)
+    sync = ["client", "sync", "--db", db_url, "--server", f"file://{tmp_path}", "--client-id", "1"]
+    message = f"cannot read {which} {fifo}: not a regular file (a FIFO)"
+    if which == "configuration file":  # a bad option value, in click's words
+        result = run("client", "sync", "--config", str(fifo))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"Error: Invalid value for '--config': {message}" in result.stderr.splitlines()
+        return
+    command = {
+        "trusted key": [*sync, "--trust-key", str(fifo)],
+        "signing key": ["publish", "--migrations", str(folder), "--store", store, "--signing-key", str(fifo)],
+    }[which]
+    one_error(run(*command), message)
