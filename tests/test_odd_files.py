@@ -270,3 +270,40 @@ def test_a_key_or_configuration_file_that_is_a_fifo_is_one_error_not_a_hang(
         "signing key": ["publish", "--migrations", str(folder), "--store", store, "--signing-key", str(fifo)],
     }[which]
     one_error(run(*command), message)
+
+
+# -- a SQLite path that cannot be a database ---------------------------------------------------------------
+
+
+def a_folder(path: Path) -> None:
+    path.mkdir()
+
+
+UNOPENABLE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "a folder": (a_folder, "not a regular file (a directory)"),
+    "a FIFO": (a_fifo, "not a regular file (a FIFO)"),
+    "a device": (a_device, "not a regular file (a character device)"),
+    "a symlink loop": (a_loop, "a symlink loop"),
+}
+
+
+@pytest.mark.parametrize("kind", UNOPENABLE)
+@pytest.mark.parametrize("command", ["apply", "status"])
+def test_a_sqlite_path_that_is_no_database_file_is_one_error(tmp_path: Path, kind: str, command: str) -> None:
+    make, what = UNOPENABLE[kind]
+    path = tmp_path / "client.db"
+    make(path)
+    folder = write_migrations(tmp_path / "migrations", MIGRATIONS)
+    args = ["--migrations", str(folder)] if command == "apply" else []
+    result = run(command, *args, "--db", f"sqlite:///{path}")
+    one_error(result, f"cannot open SQLite database {path}: {what}")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_sqlite_file_that_cannot_be_made_is_one_error_and_no_thread_traceback(tmp_path: Path) -> None:
+    # Its folder is there, but nothing can be made in it, not even by root: SQLite's own
+    # refusal, which used to leave aiosqlite's worker thread printing a traceback at exit.
+    path = Path("/proc/self/client.db")
+    folder = write_migrations(tmp_path / "migrations", MIGRATIONS)
+    result = run("apply", "--migrations", str(folder), "--db", f"sqlite:///{path}")
+    one_error(result, f"cannot open SQLite database {path}: unable to open database file")
