@@ -25,6 +25,8 @@ import errno
 import os
 import stat
 
+#: POSIX only; elsewhere (Windows) there are no FIFOs to block on
+_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO"),
@@ -86,9 +88,9 @@ def read_regular(
     :class:`OSError`\\ s (not there, no permission) as the OS raised them.
     """
     name = os.fspath(path)
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+    flags = os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOCTTY", 0)
     if not follow_symlinks:
-        flags |= os.O_NOFOLLOW
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         descriptor = os.open(name, flags)
     except OSError as exc:
@@ -106,8 +108,8 @@ def read_regular(
             raise UnreadableFile(errno.EINVAL, _not_regular(info.st_mode), name)
         if limit is not None and info.st_size > limit:
             raise UnreadableFile(errno.EFBIG, f"{info.st_size} bytes, over the limit of {limit}", name)
-        # A regular file never blocks, but a network or FUSE file system may still honour the flag.
-        os.set_blocking(descriptor, True)
+        if _NONBLOCK:  # a regular file never blocks, but a network or FUSE file system may honour it
+            os.set_blocking(descriptor, True)
         file = open(descriptor, "rb")  # noqa: SIM115 (closed below; the descriptor until then)
     except BaseException:
         os.close(descriptor)
