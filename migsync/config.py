@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from migsync.core.errors import ConfigError
+from migsync.core.files import read_regular, reason
 
 DEFAULT_FILE = "migsync.toml"
 
@@ -50,9 +51,9 @@ def find_file(explicit: str | None) -> Path | None:
     """The configuration file to read: ``explicit``, else ./migsync.toml if present."""
     if explicit:
         path = Path(explicit)
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ConfigError(f"configuration file {explicit} does not exist")
-        return path
+        return path  # a FIFO or a directory is named by load_table, which refuses to read it
     default = Path(DEFAULT_FILE)
     return default if default.is_file() else None
 
@@ -60,9 +61,9 @@ def find_file(explicit: str | None) -> Path | None:
 def load_table(path: Path, table: str, keys: Mapping[str, str]) -> dict[str, Any]:
     """The ``[table]`` of ``path`` as option defaults (parameter name -> value)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_regular(path).decode("utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read configuration file {path}: {reason(exc)}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
     section = data.get(table, {})

@@ -19,6 +19,11 @@ os.environ.setdefault("MIGSYNC_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 MIGSYNC = str(Path(sys.executable).with_name("migsync"))
+# The console script imports migsync from wherever the venv's editable install points, which
+# is another checkout when these tests run from a git worktree: subprocesses import this one's.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
 PG_DSN = os.environ.get("MIGSYNC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -285,7 +285,7 @@ TAMPERS: dict[str, tuple[Callable[[Path], None], str]] = {
     "twice": (_edit(lambda d: d["actions"].append(d["actions"][0])), "strictly increasing order"),
     "oversized": (_oversized, f"over the limit of {files.MAX_ACTIONS_FILE}"),
     "symlink-out": (_symlink_out, "leads outside"),
-    "a-folder": (_a_folder, "Is a directory"),
+    "a-folder": (_a_folder, "not a regular file (a directory)"),
 }
 
 

@@ -117,7 +117,7 @@ def test_native_dialect_option_resolves_aliases(tmp_path: Path, alias: str, cano
     ],
 )
 def test_native_transaction_options(tmp_path: Path, options: str, autocommit: bool) -> None:
-    text = f"-- migrate:up{options}\nCREATE INDEX CONCURRENTLY i ON t (a);\n-- migrate:down\nDROP INDEX i;\n"
+    text = f"-- migrate:up{options}\nCREATE INDEX i ON t (a);\n-- migrate:down\nDROP INDEX i;\n"
     m = load_one(tmp_path, {"1_index.sql": text})
     dialect = "postgresql" if "dialect" in options else ANY_DIALECT
     assert m.up[dialect].autocommit is autocommit

@@ -28,6 +28,7 @@ import contextlib
 import functools
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ from migsync.core.errors import (
     StatementError,
     TransactionLost,
 )
+from migsync.core.files import kind_of, reason
 from migsync.core.splitter import Statement, split
 from migsync.core.work import (
     Await,
@@ -76,6 +78,8 @@ from migsync.core.work import (
 
 T = TypeVar("T")
 
+#: rows aiosqlite fetches per hop when iterating a cursor (its own default)
+_ITER_CHUNK_SIZE = 64
 _URL_OPTIONS = frozenset({"busy_timeout", "synchronous", "journal_mode", "migration_foreign_keys"})
 _SYNCHRONOUS = {"OFF", "NORMAL", "FULL", "EXTRA"}
 _JOURNAL = {"WAL", "DELETE", "TRUNCATE", "PERSIST", "MEMORY", "OFF"}
@@ -355,15 +359,16 @@ class SQLiteBackend(BaseBackend):
         if self._thread is not None:
             return
         if not self.memory:
-            parent = Path(self.path).parent
-            if not parent.is_dir():
-                raise ConnectError(f"cannot open SQLite database {self.path}: folder {parent} does not exist")
-            if not self.create and not Path(self.path).is_file():
-                raise ConnectError(f"SQLite database {self.path} does not exist")
+            self._check_path()
         try:
-            db = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Opened here, not by aiosqlite.connect: when that fails, its worker thread is
+            # left to stop after the event loop has closed, and prints a traceback.
+            raw = await asyncio.to_thread(
+                sqlite3.connect, self.path, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.Error as exc:
             raise ConnectError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        db = await aiosqlite.Connection(lambda: raw, _ITER_CHUNK_SIZE)
         thread = _Thread(db, self.path)
         try:
             await thread.run(self._configure, thread.raw)
@@ -371,6 +376,23 @@ class SQLiteBackend(BaseBackend):
             await db.close()
             raise ConnectError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._thread = thread
+
+    def _check_path(self) -> None:
+        """A database file must be a regular file in a folder that is there (SQLite would say
+        only "unable to open database file", or "disk I/O error" on a FIFO)."""
+        path, cannot = Path(self.path), f"cannot open SQLite database {self.path}"
+        if not path.parent.is_dir():
+            raise ConnectError(f"{cannot}: folder {path.parent} does not exist")
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            if not self.create:
+                raise ConnectError(f"SQLite database {self.path} does not exist") from None
+            return
+        except OSError as exc:
+            raise ConnectError(f"{cannot}: {reason(exc)}") from None
+        if not stat.S_ISREG(mode):
+            raise ConnectError(f"{cannot}: not a regular file ({kind_of(mode)})")
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")

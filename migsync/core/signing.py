@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from migsync.core.errors import ConfigError, SignatureError
+from migsync.core.files import read_regular, reason
 from migsync.core.migration import Migration
 from migsync.core.wire import ActionRequest
 
@@ -165,6 +166,6 @@ def _verify(message: bytes, signature: str | None, trusted: Sequence[TrustedKey]
 
 def _read(path: str | Path, what: str) -> bytes:
     try:
-        return Path(path).read_bytes()
+        return read_regular(path)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {what} {path}: {reason(exc)}") from None

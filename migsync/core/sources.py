@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from migsync.core import script_check
+from migsync.core import files, script_check
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
 from migsync.core.migration import ANY_DIALECT, Migration, Script, first_line_offset
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from migsync.core.plugins import Plugins
 
 # Bump when parsing rules change, so that old digests no longer match.
-_DIGEST_SALT = b"migsync-source-1\0"
+_DIGEST_SALT = b"migsync-source-2\0"
 
 
 def builtin_formats() -> list[SourceFormat]:
@@ -88,26 +88,31 @@ def scan_directory(directory: str | Path, formats: Sequence[SourceFormat] | None
     except (FileNotFoundError, NotADirectoryError):
         raise SourceError("migrations directory does not exist or is not a directory", root) from None
     except OSError as exc:
-        raise SourceError(f"cannot read directory: {exc.strerror}", root) from exc
+        raise SourceError(f"cannot read directory: {files.reason(exc)}", root) from exc
     digest = hashlib.sha256(_DIGEST_SALT + ",".join(type(f).__qualname__ for f in formats).encode())
-    files = []
+    found = []
     for entry in entries:
         name = entry.name
-        if name.startswith(".") or entry.is_dir():
+        if name.startswith("."):
             continue
         owner = _claim(formats, name)
+        if owner is None and not name.lower().endswith(suffixes):
+            continue  # README.md, .gitkeep: never looked at, so not even a symlink loop is an error
         # Plain strings, not Path objects, on this loop: it runs per file on every start.
         path = entry.path
+        try:
+            if entry.is_dir():
+                continue
+        except OSError as exc:  # a symlink loop: is_dir() cannot tell
+            raise SourceError(f"cannot read file: {files.reason(exc)}", path) from exc
         if owner is None:
-            if name.lower().endswith(suffixes):
-                expected = " or ".join(f.pattern_help for f in formats if f.pattern_help)
-                raise SourceError(f"file name fits no migration format (expected {expected})", path)
-            continue
+            expected = " or ".join(f.pattern_help for f in formats if f.pattern_help)
+            raise SourceError(f"file name fits no migration format (expected {expected})", path)
         data = read_bytes(path)
         digest.update(b"\0%d\0%s\0" % (len(data), name.encode()))
         digest.update(data)
-        files.append((owner[0], owner[1], path, data))
-    return SourceSnapshot(root, tuple(files), digest.hexdigest())
+        found.append((owner[0], owner[1], path, data))
+    return SourceSnapshot(root, tuple(found), digest.hexdigest())
 
 
 def _claim(formats: Sequence[SourceFormat], filename: str) -> tuple[SourceFormat, FileName] | None:
@@ -124,19 +129,20 @@ def read_text(path: Path) -> str:
 
 
 def read_bytes(path: Path | str) -> bytes:
+    """The file's bytes; a FIFO, a device, a symlink loop is a SourceError, never a hang."""
     try:
-        with open(path, "rb", buffering=0) as file:
-            return file.readall()
+        return files.read_regular(path)
     except OSError as exc:
-        raise SourceError(f"cannot read file: {exc.strerror}", path) from exc
+        raise SourceError(f"cannot read file: {files.reason(exc)}", path) from exc
 
 
 def decode(data: bytes, path: Path) -> str:
-    """``data`` as UTF-8 text (a BOM is allowed), or a SourceError saying where it is not."""
+    """``data`` as UTF-8 text (a BOM is allowed) without NUL bytes, or a SourceError saying
+    where it is not."""
     # Not the "utf-8-sig" codec: its error offsets do not count the BOM.
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data[bom:].decode("utf-8")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
         offset = bom + exc.start
         line = data.count(b"\n", 0, offset) + 1
@@ -145,6 +151,17 @@ def decode(data: bytes, path: Path) -> str:
             path,
             line,
         ) from exc
+    # Valid UTF-8 may hold NUL: a binary file, or UTF-16 without a BOM. A driver would cut
+    # the SQL short at it (SQLite) or refuse it mid-apply (Postgres): refuse it here.
+    offset = data.find(b"\0", bom)
+    if offset >= 0:
+        line = data.count(b"\n", 0, offset) + 1
+        raise SourceError(
+            f"NUL byte at line {line} (offset {offset}): migration files are text; save the file as UTF-8",
+            path,
+            line,
+        )
+    return text
 
 
 @attrs.define

@@ -38,7 +38,6 @@ import json
 import os
 import re
 import secrets
-import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import attrs
 
 from migsync.core.errors import MalformedAnswer
+from migsync.core.files import UnreadableFile, read_regular
 from migsync.core.wire import (
     CHECKSUM,
     ActionRequest,
@@ -121,9 +121,8 @@ def write_atomic(path: Path, data: bytes) -> bool:
 
     Returns False, writing nothing, when ``path`` already holds exactly ``data``.
     """
-    with contextlib.suppress(OSError):
-        same_size = path.is_file() and not path.is_symlink() and path.stat().st_size == len(data)
-        if same_size and path.read_bytes() == data:
+    with contextlib.suppress(OSError):  # not there, or not a file to keep: write it
+        if read_regular(path, limit=len(data), follow_symlinks=False) == data:
             return False
     temp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}")
     try:
@@ -160,28 +159,23 @@ def read_inside(root: Path, relative: str, limit: int) -> bytes:
     """The bytes of ``root/relative``, refused unless it is a regular file inside ``root``.
 
     Raises :class:`FileNotFoundError` when it is not there (yet), :class:`MalformedAnswer`
-    for a file that must not be read (outside the folder, not a file, too big).
+    for a file that must not be read (outside the folder, a symlink loop, not a regular
+    file, too big), other :class:`OSError`\\ s (no permission) as they come. Never blocks
+    on a FIFO or a device (:func:`migsync.core.files.read_regular`).
     """
     path = root / relative
     try:
         real_root = root.resolve()
         real = path.resolve()
-    except RuntimeError:  # a symlink loop (Python 3.11 raises this from resolve)
+    except RuntimeError:  # a symlink loop (before Python 3.13; 3.13 leaves it to the open)
         raise MalformedAnswer(f"{path}: a symlink loop; refusing to read it") from None
     if real != real_root and real_root not in real.parents:
         raise MalformedAnswer(f"{path}: it leads outside {root} (a symlink?); refusing to read it")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) * (not path.is_symlink())
-    descriptor = os.open(real, flags)
-    with os.fdopen(descriptor, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise MalformedAnswer(f"{path}: not a regular file")
-        if info.st_size > limit:
-            raise MalformedAnswer(f"{path}: {info.st_size} bytes, over the limit of {limit}")
-        data = file.read(limit + 1)
-    if len(data) > limit:
-        raise MalformedAnswer(f"{path}: over the limit of {limit} bytes")
-    return data
+    try:
+        # ``real`` has no symlink left in it: one there now was put there since, so refuse it.
+        return read_regular(real, limit=limit, follow_symlinks=False)
+    except UnreadableFile as exc:
+        raise MalformedAnswer(f"{path}: {exc.strerror}") from None
 
 
 def load(data: bytes, where: str) -> dict[str, Any]:
