@@ -248,7 +248,9 @@ class _Session:
                     conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
                     return conn.execute(f"RELEASE SAVEPOINT {name}")
         except sqlite3.Error as exc:
-            raise _map_error(exc, "sqlite") from exc
+            # Say which request failed: "database is locked" from a BEGIN and from a COMMIT
+            # call for different answers.
+            raise _map_error(exc, f"sqlite {type(request).__name__.lower()}") from exc
         raise TypeError(f"not a unit-of-work request: {request!r}")
 
     def _begin(self, schema_change: bool) -> None:
