@@ -36,11 +36,13 @@ from migsync.cli_support import (
     plugins_of,
     run_coro,
     sink_option,
+    version_value,
 )
 
 if TYPE_CHECKING:
     from migsync.core.ledger import MigrationState
     from migsync.core.processor import PassResult
+    from migsync.core.version import Version
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -174,7 +176,9 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
 @sink_option
 @max_attempts_option
 @click.argument("name", required=False)
-@click.option("--to", "to_version", type=int, metavar="VERSION", help="Revert everything above VERSION.")
+@click.option(
+    "--to", "to_version", callback=version_value, metavar="VERSION", help="Revert everything above VERSION."
+)
 @click.option("--all", "everything", is_flag=True, help="Revert every applied migration.")
 @click.option("--queue-only", is_flag=True, help="Queue the reverts without processing them.")
 @click.pass_context
@@ -184,7 +188,7 @@ def revert(
     sinks: tuple[str, ...],
     max_attempts: int,
     name: str | None,
-    to_version: int | None,
+    to_version: Version | None,
     everything: bool,
     queue_only: bool,
 ) -> None:

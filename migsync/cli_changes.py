@@ -45,7 +45,7 @@ def list_changes(ctx: click.Context, db_url: str, as_json: bool, limit: int) -> 
                 "SELECT seq, id, entity, entity_id, operation, schema_version, attempts, max_attempts, error "
                 f"FROM {t} WHERE processed = FALSE ORDER BY seq LIMIT {int(limit)}"
             )
-        return {k: int(v) for k, v in counts.items()}, [dict(r) for r in rows]
+        return {k: int(v) for k, v in counts.items()}, [_shown(r) for r in rows]
 
     counts, rows = run_coro(run())
     for row in rows:
@@ -118,3 +118,11 @@ async def _update(
             return await tx.execute(
                 f"UPDATE {client.backend.tables.changes} SET {assignments} AND processed = FALSE", params
             )
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored change for people: its schema version as text, not the stored key."""
+    from migsync.core.version import Version
+
+    key = row["schema_version"]
+    return {**row, "schema_version": None if key is None else Version.from_key(key).text}

@@ -98,3 +98,15 @@ def formats_of(ctx: click.Context) -> list[Any]:
     from migsync.core.sources import plugin_formats
 
     return plugin_formats(plugins_of(ctx))
+
+
+def version_value(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """An option's migration version (``42``, ``20150100000001000000``, ``1.2.10``): a click callback."""
+    from migsync.core.version import Version, VersionError
+
+    if value is None:
+        return None
+    try:
+        return Version.parse(value)
+    except VersionError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None

@@ -26,6 +26,7 @@ from migsync.core.client import Client
 from migsync.core.clock import RetryPolicy
 from migsync.core.events import Event
 from migsync.core.sources import load_directory
+from migsync.core.version import Version
 from migsync.report import print_status
 
 PARTS = ("local", "fleet", "all")
@@ -120,7 +121,7 @@ async def run_local(root: Path) -> int:
         print_status(await client.status())
 
         step("4. revert everything above version 2, newest first")
-        await client.ledger.revert(to=2)
+        await client.ledger.revert(to=Version.parse(2))
         result = await client.process()
         print_status(await client.status())
 

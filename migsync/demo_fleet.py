@@ -40,6 +40,8 @@ from migsync.core.errors import MigsyncError
 from migsync.core.signing import TrustedKey, load_private_key, write_keypair
 from migsync.core.sources import load_directory
 from migsync.core.sync import Syncer, SyncResult
+from migsync.core.version import Version
+from migsync.core.wire import wire_version
 from migsync.demo import BROKEN, FIXED, FOURTH, copy_bundled, step
 from migsync.report_server import print_fleet
 from migsync.server import PublishResult, Store
@@ -124,7 +126,7 @@ async def run_fleet(root: Path) -> int:
         step("9. a migration signed with a key the clients do not trust; then with the real key")
         (migrations / FIFTH).write_text(CITY, encoding="utf-8")
         rogue = write_keypair(root / "keys" / "rogue")
-        fifth = [m for m in load_directory(migrations) if m.version == 5]
+        fifth = [m for m in load_directory(migrations) if m.version == Version.parse(5)]
         _published(await store.publish(fifth, load_private_key(root / "keys" / "rogue")), rogue.fingerprint)
         for shop in (berlin, paris):
             await _sync(shop)
@@ -146,7 +148,7 @@ async def run_fleet(root: Path) -> int:
         imported &= _imported(await import_reports(store, drop / "reports"), names)
         fleet = await store.fleet()
         print_fleet(fleet)
-    newest = max(m.version for m in load_directory(migrations))
+    newest = wire_version(max(m.version for m in load_directory(migrations)))
     clean = all(
         max(e.applied, default=None) == newest and not (e.failed or e.drift or e.pending) for e in fleet
     )

@@ -75,3 +75,11 @@ def test_property_key_order_is_version_order(raw: list[list[int]]) -> None:
     assert sorted(versions, key=lambda v: v.key) == sorted(versions)
     for version in versions:
         assert Version.from_key(version.key) == version == Version.parse(version.text)
+
+
+def test_a_one_part_version_is_the_int_it_was() -> None:
+    assert Version.parse("0042") == 42 and 42 == Version.parse("42")
+    assert {Version.parse("42"): "x"}[42] == "x" and hash(Version.parse("42")) == hash(42)
+    assert Version.parse("2") < 10 < Version.parse("20150100000001000000")
+    assert Version.parse("1.2") != 1 and Version.parse("1.2") > 1
+    assert Version.parse("1") != "1"  # text is not a version: parse it

@@ -36,6 +36,7 @@ from migsync.core.backend import Backend
 from migsync.core.clock import Clock
 from migsync.core.errors import MigsyncError
 from migsync.core.ledger import Ledger, MigrationState
+from migsync.core.version import Version
 from migsync.core.wire import ActionRequest, ActionResult
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class ClientActions:
                         f"INSERT INTO {self.t} (id, action, version, requested_by, requested_at, "
                         "received_at, state, changed_at) VALUES ($1, $2, $3, $4, $5, $6, 'received', $6) "
                         "ON CONFLICT (id) DO NOTHING",
-                        (r.id, r.action, r.version, r.requested_by, r.requested_at, now),
+                        (r.id, r.action, Version.parse(r.version).key, r.requested_by, r.requested_at, now),
                     )
                     for r in fresh
                 ]
@@ -85,7 +86,7 @@ class ClientActions:
             )
         for request in fresh:
             log.info(
-                "the server asks to %s version %d (action %d, by %s)",
+                "the server asks to %s version %s (action %d, by %s)",
                 request.action,
                 request.version,
                 request.id,
@@ -109,18 +110,18 @@ class ClientActions:
         )
         for row in rows:
             try:
-                state, detail = await self._carry_out(row["action"], int(row["version"]))
+                state, detail = await self._carry_out(row["action"], Version.from_key(row["version"]))
             except MigsyncError as exc:  # a dirty database, a migration this client lacks
                 state, detail = "failed", str(exc)
             await self._answer(int(row["id"]), state, detail)
         return len(rows)
 
-    async def _carry_out(self, action: str, version: int) -> tuple[str, str | None]:
+    async def _carry_out(self, action: str, version: Version) -> tuple[str, str | None]:
         if action == "revert":
             # The hold and the reverts in one transaction: a crash cannot leave reverts queued
             # without the hold (the next sync would queue the applies again), and a refused
             # revert (a migration without a down script) leaves no hold behind either.
-            result = await self.ledger.revert(to=version - 1, hold_from=version)
+            result = await self.ledger.revert(since=version, hold_from=version)
             if not result.reverting:
                 return "done", f"nothing from version {version} on is applied here; held at {version}"
             return "queued", f"reverting {', '.join(result.reverting)}"
@@ -131,7 +132,7 @@ class ClientActions:
         await self.ledger.release_hold()
         if target.state == "applied" and target.queued is None:
             return "done", f"{target.name} is applied already"
-        queued = await self.ledger.queue(str(version), now=True)
+        queued = await self.ledger.queue(target.name, now=True)
         return "queued", f"queued {', '.join(queued)}" if queued else f"{target.name} is queued already"
 
     async def settle(self) -> int:
@@ -142,7 +143,7 @@ class ClientActions:
         states = await self.ledger.status()
         settled = 0
         for row in rows:
-            outcome = _outcome(row["action"], int(row["version"]), states)
+            outcome = _outcome(row["action"], Version.from_key(row["version"]), states)
             if outcome is not None:
                 await self._answer(int(row["id"]), *outcome)
                 settled += 1
@@ -200,10 +201,12 @@ class ClientActions:
         rows = await self.backend.fetch(
             f"SELECT {_COLUMNS}, delivered_revision FROM {self.t} ORDER BY id DESC"
         )
-        return [dict(r) for r in rows]
+        return [{**r, "version": Version.from_key(r["version"]).text} for r in rows]
 
 
-def _outcome(action: str, version: int, states: Sequence[MigrationState]) -> tuple[str, str | None] | None:
+def _outcome(
+    action: str, version: Version, states: Sequence[MigrationState]
+) -> tuple[str, str | None] | None:
     """``(state, detail)`` once the work of a queued request is over, None while it is not."""
     if action == "revert":
         covered = [s for s in states if s.version >= version]

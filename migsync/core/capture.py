@@ -270,7 +270,7 @@ DECLARE
     old_row json;
     new_key text;
     old_key text;
-    applied_version bigint;
+    applied_version text;
 BEGIN
     SELECT MAX(s.version) INTO applied_version FROM {self.tables.status} s WHERE s.applied = TRUE;
     IF TG_OP <> 'DELETE' THEN
@@ -322,12 +322,22 @@ END
             and (self.function_schema is None or rows[0]["schema"] == self.function_schema)
         )
 
-    def install(self, target: _Target) -> list[str]:
-        function = (
+    def function_sql(self) -> str:
+        return (
             f"CREATE OR REPLACE FUNCTION {self.function}() RETURNS trigger LANGUAGE plpgsql "
             f"SET search_path = pg_catalog, pg_temp AS $migsync${self.body()}$migsync$"
         )
-        return [function, *self.drop(target.name, target), *self.create(target).values()]
+
+    def install(self, target: _Target) -> list[str]:
+        return [self.function_sql(), *self.drop(target.name, target), *self.create(target).values()]
+
+
+def capture_function_sql(tables: schema.Tables) -> tuple[str, str]:
+    """Postgres: the statement that (re)creates the capture function, and the schema it lives in,
+    each as a SQL string literal (for a bookkeeping upgrade that replaces an installed one)."""
+    capture = _Postgres(tables)
+    where = "current_schema()" if capture.function_schema is None else _literal(capture.function_schema)
+    return _literal(capture.function_sql()), where
 
 
 def _dialect(backend: Backend) -> _SQLite | _Postgres:

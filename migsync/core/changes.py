@@ -54,7 +54,8 @@ from migsync.core.errors import (
 from migsync.core.events import ChangeDead, ChangeFailed, ChangesPushed, Event
 from migsync.core.processor import Loaded
 from migsync.core.schema import Tables
-from migsync.core.wire import OPERATIONS, ChangesAck, EntityChange
+from migsync.core.version import Version
+from migsync.core.wire import OPERATIONS, ChangesAck, EntityChange, wire_version
 from migsync.core.work import Await, Execute, Fetch, Work
 
 
@@ -75,7 +76,7 @@ def schema_version_sql(tables: Tables) -> str:
 class ChangeRecorder:
     """Records entity changes (and runs the application's statements) in one open transaction."""
 
-    def __init__(self, tx: Connection, tables: Tables, schema_version: int | None) -> None:
+    def __init__(self, tx: Connection, tables: Tables, schema_version: str | None) -> None:
         self._tx = tx
         self._tables = tables
         self.schema_version = schema_version
@@ -119,7 +120,11 @@ async def recording(backend: Backend) -> AsyncIterator[ChangeRecorder]:
     async with backend.transaction() as tx:
         rows = await tx.fetch(schema_version_sql(backend.tables))
         version = rows[0]["v"] if rows else None
-        yield ChangeRecorder(tx, backend.tables, None if version is None else int(version))
+        yield ChangeRecorder(tx, backend.tables, version)  # the stored key, as the triggers write it
+
+
+def _schema_version(key: str) -> int:
+    return wire_version(Version.from_key(key))
 
 
 def change_of(row: Row) -> EntityChange:
@@ -130,7 +135,7 @@ def change_of(row: Row) -> EntityChange:
         entity_id=row["entity_id"],
         operation=row["operation"],
         data=None if data is None else json.loads(data),
-        schema_version=None if row["schema_version"] is None else int(row["schema_version"]),
+        schema_version=None if row["schema_version"] is None else _schema_version(row["schema_version"]),
         timestamp=float(row["timestamp"]),
     )
 

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
+from migsync.core.version import Version, as_version
+
 log = logging.getLogger("migsync.events")
 
 
@@ -33,17 +35,20 @@ class Event:
     timestamp: float = attrs.field(factory=_now)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **attrs.asdict(self)}
+        """The event as JSON-ready values (a version as its text, ``"1.2.10"``)."""
+        return {"kind": self.kind, **attrs.asdict(self, value_serializer=_plain)}
 
     def describe(self) -> str:
         """One line for logs: the kind, then the fields that say what happened."""
-        fields = " ".join(
-            f"{k}={_brief(v)}" for k, v in attrs.asdict(self).items() if k not in _NOT_DESCRIBED
-        )
+        fields = " ".join(f"{k}={_brief(v)}" for k, v in self.to_dict().items() if k not in _NOT_DESCRIBED)
         return f"{self.kind} {fields}"
 
 
 _NOT_DESCRIBED = frozenset({"timestamp", "next_attempt_at"})
+
+
+def _plain(instance: object, field: object, value: Any) -> Any:
+    return value.text if isinstance(value, Version) else value
 
 
 def _brief(value: object) -> str:
@@ -55,7 +60,7 @@ def _brief(value: object) -> str:
 @attrs.frozen(kw_only=True)
 class MigrationEvent(Event):
     name: str
-    version: int
+    version: Version = attrs.field(converter=as_version)
 
 
 @attrs.frozen(kw_only=True)

@@ -38,13 +38,14 @@ from migsync.core.hookspecs import hookimpl
 from migsync.core.migration import ANY_DIALECT, Direction
 from migsync.core.specs import SourceFormatSpec
 from migsync.core.splitter import split
+from migsync.core.version import Version, as_version
 
 
 @attrs.frozen
 class FileName:
     """What a format read from a file name."""
 
-    version: int
+    version: Version = attrs.field(converter=as_version)
     name: str  # the migration's name: "<version>_<description>" as written
     direction: Direction | None = None  # None: the file holds both directions
     dialect: str = ANY_DIALECT
@@ -93,7 +94,7 @@ class NativeFormat(SourceFormat):
         m = _NATIVE_NAME.match(filename)
         if not m:
             return None
-        return FileName(int(m["version"]), f"{m['version']}_{m['desc']}")
+        return FileName(m["version"], f"{m['version']}_{m['desc']}")
 
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         markers = list(_MARKER.finditer(text))
@@ -191,7 +192,7 @@ class PairedFormat(SourceFormat):
                 return None
             dialect = found
         direction: Direction = "up" if m["direction"] == "up" else "down"
-        return FileName(int(m["version"]), f"{m['version']}_{m['desc']}", direction, dialect, autocommit)
+        return FileName(m["version"], f"{m['version']}_{m['desc']}", direction, dialect, autocommit)
 
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         assert file.direction is not None

@@ -37,6 +37,7 @@ from migsync.core.history_sql import history_sql
 from migsync.core.migration import ANY_DIALECT, origins_lookup
 from migsync.core.processor import Loaded
 from migsync.core.schema import DEFAULT_TABLES, Tables
+from migsync.core.version import Version
 from migsync.core.work import Execute, Fetch, Script, Work
 
 _REPAIR_HINT = (
@@ -58,7 +59,7 @@ class _Step:
     """One migration change, loaded: what to run and how to record it."""
 
     name: str
-    version: int
+    version: Version
     checksum: str
     applying: bool
     sql: str
@@ -127,7 +128,7 @@ class MigrationHandler:
         step = _Step(
             name=name,
             origin=(origin[0], int(origin[1])) if origin else None,
-            version=int(row["version"]),
+            version=Version.from_key(row["version"]),
             checksum=row["checksum"],
             applying=applying,
             sql=sql,
@@ -152,7 +153,7 @@ class MigrationHandler:
     def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         step: _Step = loaded.data
         attempts, now = change["attempts"] + 1, self.clock.now()
-        yield Execute(self.sql.mark_dirty, (step.name, step.version, not step.applying, attempts, now))
+        yield Execute(self.sql.mark_dirty, (step.name, step.version.key, not step.applying, attempts, now))
 
     def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         step: _Step = loaded.data
@@ -178,7 +179,7 @@ class MigrationHandler:
             self.sql.upsert_status,
             (
                 step.name,
-                step.version,
+                step.version.key,
                 step.applying,
                 now if step.applying else None,
                 step.checksum if step.applying else None,
@@ -195,11 +196,11 @@ class MigrationHandler:
     ) -> Work[list[Event]]:
         name = change["migration_name"]
         rows: list[Row] = yield Fetch(f"SELECT version FROM {self.sql.t.migrations} WHERE name = $1", (name,))
-        version = int(rows[0]["version"]) if rows else 0
+        version = Version.from_key(rows[0]["version"]) if rows else Version.parse(0)
         if rows:
             reverting = change["operation"] == "revert"
             now = self.clock.now()
-            yield Execute(self.sql.failed_status, (name, version, reverting, error, attempts, dirty, now))
+            yield Execute(self.sql.failed_status, (name, version.key, reverting, error, attempts, dirty, now))
         if dirty:
             return [
                 MigrationDirty(

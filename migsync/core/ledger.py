@@ -39,6 +39,7 @@ from migsync.core.handler import dirty_message
 from migsync.core.history_sql import HistorySQL, history_sql
 from migsync.core.migration import Migration
 from migsync.core.sources import SourceSnapshot
+from migsync.core.version import Version, VersionError
 
 State = Literal["applied", "pending", "failed", "dead", "dirty"]
 
@@ -47,7 +48,7 @@ State = Literal["applied", "pending", "failed", "dead", "dirty"]
 class MigrationState:
     """One migration as this client sees it."""
 
-    version: int
+    version: Version
     name: str
     state: State
     checksum: str
@@ -61,7 +62,7 @@ class MigrationState:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": self.version,
+            "version": self.version.text,
             "name": self.name,
             "state": self.state,
             "applied_at": iso(self.applied_at),
@@ -118,7 +119,7 @@ class Ledger:
     # -- recording ----------------------------------------------------------------
 
     async def record(
-        self, migrations: Sequence[Migration], signatures: dict[int, str] | None = None
+        self, migrations: Sequence[Migration], signatures: dict[Version, str] | None = None
     ) -> RecordResult:
         """Store migrations this database does not know yet, or whose content changed.
 
@@ -139,8 +140,8 @@ class Ledger:
 
     def _plan_record(
         self, rows: list[Row], migrations: Sequence[Migration]
-    ) -> tuple[list[Migration], list[Migration], dict[int, Row]]:
-        known = {int(r["version"]): r for r in rows}
+    ) -> tuple[list[Migration], list[Migration], dict[Version, Row]]:
+        known = {Version.from_key(r["version"]): r for r in rows}
         newest_applied = max((v for v, r in known.items() if r["applied"]), default=None)
         added: list[Migration] = []
         updated: list[Migration] = []
@@ -169,8 +170,8 @@ class Ledger:
         self,
         added: list[Migration],
         updated: list[Migration],
-        known: dict[int, Row],
-        signatures: dict[int, str],
+        known: dict[Version, Row],
+        signatures: dict[Version, str],
     ) -> list[tuple[str, Sequence[Any]]]:
         now = self.clock.now()
         statements: list[tuple[str, Sequence[Any]]] = []
@@ -181,7 +182,7 @@ class Ledger:
                     "(version, name, checksum, signature, content, origins, recorded_at) "
                     "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     (
-                        migration.version,
+                        migration.version.key,
                         migration.name,
                         migration.checksum,
                         signatures.get(migration.version),
@@ -204,7 +205,7 @@ class Ledger:
                         migration.canonical_content(),
                         _origins_json(migration),
                         now,
-                        migration.version,
+                        migration.version.key,
                     ),
                 )
             )
@@ -250,7 +251,7 @@ class Ledger:
         async with self.backend.transaction() as tx:
             # Again under the write lock: another process may have queued (or held) them meanwhile.
             rows = _unheld(await tx.fetch(self.sql.unqueued), await _hold(tx.fetch, self.sql))
-            fresh = [(int(r["version"]), r["name"]) for r in rows]
+            fresh = [(Version.from_key(r["version"]), r["name"]) for r in rows]
             await tx.execute_batch(self._enqueue_statements(fresh, []))
         self._emit_queued(fresh, "apply")
         return [name for _, name in fresh]
@@ -279,7 +280,7 @@ class Ledger:
         return [*revived, *(name for _, name in fresh)]
 
     def _enqueue_statements(
-        self, fresh: Sequence[tuple[int, str]], revived: Sequence[str], operation: str = "apply"
+        self, fresh: Sequence[tuple[Version, str]], revived: Sequence[str], operation: str = "apply"
     ) -> list[tuple[str, Sequence[Any]]]:
         now = self.clock.now()
         statements: list[tuple[str, Sequence[Any]]] = [
@@ -296,31 +297,32 @@ class Ledger:
         ]
         return statements
 
-    def _emit_queued(self, queued: Sequence[tuple[int, str]], operation: str) -> None:
+    def _emit_queued(self, queued: Sequence[tuple[Version, str]], operation: str) -> None:
         for version, name in queued:
             self.events.emit(MigrationQueued(name=name, version=version, operation=operation))
 
-    async def held_from(self) -> int | None:
+    async def held_from(self) -> Version | None:
         """The version from which migrations are held (not queued), or None."""
         return await _hold(self.backend.fetch, self.sql)
 
-    async def hold(self, version: int) -> None:
+    async def hold(self, version: Version | int | str) -> None:
         """Keep every migration from ``version`` on from being queued (an earlier hold stays)."""
+        version = Version.parse(version)
         async with self.backend.transaction() as tx:
             await tx.execute_batch(self._hold_statements(await _hold(tx.fetch, self.sql), version))
 
-    def _hold_statements(self, current: int | None, version: int) -> list[tuple[str, Sequence[Any]]]:
+    def _hold_statements(self, current: Version | None, version: Version) -> list[tuple[str, Sequence[Any]]]:
         if current is not None and current <= version:
             return []
         return [
             (
                 f"INSERT INTO {self.sql.t.meta} (key, value) VALUES ('{HOLD_KEY}', $1) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (str(version),),
+                (version.key,),
             )
         ]
 
-    async def release_hold(self) -> int | None:
+    async def release_hold(self) -> Version | None:
         """Lift the hold; the version it held from, or None if there was none."""
         async with self.backend.transaction() as tx:
             current = await _hold(tx.fetch, self.sql)
@@ -332,14 +334,16 @@ class Ledger:
         self,
         ref: str | None = None,
         *,
-        to: int | None = None,
+        to: Version | int | str | None = None,
+        since: Version | int | str | None = None,
         everything: bool = False,
-        hold_from: int | None = None,
+        hold_from: Version | int | str | None = None,
     ) -> RevertResult:
         """Queue reverts, newest first, of the applied migrations the request covers.
 
         ``ref``: that migration and every applied one after it. ``to``: every
-        applied migration with a version above ``to``. ``everything``: all.
+        applied migration with a version above ``to``. ``since``: every applied
+        migration from that version on. ``everything``: all.
         Queued applies of those migrations are cancelled. ``hold_from``: also
         :meth:`hold` from that version, in the same transaction.
 
@@ -349,8 +353,9 @@ class Ledger:
         <migsync.core.migration.Migration.irreversible>`): reverting it would
         undo nothing, yet mark it pending, and applying it again would fail.
         """
-        if sum(x is not None and x is not False for x in (ref, to, everything or None)) != 1:
-            raise ValueError("give exactly one of ref, to, everything")
+        if sum(x is not None for x in (ref, to, since, everything or None)) != 1:
+            raise ValueError("give exactly one of ref, to, since, everything")
+        to, since, hold_from = (None if v is None else Version.parse(v) for v in (to, since, hold_from))
         async with self.backend.transaction() as tx:
             states = await _read_status(tx.fetch, self.sql)
             _refuse_if_dirty(states)
@@ -358,12 +363,13 @@ class Ledger:
                 target = await self.find(ref, states)
                 if target.state != "applied" and target.queued != "revert":
                     raise MigrationError(f"migration {target.name} is not applied ({target.state})")
-                floor = target.version
+                covered = [s for s in states if s.version >= target.version]
             elif to is not None:
-                floor = to + 1
+                covered = [s for s in states if s.version > to]
+            elif since is not None:
+                covered = [s for s in states if s.version >= since]
             else:
-                floor = min((s.version for s in states), default=0)
-            covered = [s for s in states if s.version >= floor]
+                covered = list(states)
             to_revert = [
                 (s.version, s.name) for s in reversed(covered) if s.state == "applied" and s.queued is None
             ]
@@ -387,14 +393,14 @@ class Ledger:
         self._emit_queued(to_revert, "revert")
         return RevertResult([name for _, name in to_revert], cancelled)
 
-    async def _refuse_irreversible(self, tx: Connection, to_revert: Sequence[tuple[int, str]]) -> None:
+    async def _refuse_irreversible(self, tx: Connection, to_revert: Sequence[tuple[Version, str]]) -> None:
         if not to_revert:
             return
         rows = await tx.fetch(
             f"SELECT version, content FROM {self.sql.t.migrations} WHERE version >= $1",
-            (min(v for v, _ in to_revert),),
+            (min(v for v, _ in to_revert).key,),
         )
-        contents = {int(r["version"]): r["content"] for r in rows}
+        contents = {Version.from_key(r["version"]): r["content"] for r in rows}
         dialect = self.backend.dialect
         lacking = [
             name
@@ -433,7 +439,7 @@ class Ledger:
                 (
                     f"UPDATE {self.sql.t.status} SET dirty = FALSE, error = NULL, applied = $1, "
                     "applied_at = $2, applied_checksum = $3, updated_at = $4 WHERE version = $5",
-                    (now_applied, now if now_applied else None, checksum, now, target.version),
+                    (now_applied, now if now_applied else None, checksum, now, target.version.key),
                 )
             ]
             if applied:
@@ -467,9 +473,7 @@ class Ledger:
         """The migration named by ``ref``: its full name, its name without version, or its version."""
         states = states if states is not None else await self.status()
         matches = [
-            s
-            for s in states
-            if ref in (s.name, s.name.partition("_")[2]) or (ref.isdigit() and int(ref) == s.version)
+            s for s in states if ref in (s.name, s.name.partition("_")[2]) or _version_of(ref) == s.version
         ]
         if len(matches) == 1:
             return matches[0]
@@ -485,13 +489,21 @@ class Ledger:
 HOLD_KEY = "hold_from"
 
 
-async def _hold(fetch: Callable[[str], Awaitable[list[Row]]], sql: HistorySQL) -> int | None:
+async def _hold(fetch: Callable[[str], Awaitable[list[Row]]], sql: HistorySQL) -> Version | None:
     rows = await fetch(f"SELECT value FROM {sql.t.meta} WHERE key = '{HOLD_KEY}'")
-    return int(rows[0]["value"]) if rows else None
+    return Version.from_key(rows[0]["value"]) if rows else None
 
 
-def _unheld(rows: list[Row], hold: int | None) -> list[Row]:
-    return rows if hold is None else [r for r in rows if int(r["version"]) < hold]
+def _unheld(rows: list[Row], hold: Version | None) -> list[Row]:
+    return rows if hold is None else [r for r in rows if Version.from_key(r["version"]) < hold]
+
+
+def _version_of(ref: str) -> Version | None:
+    """The version ``ref`` spells (``42``, ``1.2.10``), or None when it spells none."""
+    try:
+        return Version.parse(ref)
+    except VersionError:
+        return None
 
 
 async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]], sql: HistorySQL) -> list[MigrationState]:
@@ -512,7 +524,7 @@ async def _read_status(fetch: Callable[[str], Awaitable[list[Row]]], sql: Histor
 def _state(row: Row, change: Row | None) -> MigrationState:
     applied = bool(row["applied"])
     base: dict[str, Any] = {
-        "version": int(row["version"]),
+        "version": Version.from_key(row["version"]),
         "name": row["name"],
         "checksum": row["checksum"],
         "applied_at": row["applied_at"] if applied else None,

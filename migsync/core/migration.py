@@ -1,7 +1,8 @@
 """The ``Migration`` record and its checksum.
 
-A migration is identified by its integer ``version`` (the sortable prefix
-of its file name) and carries, per direction, one :class:`Script` per
+A migration is identified by its ``version`` (the sortable prefix of its
+file name, a :class:`~migsync.core.version.Version`: digits of any length, or
+Flyway's dotted parts) and carries, per direction, one :class:`Script` per
 dialect. The key :data:`ANY_DIALECT` holds the generic script used by every
 dialect that has no script of its own. A dialect with no script at all runs
 nothing: the migration is a no-op there, but still recorded as applied.
@@ -28,6 +29,7 @@ from typing import Any, Literal
 import attrs
 
 from migsync.core import dialects
+from migsync.core.version import Version, as_version
 
 ANY_DIALECT = "*"
 
@@ -75,9 +77,13 @@ def _freeze(scripts: Mapping[str, Script]) -> Mapping[str, Script]:
 
 @attrs.frozen
 class Migration:
-    """One migration, as loaded from a source or read back from a database."""
+    """One migration, as loaded from a source or read back from a database.
 
-    version: int
+    ``version`` takes a :class:`Version`, its text (``"20150100000001000000"``,
+    ``"1.2.10"``) or an int.
+    """
+
+    version: Version = attrs.field(converter=as_version)
     name: str
     up: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
     down: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
@@ -133,7 +139,10 @@ class Migration:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "version": self.version,
+            # A one-part version stays a JSON number, as it always was, so the checksum of
+            # every migration recorded before versions could be dotted is unchanged. (The
+            # content is hashed and signed as text: a big number in it loses nothing.)
+            "version": self.version.text if self.version.dotted else self.version.parts[0],
             "name": self.name,
             "up": {d: s.to_json() for d, s in self.up.items()},
             "down": {d: s.to_json() for d, s in self.down.items()},
@@ -145,7 +154,7 @@ class Migration:
             return {d: Script(s["sql"], bool(s.get("autocommit", False))) for d, s in raw.items()}
 
         return cls(
-            version=int(data["version"]),
+            version=Version.parse(data["version"]),
             name=str(data["name"]),
             up=scripts(data.get("up", {})),
             down=scripts(data.get("down", {})),

@@ -26,7 +26,8 @@ from migsync.core.backend import Backend
 from migsync.core.clock import Clock
 from migsync.core.ledger import MigrationState
 from migsync.core.schema import Tables
-from migsync.core.wire import CHECKSUM, ReportAck, StatusReport
+from migsync.core.version import Version
+from migsync.core.wire import CHECKSUM, ReportAck, StatusReport, wire_version
 
 if TYPE_CHECKING:
     from migsync.transports.base import Transport
@@ -38,7 +39,9 @@ def report_of(state: MigrationState) -> StatusReport:
     error = state.error if state.state in ("failed", "dead", "dirty") else None
     if state.state == "dirty" and not error:
         error = "stopped half-way outside a transaction; needs 'migsync repair'"
-    return StatusReport(state.version, applied, error, state.attempts, state.checksum, state.state == "dead")
+    return StatusReport(
+        wire_version(state.version), applied, error, state.attempts, state.checksum, state.state == "dead"
+    )
 
 
 def worth_reporting(state: MigrationState) -> bool:
@@ -68,7 +71,7 @@ class ReportOutbox:
         if not self._changed(await self.backend.fetch(self._sql_rows), reports):
             return 0
         async with self.backend.transaction() as tx:
-            rows = {int(r["version"]): r for r in await tx.fetch(self._sql_rows)}  # under the write lock
+            rows = {_version(r): r for r in await tx.fetch(self._sql_rows)}  # under the write lock
             changed = self._changed(list(rows.values()), reports)
             now = self.clock.now()
             statements: list[tuple[str, Sequence[Any]]] = []
@@ -79,7 +82,7 @@ class ReportOutbox:
                         (
                             f"UPDATE {self.t} SET applied = $1, error = $2, attempts = $3, checksum = $4, "
                             "dead = $5, changed_at = $6, revision = revision + 1 WHERE version = $7",
-                            (*values, report.version),
+                            (*values, Version.parse(report.version).key),
                         )
                     )
                 else:
@@ -87,7 +90,7 @@ class ReportOutbox:
                         (
                             f"INSERT INTO {self.t} (version, applied, error, attempts, checksum, dead, "
                             "changed_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
-                            (report.version, *values),
+                            (Version.parse(report.version).key, *values),
                         )
                     )
             await tx.execute_batch(statements)
@@ -95,7 +98,7 @@ class ReportOutbox:
 
     @staticmethod
     def _changed(rows: Sequence[Any], reports: Sequence[StatusReport]) -> list[StatusReport]:
-        known = {int(r["version"]): _report(r) for r in rows}
+        known = {_version(r): _report(r) for r in rows}
         return [r for r in reports if known.get(r.version) != r and CHECKSUM.fullmatch(r.checksum)]
 
     async def undelivered(self) -> list[tuple[StatusReport, int]]:
@@ -119,7 +122,7 @@ class ReportOutbox:
                     (
                         f"UPDATE {self.t} SET delivered_revision = $1, delivered_at = $2 "
                         "WHERE version = $3 AND delivered_revision < $1",
-                        (revision, now, report.version),
+                        (revision, now, Version.parse(report.version).key),
                     )
                     for report, revision in pending
                 ]
@@ -133,9 +136,13 @@ class ReportOutbox:
         return int(rows[0]["n"])
 
 
+def _version(row: Any) -> int:
+    return wire_version(Version.from_key(row["version"]))
+
+
 def _report(row: Any) -> StatusReport:
     return StatusReport(
-        int(row["version"]),
+        _version(row),
         bool(row["applied"]),
         row["error"],
         int(row["attempts"]),

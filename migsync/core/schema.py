@@ -12,12 +12,14 @@ release can upgrade the bookkeeping tables of an existing client.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import attrs
 
 from migsync.core.errors import ConfigError
 
-SCHEMA_VERSION = 4  # 2: the status-report outbox; 3: entity changes; 4: admin actions
+# 2: the status-report outbox; 3: entity changes; 4: admin actions; 5: versions as text keys
+SCHEMA_VERSION = 5
 
 MIGRATIONS = "client_migration"
 STATUS = "client_migration_status"
@@ -194,12 +196,165 @@ _DDL = [
 ]
 
 
-#: ``UPGRADES[n]``: what takes the tables from layout ``n`` to ``n + 1`` beyond the ``CREATE
-#: TABLE IF NOT EXISTS`` above (which add whole tables): new columns of existing tables. A new
-#: database runs every step too: the ``CREATE TABLE`` statements are the oldest layout.
-UPGRADES: dict[int, list[str]] = {
-    3: ["ALTER TABLE {t.reports} ADD COLUMN dead BOOLEAN NOT NULL DEFAULT FALSE"],
+#: ``UPGRADES[n](dialect, tables)``: what takes the tables from layout ``n`` to ``n + 1`` beyond
+#: the ``CREATE TABLE IF NOT EXISTS`` above (which add whole tables): new columns, new column
+#: types. A new database runs every step too: the ``CREATE TABLE`` statements are the oldest
+#: layout, and a step on empty tables costs next to nothing.
+UPGRADES: dict[int, Callable[[str, Tables], list[str]]] = {
+    3: lambda dialect, t: [f"ALTER TABLE {t.reports} ADD COLUMN dead BOOLEAN NOT NULL DEFAULT FALSE"],
+    4: lambda dialect, t: _versions_as_keys(dialect, t),
 }
+
+#: The stored key of a version that was an integer column (see :mod:`migsync.core.version`):
+#: its digit count in two digits, then its digits.
+_KEY_OF = {
+    "sqlite": "printf('%02d%d', length({c}), {c})",
+    "postgresql": "lpad(length({c}::text)::text, 2, '0') || {c}::text",
+}
+
+#: Layout 5: every version column holds a text key, so versions of any length fit.
+#: (table attribute, version column, the new table on SQLite with {t} and {key} to fill in)
+_KEYED = [
+    (
+        "migrations",
+        "version",
+        """CREATE TABLE {t.migrations} (
+    version TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    checksum TEXT NOT NULL,
+    signature TEXT,
+    content TEXT NOT NULL,
+    origins TEXT,
+    recorded_at DOUBLE PRECISION NOT NULL
+)""",
+    ),
+    (
+        "status",
+        "version",
+        """CREATE TABLE {t.status} (
+    version TEXT PRIMARY KEY,
+    migration_name TEXT NOT NULL,
+    applied BOOLEAN NOT NULL DEFAULT FALSE,
+    applied_at DOUBLE PRECISION,
+    applied_checksum TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    dirty BOOLEAN NOT NULL DEFAULT FALSE,
+    updated_at DOUBLE PRECISION NOT NULL
+) WITHOUT ROWID""",
+    ),
+    (
+        "reports",
+        "version",
+        """CREATE TABLE {t.reports} (
+    version TEXT PRIMARY KEY,
+    applied BOOLEAN NOT NULL,
+    error TEXT,
+    attempts INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    delivered_revision INTEGER NOT NULL DEFAULT 0,
+    changed_at DOUBLE PRECISION NOT NULL,
+    delivered_at DOUBLE PRECISION,
+    dead BOOLEAN NOT NULL DEFAULT FALSE
+) WITHOUT ROWID""",
+    ),
+    (
+        "actions",
+        "version",
+        """CREATE TABLE {t.actions} (
+    id INTEGER PRIMARY KEY,
+    action TEXT NOT NULL CHECK (action IN ('reapply', 'revert')),
+    version TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_at DOUBLE PRECISION NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('received', 'queued', 'done', 'failed')),
+    detail TEXT,
+    changed_at DOUBLE PRECISION NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 0,
+    delivered_revision INTEGER NOT NULL DEFAULT 0
+)""",
+    ),
+    (
+        "changes",
+        "schema_version",
+        """CREATE TABLE {t.changes} (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE DEFAULT (lower(hex(randomblob(16)))),
+    entity TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    operation TEXT NOT NULL CHECK (operation IN ('insert', 'update', 'delete')),
+    data TEXT,
+    schema_version TEXT,
+    timestamp DOUBLE PRECISION NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0),
+    processed BOOLEAN NOT NULL DEFAULT FALSE,
+    processed_at DOUBLE PRECISION,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 5,
+    next_attempt_at DOUBLE PRECISION NOT NULL DEFAULT 0
+)""",
+    ),
+]
+
+#: The indexes of the rebuilt tables (SQLite drops them with the old table).
+_KEYED_INDEXES = [
+    f"CREATE INDEX IF NOT EXISTS idx_{CHANGES}_open ON {{t.changes}} (seq) WHERE processed = FALSE",
+    f"CREATE INDEX IF NOT EXISTS idx_{STATUS}_dirty ON {{t.status}} (version) WHERE dirty = TRUE",
+]
+
+
+def _versions_as_keys(dialect: str, t: Tables) -> list[str]:
+    key_of = _KEY_OF["sqlite" if dialect == "sqlite" else "postgresql"]
+    hold = key_of.format(c="value")
+    if dialect != "sqlite":
+        hold = hold.replace("value::text", "value")
+    statements = [f"UPDATE {t.meta} SET value = {hold} WHERE key = 'hold_from'"]
+    for attribute, column, create in _KEYED:
+        table = getattr(t, attribute)
+        key = f"CASE WHEN {column} IS NULL THEN NULL ELSE {key_of.format(c=column)} END"
+        if dialect != "sqlite":
+            statements.append(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT USING {key}")
+            continue
+        # SQLite cannot change a column's type: the table is rebuilt. legacy_alter_table keeps
+        # the rename from rewriting (or tripping over) triggers that name the table, such as
+        # the capture triggers on the application's tables.
+        old = f"{table}_layout4"
+        columns = _columns(create)
+        copied = ", ".join(key if c == column else c for c in columns)
+        statements += [
+            "PRAGMA legacy_alter_table = ON",
+            f"ALTER TABLE {table} RENAME TO {old}",
+            create.format(t=t),
+            f"INSERT INTO {table} ({', '.join(columns)}) SELECT {copied} FROM {old}",
+            f"DROP TABLE {old}",
+            "PRAGMA legacy_alter_table = OFF",
+        ]
+    if dialect == "sqlite":
+        statements += [index.format(t=t) for index in _KEYED_INDEXES]
+    else:
+        statements.append(_capture_function_update(t))
+    return statements
+
+
+def _columns(create: str) -> list[str]:
+    body = create[create.index("(") + 1 : create.rindex(")")]
+    return [
+        line.split()[0] for line in body.splitlines() if line.strip() and not line.strip().startswith(")")
+    ]
+
+
+def _capture_function_update(t: Tables) -> str:
+    """Postgres: the capture trigger function, if installed, replaced by one for text versions."""
+    from migsync.core.capture import capture_function_sql  # capture builds on this module
+
+    function, schema_name = capture_function_sql(t)
+    return (
+        "DO $migsync_upgrade$ BEGIN IF EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON "
+        f"n.oid = p.pronamespace WHERE p.proname = 'migsync_capture' AND n.nspname = {schema_name}) "
+        f"THEN EXECUTE {function}; END IF; END $migsync_upgrade$"
+    )
 
 
 def meta_ddl(tables: Tables = DEFAULT_TABLES) -> str:
@@ -220,9 +375,10 @@ def ddl(dialect: str, tables: Tables = DEFAULT_TABLES, from_version: int | None 
     return [
         *(statement.format(t=tables, **names) for statement in _DDL),
         *(
-            statement.format(t=tables)
+            statement
             for step in range(start, SCHEMA_VERSION)
-            for statement in UPGRADES.get(step, [])
+            if step in UPGRADES
+            for statement in UPGRADES[step](dialect, tables)
         ),
         f"INSERT INTO {tables.meta} (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",

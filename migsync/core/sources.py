@@ -24,6 +24,7 @@ from migsync.core import files, script_check
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, NativeFormat, PairedFormat, Section, SourceFormat
 from migsync.core.migration import ANY_DIALECT, Migration, Script, first_line_offset
+from migsync.core.version import Version
 
 if TYPE_CHECKING:
     from migsync.core.plugins import Plugins
@@ -173,7 +174,7 @@ class _Entry:
 
 
 def _assemble(files: Iterable[tuple[FileName, Path, list[Section]]]) -> list[Migration]:
-    by_version: dict[int, _Entry] = {}
+    by_version: dict[Version, _Entry] = {}
     for file, file_path, sections in files:
         whole = file.direction is None
         entry = by_version.get(file.version)

@@ -44,6 +44,7 @@ from migsync.core.outbox import ReportOutbox, report_of, worth_reporting
 from migsync.core.processor import ChangesProcessor, PassResult
 from migsync.core.signing import TrustedKey, verify_request
 from migsync.core.verify import verify_offer
+from migsync.core.version import Version
 from migsync.core.wire import CHECKSUM, ActionRequest, Offer, OfferedMigration, StatusReport
 
 if TYPE_CHECKING:
@@ -264,7 +265,8 @@ class Syncer:
                 reason = f"waits for {blocked_by}, which was refused"
                 refused.append(Refusal(offer.version, offer.name, reason, "waiting"))
                 continue
-            local = known.get(offer.version)
+            offered = Version.parse(offer.version)
+            local = known.get(offered)
             try:
                 migration = verify_offer(offer, self.trusted, source=self.transport.where)
             except SignatureError as exc:
@@ -279,7 +281,7 @@ class Syncer:
                 )
                 refused.append(Refusal(offer.version, offer.name, reason, "drift"))
                 continue
-            if local is None and newest_applied is not None and offer.version < newest_applied:
+            if local is None and newest_applied is not None and offered < newest_applied:
                 reason = (
                     f"published after {known[newest_applied].name}, a newer migration, was applied "
                     "here; migrations apply in version order only"
@@ -349,11 +351,11 @@ class Syncer:
             log.warning("answers to the server's requests wait for the next sync: %s", exc)
             return 0, str(exc)
 
-    async def _signed_versions(self) -> set[int]:
+    async def _signed_versions(self) -> set[Version]:
         rows = await self.client.backend.fetch(
             f"SELECT version FROM {self.client.backend.tables.migrations} WHERE signature IS NOT NULL"
         )
-        return {int(r["version"]) for r in rows}
+        return {Version.from_key(r["version"]) for r in rows}
 
     async def _etag(self) -> str | None:
         rows = await self.client.backend.fetch(f"SELECT value FROM {self._meta} WHERE key = $1", (_ETAG_KEY,))

@@ -17,6 +17,7 @@ JavaScript.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import attrs
@@ -32,6 +33,14 @@ class VersionError(ValueError):
     """Text that is not a version."""
 
 
+def _parts_of(other: object) -> tuple[int, ...] | None:
+    if isinstance(other, Version):
+        return other.parts
+    if isinstance(other, int) and not isinstance(other, bool) and other >= 0:
+        return (other,)
+    return None
+
+
 def _normalised(parts: tuple[int, ...]) -> tuple[int, ...]:
     end = len(parts)
     while end > 1 and parts[end - 1] == 0:
@@ -39,11 +48,27 @@ def _normalised(parts: tuple[int, ...]) -> tuple[int, ...]:
     return parts[:end]
 
 
-@attrs.frozen(order=True)
+@functools.total_ordering
+@attrs.frozen(eq=False, order=False)
 class Version:
-    """A migration's version (see the module docstring). Build one with :meth:`parse`."""
+    """A migration's version (see the module docstring). Build one with :meth:`parse`.
+
+    A one-part version equals (and hashes as, and orders with) the int it is, as versions
+    were ints before they could be dotted: ``Version.parse("0042") == 42``.
+    """
 
     parts: tuple[int, ...] = attrs.field(converter=_normalised)
+
+    def __eq__(self, other: object) -> bool:
+        other_parts = _parts_of(other)
+        return NotImplemented if other_parts is None else self.parts == other_parts
+
+    def __lt__(self, other: object) -> bool:
+        other_parts = _parts_of(other)
+        return NotImplemented if other_parts is None else self.parts < other_parts
+
+    def __hash__(self) -> int:
+        return hash(self.parts[0]) if len(self.parts) == 1 else hash(self.parts)
 
     def __attrs_post_init__(self) -> None:
         if not self.parts or any(p < 0 for p in self.parts):
@@ -95,3 +120,8 @@ class Version:
 
     def to_json(self) -> str:
         return self.text
+
+
+def as_version(value: str | int | Version) -> Version:
+    """:meth:`Version.parse`, as a plain function (an attrs converter)."""
+    return Version.parse(value)

@@ -17,8 +17,19 @@ from typing import Any
 import attrs
 
 from migsync.core.errors import MalformedAnswer
+from migsync.core.version import Version
 
 CHECKSUM = re.compile(r"[0-9a-f]{64}")
+
+
+def wire_version(version: Version) -> int:
+    """A version as this wire carries it: a whole number. A dotted version cannot travel yet."""
+    if version.dotted:
+        raise MalformedAnswer(
+            f"version {version} is dotted; the server protocol of this migsync carries whole-number "
+            "versions only"
+        )
+    return version.parts[0]
 
 
 @attrs.frozen

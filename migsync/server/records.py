@@ -9,7 +9,7 @@ import attrs
 
 from migsync.core.clock import iso
 from migsync.core.migration import Migration
-from migsync.core.wire import Drift, StatusReport
+from migsync.core.wire import Drift, StatusReport, wire_version
 
 __all__ = [
     "ActionRecord",
@@ -55,7 +55,7 @@ class PublishedMigration:
 
     @property
     def version(self) -> int:
-        return self.migration.version
+        return wire_version(self.migration.version)
 
     @property
     def name(self) -> str:

@@ -62,7 +62,7 @@ import pytest
 from migsync.core.errors import ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.signing import TrustedKey, verify
-from migsync.core.wire import ActionResult, ActionsAck, Drift, Offer, ReportAck, StatusReport
+from migsync.core.wire import ActionResult, ActionsAck, Drift, Offer, ReportAck, StatusReport, wire_version
 from migsync.testing.backend_suite import migration
 from migsync.transports.base import Transport
 
@@ -114,11 +114,11 @@ class ActionsHarness(TransportHarness, Protocol):
 
 def applied(m: Migration, *, checksum: str | None = None, attempts: int = 1) -> StatusReport:
     """``m`` reported applied (with its own checksum unless another is given)."""
-    return StatusReport(m.version, True, None, attempts, checksum or m.checksum)
+    return StatusReport(wire_version(m.version), True, None, attempts, checksum or m.checksum)
 
 
 def failed(m: Migration, error: str = "boom", *, attempts: int = 1) -> StatusReport:
-    return StatusReport(m.version, False, error, attempts, m.checksum)
+    return StatusReport(wire_version(m.version), False, error, attempts, m.checksum)
 
 
 def versions(offer: Offer) -> list[int]:

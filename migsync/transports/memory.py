@@ -27,6 +27,7 @@ from migsync.core.wire import (
     OfferedMigration,
     ReportAck,
     StatusReport,
+    wire_version,
 )
 from migsync.transports.base import BaseTransport
 
@@ -74,7 +75,9 @@ class MemoryServer:
         signer = fingerprint(key.public_key())
         self.publish(
             [
-                OfferedMigration(m.version, m.name, m.canonical_content(), m.checksum, sign(key, m), signer)
+                OfferedMigration(
+                    wire_version(m.version), m.name, m.canonical_content(), m.checksum, sign(key, m), signer
+                )
                 for m in migrations
             ]
         )
