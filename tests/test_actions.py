@@ -19,6 +19,7 @@ from dbtools import aquery, query, run
 
 from migsync.core.client import Client
 from migsync.core.errors import MalformedAnswer
+from migsync.core.schema import SCHEMA_VERSION
 from migsync.core.signing import TrustedKey, load_private_key, write_keypair
 from migsync.core.sync import Syncer, SyncResult
 from migsync.core.wire import ActionResult, ActionsAck, actions_from_json
@@ -232,7 +233,7 @@ async def test_a_local_queue_of_a_held_migration_lifts_the_hold(harness: Harness
 
 async def test_a_dirty_database_fails_the_request_with_the_reason(harness: Harness) -> None:
     await harness.sync()
-    query(harness.url, "UPDATE client_migration_status SET dirty = TRUE WHERE version = 3")
+    query(harness.url, "UPDATE client_migration_status SET dirty = TRUE WHERE version = '013'")
     request = harness.server.request("c1", "revert", 2)
     await harness.sync()
     state, detail = harness.answers()[request.id]
@@ -246,7 +247,7 @@ async def test_the_client_keeps_each_request_with_who_asked(harness: Harness) ->
     async with Client.connect(harness.url, sinks=[]) as client:
         syncer = Syncer(client, MemoryTransport(harness.server, client_id="c1"), [harness.trusted])
         [kept] = await syncer.actions.requests()
-    assert kept["action"] == "revert" and kept["version"] == 3
+    assert kept["action"] == "revert" and kept["version"] == "3"
     assert kept["requested_by"] == "alice at the office" and kept["state"] == "done"
     # Nothing was applied: done at once (one answer), and delivered.
     assert kept["revision"] == kept["delivered_revision"] == 1
@@ -342,10 +343,12 @@ async def test_a_version_3_client_database_is_upgraded_in_place(
     result, states = await h.sync()
     assert result.ok and states == {"0001_users": "applied", "0002_orders": "held"}
     assert h.answers()[request.id][0] == "done"
-    assert await aquery(any_url, "SELECT value FROM migsync_meta WHERE key = 'schema_version'") == [("4",)]
+    assert await aquery(any_url, "SELECT value FROM migsync_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
     assert await aquery(any_url, "SELECT version, dead FROM migsync_report_outbox ORDER BY version") == [
-        (1, False),
-        (2, False),
+        ("011", False),
+        ("012", False),
     ]
 
 

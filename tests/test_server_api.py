@@ -26,6 +26,7 @@ from starlette.routing import Mount
 from migsync.core.errors import ConfigError
 from migsync.core.migration import Migration, Script
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify
+from migsync.core.wire import wire_version
 from migsync.server import Failure, StatusReport, Store
 from migsync.server.app import create_app
 from migsync.server.bodies import MAX_REPORTS
@@ -88,7 +89,7 @@ class Api:
 
 def applied(m: Migration, *, checksum: str | None = None) -> dict[str, Any]:
     return {
-        "version": m.version,
+        "version": wire_version(m.version),
         "applied": True,
         "error": None,
         "attempts": 1,
@@ -98,7 +99,7 @@ def applied(m: Migration, *, checksum: str | None = None) -> dict[str, Any]:
 
 def failed(m: Migration, error: str, attempts: int = 1) -> dict[str, Any]:
     return {
-        "version": m.version,
+        "version": wire_version(m.version),
         "applied": False,
         "error": error,
         "attempts": attempts,

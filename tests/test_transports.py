@@ -29,7 +29,7 @@ from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, Ser
 from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
-from migsync.core.wire import ACTION_STATES, ReportAck, StatusReport
+from migsync.core.wire import ACTION_STATES, ReportAck, StatusReport, wire_version
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing import FakeClock
@@ -238,7 +238,7 @@ async def mocked(*answers: Answer, handler: Handler | None = None, **options: An
 
 def offered(m: Migration) -> dict[str, Any]:
     return {
-        "version": m.version,
+        "version": wire_version(m.version),
         "name": m.name,
         "content": m.canonical_content(),
         "checksum": m.checksum,

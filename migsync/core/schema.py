@@ -306,17 +306,22 @@ _KEYED_INDEXES = [
 
 
 def _versions_as_keys(dialect: str, t: Tables) -> list[str]:
-    key_of = _KEY_OF["sqlite" if dialect == "sqlite" else "postgresql"]
-    hold = key_of.format(c="value")
+    """Every version column to text keys. Each conversion happens only to what is still a
+    number, so a step run again (a layout set back by hand) changes nothing twice."""
     if dialect != "sqlite":
-        hold = hold.replace("value::text", "value")
-    statements = [f"UPDATE {t.meta} SET value = {hold} WHERE key = 'hold_from'"]
+        return [
+            *(_retype(t, attribute, column) for attribute, column, _ in _KEYED),
+            _capture_function_update(t),
+        ]
+    key_of = _KEY_OF["sqlite"]
+    hold = key_of.format(c="value")
+    statements = [
+        f"UPDATE {t.meta} SET value = {hold} WHERE key = 'hold_from' "
+        f"AND (SELECT typeof(version) FROM {t.migrations} LIMIT 1) = 'integer'"
+    ]
     for attribute, column, create in _KEYED:
         table = getattr(t, attribute)
-        key = f"CASE WHEN {column} IS NULL THEN NULL ELSE {key_of.format(c=column)} END"
-        if dialect != "sqlite":
-            statements.append(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT USING {key}")
-            continue
+        key = f"CASE WHEN typeof({column}) = 'integer' THEN {key_of.format(c=column)} ELSE {column} END"
         # SQLite cannot change a column's type: the table is rebuilt. legacy_alter_table keeps
         # the rename from rewriting (or tripping over) triggers that name the table, such as
         # the capture triggers on the application's tables.
@@ -331,11 +336,28 @@ def _versions_as_keys(dialect: str, t: Tables) -> list[str]:
             f"DROP TABLE {old}",
             "PRAGMA legacy_alter_table = OFF",
         ]
-    if dialect == "sqlite":
-        statements += [index.format(t=t) for index in _KEYED_INDEXES]
-    else:
-        statements.append(_capture_function_update(t))
-    return statements
+    return statements + [index.format(t=t) for index in _KEYED_INDEXES]
+
+
+def _retype(t: Tables, attribute: str, column: str) -> str:
+    """Postgres: ``column`` of the table to text keys, if it is not text already (and, with the
+    migrations table, the hold's version)."""
+    table = getattr(t, attribute)
+    key = _KEY_OF["postgresql"].format(c=column)
+    namespace = "current_schema()" if t.namespace is None else f"'{t.namespace}'"
+    hold = ""
+    if attribute == "migrations":
+        hold = (
+            f"UPDATE {t.meta} SET value = lpad(length(value)::text, 2, '0') || value "
+            "WHERE key = 'hold_from'; "
+        )
+    name = getattr(Tables(), attribute)
+    return (
+        "DO $migsync_upgrade$ BEGIN IF (SELECT data_type FROM information_schema.columns "
+        f"WHERE table_schema = {namespace} AND table_name = '{name}' AND column_name = '{column}') "
+        f"<> 'text' THEN {hold}ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT USING {key}; "
+        "END IF; END $migsync_upgrade$"
+    )
 
 
 def _columns(create: str) -> list[str]:

@@ -22,8 +22,10 @@ from migsync.core.version import Version
 CHECKSUM = re.compile(r"[0-9a-f]{64}")
 
 
-def wire_version(version: Version) -> int:
+def wire_version(version: Version | int) -> int:
     """A version as this wire carries it: a whole number. A dotted version cannot travel yet."""
+    if not isinstance(version, Version):
+        return version
     if version.dotted:
         raise MalformedAnswer(
             f"version {version} is dotted; the server protocol of this migsync carries whole-number "
@@ -36,7 +38,7 @@ def wire_version(version: Version) -> int:
 class OfferedMigration:
     """A published migration as a transport delivered it: nothing of it is trusted yet."""
 
-    version: int
+    version: int = attrs.field(converter=wire_version)
     name: str
     #: the canonical content (JSON text): exactly the bytes the signature covers
     content: str
@@ -82,7 +84,7 @@ class ActionRequest:
     #: the server's id of the request: the client carries out each id once
     id: int
     action: str  # reapply | revert
-    version: int
+    version: int = attrs.field(converter=wire_version)
     requested_by: str
     #: seconds since the epoch (the server's clock)
     requested_at: float
@@ -125,7 +127,7 @@ class ActionsAck:
 class StatusReport:
     """One client's word on one migration."""
 
-    version: int
+    version: int = attrs.field(converter=wire_version)
     applied: bool
     error: str | None
     attempts: int
@@ -141,7 +143,7 @@ class StatusReport:
 class Drift:
     """A migration a client reported with other content than the published one."""
 
-    version: int
+    version: int = attrs.field(converter=wire_version)
     published_checksum: str
     reported_checksum: str
 

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
 from migsync.core.migration import Migration
-from migsync.core.wire import ActionRequest, ActionResult, ActionsAck, ChangesAck, EntityChange
+from migsync.core.wire import ActionRequest, ActionResult, ActionsAck, ChangesAck, EntityChange, wire_version
 from migsync.server import actions as requests
 from migsync.server import engine as engines
 from migsync.server import inbox as inboxes
@@ -216,10 +216,11 @@ class Store:
                     "signed_by": signer,
                     "published_at": now,
                 }
-                old = published.get(migration.version)
-                where = columns.version == migration.version
+                version = wire_version(migration.version)
+                old = published.get(version)
+                where = columns.version == version
                 if old is None:
-                    rows.append({"version": migration.version, **values})
+                    rows.append({"version": version, **values})
                     added.append(migration.name)
                 elif old.checksum != migration.checksum:
                     values |= {"replaced_checksum": old.checksum, "replaced_at": now}
