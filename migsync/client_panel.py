@@ -97,9 +97,10 @@ class _ClientPanel:
             f"SELECT COUNT(*) AS n FROM {backend.tables.changes} WHERE processed = FALSE"
         )
         unanswered = await actions.undelivered()
+        hold = await client.ledger.held_from()
         return {
             "database": _display(self.url),
-            "hold_from": await client.ledger.held_from(),
+            "hold_from": None if hold is None else hold.text,
             "migrations": [m.to_json() for m in migrations],
             "requests": [
                 {**r, "requested_at": iso(r["requested_at"]), "received_at": iso(r["received_at"])}

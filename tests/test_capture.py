@@ -13,6 +13,7 @@ from migsync.core import capture
 from migsync.core.backend import Backend
 from migsync.core.client import Client
 from migsync.core.errors import BackendError, ConfigError
+from migsync.core.version import Version
 from migsync.testing.backend_suite import migration
 
 TODO = migration(
@@ -39,7 +40,7 @@ async def changes(backend: Backend) -> list[Change]:
             r["entity_id"],
             r["operation"],
             None if r["data"] is None else json.loads(r["data"]),
-            r["schema_version"],
+            None if r["schema_version"] is None else Version.from_key(r["schema_version"]),
         )
         for r in rows
     ]
@@ -366,5 +367,5 @@ async def test_a_migration_that_adds_a_column_refreshes_the_capture_itself(tmp_p
             await rec.execute("INSERT INTO todo (id, title, done) VALUES (1, 'milk', 1)")
         rows = await client.backend.fetch("SELECT data, schema_version FROM entity_changes")
     assert [(json.loads(r["data"]), r["schema_version"]) for r in rows] == [
-        ({"id": 1, "title": "milk", "done": 1}, 2)
+        ({"id": 1, "title": "milk", "done": 1}, "012")  # stored as the version's key
     ]

@@ -92,7 +92,7 @@ async def test_changes_are_recorded_in_the_applications_transaction(setup: Setup
     rows = await aquery(
         setup.url, "SELECT entity, entity_id, operation, data, schema_version FROM entity_changes"
     )
-    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [("todo", "7", "insert", 1)]
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [("todo", "7", "insert", "011")]  # a version key
     assert await aquery(setup.url, "SELECT id FROM todo") == [(7,)]
 
 

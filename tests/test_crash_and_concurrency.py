@@ -37,6 +37,7 @@ from dbtools import (
 
 from migsync import Client
 from migsync.core.sources import scan_directory
+from migsync.core.version import Version
 
 RUNS = 30
 #: How long migration 0002 of the crash tests keeps its transaction open.
@@ -46,10 +47,10 @@ SLEEP = 3.0
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def statuses(url: str) -> dict[int, tuple[bool, int]]:
+def statuses(url: str) -> dict[Version, tuple[bool, int]]:
     """version -> (applied, attempts) from ``client_migration_status``."""
     rows = query(url, "SELECT version, applied, attempts FROM client_migration_status")
-    return {int(v): (bool(applied), int(attempts)) for v, applied, attempts in rows}
+    return {Version.from_key(v): (bool(applied), int(attempts)) for v, applied, attempts in rows}
 
 
 def changes(url: str) -> list[tuple[str, bool, int]]:

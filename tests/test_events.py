@@ -24,7 +24,7 @@ def test_event_to_dict_and_describe() -> None:
         "kind": "migration_applied",
         "timestamp": 1.0,
         "name": "0001_a",
-        "version": 1,
+        "version": "1",  # a version is text in JSON: it may be 20 digits, or dotted
         "duration": 0.5,
     }
     assert event.describe() == "migration_applied name='0001_a' version=1 duration=0.5000"

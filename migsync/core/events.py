@@ -40,7 +40,8 @@ class Event:
 
     def describe(self) -> str:
         """One line for logs: the kind, then the fields that say what happened."""
-        fields = " ".join(f"{k}={_brief(v)}" for k, v in self.to_dict().items() if k not in _NOT_DESCRIBED)
+        shown = attrs.asdict(self, recurse=False).items()
+        fields = " ".join(f"{k}={_brief(v)}" for k, v in shown if k not in _NOT_DESCRIBED)
         return f"{self.kind} {fields}"
 
 
@@ -52,6 +53,8 @@ def _plain(instance: object, field: object, value: Any) -> Any:
 
 
 def _brief(value: object) -> str:
+    if isinstance(value, Version):
+        return value.text
     if isinstance(value, float):
         return f"{value:.4f}"
     return repr(value)
