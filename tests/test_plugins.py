@@ -132,11 +132,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 def run(*args: str, path: list[Path], **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``migsync`` command with ``path`` as PYTHONPATH and only the plugin settings in ``env``."""
+    """Run the ``migsync`` command with ``path`` on PYTHONPATH and only the plugin settings in ``env``.
+
+    This checkout comes first on the path, so the command runs this migsync and not the one the
+    shared virtualenv's editable install points at (another checkout, when tests run from a worktree).
+    """
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith("MIGSYNC_") and k not in ("CI", "PYTHONPATH")
     }
-    environment["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
+    environment["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *(str(p) for p in path)])
     environment.update(env)
     return subprocess.run([MIGSYNC, *args], capture_output=True, text=True, env=environment, timeout=120)
 
