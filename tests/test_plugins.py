@@ -41,6 +41,8 @@ from migsync import (
     EventSinkSpec,
     PluginError,
     SourceFormatSpec,
+    SQLiteCollationSpec,
+    SQLiteFunctionSpec,
     TransportSpec,
     hookimpl,
     load_directory,
@@ -57,6 +59,12 @@ MIGSYNC = str(Path(sys.executable).with_name("migsync"))
 EXAMPLE_ORIGIN = "entry point (migsync-example-plugin 1.2.3)"
 BROKEN_ORIGIN = "entry point (migsync-broken-plugin 0.0.1)"
 BROKEN_ERROR = "RuntimeError: migsync_broken_plugin is broken on purpose"
+EXAMPLE_REGISTERS = [
+    "backend:example-sqlite",
+    "event sink:example-file",
+    "sqlite function:normalize",
+    "sqlite collation:unicase",
+]
 
 MIGRATIONS = {
     "0001_create_users.sql": (
@@ -156,7 +164,7 @@ def test_plugins_command_lists_installed_plugin(installed: Installed) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     start = lines.index(f"example  [{EXAMPLE_ORIGIN}]")
-    assert set(lines[start + 1 : start + 3]) == {"    backend:example-sqlite", "    event sink:example-file"}
+    assert set(lines[start + 1 : start + 5]) == {f"    {item}" for item in EXAMPLE_REGISTERS}
     assert "migsync.backends  [builtin]" in lines
     assert "FAILED" not in result.stdout
 
@@ -166,11 +174,15 @@ def test_plugins_command_json(installed: Installed) -> None:
     assert entries["example"] == {
         "name": "example",
         "origin": EXAMPLE_ORIGIN,
-        "registers": ["backend:example-sqlite", "event sink:example-file"],
+        "registers": EXAMPLE_REGISTERS,
         "error": None,
     }
-    assert entries["migsync.backends"]["origin"] == "builtin"
-    assert entries["migsync.backends"]["registers"] == ["backend:sqlite", "backend:postgresql"]
+    assert entries["migsync.backends"] == {
+        "name": "migsync.backends",
+        "origin": "builtin",
+        "registers": ["backend:sqlite", "backend:postgresql"],
+        "error": None,
+    }
 
 
 def test_apply_uses_third_party_backend_and_sink(installed: Installed, tmp_path: Path) -> None:
@@ -191,8 +203,59 @@ def test_apply_uses_third_party_backend_and_sink(installed: Installed, tmp_path:
 
     status = run("status", "--json", "--db", url, path=[installed.example])
     assert status.returncode == 0, status.stderr
-    states = {m["name"]: m["state"] for m in json.loads(status.stdout)["migrations"]}
+    shown = json.loads(status.stdout)
+    states = {m["name"]: m["state"] for m in shown["migrations"]}
     assert states == {"0001_create_users": "applied", "0002_add_email": "applied"}
+
+
+PEOPLE = {
+    "0001_people.sql": (
+        "-- migrate:up\n"
+        "CREATE TABLE people (name TEXT COLLATE unicase);\n"
+        "CREATE UNIQUE INDEX people_key ON people (normalize(name));\n"
+        "INSERT INTO people VALUES ('  Ada   LOVELACE '), ('bob'), ('Carol');\n"
+    ),
+}
+
+
+def test_apply_and_status_with_an_installed_plugins_sql_functions(
+    installed: Installed, tmp_path: Path
+) -> None:
+    migrations = write_migrations(tmp_path / "migrations", PEOPLE)
+    database = tmp_path / "client.db"
+    url = f"sqlite:///{database}"
+    result = run("apply", "--migrations", str(migrations), "--db", url, path=[installed.example])
+    assert result.returncode == 0, result.stderr
+    assert "applied 1 migration" in result.stdout
+    with sqlite3.connect(database) as db:
+        db.create_collation("unicase", lambda a, b: (a.lower() > b.lower()) - (a.lower() < b.lower()))
+        assert [row[0] for row in db.execute("SELECT name FROM people ORDER BY name")] == [
+            "  Ada   LOVELACE ",
+            "bob",
+            "Carol",
+        ]
+
+    # A migration whose function raises fails with the function and its exception named.
+    write_migrations(migrations, {"0002_bad.sql": "-- migrate:up\nUPDATE people SET name = normalize(1);\n"})
+    failed = run("apply", "--migrations", str(migrations), "--db", url, path=[installed.example])
+    assert failed.returncode == 1
+    said = " ".join(failed.stderr.split())
+    assert (
+        "OperationalError: user-defined function normalize() raised ValueError: normalize() takes text, "
+        "not int [in: UPDATE people SET name = normalize(1)]"
+    ) in said, failed.stderr
+
+    status = run("status", "--db", url, path=[installed.example])
+    assert status.returncode == 0, status.stderr
+    assert "normalize() raised ValueError" in " ".join(status.stdout.split())
+
+    # Without the plugin the function is missing, and the error says what this SQLite is.
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    without = run("apply", "--migrations", str(migrations), "--db", fresh, path=[])
+    assert without.returncode == 1
+    assert (
+        f"no such collation sequence: unicase (SQLite {sqlite3.sqlite_version}; no collations from plugins)"
+    ) in " ".join(without.stderr.split())
 
 
 @pytest.mark.parametrize(
@@ -597,6 +660,33 @@ async def test_hook_migsync_register_change_appliers(tmp_path: Path) -> None:
     assert described["migsync.plugins.appliers"].registers == ("change applier:tables",)
 
 
+async def test_hook_migsync_register_sqlite_functions(tmp_path: Path) -> None:
+    def normalize(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    def unicase(a: str, b: str) -> int:
+        return (a.casefold() > b.casefold()) - (a.casefold() < b.casefold())
+
+    @hookimpl
+    def migsync_register_sqlite_functions(
+        register: Callable[[SQLiteFunctionSpec | SQLiteCollationSpec], None],
+    ) -> None:
+        register(SQLiteFunctionSpec("normalize", 1, normalize, deterministic=True, description="fold"))
+        register(SQLiteCollationSpec("unicase", unicase))
+
+    plugins = make_plugins(extra=[plugin("text-functions", migsync_register_sqlite_functions)])
+    assert plugins.sqlite_functions.names() == ["normalize"]
+    assert plugins.sqlite_collations.names() == ["unicase"]
+    database = tmp_path / "client.db"
+    migrations = load_directory(write_migrations(tmp_path / "migrations", PEOPLE))
+    async with Client.connect(f"sqlite:///{database}", plugins=plugins, sinks=[]) as client:
+        assert (await client.apply(migrations)).ok
+        rows = await client.backend.fetch("SELECT normalize(name) AS key FROM people ORDER BY name")
+    assert [row["key"] for row in rows] == ["ada lovelace", "bob", "carol"]
+    described = {info.name: info for info in plugins.describe()}
+    assert described["text-functions"].registers == ("sqlite function:normalize", "sqlite collation:unicase")
+
+
 # -- meta-tests: the contract stays documented and tested -------------------------------------
 
 
@@ -645,6 +735,8 @@ def test_public_api_exports_the_plugin_contract() -> None:
         "TransportSpec",
         "SourceFormatSpec",
         "ChangeApplierSpec",
+        "SQLiteFunctionSpec",
+        "SQLiteCollationSpec",
     ):
         assert name in migsync.__all__
     assert migsync.hookimpl is hookspecs.hookimpl
