@@ -167,6 +167,7 @@ def test_plugins_command_lists_installed_plugin(installed: Installed) -> None:
     assert set(lines[start + 1 : start + 5]) == {f"    {item}" for item in EXAMPLE_REGISTERS}
     assert "migsync.backends  [builtin]" in lines
     assert "FAILED" not in result.stdout
+    assert lines[-1] == f"SQLite library {sqlite3.sqlite_version} (Python's sqlite3 module)"
 
 
 def test_plugins_command_json(installed: Installed) -> None:
@@ -182,6 +183,7 @@ def test_plugins_command_json(installed: Installed) -> None:
         "origin": "builtin",
         "registers": ["backend:sqlite", "backend:postgresql"],
         "error": None,
+        "sqlite_version": sqlite3.sqlite_version,
     }
 
 
@@ -206,6 +208,7 @@ def test_apply_uses_third_party_backend_and_sink(installed: Installed, tmp_path:
     shown = json.loads(status.stdout)
     states = {m["name"]: m["state"] for m in shown["migrations"]}
     assert states == {"0001_create_users": "applied", "0002_add_email": "applied"}
+    assert shown["sqlite_version"] == sqlite3.sqlite_version  # a plugin's backend, SQLite all the same
 
 
 PEOPLE = {
@@ -247,6 +250,8 @@ def test_apply_and_status_with_an_installed_plugins_sql_functions(
 
     status = run("status", "--db", url, path=[installed.example])
     assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0] == f"database: SQLite {sqlite3.sqlite_version}"
     assert "normalize() raised ValueError" in " ".join(status.stdout.split())
 
     # Without the plugin the function is missing, and the error says what this SQLite is.

@@ -365,3 +365,11 @@ def test_specs_check_their_fields(make: Callable[[], object], error: str) -> Non
 def test_names_are_lower_cased_as_sqlite_compares_them() -> None:
     assert SQLiteFunctionSpec("Normalize", -1, normalize).name == "normalize"
     assert SQLiteCollationSpec("UniCase", unicase).name == "unicase"
+
+
+# -- the version ----------------------------------------------------------------------------------
+
+
+async def test_client_tells_the_sqlite_version(tmp_path: Path) -> None:
+    async with Client.connect(f"sqlite:///{tmp_path / 'x.db'}", sinks=[]) as client:
+        assert await client.sqlite_version() == VERSION

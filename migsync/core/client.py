@@ -220,6 +220,14 @@ class Client:
     async def status(self) -> list[MigrationState]:
         return await self.ledger.status()
 
+    async def sqlite_version(self) -> str | None:
+        """The version of the SQLite library serving this database; None if it is not SQLite."""
+        if self.backend.dialect != "sqlite":
+            return None
+        # Asked of the database, not of the sqlite3 module: a plugin's backend may link another SQLite.
+        rows = await self.backend.fetch("SELECT sqlite_version() AS version")
+        return str(rows[0]["version"])
+
     def start(self, interval: float = 5.0) -> None:
         """Keep processing in the background every ``interval`` seconds."""
         self.processor.start(interval)
