@@ -710,6 +710,20 @@ def test_hookspec_is_documented_with_an_example(name: str) -> None:
     assert [a.arg for a in function.args.args] == list(inspect.signature(spec).parameters)
 
 
+@pytest.mark.parametrize("name", hook_names())
+def test_hook_is_documented_in_plugins_md(name: str) -> None:
+    """docs/plugins.md has a section per hook: its signature, its parameters' types, an example."""
+    text = (HERE.parent / "docs" / "plugins.md").read_text(encoding="utf-8")
+    parameters = inspect.signature(getattr(hookspecs, name)).parameters
+    heading = f"### {name}({', '.join(parameters)})"
+    assert f"\n{heading}\n" in text, f"docs/plugins.md has no section '{heading}'"
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+    for parameter in parameters.values():
+        # The annotation as written in hookspecs.py (a string, with postponed annotations).
+        assert f"`{parameter.name}: {parameter.annotation}`" in section, (name, parameter)
+    assert f"def {name}(" in section, f"the section on {name} has no example"
+
+
 def test_hookspecs_are_found() -> None:
     assert "migsync_register_backends" in hook_names()
     assert len(hook_names()) >= 4
