@@ -254,6 +254,41 @@ async def test_a_collation_that_raises_fails_its_statement_and_undoes_it(tmp_pat
         assert [row["x"] for row in rows] == ["a", "B"]
 
 
+async def test_a_collation_that_raises_in_a_migration_fails_it_and_the_next_pass_goes_on(
+    tmp_path: Path,
+) -> None:
+    broken = True
+
+    def fragile(a: str, b: str) -> int:
+        if broken and "boom" in (a, b):
+            raise KeyError("boom")
+        return unicase(a, b)
+
+    plugins = make_plugins(
+        autoload=False, extra=[functions_plugin("f", SQLiteCollationSpec("fragile", fragile))]
+    )
+    files = {
+        "0001_t.sql": up("CREATE TABLE t (x TEXT);", "INSERT INTO t VALUES ('a'), ('boom'), ('B');"),
+        # An INSERT that SQLite interrupts inside a transaction ends the transaction too.
+        "0002_copy.sql": up(
+            "CREATE TABLE u (x TEXT);", "INSERT INTO u SELECT x FROM t ORDER BY x COLLATE fragile;"
+        ),
+    }
+    result = await apply(tmp_path, plugins, files)
+    assert result.failure is not None and result.failure.label == "apply 0002_copy"
+    assert "OperationalError: user-defined collation fragile raised KeyError: 'boom'" in str(
+        result.failure.error
+    )
+    with sqlite3.connect(tmp_path / "client.db") as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'u'").fetchall() == []
+    broken = False  # the plugin's next release
+    async with Client.connect(f"sqlite:///{tmp_path / 'client.db'}", plugins=plugins, sinks=[]) as client:
+        again = await client.process(ignore_backoff=True)
+        assert again.ok, again.failure
+        rows = await client.backend.fetch("SELECT x FROM u")
+    assert [row["x"] for row in rows] == ["a", "B", "boom"]
+
+
 @pytest.mark.parametrize(
     "function",
     [

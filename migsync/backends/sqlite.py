@@ -130,7 +130,8 @@ class _Thread:
             # aiosqlite's own dispatch: one queue hop runs ``fn`` next to the connection.
             return await self.db._execute(fn, *args)  # type: ignore[no-any-return,no-untyped-call]
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path, self.db._conn) from exc
+            # _connection, not _conn: that raises once the connection has closed.
+            raise _map_error(exc, self.path, self.db._connection) from exc
 
     @property
     def raw(self) -> sqlite3.Connection:
