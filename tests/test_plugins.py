@@ -711,7 +711,7 @@ def test_hookspec_is_documented_with_an_example(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", hook_names())
-def test_hook_is_documented_in_plugins_md(name: str) -> None:
+def test_every_hook_is_documented_in_plugins_md(name: str) -> None:
     """docs/plugins.md has a section per hook: its signature, its parameters' types, an example."""
     text = (HERE.parent / "docs" / "plugins.md").read_text(encoding="utf-8")
     parameters = inspect.signature(getattr(hookspecs, name)).parameters
