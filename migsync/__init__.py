@@ -44,6 +44,8 @@ _EXPORTS: dict[str, str] = {
     "SourceError": "migsync.core.errors",
     "SourceFormat": "migsync.core.formats",
     "SourceFormatSpec": "migsync.core.specs",
+    "SQLiteCollationSpec": "migsync.core.specs",
+    "SQLiteFunctionSpec": "migsync.core.specs",
     "StatementError": "migsync.core.errors",
     "SystemClock": "migsync.core.clock",
     "TransportSpec": "migsync.core.specs",
@@ -101,6 +103,8 @@ if TYPE_CHECKING:
         ChangeApplierSpec,
         EventSinkSpec,
         SourceFormatSpec,
+        SQLiteCollationSpec,
+        SQLiteFunctionSpec,
         TransportSpec,
     )
     from migsync.core.sync import Syncer, SyncResult
@@ -150,6 +154,8 @@ __all__ = [
     "ReportAck",
     "RetryPolicy",
     "RevertResult",
+    "SQLiteCollationSpec",
+    "SQLiteFunctionSpec",
     "Script",
     "ServerRefused",
     "ServerUnavailable",

@@ -39,6 +39,10 @@ from migsync.cli_support import (
     version_value,
 )
 
+#: The built-in plugin that registers the sqlite backend (``migsync plugins --json`` shows
+#: the SQLite library's version with it).
+BUILTIN_BACKENDS = "migsync.backends"
+
 if TYPE_CHECKING:
     from migsync.core.ledger import MigrationState
     from migsync.core.processor import PassResult
@@ -257,17 +261,18 @@ def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> N
 def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
     """Show every migration the database knows and its state."""
 
-    async def run() -> list[MigrationState]:
+    async def run() -> tuple[list[MigrationState], str | None]:
         async with connect(ctx, db_url, ()) as client:
-            return await client.status()
+            return await client.status(), await client.sqlite_version()
 
-    states = run_coro(run())
+    states, sqlite_version = run_coro(run())
     if as_json:
-        click.echo(json.dumps({"migrations": [s.to_json() for s in states]}, indent=2))
+        shown = {"migrations": [s.to_json() for s in states], "sqlite_version": sqlite_version}
+        click.echo(json.dumps(shown, indent=2))
         return
     from migsync.report import print_status
 
-    print_status(states)
+    print_status(states, sqlite_version=sqlite_version)
 
 
 # -- capture -------------------------------------------------------------------------------------
@@ -320,22 +325,20 @@ def capture(ctx: click.Context, db_url: str, table: str | None, remove: bool, li
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
     """List every plugin, where it comes from and what it registers."""
+    import sqlite3
+
     infos = plugins_of(ctx).describe()
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "name": i.name,
-                        "origin": i.origin,
-                        "registers": list(i.registers),
-                        "error": i.error,
-                    }
-                    for i in infos
-                ],
-                indent=2,
-            )
-        )
+        entries: list[dict[str, object]] = [
+            {"name": i.name, "origin": i.origin, "registers": list(i.registers), "error": i.error}
+            for i in infos
+        ]
+        # Still a list, so scripts that read it keep working: the SQLite library goes with the
+        # built-in plugin whose sqlite backend links it.
+        for entry in entries:
+            if entry["name"] == BUILTIN_BACKENDS:
+                entry["sqlite_version"] = sqlite3.sqlite_version
+        click.echo(json.dumps(entries, indent=2))
         return
     for info in infos:
         click.echo(f"{info.name}  [{info.origin}]")
@@ -343,6 +346,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"    FAILED: {info.error}")
         for item in info.registers:
             click.echo(f"    {item}")
+    click.echo(f"SQLite library {sqlite3.sqlite_version} (Python's sqlite3 module)")
 
 
 @main.command()

@@ -16,12 +16,14 @@ from migsync.core.processor import PassResult
 EXIT_FAILED = 1
 
 
-def print_status(states: Sequence[MigrationState]) -> None:
+def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None = None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     console = Console()
+    if sqlite_version is not None:
+        console.print(f"database: SQLite {sqlite_version}", highlight=False)
     if not states:
         console.print("no migrations recorded in this database yet")
         return

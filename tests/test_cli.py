@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -112,6 +113,29 @@ def test_sinks_from_the_command_line(tmp_path: Path, db_url: str) -> None:
     assert (
         unknown.returncode == 2 and "unknown event sink 'nope'; valid: bus, jsonl, logging" in unknown.stderr
     )
+
+
+def test_status_shows_the_sqlite_version_on_sqlite_only(tmp_path: Path, any_url: str) -> None:
+    migrations = write_migrations(tmp_path / "m", GOOD)
+    assert run("apply", "--migrations", str(migrations), "--db", any_url).returncode == 0
+    sqlite = any_url.startswith("sqlite:")
+    shown = run("status", "--db", any_url, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["sqlite_version"] == (sqlite3.sqlite_version if sqlite else None)
+    text = run("status", "--db", any_url)
+    assert text.returncode == 0, text.stderr
+    first = text.stdout.splitlines()[0]
+    if sqlite:
+        assert first == f"database: SQLite {sqlite3.sqlite_version}"
+    else:
+        assert "SQLite" not in text.stdout and first.split() == [
+            "version",
+            "name",
+            "state",
+            "applied",
+            "at",
+            "attempts",
+        ]
 
 
 def test_plugins_lists_builtins() -> None:

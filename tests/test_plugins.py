@@ -41,6 +41,8 @@ from migsync import (
     EventSinkSpec,
     PluginError,
     SourceFormatSpec,
+    SQLiteCollationSpec,
+    SQLiteFunctionSpec,
     TransportSpec,
     hookimpl,
     load_directory,
@@ -57,6 +59,12 @@ MIGSYNC = str(Path(sys.executable).with_name("migsync"))
 EXAMPLE_ORIGIN = "entry point (migsync-example-plugin 1.2.3)"
 BROKEN_ORIGIN = "entry point (migsync-broken-plugin 0.0.1)"
 BROKEN_ERROR = "RuntimeError: migsync_broken_plugin is broken on purpose"
+EXAMPLE_REGISTERS = [
+    "backend:example-sqlite",
+    "event sink:example-file",
+    "sqlite function:normalize",
+    "sqlite collation:unicase",
+]
 
 MIGRATIONS = {
     "0001_create_users.sql": (
@@ -132,11 +140,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 def run(*args: str, path: list[Path], **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the ``migsync`` command with ``path`` as PYTHONPATH and only the plugin settings in ``env``."""
+    """Run the ``migsync`` command with ``path`` on PYTHONPATH and only the plugin settings in ``env``.
+
+    This checkout comes first on the path, so the command runs this migsync and not the one the
+    shared virtualenv's editable install points at (another checkout, when tests run from a worktree).
+    """
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith("MIGSYNC_") and k not in ("CI", "PYTHONPATH")
     }
-    environment["PYTHONPATH"] = os.pathsep.join(str(p) for p in path)
+    environment["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *(str(p) for p in path)])
     environment.update(env)
     return subprocess.run([MIGSYNC, *args], capture_output=True, text=True, env=environment, timeout=120)
 
@@ -152,9 +164,10 @@ def test_plugins_command_lists_installed_plugin(installed: Installed) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     start = lines.index(f"example  [{EXAMPLE_ORIGIN}]")
-    assert set(lines[start + 1 : start + 3]) == {"    backend:example-sqlite", "    event sink:example-file"}
+    assert set(lines[start + 1 : start + 5]) == {f"    {item}" for item in EXAMPLE_REGISTERS}
     assert "migsync.backends  [builtin]" in lines
     assert "FAILED" not in result.stdout
+    assert lines[-1] == f"SQLite library {sqlite3.sqlite_version} (Python's sqlite3 module)"
 
 
 def test_plugins_command_json(installed: Installed) -> None:
@@ -162,11 +175,16 @@ def test_plugins_command_json(installed: Installed) -> None:
     assert entries["example"] == {
         "name": "example",
         "origin": EXAMPLE_ORIGIN,
-        "registers": ["backend:example-sqlite", "event sink:example-file"],
+        "registers": EXAMPLE_REGISTERS,
         "error": None,
     }
-    assert entries["migsync.backends"]["origin"] == "builtin"
-    assert entries["migsync.backends"]["registers"] == ["backend:sqlite", "backend:postgresql"]
+    assert entries["migsync.backends"] == {
+        "name": "migsync.backends",
+        "origin": "builtin",
+        "registers": ["backend:sqlite", "backend:postgresql"],
+        "error": None,
+        "sqlite_version": sqlite3.sqlite_version,
+    }
 
 
 def test_apply_uses_third_party_backend_and_sink(installed: Installed, tmp_path: Path) -> None:
@@ -187,8 +205,62 @@ def test_apply_uses_third_party_backend_and_sink(installed: Installed, tmp_path:
 
     status = run("status", "--json", "--db", url, path=[installed.example])
     assert status.returncode == 0, status.stderr
-    states = {m["name"]: m["state"] for m in json.loads(status.stdout)["migrations"]}
+    shown = json.loads(status.stdout)
+    states = {m["name"]: m["state"] for m in shown["migrations"]}
     assert states == {"0001_create_users": "applied", "0002_add_email": "applied"}
+    assert shown["sqlite_version"] == sqlite3.sqlite_version  # a plugin's backend, SQLite all the same
+
+
+PEOPLE = {
+    "0001_people.sql": (
+        "-- migrate:up\n"
+        "CREATE TABLE people (name TEXT COLLATE unicase);\n"
+        "CREATE UNIQUE INDEX people_key ON people (normalize(name));\n"
+        "INSERT INTO people VALUES ('  Ada   LOVELACE '), ('bob'), ('Carol');\n"
+    ),
+}
+
+
+def test_apply_and_status_with_an_installed_plugins_sql_functions(
+    installed: Installed, tmp_path: Path
+) -> None:
+    migrations = write_migrations(tmp_path / "migrations", PEOPLE)
+    database = tmp_path / "client.db"
+    url = f"sqlite:///{database}"
+    result = run("apply", "--migrations", str(migrations), "--db", url, path=[installed.example])
+    assert result.returncode == 0, result.stderr
+    assert "applied 1 migration" in result.stdout
+    with sqlite3.connect(database) as db:
+        db.create_collation("unicase", lambda a, b: (a.lower() > b.lower()) - (a.lower() < b.lower()))
+        assert [row[0] for row in db.execute("SELECT name FROM people ORDER BY name")] == [
+            "  Ada   LOVELACE ",
+            "bob",
+            "Carol",
+        ]
+
+    # A migration whose function raises fails with the function and its exception named.
+    write_migrations(migrations, {"0002_bad.sql": "-- migrate:up\nUPDATE people SET name = normalize(1);\n"})
+    failed = run("apply", "--migrations", str(migrations), "--db", url, path=[installed.example])
+    assert failed.returncode == 1
+    said = " ".join(failed.stderr.split())
+    assert (
+        "OperationalError: user-defined function normalize() raised ValueError: normalize() takes text, "
+        "not int [in: UPDATE people SET name = normalize(1)]"
+    ) in said, failed.stderr
+
+    status = run("status", "--db", url, path=[installed.example])
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0] == f"database: SQLite {sqlite3.sqlite_version}"
+    assert "normalize() raised ValueError" in " ".join(status.stdout.split())
+
+    # Without the plugin the function is missing, and the error says what this SQLite is.
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    without = run("apply", "--migrations", str(migrations), "--db", fresh, path=[])
+    assert without.returncode == 1
+    assert (
+        f"no such collation sequence: unicase (SQLite {sqlite3.sqlite_version}; no collations from plugins)"
+    ) in " ".join(without.stderr.split())
 
 
 @pytest.mark.parametrize(
@@ -593,6 +665,33 @@ async def test_hook_migsync_register_change_appliers(tmp_path: Path) -> None:
     assert described["migsync.plugins.appliers"].registers == ("change applier:tables",)
 
 
+async def test_hook_migsync_register_sqlite_functions(tmp_path: Path) -> None:
+    def normalize(text: str) -> str:
+        return " ".join(text.split()).casefold()
+
+    def unicase(a: str, b: str) -> int:
+        return (a.casefold() > b.casefold()) - (a.casefold() < b.casefold())
+
+    @hookimpl
+    def migsync_register_sqlite_functions(
+        register: Callable[[SQLiteFunctionSpec | SQLiteCollationSpec], None],
+    ) -> None:
+        register(SQLiteFunctionSpec("normalize", 1, normalize, deterministic=True, description="fold"))
+        register(SQLiteCollationSpec("unicase", unicase))
+
+    plugins = make_plugins(extra=[plugin("text-functions", migsync_register_sqlite_functions)])
+    assert plugins.sqlite_functions.names() == ["normalize"]
+    assert plugins.sqlite_collations.names() == ["unicase"]
+    database = tmp_path / "client.db"
+    migrations = load_directory(write_migrations(tmp_path / "migrations", PEOPLE))
+    async with Client.connect(f"sqlite:///{database}", plugins=plugins, sinks=[]) as client:
+        assert (await client.apply(migrations)).ok
+        rows = await client.backend.fetch("SELECT normalize(name) AS key FROM people ORDER BY name")
+    assert [row["key"] for row in rows] == ["ada lovelace", "bob", "carol"]
+    described = {info.name: info for info in plugins.describe()}
+    assert described["text-functions"].registers == ("sqlite function:normalize", "sqlite collation:unicase")
+
+
 # -- meta-tests: the contract stays documented and tested -------------------------------------
 
 
@@ -609,6 +708,20 @@ def test_hookspec_is_documented_with_an_example(name: str) -> None:
     (function,) = functions
     assert [ast.unparse(d) for d in function.decorator_list] == ["hookimpl"]
     assert [a.arg for a in function.args.args] == list(inspect.signature(spec).parameters)
+
+
+@pytest.mark.parametrize("name", hook_names())
+def test_every_hook_is_documented_in_plugins_md(name: str) -> None:
+    """docs/plugins.md has a section per hook: its signature, its parameters' types, an example."""
+    text = (HERE.parent / "docs" / "plugins.md").read_text(encoding="utf-8")
+    parameters = inspect.signature(getattr(hookspecs, name)).parameters
+    heading = f"### {name}({', '.join(parameters)})"
+    assert f"\n{heading}\n" in text, f"docs/plugins.md has no section '{heading}'"
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+    for parameter in parameters.values():
+        # The annotation as written in hookspecs.py (a string, with postponed annotations).
+        assert f"`{parameter.name}: {parameter.annotation}`" in section, (name, parameter)
+    assert f"def {name}(" in section, f"the section on {name} has no example"
 
 
 def test_hookspecs_are_found() -> None:
@@ -641,6 +754,8 @@ def test_public_api_exports_the_plugin_contract() -> None:
         "TransportSpec",
         "SourceFormatSpec",
         "ChangeApplierSpec",
+        "SQLiteFunctionSpec",
+        "SQLiteCollationSpec",
     ):
         assert name in migsync.__all__
     assert migsync.hookimpl is hookspecs.hookimpl

@@ -19,6 +19,9 @@
   when no write lock is held. Each change is still claimed inside its
   ``BEGIN IMMEDIATE`` transaction. A ``:memory:`` database (no other process
   can open it), or a platform without ``flock``, has an in-process lock only.
+* Plugins' SQL functions and collations (``sqlite_functions``, set by
+  ``Client.connect``) are installed on the connection as it opens
+  (:mod:`migsync.backends.sqlite_functions`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from urllib.parse import parse_qsl, urlsplit
 import aiosqlite
 
 from migsync.backends import filelock
+from migsync.backends.sqlite_functions import FunctionsConnection, Loaded, explain, install, load
 from migsync.backends.sqlite_keys import ForeignKeyGuard, parse_mode
 from migsync.core.backend import (
     MULTI_PROCESS,
@@ -58,6 +62,7 @@ from migsync.core.errors import (
     TransactionLost,
 )
 from migsync.core.files import kind_of, reason
+from migsync.core.specs import SQLiteSpec
 from migsync.core.splitter import Statement, split
 from migsync.core.work import (
     Await,
@@ -106,8 +111,8 @@ def parse_url(url: str) -> tuple[str, dict[str, str]]:
     return path, dict(parse_qsl(parts.query))
 
 
-def _map_error(exc: sqlite3.Error, where: str) -> BackendError:
-    message = str(exc)
+def _map_error(exc: sqlite3.Error, where: str, conn: sqlite3.Connection | None = None) -> BackendError:
+    message = explain(exc, conn)
     if isinstance(exc, sqlite3.OperationalError) and "locked" in message:
         return LockTimeout(f"{where}: the database is locked by another connection ({message})")
     return BackendError(f"{where}: {message}")
@@ -125,7 +130,8 @@ class _Thread:
             # aiosqlite's own dispatch: one queue hop runs ``fn`` next to the connection.
             return await self.db._execute(fn, *args)  # type: ignore[no-any-return,no-untyped-call]
         except sqlite3.Error as exc:
-            raise _map_error(exc, self.path) from exc
+            # _connection, not _conn: that raises once the connection has closed.
+            raise _map_error(exc, self.path, self.db._connection) from exc
 
     @property
     def raw(self) -> sqlite3.Connection:
@@ -168,7 +174,7 @@ def _script_sync(
             conn.execute(statement.sql)
         except sqlite3.Error as exc:
             error = StatementError(
-                f"{type(exc).__name__}: {exc}",
+                f"{type(exc).__name__}: {explain(exc, conn)}",
                 statement=statement.sql,
                 index=index,
                 line=statement.line,
@@ -250,7 +256,7 @@ class _Session:
         except sqlite3.Error as exc:
             # Say which request failed: "database is locked" from a BEGIN and from a COMMIT
             # call for different answers.
-            raise _map_error(exc, f"sqlite {type(request).__name__.lower()}") from exc
+            raise _map_error(exc, f"sqlite {type(request).__name__.lower()}", conn) from exc
         raise TypeError(f"not a unit-of-work request: {request!r}")
 
     def _begin(self, schema_change: bool) -> None:
@@ -348,6 +354,9 @@ class SQLiteBackend(BaseBackend):
         self.migration_foreign_keys = parse_mode(
             migration_foreign_keys or options.get("migration_foreign_keys", "check")
         )
+        #: Plugins' functions and collations, installed on the connection when it opens.
+        #: ``Client.connect`` sets them from the plugins' ``migsync_register_sqlite_functions``.
+        self.sqlite_functions: tuple[SQLiteSpec, ...] = ()
         self._thread: _Thread | None = None
         self._lock = asyncio.Lock()  # one unit of work at a time on the one connection
         self._processor_locks: dict[str, asyncio.Lock] = {}
@@ -362,18 +371,23 @@ class SQLiteBackend(BaseBackend):
             return
         if not self.memory:
             self._check_path()
+        functions = load(self.sqlite_functions)  # a plugin's import error, before a thread starts
         try:
             # Opened here, not by aiosqlite.connect: when that fails, its worker thread is
             # left to stop after the event loop has closed, and prints a traceback.
             raw = await asyncio.to_thread(
-                sqlite3.connect, self.path, isolation_level=None, check_same_thread=False
+                sqlite3.connect,
+                self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=FunctionsConnection,
             )
         except sqlite3.Error as exc:
             raise ConnectError(f"cannot open SQLite database {self.path}: {exc}") from exc
         db = await aiosqlite.Connection(lambda: raw, _ITER_CHUNK_SIZE)
         thread = _Thread(db, self.path)
         try:
-            await thread.run(self._configure, thread.raw)
+            await thread.run(self._configure, thread.raw, functions)
         except BackendError as exc:
             await db.close()
             raise ConnectError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -396,7 +410,9 @@ class SQLiteBackend(BaseBackend):
         if not stat.S_ISREG(mode):
             raise ConnectError(f"{cannot}: not a regular file ({kind_of(mode)})")
 
-    def _configure(self, conn: sqlite3.Connection) -> None:
+    def _configure(self, conn: sqlite3.Connection, functions: Loaded) -> None:
+        assert isinstance(conn, FunctionsConnection)  # open() asks sqlite3 for one
+        install(conn, functions)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         if not self.memory:
             conn.execute(f"PRAGMA journal_mode = {self.journal_mode}")

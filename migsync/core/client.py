@@ -61,6 +61,22 @@ def build_sinks(plugins: Plugins, configs: Sequence[str] | None) -> list[EventSi
     return sinks
 
 
+def _give_sqlite_functions(backend: Backend, name: str, plugins: Plugins) -> None:
+    """Hand a SQLite backend the functions and collations plugins registered, to install on open."""
+    specs = plugins.sqlite_specs()
+    if not specs:
+        return
+    if not hasattr(backend, "sqlite_functions"):
+        # Failing here beats a migration failing later on "no such function", perhaps half-way.
+        listed = ", ".join(spec.name for spec in specs)
+        raise ConfigError(
+            f"plugins registered SQLite functions or collations ({listed}), but backend {name!r} "
+            "cannot install them: it has no 'sqlite_functions' attribute (see 'SQLite functions and "
+            "collations' in docs/plugins.md)"
+        )
+    backend.sqlite_functions = specs
+
+
 class Client:
     def __init__(
         self,
@@ -126,6 +142,8 @@ class Client:
             raise ConfigError(
                 f"backend {spec.name!r} does not take the options {sorted(backend_options or {})}: {exc}"
             ) from exc
+        if backend.dialect == "sqlite":
+            _give_sqlite_functions(backend, spec.name, plugins)
         return cls(backend, sinks=build_sinks(plugins, sinks), **options)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Self:
@@ -201,6 +219,14 @@ class Client:
 
     async def status(self) -> list[MigrationState]:
         return await self.ledger.status()
+
+    async def sqlite_version(self) -> str | None:
+        """The version of the SQLite library serving this database; None if it is not SQLite."""
+        if self.backend.dialect != "sqlite":
+            return None
+        # Asked of the database, not of the sqlite3 module: a plugin's backend may link another SQLite.
+        rows = await self.backend.fetch("SELECT sqlite_version() AS version")
+        return str(rows[0]["version"])
 
     def start(self, interval: float = 5.0) -> None:
         """Keep processing in the background every ``interval`` seconds."""

@@ -34,6 +34,8 @@ from migsync.core.specs import (
     ChangeApplierSpec,
     EventSinkSpec,
     SourceFormatSpec,
+    SQLiteCollationSpec,
+    SQLiteFunctionSpec,
     TransportSpec,
 )
 
@@ -63,6 +65,34 @@ def migsync_register_backends(register: Callable[[BackendSpec], None]) -> None:
         @hookimpl
         def migsync_register_backends(register):
             register(BackendSpec("duck", ("duckdb",), "my_pkg.duck:DuckBackend"))
+    """
+
+
+@hookspec
+def migsync_register_sqlite_functions(
+    register: Callable[[SQLiteFunctionSpec | SQLiteCollationSpec], None],
+) -> None:
+    """Register SQL functions and collations on every SQLite connection migsync opens.
+
+    Call ``register(SQLiteFunctionSpec(name, narg, function, deterministic=...))``
+    for a function and ``register(SQLiteCollationSpec(name, function))`` for a
+    collation. The SQLite backend installs them on its connection when it
+    opens it, before anything runs, so a migration can call ``name(...)`` or
+    say ``COLLATE name``. This holds for ``migsync apply`` (installed plugins)
+    and for ``Client.connect(url, plugins=...)``. ``narg`` is the number of
+    arguments (-1: any); ``function`` is the callable or
+    ``"package.module:attribute"``; ``deterministic=True`` is needed to use
+    the function in an index, a ``CHECK`` or a generated column. A function
+    that raises fails the statement with an error naming the function and
+    its exception; so does a collation. Postgres has no counterpart: there a
+    migration creates its functions with ``CREATE FUNCTION``.
+
+    Example::
+
+        @hookimpl
+        def migsync_register_sqlite_functions(register):
+            register(SQLiteFunctionSpec("normalize", 1, "my_pkg.text:normalize", deterministic=True))
+            register(SQLiteCollationSpec("unicase", "my_pkg.text:unicase"))
     """
 
 

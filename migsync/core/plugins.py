@@ -37,6 +37,9 @@ from migsync.core.specs import (
     EventSinkSpec,
     SourceFormatSpec,
     Spec,
+    SQLiteCollationSpec,
+    SQLiteFunctionSpec,
+    SQLiteSpec,
     TransportSpec,
 )
 
@@ -113,7 +116,7 @@ class Plugins:
         self.failures = list(failures)
         self._builtins = builtins
         self._origins = dict(origins or {})
-        self._cache: dict[str, Registry[Any]] = {}
+        self._cache: dict[str, dict[type, Registry[Any]]] = {}
 
     # -- registries ---------------------------------------------------------
 
@@ -137,6 +140,18 @@ class Plugins:
     def change_appliers(self) -> Registry[ChangeApplierSpec]:
         return self._registry("change applier", "migsync_register_change_appliers", ChangeApplierSpec)
 
+    @property
+    def sqlite_functions(self) -> Registry[SQLiteFunctionSpec]:
+        return self._sqlite()[SQLiteFunctionSpec]
+
+    @property
+    def sqlite_collations(self) -> Registry[SQLiteCollationSpec]:
+        return self._sqlite()[SQLiteCollationSpec]
+
+    def sqlite_specs(self) -> tuple[SQLiteSpec, ...]:
+        """Every SQLite function and collation, for a SQLite backend to install."""
+        return (*self.sqlite_functions, *self.sqlite_collations)
+
     def backend_for_url(self, url: str) -> BackendSpec:
         return self._by_scheme(self.backends, url, "database")
 
@@ -154,6 +169,8 @@ class Plugins:
             self.event_sinks,
             self.source_formats,
             self.change_appliers,
+            self.sqlite_functions,
+            self.sqlite_collations,
         )
         for registry in registries:
             for name, owner in registry.owners.items():
@@ -178,11 +195,25 @@ class Plugins:
 
     # -- internals ---------------------------------------------------------------
 
+    def _sqlite(self) -> dict[type, Registry[Any]]:
+        # One hook, two namespaces: SQLite keeps functions and collations apart.
+        return self._registries(
+            "migsync_register_sqlite_functions",
+            {SQLiteFunctionSpec: "sqlite function", SQLiteCollationSpec: "sqlite collation"},
+        )
+
     def _registry(self, kind: str, hook_name: str, spec_type: type) -> Registry[Any]:
+        return self._registries(hook_name, {spec_type: kind})[spec_type]
+
+    def _registries(self, hook_name: str, kinds: dict[type, str]) -> dict[type, Registry[Any]]:
+        """One registry per spec type that hook ``hook_name`` registers, by type."""
         cached = self._cache.get(hook_name)
         if cached is not None:
             return cached
-        registry: Registry[Any] = Registry(kind)
+        registries: dict[type, Registry[Any]] = {
+            spec_type: Registry(kind) for spec_type, kind in kinds.items()
+        }
+        expected = " or a ".join(spec_type.__name__ for spec_type in kinds)
         hook = getattr(self.pm.hook, hook_name)
         # Call implementations one by one so every spec is attributed to the
         # plugin that registered it and a clash can name both plugins.
@@ -190,9 +221,10 @@ class Plugins:
             owner = impl.plugin_name
 
             def register(spec: Any, owner: str = owner) -> None:
-                if not isinstance(spec, spec_type):
+                registry = next((r for t, r in registries.items() if isinstance(spec, t)), None)
+                if registry is None:
                     raise PluginError(
-                        f"plugin {owner!r}: {hook_name} registered {spec!r}; expected a {spec_type.__name__}"
+                        f"plugin {owner!r}: {hook_name} registered {spec!r}; expected a {expected}"
                     )
                 self._add(registry, spec, owner)
 
@@ -206,8 +238,8 @@ class Plugins:
                 raise PluginError(
                     f"plugin {owner!r}: {hook_name} raised {type(exc).__name__}: {exc}"
                 ) from exc
-        self._cache[hook_name] = registry
-        return registry
+        self._cache[hook_name] = registries
+        return registries
 
     def _add(self, registry: Registry[Any], spec: Any, owner: str) -> None:
         if spec.name in registry.specs:

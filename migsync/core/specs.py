@@ -21,12 +21,12 @@ from migsync.core.errors import PluginError
 Target = Callable[..., Any] | str
 
 
-def _load_target(target: Target, what: str) -> Callable[..., Any]:
+def _load_target(target: Target, what: str, field: str = "factory") -> Callable[..., Any]:
     if not isinstance(target, str):
         return target
     module_name, colon, attribute = target.partition(":")
     if not colon or not module_name or not attribute:
-        raise PluginError(f"{what}: factory {target!r} is not of the form 'package.module:attribute'")
+        raise PluginError(f"{what}: {field} {target!r} is not of the form 'package.module:attribute'")
     try:
         loaded: Any = importlib.import_module(module_name)
         for part in attribute.split("."):
@@ -65,9 +65,8 @@ def _check_name(instance: object, attribute: attrs.Attribute[Any], value: str) -
 
 def _check_target(instance: object, attribute: attrs.Attribute[Any], value: Target) -> None:
     if not isinstance(value, str) and not callable(value):
-        raise TypeError(
-            f"{type(instance).__name__}: factory must be callable or 'module:attribute', got {value!r}"
-        )
+        what = f"{type(instance).__name__}: {attribute.name}"
+        raise TypeError(f"{what} must be callable or 'module:attribute', got {value!r}")
 
 
 @attrs.frozen
@@ -154,4 +153,79 @@ class SourceFormatSpec:
         return _load_target(self.factory, f"source format {self.name!r}")
 
 
-Spec = BackendSpec | TransportSpec | EventSinkSpec | SourceFormatSpec | ChangeApplierSpec
+# -- SQLite functions and collations -------------------------------------------------------
+
+_SQL_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _sql_name(value: str) -> str:
+    # SQLite looks names up case-insensitively: "Normalize" and "normalize" are one function.
+    return value.lower() if isinstance(value, str) else value
+
+
+def _check_sql_name(instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not _SQL_NAME.fullmatch(value):
+        raise ValueError(
+            f"{type(instance).__name__}: {value!r} is not a SQL name "
+            "(letters, digits and _, not starting with a digit)"
+        )
+
+
+def _check_narg(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= 127:
+        raise ValueError(
+            f"{type(instance).__name__}: narg must be -1 (any number of arguments) or 0 to 127, got {value!r}"
+        )
+
+
+@attrs.frozen
+class SQLiteFunctionSpec:
+    """A SQL function on every SQLite connection: ``name(...)`` in SQL calls ``function``.
+
+    The fields follow ``sqlite3.Connection.create_function(name, narg, func,
+    deterministic=...)``. ``narg`` is the number of arguments, -1 for any
+    number. ``function`` returns ``None``, ``int``, ``float``, ``str`` or
+    ``bytes``. ``deterministic=True`` promises the same result for the same
+    arguments, which SQLite requires of a function used in an index, a
+    ``CHECK`` constraint or a generated column. ``name`` is lower-cased, as
+    SQLite compares names without case.
+    """
+
+    name: str = attrs.field(converter=_sql_name, validator=_check_sql_name)
+    narg: int = attrs.field(validator=_check_narg)
+    function: Target = attrs.field(validator=_check_target)
+    deterministic: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    description: str = ""
+
+    def load(self) -> Callable[..., Any]:
+        return _load_target(self.function, f"sqlite function {self.name!r}", "function")
+
+
+@attrs.frozen
+class SQLiteCollationSpec:
+    """A collation on every SQLite connection: ``COLLATE name`` orders text with ``function``.
+
+    ``function(a, b)`` receives two ``str`` and returns a negative number, zero
+    or a positive number, as ``sqlite3.Connection.create_collation`` expects.
+    ``name`` is lower-cased.
+    """
+
+    name: str = attrs.field(converter=_sql_name, validator=_check_sql_name)
+    function: Target = attrs.field(validator=_check_target)
+    description: str = ""
+
+    def load(self) -> Callable[..., Any]:
+        return _load_target(self.function, f"sqlite collation {self.name!r}", "function")
+
+
+SQLiteSpec = SQLiteFunctionSpec | SQLiteCollationSpec
+
+Spec = (
+    BackendSpec
+    | TransportSpec
+    | EventSinkSpec
+    | SourceFormatSpec
+    | ChangeApplierSpec
+    | SQLiteFunctionSpec
+    | SQLiteCollationSpec
+)
