@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 import click
 
 from migsync.cli_server import on_store, store_option
+from migsync.cli_support import version_value
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from migsync.core.version import Version
     from migsync.server import Store
     from migsync.server.records import ActionRecord, ClientRecord
 
@@ -31,7 +33,7 @@ def actions() -> None:
 
 @actions.command("request")
 @click.argument("action", type=click.Choice(["reapply", "revert"]))
-@click.argument("version", type=click.IntRange(min=0))
+@click.argument("version", callback=version_value)
 @store_option
 @click.option(
     "--client",
@@ -57,7 +59,7 @@ def actions() -> None:
 @click.option("--json", "as_json", is_flag=True, help='Print {"actions": [...]} instead of lines.')
 def request(
     action: str,
-    version: int,
+    version: Version,
     store_url: str,
     client_names: tuple[str, ...],
     every: bool,

@@ -41,7 +41,6 @@ from migsync.core.signing import TrustedKey, load_private_key, write_keypair
 from migsync.core.sources import load_directory
 from migsync.core.sync import Syncer, SyncResult
 from migsync.core.version import Version
-from migsync.core.wire import wire_version
 from migsync.demo import BROKEN, FIXED, FOURTH, copy_bundled, step
 from migsync.report_server import print_fleet
 from migsync.server import PublishResult, Store
@@ -136,7 +135,7 @@ async def run_fleet(root: Path) -> int:
         step("10. the admin asks shop-paris to revert 0005, then to re-apply it (the panel's buttons)")
         paris_id = registered["shop-paris"][0]
         for action in ("revert", "reapply"):
-            [made] = await store.request_action(action, 5, [paris_id], "demo admin")
+            [made] = await store.request_action(action, Version.parse(5), [paris_id], "demo admin")
             click.echo(f"   request {made.id}: {action} version 5 on shop-paris, by {made.requested_by}")
             await _sync(paris)
             [answered] = await store.actions(paris_id, limit=1)
@@ -148,7 +147,7 @@ async def run_fleet(root: Path) -> int:
         imported &= _imported(await import_reports(store, drop / "reports"), names)
         fleet = await store.fleet()
         print_fleet(fleet)
-    newest = wire_version(max(m.version for m in load_directory(migrations)))
+    newest = max(m.version for m in load_directory(migrations))
     clean = all(
         max(e.applied, default=None) == newest and not (e.failed or e.drift or e.pending) for e in fleet
     )

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import click
 
 from migsync.core.clock import iso
+from migsync.core.version import Version
 from migsync.server.records import Failure, FleetEntry
 
 
@@ -45,11 +46,11 @@ _MAX_ERROR = 100
 _MAX_RANGES = 5
 
 
-def _versions(versions: Sequence[int]) -> str:
+def _versions(versions: Sequence[Version]) -> str:
     """``1-3, 7``: runs of consecutive versions as ranges, the first few of them, or ``-``."""
-    ranges: list[list[int]] = []
+    ranges: list[list[Version]] = []
     for v in sorted(versions):
-        if ranges and v == ranges[-1][1] + 1:
+        if ranges and _next(ranges[-1][1], v):
             ranges[-1][1] = v
         else:
             ranges.append([v, v])
@@ -57,6 +58,11 @@ def _versions(versions: Sequence[int]) -> str:
     if len(ranges) > _MAX_RANGES:
         shown.append(f"... ({len(versions)} in all)")
     return ", ".join(shown) or "-"
+
+
+def _next(a: Version, b: Version) -> bool:
+    """Whether ``b`` follows ``a`` directly (whole numbers only: dotted ones have no next)."""
+    return not a.dotted and not b.dotted and b.parts[0] == a.parts[0] + 1
 
 
 def _failure(failure: Failure) -> str:

@@ -55,7 +55,7 @@ from migsync.core.events import ChangeDead, ChangeFailed, ChangesPushed, Event
 from migsync.core.processor import Loaded
 from migsync.core.schema import Tables
 from migsync.core.version import Version
-from migsync.core.wire import OPERATIONS, ChangesAck, EntityChange, wire_version
+from migsync.core.wire import OPERATIONS, ChangesAck, EntityChange
 from migsync.core.work import Await, Execute, Fetch, Work
 
 
@@ -123,8 +123,8 @@ async def recording(backend: Backend) -> AsyncIterator[ChangeRecorder]:
         yield ChangeRecorder(tx, backend.tables, version)  # the stored key, as the triggers write it
 
 
-def _schema_version(key: str) -> int:
-    return wire_version(Version.from_key(key))
+def _schema_version(key: str) -> Version:
+    return Version.from_key(key)
 
 
 def change_of(row: Row) -> EntityChange:

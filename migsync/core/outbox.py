@@ -27,7 +27,7 @@ from migsync.core.clock import Clock
 from migsync.core.ledger import MigrationState
 from migsync.core.schema import Tables
 from migsync.core.version import Version
-from migsync.core.wire import CHECKSUM, ReportAck, StatusReport, wire_version
+from migsync.core.wire import CHECKSUM, ReportAck, StatusReport
 
 if TYPE_CHECKING:
     from migsync.transports.base import Transport
@@ -39,9 +39,7 @@ def report_of(state: MigrationState) -> StatusReport:
     error = state.error if state.state in ("failed", "dead", "dirty") else None
     if state.state == "dirty" and not error:
         error = "stopped half-way outside a transaction; needs 'migsync repair'"
-    return StatusReport(
-        wire_version(state.version), applied, error, state.attempts, state.checksum, state.state == "dead"
-    )
+    return StatusReport(state.version, applied, error, state.attempts, state.checksum, state.state == "dead")
 
 
 def worth_reporting(state: MigrationState) -> bool:
@@ -82,7 +80,7 @@ class ReportOutbox:
                         (
                             f"UPDATE {self.t} SET applied = $1, error = $2, attempts = $3, checksum = $4, "
                             "dead = $5, changed_at = $6, revision = revision + 1 WHERE version = $7",
-                            (*values, Version.parse(report.version).key),
+                            (*values, report.version.key),
                         )
                     )
                 else:
@@ -90,7 +88,7 @@ class ReportOutbox:
                         (
                             f"INSERT INTO {self.t} (version, applied, error, attempts, checksum, dead, "
                             "changed_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, 1)",
-                            (Version.parse(report.version).key, *values),
+                            (report.version.key, *values),
                         )
                     )
             await tx.execute_batch(statements)
@@ -122,7 +120,7 @@ class ReportOutbox:
                     (
                         f"UPDATE {self.t} SET delivered_revision = $1, delivered_at = $2 "
                         "WHERE version = $3 AND delivered_revision < $1",
-                        (revision, now, Version.parse(report.version).key),
+                        (revision, now, report.version.key),
                     )
                     for report, revision in pending
                 ]
@@ -136,8 +134,8 @@ class ReportOutbox:
         return int(rows[0]["n"])
 
 
-def _version(row: Any) -> int:
-    return wire_version(Version.from_key(row["version"]))
+def _version(row: Any) -> Version:
+    return Version.from_key(row["version"])
 
 
 def _report(row: Any) -> StatusReport:

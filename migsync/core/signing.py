@@ -127,7 +127,7 @@ def request_message(request: ActionRequest, client_id: str) -> bytes:
         "id": request.id,
         "requested_at": request.requested_at,
         "requested_by": request.requested_by,
-        "version": request.version,
+        "version": request.version.text,
     }
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 

@@ -60,7 +60,7 @@ _ETAG_KEY = "server_etag"
 class Refusal:
     """A migration the server offered that this client did not store."""
 
-    version: int
+    version: Version
     name: str
     reason: str
     #: "signature" (unsigned, badly signed or malformed), "drift" (applied here with other
@@ -265,7 +265,7 @@ class Syncer:
                 reason = f"waits for {blocked_by}, which was refused"
                 refused.append(Refusal(offer.version, offer.name, reason, "waiting"))
                 continue
-            offered = Version.parse(offer.version)
+            offered = offer.version
             local = known.get(offered)
             try:
                 migration = verify_offer(offer, self.trusted, source=self.transport.where)

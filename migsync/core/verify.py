@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from migsync.core.errors import SignatureError
 from migsync.core.migration import Migration
 from migsync.core.signing import TrustedKey, verify
-from migsync.core.version import Version
 from migsync.core.wire import OfferedMigration
 
 
@@ -43,7 +42,7 @@ def verify_offer(offer: OfferedMigration, trusted: Sequence[TrustedKey], *, sour
         ) from None
     if migration.canonical_content() != offer.content:
         raise SignatureError(f"{label}: its content is not in canonical form; refusing to run it")
-    if (migration.version, migration.name) != (Version.parse(offer.version), offer.name):
+    if (migration.version, migration.name) != (offer.version, offer.name):
         raise SignatureError(
             f"{label}: its content is migration {migration.name} (version {migration.version})"
         )

@@ -17,28 +17,46 @@ from typing import Any
 import attrs
 
 from migsync.core.errors import MalformedAnswer
-from migsync.core.version import Version
+from migsync.core.version import Version, VersionError, as_version
 
 CHECKSUM = re.compile(r"[0-9a-f]{64}")
 
 
-def wire_version(version: Version | int) -> int:
-    """A version as this wire carries it: a whole number. A dotted version cannot travel yet."""
-    if not isinstance(version, Version):
-        return version
-    if version.dotted:
-        raise MalformedAnswer(
-            f"version {version} is dotted; the server protocol of this migsync carries whole-number "
-            "versions only"
-        )
-    return version.parts[0]
+def _plain(instance: object, field: object, value: Any) -> Any:
+    return value.text if isinstance(value, Version) else value
+
+
+def _json(record: Any) -> dict[str, Any]:
+    """A wire record as JSON-ready values: every version as its text."""
+    return attrs.asdict(record, value_serializer=_plain)
+
+
+#: The protocol this release speaks: 2 carries every version as a string (``"42"``,
+#: ``"20150100000001000000"``, ``"1.2.10"``); 1 carried whole numbers. Sent on every HTTP
+#: request and answer (:data:`PROTOCOL_HEADER`); the other side refuses what it does not speak.
+PROTOCOL = 2
+PROTOCOL_HEADER = "Migsync-Protocol"
+
+
+def protocol_refusal(theirs: str | None, who: str) -> str | None:
+    """Why a peer that says it speaks ``theirs`` cannot be talked to (None: it can).
+
+    ``who`` names the peer in the message ("this server", "the client").
+    """
+    if theirs == str(PROTOCOL):
+        return None
+    spoken = "an older migsync protocol (1)" if theirs in (None, "1") else f"migsync protocol {theirs!r}"
+    return (
+        f"{who} speaks {spoken}, and this migsync speaks protocol {PROTOCOL} (versions as strings): "
+        "run the same migsync release on the server and its clients"
+    )
 
 
 @attrs.frozen
 class OfferedMigration:
     """A published migration as a transport delivered it: nothing of it is trusted yet."""
 
-    version: int = attrs.field(converter=wire_version)
+    version: Version = attrs.field(converter=as_version)
     name: str
     #: the canonical content (JSON text): exactly the bytes the signature covers
     content: str
@@ -49,7 +67,7 @@ class OfferedMigration:
     problem: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
+        data = _json(self)
         if data["problem"] is None:
             del data["problem"]
         return data
@@ -84,7 +102,7 @@ class ActionRequest:
     #: the server's id of the request: the client carries out each id once
     id: int
     action: str  # reapply | revert
-    version: int = attrs.field(converter=wire_version)
+    version: Version = attrs.field(converter=as_version)
     requested_by: str
     #: seconds since the epoch (the server's clock)
     requested_at: float
@@ -93,7 +111,7 @@ class ActionRequest:
     signed_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = attrs.asdict(self)
+        data = _json(self)
         for key in ("signature", "signed_by"):
             if data[key] is None:
                 del data[key]
@@ -109,7 +127,7 @@ class ActionResult:
     detail: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return _json(self)
 
 
 @attrs.frozen
@@ -127,7 +145,7 @@ class ActionsAck:
 class StatusReport:
     """One client's word on one migration."""
 
-    version: int = attrs.field(converter=wire_version)
+    version: Version = attrs.field(converter=as_version)
     applied: bool
     error: str | None
     attempts: int
@@ -136,33 +154,33 @@ class StatusReport:
     dead: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return _json(self)
 
 
 @attrs.frozen
 class Drift:
     """A migration a client reported with other content than the published one."""
 
-    version: int = attrs.field(converter=wire_version)
+    version: Version = attrs.field(converter=as_version)
     published_checksum: str
     reported_checksum: str
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return _json(self)
 
 
 @attrs.frozen
 class ReportAck:
     """The server's answer to a batch of reports: what it recorded, what it had already."""
 
-    recorded: tuple[int, ...] = ()
-    unchanged: tuple[int, ...] = ()
+    recorded: tuple[Version, ...] = ()
+    unchanged: tuple[Version, ...] = ()
     drift: tuple[Drift, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "recorded": list(self.recorded),
-            "unchanged": list(self.unchanged),
+            "recorded": [v.text for v in self.recorded],
+            "unchanged": [v.text for v in self.unchanged],
             "drift": [d.to_json() for d in self.drift],
         }
 
@@ -192,8 +210,11 @@ def actions_from_json(body: Any, where: str) -> tuple[ActionRequest, ...]:
         here = f"{where}: actions[{i}]"
         if not isinstance(item, dict):
             raise MalformedAnswer(f"{here} is not an object")
-        if not _is_version(item.get("id")) or not _is_version(item.get("version")):
-            raise MalformedAnswer(f"{here}: id and version must be non-negative integers")
+        if not _is_id(item.get("id")):
+            raise MalformedAnswer(f"{here}: id must be a non-negative integer")
+        version = read_version(item.get("version"))
+        if version is None:
+            raise MalformedAnswer(f"{here}.version is not a version")
         if item.get("action") not in ACTIONS:
             raise MalformedAnswer(f"{here}.action is not one of {', '.join(ACTIONS)}")
         if not isinstance(item.get("requested_by"), str):
@@ -208,7 +229,7 @@ def actions_from_json(body: Any, where: str) -> tuple[ActionRequest, ...]:
             ActionRequest(
                 item["id"],
                 item["action"],
-                item["version"],
+                version,
                 item["requested_by"],
                 requested_at,
                 item.get("signature"),
@@ -226,17 +247,17 @@ def actions_ack_from_json(body: Any, where: str) -> ActionsAck:
     """``{"recorded": [ids], "unknown": [ids]}`` from ``where``."""
     if not isinstance(body, dict):
         raise MalformedAnswer(f"{where}: expected an object with 'recorded' and 'unknown'")
-    recorded = _versions(body.get("recorded", []), f"{where}: recorded", "action ids")
-    unknown = _versions(body.get("unknown", []), f"{where}: unknown", "action ids")
+    recorded = _ids(body.get("recorded", []), f"{where}: recorded")
+    unknown = _ids(body.get("unknown", []), f"{where}: unknown")
     return ActionsAck(recorded, unknown)
 
 
 def _offer(where: str, item: Any) -> OfferedMigration:
     if not isinstance(item, dict):
         raise MalformedAnswer(f"{where} is not an object")
-    version: int = item.get("version")  # type: ignore[assignment]  # checked on the next line
-    if not _is_version(version):
-        raise MalformedAnswer(f"{where}.version is not a non-negative integer")
+    version = read_version(item.get("version"))
+    if version is None:
+        raise MalformedAnswer(f"{where}.version is not a version")
     for key in ("name", "content", "checksum"):
         if not isinstance(item.get(key), str):
             raise MalformedAnswer(f"{where}.{key} is not a string")
@@ -257,7 +278,7 @@ def ack_from_json(body: Any, where: str) -> ReportAck:
     drift = body.get("drift", [])
     if not isinstance(drift, list) or not all(
         isinstance(d, dict)
-        and _is_version(d.get("version"))
+        and read_version(d.get("version")) is not None
         and isinstance(d.get("published_checksum"), str)
         and isinstance(d.get("reported_checksum"), str)
         for d in drift
@@ -272,13 +293,33 @@ def ack_from_json(body: Any, where: str) -> ReportAck:
     )
 
 
-def _is_version(value: Any) -> bool:
+def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _versions(value: Any, where: str, what: str = "versions") -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(_is_version(v) for v in value):
-        raise MalformedAnswer(f"{where} is not a list of {what}")
+def read_version(value: Any) -> Version | None:
+    """A version as the other side sent it: text (protocol 2) or, from a drop folder an older
+    release wrote, a whole number; None when it is neither."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    if isinstance(value, int) and value < 0:
+        return None
+    try:
+        return Version.parse(value)
+    except VersionError:
+        return None
+
+
+def _versions(value: Any, where: str) -> tuple[Version, ...]:
+    versions = [read_version(v) for v in value] if isinstance(value, list) else [None]
+    if any(v is None for v in versions):
+        raise MalformedAnswer(f"{where} is not a list of versions")
+    return tuple(v for v in versions if v is not None)
+
+
+def _ids(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(_is_id(v) for v in value):
+        raise MalformedAnswer(f"{where} is not a list of action ids")
     return tuple(value)
 
 
@@ -299,11 +340,11 @@ class EntityChange:
     #: the row after the write (None for a delete, or when not captured)
     data: Any
     #: the client's newest applied migration when the change was written (None: none yet)
-    schema_version: int | None
+    schema_version: Version | None = attrs.field(converter=attrs.converters.optional(as_version))
     timestamp: float
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return _json(self)
 
 
 @attrs.frozen

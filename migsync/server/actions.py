@@ -23,6 +23,7 @@ from sqlalchemy import Row, and_, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
+from migsync.core.version import Version
 from migsync.core.wire import ACTIONS, ActionRequest, ActionResult, ActionsAck
 from migsync.server import tables as t
 from migsync.server.records import ActionRecord
@@ -37,7 +38,7 @@ _MAX_BY = 200
 async def request(
     conn: AsyncConnection,
     action: str,
-    version: int,
+    version: Version,
     client_ids: Sequence[int] | None,
     requested_by: str,
 ) -> list[ActionRecord]:

@@ -41,12 +41,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from migsync.core.clock import iso
 from migsync.core.errors import ConfigError, MigsyncError
+from migsync.core.version import Version
+from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal, read_version
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, read_json, status_reports
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
@@ -136,7 +140,11 @@ class _Api:
         return hmac.compare_digest(token.encode(), self.admin_token)
 
     async def _client(self, request: Request) -> tuple[str, ClientState]:
-        """The client the bearer token names (its token hash and state); 401 or 403 otherwise."""
+        """The client the bearer token names (its token hash and state); 401 or 403 otherwise,
+        and 426 for a client of another wire protocol (an older migsync)."""
+        refusal = protocol_refusal(request.headers.get(PROTOCOL_HEADER), "this client")
+        if refusal is not None:
+            raise ApiError(426, refusal.replace("and this migsync", "and the server"))
         token = _bearer(request)
         if self._is_admin(token):
             raise ApiError(403, "the admin token is not a client's; use the client's own token")
@@ -228,7 +236,7 @@ class _Api:
                 422,
                 f"version{'s' if len(result.unpublished) > 1 else ''} {listed} "
                 f"{'are' if len(result.unpublished) > 1 else 'is'} not published; nothing was recorded",
-                versions=list(result.unpublished),
+                versions=[v.text for v in result.unpublished],
             )
         self._touched[client_id] = time.monotonic()  # the report marked it seen
         self._unwritten.pop(client_id, None)
@@ -292,7 +300,7 @@ class _Api:
             {
                 "migrations": [
                     {
-                        "version": p.version,
+                        "version": p.version.text,
                         "name": p.name,
                         "checksum": p.checksum,
                         "signature": p.signature,
@@ -390,7 +398,34 @@ def create_app(
         HTTPException: _http_error,
         MigsyncError: _store_error,
     }
-    return Starlette(routes=routes, exception_handlers=handlers, lifespan=api.lifespan)
+    return Starlette(
+        routes=routes,
+        exception_handlers=handlers,
+        lifespan=api.lifespan,
+        middleware=[Middleware(_SaysItsProtocol)],
+    )
+
+
+class _SaysItsProtocol:
+    """Every answer carries the wire protocol the server speaks (:data:`PROTOCOL_HEADER`)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), _PROTOCOL]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+_PROTOCOL = (PROTOCOL_HEADER.lower().encode(), str(PROTOCOL).encode())
 
 
 def _bearer(request: Request) -> str:
@@ -404,7 +439,7 @@ def _bearer(request: Request) -> str:
     return token
 
 
-def _action_request(body: Any) -> tuple[str, int, list[int] | None, str]:
+def _action_request(body: Any) -> tuple[str, Version, list[int] | None, str]:
     """``{"action", "version", "clients": [ids] | null, "requested_by"}`` (else 422)."""
     fields = {"action", "version", "clients", "requested_by"}
     if not isinstance(body, dict) or set(body) != fields:
@@ -412,8 +447,9 @@ def _action_request(body: Any) -> tuple[str, int, list[int] | None, str]:
     action, version, clients, by = body["action"], body["version"], body["clients"], body["requested_by"]
     if not isinstance(action, str) or not isinstance(by, str):
         raise ApiError(422, "action and requested_by must be strings")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ApiError(422, "version must be a non-negative integer")
+    version = read_version(version)
+    if version is None:
+        raise ApiError(422, 'version must be a version such as "42" or "1.2.10"')
     if clients is not None and not (
         isinstance(clients, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in clients)
     ):

@@ -59,12 +59,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from migsync.core.errors import ConfigError, MalformedAnswer
+from migsync.core.version import Version
 from migsync.core.wire import ActionResult, Drift, EntityChange, StatusReport
 from migsync.server.store import Store
 from migsync.server.validation import (
@@ -90,11 +92,11 @@ class ImportedFile:
 
     #: where it was read (it is now at this path plus ``.imported``, unless ``not_marked``)
     path: Path
-    recorded: tuple[int, ...] = ()
-    unchanged: tuple[int, ...] = ()
+    recorded: tuple[Version, ...] = ()
+    unchanged: tuple[Version, ...] = ()
     drift: tuple[Drift, ...] = ()
     #: versions left out because a newer imported file of the client reports them
-    superseded: tuple[int, ...] = ()
+    superseded: tuple[Version, ...] = ()
     #: why it could not be renamed (its reports are recorded all the same; the next import
     #: reads it again and changes nothing)
     not_marked: str | None = None
@@ -287,7 +289,7 @@ def _read_any(folder: Path, name: str) -> tuple[list[StatusReport], list[ActionR
     formats = (files.REPORTS_FORMAT, files.ANSWERS_FORMAT)
     document = _read_client_file(folder, name, files.MAX_REPORT_FILE, formats)
     try:
-        if document["format"] == files.ANSWERS_FORMAT:
+        if files.is_format(document, files.ANSWERS_FORMAT):
             return [], action_answers({"results": document.get("results")})
         return status_reports({"reports": document.get("reports")}, max_reports=None), None
     except InvalidReports as exc:
@@ -314,10 +316,10 @@ def _read_client_file(folder: Path, name: str, limit: int, format_: str | tuple[
     return document
 
 
-def _covered_by_newer(folder: Path, name: str, done: list[str]) -> tuple[set[int], set[int]]:
+def _covered_by_newer(folder: Path, name: str, done: list[str]) -> tuple[set[Version], set[int]]:
     """Versions that report files, and request ids that answers files, imported before and newer
     than ``name`` hold."""
-    versions: set[int] = set()
+    versions: set[Version] = set()
     requests: set[int] = set()
     for imported in done:
         if imported.removesuffix(files.IMPORTED_SUFFIX) > name:
@@ -329,11 +331,11 @@ def _covered_by_newer(folder: Path, name: str, done: list[str]) -> tuple[set[int
 
 
 async def _record(
-    store: Store, client_id: int, path: Path, reports: list[StatusReport], covered: set[int]
+    store: Store, client_id: int, path: Path, reports: list[StatusReport], covered: set[Version]
 ) -> ImportedFile:
     kept = [r for r in reports if r.version not in covered]
-    recorded: list[int] = []
-    unchanged: list[int] = []
+    recorded: list[Version] = []
+    unchanged: list[Version] = []
     drift: list[Drift] = []
     # One transaction per MAX_REPORTS, as the HTTP API takes them: a file has no cap on their
     # number. A failure half-way leaves the file in place; importing it again is idempotent.
@@ -465,7 +467,7 @@ async def _receive(store: Store, client_id: int, path: Path, changes: list[Entit
     return ImportedChanges(path, tuple(accepted), tuple(duplicate), not_marked)
 
 
-def _unpublished(versions: list[int] | tuple[int, ...]) -> str:
+def _unpublished(versions: Sequence[Version]) -> str:
     listed = ", ".join(str(v) for v in versions)
     many = len(versions) > 1
     return (

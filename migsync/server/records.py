@@ -9,7 +9,8 @@ import attrs
 
 from migsync.core.clock import iso
 from migsync.core.migration import Migration
-from migsync.core.wire import Drift, StatusReport, wire_version
+from migsync.core.version import Version, as_version
+from migsync.core.wire import Drift, StatusReport
 
 __all__ = [
     "ActionRecord",
@@ -54,8 +55,8 @@ class PublishedMigration:
     replaced_at: float | None = None
 
     @property
-    def version(self) -> int:
-        return wire_version(self.migration.version)
+    def version(self) -> Version:
+        return self.migration.version
 
     @property
     def name(self) -> str:
@@ -70,7 +71,9 @@ class ClientRecord:
     name: str
     created_at: float
     last_seen_at: float | None = None
-    reported_version: int | None = None
+    reported_version: Version | None = attrs.field(
+        default=None, converter=attrs.converters.optional(as_version)
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,7 +81,7 @@ class ClientRecord:
             "name": self.name,
             "created_at": iso(self.created_at),
             "last_seen_at": iso(self.last_seen_at),
-            "reported_version": self.reported_version,
+            "reported_version": _text(self.reported_version),
         }
 
 
@@ -110,7 +113,7 @@ def pending_etag(client_id: int, publish_serial: int, status_serial: int) -> str
 class PendingMigration:
     """A published migration a client has not applied (or applied with other content)."""
 
-    version: int
+    version: Version = attrs.field(converter=as_version)
     name: str
     #: the canonical content (JSON text): exactly the bytes the signature covers
     content: str
@@ -121,24 +124,24 @@ class PendingMigration:
     applied_checksum: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        return {**attrs.asdict(self), "version": self.version.text}
 
 
 @attrs.frozen
 class ReportResult:
     """What :meth:`Store.report` did. With ``unpublished`` set, it wrote nothing."""
 
-    recorded: tuple[int, ...] = ()
-    unchanged: tuple[int, ...] = ()
+    recorded: tuple[Version, ...] = ()
+    unchanged: tuple[Version, ...] = ()
     drift: tuple[Drift, ...] = ()
-    unpublished: tuple[int, ...] = ()
+    unpublished: tuple[Version, ...] = ()
 
 
 @attrs.frozen
 class Failure:
     """A migration a client reported as not applied, with its error."""
 
-    version: int
+    version: Version = attrs.field(converter=as_version)
     error: str | None
     attempts: int
     #: failed as often as the client allows: it waits for a re-apply
@@ -150,25 +153,25 @@ class FleetEntry:
     """One client in the fleet view: what it applied, what failed, what drifted, when it was seen."""
 
     client: ClientRecord
-    applied: tuple[int, ...]
+    applied: tuple[Version, ...]
     failed: tuple[Failure, ...]
     drift: tuple[Drift, ...]
     #: published versions it has not applied (with the published content)
-    pending: tuple[int, ...]
+    pending: tuple[Version, ...]
     #: the version from which a revert the admin asked for holds it (nothing from there on is
     #: applied until a re-apply), or None; see :func:`migsync.server.actions.hold_of`
-    held_from: int | None = None
+    held_from: Version | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "client_id": self.client.client_id,
             "name": self.client.name,
-            "applied": list(self.applied),
-            "latest_version": max(self.applied) if self.applied else None,
-            "failed": [attrs.asdict(f) for f in self.failed],
+            "applied": [v.text for v in self.applied],
+            "latest_version": max(self.applied).text if self.applied else None,
+            "failed": [{**attrs.asdict(f), "version": f.version.text} for f in self.failed],
             "drift": [d.to_json() for d in self.drift],
-            "pending": list(self.pending),
-            "held_from": self.held_from,
+            "pending": [v.text for v in self.pending],
+            "held_from": _text(self.held_from),
             "created_at": iso(self.client.created_at),
             "last_seen": iso(self.client.last_seen_at),
         }
@@ -187,7 +190,7 @@ class ReceivedChange:
     #: the row after the write, parsed JSON (None for a delete, or when not captured)
     data: Any
     #: the client's newest applied migration when it wrote the change (None: none yet)
-    schema_version: int | None
+    schema_version: Version | None = attrs.field(converter=attrs.converters.optional(as_version))
     #: when the client wrote it (seconds since the epoch, the client's clock)
     client_timestamp: float
     #: when the server stored it (the server's clock)
@@ -203,7 +206,7 @@ class ReceivedChange:
             "entity_id": self.entity_id,
             "operation": self.operation,
             "data": self.data,
-            "schema_version": self.schema_version,
+            "schema_version": _text(self.schema_version),
             "client_timestamp": self.client_timestamp,
             "received_at": iso(self.received_at),
             "apply_error": self.apply_error,
@@ -218,7 +221,7 @@ class ActionRecord:
     client_id: int
     client_name: str
     action: str  # reapply | revert
-    version: int
+    version: Version = attrs.field(converter=as_version)
     requested_by: str
     requested_at: float
     #: pending (the client has not answered), queued, done, failed, or superseded
@@ -238,10 +241,14 @@ class ActionRecord:
             "client_id": self.client_id,
             "client": self.client_name,
             "action": self.action,
-            "version": self.version,
+            "version": self.version.text,
             "requested_by": self.requested_by,
             "requested_at": iso(self.requested_at),
             "state": self.state,
             "detail": self.detail,
             "updated_at": iso(self.updated_at),
         }
+
+
+def _text(version: Version | None) -> str | None:
+    return None if version is None else version.text

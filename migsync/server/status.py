@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from migsync.core.version import Version
 from migsync.server import tables as t
 from migsync.server.records import (
     ClientRecord,
@@ -153,8 +154,8 @@ async def report(conn: AsyncConnection, client_id: int, reports: Sequence[Status
         )
     }
     now = time.time()
-    recorded: list[int] = []
-    unchanged: list[int] = []
+    recorded: list[Version] = []
+    unchanged: list[Version] = []
     for item in reports:
         values = (item.applied, item.error, item.attempts, item.checksum, item.dead)
         old = existing.get(item.version)

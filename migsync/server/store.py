@@ -39,7 +39,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
 from migsync.core.migration import Migration
-from migsync.core.wire import ActionRequest, ActionResult, ActionsAck, ChangesAck, EntityChange, wire_version
+from migsync.core.version import Version
+from migsync.core.wire import ActionRequest, ActionResult, ActionsAck, ChangesAck, EntityChange
 from migsync.server import actions as requests
 from migsync.server import engine as engines
 from migsync.server import inbox as inboxes
@@ -216,7 +217,7 @@ class Store:
                     "signed_by": signer,
                     "published_at": now,
                 }
-                version = wire_version(migration.version)
+                version = migration.version
                 old = published.get(version)
                 where = columns.version == version
                 if old is None:
@@ -381,7 +382,7 @@ class Store:
     # -- the admin's requests to clients --------------------------------------------------------
 
     async def request_action(
-        self, action: str, version: int, client_ids: Sequence[int] | None, requested_by: str
+        self, action: str, version: Version, client_ids: Sequence[int] | None, requested_by: str
     ) -> list[ActionRecord]:
         """Ask clients to ``reapply`` or ``revert`` ``version``; each request is recorded with
         ``requested_by`` and the time. ``client_ids`` None: every client it makes sense for.

@@ -19,6 +19,7 @@ changes it adds an upgrade step to :data:`UPGRADES` and bumps
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -35,8 +36,28 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 
-SCHEMA_VERSION = 4
+from migsync.core.version import Version
+
+SCHEMA_VERSION = 5  # 5: versions as text keys
+
+
+class VersionKey(TypeDecorator[Version]):
+    """A migration's version, stored as its key (:attr:`migsync.core.version.Version.key`): text
+    whose order is the version order, so versions of any length fit, sort and compare in SQL.
+    Binds a :class:`Version` (or an int or text it parses) and reads back a :class:`Version`."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else Version.parse(value).key
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Version | None:
+        return None if value is None else Version.from_key(value)
+
 
 metadata = MetaData()
 
@@ -52,7 +73,7 @@ store_meta = Table(
 store_migrations = Table(
     "store_migrations",
     metadata,
-    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("version", VersionKey, primary_key=True, autoincrement=False),
     Column("name", Text, nullable=False),
     #: the migration's canonical content (JSON): what the checksum and the signature cover
     Column("content", Text, nullable=False),
@@ -75,7 +96,7 @@ store_clients = Table(
     Column("token_hash", String(64), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
     Column("last_seen_at", Float, nullable=True),
-    Column("reported_version", BigInteger, nullable=True),
+    Column("reported_version", VersionKey, nullable=True),
     #: bumped by every status report that changes something: half of the client's pending ETag
     Column("status_serial", BigInteger, nullable=False, default=0, server_default="0"),
 )
@@ -91,7 +112,7 @@ store_client_status = Table(
     ),
     # No foreign key to store_migrations: a client reports what it has, even a
     # version the server no longer (or never) published.
-    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("version", VersionKey, primary_key=True, autoincrement=False),
     Column("applied", Boolean, nullable=False, default=False),
     Column("error", Text, nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
@@ -118,7 +139,7 @@ store_inbox = Table(
     #: the row after the write, as JSON text (``null`` for a delete)
     Column("data", Text, nullable=False),
     #: the client's newest applied migration when it wrote the change (NULL: none yet)
-    Column("schema_version", BigInteger, nullable=True),
+    Column("schema_version", VersionKey, nullable=True),
     Column("client_timestamp", Float, nullable=False),
     Column("received_at", Float, nullable=False),
     #: why a change applier failed on it (the change is kept all the same)
@@ -136,7 +157,7 @@ store_actions = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("client_id", Integer, ForeignKey("store_clients.id", ondelete="CASCADE"), nullable=False),
     Column("action", String(16), nullable=False),
-    Column("version", BigInteger, nullable=False),
+    Column("version", VersionKey, nullable=False),
     #: who asked (the name given at the panel's login, or to ``migsync actions request --by``)
     Column("requested_by", Text, nullable=False),
     Column("requested_at", Float, nullable=False),
@@ -174,3 +195,62 @@ def _add_actions(conn: Connection) -> None:
 
 
 UPGRADES[3] = _add_actions
+
+
+#: The columns that hold a version, as (table, column); before layout 5 they were BIGINT.
+_VERSION_COLUMNS = [
+    (store_migrations, "version"),
+    (store_clients, "reported_version"),
+    (store_client_status, "version"),
+    (store_inbox, "schema_version"),
+    (store_actions, "version"),
+]
+
+
+def _versions_as_keys(conn: Connection) -> None:
+    """Every version column to text keys (its digit count in two digits, then its digits).
+
+    Postgres changes the column types. SQLite cannot: a column's type decides what SQLite does
+    with the text ``'011'`` (a BIGINT column would store the number 11). So each table is
+    rebuilt, except ``store_clients``, which the other tables' foreign keys name (with foreign
+    keys on, renaming it would point them at the old table): its column is replaced instead.
+    """
+    if conn.dialect.name != "sqlite":
+        for table, column in _VERSION_COLUMNS:
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE TEXT USING "
+                f"CASE WHEN {column} IS NULL THEN NULL "
+                f"ELSE lpad(length({column}::text)::text, 2, '0') || {column}::text END"
+            )
+        return
+
+    def key(column: str) -> str:
+        return (
+            f"CASE WHEN typeof({column}) = 'integer' THEN printf('%02d%d', length({column}), {column}) "
+            f"ELSE {column} END"
+        )
+
+    for statement in (
+        "ALTER TABLE store_clients ADD COLUMN reported_version_key TEXT",
+        f"UPDATE store_clients SET reported_version_key = {key('reported_version')}",
+        "ALTER TABLE store_clients DROP COLUMN reported_version",
+        "ALTER TABLE store_clients RENAME COLUMN reported_version_key TO reported_version",
+    ):
+        conn.exec_driver_sql(statement)
+    for table, column in _VERSION_COLUMNS:
+        if table is store_clients:
+            continue
+        old = f"{table.name}_layout4"
+        conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {old}")
+        for index in table.indexes:  # they went with the old table, under their names
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+        table.create(conn)
+        names = [c.name for c in table.columns]
+        copied = [key(c) if c == column else c for c in names]
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(copied)} FROM {old}"
+        )
+        conn.exec_driver_sql(f"DROP TABLE {old}")
+
+
+UPGRADES[4] = _versions_as_keys

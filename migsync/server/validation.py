@@ -15,12 +15,18 @@ from collections.abc import Callable, Hashable, Iterable
 from operator import attrgetter
 from typing import Any, TypeVar
 
-from migsync.core.wire import ACTION_STATES, OPERATIONS, ActionResult, EntityChange, StatusReport
+from migsync.core.wire import (
+    ACTION_STATES,
+    OPERATIONS,
+    ActionResult,
+    EntityChange,
+    StatusReport,
+    read_version,
+)
 
 #: The most status reports one request may carry.
 MAX_REPORTS = 1000
 MAX_ERROR = 64 * 1024
-_MAX_BIGINT = 2**63 - 1
 _MAX_INT = 2**31 - 1
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("version", "applied", "error", "attempts", "checksum")
@@ -99,8 +105,11 @@ def _report(where: str, item: Any) -> StatusReport:
     dead = item.get("dead", _OPTIONAL_FIELDS["dead"])
     if not isinstance(dead, bool):
         raise InvalidReports(f"{where}.dead must be true or false, not {_kind(dead)}")
-    if not _is_int(version) or not 0 <= version <= _MAX_BIGINT:
-        raise InvalidReports(f"{where}.version must be a non-negative integer, not {_show(version)}")
+    parsed = read_version(version)
+    if parsed is None:
+        raise InvalidReports(
+            f'{where}.version must be a version such as "42" or "1.2.10", not {_show(version)}'
+        )
     if not isinstance(applied, bool):
         raise InvalidReports(f"{where}.applied must be true or false, not {_kind(applied)}")
     if error is not None and not isinstance(error, str):
@@ -115,7 +124,7 @@ def _report(where: str, item: Any) -> StatusReport:
         raise InvalidReports(
             f"{where}.checksum must be a sha256 in lower-case hex (64 characters), not {_show(checksum)}"
         )
-    return StatusReport(version, applied, error, attempts, checksum, dead and not applied)
+    return StatusReport(parsed, applied, error, attempts, checksum, dead and not applied)
 
 
 _ANSWER_FIELDS = ("id", "state", "detail")
@@ -193,15 +202,16 @@ def _change(where: str, item: Any) -> EntityChange:
         raise InvalidChanges(f"{where}.operation must be one of {valid}, not {_show(operation)}")
     if data is not None and not isinstance(data, dict):
         raise InvalidChanges(f"{where}.data must be an object or null, not {_kind(data)}")
-    if schema_version is not None and (not _is_int(schema_version) or not 0 <= schema_version <= _MAX_BIGINT):
+    version = None if schema_version is None else read_version(schema_version)
+    if schema_version is not None and version is None:
         raise InvalidChanges(
-            f"{where}.schema_version must be null or a non-negative integer, not {_show(schema_version)}"
+            f'{where}.schema_version must be null or a version such as "42", not {_show(schema_version)}'
         )
     if not isinstance(timestamp, int | float) or isinstance(timestamp, bool) or not math.isfinite(timestamp):
         raise InvalidChanges(
             f"{where}.timestamp must be a number (seconds since the epoch), not {_show(timestamp)}"
         )
-    return EntityChange(change_id, entity, entity_id, operation, data, schema_version, float(timestamp))
+    return EntityChange(change_id, entity, entity_id, operation, data, version, float(timestamp))
 
 
 _CHANGE_KEYS = frozenset(_CHANGE_FIELDS)
@@ -230,7 +240,7 @@ def _plainly_valid(item: Any) -> EntityChange | None:
         return None
     if data is not None and type(data) is not dict:
         return None
-    if version is not None and (type(version) is not int or not 0 <= version <= _MAX_BIGINT):
+    if version is not None and (type(version) is not str or (version := read_version(version)) is None):
         return None
     if type(timestamp) is not float or not math.isfinite(timestamp):
         return None

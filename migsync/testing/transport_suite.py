@@ -62,7 +62,8 @@ import pytest
 from migsync.core.errors import ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.signing import TrustedKey, verify
-from migsync.core.wire import ActionResult, ActionsAck, Drift, Offer, ReportAck, StatusReport, wire_version
+from migsync.core.version import Version
+from migsync.core.wire import ActionResult, ActionsAck, Drift, Offer, ReportAck, StatusReport
 from migsync.testing.backend_suite import migration
 from migsync.transports.base import Transport
 
@@ -114,16 +115,21 @@ class ActionsHarness(TransportHarness, Protocol):
 
 def applied(m: Migration, *, checksum: str | None = None, attempts: int = 1) -> StatusReport:
     """``m`` reported applied (with its own checksum unless another is given)."""
-    return StatusReport(wire_version(m.version), True, None, attempts, checksum or m.checksum)
+    return StatusReport(m.version, True, None, attempts, checksum or m.checksum)
 
 
 def failed(m: Migration, error: str = "boom", *, attempts: int = 1) -> StatusReport:
-    return StatusReport(wire_version(m.version), False, error, attempts, m.checksum)
+    return StatusReport(m.version, False, error, attempts, m.checksum)
 
 
-def versions(offer: Offer) -> list[int]:
+def versions(offer: Offer) -> list[Version]:
     assert offer.migrations is not None, "expected a list of migrations, got 'unchanged'"
     return [m.version for m in offer.migrations]
+
+
+def vs(*numbers: int) -> tuple[Version, ...]:
+    """Versions, written as numbers: ``vs(1, 2)``."""
+    return tuple(Version.parse(n) for n in numbers)
 
 
 V1 = migration(1, "0001_one", "CREATE TABLE t1 (x INTEGER)", "DROP TABLE t1")
@@ -217,7 +223,7 @@ class TransportSuite:
         async with await harness.transport("a") as transport:
             first = await transport.fetch()
             ack = await transport.report(reports)
-            assert ack == ReportAck(recorded=(1, 2), unchanged=(), drift=())
+            assert ack == ReportAck(recorded=vs(1, 2), unchanged=vs(), drift=())
             after = await transport.fetch(first.etag)
             assert versions(after) == [2, 3]
         assert await harness.reports("a") == {1: reports[0], 2: reports[1]}
@@ -227,7 +233,7 @@ class TransportSuite:
         report = applied(V2, checksum=V2_OTHER.checksum)
         async with await harness.transport("a") as transport:
             ack = await transport.report([applied(V1), report])
-            assert ack.recorded == (1, 2)
+            assert ack.recorded == vs(1, 2)
             assert ack.drift == (Drift(2, V2.checksum, V2_OTHER.checksum),)
             offer = await transport.fetch()
             assert versions(offer) == [2]
@@ -238,14 +244,14 @@ class TransportSuite:
         await harness.publish([V1, V2])
         reports = [applied(V1), failed(V2)]
         async with await harness.transport("a") as transport:
-            assert (await transport.report(reports)).recorded == (1, 2)
+            assert (await transport.report(reports)).recorded == vs(1, 2)
             recorded = await harness.reports("a")
             again = await transport.report(reports)
-            assert again == ReportAck(recorded=(), unchanged=(1, 2), drift=())
+            assert again == ReportAck(recorded=vs(), unchanged=vs(1, 2), drift=())
             assert await harness.reports("a") == recorded
             # A report that does say something new is recorded again.
             retried = applied(V2, attempts=2)
-            assert (await transport.report([retried])) == ReportAck(recorded=(2,))
+            assert (await transport.report([retried])) == ReportAck(recorded=vs(2))
             assert versions(await transport.fetch()) == []
         assert await harness.reports("a") == {1: reports[0], 2: retried}
 
@@ -316,7 +322,7 @@ class TransportSuite:
             offer = await a.fetch(first.etag)
             assert versions(offer) == [1, 2]
             [request] = offer.actions
-            assert (request.id, request.action, request.version) == (action_id, "revert", 2)
+            assert (request.id, request.action, request.version) == (action_id, "revert", Version.parse(2))
             assert request.requested_by == "alice"
             if offer.etag is not None:
                 assert (await a.fetch(offer.etag)).unchanged
@@ -373,7 +379,7 @@ class TransportSuite:
                 await harness.bring_up()
             # Nothing was lost or half-done: the same transport works again.
             assert (await transport.fetch(first.etag)).migrations in (None, first.migrations)
-            assert (await transport.report([applied(V1)])).recorded == (1,)
+            assert (await transport.report([applied(V1)])).recorded == vs(1)
         assert await harness.reports("a") == {1: applied(V1)}
 
 

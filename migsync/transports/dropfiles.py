@@ -46,6 +46,7 @@ import attrs
 
 from migsync.core.errors import MalformedAnswer
 from migsync.core.files import UnreadableFile, read_regular
+from migsync.core.version import Version, as_version
 from migsync.core.wire import (
     CHECKSUM,
     ActionRequest,
@@ -54,19 +55,30 @@ from migsync.core.wire import (
     OfferedMigration,
     StatusReport,
     actions_from_json,
+    read_version,
 )
 
 MANIFEST = "manifest.json"
 MIGRATIONS_DIR = "migrations"
 REPORTS_DIR = "reports"
-MANIFEST_FORMAT = "migsync-manifest/1"
-BUNDLE_FORMAT = "migsync-bundle/1"
-REPORTS_FORMAT = "migsync-reports/1"
+# Version 2 of every file carries versions as strings (wire protocol 2). A file of version 1
+# (whole numbers) that an older release wrote is still read; an older release refuses these.
+MANIFEST_FORMAT = "migsync-manifest/2"
+BUNDLE_FORMAT = "migsync-bundle/2"
+REPORTS_FORMAT = "migsync-reports/2"
 CHANGES_DIR = "changes"
-CHANGES_FORMAT = "migsync-changes/1"
+CHANGES_FORMAT = "migsync-changes/2"
 ACTIONS_DIR = "actions"
-ACTIONS_FORMAT = "migsync-actions/1"
-ANSWERS_FORMAT = "migsync-answers/1"
+ACTIONS_FORMAT = "migsync-actions/2"
+ANSWERS_FORMAT = "migsync-answers/2"
+
+
+def is_format(document: dict[str, Any], written: str) -> bool:
+    """Whether ``document`` is of the format this release writes as ``written``, or its version 1."""
+    found = document.get("format")
+    return found == written or found == written.replace("/2", "/1")
+
+
 #: what each format of a client's file is called in messages
 _CLIENT_FILES = {
     REPORTS_FORMAT: "report file",
@@ -93,14 +105,14 @@ ACTIONS_NAME = re.compile(rf"(?P<client>{CLIENT_ID.pattern})\.json")
 TEMP_PREFIX = ".tmp-"
 
 
-def bundle_file(version: int, name: str) -> str:
+def bundle_file(version: Version, name: str) -> str:
     """The file name of a migration's bundle: its name when that is a plain file name, else its version."""
     file = f"{name}.json"
     prefix = name.partition("_")[0]
     return (
         file
         if BUNDLE_NAME.fullmatch(file) and prefix.isdigit() and int(prefix) == version
-        else f"{version}.json"
+        else f"{version.text}.json"
     )
 
 
@@ -193,7 +205,7 @@ def load(data: bytes, where: str) -> dict[str, Any]:
 
 @attrs.frozen
 class ManifestEntry:
-    version: int
+    version: Version = attrs.field(converter=as_version)
     name: str
     checksum: str
     file: str
@@ -203,13 +215,13 @@ def manifest_document(entries: Sequence[ManifestEntry], generated_at: float) -> 
     return {
         "format": MANIFEST_FORMAT,
         "generated_at": generated_at,
-        "migrations": [attrs.asdict(e) for e in entries],
+        "migrations": [{**attrs.asdict(e), "version": e.version.text} for e in entries],
     }
 
 
 def parse_manifest(data: bytes, where: str) -> list[ManifestEntry]:
     document = load(data, where)
-    if document.get("format") != MANIFEST_FORMAT:
+    if not is_format(document, MANIFEST_FORMAT):
         raise MalformedAnswer(f"{where}: not a migsync manifest (format {document.get('format')!r})")
     items = document.get("migrations")
     if not isinstance(items, list):
@@ -219,9 +231,10 @@ def parse_manifest(data: bytes, where: str) -> list[ManifestEntry]:
         at = f"{where}: migrations[{index}]"
         if not isinstance(item, dict):
             raise MalformedAnswer(f"{at} is not an object")
-        version, name, checksum, file = (item.get(k) for k in ("version", "name", "checksum", "file"))
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise MalformedAnswer(f"{at}.version is not a non-negative integer")
+        name, checksum, file = (item.get(k) for k in ("name", "checksum", "file"))
+        version = read_version(item.get("version"))
+        if version is None:
+            raise MalformedAnswer(f"{at}.version is not a version")
         if not isinstance(name, str) or not isinstance(checksum, str) or not CHECKSUM.fullmatch(checksum):
             raise MalformedAnswer(f"{at}: name or checksum missing or malformed")
         if not isinstance(file, str) or not BUNDLE_NAME.fullmatch(file):
@@ -243,7 +256,7 @@ def bundle_document(offer: OfferedMigration) -> dict[str, Any]:
 def parse_bundle(data: bytes, where: str, entry: ManifestEntry) -> OfferedMigration:
     """The offer a bundle holds; it must be the one the manifest names. Not verified here."""
     document = load(data, where)
-    if document.get("format") != BUNDLE_FORMAT:
+    if not is_format(document, BUNDLE_FORMAT):
         raise MalformedAnswer(f"{where}: not a migsync bundle (format {document.get('format')!r})")
     fields = {
         k: document.get(k) for k in ("version", "name", "content", "checksum", "signature", "signed_by")
@@ -253,7 +266,8 @@ def parse_bundle(data: bytes, where: str, entry: ManifestEntry) -> OfferedMigrat
     for key in ("signature", "signed_by"):
         if fields[key] is not None and not isinstance(fields[key], str):
             raise MalformedAnswer(f"{where}: '{key}' must be a string or null")
-    if (fields["version"], fields["name"], fields["checksum"]) != (entry.version, entry.name, entry.checksum):
+    held = (read_version(fields["version"]), fields["name"], fields["checksum"])
+    if held != (entry.version, entry.name, entry.checksum):
         raise MalformedAnswer(
             f"{where}: it holds {fields['name']!r} (version {fields['version']!r}), "
             f"not what the manifest lists ({entry.name}, version {entry.version}, "
@@ -296,7 +310,7 @@ def parse_client_file(data: bytes, where: str, format_: str | tuple[str, ...]) -
     may have (its document's ``"format"`` says which it is)."""
     document = load(data, where)
     formats = (format_,) if isinstance(format_, str) else format_
-    if document.get("format") not in formats:
+    if not any(is_format(document, f) for f in formats):
         what = " or ".join(_CLIENT_FILES[f] for f in formats)
         raise MalformedAnswer(f"{where}: not a migsync {what} (format {document.get('format')!r})")
     client_id = document.get("client_id")
@@ -351,7 +365,7 @@ def parse_actions(data: bytes, where: str, client_id: str) -> tuple[ActionReques
     """The requests an actions file holds, which must be ``client_id``'s; strict: exactly the
     keys the format has, each request whole, ids in strictly increasing order."""
     document = load(data, where)
-    if document.get("format") != ACTIONS_FORMAT:
+    if not is_format(document, ACTIONS_FORMAT):
         raise MalformedAnswer(f"{where}: not a migsync actions file (format {document.get('format')!r})")
     if set(document) != _ACTIONS_KEYS:
         keys = ", ".join(sorted(map(repr, set(document) ^ _ACTIONS_KEYS)))

@@ -51,6 +51,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
+from migsync.core.version import Version
 from migsync.core.wire import (
     ActionRequest,
     ActionResult,
@@ -161,10 +162,10 @@ class FileDropTransport(BaseTransport):
                 "then 'migsync export' again)"
             )
 
-    def _own_files(self) -> tuple[dict[int, StatusReport], dict[int, ActionResult]]:
+    def _own_files(self) -> tuple[dict[Version, StatusReport], dict[int, ActionResult]]:
         """This client's last word on each version, and on each request, from its report and
         answers files (imported or not)."""
-        latest: dict[int, StatusReport] = {}
+        latest: dict[Version, StatusReport] = {}
         answers: dict[int, ActionResult] = {}
         folder = self.reports_root / self.client_id
         for path in files.report_files(folder):
@@ -173,7 +174,7 @@ class FileDropTransport(BaseTransport):
                 _, document = files.parse_client_file(
                     data, str(path), (files.REPORTS_FORMAT, files.ANSWERS_FORMAT)
                 )
-                if document["format"] == files.ANSWERS_FORMAT:
+                if files.is_format(document, files.ANSWERS_FORMAT):
                     for item in document.get("results", []):
                         answer = ActionResult(**item)
                         answers[answer.id] = answer

@@ -22,6 +22,8 @@ import httpx
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.wire import (
+    PROTOCOL,
+    PROTOCOL_HEADER,
     ActionResult,
     ActionsAck,
     ChangesAck,
@@ -35,6 +37,7 @@ from migsync.core.wire import (
     actions_from_json,
     changes_ack_from_json,
     offers_from_json,
+    protocol_refusal,
     reports_to_json,
 )
 from migsync.transports.base import BaseTransport
@@ -79,7 +82,11 @@ class HttpTransport(BaseTransport):
         self.clock = clock or SystemClock()
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            PROTOCOL_HEADER: str(PROTOCOL),
+        }
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -162,8 +169,14 @@ class HttpTransport(BaseTransport):
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
                 raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
-                if response.status_code < 300 or response.status_code == 304:
-                    return response
+                if response.status_code < 300 or response.status_code in (304, 426):
+                    refusal = protocol_refusal(
+                        response.headers.get(PROTOCOL_HEADER), f"the server at {self.base}"
+                    )
+                    if refusal is not None:
+                        raise ServerRefused(refusal)
+                    if response.status_code != 426:
+                        return response
                 if response.status_code not in _RETRY_STATUSES:
                     raise ServerRefused(
                         f"{method} {url} was refused: {response.status_code} {_error_text(response)}"
@@ -185,7 +198,10 @@ _CHANGE_FIELDS = tuple(field.name for field in attrs.fields(EntityChange))
 
 
 def _change_json(change: EntityChange) -> dict[str, Any]:
-    return {name: getattr(change, name) for name in _CHANGE_FIELDS}
+    fields = {name: getattr(change, name) for name in _CHANGE_FIELDS}
+    if fields["schema_version"] is not None:
+        fields["schema_version"] = fields["schema_version"].text
+    return fields
 
 
 def _json(response: httpx.Response, url: str) -> Any:

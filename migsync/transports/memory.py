@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 import attrs
 
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
+from migsync.core.version import Version
 from migsync.core.wire import (
     ActionRequest,
     ActionResult,
@@ -27,7 +28,6 @@ from migsync.core.wire import (
     OfferedMigration,
     ReportAck,
     StatusReport,
-    wire_version,
 )
 from migsync.transports.base import BaseTransport
 
@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 class MemoryServer:
     """Published migrations and per-client status, in memory."""
 
-    published: dict[int, OfferedMigration] = attrs.field(factory=dict)
+    published: dict[Version, OfferedMigration] = attrs.field(factory=dict)
     #: client id -> version -> its last report
-    status: dict[str, dict[int, StatusReport]] = attrs.field(factory=dict)
+    status: dict[str, dict[Version, StatusReport]] = attrs.field(factory=dict)
     #: every report batch as it arrived, per client (to see what was delivered how often)
     received: dict[str, list[tuple[StatusReport, ...]]] = attrs.field(factory=dict)
     #: client id -> the entity changes it pushed, in the order received (each id once)
@@ -75,9 +75,7 @@ class MemoryServer:
         signer = fingerprint(key.public_key())
         self.publish(
             [
-                OfferedMigration(
-                    wire_version(m.version), m.name, m.canonical_content(), m.checksum, sign(key, m), signer
-                )
+                OfferedMigration(m.version, m.name, m.canonical_content(), m.checksum, sign(key, m), signer)
                 for m in migrations
             ]
         )
@@ -91,7 +89,7 @@ class MemoryServer:
         ]
 
     def request(
-        self, client_id: str, action: str, version: int, requested_by: str = "admin"
+        self, client_id: str, action: str, version: Version | int | str, requested_by: str = "admin"
     ) -> ActionRequest:
         """Ask ``client_id`` to ``reapply`` or ``revert`` ``version`` (it hears of it on its next fetch)."""
         ids = [a.id for mine in self.actions.values() for a in mine]
@@ -129,8 +127,8 @@ class MemoryServer:
             raise ServerRefused(f"versions {unpublished} are not published; nothing was recorded")
         self.received.setdefault(client_id, []).append(tuple(reports))
         mine = self.status.setdefault(client_id, {})
-        recorded: list[int] = []
-        unchanged: list[int] = []
+        recorded: list[Version] = []
+        unchanged: list[Version] = []
         for item in reports:
             (unchanged if mine.get(item.version) == item else recorded).append(item.version)
             mine[item.version] = item

@@ -34,6 +34,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from migsync.core.errors import ConfigError, MigsyncError
+from migsync.core.version import Version
 from migsync.server.bodies import ApiError
 from migsync.server.panel import views
 from migsync.server.panel.forms import action_fields, flag, read_form, requested_count
@@ -113,7 +114,7 @@ def create_panel(
         Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
         Route("/clients/{client_id:int}", panel.client, methods=["GET"], name="client"),
         Route("/clients/{client_id:int}/actions", panel.request_for_client, methods=["POST"]),
-        Route("/migrations/{version:int}/actions", panel.request_for_all, methods=["POST"]),
+        Route("/migrations/{version}/actions", panel.request_for_all, methods=["POST"]),
         Route("/actions", panel.actions, methods=["GET"], name="actions"),
         Route("/login", panel.login_form, methods=["GET"], name="login"),
         Route("/login", panel.login, methods=["POST"]),
@@ -368,7 +369,7 @@ class _Panel:
         request: Request,
         session: Session,
         action: str,
-        version: int,
+        version: Version,
         client_ids: list[int] | None,
         back: str,
         anchor: str,
@@ -388,7 +389,7 @@ class _Panel:
         if self.after_request is not None:
             self.after_request()  # the clients hear of it at their very next poll
         log.info(
-            "panel: %s (from %s) asked %s to %s version %d: request%s %s",
+            "panel: %s (from %s) asked %s to %s version %s: request%s %s",
             session.name,
             _address(request),
             "every client" if client_ids is None else _names(records),

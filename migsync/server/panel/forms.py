@@ -13,14 +13,15 @@ from urllib.parse import parse_qsl
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from migsync.core.wire import ACTIONS
+from migsync.core.version import Version
+from migsync.core.wire import ACTIONS, read_version
 
 __all__ = ["MAX_FORM", "action_fields", "flag", "read_form", "requested_count"]
 
 #: Forms are small: a body past this is refused before it is parsed.
 MAX_FORM = 8 * 1024
-#: Versions are small integers; a longer string of digits is no version anyone published.
-_MAX_VERSION_DIGITS = 18
+#: the longest version text a form may carry (a version's parts hold at most 99 digits each)
+_MAX_VERSION_TEXT = 1000
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -45,7 +46,7 @@ def flag(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
 
 
-def action_fields(form: dict[str, str], version_text: str | None) -> tuple[str, int]:
+def action_fields(form: dict[str, str], version_text: str | None) -> tuple[str, Version]:
     """The action and version a request form asks for; a 400 page if they make no sense.
 
     A revert must carry its ``confirm`` box: the browser insists on it (``required``), and so
@@ -55,14 +56,15 @@ def action_fields(form: dict[str, str], version_text: str | None) -> tuple[str, 
     if action not in ACTIONS:
         raise HTTPException(400, f"Unknown action {action!r}: use one of {', '.join(ACTIONS)}.")
     text = (version_text or "").strip()
-    if not text.isdigit() or not text.isascii() or len(text) > _MAX_VERSION_DIGITS:
-        raise HTTPException(400, f"{text!r} is not a migration version.")
+    version = read_version(text) if len(text) <= _MAX_VERSION_TEXT else None
+    if version is None:
+        raise HTTPException(400, f"{text[:_MAX_VERSION_TEXT]!r} is not a migration version.")
     if action == "revert" and not flag(form.get("confirm")):
         raise HTTPException(
             400,
             "A revert must be confirmed: tick the box that says what it reverts, and send the form again.",
         )
-    return action, int(text)
+    return action, version
 
 
 def requested_count(request: Request) -> int | None:

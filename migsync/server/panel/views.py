@@ -30,6 +30,7 @@ from typing import Literal
 import attrs
 
 from migsync.core.clock import iso
+from migsync.core.version import Version
 from migsync.core.wire import Drift
 from migsync.server.actions import hold_of
 from migsync.server.records import ActionRecord, FleetEntry, PublishedMigration
@@ -73,7 +74,7 @@ class Cell:
     held_by: ActionRecord | None = None
 
     @property
-    def version(self) -> int:
+    def version(self) -> Version:
         return self.migration.version
 
     @property
@@ -184,7 +185,7 @@ def client_row(
     """One client's row; ``requests`` are its requests (others' are ignored), in any order."""
     mine = sorted((r for r in requests if r.client_id == entry.client.client_id), key=lambda r: -r.id)
     hold = hold_of(mine)
-    open_by_version: dict[int, ActionRecord] = {}
+    open_by_version: dict[Version, ActionRecord] = {}
     for record in mine:  # newest first: the first open one per version wins
         if record.open:
             open_by_version.setdefault(record.version, record)
@@ -222,7 +223,7 @@ def select(rows: Iterable[ClientRow], *, failing: bool, stale: bool, now: float)
 
 def migration_rows(rows: Sequence[ClientRow], published: Sequence[PublishedMigration]) -> list[MigrationRow]:
     """Per published migration, how the fleet stands on it."""
-    tally: dict[int, dict[str, int]] = {m.version: dict.fromkeys(STATES, 0) for m in published}
+    tally: dict[Version, dict[str, int]] = {m.version: dict.fromkeys(STATES, 0) for m in published}
     for row in rows:
         for cell in row.cells:
             tally[cell.version][cell.state] += 1
