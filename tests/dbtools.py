@@ -263,6 +263,8 @@ def imported_name(path: Path) -> Path:
 
 #: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
 _STORE_DOWNGRADES = {
+    # Layout 4 kept versions as integers; its upgrade leaves versions that are keys already alone.
+    4: [],
     3: ["DROP TABLE store_actions", "ALTER TABLE store_client_status DROP COLUMN dead"],
     2: ["DROP TABLE store_inbox"],
     1: ["ALTER TABLE store_clients DROP COLUMN status_serial"],
@@ -287,3 +289,10 @@ def table_migration(version: int) -> Migration:
         {"*": Script(f"CREATE TABLE t{version} (x INTEGER)")},
         {"*": Script(f"DROP TABLE t{version}")},
     )
+
+
+def client_headers(token: str) -> dict[str, str]:
+    """The headers of a client's request to the HTTP API: its token, and the wire protocol."""
+    from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
+
+    return {"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL)}

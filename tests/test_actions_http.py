@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dbtools import aquery, downgrade_store, query, run
+from dbtools import aquery, client_headers, downgrade_store, query, run
 from servers import ServerThread
 
 from migsync.core.client import Client
@@ -75,7 +75,7 @@ class Server:
         return actions
 
     async def poll(self, name: str, etag: str | None = None) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.tokens[name][1]}"}
+        headers = client_headers(self.tokens[name][1])
         if etag:
             headers["If-None-Match"] = etag
         async with httpx.AsyncClient(base_url=self.http.url) as http:
@@ -228,7 +228,7 @@ async def test_a_bad_request_is_refused_with_the_reason_and_records_nothing(
 
 async def test_requests_need_the_admin_token(server: Server) -> None:
     await server.add("shop")
-    client = {"Authorization": f"Bearer {server.tokens['shop'][1]}"}
+    client = client_headers(server.tokens["shop"][1])
     async with httpx.AsyncClient(base_url=server.http.url) as http:
         assert (await http.get("/api/actions")).status_code == 401
         assert (await http.get("/api/actions", headers=client)).status_code == 403
@@ -260,7 +260,7 @@ async def test_malformed_answers_are_refused_with_the_reason(
     server: Server, results: list[Any], message: str
 ) -> None:
     await server.add("shop")
-    headers = {"Authorization": f"Bearer {server.tokens['shop'][1]}"}
+    headers = client_headers(server.tokens["shop"][1])
     async with httpx.AsyncClient(base_url=server.http.url) as http:
         response = await http.post("/api/actions/results", json={"results": results}, headers=headers)
     assert response.status_code == 422
@@ -272,7 +272,7 @@ async def test_a_client_cannot_answer_for_another(server: Server) -> None:
     await server.add("other")
     await server.sync("mine")
     [made] = (await server.request(action="revert", version=2, clients=[mine])).json()["actions"]
-    headers = {"Authorization": f"Bearer {server.tokens['other'][1]}"}
+    headers = client_headers(server.tokens["other"][1])
     async with httpx.AsyncClient(base_url=server.http.url) as http:
         answer = {"results": [{"id": made["id"], "state": "done", "detail": "forged"}]}
         response = await http.post("/api/actions/results", json=answer, headers=headers)
@@ -356,7 +356,7 @@ def test_the_cli_says_what_is_wrong(tmp_path: Path) -> None:
 async def test_a_long_detail_is_kept_whole_up_to_the_limit(server: Server) -> None:
     shop = await server.add("shop")
     [made] = (await server.request(action="revert", version=1, clients=[shop])).json()["actions"]
-    headers = {"Authorization": f"Bearer {server.tokens['shop'][1]}"}
+    headers = client_headers(server.tokens["shop"][1])
     detail = "x" * 60000
     async with httpx.AsyncClient(base_url=server.http.url) as http:
         answer = {"results": [{"id": made["id"], "state": "failed", "detail": detail}]}

@@ -25,6 +25,7 @@ from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
 from migsync.core.sync import Syncer
+from migsync.core.version import Version
 from migsync.core.wire import ACTION_STATES, StatusReport
 from migsync.server import Store
 from migsync.server.export import export
@@ -77,7 +78,10 @@ class DropHarness:
             "SELECT version, applied, error, attempts, checksum FROM store_client_status "
             f"WHERE client_id = {self.ids[client]}",
         )
-        return {int(v): StatusReport(int(v), bool(a), e, int(n), c) for v, a, e, n, c in rows}
+        return {
+            Version.from_key(v): StatusReport(Version.from_key(v), bool(a), e, int(n), c)
+            for v, a, e, n, c in rows
+        }
 
     async def take_down(self) -> None:
         self.down = True

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dbtools import aquery, drop_client_file, imported_name, is_sqlite, run, start
+from dbtools import aquery, client_headers, drop_client_file, imported_name, is_sqlite, run, start
 from dbtools import table_migration as migration
 from servers import free_port
 from sqlalchemy import text
@@ -475,7 +475,7 @@ async def test_post_changes(any_store: str, key_path: Path) -> None:
     await prepare(any_store, key_path)
     async with api_on(any_store, appliers=[]) as (store, http):
         _, token = await store.add_client("a")
-        me = {"Authorization": f"Bearer {token}"}
+        me = client_headers(token)
         body = {"changes": [wire(id="c1"), wire(id="c2", schema_version=2, data={"title": "x"})]}
         response = await http.post("/api/changes", headers=me, json=body)
         assert response.status_code == 200, response.text
@@ -526,7 +526,7 @@ async def test_post_changes_body_limit_and_default_appliers(tmp_path: Path, key_
     # no appliers named: the plugins' default ones (tables) apply the changes
     async with api_on(url, max_changes_body=2000) as (store, http):
         _, token = await store.add_client("a")
-        me = {"Authorization": f"Bearer {token}"}
+        me = client_headers(token)
         ok = await http.post(
             "/api/changes", headers=me, json={"changes": [wire(id="1", data={"title": "t"})]}
         )
@@ -791,7 +791,7 @@ def test_serve_with_no_apply_changes_only_stores_them(tmp_path: Path, key_path: 
                 try:
                     response = http.post(
                         "/api/changes",
-                        headers={"Authorization": f"Bearer {token}"},
+                        headers=client_headers(token),
                         json={"changes": [wire(id="1", data={"title": "milk"})]},
                     )
                     break

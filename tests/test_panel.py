@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from dbtools import client_headers
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -504,7 +505,7 @@ async def test_a_page_sees_the_polls_this_process_has_not_written_yet(tmp_path: 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://migsync.test") as http:
-            poll = await http.get("/api/migrations/pending", headers={"Authorization": f"Bearer {token}"})
+            poll = await http.get("/api/migrations/pending", headers=client_headers(token))
             assert poll.status_code == 200
             page = await http.get("/admin/login")
             await http.post("/admin/login", data={"name": NAME, "token": ADMIN, "csrf": form_csrf(page.text)})
@@ -809,7 +810,7 @@ async def test_the_client_hears_of_a_request_at_its_very_next_poll(tmp_path: Pat
         await admin.publish(V1)
         client_id, token = await admin.store.add_client("shop")
         await admin.store.report(client_id, [applied(V1)])
-        auth = {"Authorization": f"Bearer {token}"}
+        auth = client_headers(token)
         first = await admin.http.get("/api/migrations/pending", headers=auth)
         assert first.status_code == 200 and first.json()["actions"] == []
         etag = first.headers["etag"]

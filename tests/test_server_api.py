@@ -26,7 +26,8 @@ from starlette.routing import Mount
 from migsync.core.errors import ConfigError
 from migsync.core.migration import Migration, Script
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify
-from migsync.core.wire import wire_version
+from migsync.core.version import Version
+from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
 from migsync.server import Failure, StatusReport, Store
 from migsync.server.app import create_app
 from migsync.server.bodies import MAX_REPORTS
@@ -70,16 +71,16 @@ class Api:
     async def client(self, name: str) -> dict[str, str]:
         """Register client ``name``: the headers that authenticate it."""
         _, token = await self.store.add_client(name)
-        return {"Authorization": f"Bearer {token}"}
+        return {"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL)}
 
     async def pending(self, headers: dict[str, str], etag: str | None = None) -> httpx.Response:
         extra = {"If-None-Match": etag} if etag else {}
         return await self.http.get("/api/migrations/pending", headers=headers | extra)
 
-    async def versions(self, headers: dict[str, str]) -> list[int]:
+    async def versions(self, headers: dict[str, str]) -> list[Version]:
         response = await self.pending(headers)
         assert response.status_code == 200, response.text
-        return [m["version"] for m in response.json()["migrations"]]
+        return [Version.parse(m["version"]) for m in response.json()["migrations"]]
 
     async def report(self, headers: dict[str, str], *reports: dict[str, Any]) -> httpx.Response:
         return await self.http.post(
@@ -89,7 +90,7 @@ class Api:
 
 def applied(m: Migration, *, checksum: str | None = None) -> dict[str, Any]:
     return {
-        "version": wire_version(m.version),
+        "version": m.version.text,
         "applied": True,
         "error": None,
         "attempts": 1,
@@ -99,7 +100,7 @@ def applied(m: Migration, *, checksum: str | None = None) -> dict[str, Any]:
 
 def failed(m: Migration, error: str, attempts: int = 1) -> dict[str, Any]:
     return {
-        "version": wire_version(m.version),
+        "version": m.version.text,
         "applied": False,
         "error": error,
         "attempts": attempts,
@@ -183,7 +184,7 @@ async def test_pending_lists_what_the_client_lacks_in_order_signed(api: Api) -> 
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     items = response.json()["migrations"]
-    assert [i["version"] for i in items] == [1, 2, 3]
+    assert [i["version"] for i in items] == ["1", "2", "3"]
     for item, expected in zip(items, (V1, V2, V3), strict=True):
         assert set(item) == {
             "version", "name", "content", "checksum", "signature", "signed_by", "applied_checksum"
@@ -221,7 +222,7 @@ async def test_etag_gives_304_until_a_publish_or_a_report_changes_the_list(api: 
     await api.publish(V3)
     after_publish = await api.pending(me, etag)
     assert after_publish.status_code == 200
-    assert [m["version"] for m in after_publish.json()["migrations"]] == [1, 2, 3]
+    assert [m["version"] for m in after_publish.json()["migrations"]] == ["1", "2", "3"]
     etag = after_publish.headers["etag"]
     assert (await api.pending(me, etag)).status_code == 304
 
@@ -232,7 +233,7 @@ async def test_etag_gives_304_until_a_publish_or_a_report_changes_the_list(api: 
     assert (await api.report(me, applied(V1))).status_code == 200
     after_report = await api.pending(me, etag)
     assert after_report.status_code == 200
-    assert [m["version"] for m in after_report.json()["migrations"]] == [2, 3]
+    assert [m["version"] for m in after_report.json()["migrations"]] == ["2", "3"]
     assert after_report.headers["etag"] != etag
 
 
@@ -260,13 +261,13 @@ async def test_an_idle_poll_is_answered_from_memory_within_cache_seconds(
         # ... and is seen once it is stale.
         response = await api.pending(me, etag)
         assert response.status_code == 200
-        assert [m["version"] for m in response.json()["migrations"]] == [1, 2]
+        assert [m["version"] for m in response.json()["migrations"]] == ["1", "2"]
         etag = response.headers["etag"]
         # A report through the app itself drops the cached state at once.
         assert (await api.report(me, applied(V1))).status_code == 200
         response = await api.pending(me, etag)
         assert response.status_code == 200
-        assert [m["version"] for m in response.json()["migrations"]] == [2]
+        assert [m["version"] for m in response.json()["migrations"]] == ["2"]
 
 
 async def test_idle_polls_do_not_touch_the_store(sqlite_store: str, key_path: Path) -> None:
@@ -348,14 +349,14 @@ async def test_a_status_report_is_idempotent(api: Api) -> None:
     me = await api.client("a")
     response = await api.report(me, applied(V1), failed(V2, "boom"))
     assert response.status_code == 200
-    assert response.json() == {"recorded": [1, 2], "unchanged": [], "drift": []}
+    assert response.json() == {"recorded": ["1", "2"], "unchanged": [], "drift": []}
     etag = (await api.pending(me)).headers["etag"]
     rows = await aquery(
         api.url, "SELECT version, applied, error, attempts, updated_at FROM store_client_status"
     )
 
     again = await api.report(me, applied(V1), failed(V2, "boom"))
-    assert again.json() == {"recorded": [], "unchanged": [1, 2], "drift": []}
+    assert again.json() == {"recorded": [], "unchanged": ["1", "2"], "drift": []}
     assert (
         await aquery(api.url, "SELECT version, applied, error, attempts, updated_at FROM store_client_status")
         == rows
@@ -363,7 +364,7 @@ async def test_a_status_report_is_idempotent(api: Api) -> None:
     assert (await api.pending(me, etag)).status_code == 304
 
     retried = await api.report(me, applied(V2) | {"attempts": 2})
-    assert retried.json()["recorded"] == [2]
+    assert retried.json()["recorded"] == ["2"]
     assert await api.versions(me) == []
     [client] = await api.store.clients()
     assert client.reported_version == 2
@@ -379,7 +380,7 @@ async def test_two_clients_each_have_their_own_status(api: Api) -> None:
     clients = {
         c["name"]: c for c in (await api.http.get("/api/clients", headers=ADMIN_HEADERS)).json()["clients"]
     }
-    assert clients["a"]["applied"] == [1, 2] and clients["a"]["failed"] == []
+    assert clients["a"]["applied"] == ["1", "2"] and clients["a"]["failed"] == []
     assert clients["b"]["applied"] == []
     assert clients["b"]["failed"] == [{"version": 1, "error": "no such table", "attempts": 1, "dead": False}]
 
@@ -402,7 +403,7 @@ async def test_a_report_for_an_unpublished_version_is_422_and_records_nothing(ap
     assert response.status_code == 422
     assert response.json() == {
         "error": "versions 3, 4 are not published; nothing was recorded",
-        "versions": [3, 4],
+        "versions": ["3", "4"],
     }
     assert await aquery(api.url, "SELECT count(*) FROM store_client_status") == [(0,)]
     one = await api.report(me, applied(V3))
@@ -415,17 +416,17 @@ async def test_a_report_with_another_checksum_is_recorded_as_drift(api: Api) -> 
     response = await api.report(me, applied(V2, checksum=V2_CHANGED.checksum))
     assert response.status_code == 200
     assert response.json()["drift"] == [
-        {"version": 2, "published_checksum": V2.checksum, "reported_checksum": V2_CHANGED.checksum}
+        {"version": "2", "published_checksum": V2.checksum, "reported_checksum": V2_CHANGED.checksum}
     ]
     assert await aquery(api.url, "SELECT version, checksum FROM store_client_status") == [
-        (2, V2_CHANGED.checksum)
+        ("012", V2_CHANGED.checksum)  # a version key
     ]
     # Still pending: what it applied is not what is published; the client is told what it has.
     items = (await api.pending(me)).json()["migrations"]
-    assert [(i["version"], i["applied_checksum"]) for i in items] == [(1, None), (2, V2_CHANGED.checksum)]
+    assert [(i["version"], i["applied_checksum"]) for i in items] == [("1", None), ("2", V2_CHANGED.checksum)]
     [entry] = (await api.http.get("/api/clients", headers=ADMIN_HEADERS)).json()["clients"]
     assert entry["drift"] == [
-        {"version": 2, "published_checksum": V2.checksum, "reported_checksum": V2_CHANGED.checksum}
+        {"version": "2", "published_checksum": V2.checksum, "reported_checksum": V2_CHANGED.checksum}
     ]
 
 
@@ -439,7 +440,7 @@ async def test_a_forced_publish_puts_the_old_content_of_a_client_in_drift(api: A
     assert response.status_code == 200
     [item] = response.json()["migrations"]
     assert (item["version"], item["checksum"], item["applied_checksum"]) == (
-        2, V2_CHANGED.checksum, V2.checksum
+        "2", V2_CHANGED.checksum, V2.checksum
     )  # fmt: skip
 
 
@@ -507,10 +508,11 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
     ("item not object", b'{"reports": [1]}', "application/json", 422, "reports[0] must be an object"),
 ]
 for field, value, says in (
-    ("version", True, "reports[0].version must be a non-negative integer, not true"),
-    ("version", -1, "reports[0].version must be a non-negative integer"),
-    ("version", "1", "reports[0].version must be a non-negative integer"),
-    ("version", 2**63, "reports[0].version must be a non-negative integer"),
+    ("version", True, 'reports[0].version must be a version such as "42" or "1.2.10", not true'),
+    ("version", -1, "reports[0].version must be a version"),
+    ("version", "1.", "reports[0].version must be a version"),
+    ("version", "x" * 5000, "reports[0].version must be a version"),
+    ("version", "9" * 100, "reports[0].version must be a version"),
     ("applied", 1, "reports[0].applied must be true or false, not a number"),
     ("error", 5, "reports[0].error must be a string or null"),
     ("error", "e" * 70_000, "reports[0].error is 70000 characters long"),
@@ -612,9 +614,9 @@ async def test_fleet_view_and_published_list(api: Api) -> None:
         }  # fmt: skip
     a_entry, b_entry, idle_entry = entries
     assert (a_entry["applied"], a_entry["latest_version"], a_entry["failed"], a_entry["pending"]) == (
-        [1, 2], 2, [], [3]
+        ["1", "2"], "2", [], ["3"]
     )  # fmt: skip
-    assert (b_entry["applied"], b_entry["latest_version"], b_entry["pending"]) == ([1], 1, [2, 3])
+    assert (b_entry["applied"], b_entry["latest_version"], b_entry["pending"]) == (["1"], "1", ["2", "3"])
     assert b_entry["failed"] == [{"version": 2, "error": "duplicate column", "attempts": 3, "dead": False}]
     assert a_entry["last_seen"] is not None and a_entry["last_seen"].endswith("Z")
     assert (idle_entry["applied"], idle_entry["latest_version"], idle_entry["last_seen"]) == ([], None, None)
@@ -622,7 +624,7 @@ async def test_fleet_view_and_published_list(api: Api) -> None:
 
     published = (await api.http.get("/api/migrations", headers=ADMIN_HEADERS)).json()["migrations"]
     assert [(m["version"], m["name"], m["checksum"]) for m in published] == [
-        (m.version, m.name, m.checksum) for m in (V1, V2, V3)
+        (m.version.text, m.name, m.checksum) for m in (V1, V2, V3)
     ]
     assert all(m["signature"] and m["signed_by"] and m["published_at"] for m in published)
     assert published[0]["replaced_checksum"] is None
@@ -645,10 +647,11 @@ async def test_the_app_mounts_into_an_existing_app(sqlite_store: str, key_path: 
     parent = Starlette(routes=[Mount("/sync", app=api)], lifespan=lifespan)
     async with running(parent) as http:
         response = await http.get(
-            "/sync/api/migrations/pending", headers={"Authorization": f"Bearer {token}"}
+            "/sync/api/migrations/pending",
+            headers={"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL)},
         )
         assert response.status_code == 200
-        assert [m["version"] for m in response.json()["migrations"]] == [1]
+        assert [m["version"] for m in response.json()["migrations"]] == ["1"]
 
 
 async def test_without_its_lifespan_the_app_answers_503(sqlite_store: str) -> None:
@@ -675,7 +678,7 @@ async def test_a_version_1_store_is_upgraded(any_store: str, key_path: Path) -> 
         _, token = await store.add_client("a")
     await downgrade_store(any_store, 1)
     async with api_on(any_store, key_path) as api:
-        me = {"Authorization": f"Bearer {token}"}
+        me = {"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL)}
         await api.publish(V1)
         assert await api.versions(me) == [1]
         assert (await api.report(me, applied(V1))).status_code == 200
@@ -746,7 +749,7 @@ def served(tmp_path: Path, key_path: Path) -> Iterator[tuple[str, str]]:
 
 def test_migsync_serve_answers_a_poll_and_a_304(served: tuple[str, str]) -> None:
     base, token = served
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL)}
     with httpx.Client(base_url=base, timeout=10) as http:
         response = http.get("/api/migrations/pending", headers=headers)
         assert response.status_code == 200
@@ -791,7 +794,7 @@ async def test_the_fleet_cache_sees_new_clients_at_once_and_other_processes_with
         await asyncio.sleep(0.4)
         response = await api.pending(a, etag)  # ... and is seen once the period is over.
         assert response.status_code == 200
-        assert [m["version"] for m in response.json()["migrations"]] == [2]
+        assert [m["version"] for m in response.json()["migrations"]] == ["2"]
 
 
 def test_migsync_serve_serves_the_panel_unless_told_not_to(served: tuple[str, str], tmp_path: Path) -> None:

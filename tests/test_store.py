@@ -17,6 +17,7 @@ from dbtools import aquery, downgrade_store, is_sqlite, migsync_env, query, run
 from migsync.core.errors import ChecksumMismatch, ConfigError, ConnectError, SignatureError
 from migsync.core.migration import Migration, Script
 from migsync.core.signing import load_private_key, load_public_keys, verify, write_keypair
+from migsync.core.version import Version
 from migsync.core.wire import EntityChange
 from migsync.server import Store
 from migsync.server.engine import store_url
@@ -52,10 +53,10 @@ V2_CHANGED = migration(2, "CREATE TABLE b (x INTEGER, y INTEGER)")
 V3 = migration(3, "CREATE TABLE c (x INTEGER)")
 
 
-def stored(urls: Urls) -> dict[int, tuple[str, str | None]]:
+def stored(urls: Urls) -> dict[Version, tuple[str, str | None]]:
     """version -> (checksum, replaced_checksum), read on a connection of the test's own."""
     rows = query(urls.raw, "SELECT version, checksum, replaced_checksum FROM store_migrations")
-    return {int(v): (c, r) for v, c, r in rows}
+    return {Version.from_key(v): (c, r) for v, c, r in rows}
 
 
 async def astored(urls: Urls) -> dict[int, tuple[str, str | None]]:

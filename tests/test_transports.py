@@ -29,7 +29,8 @@ from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, Ser
 from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
-from migsync.core.wire import ACTION_STATES, ReportAck, StatusReport, wire_version
+from migsync.core.version import Version
+from migsync.core.wire import ACTION_STATES, ReportAck, StatusReport
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing import FakeClock
@@ -148,7 +149,10 @@ class HttpHarness:
             "SELECT s.version, s.applied, s.error, s.attempts, s.checksum FROM store_client_status s "
             f"JOIN store_clients c ON c.id = s.client_id WHERE c.name = '{client}'",
         )
-        return {int(v): StatusReport(int(v), bool(a), e, int(n), c) for v, a, e, n, c in rows}
+        return {
+            Version.from_key(v): StatusReport(Version.from_key(v), bool(a), e, int(n), c)
+            for v, a, e, n, c in rows
+        }
 
     async def take_down(self) -> None:
         await asyncio.to_thread(self.server.stop)
@@ -238,7 +242,7 @@ async def mocked(*answers: Answer, handler: Handler | None = None, **options: An
 
 def offered(m: Migration) -> dict[str, Any]:
     return {
-        "version": wire_version(m.version),
+        "version": m.version.text,
         "name": m.name,
         "content": m.canonical_content(),
         "checksum": m.checksum,

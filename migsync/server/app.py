@@ -142,21 +142,20 @@ class _Api:
     async def _client(self, request: Request) -> tuple[str, ClientState]:
         """The client the bearer token names (its token hash and state); 401 or 403 otherwise,
         and 426 for a client of another wire protocol (an older migsync)."""
-        refusal = protocol_refusal(request.headers.get(PROTOCOL_HEADER), "this client")
-        if refusal is not None:
-            raise ApiError(426, refusal.replace("and this migsync", "and the server"))
         token = _bearer(request)
         if self._is_admin(token):
             raise ApiError(403, "the admin token is not a client's; use the client's own token")
         digest = token_hash(token)
         await self._refresh()
         state = self._states.get(digest)
-        if state is not None:
-            return digest, state
-        state = await self.store.client_state(token)  # a client registered since the last read
         if state is None:
-            raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
-        self._states[digest] = state
+            state = await self.store.client_state(token)  # a client registered since the last read
+            if state is None:
+                raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
+            self._states[digest] = state
+        refusal = protocol_refusal(request.headers.get(PROTOCOL_HEADER), "this client")
+        if refusal is not None:
+            raise ApiError(426, refusal.replace("and this migsync", "and the server"))
         return digest, state
 
     async def _refresh(self) -> None:
@@ -244,8 +243,8 @@ class _Api:
             self._reported(digest, state)
         return JSONResponse(
             {
-                "recorded": list(result.recorded),
-                "unchanged": list(result.unchanged),
+                "recorded": [v.text for v in result.recorded],
+                "unchanged": [v.text for v in result.unchanged],
                 "drift": [d.to_json() for d in result.drift],
             }
         )

@@ -217,6 +217,12 @@ def _versions_as_keys(conn: Connection) -> None:
     """
     if conn.dialect.name != "sqlite":
         for table, column in _VERSION_COLUMNS:
+            kind = conn.exec_driver_sql(
+                "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+                f"AND table_name = '{table.name}' AND column_name = '{column}'"
+            ).scalar()
+            if kind == "text":  # done before (a layout set back by hand): never key a key
+                continue
             conn.exec_driver_sql(
                 f"ALTER TABLE {table.name} ALTER COLUMN {column} TYPE TEXT USING "
                 f"CASE WHEN {column} IS NULL THEN NULL "
