@@ -30,7 +30,7 @@ from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
 from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
 from migsync.core.version import Version
-from migsync.core.wire import ACTION_STATES, ReportAck, StatusReport
+from migsync.core.wire import ACTION_STATES, PROTOCOL, PROTOCOL_HEADER, ReportAck, StatusReport
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing import FakeClock
@@ -227,9 +227,11 @@ async def mocked(*answers: Answer, handler: Handler | None = None, **options: An
 
     def respond(request: httpx.Request) -> httpx.Response:
         requests.append(request)
-        if handler is not None:
-            return handler(request)
-        return answers[min(len(requests), len(answers)) - 1]()
+        response = (
+            handler(request) if handler is not None else answers[min(len(requests), len(answers)) - 1]()
+        )
+        response.headers.setdefault(PROTOCOL_HEADER, str(PROTOCOL))  # a server of this release
+        return response
 
     clock = FakeClock()
     options.setdefault("retries", 3)

@@ -143,7 +143,7 @@ async def _insert(
                 "entity_ids": [c.entity_id for c in changes],
                 "operations": [c.operation for c in changes],
                 "data": data,
-                "versions": [c.schema_version for c in changes],
+                "versions": [None if c.schema_version is None else c.schema_version.key for c in changes],
                 "timestamps": [c.timestamp for c in changes],
             },
         )
@@ -175,7 +175,7 @@ _PG_INSERT = text(
     "SELECT :client_id, c.change_id, c.entity, c.entity_id, c.operation, c.data, c.schema_version, "
     "c.client_timestamp, :received_at "
     "FROM unnest(CAST(:change_ids AS TEXT[]), CAST(:entities AS TEXT[]), CAST(:entity_ids AS TEXT[]), "
-    "CAST(:operations AS TEXT[]), CAST(:data AS TEXT[]), CAST(:versions AS BIGINT[]), "
+    "CAST(:operations AS TEXT[]), CAST(:data AS TEXT[]), CAST(:versions AS TEXT[]), "
     "CAST(:timestamps AS DOUBLE PRECISION[])) WITH ORDINALITY "
     "AS c(change_id, entity, entity_id, operation, data, schema_version, client_timestamp, n) "
     "ORDER BY c.n ON CONFLICT (client_id, change_id) DO NOTHING RETURNING change_id"
