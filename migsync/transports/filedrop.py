@@ -110,7 +110,7 @@ class FileDropTransport(BaseTransport):
         entries = files.parse_manifest(manifest_bytes, str(self.root / files.MANIFEST))
         self._check_registered()
         latest, answered = self._own_files()
-        state = json.dumps(sorted((v, r.applied, r.checksum) for v, r in latest.items()))
+        state = json.dumps(sorted((v.key, r.applied, r.checksum) for v, r in latest.items()))
         digest = hashlib.sha256(manifest_bytes + state.encode())
         requests, unreadable = self._requests_file()
         if requests is not None or unreadable is not None:  # neither: the ETag as before requests
