@@ -274,7 +274,7 @@ async def test_a_revert_on_postgres_runs_through_its_queue(
         ({"migrations": [], "actions": [1]}, r"actions\[0\] is not an object"),
         (
             {"migrations": [], "actions": [{"id": -1, "action": "revert", "version": 1}]},
-            "id and version must be non-negative integers",
+            "id must be a non-negative integer",
         ),
         (
             {"migrations": [], "actions": [{"id": 1, "action": "drop", "version": 1}]},

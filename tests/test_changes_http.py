@@ -93,8 +93,8 @@ async def test_changes_reach_the_inbox_in_order_once(server: Server, tmp_path: P
         (c["client_id"], c["entity"], c["entity_id"], c["operation"], c["schema_version"]) for c in inbox
     ] == [
         (client_id, "todo", "1", "insert", None),
-        (client_id, "todo", "2", "insert", 1),
-        (client_id, "todo", "1", "delete", 1),
+        (client_id, "todo", "2", "insert", "1"),
+        (client_id, "todo", "1", "delete", "1"),
     ]
     assert inbox[1]["data"] == {"id": 2, "title": "milk"}
 

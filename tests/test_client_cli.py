@@ -110,7 +110,7 @@ def test_clients_sync_apply_and_report_and_the_fleet_shows_each(deployment: Depl
     assert "1 offered, 1 stored" in synced.stdout and "applied 1 migration (0001_users)" in synced.stdout
     assert user_tables(deployment.db("shop")) == {"users"}
     fleet = deployment.fleet()
-    assert fleet["shop"]["applied"] == [1] and fleet["kiosk"]["applied"] == []
+    assert fleet["shop"]["applied"] == ["1"] and fleet["kiosk"]["applied"] == []
 
     deployment.publish({"0002_orders.sql": ORDERS})
     for name, (client_id, token) in (("shop", shop), ("kiosk", kiosk)):
@@ -133,7 +133,7 @@ def test_a_failing_migration_is_reported_and_a_fixed_one_recovers(deployment: De
     assert failed.returncode == 1
     assert "failed: apply 0002_orders" in failed.stderr
     failure = deployment.fleet()["shop"]["failed"]
-    assert [f["version"] for f in failure] == [2] and "oops" in failure[0]["error"]
+    assert [f["version"] for f in failure] == ["2"] and "oops" in failure[0]["error"]
 
     deployment.publish({"0002_orders.sql": ORDERS}, force=True)
     fixed = run("client", "sync", *deployment.client_args("shop", *shop))
@@ -166,7 +166,7 @@ def test_server_down_then_back_delivers_the_outbox_once(tmp_path: Path) -> None:
         assert deployment.fleet()["shop"]["failed"][0]["attempts"] == 2
         again = run("client", "sync", *args, "--json")
         assert json.loads(again.stdout)["delivered"] == 0
-        assert deployment.fleet()["shop"]["applied"] == [1]
+        assert deployment.fleet()["shop"]["applied"] == ["1"]
     finally:
         deployment.server.stop()
 

@@ -164,7 +164,7 @@ async def test_a_revert_travels_through_the_folder_and_its_answer_comes_back(any
             {
                 "id": action_id,
                 "action": "revert",
-                "version": 2,
+                "version": "2",
                 "requested_by": "alice",
                 "requested_at": item["requested_at"],
                 "signature": item["signature"],
@@ -277,7 +277,7 @@ def _a_folder(path: Path) -> None:
 
 TAMPERS: dict[str, tuple[Callable[[Path], None], str]] = {
     "truncated": (_truncate, "not JSON"),
-    "format": (_edit(lambda d: d.update(format="migsync-actions/2")), "not a migsync actions file"),
+    "format": (_edit(lambda d: d.update(format="migsync-actions/3")), "not a migsync actions file"),
     "another-client": (_edit(lambda d: d.update(client_id="2")), "not to '1'"),
     "unknown-key": (_edit(lambda d: d.update(signed_by="me")), "'signed_by' are missing or unknown"),
     "unknown-field": (_edit(lambda d: d["actions"][0].update(sql="DROP TABLE users")), "'sql' are missing"),

@@ -339,4 +339,4 @@ def test_the_client_cli_syncs_from_a_drop_folder(tmp_path: Path) -> None:
     imported = run("import-reports", "--store", store, "--from", str(tmp_path / "drop" / "reports"))
     assert imported.returncode == 0, imported.stderr
     fleet = json.loads(run("fleet", "--store", store, "--json").stdout)
-    assert fleet["clients"][0]["applied"] == [1]
+    assert fleet["clients"][0]["applied"] == ["1"]

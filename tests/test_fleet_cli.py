@@ -106,21 +106,21 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
         {
             "client_id": ids["shop-berlin"],
             "name": "shop-berlin",
-            "applied": [1, 2],
-            "latest_version": 2,
+            "applied": ["1", "2"],
+            "latest_version": "2",
             "failed": [],
             "drift": [],
-            "pending": [3],
+            "pending": ["3"],
             "held_from": None,
         },
         {
             "client_id": ids["shop-paris"],
             "name": "shop-paris",
-            "applied": [1],
-            "latest_version": 1,
-            "failed": [{"version": 2, "error": ERROR, "attempts": 3, "dead": True}],
+            "applied": ["1"],
+            "latest_version": "1",
+            "failed": [{"version": "2", "error": ERROR, "attempts": 3, "dead": True}],
             "drift": [],
-            "pending": [2, 3],
+            "pending": ["2", "3"],
             "held_from": None,
         },
         {
@@ -130,17 +130,17 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
             "latest_version": None,
             "failed": [],
             "drift": [],
-            "pending": [1, 2, 3],
+            "pending": ["1", "2", "3"],
             "held_from": None,
         },
         {
             "client_id": ids["shop-drifted"],
             "name": "shop-drifted",
-            "applied": [1],
-            "latest_version": 1,
+            "applied": ["1"],
+            "latest_version": "1",
             "failed": [],
-            "drift": [{"version": 1, "published_checksum": sums[1], "reported_checksum": OTHER_CHECKSUM}],
-            "pending": [1, 2, 3],
+            "drift": [{"version": "1", "published_checksum": sums[1], "reported_checksum": OTHER_CHECKSUM}],
+            "pending": ["1", "2", "3"],
             "held_from": None,
         },
     ]
@@ -193,7 +193,7 @@ def test_fleet_table_cuts_long_errors_and_long_version_lists(tmp_path: Path) -> 
     assert early[:6] == [str(ids["early"]), "early", "3", "3", "4-12", "-"]
 
     [entry, _] = fleet_json(store)
-    assert entry["failed"] == [{"version": 12, "error": hostile, "attempts": 1, "dead": False}], (
+    assert entry["failed"] == [{"version": "12", "error": hostile, "attempts": 1, "dead": False}], (
         "--json keeps it whole"
     )
 

@@ -382,7 +382,9 @@ async def test_two_clients_each_have_their_own_status(api: Api) -> None:
     }
     assert clients["a"]["applied"] == ["1", "2"] and clients["a"]["failed"] == []
     assert clients["b"]["applied"] == []
-    assert clients["b"]["failed"] == [{"version": 1, "error": "no such table", "attempts": 1, "dead": False}]
+    assert clients["b"]["failed"] == [
+        {"version": "1", "error": "no such table", "attempts": 1, "dead": False}
+    ]
 
 
 async def test_many_clients_report_concurrently(api: Api) -> None:

@@ -127,7 +127,7 @@ async def test_a_version_2_store_gets_an_inbox(urls: Urls, key_path: Path) -> No
     assert await aquery(urls.raw, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
 
 
 async def test_without_create_a_missing_store_is_an_error(tmp_path: Path, pg_url: str) -> None:
@@ -158,11 +158,11 @@ def test_status_is_kept_per_client_and_per_migration(urls: Urls) -> None:
 
     asyncio.run(setup())
     insert = "INSERT INTO store_client_status (client_id, version, applied, attempts, updated_at) VALUES "
-    query(urls.raw, insert + "(1, 7, TRUE, 1, 0), (2, 7, FALSE, 3, 0)")
+    query(urls.raw, insert + "(1, '017', TRUE, 1, 0), (2, '017', FALSE, 3, 0)")
     rows = query(urls.raw, "SELECT client_id, version, applied FROM store_client_status ORDER BY client_id")
-    assert [(c, v, bool(a)) for c, v, a in rows] == [(1, 7, True), (2, 7, False)]
+    assert [(c, v, bool(a)) for c, v, a in rows] == [(1, "017", True), (2, "017", False)]
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
-        query(urls.raw, insert + "(1, 7, FALSE, 2, 0)")
+        query(urls.raw, insert + "(1, '017', FALSE, 2, 0)")
 
 
 # -- publish -------------------------------------------------------------------------------------
