@@ -119,7 +119,7 @@ def test_clients_sync_apply_and_report_and_the_fleet_shows_each(deployment: Depl
         body = json.loads(result.stdout)
         assert body["ok"] and body["delivered"] >= 1 and body["undelivered"] == 0
     fleet = deployment.fleet()
-    assert fleet["shop"]["applied"] == [1, 2] and fleet["kiosk"]["applied"] == [1, 2]
+    assert fleet["shop"]["applied"] == ["1", "2"] and fleet["kiosk"]["applied"] == ["1", "2"]
     assert fleet["shop"]["last_seen"] is not None
 
     again = run("client", "sync", *deployment.client_args("shop", *shop), "--json")
@@ -139,7 +139,7 @@ def test_a_failing_migration_is_reported_and_a_fixed_one_recovers(deployment: De
     fixed = run("client", "sync", *deployment.client_args("shop", *shop))
     assert fixed.returncode == 0, fixed.stderr
     fleet = deployment.fleet()["shop"]
-    assert fleet["applied"] == [1, 2] and fleet["failed"] == []
+    assert fleet["applied"] == ["1", "2"] and fleet["failed"] == []
 
 
 def test_server_down_then_back_delivers_the_outbox_once(tmp_path: Path) -> None:
@@ -235,9 +235,9 @@ def test_client_run_follows_new_migrations_and_stops_cleanly_on_sigterm(deployme
     shop = deployment.add_client("shop")
     proc = start("client", "run", *deployment.client_args("shop", *shop), "--interval", "0.2")
     try:
-        wait_for("the first sync", lambda: deployment.fleet()["shop"]["applied"] == [1], timeout=30)
+        wait_for("the first sync", lambda: deployment.fleet()["shop"]["applied"] == ["1"], timeout=30)
         deployment.publish({"0002_orders.sql": ORDERS})
-        wait_for("the new migration", lambda: deployment.fleet()["shop"]["applied"] == [1, 2], timeout=30)
+        wait_for("the new migration", lambda: deployment.fleet()["shop"]["applied"] == ["1", "2"], timeout=30)
         assert proc.poll() is None
     finally:
         if proc.poll() is None:
@@ -331,4 +331,4 @@ def test_client_run_outlives_a_malformed_answer_and_says_so(tmp_path: Path) -> N
     finally:
         server.stop()
     assert proc.returncode == 0, err
-    assert err.count("sync failed: ") >= 2 and "is not JSON" in err
+    assert err.count("sync failed: ") >= 2 and "answered without a Migsync-Protocol header" in err

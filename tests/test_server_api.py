@@ -619,7 +619,7 @@ async def test_fleet_view_and_published_list(api: Api) -> None:
         ["1", "2"], "2", [], ["3"]
     )  # fmt: skip
     assert (b_entry["applied"], b_entry["latest_version"], b_entry["pending"]) == (["1"], "1", ["2", "3"])
-    assert b_entry["failed"] == [{"version": 2, "error": "duplicate column", "attempts": 3, "dead": False}]
+    assert b_entry["failed"] == [{"version": "2", "error": "duplicate column", "attempts": 3, "dead": False}]
     assert a_entry["last_seen"] is not None and a_entry["last_seen"].endswith("Z")
     assert (idle_entry["applied"], idle_entry["latest_version"], idle_entry["last_seen"]) == ([], None, None)
     assert idle_entry["pending"] == [1, 2, 3]

@@ -19,7 +19,7 @@ from test_filedrop import drop_harness
 from test_transports import ADMIN, http_harness
 
 from migsync import Client
-from migsync.core.errors import ServerRefused
+from migsync.core.errors import MalformedAnswer, ServerRefused
 from migsync.core.migration import ANY_DIALECT, Migration, Script
 from migsync.core.sync import Syncer
 from migsync.core.version import Version
@@ -154,8 +154,17 @@ async def test_a_server_of_protocol_1_is_refused_before_its_answer_is_read() -> 
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(old_server))
     transport = HttpTransport("http://old.example", client_id="c", token="t", http=http)
-    with pytest.raises(
-        ServerRefused, match=r"the server at http://old\.example speaks an older migsync protocol"
-    ):
+    with pytest.raises(MalformedAnswer, match=r"the server at http://old\.example speaks an older migsync"):
+        await transport.fetch()
+    await http.aclose()
+
+
+async def test_a_server_of_another_protocol_is_refused() -> None:
+    def other_server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"migrations": []}, headers={PROTOCOL_HEADER: "3"})
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(other_server))
+    transport = HttpTransport("http://new.example", client_id="c", token="t", http=http)
+    with pytest.raises(ServerRefused, match="speaks migsync protocol '3'"):
         await transport.fetch()
     await http.aclose()

@@ -156,6 +156,24 @@ class HttpTransport(BaseTransport):
                 return ChangesAck(tuple(accepted), tuple(duplicate), ack.refused)
         return ChangesAck(tuple(accepted), tuple(duplicate))
 
+    def _check_protocol(self, response: httpx.Response) -> None:
+        """Refuse an answer of another wire protocol before anything of it is read.
+
+        No protocol header at all may be an older migsync or something in between (a proxy's
+        or captive portal's page): malformed, tried again next time. Another protocol named
+        is a server of another release: refused.
+        """
+        spoken = response.headers.get(PROTOCOL_HEADER)
+        refusal = protocol_refusal(spoken, f"the server at {self.base}")
+        if refusal is None:
+            return
+        if spoken is None:
+            raise MalformedAnswer(
+                f"{self.base} answered without a {PROTOCOL_HEADER} header: not a migsync server, or "
+                f"one of an older release ({refusal})"
+            )
+        raise ServerRefused(refusal)
+
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """The response (2xx or 304), after retries; a refusal or exhaustion raises."""
         attempt = 0
@@ -170,11 +188,7 @@ class HttpTransport(BaseTransport):
                 raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
                 if response.status_code < 300 or response.status_code in (304, 426):
-                    refusal = protocol_refusal(
-                        response.headers.get(PROTOCOL_HEADER), f"the server at {self.base}"
-                    )
-                    if refusal is not None:
-                        raise ServerRefused(refusal)
+                    self._check_protocol(response)
                     if response.status_code != 426:
                         return response
                 if response.status_code not in _RETRY_STATUSES:
