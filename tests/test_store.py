@@ -414,3 +414,84 @@ def test_cli_clients_list_needs_an_existing_store(tmp_path: Path) -> None:
     )
     assert no_store.returncode == 2 and "--store" in no_store.stderr
     assert os.listdir(tmp_path) == []
+
+
+async def test_a_layout_4_store_with_whole_number_versions_upgrades_in_place(
+    urls: Urls, key_path: Path
+) -> None:
+    """A store as migsync's layout 4 wrote it (every version column BIGINT) keeps its data, keyed."""
+    from sqlalchemy import BigInteger, MetaData
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from migsync.server import tables
+
+    old = MetaData()
+    for table in tables.metadata.sorted_tables:
+        copy = table.to_metadata(old)
+        for column in copy.columns:
+            if isinstance(column.type, tables.VersionKey):
+                column.type = BigInteger()
+    key = load_private_key(key_path)
+    async with Store.open(urls.store) as store:  # only to publish and sign the content as migsync does
+        await store.publish([V1, V2], key)
+        published = {m.version.parts[0]: m for m in await store.migrations()}
+    engine = create_async_engine(urls.store)
+    async with engine.begin() as conn:
+        await conn.run_sync(tables.metadata.drop_all)
+        await conn.run_sync(old.create_all)
+        t = old.tables
+        await conn.execute(t["store_meta"].insert(), [{"key": "schema_version", "value": "4"}])
+        await conn.execute(
+            t["store_migrations"].insert(),
+            [
+                {
+                    "version": v,
+                    "name": m.name,
+                    "content": m.migration.canonical_content(),
+                    "checksum": m.checksum,
+                    "signature": m.signature,
+                    "signed_by": m.signed_by,
+                    "published_at": 1.0,
+                }
+                for v, m in published.items()
+            ],
+        )
+        await conn.execute(
+            t["store_clients"].insert(),
+            [{"id": 1, "name": "a", "token_hash": "0" * 64, "created_at": 1.0, "reported_version": 2}],
+        )
+        for version, migration_ in ((1, V1), (2, V2)):
+            await conn.execute(
+                t["store_client_status"].insert().values(
+                    client_id=1, version=version, applied=True, attempts=1, checksum=migration_.checksum,
+                    updated_at=1.0, dead=False,
+                )
+            )  # fmt: skip
+        await conn.execute(
+            t["store_inbox"].insert().values(
+                client_id=1, change_id="c1", entity="todo", entity_id="1", operation="insert", data="null",
+                schema_version=2, client_timestamp=1.0, received_at=1.0,
+            )
+        )  # fmt: skip
+        await conn.execute(
+            t["store_actions"].insert().values(
+                client_id=1, action="revert", version=2, requested_by="admin", requested_at=1.0,
+                state="done", updated_at=1.0,
+            )
+        )  # fmt: skip
+    await engine.dispose()
+    async with Store.open(urls.store, create=False) as store:
+        [entry] = await store.fleet()
+        assert entry.applied == (1, 2) and entry.pending == () and entry.client.reported_version == 2
+        [change] = await store.inbox()
+        assert change.schema_version == 2
+        [action] = await store.actions(1)
+        assert action.version == 2
+        assert [m.version for m in await store.migrations()] == [1, 2]
+    assert await aquery(urls.raw, "SELECT version FROM store_client_status ORDER BY version") == [
+        ("011",),
+        ("012",),
+    ]
+    assert await aquery(urls.raw, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
