@@ -622,7 +622,7 @@ async def test_fleet_view_and_published_list(api: Api) -> None:
     assert b_entry["failed"] == [{"version": "2", "error": "duplicate column", "attempts": 3, "dead": False}]
     assert a_entry["last_seen"] is not None and a_entry["last_seen"].endswith("Z")
     assert (idle_entry["applied"], idle_entry["latest_version"], idle_entry["last_seen"]) == ([], None, None)
-    assert idle_entry["pending"] == [1, 2, 3]
+    assert idle_entry["pending"] == ["1", "2", "3"]
 
     published = (await api.http.get("/api/migrations", headers=ADMIN_HEADERS)).json()["migrations"]
     assert [(m["version"], m["name"], m["checksum"]) for m in published] == [
