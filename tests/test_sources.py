@@ -616,3 +616,38 @@ def test_origins_point_at_the_first_line_of_each_script(tmp_path: Path) -> None:
     moved.mkdir()
     (moved / "0002_b.up.sql").write_text("CREATE TABLE b (x INTEGER);")
     assert load_directory(moved)[0].checksum == second.checksum
+
+
+# -- pinned checksums: databases recorded these; a loader change must not move them ---------------
+
+PINNED: dict[str, str | bytes] = {
+    "0001_create_users.sql": (
+        "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n"
+        "-- migrate:up dialect=postgres\nCREATE TABLE users (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);\n"
+        "-- migrate:down\nDROP TABLE users;\n"
+    ),
+    "0002_orders.up.sql": "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER);\n",
+    "0002_orders.down.sql": "DROP TABLE orders;\n",
+    "0003_orders_index.postgres.autocommit.up.sql": (
+        "CREATE INDEX CONCURRENTLY orders_user ON orders (user_id);\n"
+    ),
+    "0003_orders_index.sqlite3.up.sql": "CREATE INDEX orders_user ON orders (user_id);\n",
+    "20150100000001000000_identities.sqlite3.up.sql": "CREATE TABLE identities (id TEXT PRIMARY KEY);\n",
+    "20150100000001000000_identities.sqlite3.down.sql": "DROP TABLE identities;\n",
+}
+
+
+def test_checksums_of_migrations_that_loaded_before_do_not_change(tmp_path: Path) -> None:
+    loaded = {m.name: m.checksum for m in load(tmp_path, PINNED)}
+    assert loaded == {
+        "0001_create_users": "644e6d64849ca354905fac93bcd48c06858db9e4919637648dba03dfbdd3570e",
+        "0002_orders": "41b3afcedb46c815e41d01c1bbbd047451f151a9bca14ada3f1fff72a731703d",
+        "0003_orders_index": "76d0c9a84fe440eb2da833dde61c3aa4e6f3069bb0f789baa81b88e671cc75cc",
+        "20150100000001000000_identities": "adaedd95737977189e197b3570d72f3dfd19037ff6aa66da6d3af34d5563ab6d",
+    }
+    demo = {m.name: m.checksum for m in load_directory(DEMO)}
+    assert demo == {
+        "0001_create_customers": "4a4b2ba5df71d01fe15441d65a7d2b8f19c70520d4d138bf9d6f1348fba1256c",
+        "0002_create_orders": "a35db60864eee8870b141e1b373c99e208c380b77428185bce45497d4d2ef8f7",
+        "0003_order_audit": "8ac6c126debf50629e50abe29a772279c6b2390c7c05a15b902a8d7eb1d8615a",
+    }
