@@ -10,7 +10,7 @@ import pytest
 from migsync.core.errors import SourceError
 from migsync.core.formats import NativeFormat, PairedFormat
 from migsync.core.migration import ANY_DIALECT, EMPTY, Migration, Script
-from migsync.core.sources import load_directory
+from migsync.core.sources import load_directory, scan_directory
 from migsync.core.splitter import split
 
 DEMO = Path(__file__).resolve().parent.parent / "migsync" / "demo_migrations"
@@ -473,27 +473,39 @@ def test_down_without_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name",
-    [
-        "create_users.sql",
-        "001-create_users.sql",
-        "001_.sql",
-        "001.sql",
-        "v001_create.sql",
-        "001_create.users.sql",
-        "001_create.SQL",
-        "001_create.UP.sql",
-        "001_create.oracle.up.sql",
-        "001_create.sqlite.postgres.up.sql",
-        "001_create.autocommit.autocommit.up.sql",
-        "001_create.up.down.sql",
-    ],
+    "name", ["create_users.sql", "001-create_users.sql", "v001_create.sql", "001_create.SQL", "1__x.up.SQL"]
 )
 def test_sql_file_name_that_fits_no_format(tmp_path: Path, name: str) -> None:
     err = load_error(tmp_path, {"0_ok.up.sql": "SELECT 1;", name: "SELECT 1;"})
     assert_error_at(err, tmp_path / "migrations" / name)
     assert "fits no migration format" in str(err)
     assert "<version>_<name>.sql" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "migration"),
+    [
+        # Names migsync refused before: the tools that write them read them so.
+        ("001_.sql", "sqlx", "001"),
+        ("001_create.users.sql", "sqlx", "001_create.users"),
+        ("001_create.UP.sql", "sqlx", "001_create.UP"),
+        ("001_create.oracle.up.sql", "golang-migrate", "001_create.oracle"),
+        ("001_create.sqlite.postgres.up.sql", "golang-migrate", "001_create.sqlite.postgres"),
+        ("001_create.autocommit.autocommit.up.sql", "golang-migrate", "001_create.autocommit.autocommit"),
+    ],
+)
+def test_names_other_tools_write_now_load(tmp_path: Path, name: str, fmt: str, migration: str) -> None:
+    snapshot = scan_directory(write(tmp_path / "m", {"0_ok.up.sql": "SELECT 0;", name: "SELECT 1;"}))
+    assert fmt in snapshot.format.split("+")
+    assert [m.name for m in snapshot.migrations()] == ["0_ok", migration]
+    assert snapshot.migrations()[1].up == {ANY_DIALECT: Script("SELECT 1;")}
+
+
+def test_a_down_file_whose_up_file_is_missing_is_an_error(tmp_path: Path) -> None:
+    # golang-migrate reads "001_create.up.down.sql" as the down script of "001_create.up".
+    err = load_error(tmp_path, {"0_ok.up.sql": "SELECT 1;", "001_create.up.down.sql": "SELECT 1;"})
+    assert_error_at(err, tmp_path / "migrations" / "001_create.up.down.sql")
+    assert "migration 001_create.up has a down script but no up script" in str(err)
 
 
 @pytest.mark.parametrize(
@@ -524,7 +536,12 @@ def test_sql_file_name_that_fits_no_format(tmp_path: Path, name: str) -> None:
 def test_native_file_errors_name_file_and_line(
     tmp_path: Path, text: str, line: int | None, message: str
 ) -> None:
-    err = load_error(tmp_path, {"0_fine.up.sql": "SELECT 1;", "1_bad.sql": text})
+    directory = write(
+        tmp_path / "migrations", {"0_fine.sql": "-- migrate:up\nSELECT 1;\n", "1_bad.sql": text}
+    )
+    with pytest.raises(SourceError) as info:
+        load_directory(directory, format="native")
+    err = info.value
     assert_error_at(err, tmp_path / "migrations" / "1_bad.sql", line)
     assert message in str(err)
 

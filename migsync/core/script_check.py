@@ -190,6 +190,25 @@ def problems(sql: str, dialect: str) -> list[Problem]:
     return sorted(found.values(), key=lambda p: p.line)
 
 
+def transaction_needs(sql: str, dialect: str = "*") -> str:
+    """Whether ``sql``'s statements may run in a transaction: ``"inside"`` (all of them),
+    ``"outside"`` (none: a script of ``CREATE INDEX CONCURRENTLY`` alone) or ``"mixed"``.
+
+    Transaction control is not looked at (:func:`problems` does). A generic script
+    (``"*"``) needs to run outside when it does so as SQLite or as Postgres reads it.
+    """
+    views = ("sqlite", "postgresql") if dialect == "*" else (dialects.lookup(dialect) or dialect,)
+    counts = []
+    for view in views:
+        statements, kinds = _scan(sql, view) if _SUSPECT.search(sql) else ([], [])
+        counts.append((len(statements), sum(1 for _, kind in kinds if kind.outside is not None)))
+    if all(outside == 0 for _, outside in counts):
+        return "inside"
+    if any(outside == total for total, outside in counts):
+        return "outside"
+    return "mixed"
+
+
 def explain(found: Sequence[Problem]) -> str:
     """One message for what :func:`problems` found: the first, how many more, and what to do."""
     first = found[0].message
