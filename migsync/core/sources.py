@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -51,8 +50,6 @@ from migsync.core.version import Version
 
 if TYPE_CHECKING:
     from migsync.core.plugins import Plugins
-
-log = logging.getLogger("migsync.sources")
 
 Order = Literal["version", "name"]
 ORDERS: tuple[Order, ...] = ("version", "name")
@@ -174,8 +171,6 @@ def scan_directory(
             path,
         )
     ignored = tuple(f"{path}: {what}: skipped (--ignore-unknown)" for path, what in unknown)
-    for warning in ignored:
-        log.warning("%s", warning)
     readings = _read_as(chosen, candidates) if chosen is not None else _detect(formats, candidates)
     digest = hashlib.sha256(_DIGEST_SALT + ",".join(type(f).__qualname__ for f in formats).encode())
     digest.update(f"\0{format or ''}\0{order}".encode())
