@@ -380,8 +380,13 @@ def _mixed(
 ) -> SourceError:
     """Why no one group reads every file: a file the likeliest group reads, one it does not."""
     groups = list(dict.fromkeys(f.group for f in formats))
-    count = {g: sum(1 for who in readers if any(f.group == g for f in who.can)) for g in groups}
-    best = max(groups, key=lambda g: count[g])
+
+    def weight(group: str) -> tuple[int, int]:
+        # The files that carry a format's own marks say most about what the folder is meant to be.
+        marked = sum(1 for who in readers if any(f.group == group for f in who.marked))
+        return marked, sum(1 for who in readers if any(f.group == group for f in who.can))
+
+    best = max(groups, key=weight)
     pairs = list(zip(candidates, readers, strict=True))
     bad, bad_who = next(p for p in pairs if not any(f.group == best for f in p[1].can))
     good, good_who = next(p for p in pairs if any(f.group == best for f in p[1].can))

@@ -39,7 +39,7 @@ from migsync.core.formats.native import migration_name
 from migsync.core.migration import Direction
 
 _NAME = re.compile(r"^(?P<version>\d+)_(?P<desc>.*)(?<!\.up)(?<!\.down)\.sql$")
-_ANNOTATION_BYTES = re.compile(rb"^--[^\n]*\+goose", re.MULTILINE)
+_ANNOTATION_BYTES = re.compile(rb"^[ \t]*--[^\n]*\+goose", re.MULTILINE)
 _WORDS = {
     "up": "Up",
     "down": "Down",
