@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from migsync.core.errors import ConfigError, SourceError
-from migsync.core.migration import ANY_DIALECT, Script
+from migsync.core.migration import ANY_DIALECT, Script, description_of
 from migsync.core.sources import SourceSnapshot, builtin_formats, load_directory, scan_directory
 
 
@@ -147,6 +147,15 @@ def test_aliases_and_case(tmp_path: Path) -> None:
 )
 def test_migration_names(tmp_path: Path, files: dict[str, str], names: list[str]) -> None:
     assert [m.name for m in scan(tmp_path, files).migrations()] == names
+
+
+@pytest.mark.parametrize(
+    ("name", "description"),
+    [("0001_create_users", "create_users"), ("V1_2__Add_users", "Add_users"), ("R__views", "views"),
+     ("0157", "0157"), ("V3", "V3"), ("20240105120000_init", "init"), ("0002_1.7.0_schema", "1.7.0_schema")],
+)  # fmt: skip
+def test_description_of(name: str, description: str) -> None:
+    assert description_of(name) == description
 
 
 def test_the_checksum_does_not_depend_on_the_format_that_reads_a_plain_pair(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError,
 from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired
 from migsync.core.handler import dirty_message
 from migsync.core.history_sql import HistorySQL, history_sql
-from migsync.core.migration import Migration
+from migsync.core.migration import Migration, description_of
 from migsync.core.sources import SourceSnapshot
 from migsync.core.version import Version, VersionError
 
@@ -473,7 +473,7 @@ class Ledger:
         """The migration named by ``ref``: its full name, its name without version, or its version."""
         states = states if states is not None else await self.status()
         matches = [
-            s for s in states if ref in (s.name, s.name.partition("_")[2]) or _version_of(ref) == s.version
+            s for s in states if ref in (s.name, description_of(s.name)) or _version_of(ref) == s.version
         ]
         if len(matches) == 1:
             return matches[0]

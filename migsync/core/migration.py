@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -34,6 +35,19 @@ from migsync.core.version import Version, as_version
 ANY_DIALECT = "*"
 
 Direction = Literal["up", "down"]
+
+
+_FLYWAY_NAME = re.compile(r"[VUR][0-9]*(?:[._][0-9]+)*__(?P<description>.*)")
+
+
+def description_of(name: str) -> str:
+    """A migration's name without its version: ``create_users`` of ``0001_create_users`` and of
+    Flyway's ``V1_2__create_users``; a name that is a version alone (``0157``) is its own."""
+    flyway = _FLYWAY_NAME.fullmatch(name)
+    if flyway is not None and flyway["description"]:
+        return flyway["description"]
+    prefix, _, rest = name.partition("_")
+    return rest if prefix.isdigit() and rest else name
 
 
 def normalise_sql(sql: str) -> str:
@@ -99,9 +113,8 @@ class Migration:
 
     @property
     def description(self) -> str:
-        """The name without its version prefix (``create_users``)."""
-        prefix, _, rest = self.name.partition("_")
-        return rest if prefix.isdigit() and rest else self.name
+        """The name without its version prefix (``create_users``), see :func:`description_of`."""
+        return description_of(self.name)
 
     def origin(self, direction: Direction, dialect: str) -> tuple[str, int] | None:
         """The file and first line of the script :meth:`script` returns, if known."""
