@@ -91,7 +91,7 @@ def apply(
     wait: bool,
     retry_now: bool,
 ) -> None:
-    """Apply every pending migration in DIR to the database, in version order.
+    """Apply every pending migration in DIR to the database, in order.
 
     Loads and validates DIR (nothing runs if any file is invalid), records
     the migrations in the database, queues the pending ones and processes

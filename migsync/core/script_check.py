@@ -42,7 +42,8 @@ from migsync.core.splitter import Statement, split
 _HINT = (
     "a migration runs in one transaction with its bookkeeping; remove it, or mark the script to run "
     "outside a transaction ('-- migrate:up transaction:false', or the '.autocommit' infix of a "
-    ".up.sql/.down.sql file)"
+    ".up.sql/.down.sql file; in goose's files '-- +goose NO TRANSACTION', in sqlx's a first line "
+    "'-- no-transaction')"
 )
 
 # Comments and space before a statement's first word (non-nested comments are enough to find it).
