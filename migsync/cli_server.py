@@ -151,6 +151,15 @@ def publish(
         from migsync.server import Store
 
         migrations = read_source(ctx, directory, source).migrations()
+        repeatable = [m.name for m in migrations if m.repeatable]
+        if repeatable:
+            click.echo(
+                f"error: {', '.join(repeatable)}: repeatable migrations cannot be published yet (the "
+                "server keeps migrations by a version of their own, and a repeatable one has none); "
+                "apply them with 'migsync apply', or make them versioned migrations",
+                err=True,
+            )
+            sys.exit(EXIT_BAD_INPUT)
         key = load_private_key(key_path)
         if not migrations:
             click.echo(f"nothing to publish: {directory} holds no migrations")

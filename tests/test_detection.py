@@ -251,14 +251,34 @@ def test_flyway_versions_order_and_undo(tmp_path: Path) -> None:
         ({"V1__a.sql": "SELECT 1;\nSELECT '${flyway:user}';\n"}, "V1__a.sql", "placeholder '${flyway:user}'"),
         ({"V1__a.sql": "CREATE TABLE t (x int);\nCREATE INDEX CONCURRENTLY i ON t (x);\n"}, "V1__a.sql",
          "mixes statements that cannot run inside a transaction"),
-        ({"R__views.sql": "CREATE VIEW v AS SELECT 1;"}, "R__views.sql",
-         "repeatable migrations are not supported"),
     ],
 )  # fmt: skip
 def test_flyway_refusals(tmp_path: Path, files: dict[str, str], bad: str, words: str) -> None:
     err = refusal(tmp_path, files)
     assert err.path == tmp_path / "m" / bad
     assert words in str(err)
+
+
+def test_flyway_repeatable_migrations_come_after_the_versioned_ones_by_description(tmp_path: Path) -> None:
+    files = {
+        "V1__a.sql": "SELECT 1;",
+        "V2__b.sql": "SELECT 2;",
+        "R__views.sql": "CREATE VIEW v AS SELECT 1;",
+        "R__Accounts_view.sql": "CREATE VIEW w AS SELECT 1;",
+    }
+    migrations = scan(tmp_path, files).migrations()
+    assert [(m.name, str(m.version), m.repeatable) for m in migrations] == [
+        ("V1__a", "1", False),
+        ("V2__b", "2", False),
+        ("R__Accounts_view", "2.0.1", True),
+        ("R__views", "2.0.2", True),
+    ]
+    views = migrations[3]
+    # It reverts as a no-op: a revert marks it pending, and the next apply runs it again.
+    assert views.down == {ANY_DIALECT: Script("")} and not views.irreversible("sqlite")
+    assert views.to_json()["repeatable"] is True and "repeatable" not in migrations[0].to_json()
+    only = scan(tmp_path / "only", {"R__x.sql": "SELECT 1;"}).migrations()
+    assert [(m.name, str(m.version)) for m in only] == [("R__x", "0.0.1")]
 
 
 def test_flyway_placeholder_refusal_names_its_line(tmp_path: Path) -> None:

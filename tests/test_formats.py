@@ -352,6 +352,54 @@ def test_flyway_folder(tmp_path: Path, any_url: str, reference_url: str) -> None
     assert dump(any_url) == dump(reference_url)
 
 
+def test_flyway_repeatable_migrations(tmp_path: Path, any_url: str, reference_url: str) -> None:
+    # R__ files: after the pending versioned ones, in the order of their descriptions, and again
+    # whenever their checksum changes (Flyway's own words).
+    replace = (
+        "CREATE OR REPLACE VIEW"
+        if dialect(any_url) == "postgresql"
+        else "DROP VIEW IF EXISTS {0};\nCREATE VIEW"
+    )
+
+    def view(name: str, select: str) -> str:
+        head = replace.format(name)
+        return f"{head} {name} AS {select};\n"
+
+    person = Step("create table PERSON (ID int not null, NAME varchar(100) not null);\n")
+    people = Step("insert into PERSON (ID, NAME) values (1, 'Axel'), (2, 'Mr. Foo');\n")
+    counts = Step(view("person_count", "select count(*) as N from PERSON"))
+    names = Step(view("person_names", "select NAME from PERSON"))
+    folder = write(
+        tmp_path / "sql",
+        {
+            "V1__Create_person_table.sql": person.up,
+            "V2__Add_people.sql": people.up,
+            "R__Person_names.sql": names.up,
+            "R__Counts.sql": counts.up,
+        },
+    )
+    order = ["V1__Create_person_table", "V2__Add_people", "R__Counts", "R__Person_names"]
+    check(folder, any_url, reference_url, [person, people, counts, names], names=order)
+    assert [m["version"] for m in status_json(any_url)] == ["1", "2", "2.0.1", "2.0.2"]
+    # A new versioned migration and a changed repeatable one: the versioned one runs first.
+    email = Step("alter table PERSON add column EMAIL varchar(100);\n")
+    names_v2 = Step(view("person_names", "select NAME, EMAIL from PERSON"))
+    write(folder, {"V3__Add_email.sql": email.up, "R__Person_names.sql": names_v2.up})
+    applied = run("apply", "--migrations", str(folder), "--db", any_url)
+    assert applied.returncode == 0, applied.stderr
+    assert "applied 2 migrations (V3__Add_email .. R__Person_names)" in applied.stdout
+    plain(reference_url, [email.up, names_v2.up])
+    assert dump(any_url) == dump(reference_url)
+    assert [m["version"] for m in status_json(any_url)] == ["1", "2", "3", "3.0.1", "3.0.2"]
+    # Publishing them is refused for now, naming them.
+    key = tmp_path / "signing.key"
+    assert run("keygen", "--out", str(key)).returncode == 0
+    store = f"sqlite:///{tmp_path / 'server.db'}"
+    refused = run("publish", "--migrations", str(folder), "--store", store, "--signing-key", str(key))
+    assert refused.returncode == 2
+    assert "R__Counts, R__Person_names: repeatable migrations cannot be published yet" in refused.stderr
+
+
 # -- Prisma ---------------------------------------------------------------------------------------
 
 

@@ -45,7 +45,7 @@ import attrs
 from migsync.core import files, script_check
 from migsync.core.errors import ConfigError, SourceError
 from migsync.core.formats import BUILTIN, FileName, Section, SourceFormat
-from migsync.core.migration import ANY_DIALECT, Migration, Script, first_line_offset
+from migsync.core.migration import ANY_DIALECT, Migration, Script, description_of, first_line_offset
 from migsync.core.version import Version
 
 if TYPE_CHECKING:
@@ -474,14 +474,12 @@ def _assemble(
 ) -> list[Migration]:
     entries: dict[object, _Entry] = {}
     companions: list[tuple[FileName, Path, list[Section]]] = []
+    repeatables: dict[str, _Entry] = {}
     for file, file_path, sections in files:
         if file.repeatable:
-            raise SourceError(
-                "repeatable migrations are not supported yet: migsync cannot run a migration again "
-                "when it changes; make it a versioned migration (V<next>__...) or move it out of "
-                "the folder",
-                file_path,
-            )
+            repeatables[file.name] = _Entry(file.name, file_path, file.version, True, True)
+            _fill(repeatables[file.name], file, file_path, sections)
+            continue
         if file.companion:
             companions.append((file, file_path, sections))
             continue
@@ -511,8 +509,30 @@ def _assemble(
         else:
             owner = owners[0]
         _fill(owner, file, file_path, sections)
-    ordered = _in_order(list(entries.values()), order)
-    return [_migration(version, entry) for version, entry in ordered]
+    ordered = [_migration(version, entry) for version, entry in _in_order(list(entries.values()), order)]
+    return ordered + _repeatable(ordered, list(repeatables.values()))
+
+
+def _repeatable(versioned: list[Migration], entries: list[_Entry]) -> list[Migration]:
+    """The repeatable migrations, after the versioned ones, in the order of their descriptions.
+
+    Each is placed just after the newest versioned migration (``V.0.1``, ``V.0.2``, ...), as
+    the ledger places it again with what the database knows (:meth:`Ledger.record
+    <migsync.core.ledger.Ledger.record>`). It reverts as a no-op: reverting marks it pending,
+    and the next apply runs it again after the versioned ones.
+    """
+    newest = versioned[-1].version if versioned else Version((0,))
+    placed = []
+    for rank, entry in enumerate(sorted(entries, key=lambda e: description_of(e.name)), start=1):
+        entry.slots.setdefault(("down", ANY_DIALECT), Section("down", ""))
+        migration = _migration(repeatable_version(newest, rank), entry)
+        placed.append(attrs.evolve(migration, repeatable=True))
+    return placed
+
+
+def repeatable_version(newest: Version, rank: int) -> Version:
+    """Where the ``rank``-th repeatable migration goes: after ``newest``, before any later version."""
+    return Version((*newest.parts, 0, rank))
 
 
 def _fill(entry: _Entry, file: FileName, file_path: Path, sections: list[Section]) -> None:

@@ -5,7 +5,8 @@
   ``.sql`` (``V1_2__add_email``);
 * ``U1_2__drop_email.sql``: the undo of version 1.2, its down script (Flyway
   Teams' undo), whatever its description;
-* ``R__refresh_views.sql``: a repeatable migration (see :mod:`migsync.core.sources`).
+* ``R__refresh_views.sql``: a repeatable migration, applied after the versioned
+  ones and again whenever it changes (see :meth:`migsync.core.ledger.Ledger.record`).
 
 As Flyway does, a migration whose statements must all run outside a
 transaction (``CREATE INDEX CONCURRENTLY``, ``VACUUM``) runs without one, and
