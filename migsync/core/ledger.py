@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import attrs
 
+from migsync.core.assembly import repeatable_version
 from migsync.core.backend import Backend, Connection, Row
 from migsync.core.clock import Clock, SystemClock, iso
 from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError, UnknownMigration
@@ -38,7 +39,7 @@ from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepai
 from migsync.core.handler import dirty_message
 from migsync.core.history_sql import HistorySQL, history_sql
 from migsync.core.migration import Migration, description_of
-from migsync.core.sources import SourceSnapshot, repeatable_version
+from migsync.core.sources import SourceSnapshot
 from migsync.core.version import Version, VersionError
 
 State = Literal["applied", "pending", "failed", "dead", "dirty"]
