@@ -353,6 +353,7 @@ def test_helpers_tests_and_documents_are_not_migrations(tmp_path: Path) -> None:
         "helpers.go": "package migrations",
         "00002_x_test.go": "package migrations",
         "README.md": "# 0003_x.go",
+        "2024-report.py": "print('not a migration: no <version>_')",
         "migration_lock.toml": "",
         "notes.txt": "",
     }

@@ -56,9 +56,9 @@ __all__ = [
 # Bump when parsing rules change, so that old digests no longer match.
 _DIGEST_SALT = b"migsync-source-3\0"
 
-#: Migrations in other languages: a version (or Flyway's prefix), then a code file's suffix.
+#: Migrations in other languages: ``<version>_`` (or Flyway's prefix), then a code file's suffix.
 _OTHER_LANGUAGE = re.compile(
-    r"^(?:\d+|[VUR]\d*(?:[._]\d+)*__).*\.(?P<ext>go|py|rb|js|mjs|cjs|ts|java|kt|scala|fizz|sh|php|cs|rs|exs?)$",
+    r"^(?:\d+_|[VUR]\d*(?:[._]\d+)*__).*\.(?P<ext>go|py|rb|js|mjs|cjs|ts|java|kt|scala|fizz|sh|php|cs|rs|exs?)$",
     re.IGNORECASE,
 )
 _LANGUAGES = {
@@ -155,8 +155,8 @@ def scan_directory(
             f" (and {len(unknown) - 1} more such file{'s' * (len(unknown) > 2)})" if len(unknown) > 1 else ""
         )
         raise SourceError(
-            f"{what}{more}: migsync runs SQL migration files only; rewrite it as SQL in this "
-            "folder's format, or pass --ignore-unknown to skip such files with a warning",
+            f"{what}{more}: migsync runs SQL migration files only; rewrite what it does as SQL in "
+            "this folder's format, or pass --ignore-unknown to skip such files with a warning",
             path,
         )
     ignored = tuple(f"{path}: {what}: skipped (--ignore-unknown)" for path, what in unknown)
