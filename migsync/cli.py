@@ -30,12 +30,13 @@ from migsync.cli_server import SERVER_COMMANDS
 from migsync.cli_support import (
     connect,
     db_option,
-    formats_of,
     max_attempts_option,
     migrations_option,
     plugins_of,
+    read_source,
     run_coro,
     sink_option,
+    source_options,
     version_value,
 )
 
@@ -44,6 +45,7 @@ from migsync.cli_support import (
 BUILTIN_BACKENDS = "migsync.backends"
 
 if TYPE_CHECKING:
+    from migsync.cli_support import SourceOptions
     from migsync.core.ledger import MigrationState
     from migsync.core.processor import PassResult
     from migsync.core.version import Version
@@ -68,6 +70,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 @main.command()
 @migrations_option
+@source_options
 @db_option
 @sink_option
 @max_attempts_option
@@ -81,36 +84,39 @@ def main(ctx: click.Context, verbose: int) -> None:
 def apply(
     ctx: click.Context,
     directory: str,
+    source: SourceOptions,
     db_url: str,
     sinks: tuple[str, ...],
     max_attempts: int,
     wait: bool,
     retry_now: bool,
 ) -> None:
-    """Apply every pending migration in DIR to the database, in version order.
+    """Apply every pending migration in DIR to the database, in order.
 
     Loads and validates DIR (nothing runs if any file is invalid), records
     the migrations in the database, queues the pending ones and processes
-    the queue. Exits 1 if a migration failed, is dead or is waiting to retry.
+    the queue. DIR may be laid out for golang-migrate, dbmate, sqlx, goose,
+    Flyway, Prisma or ory/pop: its format is found from the files (--format
+    to say it). Exits 1 if a migration failed, is dead or is waiting to retry.
     """
-    sys.exit(run_coro(_apply(ctx, directory, db_url, sinks, max_attempts, wait, retry_now)))
+    sys.exit(run_coro(_apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now)))
 
 
 async def _apply(
     ctx: click.Context,
     directory: str,
+    source_options: SourceOptions,
     db_url: str,
     sinks: Sequence[str],
     max_attempts: int,
     wait: bool,
     retry_now: bool,
 ) -> int:
-    from migsync.core.sources import scan_directory
     from migsync.report import Progress, report_failure, report_pass
 
     # Parsed (and validated) inside record_source, before anything is written,
     # and only when these files differ from the ones this database recorded last.
-    source = scan_directory(directory, formats_of(ctx))
+    source = read_source(ctx, directory, source_options)
     started = time.perf_counter()
     async with connect(ctx, db_url, sinks, create=True, max_attempts=max_attempts) as client:
         await client.ledger.record_source(source)

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from migsync.cli_support import EXIT_BAD_INPUT, formats_of, migrations_option, plugins_of, run_coro
+from migsync.cli_support import (
+    EXIT_BAD_INPUT,
+    SourceOptions,
+    migrations_option,
+    plugins_of,
+    read_source,
+    run_coro,
+    source_options,
+)
 
 if TYPE_CHECKING:
     from migsync.server import Store
@@ -115,6 +123,7 @@ def build_appliers(ctx: click.Context, names: tuple[str, ...], off: bool) -> lis
 
 @click.command()
 @migrations_option
+@source_options
 @store_option
 @click.option(
     "--signing-key",
@@ -126,7 +135,9 @@ def build_appliers(ctx: click.Context, names: tuple[str, ...], off: bool) -> lis
 )
 @click.option("--force", is_flag=True, help="Replace versions already published with other content.")
 @click.pass_context
-def publish(ctx: click.Context, directory: str, store_url: str, key_path: str, force: bool) -> None:
+def publish(
+    ctx: click.Context, directory: str, source: SourceOptions, store_url: str, key_path: str, force: bool
+) -> None:
     """Sign the migrations in DIR and publish them to the server store.
 
     Versions already published with the same content are left as they are.
@@ -137,10 +148,18 @@ def publish(ctx: click.Context, directory: str, store_url: str, key_path: str, f
 
     async def run() -> None:
         from migsync.core.signing import load_private_key
-        from migsync.core.sources import load_directory
         from migsync.server import Store
 
-        migrations = load_directory(directory, formats_of(ctx))
+        migrations = read_source(ctx, directory, source).migrations()
+        repeatable = [m.name for m in migrations if m.repeatable]
+        if repeatable:
+            click.echo(
+                f"error: {', '.join(repeatable)}: repeatable migrations cannot be published yet (the "
+                "server keeps migrations by a version of their own, and a repeatable one has none); "
+                "apply them with 'migsync apply', or make them versioned migrations",
+                err=True,
+            )
+            sys.exit(EXIT_BAD_INPUT)
         key = load_private_key(key_path)
         if not migrations:
             click.echo(f"nothing to publish: {directory} holds no migrations")

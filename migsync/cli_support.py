@@ -6,15 +6,18 @@ Imports only click at the top, like the commands themselves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
+import attrs
 import click
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
+    from migsync.core.sources import SourceSnapshot
 
 T = TypeVar("T")
 
@@ -28,6 +31,75 @@ migrations_option = click.option(
     metavar="DIR",
     help="Directory of migration files.",
 )
+
+
+@attrs.frozen
+class SourceOptions:
+    """How to read a migrations folder: ``--format``, ``--order``, ``--ignore-unknown``."""
+
+    format: str | None = None
+    order: Literal["version", "name"] = "version"
+    ignore_unknown: bool = False
+
+
+_SOURCE_OPTIONS = (
+    click.option(
+        "--format",
+        "source_format",
+        envvar="MIGSYNC_FORMAT",
+        metavar="NAME",
+        help="Read DIR in this format: golang-migrate, native (dbmate), sqlx, goose, flyway, prisma, "
+        "paired (pop), or a plugin's; default: found from the files [env: MIGSYNC_FORMAT]",
+    ),
+    click.option(
+        "--order",
+        type=click.Choice(["version", "name"]),
+        default="version",
+        show_default=True,
+        envvar="MIGSYNC_ORDER",
+        help="Apply in version order, or in the order of the file names, as dbmate and Prisma "
+        "do (files may then share a number) [env: MIGSYNC_ORDER]",
+    ),
+    click.option(
+        "--ignore-unknown",
+        is_flag=True,
+        help="Skip migrations in other languages (0003_x.go, .py, .rb, ...) with a warning "
+        "instead of refusing DIR.",
+    ),
+)
+
+
+def source_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a command that reads a migrations folder, passed as ``source=SourceOptions``."""
+
+    @functools.wraps(command)
+    def with_source(
+        *args: Any, source_format: str | None, order: str, ignore_unknown: bool, **kwargs: Any
+    ) -> Any:
+        chosen = SourceOptions(source_format, cast('Literal["version", "name"]', order), ignore_unknown)
+        return command(*args, source=chosen, **kwargs)
+
+    for option in reversed(_SOURCE_OPTIONS):
+        with_source = option(with_source)
+    return with_source
+
+
+def read_source(ctx: click.Context, directory: str, source: SourceOptions) -> SourceSnapshot:
+    """The folder's files, read with the plugins' formats as ``source`` says; warnings to stderr."""
+    from migsync.core.sources import scan_directory
+
+    snapshot = scan_directory(
+        directory,
+        formats_of(ctx),
+        format=source.format,
+        order=source.order,
+        ignore_unknown=source.ignore_unknown,
+    )
+    for warning in snapshot.ignored:
+        click.echo(f"warning: {warning}", err=True)
+    return snapshot
+
+
 db_option = click.option(
     "--db",
     "db_url",

@@ -40,6 +40,7 @@ from migsync import (
     Event,
     EventSinkSpec,
     PluginError,
+    SourceError,
     SourceFormatSpec,
     SQLiteCollationSpec,
     SQLiteFunctionSpec,
@@ -601,14 +602,16 @@ async def test_hook_migsync_register_event_sinks(db_url: str, tmp_path: Path) ->
 
 
 def test_hook_migsync_register_source_formats(tmp_path: Path) -> None:
-    class FlywayFormat(SourceFormat):
-        """Flyway's ``V<version>__<name>.sql`` files: up only."""
+    class TicketFormat(SourceFormat):
+        """``<version>-<ticket>.psql`` files: up only. A plugin's format joins the group of
+        migsync's own formats unless it names one: its files may share their folder."""
 
-        name = "flyway"
-        pattern_help = "V<version>__<name>.sql"
+        name = "tickets"
+        suffixes = (".psql",)
+        pattern_help = "<version>-<ticket>.psql"
 
         def match(self, filename: str) -> FileName | None:
-            m = re.fullmatch(r"V(\d+)__(\w+)\.sql", filename)
+            m = re.fullmatch(r"(\d+)-(\w+)\.psql", filename)
             return FileName(int(m[1]), f"{m[1]}_{m[2]}", "up") if m else None
 
         def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
@@ -616,18 +619,31 @@ def test_hook_migsync_register_source_formats(tmp_path: Path) -> None:
 
     @hookimpl
     def migsync_register_source_formats(register: Callable[[SourceFormatSpec], None]) -> None:
-        register(SourceFormatSpec("flyway", FlywayFormat, "Flyway V files", priority=15))
+        register(SourceFormatSpec("tickets", TicketFormat, "ticket files", priority=15))
 
-    plugins = make_plugins(extra=[plugin("flyway-plugin", migsync_register_source_formats)])
+    plugins = make_plugins(extra=[plugin("ticket-plugin", migsync_register_source_formats)])
     specs = sorted(plugins.source_formats, key=lambda spec: spec.priority)
-    assert [spec.name for spec in specs] == ["paired", "flyway", "native"]
+    assert [spec.name for spec in specs] == [
+        "paired",
+        "tickets",
+        "native",
+        "golang-migrate",
+        "sqlx",
+        "goose",
+        "flyway",
+        "prisma",
+    ]
     directory = write_migrations(
         tmp_path / "migrations",
-        {"V1__create_users.sql": "CREATE TABLE users (id INTEGER);", **dict(list(MIGRATIONS.items())[1:])},
+        {"1-ops42.psql": "CREATE TABLE users (id INTEGER);", **dict(list(MIGRATIONS.items())[1:])},
     )
     migrations = load_directory(directory, plugin_formats(plugins))
-    assert [(m.version, m.name) for m in migrations] == [(1, "1_create_users"), (2, "0002_add_email")]
+    assert [(m.version, m.name) for m in migrations] == [(1, "1_ops42"), (2, "0002_add_email")]
     assert "CREATE TABLE users" in migrations[0].script("up", "sqlite").sql
+    # A name the plugin's suffix covers but its pattern does not is an error, as a .sql one is.
+    (directory / "2-x.y.psql").write_text("SELECT 1;")
+    with pytest.raises(SourceError, match="fits no migration format"):
+        load_directory(directory, plugin_formats(plugins))
 
 
 async def test_hook_migsync_register_change_appliers(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from migsync.core.errors import SourceError
 from migsync.core.formats import NativeFormat, PairedFormat
 from migsync.core.migration import ANY_DIALECT, EMPTY, Migration, Script
-from migsync.core.sources import load_directory
+from migsync.core.sources import load_directory, scan_directory
 from migsync.core.splitter import split
 
 DEMO = Path(__file__).resolve().parent.parent / "migsync" / "demo_migrations"
@@ -473,27 +473,39 @@ def test_down_without_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name",
-    [
-        "create_users.sql",
-        "001-create_users.sql",
-        "001_.sql",
-        "001.sql",
-        "v001_create.sql",
-        "001_create.users.sql",
-        "001_create.SQL",
-        "001_create.UP.sql",
-        "001_create.oracle.up.sql",
-        "001_create.sqlite.postgres.up.sql",
-        "001_create.autocommit.autocommit.up.sql",
-        "001_create.up.down.sql",
-    ],
+    "name", ["create_users.sql", "001-create_users.sql", "v001_create.sql", "001_create.SQL", "1__x.up.SQL"]
 )
 def test_sql_file_name_that_fits_no_format(tmp_path: Path, name: str) -> None:
     err = load_error(tmp_path, {"0_ok.up.sql": "SELECT 1;", name: "SELECT 1;"})
     assert_error_at(err, tmp_path / "migrations" / name)
     assert "fits no migration format" in str(err)
     assert "<version>_<name>.sql" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "migration"),
+    [
+        # Names migsync refused before: the tools that write them read them so.
+        ("001_.sql", "sqlx", "001"),
+        ("001_create.users.sql", "sqlx", "001_create.users"),
+        ("001_create.UP.sql", "sqlx", "001_create.UP"),
+        ("001_create.oracle.up.sql", "golang-migrate", "001_create.oracle"),
+        ("001_create.sqlite.postgres.up.sql", "golang-migrate", "001_create.sqlite.postgres"),
+        ("001_create.autocommit.autocommit.up.sql", "golang-migrate", "001_create.autocommit.autocommit"),
+    ],
+)
+def test_names_other_tools_write_now_load(tmp_path: Path, name: str, fmt: str, migration: str) -> None:
+    snapshot = scan_directory(write(tmp_path / "m", {"0_ok.up.sql": "SELECT 0;", name: "SELECT 1;"}))
+    assert fmt in snapshot.format.split("+")
+    assert [m.name for m in snapshot.migrations()] == ["0_ok", migration]
+    assert snapshot.migrations()[1].up == {ANY_DIALECT: Script("SELECT 1;")}
+
+
+def test_a_down_file_whose_up_file_is_missing_is_an_error(tmp_path: Path) -> None:
+    # golang-migrate reads "001_create.up.down.sql" as the down script of "001_create.up".
+    err = load_error(tmp_path, {"0_ok.up.sql": "SELECT 1;", "001_create.up.down.sql": "SELECT 1;"})
+    assert_error_at(err, tmp_path / "migrations" / "001_create.up.down.sql")
+    assert "migration 001_create.up has a down script but no up script" in str(err)
 
 
 @pytest.mark.parametrize(
@@ -524,7 +536,12 @@ def test_sql_file_name_that_fits_no_format(tmp_path: Path, name: str) -> None:
 def test_native_file_errors_name_file_and_line(
     tmp_path: Path, text: str, line: int | None, message: str
 ) -> None:
-    err = load_error(tmp_path, {"0_fine.up.sql": "SELECT 1;", "1_bad.sql": text})
+    directory = write(
+        tmp_path / "migrations", {"0_fine.sql": "-- migrate:up\nSELECT 1;\n", "1_bad.sql": text}
+    )
+    with pytest.raises(SourceError) as info:
+        load_directory(directory, format="native")
+    err = info.value
     assert_error_at(err, tmp_path / "migrations" / "1_bad.sql", line)
     assert message in str(err)
 
@@ -616,3 +633,38 @@ def test_origins_point_at_the_first_line_of_each_script(tmp_path: Path) -> None:
     moved.mkdir()
     (moved / "0002_b.up.sql").write_text("CREATE TABLE b (x INTEGER);")
     assert load_directory(moved)[0].checksum == second.checksum
+
+
+# -- pinned checksums: databases recorded these; a loader change must not move them ---------------
+
+PINNED: dict[str, str | bytes] = {
+    "0001_create_users.sql": (
+        "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n"
+        "-- migrate:up dialect=postgres\nCREATE TABLE users (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);\n"
+        "-- migrate:down\nDROP TABLE users;\n"
+    ),
+    "0002_orders.up.sql": "CREATE TABLE orders (id INTEGER PRIMARY KEY, user_id INTEGER);\n",
+    "0002_orders.down.sql": "DROP TABLE orders;\n",
+    "0003_orders_index.postgres.autocommit.up.sql": (
+        "CREATE INDEX CONCURRENTLY orders_user ON orders (user_id);\n"
+    ),
+    "0003_orders_index.sqlite3.up.sql": "CREATE INDEX orders_user ON orders (user_id);\n",
+    "20150100000001000000_identities.sqlite3.up.sql": "CREATE TABLE identities (id TEXT PRIMARY KEY);\n",
+    "20150100000001000000_identities.sqlite3.down.sql": "DROP TABLE identities;\n",
+}
+
+
+def test_checksums_of_migrations_that_loaded_before_do_not_change(tmp_path: Path) -> None:
+    loaded = {m.name: m.checksum for m in load(tmp_path, PINNED)}
+    assert loaded == {
+        "0001_create_users": "644e6d64849ca354905fac93bcd48c06858db9e4919637648dba03dfbdd3570e",
+        "0002_orders": "41b3afcedb46c815e41d01c1bbbd047451f151a9bca14ada3f1fff72a731703d",
+        "0003_orders_index": "76d0c9a84fe440eb2da833dde61c3aa4e6f3069bb0f789baa81b88e671cc75cc",
+        "20150100000001000000_identities": "adaedd95737977189e197b3570d72f3dfd19037ff6aa66da6d3af34d5563ab6d",
+    }
+    demo = {m.name: m.checksum for m in load_directory(DEMO)}
+    assert demo == {
+        "0001_create_customers": "4a4b2ba5df71d01fe15441d65a7d2b8f19c70520d4d138bf9d6f1348fba1256c",
+        "0002_create_orders": "a35db60864eee8870b141e1b373c99e208c380b77428185bce45497d4d2ef8f7",
+        "0003_order_audit": "8ac6c126debf50629e50abe29a772279c6b2390c7c05a15b902a8d7eb1d8615a",
+    }

@@ -146,14 +146,17 @@ def migsync_register_source_formats(register: Callable[[SourceFormatSpec], None]
 
     Call ``register(SourceFormatSpec(name, factory, priority=...))``.
     ``factory()`` returns a :class:`migsync.core.formats.SourceFormat`: it
-    claims file names (``match``) and turns a claimed file's text into
-    sections (``parse``). Lower ``priority`` is asked first.
+    claims file names (``match``), may say whether a claimed file's content
+    is its own (``sniff``), and turns a claimed file's text into sections
+    (``parse``). Lower ``priority`` is asked first. The built-in formats
+    (native, paired, golang-migrate, sqlx, goose, flyway, prisma) register
+    through this hook too.
 
     Example::
 
         @hookimpl
         def migsync_register_source_formats(register):
-            register(SourceFormatSpec("flyway", "my_pkg.flyway:FlywayFormat", priority=50))
+            register(SourceFormatSpec("liquibase", "my_pkg.liquibase:LiquibaseSqlFormat", priority=50))
     """
 
 

@@ -31,13 +31,14 @@ from typing import Any, Literal
 
 import attrs
 
+from migsync.core.assembly import repeatable_version
 from migsync.core.backend import Backend, Connection, Row
 from migsync.core.clock import Clock, SystemClock, iso
 from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError, UnknownMigration
 from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired
 from migsync.core.handler import dirty_message
 from migsync.core.history_sql import HistorySQL, history_sql
-from migsync.core.migration import Migration
+from migsync.core.migration import Migration, description_of
 from migsync.core.sources import SourceSnapshot
 from migsync.core.version import Version, VersionError
 
@@ -87,6 +88,23 @@ class RecordResult:
     updated: list[str]
 
 
+@attrs.frozen
+class _Move:
+    """A repeatable migration already recorded: it goes to a new version, or has new scripts."""
+
+    migration: Migration  # as it is to be stored: scripts and version
+    changed: bool  # its scripts changed
+    applied: bool  # it was applied (with the old scripts, if changed)
+
+
+@attrs.define
+class _RecordPlan:
+    known: dict[Version, Row]  # the recorded versioned migrations
+    added: list[Migration] = attrs.Factory(list)
+    updated: list[Migration] = attrs.Factory(list)
+    moved: list[_Move] = attrs.Factory(list)
+
+
 def _origins_json(migration: Migration) -> str | None:
     return json.dumps(migration.origins, sort_keys=True) if migration.origins else None
 
@@ -127,34 +145,69 @@ class Ledger:
         that was applied with other content, and (``MigrationError``) a new
         migration older than one already applied: migrations apply in
         version order only.
+
+        A repeatable migration (:attr:`Migration.repeatable <migsync.core.migration.Migration.repeatable>`)
+        is placed just after the newest versioned migration this database or
+        ``migrations`` know (``V.0.1``, ``V.0.2``, ... in the order of their
+        descriptions), and moves there again when newer versioned migrations
+        come. When its scripts change it is stored anew and, if it was applied,
+        marked pending: the next queue runs it again, after the versioned ones.
         """
         signatures = signatures or {}
-        added, updated, _ = self._plan_record(await self.backend.fetch(self.sql.known), migrations)
-        if not added and not updated:
+        plan = self._plan_record(
+            await self.backend.fetch(self.sql.known),
+            migrations,
+            await self._stored(self.backend.fetch, migrations),
+        )
+        if not plan.added and not plan.updated and not plan.moved:
             return RecordResult([], [])
         async with self.backend.transaction() as tx:
             # Again under the write lock: another process may have recorded them meanwhile.
-            added, updated, known = self._plan_record(await tx.fetch(self.sql.known), migrations)
-            await tx.execute_batch(self._record_statements(added, updated, known, signatures))
-        return RecordResult([m.name for m in added], [m.name for m in updated])
+            plan = self._plan_record(
+                await tx.fetch(self.sql.known), migrations, await self._stored(tx.fetch, migrations)
+            )
+            await tx.execute_batch(self._record_statements(plan, signatures))
+        changed = [m.name for m in plan.updated] + [
+            move.migration.name for move in plan.moved if move.changed
+        ]
+        return RecordResult([m.name for m in plan.added], changed)
+
+    async def _stored(
+        self, fetch: Callable[..., Awaitable[list[Row]]], migrations: Sequence[Migration]
+    ) -> dict[str, Migration]:
+        """The recorded content of the repeatable migrations among ``migrations``, by name."""
+        stored = {}
+        for migration in migrations:
+            if migration.repeatable:
+                rows = await fetch(
+                    f"SELECT content FROM {self.sql.t.migrations} WHERE name = $1", (migration.name,)
+                )
+                if rows:
+                    stored[migration.name] = Migration.from_json(json.loads(rows[0]["content"]))
+        return stored
 
     def _plan_record(
-        self, rows: list[Row], migrations: Sequence[Migration]
-    ) -> tuple[list[Migration], list[Migration], dict[Version, Row]]:
+        self, rows: list[Row], migrations: Sequence[Migration], stored: dict[str, Migration]
+    ) -> _RecordPlan:
+        repeatables = [m for m in migrations if m.repeatable]
+        floating = {m.name for m in repeatables}
         known = {Version.from_key(r["version"]): r for r in rows}
-        newest_applied = max((v for v, r in known.items() if r["applied"]), default=None)
-        added: list[Migration] = []
-        updated: list[Migration] = []
+        # A repeatable migration's row moves; the others are where their versions say.
+        fixed = {v: r for v, r in known.items() if r["name"] not in floating}
+        newest_applied = max((v for v, r in fixed.items() if r["applied"]), default=None)
+        plan = _RecordPlan(known=fixed)
         for migration in migrations:
-            row = known.get(migration.version)
+            if migration.repeatable:
+                continue
+            row = fixed.get(migration.version)
             if row is None:
                 if newest_applied is not None and migration.version < newest_applied:
                     raise MigrationError(
-                        f"migration {migration.name} is older than {known[newest_applied]['name']}, "
+                        f"migration {migration.name} is older than {fixed[newest_applied]['name']}, "
                         "which is already applied; migrations apply in version order, so give it "
                         "a version after the newest applied one"
                     )
-                added.append(migration)
+                plan.added.append(migration)
             elif row["checksum"] != migration.checksum or row["name"] != migration.name:
                 if row["applied"]:
                     raise ChecksumMismatch(
@@ -163,22 +216,40 @@ class Ledger:
                         "an applied migration must not change: write a new migration, "
                         "or revert this one first"
                     )
-                updated.append(migration)
-        return added, updated, known
+                plan.updated.append(migration)
+        newest = max([*fixed, *(m.version for m in migrations if not m.repeatable)], default=Version((0,)))
+        rows_by_name = {r["name"]: (v, r) for v, r in known.items()}
+        ranked = sorted(repeatables, key=lambda m: description_of(m.name))
+        for rank, repeatable in enumerate(ranked, start=1):
+            placed = attrs.evolve(repeatable, version=repeatable_version(newest, rank))
+            found = rows_by_name.get(placed.name)
+            if found is None:
+                plan.added.append(placed)
+                continue
+            version, row = found
+            changed = not placed.same_scripts(stored[placed.name])
+            if changed or version != placed.version:
+                plan.moved.append(_Move(placed, changed, bool(row["applied"])))
+        return plan
 
     def _record_statements(
-        self,
-        added: list[Migration],
-        updated: list[Migration],
-        known: dict[Version, Row],
-        signatures: dict[Version, str],
+        self, plan: _RecordPlan, signatures: dict[Version, str]
     ) -> list[tuple[str, Sequence[Any]]]:
         now = self.clock.now()
+        t = self.sql.t
         statements: list[tuple[str, Sequence[Any]]] = []
-        for migration in added:
+        # Out of the way first: a repeatable migration may sit where a new one goes, or where
+        # another repeatable moves. (A key no version has: it sorts after every one.)
+        for move in plan.moved:
+            name = move.migration.name
+            statements += [
+                (f"UPDATE {t.migrations} SET version = $1 WHERE name = $2", (f"~{name}", name)),
+                (f"UPDATE {t.status} SET version = $1 WHERE migration_name = $2", (f"~{name}", name)),
+            ]
+        for migration in plan.added:
             statements.append(
                 (
-                    f"INSERT INTO {self.sql.t.migrations} "
+                    f"INSERT INTO {t.migrations} "
                     "(version, name, checksum, signature, content, origins, recorded_at) "
                     "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     (
@@ -192,32 +263,59 @@ class Ledger:
                     ),
                 )
             )
-        for migration in updated:
-            old_name = known[migration.version]["name"]
-            statements.append(
-                (
-                    f"UPDATE {self.sql.t.migrations} SET name = $1, checksum = $2, signature = $3, "
-                    "content = $4, origins = $5, recorded_at = $6 WHERE version = $7",
+        for migration in plan.updated:
+            old_name = plan.known[migration.version]["name"]
+            statements.append(self._update_statement(migration, signatures.get(migration.version), now))
+            statements.append(self._fresh_start(migration.name, old_name))
+        for move in plan.moved:
+            migration = move.migration
+            statements.append(self._update_statement(migration, None, now, where="name"))
+            if move.changed and move.applied:
+                # Its new scripts have not run: pending again, so that it is queued and runs.
+                statements.append(
                     (
-                        migration.name,
-                        migration.checksum,
-                        signatures.get(migration.version),
-                        migration.canonical_content(),
-                        _origins_json(migration),
-                        now,
-                        migration.version.key,
-                    ),
+                        f"UPDATE {t.status} SET version = $1, applied = FALSE, error = NULL, updated_at = $2 "
+                        "WHERE migration_name = $3",
+                        (migration.version.key, now, migration.name),
+                    )
                 )
-            )
-            # New content deserves a fresh start: its queued change retries now.
-            statements.append(
-                (
-                    f"UPDATE {self.sql.t.queue} SET migration_name = $1, attempts = 0, error = NULL, "
-                    "next_attempt_at = 0 WHERE migration_name = $2 AND processed = FALSE",
-                    (migration.name, old_name),
+            else:
+                statements.append(
+                    (
+                        f"UPDATE {t.status} SET version = $1 WHERE migration_name = $2",
+                        (migration.version.key, migration.name),
+                    )
                 )
-            )
+            if move.changed:
+                statements.append(self._fresh_start(migration.name, migration.name))
         return statements
+
+    def _update_statement(
+        self, migration: Migration, signature: str | None, now: float, where: str = "version"
+    ) -> tuple[str, Sequence[Any]]:
+        key = migration.version.key if where == "version" else migration.name
+        return (
+            f"UPDATE {self.sql.t.migrations} SET version = $1, name = $2, checksum = $3, signature = $4, "
+            f"content = $5, origins = $6, recorded_at = $7 WHERE {where} = $8",
+            (
+                migration.version.key,
+                migration.name,
+                migration.checksum,
+                signature,
+                migration.canonical_content(),
+                _origins_json(migration),
+                now,
+                key,
+            ),
+        )
+
+    def _fresh_start(self, name: str, old_name: str) -> tuple[str, Sequence[Any]]:
+        """New content deserves a fresh start: its queued change retries now."""
+        return (
+            f"UPDATE {self.sql.t.queue} SET migration_name = $1, attempts = 0, error = NULL, "
+            "next_attempt_at = 0 WHERE migration_name = $2 AND processed = FALSE",
+            (name, old_name),
+        )
 
     async def record_source(self, snapshot: SourceSnapshot) -> RecordResult:
         """:meth:`record` a directory snapshot, skipping it if this database recorded the same bytes.
@@ -473,7 +571,7 @@ class Ledger:
         """The migration named by ``ref``: its full name, its name without version, or its version."""
         states = states if states is not None else await self.status()
         matches = [
-            s for s in states if ref in (s.name, s.name.partition("_")[2]) or _version_of(ref) == s.version
+            s for s in states if ref in (s.name, description_of(s.name)) or _version_of(ref) == s.version
         ]
         if len(matches) == 1:
             return matches[0]

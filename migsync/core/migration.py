@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -34,6 +35,19 @@ from migsync.core.version import Version, as_version
 ANY_DIALECT = "*"
 
 Direction = Literal["up", "down"]
+
+
+_FLYWAY_NAME = re.compile(r"[VUR][0-9]*(?:[._][0-9]+)*__(?P<description>.*)")
+
+
+def description_of(name: str) -> str:
+    """A migration's name without its version: ``create_users`` of ``0001_create_users`` and of
+    Flyway's ``V1_2__create_users``; a name that is a version alone (``0157``) is its own."""
+    flyway = _FLYWAY_NAME.fullmatch(name)
+    if flyway is not None and flyway["description"]:
+        return flyway["description"]
+    prefix, _, rest = name.partition("_")
+    return rest if prefix.isdigit() and rest else name
 
 
 def normalise_sql(sql: str) -> str:
@@ -87,6 +101,10 @@ class Migration:
     name: str
     up: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
     down: Mapping[str, Script] = attrs.field(converter=_freeze, factory=dict)
+    #: A repeatable migration (Flyway's ``R__x.sql``): applied after the versioned ones and
+    #: again whenever its scripts change; its version is where the ledger placed it, just
+    #: after the newest versioned migration (see :mod:`migsync.core.ledger`).
+    repeatable: bool = attrs.field(default=False, kw_only=True)
     source: str | None = attrs.field(default=None, eq=False)
     #: Where each script came from, ``"up:sqlite"`` -> (file, line its SQL starts on).
     #: For error messages only: not part of the content or the checksum.
@@ -99,9 +117,8 @@ class Migration:
 
     @property
     def description(self) -> str:
-        """The name without its version prefix (``create_users``)."""
-        prefix, _, rest = self.name.partition("_")
-        return rest if prefix.isdigit() and rest else self.name
+        """The name without its version prefix (``create_users``), see :func:`description_of`."""
+        return description_of(self.name)
 
     def origin(self, direction: Direction, dialect: str) -> tuple[str, int] | None:
         """The file and first line of the script :meth:`script` returns, if known."""
@@ -138,7 +155,7 @@ class Migration:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        content: dict[str, Any] = {
             # A one-part version stays a JSON number, as it always was, so the checksum of
             # every migration recorded before versions could be dotted is unchanged. (The
             # content is hashed and signed as text: a big number in it loses nothing.)
@@ -147,6 +164,18 @@ class Migration:
             "up": {d: s.to_json() for d, s in self.up.items()},
             "down": {d: s.to_json() for d, s in self.down.items()},
         }
+        if self.repeatable:  # only then: every other checksum stays as it was
+            content["repeatable"] = True
+        return content
+
+    def same_scripts(self, other: Migration) -> bool:
+        """Whether ``other`` has this one's name and scripts, whatever the versions."""
+        return (self.name, self.up, self.down, self.repeatable) == (
+            other.name,
+            other.up,
+            other.down,
+            other.repeatable,
+        )
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str | None = None) -> Migration:
@@ -158,5 +187,6 @@ class Migration:
             name=str(data["name"]),
             up=scripts(data.get("up", {})),
             down=scripts(data.get("down", {})),
+            repeatable=bool(data.get("repeatable", False)),
             source=source,
         )

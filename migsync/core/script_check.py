@@ -42,7 +42,8 @@ from migsync.core.splitter import Statement, split
 _HINT = (
     "a migration runs in one transaction with its bookkeeping; remove it, or mark the script to run "
     "outside a transaction ('-- migrate:up transaction:false', or the '.autocommit' infix of a "
-    ".up.sql/.down.sql file)"
+    ".up.sql/.down.sql file; in goose's files '-- +goose NO TRANSACTION', in sqlx's a first line "
+    "'-- no-transaction')"
 )
 
 # Comments and space before a statement's first word (non-nested comments are enough to find it).
@@ -188,6 +189,25 @@ def problems(sql: str, dialect: str) -> list[Problem]:
     both = set.intersection(*({p.line for p in view if p.control} for view in views))
     found = {(p.line, p.message): p for view in views for p in view if not p.control or p.line in both}
     return sorted(found.values(), key=lambda p: p.line)
+
+
+def transaction_needs(sql: str, dialect: str = "*") -> str:
+    """Whether ``sql``'s statements may run in a transaction: ``"inside"`` (all of them),
+    ``"outside"`` (none: a script of ``CREATE INDEX CONCURRENTLY`` alone) or ``"mixed"``.
+
+    Transaction control is not looked at (:func:`problems` does). A generic script
+    (``"*"``) needs to run outside when it does so as SQLite or as Postgres reads it.
+    """
+    views = ("sqlite", "postgresql") if dialect == "*" else (dialects.lookup(dialect) or dialect,)
+    counts = []
+    for view in views:
+        statements, kinds = _scan(sql, view) if _SUSPECT.search(sql) else ([], [])
+        counts.append((len(statements), sum(1 for _, kind in kinds if kind.outside is not None)))
+    if all(outside == 0 for _, outside in counts):
+        return "inside"
+    if any(outside == total for total, outside in counts):
+        return "outside"
+    return "mixed"
 
 
 def explain(found: Sequence[Problem]) -> str:
