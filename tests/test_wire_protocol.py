@@ -168,3 +168,29 @@ async def test_a_server_of_another_protocol_is_refused() -> None:
     with pytest.raises(ServerRefused, match="speaks migsync protocol '3'"):
         await transport.fetch()
     await http.aclose()
+
+
+async def test_dotted_versions_travel_through_a_drop_folder(tmp_path: Path) -> None:
+    """Flyway's dotted versions: a bundle named after one (``1.1.json``) and the order 1 < 1.1 < 2."""
+    dotted = [
+        Migration(
+            v,
+            f"V{v.replace('.', '_')}__t",
+            up={ANY_DIALECT: Script(f"CREATE TABLE t{v.replace('.', '_')} (x int)")},
+        )
+        for v in ("1", "1.1", "2")
+    ]
+    async with drop_harness(tmp_path) as harness:
+        client_id = await harness.register("ship")
+        await harness.publish(dotted)
+        assert (harness.drop / dropfiles.MIGRATIONS_DIR / "1.1.json").is_file()
+        async with (
+            Client.connect(f"sqlite:///{tmp_path / 'ship.db'}", sinks=[]) as client,
+            FileDropTransport(harness.url, client_id=client_id) as transport,
+        ):
+            result = await Syncer(client, transport, harness.trusted).sync()
+            assert result.ok and result.stored == ("V1__t", "V1_1__t", "V2__t")
+            assert [s.version.text for s in await client.status()] == ["1", "1.1", "2"]
+        await import_reports(harness.store, harness.drop / dropfiles.REPORTS_DIR)
+        [entry] = await harness.store.fleet()
+        assert [v.text for v in entry.applied] == ["1", "1.1", "2"]

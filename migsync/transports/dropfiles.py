@@ -98,7 +98,8 @@ MAX_ACTIONS_FILE = 1024 * 1024
 #: (``migsync.server.validation.MAX_REPORTS``), so the importer checks a file as one request.
 MAX_ANSWERS = 1000
 
-BUNDLE_NAME = re.compile(r"[0-9]+(_[A-Za-z0-9_.-]{1,200})?\.json")
+#: ``<version>[_<description>].json``; a version may be dotted (Flyway's ``1.1.json``)
+BUNDLE_NAME = re.compile(r"[0-9]+(?:\.[0-9]+)*(_[A-Za-z0-9_.-]{1,200})?\.json")
 REPORT_NAME = re.compile(r"[0-9]{13,}-(?P<digest>[0-9a-f]{16})\.json")
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 ACTIONS_NAME = re.compile(rf"(?P<client>{CLIENT_ID.pattern})\.json")
