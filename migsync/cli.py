@@ -46,7 +46,6 @@ BUILTIN_BACKENDS = "migsync.backends"
 
 if TYPE_CHECKING:
     from migsync.cli_support import SourceOptions
-    from migsync.core.ledger import MigrationState
     from migsync.core.processor import PassResult
     from migsync.core.version import Version
 
@@ -80,6 +79,11 @@ def main(ctx: click.Context, verbose: int) -> None:
     help="On failure, keep retrying with backoff until applied or dead.",
 )
 @click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed migration.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the statements that would run, per migration; run none and write nothing.",
+)
 @click.pass_context
 def apply(
     ctx: click.Context,
@@ -90,6 +94,7 @@ def apply(
     max_attempts: int,
     wait: bool,
     retry_now: bool,
+    dry_run: bool,
 ) -> None:
     """Apply every pending migration in DIR to the database, in order.
 
@@ -98,7 +103,12 @@ def apply(
     the queue. DIR may be laid out for golang-migrate, dbmate, sqlx, goose,
     Flyway, Prisma or ory/pop: its format is found from the files (--format
     to say it). Exits 1 if a migration failed, is dead or is waiting to retry.
+    With --dry-run, prints what would run and opens the database read-only.
     """
+    if dry_run:
+        from migsync.cli_inspection import dry_run as show_plan
+
+        sys.exit(show_plan(ctx, directory, source, db_url))
     sys.exit(run_coro(_apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now)))
 
 
@@ -262,23 +272,39 @@ def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> N
 
 @main.command()
 @db_option
+@click.option(
+    "--migrations",
+    "directory",
+    type=click.Path(),
+    metavar="DIR",
+    help="Also list DIR's migrations not applied yet (pending), applied ones whose file changed "
+    "(changed) and applied ones no longer in DIR (missing).",
+)
+@source_options
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help="Exit 1 when anything is pending (or changed), 0 otherwise: for CI and start-up checks.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.pass_context
-def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
-    """Show every migration the database knows and its state."""
+def status(
+    ctx: click.Context,
+    db_url: str,
+    directory: str | None,
+    source: SourceOptions,
+    exit_code: bool,
+    as_json: bool,
+) -> None:
+    """Show every migration the database knows and its state.
 
-    async def run() -> tuple[list[MigrationState], str | None]:
-        async with connect(ctx, db_url, ()) as client:
-            return await client.status(), await client.sqlite_version()
+    Never writes: a database without migsync's tables is reported as such
+    (everything pending), and one whose tables are of an older layout is
+    read as it is ('migsync apply' upgrades them).
+    """
+    from migsync.cli_inspection import show_status
 
-    states, sqlite_version = run_coro(run())
-    if as_json:
-        shown = {"migrations": [s.to_json() for s in states], "sqlite_version": sqlite_version}
-        click.echo(json.dumps(shown, indent=2))
-        return
-    from migsync.report import print_status
-
-    print_status(states, sqlite_version=sqlite_version)
+    sys.exit(show_status(ctx, db_url, directory, source, exit_code, as_json))
 
 
 # -- capture -------------------------------------------------------------------------------------
