@@ -26,7 +26,7 @@ import attrs
 from migsync.core.backend import Backend, Params, Row
 from migsync.core.errors import BackendError
 from migsync.core.history_sql import history_sql
-from migsync.core.ledger import MigrationState, _read_status
+from migsync.core.ledger import HOLD_KEY, MigrationState, _read_status
 from migsync.core.migration import Migration
 from migsync.core.schema import SCHEMA_VERSION
 from migsync.core.version import Version, VersionError
@@ -90,9 +90,12 @@ def _keyed(fetch: Callable[..., Awaitable[list[Row]]]) -> Callable[..., Awaitabl
 
     async def keyed(query: str, params: Params = ()) -> list[Row]:
         rows = await fetch(query, params)
+        hold = f"'{HOLD_KEY}'" in query  # the hold's version was written as the integer's text
         for row in rows:
             if isinstance(row.get("version"), int):
                 row["version"] = Version((row["version"],)).key
+            if hold and str(row.get("value", "")).isdigit():
+                row["value"] = Version.parse(row["value"]).key
         return rows
 
     return keyed
