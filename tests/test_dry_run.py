@@ -1,4 +1,5 @@
-"""``migsync apply --dry-run``: the statements that would run, per migration; none runs, nothing is written."""
+"""``migsync apply --dry-run``: the statements that would run, per migration; none runs, nothing
+is written."""
 
 from __future__ import annotations
 
@@ -110,7 +111,8 @@ def test_apply_without_dry_run_does_not_import_the_inspection_modules(tmp_path: 
         "import sys\nfrom migsync.cli import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
         "import json\n"
-        "print(json.dumps({'code': code, 'modules': sorted(m for m in sys.modules if m.startswith('migsync'))}))"
+        "loaded = sorted(m for m in sys.modules if m.startswith('migsync'))\n"
+        "print(json.dumps({'code': code, 'modules': loaded}))"
     )
     args = ["apply", "--migrations", str(folder), "--db", db_url]
     done = subprocess.run(
