@@ -15,7 +15,8 @@ from dbtools import run, status_json
 
 from migsync.core.authoring import new_migration
 from migsync.core.errors import ConfigError, SourceError
-from migsync.core.sources import scan_directory
+from migsync.core.formats import FileName, Section, SourceFormat
+from migsync.core.sources import builtin_formats, scan_directory
 from migsync.testing import FakeClock
 
 USERS = "CREATE TABLE users (id INTEGER PRIMARY KEY);\n"
@@ -157,3 +158,26 @@ def test_new_refuses_and_writes_nothing(tmp_path: Path) -> None:
     unknown = run("new", "z", "--migrations", str(folder), "--format", "liquibase")
     assert unknown.returncode == 2 and "unknown migration format 'liquibase'" in unknown.stderr
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+class _TicketFormat(SourceFormat):
+    """A plugin's format that does not author migrations (no ``new_files``)."""
+
+    name = "tickets"
+    group = "tickets"
+    suffixes = (".psql",)
+    pattern_help = "<version>-<ticket>.psql"
+
+    def match(self, filename: str) -> FileName | None:
+        m = re.fullmatch(r"(\d+)-(\w+)\.psql", filename)
+        return FileName(m[1], f"{m[1]}-{m[2]}", "up") if m else None
+
+    def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
+        return [Section("up", text, path=path)]
+
+
+def test_a_format_without_new_files_cannot_author(tmp_path: Path) -> None:
+    folder = write_migrations(tmp_path / "t", {"1-abc.psql": USERS})
+    with pytest.raises(ConfigError, match="format 'tickets' cannot write new migrations"):
+        new_migration(folder, "x", [_TicketFormat(), *builtin_formats()])
+    assert [p.name for p in folder.iterdir()] == ["1-abc.psql"]
