@@ -98,8 +98,11 @@ class Client:
         max_attempts: int = 3,
         sink_timeout: float = 5.0,
         lock_timeout: float = 60.0,
+        read_only: bool = False,
     ):
         self.backend = backend
+        #: Opened for looking only: ``async with`` leaves the bookkeeping tables as they are.
+        self.read_only = read_only
         self.clock = clock or SystemClock()
         self.events = EventDispatcher(sinks, timeout=sink_timeout)
         self.ledger = Ledger(backend, clock=self.clock, events=self.events, max_attempts=max_attempts)
@@ -167,12 +170,8 @@ class Client:
             ) from exc
         if backend.dialect == "sqlite":
             _give_sqlite_functions(backend, spec.name, plugins)
-        client = cls(backend, sinks=build_sinks(plugins, sinks), **options)  # type: ignore[arg-type]
-        client.read_only = read_only
-        return client
-
-    #: Opened for looking only: ``async with`` leaves the bookkeeping tables as they are.
-    read_only: bool = False
+        sinks_built = build_sinks(plugins, sinks)
+        return cls(backend, sinks=sinks_built, read_only=read_only, **options)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Self:
         await self.backend.open()
