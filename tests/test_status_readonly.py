@@ -169,3 +169,27 @@ async def test_read_only_sqlite_keeps_the_plugins_functions(tmp_path: Path) -> N
         assert await client.sqlite_version() is not None
         assert (await read_history(client.backend)).layout is None
     assert await asyncio.to_thread(tables, url) == {"t"}
+
+
+def test_a_changed_repeatable_migration_is_pending_not_changed(tmp_path: Path, db_url: str) -> None:
+    folder = write_migrations(
+        tmp_path / "sql",
+        {
+            "V1__users.sql": "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\n",
+            "R__names.sql": "DROP VIEW IF EXISTS names;\nCREATE VIEW names AS SELECT name FROM users;\n",
+        },
+    )
+    args = ("status", "--db", db_url, "--migrations", str(folder), "--exit-code", "--json")
+    assert run("apply", "--db", db_url, "--migrations", str(folder)).returncode == 0
+    clean = run(*args)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert json.loads(clean.stdout)["pending"] == []
+
+    (folder / "R__names.sql").write_text(
+        "DROP VIEW IF EXISTS names;\nCREATE VIEW names AS SELECT id, name FROM users;\n", encoding="utf-8"
+    )
+    again = run(*args)
+    assert again.returncode == 1
+    shown = json.loads(again.stdout)
+    assert [(p["version"], p["name"]) for p in shown["pending"]] == [(None, "R__names")]
+    assert shown["changed"] == [] and shown["missing"] == []
