@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import ClassVar
 
 import pytest
 from conftest import write_migrations
@@ -16,7 +19,8 @@ from dbtools import aquery, is_sqlite, query, run, sqlite_path, tables
 from test_layout_upgrade import build_layout_4
 from test_sqlite_functions import text_plugins
 
-from migsync import BackendError, Client
+from migsync import BackendError, BackendSpec, Client, hookimpl, make_plugins
+from migsync.backends.sqlite import SQLiteBackend
 from migsync.core import schema
 from migsync.core.inspection import read_history
 
@@ -193,3 +197,34 @@ def test_a_changed_repeatable_migration_is_pending_not_changed(tmp_path: Path, d
     shown = json.loads(again.stdout)
     assert [(p["version"], p["name"]) for p in shown["pending"]] == [(None, "R__names")]
     assert shown["changed"] == [] and shown["missing"] == []
+
+
+class _OldStyleSQLite(SQLiteBackend):
+    """A plugin's backend from before read-only opens: its factory knows ``create`` only."""
+
+    name: ClassVar[str] = "oldsqlite"
+
+    def __init__(self, url: str, *, create: bool = True):
+        super().__init__("sqlite:" + url.removeprefix("oldsqlite:"), create=create)
+
+
+def test_a_backend_without_read_only_still_opens_for_looking_only(tmp_path: Path) -> None:
+    @hookimpl
+    def migsync_register_backends(register: Callable[[BackendSpec], None]) -> None:
+        register(BackendSpec("oldsqlite", ("oldsqlite",), _OldStyleSQLite))
+
+    plugin = SimpleNamespace(__name__="old-backend", migsync_register_backends=migsync_register_backends)
+    plugins = make_plugins(autoload=False, extra=[plugin])
+    missing = Client.connect(f"oldsqlite:///{tmp_path / 'none.db'}", plugins=plugins, read_only=True)
+    assert missing.read_only and missing.backend.create is False and missing.backend.read_only is False
+
+    path = tmp_path / "app.db"
+    path.touch()
+    client = Client.connect(f"oldsqlite:///{path}", plugins=plugins, read_only=True, sinks=[])
+
+    async def look() -> int | None:
+        async with client:
+            return (await read_history(client.backend)).layout
+
+    assert asyncio.run(look()) is None
+    assert tables(f"sqlite:///{path}") == set()  # no bookkeeping tables: ensure_schema never ran
