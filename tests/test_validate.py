@@ -64,12 +64,24 @@ def test_duplicates_and_scripts_that_cannot_run_are_problems(tmp_path: Path) -> 
     checked = check_folder(duplicate)
     assert len(checked.problems) == 1 and "0002" in str(checked.problems[0])
 
+    commit = "-- migrate:up\nCREATE TABLE a (x INTEGER);\nCOMMIT;\nSELECT 1;\n"
     control = write_migrations(
-        tmp_path / "ctl", {"0001_x.sql": "-- migrate:up\nCREATE TABLE a (x INTEGER);\nCOMMIT;\nSELECT 1;\n"}
+        tmp_path / "ctl",
+        {
+            "0001_x.sql": commit,
+            "0002_y.sql": commit.replace("TABLE a", "TABLE b"),
+            "0003_z.up.sql": "SELECT 1;",
+            "0003_other.up.sql": "SELECT 2;",
+        },
     )
     result = run("validate", "--migrations", str(control))
     assert result.returncode == 2
-    assert str(control / "0001_x.sql") in result.stderr and "COMMIT" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    # Each refusal the loader would make one at a time, all in one run.
+    assert len(errors) == 3, result.stderr
+    assert f"error: {control / '0001_x.sql'}:3: " in result.stderr and "COMMIT" in result.stderr
+    assert f"error: {control / '0002_y.sql'}:3: " in result.stderr
+    assert "version 3 is used twice" in result.stderr
 
 
 def test_a_folder_that_cannot_be_read_is_one_problem(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ in one round:
    warnings); a folder that cannot be read at all is one problem;
 2. every file is parsed on its own, each refusal listed;
 3. the files become migrations (versions, duplicates, order, transaction
-   control in scripts: the loader's first refusal);
+   control in scripts): the loader names the first refusal, the file it names
+   is set aside and the rest tried again, so each refusal is listed;
 4. every script is split and checked for each built-in dialect as the
    processor would check it before running it.
 
@@ -27,12 +28,16 @@ from typing import Any, Literal
 import attrs
 
 from migsync.core import script_check
+from migsync.core.assembly import assemble
 from migsync.core.errors import ConfigError, SourceError
-from migsync.core.formats import SourceFormat
+from migsync.core.formats import FileName, Section, SourceFormat
 from migsync.core.inspection import Comparison
 from migsync.core.migration import ANY_DIALECT, Migration
 from migsync.core.sources import Order, SourceSnapshot, decode, scan_directory
 from migsync.core.splitter import split
+
+#: A file read by its format: its name, its path, its sections.
+Parsed = tuple[FileName, Path, list[Section]]
 
 #: The dialects a generic script is checked for.
 CHECKED_DIALECTS = ("sqlite", "postgresql")
@@ -86,13 +91,13 @@ def check_folder(
         return FolderCheck([Problem.of(exc)], [])
     warnings = list(snapshot.ignored) if ignore_unknown else []
     problems = [] if ignore_unknown else [_unknown(text) for text in snapshot.ignored]
-    problems += _parse_each(snapshot)
+    unparsed, parsed = _parse_each(snapshot)
+    problems += unparsed
     if problems:
         return FolderCheck(problems, warnings, snapshot.format)
-    try:
-        migrations = snapshot.migrations()
-    except SourceError as exc:
-        return FolderCheck([Problem.of(exc)], warnings, snapshot.format)
+    problems, migrations = _assemble_all(parsed, snapshot.order)
+    if problems:
+        return FolderCheck(problems, warnings, snapshot.format)
     problems += [p for migration in migrations for p in _check_scripts(migration)]
     return FolderCheck(problems, warnings, snapshot.format, migrations)
 
@@ -108,15 +113,33 @@ def _unknown(ignored: str) -> Problem:
     )
 
 
-def _parse_each(snapshot: SourceSnapshot) -> list[Problem]:
-    problems = []
+def _parse_each(snapshot: SourceSnapshot) -> tuple[list[Problem], list[Parsed]]:
+    problems, parsed = [], []
     for fmt, file, raw_path, data in snapshot.files:
         path = Path(raw_path)
         try:
-            fmt.parse(file, decode(data, path), path)
+            parsed.append((file, path, fmt.parse(file, decode(data, path), path)))
         except SourceError as exc:
             problems.append(Problem.of(exc))
-    return problems
+    return problems, parsed
+
+
+def _assemble_all(parsed: list[Parsed], order: Order) -> tuple[list[Problem], list[Migration]]:
+    """The migrations, or every problem assembling them: the loader names the first; the file it
+    names is set aside and the rest assembled again, until no file is left to blame."""
+    problems: list[Problem] = []
+    remaining = parsed
+    while True:
+        try:
+            migrations = assemble(remaining, order)
+        except SourceError as exc:
+            problems.append(Problem.of(exc))
+            kept = [item for item in remaining if exc.path is None or item[1] != exc.path]
+            if len(kept) == len(remaining):
+                return problems, []
+            remaining = kept
+            continue
+        return problems, [] if problems else migrations
 
 
 def _check_scripts(migration: Migration) -> list[Problem]:
