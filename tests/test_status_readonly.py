@@ -228,3 +228,11 @@ def test_a_backend_without_read_only_still_opens_for_looking_only(tmp_path: Path
 
     assert asyncio.run(look()) is None
     assert tables(f"sqlite:///{path}") == set()  # no bookkeeping tables: ensure_schema never ran
+
+
+def test_status_with_a_schema_option_creates_no_schema(pg_url: str) -> None:
+    url = f"{pg_url}?schema=migsync_books"
+    result = run("status", "--db", url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["layout"] is None
+    assert query(pg_url, "SELECT 1 FROM pg_namespace WHERE nspname = 'migsync_books'") == []
