@@ -104,9 +104,9 @@ db_option = click.option(
     "--db",
     "db_url",
     required=True,
-    envvar="MIGSYNC_DB",
+    envvar=["MIGSYNC_DB", "DATABASE_URL"],
     metavar="URL",
-    help="Client database URL, e.g. sqlite:///app.db [env: MIGSYNC_DB]",
+    help="Client database URL, e.g. sqlite:///app.db [env: MIGSYNC_DB, else DATABASE_URL]",
 )
 sink_option = click.option(
     "--sink",

@@ -65,7 +65,8 @@ def write_keypair(path: str | Path, *, overwrite: bool = False) -> TrustedKey:
         # A new folder for a private key is the owner's alone, as ssh-keygen makes ~/.ssh.
         private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot write key {private_path}: {exc.strerror} ({private_path.parent})") from None
+        folder = private_path.parent
+        raise ConfigError(f"cannot write key {private_path}: {exc.strerror} ({folder})") from None
     private = Ed25519PrivateKey.generate()
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
