@@ -29,6 +29,7 @@ from migsync.cli_client import client
 from migsync.cli_server import SERVER_COMMANDS
 from migsync.cli_support import (
     EXIT_BAD_INPUT,
+    MigsyncGroup,
     connect,
     db_option,
     max_attempts_option,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from migsync.core.version import Version
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MigsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Show events (-v) and debug output with tracebacks (-vv).")
 @click.option(
     "--env-file",
@@ -390,7 +391,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     type=click.Choice(["local", "fleet", "all"]),
     default="all",
     show_default=True,
-    help="local: one client on its own; fleet: a server and two clients; all: both.",
+    help="local: one client on its own; fleet: a server and three clients; all: both.",
 )
 def demo(workdir: str, part: str) -> None:
     """Show one client alone, then a server and its fleet, end to end.
