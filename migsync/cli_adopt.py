@@ -62,7 +62,7 @@ def baseline(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Record every migration of DIR up to version V as applied, without running it.
+    """Record DIR's migrations up to version V as applied, without running them.
 
     For a database whose schema already has those migrations (made by hand,
     or by a tool whose history 'migsync adopt' cannot read). Each is recorded
@@ -115,7 +115,7 @@ def adopt(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Take over a database another tool migrated: record its applied state as migsync's.
+    """Take over a database another tool migrated: record what it applied, run nothing.
 
     Reads the history table of golang-migrate (schema_migrations), dbmate
     (schema_migrations), sqlx (_sqlx_migrations), goose (goose_db_version),
@@ -174,7 +174,9 @@ def _report(result: BaselineResult, as_json: bool, origin: dict[str, Any]) -> No
             click.echo(f"  ({len(result.already)} of them were already recorded)")
     if pending:
         names = ", ".join(m.name for m in pending[:5]) + (", ..." if len(pending) > 5 else "")
-        click.echo(f"pending: {len(pending)} ({names}): 'migsync apply' runs them")
+        click.echo(
+            f"pending: {len(pending)} ({names}): 'migsync apply' runs {'it' if len(pending) == 1 else 'them'}"
+        )
     if result.dry_run:
         click.echo("dry run: nothing was written")
 
