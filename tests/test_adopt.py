@@ -528,3 +528,18 @@ def test_migsync_start_up_does_not_import_adopt() -> None:
 
 def test_the_cli_lists_every_tool() -> None:
     assert tuple(tool.name for tool in TOOLS) == TOOL_NAMES
+
+
+def test_postgres_bookkeeping_in_a_schema_of_its_own(tmp_path: Path, pg_url: str) -> None:
+    # The other tool's table is found through the search_path; migsync's tables go to ?schema=.
+    folder = pair_folder(tmp_path, THREE)
+    create(pg_url, "dbmate")
+    query(pg_url, "INSERT INTO schema_migrations (version) VALUES ('1')")
+    made(pg_url, "one")
+    url = f"{pg_url}?schema=migsync"
+    result = adopt(url, folder)
+    assert result.returncode == 0 and "from dbmate" in result.stdout, result.stderr
+    assert tables(pg_url) == {"schema_migrations", "one"}
+    assert states(url) == [("1_one", "applied")]
+    assert run("apply", "--db", url, "--migrations", str(folder)).returncode == 0
+    assert tables(pg_url) == {"schema_migrations", "one", "two", "three"}

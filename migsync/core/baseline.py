@@ -72,18 +72,14 @@ def up_to(migrations: Sequence[Migration], version: Version, where: str) -> list
     if not any(m.version == version for m in versioned):
         if not versioned:
             raise MigrationError(f"version {version} is not a migration in {where}: it has no migrations")
-        around = sorted(versioned, key=lambda m: abs(_distance(m.version, version)))[:3]
-        listed = ", ".join(m.name for m in sorted(around, key=lambda m: m.version))
+        ordered = sorted(versioned, key=lambda m: m.version)
+        below = [m.name for m in ordered if m.version < version][-1:]
+        above = [m.name for m in ordered if m.version > version][:1]
         raise MigrationError(
-            f"version {version} is not a migration in {where} (nearest: {listed}); "
+            f"version {version} is not a migration in {where} (nearest: {' and '.join(below + above)}); "
             "a baseline ends on a migration the folder has"
         )
     return [m for m in versioned if m.version <= version]
-
-
-def _distance(a: Version, b: Version) -> int:
-    # Good enough to name the neighbours of a mistyped version.
-    return a.parts[0] - b.parts[0] if a.parts[0] != b.parts[0] else len(a.parts) - len(b.parts)
 
 
 async def mark_applied(
