@@ -190,3 +190,16 @@ async def test_a_queued_migration_is_refused(tmp_path: Path, db_url: str) -> Non
         else:
             raise AssertionError("a queued migration was baselined")
         assert all(s.state == "pending" for s in await client.status())
+
+
+def test_source_options_reach_baseline(tmp_path: Path, db_url: str) -> None:
+    folder = write_migrations(tmp_path / "m", {**FOLDER, "0004_backfill.go": "package migrations\n"})
+    made_by_hand(db_url, "one")
+    args = ("baseline", "--db", db_url, "--migrations", str(folder), "--version", "1")
+    refused = run(*args)
+    assert refused.returncode == 2 and "0004_backfill.go" in refused.stderr
+    assert tables(db_url) == {"one"}
+    result = run(*args, "--ignore-unknown")
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "0004_backfill.go" in result.stderr
+    assert states(db_url) == [("0001_one", "applied")]
