@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import click
 
 from migsync.cli_actions import actions
+from migsync.cli_adopt import ADOPT_COMMANDS
 from migsync.cli_changes import changes
 from migsync.cli_client import client
 from migsync.cli_server import SERVER_COMMANDS
@@ -427,5 +428,5 @@ def demo(workdir: str, part: str) -> None:
     sys.exit(run_coro(run_demo(workdir, part)))
 
 
-for _command in (client, changes, actions, *SERVER_COMMANDS):
+for _command in (client, changes, actions, *ADOPT_COMMANDS, *SERVER_COMMANDS):
     main.add_command(_command)
