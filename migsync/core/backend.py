@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from migsync.core import schema
+from migsync.core.contracts import to_implement
 from migsync.core.errors import BackendError
 from migsync.core.work import Work, drive_async, perform_async
 
@@ -157,9 +158,11 @@ class BaseBackend:
     def __init__(self, url: str):
         self.url = url
 
+    @to_implement
     async def open(self) -> None:
         raise NotImplementedError
 
+    @to_implement
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -175,12 +178,15 @@ class BaseBackend:
     ) -> None:
         await self.close()
 
+    @to_implement
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         raise NotImplementedError
 
+    @to_implement
     def autocommit(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         raise NotImplementedError
 
+    @to_implement
     def processor_lock(self, name: str, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
         raise NotImplementedError
 

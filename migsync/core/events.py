@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
+from migsync.core.contracts import to_implement
 from migsync.core.version import Version, as_version
 
 log = logging.getLogger("migsync.events")
@@ -206,6 +207,7 @@ class BaseEventSink:
 
     name: ClassVar[str] = ""
 
+    @to_implement
     async def emit(self, event: Event) -> None:
         raise NotImplementedError
 
