@@ -28,6 +28,7 @@ from migsync.cli_changes import changes
 from migsync.cli_client import client
 from migsync.cli_server import SERVER_COMMANDS
 from migsync.cli_support import (
+    EXIT_BAD_INPUT,
     connect,
     db_option,
     max_attempts_option,
@@ -333,7 +334,14 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     """List every plugin, where it comes from and what it registers, with each one's description."""
     import sqlite3
 
-    infos = plugins_of(ctx).describe()
+    from migsync.core.errors import MigsyncError
+
+    try:
+        # Builds every registry: a plugin that breaks a contract is found here, if not before.
+        infos = plugins_of(ctx).describe()
+    except MigsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     if as_json:
         entries: list[dict[str, object]] = [
             {
