@@ -29,6 +29,7 @@ from migsync.cli_client import client
 from migsync.cli_server import SERVER_COMMANDS
 from migsync.cli_support import (
     EXIT_BAD_INPUT,
+    MigsyncGroup,
     connect,
     db_option,
     max_attempts_option,
@@ -52,18 +53,38 @@ if TYPE_CHECKING:
     from migsync.core.version import Version
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MigsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Show events (-v) and debug output with tracebacks (-vv).")
+@click.option(
+    "--env-file",
+    envvar="MIGSYNC_ENV_FILE",
+    metavar="FILE",
+    help="Read variables the environment does not set from FILE (default: ./.env if there is one) "
+    "[env: MIGSYNC_ENV_FILE]",
+)
 @click.version_option(package_name="migsync")
 @click.pass_context
-def main(ctx: click.Context, verbose: int) -> None:
+def main(ctx: click.Context, verbose: int, env_file: str | None) -> None:
     """Ship schema migrations to client databases and keep them correct."""
+    _load_env_file(env_file)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose == 0:
         # The command reports failures itself; the logging sink speaks from -v on.
         logging.getLogger("migsync.events").setLevel(logging.CRITICAL)
     ctx.ensure_object(dict)
+
+
+def _load_env_file(path: str | None) -> None:
+    """The ``.env`` file's variables, before the command's options read the environment."""
+    from migsync.core.errors import ConfigError
+    from migsync.dotenv import load
+
+    try:
+        load(path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 # -- apply ---------------------------------------------------------------------------
@@ -387,7 +408,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     type=click.Choice(["local", "fleet", "all"]),
     default="all",
     show_default=True,
-    help="local: one client on its own; fleet: a server and two clients; all: both.",
+    help="local: one client on its own; fleet: a server and three clients; all: both.",
 )
 def demo(workdir: str, part: str) -> None:
     """Show one client alone, then a server and its fleet, end to end.

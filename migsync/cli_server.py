@@ -318,6 +318,7 @@ def serve(
     from migsync.core.errors import ConfigError
     from migsync.server.app import create_app
     from migsync.server.panel import PanelOptions
+    from migsync.server.serving import AnnouncingServer
 
     panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie)
     try:
@@ -326,7 +327,7 @@ def serve(
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
-    server = uvicorn.Server(config)
+    server = AnnouncingServer(config, panel=panel is not False)
     server.run()
     if not server.started:
         sys.exit(EXIT_BAD_INPUT)
