@@ -68,7 +68,12 @@ class Connection(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """A client database."""
+    """A client database. Every member is required; a backend that lacks one (or has only
+    :class:`BaseBackend`'s stub of it) is refused when it loads.
+
+    Optional, used when present: ``sqlite_functions`` (a SQLite backend that installs plugins'
+    functions and collations) and ``wait_listener`` (one that can say who blocks a lock).
+    """
 
     name: ClassVar[str]
     dialect: ClassVar[str]

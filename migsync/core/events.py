@@ -199,7 +199,11 @@ class SyncCompleted(Event):
 
 @runtime_checkable
 class EventSink(Protocol):
-    async def emit(self, event: Event) -> None: ...
+    """What a sink must have, checked when it loads. Optional: ``async aclose()``, called once
+    at shutdown, and ``name``, for log messages (the class name otherwise)."""
+
+    async def emit(self, event: Event) -> None:
+        """Deliver one event; a sink that raises or is slow is logged and skipped."""
 
 
 class BaseEventSink:
