@@ -467,3 +467,20 @@ def test_every_contract_member_is_in_docs_plugins_md(kind: str) -> None:
         if member.name in ("__aenter__", "__aexit__"):
             shown = "async with"
         assert shown in section, f"{heading} does not document {member.name} as {shown}"
+
+
+def test_a_proxy_that_delegates_with_getattr_is_judged_by_what_it_answers() -> None:
+    class Proxy:
+        """A transport that hands everything to another one."""
+
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    assert contracts.problems("transport", Proxy) == []  # the class alone cannot say
+    assert contracts.problems("transport", Proxy(MemoryTransport("memory://proxy", client_id="c"))) == []
+    assert contracts.problems("transport", Proxy(OldTransport())) == [
+        "missing report_actions(), push_changes()"
+    ]

@@ -116,6 +116,8 @@ def problems(kind: str, target: object) -> list[str]:
         value = inspect.getattr_static(target, member.name, None)
         if isinstance(value, staticmethod | classmethod):
             value = value.__func__
+        if value is None and _delegates(target, member.name):
+            continue  # a proxy's __getattr__ answers for it: what it returns cannot be judged here
         if value is None or getattr(value, "__migsync_stub__", False):
             missing.append(f"{member.name}()")
             continue
@@ -138,6 +140,19 @@ def problems(kind: str, target: object) -> list[str]:
     if missing:
         found.append(f"missing {', '.join(missing)}")
     return found + wrong
+
+
+def _delegates(target: object, name: str) -> bool:
+    """Whether ``target`` hands ``name`` to a ``__getattr__`` (a wrapper around another object)."""
+    klass = target if inspect.isclass(target) else type(target)
+    if inspect.getattr_static(klass, "__getattr__", None) is None:
+        return False
+    if inspect.isclass(target):
+        return True  # the instances' __getattr__ may well answer; the built object is checked too
+    try:
+        return callable(getattr(target, name))
+    except Exception:
+        return False
 
 
 def describe(kind: str, target: object) -> str | None:
