@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -62,11 +63,19 @@ if TYPE_CHECKING:
     help="Read variables the environment does not set from FILE (default: ./.env if there is one) "
     "[env: MIGSYNC_ENV_FILE]",
 )
+@click.option(
+    "--config",
+    metavar="FILE",
+    help="Option defaults for every command from FILE (default: ./migsync.toml if there is one) "
+    "[env: MIGSYNC_CONFIG]",
+)
 @click.version_option(package_name="migsync")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, env_file: str | None) -> None:
+def main(ctx: click.Context, verbose: int, env_file: str | None, config: str | None) -> None:
     """Ship schema migrations to client databases and keep them correct."""
     _load_env_file(env_file)
+    # Read after the .env file, which may name it.
+    _load_config_file(ctx, config or os.environ.get("MIGSYNC_CONFIG") or None)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose == 0:
@@ -82,6 +91,20 @@ def _load_env_file(path: str | None) -> None:
 
     try:
         load(path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _load_config_file(ctx: click.Context, explicit: str | None) -> None:
+    """``migsync.toml``'s defaults for every command, as click's default map."""
+    from migsync.config import default_map, find_file
+    from migsync.core.errors import ConfigError
+
+    try:
+        path = find_file(explicit)
+        if path is not None:
+            ctx.default_map = default_map(path, main)
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -1,7 +1,7 @@
 """``migsync client sync`` and ``migsync client run``: a client database kept in step with its server.
 
 Options come from the command line, ``MIGSYNC_*`` environment variables or
-the ``[client]`` table of ``migsync.toml`` (see :mod:`migsync.config`).
+``migsync.toml`` (its ``[client]`` table, among others: see :mod:`migsync.config`).
 Like the other client commands, nothing heavy is imported until a command runs.
 """
 
@@ -37,13 +37,19 @@ EXIT_FAILED = 1
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    from migsync.config import CLIENT_KEYS, find_file, load_table
+    """``--config FILE`` of a client command: FILE's defaults for this command (see migsync.config)."""
+    from migsync.config import default_map, find_file
     from migsync.core.errors import ConfigError
 
     try:
         path = find_file(value)
         if path is not None:
-            ctx.default_map = {**load_table(path, "client", CLIENT_KEYS), **(ctx.default_map or {})}
+            root = ctx.find_root().command
+            assert isinstance(root, click.Group)
+            defaults: dict[str, Any] = default_map(path, root)
+            for name in ctx.command_path.split()[1:]:
+                defaults = defaults.get(name, {})
+            ctx.default_map = {**(ctx.default_map or {}), **defaults}
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
     return value

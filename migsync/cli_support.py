@@ -138,6 +138,29 @@ def show_click_error(exc: click.ClickException) -> None:
     click.echo(f"error: {exc.format_message()}", err=True)
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+
+
+def echo_json(value: Any) -> None:
+    """``value`` (attrs classes, tuples, versions, paths) as one indented JSON object on stdout."""
+    import json
+
+    def plain(item: Any) -> Any:
+        if callable(getattr(item, "to_json", None)):  # a Version is text; records say what they show
+            return plain(item.to_json())
+        if attrs.has(type(item)):
+            return {field.name: plain(getattr(item, field.name)) for field in attrs.fields(type(item))}
+        if isinstance(item, dict):
+            return {str(key): plain(v) for key, v in item.items()}
+        if isinstance(item, list | tuple | set | frozenset):
+            return [plain(v) for v in item]
+        if item is None or isinstance(item, bool | int | float | str):
+            return item
+        return str(item)  # a Path
+
+    click.echo(json.dumps(plain(value), indent=2))
+
+
 db_option = click.option(
     "--db",
     "db_url",

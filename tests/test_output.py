@@ -104,3 +104,12 @@ def test_retry_times_are_iso_utc(tmp_path: Path) -> None:
     assert re.search(
         rf"waiting: the next queued change retries after {ISO_UTC} \(use --retry-now", second.stderr
     )
+
+
+def test_shell_completion_as_cli_md_shows_it() -> None:
+    script = run("--help", env={"_MIGSYNC_COMPLETE": "bash_source"})
+    assert script.returncode == 0 and "_migsync_completion()" in script.stdout
+    words = run(
+        env={"_MIGSYNC_COMPLETE": "bash_complete", "COMP_WORDS": "migsync apply --mi", "COMP_CWORD": "2"}
+    )
+    assert words.stdout.split() == ["plain,--migrations"]
