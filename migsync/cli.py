@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import click
 
 from migsync.cli_actions import actions
+from migsync.cli_adopt import ADOPT_COMMANDS
 from migsync.cli_authoring import AUTHORING_COMMANDS
 from migsync.cli_changes import changes
 from migsync.cli_client import client
@@ -402,13 +403,27 @@ def capture(ctx: click.Context, db_url: str, table: str | None, remove: bool, li
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
-    """List every plugin, where it comes from and what it registers."""
+    """List every plugin, where it comes from and what it registers, with each one's description."""
     import sqlite3
 
-    infos = plugins_of(ctx).describe()
+    from migsync.core.errors import MigsyncError
+
+    try:
+        # Builds every registry: a plugin that breaks a contract is found here, if not before.
+        infos = plugins_of(ctx).describe()
+    except MigsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     if as_json:
         entries: list[dict[str, object]] = [
-            {"name": i.name, "origin": i.origin, "registers": list(i.registers), "error": i.error}
+            {
+                "name": i.name,
+                "origin": i.origin,
+                "registers": list(i.registers),
+                "descriptions": dict(zip(i.registers, i.descriptions, strict=True)),
+                "refused": list(i.refused),
+                "error": i.error,
+            }
             for i in infos
         ]
         # Still a list, so scripts that read it keep working: the SQLite library goes with the
@@ -422,8 +437,11 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{info.name}  [{info.origin}]")
         if info.error:
             click.echo(f"    FAILED: {info.error}")
-        for item in info.registers:
-            click.echo(f"    {item}")
+        width = max((len(item) for item in info.registers), default=0)
+        for item, description in zip(info.registers, info.descriptions, strict=True):
+            click.echo(f"    {item:<{width}}  {description}".rstrip())
+        for refusal in info.refused:
+            click.echo(f"    REFUSED: {refusal}")
     click.echo(f"SQLite library {sqlite3.sqlite_version} (Python's sqlite3 module)")
 
 
@@ -454,5 +472,5 @@ def demo(workdir: str, part: str) -> None:
     sys.exit(run_coro(run_demo(workdir, part)))
 
 
-for _command in (client, changes, actions, *AUTHORING_COMMANDS, *SERVER_COMMANDS):
+for _command in (client, changes, actions, *ADOPT_COMMANDS, *AUTHORING_COMMANDS, *SERVER_COMMANDS):
     main.add_command(_command)

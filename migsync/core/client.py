@@ -54,11 +54,11 @@ def parse_sink(text: str) -> tuple[str, dict[str, str]]:
 def build_sinks(plugins: Plugins, configs: Sequence[str] | None) -> list[EventSink]:
     """Sinks from ``NAME[:key=value,...]`` strings; the default sinks when ``configs`` is None."""
     if configs is None:
-        return [spec.load()({}) for spec in plugins.event_sinks if spec.default]
+        return [plugins.build(plugins.event_sinks, spec, {}) for spec in plugins.event_sinks if spec.default]
     sinks = []
     for config in configs:
         name, options = parse_sink(config)
-        sinks.append(plugins.event_sinks.get(name).load()(options))
+        sinks.append(plugins.build(plugins.event_sinks, plugins.event_sinks.get(name), options))
     return sinks
 
 
@@ -163,7 +163,7 @@ class Client:
             if _takes(factory, "read_only"):
                 backend_options["read_only"] = True
         try:
-            backend = factory(url, **backend_options)
+            backend = plugins.build(plugins.backends, spec, url, **backend_options)
         except TypeError as exc:
             raise ConfigError(
                 f"backend {spec.name!r} does not take the options {sorted(backend_options or {})}: {exc}"
