@@ -35,6 +35,8 @@ from migsync.cli_support import (
     MigsyncGroup,
     connect,
     db_option,
+    echo_json,
+    json_option,
     max_attempts_option,
     migrations_option,
     plugins_of,
@@ -131,6 +133,7 @@ def _load_config_file(ctx: click.Context, explicit: str | None) -> None:
     is_flag=True,
     help="Print the statements that would run, per migration; run none and write nothing.",
 )
+@json_option
 @click.pass_context
 def apply(
     ctx: click.Context,
@@ -142,6 +145,7 @@ def apply(
     wait: bool,
     retry_now: bool,
     dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Apply every pending migration in DIR to the database, in order.
 
@@ -156,7 +160,7 @@ def apply(
         from migsync.cli_inspection import dry_run as show_plan
 
         sys.exit(show_plan(ctx, directory, source, db_url))
-    sys.exit(run_coro(_apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now)))
+    sys.exit(run_coro(_apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now, as_json)))
 
 
 async def _apply(
@@ -168,8 +172,9 @@ async def _apply(
     max_attempts: int,
     wait: bool,
     retry_now: bool,
+    as_json: bool,
 ) -> int:
-    from migsync.report import Progress, report_failure, report_pass
+    from migsync.report import Progress, print_pass_json, report_failure, report_pass
 
     # Parsed (and validated) inside record_source, before anything is written,
     # and only when these files differ from the ones this database recorded last.
@@ -181,10 +186,12 @@ async def _apply(
         with Progress(client, len(queued), "applying"):
             result = await client.process(ignore_backoff=retry_now)
             while wait and (due := _retry_due(result)) is not None:
-                if result.failure is not None:
+                if result.failure is not None and not as_json:
                     report_failure(result)
                 await client.clock.sleep(max(0.0, due - client.clock.now()))
                 result = await client.process()
+    if as_json:
+        return print_pass_json(result, time.perf_counter() - started)
     return report_pass(result, time.perf_counter() - started, "applied")
 
 
@@ -202,16 +209,19 @@ def _retry_due(result: PassResult) -> float | None:
 @db_option
 @sink_option
 @click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed change.")
+@json_option
 @click.pass_context
-def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: bool) -> None:
+def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: bool, as_json: bool) -> None:
     """Work what is already queued (applies and reverts), in order."""
 
     async def run() -> int:
-        from migsync.report import report_pass
+        from migsync.report import print_pass_json, report_pass
 
         started = time.perf_counter()
         async with connect(ctx, db_url, sinks) as client:
             result = await client.process(ignore_backoff=retry_now)
+        if as_json:
+            return print_pass_json(result, time.perf_counter() - started)
         return report_pass(result, time.perf_counter() - started, "processed")
 
     sys.exit(run_coro(run()))
@@ -221,8 +231,9 @@ def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: 
 @db_option
 @max_attempts_option
 @click.argument("name")
+@json_option
 @click.pass_context
-def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None:
+def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str, as_json: bool) -> None:
     """Queue migration NAME (and every earlier pending one) for apply.
 
     NAME is the full name (0003_add_email), the name without its version
@@ -233,7 +244,10 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
     async def run() -> None:
         async with connect(ctx, db_url, (), max_attempts=max_attempts) as client:
             names = await client.ledger.queue(name)
-        click.echo(f"queued: {', '.join(names)}" if names else "nothing to queue: already queued")
+        if as_json:
+            echo_json({"queued": names})
+        else:
+            click.echo(f"queued: {', '.join(names)}" if names else "nothing to queue: already queued")
 
     run_coro(run())
 
@@ -248,6 +262,7 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
 )
 @click.option("--all", "everything", is_flag=True, help="Revert every applied migration.")
 @click.option("--queue-only", is_flag=True, help="Queue the reverts without processing them.")
+@json_option
 @click.pass_context
 def revert(
     ctx: click.Context,
@@ -258,6 +273,7 @@ def revert(
     to_version: Version | None,
     everything: bool,
     queue_only: bool,
+    as_json: bool,
 ) -> None:
     """Revert NAME and every migration applied after it, newest first.
 
@@ -267,12 +283,22 @@ def revert(
         raise click.UsageError("give exactly one of NAME, --to VERSION or --all")
 
     async def run() -> int:
-        from migsync.report import Progress, report_pass
+        from migsync.report import Progress, print_pass_json, report_pass
 
         started = time.perf_counter()
         async with connect(ctx, db_url, sinks, max_attempts=max_attempts) as client:
             requested = await client.ledger.revert(name, to=to_version, everything=everything)
             names = requested.reverting
+            if as_json:
+                from migsync.core.processor import PassResult
+
+                result = PassResult() if queue_only or not names else await client.process()
+                return print_pass_json(
+                    result,
+                    time.perf_counter() - started,
+                    queued=names if queue_only else [],
+                    cancelled=requested.cancelled,
+                )
             if requested.cancelled:
                 click.echo(f"cancelled queued applies: {', '.join(requested.cancelled)}")
             if not names:
@@ -294,8 +320,9 @@ def revert(
 @click.argument("name")
 @click.option("--applied", "outcome", flag_value="applied", help="It took effect: record it as done.")
 @click.option("--not-applied", "outcome", flag_value="not-applied", help="It did not: run it again.")
+@json_option
 @click.pass_context
-def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> None:
+def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None, as_json: bool) -> None:
     """Resolve a dirty migration after checking the database by hand.
 
     A migration that runs outside a transaction (transaction:false,
@@ -309,7 +336,10 @@ def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> N
     async def run() -> None:
         async with connect(ctx, db_url, ()) as client:
             state = await client.ledger.repair(name, applied=outcome == "applied")
-        click.echo(f"repaired: {state.name} is now {state.state}")
+        if as_json:
+            echo_json({"name": state.name, "state": state.state})
+        else:
+            click.echo(f"repaired: {state.name} is now {state.state}")
 
     run_coro(run())
 
