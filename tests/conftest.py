@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
@@ -64,14 +65,34 @@ def postgres_server() -> str:
     return PG_DSN
 
 
+def worker_id() -> str:
+    """This pytest-xdist worker's name (``gw0``, ``gw1``, ...), ``main`` when the run is not parallel."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def database_name(prefix: str = "migsync_test") -> str:
+    """A Postgres database name no other test, worker or concurrent run uses: ``prefix``, the
+    worker (so that leftovers of a crashed worker say whose they are) and a random part."""
+    return f"{prefix}_{worker_id()}_{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str = "migsync_test") -> Iterator[str]:
+    """A fresh Postgres database of the caller's own (its URL), dropped afterwards even if in use."""
+    name = database_name(prefix)
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(PG_DSN)
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 def pg_url(postgres_server: str) -> Iterator[str]:
     """A database of this test's own, created for it and dropped after it."""
-    name = f"migsync_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(postgres_server)
-    yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with throwaway_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -14,12 +14,11 @@ import re
 import sqlite3
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from conftest import _admin, write_migrations
+from conftest import throwaway_database, write_migrations
 from dbtools import (
     is_sqlite,
     kill,
@@ -135,13 +134,9 @@ def another_database(url: str, tag: str, tmp_path: Path) -> Iterator[str]:
     if is_sqlite(url):
         yield f"sqlite:///{tmp_path / f'{tag}.db'}"
         return
-    name = f"migsync_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(url)
-    try:
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with throwaway_database() as other:
+        parts, fresh = urlsplit(url), urlsplit(other)
+        yield urlunsplit((parts.scheme, parts.netloc, fresh.path, parts.query, ""))
 
 
 def test_concurrent_applies_on_a_fresh_database_apply_each_migration_once_in_order(
