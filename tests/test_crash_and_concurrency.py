@@ -39,8 +39,11 @@ from migsync.core.sources import scan_directory
 from migsync.core.version import Version
 
 RUNS = 30
-#: How long migration 0002 of the crash tests keeps its transaction open.
-SLEEP = 3.0
+#: How long migration 0002 of the crash tests keeps its transaction open. A process is killed
+#: in the middle of it, and another one must have started and be waiting for the lock by then:
+#: a window that a loaded machine (parallel workers) needs several seconds of. A survivor runs
+#: it to its end, so it is paid for once per test.
+SLEEP = 6.0
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -351,7 +354,7 @@ def test_a_process_waiting_on_a_killed_ones_lock_finishes_everything_once(
         if is_sqlite(any_url) and not Path("/proc/self/fd").is_dir():
             time.sleep(1.0)  # no /proc: give it time to start and block
         else:
-            wait_for("the second process to wait for the lock", second_waits, timeout=SLEEP - 0.7)
+            wait_for("the second process to wait for the lock", second_waits, timeout=SLEEP - 1)
             time.sleep(0.3)
         assert time.monotonic() - began < SLEEP, "too slow to kill the first process mid-migration"
         kill(first)

@@ -336,7 +336,7 @@ async def test_background_loop_applies_and_stops(tmp_path: Path, db_path: Path) 
         client.bus.subscribe(lambda e: applied.set() if e.name == "0003_tags" else None, "migration_applied")  # type: ignore[attr-defined]
         client.start(interval=0.05)
         client.start(interval=0.05)  # starting twice keeps one loop
-        await asyncio.wait_for(applied.wait(), 5)
+        await asyncio.wait_for(applied.wait(), 60)  # a generous deadline, not a measure
         await client.stop()
         assert not client.processor.running
         states = await client.status()
