@@ -11,12 +11,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from migsync.core.signing import write_keypair
 
 # Tests build their own plugin managers; never pick up whatever is installed
 # in the environment unless a test asks for it.
 os.environ.setdefault("MIGSYNC_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+# Hypothesis measures the wall clock (a deadline per example, a health check on slow data):
+# on a loaded machine, or beside parallel workers, that fails tests that are right.
+settings.register_profile("migsync", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("migsync")
 
 REPO = Path(__file__).resolve().parent.parent
 MIGSYNC = str(Path(sys.executable).with_name("migsync"))
