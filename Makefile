@@ -48,7 +48,7 @@ browsers:
 TEST_WORKERS ?= 4
 
 pytest: $(VENV)/.installed-test services browsers
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint pytest
 

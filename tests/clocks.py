@@ -9,8 +9,9 @@ For a ``migsync`` subprocess, see ``dbtools.ClockFile``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class SteppedClock:
@@ -51,11 +52,19 @@ class SteppedClock:
         self._sleepers = waiting
 
 
-async def eventually(what: str, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Let the event loop run until ``condition`` holds; an AssertionError naming ``what`` after
-    ``timeout`` seconds (a generous deadline for a loaded machine, not a measure of anything)."""
+async def eventually(
+    what: str, condition: Callable[[], bool | Awaitable[bool]], timeout: float = 30.0
+) -> None:
+    """Let the event loop run until ``condition`` (a function or a coroutine function) holds; an
+    AssertionError naming ``what`` after ``timeout`` seconds (a generous deadline for a loaded
+    machine, not a measure of anything)."""
+
+    async def holds() -> bool:
+        result = condition()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not await holds():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(0.01)

@@ -35,6 +35,18 @@ PG_DSN = os.environ.get("MIGSYNC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share a module-scoped fixture (an installed plugin, an exported drop folder)
+    run on one pytest-xdist worker (``make test`` runs ``--dist loadgroup``), so that the fixture
+    is made once, not once per worker. Without xdist the mark does nothing."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for name, definitions in info.name2fixturedefs.items() if info is not None else ():
+            if definitions and definitions[-1].scope == "module":
+                item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{name}"))
+                break
+
+
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
     """A fresh SQLite database file in the test's own folder."""
