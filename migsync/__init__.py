@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 # Imported on first use (PEP 562), so that ``migsync apply`` pays only for
 # the modules it needs: start-up time is part of every client run.
 _EXPORTS: dict[str, str] = {
+    "ApplyResult": "migsync.embed",
     "Backend": "migsync.core.backend",
     "BackendError": "migsync.core.errors",
     "BackendSpec": "migsync.core.specs",
@@ -31,6 +32,11 @@ _EXPORTS: dict[str, str] = {
     "LockTimeout": "migsync.core.errors",
     "Migration": "migsync.core.migration",
     "MigrationError": "migsync.core.errors",
+    "MigrationFailed": "migsync.embed",
+    "apply": "migsync.embed",
+    "apply_async": "migsync.embed",
+    "sync": "migsync.embed",
+    "sync_async": "migsync.embed",
     "MigsyncError": "migsync.core.errors",
     "PluginError": "migsync.core.errors",
     "SignatureError": "migsync.core.errors",
@@ -109,6 +115,7 @@ if TYPE_CHECKING:
     )
     from migsync.core.sync import Syncer, SyncResult
     from migsync.core.wire import Offer, OfferedMigration, ReportAck, StatusReport
+    from migsync.embed import ApplyResult, MigrationFailed, apply, apply_async, sync, sync_async
     from migsync.transports.base import BaseTransport, Transport
 
 
@@ -124,6 +131,7 @@ def __getattr__(name: str) -> Any:
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApplyResult",
     "Backend",
     "BackendError",
     "BackendSpec",
@@ -146,6 +154,7 @@ __all__ = [
     "MalformedAnswer",
     "Migration",
     "MigrationError",
+    "MigrationFailed",
     "MigsyncError",
     "Offer",
     "OfferedMigration",
@@ -174,10 +183,14 @@ __all__ = [
     "TransportSpec",
     "UnknownMigration",
     "__version__",
+    "apply",
+    "apply_async",
     "hookimpl",
     "hookspec",
     "load_directory",
     "make_plugins",
     "plugin_formats",
     "scan_directory",
+    "sync",
+    "sync_async",
 ]

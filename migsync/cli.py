@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -24,10 +25,13 @@ from typing import TYPE_CHECKING
 import click
 
 from migsync.cli_actions import actions
+from migsync.cli_adopt import ADOPT_COMMANDS
 from migsync.cli_changes import changes
 from migsync.cli_client import client
 from migsync.cli_server import SERVER_COMMANDS
 from migsync.cli_support import (
+    EXIT_BAD_INPUT,
+    MigsyncGroup,
     connect,
     db_option,
     max_attempts_option,
@@ -51,18 +55,60 @@ if TYPE_CHECKING:
     from migsync.core.version import Version
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MigsyncGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="Show events (-v) and debug output with tracebacks (-vv).")
+@click.option(
+    "--env-file",
+    envvar="MIGSYNC_ENV_FILE",
+    metavar="FILE",
+    help="Read variables the environment does not set from FILE (default: ./.env if there is one) "
+    "[env: MIGSYNC_ENV_FILE]",
+)
+@click.option(
+    "--config",
+    metavar="FILE",
+    help="Option defaults for every command from FILE (default: ./migsync.toml if there is one) "
+    "[env: MIGSYNC_CONFIG]",
+)
 @click.version_option(package_name="migsync")
 @click.pass_context
-def main(ctx: click.Context, verbose: int) -> None:
+def main(ctx: click.Context, verbose: int, env_file: str | None, config: str | None) -> None:
     """Ship schema migrations to client databases and keep them correct."""
+    _load_env_file(env_file)
+    # Read after the .env file, which may name it.
+    _load_config_file(ctx, config or os.environ.get("MIGSYNC_CONFIG") or None)
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose == 0:
         # The command reports failures itself; the logging sink speaks from -v on.
         logging.getLogger("migsync.events").setLevel(logging.CRITICAL)
     ctx.ensure_object(dict)
+
+
+def _load_env_file(path: str | None) -> None:
+    """The ``.env`` file's variables, before the command's options read the environment."""
+    from migsync.core.errors import ConfigError
+    from migsync.dotenv import load
+
+    try:
+        load(path)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _load_config_file(ctx: click.Context, explicit: str | None) -> None:
+    """``migsync.toml``'s defaults for every command, as click's default map."""
+    from migsync.config import default_map, find_file
+    from migsync.core.errors import ConfigError
+
+    try:
+        path = find_file(explicit)
+        if path is not None:
+            ctx.default_map = default_map(path, main)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 # -- apply ---------------------------------------------------------------------------
@@ -330,13 +376,27 @@ def capture(ctx: click.Context, db_url: str, table: str | None, remove: bool, li
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
-    """List every plugin, where it comes from and what it registers."""
+    """List every plugin, where it comes from and what it registers, with each one's description."""
     import sqlite3
 
-    infos = plugins_of(ctx).describe()
+    from migsync.core.errors import MigsyncError
+
+    try:
+        # Builds every registry: a plugin that breaks a contract is found here, if not before.
+        infos = plugins_of(ctx).describe()
+    except MigsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     if as_json:
         entries: list[dict[str, object]] = [
-            {"name": i.name, "origin": i.origin, "registers": list(i.registers), "error": i.error}
+            {
+                "name": i.name,
+                "origin": i.origin,
+                "registers": list(i.registers),
+                "descriptions": dict(zip(i.registers, i.descriptions, strict=True)),
+                "refused": list(i.refused),
+                "error": i.error,
+            }
             for i in infos
         ]
         # Still a list, so scripts that read it keep working: the SQLite library goes with the
@@ -350,8 +410,11 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{info.name}  [{info.origin}]")
         if info.error:
             click.echo(f"    FAILED: {info.error}")
-        for item in info.registers:
-            click.echo(f"    {item}")
+        width = max((len(item) for item in info.registers), default=0)
+        for item, description in zip(info.registers, info.descriptions, strict=True):
+            click.echo(f"    {item:<{width}}  {description}".rstrip())
+        for refusal in info.refused:
+            click.echo(f"    REFUSED: {refusal}")
     click.echo(f"SQLite library {sqlite3.sqlite_version} (Python's sqlite3 module)")
 
 
@@ -369,7 +432,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     type=click.Choice(["local", "fleet", "all"]),
     default="all",
     show_default=True,
-    help="local: one client on its own; fleet: a server and two clients; all: both.",
+    help="local: one client on its own; fleet: a server and three clients; all: both.",
 )
 def demo(workdir: str, part: str) -> None:
     """Show one client alone, then a server and its fleet, end to end.
@@ -382,5 +445,5 @@ def demo(workdir: str, part: str) -> None:
     sys.exit(run_coro(run_demo(workdir, part)))
 
 
-for _command in (client, changes, actions, *SERVER_COMMANDS):
+for _command in (client, changes, actions, *ADOPT_COMMANDS, *SERVER_COMMANDS):
     main.add_command(_command)

@@ -1,7 +1,7 @@
 """``migsync client sync`` and ``migsync client run``: a client database kept in step with its server.
 
 Options come from the command line, ``MIGSYNC_*`` environment variables or
-the ``[client]`` table of ``migsync.toml`` (see :mod:`migsync.config`).
+``migsync.toml`` (its ``[client]`` table, among others: see :mod:`migsync.config`).
 Like the other client commands, nothing heavy is imported until a command runs.
 """
 
@@ -37,13 +37,19 @@ EXIT_FAILED = 1
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    from migsync.config import CLIENT_KEYS, find_file, load_table
+    """``--config FILE`` of a client command: FILE's defaults for this command (see migsync.config)."""
+    from migsync.config import default_map, find_file
     from migsync.core.errors import ConfigError
 
     try:
         path = find_file(value)
         if path is not None:
-            ctx.default_map = {**load_table(path, "client", CLIENT_KEYS), **(ctx.default_map or {})}
+            root = ctx.find_root().command
+            assert isinstance(root, click.Group)
+            defaults: dict[str, Any] = default_map(path, root)
+            for name in ctx.command_path.split()[1:]:
+                defaults = defaults.get(name, {})
+            ctx.default_map = {**(ctx.default_map or {}), **defaults}
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
     return value
@@ -261,10 +267,13 @@ async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, 
     from migsync.core.sync import Syncer
 
     trusted = load_public_keys(o["trust_keys"])
-    spec = plugins_of(ctx).transport_for_url(o["server_url"])
+    plugins = plugins_of(ctx)
+    spec = plugins.transport_for_url(o["server_url"])
     extra = {"reports": o["reports_dir"]} if o["reports_dir"] else {}
     try:
-        transport = spec.load()(
+        transport = plugins.build(
+            plugins.transports,
+            spec,
             o["server_url"],
             client_id=str(o["client_id"]),
             token=o["token"],

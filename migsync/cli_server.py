@@ -18,6 +18,8 @@ import click
 from migsync.cli_support import (
     EXIT_BAD_INPUT,
     SourceOptions,
+    echo_json,
+    json_option,
     migrations_option,
     plugins_of,
     read_source,
@@ -134,9 +136,16 @@ def build_appliers(ctx: click.Context, names: tuple[str, ...], off: bool) -> lis
     help="Ed25519 private key to sign with (see 'migsync keygen').",
 )
 @click.option("--force", is_flag=True, help="Replace versions already published with other content.")
+@json_option
 @click.pass_context
 def publish(
-    ctx: click.Context, directory: str, source: SourceOptions, store_url: str, key_path: str, force: bool
+    ctx: click.Context,
+    directory: str,
+    source: SourceOptions,
+    store_url: str,
+    key_path: str,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Sign the migrations in DIR and publish them to the server store.
 
@@ -149,6 +158,7 @@ def publish(
     async def run() -> None:
         from migsync.core.signing import load_private_key
         from migsync.server import Store
+        from migsync.server.records import PublishResult
 
         migrations = read_source(ctx, directory, source).migrations()
         repeatable = [m.name for m in migrations if m.repeatable]
@@ -162,10 +172,16 @@ def publish(
             sys.exit(EXIT_BAD_INPUT)
         key = load_private_key(key_path)
         if not migrations:
-            click.echo(f"nothing to publish: {directory} holds no migrations")
+            if as_json:
+                echo_json(PublishResult())
+            else:
+                click.echo(f"nothing to publish: {directory} holds no migrations")
             return
         async with Store.open(store_url) as store:
             result = await store.publish(migrations, key, force=force)
+        if as_json:
+            echo_json(result)
+            return
         for label, names in (
             ("added", result.added),
             ("unchanged", result.unchanged),
@@ -318,6 +334,7 @@ def serve(
     from migsync.core.errors import ConfigError
     from migsync.server.app import create_app
     from migsync.server.panel import PanelOptions
+    from migsync.server.serving import AnnouncingServer
 
     panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie)
     try:
@@ -326,7 +343,7 @@ def serve(
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on")
-    server = uvicorn.Server(config)
+    server = AnnouncingServer(config, panel=panel is not False)
     server.run()
     if not server.started:
         sys.exit(EXIT_BAD_INPUT)
@@ -350,7 +367,8 @@ def serve(
     help="Sign the admin's requests to clients with this key (see 'keygen'); without it they "
     "are not exported.",
 )
-def export_command(store_url: str, folder: str, key_path: str | None) -> None:
+@json_option
+def export_command(store_url: str, folder: str, key_path: str | None, as_json: bool) -> None:
     """Write the published migrations to drop folder DIR.
 
     For clients that never reach the server: one signed bundle per migration
@@ -375,6 +393,9 @@ def export_command(store_url: str, folder: str, key_path: str | None) -> None:
                 raise ConfigError(f"cannot write drop folder {folder}: {exc.strerror or exc}") from None
 
     result = run_coro(run())
+    if as_json:
+        echo_json(result)
+        return
     if result.written:
         click.echo(f"wrote: {', '.join(result.written)}")
     if result.client_folders:
@@ -414,6 +435,7 @@ def export_command(store_url: str, folder: str, key_path: str | None) -> None:
     help="A changes folder (a drop folder's changes/) to import entity changes from.",
 )
 @appliers_options
+@json_option
 @click.pass_context
 def import_reports_command(
     ctx: click.Context,
@@ -422,6 +444,7 @@ def import_reports_command(
     changes_folder: str | None,
     apply_changes: tuple[str, ...],
     no_apply_changes: bool,
+    as_json: bool,
 ) -> None:
     """Record the status reports, answers to requests and entity changes offline clients left in DIR.
 
@@ -458,6 +481,12 @@ def import_reports_command(
                 ) from None
 
     result = run_coro(run())
+    if as_json:
+        echo_json(result)
+        files: list[Any] = [*result.imported, *result.answers_imported, *result.changes_imported]
+        if result.refused or result.changes_refused or any(f.not_marked for f in files):
+            sys.exit(1)
+        return
     for item in result.imported:
         parts = [f"{len(item.recorded)} recorded", f"{len(item.unchanged)} unchanged"]
         if item.drift:

@@ -101,13 +101,74 @@ def read_source(ctx: click.Context, directory: str, source: SourceOptions) -> So
     return snapshot
 
 
+class MigsyncGroup(click.Group):
+    """The ``migsync`` command group: click's own errors in migsync's style.
+
+    Every error migsync prints starts ``error:``; click's usage errors
+    (``Error: No such option``) are made to match, after the same usage lines.
+    """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:  # a caller that handles click's exceptions itself
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            show_click_error(exc)
+            sys.exit(exc.exit_code)
+        # Only click's Exit (--help, --version) returns; a command ends by returning None or sys.exit.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def show_click_error(exc: click.ClickException) -> None:
+    """``exc`` as click shows it, but ``error: ...`` like every other migsync error."""
+    if isinstance(exc, click.UsageError) and exc.ctx is not None:
+        click.echo(exc.ctx.get_usage(), err=True)
+        option = exc.ctx.help_option_names[0] if exc.ctx.help_option_names else "--help"
+        click.echo(f"Try '{exc.ctx.command_path} {option}' for help.\n", err=True)
+    click.echo(f"error: {exc.format_message()}", err=True)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+
+
+def echo_json(value: Any) -> None:
+    """``value`` (attrs classes, tuples, versions, paths) as one indented JSON object on stdout."""
+    import json
+
+    def plain(item: Any) -> Any:
+        if callable(getattr(item, "to_json", None)):  # a Version is text; records say what they show
+            return plain(item.to_json())
+        if attrs.has(type(item)):
+            return {field.name: plain(getattr(item, field.name)) for field in attrs.fields(type(item))}
+        if isinstance(item, dict):
+            return {str(key): plain(v) for key, v in item.items()}
+        if isinstance(item, list | tuple | set | frozenset):
+            return [plain(v) for v in item]
+        if item is None or isinstance(item, bool | int | float | str):
+            return item
+        return str(item)  # a Path
+
+    click.echo(json.dumps(plain(value), indent=2))
+
+
 db_option = click.option(
     "--db",
     "db_url",
     required=True,
-    envvar="MIGSYNC_DB",
+    envvar=["MIGSYNC_DB", "DATABASE_URL"],
     metavar="URL",
-    help="Client database URL, e.g. sqlite:///app.db [env: MIGSYNC_DB]",
+    help="Client database URL, e.g. sqlite:///app.db [env: MIGSYNC_DB, else DATABASE_URL]",
 )
 sink_option = click.option(
     "--sink",

@@ -16,7 +16,9 @@ Part 1's events go to the log and to ``events.jsonl`` in the demo folder.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -41,6 +43,18 @@ FIXED = BROKEN.replace("ALTER TABLE customer ADD", "ALTER TABLE customers ADD").
 )
 #: The file name of BROKEN and FIXED.
 FOURTH = "0004_add_customer_email.sql"
+
+
+def command_to_type() -> str:
+    """How the person who ran the demo runs migsync again: ``migsync`` if that is on their
+    PATH, else the path of this very script (``.venv/bin/migsync`` after ``make demo``)."""
+    script = os.path.abspath(sys.argv[0])
+    found = shutil.which("migsync")
+    if found is not None and os.path.exists(script) and os.path.samefile(found, script):
+        return "migsync"
+    if os.path.basename(script) == "migsync" and os.path.exists(script):
+        return os.path.relpath(script)
+    return "migsync"
 
 
 def step(text: str) -> None:
@@ -126,5 +140,5 @@ async def run_local(root: Path) -> int:
         print_status(await client.status())
 
     click.echo(f"\nevents were also written to {root / 'events.jsonl'}")
-    click.echo(f"try: migsync status --db {db_url}")
+    click.echo(f"try: {command_to_type()} status --db {db_url}")
     return 0 if result.ok else 1

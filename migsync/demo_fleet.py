@@ -41,7 +41,7 @@ from migsync.core.signing import TrustedKey, load_private_key, write_keypair
 from migsync.core.sources import load_directory
 from migsync.core.sync import Syncer, SyncResult
 from migsync.core.version import Version
-from migsync.demo import BROKEN, FIXED, FOURTH, copy_bundled, step
+from migsync.demo import BROKEN, FIXED, FOURTH, command_to_type, copy_bundled, step
 from migsync.report_server import print_fleet
 from migsync.server import PublishResult, Store
 from migsync.server.app import create_app
@@ -151,7 +151,7 @@ async def run_fleet(root: Path) -> int:
     clean = all(
         max(e.applied, default=None) == newest and not (e.failed or e.drift or e.pending) for e in fleet
     )
-    click.echo(f"\ntry: migsync fleet --store {store_url}")
+    click.echo(f"\ntry: {command_to_type()} fleet --store {store_url}")
     return 0 if clean and imported and all(r.ok for r in last) else 1
 
 

@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
 from migsync.core.client import Client
+from migsync.core.clock import iso
 from migsync.core.ledger import MigrationState
 from migsync.core.processor import PassResult
 
 EXIT_FAILED = 1
 
 
-def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None = None) -> None:
+def make_console() -> Any:
+    """A rich console for stdout that a pipe, a CI log and ``NO_COLOR`` get right.
+
+    Not on a terminal, rich would cut every table to 80 columns (``202401011200…``):
+    there the width is unbounded and the table as wide as its cells. ``NO_COLOR``
+    (no-color.org) turns off every style, bold too, not only colours.
+    """
     from rich.console import Console
+
+    width = None if sys.stdout.isatty() else 1_000_000
+    return Console(width=width, color_system=None if os.environ.get("NO_COLOR") else "auto")
+
+
+def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     if sqlite_version is not None:
         console.print(f"database: SQLite {sqlite_version}", highlight=False)
     if not states:
@@ -36,7 +49,10 @@ def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None
     }
     table = Table(box=None, header_style="bold")
     for column in ("version", "name", "state", "applied at", "attempts"):
-        table.add_column(column, no_wrap=True)
+        # On a narrow terminal the name folds onto more lines; the other columns stay whole.
+        table.add_column(
+            column, no_wrap=column != "name", overflow="fold" if column == "name" else "ellipsis"
+        )
     for s in states:
         state = s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
         if s.held:
@@ -132,7 +148,7 @@ def report_pass(result: PassResult, elapsed: float, verb: str | None) -> int:
         )
         return EXIT_FAILED
     if result.waiting_until is not None:
-        when = time.strftime("%H:%M:%S", time.localtime(result.waiting_until))
+        when = iso(result.waiting_until)
         click.echo(
             f"waiting: the next queued change retries after {when} (use --retry-now or --wait)",
             err=True,
@@ -155,7 +171,7 @@ def report_failure(result: PassResult) -> None:
             err=True,
         )
     else:
-        when = time.strftime("%H:%M:%S", time.localtime(f.next_attempt_at or 0))
+        when = iso(f.next_attempt_at or 0)
         click.echo(
             f"failed: {f.label} (attempt {f.attempts} of {f.max_attempts}): {f.error}\n"
             f"  next attempt after {when}; later migrations wait for it",

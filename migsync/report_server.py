@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 
 import click
@@ -70,12 +71,18 @@ def _failure(failure: Failure) -> str:
     line = next((s.strip() for s in (failure.error or "").splitlines() if s.strip()), "")
     # A client sends its errors: no escape sequence of theirs reaches the admin's terminal.
     line = "".join(c if c.isprintable() else "?" for c in line)
-    if len(line) > _MAX_ERROR:
+    if len(line) > _MAX_ERROR and _on_terminal():
         line = line[: _MAX_ERROR - 3].rstrip() + "..."
     return f"{failure.version}{' (dead)' if failure.dead else ''}: {line or 'failed'}"
 
 
 def cell(text: str, width: int = 30) -> str:
-    """``text`` fit for one table cell: what came from a client cannot move the cursor."""
+    """``text`` fit for one table cell: what came from a client cannot move the cursor, and
+    on a terminal it is cut to ``width``."""
     shown = text if text.isprintable() else json.dumps(text)[1:-1]
-    return shown if len(shown) <= width else shown[: width - 3] + "..."
+    return shown if len(shown) <= width or not _on_terminal() else shown[: width - 3] + "..."
+
+
+def _on_terminal() -> bool:
+    """Cells are cut to fit only for a person at a terminal; a pipe or a CI log gets them whole."""
+    return sys.stdout.isatty()

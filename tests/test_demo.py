@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
-from dbtools import query, run
+from dbtools import migsync_env, query, run
 
 STEPS = [f"== {n}." for n in range(1, 12)]
 
@@ -149,3 +151,17 @@ def test_demo_runs_with_its_default_relative_folder(tmp_path: Path) -> None:
     assert fleet.returncode == 0, fleet.stderr
     assert "== 10." in fleet.stdout and "ship-atlantic" in fleet.stdout
     assert (tmp_path / "demo-output" / "fleet" / "drop" / "manifest.json").is_file()
+
+
+def test_the_demos_hints_run_as_pasted_where_migsync_is_not_on_the_path(tmp_path: Path) -> None:
+    """After ``make demo`` a newcomer has no ``migsync`` on the PATH: the hints name the script."""
+    local = run("demo", "--part", "local", cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert local.returncode == 0, local.stderr
+    [hint] = [line for line in local.stdout.splitlines() if line.startswith("try: ")]
+    command = shlex.split(hint.removeprefix("try: "))
+    assert command[0] != "migsync" and command[1:3] == ["status", "--db"]
+    pasted = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env=migsync_env() | {"PATH": "/usr/bin:/bin"}
+    )
+    assert pasted.returncode == 0, pasted.stderr
+    assert "applied" in pasted.stdout

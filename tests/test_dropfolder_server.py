@@ -4,6 +4,7 @@ folders and a real store (SQLite; Postgres once), through the functions and the 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -409,3 +410,44 @@ def test_report_validation_needs_no_starlette() -> None:
         "sys.exit('starlette' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_export_import_and_publish_speak_json(tmp_path: Path, key_path: Path, store_url: str) -> None:
+    ids = asyncio.run(make_store(store_url, key_path, [V1], clients=("ship",)))
+    migrations = tmp_path / "m"
+    migrations.mkdir()
+    (migrations / "0007_a.sql").write_text("-- migrate:up\nCREATE TABLE a (x INTEGER);\n")
+    published = run(
+        "publish",
+        "--migrations",
+        str(migrations),
+        "--store",
+        store_url,
+        "--signing-key",
+        str(key_path),
+        "--json",
+    )
+    assert published.returncode == 0, published.stderr
+    assert json.loads(published.stdout) == {
+        "added": ["0007_a"],
+        "unchanged": [],
+        "replaced": [],
+        "resigned": [],
+    }
+
+    drop = tmp_path / "drop"
+    exported = run("export", "--store", store_url, "--to", str(drop), "--json")
+    assert exported.returncode == 0, exported.stderr
+    body = json.loads(exported.stdout)
+    assert body["written"] == [V1.name, "0007_a"] and body["manifest_written"] is True
+    assert body["client_folders"] == [str(ids["ship"])]
+
+    ship = str(ids["ship"])
+    good = drop_report(drop / files.REPORTS_DIR, ship, [applied(1, V1.checksum)], at=1000)
+    (drop / files.REPORTS_DIR / ship / "0000000002000-00000000000000aa.json").write_text("not json")
+    imported = run("import-reports", "--store", store_url, "--from", str(drop), "--json")
+    assert imported.returncode == 1, "a refused file still makes it exit 1"
+    body = json.loads(imported.stdout)
+    assert [f["path"] for f in body["imported"]] == [str(good)]
+    assert [f["reason"].split(" (")[0] for f in body["refused"]] == ["not JSON"]
+    assert body["imported"][0]["recorded"] == ["1"], "versions are strings in JSON, as everywhere"

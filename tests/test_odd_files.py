@@ -264,7 +264,7 @@ def test_a_key_or_configuration_file_that_is_a_fifo_is_one_error_not_a_hang(
     if which == "configuration file":  # a bad option value, in click's words
         result = run("client", "sync", "--config", str(fifo))
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert f"Error: Invalid value for '--config': {message}" in result.stderr.splitlines()
+        assert f"error: Invalid value for '--config': {message}" in result.stderr.splitlines()
         return
     command = {
         "trusted key": [*sync, "--trust-key", str(fifo)],

@@ -751,7 +751,7 @@ def served(tmp_path: Path, key_path: Path) -> Iterator[tuple[str, str]]:
     finally:
         proc.terminate()
         try:
-            _, stderr = proc.communicate(timeout=15)
+            stdout, stderr = proc.communicate(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
@@ -759,6 +759,11 @@ def served(tmp_path: Path, key_path: Path) -> Iterator[tuple[str, str]]:
     # uvicorn shuts down cleanly, then ends by the signal it was sent (as a well-behaved server does).
     assert proc.returncode in (0, -signal.SIGTERM), stderr
     assert "Application shutdown complete" in stderr
+    # It said where it is, with the port it bound.
+    assert stdout.splitlines()[:2] == [
+        f"migsync: API at {base}/api/",
+        f"migsync: admin panel at {base}/admin/ (log in with the admin token)",
+    ]
 
 
 def test_migsync_serve_answers_a_poll_and_a_304(served: tuple[str, str]) -> None:
@@ -815,6 +820,10 @@ async def test_the_fleet_cache_sees_new_clients_at_once_and_other_processes_with
 def test_migsync_serve_serves_the_panel_unless_told_not_to(served: tuple[str, str], tmp_path: Path) -> None:
     base, _ = served
     assert httpx.get(f"{base}/admin/login", timeout=10).status_code == 200
+    # The server's own address leads a browser to the panel.
+    root = httpx.get(f"{base}/", timeout=10)
+    assert root.status_code == 303 and root.headers["location"] == "admin/"
+    assert httpx.get(f"{base}/", timeout=10, follow_redirects=True).url.path == "/admin/login"
     store = f"sqlite:///{tmp_path / 'server.db'}"
     port = free_port()
     proc = start("serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, "--no-panel")
@@ -828,6 +837,9 @@ def test_migsync_serve_serves_the_panel_unless_told_not_to(served: tuple[str, st
                 assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
                 time.sleep(0.1)
         assert response.status_code == 404
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 404
     finally:
         proc.terminate()
-        proc.communicate(timeout=15)
+        stdout, _ = proc.communicate(timeout=15)
+    assert stdout.splitlines()[:1] == [f"migsync: API at http://127.0.0.1:{port}/api/"]
+    assert "admin panel" not in stdout

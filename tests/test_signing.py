@@ -29,8 +29,18 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
     again = run("keygen", "--out", str(key))
     assert again.returncode == 2 and "refusing to overwrite a key" in again.stderr
     assert run("keygen", "--out", str(key), "--force").returncode == 0
-    missing = run("keygen", "--out", str(tmp_path / "no" / "key"))
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_keygen_makes_the_folders_it_needs_for_the_owner_alone(tmp_path: Path) -> None:
+    """The README's first server step, ``migsync keygen --out keys/signing``, in a fresh clone."""
+    made = run("keygen", "--out", str(tmp_path / "keys" / "prod" / "signing"))
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "keys" / "prod" / "signing.pub").is_file()
+    assert stat.S_IMODE((tmp_path / "keys" / "prod").stat().st_mode) == 0o700
+    (tmp_path / "a-file").write_text("")
+    blocked = run("keygen", "--out", str(tmp_path / "a-file" / "signing"))
+    assert blocked.returncode == 2 and blocked.stderr.startswith("error: cannot write key ")
+    assert "a-file" in blocked.stderr and "Traceback" not in blocked.stderr
 
 
 def test_sign_and_verify_round_trip(tmp_path: Path) -> None:

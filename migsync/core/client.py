@@ -53,11 +53,11 @@ def parse_sink(text: str) -> tuple[str, dict[str, str]]:
 def build_sinks(plugins: Plugins, configs: Sequence[str] | None) -> list[EventSink]:
     """Sinks from ``NAME[:key=value,...]`` strings; the default sinks when ``configs`` is None."""
     if configs is None:
-        return [spec.load()({}) for spec in plugins.event_sinks if spec.default]
+        return [plugins.build(plugins.event_sinks, spec, {}) for spec in plugins.event_sinks if spec.default]
     sinks = []
     for config in configs:
         name, options = parse_sink(config)
-        sinks.append(plugins.event_sinks.get(name).load()(options))
+        sinks.append(plugins.build(plugins.event_sinks, plugins.event_sinks.get(name), options))
     return sinks
 
 
@@ -137,7 +137,7 @@ class Client:
         plugins = plugins or make_plugins()
         spec = plugins.backend_for_url(url)
         try:
-            backend = spec.load()(url, **(backend_options or {}))
+            backend = plugins.build(plugins.backends, spec, url, **(backend_options or {}))
         except TypeError as exc:
             raise ConfigError(
                 f"backend {spec.name!r} does not take the options {sorted(backend_options or {})}: {exc}"

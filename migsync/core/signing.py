@@ -61,8 +61,12 @@ def write_keypair(path: str | Path, *, overwrite: bool = False) -> TrustedKey:
     for existing in (private_path, public_path):
         if existing.exists() and not overwrite:
             raise ConfigError(f"{existing} exists; refusing to overwrite a key (use --force)")
-    if not private_path.parent.is_dir():
-        raise ConfigError(f"cannot write key {private_path}: folder {private_path.parent} does not exist")
+    try:
+        # A new folder for a private key is the owner's alone, as ssh-keygen makes ~/.ssh.
+        private_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        folder = private_path.parent
+        raise ConfigError(f"cannot write key {private_path}: {exc.strerror} ({folder})") from None
     private = Ed25519PrivateKey.generate()
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

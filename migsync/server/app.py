@@ -43,7 +43,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -401,6 +401,8 @@ def create_app(
                 name="admin",
             )
         )
+        # A browser pointed at the server's address lands on the panel, not on a JSON 404.
+        routes.append(Route("/", _to_panel, methods=["GET", "HEAD"]))
     handlers: dict[Any, Any] = {
         ApiError: _refused,
         HTTPException: _http_error,
@@ -412,6 +414,11 @@ def create_app(
         lifespan=api.lifespan,
         middleware=[Middleware(_SaysItsProtocol)],
     )
+
+
+async def _to_panel(request: Request) -> Response:
+    # Relative, so that it holds behind a proxy that serves the server under a prefix.
+    return RedirectResponse("admin/", status_code=303)
 
 
 class _SaysItsProtocol:

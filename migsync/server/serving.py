@@ -1,0 +1,37 @@
+"""``migsync serve``'s uvicorn server: it says where the API and the panel are once it listens."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+import click
+import uvicorn
+
+
+class AnnouncingServer(uvicorn.Server):
+    """A uvicorn server that prints the API's and the panel's URLs once its sockets listen.
+
+    Printed after start-up, not before, so that the port is the one bound
+    (``--port 0`` asks the system for a free one).
+    """
+
+    def __init__(self, config: uvicorn.Config, *, panel: bool) -> None:
+        super().__init__(config)
+        self.panel = panel
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:
+            return
+        for base in self.base_urls():
+            click.echo(f"migsync: API at {base}/api/")
+            if self.panel:
+                click.echo(f"migsync: admin panel at {base}/admin/ (log in with the admin token)")
+
+    def base_urls(self) -> Iterable[str]:
+        for listener in self.servers:
+            for sock in listener.sockets:
+                address, port = sock.getsockname()[:2]
+                host = f"[{address}]" if ":" in address else address
+                yield f"http://{host}:{port}"
