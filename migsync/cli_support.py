@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -204,6 +205,10 @@ def connect(
     """A client for ``url``; only ``apply`` may create a database that does not exist yet."""
     from migsync.core.client import Client
 
+    if os.environ.get("MIGSYNC_TEST_CLOCK"):  # a testing aid: see migsync.testing.fileclock
+        from migsync.testing.fileclock import from_environment
+
+        options.setdefault("clock", from_environment())
     return Client.connect(
         url,
         plugins=plugins_of(ctx),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
@@ -10,12 +11,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from migsync.core.signing import write_keypair
 
 # Tests build their own plugin managers; never pick up whatever is installed
 # in the environment unless a test asks for it.
 os.environ.setdefault("MIGSYNC_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+# Hypothesis measures the wall clock (a deadline per example, a health check on slow data):
+# on a loaded machine, or beside parallel workers, that fails tests that are right.
+settings.register_profile("migsync", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("migsync")
 
 REPO = Path(__file__).resolve().parent.parent
 MIGSYNC = str(Path(sys.executable).with_name("migsync"))
@@ -26,6 +33,18 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 PG_DSN = os.environ.get("MIGSYNC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share a module-scoped fixture (an installed plugin, an exported drop folder)
+    run on one pytest-xdist worker (``make test`` runs ``--dist loadgroup``), so that the fixture
+    is made once, not once per worker. Without xdist the mark does nothing."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        for name, definitions in info.name2fixturedefs.items() if info is not None else ():
+            if definitions and definitions[-1].scope == "module":
+                item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{name}"))
+                break
 
 
 @pytest.fixture
@@ -64,14 +83,34 @@ def postgres_server() -> str:
     return PG_DSN
 
 
+def worker_id() -> str:
+    """This pytest-xdist worker's name (``gw0``, ``gw1``, ...), ``main`` when the run is not parallel."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def database_name(prefix: str = "migsync_test") -> str:
+    """A Postgres database name no other test, worker or concurrent run uses: ``prefix``, the
+    worker (so that leftovers of a crashed worker say whose they are) and a random part."""
+    return f"{prefix}_{worker_id()}_{uuid.uuid4().hex[:12]}"
+
+
+@contextlib.contextmanager
+def throwaway_database(prefix: str = "migsync_test") -> Iterator[str]:
+    """A fresh Postgres database of the caller's own (its URL), dropped afterwards even if in use."""
+    name = database_name(prefix)
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(PG_DSN)
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+    finally:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 def pg_url(postgres_server: str) -> Iterator[str]:
     """A database of this test's own, created for it and dropped after it."""
-    name = f"migsync_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(postgres_server)
-    yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with throwaway_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

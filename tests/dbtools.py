@@ -124,10 +124,17 @@ def run(
     )
 
 
-def start(*args: str) -> subprocess.Popen[str]:
-    """``migsync ARGS`` started in the background, its stdout and stderr piped."""
+def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``migsync ARGS`` started in the background, its stdout and stderr piped.
+
+    ``env``: variables to set on top of :func:`migsync_env`.
+    """
     return subprocess.Popen(
-        [MIGSYNC, *args], env=migsync_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [MIGSYNC, *args],
+        env={**migsync_env(), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -144,6 +151,40 @@ def status_json(url: str) -> list[dict[str, Any]]:
     result = run("status", "--db", url, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["migrations"]  # type: ignore[no-any-return]
+
+
+# -- time ----------------------------------------------------------------------------------------
+
+
+class ClockFile:
+    """A fake "now" for ``migsync`` subprocesses: a file that ``MIGSYNC_TEST_CLOCK`` names.
+
+    Pass :attr:`env` to :func:`run` or :func:`start`; time stands still until the test calls
+    :meth:`advance` (a ``sleep`` inside migsync moves it on instead of waiting). See
+    ``migsync.testing.fileclock``.
+    """
+
+    def __init__(self, path: Path, now: float = 1_700_000_000.0) -> None:
+        from migsync.testing.fileclock import write_now
+
+        self.path = path
+        write_now(path, now)
+
+    @property
+    def env(self) -> dict[str, str]:
+        from migsync.testing.fileclock import ENV
+
+        return {ENV: str(self.path)}
+
+    def now(self) -> float:
+        from migsync.testing.fileclock import read_now
+
+        return read_now(self.path)
+
+    def advance(self, seconds: float) -> None:
+        from migsync.testing.fileclock import write_now
+
+        write_now(self.path, self.now() + seconds)
 
 
 # -- waiting -------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ which is how a test plays a server that goes away and comes back.
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import threading
 import time
@@ -15,12 +17,35 @@ from collections.abc import Callable
 import uvicorn
 from starlette.types import ASGIApp
 
+#: Ports below the kernel's ephemeral range (``/proc/sys/net/ipv4/ip_local_port_range``, 32768 and
+#: up on Linux), so that no outgoing connection takes one while a test's server is down; each
+#: pytest-xdist worker draws from a slice of its own, so that parallel workers never race for one.
+_PORTS_FROM, _PORTS_PER_WORKER, _WORKER_SLICES = 20000, 600, 20
+
+
+def _worker_index() -> int:
+    """This pytest-xdist worker's number (``gw3``: 3), 0 outside xdist."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) % _WORKER_SLICES if worker[2:].isdigit() else 0
+
 
 def free_port() -> int:
-    """A loopback port nothing listens on (at the time of asking)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on (at the time of asking), from this worker's own slice.
+
+    A random one of the slice, tried until one binds: two runs of the suite at once (two
+    checkouts, say) rarely pick the same, and never keep it if they do.
+    """
+    first = _PORTS_FROM + _worker_index() * _PORTS_PER_WORKER
+    candidates = list(range(first, first + _PORTS_PER_WORKER))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free loopback port in {first}..{first + _PORTS_PER_WORKER - 1}")
 
 
 class ServerThread:

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import write_migrations
-from dbtools import migsync_env, query, run, sqlite_path, start, status_json
+from dbtools import ClockFile, migsync_env, query, run, sqlite_path, start, status_json
 
 GOOD = {
     "0001_users.sql": "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n"
@@ -51,13 +51,19 @@ def test_failed_migration_exits_1_naming_it(tmp_path: Path, db_url: str) -> None
 
 def test_failed_migration_waits_for_backoff(tmp_path: Path, db_url: str) -> None:
     migrations = write_migrations(tmp_path / "m", {"0001_broken.sql": BROKEN})
-    first = run("apply", "--migrations", str(migrations), "--db", db_url)
+    clock = ClockFile(tmp_path / "now")
+    apply = ("apply", "--migrations", str(migrations), "--db", db_url)
+    first = run(*apply, env=clock.env)
     assert first.returncode == 1 and "failed: apply 0001_broken (attempt 1 of 3)" in first.stderr
-    second = run("apply", "--migrations", str(migrations), "--db", db_url)
+    clock.advance(0.9)  # the first backoff is 1 to 2 seconds (2 s, less up to half of it in jitter)
+    second = run(*apply, env=clock.env)
     assert second.returncode == 1 and "waiting: the next queued change retries after" in second.stderr
     assert status_json(db_url)[0]["attempts"] == 1
-    third = run("apply", "--migrations", str(migrations), "--db", db_url, "--retry-now")
+    third = run(*apply, "--retry-now", env=clock.env)
     assert third.returncode == 1 and "attempt 2 of 3" in third.stderr
+    clock.advance(8.1)  # past the second backoff (2 to 4 s): it runs again by itself
+    fourth = run(*apply, env=clock.env)
+    assert fourth.returncode == 1 and "dead: apply 0001_broken failed 3 of 3 attempts" in fourth.stderr
 
 
 def test_invalid_source_exits_2_and_touches_nothing(tmp_path: Path, db_url: str) -> None:
@@ -180,11 +186,15 @@ def test_commands_other_than_apply_never_create_a_database(tmp_path: Path) -> No
 
 def test_wait_retries_through_backoff_left_by_an_earlier_run(tmp_path: Path, db_url: str) -> None:
     migrations = write_migrations(tmp_path / "m", {"0001_broken.sql": BROKEN})
-    first = run("apply", "--migrations", str(migrations), "--db", db_url, "--max-attempts", "2")
+    apply = ("apply", "--migrations", str(migrations), "--db", db_url)
+    clock = ClockFile(tmp_path / "now")
+    first = run(*apply, "--max-attempts", "2", env=clock.env)
     assert first.returncode == 1 and "attempt 1 of 2" in first.stderr
-    waited = run("apply", "--migrations", str(migrations), "--db", db_url, "--wait")
+    # --wait sleeps through the backoff: on the test clock that moves time on instead of waiting.
+    waited = run(*apply, "--wait", env=clock.env)
     assert waited.returncode == 1 and "dead: apply 0001_broken failed 2 of 2 attempts" in waited.stderr
     assert status_json(db_url)[0]["state"] == "dead"
+    assert 1_700_000_001 <= clock.now() <= 1_700_000_002  # it slept the backoff, 1 to 2 s
 
 
 def test_revert_reports_cancelled_applies(tmp_path: Path, db_url: str) -> None:

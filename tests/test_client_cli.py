@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dbtools import BOOKKEEPING_TABLES, MIGSYNC, migsync_env, query, run, start, wait_for
+from dbtools import BOOKKEEPING_TABLES, MIGSYNC, ClockFile, migsync_env, query, run, start, wait_for
 from servers import ServerThread
 
 from migsync.server.app import create_app
@@ -148,11 +148,16 @@ def test_server_down_then_back_delivers_the_outbox_once(tmp_path: Path) -> None:
     shop = deployment.add_client("shop")
     deployment.server.start()
     args = deployment.client_args("shop", *shop)
-    assert run("client", "sync", *args).returncode == 1  # 0002 failed once; the server heard it
+    # The client's time stands still, so 0002's backoff never runs out between the syncs
+    # below, however slow the machine: only --retry-now makes it run again.
+    clock = ClockFile(tmp_path / "now")
+    assert (
+        run("client", "sync", *args, env=clock.env).returncode == 1
+    )  # 0002 failed once; the server heard it
     deployment.server.stop()
 
     # Offline: what the client has still runs (a second attempt), and its report waits.
-    offline = run("client", "sync", *args, "--retry-now", "--json")
+    offline = run("client", "sync", *args, "--retry-now", "--json", env=clock.env)
     assert offline.returncode == 1
     body = json.loads(offline.stdout)
     assert body["offline"] is not None and "127.0.0.1" in body["offline"]
@@ -161,10 +166,10 @@ def test_server_down_then_back_delivers_the_outbox_once(tmp_path: Path) -> None:
 
     deployment.server.start()
     try:
-        back = run("client", "sync", *args, "--json")
+        back = run("client", "sync", *args, "--json", env=clock.env)
         assert json.loads(back.stdout)["delivered"] == 1
         assert deployment.fleet()["shop"]["failed"][0]["attempts"] == 2
-        again = run("client", "sync", *args, "--json")
+        again = run("client", "sync", *args, "--json", env=clock.env)
         assert json.loads(again.stdout)["delivered"] == 0
         assert deployment.fleet()["shop"]["applied"] == ["1"]
     finally:
@@ -302,7 +307,7 @@ def test_client_sync_imports_no_server_code(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     imported = set(result.stdout.split())
     assert {"httpx", "migsync.core.sync"} <= imported
-    for heavy in ("sqlalchemy", "starlette", "uvicorn", "asyncpg", "migsync.server"):
+    for heavy in ("sqlalchemy", "starlette", "uvicorn", "asyncpg", "migsync.server", "migsync.testing"):
         assert heavy not in imported, f"'migsync client sync' imported {heavy}"
 
 

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from conftest import _admin, write_migrations
+from conftest import throwaway_database, write_migrations
 from dbtools import (
     is_sqlite,
     kill,
@@ -40,8 +40,8 @@ from migsync.core.sources import scan_directory
 from migsync.core.version import Version
 
 RUNS = 30
-#: How long migration 0002 of the crash tests keeps its transaction open.
-SLEEP = 3.0
+#: A generous deadline for what a loaded machine takes its time over; never a measure.
+PATIENCE = 60.0
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -135,13 +135,9 @@ def another_database(url: str, tag: str, tmp_path: Path) -> Iterator[str]:
     if is_sqlite(url):
         yield f"sqlite:///{tmp_path / f'{tag}.db'}"
         return
-    name = f"migsync_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(url)
-    try:
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with throwaway_database() as other:
+        parts, fresh = urlsplit(url), urlsplit(other)
+        yield urlunsplit((parts.scheme, parts.netloc, fresh.path, parts.query, ""))
 
 
 def test_concurrent_applies_on_a_fresh_database_apply_each_migration_once_in_order(
@@ -216,9 +212,33 @@ def test_concurrent_applies_wait_for_a_migration_outside_a_transaction(tmp_path:
 # -- crash safety ---------------------------------------------------------------------------------
 
 
+def gated_pause(url: str) -> str:
+    """A statement that runs as long as table ``gate`` says: for hours while it is closed (the
+    process is killed in it, never waited for), at once when it is open. No clock decides
+    whether a process is still inside it when the test kills it, however loaded the machine."""
+    if is_sqlite(url):
+        return (
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c "
+            "WHERE x < (SELECT n FROM gate)) SELECT count(*) FROM c"
+        )
+    return "SELECT pg_sleep(n) FROM gate"
+
+
+def close_gate(url: str) -> None:
+    """Make table ``gate`` closed: the pause in 0002 runs for hours (SQLite: 10**12 steps)."""
+    query(url, "CREATE TABLE gate (n BIGINT NOT NULL)")
+    query(url, f"INSERT INTO gate (n) VALUES ({10**12 if is_sqlite(url) else 3600})")
+
+
+def open_gate(url: str) -> None:
+    """From now on, the pause in 0002 takes no time (who runs it next finishes at once)."""
+    query(url, "UPDATE gate SET n = 0")
+
+
 def crash_migrations(directory: Path, url: str) -> Path:
-    """0002 writes, then holds its transaction open for about SLEEP seconds, then writes more."""
-    pause = long_statement(url, SLEEP)
+    """0002 writes, then holds its transaction open while the gate is closed, then writes more."""
+    close_gate(url)
+    pause = gated_pause(url)
     return write_migrations(
         directory,
         {
@@ -249,7 +269,7 @@ def wait_until_0002_is_running(url: str, proc: subprocess.Popen[str]) -> None:
 def wait_until_session_gone(url: str) -> None:
     """On Postgres, until the killed process's sessions are gone (a backend runs out its
     statement before it notices its client died); then no advisory lock may remain."""
-    wait_until_sessions_gone(url, timeout=SLEEP + 15)
+    wait_until_sessions_gone(url, timeout=PATIENCE)
     if is_sqlite(url):
         return
     locks = query(
@@ -261,7 +281,7 @@ def wait_until_session_gone(url: str) -> None:
 
 
 def assert_as_if_0002_never_started(url: str) -> None:
-    assert tables(url, bookkeeping=False) == {"a"}, "0002's tables survived the kill"
+    assert tables(url, bookkeeping=False) == {"gate", "a"}, "0002's tables survived the kill"
     assert query(url, "SELECT count(*) FROM a") == [(0,)], "0002's row survived the kill"
     status = statuses(url)
     assert status[1] == (True, 1)
@@ -272,7 +292,7 @@ def assert_as_if_0002_never_started(url: str) -> None:
 
 
 def assert_all_applied_once(url: str) -> None:
-    assert tables(url, bookkeeping=False) == {"a", "b", "c", "d"}
+    assert tables(url, bookkeeping=False) == {"gate", "a", "b", "c", "d"}
     assert query(url, "SELECT note FROM a") == [("from 0002",)]
     assert statuses(url) == {1: (True, 1), 2: (True, 1), 3: (True, 1)}
     assert changes(url) == [("0001_a", True, 1), ("0002_b", True, 1), ("0003_d", True, 1)]
@@ -305,11 +325,10 @@ def test_a_process_killed_mid_migration_leaves_it_as_if_never_started(tmp_path: 
     assert state.returncode == 0, state.stderr
     assert '"state": "pending"' in state.stdout
 
-    began = time.monotonic()
-    again = run("apply", "--migrations", str(migrations), "--db", any_url)
+    open_gate(any_url)
+    again = run("apply", "--migrations", str(migrations), "--db", any_url, timeout=PATIENCE)
     assert again.returncode == 0, again.stderr
     assert "applied 2 migrations (0002_b .. 0003_d)" in again.stdout
-    assert time.monotonic() - began < SLEEP + 20
     assert_all_applied_once(any_url)
 
 
@@ -330,7 +349,6 @@ def test_a_process_waiting_on_a_killed_ones_lock_finishes_everything_once(
     second: subprocess.Popen[str] | None = None
     try:
         wait_until_0002_is_running(any_url, first)
-        began = time.monotonic()
         first_sessions = migsync_sessions(any_url)
         second = start("apply", "--migrations", str(migrations), "--db", any_url)
         waiting_proc = second
@@ -356,11 +374,17 @@ def test_a_process_waiting_on_a_killed_ones_lock_finishes_everything_once(
         if is_sqlite(any_url) and not Path("/proc/self/fd").is_dir():
             time.sleep(1.0)  # no /proc: give it time to start and block
         else:
-            wait_for("the second process to wait for the lock", second_waits, timeout=SLEEP - 0.7)
+            wait_for("the second process to wait for the lock", second_waits, timeout=PATIENCE)
             time.sleep(0.3)
-        assert time.monotonic() - began < SLEEP, "too slow to kill the first process mid-migration"
-        kill(first)
-        [(code, out, err)] = finish([second], timeout=SLEEP + 60)
+        # The second process is stopped while the first dies and the test opens the gate, so
+        # that it cannot take the lock first (on SQLite, opening the gate needs the write lock).
+        os.kill(second.pid, signal.SIGSTOP)
+        try:
+            kill(first)
+            open_gate(any_url)
+        finally:
+            os.kill(second.pid, signal.SIGCONT)
+        [(code, out, err)] = finish([second], timeout=PATIENCE)
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import asyncpg
 import attrs
 import pytest
-from conftest import PG_DSN, _admin
+from conftest import throwaway_database
 from dbtools import BOOKKEEPING_TABLES, is_sqlite, query, run, sqlite_path, status_json, tables
 
 # -- the comparison -------------------------------------------------------------------------------
@@ -34,10 +33,8 @@ def reference_url(any_url: str, tmp_path: Path) -> Iterator[str]:
     if is_sqlite(any_url):
         yield f"sqlite:///{tmp_path / 'reference.db'}"
         return
-    name = f"migsync_ref_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    yield PG_DSN.rsplit("/", 1)[0] + f"/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with throwaway_database("migsync_ref") as url:
+        yield url
 
 
 def plain(url: str, scripts: Sequence[str]) -> None:

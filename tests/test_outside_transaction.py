@@ -46,7 +46,9 @@ from migsync.core.sources import load_directory
 from migsync.core.specs import BackendSpec
 
 #: How long the long statement of the crash test runs (the process is killed well before).
-SLEEP = 5.0
+#: How long 0002 of the crash test would run: it is killed in the middle, never waited for, so
+#: this costs nothing and leaves any machine, however loaded, time enough to kill it mid-way.
+SLEEP = 60.0
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 (uvicorn on a loopback port) whose clients synced for real over HTTP, and sync again to carry out
 what the admin asked of them in the browser (re-apply, revert).
 
-Outside CI these tests skip when chromium or Playwright is missing; under ``CI=true`` they fail
-instead (``make browsers`` installs chromium). With ``MIGSYNC_PANEL_SCREENSHOTS=DIR`` the
-screenshots go to DIR, which is how ``scripts/panel_screenshots.py`` makes docs/images/.
+Outside CI these tests skip when chromium or Playwright is missing, with one line saying how to
+enable them; under ``CI=true`` they fail instead. ``make test`` installs chromium where it can
+(``make browsers``: apt-get, as root) and goes on without it elsewhere. With
+``MIGSYNC_PANEL_SCREENSHOTS=DIR`` the screenshots go to DIR, which is how
+``scripts/panel_screenshots.py`` makes docs/images/.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ V3 = migration(
 
 
 def _missing(reason: str) -> None:
-    message = f"{reason}; the admin panel's browser tests need it (`make browsers` installs chromium)"
+    message = (
+        f"{reason}: the admin panel's browser tests need it; to run them install chromium "
+        "(`sudo apt-get install chromium` on Debian, or `make browsers` as root)"
+    )
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)

@@ -187,7 +187,7 @@ async def test_write_lock_held_elsewhere_is_a_lock_timeout(pg_url: str, holder: 
             async with backend.transaction() as tx:
                 await tx.execute("SELECT 1")
         elapsed = time.monotonic() - started
-        assert 0.4 <= elapsed < 3, elapsed
+        assert 0.4 <= elapsed < 30, elapsed  # it waited for the timeout, and not forever
         message = str(caught.value)
         assert "write lock was held for over 0.5s" in message
         assert f"held by pid {pid}, suite-holder" in message
@@ -214,7 +214,7 @@ async def test_write_lock_timeout_in_a_program_with_a_small_pool(
         with pytest.raises(LockTimeout, match=r"suite-holder"):
             async with backend.processor_lock("q", 1):
                 await backend.run(program())
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 30  # never stuck waiting for a third connection
         await holder.execute("ROLLBACK")
         async with backend.processor_lock("q", 1):
             await backend.run(program())  # and the pool is whole again
@@ -230,7 +230,7 @@ async def test_processor_lock_held_elsewhere_names_the_holder(
         with pytest.raises(LockTimeout) as caught:
             async with backend.processor_lock("migration_changes", 0.3):
                 pass
-        assert 0.25 <= time.monotonic() - started < 3
+        assert 0.25 <= time.monotonic() - started < 30  # it waited for the timeout, and not forever
         assert "processor lock 'migration_changes' not free after 0.3s" in str(caught.value)
         assert f"held by pid {pid}, suite-holder" in str(caught.value)
         async with backend.processor_lock("other", 0.3):  # another name is another lock
@@ -282,5 +282,6 @@ def test_a_killed_client_does_not_leave_its_statement_running(tmp_path: Path, pg
     proc.wait(timeout=10)
     killed_at = time.monotonic()
     while asyncio.run(sleeping()):
-        assert time.monotonic() - killed_at < 5, "the dead client's statement kept running"
+        # Well before pg_sleep(60) ends by itself: the server noticed that its client died.
+        assert time.monotonic() - killed_at < 30, "the dead client's statement kept running"
         time.sleep(0.1)

@@ -289,7 +289,8 @@ async def test_failing_and_slow_sinks_never_stop_the_processor(tmp_path: Path, d
         processed_at = loop.time()
         await drain(client)
     assert result.ok and len(result.processed) == 3
-    assert processed_at - started < 2.0, "a stuck sink must not stall the processor"
+    # The stuck sink sleeps an hour: a generous bound, which a loaded machine cannot break.
+    assert processed_at - started < 60, "a stuck sink must not stall the processor"
     assert good.kinds("migration_applied") == ["0001_users", "0002_posts", "0003_tags"]
 
 
@@ -336,7 +337,7 @@ async def test_background_loop_applies_and_stops(tmp_path: Path, db_path: Path) 
         client.bus.subscribe(lambda e: applied.set() if e.name == "0003_tags" else None, "migration_applied")  # type: ignore[attr-defined]
         client.start(interval=0.05)
         client.start(interval=0.05)  # starting twice keeps one loop
-        await asyncio.wait_for(applied.wait(), 5)
+        await asyncio.wait_for(applied.wait(), 60)  # a generous deadline, not a measure
         await client.stop()
         assert not client.processor.running
         states = await client.status()

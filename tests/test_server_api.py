@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+from clocks import SteppedClock, eventually
 from dbtools import aquery, downgrade_store, run, start
 from servers import free_port
 from sqlalchemy import event
@@ -247,8 +248,8 @@ async def test_etags_are_per_client(api: Api) -> None:
 async def test_an_idle_poll_is_answered_from_memory_within_cache_seconds(
     sqlite_store: str, key_path: Path
 ) -> None:
-    # Long enough that the steps before the first check fit in it on a loaded machine.
-    async with api_on(sqlite_store, key_path, cache_seconds=2.0) as api:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, cache_seconds=2.0, clock=clock) as api:
         await api.publish(V1)
         me = await api.client("a")
         etag = (await api.pending(me)).headers["etag"]
@@ -257,7 +258,9 @@ async def test_an_idle_poll_is_answered_from_memory_within_cache_seconds(
             await other.publish([V2], load_private_key(key_path))
         # ... is not seen while the cached state is fresh: the 304 did not read the store ...
         assert (await api.pending(me, etag)).status_code == 304
-        await asyncio.sleep(2.1)
+        clock.advance(1.5)
+        assert (await api.pending(me, etag)).status_code == 304
+        clock.advance(0.5)
         # ... and is seen once it is stale.
         response = await api.pending(me, etag)
         assert response.status_code == 200
@@ -296,26 +299,28 @@ async def test_idle_polls_do_not_touch_the_store(sqlite_store: str, key_path: Pa
 async def test_last_seen_is_written_on_the_first_poll_then_at_most_once_per_interval(
     sqlite_store: str, key_path: Path
 ) -> None:
-    async with api_on(sqlite_store, key_path, seen_interval=3600, seen_flush=0) as api:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, seen_interval=3600, seen_flush=0, clock=clock) as api:
         me = await api.client("a")
         assert (await api.store.clients())[0].last_seen_at is None
-        before = time.time()
         etag = (await api.pending(me)).headers["etag"]
         seen = (await api.store.clients())[0].last_seen_at
-        assert seen is not None and seen >= before - 1
-        await asyncio.sleep(0.05)
+        assert seen == clock.now()
+        clock.advance(3599)
         assert (await api.pending(me, etag)).status_code == 304
         assert (await api.store.clients())[0].last_seen_at == seen
-    async with api_on(sqlite_store, key_path, seen_interval=0, seen_flush=0) as api:
-        await asyncio.sleep(0.05)
+        clock.advance(1)
         assert (await api.pending(me, etag)).status_code == 304
-        later = (await api.store.clients())[0].last_seen_at
-        assert later is not None and later > seen
+        assert (await api.store.clients())[0].last_seen_at == seen + 3600
+    async with api_on(sqlite_store, key_path, seen_interval=0, seen_flush=0, clock=clock) as api:
+        clock.advance(0.5)
+        assert (await api.pending(me, etag)).status_code == 304
+        assert (await api.store.clients())[0].last_seen_at == seen + 3600.5
 
 
 async def test_seen_marks_are_written_together_and_at_shutdown(sqlite_store: str, key_path: Path) -> None:
-    # Long enough that three polls fit in one period on a loaded machine.
-    async with api_on(sqlite_store, key_path, seen_flush=1.5) as api:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, seen_flush=1.5, clock=clock) as api:
         tokens = [await api.client(name) for name in ("a", "b", "c")]
         statements: list[str] = []
 
@@ -329,11 +334,18 @@ async def test_seen_marks_are_written_together_and_at_shutdown(sqlite_store: str
                 assert (await api.pending(token)).status_code == 200
             assert statements == []  # not yet: they go out together
             assert all(c.last_seen_at is None for c in await api.store.clients())
-            await asyncio.sleep(1.8)
+            clock.advance(1.25)
+            await asyncio.sleep(0.05)  # the flush would have its turn now, were it due
+            assert statements == []
+            clock.advance(0.25)
+
+            async def all_seen() -> bool:  # the flush commits a moment after its statement began
+                return all(c.last_seen_at == clock.now() - 1.5 for c in await api.store.clients())
+
+            await eventually("the seen marks to be written", all_seen)
         finally:
             event.remove(Engine, "before_cursor_execute", count)
         assert len(statements) == 1  # one executemany for the three
-        assert all(c.last_seen_at is not None for c in await api.store.clients())
         d = await api.client("d")
         assert (await api.pending(d)).status_code == 200
     # The lifespan's end wrote what was left.
@@ -786,7 +798,8 @@ def test_migsync_serve_refuses_a_missing_store(tmp_path: Path) -> None:
 async def test_the_fleet_cache_sees_new_clients_at_once_and_other_processes_within_cache_seconds(
     sqlite_store: str, key_path: Path
 ) -> None:
-    async with api_on(sqlite_store, key_path, cache_seconds=0.3) as api:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, cache_seconds=0.5, clock=clock) as api:
         await api.publish(V1, V2)
         a = await api.client("a")
         etag = (await api.pending(a)).headers["etag"]
@@ -798,7 +811,7 @@ async def test_the_fleet_cache_sees_new_clients_at_once_and_other_processes_with
             client_a = next(c for c in await other.clients() if c.name == "a")
             await other.report(client_a.client_id, [StatusReport(1, True, None, 1, V1.checksum)])
         assert (await api.pending(a, etag)).status_code == 304  # ... is not seen while fresh,
-        await asyncio.sleep(0.4)
+        clock.advance(0.5)
         response = await api.pending(a, etag)  # ... and is seen once the period is over.
         assert response.status_code == 200
         assert [m["version"] for m in response.json()["migrations"]] == ["2"]

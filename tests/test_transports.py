@@ -391,7 +391,9 @@ async def test_a_server_that_never_answers_times_out_as_server_unavailable() -> 
         async with HttpTransport(url, token="t", timeout=0.2, retries=1, clock=FakeClock()) as transport:
             with pytest.raises(ServerUnavailable, match="ReadTimeout"):
                 await transport.fetch()
-        assert time.monotonic() - began < 2.0
+        # Far less than the default timeout's 2 x 10 s: the 0.2 s one was used (a generous bound,
+        # so that a loaded machine cannot fail it).
+        assert time.monotonic() - began < 10
 
 
 @pytest.mark.parametrize(

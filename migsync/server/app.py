@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from migsync.core.clock import iso
+from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.version import Version
 from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal, read_version
@@ -83,8 +83,14 @@ class _Api:
         max_body: int,
         max_changes_body: int,
         appliers: Sequence[ChangeApplier],
+        clock: Clock | None = None,
     ) -> None:
         self.store_url = store_url
+        # Periods are measured on the monotonic clock and times written on the wall clock; a
+        # test's clock stands for both, so a test moves the app's time by hand.
+        self._monotonic = clock.now if clock is not None else time.monotonic
+        self._wall = clock.now if clock is not None else time.time
+        self._sleep = clock.sleep if clock is not None else asyncio.sleep
         self.max_changes_body = max_changes_body
         self.appliers = tuple(appliers)
         self.admin_token = admin_token.encode()
@@ -160,16 +166,16 @@ class _Api:
 
     async def _refresh(self) -> None:
         """Read every client's state again if the store's generation moved (checked once per period)."""
-        if time.monotonic() - self._checked_at < self.cache_seconds:
+        if self._monotonic() - self._checked_at < self.cache_seconds:
             return
         async with self._refreshing:
-            if time.monotonic() - self._checked_at < self.cache_seconds:
+            if self._monotonic() - self._checked_at < self.cache_seconds:
                 return  # another request refreshed meanwhile
             generation = await self.store.generation()
             if generation != self._generation:
                 self._states = await self.store.client_states()
                 self._generation = generation
-            self._checked_at = time.monotonic()
+            self._checked_at = self._monotonic()
 
     def _reported(self, digest: str, state: ClientState) -> None:
         """A report through this process bumped the client's status serial by one."""
@@ -187,10 +193,10 @@ class _Api:
         raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
 
     async def _seen(self, client_id: int) -> None:
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._touched.get(client_id, -math.inf) >= self.seen_interval:
             self._touched[client_id] = now
-            self._unwritten[client_id] = time.time()
+            self._unwritten[client_id] = self._wall()
             if not self.seen_flush:
                 await self._flush_seen()
 
@@ -200,7 +206,7 @@ class _Api:
 
     async def _flush_seen_every(self, seconds: float) -> None:
         while True:
-            await asyncio.sleep(seconds)
+            await self._sleep(seconds)
             try:
                 await self._flush_seen()
             except MigsyncError as exc:  # the store is down: the next poll marks them again
@@ -237,7 +243,7 @@ class _Api:
                 f"{'are' if len(result.unpublished) > 1 else 'is'} not published; nothing was recorded",
                 versions=[v.text for v in result.unpublished],
             )
-        self._touched[client_id] = time.monotonic()  # the report marked it seen
+        self._touched[client_id] = self._monotonic()  # the report marked it seen
         self._unwritten.pop(client_id, None)
         if result.recorded:
             self._reported(digest, state)
@@ -288,7 +294,7 @@ class _Api:
             raise ApiError(422, str(exc)) from None
         client_id = state.client.client_id
         ack = await self.store.receive_changes(client_id, changes)
-        self._touched[client_id] = time.monotonic()  # receiving marked it seen
+        self._touched[client_id] = self._monotonic()  # receiving marked it seen
         self._unwritten.pop(client_id, None)
         return JSONResponse(ack.to_json())
 
@@ -330,6 +336,7 @@ def create_app(
     max_changes_body: int = MAX_CHANGES_BODY,
     appliers: Sequence[ChangeApplier] | None = None,
     panel: bool | PanelOptions = True,
+    clock: Clock | None = None,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -342,7 +349,8 @@ def create_app(
     None: the plugins' default appliers, ``[]``: none (the changes are only stored).
     ``panel``: mount the admin panel (:mod:`migsync.server.panel`) at ``/admin``, behind the
     same admin token and reading the same store; :class:`~migsync.server.panel.PanelOptions`
-    to set its cookies and sessions, False to leave it out.
+    to set its cookies and sessions, False to leave it out. ``clock``: for tests, a clock
+    to measure the periods above on and to date seen marks by (default: the system's).
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
@@ -364,6 +372,7 @@ def create_app(
         max_body,
         max_changes_body,
         appliers,
+        clock,
     )
     routes: list[BaseRoute] = [
         Route("/api/migrations/pending", api.pending, methods=["GET"]),
