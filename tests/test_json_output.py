@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from conftest import write_migrations
-from dbtools import query, run, status_json
+from dbtools import ClockFile, query, run, status_json
 
 USERS = "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n-- migrate:down\nDROP TABLE users;\n"
 ORDERS = "-- migrate:up\nCREATE TABLE orders (id INTEGER PRIMARY KEY);\n-- migrate:down\nDROP TABLE orders;\n"
@@ -36,7 +36,8 @@ def test_apply_json_says_what_ran_and_what_stopped_it(tmp_path: Path, any_url: s
     )
 
     (migrations / "0003_broken.sql").write_text(BROKEN)
-    failed = run("apply", "--migrations", str(migrations), "--db", any_url, "--json")
+    clock = ClockFile(tmp_path / "now")  # the backoff cannot run out between two runs on a slow machine
+    failed = run("apply", "--migrations", str(migrations), "--db", any_url, "--json", env=clock.env)
     assert failed.returncode == 1
     body = json.loads(failed.stdout)
     assert body["ok"] is False and body["applied"] == []
@@ -47,7 +48,7 @@ def test_apply_json_says_what_ran_and_what_stopped_it(tmp_path: Path, any_url: s
     assert ISO_UTC.fullmatch(body["failed"]["next_attempt_at"]) and "oops" in body["failed"]["error"]
     assert failed.stderr == "", "the failure is in the JSON, not printed a second time"
 
-    waiting = run("apply", "--migrations", str(migrations), "--db", any_url, "--json")
+    waiting = run("apply", "--migrations", str(migrations), "--db", any_url, "--json", env=clock.env)
     assert waiting.returncode == 1 and ISO_UTC.fullmatch(json.loads(waiting.stdout)["waiting_until"])
 
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import write_migrations
-from dbtools import MIGSYNC, migsync_env, run
+from dbtools import MIGSYNC, ClockFile, migsync_env, run
 
 LONG = "20240101120000_a_rather_long_migration_name_that_no_eighty_column_table_would_hold"
 UP = "-- migrate:up\nCREATE TABLE a (x INTEGER);\n"
@@ -97,10 +97,11 @@ def test_no_color_turns_off_every_style(tmp_path: Path) -> None:
 def test_retry_times_are_iso_utc(tmp_path: Path) -> None:
     migrations = write_migrations(tmp_path / "m", {"0001_b.sql": BROKEN})
     db = f"sqlite:///{tmp_path / 'a.db'}"
-    first = run("apply", "--migrations", str(migrations), "--db", db)
+    clock = ClockFile(tmp_path / "now")  # the backoff cannot run out between the two runs
+    first = run("apply", "--migrations", str(migrations), "--db", db, env=clock.env)
     assert first.returncode == 1
     assert re.search(rf"next attempt after {ISO_UTC}; later migrations wait for it", first.stderr)
-    second = run("apply", "--migrations", str(migrations), "--db", db)
+    second = run("apply", "--migrations", str(migrations), "--db", db, env=clock.env)
     assert re.search(
         rf"waiting: the next queued change retries after {ISO_UTC} \(use --retry-now", second.stderr
     )

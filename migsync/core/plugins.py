@@ -15,11 +15,13 @@ by environment variables:
     an installed (third-party) plugin that fails to load, or whose backend,
     transport or event sink does not keep its contract, is an error instead
     of a warning and a skip.
-``CI=true``
+``MIGSYNC_CHECK_BUILTINS=1``
     migsync's own plugins are checked against their contracts as soon as
     their registry is built, their lazy ``"module:attribute"`` factories
-    imported for it; elsewhere they are checked when first used, for
-    start-up time. A broken built-in is always an error.
+    imported for it; otherwise they are checked when first used, for
+    start-up time (not under ``CI=true``: a user's CI runs ``migsync apply``
+    too, and must not pay for importing every backend). A broken built-in
+    is always an error.
 
 Every backend, transport and event sink is checked against its
 ``typing.Protocol`` (:mod:`migsync.core.contracts`): a class given as a
@@ -143,7 +145,7 @@ class Plugins:
         self._dists = dict(dists or {})
         #: a third-party plugin that breaks its contract is an error, not a warning and a skip
         self.strict = strict
-        #: load and check migsync's own lazy factories when their registry is built (CI)
+        #: load and check migsync's own lazy factories when their registry is built
         self.check_builtins = check_builtins
         self._refused: dict[str, list[str]] = {}
         self._cache: dict[str, dict[type, Registry[Any]]] = {}
@@ -443,7 +445,7 @@ def make_plugins(
     ``autoload`` defaults to on unless ``MIGSYNC_DISABLE_PLUGIN_AUTOLOAD`` is
     set. ``strict`` (default: ``MIGSYNC_STRICT_PLUGINS``) makes an installed
     plugin that fails to load or breaks its contract an error; otherwise it
-    is logged and skipped. ``check_builtins`` (default: ``CI``) checks
+    is logged and skipped. ``check_builtins`` (default: ``MIGSYNC_CHECK_BUILTINS``) checks
     migsync's own lazily imported backends, transports and sinks as soon as
     their registry is built. ``extra`` are plugin objects (modules,
     instances) registered last, which is how tests and embedding
@@ -454,7 +456,7 @@ def make_plugins(
     if strict is None:
         strict = _env_flag("MIGSYNC_STRICT_PLUGINS")
     if check_builtins is None:
-        check_builtins = _env_flag("CI")
+        check_builtins = _env_flag("MIGSYNC_CHECK_BUILTINS")
     pm = pluggy.PluginManager("migsync")
     pm.add_hookspecs(hookspecs)
     builtin_names = set()
