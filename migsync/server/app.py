@@ -54,7 +54,7 @@ from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal, read_
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, read_json, status_reports
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
-from migsync.server.validation import InvalidChanges, entity_changes
+from migsync.server.validation import MAX_ID, InvalidChanges, entity_changes, storable
 
 if TYPE_CHECKING:
     from migsync.server.appliers import ChangeApplier
@@ -66,6 +66,11 @@ __all__ = ["MAX_CHANGES_BODY", "create_app"]
 MAX_CHANGES_BODY = 16 * 1024 * 1024
 
 log = logging.getLogger("migsync.server")
+
+#: The most requests ``GET /api/actions?limit=`` lists.
+MAX_LIMIT = 100_000
+#: All a 503 says of a failed store; what failed goes to the server's log.
+STORE_FAILED = "the store is unavailable; try again later (the server's log says why)"
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
 
@@ -263,10 +268,7 @@ class _Api:
 
     async def actions(self, request: Request) -> Response:
         await self._admin(request)
-        limit = request.query_params.get("limit")
-        if limit is not None and not limit.isdigit():
-            raise ApiError(422, f"limit must be a non-negative integer, not {limit!r}")
-        records = await self.store.actions(limit=None if limit is None else int(limit))
+        records = await self.store.actions(limit=_limit(request.query_params.get("limit")))
         return JSONResponse({"actions": [r.to_json() for r in records]})
 
     async def request_action(self, request: Request) -> Response:
@@ -456,8 +458,11 @@ def _action_request(body: Any) -> tuple[str, Version, list[int] | None, str]:
     version = read_version(version)
     if version is None:
         raise ApiError(422, 'version must be a version such as "42" or "1.2.10"')
+    if not storable(action) or not storable(by):
+        raise ApiError(422, "action and requested_by must not hold NUL characters or unpaired surrogates")
     if clients is not None and not (
-        isinstance(clients, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in clients)
+        isinstance(clients, list)
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_ID for c in clients)
     ):
         raise ApiError(
             422, "clients must be a list of client ids, or null for every client it makes sense for"
@@ -484,6 +489,20 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+def _limit(text: str | None) -> int | None:
+    """The ``limit`` query parameter: 1 to :data:`MAX_LIMIT` in ASCII digits (``str.isdigit``
+    takes "²", which ``int`` refuses), or None when not given."""
+    if text is None:
+        return None
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
+    if not 0 < value <= MAX_LIMIT:
+        raise ApiError(422, f"limit must be a whole number from 1 to {MAX_LIMIT}, not {text[:20]!r}")
+    return value
+
+
 async def _store_error(_request: Request, exc: Exception) -> Response:
-    # The store cannot be reached or refused the request: the client should retry later.
-    return JSONResponse({"error": f"the store failed: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+    # The store cannot be reached or refused the request: the client should retry later. What
+    # failed names the store (user, host, database): that is for the server's log, not for
+    # whoever sent the request.
+    log.error("the store failed: %s", exc)
+    return JSONResponse({"error": STORE_FAILED}, status_code=503, headers={"Retry-After": "5"})

@@ -41,6 +41,7 @@ from migsync.server.panel.forms import action_fields, flag, read_form, requested
 from migsync.server.panel.sessions import MAX_NAME, Session, Sessions, clean_name
 from migsync.server.records import ActionRecord, PublishedMigration
 from migsync.server.store import Store
+from migsync.server.validation import MAX_ID
 
 __all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "PanelOptions", "create_panel"]
 
@@ -112,8 +113,8 @@ def create_panel(
     routes = [
         Route("/", panel.fleet, methods=["GET"], name="fleet"),
         Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
-        Route("/clients/{client_id:int}", panel.client, methods=["GET"], name="client"),
-        Route("/clients/{client_id:int}/actions", panel.request_for_client, methods=["POST"]),
+        Route("/clients/{client_id}", panel.client, methods=["GET"], name="client"),
+        Route("/clients/{client_id}/actions", panel.request_for_client, methods=["POST"]),
         Route("/migrations/{version}/actions", panel.request_for_all, methods=["POST"]),
         Route("/actions", panel.actions, methods=["GET"], name="actions"),
         Route("/login", panel.login_form, methods=["GET"], name="login"),
@@ -319,7 +320,7 @@ class _Panel:
 
     async def client(self, request: Request) -> Response:
         session = self.require(request)
-        client_id = request.path_params["client_id"]
+        client_id = _client_id(request)
         published, rows = await self._read(client_id)
         row = next((r for r in rows if r.client_id == client_id), None)
         if row is None:
@@ -350,8 +351,8 @@ class _Panel:
     async def request_for_client(self, request: Request) -> Response:
         """A re-apply or revert of one migration (the form's ``version``) on this page's client."""
         session = self.require(request)
+        client_id = _client_id(request)
         form = await self.checked_form(request, session)
-        client_id = request.path_params["client_id"]
         action, version = action_fields(form, form.get("version"))
         back = f"{_root(request)}/clients/{client_id}"
         return await self._request(request, session, action, version, [client_id], back, "#requests")
@@ -429,7 +430,11 @@ class _Panel:
         )
 
     async def store_error(self, request: Request, exc: Exception) -> Response:
-        message = exc.message if isinstance(exc, ApiError) else f"The store failed: {exc}"
+        if isinstance(exc, ApiError):
+            message = exc.message
+        else:  # what failed names the store (user, host, database): for the log only
+            log.error("panel: the store failed: %s", exc)
+            message = "The store is unavailable; try again later (the server's log says why)."
         response = self.render(
             request,
             "error.html",
@@ -467,3 +472,14 @@ def _address(request: Request) -> str:
 
 def _names(records: list[ActionRecord]) -> str:
     return ", ".join(f"{r.client_name!r} ({r.client_id})" for r in records)
+
+
+def _client_id(request: Request) -> int:
+    """The page's client id; 404 for anything that is not one a store can hold. Parsed here, not
+    by the route's ``int`` convertor: that takes any run of digits, and ``int()`` of 5000 of them
+    raises (a 500) while one past the store's integer range fails in the store (a 503)."""
+    text = str(request.path_params["client_id"])
+    client_id = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else MAX_ID + 1
+    if client_id > MAX_ID:
+        raise HTTPException(404, f"There is no client {text[:20]}.")
+    return client_id
