@@ -114,7 +114,7 @@ def client_options(command: Any) -> Any:
             default=10.0,
             show_default=True,
             type=click.FloatRange(min=0.1),
-            help="Seconds to wait for the server per request.",
+            help="Seconds for each attempt of a request, the whole answer included.",
         ),
         click.option(
             "--retries",
