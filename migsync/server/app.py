@@ -54,6 +54,7 @@ from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal, read_
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, read_json, status_reports
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
+from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
 from migsync.server.validation import MAX_ID, InvalidChanges, entity_changes, storable
 
 if TYPE_CHECKING:
@@ -88,8 +89,10 @@ class _Api:
         max_body: int,
         max_changes_body: int,
         appliers: Sequence[ChangeApplier],
+        throttle: AuthThrottle,
     ) -> None:
         self.store_url = store_url
+        self.throttle = throttle
         self.max_changes_body = max_changes_body
         self.appliers = tuple(appliers)
         self.admin_token = admin_token.encode()
@@ -144,10 +147,26 @@ class _Api:
     def _is_admin(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.admin_token)
 
+    def _throttled_bearer(self, request: Request) -> str:
+        """The request's bearer token; 429 first when its address failed too often."""
+        wait = self.throttle.retry_after(_address(request))
+        if wait is not None:
+            raise ApiError(
+                429,
+                f"too many wrong tokens from this address; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        return _bearer(request)
+
+    def _wrong_token(self, request: Request) -> ApiError:
+        self.throttle.failed(_address(request), "wrong bearer tokens on the API")
+        return ApiError(401, "unknown token", headers=_UNAUTHORIZED)
+
     async def _client(self, request: Request) -> tuple[str, ClientState]:
         """The client the bearer token names (its token hash and state); 401 or 403 otherwise,
-        and 426 for a client of another wire protocol (an older migsync)."""
-        token = _bearer(request)
+        429 when its address sent too many wrong tokens, and 426 for a client of another wire
+        protocol (an older migsync)."""
+        token = self._throttled_bearer(request)
         if self._is_admin(token):
             raise ApiError(403, "the admin token is not a client's; use the client's own token")
         digest = token_hash(token)
@@ -156,7 +175,7 @@ class _Api:
         if state is None:
             state = await self.store.client_state(token)  # a client registered since the last read
             if state is None:
-                raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
+                raise self._wrong_token(request)
             self._states[digest] = state
         refusal = protocol_refusal(request.headers.get(PROTOCOL_HEADER), "this client")
         if refusal is not None:
@@ -184,12 +203,12 @@ class _Api:
             self._generation = (publish, status_sum + 1, clients)
 
     async def _admin(self, request: Request) -> None:
-        token = _bearer(request)
+        token = self._throttled_bearer(request)
         if self._is_admin(token):
             return
         if await self.store.client_state(token) is not None:
             raise ApiError(403, "this endpoint needs the admin token, not a client's")
-        raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
+        raise self._wrong_token(request)
 
     async def _seen(self, client_id: int) -> None:
         now = time.monotonic()
@@ -332,6 +351,7 @@ def create_app(
     max_changes_body: int = MAX_CHANGES_BODY,
     appliers: Sequence[ChangeApplier] | None = None,
     panel: bool | PanelOptions = True,
+    failed_auth_limit: str = FAILED_AUTH_LIMIT,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -344,7 +364,9 @@ def create_app(
     None: the plugins' default appliers, ``[]``: none (the changes are only stored).
     ``panel``: mount the admin panel (:mod:`migsync.server.panel`) at ``/admin``, behind the
     same admin token and reading the same store; :class:`~migsync.server.panel.PanelOptions`
-    to set its cookies and sessions, False to leave it out.
+    to set its cookies and sessions, False to leave it out. ``failed_auth_limit``: how many
+    wrong tokens (API) and wrong admin tokens (panel login) one address may send, together,
+    before it gets 429 (:mod:`migsync.server.throttle`).
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
@@ -366,6 +388,7 @@ def create_app(
         max_body,
         max_changes_body,
         appliers,
+        AuthThrottle(failed_auth_limit),
     )
     routes: list[BaseRoute] = [
         Route("/api/migrations/pending", api.pending, methods=["GET"]),
@@ -390,6 +413,7 @@ def create_app(
                     options,
                     before_read=api._flush_seen,
                     after_request=api.forget_states,
+                    throttle=api.throttle,  # one count per address, whichever door it knocks on
                 ),
                 name="admin",
             )
@@ -434,6 +458,10 @@ class _SaysItsProtocol:
 
 
 _PROTOCOL = (PROTOCOL_HEADER.lower().encode(), str(PROTOCOL).encode())
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "?"
 
 
 def _bearer(request: Request) -> str:
