@@ -366,6 +366,9 @@ async def test_a_request_not_signed_for_this_client_under_a_trusted_key_is_not_c
     [answer] = answers["results"]
     assert answer["id"] == refusal.id and answer["state"] == "failed"
     assert answer["detail"] == f"refused: {refusal.reason}"
+    # import-reports records the refusal: the admin sees why the request failed.
+    await drop.import_()
+    assert (await drop.states())[refusal.id] == ("failed", f"refused: {refusal.reason}")
     # Answered, it is not offered again: one tampered request fails one sync.
     again, _ = await drop.sync()
     assert again.ok and again.refused_actions == () and again.actions_received == 0
