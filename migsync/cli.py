@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 import click
 
 from migsync.cli_actions import actions
+from migsync.cli_adopt import ADOPT_COMMANDS
+from migsync.cli_authoring import AUTHORING_COMMANDS
 from migsync.cli_changes import changes
 from migsync.cli_client import client
 from migsync.cli_server import SERVER_COMMANDS
@@ -33,6 +35,8 @@ from migsync.cli_support import (
     MigsyncGroup,
     connect,
     db_option,
+    echo_json,
+    json_option,
     max_attempts_option,
     migrations_option,
     plugins_of,
@@ -49,7 +53,6 @@ BUILTIN_BACKENDS = "migsync.backends"
 
 if TYPE_CHECKING:
     from migsync.cli_support import SourceOptions
-    from migsync.core.ledger import MigrationState
     from migsync.core.processor import PassResult
     from migsync.core.version import Version
 
@@ -125,6 +128,12 @@ def _load_config_file(ctx: click.Context, explicit: str | None) -> None:
     help="On failure, keep retrying with backoff until applied or dead.",
 )
 @click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed migration.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the statements that would run, per migration; run none and write nothing.",
+)
+@json_option
 @click.pass_context
 def apply(
     ctx: click.Context,
@@ -135,6 +144,8 @@ def apply(
     max_attempts: int,
     wait: bool,
     retry_now: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Apply every pending migration in DIR to the database, in order.
 
@@ -143,8 +154,13 @@ def apply(
     the queue. DIR may be laid out for golang-migrate, dbmate, sqlx, goose,
     Flyway, Prisma or ory/pop: its format is found from the files (--format
     to say it). Exits 1 if a migration failed, is dead or is waiting to retry.
+    With --dry-run, prints what would run and opens the database read-only.
     """
-    sys.exit(run_coro(_apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now)))
+    if dry_run:
+        from migsync.cli_inspection import dry_run as show_plan
+
+        sys.exit(show_plan(ctx, directory, source, db_url))
+    sys.exit(run_coro(_apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now, as_json)))
 
 
 async def _apply(
@@ -156,8 +172,9 @@ async def _apply(
     max_attempts: int,
     wait: bool,
     retry_now: bool,
+    as_json: bool,
 ) -> int:
-    from migsync.report import Progress, report_failure, report_pass
+    from migsync.report import Progress, print_pass_json, report_failure, report_pass
 
     # Parsed (and validated) inside record_source, before anything is written,
     # and only when these files differ from the ones this database recorded last.
@@ -169,10 +186,12 @@ async def _apply(
         with Progress(client, len(queued), "applying"):
             result = await client.process(ignore_backoff=retry_now)
             while wait and (due := _retry_due(result)) is not None:
-                if result.failure is not None:
+                if result.failure is not None and not as_json:
                     report_failure(result)
                 await client.clock.sleep(max(0.0, due - client.clock.now()))
                 result = await client.process()
+    if as_json:
+        return print_pass_json(result, time.perf_counter() - started)
     return report_pass(result, time.perf_counter() - started, "applied")
 
 
@@ -190,16 +209,19 @@ def _retry_due(result: PassResult) -> float | None:
 @db_option
 @sink_option
 @click.option("--retry-now", is_flag=True, help="Ignore the backoff of a failed change.")
+@json_option
 @click.pass_context
-def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: bool) -> None:
+def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: bool, as_json: bool) -> None:
     """Work what is already queued (applies and reverts), in order."""
 
     async def run() -> int:
-        from migsync.report import report_pass
+        from migsync.report import print_pass_json, report_pass
 
         started = time.perf_counter()
         async with connect(ctx, db_url, sinks) as client:
             result = await client.process(ignore_backoff=retry_now)
+        if as_json:
+            return print_pass_json(result, time.perf_counter() - started)
         return report_pass(result, time.perf_counter() - started, "processed")
 
     sys.exit(run_coro(run()))
@@ -209,8 +231,9 @@ def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: 
 @db_option
 @max_attempts_option
 @click.argument("name")
+@json_option
 @click.pass_context
-def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None:
+def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str, as_json: bool) -> None:
     """Queue migration NAME (and every earlier pending one) for apply.
 
     NAME is the full name (0003_add_email), the name without its version
@@ -221,7 +244,10 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
     async def run() -> None:
         async with connect(ctx, db_url, (), max_attempts=max_attempts) as client:
             names = await client.ledger.queue(name)
-        click.echo(f"queued: {', '.join(names)}" if names else "nothing to queue: already queued")
+        if as_json:
+            echo_json({"queued": names})
+        else:
+            click.echo(f"queued: {', '.join(names)}" if names else "nothing to queue: already queued")
 
     run_coro(run())
 
@@ -236,6 +262,7 @@ def queue(ctx: click.Context, db_url: str, max_attempts: int, name: str) -> None
 )
 @click.option("--all", "everything", is_flag=True, help="Revert every applied migration.")
 @click.option("--queue-only", is_flag=True, help="Queue the reverts without processing them.")
+@json_option
 @click.pass_context
 def revert(
     ctx: click.Context,
@@ -246,6 +273,7 @@ def revert(
     to_version: Version | None,
     everything: bool,
     queue_only: bool,
+    as_json: bool,
 ) -> None:
     """Revert NAME and every migration applied after it, newest first.
 
@@ -255,12 +283,22 @@ def revert(
         raise click.UsageError("give exactly one of NAME, --to VERSION or --all")
 
     async def run() -> int:
-        from migsync.report import Progress, report_pass
+        from migsync.report import Progress, print_pass_json, report_pass
 
         started = time.perf_counter()
         async with connect(ctx, db_url, sinks, max_attempts=max_attempts) as client:
             requested = await client.ledger.revert(name, to=to_version, everything=everything)
             names = requested.reverting
+            if as_json:
+                from migsync.core.processor import PassResult
+
+                result = PassResult() if queue_only or not names else await client.process()
+                return print_pass_json(
+                    result,
+                    time.perf_counter() - started,
+                    queued=names if queue_only else [],
+                    cancelled=requested.cancelled,
+                )
             if requested.cancelled:
                 click.echo(f"cancelled queued applies: {', '.join(requested.cancelled)}")
             if not names:
@@ -282,8 +320,9 @@ def revert(
 @click.argument("name")
 @click.option("--applied", "outcome", flag_value="applied", help="It took effect: record it as done.")
 @click.option("--not-applied", "outcome", flag_value="not-applied", help="It did not: run it again.")
+@json_option
 @click.pass_context
-def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> None:
+def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None, as_json: bool) -> None:
     """Resolve a dirty migration after checking the database by hand.
 
     A migration that runs outside a transaction (transaction:false,
@@ -297,7 +336,10 @@ def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> N
     async def run() -> None:
         async with connect(ctx, db_url, ()) as client:
             state = await client.ledger.repair(name, applied=outcome == "applied")
-        click.echo(f"repaired: {state.name} is now {state.state}")
+        if as_json:
+            echo_json({"name": state.name, "state": state.state})
+        else:
+            click.echo(f"repaired: {state.name} is now {state.state}")
 
     run_coro(run())
 
@@ -307,23 +349,39 @@ def repair(ctx: click.Context, db_url: str, name: str, outcome: str | None) -> N
 
 @main.command()
 @db_option
+@click.option(
+    "--migrations",
+    "directory",
+    type=click.Path(),
+    metavar="DIR",
+    help="Also list DIR's migrations not applied yet (pending), applied ones whose file changed "
+    "(changed) and applied ones no longer in DIR (missing).",
+)
+@source_options
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help="Exit 1 when anything is pending (or changed), 0 otherwise: for CI and start-up checks.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.pass_context
-def status(ctx: click.Context, db_url: str, as_json: bool) -> None:
-    """Show every migration the database knows and its state."""
+def status(
+    ctx: click.Context,
+    db_url: str,
+    directory: str | None,
+    source: SourceOptions,
+    exit_code: bool,
+    as_json: bool,
+) -> None:
+    """Show every migration the database knows and its state.
 
-    async def run() -> tuple[list[MigrationState], str | None]:
-        async with connect(ctx, db_url, ()) as client:
-            return await client.status(), await client.sqlite_version()
+    Never writes: a database without migsync's tables is reported as such
+    (everything pending), and one whose tables are of an older layout is
+    read as it is ('migsync apply' upgrades them).
+    """
+    from migsync.cli_inspection import show_status
 
-    states, sqlite_version = run_coro(run())
-    if as_json:
-        shown = {"migrations": [s.to_json() for s in states], "sqlite_version": sqlite_version}
-        click.echo(json.dumps(shown, indent=2))
-        return
-    from migsync.report import print_status
-
-    print_status(states, sqlite_version=sqlite_version)
+    sys.exit(show_status(ctx, db_url, directory, source, exit_code, as_json))
 
 
 # -- capture -------------------------------------------------------------------------------------
@@ -375,13 +433,27 @@ def capture(ctx: click.Context, db_url: str, table: str | None, remove: bool, li
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
-    """List every plugin, where it comes from and what it registers."""
+    """List every plugin, where it comes from and what it registers, with each one's description."""
     import sqlite3
 
-    infos = plugins_of(ctx).describe()
+    from migsync.core.errors import MigsyncError
+
+    try:
+        # Builds every registry: a plugin that breaks a contract is found here, if not before.
+        infos = plugins_of(ctx).describe()
+    except MigsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     if as_json:
         entries: list[dict[str, object]] = [
-            {"name": i.name, "origin": i.origin, "registers": list(i.registers), "error": i.error}
+            {
+                "name": i.name,
+                "origin": i.origin,
+                "registers": list(i.registers),
+                "descriptions": dict(zip(i.registers, i.descriptions, strict=True)),
+                "refused": list(i.refused),
+                "error": i.error,
+            }
             for i in infos
         ]
         # Still a list, so scripts that read it keep working: the SQLite library goes with the
@@ -395,8 +467,11 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{info.name}  [{info.origin}]")
         if info.error:
             click.echo(f"    FAILED: {info.error}")
-        for item in info.registers:
-            click.echo(f"    {item}")
+        width = max((len(item) for item in info.registers), default=0)
+        for item, description in zip(info.registers, info.descriptions, strict=True):
+            click.echo(f"    {item:<{width}}  {description}".rstrip())
+        for refusal in info.refused:
+            click.echo(f"    REFUSED: {refusal}")
     click.echo(f"SQLite library {sqlite3.sqlite_version} (Python's sqlite3 module)")
 
 
@@ -427,5 +502,5 @@ def demo(workdir: str, part: str) -> None:
     sys.exit(run_coro(run_demo(workdir, part)))
 
 
-for _command in (client, changes, actions, *SERVER_COMMANDS):
+for _command in (client, changes, actions, *ADOPT_COMMANDS, *AUTHORING_COMMANDS, *SERVER_COMMANDS):
     main.add_command(_command)

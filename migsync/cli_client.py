@@ -268,10 +268,13 @@ async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, 
     from migsync.core.sync import Syncer
 
     trusted = load_public_keys(o["trust_keys"])
-    spec = plugins_of(ctx).transport_for_url(o["server_url"])
+    plugins = plugins_of(ctx)
+    spec = plugins.transport_for_url(o["server_url"])
     extra = {"reports": o["reports_dir"]} if o["reports_dir"] else {}
     try:
-        transport = spec.load()(
+        transport = plugins.build(
+            plugins.transports,
+            spec,
             o["server_url"],
             client_id=str(o["client_id"]),
             token=o["token"],

@@ -202,8 +202,15 @@ async def sync_async(
     spec = plugins.transport_for_url(server_url)
     extra: dict[str, Any] = {"reports": os.fspath(reports_dir)} if reports_dir is not None else {}
     try:
-        transport = spec.load()(
-            server_url, client_id=str(client_id), token=token, timeout=timeout, retries=retries, **extra
+        transport = plugins.build(
+            plugins.transports,
+            spec,
+            server_url,
+            client_id=str(client_id),
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            **extra,
         )
     except TypeError as exc:
         raise ConfigError(f"the {spec.name} transport does not take {sorted(extra)}: {exc}") from None

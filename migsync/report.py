@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ import click
 from migsync.core.client import Client
 from migsync.core.clock import iso
 from migsync.core.ledger import MigrationState
-from migsync.core.processor import PassResult
+from migsync.core.processor import Outcome, PassResult
 
 EXIT_FAILED = 1
 
@@ -177,3 +178,48 @@ def report_failure(result: PassResult) -> None:
             f"  next attempt after {when}; later migrations wait for it",
             err=True,
         )
+
+
+def pass_json(result: PassResult, elapsed: float, **more: Any) -> dict[str, Any]:
+    """A pass as the ``--json`` of apply, process and revert print it (``more``: the command's own keys)."""
+
+    def names(operation: str) -> list[str]:
+        return [o.label.split(" ", 1)[1] for o in result.processed if o.ok and o.label.startswith(operation)]
+
+    def outcome(o: Outcome | None) -> dict[str, Any] | None:
+        if o is None:
+            return None
+        operation, _, name = o.label.partition(" ")
+        return {
+            "name": name,
+            "operation": operation,
+            "error": o.error,
+            "attempts": o.attempts,
+            "max_attempts": o.max_attempts,
+            "dead": o.dead,
+            "dirty": o.dirty,
+            "next_attempt_at": iso(o.next_attempt_at),
+        }
+
+    return {
+        "ok": pass_exit_code(result) == 0,
+        **more,
+        "applied": names("apply "),
+        "reverted": names("revert "),
+        "failed": outcome(result.failure),
+        "blocked": outcome(result.blocked),
+        "waiting_until": iso(result.waiting_until),
+        "remaining": result.remaining,
+        "elapsed_ms": round(elapsed * 1000),
+    }
+
+
+def pass_exit_code(result: PassResult) -> int:
+    """1 when the pass stopped short (a failure, a dead or dirty change, a backoff to wait out)."""
+    stopped = result.failure is not None or result.blocked is not None or result.waiting_until is not None
+    return EXIT_FAILED if stopped else 0
+
+
+def print_pass_json(result: PassResult, elapsed: float, **more: Any) -> int:
+    click.echo(json.dumps(pass_json(result, elapsed, **more), indent=2))
+    return pass_exit_code(result)

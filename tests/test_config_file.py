@@ -49,7 +49,11 @@ def test_top_level_keys_serve_every_command_and_tables_win(tmp_path: Path) -> No
     assert defaults["apply"]["db_url"] == "sqlite:///top.db"
     assert defaults["apply"]["directory"] == str(tmp_path / "db" / "migrations"), "relative to the file"
     assert defaults["apply"]["max_attempts"] == 5
-    assert defaults["status"] == {"db_url": "sqlite:///status.db"}, "status takes no --migrations"
+    # status --migrations DIR compares the folder with the database: the top-level key serves it too.
+    assert defaults["status"] == {
+        "db_url": "sqlite:///status.db",
+        "directory": str(tmp_path / "db" / "migrations"),
+    }
     assert defaults["client"]["sync"]["trust_keys"] == [str(tmp_path / "keys" / "server.pub")]
     assert defaults["client"]["sync"]["db_url"] == "sqlite:///top.db"
     assert "interval" not in defaults["client"]["sync"] and defaults["client"]["run"]["interval"] == 60

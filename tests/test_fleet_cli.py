@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import MIGSYNC, write_migrations
 from dbtools import migsync_env, run
+from test_output import on_a_terminal
 
 from migsync.server import StatusReport, Store
 
@@ -188,8 +189,14 @@ def test_fleet_table_cuts_long_errors_and_long_version_lists(tmp_path: Path) -> 
     _, gappy, early = table_rows(table.stdout)
     assert gappy[:6] == [str(ids["gappy"]), "gappy", "10", "5", "1, 3, 5, 7, 9, ... (7 in all)", "-"]
     failed = gappy[7]
-    assert failed.startswith("12: ?[2J?[31mno such table: xxx") and failed.endswith("...")
-    assert len(failed) <= 110 and "second line" not in table.stdout
+    # In a pipe (a CI log, grep) the first line is whole; only the first line, and escaped.
+    assert failed == "12: ?[2J?[31mno such table: " + "x" * 500
+    assert "second line" not in table.stdout
+    # On a terminal it is cut to fit.
+    shown = on_a_terminal("fleet", "--store", store, columns=200)
+    [gappy_line] = [line for line in shown.splitlines() if "gappy" in line]
+    assert "\x1b" not in shown and "no such table: xxx" in gappy_line and gappy_line.rstrip().endswith("...")
+    assert "x" * 200 not in gappy_line
     assert early[:6] == [str(ids["early"]), "early", "3", "3", "4-12", "-"]
 
     [entry, _] = fleet_json(store)

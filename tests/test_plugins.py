@@ -53,6 +53,7 @@ from migsync.backends.sqlite import SQLiteBackend
 from migsync.core import hookspecs
 from migsync.core.formats import FileName, Section, SourceFormat
 from migsync.core.sources import plugin_formats
+from migsync.transports.memory import MemoryTransport
 
 HERE = Path(__file__).resolve().parent
 PLUGIN_PKG = HERE / "plugin_pkg"
@@ -60,12 +61,19 @@ MIGSYNC = str(Path(sys.executable).with_name("migsync"))
 EXAMPLE_ORIGIN = "entry point (migsync-example-plugin 1.2.3)"
 BROKEN_ORIGIN = "entry point (migsync-broken-plugin 0.0.1)"
 BROKEN_ERROR = "RuntimeError: migsync_broken_plugin is broken on purpose"
+BROKEN_LABEL = "migsync_broken_plugin, from migsync-broken-plugin 0.0.1"
 EXAMPLE_REGISTERS = [
     "backend:example-sqlite",
     "event sink:example-file",
     "sqlite function:normalize",
     "sqlite collation:unicase",
 ]
+EXAMPLE_DESCRIPTIONS = {
+    "backend:example-sqlite": "SQLite as examplesqlite://",
+    "event sink:example-file": "append event kinds to path=FILE",
+    "sqlite function:normalize": "fold case and blanks",
+    "sqlite collation:unicase": "text without case",
+}
 
 MIGRATIONS = {
     "0001_create_users.sql": (
@@ -165,8 +173,14 @@ def test_plugins_command_lists_installed_plugin(installed: Installed) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     start = lines.index(f"example  [{EXAMPLE_ORIGIN}]")
-    assert set(lines[start + 1 : start + 5]) == {f"    {item}" for item in EXAMPLE_REGISTERS}
+    width = max(map(len, EXAMPLE_REGISTERS))
+    assert set(lines[start + 1 : start + 5]) == {
+        f"    {item:<{width}}  {EXAMPLE_DESCRIPTIONS[item]}" for item in EXAMPLE_REGISTERS
+    }
     assert "migsync.backends  [builtin]" in lines
+    # Every spec's description is shown, the built-ins' too.
+    sqlite_line = lines[lines.index("migsync.backends  [builtin]") + 1]
+    assert sqlite_line.split()[:2] == ["backend:sqlite", "SQLite"], sqlite_line
     assert "FAILED" not in result.stdout
     assert lines[-1] == f"SQLite library {sqlite3.sqlite_version} (Python's sqlite3 module)"
 
@@ -177,12 +191,19 @@ def test_plugins_command_json(installed: Installed) -> None:
         "name": "example",
         "origin": EXAMPLE_ORIGIN,
         "registers": EXAMPLE_REGISTERS,
+        "descriptions": EXAMPLE_DESCRIPTIONS,
+        "refused": [],
         "error": None,
     }
     assert entries["migsync.backends"] == {
         "name": "migsync.backends",
         "origin": "builtin",
         "registers": ["backend:sqlite", "backend:postgresql"],
+        "descriptions": {
+            "backend:sqlite": "SQLite files through aiosqlite (WAL, BEGIN IMMEDIATE)",
+            "backend:postgresql": "Postgres through asyncpg (advisory locks, bookkeeping in a chosen schema)",
+        },
+        "refused": [],
         "error": None,
         "sqlite_version": sqlite3.sqlite_version,
     }
@@ -297,13 +318,20 @@ def test_broken_plugin_is_reported_and_not_fatal(installed: Installed, tmp_path:
     start = lines.index(f"broken  [{BROKEN_ORIGIN}]")
     assert lines[start + 1] == f"    FAILED: {BROKEN_ERROR}"
     assert f"example  [{EXAMPLE_ORIGIN}]" in lines
-    assert "plugin 'broken' (migsync_broken_plugin) failed to load" in result.stderr  # the logged warning
+    # The logged warning: one line, naming the entry point and its distribution.
+    [warning] = result.stderr.splitlines()
+    assert warning == (
+        f"WARNING migsync.plugins: plugin 'broken' ({BROKEN_LABEL}) failed to load: {BROKEN_ERROR}; "
+        "skipped (MIGSYNC_STRICT_PLUGINS=1 makes this an error)"
+    )
 
     entries = plugins_json(path=path)
     assert entries["broken"] == {
         "name": "broken",
         "origin": BROKEN_ORIGIN,
         "registers": [],
+        "descriptions": {},
+        "refused": [],
         "error": BROKEN_ERROR,
     }
 
@@ -315,12 +343,32 @@ def test_broken_plugin_is_reported_and_not_fatal(installed: Installed, tmp_path:
     assert "users" in table_names(database)
 
 
-@pytest.mark.parametrize("env", [{"MIGSYNC_STRICT_PLUGINS": "1"}, {"CI": "true"}], ids=["strict", "ci"])
+def test_ci_alone_does_not_make_a_third_party_plugin_fatal(installed: Installed, tmp_path: Path) -> None:
+    """CI=true is strict about migsync's own plugins only: one broken installed plugin must not
+    fail every command of a pipeline."""
+    path = [installed.example, installed.broken]
+    listing = run("plugins", path=path, CI="true")
+    assert listing.returncode == 0, listing.stderr
+    assert f"plugin 'broken' ({BROKEN_LABEL}) failed to load" in listing.stderr
+    migrations = write_migrations(tmp_path / "migrations")
+    database = tmp_path / "client.db"
+    applied = run(
+        "apply", "--migrations", str(migrations), "--db", f"examplesqlite:///{database}", path=path, CI="true"
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "users" in table_names(database)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"MIGSYNC_STRICT_PLUGINS": "1"}, {"MIGSYNC_STRICT_PLUGINS": "1", "CI": "true"}],
+    ids=["strict", "ci"],
+)
 def test_broken_plugin_is_an_error_when_strict(
     installed: Installed, tmp_path: Path, env: dict[str, str]
 ) -> None:
     path = [installed.example, installed.broken]
-    message = f"plugin 'broken' (migsync_broken_plugin) failed to load: {BROKEN_ERROR}"
+    message = f"plugin 'broken' ({BROKEN_LABEL}) failed to load: {BROKEN_ERROR}"
     listing = run("plugins", path=path, **env)
     assert listing.returncode != 0
     assert message in listing.stderr
@@ -566,9 +614,11 @@ async def test_hook_migsync_register_backends(tmp_path: Path) -> None:
 
 
 async def test_hook_migsync_register_transports() -> None:
-    class PigeonTransport:
-        def __init__(self, url: str):
-            self.url = url
+    class PigeonTransport(MemoryTransport):
+        """The in-memory transport under other schemes: a whole transport, as the contract asks."""
+
+        def __init__(self, url: str, **options: Any):
+            super().__init__("memory://" + url.partition("://")[2], **options)
 
     @hookimpl
     def migsync_register_transports(register: Callable[[TransportSpec], None]) -> None:
@@ -577,8 +627,9 @@ async def test_hook_migsync_register_transports() -> None:
     plugins = make_plugins(extra=[plugin("pigeon-plugin", migsync_register_transports)])
     spec = plugins.transport_for_url("PIGEONS://loft/client-7")
     assert spec.name == "pigeon"
-    transport = spec.load()("pigeon://loft")
+    transport = plugins.build(plugins.transports, spec, "pigeon://loft", client_id="c7")
     assert isinstance(transport, PigeonTransport)
+    assert transport.where == "memory://loft"
     assert plugins.transports.names() == ["file", "http", "memory", "pigeon"]
     with pytest.raises(
         ConfigError, match=r"no transport serves server URL 'ftp://x'; known schemes: .*pigeons://"

@@ -31,7 +31,6 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
     assert run("keygen", "--out", str(key), "--force").returncode == 0
 
 
-
 def test_keygen_makes_the_folders_it_needs_for_the_owner_alone(tmp_path: Path) -> None:
     """The README's first server step, ``migsync keygen --out keys/signing``, in a fresh clone."""
     made = run("keygen", "--out", str(tmp_path / "keys" / "prod" / "signing"))

@@ -138,11 +138,28 @@ async def test_a_function_that_does_not_import_is_a_plugin_error_at_open(tmp_pat
 
 async def test_a_sqlite_backend_that_cannot_install_them_is_refused_at_connect(tmp_path: Path) -> None:
     class BareSQLite(BaseBackend):
+        """A whole backend as far as the contract goes (it is refused before it would be used)."""
+
         name: ClassVar[str] = "bare"
         dialect: ClassVar[str] = "sqlite"
 
         def __init__(self, url: str, **options: Any):
             super().__init__(url)
+
+        async def open(self) -> None:
+            raise AssertionError("a refused backend is never opened")
+
+        async def close(self) -> None:
+            raise AssertionError("a refused backend is never opened")
+
+        def transaction(self) -> Any:
+            raise AssertionError("a refused backend is never used")
+
+        def autocommit(self) -> Any:
+            raise AssertionError("a refused backend is never used")
+
+        def processor_lock(self, name: str, timeout: float) -> Any:
+            raise AssertionError("a refused backend is never used")
 
     bare = BackendSpec("bare", ("bare",), BareSQLite)
 

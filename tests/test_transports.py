@@ -86,6 +86,9 @@ class MemoryHarness:
         mine = {a.id for a in self.server.actions.get(client, [])}
         return {i: (a.state, a.detail) for i, a in self.server.answers.items() if i in mine}
 
+    async def changes(self, client: str) -> list[str]:
+        return [change.id for change in self.server.inbox.get(client, [])]
+
 
 class TestMemory(TransportSuite):
     @pytest.fixture
@@ -172,6 +175,11 @@ class HttpHarness:
     async def answers(self, client: str) -> dict[int, tuple[str, str | None]]:
         records = await self.store.actions(self.ids[client]) if client in self.ids else []
         return {r.id: (r.state, r.detail) for r in records if r.state in ACTION_STATES}
+
+    async def changes(self, client: str) -> list[str]:
+        if client not in self.ids:
+            return []
+        return [c.change_id for c in await self.store.inbox() if c.client_id == self.ids[client]]
 
 
 @contextlib.asynccontextmanager

@@ -310,9 +310,13 @@ class PostgresBackend(BaseBackend):
         migration_statement_timeout: float | None = None,
         lock_wait_report: float | None = None,
         create: bool = True,
+        read_only: bool = False,
     ):
         super().__init__(url)
         del create  # a Postgres database is made by its administrator, never by migsync
+        #: Every transaction read-only (``default_transaction_read_only``): Postgres itself
+        #: refuses a write, whatever the caller tries (``migsync status``, ``apply --dry-run``).
+        self.read_only = read_only
         self.dsn, options = parse_url(url)
         self.where = where(url)
         self.schema = schema or options.get("schema") or "public"
@@ -344,7 +348,10 @@ class PostgresBackend(BaseBackend):
                 self.dsn,
                 min_size=1,
                 max_size=self.pool_max,
-                server_settings={"application_name": "migsync"},
+                server_settings={
+                    "application_name": "migsync",
+                    **({"default_transaction_read_only": "on"} if self.read_only else {}),
+                },
                 timeout=10,
                 init=_init_connection,
             )

@@ -19,6 +19,9 @@
   when no write lock is held. Each change is still claimed inside its
   ``BEGIN IMMEDIATE`` transaction. A ``:memory:`` database (no other process
   can open it), or a platform without ``flock``, has an in-process lock only.
+* ``read_only=True`` (``migsync status``, ``apply --dry-run``) opens the file
+  with ``mode=ro``: a missing file is an error, not a new database, and no
+  pragma that writes the file (``journal_mode``) is sent.
 * Plugins' SQL functions and collations (``sqlite_functions``, set by
   ``Client.connect``) are installed on the connection as it opens
   (:mod:`migsync.backends.sqlite_functions`).
@@ -36,7 +39,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiosqlite
 
@@ -57,6 +60,7 @@ from migsync.core.errors import (
     BackendError,
     ConfigError,
     ConnectError,
+    DatabaseMissing,
     LockTimeout,
     StatementError,
     TransactionLost,
@@ -330,6 +334,7 @@ class SQLiteBackend(BaseBackend):
         journal_mode: str | None = None,
         migration_foreign_keys: str | None = None,
         create: bool = True,
+        read_only: bool = False,
     ):
         super().__init__(url)
         self.path, options = parse_url(url)
@@ -339,7 +344,9 @@ class SQLiteBackend(BaseBackend):
                 f"sqlite URL {url!r}: unknown option(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(_URL_OPTIONS))}"
             )
-        self.create = create
+        #: Opened with ``mode=ro``: nothing is written, and a missing file is not created.
+        self.read_only = read_only
+        self.create = create and not read_only
         self.memory = self.path == ":memory:"
         self.busy_timeout = float(
             busy_timeout if busy_timeout is not None else options.get("busy_timeout", 30)
@@ -377,10 +384,11 @@ class SQLiteBackend(BaseBackend):
             # left to stop after the event loop has closed, and prints a traceback.
             raw = await asyncio.to_thread(
                 sqlite3.connect,
-                self.path,
+                self._target(),
                 isolation_level=None,
                 check_same_thread=False,
                 factory=FunctionsConnection,
+                uri=self.read_only and not self.memory,
             )
         except sqlite3.Error as exc:
             raise ConnectError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -393,6 +401,12 @@ class SQLiteBackend(BaseBackend):
             raise ConnectError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._thread = thread
 
+    def _target(self) -> str:
+        """What ``sqlite3.connect`` opens: the path, or a ``mode=ro`` URI for a read-only open."""
+        if not self.read_only or self.memory:
+            return self.path
+        return f"file:{quote(str(Path(self.path).absolute()))}?mode=ro"
+
     def _check_path(self) -> None:
         """A database file must be a regular file in a folder that is there (SQLite would say
         only "unable to open database file", or "disk I/O error" on a FIFO)."""
@@ -403,7 +417,7 @@ class SQLiteBackend(BaseBackend):
             mode = path.stat().st_mode
         except FileNotFoundError:
             if not self.create:
-                raise ConnectError(f"SQLite database {self.path} does not exist") from None
+                raise DatabaseMissing(f"SQLite database {self.path} does not exist") from None
             return
         except OSError as exc:
             raise ConnectError(f"{cannot}: {reason(exc)}") from None
@@ -414,7 +428,7 @@ class SQLiteBackend(BaseBackend):
         assert isinstance(conn, FunctionsConnection)  # open() asks sqlite3 for one
         install(conn, functions)
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        if not self.memory:
+        if not self.memory and not self.read_only:  # journal_mode writes the file's header
             conn.execute(f"PRAGMA journal_mode = {self.journal_mode}")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 from migsync.core import schema
+from migsync.core.contracts import to_implement
 from migsync.core.errors import BackendError
 from migsync.core.work import Work, drive_async, perform_async
 
@@ -67,7 +68,12 @@ class Connection(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """A client database."""
+    """A client database. Every member is required; a backend that lacks one (or has only
+    :class:`BaseBackend`'s stub of it) is refused when it loads.
+
+    Optional, used when present: ``sqlite_functions`` (a SQLite backend that installs plugins'
+    functions and collations) and ``wait_listener`` (one that can say who blocks a lock).
+    """
 
     name: ClassVar[str]
     dialect: ClassVar[str]
@@ -157,9 +163,11 @@ class BaseBackend:
     def __init__(self, url: str):
         self.url = url
 
+    @to_implement
     async def open(self) -> None:
         raise NotImplementedError
 
+    @to_implement
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -175,12 +183,15 @@ class BaseBackend:
     ) -> None:
         await self.close()
 
+    @to_implement
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         raise NotImplementedError
 
+    @to_implement
     def autocommit(self) -> contextlib.AbstractAsyncContextManager[Connection]:
         raise NotImplementedError
 
+    @to_implement
     def processor_lock(self, name: str, timeout: float) -> contextlib.AbstractAsyncContextManager[None]:
         raise NotImplementedError
 

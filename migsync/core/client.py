@@ -15,6 +15,7 @@ processor pass; ``start()`` keeps passes running in the background.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
@@ -53,11 +54,11 @@ def parse_sink(text: str) -> tuple[str, dict[str, str]]:
 def build_sinks(plugins: Plugins, configs: Sequence[str] | None) -> list[EventSink]:
     """Sinks from ``NAME[:key=value,...]`` strings; the default sinks when ``configs`` is None."""
     if configs is None:
-        return [spec.load()({}) for spec in plugins.event_sinks if spec.default]
+        return [plugins.build(plugins.event_sinks, spec, {}) for spec in plugins.event_sinks if spec.default]
     sinks = []
     for config in configs:
         name, options = parse_sink(config)
-        sinks.append(plugins.event_sinks.get(name).load()(options))
+        sinks.append(plugins.build(plugins.event_sinks, plugins.event_sinks.get(name), options))
     return sinks
 
 
@@ -77,6 +78,15 @@ def _give_sqlite_functions(backend: Backend, name: str, plugins: Plugins) -> Non
     backend.sqlite_functions = specs
 
 
+def _takes(factory: object, option: str) -> bool:
+    """Whether a backend factory accepts keyword ``option`` (by name, or through ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == option or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class Client:
     def __init__(
         self,
@@ -88,8 +98,11 @@ class Client:
         max_attempts: int = 3,
         sink_timeout: float = 5.0,
         lock_timeout: float = 60.0,
+        read_only: bool = False,
     ):
         self.backend = backend
+        #: Opened for looking only: ``async with`` leaves the bookkeeping tables as they are.
+        self.read_only = read_only
         self.clock = clock or SystemClock()
         self.events = EventDispatcher(sinks, timeout=sink_timeout)
         self.ledger = Ledger(backend, clock=self.clock, events=self.events, max_attempts=max_attempts)
@@ -127,27 +140,43 @@ class Client:
         plugins: Plugins | None = None,
         sinks: Sequence[str] | None = None,
         backend_options: dict[str, object] | None = None,
+        read_only: bool = False,
         **options: object,
     ) -> Client:
         """A client for the database at ``url``, its backend chosen by URL scheme.
 
         ``sinks`` are ``NAME[:key=value,...]`` strings (default: the plugins'
         default sinks). Open it with ``async with``.
+
+        ``read_only``: for looking only (``migsync status``, ``apply --dry-run``).
+        Opening creates nothing: not the database, not the bookkeeping tables, no
+        layout upgrade; read them with :mod:`migsync.core.inspection`. A backend
+        whose factory takes ``read_only`` (the built-ins) also opens the database
+        so that it refuses writes (SQLite ``mode=ro``, a Postgres read-only session).
         """
         plugins = plugins or make_plugins()
         spec = plugins.backend_for_url(url)
+        factory = spec.load()
+        backend_options = dict(backend_options or {})
+        if read_only:
+            backend_options["create"] = False
+            if _takes(factory, "read_only"):
+                backend_options["read_only"] = True
         try:
-            backend = spec.load()(url, **(backend_options or {}))
+            backend = plugins.build(plugins.backends, spec, url, **backend_options)
         except TypeError as exc:
             raise ConfigError(
                 f"backend {spec.name!r} does not take the options {sorted(backend_options or {})}: {exc}"
             ) from exc
         if backend.dialect == "sqlite":
             _give_sqlite_functions(backend, spec.name, plugins)
-        return cls(backend, sinks=build_sinks(plugins, sinks), **options)  # type: ignore[arg-type]
+        sinks_built = build_sinks(plugins, sinks)
+        return cls(backend, sinks=sinks_built, read_only=read_only, **options)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Self:
         await self.backend.open()
+        if self.read_only:
+            return self
         try:
             await self.backend.ensure_schema()
         except BaseException:

@@ -8,6 +8,7 @@
     ├── SourceError            a migration file that cannot be read or parsed
     ├── BackendError           anything the database driver reported
     │   ├── ConnectError       the database cannot be opened or reached
+    │   │   └── DatabaseMissing  it does not exist, and the command may not create it
     │   ├── LockTimeout        the processor lock was held by someone else too long
     │   ├── StatementError     a SQL statement failed (names migration, statement, line)
     │   ├── ConstraintViolation a migration left data that breaks a constraint checked at commit
@@ -62,6 +63,10 @@ class BackendError(MigsyncError):
 
 class ConnectError(BackendError):
     """The database could not be opened or reached."""
+
+
+class DatabaseMissing(ConnectError):
+    """The database does not exist, and the command may not create it (``status``, a read-only open)."""
 
 
 class LockTimeout(BackendError):

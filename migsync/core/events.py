@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
+from migsync.core.contracts import to_implement
 from migsync.core.version import Version, as_version
 
 log = logging.getLogger("migsync.events")
@@ -198,7 +199,11 @@ class SyncCompleted(Event):
 
 @runtime_checkable
 class EventSink(Protocol):
-    async def emit(self, event: Event) -> None: ...
+    """What a sink must have, checked when it loads. Optional: ``async aclose()``, called once
+    at shutdown, and ``name``, for log messages (the class name otherwise)."""
+
+    async def emit(self, event: Event) -> None:
+        """Deliver one event; a sink that raises or is slow is logged and skipped."""
 
 
 class BaseEventSink:
@@ -206,6 +211,7 @@ class BaseEventSink:
 
     name: ClassVar[str] = ""
 
+    @to_implement
     async def emit(self, event: Event) -> None:
         raise NotImplementedError
 

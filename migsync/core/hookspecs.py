@@ -57,8 +57,8 @@ def migsync_register_backends(register: Callable[[BackendSpec], None]) -> None:
     Call ``register(BackendSpec(name, schemes, factory))`` once per backend.
     ``factory(url, **options)`` must return an unopened object that follows
     :class:`migsync.core.backend.Backend` (subclass
-    :class:`migsync.core.backend.BaseBackend`). ``schemes`` are the URL
-    schemes it serves, such as ``("sqlite",)``.
+    :class:`migsync.core.backend.BaseBackend`), or it is refused when it
+    loads. ``schemes`` are the URL schemes it serves, such as ``("sqlite",)``.
 
     Example::
 
@@ -106,6 +106,12 @@ def migsync_register_transports(register: Callable[[TransportSpec], None]) -> No
     Call ``register(TransportSpec(name, schemes, factory))``. A transport
     never touches a database; it fetches migrations for a client since a
     cursor, sends status reports and pushes entity changes.
+    ``factory(url, *, client_id, token, timeout, retries)`` returns an object
+    that keeps :class:`migsync.transports.base.Transport`: ``fetch``,
+    ``report``, ``report_actions``, ``push_changes`` and ``aclose``, all
+    ``async def``, ``async with``, and ``where`` (subclass
+    :class:`migsync.transports.base.BaseTransport`). A transport that lacks
+    one is refused when it loads (:mod:`migsync.core.contracts`).
 
     Example::
 
@@ -126,7 +132,8 @@ def migsync_register_event_sinks(register: Callable[[EventSinkSpec], None]) -> N
     receives a ``dict[str, str]`` of options from the deployment's
     configuration (``--sink NAME:key=value``) and returns an object with
     ``async def emit(self, event)`` (subclass
-    :class:`migsync.core.events.BaseEventSink`). Sinks are isolated: one
+    :class:`migsync.core.events.BaseEventSink`; :class:`migsync.core.events.EventSink`
+    is the contract, checked when the sink loads). Sinks are isolated: one
     that is slow or raises never stalls the processor.
 
     Example::

@@ -172,6 +172,15 @@ class Ledger:
         ]
         return RecordResult([m.name for m in plan.added], changed)
 
+    async def record_in(self, tx: Connection, migrations: Sequence[Migration]) -> RecordResult:
+        """:meth:`record` inside a transaction the caller holds, so that what it writes next
+        (a baseline's applied rows, say) commits, or not, with the records."""
+        plan = self._plan_record(
+            await tx.fetch(self.sql.known), migrations, await self._stored(tx.fetch, migrations)
+        )
+        await tx.execute_batch(self._record_statements(plan, {}))
+        return RecordResult([m.name for m in plan.added], [m.name for m in plan.updated])
+
     async def _stored(
         self, fetch: Callable[..., Awaitable[list[Row]]], migrations: Sequence[Migration]
     ) -> dict[str, Migration]:

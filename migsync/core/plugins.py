@@ -11,8 +11,20 @@ by environment variables:
     load built-ins only.
 ``MIGSYNC_PLUGINS=name,name``
     load only these entry points (an allow-list).
-``MIGSYNC_STRICT_PLUGINS=1`` (the default when ``CI=true``)
-    a plugin that fails to load is an error instead of a logged warning.
+``MIGSYNC_STRICT_PLUGINS=1``
+    an installed (third-party) plugin that fails to load, or whose backend,
+    transport or event sink does not keep its contract, is an error instead
+    of a warning and a skip.
+``CI=true``
+    migsync's own plugins are checked against their contracts as soon as
+    their registry is built, their lazy ``"module:attribute"`` factories
+    imported for it; elsewhere they are checked when first used, for
+    start-up time. A broken built-in is always an error.
+
+Every backend, transport and event sink is checked against its
+``typing.Protocol`` (:mod:`migsync.core.contracts`): a class given as a
+spec's factory when the registry is built, a lazily imported class when it
+is imported, and the object a factory makes when it is made.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ from urllib.parse import urlsplit
 import attrs
 import pluggy
 
-from migsync.core import hookspecs
+from migsync.core import contracts, hookspecs
 from migsync.core.errors import ConfigError, PluginError
 from migsync.core.specs import (
     BackendSpec,
@@ -58,6 +70,9 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 
 _TRUE = {"1", "true", "yes", "on"}
 
+#: The end of the warning about a third-party plugin that is skipped.
+STRICT_HINT = "MIGSYNC_STRICT_PLUGINS=1 makes this an error"
+
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE
@@ -71,6 +86,10 @@ class PluginInfo:
     origin: str  # "builtin", or "entry point <dist> <version>"
     registers: tuple[str, ...] = ()
     error: str | None = None
+    #: the description each spec of ``registers`` declares, in the same order ("" if none)
+    descriptions: tuple[str, ...] = ()
+    #: what of this plugin was refused and skipped: a spec that does not keep its contract
+    refused: tuple[str, ...] = ()
 
 
 S = TypeVar("S", bound=Spec)
@@ -111,11 +130,22 @@ class Plugins:
         failures: Sequence[PluginInfo],
         builtins: set[str],
         origins: dict[str, str] | None = None,
+        *,
+        dists: dict[str, str] | None = None,
+        strict: bool = True,
+        check_builtins: bool = False,
     ):
         self.pm = pm
         self.failures = list(failures)
         self._builtins = builtins
         self._origins = dict(origins or {})
+        #: entry-point plugin name -> "module, from distribution version", for messages
+        self._dists = dict(dists or {})
+        #: a third-party plugin that breaks its contract is an error, not a warning and a skip
+        self.strict = strict
+        #: load and check migsync's own lazy factories when their registry is built (CI)
+        self.check_builtins = check_builtins
+        self._refused: dict[str, list[str]] = {}
         self._cache: dict[str, dict[type, Registry[Any]]] = {}
 
     # -- registries ---------------------------------------------------------
@@ -158,11 +188,81 @@ class Plugins:
     def transport_for_url(self, url: str) -> TransportSpec:
         return self._by_scheme(self.transports, url, "server")
 
+    # -- building what a spec provides ------------------------------------------------------
+
+    def build(self, registry: Registry[Any], spec: Any, *args: Any, **kwargs: Any) -> Any:
+        """``spec.load()(*args, **kwargs)``, checked against the contract of ``registry``'s kind.
+
+        The class is checked before it is called (nothing is built from a class that cannot
+        work) and the object after. A broken one is a :class:`PluginError` naming the plugin,
+        whatever the strictness: it was asked for by name or URL, and nothing can stand in.
+        A ``TypeError`` of the factory (options it does not take) is left to the caller.
+        """
+        factory = spec.load()
+        if inspect.isclass(factory):
+            self._check(registry.kind, spec, factory, registry.owners.get(spec.name))
+        built = factory(*args, **kwargs)
+        self._check(registry.kind, spec, built, registry.owners.get(spec.name))
+        return built
+
+    def _check(self, kind: str, spec: Any, target: object, owner: str | None) -> None:
+        if kind not in contracts.PROTOCOLS:
+            return
+        clause = contracts.describe(kind, target)
+        if clause is not None:
+            raise PluginError(self._refusal(kind, spec, target, owner, clause))
+
+    def _refusal(self, kind: str, spec: Any, target: object, owner: str | None, clause: str) -> str:
+        klass = target if inspect.isclass(target) else type(target)
+        implementation = f"{klass.__module__}:{klass.__qualname__}"
+        return (
+            f"{self._who(owner)}: {kind} {spec.name!r} ({implementation}) "
+            f"does not keep the {kind} contract: {clause}"
+        )
+
+    def _who(self, owner: str | None) -> str:
+        if owner is None:
+            return "a plugin"
+        if owner in self._builtins:
+            return f"built-in plugin {owner!r}"
+        dist = self._dists.get(owner)
+        return f"plugin {owner!r} ({dist})" if dist else f"plugin {owner!r}"
+
+    def _keeps_contract(self, kind: str, spec: Any, owner: str) -> bool:
+        """Whether ``spec`` may join its registry: a class factory must keep its kind's contract.
+
+        A factory named lazily (``"module:attribute"``) is checked when it is imported, except
+        migsync's own under ``check_builtins``; a function's object is checked when it is built.
+        """
+        if kind not in contracts.PROTOCOLS:
+            return True
+        factory = spec.factory
+        if isinstance(factory, str):
+            if not (self.check_builtins and owner in self._builtins):
+                return True
+            factory = spec.load()
+        if not inspect.isclass(factory):
+            return True
+        clause = contracts.describe(kind, factory)
+        if clause is None:
+            return True
+        self._broken(owner, self._refusal(kind, spec, factory, owner, clause))
+        return False
+
+    def _broken(self, owner: str, message: str, cause: Exception | None = None) -> None:
+        """A plugin's registration went wrong: an error, or for an installed plugin when not
+        strict, one warning and the plugin's registration skipped."""
+        if self.strict or owner not in self._origins:
+            # migsync's own plugins and the application's (``extra``) are never skipped quietly.
+            raise PluginError(message) from cause
+        log.warning("%s; skipped (%s)", message, STRICT_HINT)
+        self._refused.setdefault(owner, []).append(message)
+
     # -- introspection --------------------------------------------------------
 
     def describe(self) -> list[PluginInfo]:
         """Every plugin with what it registers, built-ins first."""
-        registered: dict[str, list[str]] = {}
+        registered: dict[str, list[tuple[str, str]]] = {}
         registries = (
             self.backends,
             self.transports,
@@ -174,16 +274,20 @@ class Plugins:
         )
         for registry in registries:
             for name, owner in registry.owners.items():
-                registered.setdefault(owner, []).append(f"{registry.kind}:{name}")
+                item = f"{registry.kind}:{name}"
+                registered.setdefault(owner, []).append((item, registry.specs[name].description))
         infos = []
         for plugin_name, _ in self.pm.list_name_plugin():
             if plugin_name is None:
                 continue
+            items = registered.get(plugin_name, [])
             infos.append(
                 PluginInfo(
                     name=plugin_name,
                     origin=self._origin(plugin_name),
-                    registers=tuple(registered.get(plugin_name, ())),
+                    registers=tuple(item for item, _ in items),
+                    descriptions=tuple(description for _, description in items),
+                    refused=tuple(self._refused.get(plugin_name, ())),
                 )
             )
         return infos + self.failures
@@ -219,25 +323,32 @@ class Plugins:
         # plugin that registered it and a clash can name both plugins.
         for impl in hook.get_hookimpls():
             owner = impl.plugin_name
+            given: list[tuple[Registry[Any], Any]] = []
 
-            def register(spec: Any, owner: str = owner) -> None:
+            def register(spec: Any, owner: str = owner, given: list[Any] = given) -> None:
                 registry = next((r for t, r in registries.items() if isinstance(spec, t)), None)
                 if registry is None:
                     raise PluginError(
-                        f"plugin {owner!r}: {hook_name} registered {spec!r}; expected a {expected}"
+                        f"{self._who(owner)}: {hook_name} registered {spec!r}; expected a {expected}"
                     )
-                self._add(registry, spec, owner)
+                given.append((registry, spec))
 
             # pluggy lets an implementation take a subset of the spec's arguments.
             arguments = {"register": register}
             try:
                 impl.function(**{name: arguments[name] for name in impl.argnames})
-            except PluginError:
-                raise
+            except PluginError as exc:
+                self._broken(owner, str(exc), exc)
+                continue
             except Exception as exc:
-                raise PluginError(
-                    f"plugin {owner!r}: {hook_name} raised {type(exc).__name__}: {exc}"
-                ) from exc
+                message = f"{self._who(owner)}: {hook_name} raised {type(exc).__name__}: {exc}"
+                self._broken(owner, message, exc)
+                continue
+            # What a hook registers joins only once the hook has run to its end: a plugin that is
+            # skipped half-way leaves nothing behind.
+            for registry, spec in given:
+                if self._keeps_contract(registry.kind, spec, owner):
+                    self._add(registry, spec, owner)
         self._cache[hook_name] = registries
         return registries
 
@@ -325,18 +436,25 @@ def make_plugins(
     strict: bool | None = None,
     extra: Iterable[object] = (),
     builtins: Sequence[str] = DEFAULT_PLUGINS,
+    check_builtins: bool | None = None,
 ) -> Plugins:
     """Build an isolated plugin manager: built-ins, then installed plugins, then ``extra``.
 
     ``autoload`` defaults to on unless ``MIGSYNC_DISABLE_PLUGIN_AUTOLOAD`` is
-    set; ``strict`` defaults to on when ``MIGSYNC_STRICT_PLUGINS`` or ``CI``
-    is true. ``extra`` are plugin objects (modules, instances) registered
-    last, which is how tests and embedding applications add their own.
+    set. ``strict`` (default: ``MIGSYNC_STRICT_PLUGINS``) makes an installed
+    plugin that fails to load or breaks its contract an error; otherwise it
+    is logged and skipped. ``check_builtins`` (default: ``CI``) checks
+    migsync's own lazily imported backends, transports and sinks as soon as
+    their registry is built. ``extra`` are plugin objects (modules,
+    instances) registered last, which is how tests and embedding
+    applications add their own; like the built-ins, they are never skipped.
     """
     if autoload is None:
         autoload = not _env_flag("MIGSYNC_DISABLE_PLUGIN_AUTOLOAD")
     if strict is None:
-        strict = _env_flag("MIGSYNC_STRICT_PLUGINS") or _env_flag("CI")
+        strict = _env_flag("MIGSYNC_STRICT_PLUGINS")
+    if check_builtins is None:
+        check_builtins = _env_flag("CI")
     pm = pluggy.PluginManager("migsync")
     pm.add_hookspecs(hookspecs)
     builtin_names = set()
@@ -345,12 +463,15 @@ def make_plugins(
         builtin_names.add(module_name)
     failures: list[PluginInfo] = []
     origins: dict[str, str] = {}
+    dists: dict[str, str] = {}
     if autoload:
-        failures, origins = _load_entry_points(pm, strict)
+        failures, origins, dists = _load_entry_points(pm, strict)
     for index, plugin in enumerate(extra):
         name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
         _register(pm, plugin, name)
-    return Plugins(pm, failures, builtin_names, origins)
+    return Plugins(
+        pm, failures, builtin_names, origins, dists=dists, strict=strict, check_builtins=check_builtins
+    )
 
 
 def _any_entry_point_declared(group: str) -> bool:
@@ -389,16 +510,19 @@ def _any_entry_point_declared(group: str) -> bool:
     return False
 
 
-def _load_entry_points(pm: pluggy.PluginManager, strict: bool) -> tuple[list[PluginInfo], dict[str, str]]:
-    """Register the ``migsync`` entry points: (failures, origin of each loaded plugin)."""
+def _load_entry_points(
+    pm: pluggy.PluginManager, strict: bool
+) -> tuple[list[PluginInfo], dict[str, str], dict[str, str]]:
+    """Register the ``migsync`` entry points: (failures, origin and distribution of each loaded one)."""
     if not _any_entry_point_declared(ENTRY_POINT_GROUP):
-        return [], {}
+        return [], {}, {}
     from importlib.metadata import entry_points
 
     allowed_raw = os.environ.get("MIGSYNC_PLUGINS", "").strip()
     allowed = {n.strip() for n in allowed_raw.split(",") if n.strip()} if allowed_raw else None
     failures: list[PluginInfo] = []
     origins: dict[str, str] = {}
+    dists: dict[str, str] = {}
     seen: set[str] = set()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         seen.add(ep.name)
@@ -408,20 +532,22 @@ def _load_entry_points(pm: pluggy.PluginManager, strict: bool) -> tuple[list[Plu
             continue
         dist = getattr(ep, "dist", None)
         origin = f"entry point ({dist.name} {dist.version})" if dist else "entry point"
+        label = f"{ep.value}, from {dist.name} {dist.version}" if dist else ep.value
         try:
             plugin = ep.load()
             _register(pm, plugin, ep.name)
         except Exception as exc:
-            message = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+            message = f"plugin {ep.name!r} ({label}) failed to load: {type(exc).__name__}: {exc}"
             if strict:
                 raise PluginError(message) from exc
-            log.warning("%s", message)
+            log.warning("%s; skipped (%s)", message, STRICT_HINT)
             failures.append(PluginInfo(ep.name, origin, error=f"{type(exc).__name__}: {exc}"))
             continue
         origins[ep.name] = origin
+        dists[ep.name] = label
     for name in sorted((allowed or set()) - seen):
         log.warning("MIGSYNC_PLUGINS names %r, but no installed plugin has that name", name)
-    return failures, origins
+    return failures, origins, dists
 
 
 # Typed re-export for callers that only need the callback type.

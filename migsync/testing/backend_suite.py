@@ -46,13 +46,14 @@ from typing import Any
 
 import pytest
 
+from migsync.core import contracts
 from migsync.core.backend import MULTI_PROCESS, PROCESS_WIDE_LOCK, SAVEPOINTS, TRANSACTIONAL_DDL, Backend
 from migsync.core.client import Client
 from migsync.core.clock import RetryPolicy
 from migsync.core.errors import BackendError, LockTimeout, MigsyncError, StatementError
 from migsync.core.migration import ANY_DIALECT, Migration, Script
 from migsync.core.plugins import Plugins, make_plugins
-from migsync.core.schema import SCHEMA_VERSION
+from migsync.core.schema import SCHEMA_VERSION, Tables
 from migsync.core.work import (
     Await,
     Begin,
@@ -138,7 +139,8 @@ class BackendSuite:
         spec = plugins.backend_for_url(backend_url)
 
         def make() -> Backend:
-            backend: Backend = spec.load()(backend_url, **backend_options)
+            # Through plugins.build, as migsync builds it: a backend that breaks the contract fails here.
+            backend: Backend = plugins.build(plugins.backends, spec, backend_url, **backend_options)
             return backend
 
         return make
@@ -153,10 +155,14 @@ class BackendSuite:
     async def test_declares_itself(self, make_backend: BackendFactory, plugins: Plugins) -> None:
         backend = make_backend()
         assert isinstance(backend, Backend)
+        # Every member of the protocol, async where it must be: the check migsync makes on load.
+        assert contracts.problems("backend", backend) == []
         assert isinstance(backend.name, str) and backend.name
         assert isinstance(backend.dialect, str) and backend.dialect
         assert isinstance(backend.capabilities, frozenset)
         assert all(isinstance(c, str) for c in backend.capabilities)
+        assert isinstance(backend.url, str) and backend.url
+        assert isinstance(backend.tables, Tables)
         assert plugins.backends.get(backend.name).load() is type(backend)
 
     async def test_open_close_and_async_with(self, make_backend: BackendFactory) -> None:

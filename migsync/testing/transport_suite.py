@@ -43,6 +43,13 @@ The rules the suite holds a transport to, beyond :mod:`migsync.transports.base`:
   fetch (an old ETag gets the new offer), and is offered until the client
   answers it; answers are acknowledged as recorded, the same answer again
   changes nothing, and the server keeps the latest.
+* Entity changes: ``push_changes`` takes a batch in order (accepted and
+  duplicate together are all of it), a batch sent again is harmless, and
+  (when the harness is a :class:`ChangesHarness`) the server stores each
+  change once, in order, and refuses one written at a schema version it
+  never published, taking the changes before it.
+* ``aclose()`` releases the transport, and the class keeps every member of
+  the protocol (:func:`migsync.core.contracts.problems`).
 
 The tests are ``async def``: the suite needs pytest-asyncio with
 ``asyncio_mode = "auto"``. The harness fixture may be async; the suite
@@ -59,11 +66,21 @@ from typing import Protocol, runtime_checkable
 
 import pytest
 
+from migsync.core import contracts
 from migsync.core.errors import ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.signing import TrustedKey, verify
 from migsync.core.version import Version
-from migsync.core.wire import ActionResult, ActionsAck, Drift, Offer, ReportAck, StatusReport
+from migsync.core.wire import (
+    ActionResult,
+    ActionsAck,
+    ChangesAck,
+    Drift,
+    EntityChange,
+    Offer,
+    ReportAck,
+    StatusReport,
+)
 from migsync.testing.backend_suite import migration
 from migsync.transports.base import Transport
 
@@ -111,6 +128,24 @@ class ActionsHarness(TransportHarness, Protocol):
     async def answers(self, client: str) -> dict[int, tuple[str, str | None]]:
         """The server's record of ``client``'s answers (request id -> state, detail), for the
         requests it answered, read on the server's side. Called only while the server is up."""
+
+
+@runtime_checkable
+class ChangesHarness(TransportHarness, Protocol):
+    """A harness that can read back the entity changes its server stored (a drop folder cannot:
+    its changes are stored by ``import-reports`` later)."""
+
+    async def changes(self, client: str) -> list[str]:
+        """The ids of the changes the server stored for ``client``, in the order it took them,
+        read on the server's side."""
+
+
+def change(change_id: str, n: int, *, schema: Migration | None = None) -> EntityChange:
+    """An entity change to table ``todo``, written at the version of ``schema`` (default: V1)."""
+    return EntityChange(
+        change_id, "todo", str(n), "insert", {"id": n, "title": f"item {n}"},
+        (schema or V1).version, 1_700_000_000.0 + n,
+    )  # fmt: skip
 
 
 def applied(m: Migration, *, checksum: str | None = None, attempts: int = 1) -> StatusReport:
@@ -161,10 +196,20 @@ class TransportSuite:
     async def test_is_a_transport_and_an_async_context_manager(self, harness: TransportHarness) -> None:
         transport = await harness.transport("a")
         assert isinstance(transport, Transport)
+        # Every member of the protocol, async where it must be: the check migsync makes on load.
+        assert contracts.problems("transport", transport) == []
         assert isinstance(transport.where, str) and transport.where
         async with transport as entered:
             assert entered is transport
             assert isinstance(await entered.fetch(), Offer)
+
+    async def test_aclose_releases_it_once_used(self, harness: TransportHarness) -> None:
+        await harness.publish([V1])
+        transport = await harness.transport("a")
+        assert versions(await transport.fetch()) == [1]
+        await transport.aclose()
+        async with await harness.transport("a") as again:  # the server is none the worse
+            assert versions(await again.fetch()) == [1]
 
     # -- fetch -----------------------------------------------------------------------------
 
@@ -356,6 +401,39 @@ class TransportSuite:
             assert (await transport.fetch()).actions == ()
         assert await harness.answers("a") == {action_id: ("done", "0001_one applied")}
 
+    # -- entity changes ------------------------------------------------------------------------
+
+    async def test_push_changes_takes_a_batch_in_order_and_again_harmlessly(
+        self, harness: TransportHarness
+    ) -> None:
+        await harness.publish([V1])
+        batch = [change("c1", 1), change("c2", 2), change("c3", 3)]
+        async with await harness.transport("a") as transport:
+            assert await transport.push_changes([]) == ChangesAck()
+            first = await transport.push_changes(batch)
+            assert isinstance(first, ChangesAck) and first.refused is None
+            assert first.accepted + first.duplicate == ("c1", "c2", "c3")  # all of it, in order
+            again = await transport.push_changes(batch[1:])
+            assert again.refused is None
+            assert sorted(again.accepted + again.duplicate) == ["c2", "c3"]
+        if isinstance(harness, ChangesHarness):
+            assert await harness.changes("a") == ["c1", "c2", "c3"]  # each once, in order
+            assert await harness.changes("b") == []
+
+    async def test_a_change_of_an_unpublished_schema_version_is_refused(
+        self, harness: TransportHarness
+    ) -> None:
+        if not isinstance(harness, ChangesHarness):
+            pytest.skip("the harness cannot read the changes back (not a ChangesHarness)")
+        await harness.publish([V1])
+        async with await harness.transport("a") as transport:
+            ack = await transport.push_changes(
+                [change("c1", 1), change("c2", 2, schema=UNPUBLISHED), change("c3", 3)]
+            )
+        assert ack.accepted == ("c1",)
+        assert ack.refused is not None and ack.refused.id == "c2" and ack.refused.reason
+        assert await harness.changes("a") == ["c1"]
+
     # -- an unreachable server ---------------------------------------------------------------
 
     async def test_an_unreachable_server_is_server_unavailable_in_bounded_time(
@@ -391,9 +469,11 @@ __all__ = [
     "V3",
     "V4",
     "ActionsHarness",
+    "ChangesHarness",
     "TransportHarness",
     "TransportSuite",
     "applied",
+    "change",
     "failed",
     "versions",
 ]

@@ -36,6 +36,12 @@ from migsync.core.wire import (
 
 @runtime_checkable
 class Transport(Protocol):
+    """Every member is required; a transport that lacks one is refused when it loads.
+
+    Optional, read with a default: ``requests_signed`` (``False``, see
+    :class:`BaseTransport`) and ``client_id`` (the client it speaks for).
+    """
+
     #: where it goes, for messages (never a token)
     where: str
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 from migsync.core.formats.flyway import FlywayFormat
 from migsync.core.formats.golang_migrate import GolangMigrateFormat
 from migsync.core.formats.goose import GooseFormat
@@ -41,6 +41,7 @@ __all__ = [
     "GolangMigrateFormat",
     "GooseFormat",
     "NativeFormat",
+    "NewMigration",
     "PairedFormat",
     "PrismaFormat",
     "Section",

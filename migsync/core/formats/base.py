@@ -36,6 +36,19 @@ class FileName:
 
 
 @attrs.frozen
+class NewMigration:
+    """What ``migsync new`` asks a format to write (:meth:`SourceFormat.new_files`)."""
+
+    #: The version as it goes into the file name: ``"20261204203000"``, ``"0007"``, ``"1_3"``.
+    version: str
+    #: The description, slugged: ``add_users``.
+    name: str
+    #: Whether the folder keeps down scripts in files of their own (Flyway's ``U`` files,
+    #: sqlx's ``.down.sql``); None when the folder is empty and says nothing.
+    down: bool | None = None
+
+
+@attrs.frozen
 class Section:
     """One direction's SQL for one dialect, with where it came from."""
 
@@ -93,6 +106,15 @@ class SourceFormat:
 
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         raise NotImplementedError
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        """The files of a new, empty migration, as the format's own tool writes them: each
+        path relative to the folder (``<folder>/<file>`` for a nested format) and its text.
+
+        Both directions where the format has them. None (the default): this format cannot
+        author migrations (``migsync new`` says so).
+        """
+        return None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

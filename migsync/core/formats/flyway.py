@@ -22,7 +22,7 @@ from pathlib import Path
 
 from migsync.core import script_check
 from migsync.core.errors import SourceError
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 
 _VERSIONED = re.compile(r"^(?P<prefix>[VU])(?P<version>\d+(?:[._]\d+)*)(?:__(?P<desc>.*))?\.sql$")
 _REPEATABLE = re.compile(r"^R__(?P<desc>.*)\.sql$")
@@ -64,3 +64,10 @@ class FlywayFormat(SourceFormat):
                 path,
             )
         return [Section(file.direction, text, autocommit=needs == "outside", path=path)]
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        # An undo file only where the folder has them: undo is a Flyway Teams feature.
+        files = {f"V{new.version}__{new.name}.sql": ""}
+        if new.down:
+            files[f"U{new.version}__{new.name}.sql"] = ""
+        return files

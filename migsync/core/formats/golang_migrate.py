@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 from migsync.core.formats.native import migration_name
 from migsync.core.migration import Direction
 
@@ -32,6 +32,11 @@ def match_pair(filename: str) -> FileName | None:
     return FileName(m["version"], migration_name(m["version"], m["title"]), direction)
 
 
+def pair_files(new: NewMigration) -> dict[str, str]:
+    """An empty ``.up.sql`` and ``.down.sql``, as ``migrate create`` writes them."""
+    return {f"{new.version}_{new.name}.up.sql": "", f"{new.version}_{new.name}.down.sql": ""}
+
+
 class GolangMigrateFormat(SourceFormat):
     name = "golang-migrate"
     aliases = ("migrate",)
@@ -44,3 +49,6 @@ class GolangMigrateFormat(SourceFormat):
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         assert file.direction is not None
         return [Section(file.direction, text, path=path)]
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        return pair_files(new)

@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 
 from migsync.core.errors import SourceError
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 from migsync.core.formats.native import migration_name
 from migsync.core.migration import Direction
 
@@ -68,6 +68,14 @@ class GooseFormat(SourceFormat):
 
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         return _Parser(path).parse(text)
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        # 'goose create NAME sql' writes these placeholder queries; they run harmlessly.
+        text = (
+            "-- +goose Up\n-- +goose StatementBegin\nSELECT 'up SQL query';\n-- +goose StatementEnd\n\n"
+            "-- +goose Down\n-- +goose StatementBegin\nSELECT 'down SQL query';\n-- +goose StatementEnd\n"
+        )
+        return {f"{new.version}_{new.name}.sql": text}
 
 
 class _Parser:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from migsync.core import dialects
 from migsync.core.errors import SourceError
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 from migsync.core.migration import ANY_DIALECT
 from migsync.core.splitter import split
 
@@ -104,6 +104,10 @@ class NativeFormat(SourceFormat):
         if not any(s.direction == "up" for s in sections):
             raise SourceError("no '-- migrate:up' section", path)
         return sections
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        # dbmate's own template, byte for byte.
+        return {f"{new.version}_{new.name}.sql": "-- migrate:up\n\n\n-- migrate:down\n\n"}
 
 
 def _marker_options(raw: str, path: Path, line: int) -> tuple[str, bool]:

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from migsync.core import dialects
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
+from migsync.core.formats.golang_migrate import pair_files
 from migsync.core.formats.native import migration_name
 from migsync.core.migration import ANY_DIALECT, Direction
 
@@ -65,3 +66,6 @@ class PairedFormat(SourceFormat):
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         assert file.direction is not None
         return [Section(file.direction, text, file.dialect, file.autocommit, path, 1)]
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        return pair_files(new)

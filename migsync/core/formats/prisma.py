@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from migsync.core.errors import SourceError
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 
 _FOLDER = re.compile(r"^(?P<folder>(?P<version>\d+)(?:_[^/]*)?)/migration\.sql$")
 
@@ -39,3 +39,7 @@ class PrismaFormat(SourceFormat):
 
     def parse(self, file: FileName, text: str, path: Path) -> list[Section]:
         return [Section("up", text, path=path)]
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        # What 'prisma migrate dev --create-only' writes for a migration without schema changes.
+        return {f"{new.version}_{new.name}/migration.sql": "-- This is an empty migration.\n"}

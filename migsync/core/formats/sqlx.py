@@ -15,7 +15,7 @@ import codecs
 import re
 from pathlib import Path
 
-from migsync.core.formats.base import FileName, Section, SourceFormat
+from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 from migsync.core.formats.golang_migrate import match_pair
 from migsync.core.formats.native import migration_name
 
@@ -46,6 +46,16 @@ class SqlxFormat(SourceFormat):
         assert file.direction is not None
         autocommit = text.startswith(_NO_TX.decode())  # the loader has taken a BOM off
         return [Section(file.direction, text, autocommit=autocommit, path=path)]
+
+    def new_files(self, new: NewMigration) -> dict[str, str] | None:
+        # As 'sqlx migrate add' writes them: reversible (-r) unless the folder's are simple.
+        stem = f"{new.version}_{new.name}"
+        if new.down is False:
+            return {f"{stem}.sql": "-- Add migration script here\n"}
+        return {
+            f"{stem}.up.sql": "-- Add up migration script here\n",
+            f"{stem}.down.sql": "-- Add down migration script here\n",
+        }
 
 
 def _no_transaction(data: bytes) -> bool:
