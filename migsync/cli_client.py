@@ -114,7 +114,7 @@ def client_options(command: Any) -> Any:
             default=10.0,
             show_default=True,
             type=click.FloatRange(min=0.1),
-            help="Seconds to wait for the server per request.",
+            help="Seconds for each attempt of a request, the whole answer included.",
         ),
         click.option(
             "--retries",
@@ -186,7 +186,8 @@ def sync(ctx: click.Context, /, retry_now: bool, **options: Any) -> None:
     """Sync once: fetch what the server has for this client, verify it, apply it, report back.
 
     Exits 0 when everything is applied and reported; 1 when a migration
-    failed or was refused, or the server could not be reached (the client
+    failed or was refused, a drop folder's request was refused (a bad
+    signature), or the server could not be reached (the client
     then worked with what it had, and its reports wait in the outbox);
     2 on bad input or when the server refused this client (bad token).
     """
@@ -298,6 +299,7 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
     idle = not (
         result.stored
         or result.refused
+        or result.refused_actions
         or result.run.processed
         or result.delivered
         or result.pushed
@@ -311,6 +313,8 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
     elif result.offered is not None:
         click.echo(f"{result.server}: {result.offered} offered, {len(result.stored)} stored")
     _print_refusals(result.refused)
+    for request in result.refused_actions:
+        click.echo(f"refused {request.reason}", err=True)
     if result.actions_received:
         click.echo(
             f"{result.actions_received} request{'s' * (result.actions_received != 1)} from the admin "

@@ -298,6 +298,14 @@ def fleet(store_url: str, as_json: bool) -> None:
     help="Mark the panel's cookies Secure on every request (behind a TLS proxy not trusted for "
     "X-Forwarded-Proto).",
 )
+@click.option(
+    "--failed-auth-limit",
+    default="20/minute",
+    show_default=True,
+    metavar="RATE",
+    help="Wrong tokens (API, panel login) one address may send before it gets 429: "
+    "N/second, N/minute or N/hour.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -310,6 +318,7 @@ def serve(
     no_apply_changes: bool,
     no_panel: bool,
     panel_secure_cookie: bool,
+    failed_auth_limit: str,
 ) -> None:
     """Serve the store's HTTP API to clients (uvicorn).
 
@@ -338,7 +347,13 @@ def serve(
 
     panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie)
     try:
-        app = create_app(store_url, admin_token=admin_token, appliers=appliers, panel=panel)
+        app = create_app(
+            store_url,
+            admin_token=admin_token,
+            appliers=appliers,
+            panel=panel,
+            failed_auth_limit=failed_auth_limit,
+        )
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)

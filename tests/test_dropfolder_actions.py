@@ -356,7 +356,37 @@ async def test_a_request_not_signed_for_this_client_under_a_trusted_key_is_not_c
     assert set(states.values()) == {"applied"} and drop.user_tables() == {"users", "orders", "items"}
     [warning] = [r.getMessage() for r in caplog.records if r.name == "migsync.sync"]
     assert warning.startswith(f"not carried out: {drop.url}: request ") and "revert version 1" in warning
-    assert drop.answers_files() == []
+    # A refusal fails the sync, and is answered to the server as failed, with why.
+    assert not result.ok and result.to_json()["ok"] is False
+    [refusal] = result.refused_actions
+    assert (refusal.action, refusal.version) == ("revert", "1")
+    assert refusal.reason.startswith(f"request {refusal.id} (revert version 1)")
+    assert result.to_json()["refused_actions"] == [attrs.asdict(refusal)]
+    [answers] = drop.answers_files()
+    [answer] = answers["results"]
+    assert answer["id"] == refusal.id and answer["state"] == "failed"
+    assert answer["detail"] == f"refused: {refusal.reason}"
+    # import-reports records the refusal: the admin sees why the request failed.
+    await drop.import_()
+    assert (await drop.states())[refusal.id] == ("failed", f"refused: {refusal.reason}")
+    # Answered, it is not offered again: one tampered request fails one sync.
+    again, _ = await drop.sync()
+    assert again.ok and again.refused_actions == () and again.actions_received == 0
+
+
+async def test_client_sync_exits_1_on_a_tampered_request_and_says_why(drop: Drop) -> None:
+    await drop.request("reapply", 3)
+    await drop.export()
+    _edit(lambda d: d["actions"][0].update(action="revert", version=1))(drop.actions_file())
+    db = f"sqlite:///{drop.tmp / 'ship.db'}"
+    args = ("client", "sync", "--db", db, "--server", drop.url, "--client-id", drop.ship)
+    trust = ("--trust-key", str(drop.tmp / "key.pub"))
+    cli = run(*args, *trust)
+    assert cli.returncode == 1, cli.stderr
+    [line] = [x for x in cli.stderr.splitlines() if x.startswith("refused request ")]
+    assert "(revert version 1): the signature does not match" in line
+    again = run(*args, *trust, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["refused_actions"] == []
 
 
 async def test_without_a_signing_key_export_leaves_the_requests_out_and_says_so(drop: Drop) -> None:

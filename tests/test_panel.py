@@ -158,7 +158,6 @@ async def panel_on(
     url = store_url or f"sqlite:///{tmp_path / 'server.db'}"
     key_path = tmp_path / "signing.key"
     write_keypair(key_path)
-    options.setdefault("login_delay", 0)
     options.setdefault("secret", SECRET)
     app = create_app(url, admin_token=ADMIN, cache_seconds=cache_seconds, panel=PanelOptions(**options))
     async with Store.open(url) as store, app.router.lifespan_context(app):
@@ -223,10 +222,8 @@ async def test_the_login_form_carries_a_csrf_token_bound_to_its_own_cookie(panel
 
 
 async def test_a_wrong_token_shows_the_form_again_with_an_error_and_no_session(tmp_path: Path) -> None:
-    async with panel_on(tmp_path, login_delay=0.2) as panel:
-        started = time.monotonic()
+    async with panel_on(tmp_path) as panel:
         response = await panel.login("not-the-token")
-        assert time.monotonic() - started >= 0.2  # slowed down against guessing
         assert response.status_code == 200
         assert "That is not the admin token." in response.text
         assert 'type="password"' in response.text
@@ -369,7 +366,6 @@ async def test_panel_options_are_checked(tmp_path: Path) -> None:
     store = lambda: None  # noqa: E731 - never called: the options are refused first
     for options in (
         PanelOptions(session_seconds=0),
-        PanelOptions(login_delay=-1),
         PanelOptions(secret=b"short"),
     ):
         with pytest.raises(ConfigError):
@@ -501,7 +497,7 @@ async def test_a_page_sees_the_polls_this_process_has_not_written_yet(tmp_path: 
     async with Store.open(url) as store:
         await store.publish([V1], load_private_key(tmp_path / "key"))
         client_id, token = await store.add_client("poller")
-    app = create_app(url, admin_token=ADMIN, seen_flush=3600, panel=PanelOptions(login_delay=0))
+    app = create_app(url, admin_token=ADMIN, seen_flush=3600, panel=PanelOptions())
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://migsync.test") as http:
@@ -546,7 +542,7 @@ async def test_a_store_that_is_not_open_or_fails_is_an_html_503(tmp_path: Path) 
     failing = create_panel(lambda: Down(), ADMIN, PanelOptions(secret=SECRET))  # type: ignore[arg-type, return-value]
     for app, path, message in (
         (not_open, "/admin/", "the store is not open"),
-        (failing, "/", "The store failed: the database went away"),
+        (failing, "/", "The store is unavailable; try again later"),
     ):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://migsync.test") as http:
@@ -555,13 +551,14 @@ async def test_a_store_that_is_not_open_or_fails_is_an_html_503(tmp_path: Path) 
         assert response.status_code == 503
         assert response.headers["retry-after"] == "5"
         assert message in response.text and "<h1>Store unavailable</h1>" in response.text
+        assert "the database went away" not in response.text  # for the server's log only
 
 
 async def test_the_panel_follows_the_path_it_is_mounted_at(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'server.db'}"
     async with Store.open(url):
         pass
-    api = create_app(url, admin_token=ADMIN, panel=PanelOptions(login_delay=0))
+    api = create_app(url, admin_token=ADMIN, panel=PanelOptions())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -836,7 +833,7 @@ async def test_after_request_is_called_once_a_request_is_recorded(tmp_path: Path
         app = create_panel(
             lambda: store,
             ADMIN,
-            PanelOptions(secret=SECRET, login_delay=0),
+            PanelOptions(secret=SECRET),
             after_request=lambda: calls.append(1),
         )
         transport = httpx.ASGITransport(app=app)

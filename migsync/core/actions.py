@@ -94,6 +94,26 @@ class ClientActions:
             )
         return len(fresh)
 
+    async def refuse(self, refused: Sequence[tuple[int, str, str, str]]) -> None:
+        """Keep the refused requests ``(id, action, version, reason)`` as ``failed`` answers to
+        deliver, so the server hears of the refusal. An id this client knows keeps its answer: a
+        tampered copy of a request it received must not change what it said about the real one."""
+        if not refused:
+            return
+        now = self.clock.now()
+        async with self.backend.transaction() as tx:
+            await tx.execute_batch(
+                [
+                    (
+                        f"INSERT INTO {self.t} (id, action, version, requested_by, requested_at, "
+                        "received_at, state, detail, changed_at, revision) "
+                        "VALUES ($1, $2, $3, '', $4, $4, 'failed', $5, $4, 1) ON CONFLICT (id) DO NOTHING",
+                        (action_id, action, Version.parse(version).key, now, _clip(f"refused: {reason}")),
+                    )
+                    for action_id, action, version, reason in refused
+                ]
+            )
+
     async def busy(self) -> bool:
         """Whether any request waits to be carried out, settled or answered (one small read: a
         sync with nothing asked of it pays no more)."""
@@ -150,8 +170,7 @@ class ClientActions:
         return settled
 
     async def _answer(self, action_id: int, state: str, detail: str | None) -> None:
-        if detail is not None and len(detail) > MAX_DETAIL:  # a long error: the server takes 64 KiB
-            detail = detail[: MAX_DETAIL - 3] + "..."
+        detail = None if detail is None else _clip(detail)
         async with self.backend.transaction() as tx:
             await tx.execute(
                 f"UPDATE {self.t} SET state = $1, detail = $2, changed_at = $3, revision = revision + 1 "
@@ -202,6 +221,11 @@ class ClientActions:
             f"SELECT {_COLUMNS}, delivered_revision FROM {self.t} ORDER BY id DESC"
         )
         return [{**r, "version": Version.from_key(r["version"]).text} for r in rows]
+
+
+def _clip(detail: str) -> str:
+    """A long error cut to :data:`MAX_DETAIL` (the server takes 64 KiB)."""
+    return detail if len(detail) <= MAX_DETAIL else detail[: MAX_DETAIL - 3] + "..."
 
 
 def _outcome(

@@ -69,6 +69,18 @@ class Refusal:
 
 
 @attrs.frozen
+class RefusedRequest:
+    """An admin's request this client did not carry out: it was not signed for this client under
+    a trusted key (a drop folder anyone could write to). It is answered ``failed`` to the server."""
+
+    id: int
+    action: str
+    version: str
+    #: the whole refusal, naming the request: "request 4 (revert version 1): the signature ..."
+    reason: str
+
+
+@attrs.frozen
 class SyncResult:
     server: str
     run: PassResult
@@ -92,6 +104,8 @@ class SyncResult:
     actions_received: int = 0
     #: answers to admin requests the server acknowledged in this sync
     actions_answered: int = 0
+    #: admin requests refused in this sync (a bad signature in a drop folder)
+    refused_actions: tuple[RefusedRequest, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         run = self.run
@@ -112,13 +126,16 @@ class SyncResult:
             "report_error": self.report_error,
             "changes": None if self.changes is None else _changes_json(self.changes, self.pushed),
             "actions": {"received": self.actions_received, "answered": self.actions_answered},
+            "refused_actions": [attrs.asdict(r) for r in self.refused_actions],
         }
 
     @property
     def ok(self) -> bool:
-        """Nothing failed: the server was reached, nothing was refused, the pass was clean."""
+        """Nothing failed: the server was reached, no migration or request was refused, the pass
+        was clean."""
         return (
-            self.run.ok
+            not self.refused_actions
+            and self.run.ok
             and (self.changes is None or self.changes.ok)
             and self.offline is None
             and self.report_error is None
@@ -191,6 +208,7 @@ class Syncer:
         stored: list[str] = []
         refused: list[Refusal] = []
         received = 0
+        refused_actions: list[RefusedRequest] = []
         if offer is not None and offer.migrations is not None:
             accepted, refused = self._accept(offer.migrations, states)
             if accepted:
@@ -198,7 +216,11 @@ class Syncer:
                 recorded = await self.client.ledger.record([m for m, _ in accepted], signatures)
                 stored = [*recorded.added, *recorded.updated]
             # Before the ETag is saved: a request must not be lost to a crash in between.
-            received = await self.actions.receive(self._trusted_requests(offer.actions))
+            trusted, refused_actions = self._trusted_requests(offer.actions)
+            received = await self.actions.receive(trusted)
+            # Answered "failed" like any request: the admin learns why, and the folder stops
+            # offering it (it is answered), so one refusal fails one sync, not every sync after.
+            await self.actions.refuse([(r.id, r.action, r.version, r.reason) for r in refused_actions])
             if not refused:
                 await self._save_etag(offer.etag)
             for refusal in refused:
@@ -238,6 +260,7 @@ class Syncer:
             handler.pushed - pushed_before,
             received,
             answered,
+            tuple(refused_actions),
         )
         self.client.events.emit(
             SyncCompleted(
@@ -293,22 +316,26 @@ class Syncer:
             accepted.append((migration, offer.signature))
         return accepted, refused
 
-    def _trusted_requests(self, requests: Sequence[ActionRequest]) -> list[ActionRequest]:
+    def _trusted_requests(
+        self, requests: Sequence[ActionRequest]
+    ) -> tuple[list[ActionRequest], list[RefusedRequest]]:
         """The requests to carry out: all of them, or, from a transport anyone could write requests
-        to (a drop folder), those signed for this client under a trusted key; the others are
-        logged and dropped."""
+        to (a drop folder), those signed for this client under a trusted key; and the refused
+        others (logged)."""
         if not requests or not getattr(self.transport, "requests_signed", False):
-            return list(requests)
+            return list(requests), []
         client_id = str(getattr(self.transport, "client_id", ""))
         kept = []
+        refused = []
         for request in requests:
             try:
                 verify_request(request, client_id, self.trusted)
             except SignatureError as exc:
                 log.warning("not carried out: %s: %s", self.transport.where, exc)
+                refused.append(RefusedRequest(request.id, request.action, str(request.version), str(exc)))
                 continue
             kept.append(request)
-        return kept
+        return kept, refused
 
     @staticmethod
     def _refusal_reports(offer: Offer | None, refused: Sequence[Refusal]) -> list[StatusReport]:

@@ -54,7 +54,8 @@ from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal, read_
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, read_json, status_reports
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
-from migsync.server.validation import InvalidChanges, entity_changes
+from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
+from migsync.server.validation import MAX_ID, InvalidChanges, entity_changes, storable
 
 if TYPE_CHECKING:
     from migsync.server.appliers import ChangeApplier
@@ -66,6 +67,11 @@ __all__ = ["MAX_CHANGES_BODY", "create_app"]
 MAX_CHANGES_BODY = 16 * 1024 * 1024
 
 log = logging.getLogger("migsync.server")
+
+#: The most requests ``GET /api/actions?limit=`` lists.
+MAX_LIMIT = 100_000
+#: All a 503 says of a failed store; what failed goes to the server's log.
+STORE_FAILED = "the store is unavailable; try again later (the server's log says why)"
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
 
@@ -83,9 +89,11 @@ class _Api:
         max_body: int,
         max_changes_body: int,
         appliers: Sequence[ChangeApplier],
+        throttle: AuthThrottle,
         clock: Clock | None = None,
     ) -> None:
         self.store_url = store_url
+        self.throttle = throttle
         # Periods are measured on the monotonic clock and times written on the wall clock; a
         # test's clock stands for both, so a test moves the app's time by hand.
         self._monotonic = clock.now if clock is not None else time.monotonic
@@ -145,10 +153,26 @@ class _Api:
     def _is_admin(self, token: str) -> bool:
         return hmac.compare_digest(token.encode(), self.admin_token)
 
+    def _throttled_bearer(self, request: Request) -> str:
+        """The request's bearer token; 429 first when its address failed too often."""
+        wait = self.throttle.retry_after(_address(request))
+        if wait is not None:
+            raise ApiError(
+                429,
+                f"too many wrong tokens from this address; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        return _bearer(request)
+
+    def _wrong_token(self, request: Request) -> ApiError:
+        self.throttle.failed(_address(request), "wrong bearer tokens on the API")
+        return ApiError(401, "unknown token", headers=_UNAUTHORIZED)
+
     async def _client(self, request: Request) -> tuple[str, ClientState]:
         """The client the bearer token names (its token hash and state); 401 or 403 otherwise,
-        and 426 for a client of another wire protocol (an older migsync)."""
-        token = _bearer(request)
+        429 when its address sent too many wrong tokens, and 426 for a client of another wire
+        protocol (an older migsync)."""
+        token = self._throttled_bearer(request)
         if self._is_admin(token):
             raise ApiError(403, "the admin token is not a client's; use the client's own token")
         digest = token_hash(token)
@@ -157,7 +181,7 @@ class _Api:
         if state is None:
             state = await self.store.client_state(token)  # a client registered since the last read
             if state is None:
-                raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
+                raise self._wrong_token(request)
             self._states[digest] = state
         refusal = protocol_refusal(request.headers.get(PROTOCOL_HEADER), "this client")
         if refusal is not None:
@@ -185,12 +209,12 @@ class _Api:
             self._generation = (publish, status_sum + 1, clients)
 
     async def _admin(self, request: Request) -> None:
-        token = _bearer(request)
+        token = self._throttled_bearer(request)
         if self._is_admin(token):
             return
         if await self.store.client_state(token) is not None:
             raise ApiError(403, "this endpoint needs the admin token, not a client's")
-        raise ApiError(401, "unknown token", headers=_UNAUTHORIZED)
+        raise self._wrong_token(request)
 
     async def _seen(self, client_id: int) -> None:
         now = self._monotonic()
@@ -269,10 +293,7 @@ class _Api:
 
     async def actions(self, request: Request) -> Response:
         await self._admin(request)
-        limit = request.query_params.get("limit")
-        if limit is not None and not limit.isdigit():
-            raise ApiError(422, f"limit must be a non-negative integer, not {limit!r}")
-        records = await self.store.actions(limit=None if limit is None else int(limit))
+        records = await self.store.actions(limit=_limit(request.query_params.get("limit")))
         return JSONResponse({"actions": [r.to_json() for r in records]})
 
     async def request_action(self, request: Request) -> Response:
@@ -336,6 +357,7 @@ def create_app(
     max_changes_body: int = MAX_CHANGES_BODY,
     appliers: Sequence[ChangeApplier] | None = None,
     panel: bool | PanelOptions = True,
+    failed_auth_limit: str = FAILED_AUTH_LIMIT,
     clock: Clock | None = None,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
@@ -349,7 +371,9 @@ def create_app(
     None: the plugins' default appliers, ``[]``: none (the changes are only stored).
     ``panel``: mount the admin panel (:mod:`migsync.server.panel`) at ``/admin``, behind the
     same admin token and reading the same store; :class:`~migsync.server.panel.PanelOptions`
-    to set its cookies and sessions, False to leave it out. ``clock``: for tests, a clock
+    to set its cookies and sessions, False to leave it out. ``failed_auth_limit``: how many
+    wrong tokens (API) and wrong admin tokens (panel login) one address may send, together,
+    before it gets 429 (:mod:`migsync.server.throttle`). ``clock``: for tests, a clock
     to measure the periods above on and to date seen marks by (default: the system's).
     """
     if not admin_token or not admin_token.strip():
@@ -372,6 +396,7 @@ def create_app(
         max_body,
         max_changes_body,
         appliers,
+        AuthThrottle(failed_auth_limit),
         clock,
     )
     routes: list[BaseRoute] = [
@@ -397,6 +422,7 @@ def create_app(
                     options,
                     before_read=api._flush_seen,
                     after_request=api.forget_states,
+                    throttle=api.throttle,  # one count per address, whichever door it knocks on
                 ),
                 name="admin",
             )
@@ -443,6 +469,10 @@ class _SaysItsProtocol:
 _PROTOCOL = (PROTOCOL_HEADER.lower().encode(), str(PROTOCOL).encode())
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization")
     if header is None:
@@ -465,8 +495,11 @@ def _action_request(body: Any) -> tuple[str, Version, list[int] | None, str]:
     version = read_version(version)
     if version is None:
         raise ApiError(422, 'version must be a version such as "42" or "1.2.10"')
+    if not storable(action) or not storable(by):
+        raise ApiError(422, "action and requested_by must not hold NUL characters or unpaired surrogates")
     if clients is not None and not (
-        isinstance(clients, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in clients)
+        isinstance(clients, list)
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_ID for c in clients)
     ):
         raise ApiError(
             422, "clients must be a list of client ids, or null for every client it makes sense for"
@@ -493,6 +526,20 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
+def _limit(text: str | None) -> int | None:
+    """The ``limit`` query parameter: 1 to :data:`MAX_LIMIT` in ASCII digits (``str.isdigit``
+    takes "²", which ``int`` refuses), or None when not given."""
+    if text is None:
+        return None
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
+    if not 0 < value <= MAX_LIMIT:
+        raise ApiError(422, f"limit must be a whole number from 1 to {MAX_LIMIT}, not {text[:20]!r}")
+    return value
+
+
 async def _store_error(_request: Request, exc: Exception) -> Response:
-    # The store cannot be reached or refused the request: the client should retry later.
-    return JSONResponse({"error": f"the store failed: {exc}"}, status_code=503, headers={"Retry-After": "5"})
+    # The store cannot be reached or refused the request: the client should retry later. What
+    # failed names the store (user, host, database): that is for the server's log, not for
+    # whoever sent the request.
+    log.error("the store failed: %s", exc)
+    return JSONResponse({"error": STORE_FAILED}, status_code=503, headers={"Retry-After": "5"})

@@ -28,6 +28,8 @@ from migsync.core.wire import (
 MAX_REPORTS = 1000
 MAX_ERROR = 64 * 1024
 _MAX_INT = 2**31 - 1
+#: The largest id of a client or a request: the store's ids are 32-bit integers (Postgres ``integer``).
+MAX_ID = _MAX_INT
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
 _FIELDS = ("version", "applied", "error", "attempts", "checksum")
 _VERSION = attrgetter("version")
@@ -118,6 +120,10 @@ def _report(where: str, item: Any) -> StatusReport:
         raise InvalidReports(
             f"{where}.error is {len(error)} characters long; at most {MAX_ERROR} are accepted"
         )
+    if error is not None:
+        # An error message is the client's free text (a driver's message, a file name): kept
+        # readable rather than refused, since a refused report would be sent again forever.
+        error = storable_text(error)
     if not _is_int(attempts) or not 0 <= attempts <= _MAX_INT:
         raise InvalidReports(f"{where}.attempts must be a non-negative integer, not {_show(attempts)}")
     if not isinstance(checksum, str) or not _CHECKSUM.fullmatch(checksum):
@@ -147,7 +153,7 @@ def _answer(where: str, item: Any) -> ActionResult:
         valid = ", ".join(f'"{s}"' for s in ACTION_STATES)
         raise InvalidReports(f"{where}.state must be one of {valid}, not {_show(state)}")
     if detail is not None and (
-        not isinstance(detail, str) or len(detail) > MAX_ERROR or not _storable(detail)
+        not isinstance(detail, str) or len(detail) > MAX_ERROR or not storable(detail)
     ):
         raise InvalidReports(
             f"{where}.detail must be null or a text of at most {MAX_ERROR} characters, not {_show(detail)}"
@@ -195,7 +201,7 @@ def _change(where: str, item: Any) -> EntityChange:
             raise InvalidChanges(
                 f"{where}.{name} is {len(value)} characters long; at most {MAX_KEY} are accepted"
             )
-        if not _storable(value):
+        if not storable(value):
             raise InvalidChanges(f"{where}.{name} holds a NUL character or an unpaired surrogate")
     if operation not in OPERATIONS:
         valid = ", ".join(f'"{o}"' for o in OPERATIONS)
@@ -247,7 +253,16 @@ def _plainly_valid(item: Any) -> EntityChange | None:
     return EntityChange(change_id, entity, entity_id, operation, data, version, timestamp)
 
 
-def _storable(value: str) -> bool:
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """``value`` with what no database stores as text (NUL, and surrogates: JSON's ``"\\ud800"``
+    decodes to one, unpaired, which is not UTF-8) replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
+def storable(value: str) -> bool:
     """Whether every database can store ``value`` as text (Postgres refuses NUL; UTF-8, surrogates)."""
     if "\x00" in value:
         return False

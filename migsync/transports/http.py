@@ -1,16 +1,30 @@
 """HTTP polling: the client asks the server's API for what it lacks and posts its reports.
 
 URLs are the server's base, ``http://host:port`` or ``https://host/prefix``
-when the API is mounted under a prefix. Each request has a timeout; a
-request that cannot reach the server, times out, or gets 429 or 5xx is tried
-again ``retries`` times with exponential backoff and jitter (a ``Retry-After``
-the server sends is honoured, up to the cap) before it gives up with
-:class:`ServerUnavailable`. 401, 403 and the other 4xx are
-:class:`ServerRefused` at once: the same request would be refused again.
+when the API is mounted under a prefix. A request that cannot reach the
+server, times out, or gets 429 or 5xx is tried again ``retries`` times with
+exponential backoff and jitter (a ``Retry-After`` the server sends is
+honoured, up to the cap) before it gives up with :class:`ServerUnavailable`.
+401, 403 and the other 4xx are :class:`ServerRefused` at once: the same
+request would be refused again.
+
+What a server (or anything posing as one) can make a client spend is bounded:
+
+* **time**: each attempt, from connecting to the last byte of the answer,
+  ends within ``timeout`` seconds, not just each read (a server trickling a
+  byte a second would never trip a per-read timeout). Past it, the attempt
+  fails like a timeout (``no complete answer within T s``) and is tried again.
+* **memory**: an answer is read as a stream and refused once it passes
+  ``max_answer_bytes`` (after decompression: a small gzip bomb counts at its
+  real size), :class:`MalformedAnswer` ``answer larger than N bytes``, not
+  tried again (the same server would send the same answer). The default,
+  :data:`MAX_ANSWER_BYTES`, is far above what a fleet's pending migrations
+  take; raise it with ``?max_answer_bytes=N`` on the URL for very large ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -46,6 +60,8 @@ from migsync.transports.base import BaseTransport
 MAX_REPORTS = 1000
 MAX_CHANGES = 1000
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
+#: The largest answer read (bytes), unless told otherwise: some 100 migrations of 160 KiB.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -63,6 +79,7 @@ class HttpTransport(BaseTransport):
         backoff: RetryPolicy | None = None,
         clock: Clock | None = None,
         http: httpx.AsyncClient | None = None,
+        max_answer_bytes: int | None = None,
     ) -> None:
         try:
             parsed = httpx.URL(url)
@@ -74,9 +91,15 @@ class HttpTransport(BaseTransport):
             raise ConfigError(f"a token is needed to talk to {url} (--token or MIGSYNC_TOKEN)")
         if retries < 0 or timeout <= 0:
             raise ConfigError("retries must be >= 0 and timeout > 0")
+        if max_answer_bytes is None:
+            max_answer_bytes = _size_option(url, parsed.params.get("max_answer_bytes"))
+        if max_answer_bytes <= 0:
+            raise ConfigError(f"max_answer_bytes must be > 0, not {max_answer_bytes}")
         self.base = str(parsed.copy_with(query=None, fragment=None)).rstrip("/")
         self.where = self.base
         self.client_id = client_id
+        self.timeout = timeout
+        self.max_answer_bytes = max_answer_bytes
         self.retries = retries
         self.backoff = backoff or RetryPolicy(base=0.5, cap=10.0, rng=random.Random())
         self.clock = clock or SystemClock()
@@ -181,9 +204,11 @@ class HttpTransport(BaseTransport):
             attempt += 1
             retry_after: float | None = None
             try:
-                response = await self._http.request(method, url, **kwargs)
+                response = await self._attempt(method, url, **kwargs)
             except httpx.TransportError as exc:  # cannot connect, timed out, connection dropped
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            except TimeoutError:  # the attempt's deadline (asyncio.timeout), not a read's
+                problem = f"no complete answer within {self.timeout:g} s"
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
                 raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
@@ -204,6 +229,42 @@ class HttpTransport(BaseTransport):
             if retry_after is not None:
                 delay = min(max(delay, retry_after), self.backoff.cap)
             await self.clock.sleep(delay)
+
+    async def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """One request with its answer read whole: within the deadline, at most
+        ``max_answer_bytes`` of it (never more held in memory)."""
+        limit = self.max_answer_bytes
+        async with asyncio.timeout(self.timeout), self._http.stream(method, url, **kwargs) as streamed:
+            declared = streamed.headers.get("content-length", "")
+            if declared.isascii() and declared.isdigit() and (len(declared) > 15 or int(declared) > limit):
+                raise MalformedAnswer(f"{method} {url}: answer larger than {limit} bytes")
+            chunks = []
+            size = 0
+            async for chunk in streamed.aiter_bytes():  # decoded: the limit is on the real size
+                size += len(chunk)
+                if size > limit:
+                    raise MalformedAnswer(f"{method} {url}: answer larger than {limit} bytes")
+                chunks.append(chunk)
+        # The body is decoded already: the new response must not decode it again.
+        headers = [
+            (k, v)
+            for k, v in streamed.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(
+            streamed.status_code, headers=headers, content=b"".join(chunks), request=streamed.request
+        )
+
+
+def _size_option(url: str, text: str | None) -> int:
+    """``?max_answer_bytes=N`` of the server URL, or the default."""
+    if text is None:
+        return MAX_ANSWER_BYTES
+    if not (text.isascii() and text.isdigit() and len(text) <= 15):
+        raise ConfigError(
+            f"server URL {url!r}: max_answer_bytes must be a number of bytes, not {text[:20]!r}"
+        )
+    return int(text)
 
 
 #: The fields of a change on the wire: :meth:`EntityChange.to_json`'s, whose ``attrs.asdict``

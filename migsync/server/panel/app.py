@@ -15,7 +15,6 @@ client reported (names, errors, answers) can become markup.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import importlib.resources
 import logging
@@ -41,6 +40,8 @@ from migsync.server.panel.forms import action_fields, flag, read_form, requested
 from migsync.server.panel.sessions import MAX_NAME, Session, Sessions, clean_name
 from migsync.server.records import ActionRecord, PublishedMigration
 from migsync.server.store import Store
+from migsync.server.throttle import AuthThrottle
+from migsync.server.validation import MAX_ID
 
 __all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "PanelOptions", "create_panel"]
 
@@ -74,9 +75,6 @@ class PanelOptions:
     secure_cookie: bool = False
     #: How long a login lasts, in seconds (8 hours).
     session_seconds: float = 8 * 3600.0
-    #: How long a wrong admin token holds up the login form, in seconds; one login is checked
-    #: at a time, so this bounds the guesses per second for everyone together.
-    login_delay: float = 1.0
     #: The key sessions are signed with (at least 32 bytes). None: a random one per app, so
     #: a restart logs everyone out. Give processes that share the logins the same secret.
     secret: bytes | None = None
@@ -93,6 +91,7 @@ def create_panel(
     *,
     before_read: Callable[[], Awaitable[None]] | None = None,
     after_request: Callable[[], None] | None = None,
+    throttle: AuthThrottle | None = None,
 ) -> Starlette:
     """The panel on the store ``store()`` returns, behind ``admin_token``.
 
@@ -100,20 +99,22 @@ def create_panel(
     writing of its pending "seen" marks, so a page is never behind the API it is mounted in.
     ``after_request`` is called after the panel recorded requests to clients: the API
     passes the dropping of its cached client states, so the clients hear of them at once.
+    ``throttle`` counts wrong admin tokens per address (the API passes its own, so that both
+    share one count); None: one of the panel's own, with the default limit.
     """
     options = options or PanelOptions()
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty")
-    if options.session_seconds <= 0 or options.login_delay < 0:
-        raise ConfigError("the panel's session_seconds must be > 0 and its login_delay >= 0")
+    if options.session_seconds <= 0:
+        raise ConfigError("the panel's session_seconds must be > 0")
     if options.secret is not None and len(options.secret) < 32:
         raise ConfigError("the panel's secret must be at least 32 bytes")
-    panel = _Panel(store, admin_token, options, before_read, after_request)
+    panel = _Panel(store, admin_token, options, before_read, after_request, throttle or AuthThrottle())
     routes = [
         Route("/", panel.fleet, methods=["GET"], name="fleet"),
         Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
-        Route("/clients/{client_id:int}", panel.client, methods=["GET"], name="client"),
-        Route("/clients/{client_id:int}/actions", panel.request_for_client, methods=["POST"]),
+        Route("/clients/{client_id}", panel.client, methods=["GET"], name="client"),
+        Route("/clients/{client_id}/actions", panel.request_for_client, methods=["POST"]),
         Route("/migrations/{version}/actions", panel.request_for_all, methods=["POST"]),
         Route("/actions", panel.actions, methods=["GET"], name="actions"),
         Route("/login", panel.login_form, methods=["GET"], name="login"),
@@ -138,14 +139,15 @@ class _Panel:
         options: PanelOptions,
         before_read: Callable[[], Awaitable[None]] | None,
         after_request: Callable[[], None] | None = None,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         self.store = store
+        self.throttle = throttle or AuthThrottle()
         self.after_request = after_request
         self.admin_token = admin_token.encode()
         self.options = options
         self.before_read = before_read
         self.sessions = Sessions(options.secret or secrets.token_bytes(32), options.session_seconds)
-        self._login_lock = asyncio.Lock()
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("migsync.server.panel", "templates"),
             autoescape=True,
@@ -264,11 +266,17 @@ class _Panel:
         if name is None:
             error = f"Say who you are: a name of 1 to {MAX_NAME} printable characters."
             return self._login_page(request, form.get("next"), error, form.get("name", ""), status=400)
-        async with self._login_lock:
-            if not hmac.compare_digest(form.get("token", "").strip().encode(), self.admin_token):
-                log.warning("panel: a wrong admin token from %s (as %r)", _address(request), name)
-                await asyncio.sleep(self.options.login_delay)
-                return self._login_page(request, form.get("next"), "That is not the admin token.", name)
+        address = _address(request)
+        wait = self.throttle.retry_after(address)
+        if wait is not None:  # refused before the token is looked at: a right guess is no use now
+            error = f"Too many wrong tokens from your address: try again in {wait} seconds."
+            response = self._login_page(request, form.get("next"), error, name, status=429)
+            response.headers["Retry-After"] = str(wait)
+            return response
+        if not hmac.compare_digest(form.get("token", "").strip().encode(), self.admin_token):
+            log.debug("panel: a wrong admin token from %s (as %r)", address, name)
+            self.throttle.failed(address, "wrong admin tokens at the panel's login")
+            return self._login_page(request, form.get("next"), "That is not the admin token.", name)
         _session, value = self.sessions.issue(name)
         log.info("panel: %s logged in from %s", name, _address(request))
         response = RedirectResponse(self._next(request, form.get("next")), 303)
@@ -319,7 +327,7 @@ class _Panel:
 
     async def client(self, request: Request) -> Response:
         session = self.require(request)
-        client_id = request.path_params["client_id"]
+        client_id = _client_id(request)
         published, rows = await self._read(client_id)
         row = next((r for r in rows if r.client_id == client_id), None)
         if row is None:
@@ -350,8 +358,8 @@ class _Panel:
     async def request_for_client(self, request: Request) -> Response:
         """A re-apply or revert of one migration (the form's ``version``) on this page's client."""
         session = self.require(request)
+        client_id = _client_id(request)
         form = await self.checked_form(request, session)
-        client_id = request.path_params["client_id"]
         action, version = action_fields(form, form.get("version"))
         back = f"{_root(request)}/clients/{client_id}"
         return await self._request(request, session, action, version, [client_id], back, "#requests")
@@ -429,7 +437,11 @@ class _Panel:
         )
 
     async def store_error(self, request: Request, exc: Exception) -> Response:
-        message = exc.message if isinstance(exc, ApiError) else f"The store failed: {exc}"
+        if isinstance(exc, ApiError):
+            message = exc.message
+        else:  # what failed names the store (user, host, database): for the log only
+            log.error("panel: the store failed: %s", exc)
+            message = "The store is unavailable; try again later (the server's log says why)."
         response = self.render(
             request,
             "error.html",
@@ -467,3 +479,14 @@ def _address(request: Request) -> str:
 
 def _names(records: list[ActionRecord]) -> str:
     return ", ".join(f"{r.client_name!r} ({r.client_id})" for r in records)
+
+
+def _client_id(request: Request) -> int:
+    """The page's client id; 404 for anything that is not one a store can hold. Parsed here, not
+    by the route's ``int`` convertor: that takes any run of digits, and ``int()`` of 5000 of them
+    raises (a 500) while one past the store's integer range fails in the store (a 503)."""
+    text = str(request.path_params["client_id"])
+    client_id = int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else MAX_ID + 1
+    if client_id > MAX_ID:
+        raise HTTPException(404, f"There is no client {text[:20]}.")
+    return client_id
