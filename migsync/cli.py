@@ -89,6 +89,8 @@ def main(ctx: click.Context, verbose: int, env_file: str | None, config: str | N
 
 def _load_env_file(path: str | None) -> None:
     """The ``.env`` file's variables, before the command's options read the environment."""
+    if path is None and not os.path.exists(".env"):
+        return  # the common case costs one stat, not an import
     from migsync.core.errors import ConfigError
     from migsync.dotenv import load
 
@@ -101,6 +103,8 @@ def _load_env_file(path: str | None) -> None:
 
 def _load_config_file(ctx: click.Context, explicit: str | None) -> None:
     """``migsync.toml``'s defaults for every command, as click's default map."""
+    if explicit is None and not os.path.exists("migsync.toml"):
+        return  # the common case costs one stat, not an import
     from migsync.config import default_map, find_file
     from migsync.core.errors import ConfigError
 
