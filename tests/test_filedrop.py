@@ -31,7 +31,8 @@ from migsync.server import Store
 from migsync.server.export import export
 from migsync.server.import_reports import import_reports
 from migsync.testing.backend_suite import migration
-from migsync.testing.transport_suite import TransportHarness, TransportSuite
+from migsync.testing.transport_suite import UNPUBLISHED, TransportHarness, TransportSuite, change
+from migsync.testing.transport_suite import V1 as SUITE_V1
 from migsync.transports import dropfiles
 from migsync.transports.base import Transport
 from migsync.transports.filedrop import FileDropTransport
@@ -124,6 +125,21 @@ class TestFileDrop(TransportSuite):
     async def harness(self, tmp_path: Path) -> AsyncIterator[TransportHarness]:
         async with drop_harness(tmp_path) as harness:
             yield harness
+
+    async def test_a_change_of_an_unpublished_schema_version_is_refused(  # type: ignore[override]
+        self, harness: DropHarness
+    ) -> None:
+        """A drop folder takes every change; the server refuses the unpublished one at import."""
+        await harness.publish([SUITE_V1])
+        async with await harness.transport("a") as transport:
+            ack = await transport.push_changes(
+                [change("c1", 1), change("c2", 2, schema=UNPUBLISHED), change("c3", 3)]
+            )
+        assert ack.accepted == ("c1", "c2", "c3") and ack.refused is None
+        imported = await import_reports(harness.store, harness.drop)
+        assert [len(c.accepted) for c in imported.changes_imported] == []
+        [refused] = imported.changes_refused
+        assert "c2" in refused.reason and "never published" in refused.reason
 
 
 # -- a client syncing from a drop folder ------------------------------------------------------------
