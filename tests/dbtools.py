@@ -124,6 +124,25 @@ def run(
     )
 
 
+def run_in_clean_env(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``migsync ARGS`` in ``cwd`` with no ``MIGSYNC_*`` setting nor ``DATABASE_URL`` from this
+    process's environment (plugin autoload stays off): what a shell without them would run."""
+    base = {
+        k: v
+        for k, v in migsync_env().items()
+        if k != "DATABASE_URL" and (not k.startswith("MIGSYNC_") or k == "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD")
+    }
+    return subprocess.run(
+        [MIGSYNC, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**base, **env},
+        timeout=60,
+        check=False,
+    )
+
+
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``migsync ARGS`` started in the background, its stdout and stderr piped.
 

@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import write_migrations
-from dbtools import MIGSYNC, migsync_env, tables
+from dbtools import run_in_clean_env, tables
 
 from migsync.cli import main
 from migsync.config import default_map
 from migsync.core.errors import ConfigError
 
 USERS = "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n-- migrate:down\nDROP TABLE users;\n"
-
-
-def _migsync(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in migsync_env().items() if not k.startswith("MIGSYNC_") or k.endswith("AUTOLOAD")}
-    base.pop("DATABASE_URL", None)
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**base, **env},
-        timeout=60,
-        check=False,
-    )
 
 
 def test_top_level_keys_serve_every_command_and_tables_win(tmp_path: Path) -> None:
@@ -82,16 +67,16 @@ def test_apply_and_status_read_the_file_and_the_command_line_wins(tmp_path: Path
     (tmp_path / "project" / "migsync.toml").write_text(
         f'db = "sqlite:///{tmp_path / "app.db"}"\nmigrations = "db/migrations"\n'
     )
-    applied = _migsync("apply", cwd=tmp_path / "project")
+    applied = run_in_clean_env("apply", cwd=tmp_path / "project")
     assert applied.returncode == 0, applied.stderr
     assert "users" in tables(f"sqlite:///{tmp_path / 'app.db'}")
 
-    status = _migsync("status", "--json", cwd=tmp_path / "project")
+    status = run_in_clean_env("status", "--json", cwd=tmp_path / "project")
     assert status.returncode == 0, status.stderr
     assert [m["state"] for m in json.loads(status.stdout)["migrations"]] == ["applied"]
 
     # From elsewhere, with --config: the migrations path is still the file's.
-    other = _migsync(
+    other = run_in_clean_env(
         "--config",
         str(tmp_path / "project" / "migsync.toml"),
         "apply",
@@ -102,18 +87,18 @@ def test_apply_and_status_read_the_file_and_the_command_line_wins(tmp_path: Path
     assert other.returncode == 0, other.stderr
     assert "users" in tables(f"sqlite:///{tmp_path / 'b.db'}")
     # The environment wins over the file.
-    env = _migsync("apply", cwd=tmp_path / "project", MIGSYNC_DB=f"sqlite:///{tmp_path / 'c.db'}")
+    env = run_in_clean_env("apply", cwd=tmp_path / "project", MIGSYNC_DB=f"sqlite:///{tmp_path / 'c.db'}")
     assert env.returncode == 0, env.stderr
     assert (tmp_path / "c.db").exists()
 
 
 def test_a_bad_file_stops_every_command_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "migsync.toml").write_text('[serve]\nport = "eighty"\nstroe = "x"\n')
-    result = _migsync("status", "--db", "sqlite:///x.db", cwd=tmp_path)
+    result = run_in_clean_env("status", "--db", "sqlite:///x.db", cwd=tmp_path)
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert line.startswith("error: migsync.toml: unknown key stroe in [serve] (known: admin_token, ")
-    missing = _migsync("--config", "nope.toml", "status", "--db", "sqlite:///x.db", cwd=tmp_path)
+    missing = run_in_clean_env("--config", "nope.toml", "status", "--db", "sqlite:///x.db", cwd=tmp_path)
     assert (
         missing.returncode == 2 and missing.stderr == "error: configuration file nope.toml does not exist\n"
     )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from conftest import write_migrations
-from dbtools import MIGSYNC, migsync_env, tables
+from dbtools import run_in_clean_env, tables
 
 from migsync.core.errors import ConfigError
 from migsync.dotenv import load, parse
@@ -60,26 +59,11 @@ def test_the_environment_wins_over_the_file(tmp_path: Path) -> None:
         load(str(tmp_path / "missing.env"), {})
 
 
-def _migsync(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {
-        k: v for k, v in migsync_env().items() if k not in ("MIGSYNC_DB", "DATABASE_URL", "MIGSYNC_ENV_FILE")
-    }
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**base, **env},
-        timeout=60,
-        check=False,
-    )
-
-
 def test_apply_takes_its_database_from_dot_env_in_the_working_folder(tmp_path: Path) -> None:
     write_migrations(tmp_path / "db" / "migrations", {"0001_users.sql": USERS})
     (tmp_path / ".env").write_text(f"DATABASE_URL=sqlite:///{tmp_path / 'from-env.db'}\n")
 
-    applied = _migsync("apply", "--migrations", "db/migrations", cwd=tmp_path)
+    applied = run_in_clean_env("apply", "--migrations", "db/migrations", cwd=tmp_path)
 
     assert applied.returncode == 0, applied.stderr
     assert "users" in tables(f"sqlite:///{tmp_path / 'from-env.db'}")
@@ -89,26 +73,29 @@ def test_migsync_db_wins_over_database_url_and_the_shell_over_the_file(tmp_path:
     write_migrations(tmp_path / "m", {"0001_users.sql": USERS})
     (tmp_path / ".env").write_text("MIGSYNC_DB=sqlite:///file.db\nDATABASE_URL=sqlite:///other.db\n")
 
-    _migsync("apply", "--migrations", "m", cwd=tmp_path, MIGSYNC_DB="sqlite:///shell.db")
+    run_in_clean_env("apply", "--migrations", "m", cwd=tmp_path, MIGSYNC_DB="sqlite:///shell.db")
     assert (tmp_path / "shell.db").exists() and not (tmp_path / "file.db").exists()
 
-    _migsync("apply", "--migrations", "m", cwd=tmp_path)
+    run_in_clean_env("apply", "--migrations", "m", cwd=tmp_path)
     assert (tmp_path / "file.db").exists() and not (tmp_path / "other.db").exists()
 
-    _migsync("apply", "--migrations", "m", cwd=tmp_path, DATABASE_URL="sqlite:///url.db")
+    run_in_clean_env("apply", "--migrations", "m", cwd=tmp_path, DATABASE_URL="sqlite:///url.db")
     assert not (tmp_path / "url.db").exists(), "MIGSYNC_DB from .env still comes before DATABASE_URL"
 
 
 def test_env_file_names_another_file_and_a_bad_one_is_one_line_and_exit_2(tmp_path: Path) -> None:
     write_migrations(tmp_path / "m", {"0001_users.sql": USERS})
     (tmp_path / "staging.env").write_text("DATABASE_URL=sqlite:///staging.db\n")
-    assert _migsync("--env-file", "staging.env", "apply", "--migrations", "m", cwd=tmp_path).returncode == 0
+    assert (
+        run_in_clean_env("--env-file", "staging.env", "apply", "--migrations", "m", cwd=tmp_path).returncode
+        == 0
+    )
     assert (tmp_path / "staging.env").exists() and (tmp_path / "staging.db").exists()
 
-    missing = _migsync("--env-file", "nope.env", "status", cwd=tmp_path)
+    missing = run_in_clean_env("--env-file", "nope.env", "status", cwd=tmp_path)
     assert missing.returncode == 2 and missing.stderr == "error: environment file nope.env does not exist\n"
 
     (tmp_path / ".env").write_text("DATABASE_URL sqlite:///x.db\n")
-    bad = _migsync("status", cwd=tmp_path)
+    bad = run_in_clean_env("status", cwd=tmp_path)
     assert bad.returncode == 2
     assert bad.stderr == "error: .env:1: not a KEY=value line: 'DATABASE_URL sqlite:///x.db'\n"
