@@ -263,27 +263,19 @@ async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **
 @contextlib.asynccontextmanager
 async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, Client]]:
     """The syncer of the configured client and transport, both opened, and the client."""
-    from migsync.core.errors import ConfigError
     from migsync.core.signing import load_public_keys
-    from migsync.core.sync import Syncer
+    from migsync.core.sync import Syncer, build_transport
 
     trusted = load_public_keys(o["trust_keys"])
-    plugins = plugins_of(ctx)
-    spec = plugins.transport_for_url(o["server_url"])
-    extra = {"reports": o["reports_dir"]} if o["reports_dir"] else {}
-    try:
-        transport = plugins.build(
-            plugins.transports,
-            spec,
-            o["server_url"],
-            client_id=str(o["client_id"]),
-            token=o["token"],
-            timeout=o["timeout"],
-            retries=o["retries"],
-            **extra,
-        )
-    except TypeError as exc:
-        raise ConfigError(f"the {spec.name} transport does not take {sorted(extra)}: {exc}") from None
+    transport = build_transport(
+        plugins_of(ctx),
+        o["server_url"],
+        client_id=o["client_id"],
+        token=o["token"],
+        timeout=o["timeout"],
+        retries=o["retries"],
+        reports_dir=o["reports_dir"],
+    )
     client = connect(ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
     async with transport, client:
         yield Syncer(client, transport, trusted), client

@@ -192,28 +192,21 @@ async def sync_async(
 ) -> SyncResult:
     """:func:`sync` for an application that already runs an event loop."""
     from migsync.core.client import Client
-    from migsync.core.errors import ConfigError
     from migsync.core.plugins import make_plugins
     from migsync.core.signing import load_public_keys
-    from migsync.core.sync import Syncer
+    from migsync.core.sync import Syncer, build_transport
 
     plugins = plugins or make_plugins()
     trusted = load_public_keys([os.fspath(key) for key in trust_keys])
-    spec = plugins.transport_for_url(server_url)
-    extra: dict[str, Any] = {"reports": os.fspath(reports_dir)} if reports_dir is not None else {}
-    try:
-        transport = plugins.build(
-            plugins.transports,
-            spec,
-            server_url,
-            client_id=str(client_id),
-            token=token,
-            timeout=timeout,
-            retries=retries,
-            **extra,
-        )
-    except TypeError as exc:
-        raise ConfigError(f"the {spec.name} transport does not take {sorted(extra)}: {exc}") from None
+    transport = build_transport(
+        plugins,
+        server_url,
+        client_id=client_id,
+        token=token,
+        timeout=timeout,
+        retries=retries,
+        reports_dir=None if reports_dir is None else os.fspath(reports_dir),
+    )
     client = Client.connect(
         db_url, plugins=plugins, sinks=sinks, backend_options={"create": True}, max_attempts=max_attempts
     )

@@ -49,9 +49,46 @@ from migsync.core.wire import CHECKSUM, ActionRequest, Offer, OfferedMigration, 
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
+    from migsync.core.plugins import Plugins
     from migsync.transports.base import Transport
 
 log = logging.getLogger("migsync.sync")
+
+
+def build_transport(
+    plugins: Plugins,
+    server_url: str,
+    *,
+    client_id: str,
+    token: str | None,
+    timeout: float,
+    retries: int,
+    reports_dir: str | None = None,
+) -> Transport:
+    """The transport for ``server_url`` (chosen by its scheme), built and checked against its contract.
+
+    ``reports_dir`` goes only to a transport that takes it (the file drop's read-only case); one
+    that does not is a :class:`~migsync.core.errors.ConfigError`, not a traceback.
+    """
+    from migsync.core.errors import ConfigError
+
+    spec = plugins.transport_for_url(server_url)
+    extra = {"reports": reports_dir} if reports_dir else {}
+    try:
+        transport: Transport = plugins.build(
+            plugins.transports,
+            spec,
+            server_url,
+            client_id=str(client_id),
+            token=token,
+            timeout=timeout,
+            retries=retries,
+            **extra,
+        )
+    except TypeError as exc:
+        raise ConfigError(f"the {spec.name} transport does not take {sorted(extra)}: {exc}") from None
+    return transport
+
 
 _ETAG_KEY = "server_etag"
 
