@@ -24,7 +24,7 @@ from migsync.core.backend import TRANSACTIONAL_DDL, Backend
 
 if TYPE_CHECKING:
     from migsync.backends.postgres_waits import LockWait
-from migsync.core.changes import ChangeRecorder, recording
+    from migsync.core.changes import ChangeRecorder
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
 from migsync.core.events import EventDispatcher, EventSink, MigrationWaiting
@@ -244,6 +244,9 @@ class Client:
 
         The changes are pushed to the server by :meth:`migsync.core.sync.Syncer.sync`.
         """
+        # Imported here: ``migsync apply`` has no entity changes to record, nor their wire records.
+        from migsync.core.changes import recording
+
         return recording(self.backend)
 
     async def status(self) -> list[MigrationState]:
