@@ -248,15 +248,13 @@ def compare_tools(args: argparse.Namespace) -> None:
             backends.remove("postgresql")
     started = time.perf_counter()
     load = os.getloadavg()
-    result = compare.compare(args.sizes, args.repeat, backends, pg.DSN, args.tools)
+    result = compare.compare(args.sizes, args.repeat, backends, pg.DSN, args.tools, args.save)
     print(
         f"\nmigsync bench/apply.py --compare  sizes={args.sizes}  repeat={args.repeat}  "
         f"sqlite {sqlite3.sqlite_version}  {os.cpu_count()} CPUs  load average {load[0]:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after  ({time.perf_counter() - started:.0f} s)"
     )
     print(compare.table(result))
-    if args.save is not None:
-        result.save(args.save)
     for tool, why in result.skipped.items():
         print(f"skipped {tool}: {why}")
     if any(n > compare.DBMATE_REVERT_MAX for n in args.sizes):

@@ -412,8 +412,15 @@ def folders_for(root: Path, n: int) -> Iterator[Folders]:
 
 
 def compare(
-    sizes: Sequence[int], repeat: int, backends: Sequence[str], pg_dsn: str, only: Sequence[str] = ()
+    sizes: Sequence[int],
+    repeat: int,
+    backends: Sequence[str],
+    pg_dsn: str,
+    only: Sequence[str] = (),
+    save: Path | None = None,
 ) -> Result:
+    """Run the rounds; with ``save``, the samples so far are written there after every round
+    (a long run stopped early still has its finished rounds)."""
     result = Result()
     tools: dict[str, list[Tool]] = {}
     for backend in backends:
@@ -454,6 +461,8 @@ def compare(
                                 if sample is not None:
                                     result.add(backend, n, tool.name, op, sample)
                     print(f"  round {round_ + 1}/{repeat}  N={n}  {backend}: done", file=sys.stderr)
+                    if save is not None:
+                        result.save(save)
     return result
 
 
