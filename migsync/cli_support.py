@@ -10,7 +10,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast
 
 import click
 
@@ -188,6 +188,17 @@ max_attempts_option = click.option(
 )
 
 
+class _Box(Generic[T]):
+    """A result whose repr costs nothing: Python 3.11's ``asyncio.run`` formats the repr of its
+    finished task, result included (``signal.getsignal`` on its SIGINT handler), and the result
+    of ``status`` holds a record per migration."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T):
+        self.value = value
+
+
 def run_coro(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``, turning migsync errors into one line and exit code 2."""
     import asyncio
@@ -195,8 +206,11 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
 
     from migsync.core.errors import MigsyncError
 
+    async def boxed() -> _Box[T]:
+        return _Box(await coro)
+
     try:
-        return asyncio.run(coro)
+        return asyncio.run(boxed()).value
     except MigsyncError as exc:
         if logging.getLogger("migsync").isEnabledFor(logging.DEBUG):
             raise

@@ -80,14 +80,15 @@ def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None
 def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns as rich draws a ``Table(box=None)`` of unbounded width: each cell padded by one
     space on either side, left aligned."""
-    widths = [max(_cells(h), *(_cells(row[i]) for row in rows)) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "".join(
-            f" {cell}{' ' * (width - _cells(cell))} " for cell, width in zip(cells, widths, strict=True)
-        )
-
-    return "\n".join([line(header), *(line(row) for row in rows)])
+    table = [header, *rows]
+    measure = len if all(cell.isascii() for row in table for cell in row) else _cells
+    widths = [max(measure(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join(
+        " "
+        + "  ".join(cell + " " * (width - measure(cell)) for cell, width in zip(row, widths, strict=True))
+        + " "
+        for row in table
+    )
 
 
 def _cells(text: str) -> int:
