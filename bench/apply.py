@@ -231,14 +231,7 @@ def compare_tools(args: argparse.Namespace) -> None:
     import pg
 
     if args.load:
-        result = compare.Result()
-        for path in args.load:
-            result.load(path)
-        print(compare.table(result))
-        for tool, why in result.skipped.items():
-            print(f"skipped {tool}: {why}")
-        if args.chart is not None:
-            print(compare.chart(result, args.chart))
+        compare.show_saved(args.load, args.chart)
         return
     backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
     if "postgresql" in backends:

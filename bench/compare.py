@@ -633,5 +633,27 @@ async def _raw_pg(url: str, op: str, scripts: Scripts, *, pipelined: bool) -> No
         await conn.close()
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
-    worker(*sys.argv[2:7])
+def show_saved(paths: Sequence[Path], chart_path: Path | None) -> None:
+    """The table (and chart) of saved runs, merged: needs neither migsync nor the tools, so any
+    Python with matplotlib can draw the chart."""
+    result = Result()
+    for path in paths:
+        result.load(path)
+    print(table(result))
+    for tool, why in result.skipped.items():
+        print(f"skipped {tool}: {why}")
+    if chart_path is not None:
+        print(chart(result, chart_path))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        worker(*sys.argv[2:7])
+    else:
+        import argparse
+
+        parser = argparse.ArgumentParser(description="Show saved runs of bench/apply.py --compare.")
+        parser.add_argument("--load", type=Path, nargs="+", required=True, help="runs saved with --save")
+        parser.add_argument("--chart", type=Path, help="also draw a PNG chart here (needs matplotlib)")
+        options = parser.parse_args()
+        show_saved(options.load, options.chart)
