@@ -537,7 +537,8 @@ def chart(result: Result, path: Path) -> str:
                 mine = result.samples.get((backend, n, name, "apply"))
                 raw = result.samples.get((backend, n, "raw", "apply"))
                 ratios.append(_median(mine, "wall") / _median(raw, "wall") if mine and raw else 0.0)
-            ax.bar([x + i * width for x in range(len(sizes))], ratios, width, label=name)
+            color = f"C{[t.name for t in TOOLS].index(name)}"  # one colour per tool in every panel
+            ax.bar([x + i * width for x in range(len(sizes))], ratios, width, label=name, color=color)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(sizes))], [f"N={n}" for n in sizes])
         ax.set_ylabel("apply time ÷ raw driver")
