@@ -36,19 +36,26 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
+def timed(cmd: list[str], cwd: Path) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    subprocess.run(cmd, env=child_env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # cwd: not a checkout, whose migsync folder `python -m` would import ahead of PYTHONPATH.
+    subprocess.run(
+        cmd, env=child_env(), cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
-def importtime(cmd: list[str], top: int = 25) -> list[tuple[int, int, str]]:
+def importtime(cmd: list[str], cwd: Path, top: int = 25) -> list[tuple[int, int, str]]:
     """The ``top`` modules by cumulative import time: (self us, cumulative us, name as indented)."""
     err = subprocess.run(
-        [sys.executable, "-X", "importtime", *cmd[1:]], env=child_env(), capture_output=True, text=True
+        [sys.executable, "-X", "importtime", *cmd[1:]],
+        env=child_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
     ).stderr
     rows = []
     for line in err.splitlines():
@@ -72,7 +79,10 @@ def main() -> None:
         db = f"sqlite:///{root / 'app.db'}"
         migsync = [sys.executable, "-m", "migsync"]
         subprocess.run(
-            [*migsync, "apply", "--migrations", str(folder), "--db", db], env=child_env(), check=True
+            [*migsync, "apply", "--migrations", str(folder), "--db", db],
+            env=child_env(),
+            cwd=root,
+            check=True,
         )
         commands = {
             "no-op apply": [*migsync, "apply", "--migrations", str(folder), "--db", db],
@@ -82,12 +92,12 @@ def main() -> None:
             "floor: import asyncio, sqlite3": [sys.executable, "-c", "import asyncio, sqlite3"],
         }
         for cmd in commands.values():  # untimed: bytecode written, files cached
-            timed(cmd)
+            timed(cmd, root)
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
         load = os.getloadavg()[0]
         for _ in range(args.repeat):
             for name, cmd in commands.items():
-                samples[name].append(timed(cmd))
+                samples[name].append(timed(cmd, root))
         print(
             f"\nmigsync bench/startup.py  N={args.n}  repeat={args.repeat}  {os.cpu_count()} CPUs  "
             f"load average {load:.1f} before, {os.getloadavg()[0]:.1f} after"
@@ -101,7 +111,7 @@ def main() -> None:
         print("targets: no-op apply <= 90 ms and status <= 150 ms at N=1000 (wall, on a quiet machine)")
         if args.importtime:
             print("\nslowest imports of a no-op apply (self us, cumulative us):")
-            for own, cumulative, name in importtime(commands["no-op apply"]):
+            for own, cumulative, name in importtime(commands["no-op apply"], root):
                 print(f"{own:>8}{cumulative:>10}  {name}")
 
 
