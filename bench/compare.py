@@ -488,7 +488,7 @@ def _span(samples: Sequence[Sample]) -> str:
 def table(result: Result) -> str:
     header = (
         "| backend | N | tool | apply ms (min-max) | ÷ raw | revert ms (min-max) | ÷ raw "
-        "| no-op ms | CPU apply ms | peak RSS MB |"
+        "| no-op ms | CPU apply ms | peak RSS MB | rounds |"
     )
     lines = [header, "| " + " | ".join("---" for _ in range(header.count("|") - 1)) + " |"]
     keys = sorted({(b, n, t) for b, n, t, _ in result.samples}, key=lambda k: (k[0] != "sqlite", k[1]))
@@ -514,6 +514,7 @@ def table(result: Result) -> str:
             for s in result.samples.get((backend, n, tool, op), [])
         ]
         cells.append(f"{max(rss):.0f}" if rss else "")
+        cells.append(str(len(apply)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
