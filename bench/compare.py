@@ -263,6 +263,9 @@ class Database:
     def __exit__(self, *exc: object) -> None:
         if self.backend == "postgresql":
             asyncio.run(_pg_admin(self.pg_dsn, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            return
+        for leftover in self.root.glob(f"{self.name}.db*"):  # the file, its WAL, migsync's lock file
+            leftover.unlink()
 
     def url(self, flavour: str) -> str:
         if self.backend == "sqlite":
