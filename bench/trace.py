@@ -75,7 +75,7 @@ def asyncpg_calls(sink: Callable[[str], None]) -> Iterator[None]:
 
 
 async def trace(url: str, migrations: Path, n: int) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"record+queue": [], "apply pass": [], "revert pass": []}
+    out: dict[str, list[str]] = {"record+queue": [], "apply pass": [], "revert queue": [], "revert pass": []}
     current: list[str] = []
     async with Client.connect(url, plugins=make_plugins(autoload=False), sinks=[]) as client:
         raw = getattr(getattr(client.backend, "_thread", None), "raw", None)
@@ -91,6 +91,7 @@ async def trace(url: str, migrations: Path, n: int) -> dict[str, list[str]]:
             current = out["apply pass"]
             result = await client.process()
             assert result.ok and result.remaining == 0, result
+            current = out["revert queue"]
             await client.ledger.revert(everything=True)
             current = out["revert pass"]
             result = await client.process()
