@@ -548,9 +548,9 @@ class PostgresBackend(BaseBackend):
                 if pending is not None:
                     if isinstance(request, Execute):
                         return pending.add(request)
-                    if isinstance(request, Script) and not request.each_commits:
-                        if pending.add_script(request):
-                            return None
+                    keep = isinstance(request, Script) and not request.each_commits
+                    if keep and pending.add_script(request):  # type: ignore[arg-type]
+                        return None
                     if isinstance(request, Commit):
                         return await flush(commit=True)
                     if isinstance(request, Rollback):

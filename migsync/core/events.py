@@ -75,6 +75,10 @@ class MigrationQueued(MigrationEvent):
     operation: str
 
 
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(names)
+
+
 @attrs.frozen(kw_only=True)
 class MigrationsQueued(Event):
     """Several migrations queued by one request, in one event (not one each): ``names`` in
@@ -82,7 +86,7 @@ class MigrationsQueued(Event):
 
     kind: ClassVar[str] = "migrations_queued"
     operation: str
-    names: tuple[str, ...] = attrs.field(converter=tuple)
+    names: tuple[str, ...] = attrs.field(converter=_names)
     first: Version = attrs.field(converter=as_version)
     last: Version = attrs.field(converter=as_version)
 

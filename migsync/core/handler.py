@@ -127,7 +127,9 @@ class MigrationHandler:
             raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
         content = row["content"]
         if content is None:  # too large to read with the batch
-            rows: list[Row] = yield Fetch(f"SELECT content FROM {self.sql.t.migrations} WHERE name = $1", (name,))
+            rows: list[Row] = yield Fetch(
+                f"SELECT content FROM {self.sql.t.migrations} WHERE name = $1", (name,)
+            )
             content = rows[0]["content"]
         applying = change["operation"] == "apply"
         # The stored content is the canonical JSON the checksum covers: one

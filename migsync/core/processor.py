@@ -235,7 +235,8 @@ class ChangesProcessor:
         if pin is not None:
             self._pin = pin[1]
         self._sql_finish = (
-            f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL, attempts = $2 WHERE {claim(3)}"
+            f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL, attempts = $2 "
+            f"WHERE {claim(3)}"
         )
         self._sql_started = f"UPDATE {q} SET attempts = $1 WHERE {claim(2)}"
         self._sql_claimed_failed = (
@@ -357,9 +358,7 @@ class ChangesProcessor:
             loaded = yield from handler.load(change)  # reads only: nothing to undo if it fails
         except DirtyDatabase as exc:
             yield Rollback()  # not this change's failure: leave no trace of it
-            return Outcome(
-                change["id"], label, False, before, max_attempts, str(exc), dirty=True, ran=False
-            )
+            return Outcome(change["id"], label, False, before, max_attempts, str(exc), dirty=True, ran=False)
         except Exception as exc:
             mark = len(events)
             try:
@@ -383,8 +382,7 @@ class ChangesProcessor:
             yield from self._undo(label)
             return None
         except Exception as exc:
-            explain = getattr(handler, "explain", None)
-            error = explain(change, loaded, exc) if explain is not None else exc
+            error = handler.explain(change, loaded, exc)
             if error is not exc and error.__cause__ is None:
                 error.__cause__ = exc
             return (yield from self._rolled_back(change, label, error, attempts, max_attempts, events, claim))
