@@ -198,11 +198,15 @@ async def other_writer(url: str, tmp_path: Path, sql: list[str]) -> None:
             await conn.close()
 
 
+@pytest.mark.parametrize("outside", [False, True], ids=["in-transaction", "transaction-false"])
 @pytest.mark.parametrize("taken", [True, False], ids=["applied-by-another", "cancelled"])
 async def test_a_change_changed_after_the_batch_read_it_is_neither_run_nor_failed(
-    any_url: str, tmp_path: Path, taken: bool
+    any_url: str, tmp_path: Path, taken: bool, outside: bool
 ) -> None:
     folder = migrations(tmp_path / "m", 3)
+    if outside:  # claimed before it runs, in a transaction of its own
+        first = folder / "0001_t1.sql"
+        first.write_text(first.read_text().replace("-- migrate:up", "-- migrate:up transaction:false"))
     sql = ["UPDATE migration_changes SET processed = TRUE, attempts = 1 WHERE seq = 1"]
     if taken:  # another processor applied it: its table is there, a second run would fail
         sql.insert(0, "CREATE TABLE t1 (id INTEGER PRIMARY KEY, name TEXT)")
@@ -227,3 +231,29 @@ async def test_a_change_changed_after_the_batch_read_it_is_neither_run_nor_faile
         ]
     # Cancelled: the script ran in the transaction that lost its claim, and was rolled back.
     assert ("t1" in await asyncio.to_thread(tables, any_url, bookkeeping=False)) == taken
+
+
+async def test_content_recorded_anew_after_the_batch_read_it_runs_new_never_stale(
+    any_url: str, tmp_path: Path
+) -> None:
+    folder = migrations(tmp_path / "m", 2)
+    renamed = migrations(tmp_path / "renamed", 2)
+    first = renamed / "0001_t1.sql"
+    first.write_text(first.read_text().replace("t1", "t1_new"))
+
+    async def record_anew() -> None:  # another process records the changed file
+        async with connect(any_url) as other:
+            assert (await other.ledger.record(load_directory(renamed))).updated == ["0001_t1"]
+
+    async with connect(any_url) as client:
+        await client.ledger.record(load_directory(folder))
+        await client.ledger.queue_pending()
+        handler = Interfering(record_anew, client.backend.dialect, client.clock, client.backend.tables)
+        result = await ChangesProcessor(client.backend, handler, clock=client.clock).run_pass()
+        assert result.ok and [o.label for o in result.processed] == ["apply 0001_t1", "apply 0002_t2"]
+        assert [(s.name, s.state, s.attempts) for s in await client.status()] == [
+            ("0001_t1", "applied", 1),
+            ("0002_t2", "applied", 1),
+        ]
+    made = await asyncio.to_thread(tables, any_url, bookkeeping=False)
+    assert made == {"t1_new", "t2"}

@@ -537,8 +537,7 @@ class PostgresBackend(BaseBackend):
                 if kept and kept.script is not None:
                     await self._script(connection, conn, kept.script, kept, commit)
                 elif kept:
-                    with _mapped(self.where, "commit failed: " if commit else ""):
-                        await conn.execute(kept.message(commit))
+                    await self._send(conn, kept, commit)
                 elif commit:
                     with _mapped(self.where, "commit failed: "):
                         await conn.execute("COMMIT")
