@@ -84,6 +84,7 @@ from migsync.core.work import (
     Begin,
     Commit,
     Execute,
+    Flush,
     Request,
     Rollback,
     Script,
@@ -541,6 +542,8 @@ class PostgresBackend(BaseBackend):
                 elif commit:
                     with _mapped(self.where, "commit failed: "):
                         await conn.execute("COMMIT")
+                if not commit:  # still in the migration's transaction: keep on keeping
+                    pending = Pending()
 
             async def perform(request: Request) -> Any:
                 nonlocal pending
@@ -552,6 +555,8 @@ class PostgresBackend(BaseBackend):
                         return None
                     if isinstance(request, Commit):
                         return await flush(commit=True)
+                    if isinstance(request, Flush):
+                        return await flush()
                     if isinstance(request, Rollback):
                         pending = None
                         return await rollback()

@@ -75,6 +75,7 @@ from migsync.core.work import (
     Commit,
     Execute,
     Fetch,
+    Flush,
     Release,
     Request,
     Rollback,
@@ -269,6 +270,8 @@ class _Session:
                     return None
                 case Rollback():
                     return self.rollback()
+                case Flush():
+                    return None  # nothing is kept back: each request ran when it came
                 case Savepoint(name):
                     return conn.execute(f"SAVEPOINT {name}")
                 case Release(name):

@@ -50,12 +50,13 @@ from typing import Any, Protocol
 
 import attrs
 
-from migsync.core.backend import Backend, Row
+from migsync.core.backend import TRANSACTIONAL_DDL, Backend, Row
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import (
     BackendError,
     ClaimLost,
     DirtyDatabase,
+    MigrationError,
     MigsyncError,
     NotYet,
     PermanentFailure,
@@ -67,6 +68,7 @@ from migsync.core.work import (
     Commit,
     Execute,
     Fetch,
+    Flush,
     Rollback,
     Work,
 )
@@ -144,6 +146,23 @@ class ChangeHandler(Protocol):
         ``next_attempt_at`` is None when the change is now dead; ``dirty`` when
         work outside a transaction stopped half-way and a person must look.
         """
+
+
+@attrs.define
+class _Run:
+    """One change of an atomic run."""
+
+    change: Row
+    label: str
+    claim: tuple[Any, ...]
+    attempts: int
+    max_attempts: int
+    loaded: Loaded | None = None
+    event: Event | None = None
+
+    @classmethod
+    def of(cls, change: Row, label: str, claim: tuple[Any, ...]) -> _Run:
+        return cls(change, label, claim, int(change["attempts"]) + 1, int(change["max_attempts"]))
 
 
 @attrs.frozen
@@ -257,11 +276,25 @@ class ChangesProcessor:
             f"UPDATE {q} SET attempts = attempts - 1, error = $1, next_attempt_at = $2 WHERE seq = $3"
         )
         self._sql_remaining = f"SELECT COUNT(*) AS n FROM {q} WHERE processed = FALSE"
+        # ``--atomic``: the whole queue at once (the head query's LIMIT, as large as SQLite takes).
+        self._sql_everything = (
+            head(2**31 - 1) if head is not None else f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq"
+        )
 
     # -- one pass ------------------------------------------------------------------
 
-    async def run_pass(self, *, ignore_backoff: bool = False) -> PassResult:
-        """Work the queue in order until it is empty, blocked, or waiting on backoff."""
+    async def run_pass(self, *, ignore_backoff: bool = False, atomic: bool = False) -> PassResult:
+        """Work the queue in order until it is empty, blocked, or waiting on backoff.
+
+        ``atomic``: every change of the queue in one transaction, all or nothing
+        (:meth:`_atomic`); only on a backend with transactional DDL, and never for
+        work that cannot run in a transaction (``MigrationError``, before anything runs).
+        """
+        if atomic and TRANSACTIONAL_DDL not in self.backend.capabilities:
+            raise MigrationError(
+                f"--atomic needs a database whose schema changes are transactional; "
+                f"{self.backend.name} has none: apply without --atomic"
+            )
         result = PassResult()
         async with (
             self._pass_lock,
@@ -270,7 +303,8 @@ class ChangesProcessor:
             due_by = float("inf") if ignore_backoff else None
             more = True
             while more:
-                more, events = await self.backend.run(self._batch(result, due_by))
+                work = self._atomic(result, due_by) if atomic else self._batch(result, due_by)
+                more, events = await self.backend.run(work)
                 # The batch's transactions have committed: now its events may go out.
                 for event in events:
                     self.events.emit(event)
@@ -288,19 +322,14 @@ class ChangesProcessor:
         )
         return result
 
-    def _batch(self, result: PassResult, due_by: float | None) -> Work[tuple[bool, list[Event]]]:
-        """Up to ``batch_size`` changes, each in its own transaction.
-
-        Returns whether the pass should go on, and the events to emit.
-        """
-        events: list[Event] = []
-        head: list[Row] = yield Fetch(self._sql_head)
+    def _judge(self, result: PassResult, head: list[Row]) -> Work[bool]:
+        """Whether the head of the queue may run now (``result`` says why not)."""
         if head:
             try:
                 yield from self.handler.check()
             except NotYet as exc:  # not a failure: the queue waits for something else to happen
                 result.gated = str(exc)
-                return False, events
+                return False
             except DirtyDatabase as exc:  # before "dead": a dirty change waits for repair, not revival
                 result.blocked = Outcome(
                     head[0]["id"],
@@ -310,21 +339,24 @@ class ChangesProcessor:
                     dirty=True,
                     ran=False,
                 )
-                return False, events
+                return False
+        return True
+
+    def _batch(self, result: PassResult, due_by: float | None) -> Work[tuple[bool, list[Event]]]:
+        """Up to ``batch_size`` changes, each in its own transaction.
+
+        Returns whether the pass should go on, and the events to emit.
+        """
+        events: list[Event] = []
+        head: list[Row] = yield Fetch(self._sql_head)
+        if not (yield from self._judge(result, head)):
+            return False, events
         for change in head:
             if self._halted:
                 result.halted = True
                 return False, events
             if change["attempts"] >= change["max_attempts"]:
-                result.blocked = Outcome(
-                    change["id"],
-                    self.handler.describe(change),
-                    ok=False,
-                    attempts=change["attempts"],
-                    max_attempts=change["max_attempts"],
-                    error=change["error"],
-                    dead=True,
-                )
+                result.blocked = self._dead(change)
                 return False, events
             now = self.clock.now()
             if due_by is None and change["next_attempt_at"] > now:
@@ -345,13 +377,110 @@ class ChangesProcessor:
                 return False, events
         return len(head) == self.batch_size, events
 
+    def _atomic(self, result: PassResult, due_by: float | None) -> Work[tuple[bool, list[Event]]]:
+        """Every open change in one transaction: all of them commit, or none does.
+
+        Refuses (``MigrationError``, nothing run) when one cannot run in a transaction.
+        A failure rolls everything back and is recorded on the change it belongs to
+        (a failure at the commit, on the last change), as a pass would record it.
+        Returns whether to read the queue again (the claim was lost), and the events.
+        """
+        events: list[Event] = []
+        head: list[Row] = yield Fetch(self._sql_everything)
+        if not head or not (yield from self._judge(result, head)):
+            return False, events
+        now = self.clock.now()
+        for change in head:  # all of them may run now, or none runs
+            if change["attempts"] >= change["max_attempts"]:
+                result.blocked = self._dead(change)
+                return False, events
+            if due_by is None and change["next_attempt_at"] > now:
+                result.waiting_until = float(change["next_attempt_at"])
+                return False, events
+        handler = self.handler
+        due = now if due_by is None else due_by
+        runs = [_Run.of(change, handler.describe(change), self._claim(change, due)) for change in head]
+        yield Begin(schema_change=handler.changes_schema)
+        current: _Run | None = None
+        try:
+            for run in runs:
+                current = run
+                run.loaded = yield from handler.load(run.change)
+            outside = [run.label for run in runs if run.loaded is not None and run.loaded.outside_transaction]
+            if outside:
+                raise MigrationError(
+                    f"--atomic runs every pending migration in one transaction, and "
+                    f"{', '.join(outside)} cannot run in one (transaction:false); nothing was run: "
+                    "apply without --atomic"
+                )
+            for run in runs:
+                current = run
+                assert run.loaded is not None
+                run.event = yield from handler.handle(run.change, run.loaded)
+                yield Execute(self._sql_finish, (self.clock.now(), run.attempts, *run.claim), expect=1)
+                yield Flush()  # a failure is raised here, with the migration it belongs to
+            current = runs[-1]  # a failure at the commit (a deferred check): the last one's
+            yield Commit()
+        except ClaimLost:
+            yield from self._undo("atomic apply")
+            return True, events
+        except MigrationError as exc:
+            if "--atomic" not in str(exc):
+                raise
+            yield Rollback()
+            raise
+        except DirtyDatabase as exc:
+            if current is None or current.loaded is not None:
+                raise
+            yield Rollback()  # from load: nothing may run now, and it is no one's failure
+            result.blocked = Outcome(
+                current.change["id"], current.label, False, current.attempts - 1,
+                current.max_attempts, str(exc), dirty=True, ran=False,
+            )  # fmt: skip
+            return False, events
+        except Exception as exc:
+            assert current is not None
+            error = exc if current.loaded is None else handler.explain(current.change, current.loaded, exc)
+            if error is not exc and error.__cause__ is None:
+                error.__cause__ = exc
+            outcome = yield from self._rolled_back(
+                current.change, current.label, error, current.attempts, current.max_attempts, events,
+                current.claim,
+            )  # fmt: skip
+            if outcome is None:
+                return True, events
+            result.processed.append(outcome)
+            result.failure = outcome
+            return False, events
+        for run in runs:
+            result.processed.append(
+                Outcome(run.change["id"], run.label, True, run.attempts, run.max_attempts)
+            )
+            if run.event is not None:
+                events.append(run.event)
+        return False, events
+
+    def _dead(self, change: Row) -> Outcome:
+        return Outcome(
+            change["id"],
+            self.handler.describe(change),
+            ok=False,
+            attempts=change["attempts"],
+            max_attempts=change["max_attempts"],
+            error=change["error"],
+            dead=True,
+        )
+
+    def _claim(self, change: Row, due_by: float) -> tuple[Any, ...]:
+        """The values the claim checks: the change is still as the batch read it."""
+        claim: tuple[Any, ...] = (change["seq"], int(change["attempts"]), due_by)
+        return claim if self._pin is None else (*claim, change[self._pin])
+
     def _change(self, change: Row, due_by: float, events: list[Event]) -> Work[Outcome | None]:
         handler = self.handler
         before = int(change["attempts"])
         attempts, max_attempts = before + 1, int(change["max_attempts"])
-        claim: tuple[Any, ...] = (change["seq"], before, due_by)
-        if self._pin is not None:
-            claim += (change[self._pin],)
+        claim = self._claim(change, due_by)
         label = handler.describe(change)
         yield Begin(schema_change=handler.changes_schema)
         try:

@@ -100,6 +100,16 @@ class Commit:
 
 
 @attrs.frozen
+class Flush:
+    """Send now what the backend kept back (see :class:`Execute`); its failure is raised here.
+
+    Where a program runs several migrations in one transaction, it flushes after
+    each, so that a failure is raised where the migration it belongs to can tell.
+    A backend that keeps nothing back does nothing.
+    """
+
+
+@attrs.frozen
 class Rollback:
     """Undo the open transaction and end it."""
 
@@ -129,7 +139,9 @@ class Await:
     call: Callable[[], Awaitable[Any]]
 
 
-Request = Execute | Fetch | Script | Begin | Commit | Rollback | Savepoint | Release | RollbackTo | Await
+Request = (
+    Execute | Fetch | Script | Begin | Commit | Flush | Rollback | Savepoint | Release | RollbackTo | Await
+)
 Work = Generator[Request, Any, T]
 
 
@@ -227,6 +239,8 @@ async def perform_async(connection: Connection, request: Request) -> Any:
             return await connection.execute("BEGIN")
         case Commit():
             return await connection.execute("COMMIT")
+        case Flush():
+            return None
         case Rollback():
             return await connection.execute("ROLLBACK")
         case Savepoint(name):
