@@ -1,7 +1,7 @@
 """Units of work as sans-I/O programs, so one program runs on every backend.
 
-The processor's work on a change (claim it, run the migration in a
-savepoint, record the outcome, commit) is written once, as a generator
+The processor's work on a change (run the migration, record the outcome
+with the statement that is also its claim, commit) is written once, as a generator
 that *yields requests* (:class:`Execute`, :class:`Fetch`, :class:`Script`,
 transaction control) and receives each result. A backend *drives* it:
 
