@@ -78,7 +78,7 @@ log = logging.getLogger("migsync.processor")
 
 @attrs.frozen
 class Loaded:
-    """What a change needs for its work, read inside its claim transaction.
+    """What a change needs for its work, made ready inside its transaction.
 
     ``outside_transaction``: the work cannot run in a transaction. The
     processor then marks the change in progress and commits, lets the handler
