@@ -202,6 +202,9 @@ class EntityChangeHandler:
         raise AssertionError("entity changes are pushed outside a transaction")  # load says so
         yield  # pragma: no cover
 
+    def explain(self, change: Row, loaded: Loaded, error: Exception) -> Exception:
+        return error  # never called: nothing is pushed in a transaction
+
     def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         return  # a push stopped half-way is simply sent again: the server stores a change once
         yield  # pragma: no cover

@@ -207,24 +207,34 @@ class Client:
         return bus
 
     async def apply(
-        self, migrations: Sequence[Migration] | SourceSnapshot, *, ignore_backoff: bool = False
+        self,
+        migrations: Sequence[Migration] | SourceSnapshot,
+        *,
+        ignore_backoff: bool = False,
+        atomic: bool = False,
     ) -> PassResult:
         """Record ``migrations``, queue the pending ones and run one processor pass.
 
         ``migrations`` is a list (:func:`~migsync.core.sources.load_directory`) or a
         snapshot (:func:`~migsync.core.sources.scan_directory`), which is parsed
-        only if this database has not recorded the same files before.
+        only if this database has not recorded the same files before. ``atomic``:
+        see :meth:`process`.
         """
         if isinstance(migrations, SourceSnapshot):
             await self.ledger.record_source(migrations)
         else:
             await self.ledger.record(migrations)
         await self.ledger.queue_pending()
-        return await self.process(ignore_backoff=ignore_backoff)
+        return await self.process(ignore_backoff=ignore_backoff, atomic=atomic)
 
-    async def process(self, *, ignore_backoff: bool = False) -> PassResult:
-        """Run one processor pass over what is already queued."""
-        result = await self.processor.run_pass(ignore_backoff=ignore_backoff)
+    async def process(self, *, ignore_backoff: bool = False, atomic: bool = False) -> PassResult:
+        """Run one processor pass over what is already queued.
+
+        ``atomic``: every queued change in one transaction, all or nothing, with the
+        same history rows (a backend with transactional DDL only; a migration that
+        cannot run in a transaction is refused with ``MigrationError`` before anything runs).
+        """
+        result = await self.processor.run_pass(ignore_backoff=ignore_backoff, atomic=atomic)
         if any(outcome.ok for outcome in result.processed):
             await self.after_migrations()
         return result

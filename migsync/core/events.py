@@ -56,6 +56,8 @@ def _plain(instance: object, field: object, value: Any) -> Any:
 def _brief(value: object) -> str:
     if isinstance(value, Version):
         return value.text
+    if isinstance(value, tuple) and len(value) > 3:  # a log line names a few, then counts
+        return f"{','.join(map(str, value[:2]))},...,{value[-1]}({len(value)})"
     if isinstance(value, float):
         return f"{value:.4f}"
     return repr(value)
@@ -71,6 +73,26 @@ class MigrationEvent(Event):
 class MigrationQueued(MigrationEvent):
     kind: ClassVar[str] = "migration_queued"
     operation: str
+
+
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(names)
+
+
+@attrs.frozen(kw_only=True)
+class MigrationsQueued(Event):
+    """Several migrations queued by one request, in one event (not one each): ``names`` in
+    the order they will run, ``first`` and ``last`` their versions in that order."""
+
+    kind: ClassVar[str] = "migrations_queued"
+    operation: str
+    names: tuple[str, ...] = attrs.field(converter=_names)
+    first: Version = attrs.field(converter=as_version)
+    last: Version = attrs.field(converter=as_version)
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
 
 
 @attrs.frozen(kw_only=True)
@@ -224,7 +246,9 @@ class EventDispatcher:
 
     ``timeout`` bounds each ``sink.emit`` call; ``queue_size`` bounds what a
     sink may fall behind by, after which its events are dropped (and counted
-    in ``dropped``) rather than kept in memory without limit.
+    in ``dropped``) rather than kept in memory without limit. A sink that falls
+    behind is warned about once per burst: when it starts dropping, and with
+    the count once it takes events again (or at ``aclose``).
     """
 
     def __init__(self, sinks: Iterable[EventSink] = (), *, timeout: float = 5.0, queue_size: int = 1000):
@@ -232,6 +256,7 @@ class EventDispatcher:
         self.timeout = timeout
         self.queue_size = queue_size
         self.dropped = 0
+        self._dropping: dict[int, int] = {}  # sink index: events dropped in the current burst
         self._queues: dict[int, asyncio.Queue[Event | None]] = {}
         self._workers: list[asyncio.Task[None]] = []
 
@@ -248,7 +273,22 @@ class EventDispatcher:
                 self._queues[index].put_nowait(event)
             except asyncio.QueueFull:
                 self.dropped += 1
-                log.warning("event sink %s is behind; dropped %s", _sink_name(sink), event.kind)
+                burst = self._dropping.get(index, 0)
+                if not burst:
+                    log.warning(
+                        "event sink %s is behind; dropping events (from %s) until it catches up",
+                        _sink_name(sink),
+                        event.kind,
+                    )
+                self._dropping[index] = burst + 1
+            else:
+                if self._dropping:
+                    self._end_burst(index, sink)
+
+    def _end_burst(self, index: int, sink: EventSink) -> None:
+        dropped = self._dropping.pop(index, 0)
+        if dropped:
+            log.warning("event sink %s was behind: %d event(s) dropped", _sink_name(sink), dropped)
 
     def _start(self) -> None:
         for index, sink in enumerate(self.sinks):
@@ -275,6 +315,8 @@ class EventDispatcher:
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Deliver what is queued (waiting at most ``timeout``), then close every sink."""
+        for index, sink in enumerate(self.sinks):
+            self._end_burst(index, sink)
         for queue in self._queues.values():
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)

@@ -35,7 +35,7 @@ from migsync.core.assembly import repeatable_version
 from migsync.core.backend import Backend, Connection, Row
 from migsync.core.clock import Clock, SystemClock, iso
 from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError, UnknownMigration
-from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired
+from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired, MigrationsQueued
 from migsync.core.handler import dirty_message
 from migsync.core.history_sql import HistorySQL, history_sql
 from migsync.core.migration import Migration, description_of
@@ -405,8 +405,20 @@ class Ledger:
         return statements
 
     def _emit_queued(self, queued: Sequence[tuple[Version, str]], operation: str) -> None:
-        for version, name in queued:
+        """One event for what one request queued: ``migration_queued`` for one migration,
+        ``migrations_queued`` naming them all for several (a sink keeps up with a queue of 5000)."""
+        if len(queued) == 1:
+            version, name = queued[0]
             self.events.emit(MigrationQueued(name=name, version=version, operation=operation))
+        elif queued:
+            self.events.emit(
+                MigrationsQueued(
+                    operation=operation,
+                    names=[name for _, name in queued],
+                    first=queued[0][0],
+                    last=queued[-1][0],
+                )
+            )
 
     async def held_from(self) -> Version | None:
         """The version from which migrations are held (not queued), or None."""
