@@ -208,7 +208,10 @@ def _must(
     """``WHERE must be DESCRIPTION, not VALUE``: the value's kind when its type is wrong (the
     value itself may be long), else the value (a -1 where only 0 and up is accepted)."""
     where = _where(path, root)
-    what = schema.get("description") or _describe_type(schema)
+    # A record's description says what it is, not what it must be: a field holding no object
+    # must be "an object". The body's own description says both ("an object with one key, ...").
+    record = schema.get("type") == "object" and path
+    what = _describe_type(schema) if record or "description" not in schema else schema["description"]
     shown = _kind(value) if type_wrong else _show(value)
     return SchemaViolation(f"{where} must be {what}, not {shown}", where)
 
