@@ -35,7 +35,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -52,7 +52,7 @@ from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal
 from migsync.core.wire_schema import SCHEMAS, standalone
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
-from migsync.server.openapi import ENDPOINTS, QueryInt, openapi_document
+from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
@@ -71,6 +71,8 @@ log = logging.getLogger("migsync.server")
 
 #: All a 503 says of a failed store; what failed goes to the server's log.
 STORE_FAILED = "the store is unavailable; try again later (the server's log says why)"
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
 
@@ -410,7 +412,8 @@ def create_app(
     )
     # The routes are the documented endpoints (migsync.server.openapi), each to its handler.
     routes: list[BaseRoute] = [
-        Route(endpoint.path, getattr(api, endpoint.name), methods=[endpoint.method]) for endpoint in ENDPOINTS
+        Route(endpoint.path, _declared(endpoint, getattr(api, endpoint.name)), methods=[endpoint.method])
+        for endpoint in ENDPOINTS
     ]
     if panel is not False:
         from migsync.server.panel import create_panel
@@ -504,6 +507,21 @@ async def _refused(_request: Request, exc: Exception) -> Response:
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _declared(endpoint: Endpoint, handler: Handler) -> Handler:
+    """``handler``, refusing a query parameter ``endpoint`` does not declare (422): a misspelt
+    ``?limt=5`` would be ignored, and the caller never know."""
+    known = {q.name for q in endpoint.query}
+
+    async def checked(request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+            raise ApiError(422, f"unknown query parameter {', '.join(map(repr, unknown))}: {takes}")
+        return await handler(request)
+
+    return checked
 
 
 _LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query)
