@@ -81,8 +81,8 @@ def _text(description: str, *, most: int | None = None, least: int = 0, nullable
     return schema
 
 
-def _body(key: str, item: str, most: int | None) -> Schema:
-    """A request body: one key holding a list of ``item`` records."""
+def _body(key: str, item: str, most: int | None, example: dict[str, Any]) -> Schema:
+    """A request body: one key holding a list of ``item`` records (``example``: one such record)."""
     items: Schema = {"description": "a list", "type": "array", "items": ref(item)}
     if most is not None:
         items["maxItems"] = most
@@ -92,6 +92,7 @@ def _body(key: str, item: str, most: int | None) -> Schema:
         "properties": {key: items},
         "required": [key],
         "additionalProperties": False,
+        "examples": [{key: [example]}],
     }
 
 
@@ -223,9 +224,29 @@ SCHEMAS: dict[str, Schema] = {
         optional=("signature", "signed_by"),
     ),
     # -- request bodies --------------------------------------------------------------------------
-    "StatusReports": _body("reports", "StatusReport", MAX_REPORTS),
-    "ActionResults": _body("results", "ActionResult", MAX_REPORTS),
-    "EntityChanges": _body("changes", "EntityChange", MAX_CHANGES),
+    "StatusReports": _body(
+        "reports",
+        "StatusReport",
+        MAX_REPORTS,
+        {"version": "1", "applied": True, "error": None, "attempts": 1, "checksum": "0" * 64},
+    ),
+    "ActionResults": _body(
+        "results", "ActionResult", MAX_REPORTS, {"id": 1, "state": "done", "detail": None}
+    ),
+    "EntityChanges": _body(
+        "changes",
+        "EntityChange",
+        MAX_CHANGES,
+        {
+            "id": "c-42",
+            "entity": "note",
+            "entity_id": "7",
+            "operation": "insert",
+            "data": {"title": "hello"},
+            "schema_version": "1",
+            "timestamp": 1764885000.5,
+        },
+    ),
     "ActionOrder": {
         "description": "an object with action, clients, requested_by, version",
         "type": "object",
@@ -242,6 +263,7 @@ SCHEMAS: dict[str, Schema] = {
         },
         "required": ["action", "version", "clients", "requested_by"],
         "additionalProperties": False,
+        "examples": [{"action": "revert", "version": "1", "clients": None, "requested_by": "alice"}],
     },
     # -- answers ---------------------------------------------------------------------------------
     "Pending": _answer(
