@@ -517,7 +517,7 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
         b'{"reports": {}}',
         "application/json",
         422,
-        'reports must be a list, not an object',
+        "reports must be a list, not an object",
     ),
     ("item not object", b'{"reports": [1]}', "application/json", 422, "reports[0] must be an object"),
 ]

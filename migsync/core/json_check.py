@@ -110,7 +110,10 @@ def _check(
     schema: Schema, value: Any, path: list[str | int], root: str, registry: Mapping[str, Schema]
 ) -> None:
     if "$ref" in schema:
-        schema = {**registry[_ref_name(schema["$ref"])], **{k: v for k, v in schema.items() if k != "$ref"}}
+        target = registry[_ref_name(schema["$ref"])]
+        schema = (
+            target if len(schema) == 1 else {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        )
     if "anyOf" in schema:
         for option in schema["anyOf"]:
             try:
@@ -154,12 +157,12 @@ def _check_object(
     # At the top, the body's own shape is wrong: say what it must be as a whole.
     missing = [name for name in schema.get("required", ()) if name not in value]
     unknown = sorted(str(k) for k in value if k not in properties) if "additionalProperties" in schema else []
-    if (missing or unknown) and not path and "description" in schema:
-        raise _must(schema, value, path, root, type_wrong=True)
-    where = _where(path, root)
-    if missing:
-        raise SchemaViolation(f"{where}: missing {', '.join(repr(f) for f in missing)}", where)
-    if unknown:
+    if missing or unknown:
+        if not path and "description" in schema:
+            raise _must(schema, value, path, root, type_wrong=True)
+        where = _where(path, root)
+        if missing:
+            raise SchemaViolation(f"{where}: missing {', '.join(repr(f) for f in missing)}", where)
         raise SchemaViolation(f"{where}: unknown field {', '.join(repr(f) for f in unknown)}", where)
     for name, sub in properties.items():
         if name in value:
@@ -169,9 +172,9 @@ def _check_object(
 def _check_array(
     schema: Schema, value: list[Any], path: list[str | int], root: str, registry: Mapping[str, Schema]
 ) -> None:
-    where = _where(path, root)
     most, least = schema.get("maxItems"), schema.get("minItems", 0)
     if most is not None and len(value) > most:
+        where = _where(path, root)
         what = path[-1] if path and isinstance(path[-1], str) else "items"
         raise SchemaViolation(f"{where} holds {len(value)} {what}; at most {most} per request", where)
     if len(value) < least:
