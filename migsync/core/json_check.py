@@ -23,10 +23,10 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["SchemaViolation", "check", "compiled_pattern", "supported"]
+__all__ = ["SchemaViolation", "check", "compiled_pattern", "supported", "validator"]
 
 Schema = Mapping[str, Any]
 
@@ -79,8 +79,23 @@ def check(
 
     ``where`` names the value itself in a message; a field in it is named by its path
     (``reports[0].applied``). ``registry`` resolves ``{"$ref": ".../NAME"}`` by its last part.
+    To check many values against one schema, make a :func:`validator` once.
     """
-    _check(schema, value, [], where, registry or {})
+    validator(schema, registry or {})(value, where)
+
+
+def validator(schema: Schema, registry: Mapping[str, Schema]) -> Callable[[Any, str], None]:
+    """``check`` for one schema, compiled once: a function of the value and its name."""
+    checker = _Compiler(registry).compile(schema)
+
+    def validate(value: Any, where: str = "the body") -> None:
+        try:
+            checker(value, ())
+        except _Refused as refused:
+            at = _where(refused.path, where)
+            raise SchemaViolation(refused.say(at), at) from None
+
+    return validate
 
 
 def supported(schema: Any, registry: Mapping[str, Schema]) -> list[str]:
@@ -106,95 +121,187 @@ def supported(schema: Any, registry: Mapping[str, Schema]) -> list[str]:
     return problems
 
 
-def _check(
-    schema: Schema, value: Any, path: list[str | int], root: str, registry: Mapping[str, Schema]
-) -> None:
-    if "$ref" in schema:
-        target = registry[_ref_name(schema["$ref"])]
-        schema = (
-            target if len(schema) == 1 else {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
-        )
-    if "anyOf" in schema:
-        for option in schema["anyOf"]:
-            try:
-                _check(option, value, path, root, registry)
-            except SchemaViolation:
-                continue
-            break
-        else:
-            raise _must(schema, value, path, root, type_wrong=not _any_type_fits(schema, value, registry))
-    types = schema.get("type")
-    if types is not None:
-        allowed = [types] if isinstance(types, str) else list(types)
-        if not any(_is(kind, value) for kind in allowed):
-            raise _must(schema, value, path, root, type_wrong=True)
-    if "enum" in schema and not any(_same(value, option) for option in schema["enum"]):
-        options = ", ".join(json.dumps(option) for option in schema["enum"])
-        raise SchemaViolation(
-            f"{_where(path, root)} must be one of {options}, not {_show(value)}", _where(path, root)
-        )
-    if "const" in schema and not _same(value, schema["const"]):
-        raise SchemaViolation(
-            f"{_where(path, root)} must be {json.dumps(schema['const'])}, not {_show(value)}",
-            _where(path, root),
-        )
-    if isinstance(value, dict):
-        _check_object(schema, value, path, root, registry)
-    elif isinstance(value, list):
-        _check_array(schema, value, path, root, registry)
-    elif isinstance(value, str):
-        _check_string(schema, value, path, root)
-    elif _is("number", value):
-        low, high = schema.get("minimum"), schema.get("maximum")
+Path = tuple[str | int, ...]
+Checker = Callable[[Any, Path], None]
+
+
+class _Refused(Exception):
+    """Inside the checkers: where the value is wrong, and what to say given that place's name."""
+
+    def __init__(self, path: Path, say: Callable[[str], str]) -> None:
+        self.path = path
+        self.say = say
+
+
+class _Compiler:
+    """A schema as a tree of small functions, each knowing its part of the schema already:
+    checking a value then reads no schema, only the value (the cost of a batch of reports)."""
+
+    def __init__(self, registry: Mapping[str, Schema]) -> None:
+        self.registry = registry
+        self.named: dict[str, Checker] = {}
+        self.compiling: set[str] = set()
+
+    def compile(self, schema: Schema) -> Checker:
+        if "$ref" in schema:
+            name = _ref_name(schema["$ref"])
+            if len(schema) == 1:
+                return self._named(name)
+            schema = {**self.registry[name], **{k: v for k, v in schema.items() if k != "$ref"}}
+        steps: list[Checker] = []
+        if "anyOf" in schema:
+            steps.append(self._any_of(schema))
+        if "type" in schema:
+            steps.append(_typed(schema))
+        if "enum" in schema or "const" in schema:
+            steps.append(_one_of(schema))
+        if "properties" in schema or "required" in schema or "additionalProperties" in schema:
+            steps.append(self._object(schema))
+        if "items" in schema or "maxItems" in schema or "minItems" in schema:
+            steps.append(self._array(schema))
+        if "pattern" in schema or "maxLength" in schema or "minLength" in schema:
+            steps.append(_string(schema))
+        if "minimum" in schema or "maximum" in schema:
+            steps.append(_number(schema))
+        if len(steps) == 1:
+            return steps[0]
+
+        def every(value: Any, path: Path) -> None:
+            for step in steps:
+                step(value, path)
+
+        return every
+
+    def _named(self, name: str) -> Checker:
+        if name not in self.named:
+            if name in self.compiling:
+                raise ValueError(f"schema {name!r} refers to itself: not supported")
+            self.compiling.add(name)
+            self.named[name] = self.compile(self.registry[name])
+        return self.named[name]
+
+    def _any_of(self, schema: Schema) -> Checker:
+        options = [self.compile(option) for option in schema["anyOf"]]
+        resolved = [self.registry[_ref_name(o["$ref"])] if "$ref" in o else o for o in schema["anyOf"]]
+        fits = [_type_test(o["type"]) if "type" in o else None for o in resolved]
+
+        def any_of(value: Any, path: Path) -> None:
+            for option in options:
+                try:
+                    option(value, path)
+                except _Refused:
+                    continue
+                return
+            type_wrong = not any(fit is None or fit(value) for fit in fits)
+            raise _must(schema, value, path, type_wrong=type_wrong)
+
+        return any_of
+
+    def _object(self, schema: Schema) -> Checker:
+        properties = [(name, self.compile(sub)) for name, sub in schema.get("properties", {}).items()]
+        known = frozenset(schema.get("properties", {}))
+        required = tuple(schema.get("required", ()))
+        closed = "additionalProperties" in schema
+        whole = "description" in schema  # at the top, say what the body must be as a whole
+
+        def object_(value: Any, path: Path) -> None:
+            if type(value) is not dict:
+                return
+            if (closed and not value.keys() <= known) or not all(name in value for name in required):
+                missing = [name for name in required if name not in value]
+                unknown = sorted(str(k) for k in value if k not in known) if closed else []
+                if not path and whole:
+                    raise _must(schema, value, path, type_wrong=True)
+                if missing:
+                    listed = ", ".join(repr(f) for f in missing)
+                    raise _Refused(path, lambda at: f"{at}: missing {listed}")
+                listed = ", ".join(repr(f) for f in unknown)
+                raise _Refused(path, lambda at: f"{at}: unknown field {listed}")
+            for name, checker in properties:
+                if name in value:
+                    checker(value[name], (*path, name))
+
+        return object_
+
+    def _array(self, schema: Schema) -> Checker:
+        items = self.compile(schema["items"]) if "items" in schema else None
+        most, least = schema.get("maxItems"), schema.get("minItems", 0)
+
+        def array(value: Any, path: Path) -> None:
+            if type(value) is not list:
+                return
+            if most is not None and len(value) > most:
+                what = path[-1] if path and isinstance(path[-1], str) else "items"
+                count = len(value)
+                raise _Refused(path, lambda at: f"{at} holds {count} {what}; at most {most} per request")
+            if len(value) < least:
+                raise _must(schema, value, path, type_wrong=False)
+            if items is not None:
+                for index, item in enumerate(value):
+                    items(item, (*path, index))
+
+        return array
+
+
+def _typed(schema: Schema) -> Checker:
+    fits = _type_test(schema["type"])
+
+    def typed(value: Any, path: Path) -> None:
+        if not fits(value):
+            raise _must(schema, value, path, type_wrong=True)
+
+    return typed
+
+
+def _one_of(schema: Schema) -> Checker:
+    options = list(schema["enum"]) if "enum" in schema else [schema["const"]]
+    if "enum" in schema:
+        listed = ", ".join(json.dumps(option) for option in options)
+        what = f"one of {listed}"
+    else:
+        what = json.dumps(schema["const"])
+
+    def one_of(value: Any, path: Path) -> None:
+        if not any(_same(value, option) for option in options):
+            shown = _show(value)
+            raise _Refused(path, lambda at: f"{at} must be {what}, not {shown}")
+
+    return one_of
+
+
+def _string(schema: Schema) -> Checker:
+    most, least = schema.get("maxLength"), schema.get("minLength", 0)
+    pattern = compiled_pattern(schema["pattern"]) if "pattern" in schema else None
+
+    def string(value: Any, path: Path) -> None:
+        if type(value) is not str:
+            return
+        if most is not None and len(value) > most:
+            length = len(value)
+            raise _Refused(path, lambda at: f"{at} is {length} characters long; at most {most} are accepted")
+        if len(value) < least or (pattern is not None and not pattern.search(value)):
+            raise _must(schema, value, path, type_wrong=False)
+
+    return string
+
+
+def _number(schema: Schema) -> Checker:
+    low, high = schema.get("minimum"), schema.get("maximum")
+
+    def number(value: Any, path: Path) -> None:
+        if not _is("number", value):
+            return
         if (low is not None and value < low) or (high is not None and value > high):
-            raise _must(schema, value, path, root, type_wrong=False)
+            raise _must(schema, value, path, type_wrong=False)
+
+    return number
 
 
-def _check_object(
-    schema: Schema, value: dict[str, Any], path: list[str | int], root: str, registry: Mapping[str, Schema]
-) -> None:
-    properties: Mapping[str, Schema] = schema.get("properties", {})
-    # At the top, the body's own shape is wrong: say what it must be as a whole.
-    missing = [name for name in schema.get("required", ()) if name not in value]
-    unknown = sorted(str(k) for k in value if k not in properties) if "additionalProperties" in schema else []
-    if missing or unknown:
-        if not path and "description" in schema:
-            raise _must(schema, value, path, root, type_wrong=True)
-        where = _where(path, root)
-        if missing:
-            raise SchemaViolation(f"{where}: missing {', '.join(repr(f) for f in missing)}", where)
-        raise SchemaViolation(f"{where}: unknown field {', '.join(repr(f) for f in unknown)}", where)
-    for name, sub in properties.items():
-        if name in value:
-            _check(sub, value[name], [*path, name], root, registry)
-
-
-def _check_array(
-    schema: Schema, value: list[Any], path: list[str | int], root: str, registry: Mapping[str, Schema]
-) -> None:
-    most, least = schema.get("maxItems"), schema.get("minItems", 0)
-    if most is not None and len(value) > most:
-        where = _where(path, root)
-        what = path[-1] if path and isinstance(path[-1], str) else "items"
-        raise SchemaViolation(f"{where} holds {len(value)} {what}; at most {most} per request", where)
-    if len(value) < least:
-        raise _must(schema, value, path, root, type_wrong=False)
-    items = schema.get("items")
-    if items is not None:
-        for index, item in enumerate(value):
-            _check(items, item, [*path, index], root, registry)
-
-
-def _check_string(schema: Schema, value: str, path: list[str | int], root: str) -> None:
-    most = schema.get("maxLength")
-    if most is not None and len(value) > most:
-        where = _where(path, root)
-        raise SchemaViolation(f"{where} is {len(value)} characters long; at most {most} are accepted", where)
-    if len(value) < schema.get("minLength", 0):
-        raise _must(schema, value, path, root, type_wrong=False)
-    pattern = schema.get("pattern")
-    if pattern is not None and not compiled_pattern(pattern).search(value):
-        raise _must(schema, value, path, root, type_wrong=False)
+def _type_test(types: str | list[str]) -> Callable[[Any], bool]:
+    allowed = [types] if isinstance(types, str) else list(types)
+    for kind in allowed:
+        _is(kind, None)  # an unknown type name is refused now, not when a value comes
+    return lambda value: any(_is(kind, value) for kind in allowed)
 
 
 @functools.lru_cache(maxsize=256)
@@ -205,34 +312,21 @@ def compiled_pattern(pattern: str) -> re.Pattern[str]:
     )
 
 
-def _must(
-    schema: Schema, value: Any, path: list[str | int], root: str, *, type_wrong: bool
-) -> SchemaViolation:
+def _must(schema: Schema, value: Any, path: Path, *, type_wrong: bool) -> _Refused:
     """``WHERE must be DESCRIPTION, not VALUE``: the value's kind when its type is wrong (the
     value itself may be long), else the value (a -1 where only 0 and up is accepted)."""
-    where = _where(path, root)
     # A record's description says what it is, not what it must be: a field holding no object
     # must be "an object". The body's own description says both ("an object with one key, ...").
     record = schema.get("type") == "object" and path
     what = _describe_type(schema) if record or "description" not in schema else schema["description"]
     shown = _kind(value) if type_wrong else _show(value)
-    return SchemaViolation(f"{where} must be {what}, not {shown}", where)
+    return _Refused(path, lambda at: f"{at} must be {what}, not {shown}")
 
 
 def _describe_type(schema: Schema) -> str:
     types = schema.get("type", "any JSON value")
     allowed = [types] if isinstance(types, str) else list(types)
     return " or ".join(_KINDS.get(t, t) for t in allowed)
-
-
-def _any_type_fits(schema: Schema, value: Any, registry: Mapping[str, Schema]) -> bool:
-    for option in schema["anyOf"]:
-        if "$ref" in option:
-            option = registry[_ref_name(option["$ref"])]
-        types = option.get("type")
-        if types is None or any(_is(t, value) for t in ([types] if isinstance(types, str) else types)):
-            return True
-    return False
 
 
 def _is(kind: str, value: Any) -> bool:
@@ -265,7 +359,7 @@ def _ref_name(ref: str) -> str:
     return ref.rsplit("/", 1)[-1]
 
 
-def _where(path: list[str | int], root: str) -> str:
+def _where(path: Path, root: str) -> str:
     if not path:
         return root
     text = ""

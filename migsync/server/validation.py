@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 import attrs
 
-from migsync.core.json_check import Schema, SchemaViolation, check, compiled_pattern
+from migsync.core.json_check import Schema, SchemaViolation, compiled_pattern, validator
 from migsync.core.version import Version
 from migsync.core.wire import (
     OPERATIONS,
@@ -54,23 +54,25 @@ _ID = attrgetter("id")
 R = TypeVar("R")
 
 
-def _checked(name: str, body: Any, error: type[ValueError], *, uncapped: bool = False) -> None:
-    """``body`` against schema ``name`` of :mod:`migsync.core.wire_schema` (else ``error``).
-
-    ``uncapped``: without the schema's cap on how many records the list holds (a file's size
-    cap bounds a drop folder's files instead)."""
-    schema: Schema = SCHEMAS[name]
-    if uncapped:
-        schema = _without_cap(schema)
-    try:
-        check(schema, body, registry=SCHEMAS)
-    except SchemaViolation as exc:
-        raise error(str(exc)) from None
-
-
 def _without_cap(schema: Schema) -> Schema:
     [(key, items)] = schema["properties"].items()
     return {**schema, "properties": {key: {k: v for k, v in items.items() if k != "maxItems"}}}
+
+
+_BODIES = ("StatusReports", "ActionResults", "EntityChanges", "ActionOrder")
+#: The request bodies' validators, compiled once; "NAME uncapped": without the cap on how many
+#: records the list holds (a file's size cap bounds a drop folder's files instead).
+_VALIDATORS = {name: validator(SCHEMAS[name], SCHEMAS) for name in _BODIES} | {
+    f"{name} uncapped": validator(_without_cap(SCHEMAS[name]), SCHEMAS) for name in _BODIES[:3]
+}
+
+
+def _checked(name: str, body: Any, error: type[ValueError], *, uncapped: bool = False) -> None:
+    """``body`` against schema ``name`` of :mod:`migsync.core.wire_schema` (else ``error``)."""
+    try:
+        _VALIDATORS[f"{name} uncapped" if uncapped else name](body, "the body")
+    except SchemaViolation as exc:
+        raise error(str(exc)) from None
 
 
 def _each_once(
