@@ -164,6 +164,7 @@ def _checks(negative: bool) -> list[Callable[..., Any]]:
         checks.status_code_conformance,
         checks.content_type_conformance,
         checks.response_schema_conformance,
+        checks.response_headers_conformance,
     ]
     return [*found, checks.negative_data_rejection] if negative else found
 

@@ -271,13 +271,39 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
             "content": {"application/json": {"schema": ref(endpoint.body)}},
         }
     operation["responses"] = {
-        str(status): _answer(description, schema) for status, description, schema in endpoint.answers
+        str(status): _answer(endpoint, status, description, schema)
+        for status, description, schema in endpoint.answers
     }
     return operation
 
 
-def _answer(description: str, schema: str | dict[str, Any] | None) -> dict[str, Any]:
-    if schema is None:
-        return {"description": description}
-    body = ref(schema) if isinstance(schema, str) else schema
-    return {"description": description, "content": {"application/json": {"schema": body}}}
+_PROTOCOL = {
+    "description": "the wire protocol the server speaks (on every answer)",
+    "required": True,
+    "schema": {"type": "string", "enum": [str(PROTOCOL)]},
+}
+_RETRY_AFTER = {
+    "description": "seconds to wait before trying again",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+_ETAG = {
+    "description": "tags this answer: send it as If-None-Match",
+    "required": True,
+    "schema": {"type": "string"},
+}
+
+
+def _answer(
+    endpoint: Endpoint, status: int, description: str, schema: str | dict[str, Any] | None
+) -> dict[str, Any]:
+    headers: dict[str, Any] = {PROTOCOL_HEADER: _PROTOCOL}
+    if status in (429, 503):
+        headers["Retry-After"] = _RETRY_AFTER
+    if endpoint.name == "pending" and status in (200, 304):
+        headers["ETag"] = _ETAG
+    answer: dict[str, Any] = {"description": description, "headers": headers}
+    if schema is not None:
+        body = ref(schema) if isinstance(schema, str) else schema
+        answer["content"] = {"application/json": {"schema": body}}
+    return answer
