@@ -13,7 +13,6 @@ wrong and where; the API answers it with a 422.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable, Hashable
 from operator import attrgetter
@@ -30,7 +29,15 @@ from migsync.core.wire import (
     StatusReport,
     read_version,
 )
-from migsync.core.wire_schema import MAX_CHANGES, MAX_ERROR, MAX_ID, MAX_KEY, MAX_REPORTS, SCHEMAS
+from migsync.core.wire_schema import (
+    MAX_CHANGES,
+    MAX_ERROR,
+    MAX_ID,
+    MAX_KEY,
+    MAX_REPORTS,
+    MAX_TIMESTAMP,
+    SCHEMAS,
+)
 
 __all__ = [
     "MAX_CHANGES",
@@ -268,7 +275,7 @@ def _plainly_valid(item: Any) -> EntityChange | None:
     if version is not None and (type(version) is not str or not _VERSION_TEXT.search(version)):
         return None
     version = None if version is None else Version.parse(version)
-    if type(timestamp) is not float or not math.isfinite(timestamp):
+    if type(timestamp) is not float or not -MAX_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:  # NaN: False
         return None
     return EntityChange(change_id, entity, entity_id, operation, data, version, timestamp)
 
