@@ -32,8 +32,10 @@ from migsync.core.wire_schema import SCHEMAS, standalone
 from migsync.server import Store
 from migsync.server import tables as t
 from migsync.server.app import create_app
+from migsync.server.export import export
 from migsync.server.openapi import ENDPOINTS, openapi_document
 from migsync.server.validation import InvalidChanges, _change, _plainly_valid, entity_changes
+from migsync.transports import dropfiles as files_
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN = "admin-secret-token"
@@ -141,6 +143,36 @@ def test_the_fast_path_for_changes_takes_only_what_the_schema_takes(item: dict[s
             entity_changes({"changes": [item]})
     else:
         assert entity_changes({"changes": [item]}) == [slow]
+
+
+async def test_the_drop_folder_files_match_their_schemas(tmp_path: Path, key_path: Path) -> None:
+    """What ``migsync export`` and a client write into a drop folder is what the schemas say,
+    by our validator and by an independent one (jsonschema-rs, which comes with schemathesis)."""
+    import jsonschema_rs
+
+    url = f"sqlite:///{tmp_path / 'server.db'}"
+    await _seed(url, key_path)
+    async with Store.open(url) as store:
+        await store.request_action("reapply", V2.version, [1], "admin")
+        await export(store, tmp_path / "drop", load_private_key(key_path))
+    report = StatusReport(V1.version, False, "boom", 2, V1.checksum, dead=True)
+    change = EntityChange("c1", "note", "1", "update", {"x": 2}, None, 2.5)
+    files = [
+        *(("Bundle", json.loads(p.read_text())) for p in (tmp_path / "drop" / "migrations").glob("*.json")),
+        *(("ActionsFile", json.loads(p.read_text())) for p in (tmp_path / "drop" / "actions").glob("*.json")),
+        ("ReportsFile", files_.reports_document("1", [report])),
+        ("AnswersFile", files_.answers_document("1", [ActionResult(1, "failed", "no down script")])),
+        ("ChangesFile", files_.changes_document("1", [change])),
+    ]
+    kinds = [kind for kind, _ in files]
+    assert kinds.count("Bundle") == 4 and kinds.count("ActionsFile") == 1
+    for kind, document in files:
+        check(SCHEMAS[kind], document, registry=SCHEMAS)
+        assert jsonschema_rs.validator_for(standalone(kind)).is_valid(document), (kind, document)
+        broken = {**document, "format": "migsync-other/2"}
+        assert not jsonschema_rs.validator_for(standalone(kind)).is_valid(broken)
+        with pytest.raises(SchemaViolation, match="format must be"):
+            check(SCHEMAS[kind], broken, registry=SCHEMAS)
 
 
 # -- schemathesis against a real server --------------------------------------------------------------
