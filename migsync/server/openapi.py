@@ -1,10 +1,11 @@
 """The HTTP API described: every endpoint, and the OpenAPI 3.1 document made from that description.
 
-:data:`ENDPOINTS` is what :func:`migsync.server.app.create_app` builds its routes from (an
-endpoint without a handler, or a handler without an endpoint, is an error when the app is
-made), and the request bodies are checked against the very schemas the document shows
-(:mod:`migsync.core.wire_schema`). So the document is never a hand-kept copy: it is served at
-``GET /api/openapi.json`` and written to ``docs/schemas/`` by ``scripts/api_schemas.py``.
+:data:`ENDPOINTS` is what :func:`migsync.server.app.create_app` builds its routes from (each
+endpoint's ``name`` is its handler's: one without a handler fails when the app is made; a
+handler without an endpoint is never routed), and the request bodies are checked against the
+very schemas the document shows (:mod:`migsync.core.wire_schema`). So the document is never a
+hand-kept copy: it is served at ``GET /api/openapi.json`` and written to ``docs/schemas/`` by
+``scripts/api_schemas.py``.
 """
 
 from __future__ import annotations
