@@ -517,12 +517,12 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
         b'{"reports": {}}',
         "application/json",
         422,
-        '"reports" must be a list, not an object',
+        "reports must be a list, not an object",
     ),
     ("item not object", b'{"reports": [1]}', "application/json", 422, "reports[0] must be an object"),
 ]
 for field, value, says in (
-    ("version", True, 'reports[0].version must be a version such as "42" or "1.2.10", not true'),
+    ("version", True, 'reports[0].version must be a version such as "42" or "1.2.10", not a boolean'),
     ("version", -1, "reports[0].version must be a version"),
     ("version", "1.", "reports[0].version must be a version"),
     ("version", "x" * 5000, "reports[0].version must be a version"),

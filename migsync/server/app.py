@@ -35,7 +35,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -49,13 +49,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
-from migsync.core.version import Version
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal, read_version
-from migsync.server.bodies import MAX_BODY, ApiError, action_answers, read_json, status_reports
+from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal
+from migsync.core.wire_schema import SCHEMAS, standalone
+from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
+from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
-from migsync.server.validation import MAX_ID, InvalidChanges, entity_changes, storable
+from migsync.server.validation import InvalidChanges, entity_changes
 
 if TYPE_CHECKING:
     from migsync.server.appliers import ChangeApplier
@@ -68,10 +69,10 @@ MAX_CHANGES_BODY = 16 * 1024 * 1024
 
 log = logging.getLogger("migsync.server")
 
-#: The most requests ``GET /api/actions?limit=`` lists.
-MAX_LIMIT = 100_000
 #: All a 503 says of a failed store; what failed goes to the server's log.
 STORE_FAILED = "the store is unavailable; try again later (the server's log says why)"
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
 
@@ -293,15 +294,16 @@ class _Api:
 
     async def actions(self, request: Request) -> Response:
         await self._admin(request)
-        records = await self.store.actions(limit=_limit(request.query_params.get("limit")))
+        records = await self.store.actions(limit=_query_int(request, _LIMIT))
         return JSONResponse({"actions": [r.to_json() for r in records]})
 
     async def request_action(self, request: Request) -> Response:
         await self._admin(request)
-        body = await read_json(request, self.max_body)
-        action, version, clients, by = _action_request(body)
+        order = action_order(await read_json(request, self.max_body))
         try:
-            records = await self.store.request_action(action, version, clients, by)
+            records = await self.store.request_action(
+                order.action, order.version, order.clients, order.requested_by
+            )
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from None
         self.forget_states()
@@ -344,6 +346,15 @@ class _Api:
         await self._admin(request)
         await self._flush_seen()  # this process's own view is never behind
         return JSONResponse({"clients": [entry.to_json() for entry in await self.store.fleet()]})
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(_OPENAPI)
+
+    async def schema(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in SCHEMAS:
+            raise ApiError(404, f"no schema {name!r}; the schemas are {', '.join(SCHEMAS)}")
+        return JSONResponse(standalone(name))
 
 
 def create_app(
@@ -399,15 +410,10 @@ def create_app(
         AuthThrottle(failed_auth_limit),
         clock,
     )
+    # The routes are the documented endpoints (migsync.server.openapi), each to its handler.
     routes: list[BaseRoute] = [
-        Route("/api/migrations/pending", api.pending, methods=["GET"]),
-        Route("/api/migrations/status", api.status, methods=["POST"]),
-        Route("/api/actions/results", api.answers, methods=["POST"]),
-        Route("/api/actions", api.actions, methods=["GET"]),
-        Route("/api/actions", api.request_action, methods=["POST"]),
-        Route("/api/changes", api.changes, methods=["POST"]),
-        Route("/api/migrations", api.migrations, methods=["GET"]),
-        Route("/api/clients", api.clients, methods=["GET"]),
+        Route(endpoint.path, _declared(endpoint, getattr(api, endpoint.name)), methods=[endpoint.method])
+        for endpoint in ENDPOINTS
     ]
     if panel is not False:
         from migsync.server.panel import create_panel
@@ -484,29 +490,6 @@ def _bearer(request: Request) -> str:
     return token
 
 
-def _action_request(body: Any) -> tuple[str, Version, list[int] | None, str]:
-    """``{"action", "version", "clients": [ids] | null, "requested_by"}`` (else 422)."""
-    fields = {"action", "version", "clients", "requested_by"}
-    if not isinstance(body, dict) or set(body) != fields:
-        raise ApiError(422, f"the body must be an object with {', '.join(sorted(fields))}")
-    action, version, clients, by = body["action"], body["version"], body["clients"], body["requested_by"]
-    if not isinstance(action, str) or not isinstance(by, str):
-        raise ApiError(422, "action and requested_by must be strings")
-    version = read_version(version)
-    if version is None:
-        raise ApiError(422, 'version must be a version such as "42" or "1.2.10"')
-    if not storable(action) or not storable(by):
-        raise ApiError(422, "action and requested_by must not hold NUL characters or unpaired surrogates")
-    if clients is not None and not (
-        isinstance(clients, list)
-        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_ID for c in clients)
-    ):
-        raise ApiError(
-            422, "clients must be a list of client ids, or null for every client it makes sense for"
-        )
-    return action, version, clients, by
-
-
 def _matches(header: str, etag: str) -> bool:
     candidates = [c.strip() for c in header.split(",")]
     return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
@@ -526,14 +509,37 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def _limit(text: str | None) -> int | None:
-    """The ``limit`` query parameter: 1 to :data:`MAX_LIMIT` in ASCII digits (``str.isdigit``
-    takes "²", which ``int`` refuses), or None when not given."""
+def _declared(endpoint: Endpoint, handler: Handler) -> Handler:
+    """``handler``, refusing a query parameter ``endpoint`` does not declare (422): a misspelt
+    ``?limt=5`` would be ignored, and the caller never know."""
+    known = {q.name for q in endpoint.query}
+
+    async def checked(request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+            raise ApiError(422, f"unknown query parameter {', '.join(map(repr, unknown))}: {takes}")
+        return await handler(request)
+
+    return checked
+
+
+_LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query)
+_OPENAPI = openapi_document()
+
+
+def _query_int(request: Request, param: QueryInt) -> int | None:
+    """Query parameter ``param`` as its endpoint declares it, or None when not given: ASCII
+    digits only (``str.isdigit`` takes "²", which ``int`` refuses), in its range."""
+    text = request.query_params.get(param.name)
     if text is None:
         return None
-    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
-    if not 0 < value <= MAX_LIMIT:
-        raise ApiError(422, f"limit must be a whole number from 1 to {MAX_LIMIT}, not {text[:20]!r}")
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+    if value is None or not param.minimum <= value <= param.maximum:
+        raise ApiError(
+            422,
+            f"{param.name} must be a whole number from {param.minimum} to {param.maximum}, not {text[:20]!r}",
+        )
     return value
 
 

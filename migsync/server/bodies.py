@@ -83,6 +83,14 @@ def status_reports(body: Any) -> list[StatusReport]:
         raise ApiError(422, str(exc)) from None
 
 
+def action_order(body: Any) -> validation.ActionOrder:
+    """``{"action", "version", "clients", "requested_by"}``: what the admin asks (else 422)."""
+    try:
+        return validation.action_order(body)
+    except validation.InvalidReports as exc:
+        raise ApiError(422, str(exc)) from None
+
+
 def action_answers(body: Any) -> list[ActionResult]:
     """``{"results": [{id, state, detail}, ...]}`` as records (else 422)."""
     try:
