@@ -164,8 +164,9 @@ class Problem:
     #: the checksum the manifest lists (or, for an offer it does not list, the offer's)
     checksum: str
     reason: str
-    #: "withheld" (listed, not sent, not here), "unlisted" (sent, not listed as sent),
-    #: "withdrawn" (here from the server, no longer listed), "waiting" (after one of those)
+    #: "withheld" (listed, not sent, not here, and a later one sent), "unlisted" (sent, not
+    #: listed as sent), "withdrawn" (here from the server, no longer listed), "waiting" (after
+    #: one of those, or listed and not sent with nothing after it sent)
     kind: str
 
 
@@ -181,7 +182,8 @@ def check_offers(
     ``stored`` is every migration in the client's own database (version -> name, checksum):
     the client's word, never the server's or a folder's, on what it has. A listed version
     that is neither offered nor stored with its checksum was withheld: it and every offer
-    after it are refused, so nothing is applied past the gap. ``from_server`` are the
+    after it are refused, so nothing is applied past the gap. When nothing after it was offered
+    either, nothing is skipped: it is "waiting" (a drop folder's copy in progress), no error. ``from_server`` are the
     versions stored from a server: one the manifest no longer lists is an error too (it
     does not stop the others: they are listed, and in order).
     """
@@ -193,11 +195,15 @@ def check_offers(
     for entry in manifest.migrations:
         if entry.version not in offered and stored.get(entry.version, ("", ""))[1] != entry.checksum:
             gap = entry.version
-            reason = (
-                f"listed in {serial}, but {where} did not send it and this client does not have it; "
-                "nothing after it is stored (a server or folder that leaves a migration out)"
-            )
-            problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "withheld"))
+            if any(v > gap for v in offered):
+                reason = (
+                    f"listed in {serial}, but {where} did not send it and this client does not have "
+                    "it; nothing after it is stored (a server or folder that leaves a migration out)"
+                )
+                problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "withheld"))
+            else:  # nothing after it was sent either: not there yet (a copy in progress), not skipped
+                reason = f"listed in {serial}, not sent yet: waits for the next sync"
+                problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "waiting"))
             break
     kept: list[OfferedMigration] = []
     for offer in offers:

@@ -104,7 +104,7 @@ class Refusal:
     #: "signature" (unsigned, badly signed or malformed), "drift" (applied here with other
     #: content), "order" (older than one applied here), "waiting" (after a refused or withheld
     #: one), or, against the signed manifest (:func:`migsync.core.manifest.check_offers`),
-    #: "withheld", "unlisted" or "withdrawn"
+    #: "withheld", "unlisted" or "withdrawn", or "manifest" (the manifest itself was refused)
     kind: str
 
 
@@ -263,6 +263,10 @@ class Syncer:
         if offer is not None and offer.migrations is not None:
             offers, refused, listed, manifest_error = await self._check_manifest(offer, states)
             accepted, refused_here = self._accept(offers, states)
+            if manifest_error is not None:  # each offer still judged, to say what else is wrong
+                reason = "not stored: the answer's manifest was refused"
+                refused_here += [Refusal(m.version, m.name, reason, "manifest") for m, _ in accepted]
+                accepted = []
             refused = sorted([*refused, *refused_here], key=lambda r: r.version)
             if accepted:
                 signatures = {m.version: s for m, s in accepted}
@@ -334,17 +338,18 @@ class Syncer:
         self, offer: Offer, states: Sequence[MigrationState]
     ) -> tuple[list[OfferedMigration], list[Refusal], dict[Version, str], str | None]:
         """The offers the answer's signed manifest vouches for, the refused others, the checksum
-        of every listed version, and why the manifest itself was refused (then nothing is kept)."""
+        of every listed version, and why the manifest itself was refused (then every offer is
+        returned, to be judged on its own, and none is stored)."""
         assert offer.migrations is not None
         where = self.transport.where
         try:
             manifest = verify_manifest(offer.manifest, self.trusted, where)
         except SignatureError as exc:
-            return [], [], {}, str(exc)
+            return list(offer.migrations), [], {}, str(exc)
         last = await last_serial(self.client.backend)
         if last is not None and manifest.serial < last:
             return (
-                [],
+                list(offer.migrations),
                 [],
                 {},
                 f"the manifest from {where} has serial {manifest.serial}, older than serial {last}, the "
