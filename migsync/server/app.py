@@ -331,10 +331,10 @@ class _Api:
 
     async def request_action(self, request: Request) -> Response:
         await self._admin(request)
-        if self.request_key is None:
-            raise ApiError(409, NO_REQUEST_KEY)
         body = await read_json(request, self.max_body)
         action, version, clients, by = _action_request(body)
+        if self.request_key is None:  # after the body's checks: a bad field is named first
+            raise ApiError(409, NO_REQUEST_KEY)
         try:
             records = await self.store.request_action(action, version, clients, by)
         except ConfigError as exc:
