@@ -281,7 +281,7 @@ class Syncer:
             if not refused and manifest_error is None:
                 await self._save_etag(offer.etag)
             if manifest_error is not None:
-                log.error("%s", manifest_error)
+                log.info("refused: %s", manifest_error)
             for refusal in refused:
                 log.info("refused %s: %s", refusal.name, refusal.reason)
                 self.client.events.emit(
