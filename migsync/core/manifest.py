@@ -183,9 +183,9 @@ def check_offers(
     the client's word, never the server's or a folder's, on what it has. A listed version
     that is neither offered nor stored with its checksum was withheld: it and every offer
     after it are refused, so nothing is applied past the gap. When nothing after it was offered
-    either, nothing is skipped: it is "waiting" (a drop folder's copy in progress), no error. ``from_server`` are the
-    versions stored from a server: one the manifest no longer lists is an error too (it
-    does not stop the others: they are listed, and in order).
+    either, nothing is skipped: it is "waiting" (a drop folder's copy in progress), no error.
+    ``from_server`` are the versions stored from a server: one the manifest no longer lists
+    is an error too (it does not stop the others: they are listed, and in order).
     """
     listed = manifest.by_version()
     offered = {o.version for o in offers}
