@@ -391,3 +391,18 @@ def test_without_a_trusted_request_key_every_request_is_refused(at_2: Hostile) -
     assert cli.returncode == 1, cli.stdout
     assert "no request key is trusted here (--trust-request-key)" in cli.stderr
     assert user_tables(at_2.db) == {"t1", "t2"}
+
+
+def test_a_listed_version_not_sent_with_nothing_after_it_waits_and_is_reported_missing(at_2: Hostile) -> None:
+    """Not an attack by itself: a server that believes this client has 3 (its database was
+    restored from a backup) sends nothing. The client skips nothing, fails nothing, and tells the
+    server it lacks 3, so that the server sends it."""
+    at_2.fake.serve(at_2.keys.signing, [], [1, 2, 3], serial=2)
+    cli = at_2.sync("--json")
+    assert cli.returncode == 0, cli.stderr
+    result = json.loads(cli.stdout)
+    assert [(r["name"], r["kind"]) for r in result["refused"]] == [("0003_t3", "unsent")]
+    reports = [r for kind, body in at_2.fake.posted if kind == "status" for r in body["reports"]]
+    assert [(r["version"], r["applied"], r["error"]) for r in reports] == [("3", False, None)]
+    at_2.fake.serve(at_2.keys.signing, [3], [1, 2, 3], serial=2)
+    assert at_2.sync().returncode == 0 and "t3" in user_tables(at_2.db)

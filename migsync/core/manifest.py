@@ -165,8 +165,8 @@ class Problem:
     checksum: str
     reason: str
     #: "withheld" (listed, not sent, not here, and a later one sent), "unlisted" (sent, not
-    #: listed as sent), "withdrawn" (here from the server, no longer listed), "waiting" (after
-    #: one of those, or listed and not sent with nothing after it sent)
+    #: listed as sent), "withdrawn" (here from the server, no longer listed), "unsent" (listed,
+    #: not sent, with nothing after it sent), "waiting" (after one of those)
     kind: str
 
 
@@ -183,7 +183,7 @@ def check_offers(
     the client's word, never the server's or a folder's, on what it has. A listed version
     that is neither offered nor stored with its checksum was withheld: it and every offer
     after it are refused, so nothing is applied past the gap. When nothing after it was offered
-    either, nothing is skipped: it is "waiting" (a drop folder's copy in progress), no error.
+    either, nothing is skipped: it is "unsent" (a drop folder's copy in progress), no error.
     ``from_server`` are the versions stored from a server: one the manifest no longer lists
     is an error too (it does not stop the others: they are listed, and in order).
     """
@@ -203,7 +203,7 @@ def check_offers(
                 problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "withheld"))
             else:  # nothing after it was sent either: not there yet (a copy in progress), not skipped
                 reason = f"listed in {serial}, not sent yet: waits for the next sync"
-                problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "waiting"))
+                problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "unsent"))
             break
     kept: list[OfferedMigration] = []
     for offer in offers:

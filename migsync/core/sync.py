@@ -92,6 +92,8 @@ def build_transport(
 
 
 _ETAG_KEY = "server_etag"
+#: Refusal kinds that are no failure: a migration that waits, nothing wrong with it.
+_NOT_FAILURES = ("waiting", "unsent")
 
 
 @attrs.frozen
@@ -104,7 +106,8 @@ class Refusal:
     #: "signature" (unsigned, badly signed or malformed), "drift" (applied here with other
     #: content), "order" (older than one applied here), "waiting" (after a refused or withheld
     #: one), or, against the signed manifest (:func:`migsync.core.manifest.check_offers`),
-    #: "withheld", "unlisted" or "withdrawn", or "manifest" (the manifest itself was refused)
+    #: "withheld", "unlisted", "withdrawn" or "unsent" (listed, not sent yet: no error), or
+    #: "manifest" (the manifest itself was refused)
     kind: str
 
 
@@ -183,7 +186,7 @@ class SyncResult:
             and (self.changes is None or self.changes.ok)
             and self.offline is None
             and self.report_error is None
-            and not any(r.kind != "waiting" for r in self.refused)
+            and not any(r.kind not in _NOT_FAILURES for r in self.refused)
         )
 
 
@@ -432,14 +435,22 @@ class Syncer:
         offer: Offer | None, refused: Sequence[Refusal], listed: dict[Version, str]
     ) -> list[StatusReport]:
         """Refused migrations are reported as not applied, with the reason, under the offered checksum;
-        a withheld one under the checksum the manifest lists (so the server learns this client lacks it)."""
+        a withheld or unsent one under the checksum the manifest lists (so the server learns this
+        client lacks it)."""
         if offer is None or offer.migrations is None:
             return []
         checksums = {**listed, **{o.version: o.checksum for o in offer.migrations}}
-        return [
+        reports = [
             StatusReport(r.version, False, f"refused: {r.reason}", 0, checksums[r.version])
             for r in refused
             if r.kind in ("signature", "order", "withheld") and CHECKSUM.fullmatch(checksums[r.version])
+        ]
+        # Listed and not sent: perhaps the server believes this client has it (a database restored
+        # from a backup). Saying it does not (no error: nothing failed) makes it send it.
+        return reports + [
+            StatusReport(r.version, False, None, 0, checksums[r.version])
+            for r in refused
+            if r.kind == "unsent"
         ]
 
     async def _report(self, extra: Sequence[StatusReport], *, deliver: bool) -> tuple[int, int, str | None]:
