@@ -10,7 +10,11 @@ The steps, and what each does when something goes wrong:
 1. **Fetch** the pending migrations (with the ETag of the last full answer).
    A server that cannot be reached is no failure of the client: it goes on
    with what it has (``result.offline`` says why) and catches up later.
-2. **Verify** each offered migration (:mod:`migsync.core.verify`). The first
+2. **Verify** the answer's signed manifest (:mod:`migsync.core.manifest`):
+   signed by a trusted key, its serial not older than the last one accepted
+   (else nothing is stored), every version it lists offered or already in
+   this database (a withheld one, and everything after it, is refused).
+   Then each offered migration (:mod:`migsync.core.verify`). The first
    one that fails is refused and reported, and nothing from it on is stored:
    migrations apply in version order, so a later one must wait for it.
    A migration this client applied with other content is refused as drift.
@@ -20,7 +24,9 @@ The steps, and what each does when something goes wrong:
    in the outbox (:mod:`migsync.core.outbox`) and deliver what the server lacks.
 
 An offer also carries what the server's admin asked of this client (re-apply
-or revert a migration, :mod:`migsync.core.actions`): the requests are kept
+or revert a migration, :mod:`migsync.core.actions`), each signed for this
+client by the server's request key; those that do not verify under a trusted
+request key are refused and answered ``failed``. The others are kept
 with the migrations (step 3), queued before the pending migrations (so a
 revert's hold is in place first), settled after the pass, and answered with
 the reports (step 5).
