@@ -35,13 +35,14 @@ async def _synced(url: str, tmp_path: Path) -> MemoryServer:
     """A client at ``url`` that applied 0001, has 0002 dead, and 0003 held by a revert the admin
     asked for, with a data change waiting."""
     public = write_keypair(tmp_path / "key")
-    server = MemoryServer()
+    requester = write_keypair(tmp_path / "request-key")
+    server = MemoryServer(request_key=load_private_key(tmp_path / "request-key"))
     server.publish_signed([V1, V2, V3], load_private_key(tmp_path / "key"))
     clock = FakeClock()
     async with Client.connect(
         url, sinks=[], backend_options={"create": True}, clock=clock, max_attempts=1
     ) as c:
-        syncer = Syncer(c, MemoryTransport(server, client_id="c1"), [public])
+        syncer = Syncer(c, MemoryTransport(server, client_id="c1"), [public], request_keys=[requester])
         await syncer.sync()
         server.request("c1", "revert", 3, "alice <admin>")
         await syncer.sync()

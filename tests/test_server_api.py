@@ -26,7 +26,7 @@ from starlette.routing import Mount
 
 from migsync.core.errors import ConfigError
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify
+from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify, write_keypair
 from migsync.core.version import Version
 from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
 from migsync.server import Failure, StatusReport, Store
@@ -121,6 +121,11 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 @contextlib.asynccontextmanager
 async def api_on(url: str, key_path: Path, **options: Any) -> AsyncIterator[Api]:
     options.setdefault("cache_seconds", 0)
+    if "request_key" not in options:  # the server's request key, apart from the signing key
+        request_key_path = key_path.with_name("request.key")
+        if not request_key_path.exists():
+            write_keypair(request_key_path)
+        options["request_key"] = load_private_key(request_key_path)
     async with Store.open(url) as store, running(create_app(url, admin_token=ADMIN, **options)) as http:
         yield Api(url, store, http, key_path)
 
@@ -202,7 +207,8 @@ async def test_an_empty_store_has_nothing_pending(api: Api) -> None:
     me = await api.client("a")
     response = await api.pending(me)
     assert response.status_code == 200
-    assert response.json() == {"migrations": [], "actions": []}
+    # Nothing published yet: no signed manifest either (the first 'migsync publish' signs one).
+    assert response.json() == {"migrations": [], "actions": [], "manifest": None}
 
 
 async def test_etag_gives_304_until_a_publish_or_a_report_changes_the_list(api: Api) -> None:

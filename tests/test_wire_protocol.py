@@ -54,7 +54,8 @@ async def test_a_twenty_digit_version_travels_over_http(any_store: str, tmp_path
                 Client.connect(url, sinks=[], backend_options={"create": True}) as client,
                 await harness.transport("shop") as transport,
             ):
-                result = await Syncer(client, transport, harness.trusted).sync()
+                syncer = Syncer(client, transport, harness.trusted, request_keys=harness.requesters)
+                result = await syncer.sync()
                 assert result.ok, result
 
         await sync()

@@ -10,10 +10,15 @@ Keys are PEM files: ``KEY`` holds the private key (PKCS#8, written with mode
 several public keys at once, which is how a key is rotated: trust the new
 key, publish with it, then drop the old one.
 
-A request to a client (re-apply, revert) is signed when it travels through a
-drop folder, which anyone with the folder may write to: the signed bytes are
+A request to a client (re-apply, revert) is signed, whatever the transport,
+by the server's *request key*: a key of its own, which a server may hold
+online (``migsync serve --request-key``), unlike the offline key that signs
+migrations. A client pins both, each for its own use: a request key cannot
+sign a migration a client would run, and a stolen request key can only ask a
+client to revert or re-apply what is published. The signed bytes are
 :func:`request_message`, which names the client, so a request to one client
-cannot be replayed to another.
+cannot be replayed to another. The fleet manifest (:mod:`migsync.core.manifest`)
+is signed by the migration key.
 
 ``cryptography`` is imported only here, and only by the commands that sign
 or verify: ``migsync apply`` of a local folder does not pay for it.
@@ -145,7 +150,21 @@ def sign_request(key: Ed25519PrivateKey, request: ActionRequest, client_id: str)
 def verify_request(request: ActionRequest, client_id: str, trusted: Sequence[TrustedKey]) -> TrustedKey:
     """The trusted key that signed ``request`` to ``client_id``; :class:`SignatureError` if none did."""
     what = f"request {request.id} ({request.action} version {request.version})"
+    if not trusted:
+        raise SignatureError(
+            f"{what}: no request key is trusted here (--trust-request-key), so no request is carried out"
+        )
     return _verify(request_message(request, client_id), request.signature, trusted, what)
+
+
+def verify_bytes(
+    message: bytes, signature: str | None, trusted: Sequence[TrustedKey], what: str
+) -> TrustedKey:
+    """The trusted key that signed ``message`` (``what`` names it in the error); :class:`SignatureError`
+    if none did, or no key is trusted."""
+    if not trusted:
+        raise SignatureError(f"{what}: no trusted public key to verify it with")
+    return _verify(message, signature, trusted, what)
 
 
 def _verify(message: bytes, signature: str | None, trusted: Sequence[TrustedKey], what: str) -> TrustedKey:

@@ -74,6 +74,31 @@ class OfferedMigration:
 
 
 @attrs.frozen
+class SignedManifest:
+    """The fleet manifest as a transport delivered it (see :mod:`migsync.core.manifest`): nothing
+    of it is trusted yet."""
+
+    content: str
+    signature: str | None
+    signed_by: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"content": self.content, "signature": self.signature, "signed_by": self.signed_by}
+
+
+def signed_from_json(value: Any, where: str) -> SignedManifest | None:
+    """The ``"manifest"`` of an answer (absent or null: None, which the client refuses)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("content"), str):
+        raise MalformedAnswer(f"{where}: manifest is not an object with a 'content' string")
+    for key in ("signature", "signed_by"):
+        if value.get(key) is not None and not isinstance(value[key], str):
+            raise MalformedAnswer(f"{where}: manifest.{key} is not a string or null")
+    return SignedManifest(value["content"], value.get("signature"), value.get("signed_by"))
+
+
+@attrs.frozen
 class Offer:
     """The answer to a fetch: the client's pending migrations, or ``None`` when unchanged."""
 
@@ -83,6 +108,8 @@ class Offer:
     etag: str | None = None
     #: what the server's admin asked of this client and it has not acknowledged, oldest first
     actions: tuple[ActionRequest, ...] = ()
+    #: the signed list of every published version (with ``migrations``; None: the server sent none)
+    manifest: SignedManifest | None = None
 
     @property
     def unchanged(self) -> bool:

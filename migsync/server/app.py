@@ -49,7 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal
+from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, protocol_refusal
 from migsync.core.wire_schema import SCHEMAS, standalone
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
@@ -59,6 +59,8 @@ from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
 from migsync.server.validation import InvalidChanges, entity_changes
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from migsync.server.appliers import ChangeApplier
     from migsync.server.panel import PanelOptions
 
@@ -73,6 +75,13 @@ log = logging.getLogger("migsync.server")
 STORE_FAILED = "the store is unavailable; try again later (the server's log says why)"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+#: Why a server without a request key makes no requests to clients (API 409, and the panel says it).
+NO_REQUEST_KEY = (
+    "this server has no request key, so it cannot sign requests to clients, and a client carries "
+    "out signed requests only: make one with 'migsync keygen KEY', start the server with "
+    "'migsync serve --request-key KEY', and give its KEY.pub to each client (--trust-request-key)"
+)
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
 
@@ -92,8 +101,11 @@ class _Api:
         appliers: Sequence[ChangeApplier],
         throttle: AuthThrottle,
         clock: Clock | None = None,
+        request_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.store_url = store_url
+        #: signs each request to a client, for that client, as it is served (None: no requests)
+        self.request_key = request_key
         self.throttle = throttle
         # Periods are measured on the monotonic clock and times written on the wall clock; a
         # test's clock stands for both, so a test moves the app's time by hand.
@@ -250,10 +262,31 @@ class _Api:
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
             return Response(status_code=304, headers=_etag_headers(state.etag))
         actions = await self.store.pending_actions(state.client.client_id)
+        manifest = await self.store.manifest()
         return JSONResponse(
-            {"migrations": [item.to_json() for item in items], "actions": [a.to_json() for a in actions]},
+            {
+                "migrations": [item.to_json() for item in items],
+                "actions": [a.to_json() for a in self._signed(state.client.client_id, actions)],
+                "manifest": None if manifest is None else manifest.to_json(),
+            },
             headers=_etag_headers(state.etag),
         )
+
+    def _signed(self, client_id: int, actions: list[ActionRequest]) -> list[ActionRequest]:
+        """``actions`` signed for ``client_id`` with the request key; none without one (a client
+        carries out signed requests only: an unsigned one would only be refused)."""
+        if not actions:
+            return []
+        if self.request_key is None:
+            log.warning(
+                "client %d has %d request(s) this server cannot sign (no --request-key): not sent",
+                client_id,
+                len(actions),
+            )
+            return []
+        from migsync.core.signing import sign_request
+
+        return [sign_request(self.request_key, a, str(client_id)) for a in actions]
 
     async def status(self, request: Request) -> Response:
         digest, state = await self._client(request)
@@ -300,6 +333,8 @@ class _Api:
     async def request_action(self, request: Request) -> Response:
         await self._admin(request)
         order = action_order(await read_json(request, self.max_body))
+        if self.request_key is None:  # after the body's checks: a bad field is named first
+            raise ApiError(409, NO_REQUEST_KEY)
         try:
             records = await self.store.request_action(
                 order.action, order.version, order.clients, order.requested_by
@@ -370,6 +405,7 @@ def create_app(
     panel: bool | PanelOptions = True,
     failed_auth_limit: str = FAILED_AUTH_LIMIT,
     clock: Clock | None = None,
+    request_key: Ed25519PrivateKey | None = None,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -386,6 +422,9 @@ def create_app(
     wrong tokens (API) and wrong admin tokens (panel login) one address may send, together,
     before it gets 429 (:mod:`migsync.server.throttle`). ``clock``: for tests, a clock
     to measure the periods above on and to date seen marks by (default: the system's).
+    ``request_key``: the private key that signs the admin's requests to each client, as they
+    are served (``serve --request-key``); without it the API and the panel refuse to make
+    requests (409), since no client would carry out an unsigned one.
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
@@ -409,6 +448,7 @@ def create_app(
         appliers,
         AuthThrottle(failed_auth_limit),
         clock,
+        request_key,
     )
     # The routes are the documented endpoints (migsync.server.openapi), each to its handler.
     routes: list[BaseRoute] = [
@@ -429,6 +469,7 @@ def create_app(
                     before_read=api._flush_seen,
                     after_request=api.forget_states,
                     throttle=api.throttle,  # one count per address, whichever door it knocks on
+                    requests_refused=None if request_key is not None else NO_REQUEST_KEY,
                 ),
                 name="admin",
             )

@@ -38,8 +38,8 @@ from migsync.core.wire import (
 class Transport(Protocol):
     """Every member is required; a transport that lacks one is refused when it loads.
 
-    Optional, read with a default: ``requests_signed`` (``False``, see
-    :class:`BaseTransport`) and ``client_id`` (the client it speaks for).
+    Optional, read with a default: ``client_id`` (the client it speaks for: the admin's requests
+    must be signed for it, :func:`migsync.core.signing.verify_request`).
     """
 
     #: where it goes, for messages (never a token)
@@ -76,11 +76,6 @@ class BaseTransport:
     """The context-manager part of :class:`Transport`; subclasses add fetch and report."""
 
     where: str = ""
-    #: True when whoever can reach the transport's medium could write the admin's requests (a
-    #: drop folder): the client then carries out only requests signed, for its ``client_id``,
-    #: under a key it trusts (:func:`migsync.core.signing.verify_request`). Over HTTP the
-    #: server's token and TLS vouch for them.
-    requests_signed: bool = False
 
     async def aclose(self) -> None:
         return None
