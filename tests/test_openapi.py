@@ -26,7 +26,7 @@ from starlette.routing import Route
 from test_server_api import V1, V2, V3, migration
 
 from migsync.core.json_check import SchemaViolation, check, supported
-from migsync.core.signing import load_private_key
+from migsync.core.signing import load_private_key, write_keypair
 from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, ActionResult, EntityChange, StatusReport
 from migsync.core.wire_schema import SCHEMAS, standalone
 from migsync.server import Store
@@ -250,6 +250,8 @@ async def _seed(url: str, key_path: Path) -> tuple[str, str]:
 @pytest.fixture
 def fuzzed_server(any_store: str, key_path: Path) -> Iterator[tuple[ServerThread, str, dict[str, str]]]:
     tokens = asyncio.run(_seed(any_store, key_path))
+    request_key = key_path.with_name("request.key")
+    write_keypair(request_key)  # a server that makes requests: without one POST /api/actions is a 409
     server = ServerThread(
         lambda: create_app(
             any_store,
@@ -258,6 +260,7 @@ def fuzzed_server(any_store: str, key_path: Path) -> Iterator[tuple[ServerThread
             seen_flush=0,
             panel=False,
             failed_auth_limit="100000/minute",
+            request_key=load_private_key(request_key),
         )
     )
     server.start()

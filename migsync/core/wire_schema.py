@@ -266,9 +266,23 @@ SCHEMAS: dict[str, Schema] = {
         "examples": [{"action": "revert", "version": "1", "clients": None, "requested_by": "alice"}],
     },
     # -- answers ---------------------------------------------------------------------------------
+    "SignedManifest": _answer(
+        "the fleet manifest (every published version with its name and checksum, and a serial that only "
+        "grows), signed by the offline migration key; the client verifies it before it acts on the answer",
+        {
+            "content": _text("the manifest's canonical JSON text: exactly the bytes the signature covers"),
+            "signature": _SIGNATURE,
+            "signed_by": _KEY_ID,
+        },
+    ),
     "Pending": _answer(
-        "what a client has to do: its pending migrations in version order, and the admin's requests",
-        {"migrations": _list_of(ref("OfferedMigration")), "actions": _list_of(ref("ActionRequest"))},
+        "what a client has to do: its pending migrations in version order, the admin's requests, and the "
+        "signed manifest (null when nothing was published with this release's publish: clients refuse that)",
+        {
+            "migrations": _list_of(ref("OfferedMigration")),
+            "actions": _list_of(ref("ActionRequest")),
+            "manifest": {"anyOf": [ref("SignedManifest"), {"type": "null"}]},
+        },
     ),
     "ReportAck": _answer(
         "what the server recorded of a batch of reports",

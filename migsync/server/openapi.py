@@ -153,6 +153,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         answers=(
             (201, "the requests made, one per client", "ActionRecords"),
             *_REFUSED_BODY,
+            (409, "the server has no request key, so it makes no requests (serve --request-key)", "Error"),
             (422, "a request of the wrong shape, or for no client, an unknown client or version", "Error"),
             *_ADMIN_REFUSALS,
         ),
