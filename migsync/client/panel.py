@@ -41,7 +41,7 @@ __all__ = ["create_client_panel"]
 
 #: The admin panel's templates and stylesheet, found by path: importing their package would
 #: import the server (SQLAlchemy).
-_PANEL = Path(__file__).parent / "server" / "panel"
+_PANEL = Path(__file__).parent.parent / "server" / "panel"
 
 _HEADERS = {
     "Cache-Control": "no-store",
