@@ -2,7 +2,7 @@
 
 The same requests as the admin panel's buttons (and ``POST /api/actions``),
 made on the store directly: each is recorded with who asked and when, and a
-client picks it up on its next sync (see :mod:`migsync.core.actions`).
+client picks it up on its next sync (see :mod:`migsync.client.actions`).
 A server process that caches its clients' states hears of a request made
 here within its ``--cache-seconds``.
 """

@@ -30,8 +30,8 @@ from migsync.cli_support import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from migsync.client.sync import Syncer, SyncResult
     from migsync.core.client import Client
-    from migsync.core.sync import Syncer, SyncResult
 
 EXIT_FAILED = 1
 
@@ -175,7 +175,7 @@ def panel(ctx: click.Context, db_url: str, host: str, port: int) -> None:
     run_coro(check())  # a missing database is one line and exit 2, before uvicorn starts
     import uvicorn
 
-    from migsync.client_panel import create_client_panel
+    from migsync.client.panel import create_client_panel
 
     if host not in ("127.0.0.1", "::1", "localhost"):
         click.echo(
@@ -276,8 +276,8 @@ async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **
 @contextlib.asynccontextmanager
 async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, Client]]:
     """The syncer of the configured client and transport, both opened, and the client."""
-    from migsync.core.signing import load_public_keys
-    from migsync.core.sync import Syncer, build_transport
+    from migsync.client.sync import Syncer, build_transport
+    from migsync.protocol.signing import load_public_keys
 
     trusted = load_public_keys(o["trust_keys"])
     request_keys = load_public_keys(o["trust_request_keys"])

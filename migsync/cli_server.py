@@ -59,7 +59,7 @@ def keygen(path: str, force: bool) -> None:
     --trust-request-key for the request key.
     """
     from migsync.core.errors import MigsyncError
-    from migsync.core.signing import write_keypair
+    from migsync.protocol.signing import write_keypair
 
     try:
         public = write_keypair(path, overwrite=force)
@@ -163,7 +163,7 @@ def publish(
     """
 
     async def run() -> None:
-        from migsync.core.signing import load_private_key
+        from migsync.protocol.signing import load_private_key
         from migsync.server import Store
         from migsync.server.records import PublishResult
 
@@ -349,7 +349,7 @@ def serve(
     cleanly on SIGINT or SIGTERM.
     """
     appliers = build_appliers(ctx, apply_changes, no_apply_changes)
-    from migsync.core.signing import load_private_key
+    from migsync.protocol.signing import load_private_key
 
     request_key = None if request_key_path is None else load_private_key(request_key_path)
 
@@ -420,7 +420,7 @@ def export_command(store_url: str, folder: str, key_path: str | None, as_json: b
 
     async def run() -> ExportResult:
         from migsync.core.errors import ConfigError
-        from migsync.core.signing import load_private_key
+        from migsync.protocol.signing import load_private_key
         from migsync.server import Store
         from migsync.server.export import export
 

@@ -39,14 +39,14 @@ import click
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
 from migsync.core.clock import RetryPolicy
 from migsync.core.errors import MigsyncError
-from migsync.core.signing import TrustedKey, load_private_key, write_keypair
 from migsync.core.sources import load_directory
-from migsync.core.sync import Syncer, SyncResult
 from migsync.core.version import Version
 from migsync.demo import BROKEN, FIXED, FOURTH, command_to_type, copy_bundled, step
+from migsync.protocol.signing import TrustedKey, load_private_key, write_keypair
 from migsync.report_server import print_fleet
 from migsync.server import PublishResult, Store
 from migsync.server.app import create_app

@@ -29,9 +29,9 @@ import attrs
 from migsync.core.errors import MigrationError
 
 if TYPE_CHECKING:
+    from migsync.client.sync import SyncResult
     from migsync.core.plugins import Plugins
     from migsync.core.processor import Outcome, PassResult
-    from migsync.core.sync import SyncResult
 
 T = TypeVar("T")
 
@@ -197,10 +197,10 @@ async def sync_async(
     plugins: Plugins | None = None,
 ) -> SyncResult:
     """:func:`sync` for an application that already runs an event loop."""
+    from migsync.client.sync import Syncer, build_transport
     from migsync.core.client import Client
     from migsync.core.plugins import make_plugins
-    from migsync.core.signing import load_public_keys
-    from migsync.core.sync import Syncer, build_transport
+    from migsync.protocol.signing import load_public_keys
 
     plugins = plugins or make_plugins()
     trusted = load_public_keys([os.fspath(key) for key in trust_keys])

@@ -1,7 +1,7 @@
 """Write the server's OpenAPI document and the wire formats' JSON Schemas into docs/schemas/.
 
 The same documents the server serves (``GET /api/openapi.json``, ``GET /api/schemas/NAME.json``),
-made by the same code (:mod:`migsync.server.openapi`, :mod:`migsync.core.wire_schema`), so that
+made by the same code (:mod:`migsync.server.openapi`, :mod:`migsync.protocol.wire_schema`), so that
 the docs can link them and a client in another language can take them from the repository.
 ``--check`` only says which files differ and exits 1 (tests/test_openapi.py runs it so, so a
 changed schema cannot leave the docs behind)::
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from migsync.core.wire_schema import SCHEMAS, standalone
+from migsync.protocol.wire_schema import SCHEMAS, standalone
 from migsync.server.openapi import openapi_document
 
 FOLDER = Path(__file__).resolve().parent.parent / "docs" / "schemas"

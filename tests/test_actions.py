@@ -17,12 +17,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import aquery, query, run
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
 from migsync.core.errors import MalformedAnswer
 from migsync.core.schema import SCHEMA_VERSION
-from migsync.core.signing import TrustedKey, load_private_key, write_keypair
-from migsync.core.sync import Syncer, SyncResult
-from migsync.core.wire import ActionResult, ActionsAck, actions_from_json
+from migsync.protocol.signing import TrustedKey, load_private_key, write_keypair
+from migsync.protocol.wire import ActionResult, ActionsAck, actions_from_json
 from migsync.testing import FakeClock
 from migsync.testing.backend_suite import migration
 from migsync.transports.memory import MemoryServer, MemoryTransport

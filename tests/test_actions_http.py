@@ -15,9 +15,9 @@ import pytest
 from dbtools import aquery, client_headers, downgrade_store, query, run
 from servers import ServerThread
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
-from migsync.core.signing import load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer, SyncResult
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.server import Store
 from migsync.server.tables import SCHEMA_VERSION
 from migsync.testing.backend_suite import migration
@@ -381,7 +381,7 @@ async def test_a_long_detail_is_kept_whole_up_to_the_limit(server: Server) -> No
 
 
 async def test_current_requests_are_the_open_ones_and_those_since_the_last_reapply(server: Server) -> None:
-    from migsync.core.wire import ActionResult
+    from migsync.protocol.wire import ActionResult
 
     a = await server.add("a")
     b = await server.add("b")

@@ -17,10 +17,10 @@ import pytest
 from dbtools import kill, query, start
 from servers import ServerThread, free_port
 
-from migsync.client_panel import create_client_panel
+from migsync.client.panel import create_client_panel
+from migsync.client.sync import Syncer
 from migsync.core.client import Client
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.sync import Syncer
+from migsync.protocol.signing import load_private_key, write_keypair
 from migsync.testing import FakeClock
 from migsync.testing.backend_suite import migration
 from migsync.transports.memory import MemoryServer, MemoryTransport
@@ -153,7 +153,7 @@ def test_the_command_serves_the_page_and_refuses_a_missing_database(db: str, tmp
 
 def test_the_client_panel_does_not_import_the_server() -> None:
     code = (
-        "import sys, migsync.client_panel; "
+        "import sys, migsync.client.panel; "
         "print(sorted(m for m in ('sqlalchemy', 'migsync.server') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -20,9 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import drop_client_file, imported_name, run, tables
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
 from migsync.core.errors import MalformedAnswer, ServerRefused, SignatureError
-from migsync.core.signing import (
+from migsync.protocol.signing import (
     TrustedKey,
     load_private_key,
     load_public_keys,
@@ -30,8 +31,7 @@ from migsync.core.signing import (
     verify_request,
     write_keypair,
 )
-from migsync.core.sync import Syncer, SyncResult
-from migsync.core.wire import ActionRequest, ActionResult, StatusReport
+from migsync.protocol.wire import ActionRequest, ActionResult, StatusReport
 from migsync.server import Store
 from migsync.server.export import ExportResult, export
 from migsync.server.import_reports import ImportResult, import_reports

@@ -19,14 +19,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import aquery, query, tables
 
+from migsync.client.sync import Syncer
 from migsync.core.client import Client
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer
 from migsync.core.version import Version
-from migsync.core.wire import ACTION_STATES, StatusReport
+from migsync.protocol.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
+from migsync.protocol.wire import ACTION_STATES, StatusReport
 from migsync.server import Store
 from migsync.server.export import export
 from migsync.server.import_reports import import_reports

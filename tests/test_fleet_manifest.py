@@ -3,7 +3,7 @@
 A signature on each migration proved its content, not what exists nor what the admin asked: a
 server, a network or a drop folder could leave version 3 out (the client applied 4 and 5 and
 refused 3 forever), replay an old list, or send a revert nobody signed. Each test here failed on
-the main branch before the signed fleet manifest (:mod:`migsync.core.manifest`) and the request
+the main branch before the signed fleet manifest (:mod:`migsync.protocol.manifest`) and the request
 key. The client is the real ``migsync client sync`` process; the drop folders are written by the
 real store and ``export`` and then tampered with; the hostile HTTP servers are small Starlette
 apps on a loopback port that the test drives.
@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from migsync.core.manifest import FleetManifest, Listed, last_serial, sign_manifest
 from migsync.core.migration import Migration
-from migsync.core.signing import fingerprint, load_private_key, sign, sign_request, write_keypair
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, OfferedMigration, StatusReport
+from migsync.protocol.manifest import FleetManifest, Listed, last_serial, sign_manifest
+from migsync.protocol.signing import fingerprint, load_private_key, sign, sign_request, write_keypair
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, OfferedMigration, StatusReport
 from migsync.server import Store
 from migsync.server.export import export
 from migsync.testing.backend_suite import migration

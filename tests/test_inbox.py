@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
 from migsync.core.plugins import make_plugins
-from migsync.core.signing import load_private_key
-from migsync.core.wire import ChangeRefusal, ChangesAck, EntityChange
+from migsync.protocol.signing import load_private_key
+from migsync.protocol.wire import ChangeRefusal, ChangesAck, EntityChange
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.server.appliers import TablesApplier, build_appliers, parse_applier

@@ -25,10 +25,10 @@ from servers import ServerThread
 from starlette.routing import Route
 from test_server_api import V1, V2, V3, migration
 
-from migsync.core.json_check import SchemaViolation, check, supported
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, ActionResult, EntityChange, StatusReport
-from migsync.core.wire_schema import SCHEMAS, standalone
+from migsync.protocol.json_check import SchemaViolation, check, supported
+from migsync.protocol.signing import load_private_key, write_keypair
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionResult, EntityChange, StatusReport
+from migsync.protocol.wire_schema import SCHEMAS, standalone
 from migsync.server import Store
 from migsync.server import tables as t
 from migsync.server.app import create_app

@@ -23,8 +23,8 @@ from starlette.routing import Mount
 
 from migsync.core.clock import iso
 from migsync.core.errors import BackendError, ConfigError
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.wire import ActionResult, StatusReport
+from migsync.protocol.signing import load_private_key, write_keypair
+from migsync.protocol.wire import ActionResult, StatusReport
 from migsync.server import ClientRecord, FleetEntry, Store
 from migsync.server.app import create_app
 from migsync.server.panel import LOGIN_COOKIE, SESSION_COOKIE, PanelOptions, create_panel, views

@@ -23,9 +23,9 @@ import attrs
 import pytest
 from servers import ServerThread
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
-from migsync.core.signing import load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer, SyncResult
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing.backend_suite import migration

@@ -32,7 +32,7 @@ from migsync import BaseEventSink, EventSinkSpec, PluginError, TransportSpec, ho
 from migsync.core import contracts
 from migsync.core.backend import BaseBackend
 from migsync.core.plugins import STRICT_HINT
-from migsync.core.signing import load_private_key, write_keypair
+from migsync.protocol.signing import load_private_key, write_keypair
 from migsync.transports.base import BaseTransport
 from migsync.transports.memory import MemoryTransport
 

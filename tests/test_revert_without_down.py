@@ -16,10 +16,10 @@ from conftest import write_migrations
 from dbtools import aquery, is_sqlite, run, status_json, tables
 
 from migsync import Client, load_directory
+from migsync.client.sync import Syncer
 from migsync.core.errors import MigrationError
 from migsync.core.migration import ANY_DIALECT, Migration, Script
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.sync import Syncer
+from migsync.protocol.signing import load_private_key, write_keypair
 from migsync.testing import FakeClock
 from migsync.transports.memory import MemoryServer, MemoryTransport
 

@@ -26,9 +26,9 @@ from starlette.routing import Mount
 
 from migsync.core.errors import ConfigError
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify, write_keypair
 from migsync.core.version import Version
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
+from migsync.protocol.signing import TrustedKey, load_private_key, load_public_keys, verify, write_keypair
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
 from migsync.server import Failure, StatusReport, Store
 from migsync.server.app import create_app
 from migsync.server.bodies import MAX_REPORTS

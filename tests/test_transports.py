@@ -28,9 +28,9 @@ from migsync.core.clock import RetryPolicy
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
 from migsync.core.version import Version
-from migsync.core.wire import ACTION_STATES, PROTOCOL, PROTOCOL_HEADER, ReportAck, StatusReport
+from migsync.protocol.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
+from migsync.protocol.wire import ACTION_STATES, PROTOCOL, PROTOCOL_HEADER, ReportAck, StatusReport
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing import FakeClock

@@ -19,11 +19,11 @@ from test_filedrop import drop_harness
 from test_transports import ADMIN, http_harness
 
 from migsync import Client
+from migsync.client.sync import Syncer
 from migsync.core.errors import MalformedAnswer, ServerRefused
 from migsync.core.migration import ANY_DIALECT, Migration, Script
-from migsync.core.sync import Syncer
 from migsync.core.version import Version
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
 from migsync.server.import_reports import import_reports
 from migsync.transports import dropfiles
 from migsync.transports.filedrop import FileDropTransport

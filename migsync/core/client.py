@@ -18,23 +18,19 @@ import contextlib
 import inspect
 from collections.abc import Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
-from migsync.core.backend import TRANSACTIONAL_DDL, Backend
-
-if TYPE_CHECKING:
-    from migsync.backends.postgres_waits import LockWait
+from migsync.core.backend import TRANSACTIONAL_DDL, Backend, LockWait
 from migsync.core.changes import ChangeRecorder, recording
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
-from migsync.core.events import EventDispatcher, EventSink, MigrationWaiting
+from migsync.core.events import EventBus, EventDispatcher, EventSink, MigrationWaiting
 from migsync.core.handler import MigrationHandler
 from migsync.core.ledger import Ledger, MigrationState
 from migsync.core.migration import Migration
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.core.processor import ChangesProcessor, PassResult
 from migsync.core.sources import SourceSnapshot
-from migsync.plugins.sinks import EventBus
 
 
 def parse_sink(text: str) -> tuple[str, dict[str, str]]:
@@ -252,7 +248,7 @@ class Client:
                 await rec.execute("UPDATE todo SET done = TRUE WHERE id = $1", (7,))
                 await rec.update("todo", 7, {"id": 7, "done": True})
 
-        The changes are pushed to the server by :meth:`migsync.core.sync.Syncer.sync`.
+        The changes are pushed to the server by :meth:`migsync.client.sync.Syncer.sync`.
         """
         return recording(self.backend)
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
 from migsync.core.contracts import to_implement
+from migsync.core.errors import ConfigError
 from migsync.core.version import Version, as_version
 
 log = logging.getLogger("migsync.events")
@@ -208,7 +210,7 @@ class MigrationRefused(MigrationEvent):
 
 @attrs.frozen(kw_only=True)
 class SyncCompleted(Event):
-    """One sync with the server has finished (see :class:`migsync.core.sync.SyncResult`)."""
+    """One sync with the server has finished (see :class:`migsync.client.sync.SyncResult`)."""
 
     kind: ClassVar[str] = "sync_completed"
     server: str
@@ -338,3 +340,45 @@ class EventDispatcher:
 
 def _sink_name(sink: object) -> str:
     return getattr(sink, "name", "") or type(sink).__name__
+
+
+#: what :meth:`EventBus.subscribe` takes: a function or a coroutine function of an event
+Subscriber = Callable[[Event], Awaitable[None] | None]
+
+
+class EventBus(BaseEventSink):
+    """An in-process bus: application code subscribes to events by kind.
+
+    ``unsubscribe = bus.subscribe(callback, "migration_applied")``; the
+    callback may be a plain function or a coroutine function. A subscriber
+    that raises is logged and the others still get the event.
+    """
+
+    name = "bus"
+
+    def __init__(self, options: Mapping[str, str] | None = None):
+        if options:
+            raise ConfigError(f"bus sink takes no options, got {sorted(options)}")
+        self._subscribers: list[tuple[Subscriber, frozenset[str] | None]] = []
+        self._log = logging.getLogger("migsync.bus")
+
+    def subscribe(self, callback: Subscriber, *kinds: str) -> Callable[[], None]:
+        entry = (callback, frozenset(kinds) if kinds else None)
+        self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            if entry in self._subscribers:
+                self._subscribers.remove(entry)
+
+        return unsubscribe
+
+    async def emit(self, event: Event) -> None:
+        for callback, kinds in list(self._subscribers):
+            if kinds is not None and event.kind not in kinds:
+                continue
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._log.exception("bus subscriber %r failed on %s", callback, event.kind)

@@ -16,7 +16,7 @@ A migration's state, as ``migsync status`` shows it:
 
 A *hold* (``migsync_meta.hold_from``) keeps every migration from a version on
 from being queued by :meth:`Ledger.queue_pending`: the server's admin asked
-this client to revert it (see :mod:`migsync.core.actions`), so the next sync
+this client to revert it (see :mod:`migsync.client.actions`), so the next sync
 must not apply it again. Such a migration is ``pending`` with ``held`` set.
 An explicit :meth:`Ledger.queue` of a held migration (a person's decision, or
 the admin's re-apply) lifts the hold.

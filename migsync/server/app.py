@@ -49,8 +49,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, protocol_refusal
-from migsync.core.wire_schema import SCHEMAS, standalone
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, protocol_refusal
+from migsync.protocol.wire_schema import SCHEMAS, standalone
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, token_hash
@@ -284,7 +284,7 @@ class _Api:
                 len(actions),
             )
             return []
-        from migsync.core.signing import sign_request
+        from migsync.protocol.signing import sign_request
 
         return [sign_request(self.request_key, a, str(client_id)) for a in actions]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from migsync.core.wire import ActionResult
+from migsync.protocol.wire import ActionResult
 from migsync.server import validation
 from migsync.server.records import StatusReport
 

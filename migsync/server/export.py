@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from migsync.core.errors import ConfigError, MalformedAnswer
-from migsync.core.wire import ActionRequest, OfferedMigration, SignedManifest
+from migsync.protocol.wire import ActionRequest, OfferedMigration, SignedManifest
 from migsync.server.records import PublishedMigration
 from migsync.server.store import Store
 from migsync.transports import dropfiles as files
@@ -102,7 +102,7 @@ async def export(store: Store, to: Path, request_key: Ed25519PrivateKey | None =
         unsigned = tuple(client_id for client_id, items in requests.items() if items)
         result = await asyncio.to_thread(_write_folder, published, signed_manifest, clients, None, Path(to))
         return attrs.evolve(result, actions_unsigned=unsigned, manifest_unsigned=signed_manifest is None)
-    from migsync.core.signing import sign_request
+    from migsync.protocol.signing import sign_request
 
     signed = {
         client_id: [sign_request(request_key, r, client_id) for r in items]

@@ -1,4 +1,4 @@
-"""The store's signed fleet manifest (:mod:`migsync.core.manifest`): written by ``publish``,
+"""The store's signed fleet manifest (:mod:`migsync.protocol.manifest`): written by ``publish``,
 served with every full answer, copied into drop folders by ``export``.
 
 It lives in ``store_meta`` (three keys: its text, signature and signer), so no
@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from migsync.core.manifest import FleetManifest, Listed, sign_manifest
 from migsync.core.version import as_version
-from migsync.core.wire import SignedManifest
+from migsync.protocol.manifest import FleetManifest, Listed, sign_manifest
+from migsync.protocol.wire import SignedManifest
 from migsync.server import tables as t
 
 if TYPE_CHECKING:

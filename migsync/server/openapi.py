@@ -3,7 +3,7 @@
 :data:`ENDPOINTS` is what :func:`migsync.server.app.create_app` builds its routes from (each
 endpoint's ``name`` is its handler's: one without a handler fails when the app is made; a
 handler without an endpoint is never routed), and the request bodies are checked against the
-very schemas the document shows (:mod:`migsync.core.wire_schema`). So the document is never a
+very schemas the document shows (:mod:`migsync.protocol.wire_schema`). So the document is never a
 hand-kept copy: it is served at ``GET /api/openapi.json`` and written to ``docs/schemas/`` by
 ``scripts/api_schemas.py``.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
-from migsync.core.wire_schema import SCHEMAS, ref
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
+from migsync.protocol.wire_schema import SCHEMAS, ref
 
 __all__ = ["ENDPOINTS", "MAX_LIMIT", "Endpoint", "QueryInt", "openapi_document"]
 
@@ -198,7 +198,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of :data:`ENDPOINTS`, with the schemas of :mod:`~migsync.core.wire_schema`."""
+    """The OpenAPI 3.1 document of :data:`ENDPOINTS`, with the schemas of
+    :mod:`~migsync.protocol.wire_schema`."""
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in ENDPOINTS:
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)

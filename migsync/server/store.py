@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
 from migsync.core.migration import Migration
 from migsync.core.version import Version
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     ActionRequest,
     ActionResult,
     ActionsAck,
@@ -188,7 +188,7 @@ class Store:
         with other content (nothing is written then), :class:`ConfigError` if
         two of ``migrations`` share a version.
         """
-        from migsync.core.signing import fingerprint, sign
+        from migsync.protocol.signing import fingerprint, sign
 
         items = sorted(migrations, key=lambda m: m.version)
         for before, after in itertools.pairwise(items):

@@ -1,7 +1,7 @@
 """Checking what a client sent, whatever carried it (the HTTP API, a drop folder's file):
 status reports, answers to the admin's requests, entity changes, and the admin's requests.
 
-The shapes are the JSON Schemas of :mod:`migsync.core.wire_schema` (the same ones the
+The shapes are the JSON Schemas of :mod:`migsync.protocol.wire_schema` (the same ones the
 OpenAPI document shows); what a schema cannot say (no NUL or unpaired surrogate in a text,
 each version or id once per batch) is checked here after it.
 
@@ -20,16 +20,16 @@ from typing import Any, TypeVar, cast
 
 import attrs
 
-from migsync.core.json_check import Schema, SchemaViolation, compiled_pattern, validator
+from migsync.core.changes import OPERATIONS
 from migsync.core.version import Version
-from migsync.core.wire import (
-    OPERATIONS,
+from migsync.protocol.json_check import Schema, SchemaViolation, compiled_pattern, validator
+from migsync.protocol.wire import (
     ActionResult,
     EntityChange,
     StatusReport,
     read_version,
 )
-from migsync.core.wire_schema import (
+from migsync.protocol.wire_schema import (
     MAX_CHANGES,
     MAX_ERROR,
     MAX_ID,
@@ -75,7 +75,7 @@ _VALIDATORS = {name: validator(SCHEMAS[name], SCHEMAS) for name in _BODIES} | {
 
 
 def _checked(name: str, body: Any, error: type[ValueError], *, uncapped: bool = False) -> None:
-    """``body`` against schema ``name`` of :mod:`migsync.core.wire_schema` (else ``error``)."""
+    """``body`` against schema ``name`` of :mod:`migsync.protocol.wire_schema` (else ``error``)."""
     try:
         _VALIDATORS[f"{name} uncapped" if uncapped else name](body, "the body")
     except SchemaViolation as exc:

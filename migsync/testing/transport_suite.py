@@ -22,7 +22,7 @@ The rules the suite holds a transport to, beyond :mod:`migsync.transports.base`:
 
 * ``fetch()`` returns every pending migration in version order, its content,
   checksum (the sha256 of the content) and signature exactly as published,
-  and the server's signed manifest (:mod:`migsync.core.manifest`) as it was
+  and the server's signed manifest (:mod:`migsync.protocol.manifest`) as it was
   signed: every published version, a serial that grows with each change.
 * The ETag rule: ``fetch(etag)`` with the ETag of the last answer returns
   ``Offer(None, ...)`` while nothing changed for this client. A transport
@@ -32,7 +32,7 @@ The rules the suite holds a transport to, beyond :mod:`migsync.transports.base`:
   the old ETag gets the new list.
 * A migration reported ``applied=True`` with the published checksum is no
   longer offered; failed ones and ones applied with another checksum are.
-  Another checksum comes back as :class:`~migsync.core.wire.Drift`.
+  Another checksum comes back as :class:`~migsync.protocol.wire.Drift`.
 * Reports are idempotent: the same report again is acknowledged as
   ``unchanged`` and changes nothing on the server.
 * A batch naming an unpublished version, or one version twice, is refused
@@ -70,11 +70,11 @@ import pytest
 
 from migsync.core import contracts
 from migsync.core.errors import ServerRefused, ServerUnavailable
-from migsync.core.manifest import verify_manifest
 from migsync.core.migration import Migration
-from migsync.core.signing import TrustedKey, verify
 from migsync.core.version import Version
-from migsync.core.wire import (
+from migsync.protocol.manifest import verify_manifest
+from migsync.protocol.signing import TrustedKey, verify
+from migsync.protocol.wire import (
     ActionResult,
     ActionsAck,
     ChangesAck,

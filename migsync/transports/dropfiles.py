@@ -28,8 +28,8 @@ manifest names but that is not there yet is "not arrived", never an error.
 Readers treat everything as untrusted: names must match a strict pattern (no
 path separators, no ``..``), files must be regular files whose real path is
 inside the folder (a symlink out of it is refused), and sizes are capped.
-Signatures are checked by the client, not here (:mod:`migsync.core.verify`,
-:mod:`migsync.core.manifest`): the listing of ``manifest.json`` only says which
+Signatures are checked by the client, not here (:mod:`migsync.protocol.verify`,
+:mod:`migsync.protocol.manifest`): the listing of ``manifest.json`` only says which
 file holds which version; what exists is what the signed part lists.
 """
 
@@ -50,7 +50,7 @@ import attrs
 from migsync.core.errors import MalformedAnswer
 from migsync.core.files import UnreadableFile, read_regular
 from migsync.core.version import Version, as_version
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     CHECKSUM,
     ActionRequest,
     ActionResult,
@@ -221,7 +221,7 @@ def manifest_document(
     entries: Sequence[ManifestEntry], generated_at: float, signed: SignedManifest | None = None
 ) -> dict[str, Any]:
     """The folder's manifest: where each bundle is, and (``"signed"``) the server's signed list of
-    every published version, copied as the store holds it (:mod:`migsync.core.manifest`). The
+    every published version, copied as the store holds it (:mod:`migsync.protocol.manifest`). The
     listing only says where files are; the client trusts the signed part alone."""
     document: dict[str, Any] = {
         "format": MANIFEST_FORMAT,

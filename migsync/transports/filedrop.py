@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.version import Version
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     ActionRequest,
     ActionResult,
     ActionsAck,

@@ -35,7 +35,7 @@ import httpx
 
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     PROTOCOL,
     PROTOCOL_HEADER,
     ActionResult,

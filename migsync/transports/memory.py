@@ -16,7 +16,7 @@ import attrs
 
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
 from migsync.core.version import Version
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     ActionRequest,
     ActionResult,
     ActionsAck,
@@ -76,7 +76,7 @@ class MemoryServer:
 
     def publish_signed(self, migrations: Sequence[Migration], key: Ed25519PrivateKey) -> None:
         """Sign ``migrations`` with ``key`` and publish them, as ``migsync publish`` does."""
-        from migsync.core.signing import fingerprint, sign
+        from migsync.protocol.signing import fingerprint, sign
 
         signer = fingerprint(key.public_key())
         self.manifest_key = self.manifest_key or key
@@ -99,7 +99,7 @@ class MemoryServer:
         """The signed list of everything published, as ``migsync publish`` keeps it."""
         if self.manifest_key is None:
             return None
-        from migsync.core.manifest import FleetManifest, Listed, sign_manifest
+        from migsync.protocol.manifest import FleetManifest, Listed, sign_manifest
 
         listed = tuple(Listed(o.version, o.name, o.checksum) for _, o in sorted(self.published.items()))
         return sign_manifest(self.manifest_key, FleetManifest(self.serial, listed))
@@ -109,7 +109,7 @@ class MemoryServer:
         open_ = self.open_actions(client_id)
         if self.request_key is None:
             return open_
-        from migsync.core.signing import sign_request
+        from migsync.protocol.signing import sign_request
 
         return [sign_request(self.request_key, a, client_id) for a in open_]
 

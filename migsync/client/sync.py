@@ -10,21 +10,21 @@ The steps, and what each does when something goes wrong:
 1. **Fetch** the pending migrations (with the ETag of the last full answer).
    A server that cannot be reached is no failure of the client: it goes on
    with what it has (``result.offline`` says why) and catches up later.
-2. **Verify** the answer's signed manifest (:mod:`migsync.core.manifest`):
+2. **Verify** the answer's signed manifest (:mod:`migsync.protocol.manifest`):
    signed by a trusted key, its serial not older than the last one accepted
    (else nothing is stored), every version it lists offered or already in
    this database (a withheld one, and everything after it, is refused).
-   Then each offered migration (:mod:`migsync.core.verify`). The first
+   Then each offered migration (:mod:`migsync.protocol.verify`). The first
    one that fails is refused and reported, and nothing from it on is stored:
    migrations apply in version order, so a later one must wait for it.
    A migration this client applied with other content is refused as drift.
 3. **Store** the verified migrations with their signatures and queue them.
 4. **Process** the queue: the same processor pass as ``migsync apply``.
 5. **Report**: stage this client's word on every migration from the server
-   in the outbox (:mod:`migsync.core.outbox`) and deliver what the server lacks.
+   in the outbox (:mod:`migsync.client.outbox`) and deliver what the server lacks.
 
 An offer also carries what the server's admin asked of this client (re-apply
-or revert a migration, :mod:`migsync.core.actions`), each signed for this
+or revert a migration, :mod:`migsync.client.actions`), each signed for this
 client by the server's request key; those that do not verify under a trusted
 request key are refused and answered ``failed``. The others are kept
 with the migrations (step 3), queued before the pending migrations (so a
@@ -40,19 +40,19 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from migsync.core.actions import ClientActions
-from migsync.core.changes import EntityChangeHandler
+from migsync.client.actions import ClientActions
+from migsync.client.outbox import ReportOutbox, report_of, worth_reporting
+from migsync.client.push import EntityChangeHandler
 from migsync.core.errors import MigsyncError, ServerRefused, ServerUnavailable, SignatureError, TransportError
 from migsync.core.events import MigrationRefused, SyncCompleted
 from migsync.core.ledger import MigrationState
-from migsync.core.manifest import accept_serial, check_offers, last_serial, verify_manifest
 from migsync.core.migration import Migration
-from migsync.core.outbox import ReportOutbox, report_of, worth_reporting
 from migsync.core.processor import ChangesProcessor, PassResult
-from migsync.core.signing import TrustedKey, verify_request
-from migsync.core.verify import verify_offer
 from migsync.core.version import Version
-from migsync.core.wire import CHECKSUM, ActionRequest, Offer, OfferedMigration, StatusReport
+from migsync.protocol.manifest import accept_serial, check_offers, last_serial, verify_manifest
+from migsync.protocol.signing import TrustedKey, verify_request
+from migsync.protocol.verify import verify_offer
+from migsync.protocol.wire import CHECKSUM, ActionRequest, Offer, OfferedMigration, StatusReport
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
@@ -111,7 +111,7 @@ class Refusal:
     reason: str
     #: "signature" (unsigned, badly signed or malformed), "drift" (applied here with other
     #: content), "order" (older than one applied here), "waiting" (after a refused or withheld
-    #: one), or, against the signed manifest (:func:`migsync.core.manifest.check_offers`),
+    #: one), or, against the signed manifest (:func:`migsync.protocol.manifest.check_offers`),
     #: "withheld", "unlisted", "withdrawn" or "unsent" (listed, not sent yet: no error), or
     #: "manifest" (the manifest itself was refused)
     kind: str

@@ -1,6 +1,6 @@
 """The wire formats as JSON Schemas: what a client sends, what the server answers, and the files of
 a drop folder. One source for three things: the server checks request bodies against them
-(:mod:`migsync.server.validation`, through :func:`migsync.core.json_check.check`), the OpenAPI
+(:mod:`migsync.server.validation`, through :func:`migsync.protocol.json_check.check`), the OpenAPI
 document is built from them (:mod:`migsync.server.openapi`), and ``docs/schemas/`` holds them
 for clients in other languages (``scripts/api_schemas.py`` writes it).
 
@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from migsync.core.changes import OPERATIONS
 from migsync.core.version import MAX_DIGITS
-from migsync.core.wire import ACTION_STATES, ACTIONS, OPERATIONS
+from migsync.protocol.wire import ACTION_STATES, ACTIONS
 
 __all__ = ["MAX_CHANGES", "MAX_ERROR", "MAX_ID", "MAX_KEY", "MAX_REPORTS", "SCHEMAS", "ref", "standalone"]
 

@@ -13,7 +13,7 @@ month. So, as in The Update Framework (TUF), ``migsync publish`` also signs a
 It travels with every full answer (the HTTP pending answer's ``"manifest"``,
 the drop folder's ``manifest.json`` ``"signed"``) as a :class:`SignedManifest`:
 its canonical JSON text, the signature over exactly those bytes, and the
-signer's fingerprint. The client (:mod:`migsync.core.sync`) acts on an answer
+signer's fingerprint. The client (:mod:`migsync.client.sync`) acts on an answer
 only when
 
 * the manifest verifies under a key it trusts for migrations,
@@ -35,13 +35,13 @@ import attrs
 
 from migsync.core.errors import SignatureError
 from migsync.core.version import Version, as_version
-from migsync.core.wire import CHECKSUM, OfferedMigration, SignedManifest, read_version
+from migsync.protocol.wire import CHECKSUM, OfferedMigration, SignedManifest, read_version
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from migsync.core.backend import Backend
-    from migsync.core.signing import TrustedKey
+    from migsync.protocol.signing import TrustedKey
 
 FORMAT = "migsync-fleet/1"
 #: the ``migsync_meta`` key under which a client keeps the serial of the last manifest it accepted
@@ -82,7 +82,7 @@ class FleetManifest:
 def sign_manifest(key: Ed25519PrivateKey, manifest: FleetManifest) -> SignedManifest:
     import base64
 
-    from migsync.core.signing import fingerprint
+    from migsync.protocol.signing import fingerprint
 
     content = manifest.content()
     signature = base64.b64encode(key.sign(content.encode())).decode()
@@ -93,7 +93,7 @@ def verify_manifest(
     signed: SignedManifest | None, trusted: Sequence[TrustedKey], where: str
 ) -> FleetManifest:
     """The manifest ``signed`` holds, once proven signed by a trusted key; :class:`SignatureError` if not."""
-    from migsync.core.signing import verify_bytes
+    from migsync.protocol.signing import verify_bytes
 
     what = f"the manifest from {where}"
     if signed is None:
