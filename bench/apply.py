@@ -90,8 +90,8 @@ def raw_bookkeeping_apply(
 ) -> float:
     """Raw sqlite3 running the statements a migsync pass runs: the SQL floor of the design.
 
-    Same claim, savepoint, content read, status upsert and processed flag as the
-    processor (its own SQL strings), without the Python around them.
+    Same status upsert and done statement (which is the claim) as the processor
+    (its own SQL strings), without the Python around them.
     """
     from migsync.backends.sqlite import _placeholders
     from migsync.core.handler import MigrationHandler
@@ -102,20 +102,21 @@ def raw_bookkeeping_apply(
     conn = raw_connect(db, pragmas)
     proc = ChangesProcessor.__new__(ChangesProcessor)
     ChangesProcessor.__init__(proc, None, MigrationHandler("sqlite"))  # type: ignore[arg-type]
-    claim, done = _placeholders(proc._sql_claim), _placeholders(proc._sql_done)
+    done = _placeholders(proc._sql_finish)
     upsert = _placeholders(history_sql(DEFAULT_TABLES).upsert_status)
-    content = _placeholders(history_sql(DEFAULT_TABLES).migration_for_change)
-    changes = conn.execute("SELECT seq, migration_name FROM migration_changes ORDER BY seq").fetchall()
+    changes = conn.execute(
+        "SELECT q.seq, q.migration_name, m.version, m.checksum FROM migration_changes q "
+        "JOIN client_migration m ON m.name = q.migration_name ORDER BY q.seq"
+    ).fetchall()
     started = time.perf_counter()
-    for (seq, name), (up, _) in zip(changes, scripts, strict=True):
+    for (seq, name, version, checksum), (up, _) in zip(changes, scripts, strict=True):
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(claim, (seq, time.time())).fetchall()
-        row = conn.execute(content, (name,)).fetchone()
         for statement in up:
             conn.execute(statement)
         now = time.time()
-        conn.execute(upsert, (name, row[0], True, now, row[1], 1, now))
-        conn.execute(done, (now, 1, seq))
+        conn.execute(upsert, (name, version, True, now, checksum, 1, now))
+        if conn.execute(done, (now, 1, seq, 0, now, checksum)).rowcount != 1:
+            raise AssertionError("the claim failed")
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()

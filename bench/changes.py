@@ -45,10 +45,10 @@ from typing import Any
 # Only what a client loads: the measured process is this one, as ``--push-child``. The server's
 # side (SQLAlchemy, asyncpg, the store) is imported in the functions that use it.
 from migsync import Client, make_plugins
+from migsync.client.sync import Syncer
 from migsync.core.changes import schema_version_sql
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.transports.http import HttpTransport
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

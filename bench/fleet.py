@@ -52,8 +52,8 @@ from typing import TypeVar
 import httpx
 
 from migsync import Client, load_directory, make_plugins
-from migsync.core.signing import load_private_key, load_public_keys
-from migsync.core.sync import Syncer
+from migsync.client.sync import Syncer
+from migsync.protocol.signing import load_private_key, load_public_keys
 from migsync.server import Store
 from migsync.transports.http import HttpTransport
 

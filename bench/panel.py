@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.wire import ActionResult, StatusReport
+from migsync.protocol.signing import load_private_key, write_keypair
+from migsync.protocol.wire import ActionResult, StatusReport
 from migsync.server import Store
 from migsync.server.app import create_app
 

@@ -58,12 +58,12 @@ _EXPORTS: dict[str, str] = {
     "UnknownMigration": "migsync.core.errors",
     "BaseTransport": "migsync.transports.base",
     "Transport": "migsync.transports.base",
-    "Syncer": "migsync.core.sync",
-    "SyncResult": "migsync.core.sync",
-    "OfferedMigration": "migsync.core.wire",
-    "Offer": "migsync.core.wire",
-    "StatusReport": "migsync.core.wire",
-    "ReportAck": "migsync.core.wire",
+    "Syncer": "migsync.client.sync",
+    "SyncResult": "migsync.client.sync",
+    "OfferedMigration": "migsync.protocol.wire",
+    "Offer": "migsync.protocol.wire",
+    "StatusReport": "migsync.protocol.wire",
+    "ReportAck": "migsync.protocol.wire",
     "TransportError": "migsync.core.errors",
     "ServerUnavailable": "migsync.core.errors",
     "ServerRefused": "migsync.core.errors",
@@ -75,6 +75,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
+    from migsync.client.sync import Syncer, SyncResult
     from migsync.core.backend import Backend, BaseBackend, BaseConnection, Connection
     from migsync.core.client import Client
     from migsync.core.clock import Clock, RetryPolicy, SystemClock
@@ -113,9 +114,8 @@ if TYPE_CHECKING:
         SQLiteFunctionSpec,
         TransportSpec,
     )
-    from migsync.core.sync import Syncer, SyncResult
-    from migsync.core.wire import Offer, OfferedMigration, ReportAck, StatusReport
     from migsync.embed import ApplyResult, MigrationFailed, apply, apply_async, sync, sync_async
+    from migsync.protocol.wire import Offer, OfferedMigration, ReportAck, StatusReport
     from migsync.transports.base import BaseTransport, Transport
 
 

@@ -77,7 +77,8 @@ COMMANDS: dict[str, LazyCommand] = {
         "migsync.cli_server:inbox", "List the entity changes clients pushed, in the order received."
     ),
     "keygen": LazyCommand(
-        "migsync.cli_server:keygen", "Create an Ed25519 key pair for signing published migrations."
+        "migsync.cli_server:keygen",
+        "Create an Ed25519 key pair for signing published migrations, or requests.",
     ),
     "new": LazyCommand(
         "migsync.cli_authoring:new", "Create the next migration NAME in DIR, in the folder's own convention."

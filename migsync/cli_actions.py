@@ -2,7 +2,7 @@
 
 The same requests as the admin panel's buttons (and ``POST /api/actions``),
 made on the store directly: each is recorded with who asked and when, and a
-client picks it up on its next sync (see :mod:`migsync.core.actions`).
+client picks it up on its next sync (see :mod:`migsync.client.actions`).
 A server process that caches its clients' states hears of a request made
 here within its ``--cache-seconds``.
 """
@@ -72,7 +72,10 @@ def request(
     newest first, and holds there: it applies none of them again until it is
     asked to reapply. reapply: the client lifts its hold and queues VERSION
     again (a dead migration's attempts start afresh). A newer request to a
-    client replaces one it has not picked up yet.
+    client replaces one it has not picked up yet. The request is recorded in
+    the store; the server signs it for each client as it serves it (serve
+    --request-key), as export --request-key does for a drop folder: a client
+    carries out signed requests only.
     """
     if every == bool(client_names):
         raise click.UsageError("give --client NAME (one or more) or --all")

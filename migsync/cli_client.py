@@ -30,8 +30,8 @@ from migsync.cli_support import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from migsync.client.sync import Syncer, SyncResult
     from migsync.core.client import Client
-    from migsync.core.sync import Syncer, SyncResult
 
 EXIT_FAILED = 1
 
@@ -98,8 +98,19 @@ def client_options(command: Any) -> Any:
             envvar="MIGSYNC_TRUST_KEY",
             type=click.Path(dir_okay=False),
             metavar="PUB",
-            help="Public key whose signatures this client accepts (repeatable) [env: MIGSYNC_TRUST_KEY, "
-            "space-separated]",
+            help="Public key whose signatures on migrations and on the server's manifest this client "
+            "accepts (repeatable) [env: MIGSYNC_TRUST_KEY, space-separated]",
+        ),
+        click.option(
+            "--trust-request-key",
+            "trust_request_keys",
+            multiple=True,
+            envvar="MIGSYNC_TRUST_REQUEST_KEY",
+            type=click.Path(dir_okay=False),
+            metavar="PUB",
+            help="Public key of the server's request key: the admin's requests (revert, re-apply) are "
+            "carried out only when signed by it for this client; without one, every request is "
+            "refused (repeatable) [env: MIGSYNC_TRUST_REQUEST_KEY, space-separated]",
         ),
         click.option(
             "--reports",
@@ -164,7 +175,7 @@ def panel(ctx: click.Context, db_url: str, host: str, port: int) -> None:
     run_coro(check())  # a missing database is one line and exit 2, before uvicorn starts
     import uvicorn
 
-    from migsync.client_panel import create_client_panel
+    from migsync.client.panel import create_client_panel
 
     if host not in ("127.0.0.1", "::1", "localhost"):
         click.echo(
@@ -186,8 +197,10 @@ def sync(ctx: click.Context, /, retry_now: bool, **options: Any) -> None:
     """Sync once: fetch what the server has for this client, verify it, apply it, report back.
 
     Exits 0 when everything is applied and reported; 1 when a migration
-    failed or was refused, a drop folder's request was refused (a bad
-    signature), or the server could not be reached (the client
+    failed or was refused, the server's signed manifest was refused or
+    lists a migration the answer lacks, an admin's request was refused (not
+    signed for this client by a trusted request key), or the server could
+    not be reached (the client
     then worked with what it had, and its reports wait in the outbox);
     2 on bad input or when the server refused this client (bad token).
     """
@@ -263,10 +276,11 @@ async def _run_forever(ctx: click.Context, interval: float, *, as_json: bool, **
 @contextlib.asynccontextmanager
 async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, Client]]:
     """The syncer of the configured client and transport, both opened, and the client."""
-    from migsync.core.signing import load_public_keys
-    from migsync.core.sync import Syncer, build_transport
+    from migsync.client.sync import Syncer, build_transport
+    from migsync.protocol.signing import load_public_keys
 
     trusted = load_public_keys(o["trust_keys"])
+    request_keys = load_public_keys(o["trust_request_keys"])
     transport = build_transport(
         plugins_of(ctx),
         o["server_url"],
@@ -278,7 +292,7 @@ async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, 
     )
     client = connect(ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
     async with transport, client:
-        yield Syncer(client, transport, trusted), client
+        yield Syncer(client, transport, trusted, request_keys=request_keys), client
 
 
 def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) -> int:
@@ -292,6 +306,7 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
         result.stored
         or result.refused
         or result.refused_actions
+        or result.manifest_error
         or result.run.processed
         or result.delivered
         or result.pushed
@@ -304,6 +319,8 @@ def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) ->
         click.echo(f"offline: {result.offline}; working with what this client has", err=True)
     elif result.offered is not None:
         click.echo(f"{result.server}: {result.offered} offered, {len(result.stored)} stored")
+    if result.manifest_error is not None:
+        click.echo(f"refused: {result.manifest_error}", err=True)
     _print_refusals(result.refused)
     for request in result.refused_actions:
         click.echo(f"refused {request.reason}", err=True)

@@ -54,6 +54,12 @@ if TYPE_CHECKING:
     is_flag=True,
     help="Print the statements that would run, per migration; run none and write nothing.",
 )
+@click.option(
+    "--atomic",
+    is_flag=True,
+    help="Every pending migration in one transaction: all are applied, or none is "
+    "(SQLite, Postgres; not with transaction:false migrations).",
+)
 @json_option
 @click.pass_context
 def apply(
@@ -66,6 +72,7 @@ def apply(
     wait: bool,
     retry_now: bool,
     dry_run: bool,
+    atomic: bool,
     as_json: bool,
 ) -> None:
     """Apply every pending migration in DIR to the database, in order.
@@ -76,12 +83,17 @@ def apply(
     Flyway, Prisma or ory/pop: its format is found from the files (--format
     to say it). Exits 1 if a migration failed, is dead or is waiting to retry.
     With --dry-run, prints what would run and opens the database read-only.
+    With --atomic, one failure leaves the database as it was before the command.
     """
     if dry_run:
         from migsync.cli_inspection import dry_run as show_plan
 
         sys.exit(show_plan(ctx, directory, source, db_url))
-    sys.exit(run_coro(_apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now, as_json)))
+    sys.exit(
+        run_coro(
+            _apply(ctx, directory, source, db_url, sinks, max_attempts, wait, retry_now, as_json, atomic)
+        )
+    )
 
 
 async def _apply(
@@ -94,6 +106,7 @@ async def _apply(
     wait: bool,
     retry_now: bool,
     as_json: bool,
+    atomic: bool = False,
 ) -> int:
     from migsync.report import Progress, print_pass_json, report_failure, report_pass
 
@@ -105,12 +118,12 @@ async def _apply(
         await client.ledger.record_source(source)
         queued = await client.ledger.queue_pending()
         with Progress(client, len(queued), "applying"):
-            result = await client.process(ignore_backoff=retry_now)
+            result = await client.process(ignore_backoff=retry_now, atomic=atomic)
             while wait and (due := _retry_due(result)) is not None:
                 if result.failure is not None and not as_json:
                     report_failure(result)
                 await client.clock.sleep(max(0.0, due - client.clock.now()))
-                result = await client.process()
+                result = await client.process(atomic=atomic)
     if as_json:
         return print_pass_json(result, time.perf_counter() - started)
     return report_pass(result, time.perf_counter() - started, "applied")

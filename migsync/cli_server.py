@@ -49,13 +49,17 @@ T = TypeVar("T")
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing key pair.")
 def keygen(path: str, force: bool) -> None:
-    """Create an Ed25519 key pair for signing published migrations.
+    """Create an Ed25519 key pair for signing published migrations, or requests.
 
-    Keep KEY (mode 0600) on the publishing side only; give KEY.pub to every
-    client that must trust what is signed with it.
+    A server has two: the signing key, which signs migrations and the list of
+    them (publish --signing-key; keep it offline, mode 0600, where you publish),
+    and the request key, which signs the admin's requests to clients (serve
+    --request-key, export --request-key; the server may hold it online). Give
+    each KEY.pub to every client: --trust-key for the signing key,
+    --trust-request-key for the request key.
     """
     from migsync.core.errors import MigsyncError
-    from migsync.core.signing import write_keypair
+    from migsync.protocol.signing import write_keypair
 
     try:
         public = write_keypair(path, overwrite=force)
@@ -149,14 +153,17 @@ def publish(
 ) -> None:
     """Sign the migrations in DIR and publish them to the server store.
 
-    Versions already published with the same content are left as they are.
+    Also signs the store's manifest, the list of every published version with
+    its checksum under a serial that grows with each change, which clients
+    check every answer against. Versions already published with the same
+    content are left as they are.
     A version published with other content is refused (exit 2, nothing
     written) unless --force: then it is replaced, and clients that applied
     the old content are told of the checksum mismatch.
     """
 
     async def run() -> None:
-        from migsync.core.signing import load_private_key
+        from migsync.protocol.signing import load_private_key
         from migsync.server import Store
         from migsync.server.records import PublishResult
 
@@ -306,6 +313,15 @@ def fleet(store_url: str, as_json: bool) -> None:
     help="Wrong tokens (API, panel login) one address may send before it gets 429: "
     "N/second, N/minute or N/hour.",
 )
+@click.option(
+    "--request-key",
+    "request_key_path",
+    envvar="MIGSYNC_REQUEST_KEY",
+    type=click.Path(dir_okay=False),
+    metavar="KEY",
+    help="Private key that signs the admin's requests to clients (see 'keygen'; not the key that "
+    "signs migrations). Without it the API and the panel make no requests [env: MIGSYNC_REQUEST_KEY]",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -319,6 +335,7 @@ def serve(
     no_panel: bool,
     panel_secure_cookie: bool,
     failed_auth_limit: str,
+    request_key_path: str | None,
 ) -> None:
     """Serve the store's HTTP API to clients (uvicorn).
 
@@ -327,9 +344,14 @@ def serve(
     push entity changes to POST /api/changes with their own token; the admin
     token reads /api/migrations and /api/clients and logs in to the admin
     panel at /admin. Received changes go to the inbox (see 'migsync inbox')
-    and to the change appliers. Stops cleanly on SIGINT or SIGTERM.
+    and to the change appliers. The admin's requests to a client (revert,
+    re-apply) are signed for it with --request-key as they are served. Stops
+    cleanly on SIGINT or SIGTERM.
     """
     appliers = build_appliers(ctx, apply_changes, no_apply_changes)
+    from migsync.protocol.signing import load_private_key
+
+    request_key = None if request_key_path is None else load_private_key(request_key_path)
 
     async def check() -> None:
         from migsync.server import Store
@@ -353,6 +375,7 @@ def serve(
             appliers=appliers,
             panel=panel,
             failed_auth_limit=failed_auth_limit,
+            request_key=request_key,
         )
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -375,12 +398,13 @@ def serve(
     help="The drop folder to write (made if missing; its parent must exist).",
 )
 @click.option(
-    "--signing-key",
+    "--request-key",
     "key_path",
+    envvar="MIGSYNC_REQUEST_KEY",
     type=click.Path(dir_okay=False),
     metavar="KEY",
-    help="Sign the admin's requests to clients with this key (see 'keygen'); without it they "
-    "are not exported.",
+    help="Sign the admin's requests to clients with this request key (see 'keygen'; not the key "
+    "that signs migrations); without it they are not exported [env: MIGSYNC_REQUEST_KEY]",
 )
 @json_option
 def export_command(store_url: str, folder: str, key_path: str | None, as_json: bool) -> None:
@@ -389,14 +413,14 @@ def export_command(store_url: str, folder: str, key_path: str | None, as_json: b
     For clients that never reach the server: one signed bundle per migration
     in DIR/migrations/, a folder per registered client in DIR/reports/, the
     admin's requests each client has not answered in DIR/actions/ (signed
-    with --signing-key), then DIR/manifest.json listing every version and
-    checksum. Only what changed is written, each file atomically: run it
+    with --request-key), then DIR/manifest.json listing every version and
+    checksum, with the store's signed manifest. Only what changed is written, each file atomically: run it
     again after every publish or request. Clients sync with --server file://DIR.
     """
 
     async def run() -> ExportResult:
         from migsync.core.errors import ConfigError
-        from migsync.core.signing import load_private_key
+        from migsync.protocol.signing import load_private_key
         from migsync.server import Store
         from migsync.server.export import export
 
@@ -424,7 +448,13 @@ def export_command(store_url: str, folder: str, key_path: str | None, as_json: b
     if result.actions_unsigned:
         click.echo(
             f"warning: requests to clients {', '.join(result.actions_unsigned)} are not exported: "
-            "give --signing-key to sign them (a client carries out signed requests only)",
+            "give --request-key to sign them (a client carries out signed requests only)",
+            err=True,
+        )
+    if result.manifest_unsigned and (result.written or result.unchanged):  # none published: no warning
+        click.echo(
+            "warning: the store has no signed manifest (its migrations were published by an older "
+            "release): clients refuse this folder until 'migsync publish' runs again",
             err=True,
         )
     click.echo(

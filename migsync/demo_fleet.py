@@ -1,7 +1,9 @@
 """Part 2 of ``migsync demo``: a server and its fleet, all in this process.
 
-5. a key pair signs the bundled migrations into a server store (SQLite), three
-   clients are registered, and the HTTP API is served on a loopback port;
+5. a key pair signs the bundled migrations (and the list of them, the manifest)
+   into a server store (SQLite), three clients are registered, and the HTTP
+   API is served on a loopback port, with a second key pair, the request key,
+   to sign the admin's requests to clients;
 6. both shops sync over HTTP: fetch, verify, apply, report. The third client,
    ship-atlantic, never reaches the server: the migrations are exported to a
    drop folder, it syncs from there, and its reports reach the fleet view only
@@ -10,9 +12,11 @@
    view shows the failure;
 8. the fix is published over it (``force``: nobody applied the old content):
    shop-berlin recovers, shop-paris gets the fixed one directly;
-9. a migration signed with a key nobody trusts is refused by both clients;
-   signed again with the real key, it applies;
-10. ship-atlantic catches up from a fresh export, its reports are imported, and
+9. a migration signed with a key nobody trusts is refused by both clients
+   (with the manifest that key signed); signed again with the real key, it applies;
+10. the admin asks shop-paris to revert a migration, then to re-apply it:
+    each signed request is carried out by its next sync;
+11. ship-atlantic catches up from a fresh export, its reports are imported, and
     the fleet view: all three clients on the latest version, nothing failing.
 
 The server is uvicorn serving :func:`migsync.server.app.create_app`, as a task
@@ -33,15 +37,16 @@ from pathlib import Path
 import attrs
 import click
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
 from migsync.core.clock import RetryPolicy
 from migsync.core.errors import MigsyncError
-from migsync.core.signing import TrustedKey, load_private_key, write_keypair
 from migsync.core.sources import load_directory
-from migsync.core.sync import Syncer, SyncResult
 from migsync.core.version import Version
 from migsync.demo import BROKEN, FIXED, FOURTH, command_to_type, copy_bundled, step
+from migsync.protocol.signing import TrustedKey, load_private_key, write_keypair
 from migsync.report_server import print_fleet
 from migsync.server import PublishResult, Store
 from migsync.server.app import create_app
@@ -80,6 +85,9 @@ async def run_fleet(root: Path) -> int:
         step("5. a server: sign and publish the bundled migrations, register three clients, serve")
         trusted = write_keypair(root / "keys" / "server")
         key = load_private_key(root / "keys" / "server")
+        # The admin's requests are signed by a key of their own, which the server holds online.
+        requester = write_keypair(root / "keys" / "requests")
+        request_key = load_private_key(root / "keys" / "requests")
         store = await stack.enter_async_context(Store.open(store_url))
         _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
         registered = {name: await store.add_client(name) for name in (*SHOPS, SHIP)}
@@ -87,22 +95,26 @@ async def run_fleet(root: Path) -> int:
             "   registered "
             + ", ".join(f"{n} (id {i}{', offline' if n == SHIP else ''})" for n, (i, _) in registered.items())
         )
-        url = await stack.enter_async_context(_serving(store_url))
-        click.echo(f"   serving {url} (store {store_url}); clients trust key {trusted.fingerprint}")
+        url = await stack.enter_async_context(_serving(store_url, request_key))
+        click.echo(
+            f"   serving {url} (store {store_url}); clients trust key {trusted.fingerprint}, "
+            f"and {requester.fingerprint} for the admin's requests"
+        )
+        keys = (trusted, requester)
         berlin, paris = [
-            await stack.enter_async_context(_shop(root, name, _http(url, *registered[name]), trusted))
+            await stack.enter_async_context(_shop(root, name, _http(url, *registered[name]), keys))
             for name in SHOPS
         ]
         drop = root / "drop"
         # The ship never sees the server, so the token registration gave it is never used.
         ship_transport = FileDropTransport(drop.resolve().as_uri(), client_id=str(registered[SHIP][0]))
-        ship = await stack.enter_async_context(_shop(root, SHIP, ship_transport, trusted))
+        ship = await stack.enter_async_context(_shop(root, SHIP, ship_transport, keys))
         names = {str(i): name for name, (i, _) in registered.items()}
 
         step(f"6. first sync: the shops over HTTP, {SHIP} through a drop folder and import-reports")
         for shop in (berlin, paris):
             await _sync(shop)
-        _exported(await export(store, drop), drop)
+        _exported(await export(store, drop, request_key), drop)
         await _sync(ship)
         click.echo(f"   the fleet view before import-reports: the server does not know what {SHIP} did")
         print_fleet(await store.fleet())
@@ -142,7 +154,7 @@ async def run_fleet(root: Path) -> int:
             click.echo(f"   request {answered.id}: {answered.state} ({answered.detail})")
 
         step(f"11. {SHIP} catches up through the drop folder; the fleet view")
-        _exported(await export(store, drop), drop)
+        _exported(await export(store, drop, request_key), drop)
         last.append(await _sync(ship))
         imported &= _imported(await import_reports(store, drop / "reports"), names)
         fleet = await store.fleet()
@@ -204,11 +216,13 @@ async def _sync(shop: _Shop) -> SyncResult:
     if result.delivered:
         said.append(f"reported {result.delivered}")
     click.echo(f"   {shop.name}: {', '.join(said) or 'nothing new'}")
+    if result.manifest_error is not None:
+        click.echo(f"   {shop.name}: REFUSED the server's manifest: {result.manifest_error}")
     if (bad := result.run.failure or result.run.blocked) is not None:
         click.echo(
             f"   {shop.name}: FAILED {bad.label} (attempt {bad.attempts} of {bad.max_attempts}): {bad.error}"
         )
-    for refusal in result.refused:
+    for refusal in (r for r in result.refused if r.kind != "manifest"):  # said just above
         click.echo(
             f"   {shop.name}: REFUSED {refusal.name} ({refusal.kind}), not stored, not run: {refusal.reason}"
         )
@@ -220,8 +234,11 @@ def _http(url: str, client_id: int, token: str) -> HttpTransport:
 
 
 @contextlib.asynccontextmanager
-async def _shop(root: Path, name: str, transport: Transport, trusted: TrustedKey) -> AsyncIterator[_Shop]:
-    """Client ``name``: its own SQLite file, syncing through ``transport``, trusting one key."""
+async def _shop(
+    root: Path, name: str, transport: Transport, keys: tuple[TrustedKey, TrustedKey]
+) -> AsyncIterator[_Shop]:
+    """Client ``name``: its own SQLite file, syncing through ``transport``, trusting the server's
+    signing key (migrations, manifest) and its request key."""
     client = Client.connect(
         f"sqlite:///{root / name}.db",
         backend_options={"create": True},
@@ -230,13 +247,15 @@ async def _shop(root: Path, name: str, transport: Transport, trusted: TrustedKey
         max_attempts=3,
     )
     async with client, transport:
-        yield _Shop(name, client, Syncer(client, transport, [trusted]))
+        yield _Shop(name, client, Syncer(client, transport, [keys[0]], request_keys=[keys[1]]))
 
 
 @contextlib.asynccontextmanager
-async def _serving(store_url: str) -> AsyncIterator[str]:
+async def _serving(store_url: str, request_key: Ed25519PrivateKey) -> AsyncIterator[str]:
     """The HTTP API on a free loopback port, served by uvicorn on this event loop; yields its URL."""
-    app = create_app(store_url, admin_token=secrets.token_urlsafe(16), cache_seconds=0)
+    app = create_app(
+        store_url, admin_token=secrets.token_urlsafe(16), cache_seconds=0, request_key=request_key
+    )
     # A socket bound here and handed to uvicorn: no other process can take the port in between.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -29,9 +29,9 @@ import attrs
 from migsync.core.errors import MigrationError
 
 if TYPE_CHECKING:
+    from migsync.client.sync import SyncResult
     from migsync.core.plugins import Plugins
     from migsync.core.processor import Outcome, PassResult
-    from migsync.core.sync import SyncResult
 
 T = TypeVar("T")
 
@@ -143,6 +143,7 @@ def sync(
     *,
     client_id: str,
     trust_keys: Iterable[str | os.PathLike[str]],
+    trust_request_keys: Iterable[str | os.PathLike[str]] = (),
     token: str | None = None,
     timeout: float = 10.0,
     retries: int = 3,
@@ -157,7 +158,10 @@ def sync(
     and ``result.offline`` says why. Raises :class:`MigrationFailed` when a
     migration failed (the report of it is still sent), and
     :class:`~migsync.core.errors.ServerRefused` when the server refuses this
-    client (bad token, unknown id, another protocol).
+    client (bad token, unknown id, another protocol). ``trust_keys`` are the
+    public keys migrations and the server's manifest must be signed by;
+    ``trust_request_keys`` those the admin's requests must be signed by
+    (without one, every request is refused).
     """
     return _run(
         sync_async(
@@ -165,6 +169,7 @@ def sync(
             server_url,
             client_id=client_id,
             trust_keys=trust_keys,
+            trust_request_keys=trust_request_keys,
             token=token,
             timeout=timeout,
             retries=retries,
@@ -182,6 +187,7 @@ async def sync_async(
     *,
     client_id: str,
     trust_keys: Iterable[str | os.PathLike[str]],
+    trust_request_keys: Iterable[str | os.PathLike[str]] = (),
     token: str | None = None,
     timeout: float = 10.0,
     retries: int = 3,
@@ -191,13 +197,14 @@ async def sync_async(
     plugins: Plugins | None = None,
 ) -> SyncResult:
     """:func:`sync` for an application that already runs an event loop."""
+    from migsync.client.sync import Syncer, build_transport
     from migsync.core.client import Client
     from migsync.core.plugins import make_plugins
-    from migsync.core.signing import load_public_keys
-    from migsync.core.sync import Syncer, build_transport
+    from migsync.protocol.signing import load_public_keys
 
     plugins = plugins or make_plugins()
     trusted = load_public_keys([os.fspath(key) for key in trust_keys])
+    request_keys = load_public_keys([os.fspath(key) for key in trust_request_keys])
     transport = build_transport(
         plugins,
         server_url,
@@ -211,7 +218,7 @@ async def sync_async(
         db_url, plugins=plugins, sinks=sinks, backend_options={"create": True}, max_attempts=max_attempts
     )
     async with transport, client:
-        result = await Syncer(client, transport, trusted).sync()
+        result = await Syncer(client, transport, trusted, request_keys=request_keys).sync()
     _raise_for(result.run)
     return result
 

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from hypothesis import HealthCheck, settings
 
-from migsync.core.signing import write_keypair
+from migsync.protocol.signing import write_keypair
 
 # Tests build their own plugin managers; never pick up whatever is installed
 # in the environment unless a test asks for it.

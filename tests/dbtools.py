@@ -353,6 +353,6 @@ def table_migration(version: int) -> Migration:
 
 def client_headers(token: str) -> dict[str, str]:
     """The headers of a client's request to the HTTP API: its token, and the wire protocol."""
-    from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
+    from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
 
     return {"Authorization": f"Bearer {token}", PROTOCOL_HEADER: str(PROTOCOL)}

@@ -17,12 +17,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import aquery, query, run
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
 from migsync.core.errors import MalformedAnswer
 from migsync.core.schema import SCHEMA_VERSION
-from migsync.core.signing import TrustedKey, load_private_key, write_keypair
-from migsync.core.sync import Syncer, SyncResult
-from migsync.core.wire import ActionResult, ActionsAck, actions_from_json
+from migsync.protocol.signing import TrustedKey, load_private_key, write_keypair
+from migsync.protocol.wire import ActionResult, ActionsAck, actions_from_json
 from migsync.testing import FakeClock
 from migsync.testing.backend_suite import migration
 from migsync.transports.memory import MemoryServer, MemoryTransport
@@ -43,10 +43,13 @@ def keys(tmp_path: Path) -> tuple[Ed25519PrivateKey, TrustedKey]:
 
 
 class Harness:
-    def __init__(self, url: str, trusted: TrustedKey) -> None:
+    def __init__(self, url: str, trusted: TrustedKey, request_key: Path) -> None:
         self.url = url
         self.server = MemoryServer()
         self.trusted = trusted
+        #: the server signs its requests with a key of their own, which the client trusts for them
+        self.requester = write_keypair(request_key)
+        self.server.request_key = load_private_key(request_key)
         self.clock = FakeClock()
 
     async def sync(self, max_attempts: int = 3) -> tuple[SyncResult, dict[str, str]]:
@@ -55,7 +58,9 @@ class Harness:
             self.url, sinks=[], backend_options={"create": True}, clock=self.clock, max_attempts=max_attempts
         ) as client:
             transport = MemoryTransport(self.server, client_id="c1")
-            result = await Syncer(client, transport, [self.trusted]).sync(ignore_backoff=True)
+            result = await Syncer(client, transport, [self.trusted], request_keys=[self.requester]).sync(
+                ignore_backoff=True
+            )
             states = {s.name: "held" if s.held else s.state for s in await client.status()}
             return result, states
 
@@ -65,7 +70,7 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Path, keys: tuple[Ed25519PrivateKey, TrustedKey]) -> Harness:
-    h = Harness(f"sqlite:///{tmp_path / 'client.db'}", keys[1])
+    h = Harness(f"sqlite:///{tmp_path / 'client.db'}", keys[1], tmp_path / "request-key")
     h.server.publish_signed([V1, V2, V3], keys[0])
     return h
 
@@ -178,7 +183,7 @@ async def test_answers_wait_while_the_server_is_down(harness: Harness) -> None:
     request = harness.server.request("c1", "revert", 3)
     async with Client.connect(harness.url, sinks=[], clock=harness.clock) as client:
         transport = MemoryTransport(harness.server, client_id="c1")
-        syncer = Syncer(client, transport, [harness.trusted])
+        syncer = Syncer(client, transport, [harness.trusted], request_keys=[harness.requester])
         offer = await transport.fetch()
         await syncer.actions.receive(offer.actions)
         harness.server.down = True
@@ -245,7 +250,12 @@ async def test_the_client_keeps_each_request_with_who_asked(harness: Harness) ->
     harness.server.request("c1", "revert", 3, "alice at the office")
     await harness.sync()
     async with Client.connect(harness.url, sinks=[]) as client:
-        syncer = Syncer(client, MemoryTransport(harness.server, client_id="c1"), [harness.trusted])
+        syncer = Syncer(
+            client,
+            MemoryTransport(harness.server, client_id="c1"),
+            [harness.trusted],
+            request_keys=[harness.requester],
+        )
         [kept] = await syncer.actions.requests()
     assert kept["action"] == "revert" and kept["version"] == "3"
     assert kept["requested_by"] == "alice at the office" and kept["state"] == "done"
@@ -254,9 +264,9 @@ async def test_the_client_keeps_each_request_with_who_asked(harness: Harness) ->
 
 
 async def test_a_revert_on_postgres_runs_through_its_queue(
-    pg_url: str, keys: tuple[Ed25519PrivateKey, TrustedKey]
+    pg_url: str, keys: tuple[Ed25519PrivateKey, TrustedKey], tmp_path: Path
 ) -> None:
-    h = Harness(pg_url, keys[1])
+    h = Harness(pg_url, keys[1], tmp_path / "request-key")
     h.server.publish_signed([V1, V2], keys[0])
     await h.sync()
     request = h.server.request("c1", "revert", 2)
@@ -315,22 +325,27 @@ async def test_an_answer_the_server_does_not_take_stays_for_the_next_sync(harnes
     await harness.sync()
     request = harness.server.request("c1", "revert", 3)
     async with Client.connect(harness.url, sinks=[], clock=harness.clock) as client:
-        deaf = Syncer(client, _Deaf(harness.server, client_id="c1"), [harness.trusted])
+        deaf = Syncer(
+            client, _Deaf(harness.server, client_id="c1"), [harness.trusted], request_keys=[harness.requester]
+        )
         result = await deaf.sync()
         assert result.actions_received == 1 and result.actions_answered == 0
         assert [r.state for r, _ in await deaf.actions.undelivered()] == ["done"]
         assert harness.answers() == {}
         result = await Syncer(
-            client, MemoryTransport(harness.server, client_id="c1"), [harness.trusted]
+            client,
+            MemoryTransport(harness.server, client_id="c1"),
+            [harness.trusted],
+            request_keys=[harness.requester],
         ).sync()
     assert result.actions_answered == 1
     assert harness.answers()[request.id] == ("done", "reverted; held at version 3")
 
 
 async def test_a_version_3_client_database_is_upgraded_in_place(
-    any_url: str, keys: tuple[Ed25519PrivateKey, TrustedKey]
+    any_url: str, keys: tuple[Ed25519PrivateKey, TrustedKey], tmp_path: Path
 ) -> None:
-    h = Harness(any_url, keys[1])
+    h = Harness(any_url, keys[1], tmp_path / "request-key")
     h.server.publish_signed([V1, V2], keys[0])
     await h.sync()
     for statement in (
@@ -381,7 +396,10 @@ async def test_a_reapply_runs_a_failed_migration_now_without_waiting_for_its_bac
     async with Client.connect(harness.url, sinks=[], max_attempts=5, clock=harness.clock) as client:
         # No ignore_backoff, and the clock has not moved: only the request makes it run now.
         result = await Syncer(
-            client, MemoryTransport(harness.server, client_id="c1"), [harness.trusted]
+            client,
+            MemoryTransport(harness.server, client_id="c1"),
+            [harness.trusted],
+            request_keys=[harness.requester],
         ).sync()
         assert result.ok, result.to_json()
         assert {s.name: s.state for s in await client.status()}["0002_orders"] == "applied"

@@ -15,9 +15,9 @@ import pytest
 from dbtools import aquery, client_headers, downgrade_store, query, run
 from servers import ServerThread
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
-from migsync.core.signing import load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer, SyncResult
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.server import Store
 from migsync.server.tables import SCHEMA_VERSION
 from migsync.testing.backend_suite import migration
@@ -36,10 +36,15 @@ class Server:
         write_keypair(tmp_path / "key")
         self.key = load_private_key(tmp_path / "key")
         self.trusted = load_public_keys([tmp_path / "key.pub"])
+        #: the server's request key: a key of its own, apart from the one that signs migrations
+        self.requester = write_keypair(tmp_path / "request-key")
+        request_key = load_private_key(tmp_path / "request-key")
         from migsync.server.app import create_app
 
         self.http = ServerThread(
-            lambda: create_app(store_url, admin_token=ADMIN, cache_seconds=cache_seconds)
+            lambda: create_app(
+                store_url, admin_token=ADMIN, cache_seconds=cache_seconds, request_key=request_key
+            )
         )
         self.tokens: dict[str, tuple[int, str]] = {}
 
@@ -59,7 +64,8 @@ class Server:
             ) as client,
             HttpTransport(self.http.url, client_id=str(client_id), token=token) as transport,
         ):
-            return await Syncer(client, transport, self.trusted).sync(ignore_backoff=True)
+            syncer = Syncer(client, transport, self.trusted, request_keys=[self.requester])
+            return await syncer.sync(ignore_backoff=True)
 
     async def request(self, **body: Any) -> httpx.Response:
         body.setdefault("requested_by", "alice")
@@ -134,6 +140,9 @@ async def test_a_revert_requested_over_the_api_is_carried_out_and_answered(serve
         "version": "2",
         "requested_by": "alice",
         "requested_at": request["requested_at"],
+        # signed for this client by the server's request key
+        "signature": request["signature"],
+        "signed_by": server.requester.fingerprint,
     }
     result = await server.sync("shop")
     assert result.ok and result.actions_received == 1 and result.actions_answered == 1
@@ -191,7 +200,7 @@ async def test_a_newer_request_replaces_one_the_client_has_not_picked_up(server:
         (
             {"action": "drop", "version": 1, "clients": None, "requested_by": "a"},
             422,
-            "unknown action 'drop'",
+            'action must be one of "reapply", "revert", not "drop"',
         ),
         (
             {"action": "revert", "version": 7, "clients": None, "requested_by": "a"},
@@ -213,7 +222,11 @@ async def test_a_newer_request_replaces_one_the_client_has_not_picked_up(server:
         ({"action": "revert", "version": 1}, 422, "the body must be an object with action, clients"),
         ({"action": "revert", "version": "1.", "clients": None, "requested_by": "a"}, 422, "version must be"),
         ({"action": "revert", "version": True, "clients": None, "requested_by": "a"}, 422, "version must be"),
-        ({"action": "revert", "version": 1, "clients": ["x"], "requested_by": "a"}, 422, "clients must be"),
+        (
+            {"action": "revert", "version": 1, "clients": ["x"], "requested_by": "a"},
+            422,
+            "clients[0] must be",
+        ),
     ],
 )
 async def test_a_bad_request_is_refused_with_the_reason_and_records_nothing(
@@ -368,7 +381,7 @@ async def test_a_long_detail_is_kept_whole_up_to_the_limit(server: Server) -> No
 
 
 async def test_current_requests_are_the_open_ones_and_those_since_the_last_reapply(server: Server) -> None:
-    from migsync.core.wire import ActionResult
+    from migsync.protocol.wire import ActionResult
 
     a = await server.add("a")
     b = await server.add("b")
@@ -402,6 +415,7 @@ async def test_the_fleet_and_the_client_command_say_what_a_request_did(uncached:
     synced = run(
         "client", "sync", "--db", uncached.db("shop"), "--server", uncached.http.url,
         "--client-id", str(client_id), "--token", token, "--trust-key", str(uncached.tmp_path / "key.pub"),
+        "--trust-request-key", str(uncached.tmp_path / "request-key.pub"),
     )  # fmt: skip
     assert synced.returncode == 0, synced.stderr
     lines = synced.stdout.splitlines()

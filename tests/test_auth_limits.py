@@ -17,7 +17,7 @@ from test_panel import form_csrf
 from test_server_api import sqlite_store as sqlite_store
 
 from migsync.core.errors import ConfigError
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.server.throttle import AuthThrottle

@@ -14,14 +14,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import aquery
 
+from migsync.client.sync import Syncer
 from migsync.core.client import Client
 from migsync.core.clock import RetryPolicy
 from migsync.core.errors import ConfigError, ServerUnavailable
 from migsync.core.events import Event
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import TrustedKey, load_private_key, write_keypair
-from migsync.core.sync import Syncer
-from migsync.core.wire import ChangesAck, EntityChange
+from migsync.protocol.signing import TrustedKey, load_private_key, write_keypair
+from migsync.protocol.wire import ChangesAck, EntityChange
 from migsync.testing import FakeClock
 from migsync.transports.memory import MemoryServer, MemoryTransport
 

@@ -12,9 +12,9 @@ import pytest
 from dbtools import run
 from servers import ServerThread
 
+from migsync.client.sync import Syncer
 from migsync.core.client import Client
-from migsync.core.signing import load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.server.export import export
@@ -84,7 +84,7 @@ async def test_changes_reach_the_inbox_in_order_once(server: Server, tmp_path: P
         assert second.ok and second.pushed == 2
         # Sent again as after a lost answer: the server stores each change once.
         rows = await client.backend.fetch("SELECT * FROM entity_changes ORDER BY seq")
-        from migsync.core.changes import change_of
+        from migsync.client.push import change_of
 
         again = await transport.push_changes([change_of(r) for r in rows])
         assert again.accepted == () and len(again.duplicate) == 3

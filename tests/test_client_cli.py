@@ -306,7 +306,7 @@ def test_client_sync_imports_no_server_code(tmp_path: Path) -> None:
         deployment.server.stop()
     assert result.returncode == 0, result.stderr
     imported = set(result.stdout.split())
-    assert {"httpx", "migsync.core.sync"} <= imported
+    assert {"httpx", "migsync.client.sync"} <= imported
     for heavy in ("sqlalchemy", "starlette", "uvicorn", "asyncpg", "migsync.server", "migsync.testing"):
         assert heavy not in imported, f"'migsync client sync' imported {heavy}"
 

@@ -17,10 +17,10 @@ import pytest
 from dbtools import kill, query, start
 from servers import ServerThread, free_port
 
-from migsync.client_panel import create_client_panel
+from migsync.client.panel import create_client_panel
+from migsync.client.sync import Syncer
 from migsync.core.client import Client
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.sync import Syncer
+from migsync.protocol.signing import load_private_key, write_keypair
 from migsync.testing import FakeClock
 from migsync.testing.backend_suite import migration
 from migsync.transports.memory import MemoryServer, MemoryTransport
@@ -35,13 +35,14 @@ async def _synced(url: str, tmp_path: Path) -> MemoryServer:
     """A client at ``url`` that applied 0001, has 0002 dead, and 0003 held by a revert the admin
     asked for, with a data change waiting."""
     public = write_keypair(tmp_path / "key")
-    server = MemoryServer()
+    requester = write_keypair(tmp_path / "request-key")
+    server = MemoryServer(request_key=load_private_key(tmp_path / "request-key"))
     server.publish_signed([V1, V2, V3], load_private_key(tmp_path / "key"))
     clock = FakeClock()
     async with Client.connect(
         url, sinks=[], backend_options={"create": True}, clock=clock, max_attempts=1
     ) as c:
-        syncer = Syncer(c, MemoryTransport(server, client_id="c1"), [public])
+        syncer = Syncer(c, MemoryTransport(server, client_id="c1"), [public], request_keys=[requester])
         await syncer.sync()
         server.request("c1", "revert", 3, "alice <admin>")
         await syncer.sync()
@@ -152,7 +153,7 @@ def test_the_command_serves_the_page_and_refuses_a_missing_database(db: str, tmp
 
 def test_the_client_panel_does_not_import_the_server() -> None:
     code = (
-        "import sys, migsync.client_panel; "
+        "import sys, migsync.client.panel; "
         "print(sorted(m for m in ('sqlalchemy', 'migsync.server') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -20,9 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import drop_client_file, imported_name, run, tables
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
 from migsync.core.errors import MalformedAnswer, ServerRefused, SignatureError
-from migsync.core.signing import (
+from migsync.protocol.signing import (
     TrustedKey,
     load_private_key,
     load_public_keys,
@@ -30,8 +31,7 @@ from migsync.core.signing import (
     verify_request,
     write_keypair,
 )
-from migsync.core.sync import Syncer, SyncResult
-from migsync.core.wire import ActionRequest, ActionResult, StatusReport
+from migsync.protocol.wire import ActionRequest, ActionResult, StatusReport
 from migsync.server import Store
 from migsync.server.export import ExportResult, export
 from migsync.server.import_reports import ImportResult, import_reports
@@ -54,6 +54,9 @@ class Drop:
     trusted: list[TrustedKey]
     ids: dict[str, int]
     key: Ed25519PrivateKey
+    #: signs the requests: the server's request key, apart from the key that signs migrations
+    request_key: Ed25519PrivateKey
+    requesters: list[TrustedKey]
 
     @property
     def url(self) -> str:
@@ -80,7 +83,7 @@ class Drop:
         return record.id
 
     async def export(self) -> ExportResult:
-        return await export(self.store, self.drop, self.key)
+        return await export(self.store, self.drop, self.request_key)
 
     async def import_(self, source: Path | None = None) -> ImportResult:
         return await import_reports(self.store, source or self.drop)
@@ -97,7 +100,7 @@ class Drop:
             ) as client,
             FileDropTransport(self.url, client_id=self.ship, **options) as transport,
         ):
-            result = await Syncer(client, transport, self.trusted).sync()
+            result = await Syncer(client, transport, self.trusted, request_keys=self.requesters).sync()
             states = {s.name: "held" if s.held else s.state for s in await client.status()}
         return result, states
 
@@ -112,7 +115,9 @@ async def open_drop(store_url: str, tmp_path: Path) -> AsyncIterator[Drop]:
         await store.publish([V1, V2, V3], key)
         ids = {name: (await store.add_client(name))[0] for name in ("ship", "kiosk")}
         trusted = load_public_keys([tmp_path / "key.pub"])
-        drop = Drop(store, tmp_path / "drop", tmp_path, trusted, ids, key)
+        requester = write_keypair(tmp_path / "request-key")
+        request_key = load_private_key(tmp_path / "request-key")
+        drop = Drop(store, tmp_path / "drop", tmp_path, trusted, ids, key, request_key, [requester])
         await drop.export()
         yield drop
 
@@ -168,15 +173,15 @@ async def test_a_revert_travels_through_the_folder_and_its_answer_comes_back(any
                 "requested_by": "alice",
                 "requested_at": item["requested_at"],
                 "signature": item["signature"],
-                "signed_by": drop.trusted[0].fingerprint,
+                "signed_by": drop.requesters[0].fingerprint,
             }
         ],
     }
     # Signed for this client: the bytes a client verifies name it.
     request = ActionRequest(**item)
-    assert verify_request(request, drop.ship, drop.trusted) == drop.trusted[0]
+    assert verify_request(request, drop.ship, drop.requesters) == drop.requesters[0]
     with pytest.raises(SignatureError):
-        verify_request(request, str(drop.ids["kiosk"]), drop.trusted)
+        verify_request(request, str(drop.ids["kiosk"]), drop.requesters)
     assert not (drop.drop / files.actions_file(str(drop.ids["kiosk"]))).exists()
 
     result, states = await drop.sync()
@@ -332,7 +337,7 @@ def _resign(key: Ed25519PrivateKey, client_id: str, **changes: Any) -> Callable[
 
 @pytest.mark.parametrize(
     "forgery",
-    ["unsigned", "changed-after-signing", "untrusted-key", "signed-for-another-client"],
+    ["unsigned", "changed-after-signing", "untrusted-key", "migration-key", "signed-for-another-client"],
 )
 async def test_a_request_not_signed_for_this_client_under_a_trusted_key_is_not_carried_out(
     drop: Drop, forgery: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -347,7 +352,11 @@ async def test_a_request_not_signed_for_this_client_under_a_trusted_key_is_not_c
         "unsigned": _edit(lambda d: d["actions"][0].update(signature="", action="revert", version=1)),
         "changed-after-signing": _edit(lambda d: d["actions"][0].update(action="revert", version=1)),
         "untrusted-key": _resign(rogue, drop.ship, action="revert", version=1),
-        "signed-for-another-client": _resign(drop.key, str(drop.ids["kiosk"]), action="revert", version=1),
+        # the key that signs migrations is trusted for migrations, not for requests
+        "migration-key": _resign(drop.key, drop.ship, action="revert", version=1),
+        "signed-for-another-client": _resign(
+            drop.request_key, str(drop.ids["kiosk"]), action="revert", version=1
+        ),
     }[forgery]
     tamper(drop.actions_file())
     with caplog.at_level(logging.WARNING, logger="migsync.sync"):
@@ -380,7 +389,12 @@ async def test_client_sync_exits_1_on_a_tampered_request_and_says_why(drop: Drop
     _edit(lambda d: d["actions"][0].update(action="revert", version=1))(drop.actions_file())
     db = f"sqlite:///{drop.tmp / 'ship.db'}"
     args = ("client", "sync", "--db", db, "--server", drop.url, "--client-id", drop.ship)
-    trust = ("--trust-key", str(drop.tmp / "key.pub"))
+    trust = (
+        "--trust-key",
+        str(drop.tmp / "key.pub"),
+        "--trust-request-key",
+        str(drop.tmp / "request-key.pub"),
+    )
     cli = run(*args, *trust)
     assert cli.returncode == 1, cli.stderr
     [line] = [x for x in cli.stderr.splitlines() if x.startswith("refused request ")]
@@ -389,7 +403,7 @@ async def test_client_sync_exits_1_on_a_tampered_request_and_says_why(drop: Drop
     assert again.returncode == 0 and json.loads(again.stdout)["refused_actions"] == []
 
 
-async def test_without_a_signing_key_export_leaves_the_requests_out_and_says_so(drop: Drop) -> None:
+async def test_without_a_request_key_export_leaves_the_requests_out_and_says_so(drop: Drop) -> None:
     await drop.request("revert", 3)
     unsigned = await export(drop.store, drop.drop)
     assert unsigned.actions_unsigned == (drop.ship,) and unsigned.actions_written == ()
@@ -397,9 +411,9 @@ async def test_without_a_signing_key_export_leaves_the_requests_out_and_says_so(
     store_url = f"sqlite:///{drop.tmp / 'server.db'}"
     cli = run("export", "--store", store_url, "--to", str(drop.drop))
     assert cli.returncode == 0, cli.stderr
-    assert f"warning: requests to clients {drop.ship} are not exported: give --signing-key" in cli.stderr
+    assert f"warning: requests to clients {drop.ship} are not exported: give --request-key" in cli.stderr
     signed = run(
-        "export", "--store", store_url, "--to", str(drop.drop), "--signing-key", str(drop.tmp / "key")
+        "export", "--store", store_url, "--to", str(drop.drop), "--request-key", str(drop.tmp / "request-key")
     )
     assert signed.returncode == 0, signed.stderr
     assert f"wrote signed requests for clients {drop.ship}" in signed.stdout

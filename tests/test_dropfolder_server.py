@@ -18,9 +18,9 @@ from dbtools import table_migration as migration
 
 from migsync.core.errors import ConfigError, SignatureError
 from migsync.core.migration import Migration
-from migsync.core.signing import load_private_key, load_public_keys, write_keypair
-from migsync.core.verify import verify_offer
-from migsync.core.wire import StatusReport
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
+from migsync.protocol.verify import verify_offer
+from migsync.protocol.wire import StatusReport
 from migsync.server import Store
 from migsync.server.export import STALE_TEMP_AGE, ExportResult, export
 from migsync.server.import_reports import ImportResult, import_reports

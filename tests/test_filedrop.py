@@ -19,14 +19,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import aquery, query, tables
 
+from migsync.client.sync import Syncer
 from migsync.core.client import Client
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer
 from migsync.core.version import Version
-from migsync.core.wire import ACTION_STATES, StatusReport
+from migsync.protocol.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
+from migsync.protocol.wire import ACTION_STATES, StatusReport
 from migsync.server import Store
 from migsync.server.export import export
 from migsync.server.import_reports import import_reports
@@ -265,7 +265,9 @@ async def test_a_bundle_not_arrived_yet_waits_without_failing(harness: DropHarne
     moved = tmp_path / "later.json"
     bundle(harness, V2).rename(moved)  # the sync tool copied the manifest before this bundle
     first = await sync(harness, tmp_path / "ship.db")
-    assert first.stored == ("0001_users",) and not first.refused and first.run.ok
+    assert first.stored == ("0001_users",) and first.run.ok and first.ok
+    # Listed in the signed manifest, not there yet, nothing after it sent: it waits, no error.
+    assert [(r.name, r.kind) for r in first.refused] == [("0002_orders", "unsent")]
     moved.rename(bundle(harness, V2))
     second = await sync(harness, tmp_path / "ship.db")
     assert second.ok and second.stored == ("0002_orders",)

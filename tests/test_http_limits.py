@@ -15,7 +15,7 @@ import pytest
 from dbtools import run
 
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerUnavailable
-from migsync.core.signing import write_keypair
+from migsync.protocol.signing import write_keypair
 from migsync.testing import FakeClock
 from migsync.transports.http import MAX_ANSWER_BYTES, HttpTransport
 

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
 from migsync.core.plugins import make_plugins
-from migsync.core.signing import load_private_key
-from migsync.core.wire import ChangeRefusal, ChangesAck, EntityChange
+from migsync.protocol.signing import load_private_key
+from migsync.protocol.wire import ChangeRefusal, ChangesAck, EntityChange
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.server.appliers import TablesApplier, build_appliers, parse_applier
@@ -420,12 +420,12 @@ def test_entity_changes_are_checked_field_by_field() -> None:
     cases: list[tuple[Any, str]] = [
         ([], 'the body must be an object with one key, "changes"'),
         ({"changes": [], "x": 1}, 'the body must be an object with one key, "changes"'),
-        ({"changes": {}}, '"changes" must be a list, not an object'),
+        ({"changes": {}}, "changes must be a list, not an object"),
         ({"changes": ["x"]}, "changes[0] must be an object, not a string"),
         ({"changes": [{"id": "a"}]}, "changes[0]: missing 'entity', 'entity_id', 'operation'"),
         ({"changes": [wire(extra=1)]}, "changes[0]: unknown field 'extra'"),
         ({"changes": [wire(id="")]}, 'changes[0].id must be a non-empty string, not ""'),
-        ({"changes": [wire(id=5)]}, "changes[0].id must be a non-empty string, not 5"),
+        ({"changes": [wire(id=5)]}, "changes[0].id must be a non-empty string, not a number"),
         ({"changes": [wire(id="x" * 201)]}, "changes[0].id is 201 characters long; at most 200"),
         ({"changes": [wire(entity=None)]}, "changes[0].entity must be a non-empty string, not null"),
         ({"changes": [wire(entity_id="y" * 201)]}, "changes[0].entity_id is 201 characters long"),

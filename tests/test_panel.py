@@ -23,8 +23,8 @@ from starlette.routing import Mount
 
 from migsync.core.clock import iso
 from migsync.core.errors import BackendError, ConfigError
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.wire import ActionResult, StatusReport
+from migsync.protocol.signing import load_private_key, write_keypair
+from migsync.protocol.wire import ActionResult, StatusReport
 from migsync.server import ClientRecord, FleetEntry, Store
 from migsync.server.app import create_app
 from migsync.server.panel import LOGIN_COOKIE, SESSION_COOKIE, PanelOptions, create_panel, views
@@ -152,14 +152,25 @@ async def panel_on(
     base_url: str = "http://migsync.test",
     store_url: str | None = None,
     cache_seconds: float = 0,
+    with_request_key: bool = True,
     **options: Any,
 ) -> AsyncIterator[Panel]:
     tmp_path.mkdir(exist_ok=True)
     url = store_url or f"sqlite:///{tmp_path / 'server.db'}"
     key_path = tmp_path / "signing.key"
     write_keypair(key_path)
+    request_key = None
+    if with_request_key:
+        write_keypair(tmp_path / "request.key")
+        request_key = load_private_key(tmp_path / "request.key")
     options.setdefault("secret", SECRET)
-    app = create_app(url, admin_token=ADMIN, cache_seconds=cache_seconds, panel=PanelOptions(**options))
+    app = create_app(
+        url,
+        admin_token=ADMIN,
+        cache_seconds=cache_seconds,
+        panel=PanelOptions(**options),
+        request_key=request_key,
+    )
     async with Store.open(url) as store, app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
@@ -799,6 +810,29 @@ async def test_a_request_from_a_client_page_is_recorded_with_who_and_when(any_ad
     assert "requested: reapply" in page  # on its row, too
     assert "requested: reapply" in await admin.page("/admin/")
     assert "Request recorded" not in await admin.page(f"/admin/clients/{client_id}")  # once, after the POST
+
+
+async def test_without_a_request_key_the_panel_and_the_api_make_no_request_and_say_why(
+    tmp_path: Path,
+) -> None:
+    """A client carries out signed requests only: a server that cannot sign them must not take them."""
+    async with panel_on(tmp_path, with_request_key=False) as admin:
+        assert (await admin.login()).status_code == 303
+        await admin.publish(V1, V2)
+        client_id = await admin.client("shop", applied(V1), dead(V2, "boom"))
+        page = await admin.page(f"/admin/clients/{client_id}")
+        assert "Requests to clients are off: this server has no request key" in page
+        assert "migsync serve --request-key KEY" in page
+        refused = await admin.ask(client_id, "reapply", 2, confirmed=False)
+        assert refused.status_code == 409
+        assert "Nothing was requested: this server has no request key" in refused.text
+        api = await admin.http.post(
+            "/api/actions",
+            json={"action": "reapply", "version": "2", "clients": [client_id], "requested_by": "bob"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
+        assert api.status_code == 409 and "--request-key" in api.json()["error"]
+        assert await admin.store.actions() == []
 
 
 async def test_the_client_hears_of_a_request_at_its_very_next_poll(tmp_path: Path) -> None:

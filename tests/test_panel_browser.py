@@ -23,9 +23,9 @@ import attrs
 import pytest
 from servers import ServerThread
 
+from migsync.client.sync import Syncer, SyncResult
 from migsync.core.client import Client
-from migsync.core.signing import load_private_key, load_public_keys, write_keypair
-from migsync.core.sync import Syncer, SyncResult
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing.backend_suite import migration
@@ -105,9 +105,9 @@ class Fleet:
             ) as client,
             HttpTransport(self.url, client_id=str(self.clients[name]), token=self.tokens[name]) as transport,
         ):
-            return await Syncer(client, transport, load_public_keys([self.trusted_key])).sync(
-                ignore_backoff=True
-            )
+            requesters = load_public_keys([self.folder / "request.key.pub"])
+            syncer = Syncer(client, transport, load_public_keys([self.trusted_key]), request_keys=requesters)
+            return await syncer.sync(ignore_backoff=True)
 
     def sql(self, name: str, statement: str) -> list[tuple[object, ...]]:
         """Run ``statement`` on client ``name``'s database, by hand (sqlite3), as someone on site would."""
@@ -128,9 +128,15 @@ async def fleet(tmp_path: Path) -> AsyncIterator[Fleet]:
     store_url = f"sqlite:///{tmp_path / 'server.db'}"
     write_keypair(tmp_path / "signing.key")
     key = load_private_key(tmp_path / "signing.key")
+    write_keypair(tmp_path / "request.key")  # the server's request key, apart from the signing key
+    request_key = load_private_key(tmp_path / "request.key")
     async with Store.open(store_url) as store:
         await store.publish([V1, V2], key)
-    server = ServerThread(lambda: create_app(store_url, admin_token=ADMIN, cache_seconds=0, seen_flush=0))
+    server = ServerThread(
+        lambda: create_app(
+            store_url, admin_token=ADMIN, cache_seconds=0, seen_flush=0, request_key=request_key
+        )
+    )
     server.start()
     try:
         fleet = Fleet(server.url, store_url, tmp_path, tmp_path / "signing.key.pub")

@@ -32,7 +32,7 @@ from migsync import BaseEventSink, EventSinkSpec, PluginError, TransportSpec, ho
 from migsync.core import contracts
 from migsync.core.backend import BaseBackend
 from migsync.core.plugins import STRICT_HINT
-from migsync.core.signing import write_keypair
+from migsync.protocol.signing import load_private_key, write_keypair
 from migsync.transports.base import BaseTransport
 from migsync.transports.memory import MemoryTransport
 
@@ -176,7 +176,11 @@ class Deployment:
         assert added.returncode == 0, added.stderr
         body = json.loads(added.stdout)
         self.client_id, self.token = str(body["client_id"]), body["token"]
-        self.server = ServerThread(lambda: create_app(self.store, admin_token=ADMIN, cache_seconds=0))
+        assert migsync_run("keygen", "--out", str(tmp / "requests")).returncode == 0
+        request_key = load_private_key(tmp / "requests")
+        self.server = ServerThread(
+            lambda: create_app(self.store, admin_token=ADMIN, cache_seconds=0, request_key=request_key)
+        )
         self.database = tmp / "shop.db"
 
     def sync_args(self, scheme: str = "loggedhttp") -> list[str]:
@@ -184,8 +188,8 @@ class Deployment:
             "client", "sync", "--db", f"plainsqlite:///{self.database}",
             "--server", f"{scheme}://127.0.0.1:{self.server.port}",
             "--client-id", self.client_id, "--token", self.token,
-            "--trust-key", f"{self.key}.pub", "--sink", "stdout:prefix=shop",
-            "--timeout", "5", "--retries", "1",
+            "--trust-key", f"{self.key}.pub", "--trust-request-key", str(self.tmp / "requests.pub"),
+            "--sink", "stdout:prefix=shop", "--timeout", "5", "--retries", "1",
         ]  # fmt: skip
 
     def tables(self) -> set[str]:

@@ -698,7 +698,7 @@ def test_hook_migsync_register_source_formats(tmp_path: Path) -> None:
 
 
 async def test_hook_migsync_register_change_appliers(tmp_path: Path) -> None:
-    from migsync.core.wire import EntityChange
+    from migsync.protocol.wire import EntityChange
     from migsync.server import Store
     from migsync.server.appliers import build_appliers
 

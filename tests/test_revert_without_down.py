@@ -16,10 +16,10 @@ from conftest import write_migrations
 from dbtools import aquery, is_sqlite, run, status_json, tables
 
 from migsync import Client, load_directory
+from migsync.client.sync import Syncer
 from migsync.core.errors import MigrationError
 from migsync.core.migration import ANY_DIALECT, Migration, Script
-from migsync.core.signing import load_private_key, write_keypair
-from migsync.core.sync import Syncer
+from migsync.protocol.signing import load_private_key, write_keypair
 from migsync.testing import FakeClock
 from migsync.transports.memory import MemoryServer, MemoryTransport
 
@@ -172,12 +172,14 @@ async def test_the_admins_revert_request_is_answered_failed_and_leaves_no_hold(
 ) -> None:
     trusted = write_keypair(tmp_path / "key")
     key = load_private_key(tmp_path / "key")
-    server = MemoryServer()
+    requester = write_keypair(tmp_path / "request-key")
+    server = MemoryServer(request_key=load_private_key(tmp_path / "request-key"))
     server.publish_signed(load_directory(write_migrations(tmp_path / "m", history(any_url))), key)
 
     async def sync() -> dict[str, str]:
         async with connect(any_url) as client:
-            result = await Syncer(client, MemoryTransport(server, client_id="c1"), [trusted]).sync()
+            transport = MemoryTransport(server, client_id="c1")
+            result = await Syncer(client, transport, [trusted], request_keys=[requester]).sync()
             assert result.ok
             return {s.name: "held" if s.held else s.state for s in await client.status()}
 

@@ -26,9 +26,9 @@ from starlette.routing import Mount
 
 from migsync.core.errors import ConfigError
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, verify
 from migsync.core.version import Version
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
+from migsync.protocol.signing import TrustedKey, load_private_key, load_public_keys, verify, write_keypair
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
 from migsync.server import Failure, StatusReport, Store
 from migsync.server.app import create_app
 from migsync.server.bodies import MAX_REPORTS
@@ -121,6 +121,11 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 @contextlib.asynccontextmanager
 async def api_on(url: str, key_path: Path, **options: Any) -> AsyncIterator[Api]:
     options.setdefault("cache_seconds", 0)
+    if "request_key" not in options:  # the server's request key, apart from the signing key
+        request_key_path = key_path.with_name("request.key")
+        if not request_key_path.exists():
+            write_keypair(request_key_path)
+        options["request_key"] = load_private_key(request_key_path)
     async with Store.open(url) as store, running(create_app(url, admin_token=ADMIN, **options)) as http:
         yield Api(url, store, http, key_path)
 
@@ -202,7 +207,8 @@ async def test_an_empty_store_has_nothing_pending(api: Api) -> None:
     me = await api.client("a")
     response = await api.pending(me)
     assert response.status_code == 200
-    assert response.json() == {"migrations": [], "actions": []}
+    # Nothing published yet: no signed manifest either (the first 'migsync publish' signs one).
+    assert response.json() == {"migrations": [], "actions": [], "manifest": None}
 
 
 async def test_etag_gives_304_until_a_publish_or_a_report_changes_the_list(api: Api) -> None:
@@ -517,12 +523,12 @@ BAD_BODIES: list[tuple[str, bytes, str, int, str]] = [
         b'{"reports": {}}',
         "application/json",
         422,
-        '"reports" must be a list, not an object',
+        "reports must be a list, not an object",
     ),
     ("item not object", b'{"reports": [1]}', "application/json", 422, "reports[0] must be an object"),
 ]
 for field, value, says in (
-    ("version", True, 'reports[0].version must be a version such as "42" or "1.2.10", not true'),
+    ("version", True, 'reports[0].version must be a version such as "42" or "1.2.10", not a boolean'),
     ("version", -1, "reports[0].version must be a version"),
     ("version", "1.", "reports[0].version must be a version"),
     ("version", "x" * 5000, "reports[0].version must be a version"),

@@ -16,7 +16,7 @@ from test_panel import panel_on
 from test_server_api import ADMIN_HEADERS, V1, Api, api_on, failed
 from test_server_api import api as api
 
-from migsync.core.wire import StatusReport
+from migsync.protocol.wire import StatusReport
 from migsync.server.app import STORE_FAILED
 from migsync.transports import dropfiles as files
 

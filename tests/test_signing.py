@@ -11,7 +11,7 @@ from dbtools import run
 
 from migsync import Migration, Script
 from migsync.core.errors import ConfigError, SignatureError
-from migsync.core.signing import load_private_key, load_public_keys, sign, verify, write_keypair
+from migsync.protocol.signing import load_private_key, load_public_keys, sign, verify, write_keypair
 
 
 def migration(sql: str = "CREATE TABLE users (id INTEGER)") -> Migration:

@@ -16,9 +16,9 @@ from dbtools import aquery, downgrade_store, is_sqlite, migsync_env, query, run
 
 from migsync.core.errors import ChecksumMismatch, ConfigError, ConnectError, SignatureError
 from migsync.core.migration import Migration, Script
-from migsync.core.signing import load_private_key, load_public_keys, verify, write_keypair
 from migsync.core.version import Version
-from migsync.core.wire import EntityChange
+from migsync.protocol.signing import load_private_key, load_public_keys, verify, write_keypair
+from migsync.protocol.wire import EntityChange
 from migsync.server import Store
 from migsync.server.engine import store_url
 from migsync.server.tables import SCHEMA_VERSION, metadata

@@ -14,13 +14,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import query
 
+from migsync.client.outbox import ReportOutbox
+from migsync.client.sync import Syncer
 from migsync.core.client import Client
 from migsync.core.events import MigrationRefused
 from migsync.core.migration import Migration, Script
-from migsync.core.outbox import ReportOutbox
-from migsync.core.signing import TrustedKey, load_private_key, sign, write_keypair
-from migsync.core.sync import Syncer
-from migsync.core.wire import OfferedMigration, ReportAck, StatusReport
+from migsync.protocol.signing import TrustedKey, load_private_key, sign, write_keypair
+from migsync.protocol.wire import OfferedMigration, ReportAck, StatusReport
 from migsync.testing import FakeClock
 from migsync.transports.memory import MemoryServer, MemoryTransport
 

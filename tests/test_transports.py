@@ -28,9 +28,9 @@ from migsync.core.clock import RetryPolicy
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
 from migsync.core.plugins import make_plugins
-from migsync.core.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
 from migsync.core.version import Version
-from migsync.core.wire import ACTION_STATES, PROTOCOL, PROTOCOL_HEADER, ReportAck, StatusReport
+from migsync.protocol.signing import TrustedKey, load_private_key, load_public_keys, write_keypair
+from migsync.protocol.wire import ACTION_STATES, PROTOCOL, PROTOCOL_HEADER, ReportAck, StatusReport
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.testing import FakeClock
@@ -121,6 +121,8 @@ class HttpHarness:
     server: ServerThread
     key: Ed25519PrivateKey
     trusted: list[TrustedKey]
+    #: the public key of the server's request key (it signs each request for its client)
+    requesters: list[TrustedKey] = attrs.field(factory=list)
     tokens: dict[str, str] = attrs.field(factory=dict)
     ids: dict[str, int] = attrs.field(factory=dict)
 
@@ -143,7 +145,8 @@ class HttpHarness:
     async def transport(self, client: str) -> Transport:
         if client not in self.tokens:
             self.ids[client], self.tokens[client] = await self.store.add_client(client)
-        return self.make(client, self.tokens[client])
+        # The client's id on the server: what the server signs its requests for.
+        return self.make(str(self.ids[client]), self.tokens[client])
 
     async def reports(self, client: str) -> dict[int, StatusReport]:
         assert client.isidentifier(), client  # it goes into the SQL as it is
@@ -185,12 +188,16 @@ class HttpHarness:
 @contextlib.asynccontextmanager
 async def http_harness(store_url: str, tmp_path: Path) -> AsyncIterator[HttpHarness]:
     key, trusted = signing_key(tmp_path)
+    requester = write_keypair(tmp_path / "request.key")
+    request_key = load_private_key(tmp_path / "request.key")
     async with Store.open(store_url) as store:
         # cache_seconds=0: a publish through the harness's own store is seen by the next poll.
-        server = ServerThread(lambda: create_app(store_url, admin_token=ADMIN, cache_seconds=0))
+        server = ServerThread(
+            lambda: create_app(store_url, admin_token=ADMIN, cache_seconds=0, request_key=request_key)
+        )
         await asyncio.to_thread(server.start)
         try:
-            yield HttpHarness(store_url, store, server, key, trusted)
+            yield HttpHarness(store_url, store, server, key, trusted, [requester])
         finally:
             await asyncio.to_thread(server.stop)
 

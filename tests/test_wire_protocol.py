@@ -19,11 +19,11 @@ from test_filedrop import drop_harness
 from test_transports import ADMIN, http_harness
 
 from migsync import Client
+from migsync.client.sync import Syncer
 from migsync.core.errors import MalformedAnswer, ServerRefused
 from migsync.core.migration import ANY_DIALECT, Migration, Script
-from migsync.core.sync import Syncer
 from migsync.core.version import Version
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
 from migsync.server.import_reports import import_reports
 from migsync.transports import dropfiles
 from migsync.transports.filedrop import FileDropTransport
@@ -54,7 +54,8 @@ async def test_a_twenty_digit_version_travels_over_http(any_store: str, tmp_path
                 Client.connect(url, sinks=[], backend_options={"create": True}) as client,
                 await harness.transport("shop") as transport,
             ):
-                result = await Syncer(client, transport, harness.trusted).sync()
+                syncer = Syncer(client, transport, harness.trusted, request_keys=harness.requesters)
+                result = await syncer.sync()
                 assert result.ok, result
 
         await sync()

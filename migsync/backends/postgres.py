@@ -30,12 +30,14 @@ Units of work:
   (``pg_advisory_xact_lock``) keyed by the bookkeeping schema: migsync's
   writers on one database take turns, as SQLite's write lock makes them.
   The processor lock is a session-level advisory lock held for a whole pass.
-* A migration's script is sent whole, in one round trip, inside the open
-  transaction (Postgres runs a multi-statement simple query as one
-  implicit block, and within ours it is simply part of the transaction).
-  A blank or comment-only script never reaches the driver. If the script
-  ended that transaction after all, the driver's transaction status says so
-  and the script fails with :class:`~migsync.core.errors.TransactionLost`.
+* A migration's script is sent whole inside the open transaction (Postgres
+  runs a multi-statement simple query as one implicit block, and within ours
+  it is simply part of the transaction), together with the migration's
+  bookkeeping and the ``COMMIT``: one round trip after ``BEGIN``
+  (:mod:`migsync.backends.postgres_batch`). A blank or comment-only script
+  never reaches the driver. If the script ended that transaction after all,
+  the message fails and so does the script, with
+  :class:`~migsync.core.errors.TransactionLost`.
 * Driver errors are mapped here, once: a failing statement names the
   statement's position and line in the script and carries Postgres's
   message, detail and hint.
@@ -48,12 +50,14 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from migsync.backends import postgres_batch
+from migsync.backends.postgres_batch import Pending
 from migsync.backends.postgres_waits import WaitListener, watching
 from migsync.core.backend import (
     MULTI_PROCESS,
@@ -67,6 +71,7 @@ from migsync.core.backend import (
 )
 from migsync.core.errors import (
     BackendError,
+    ClaimLost,
     ConfigError,
     ConnectError,
     LockTimeout,
@@ -77,6 +82,9 @@ from migsync.core.schema import Tables
 from migsync.core.splitter import is_blank, split
 from migsync.core.work import (
     Begin,
+    Commit,
+    Execute,
+    Flush,
     Request,
     Rollback,
     Script,
@@ -217,6 +225,22 @@ class PostgresConnection(BaseConnection):
     async def fetch(self, sql: str, params: Params = ()) -> list[Row]:
         with _mapped(self._where):
             return [dict(record) for record in await self._conn.fetch(sql, *params)]
+
+    async def execute_batch(self, statements: Sequence[tuple[str, Params]]) -> None:
+        """Runs of the same statement go as one ``executemany`` (one round trip for all their rows)."""
+        index = 0
+        while index < len(statements):
+            sql, params = statements[index]
+            end = index + 1
+            while end < len(statements) and statements[end][0] == sql:
+                end += 1
+            with _mapped(self._where):
+                if end - index > 1 and params:
+                    await self._conn.executemany(sql, [p for _, p in statements[index:end]])
+                else:
+                    await self._conn.execute(sql, *params)
+                    end = index + 1
+            index = end
 
     async def run_script(self, sql: str, *, each_commits: bool = False) -> None:
         if is_blank(sql, "postgresql"):
@@ -396,7 +420,11 @@ class PostgresBackend(BaseBackend):
     async def _begin(self, conn: asyncpg.Connection, schema_change: bool = False) -> None:
         """BEGIN and take migsync's write lock, in one round trip; for a migration, its timeouts too."""
         millis = int(self.lock_timeout * 1000)
-        timeouts = self._timeouts("SET LOCAL") if schema_change else "SET LOCAL lock_timeout = 0"
+        timeouts = (
+            f"{self._timeouts('SET LOCAL')}; SET LOCAL {postgres_batch.TX_SETTING} = 'on'"
+            if schema_change
+            else "SET LOCAL lock_timeout = 0"
+        )
         try:
             await conn.execute(
                 f"BEGIN; SET LOCAL lock_timeout = {millis}; "
@@ -440,8 +468,19 @@ class PostgresBackend(BaseBackend):
         )
         return f"{verb} lock_timeout = {lock}; {verb} statement_timeout = {statement}"
 
-    async def _script(self, connection: PostgresConnection, conn: asyncpg.Connection, script: Script) -> None:
-        """A migration's script, watched while it waits on locks (and timed out, if asked)."""
+    async def _script(
+        self,
+        connection: PostgresConnection,
+        conn: asyncpg.Connection,
+        script: Script,
+        pending: Pending | None = None,
+        commit: bool = False,
+    ) -> None:
+        """A migration's script, watched while it waits on locks (and timed out, if asked).
+
+        With ``pending``: the script with the bookkeeping after it (and the ``COMMIT``), in one
+        message (:mod:`migsync.backends.postgres_batch`).
+        """
         outside = script.each_commits and (self.migration_lock_timeout or self.migration_statement_timeout)
         async with watching(
             self.dsn, conn.get_server_pid(), script.label, self.lock_wait_report, self.wait_listener
@@ -449,7 +488,10 @@ class PostgresBackend(BaseBackend):
             try:
                 if outside:
                     await connection.execute(self._timeouts("SET"))
-                await connection.run_script(script.sql, each_commits=script.each_commits)
+                if pending is not None:
+                    await self._send(conn, pending, commit)
+                else:
+                    await connection.run_script(script.sql, each_commits=script.each_commits)
             except StatementError as exc:
                 if watch is not None and watch.last is not None:
                     raise exc.amended(f"{exc.driver_message}; {watch.last.describe()}") from exc
@@ -459,13 +501,71 @@ class PostgresBackend(BaseBackend):
                     with contextlib.suppress(*_LOST, asyncpg.PostgresError):
                         await conn.execute("RESET lock_timeout; RESET statement_timeout")
 
+    async def _send(self, conn: asyncpg.Connection, pending: Pending, commit: bool) -> None:
+        """Send the kept requests as one message; map its failure to the request it belongs to."""
+        message = pending.message(commit)
+        try:
+            await conn.execute(message)
+        except _LOST as exc:
+            raise ConnectError(f"lost the connection to Postgres at {self.where}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            text = str(getattr(exc, "message", "") or exc)
+            if postgres_batch.CLAIM_LOST in text:
+                raise ClaimLost(f"{self.where}: the change was no longer as read ({text})") from exc
+            if postgres_batch.TX_LOST in text:
+                raise TransactionLost(
+                    "the script ended the transaction migsync opened for it (a COMMIT or ROLLBACK); "
+                    "what ran before that committed without the migration's bookkeeping"
+                ) from exc
+            script = pending.script
+            position = getattr(exc, "position", None)
+            ours = position and str(position).isdigit() and script and int(position) > len(script.sql)
+            if script is None or ours:
+                doing = "commit failed: " if commit and not pending.statements else ""
+                raise BackendError(f"{self.where}: {doing}{_describe(exc)}") from exc
+            raise _statement_error(exc, script.sql) from exc
+
     async def run(self, work: Work[T]) -> T:
         async with self._connection() as conn:
             connection = PostgresConnection(conn, self.where)
+            # A migration's transaction (Begin(schema_change=True)): its script and bookkeeping
+            # are kept and sent with the COMMIT, in one message.
+            pending: Pending | None = None
+
+            async def flush(commit: bool = False) -> None:
+                nonlocal pending
+                kept, pending = pending, None
+                if kept and kept.script is not None:
+                    await self._script(connection, conn, kept.script, kept, commit)
+                elif kept:
+                    await self._send(conn, kept, commit)
+                elif commit:
+                    with _mapped(self.where, "commit failed: "):
+                        await conn.execute("COMMIT")
+                if not commit:  # still in the migration's transaction: keep on keeping
+                    pending = Pending()
 
             async def perform(request: Request) -> Any:
+                nonlocal pending
+                if pending is not None:
+                    if isinstance(request, Execute):
+                        return pending.add(request)
+                    keep = isinstance(request, Script) and not request.each_commits
+                    if keep and pending.add_script(request):  # type: ignore[arg-type]
+                        return None
+                    if isinstance(request, Commit):
+                        return await flush(commit=True)
+                    if isinstance(request, Flush):
+                        return await flush()
+                    if isinstance(request, Rollback):
+                        pending = None
+                        return await rollback()
+                    await flush()
                 if isinstance(request, Begin):
-                    return await self._begin(conn, request.schema_change)
+                    await self._begin(conn, request.schema_change)
+                    if request.schema_change:
+                        pending = Pending()
+                    return None
                 if isinstance(request, Rollback):
                     return await rollback()
                 if isinstance(request, Script):

@@ -25,7 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
-import attrs
+
+from migsync.core.backend import Blocker, LockWait
 
 log = logging.getLogger("migsync.postgres")
 
@@ -37,40 +38,6 @@ FROM unnest(pg_blocking_pids($1)) AS blocker(pid)
 JOIN pg_stat_activity b ON b.pid = blocker.pid
 ORDER BY b.pid
 """
-
-
-@attrs.frozen
-class Blocker:
-    """A session that holds a lock a migration waits for."""
-
-    pid: int
-    user: str | None
-    application: str | None
-    client: str | None
-    state: str | None
-    transaction_seconds: float | None
-    query: str | None
-
-    def describe(self) -> str:
-        who = f"pid {self.pid} ({self.application or '?'}, user {self.user or '?'}"
-        who += f", from {self.client})" if self.client else ", local socket)"
-        held = f", in a transaction for {self.transaction_seconds:.0f} s" if self.transaction_seconds else ""
-        query = " ".join((self.query or "").split())
-        return f"{who}, {self.state or '?'}{held}: {query!r}"
-
-
-@attrs.frozen
-class LockWait:
-    """A migration script that has waited ``waited`` seconds on locks the ``blockers`` hold."""
-
-    label: str
-    pid: int
-    waited: float
-    blockers: tuple[Blocker, ...]
-
-    def describe(self) -> str:
-        held_by = "; ".join(b.describe() for b in self.blockers)
-        return f"{self.label or 'a migration'} has waited {self.waited:.0f} s for a lock held by {held_by}"
 
 
 WaitListener = Callable[[LockWait], None]

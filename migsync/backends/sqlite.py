@@ -58,6 +58,7 @@ from migsync.core.backend import (
 )
 from migsync.core.errors import (
     BackendError,
+    ClaimLost,
     ConfigError,
     ConnectError,
     DatabaseMissing,
@@ -74,6 +75,7 @@ from migsync.core.work import (
     Commit,
     Execute,
     Fetch,
+    Flush,
     Release,
     Request,
     Rollback,
@@ -220,13 +222,21 @@ def _roll_back_leftover(conn: sqlite3.Connection, error: StatementError) -> None
 
 
 class _Session:
-    """One unit-of-work program's requests, performed on the worker thread."""
+    """One unit-of-work program's requests, performed on the worker thread.
+
+    Foreign-key enforcement, turned off for a migration's transaction, stays off
+    from one migration's transaction to the next (two statements less for each):
+    it is turned back on before anything else could write (a transaction that is
+    not a migration's, a script outside a transaction, a write outside a
+    transaction) and when the program ends.
+    """
 
     def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop, foreign_keys: str):
         self.conn = conn
         self.loop = loop
         self.foreign_keys = foreign_keys
         self.guard: ForeignKeyGuard | None = None
+        self.keys_off = False
 
     def perform(self, request: Request) -> Any:
         conn = self.conn
@@ -234,22 +244,34 @@ class _Session:
             return await_from_thread(self.loop, request)
         if isinstance(request, Script):
             statements = split(request.sql, "sqlite")
-            return _script_sync(conn, statements, self.guard) if statements else None
+            if not statements:
+                return None
+            if not conn.in_transaction:
+                self.keys_on()
+            return _script_sync(conn, statements, self.guard)
         try:
             match request:
                 case Fetch(sql, params):
                     return _fetch_sync(conn, sql, params)
-                case Execute(sql, params):
-                    return _execute_sync(conn, sql, params)
+                case Execute(sql, params, expect):
+                    if not conn.in_transaction:
+                        self.keys_on()
+                    count = _execute_sync(conn, sql, params)
+                    if expect is not None and count != expect:
+                        raise ClaimLost(f"expected {expect} row(s) changed, not {count}: {sql.split()[0]}")
+                    return count
                 case Begin(schema_change):
                     return self._begin(schema_change)
                 case Commit():
                     if self.guard is not None:
                         self.guard.verify()
                     conn.execute("COMMIT")
-                    return self._end_guard()
+                    self.guard = None
+                    return None
                 case Rollback():
                     return self.rollback()
+                case Flush():
+                    return None  # nothing is kept back: each request ran when it came
                 case Savepoint(name):
                     return conn.execute(f"SAVEPOINT {name}")
                 case Release(name):
@@ -265,11 +287,17 @@ class _Session:
 
     def _begin(self, schema_change: bool) -> None:
         if schema_change and self.foreign_keys == "check":
-            self.guard = ForeignKeyGuard.begin(self.conn)
+            if not self.keys_off:
+                ForeignKeyGuard.turn_off(self.conn)
+                self.keys_off = True
+            self.guard = ForeignKeyGuard(self.conn)
+        else:
+            self.keys_on()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
-            self._end_guard()
+            self.guard = None
+            self.keys_on()
             raise
 
     def rollback(self) -> None:
@@ -278,12 +306,20 @@ class _Session:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
         finally:
-            self._end_guard()
+            self.guard = None
 
-    def _end_guard(self) -> None:
-        guard, self.guard = self.guard, None
-        if guard is not None:
-            guard.end()
+    def keys_on(self) -> None:
+        """Foreign-key enforcement back on, if a migration's transaction turned it off."""
+        if self.keys_off:
+            self.keys_off = False
+            ForeignKeyGuard.turn_on(self.conn)
+
+    def end(self) -> None:
+        """After the program: no transaction left open, enforcement as the connection had it."""
+        try:
+            self.rollback()
+        finally:
+            self.keys_on()
 
 
 def _drive_sync(
@@ -293,7 +329,7 @@ def _drive_sync(
     try:
         return drive_sync(work, session.perform, session.rollback)
     finally:
-        session.rollback()  # a program that failed at its Begin or Commit leaves nothing behind
+        session.end()  # a program that failed at its Begin or Commit leaves nothing behind
 
 
 class SQLiteConnection(BaseConnection):

@@ -11,14 +11,16 @@ no-op, so a script's own ``PRAGMA foreign_keys=OFF`` cannot do it.
 
 So migsync, for a migration's transaction (mode ``check``, the default):
 
-1. turns enforcement off on the connection, then begins;
+1. turns enforcement off on the connection, then begins (consecutive
+   migrations of one pass share that: it stays off between their transactions);
 2. before the script's first statement that could break a key (anything but
    ``CREATE`` and ``PRAGMA foreign_keys``), notes the violations the
    database already has;
 3. before the commit, runs ``PRAGMA foreign_key_check`` and fails the
    migration (rolled back, the attempt counted) if it left a violation that
    was not there before, naming the table, rowid, column and parent;
-4. turns enforcement back on once the transaction has ended, however it ended.
+4. turns enforcement back on once the transactions have ended, however they
+   ended, before anything that is not a migration's transaction runs.
 
 Other tools (golang-migrate, popx, sqlx) run SQLite migrations with foreign
 keys off and check nothing afterwards. Mode ``on`` keeps enforcement on while
@@ -59,11 +61,15 @@ class ForeignKeyGuard:
         self._conn = conn
         self._before: set[_Violation] | None = None
 
-    @classmethod
-    def begin(cls, conn: sqlite3.Connection) -> ForeignKeyGuard:
-        """Turn enforcement off; the caller begins the transaction next."""
+    @staticmethod
+    def turn_off(conn: sqlite3.Connection) -> None:
+        """Turn enforcement off, before the transaction begins (a no-op inside one)."""
         conn.execute("PRAGMA foreign_keys = OFF")
-        return cls(conn)
+
+    @staticmethod
+    def turn_on(conn: sqlite3.Connection) -> None:
+        """Enforcement back on (after the transaction has ended)."""
+        conn.execute("PRAGMA foreign_keys = ON")
 
     def before(self, statements: list[Statement]) -> None:
         """Note the violations already there, before the first statement that could add one."""
@@ -77,10 +83,6 @@ class ForeignKeyGuard:
         found = [v for v in self._violations() if v not in self._before]
         if found:
             raise ConstraintViolation(self._describe(found))
-
-    def end(self) -> None:
-        """Enforcement back on (after the transaction has ended)."""
-        self._conn.execute("PRAGMA foreign_keys = ON")
 
     def _violations(self) -> list[_Violation]:
         return [(r[0], r[1], r[2], r[3]) for r in self._conn.execute("PRAGMA foreign_key_check")]

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
+import attrs
+
 from migsync.core import schema
 from migsync.core.contracts import to_implement
 from migsync.core.errors import BackendError
@@ -64,6 +66,43 @@ class Connection(Protocol):
         ``each_commits``: no transaction is open; run the statements one at a
         time so that each commits by itself.
         """
+
+
+# -- what a backend with a ``wait_listener`` reports: a migration waiting on locks --------------
+
+
+@attrs.frozen
+class Blocker:
+    """A session that holds a lock a migration waits for."""
+
+    pid: int
+    user: str | None
+    application: str | None
+    client: str | None
+    state: str | None
+    transaction_seconds: float | None
+    query: str | None
+
+    def describe(self) -> str:
+        who = f"pid {self.pid} ({self.application or '?'}, user {self.user or '?'}"
+        who += f", from {self.client})" if self.client else ", local socket)"
+        held = f", in a transaction for {self.transaction_seconds:.0f} s" if self.transaction_seconds else ""
+        query = " ".join((self.query or "").split())
+        return f"{who}, {self.state or '?'}{held}: {query!r}"
+
+
+@attrs.frozen
+class LockWait:
+    """A migration script that has waited ``waited`` seconds on locks the ``blockers`` hold."""
+
+    label: str
+    pid: int
+    waited: float
+    blockers: tuple[Blocker, ...]
+
+    def describe(self) -> str:
+        held_by = "; ".join(b.describe() for b in self.blockers)
+        return f"{self.label or 'a migration'} has waited {self.waited:.0f} s for a lock held by {held_by}"
 
 
 @runtime_checkable

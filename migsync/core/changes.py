@@ -1,4 +1,4 @@
-"""Entity changes: the application's own writes, recorded in ``entity_changes`` and pushed to the server.
+"""Entity changes: the application's own writes, recorded in ``entity_changes``.
 
 Recording, inside the application's transaction::
 
@@ -11,25 +11,7 @@ the client's schema version at the time of the write (its newest applied
 migration), so the server knows which schema the data was written against,
 even when the change is pushed after the client applied newer migrations.
 Tables can also be captured without application code (:mod:`migsync.core.capture`).
-
-Pushing is the work of :class:`EntityChangeHandler`, run by the same
-:class:`~migsync.core.processor.ChangesProcessor` as migrations, with the
-same rules: strict order, retries with backoff, dead after ``max_attempts``,
-events after commit. Its particulars:
-
-* **After the schema.** Nothing is pushed while a migration change is open
-  (pending, failed or dead) or a migration is dirty: the data waits for the
-  schema it needs (:class:`~migsync.core.errors.NotYet`, no attempt counted).
-* **In batches.** The head change carries the changes after it (up to
-  ``batch_size``) in one request, sent with no transaction open; each change
-  the server took, a prefix of the batch, is marked processed.
-* **Idempotent delivery.** A change sent twice (a lost answer) is stored
-  once by the server: it answers "duplicate", which counts as delivered.
-* **Server down** is :class:`~migsync.core.errors.Postponed`: retried later,
-  the attempt not counted. **A refusal** (a schema version the server never
-  published) is :class:`~migsync.core.errors.PermanentFailure`: the change is
-  dead at once with the server's reason, and blocks the ones after it until
-  a person revives or discards it. Nothing is lost.
+Pushing the queue to the server is the client's work (:mod:`migsync.client.push`).
 """
 
 from __future__ import annotations
@@ -37,35 +19,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
-
-import attrs
+from typing import Any
 
 from migsync.core.backend import Backend, Connection, Row
-from migsync.core.clock import Clock
-from migsync.core.errors import (
-    ConfigError,
-    MalformedAnswer,
-    NotYet,
-    PermanentFailure,
-    Postponed,
-    ServerUnavailable,
-)
-from migsync.core.events import ChangeDead, ChangeFailed, ChangesPushed, Event
-from migsync.core.processor import Loaded
+from migsync.core.errors import ConfigError
 from migsync.core.schema import Tables
-from migsync.core.version import Version
-from migsync.core.wire import OPERATIONS, ChangesAck, EntityChange
-from migsync.core.work import Await, Execute, Fetch, Work
 
-
-class ChangePusher(Protocol):
-    """The part of a transport the handler uses (:class:`migsync.transports.base.Transport` is one)."""
-
-    @property
-    def where(self) -> str: ...
-
-    async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck: ...
+#: what a change does to its entity (the ``operation`` column, and the wire's)
+OPERATIONS = ("insert", "update", "delete")
 
 
 def schema_version_sql(tables: Tables) -> str:
@@ -121,140 +82,3 @@ async def recording(backend: Backend) -> AsyncIterator[ChangeRecorder]:
         rows = await tx.fetch(schema_version_sql(backend.tables))
         version = rows[0]["v"] if rows else None
         yield ChangeRecorder(tx, backend.tables, version)  # the stored key, as the triggers write it
-
-
-def _schema_version(key: str) -> Version:
-    return Version.from_key(key)
-
-
-def change_of(row: Row) -> EntityChange:
-    data = row["data"]
-    return EntityChange(
-        id=row["id"],
-        entity=row["entity"],
-        entity_id=row["entity_id"],
-        operation=row["operation"],
-        data=None if data is None else json.loads(data),
-        schema_version=None if row["schema_version"] is None else _schema_version(row["schema_version"]),
-        timestamp=float(row["timestamp"]),
-    )
-
-
-#: How many changes one UPDATE marks processed (well under SQLite's limit on bound parameters).
-_MARK_CHUNK = 500
-
-
-@attrs.define
-class _Batch:
-    rows: list[Row]
-    done: list[str] = attrs.field(factory=list)
-
-
-class EntityChangeHandler:
-    """Pushes the ``entity_changes`` queue to the server through a transport, in batches."""
-
-    changes_schema = False
-
-    def __init__(
-        self, tables: Tables, transport: ChangePusher, clock: Clock, *, batch_size: int = 1000
-    ) -> None:
-        if batch_size < 1:
-            raise ConfigError("batch_size must be at least 1")
-        self.queue = tables.changes
-        self.transport = transport
-        self.clock = clock
-        self.batch_size = batch_size
-        #: changes the server took since this handler was made (a batch counts each of its changes)
-        self.pushed = 0
-        self._sql_gate = (
-            f"SELECT (SELECT COUNT(*) FROM {tables.queue} WHERE processed = FALSE) AS open, "
-            f"(SELECT COUNT(*) FROM {tables.status} WHERE dirty = TRUE) AS dirty"
-        )
-        # What a push needs of each change (a row is a dict: every column costs).
-        self._sql_batch = (
-            "SELECT seq, id, entity, entity_id, operation, data, schema_version, timestamp "
-            f"FROM {tables.changes} WHERE processed = FALSE AND seq >= $1 "
-            f"AND attempts < max_attempts ORDER BY seq LIMIT {int(batch_size)}"
-        )
-        self._sql_done = (
-            f"UPDATE {tables.changes} SET processed = TRUE, processed_at = $1, error = NULL WHERE seq IN "
-        )
-
-    def describe(self, change: Row) -> str:
-        return f"push {change['operation']} {change['entity']} {change['entity_id']}"
-
-    def check(self) -> Work[None]:
-        rows: list[Row] = yield Fetch(self._sql_gate)
-        open_changes, dirty = int(rows[0]["open"]), int(rows[0]["dirty"])
-        if open_changes or dirty:
-            raise NotYet(
-                "entity changes wait for the schema: "
-                + (f"{open_changes} migration change(s) not done" if open_changes else "a migration is dirty")
-            )
-
-    def load(self, change: Row) -> Work[Loaded]:
-        rows: list[Row] = yield Fetch(self._sql_batch, (change["seq"],))
-        # The head itself was claimed (its attempts went up): keep it whatever its count says now.
-        batch = [change, *(r for r in rows if r["seq"] != change["seq"])]
-        return Loaded(_Batch(batch), outside_transaction=True)
-
-    def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
-        raise AssertionError("entity changes are pushed outside a transaction")  # load says so
-        yield  # pragma: no cover
-
-    def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
-        return  # a push stopped half-way is simply sent again: the server stores a change once
-        yield  # pragma: no cover
-
-    def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
-        batch: _Batch = loaded.data
-        changes = [change_of(row) for row in batch.rows]
-        try:
-            ack = yield Await(lambda: self.transport.push_changes(changes))
-        except ServerUnavailable as exc:
-            raise Postponed(f"the server cannot be reached: {exc}") from None
-        taken = [*ack.accepted, *ack.duplicate]
-        sent = [c.id for c in changes]
-        prefix = sent[: len(taken)]
-        if sorted(taken) != sorted(prefix):
-            raise MalformedAnswer(
-                f"{self.transport.where}: the server's answer does not name a prefix of the batch it was sent"
-            )
-        batch.done = prefix
-        if change["id"] not in batch.done:
-            if ack.refused is not None and ack.refused.id == change["id"]:
-                raise PermanentFailure(f"refused by the server: {ack.refused.reason}")
-            raise MalformedAnswer(
-                f"{self.transport.where}: the server neither took nor refused {change['id']}"
-            )
-
-    def finish_outside(self, change: Row, loaded: Loaded, duration: float) -> Work[Event | None]:
-        batch: _Batch = loaded.data
-        now = self.clock.now()
-        done = set(batch.done)
-        seqs = [int(r["seq"]) for r in batch.rows if r["id"] in done]
-        # One statement per chunk, not one per change; the processor marks the head itself.
-        rest = [seq for seq in seqs if seq != int(change["seq"])]
-        for start in range(0, len(rest), _MARK_CHUNK):
-            chunk = rest[start : start + _MARK_CHUNK]
-            marks = ", ".join(f"${i}" for i in range(2, len(chunk) + 2))
-            yield Execute(f"{self._sql_done}({marks})", (now, *chunk))
-        self.pushed += len(seqs)
-        return ChangesPushed(count=len(seqs), first_seq=min(seqs), last_seq=max(seqs))
-
-    def record_failure(
-        self, change: Row, error: str, attempts: int, next_attempt_at: float | None, dirty: bool
-    ) -> Work[list[Event]]:
-        ids = {"change_id": change["id"], "entity": change["entity"], "entity_id": change["entity_id"]}
-        if next_attempt_at is None:
-            return [ChangeDead(error=error, attempts=attempts, **ids)]
-        return [
-            ChangeFailed(
-                error=error,
-                attempts=attempts,
-                max_attempts=int(change["max_attempts"]),
-                next_attempt_at=next_attempt_at,
-                **ids,
-            )
-        ]
-        yield  # pragma: no cover

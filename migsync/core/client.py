@@ -20,21 +20,19 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from migsync.core.backend import TRANSACTIONAL_DDL, Backend
-
-if TYPE_CHECKING:
-    from migsync.backends.postgres_waits import LockWait
-    from migsync.core.changes import ChangeRecorder
+from migsync.core.backend import TRANSACTIONAL_DDL, Backend, LockWait
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
-from migsync.core.events import EventDispatcher, EventSink, MigrationWaiting
+from migsync.core.events import EventBus, EventDispatcher, EventSink, MigrationWaiting
 from migsync.core.handler import MigrationHandler
 from migsync.core.ledger import Ledger, MigrationState
 from migsync.core.migration import Migration
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.core.processor import ChangesProcessor, PassResult
 from migsync.core.sources import SourceSnapshot
-from migsync.plugins.sinks import EventBus
+
+if TYPE_CHECKING:
+    from migsync.core.changes import ChangeRecorder
 
 
 def parse_sink(text: str) -> tuple[str, dict[str, str]]:
@@ -207,24 +205,34 @@ class Client:
         return bus
 
     async def apply(
-        self, migrations: Sequence[Migration] | SourceSnapshot, *, ignore_backoff: bool = False
+        self,
+        migrations: Sequence[Migration] | SourceSnapshot,
+        *,
+        ignore_backoff: bool = False,
+        atomic: bool = False,
     ) -> PassResult:
         """Record ``migrations``, queue the pending ones and run one processor pass.
 
         ``migrations`` is a list (:func:`~migsync.core.sources.load_directory`) or a
         snapshot (:func:`~migsync.core.sources.scan_directory`), which is parsed
-        only if this database has not recorded the same files before.
+        only if this database has not recorded the same files before. ``atomic``:
+        see :meth:`process`.
         """
         if isinstance(migrations, SourceSnapshot):
             await self.ledger.record_source(migrations)
         else:
             await self.ledger.record(migrations)
         await self.ledger.queue_pending()
-        return await self.process(ignore_backoff=ignore_backoff)
+        return await self.process(ignore_backoff=ignore_backoff, atomic=atomic)
 
-    async def process(self, *, ignore_backoff: bool = False) -> PassResult:
-        """Run one processor pass over what is already queued."""
-        result = await self.processor.run_pass(ignore_backoff=ignore_backoff)
+    async def process(self, *, ignore_backoff: bool = False, atomic: bool = False) -> PassResult:
+        """Run one processor pass over what is already queued.
+
+        ``atomic``: every queued change in one transaction, all or nothing, with the
+        same history rows (a backend with transactional DDL only; a migration that
+        cannot run in a transaction is refused with ``MigrationError`` before anything runs).
+        """
+        result = await self.processor.run_pass(ignore_backoff=ignore_backoff, atomic=atomic)
         if any(outcome.ok for outcome in result.processed):
             await self.after_migrations()
         return result
@@ -242,7 +250,7 @@ class Client:
                 await rec.execute("UPDATE todo SET done = TRUE WHERE id = $1", (7,))
                 await rec.update("todo", 7, {"id": 7, "done": True})
 
-        The changes are pushed to the server by :meth:`migsync.core.sync.Syncer.sync`.
+        The changes are pushed to the server by :meth:`migsync.client.sync.Syncer.sync`.
         """
         # Imported here: ``migsync apply`` has no entity changes to record, nor their wire records.
         from migsync.core.changes import recording

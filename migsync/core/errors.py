@@ -17,7 +17,9 @@
     │   ├── UnknownMigration   no migration of that name or version
     │   ├── ChecksumMismatch   an applied migration's content changed (drift)
     │   └── DirtyDatabase      a non-transactional migration died half-way
-    └── SignatureError         a migration is unsigned or its signature does not verify
+    ├── SignatureError         a migration is unsigned or its signature does not verify
+    └── ClaimLost              a queued change was taken or changed by someone else after
+                               the processor read it (the processor reads the queue again)
 
 Backends map their driver's exceptions to these in one place, so no raw
 ``sqlite3`` or ``asyncpg`` exception reaches a caller.
@@ -177,6 +179,17 @@ class ChecksumMismatch(MigrationError):
 
 class DirtyDatabase(MigrationError):
     """A migration that ran outside a transaction stopped half-way."""
+
+
+class ClaimLost(MigsyncError):
+    """A statement's row count says its rows changed since they were read.
+
+    The processor reads a batch of the queue outside any transaction and
+    claims each change with the statement that records its outcome; when that
+    statement finds the change no longer as read (another processor did it, a
+    revert cancelled it, its content was recorded anew), the transaction is
+    rolled back and the queue read again. Never a change's failure.
+    """
 
 
 class SignatureError(MigsyncError):

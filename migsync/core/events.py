@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
 from migsync.core.contracts import to_implement
+from migsync.core.errors import ConfigError
 from migsync.core.version import Version, as_version
 
 log = logging.getLogger("migsync.events")
@@ -56,6 +58,8 @@ def _plain(instance: object, field: object, value: Any) -> Any:
 def _brief(value: object) -> str:
     if isinstance(value, Version):
         return value.text
+    if isinstance(value, tuple) and len(value) > 3:  # a log line names a few, then counts
+        return f"{','.join(map(str, value[:2]))},...,{value[-1]}({len(value)})"
     if isinstance(value, float):
         return f"{value:.4f}"
     return repr(value)
@@ -71,6 +75,26 @@ class MigrationEvent(Event):
 class MigrationQueued(MigrationEvent):
     kind: ClassVar[str] = "migration_queued"
     operation: str
+
+
+def _names(names: Iterable[str]) -> tuple[str, ...]:
+    return tuple(names)
+
+
+@attrs.frozen(kw_only=True)
+class MigrationsQueued(Event):
+    """Several migrations queued by one request, in one event (not one each): ``names`` in
+    the order they will run, ``first`` and ``last`` their versions in that order."""
+
+    kind: ClassVar[str] = "migrations_queued"
+    operation: str
+    names: tuple[str, ...] = attrs.field(converter=_names)
+    first: Version = attrs.field(converter=as_version)
+    last: Version = attrs.field(converter=as_version)
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
 
 
 @attrs.frozen(kw_only=True)
@@ -186,7 +210,7 @@ class MigrationRefused(MigrationEvent):
 
 @attrs.frozen(kw_only=True)
 class SyncCompleted(Event):
-    """One sync with the server has finished (see :class:`migsync.core.sync.SyncResult`)."""
+    """One sync with the server has finished (see :class:`migsync.client.sync.SyncResult`)."""
 
     kind: ClassVar[str] = "sync_completed"
     server: str
@@ -224,7 +248,9 @@ class EventDispatcher:
 
     ``timeout`` bounds each ``sink.emit`` call; ``queue_size`` bounds what a
     sink may fall behind by, after which its events are dropped (and counted
-    in ``dropped``) rather than kept in memory without limit.
+    in ``dropped``) rather than kept in memory without limit. A sink that falls
+    behind is warned about once per burst: when it starts dropping, and with
+    the count once it takes events again (or at ``aclose``).
     """
 
     def __init__(self, sinks: Iterable[EventSink] = (), *, timeout: float = 5.0, queue_size: int = 1000):
@@ -232,6 +258,7 @@ class EventDispatcher:
         self.timeout = timeout
         self.queue_size = queue_size
         self.dropped = 0
+        self._dropping: dict[int, int] = {}  # sink index: events dropped in the current burst
         self._queues: dict[int, asyncio.Queue[Event | None]] = {}
         self._workers: list[asyncio.Task[None]] = []
 
@@ -248,7 +275,22 @@ class EventDispatcher:
                 self._queues[index].put_nowait(event)
             except asyncio.QueueFull:
                 self.dropped += 1
-                log.warning("event sink %s is behind; dropped %s", _sink_name(sink), event.kind)
+                burst = self._dropping.get(index, 0)
+                if not burst:
+                    log.warning(
+                        "event sink %s is behind; dropping events (from %s) until it catches up",
+                        _sink_name(sink),
+                        event.kind,
+                    )
+                self._dropping[index] = burst + 1
+            else:
+                if self._dropping:
+                    self._end_burst(index, sink)
+
+    def _end_burst(self, index: int, sink: EventSink) -> None:
+        dropped = self._dropping.pop(index, 0)
+        if dropped:
+            log.warning("event sink %s was behind: %d event(s) dropped", _sink_name(sink), dropped)
 
     def _start(self) -> None:
         for index, sink in enumerate(self.sinks):
@@ -275,6 +317,8 @@ class EventDispatcher:
 
     async def aclose(self, timeout: float | None = None) -> None:
         """Deliver what is queued (waiting at most ``timeout``), then close every sink."""
+        for index, sink in enumerate(self.sinks):
+            self._end_burst(index, sink)
         for queue in self._queues.values():
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
@@ -296,3 +340,45 @@ class EventDispatcher:
 
 def _sink_name(sink: object) -> str:
     return getattr(sink, "name", "") or type(sink).__name__
+
+
+#: what :meth:`EventBus.subscribe` takes: a function or a coroutine function of an event
+Subscriber = Callable[[Event], Awaitable[None] | None]
+
+
+class EventBus(BaseEventSink):
+    """An in-process bus: application code subscribes to events by kind.
+
+    ``unsubscribe = bus.subscribe(callback, "migration_applied")``; the
+    callback may be a plain function or a coroutine function. A subscriber
+    that raises is logged and the others still get the event.
+    """
+
+    name = "bus"
+
+    def __init__(self, options: Mapping[str, str] | None = None):
+        if options:
+            raise ConfigError(f"bus sink takes no options, got {sorted(options)}")
+        self._subscribers: list[tuple[Subscriber, frozenset[str] | None]] = []
+        self._log = logging.getLogger("migsync.bus")
+
+    def subscribe(self, callback: Subscriber, *kinds: str) -> Callable[[], None]:
+        entry = (callback, frozenset(kinds) if kinds else None)
+        self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            if entry in self._subscribers:
+                self._subscribers.remove(entry)
+
+        return unsubscribe
+
+    async def emit(self, event: Event) -> None:
+        for callback, kinds in list(self._subscribers):
+            if kinds is not None and event.kind not in kinds:
+                continue
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._log.exception("bus subscriber %r failed on %s", callback, event.kind)

@@ -1,6 +1,8 @@
 """``MigrationHandler``: what a queued migration change means to the processor.
 
-It loads the migration a change names (verifying its checksum), applies or
+It reads each batch of queued changes with their migrations' content (one
+query per batch, :meth:`MigrationHandler.head`), verifies each checksum in
+Python, applies or
 reverts it inside the processor's transaction, or, for a script that must run
 outside a transaction, one statement at a time with the database marked dirty
 until it finishes. See :mod:`migsync.core.processor` for the protocol.
@@ -38,6 +40,9 @@ from migsync.core.processor import Loaded
 from migsync.core.schema import DEFAULT_TABLES, Tables
 from migsync.core.version import Version
 from migsync.core.work import Execute, Fetch, Script, Work
+
+#: Content longer than this (characters) is not read with the batch, but by its change alone.
+_INLINE_CONTENT = 1 << 20
 
 _REPAIR_HINT = (
     "check by hand whether it took effect, then run "
@@ -85,6 +90,24 @@ class MigrationHandler:
         self.clock = clock or SystemClock()
         self.sql = history_sql(tables)
         self.queue = tables.queue
+        #: The processor's claim also pins the migration's checksum as the batch read it: content
+        #: recorded anew after the read (``Ledger.record``) makes the claim fail, never run stale.
+        self.claim_pin = (
+            f"(SELECT m.checksum FROM {tables.migrations} m WHERE m.name = {tables.queue}.migration_name)",
+            "checksum",
+        )
+
+    def head(self, limit: int) -> str:
+        """The batch query: the open changes in order, each with its migration (content included)."""
+        t = self.sql.t
+        return (
+            "SELECT q.seq, q.id, q.migration_name, q.operation, q.attempts, q.max_attempts, "
+            "q.next_attempt_at, q.error, m.version, m.checksum, m.origins, s.applied, "
+            f"CASE WHEN length(m.content) <= {_INLINE_CONTENT} THEN m.content END AS content "
+            f"FROM {t.queue} q LEFT JOIN {t.migrations} m ON m.name = q.migration_name "
+            f"LEFT JOIN {t.status} s ON s.version = m.version "
+            f"WHERE q.processed = FALSE ORDER BY q.seq LIMIT {int(limit)}"
+        )
 
     def describe(self, change: Row) -> str:
         return f"{change['operation']} {change['migration_name']}"
@@ -95,22 +118,27 @@ class MigrationHandler:
             raise DirtyDatabase(dirty_message(rows[0]["migration_name"]))
 
     def load(self, change: Row) -> Work[Loaded]:
+        # The batch read the migration with its change (``head``); the dirty state was checked
+        # once for the batch (``check``): within a pass nothing else runs a migration.
         name = change["migration_name"]
-        rows: list[Row] = yield Fetch(self.sql.migration_for_change, (name,))
-        if not rows:
+        row = change
+        if row["checksum"] is None:
             raise UnknownMigration(f"migration {name} is queued but not recorded on this database")
-        row = rows[0]
-        if row["dirty_name"] is not None:
-            raise DirtyDatabase(dirty_message(row["dirty_name"]))
+        content = row["content"]
+        if content is None:  # too large to read with the batch
+            rows: list[Row] = yield Fetch(
+                f"SELECT content FROM {self.sql.t.migrations} WHERE name = $1", (name,)
+            )
+            content = rows[0]["content"]
         applying = change["operation"] == "apply"
         # The stored content is the canonical JSON the checksum covers: one
         # hash proves it is what was recorded (and signed), untouched since.
-        if hashlib.sha256(row["content"].encode()).hexdigest() != row["checksum"]:
+        if hashlib.sha256(content.encode()).hexdigest() != row["checksum"]:
             raise ChecksumMismatch(
                 f"migration {name}: stored content does not match its checksum "
                 f"{row['checksum'][:12]}; the database's copy was modified"
             )
-        scripts = json.loads(row["content"])["up" if applying else "down"]
+        scripts = json.loads(content)["up" if applying else "down"]
         script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
         origins = json.loads(row["origins"]) if row["origins"] else {}
         origin = origins_lookup(origins, "up" if applying else "down", self.dialect)
@@ -143,14 +171,17 @@ class MigrationHandler:
         if step.done:
             return None
         started = time.perf_counter()
-        try:
-            yield Script(step.sql, label=self.describe(change))
-        except TransactionLost as exc:  # what ran before it committed, without the bookkeeping
-            located = exc.in_migration(step.name, step.origin)
-            raise DirtyDatabase(f"{located}; {_REPAIR_HINT.format(name=step.name)}") from exc
-        except StatementError as exc:
-            raise exc.in_migration(step.name, step.origin) from exc
+        yield Script(step.sql, label=self.describe(change))
         return (yield from self._applied(change, step, time.perf_counter() - started))
+
+    def explain(self, change: Row, loaded: Loaded, error: Exception) -> Exception:
+        step: _Step = loaded.data
+        if isinstance(error, TransactionLost):  # what ran before it committed, without the bookkeeping
+            located = error.in_migration(step.name, step.origin)
+            return DirtyDatabase(f"{located}; {_REPAIR_HINT.format(name=step.name)}")
+        if isinstance(error, StatementError):
+            return error.in_migration(step.name, step.origin)
+        return error
 
     def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         step: _Step = loaded.data
@@ -197,7 +228,10 @@ class MigrationHandler:
         self, change: Row, error: str, attempts: int, next_attempt_at: float | None, dirty: bool
     ) -> Work[list[Event]]:
         name = change["migration_name"]
-        rows: list[Row] = yield Fetch(f"SELECT version FROM {self.sql.t.migrations} WHERE name = $1", (name,))
+        if "version" in change:  # read with the batch
+            rows: list[Row] = [] if change["version"] is None else [change]
+        else:
+            rows = yield Fetch(f"SELECT version FROM {self.sql.t.migrations} WHERE name = $1", (name,))
         version = Version.from_key(rows[0]["version"]) if rows else Version.parse(0)
         if rows:
             reverting = change["operation"] == "revert"

@@ -50,11 +50,6 @@ ON CONFLICT (version) DO UPDATE SET
 INSERT INTO {t.queue} (id, seq, migration_name, operation, timestamp, max_attempts)
 VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM {t.queue}), $2, $3, $4, $5)
 """
-        self.migration_for_change = (
-            f"SELECT m.version, m.checksum, m.content, m.origins, s.applied, "
-            f"(SELECT d.migration_name FROM {t.status} d WHERE d.dirty = TRUE LIMIT 1) AS dirty_name "
-            f"FROM {t.migrations} m LEFT JOIN {t.status} s ON s.version = m.version WHERE m.name = $1"
-        )
         self.status = (
             f"SELECT m.version, m.name, m.checksum, s.applied, s.applied_at, s.dirty, "
             f"s.error AS status_error, s.attempts AS status_attempts "

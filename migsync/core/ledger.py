@@ -16,7 +16,7 @@ A migration's state, as ``migsync status`` shows it:
 
 A *hold* (``migsync_meta.hold_from``) keeps every migration from a version on
 from being queued by :meth:`Ledger.queue_pending`: the server's admin asked
-this client to revert it (see :mod:`migsync.core.actions`), so the next sync
+this client to revert it (see :mod:`migsync.client.actions`), so the next sync
 must not apply it again. Such a migration is ``pending`` with ``held`` set.
 An explicit :meth:`Ledger.queue` of a held migration (a person's decision, or
 the admin's re-apply) lifts the hold.
@@ -35,7 +35,7 @@ from migsync.core.assembly import repeatable_version
 from migsync.core.backend import Backend, Connection, Row
 from migsync.core.clock import Clock, SystemClock, iso
 from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError, UnknownMigration
-from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired
+from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired, MigrationsQueued
 from migsync.core.handler import dirty_message
 from migsync.core.history_sql import HistorySQL, history_sql
 from migsync.core.migration import Migration, description_of
@@ -405,8 +405,20 @@ class Ledger:
         return statements
 
     def _emit_queued(self, queued: Sequence[tuple[Version, str]], operation: str) -> None:
-        for version, name in queued:
+        """One event for what one request queued: ``migration_queued`` for one migration,
+        ``migrations_queued`` naming them all for several (a sink keeps up with a queue of 5000)."""
+        if len(queued) == 1:
+            version, name = queued[0]
             self.events.emit(MigrationQueued(name=name, version=version, operation=operation))
+        elif queued:
+            self.events.emit(
+                MigrationsQueued(
+                    operation=operation,
+                    names=[name for _, name in queued],
+                    first=queued[0][0],
+                    last=queued[-1][0],
+                )
+            )
 
     async def held_from(self) -> Version | None:
         """The version from which migrations are held (not queued), or None."""

@@ -23,8 +23,15 @@ The rules, for every queue:
   ``max_attempts`` failures the change is dead, and stays so until someone
   revives it.
 * One pass at a time: in-process by a lock, across processes by the
-  backend's processor lock. Inside the transaction the change is re-read,
-  so a change another processor finished is skipped, never run twice.
+  backend's processor lock. Each batch of changes is read once, outside any
+  transaction (with what the handler needs: a migration's content). The
+  statement that records a change's outcome is also its claim: it changes
+  the queue row only if the row is still as read (unprocessed, same attempt
+  count, due, and the handler's pin, e.g. the migration's checksum,
+  unchanged); a row count of 0 (:class:`~migsync.core.errors.ClaimLost`)
+  rolls everything back and the queue is read again. A change another
+  processor finished (or a revert cancelled) is never run twice, and a
+  failure is recorded only for a change still ours.
 * Work that cannot run in a transaction (``ChangeHandler.load`` says so) is
   marked in progress and committed first, runs with no transaction open, and
   is recorded done in a new transaction. If it stops half-way the handler
@@ -43,11 +50,13 @@ from typing import Any, Protocol
 
 import attrs
 
-from migsync.core.backend import Backend, Row
+from migsync.core.backend import TRANSACTIONAL_DDL, Backend, Row
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import (
     BackendError,
+    ClaimLost,
     DirtyDatabase,
+    MigrationError,
     MigsyncError,
     NotYet,
     PermanentFailure,
@@ -59,6 +68,7 @@ from migsync.core.work import (
     Commit,
     Execute,
     Fetch,
+    Flush,
     Rollback,
     Work,
 )
@@ -68,7 +78,7 @@ log = logging.getLogger("migsync.processor")
 
 @attrs.frozen
 class Loaded:
-    """What a change needs for its work, read inside its claim transaction.
+    """What a change needs for its work, made ready inside its transaction.
 
     ``outside_transaction``: the work cannot run in a transaction. The
     processor then marks the change in progress and commits, lets the handler
@@ -99,16 +109,24 @@ class ChangeHandler(Protocol):
         """
 
     def load(self, change: Row) -> Work[Loaded]:
-        """Read what the change needs (in the claim transaction).
+        """Make ready what the change needs (in its transaction, before the work).
 
         Raise :class:`~migsync.core.errors.DirtyDatabase` when nothing may run
-        now: the claim is undone (no attempt counted) and the pass stops.
+        now: the transaction is undone (no attempt counted) and the pass stops.
         """
 
     def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
         """Do the change's work inside the open transaction; raise to fail it.
 
         Returns the event to emit once the transaction has committed.
+        """
+
+    def explain(self, change: Row, loaded: Loaded, error: Exception) -> Exception:
+        """The error to record for a failure of the work in the transaction (or its commit).
+
+        A backend may report a script's failure at the commit (see
+        :class:`~migsync.core.work.Execute`): what the handler adds to an
+        error (the migration's file and line) belongs here, not in ``handle``.
         """
 
     def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
@@ -128,6 +146,23 @@ class ChangeHandler(Protocol):
         ``next_attempt_at`` is None when the change is now dead; ``dirty`` when
         work outside a transaction stopped half-way and a person must look.
         """
+
+
+@attrs.define
+class _Run:
+    """One change of an atomic run."""
+
+    change: Row
+    label: str
+    claim: tuple[Any, ...]
+    attempts: int
+    max_attempts: int
+    loaded: Loaded | None = None
+    event: Event | None = None
+
+    @classmethod
+    def of(cls, change: Row, label: str, claim: tuple[Any, ...]) -> _Run:
+        return cls(change, label, claim, int(change["attempts"]) + 1, int(change["max_attempts"]))
 
 
 @attrs.frozen
@@ -198,14 +233,38 @@ class ChangesProcessor:
         self._stopping = False
         self._halted = False
         q = handler.queue
-        self._sql_head = f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq LIMIT {int(batch_size)}"
-        # Read inside the write transaction: only a change still unprocessed, alive and due is
-        # ours to work. The attempt is counted by the statement that ends the attempt.
-        self._sql_claim = (
-            f"SELECT attempts, max_attempts FROM {q} WHERE seq = $1 AND processed = FALSE "
-            "AND attempts < max_attempts AND next_attempt_at <= $2"
+        head = getattr(handler, "head", None)
+        self._sql_head = (
+            head(int(batch_size))
+            if head is not None
+            else f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq LIMIT {int(batch_size)}"
         )
-        self._sql_started = f"UPDATE {q} SET attempts = $1 WHERE seq = $2"
+        # The claim: the change is still as the batch read it. Part of the statement that
+        # records the outcome, so it costs no statement of its own; the row count tells.
+        self._pin: str | None = None
+        pin = getattr(handler, "claim_pin", None)
+
+        def claim(first: int) -> str:
+            sql = (
+                f"seq = ${first} AND processed = FALSE AND attempts = ${first + 1} "
+                f"AND next_attempt_at <= ${first + 2}"
+            )
+            return sql if pin is None else f"{sql} AND COALESCE({pin[0]}, '') = COALESCE(${first + 3}, '')"
+
+        if pin is not None:
+            self._pin = pin[1]
+        self._sql_finish = (
+            f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL, attempts = $2 "
+            f"WHERE {claim(3)}"
+        )
+        self._sql_started = f"UPDATE {q} SET attempts = $1 WHERE {claim(2)}"
+        self._sql_claimed_failed = (
+            f"UPDATE {q} SET attempts = $1, error = $2, next_attempt_at = $3 WHERE {claim(4)}"
+        )
+        self._sql_claimed_dead = (
+            f"UPDATE {q} SET error = $1, next_attempt_at = 0, attempts = max_attempts WHERE {claim(2)}"
+        )
+        # After work outside a transaction, which was claimed before it ran.
         self._sql_done = (
             f"UPDATE {q} SET processed = TRUE, processed_at = $1, error = NULL, attempts = $2 WHERE seq = $3"
         )
@@ -217,11 +276,25 @@ class ChangesProcessor:
             f"UPDATE {q} SET attempts = attempts - 1, error = $1, next_attempt_at = $2 WHERE seq = $3"
         )
         self._sql_remaining = f"SELECT COUNT(*) AS n FROM {q} WHERE processed = FALSE"
+        # ``--atomic``: the whole queue at once (the head query's LIMIT, as large as SQLite takes).
+        self._sql_everything = (
+            head(2**31 - 1) if head is not None else f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq"
+        )
 
     # -- one pass ------------------------------------------------------------------
 
-    async def run_pass(self, *, ignore_backoff: bool = False) -> PassResult:
-        """Work the queue in order until it is empty, blocked, or waiting on backoff."""
+    async def run_pass(self, *, ignore_backoff: bool = False, atomic: bool = False) -> PassResult:
+        """Work the queue in order until it is empty, blocked, or waiting on backoff.
+
+        ``atomic``: every change of the queue in one transaction, all or nothing
+        (:meth:`_atomic`); only on a backend with transactional DDL, and never for
+        work that cannot run in a transaction (``MigrationError``, before anything runs).
+        """
+        if atomic and TRANSACTIONAL_DDL not in self.backend.capabilities:
+            raise MigrationError(
+                f"--atomic needs a database whose schema changes are transactional; "
+                f"{self.backend.name} has none: apply without --atomic"
+            )
         result = PassResult()
         async with (
             self._pass_lock,
@@ -230,7 +303,8 @@ class ChangesProcessor:
             due_by = float("inf") if ignore_backoff else None
             more = True
             while more:
-                more, events = await self.backend.run(self._batch(result, due_by))
+                work = self._atomic(result, due_by) if atomic else self._batch(result, due_by)
+                more, events = await self.backend.run(work)
                 # The batch's transactions have committed: now its events may go out.
                 for event in events:
                     self.events.emit(event)
@@ -248,19 +322,14 @@ class ChangesProcessor:
         )
         return result
 
-    def _batch(self, result: PassResult, due_by: float | None) -> Work[tuple[bool, list[Event]]]:
-        """Up to ``batch_size`` changes, each in its own transaction.
-
-        Returns whether the pass should go on, and the events to emit.
-        """
-        events: list[Event] = []
-        head: list[Row] = yield Fetch(self._sql_head)
+    def _judge(self, result: PassResult, head: list[Row]) -> Work[bool]:
+        """Whether the head of the queue may run now (``result`` says why not)."""
         if head:
             try:
                 yield from self.handler.check()
             except NotYet as exc:  # not a failure: the queue waits for something else to happen
                 result.gated = str(exc)
-                return False, events
+                return False
             except DirtyDatabase as exc:  # before "dead": a dirty change waits for repair, not revival
                 result.blocked = Outcome(
                     head[0]["id"],
@@ -270,21 +339,24 @@ class ChangesProcessor:
                     dirty=True,
                     ran=False,
                 )
-                return False, events
+                return False
+        return True
+
+    def _batch(self, result: PassResult, due_by: float | None) -> Work[tuple[bool, list[Event]]]:
+        """Up to ``batch_size`` changes, each in its own transaction.
+
+        Returns whether the pass should go on, and the events to emit.
+        """
+        events: list[Event] = []
+        head: list[Row] = yield Fetch(self._sql_head)
+        if not (yield from self._judge(result, head)):
+            return False, events
         for change in head:
             if self._halted:
                 result.halted = True
                 return False, events
             if change["attempts"] >= change["max_attempts"]:
-                result.blocked = Outcome(
-                    change["id"],
-                    self.handler.describe(change),
-                    ok=False,
-                    attempts=change["attempts"],
-                    max_attempts=change["max_attempts"],
-                    error=change["error"],
-                    dead=True,
-                )
+                result.blocked = self._dead(change)
                 return False, events
             now = self.clock.now()
             if due_by is None and change["next_attempt_at"] > now:
@@ -305,54 +377,184 @@ class ChangesProcessor:
                 return False, events
         return len(head) == self.batch_size, events
 
+    def _atomic(self, result: PassResult, due_by: float | None) -> Work[tuple[bool, list[Event]]]:
+        """Every open change in one transaction: all of them commit, or none does.
+
+        Refuses (``MigrationError``, nothing run) when one cannot run in a transaction.
+        A failure rolls everything back and is recorded on the change it belongs to
+        (a failure at the commit, on the last change), as a pass would record it.
+        Returns whether to read the queue again (the claim was lost), and the events.
+        """
+        events: list[Event] = []
+        head: list[Row] = yield Fetch(self._sql_everything)
+        if not head or not (yield from self._judge(result, head)):
+            return False, events
+        now = self.clock.now()
+        for change in head:  # all of them may run now, or none runs
+            if change["attempts"] >= change["max_attempts"]:
+                result.blocked = self._dead(change)
+                return False, events
+            if due_by is None and change["next_attempt_at"] > now:
+                result.waiting_until = float(change["next_attempt_at"])
+                return False, events
+        handler = self.handler
+        due = now if due_by is None else due_by
+        runs = [_Run.of(change, handler.describe(change), self._claim(change, due)) for change in head]
+        yield Begin(schema_change=handler.changes_schema)
+        current: _Run | None = None
+        try:
+            for run in runs:
+                current = run
+                run.loaded = yield from handler.load(run.change)
+            outside = [run.label for run in runs if run.loaded is not None and run.loaded.outside_transaction]
+            if outside:
+                raise MigrationError(
+                    f"--atomic runs every pending migration in one transaction, and "
+                    f"{', '.join(outside)} cannot run in one (transaction:false); nothing was run: "
+                    "apply without --atomic"
+                )
+            for run in runs:
+                current = run
+                assert run.loaded is not None
+                run.event = yield from handler.handle(run.change, run.loaded)
+                yield Execute(self._sql_finish, (self.clock.now(), run.attempts, *run.claim), expect=1)
+                yield Flush()  # a failure is raised here, with the migration it belongs to
+            current = runs[-1]  # a failure at the commit (a deferred check): the last one's
+            yield Commit()
+        except ClaimLost:
+            yield from self._undo("atomic apply")
+            return True, events
+        except MigrationError as exc:
+            if "--atomic" not in str(exc):
+                raise
+            yield Rollback()
+            raise
+        except DirtyDatabase as exc:
+            if current is None or current.loaded is not None:
+                raise
+            yield Rollback()  # from load: nothing may run now, and it is no one's failure
+            result.blocked = Outcome(
+                current.change["id"], current.label, False, current.attempts - 1,
+                current.max_attempts, str(exc), dirty=True, ran=False,
+            )  # fmt: skip
+            return False, events
+        except Exception as exc:
+            assert current is not None
+            error = exc if current.loaded is None else handler.explain(current.change, current.loaded, exc)
+            if error is not exc and error.__cause__ is None:
+                error.__cause__ = exc
+            outcome = yield from self._rolled_back(
+                current.change, current.label, error, current.attempts, current.max_attempts, events,
+                current.claim,
+            )  # fmt: skip
+            if outcome is None:
+                return True, events
+            result.processed.append(outcome)
+            result.failure = outcome
+            return False, events
+        for run in runs:
+            result.processed.append(
+                Outcome(run.change["id"], run.label, True, run.attempts, run.max_attempts)
+            )
+            if run.event is not None:
+                events.append(run.event)
+        return False, events
+
+    def _dead(self, change: Row) -> Outcome:
+        return Outcome(
+            change["id"],
+            self.handler.describe(change),
+            ok=False,
+            attempts=change["attempts"],
+            max_attempts=change["max_attempts"],
+            error=change["error"],
+            dead=True,
+        )
+
+    def _claim(self, change: Row, due_by: float) -> tuple[Any, ...]:
+        """The values the claim checks: the change is still as the batch read it."""
+        claim: tuple[Any, ...] = (change["seq"], int(change["attempts"]), due_by)
+        return claim if self._pin is None else (*claim, change[self._pin])
+
     def _change(self, change: Row, due_by: float, events: list[Event]) -> Work[Outcome | None]:
         handler = self.handler
-        yield Begin(schema_change=handler.changes_schema)
-        claim: list[Row] = yield Fetch(self._sql_claim, (change["seq"], due_by))
-        if not claim:
-            yield Rollback()
-            return None
-        attempts, max_attempts = int(claim[0]["attempts"]) + 1, int(claim[0]["max_attempts"])
+        before = int(change["attempts"])
+        attempts, max_attempts = before + 1, int(change["max_attempts"])
+        claim = self._claim(change, due_by)
         label = handler.describe(change)
+        yield Begin(schema_change=handler.changes_schema)
         try:
             loaded = yield from handler.load(change)  # reads only: nothing to undo if it fails
         except DirtyDatabase as exc:
-            yield Rollback()  # not this change's failure: leave no trace of the claim
-            return Outcome(
-                change["id"], label, False, attempts - 1, max_attempts, str(exc), dirty=True, ran=False
-            )
+            yield Rollback()  # not this change's failure: leave no trace of it
+            return Outcome(change["id"], label, False, before, max_attempts, str(exc), dirty=True, ran=False)
         except Exception as exc:
-            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
-            yield Commit()
+            mark = len(events)
+            try:
+                outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events, claim)
+                yield Commit()
+            except ClaimLost:
+                del events[mark:]
+                yield Rollback()
+                return None
             return outcome
         if loaded.outside_transaction:
-            return (yield from self._change_outside(change, loaded, label, attempts, max_attempts, events))
+            return (
+                yield from self._change_outside(change, loaded, label, attempts, max_attempts, events, claim)
+            )
         try:
             event = yield from handler.handle(change, loaded)
-            yield Execute(self._sql_done, (self.clock.now(), attempts, change["seq"]))
+            # Counts the attempt and marks it done; its row count is the claim.
+            yield Execute(self._sql_finish, (self.clock.now(), attempts, *claim), expect=1)
             yield Commit()  # deferred checks fail here: the change's failure like any other
+        except ClaimLost:
+            yield from self._undo(label)
+            return None
         except Exception as exc:
-            return (yield from self._rolled_back(change, label, exc, attempts, max_attempts, events))
+            error = handler.explain(change, loaded, exc)
+            if error is not exc and error.__cause__ is None:
+                error.__cause__ = exc
+            return (yield from self._rolled_back(change, label, error, attempts, max_attempts, events, claim))
         if event is not None:
             events.append(event)
         return Outcome(change["id"], label, True, attempts, max_attempts)
 
+    def _undo(self, label: str) -> Work[None]:
+        """Roll back a transaction whose claim was lost (the database may have ended it already)."""
+        try:
+            yield Rollback()
+        except Exception as rollback_error:
+            log.warning("%s: rollback after a lost claim failed too: %s", label, rollback_error)
+
     def _rolled_back(
-        self, change: Row, label: str, exc: Exception, attempts: int, max_attempts: int, events: list[Event]
-    ) -> Work[Outcome]:
+        self,
+        change: Row,
+        label: str,
+        exc: Exception,
+        attempts: int,
+        max_attempts: int,
+        events: list[Event],
+        claim: tuple[Any, ...],
+    ) -> Work[Outcome | None]:
         """Undo a failed change's transaction, then record the failure in a new one.
 
         The change's own error stays the one reported: a rollback or record that fails
-        too is added to it, never put in its place.
+        too is added to it, never put in its place. None: the change was no longer ours
+        to fail (another processor, or a person, changed it meanwhile).
         """
         try:
             yield Rollback()
         except Exception as rollback_error:  # the database may already have ended it (disk full)
             log.warning("%s: rollback after a failure failed too: %s", label, rollback_error)
+        mark = len(events)
         try:
             yield Begin()
-            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events)
+            outcome = yield from self._failed(change, label, exc, attempts, max_attempts, events, claim)
             yield Commit()
+        except ClaimLost:
+            del events[mark:]
+            yield from self._undo(label)
+            return None
         except Exception as record_error:
             raise BackendError(
                 f"{label} failed: {_message(exc)}; and recording the failure failed too: "
@@ -361,13 +563,24 @@ class ChangesProcessor:
         return outcome
 
     def _change_outside(
-        self, change: Row, loaded: Loaded, label: str, attempts: int, max_attempts: int, events: list[Event]
-    ) -> Work[Outcome]:
-        """A change whose work cannot run in a transaction: mark, commit, work, record."""
+        self,
+        change: Row,
+        loaded: Loaded,
+        label: str,
+        attempts: int,
+        max_attempts: int,
+        events: list[Event],
+        claim: tuple[Any, ...],
+    ) -> Work[Outcome | None]:
+        """A change whose work cannot run in a transaction: claim and mark, commit, work, record."""
         handler = self.handler
-        yield Execute(self._sql_started, (attempts, change["seq"]))
-        yield from handler.begin_outside(change, loaded)
-        yield Commit()
+        try:
+            yield Execute(self._sql_started, (attempts, *claim), expect=1)
+            yield from handler.begin_outside(change, loaded)
+            yield Commit()
+        except ClaimLost:
+            yield from self._undo(label)
+            return None
         started = time.perf_counter()
         try:
             yield from handler.handle_outside(change, loaded)
@@ -401,8 +614,13 @@ class ChangesProcessor:
         attempts: int,
         max_attempts: int,
         events: list[Event],
+        claim: tuple[Any, ...] | None = None,
     ) -> Work[Outcome]:
-        """Record a failed attempt (inside an open transaction) and say what it means."""
+        """Record a failed attempt (inside an open transaction) and say what it means.
+
+        ``claim``: the change was not claimed yet; the record claims it (raising
+        :class:`~migsync.core.errors.ClaimLost` if it is no longer as read).
+        """
         if not isinstance(exc, MigsyncError):
             log.error("unexpected error in %s", label, exc_info=exc)
         error = _message(exc)
@@ -412,11 +630,17 @@ class ChangesProcessor:
         next_at = None if dead or dirty else self.clock.now() + self.retry.delay(attempts)
         if permanent:  # dead now, however many attempts were left
             attempts = max_attempts
-            yield Execute(self._sql_dead, (error, change["seq"]))
+            if claim is None:
+                yield Execute(self._sql_dead, (error, change["seq"]))
+            else:
+                yield Execute(self._sql_claimed_dead, (error, *claim), expect=1)
         else:
             # A dirty change waits for a person: no retry time, however many attempts are left.
             retry_at = next_at if next_at is not None else 0.0
-            yield Execute(self._sql_failed, (attempts, error, retry_at, change["seq"]))
+            if claim is None:
+                yield Execute(self._sql_failed, (attempts, error, retry_at, change["seq"]))
+            else:
+                yield Execute(self._sql_claimed_failed, (attempts, error, retry_at, *claim), expect=1)
         events.extend((yield from self.handler.record_failure(change, error, attempts, next_at, dirty)))
         return Outcome(change["id"], label, False, attempts, max_attempts, error, dead, next_at, dirty)
 

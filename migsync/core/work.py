@@ -1,7 +1,7 @@
 """Units of work as sans-I/O programs, so one program runs on every backend.
 
-The processor's work on a change (claim it, run the migration in a
-savepoint, record the outcome, commit) is written once, as a generator
+The processor's work on a change (run the migration, record the outcome
+with the statement that is also its claim, commit) is written once, as a generator
 that *yields requests* (:class:`Execute`, :class:`Fetch`, :class:`Script`,
 transaction control) and receives each result. A backend *drives* it:
 
@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 
+from migsync.core.errors import ClaimLost
+
 if TYPE_CHECKING:
     from migsync.core.backend import Connection
 
@@ -34,10 +36,20 @@ T = TypeVar("T")
 
 @attrs.frozen
 class Execute:
-    """Run one statement; the result is its row count."""
+    """Run one statement; the result is its row count.
+
+    ``expect``: the row count the statement must have; any other count raises
+    :class:`~migsync.core.errors.ClaimLost` (the rows were changed by someone
+    else since they were read). In a ``Begin(schema_change=True)`` transaction a
+    backend may send the statement later, in one message with the requests
+    after it up to the ``Commit`` (one round trip for a whole migration): its
+    result is then ``expect`` (or -1 without one), and a failure, or a row count
+    that is not ``expect``, is raised at the ``Commit``.
+    """
 
     sql: str
     params: Sequence[Any] = ()
+    expect: int | None = None
 
 
 @attrs.frozen
@@ -56,6 +68,10 @@ class Script:
     that each commits on its own (``CREATE INDEX CONCURRENTLY``, ``VACUUM``).
     ``label``: what the script is (``apply 0003_add_email``), for messages about it
     while it runs (a Postgres migration waiting on a lock says who holds it).
+
+    Inside a ``Begin(schema_change=True)`` transaction a backend may send the
+    script later, together with the requests after it up to the ``Commit``
+    (see :class:`Execute`); its failure is then raised at the ``Commit``.
     """
 
     sql: str
@@ -81,6 +97,16 @@ class Begin:
 @attrs.frozen
 class Commit:
     pass
+
+
+@attrs.frozen
+class Flush:
+    """Send now what the backend kept back (see :class:`Execute`); its failure is raised here.
+
+    Where a program runs several migrations in one transaction, it flushes after
+    each, so that a failure is raised where the migration it belongs to can tell.
+    A backend that keeps nothing back does nothing.
+    """
 
 
 @attrs.frozen
@@ -113,7 +139,9 @@ class Await:
     call: Callable[[], Awaitable[Any]]
 
 
-Request = Execute | Fetch | Script | Begin | Commit | Rollback | Savepoint | Release | RollbackTo | Await
+Request = (
+    Execute | Fetch | Script | Begin | Commit | Flush | Rollback | Savepoint | Release | RollbackTo | Await
+)
 Work = Generator[Request, Any, T]
 
 
@@ -200,14 +228,19 @@ async def perform_async(connection: Connection, request: Request) -> Any:
             return await call()
         case Fetch(sql, params):
             return await connection.fetch(sql, params)
-        case Execute(sql, params):
-            return await connection.execute(sql, params)
+        case Execute(sql, params, expect):
+            count = await connection.execute(sql, params)
+            if expect is not None and count != expect:
+                raise ClaimLost(f"expected {expect} row(s) changed, not {count}: {sql.split()[0]}")
+            return count
         case Script(sql, each_commits):
             return await connection.run_script(sql, each_commits=each_commits)
         case Begin():
             return await connection.execute("BEGIN")
         case Commit():
             return await connection.execute("COMMIT")
+        case Flush():
+            return None
         case Rollback():
             return await connection.execute("ROLLBACK")
         case Savepoint(name):

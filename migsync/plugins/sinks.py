@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from migsync.core.errors import ConfigError
-from migsync.core.events import BaseEventSink, Event
+from migsync.core.events import BaseEventSink, Event, EventBus
 from migsync.core.hookspecs import hookimpl
 from migsync.core.specs import EventSinkSpec
-
-Subscriber = Callable[[Event], Awaitable[None] | None]
 
 _LEVELS = {
     "migration_failed": logging.WARNING,
@@ -38,44 +35,6 @@ class LoggingSink(BaseEventSink):
 
     async def emit(self, event: Event) -> None:
         self.logger.log(_LEVELS.get(event.kind, logging.INFO), "%s", event.describe())
-
-
-class EventBus(BaseEventSink):
-    """An in-process bus: application code subscribes to events by kind.
-
-    ``unsubscribe = bus.subscribe(callback, "migration_applied")``; the
-    callback may be a plain function or a coroutine function. A subscriber
-    that raises is logged and the others still get the event.
-    """
-
-    name = "bus"
-
-    def __init__(self, options: Mapping[str, str] | None = None):
-        if options:
-            raise ConfigError(f"bus sink takes no options, got {sorted(options)}")
-        self._subscribers: list[tuple[Subscriber, frozenset[str] | None]] = []
-        self._log = logging.getLogger("migsync.bus")
-
-    def subscribe(self, callback: Subscriber, *kinds: str) -> Callable[[], None]:
-        entry = (callback, frozenset(kinds) if kinds else None)
-        self._subscribers.append(entry)
-
-        def unsubscribe() -> None:
-            if entry in self._subscribers:
-                self._subscribers.remove(entry)
-
-        return unsubscribe
-
-    async def emit(self, event: Event) -> None:
-        for callback, kinds in list(self._subscribers):
-            if kinds is not None and event.kind not in kinds:
-                continue
-            try:
-                result = callback(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                self._log.exception("bus subscriber %r failed on %s", callback, event.kind)
 
 
 class JsonLinesSink(BaseEventSink):

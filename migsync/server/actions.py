@@ -10,7 +10,7 @@ The client answers ``queued`` (the work is in its queue), then ``done`` or
 ``failed`` with a detail (:func:`record_answers`). A newer request to the same
 client replaces one still ``pending`` (it becomes ``superseded``): a client
 carries out the admin's latest word, not a backlog of second thoughts.
-See :mod:`migsync.core.actions` for what the client does.
+See :mod:`migsync.client.actions` for what the client does.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
 from migsync.core.version import Version
-from migsync.core.wire import ACTIONS, ActionRequest, ActionResult, ActionsAck
+from migsync.protocol.wire import ACTIONS, ActionRequest, ActionResult, ActionsAck
 from migsync.server import tables as t
 from migsync.server.records import ActionRecord
 
@@ -240,7 +240,7 @@ def hold_of(requests: Iterable[ActionRecord]) -> ActionRecord | None:
 
     The server cannot see a client's hold; it follows the requests the client carried out
     (answered ``queued``, ``done`` or ``failed``), in the order they were made, as the client
-    does (:mod:`migsync.core.actions`): a revert of V holds V and every later version, and an
+    does (:mod:`migsync.client.actions`): a revert of V holds V and every later version, and an
     earlier hold from a lower version stays; a re-apply lifts the hold. A *failed* revert
     counts: the client holds before it reverts, so a revert that failed half-way still holds
     what it did revert. Pending and superseded requests were never carried out.

@@ -35,7 +35,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -49,15 +49,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
-from migsync.core.version import Version
-from migsync.core.wire import PROTOCOL, PROTOCOL_HEADER, protocol_refusal, read_version
-from migsync.server.bodies import MAX_BODY, ApiError, action_answers, read_json, status_reports
+from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, protocol_refusal
+from migsync.protocol.wire_schema import SCHEMAS, standalone
+from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
+from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
-from migsync.server.validation import MAX_ID, InvalidChanges, entity_changes, storable
+from migsync.server.validation import InvalidChanges, entity_changes
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from migsync.server.appliers import ChangeApplier
     from migsync.server.panel import PanelOptions
 
@@ -68,10 +71,17 @@ MAX_CHANGES_BODY = 16 * 1024 * 1024
 
 log = logging.getLogger("migsync.server")
 
-#: The most requests ``GET /api/actions?limit=`` lists.
-MAX_LIMIT = 100_000
 #: All a 503 says of a failed store; what failed goes to the server's log.
 STORE_FAILED = "the store is unavailable; try again later (the server's log says why)"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+#: Why a server without a request key makes no requests to clients (API 409, and the panel says it).
+NO_REQUEST_KEY = (
+    "this server has no request key, so it cannot sign requests to clients, and a client carries "
+    "out signed requests only: make one with 'migsync keygen KEY', start the server with "
+    "'migsync serve --request-key KEY', and give its KEY.pub to each client (--trust-request-key)"
+)
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
 
@@ -91,8 +101,11 @@ class _Api:
         appliers: Sequence[ChangeApplier],
         throttle: AuthThrottle,
         clock: Clock | None = None,
+        request_key: Ed25519PrivateKey | None = None,
     ) -> None:
         self.store_url = store_url
+        #: signs each request to a client, for that client, as it is served (None: no requests)
+        self.request_key = request_key
         self.throttle = throttle
         # Periods are measured on the monotonic clock and times written on the wall clock; a
         # test's clock stands for both, so a test moves the app's time by hand.
@@ -249,10 +262,31 @@ class _Api:
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
             return Response(status_code=304, headers=_etag_headers(state.etag))
         actions = await self.store.pending_actions(state.client.client_id)
+        manifest = await self.store.manifest()
         return JSONResponse(
-            {"migrations": [item.to_json() for item in items], "actions": [a.to_json() for a in actions]},
+            {
+                "migrations": [item.to_json() for item in items],
+                "actions": [a.to_json() for a in self._signed(state.client.client_id, actions)],
+                "manifest": None if manifest is None else manifest.to_json(),
+            },
             headers=_etag_headers(state.etag),
         )
+
+    def _signed(self, client_id: int, actions: list[ActionRequest]) -> list[ActionRequest]:
+        """``actions`` signed for ``client_id`` with the request key; none without one (a client
+        carries out signed requests only: an unsigned one would only be refused)."""
+        if not actions:
+            return []
+        if self.request_key is None:
+            log.warning(
+                "client %d has %d request(s) this server cannot sign (no --request-key): not sent",
+                client_id,
+                len(actions),
+            )
+            return []
+        from migsync.protocol.signing import sign_request
+
+        return [sign_request(self.request_key, a, str(client_id)) for a in actions]
 
     async def status(self, request: Request) -> Response:
         digest, state = await self._client(request)
@@ -293,15 +327,18 @@ class _Api:
 
     async def actions(self, request: Request) -> Response:
         await self._admin(request)
-        records = await self.store.actions(limit=_limit(request.query_params.get("limit")))
+        records = await self.store.actions(limit=_query_int(request, _LIMIT))
         return JSONResponse({"actions": [r.to_json() for r in records]})
 
     async def request_action(self, request: Request) -> Response:
         await self._admin(request)
-        body = await read_json(request, self.max_body)
-        action, version, clients, by = _action_request(body)
+        order = action_order(await read_json(request, self.max_body))
+        if self.request_key is None:  # after the body's checks: a bad field is named first
+            raise ApiError(409, NO_REQUEST_KEY)
         try:
-            records = await self.store.request_action(action, version, clients, by)
+            records = await self.store.request_action(
+                order.action, order.version, order.clients, order.requested_by
+            )
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from None
         self.forget_states()
@@ -345,6 +382,15 @@ class _Api:
         await self._flush_seen()  # this process's own view is never behind
         return JSONResponse({"clients": [entry.to_json() for entry in await self.store.fleet()]})
 
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(_OPENAPI)
+
+    async def schema(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in SCHEMAS:
+            raise ApiError(404, f"no schema {name!r}; the schemas are {', '.join(SCHEMAS)}")
+        return JSONResponse(standalone(name))
+
 
 def create_app(
     store_url: str,
@@ -359,6 +405,7 @@ def create_app(
     panel: bool | PanelOptions = True,
     failed_auth_limit: str = FAILED_AUTH_LIMIT,
     clock: Clock | None = None,
+    request_key: Ed25519PrivateKey | None = None,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -375,6 +422,9 @@ def create_app(
     wrong tokens (API) and wrong admin tokens (panel login) one address may send, together,
     before it gets 429 (:mod:`migsync.server.throttle`). ``clock``: for tests, a clock
     to measure the periods above on and to date seen marks by (default: the system's).
+    ``request_key``: the private key that signs the admin's requests to each client, as they
+    are served (``serve --request-key``); without it the API and the panel refuse to make
+    requests (409), since no client would carry out an unsigned one.
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
@@ -398,16 +448,12 @@ def create_app(
         appliers,
         AuthThrottle(failed_auth_limit),
         clock,
+        request_key,
     )
+    # The routes are the documented endpoints (migsync.server.openapi), each to its handler.
     routes: list[BaseRoute] = [
-        Route("/api/migrations/pending", api.pending, methods=["GET"]),
-        Route("/api/migrations/status", api.status, methods=["POST"]),
-        Route("/api/actions/results", api.answers, methods=["POST"]),
-        Route("/api/actions", api.actions, methods=["GET"]),
-        Route("/api/actions", api.request_action, methods=["POST"]),
-        Route("/api/changes", api.changes, methods=["POST"]),
-        Route("/api/migrations", api.migrations, methods=["GET"]),
-        Route("/api/clients", api.clients, methods=["GET"]),
+        Route(endpoint.path, _declared(endpoint, getattr(api, endpoint.name)), methods=[endpoint.method])
+        for endpoint in ENDPOINTS
     ]
     if panel is not False:
         from migsync.server.panel import create_panel
@@ -423,6 +469,7 @@ def create_app(
                     before_read=api._flush_seen,
                     after_request=api.forget_states,
                     throttle=api.throttle,  # one count per address, whichever door it knocks on
+                    requests_refused=None if request_key is not None else NO_REQUEST_KEY,
                 ),
                 name="admin",
             )
@@ -484,29 +531,6 @@ def _bearer(request: Request) -> str:
     return token
 
 
-def _action_request(body: Any) -> tuple[str, Version, list[int] | None, str]:
-    """``{"action", "version", "clients": [ids] | null, "requested_by"}`` (else 422)."""
-    fields = {"action", "version", "clients", "requested_by"}
-    if not isinstance(body, dict) or set(body) != fields:
-        raise ApiError(422, f"the body must be an object with {', '.join(sorted(fields))}")
-    action, version, clients, by = body["action"], body["version"], body["clients"], body["requested_by"]
-    if not isinstance(action, str) or not isinstance(by, str):
-        raise ApiError(422, "action and requested_by must be strings")
-    version = read_version(version)
-    if version is None:
-        raise ApiError(422, 'version must be a version such as "42" or "1.2.10"')
-    if not storable(action) or not storable(by):
-        raise ApiError(422, "action and requested_by must not hold NUL characters or unpaired surrogates")
-    if clients is not None and not (
-        isinstance(clients, list)
-        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= MAX_ID for c in clients)
-    ):
-        raise ApiError(
-            422, "clients must be a list of client ids, or null for every client it makes sense for"
-        )
-    return action, version, clients, by
-
-
 def _matches(header: str, etag: str) -> bool:
     candidates = [c.strip() for c in header.split(",")]
     return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
@@ -526,14 +550,37 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def _limit(text: str | None) -> int | None:
-    """The ``limit`` query parameter: 1 to :data:`MAX_LIMIT` in ASCII digits (``str.isdigit``
-    takes "²", which ``int`` refuses), or None when not given."""
+def _declared(endpoint: Endpoint, handler: Handler) -> Handler:
+    """``handler``, refusing a query parameter ``endpoint`` does not declare (422): a misspelt
+    ``?limt=5`` would be ignored, and the caller never know."""
+    known = {q.name for q in endpoint.query}
+
+    async def checked(request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:
+            takes = f"it takes {', '.join(sorted(known))}" if known else "it takes none"
+            raise ApiError(422, f"unknown query parameter {', '.join(map(repr, unknown))}: {takes}")
+        return await handler(request)
+
+    return checked
+
+
+_LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query)
+_OPENAPI = openapi_document()
+
+
+def _query_int(request: Request, param: QueryInt) -> int | None:
+    """Query parameter ``param`` as its endpoint declares it, or None when not given: ASCII
+    digits only (``str.isdigit`` takes "²", which ``int`` refuses), in its range."""
+    text = request.query_params.get(param.name)
     if text is None:
         return None
-    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
-    if not 0 < value <= MAX_LIMIT:
-        raise ApiError(422, f"limit must be a whole number from 1 to {MAX_LIMIT}, not {text[:20]!r}")
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+    if value is None or not param.minimum <= value <= param.maximum:
+        raise ApiError(
+            422,
+            f"{param.name} must be a whole number from {param.minimum} to {param.maximum}, not {text[:20]!r}",
+        )
     return value
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from migsync.core.wire import ActionResult
+from migsync.protocol.wire import ActionResult
 from migsync.server import validation
 from migsync.server.records import StatusReport
 
@@ -79,6 +79,14 @@ def status_reports(body: Any) -> list[StatusReport]:
     """``{"reports": [{version, applied, error, attempts, checksum}, ...]}`` as records (else 422)."""
     try:
         return validation.status_reports(body)
+    except validation.InvalidReports as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def action_order(body: Any) -> validation.ActionOrder:
+    """``{"action", "version", "clients", "requested_by"}``: what the admin asks (else 422)."""
+    try:
+        return validation.action_order(body)
     except validation.InvalidReports as exc:
         raise ApiError(422, str(exc)) from None
 

@@ -12,13 +12,16 @@ Writes, into the folder (layout and formats in :mod:`migsync.transports.dropfile
    canonical content, checksum and signature;
 3. ``actions/<client-id>.json`` for every client with requests it has not
    answered (``pending`` in the store, exactly what the HTTP API would offer
-   it), by id, each signed with the signing key (anyone who can write to the
-   folder could write requests; a client carries out only signed ones); the
+   it), by id, each signed for that client with the request key (anyone who
+   can write to the folder could write requests; a client carries out only
+   signed ones); the
    file of a client with none is removed, so an answer imported with
    ``import-reports`` takes its request out of the folder at the next export.
-   Without a signing key ``actions/`` is left as it is, and the result names
+   Without a request key ``actions/`` is left as it is, and the result names
    the clients whose requests wait for a signed export;
-4. ``manifest.json``, last, listing every published version, name, checksum and file.
+4. ``manifest.json``, last, listing every published version, name, checksum and file,
+   with the store's signed manifest (``"signed"``, written by ``publish``): the
+   listing only tells a client where the files are, the signed part what exists.
 
 Only what changed is written: a file that already holds the same bytes is
 left alone, so running it again writes nothing. The manifest's
@@ -45,7 +48,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from migsync.core.errors import ConfigError, MalformedAnswer
-from migsync.core.wire import ActionRequest, OfferedMigration
+from migsync.protocol.wire import ActionRequest, OfferedMigration, SignedManifest
 from migsync.server.records import PublishedMigration
 from migsync.server.store import Store
 from migsync.transports import dropfiles as files
@@ -72,40 +75,46 @@ class ExportResult:
     actions_written: tuple[str, ...] = ()
     #: clients whose requests file it removed (no request of theirs is pending any more)
     actions_removed: tuple[str, ...] = ()
-    #: clients with pending requests it did not write, for want of a signing key
+    #: clients with pending requests it did not write, for want of a request key
     actions_unsigned: tuple[str, ...] = ()
+    #: the store has no signed manifest (published before this release): clients refuse the folder
+    #: until 'migsync publish' runs again
+    manifest_unsigned: bool = False
 
 
-async def export(store: Store, to: Path, signing_key: Ed25519PrivateKey | None = None) -> ExportResult:
+async def export(store: Store, to: Path, request_key: Ed25519PrivateKey | None = None) -> ExportResult:
     """Write every migration ``store`` publishes into drop folder ``to``; see the module docstring.
 
-    ``signing_key`` signs the admin's pending requests to each client (without it they are not
+    ``request_key`` signs the admin's pending requests to each client (without it they are not
     written: see :attr:`ExportResult.actions_unsigned`).
 
     ``to`` is made if missing, but not its parent (an unmounted stick must not
     become a folder on the local disk): a missing parent is :class:`FileNotFoundError`.
     """
     published = await store.migrations()
+    signed_manifest = await store.manifest()
     registered = await store.clients()
     clients = [str(c.client_id) for c in registered]
     # The same requests the HTTP API offers each client's poll, read for all clients at once.
     pending = await store.pending_actions_by_client()
     requests = {str(c.client_id): pending.get(c.client_id, []) for c in registered}
-    if signing_key is None:
+    if request_key is None:
         unsigned = tuple(client_id for client_id, items in requests.items() if items)
-        result = await asyncio.to_thread(_write_folder, published, clients, None, Path(to))
-        return attrs.evolve(result, actions_unsigned=unsigned)
-    from migsync.core.signing import sign_request
+        result = await asyncio.to_thread(_write_folder, published, signed_manifest, clients, None, Path(to))
+        return attrs.evolve(result, actions_unsigned=unsigned, manifest_unsigned=signed_manifest is None)
+    from migsync.protocol.signing import sign_request
 
     signed = {
-        client_id: [sign_request(signing_key, r, client_id) for r in items]
+        client_id: [sign_request(request_key, r, client_id) for r in items]
         for client_id, items in requests.items()
     }
-    return await asyncio.to_thread(_write_folder, published, clients, signed, Path(to))
+    result = await asyncio.to_thread(_write_folder, published, signed_manifest, clients, signed, Path(to))
+    return attrs.evolve(result, manifest_unsigned=signed_manifest is None)
 
 
 def _write_folder(
     published: list[PublishedMigration],
+    signed_manifest: SignedManifest | None,
     clients: list[str],
     requests: dict[str, list[ActionRequest]] | None,
     to: Path,
@@ -142,7 +151,7 @@ def _write_folder(
     previous = _previous_manifest(to)
     same = previous is not None and previous[0] == entries and not written
     generated_at = previous[1] if previous is not None and same else time.time()
-    manifest = files.dump(files.manifest_document(entries, generated_at))
+    manifest = files.dump(files.manifest_document(entries, generated_at, signed_manifest))
     manifest_written = files.write_atomic(to / files.MANIFEST, manifest)  # last: it names the rest
     return ExportResult(
         tuple(written),

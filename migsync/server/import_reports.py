@@ -67,7 +67,7 @@ import attrs
 
 from migsync.core.errors import ConfigError, MalformedAnswer
 from migsync.core.version import Version
-from migsync.core.wire import ActionResult, Drift, EntityChange, StatusReport
+from migsync.protocol.wire import ActionResult, Drift, EntityChange, StatusReport
 from migsync.server.store import Store
 from migsync.server.validation import (
     MAX_CHANGES,

@@ -34,7 +34,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
-from migsync.core.wire import ChangeRefusal, ChangesAck, EntityChange
+from migsync.protocol.wire import ChangeRefusal, ChangesAck, EntityChange
 from migsync.server import tables as t
 from migsync.server.appliers import ChangeApplier, applier_name
 from migsync.server.engine import describe

@@ -10,7 +10,7 @@ import attrs
 from migsync.core.clock import iso
 from migsync.core.migration import Migration
 from migsync.core.version import Version, as_version
-from migsync.core.wire import Drift, StatusReport
+from migsync.protocol.wire import Drift, StatusReport
 
 __all__ = [
     "ActionRecord",

@@ -40,11 +40,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from migsync.core.errors import BackendError, ChecksumMismatch, ConfigError, ConnectError
 from migsync.core.migration import Migration
 from migsync.core.version import Version
-from migsync.core.wire import ActionRequest, ActionResult, ActionsAck, ChangesAck, EntityChange
+from migsync.protocol.wire import (
+    ActionRequest,
+    ActionResult,
+    ActionsAck,
+    ChangesAck,
+    EntityChange,
+    SignedManifest,
+)
 from migsync.server import actions as requests
 from migsync.server import engine as engines
 from migsync.server import inbox as inboxes
-from migsync.server import status
+from migsync.server import manifests, status
 from migsync.server import tables as t
 from migsync.server.records import (
     ActionRecord,
@@ -181,7 +188,7 @@ class Store:
         with other content (nothing is written then), :class:`ConfigError` if
         two of ``migrations`` share a version.
         """
-        from migsync.core.signing import fingerprint, sign
+        from migsync.protocol.signing import fingerprint, sign
 
         items = sorted(migrations, key=lambda m: m.version)
         for before, after in itertools.pairwise(items):
@@ -236,9 +243,17 @@ class Store:
                     unchanged.append(migration.name)
             if rows:
                 await conn.execute(insert(t.store_migrations), rows)
-            if rows or replaced or resigned:
+            # The signed list of every version, in the same transaction: a client never sees a
+            # migration the manifest does not list, nor a manifest listing one it cannot get.
+            listed = await manifests.write(conn, signing_key)
+            if rows or replaced or resigned or listed:
                 await status.bump_publish_serial(conn)
         return PublishResult(tuple(added), tuple(unchanged), tuple(replaced), tuple(resigned))
+
+    async def manifest(self) -> SignedManifest | None:
+        """The signed manifest of what the store publishes (None: not published by this release yet)."""
+        async with self._read("reading the signed manifest") as conn:
+            return await manifests.read(conn)
 
     async def migrations(self) -> list[PublishedMigration]:
         """Every published migration, in version order."""

@@ -50,7 +50,7 @@ from migsync.core import contracts
 from migsync.core.backend import MULTI_PROCESS, PROCESS_WIDE_LOCK, SAVEPOINTS, TRANSACTIONAL_DDL, Backend
 from migsync.core.client import Client
 from migsync.core.clock import RetryPolicy
-from migsync.core.errors import BackendError, LockTimeout, MigsyncError, StatementError
+from migsync.core.errors import BackendError, ClaimLost, LockTimeout, MigsyncError, StatementError
 from migsync.core.migration import ANY_DIALECT, Migration, Script
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.core.schema import SCHEMA_VERSION, Tables
@@ -60,7 +60,9 @@ from migsync.core.work import (
     Commit,
     Execute,
     Fetch,
+    Flush,
     Release,
+    Rollback,
     RollbackTo,
     Savepoint,
     Work,
@@ -352,6 +354,31 @@ class BackendSuite:
             count, rows = await backend.run(program())
             assert count == 2 and rows == [{"s": 10}]
             assert await backend.fetch("SELECT COUNT(*) AS n FROM w") == [{"n": 4}]
+
+    async def test_run_checks_an_expected_row_count(self, make_backend: BackendFactory) -> None:
+        """``Execute(expect=n)`` is the processor's claim: another count raises ClaimLost, at
+        the request or (for a backend that keeps a migration's requests back) at the commit."""
+
+        def program(expect: int) -> Work[str]:
+            yield Begin(schema_change=True)
+            try:
+                yield RunScript("INSERT INTO e VALUES (2)")
+                yield Execute("UPDATE e SET x = x + 10 WHERE x = $1", (1,), expect=expect)
+                yield Flush()
+                yield Commit()
+            except ClaimLost:
+                yield Rollback()
+                return "lost"
+            return "kept"
+
+        async with make_backend() as backend:
+            async with backend.transaction() as tx:
+                await tx.execute("CREATE TABLE e (x INTEGER)")
+                await tx.execute("INSERT INTO e VALUES (1)")
+            assert await backend.run(program(2)) == "lost"
+            assert await backend.fetch("SELECT x FROM e ORDER BY x") == [{"x": 1}]  # all rolled back
+            assert await backend.run(program(1)) == "kept"
+            assert await backend.fetch("SELECT x FROM e ORDER BY x") == [{"x": 2}, {"x": 11}]
 
     async def test_run_awaits_on_the_event_loop_between_transactions(
         self, make_backend: BackendFactory

@@ -53,6 +53,7 @@ from migsync.core.events import (
     MigrationRefused,
     MigrationRepaired,
     MigrationReverted,
+    MigrationsQueued,
     MigrationWaiting,
     PassCompleted,
     SyncCompleted,
@@ -62,6 +63,7 @@ from migsync.core.plugins import Plugins, make_plugins
 #: One event of every kind migsync emits.
 EVERY_KIND: tuple[Event, ...] = (
     MigrationQueued(name="0001_users", version=1, operation="apply"),
+    MigrationsQueued(operation="apply", names=["0001_users", "0002_orders"], first=1, last="1.2.10"),
     MigrationApplied(name="0001_users", version=1, duration=0.01),
     MigrationReverted(name="0001_users", version=1, duration=0.01),
     MigrationFailed(

@@ -21,7 +21,9 @@ published and no client registered.
 The rules the suite holds a transport to, beyond :mod:`migsync.transports.base`:
 
 * ``fetch()`` returns every pending migration in version order, its content,
-  checksum (the sha256 of the content) and signature exactly as published.
+  checksum (the sha256 of the content) and signature exactly as published,
+  and the server's signed manifest (:mod:`migsync.protocol.manifest`) as it was
+  signed: every published version, a serial that grows with each change.
 * The ETag rule: ``fetch(etag)`` with the ETag of the last answer returns
   ``Offer(None, ...)`` while nothing changed for this client. A transport
   that has no ETags returns ``etag=None`` and then the full list each time;
@@ -30,7 +32,7 @@ The rules the suite holds a transport to, beyond :mod:`migsync.transports.base`:
   the old ETag gets the new list.
 * A migration reported ``applied=True`` with the published checksum is no
   longer offered; failed ones and ones applied with another checksum are.
-  Another checksum comes back as :class:`~migsync.core.wire.Drift`.
+  Another checksum comes back as :class:`~migsync.protocol.wire.Drift`.
 * Reports are idempotent: the same report again is acknowledged as
   ``unchanged`` and changes nothing on the server.
 * A batch naming an unpublished version, or one version twice, is refused
@@ -69,9 +71,10 @@ import pytest
 from migsync.core import contracts
 from migsync.core.errors import ServerRefused, ServerUnavailable
 from migsync.core.migration import Migration
-from migsync.core.signing import TrustedKey, verify
 from migsync.core.version import Version
-from migsync.core.wire import (
+from migsync.protocol.manifest import verify_manifest
+from migsync.protocol.signing import TrustedKey, verify
+from migsync.protocol.wire import (
     ActionResult,
     ActionsAck,
     ChangesAck,
@@ -232,6 +235,20 @@ class TransportSuite:
             assert received == expected
             signer = verify(received, item.signature, harness.trusted)
             assert item.signed_by in (None, signer.fingerprint)
+
+    async def test_a_full_answer_carries_the_signed_manifest_of_what_is_published(
+        self, harness: TransportHarness
+    ) -> None:
+        await harness.publish([V1, V2])
+        async with await harness.transport("a") as transport:
+            first = verify_manifest((await transport.fetch()).manifest, harness.trusted, "the harness")
+            assert [(m.version, m.checksum) for m in first.migrations] == [
+                (m.version, m.checksum) for m in (V1, V2)
+            ]
+            await harness.publish([V3])
+            second = verify_manifest((await transport.fetch()).manifest, harness.trusted, "the harness")
+        assert [m.version for m in second.migrations] == [V1.version, V2.version, V3.version]
+        assert second.serial > first.serial, "a publish that changes the list moves the serial on"
 
     async def test_the_etag_rule(self, harness: TransportHarness) -> None:
         await harness.publish([V1, V2])

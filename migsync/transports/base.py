@@ -1,10 +1,10 @@
 """The transport contract: what a client asks of the way to its server.
 
 A transport fetches the client's pending migrations (with the admin's
-requests to it, see :mod:`migsync.core.actions`) and carries its status
+requests to it, see :mod:`migsync.client.actions`) and carries its status
 reports, its answers to those requests and its entity changes back. It
 never touches a database and never decides what is trusted: the client
-verifies everything a transport hands over (see :mod:`migsync.core.verify`).
+verifies everything a transport hands over (see :mod:`migsync.protocol.verify`).
 A transport is built by its plugin's factory::
 
     factory(url, *, client_id: str, token: str | None, timeout: float, retries: int) -> Transport
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     ActionResult,
     ActionsAck,
     ChangesAck,
@@ -38,8 +38,8 @@ from migsync.core.wire import (
 class Transport(Protocol):
     """Every member is required; a transport that lacks one is refused when it loads.
 
-    Optional, read with a default: ``requests_signed`` (``False``, see
-    :class:`BaseTransport`) and ``client_id`` (the client it speaks for).
+    Optional, read with a default: ``client_id`` (the client it speaks for: the admin's requests
+    must be signed for it, :func:`migsync.protocol.signing.verify_request`).
     """
 
     #: where it goes, for messages (never a token)
@@ -76,11 +76,6 @@ class BaseTransport:
     """The context-manager part of :class:`Transport`; subclasses add fetch and report."""
 
     where: str = ""
-    #: True when whoever can reach the transport's medium could write the admin's requests (a
-    #: drop folder): the client then carries out only requests signed, for its ``client_id``,
-    #: under a key it trusts (:func:`migsync.core.signing.verify_request`). Over HTTP the
-    #: server's token and TLS vouch for them.
-    requests_signed: bool = False
 
     async def aclose(self) -> None:
         return None

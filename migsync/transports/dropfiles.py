@@ -3,7 +3,8 @@
 A drop folder carries migrations to clients that never reach the server
 (a USB stick, a synced folder, a network share), and their reports back::
 
-    DIR/manifest.json                       what is published: versions, names, checksums, files
+    DIR/manifest.json                       what is published: versions, names, checksums, files,
+                                            and the server's signed manifest ("signed")
     DIR/migrations/0001_create_users.json   one signed bundle per migration
     DIR/actions/<client-id>.json            the admin's requests to a client it has not answered
     DIR/reports/<client-id>/<time>-<digest>.json   one file per delivery of a client's reports,
@@ -27,7 +28,9 @@ manifest names but that is not there yet is "not arrived", never an error.
 Readers treat everything as untrusted: names must match a strict pattern (no
 path separators, no ``..``), files must be regular files whose real path is
 inside the folder (a symlink out of it is refused), and sizes are capped.
-Signatures are checked by the client, not here (:mod:`migsync.core.verify`).
+Signatures are checked by the client, not here (:mod:`migsync.protocol.verify`,
+:mod:`migsync.protocol.manifest`): the listing of ``manifest.json`` only says which
+file holds which version; what exists is what the signed part lists.
 """
 
 from __future__ import annotations
@@ -47,15 +50,17 @@ import attrs
 from migsync.core.errors import MalformedAnswer
 from migsync.core.files import UnreadableFile, read_regular
 from migsync.core.version import Version, as_version
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     CHECKSUM,
     ActionRequest,
     ActionResult,
     EntityChange,
     OfferedMigration,
+    SignedManifest,
     StatusReport,
     actions_from_json,
     read_version,
+    signed_from_json,
 )
 
 MANIFEST = "manifest.json"
@@ -212,12 +217,25 @@ class ManifestEntry:
     file: str
 
 
-def manifest_document(entries: Sequence[ManifestEntry], generated_at: float) -> dict[str, Any]:
-    return {
+def manifest_document(
+    entries: Sequence[ManifestEntry], generated_at: float, signed: SignedManifest | None = None
+) -> dict[str, Any]:
+    """The folder's manifest: where each bundle is, and (``"signed"``) the server's signed list of
+    every published version, copied as the store holds it (:mod:`migsync.protocol.manifest`). The
+    listing only says where files are; the client trusts the signed part alone."""
+    document: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "generated_at": generated_at,
         "migrations": [{**attrs.asdict(e), "version": e.version.text} for e in entries],
     }
+    if signed is not None:
+        document["signed"] = signed.to_json()
+    return document
+
+
+def parse_signed(data: bytes, where: str) -> SignedManifest | None:
+    """The signed manifest a folder's manifest carries (None: none, which the client refuses)."""
+    return signed_from_json(load(data, where).get("signed"), f"{where}: signed")
 
 
 def parse_manifest(data: bytes, where: str) -> list[ManifestEntry]:

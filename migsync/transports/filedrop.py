@@ -52,7 +52,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.core.version import Version
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     ActionRequest,
     ActionResult,
     ActionsAck,
@@ -71,8 +71,6 @@ log = logging.getLogger("migsync.filedrop")
 
 
 class FileDropTransport(BaseTransport):
-    requests_signed = True
-
     def __init__(
         self,
         url: str,
@@ -108,6 +106,7 @@ class FileDropTransport(BaseTransport):
     def _fetch(self, etag: str | None) -> Offer:
         manifest_bytes = self._manifest_bytes()
         entries = files.parse_manifest(manifest_bytes, str(self.root / files.MANIFEST))
+        signed = files.parse_signed(manifest_bytes, str(self.root / files.MANIFEST))
         self._check_registered()
         latest, answered = self._own_files()
         state = json.dumps(sorted((v.key, r.applied, r.checksum) for v, r in latest.items()))
@@ -135,13 +134,13 @@ class FileDropTransport(BaseTransport):
                     raise ServerUnavailable(
                         f"{self.root / relative}: listed in the manifest but not there (yet)"
                     ) from None
-                return Offer(tuple(offers), None, actions)
+                return Offer(tuple(offers), None, actions, signed)
             except (MalformedAnswer, OSError) as exc:
                 problem = str(exc) if isinstance(exc, MalformedAnswer) else f"{relative}: {exc.strerror}"
                 offers.append(
                     OfferedMigration(entry.version, entry.name, "", entry.checksum, None, None, problem)
                 )
-        return Offer(tuple(offers), tag, actions)
+        return Offer(tuple(offers), tag, actions, signed)
 
     def _manifest_bytes(self) -> bytes:
         if not self.root.is_dir():

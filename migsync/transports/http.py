@@ -35,7 +35,7 @@ import httpx
 
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     PROTOCOL,
     PROTOCOL_HEADER,
     ActionResult,
@@ -53,6 +53,7 @@ from migsync.core.wire import (
     offers_from_json,
     protocol_refusal,
     reports_to_json,
+    signed_from_json,
 )
 from migsync.transports.base import BaseTransport
 
@@ -125,7 +126,9 @@ class HttpTransport(BaseTransport):
         if response.status_code == 304:
             return Offer(None, tag or etag)
         body = _json(response, url)
-        return Offer(offers_from_json(body, f"GET {url}"), tag, actions_from_json(body, f"GET {url}"))
+        where = f"GET {url}"
+        manifest = signed_from_json(body.get("manifest") if isinstance(body, dict) else None, where)
+        return Offer(offers_from_json(body, where), tag, actions_from_json(body, where), manifest)
 
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:
         acks = await self._post_batches("/api/migrations/status", reports, reports_to_json, ack_from_json)

@@ -16,7 +16,7 @@ import attrs
 
 from migsync.core.errors import ConfigError, ServerRefused, ServerUnavailable
 from migsync.core.version import Version
-from migsync.core.wire import (
+from migsync.protocol.wire import (
     ActionRequest,
     ActionResult,
     ActionsAck,
@@ -27,6 +27,7 @@ from migsync.core.wire import (
     Offer,
     OfferedMigration,
     ReportAck,
+    SignedManifest,
     StatusReport,
 )
 from migsync.transports.base import BaseTransport
@@ -53,8 +54,13 @@ class MemoryServer:
     #: action id -> the client's latest answer
     answers: dict[int, ActionResult] = attrs.field(factory=dict)
     down: bool = False
+    #: grows with every publish: the serial of the signed manifest each answer carries
     serial: int = 0
     tokens: dict[str, str] = attrs.field(factory=dict)  # client id -> token; empty: any token
+    #: signs the manifest of every answer (:meth:`publish_signed` sets it; None: answers carry none)
+    manifest_key: Ed25519PrivateKey | None = None
+    #: signs each request for the client it goes to (None: requests go unsigned, and are refused)
+    request_key: Ed25519PrivateKey | None = None
 
     _registry: ClassVar[dict[str, MemoryServer]] = {}
 
@@ -70,9 +76,10 @@ class MemoryServer:
 
     def publish_signed(self, migrations: Sequence[Migration], key: Ed25519PrivateKey) -> None:
         """Sign ``migrations`` with ``key`` and publish them, as ``migsync publish`` does."""
-        from migsync.core.signing import fingerprint, sign
+        from migsync.protocol.signing import fingerprint, sign
 
         signer = fingerprint(key.public_key())
+        self.manifest_key = self.manifest_key or key
         self.publish(
             [
                 OfferedMigration(m.version, m.name, m.canonical_content(), m.checksum, sign(key, m), signer)
@@ -87,6 +94,24 @@ class MemoryServer:
             for version, offer in sorted(self.published.items())
             if not (version in mine and mine[version].applied and mine[version].checksum == offer.checksum)
         ]
+
+    def manifest(self) -> SignedManifest | None:
+        """The signed list of everything published, as ``migsync publish`` keeps it."""
+        if self.manifest_key is None:
+            return None
+        from migsync.protocol.manifest import FleetManifest, Listed, sign_manifest
+
+        listed = tuple(Listed(o.version, o.name, o.checksum) for _, o in sorted(self.published.items()))
+        return sign_manifest(self.manifest_key, FleetManifest(self.serial, listed))
+
+    def signed_actions(self, client_id: str) -> list[ActionRequest]:
+        """The requests ``client_id`` has not answered, signed for it when the server has a request key."""
+        open_ = self.open_actions(client_id)
+        if self.request_key is None:
+            return open_
+        from migsync.protocol.signing import sign_request
+
+        return [sign_request(self.request_key, a, client_id) for a in open_]
 
     def request(
         self, client_id: str, action: str, version: Version | int | str, requested_by: str = "admin"
@@ -197,7 +222,8 @@ class MemoryTransport(BaseTransport):
         return Offer(
             tuple(self.server.pending(self.client_id)),
             current,
-            tuple(self.server.open_actions(self.client_id)),
+            tuple(self.server.signed_actions(self.client_id)),
+            self.server.manifest(),
         )
 
     async def report(self, reports: Sequence[StatusReport]) -> ReportAck:

@@ -92,6 +92,7 @@ def create_panel(
     before_read: Callable[[], Awaitable[None]] | None = None,
     after_request: Callable[[], None] | None = None,
     throttle: AuthThrottle | None = None,
+    requests_refused: str | None = None,
 ) -> Starlette:
     """The panel on the store ``store()`` returns, behind ``admin_token``.
 
@@ -101,6 +102,8 @@ def create_panel(
     passes the dropping of its cached client states, so the clients hear of them at once.
     ``throttle`` counts wrong admin tokens per address (the API passes its own, so that both
     share one count); None: one of the panel's own, with the default limit.
+    ``requests_refused``: why this server makes no requests to clients (it has no request key to
+    sign them with); every page then says so, and a request is refused with that reason.
     """
     options = options or PanelOptions()
     if not admin_token or not admin_token.strip():
@@ -110,6 +113,7 @@ def create_panel(
     if options.secret is not None and len(options.secret) < 32:
         raise ConfigError("the panel's secret must be at least 32 bytes")
     panel = _Panel(store, admin_token, options, before_read, after_request, throttle or AuthThrottle())
+    panel.requests_refused = requests_refused
     routes = [
         Route("/", panel.fleet, methods=["GET"], name="fleet"),
         Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
@@ -142,6 +146,8 @@ class _Panel:
         throttle: AuthThrottle | None = None,
     ) -> None:
         self.store = store
+        #: why requests to clients are off (None: they are on)
+        self.requests_refused: str | None = None
         self.throttle = throttle or AuthThrottle()
         self.after_request = after_request
         self.admin_token = admin_token.encode()
@@ -206,6 +212,7 @@ class _Panel:
             session=session,
             csrf=self.sessions.csrf(session) if session is not None else None,
             now=time.time(),
+            requests_refused=self.requests_refused,
             **context,
         )
         return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
@@ -382,6 +389,16 @@ class _Panel:
         back: str,
         anchor: str,
     ) -> Response:
+        if self.requests_refused is not None:
+            return self.render(
+                request,
+                "error.html",
+                session,
+                status=409,
+                title="Request refused",
+                message=f"Nothing was requested: {self.requests_refused}.",
+                back=back,
+            )
         try:
             records = await self.store().request_action(action, version, client_ids, session.name)
         except ConfigError as exc:

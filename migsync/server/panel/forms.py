@@ -2,7 +2,7 @@
 request to clients, checked. Whatever is wrong is an :class:`HTTPException` (an HTML error page).
 
 A request form (a client's page, the migrations page) posts ``csrf`` (checked by the app
-before anything here), ``action`` (one of :data:`~migsync.core.wire.ACTIONS`), the version
+before anything here), ``action`` (one of :data:`~migsync.protocol.wire.ACTIONS`), the version
 (a field on a client's page, the path on the migrations page) and, for a revert, ``confirm``.
 """
 
@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from migsync.core.version import Version
-from migsync.core.wire import ACTIONS, read_version
+from migsync.protocol.wire import ACTIONS, read_version
 
 __all__ = ["MAX_FORM", "action_fields", "flag", "read_form", "requested_count"]
 

@@ -31,7 +31,7 @@ import attrs
 
 from migsync.core.clock import iso
 from migsync.core.version import Version
-from migsync.core.wire import Drift
+from migsync.protocol.wire import Drift
 from migsync.server.actions import hold_of
 from migsync.server.records import ActionRecord, FleetEntry, PublishedMigration
 

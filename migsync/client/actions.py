@@ -2,7 +2,7 @@
 
 An admin asks from the panel (or ``migsync actions request``); the request
 reaches the client with its next fetch (:attr:`Offer.actions
-<migsync.core.wire.Offer.actions>`), and :class:`ClientActions` keeps it in
+<migsync.protocol.wire.Offer.actions>`), and :class:`ClientActions` keeps it in
 ``migsync_actions`` by the server's id, so each request is carried out once
 however often it arrives. Carrying one out only queues work; the processor
 does it, in order, like any other migration change:
@@ -23,7 +23,7 @@ does it, in order, like any other migration change:
 The client's answer goes back like a status report: ``queued`` once the
 request is in the queue, then ``done`` or ``failed`` (with why) once the
 processor settled it; each answer is kept until the server acknowledged it
-(``revision`` / ``delivered_revision``, as in :mod:`migsync.core.outbox`).
+(``revision`` / ``delivered_revision``, as in :mod:`migsync.client.outbox`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from migsync.core.clock import Clock
 from migsync.core.errors import MigsyncError
 from migsync.core.ledger import Ledger, MigrationState
 from migsync.core.version import Version
-from migsync.core.wire import ActionRequest, ActionResult
+from migsync.protocol.wire import ActionRequest, ActionResult
 
 if TYPE_CHECKING:
     from migsync.transports.base import Transport

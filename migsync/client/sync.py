@@ -10,17 +10,23 @@ The steps, and what each does when something goes wrong:
 1. **Fetch** the pending migrations (with the ETag of the last full answer).
    A server that cannot be reached is no failure of the client: it goes on
    with what it has (``result.offline`` says why) and catches up later.
-2. **Verify** each offered migration (:mod:`migsync.core.verify`). The first
+2. **Verify** the answer's signed manifest (:mod:`migsync.protocol.manifest`):
+   signed by a trusted key, its serial not older than the last one accepted
+   (else nothing is stored), every version it lists offered or already in
+   this database (a withheld one, and everything after it, is refused).
+   Then each offered migration (:mod:`migsync.protocol.verify`). The first
    one that fails is refused and reported, and nothing from it on is stored:
    migrations apply in version order, so a later one must wait for it.
    A migration this client applied with other content is refused as drift.
 3. **Store** the verified migrations with their signatures and queue them.
 4. **Process** the queue: the same processor pass as ``migsync apply``.
 5. **Report**: stage this client's word on every migration from the server
-   in the outbox (:mod:`migsync.core.outbox`) and deliver what the server lacks.
+   in the outbox (:mod:`migsync.client.outbox`) and deliver what the server lacks.
 
 An offer also carries what the server's admin asked of this client (re-apply
-or revert a migration, :mod:`migsync.core.actions`): the requests are kept
+or revert a migration, :mod:`migsync.client.actions`), each signed for this
+client by the server's request key; those that do not verify under a trusted
+request key are refused and answered ``failed``. The others are kept
 with the migrations (step 3), queued before the pending migrations (so a
 revert's hold is in place first), settled after the pass, and answered with
 the reports (step 5).
@@ -34,18 +40,19 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from migsync.core.actions import ClientActions
-from migsync.core.changes import EntityChangeHandler
+from migsync.client.actions import ClientActions
+from migsync.client.outbox import ReportOutbox, report_of, worth_reporting
+from migsync.client.push import EntityChangeHandler
 from migsync.core.errors import MigsyncError, ServerRefused, ServerUnavailable, SignatureError, TransportError
 from migsync.core.events import MigrationRefused, SyncCompleted
 from migsync.core.ledger import MigrationState
 from migsync.core.migration import Migration
-from migsync.core.outbox import ReportOutbox, report_of, worth_reporting
 from migsync.core.processor import ChangesProcessor, PassResult
-from migsync.core.signing import TrustedKey, verify_request
-from migsync.core.verify import verify_offer
 from migsync.core.version import Version
-from migsync.core.wire import CHECKSUM, ActionRequest, Offer, OfferedMigration, StatusReport
+from migsync.protocol.manifest import accept_serial, check_offers, last_serial, verify_manifest
+from migsync.protocol.signing import TrustedKey, verify_request
+from migsync.protocol.verify import verify_offer
+from migsync.protocol.wire import CHECKSUM, ActionRequest, Offer, OfferedMigration, StatusReport
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
@@ -91,6 +98,8 @@ def build_transport(
 
 
 _ETAG_KEY = "server_etag"
+#: Refusal kinds that are no failure: a migration that waits, nothing wrong with it.
+_NOT_FAILURES = ("waiting", "unsent")
 
 
 @attrs.frozen
@@ -101,14 +110,17 @@ class Refusal:
     name: str
     reason: str
     #: "signature" (unsigned, badly signed or malformed), "drift" (applied here with other
-    #: content), "order" (older than one applied here) or "waiting" (after a refused one)
+    #: content), "order" (older than one applied here), "waiting" (after a refused or withheld
+    #: one), or, against the signed manifest (:func:`migsync.protocol.manifest.check_offers`),
+    #: "withheld", "unlisted", "withdrawn" or "unsent" (listed, not sent yet: no error), or
+    #: "manifest" (the manifest itself was refused)
     kind: str
 
 
 @attrs.frozen
 class RefusedRequest:
     """An admin's request this client did not carry out: it was not signed for this client under
-    a trusted key (a drop folder anyone could write to). It is answered ``failed`` to the server."""
+    a request key it trusts. It is answered ``failed`` to the server."""
 
     id: int
     action: str
@@ -141,8 +153,10 @@ class SyncResult:
     actions_received: int = 0
     #: answers to admin requests the server acknowledged in this sync
     actions_answered: int = 0
-    #: admin requests refused in this sync (a bad signature in a drop folder)
+    #: admin requests refused in this sync (not signed for this client under a trusted request key)
     refused_actions: tuple[RefusedRequest, ...] = ()
+    #: why the answer's signed manifest was refused (nothing offered was stored), or None
+    manifest_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         run = self.run
@@ -164,6 +178,7 @@ class SyncResult:
             "changes": None if self.changes is None else _changes_json(self.changes, self.pushed),
             "actions": {"received": self.actions_received, "answered": self.actions_answered},
             "refused_actions": [attrs.asdict(r) for r in self.refused_actions],
+            "manifest_error": self.manifest_error,
         }
 
     @property
@@ -172,11 +187,12 @@ class SyncResult:
         was clean."""
         return (
             not self.refused_actions
+            and self.manifest_error is None
             and self.run.ok
             and (self.changes is None or self.changes.ok)
             and self.offline is None
             and self.report_error is None
-            and not any(r.kind != "waiting" for r in self.refused)
+            and not any(r.kind not in _NOT_FAILURES for r in self.refused)
         )
 
 
@@ -199,6 +215,7 @@ class Syncer:
         transport: Transport,
         trusted: Sequence[TrustedKey],
         *,
+        request_keys: Sequence[TrustedKey] = (),
         push_changes: bool = True,
         batch_size: int = 1000,
     ) -> None:
@@ -206,7 +223,11 @@ class Syncer:
             raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")
         self.client = client
         self._transport = transport
+        #: the keys migrations and the fleet manifest must be signed by (the offline key)
         self.trusted = list(trusted)
+        #: the keys the admin's requests must be signed by (the server's request key); none: every
+        #: request is refused
+        self.request_keys = list(request_keys)
         self.outbox = ReportOutbox(client.backend, client.clock)
         self.actions = ClientActions(client.ledger, client.clock)
         self._meta = client.backend.tables.meta
@@ -246,8 +267,16 @@ class Syncer:
         refused: list[Refusal] = []
         received = 0
         refused_actions: list[RefusedRequest] = []
+        manifest_error: str | None = None
+        listed: dict[Version, str] = {}
         if offer is not None and offer.migrations is not None:
-            accepted, refused = self._accept(offer.migrations, states)
+            offers, refused, listed, manifest_error = await self._check_manifest(offer, states)
+            accepted, refused_here = self._accept(offers, states)
+            if manifest_error is not None:  # each offer still judged, to say what else is wrong
+                reason = "not stored: the answer's manifest was refused"
+                refused_here += [Refusal(m.version, m.name, reason, "manifest") for m, _ in accepted]
+                accepted = []
+            refused = sorted([*refused, *refused_here], key=lambda r: r.version)
             if accepted:
                 signatures = {m.version: s for m, s in accepted}
                 recorded = await self.client.ledger.record([m for m, _ in accepted], signatures)
@@ -258,8 +287,10 @@ class Syncer:
             # Answered "failed" like any request: the admin learns why, and the folder stops
             # offering it (it is answered), so one refusal fails one sync, not every sync after.
             await self.actions.refuse([(r.id, r.action, r.version, r.reason) for r in refused_actions])
-            if not refused:
+            if not refused and manifest_error is None:
                 await self._save_etag(offer.etag)
+            if manifest_error is not None:
+                log.info("refused: %s", manifest_error)
             for refusal in refused:
                 log.info("refused %s: %s", refusal.name, refusal.reason)
                 self.client.events.emit(
@@ -272,7 +303,7 @@ class Syncer:
         run = await self.client.process(ignore_backoff=ignore_backoff)
         if asked:
             await self.actions.settle()
-        refused_reports = self._refusal_reports(offer, refused)
+        refused_reports = self._refusal_reports(offer, refused, listed)
         delivered, undelivered, report_error = await self._report(refused_reports, deliver=offline is None)
         answered = 0
         if asked and offline is None and report_error is None:
@@ -298,6 +329,7 @@ class Syncer:
             received,
             answered,
             tuple(refused_actions),
+            manifest_error,
         )
         self.client.events.emit(
             SyncCompleted(
@@ -310,6 +342,36 @@ class Syncer:
             )
         )
         return result
+
+    async def _check_manifest(
+        self, offer: Offer, states: Sequence[MigrationState]
+    ) -> tuple[list[OfferedMigration], list[Refusal], dict[Version, str], str | None]:
+        """The offers the answer's signed manifest vouches for, the refused others, the checksum
+        of every listed version, and why the manifest itself was refused (then every offer is
+        returned, to be judged on its own, and none is stored)."""
+        assert offer.migrations is not None
+        where = self.transport.where
+        try:
+            manifest = verify_manifest(offer.manifest, self.trusted, where)
+        except SignatureError as exc:
+            return list(offer.migrations), [], {}, str(exc)
+        last = await last_serial(self.client.backend)
+        if last is not None and manifest.serial < last:
+            return (
+                list(offer.migrations),
+                [],
+                {},
+                f"the manifest from {where} has serial {manifest.serial}, older than serial {last}, the "
+                "last this client accepted: an old manifest replayed (rollback), or a server whose store "
+                "was rebuilt; refusing it and everything it offers",
+            )
+        await accept_serial(self.client.backend, manifest.serial)
+        stored = {s.version: (s.name, s.checksum) for s in states}
+        kept, problems = check_offers(
+            manifest, offer.migrations, stored, await self._signed_versions(), where
+        )
+        refused = [Refusal(p.version, p.name, p.reason, p.kind) for p in problems]
+        return kept, refused, {m.version: m.checksum for m in manifest.migrations}, None
 
     def _accept(
         self, offers: Sequence[OfferedMigration], states: Sequence[MigrationState]
@@ -356,17 +418,17 @@ class Syncer:
     def _trusted_requests(
         self, requests: Sequence[ActionRequest]
     ) -> tuple[list[ActionRequest], list[RefusedRequest]]:
-        """The requests to carry out: all of them, or, from a transport anyone could write requests
-        to (a drop folder), those signed for this client under a trusted key; and the refused
-        others (logged)."""
-        if not requests or not getattr(self.transport, "requests_signed", False):
-            return list(requests), []
+        """The requests to carry out: those signed for this client under a trusted request key,
+        whatever the transport (a server, a network or a folder could write the others); and the
+        refused others (logged)."""
+        if not requests:
+            return [], []
         client_id = str(getattr(self.transport, "client_id", ""))
         kept = []
         refused = []
         for request in requests:
             try:
-                verify_request(request, client_id, self.trusted)
+                verify_request(request, client_id, self.request_keys)
             except SignatureError as exc:
                 log.warning("not carried out: %s: %s", self.transport.where, exc)
                 refused.append(RefusedRequest(request.id, request.action, str(request.version), str(exc)))
@@ -375,15 +437,26 @@ class Syncer:
         return kept, refused
 
     @staticmethod
-    def _refusal_reports(offer: Offer | None, refused: Sequence[Refusal]) -> list[StatusReport]:
-        """Refused migrations are reported as not applied, with the reason, under the offered checksum."""
+    def _refusal_reports(
+        offer: Offer | None, refused: Sequence[Refusal], listed: dict[Version, str]
+    ) -> list[StatusReport]:
+        """Refused migrations are reported as not applied, with the reason, under the offered checksum;
+        a withheld or unsent one under the checksum the manifest lists (so the server learns this
+        client lacks it)."""
         if offer is None or offer.migrations is None:
             return []
-        checksums = {o.version: o.checksum for o in offer.migrations}
-        return [
+        checksums = {**listed, **{o.version: o.checksum for o in offer.migrations}}
+        reports = [
             StatusReport(r.version, False, f"refused: {r.reason}", 0, checksums[r.version])
             for r in refused
-            if r.kind in ("signature", "order") and CHECKSUM.fullmatch(checksums[r.version])
+            if r.kind in ("signature", "order", "withheld") and CHECKSUM.fullmatch(checksums[r.version])
+        ]
+        # Listed and not sent: perhaps the server believes this client has it (a database restored
+        # from a backup). Saying it does not (no error: nothing failed) makes it send it.
+        return reports + [
+            StatusReport(r.version, False, None, 0, checksums[r.version])
+            for r in refused
+            if r.kind == "unsent"
         ]
 
     async def _report(self, extra: Sequence[StatusReport], *, deliver: bool) -> tuple[int, int, str | None]:

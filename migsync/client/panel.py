@@ -30,18 +30,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from migsync.core.actions import ClientActions
+from migsync.client.actions import ClientActions
+from migsync.client.outbox import ReportOutbox
 from migsync.core.client import Client
 from migsync.core.clock import iso
 from migsync.core.errors import MigsyncError
-from migsync.core.outbox import ReportOutbox
 from migsync.core.plugins import Plugins
 
 __all__ = ["create_client_panel"]
 
 #: The admin panel's templates and stylesheet, found by path: importing their package would
 #: import the server (SQLAlchemy).
-_PANEL = Path(__file__).parent / "server" / "panel"
+_PANEL = Path(__file__).parent.parent / "server" / "panel"
 
 _HEADERS = {
     "Cache-Control": "no-store",

@@ -27,7 +27,7 @@ from migsync.core.clock import Clock
 from migsync.core.ledger import MigrationState
 from migsync.core.schema import Tables
 from migsync.core.version import Version
-from migsync.core.wire import CHECKSUM, ReportAck, StatusReport
+from migsync.protocol.wire import CHECKSUM, ReportAck, StatusReport
 
 if TYPE_CHECKING:
     from migsync.transports.base import Transport

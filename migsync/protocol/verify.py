@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from migsync.core.errors import SignatureError
 from migsync.core.migration import Migration
-from migsync.core.signing import TrustedKey, verify
-from migsync.core.wire import OfferedMigration
+from migsync.protocol.signing import TrustedKey, verify
+from migsync.protocol.wire import OfferedMigration
 
 
 def verify_offer(offer: OfferedMigration, trusted: Sequence[TrustedKey], *, source: str) -> Migration:

@@ -1,0 +1,1 @@
+"""What client and server share: wire records, canonical form, signing and verification."""
