@@ -7,7 +7,13 @@ synchronous=FULL). Also measured: a no-op ``apply`` (nothing pending) in
 processor time, and whole processes (``migsync apply`` against a raw
 driver script) for the no-op case, where start-up is most of the cost.
 
-    python bench/apply.py [-n 1000] [--repeat 3]
+    python bench/apply.py [-n 1000] [--repeat 3] [--backend sqlite|postgresql|all]
+
+``--compare`` runs the side-by-side benchmark instead (bench/compare.py):
+raw driver, migsync in-process and as a process, alembic, yoyo and dbmate, at
+each ``--sizes`` N, as one table (docs/performance.md shows one)::
+
+    python bench/apply.py --compare [--sizes 100 1000 5000] [--repeat 5] [--chart perf.png]
 """
 
 from __future__ import annotations
@@ -195,11 +201,60 @@ def main() -> None:
         default="all",
         help="which backends to time (Postgres: MIGSYNC_BENCH_PG_DSN, default the local server)",
     )
+    parser.add_argument(
+        "--compare", action="store_true", help="side by side with alembic, yoyo and dbmate (bench/compare.py)"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[100, 1000, 5000], help="--compare: the Ns to run"
+    )
+    parser.add_argument("--tools", nargs="+", default=[], help="--compare: only these tools (names as shown)")
+    parser.add_argument("--chart", type=Path, help="--compare: also draw a PNG chart here (needs matplotlib)")
+    parser.add_argument("--save", type=Path, help="--compare: also write the samples here (JSON)")
+    parser.add_argument(
+        "--load",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="--compare: show saved runs (merged) instead of running",
+    )
     args = parser.parse_args()
+    if args.compare:
+        compare_tools(args)
+        return
     if args.backend in ("all", "sqlite"):
         sqlite_bench(args.n, args.repeat)
     if args.backend in ("all", "postgresql"):
         postgres_bench(args.n, args.repeat)
+
+
+def compare_tools(args: argparse.Namespace) -> None:
+    import compare
+    import pg
+
+    if args.load:
+        compare.show_saved(args.load, args.chart)
+        return
+    backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
+    if "postgresql" in backends:
+        why = asyncio.run(pg.available())
+        if why is not None:
+            print(f"postgres: skipped, no server at {pg.DSN}: {why}")
+            backends.remove("postgresql")
+    started = time.perf_counter()
+    load = os.getloadavg()
+    result = compare.compare(args.sizes, args.repeat, backends, pg.DSN, args.tools, args.save)
+    print(
+        f"\nmigsync bench/apply.py --compare  sizes={args.sizes}  repeat={args.repeat}  "
+        f"sqlite {sqlite3.sqlite_version}  {os.cpu_count()} CPUs  load average {load[0]:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after  ({time.perf_counter() - started:.0f} s)"
+    )
+    print(compare.table(result))
+    for tool, why in result.skipped.items():
+        print(f"skipped {tool}: {why}")
+    if any(n > compare.DBMATE_REVERT_MAX for n in args.sizes):
+        print(f"dbmate revert: not run above N={compare.DBMATE_REVERT_MAX} (one process per migration)")
+    if args.chart is not None:
+        print(compare.chart(result, args.chart))
 
 
 def postgres_bench(n: int, repeat: int) -> None:

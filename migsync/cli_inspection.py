@@ -8,11 +8,12 @@ here. Imported by those commands only, when they run.
 from __future__ import annotations
 
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from migsync.cli_support import connect, read_source, run_coro
+from migsync.cli_support import connect, db_option, read_source, run_coro, source_options
 
 if TYPE_CHECKING:
     from migsync.cli_support import SourceOptions
@@ -21,6 +22,44 @@ if TYPE_CHECKING:
 
 #: ``status --exit-code``: something is pending (or changed).
 EXIT_PENDING = 1
+
+
+# -- status ------------------------------------------------------------------------------
+
+
+@click.command()
+@db_option
+@click.option(
+    "--migrations",
+    "directory",
+    type=click.Path(),
+    metavar="DIR",
+    help="Also list DIR's migrations not applied yet (pending), applied ones whose file changed "
+    "(changed) and applied ones no longer in DIR (missing).",
+)
+@source_options
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help="Exit 1 when anything is pending (or changed), 0 otherwise: for CI and start-up checks.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.pass_context
+def status(
+    ctx: click.Context,
+    db_url: str,
+    directory: str | None,
+    source: SourceOptions,
+    exit_code: bool,
+    as_json: bool,
+) -> None:
+    """Show every migration the database knows and its state.
+
+    Never writes: a database without migsync's tables is reported as such
+    (everything pending), and one whose tables are of an older layout is
+    read as it is ('migsync apply' upgrades them).
+    """
+    sys.exit(show_status(ctx, db_url, directory, source, exit_code, as_json))
 
 
 async def _look(

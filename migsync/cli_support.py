@@ -1,20 +1,20 @@
 """What the ``migsync`` commands share: options, the error boundary, plugins.
 
-Imports only click at the top, like the commands themselves.
+Imports only click at the top, like the commands themselves: ``migsync
+--version`` and ``--help`` load this module, and neither needs asyncio or attrs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast
 
-import attrs
 import click
+
+from migsync.cli_lazy import LazyGroup
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
@@ -34,8 +34,7 @@ migrations_option = click.option(
 )
 
 
-@attrs.frozen
-class SourceOptions:
+class SourceOptions(NamedTuple):
     """How to read a migrations folder: ``--format``, ``--order``, ``--ignore-unknown``."""
 
     format: str | None = None
@@ -101,8 +100,9 @@ def read_source(ctx: click.Context, directory: str, source: SourceOptions) -> So
     return snapshot
 
 
-class MigsyncGroup(click.Group):
-    """The ``migsync`` command group: click's own errors in migsync's style.
+class MigsyncGroup(LazyGroup):
+    """The ``migsync`` command group: click's own errors in migsync's style, commands imported
+    when they run (:mod:`migsync.cli_lazy`).
 
     Every error migsync prints starts ``error:``; click's usage errors
     (``Error: No such option``) are made to match, after the same usage lines.
@@ -146,6 +146,8 @@ def echo_json(value: Any) -> None:
     """``value`` (attrs classes, tuples, versions, paths) as one indented JSON object on stdout."""
     import json
 
+    import attrs
+
     def plain(item: Any) -> Any:
         if callable(getattr(item, "to_json", None)):  # a Version is text; records say what they show
             return plain(item.to_json())
@@ -186,12 +188,29 @@ max_attempts_option = click.option(
 )
 
 
+class _Box(Generic[T]):
+    """A result whose repr costs nothing: Python 3.11's ``asyncio.run`` formats the repr of its
+    finished task, result included (``signal.getsignal`` on its SIGINT handler), and the result
+    of ``status`` holds a record per migration."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T):
+        self.value = value
+
+
 def run_coro(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro``, turning migsync errors into one line and exit code 2."""
+    import asyncio
+    import logging
+
     from migsync.core.errors import MigsyncError
 
+    async def boxed() -> _Box[T]:
+        return _Box(await coro)
+
     try:
-        return asyncio.run(coro)
+        return asyncio.run(boxed()).value
     except MigsyncError as exc:
         if logging.getLogger("migsync").isEnabledFor(logging.DEBUG):
             raise

@@ -41,6 +41,7 @@ from typing import Any
 
 import click
 
+from migsync.cli_lazy import all_commands
 from migsync.core.errors import ConfigError
 from migsync.core.files import read_regular, reason
 
@@ -91,12 +92,13 @@ class _Reader:
     ) -> dict[str, Any]:
         values = {k: v for k, v in table.items() if not isinstance(v, dict)}
         tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-        unknown_tables = sorted(set(tables) - set(group.commands))
+        commands = all_commands(group)
+        unknown_tables = sorted(set(tables) - set(commands))
         if unknown_tables:
             where = f"[{'.'.join(names)}]" if names else "the file"
             raise ConfigError(
                 f"{self.path}: no command {', '.join(unknown_tables)} for a table in {where} "
-                f"(commands: {', '.join(sorted(group.commands))})"
+                f"(commands: {', '.join(sorted(commands))})"
             )
         known = self._keys_under(group)
         unknown = sorted(set(values) - known)
@@ -108,7 +110,7 @@ class _Reader:
             )
         merged = {**inherited, **values}
         result: dict[str, Any] = {}
-        for name, command in group.commands.items():
+        for name, command in commands.items():
             section = tables.get(name, {})
             if isinstance(command, click.Group):
                 result[name] = self.group(command, section, (*names, name), merged)
@@ -169,7 +171,7 @@ class _Reader:
 
     def _keys_under(self, group: click.Group) -> set[str]:
         keys: set[str] = set()
-        for command in group.commands.values():
+        for command in all_commands(group).values():
             if isinstance(command, click.Group):
                 keys |= self._keys_under(command)
             else:

@@ -31,7 +31,105 @@ def make_console() -> Any:
     return Console(width=width, color_system=None if os.environ.get("NO_COLOR") else "auto")
 
 
+_STATE_COLORS = {
+    "applied": "green",
+    "pending": "yellow",
+    "failed": "red",
+    "dead": "bold red",
+    "dirty": "bold red",
+}
+_STATUS_COLUMNS = ("version", "name", "state", "applied at", "attempts")
+
+
+def _on_a_terminal() -> bool:
+    """Whether rich would style stdout (a terminal, or ``FORCE_COLOR`` says to act as one)."""
+    return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
+
+
+def _state_label(s: MigrationState) -> str:
+    if s.held:
+        return f"{s.state} (held)"
+    return s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
+
+
 def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None = None) -> None:
+    """The status table and what needs a person's attention; plain text when not on a terminal.
+
+    rich costs ~100 ms to import and draw 1000 rows; in a pipe (CI, scripts, ``| grep``) it
+    would print no styles anyway, so there the same text is written without it.
+    """
+    if _on_a_terminal():
+        _print_status_rich(states, sqlite_version)
+        return
+    if sqlite_version is not None:
+        click.echo(f"database: SQLite {sqlite_version}")
+    if not states:
+        click.echo("no migrations recorded in this database yet")
+        return
+    rows = [
+        (str(s.version), s.name, _state_label(s), s.to_json()["applied_at"] or "", str(s.attempts or ""))
+        for s in states
+    ]
+    click.echo(_plain_table(_STATUS_COLUMNS, rows))
+    for line in _attention(states):
+        click.echo(line)
+    counts = {k: sum(1 for s in states if s.state == k) for k in _STATE_COLORS}
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+
+
+def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns as rich draws a ``Table(box=None)`` of unbounded width: each cell padded by one
+    space on either side, left aligned."""
+    table = [header, *rows]
+    measure = len if all(cell.isascii() for row in table for cell in row) else _cells
+    widths = [max(measure(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join(
+        " "
+        + "  ".join(cell + " " * (width - measure(cell)) for cell, width in zip(row, widths, strict=True))
+        + " "
+        for row in table
+    )
+
+
+def _cells(text: str) -> int:
+    """Terminal cells ``text`` takes: East Asian wide characters take two."""
+    if text.isascii():
+        return len(text)
+    from unicodedata import east_asian_width
+
+    return sum(2 if east_asian_width(char) in "WF" else 1 for char in text)
+
+
+def _attention(states: Sequence[MigrationState], escape: Callable[[str], str] = str) -> list[str]:
+    """The lines under the table about errors, dirty migrations and a hold (rich markup with
+    ``escape`` given, plain text otherwise)."""
+    styled = escape is not str
+
+    def style(color: str, text: str) -> str:
+        return f"[{color}]{text}[/]" if styled else text
+
+    lines = []
+    for s in states:
+        if s.error and s.state in ("failed", "dead", "dirty"):
+            # escape: "[in: ...]" in an error would otherwise be read as rich markup and vanish
+            lines.append(f"{style(_STATE_COLORS[s.state], escape(s.name))}: {escape(s.error)}")
+        if s.state == "dirty":
+            lines.append(
+                f"{style('bold red', f'{escape(s.name)} is dirty')}: it runs outside a transaction and did "
+                "not finish. Check by hand whether it took effect, then run "
+                f"'migsync repair --db URL {escape(s.name)} --applied' or '--not-applied'."
+            )
+    held = [s for s in states if s.held]
+    if held:
+        lines.append(
+            f"{style('yellow', f'held from {escape(held[0].name)} on')}: the server asked this client to "
+            "revert it; nothing from there on is applied until the server asks for a re-apply "
+            f"(or 'migsync queue --db URL {escape(held[0].name)}' lifts the hold here)."
+        )
+    return lines
+
+
+def _print_status_rich(states: Sequence[MigrationState], sqlite_version: str | None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -41,51 +139,24 @@ def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None
     if not states:
         console.print("no migrations recorded in this database yet")
         return
-    colors = {
-        "applied": "green",
-        "pending": "yellow",
-        "failed": "red",
-        "dead": "bold red",
-        "dirty": "bold red",
-    }
     table = Table(box=None, header_style="bold")
-    for column in ("version", "name", "state", "applied at", "attempts"):
+    for column in _STATUS_COLUMNS:
         # On a narrow terminal the name folds onto more lines; the other columns stay whole.
         table.add_column(
             column, no_wrap=column != "name", overflow="fold" if column == "name" else "ellipsis"
         )
     for s in states:
-        state = s.state if s.queued is None or s.state != "applied" else f"{s.state} (revert queued)"
-        if s.held:
-            state = f"{s.state} (held)"
         table.add_row(
             str(s.version),
             escape(s.name),
-            f"[{colors[s.state]}]{state}[/]",
+            f"[{_STATE_COLORS[s.state]}]{_state_label(s)}[/]",
             s.to_json()["applied_at"] or "",
             str(s.attempts or ""),
         )
     console.print(table)
-    for s in states:
-        if s.error and s.state in ("failed", "dead", "dirty"):
-            # escape: "[in: ...]" in an error would otherwise be read as rich markup and vanish
-            console.print(f"[{colors[s.state]}]{escape(s.name)}[/]: {escape(s.error)}", highlight=False)
-        if s.state == "dirty":
-            console.print(
-                f"[bold red]{escape(s.name)} is dirty[/]: it runs outside a transaction and did not finish. "
-                "Check by hand whether it took effect, then run "
-                f"'migsync repair --db URL {escape(s.name)} --applied' or '--not-applied'.",
-                highlight=False,
-            )
-    held = [s for s in states if s.held]
-    if held:
-        console.print(
-            f"[yellow]held from {escape(held[0].name)} on[/]: the server asked this client to revert it; "
-            "nothing from there on is applied until the server asks for a re-apply "
-            f"(or 'migsync queue --db URL {escape(held[0].name)}' lifts the hold here).",
-            highlight=False,
-        )
-    counts = {k: sum(1 for s in states if s.state == k) for k in colors}
+    for line in _attention(states, escape):
+        console.print(line, highlight=False)
+    counts = {k: sum(1 for s in states if s.state == k) for k in _STATE_COLORS}
     console.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
 
 

@@ -18,7 +18,6 @@ from typing import Literal
 
 import attrs
 
-from migsync.core import script_check
 from migsync.core.errors import SourceError
 from migsync.core.formats import FileName, Section
 from migsync.core.migration import ANY_DIALECT, Migration, Script, description_of, first_line_offset
@@ -172,6 +171,9 @@ def _check_script(script: Script, dialect: str, path: Path, first_line: int) -> 
     """Refuse a transactional script that holds transaction control (:mod:`migsync.core.script_check`)."""
     if script.autocommit:
         return
+    # Imported here: a no-op ``migsync apply`` parses nothing (the folder's digest is known).
+    from migsync.core import script_check
+
     found = script_check.problems(script.sql, dialect)
     if found:
         raise SourceError(script_check.explain(found), path, first_line + found[0].line - 1)

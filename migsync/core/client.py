@@ -18,10 +18,9 @@ import contextlib
 import inspect
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from migsync.core.backend import TRANSACTIONAL_DDL, Backend, LockWait
-from migsync.core.changes import ChangeRecorder, recording
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError
 from migsync.core.events import EventBus, EventDispatcher, EventSink, MigrationWaiting
@@ -31,6 +30,9 @@ from migsync.core.migration import Migration
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.core.processor import ChangesProcessor, PassResult
 from migsync.core.sources import SourceSnapshot
+
+if TYPE_CHECKING:
+    from migsync.core.changes import ChangeRecorder
 
 
 def parse_sink(text: str) -> tuple[str, dict[str, str]]:
@@ -250,6 +252,9 @@ class Client:
 
         The changes are pushed to the server by :meth:`migsync.client.sync.Syncer.sync`.
         """
+        # Imported here: ``migsync apply`` has no entity changes to record, nor their wire records.
+        from migsync.core.changes import recording
+
         return recording(self.backend)
 
     async def status(self) -> list[MigrationState]:

@@ -101,8 +101,8 @@ def read_regular(
             raise UnreadableFile(errno.EINVAL, _not_regular(mode), name) from None
         raise
     try:
-        # Checked on the descriptor before anything reads it (FileIO would refuse a
-        # directory itself, but say so in its own words).
+        # Checked on the descriptor before anything reads it (a read of a directory would
+        # fail, but in its own words).
         info = os.fstat(descriptor)
         if not stat.S_ISREG(info.st_mode):
             raise UnreadableFile(errno.EINVAL, _not_regular(info.st_mode), name)
@@ -110,12 +110,21 @@ def read_regular(
             raise UnreadableFile(errno.EFBIG, f"{info.st_size} bytes, over the limit of {limit}", name)
         if _NONBLOCK:  # a regular file never blocks, but a network or FUSE file system may honour it
             os.set_blocking(descriptor, True)
-        file = open(descriptor, "rb")  # noqa: SIM115 (closed below; the descriptor until then)
-    except BaseException:
+        # os.read on the descriptor, not a file object: this runs per migration file on every
+        # start, and the object (and its own fstat) cost as much as the read.
+        cap = None if limit is None else limit + 1
+        parts: list[bytes] = []
+        size = 0
+        while cap is None or size < cap:
+            want = max(info.st_size + 1 - size, 65536) if cap is None else cap - size
+            chunk = os.read(descriptor, want)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    finally:
         os.close(descriptor)
-        raise
-    with file:
-        data = file.read() if limit is None else file.read(limit + 1)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
     if limit is not None and len(data) > limit:  # it grew after the fstat
         raise UnreadableFile(errno.EFBIG, f"over the limit of {limit} bytes", name)
     return data

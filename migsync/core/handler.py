@@ -16,7 +16,6 @@ import time
 
 import attrs
 
-from migsync.core import script_check
 from migsync.core.backend import Row
 from migsync.core.clock import Clock, SystemClock
 from migsync.core.errors import (
@@ -146,6 +145,9 @@ class MigrationHandler:
         # Already in the requested state: queued twice by racing processes. Never run twice.
         done = bool(row["applied"]) == applying
         outside = (script["autocommit"] or not self.transactional_ddl) and not done
+        # Imported here, not at the top: a no-op ``migsync apply`` loads no script (start-up).
+        from migsync.core import script_check
+
         try:
             # Checked again here, whatever the loader did: a migration may come from a server's
             # bundle or an older publisher. A wrapper BEGIN/COMMIT is blanked out.

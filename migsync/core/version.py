@@ -29,6 +29,12 @@ _TEXT = re.compile(r"[0-9]+(?:[._][0-9]+)*")
 _KEY_PART = re.compile(r"([0-9]{2})([0-9]+)")
 
 
+#: Versions parsed from text, by text: a folder of N files asks for each version several times
+#: (every format that claims a name parses it) on every start, and a Version is immutable.
+_PARSED: dict[str, Version] = {}
+_PARSED_MAX = 100_000
+
+
 class VersionError(ValueError):
     """Text that is not a version."""
 
@@ -85,7 +91,13 @@ class Version:
             return cls((text,))
         if not isinstance(text, str) or not _TEXT.fullmatch(text):
             raise VersionError(f"{text!r} is not a version (digits, parts separated by '.' or '_')")
-        return cls(tuple(int(part) for part in re.split(r"[._]", text)))
+        cached = _PARSED.get(text)
+        if cached is not None and type(cached) is cls:
+            return cached
+        version = cls(tuple(int(part) for part in re.split(r"[._]", text)))
+        if len(_PARSED) < _PARSED_MAX:
+            _PARSED[text] = version
+        return version
 
     @classmethod
     def from_key(cls, key: str) -> Version:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from migsync.core import script_check
 from migsync.core.errors import SourceError
 from migsync.core.formats.base import FileName, NewMigration, Section, SourceFormat
 
@@ -55,6 +54,8 @@ class FlywayFormat(SourceFormat):
                 path,
                 text.count("\n", 0, placeholder.start()) + 1,
             )
+        from migsync.core import script_check  # here: reading names (every start) needs none of it
+
         needs = script_check.transaction_needs(text)
         if needs == "mixed":
             raise SourceError(
