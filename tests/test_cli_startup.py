@@ -77,6 +77,7 @@ APPLY_MIGSYNC_MODULES = {
     "migsync.plugins",
     "migsync.plugins.appliers",
     "migsync.plugins.sinks",
+    "migsync.output",
     "migsync.output.report",
     "migsync.transports",
 }
