@@ -24,6 +24,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check migsync tests bench scripts
 	$(BIN)/ruff format --check migsync tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 services: $(VENV)/.installed-test
 	$(BIN)/python scripts/ensure_postgres.py

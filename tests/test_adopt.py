@@ -17,7 +17,7 @@ from pathlib import Path
 from conftest import write_migrations
 from dbtools import is_sqlite, migsync_env, query, run, status_json, tables
 
-from migsync.cli_adopt import TOOL_NAMES
+from migsync.cli.adopt import TOOL_NAMES
 from migsync.core.adopters import TOOLS
 from migsync.core.adopters.flyway import checksum as flyway_checksum
 
@@ -522,7 +522,7 @@ def test_migsync_start_up_does_not_import_adopt() -> None:
     )
     assert result.returncode == 0, result.stderr
     imported = set(result.stdout.split())
-    assert not {"migsync.cli_adopt", "migsync.core.baseline", "migsync.core.adopters"} & imported
+    assert not {"migsync.cli.adopt", "migsync.core.baseline", "migsync.core.adopters"} & imported
 
 
 def test_the_cli_lists_every_tool() -> None:

@@ -18,7 +18,7 @@ from conftest import write_migrations
 from dbtools import migsync_env, run
 
 from migsync.cli import COMMANDS, main
-from migsync.cli_lazy import load_command
+from migsync.cli.lazy import load_command
 
 GOOD = {
     "0001_users.sql": "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n"
@@ -38,9 +38,9 @@ APPLY_MIGSYNC_MODULES = {
     "migsync.backends.sqlite_functions",
     "migsync.backends.sqlite_keys",
     "migsync.cli",
-    "migsync.cli_lazy",
-    "migsync.cli_queue",
-    "migsync.cli_support",
+    "migsync.cli.lazy",
+    "migsync.cli.queue",
+    "migsync.cli.support",
     "migsync.core",
     "migsync.core.assembly",
     "migsync.core.backend",
@@ -77,7 +77,8 @@ APPLY_MIGSYNC_MODULES = {
     "migsync.plugins",
     "migsync.plugins.appliers",
     "migsync.plugins.sinks",
-    "migsync.report",
+    "migsync.output",
+    "migsync.output.report",
     "migsync.transports",
 }
 
@@ -129,7 +130,7 @@ def test_version_and_help_need_neither_asyncio_nor_a_command_module() -> None:
     for argv in (["--version"], ["--help"]):
         imported = imported_by(*argv)
         ours = {m for m in imported if m.startswith("migsync.")}
-        assert ours == {"migsync.cli", "migsync.cli_lazy", "migsync.cli_support"}, argv
+        assert ours == {"migsync.cli", "migsync.cli.lazy", "migsync.cli.support"}, argv
         assert outside_stdlib(imported) == {"migsync", "click"}, argv
         for heavy in ("asyncio", "importlib.metadata", "sqlite3", "logging"):
             assert heavy not in imported, f"migsync {argv[0]} imported {heavy}"
@@ -172,7 +173,7 @@ def test_a_status_in_a_pipe_draws_no_rich_table(tmp_path: Path) -> None:
 def test_the_plain_status_is_the_text_rich_draws_in_a_pipe(capsys: pytest.CaptureFixture[str]) -> None:
     from migsync.core.ledger import MigrationState
     from migsync.core.version import Version
-    from migsync.report import _print_status_rich, print_status
+    from migsync.output.report import _print_status_rich, print_status
 
     def state(version: int, name: str, state: str, **more: object) -> MigrationState:
         return MigrationState(Version.parse(version), name, state, "c" * 64, **more)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from conftest import write_migrations
 from dbtools import run_in_clean_env, tables
 
 from migsync.cli import main
-from migsync.config import default_map
+from migsync.cli.config import default_map
 from migsync.core.errors import ConfigError
 
 USERS = "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n-- migrate:down\nDROP TABLE users;\n"

@@ -8,8 +8,8 @@ import pytest
 from conftest import write_migrations
 from dbtools import run_in_clean_env, tables
 
+from migsync.cli.dotenv import load, parse
 from migsync.core.errors import ConfigError
-from migsync.dotenv import load, parse
 
 USERS = "-- migrate:up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n-- migrate:down\nDROP TABLE users;\n"
 

@@ -121,7 +121,7 @@ def test_apply_without_dry_run_does_not_import_the_inspection_modules(tmp_path: 
     shown = json.loads(done.stdout.splitlines()[-1])
     assert shown["code"] == 0, done.stderr
     new = {
-        "migsync.cli_inspection",
+        "migsync.cli.inspection",
         "migsync.core.inspection",
         "migsync.core.plan",
         "migsync.core.authoring",

@@ -11,7 +11,7 @@ exact, whatever the machine's load, and nothing waits for real.
 does in-process), so ``apply --wait`` runs through a backoff at once.
 
 The CLI imports this module only when the variable is set, so it costs a normal start-up
-nothing (see ``migsync.cli_support.connect``).
+nothing (see ``migsync.cli.support.connect``).
 """
 
 from __future__ import annotations

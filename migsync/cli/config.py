@@ -41,7 +41,7 @@ from typing import Any
 
 import click
 
-from migsync.cli_lazy import all_commands
+from migsync.cli.lazy import all_commands
 from migsync.core.errors import ConfigError
 from migsync.core.files import read_regular, reason
 

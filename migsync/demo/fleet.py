@@ -45,9 +45,9 @@ from migsync.core.clock import RetryPolicy
 from migsync.core.errors import MigsyncError
 from migsync.core.sources import load_directory
 from migsync.core.version import Version
-from migsync.demo import BROKEN, FIXED, FOURTH, command_to_type, copy_bundled, step
+from migsync.demo.steps import BROKEN, FIXED, FOURTH, command_to_type, copy_bundled, step
+from migsync.output.report_server import print_fleet
 from migsync.protocol.signing import TrustedKey, load_private_key, write_keypair
-from migsync.report_server import print_fleet
 from migsync.server import PublishResult, Store
 from migsync.server.app import create_app
 from migsync.server.export import ExportResult, export

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from migsync.cli_support import (
+from migsync.cli.support import (
     EXIT_BAD_INPUT,
     connect,
     formats_of,
@@ -25,7 +25,7 @@ from migsync.cli_support import (
 )
 
 if TYPE_CHECKING:
-    from migsync.cli_support import SourceOptions
+    from migsync.cli.support import SourceOptions
     from migsync.core.inspection import Comparison, History
 
 #: ``validate``: the database disagrees with the folder.

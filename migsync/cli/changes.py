@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from migsync.cli_support import EXIT_BAD_INPUT, connect, db_option, run_coro
+from migsync.cli.support import EXIT_BAD_INPUT, connect, db_option, run_coro
 
 
 @click.group()

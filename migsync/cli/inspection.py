@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from migsync.cli_support import connect, db_option, read_source, run_coro, source_options
+from migsync.cli.support import connect, db_option, read_source, run_coro, source_options
 
 if TYPE_CHECKING:
-    from migsync.cli_support import SourceOptions
+    from migsync.cli.support import SourceOptions
     from migsync.core.inspection import Comparison, History
     from migsync.core.plan import Plan
 
@@ -104,7 +104,7 @@ def show_status(
             shown.update(directory=directory, format=fmt, **comparison.to_json())
         click.echo(json.dumps(shown, indent=2))
     else:
-        from migsync.report import print_status
+        from migsync.output.report import print_status
 
         note = history.note()
         if history.layout is None or (history.unreadable and not states):

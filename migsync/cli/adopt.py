@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from migsync.cli_support import (
+from migsync.cli.support import (
     connect,
     db_option,
     migrations_option,
@@ -26,7 +26,7 @@ from migsync.cli_support import (
 )
 
 if TYPE_CHECKING:
-    from migsync.cli_support import SourceOptions
+    from migsync.cli.support import SourceOptions
     from migsync.core.baseline import BaselineResult
     from migsync.core.version import Version
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from migsync.cli_support import (
+from migsync.cli.support import (
     EXIT_BAD_INPUT,
     SourceOptions,
     echo_json,
@@ -247,7 +247,7 @@ def clients_list(store_url: str, as_json: bool) -> None:
         )
         for j in (r.to_json() for r in records)
     ]
-    from migsync.report_server import print_table
+    from migsync.output.report_server import print_table
 
     print_table(header, rows)
 
@@ -271,7 +271,7 @@ def fleet(store_url: str, as_json: bool) -> None:
     if not entries:
         click.echo("no clients")
         return
-    from migsync.report_server import print_fleet
+    from migsync.output.report_server import print_fleet
 
     print_fleet(entries)
 
@@ -609,7 +609,7 @@ def inbox(store_url: str, as_json: bool, limit: int | None) -> None:
         click.echo("no changes received")
         return
     from migsync.core.clock import iso
-    from migsync.report_server import cell, print_table
+    from migsync.output.report_server import cell, print_table
 
     header = ("received", "client", "entity", "entity id", "operation", "schema", "data", "error")
     rows = [

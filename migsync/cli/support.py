@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, ca
 
 import click
 
-from migsync.cli_lazy import LazyGroup
+from migsync.cli.lazy import LazyGroup
 
 if TYPE_CHECKING:
     from migsync.core.client import Client
@@ -102,7 +102,7 @@ def read_source(ctx: click.Context, directory: str, source: SourceOptions) -> So
 
 class MigsyncGroup(LazyGroup):
     """The ``migsync`` command group: click's own errors in migsync's style, commands imported
-    when they run (:mod:`migsync.cli_lazy`).
+    when they run (:mod:`migsync.cli.lazy`).
 
     Every error migsync prints starts ``error:``; click's usage errors
     (``Error: No such option``) are made to match, after the same usage lines.

@@ -1,6 +1,6 @@
 """``migsync apply``, ``process``, ``queue``, ``revert`` and ``repair``: the commands that work the queue.
 
-Imported when one of them runs (:mod:`migsync.cli_lazy`); ``apply`` runs on
+Imported when one of them runs (:mod:`migsync.cli.lazy`); ``apply`` runs on
 every client start, so this module imports only click and the shared options
 at the top, and the engine when the command runs.
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from migsync.cli_support import (
+from migsync.cli.support import (
     connect,
     db_option,
     echo_json,
@@ -29,7 +29,7 @@ from migsync.cli_support import (
 )
 
 if TYPE_CHECKING:
-    from migsync.cli_support import SourceOptions
+    from migsync.cli.support import SourceOptions
     from migsync.core.processor import PassResult
     from migsync.core.version import Version
 
@@ -86,7 +86,7 @@ def apply(
     With --atomic, one failure leaves the database as it was before the command.
     """
     if dry_run:
-        from migsync.cli_inspection import dry_run as show_plan
+        from migsync.cli.inspection import dry_run as show_plan
 
         sys.exit(show_plan(ctx, directory, source, db_url))
     sys.exit(
@@ -108,7 +108,7 @@ async def _apply(
     as_json: bool,
     atomic: bool = False,
 ) -> int:
-    from migsync.report import Progress, print_pass_json, report_failure, report_pass
+    from migsync.output.report import Progress, print_pass_json, report_failure, report_pass
 
     # Parsed (and validated) inside record_source, before anything is written,
     # and only when these files differ from the ones this database recorded last.
@@ -149,7 +149,7 @@ def process(ctx: click.Context, db_url: str, sinks: tuple[str, ...], retry_now: 
     """Work what is already queued (applies and reverts), in order."""
 
     async def run() -> int:
-        from migsync.report import print_pass_json, report_pass
+        from migsync.output.report import print_pass_json, report_pass
 
         started = time.perf_counter()
         async with connect(ctx, db_url, sinks) as client:
@@ -217,7 +217,7 @@ def revert(
         raise click.UsageError("give exactly one of NAME, --to VERSION or --all")
 
     async def run() -> int:
-        from migsync.report import Progress, print_pass_json, report_pass
+        from migsync.output.report import Progress, print_pass_json, report_pass
 
         started = time.perf_counter()
         async with connect(ctx, db_url, sinks, max_attempts=max_attempts) as client:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from migsync.cli_support import EXIT_BAD_INPUT, connect, db_option, plugins_of, run_coro
+from migsync.cli.support import EXIT_BAD_INPUT, connect, db_option, plugins_of, run_coro
 
 #: The built-in plugin that registers the sqlite backend (``migsync plugins --json`` shows
 #: the SQLite library's version with it).

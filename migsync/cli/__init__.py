@@ -1,11 +1,11 @@
 """The ``migsync`` command group: global options, ``.env`` and ``migsync.toml``.
 
 Every command lives in a module of its own group of commands (``apply`` and
-the queue in :mod:`migsync.cli_queue`, ``status`` in
-:mod:`migsync.cli_inspection`, the server's in :mod:`migsync.cli_server`,
+the queue in :mod:`migsync.cli.queue`, ``status`` in
+:mod:`migsync.cli.inspection`, the server's in :mod:`migsync.cli.server`,
 ...), imported only when that command runs (:data:`COMMANDS`,
-:mod:`migsync.cli_lazy`); the shared options and the error boundary are in
-:mod:`migsync.cli_support`.
+:mod:`migsync.cli.lazy`); the shared options and the error boundary are in
+:mod:`migsync.cli.support`.
 
 Start-up matters (it runs on every client, often), so this module imports
 only click at the top; everything else is imported by the command that
@@ -24,90 +24,90 @@ import sys
 import click
 
 from migsync import __version__
-from migsync.cli_lazy import LazyCommand
-from migsync.cli_support import EXIT_BAD_INPUT, MigsyncGroup
+from migsync.cli.lazy import LazyCommand
+from migsync.cli.support import EXIT_BAD_INPUT, MigsyncGroup
 
 #: Every command, where it lives and its short help: ``migsync --help`` lists them from here,
 #: and a command's module is imported only when it runs (tests/test_cli_startup.py keeps the
 #: short helps true to the commands).
 COMMANDS: dict[str, LazyCommand] = {
     "actions": LazyCommand(
-        "migsync.cli_actions:actions",
+        "migsync.cli.actions:actions",
         "Ask clients to re-apply or revert a migration; list the requests and their answers.",
     ),
     "adopt": LazyCommand(
-        "migsync.cli_adopt:adopt",
+        "migsync.cli.adopt:adopt",
         "Take over a database another tool migrated: record what it applied, run nothing.",
     ),
     "apply": LazyCommand(
-        "migsync.cli_queue:apply", "Apply every pending migration in DIR to the database, in order."
+        "migsync.cli.queue:apply", "Apply every pending migration in DIR to the database, in order."
     ),
     "baseline": LazyCommand(
-        "migsync.cli_adopt:baseline",
+        "migsync.cli.adopt:baseline",
         "Record DIR's migrations up to version V as applied, without running them.",
     ),
     "capture": LazyCommand(
-        "migsync.cli_tools:capture",
+        "migsync.cli.tools:capture",
         "Record every insert, update and delete of a table as entity changes, by triggers.",
     ),
     "changes": LazyCommand(
-        "migsync.cli_changes:changes",
+        "migsync.cli.changes:changes",
         "List the entity changes not pushed yet; retry or discard a dead one.",
     ),
     "client": LazyCommand(
-        "migsync.cli_client:client", "Keep this client's database in step with its server."
+        "migsync.cli.client:client", "Keep this client's database in step with its server."
     ),
     "clients": LazyCommand(
-        "migsync.cli_server:clients", "Register the clients that may talk to the server, and list them."
+        "migsync.cli.server:clients", "Register the clients that may talk to the server, and list them."
     ),
     "demo": LazyCommand(
-        "migsync.cli_tools:demo", "Show one client alone, then a server and its fleet, end to end."
+        "migsync.cli.tools:demo", "Show one client alone, then a server and its fleet, end to end."
     ),
     "export": LazyCommand(
-        "migsync.cli_server:export_command", "Write the published migrations to drop folder DIR."
+        "migsync.cli.server:export_command", "Write the published migrations to drop folder DIR."
     ),
     "fleet": LazyCommand(
-        "migsync.cli_server:fleet", "Show every client's status: applied, pending, failed, last seen."
+        "migsync.cli.server:fleet", "Show every client's status: applied, pending, failed, last seen."
     ),
     "import-reports": LazyCommand(
-        "migsync.cli_server:import_reports_command",
+        "migsync.cli.server:import_reports_command",
         "Record the status reports, answers to requests and entity changes offline clients left in DIR.",
     ),
     "inbox": LazyCommand(
-        "migsync.cli_server:inbox", "List the entity changes clients pushed, in the order received."
+        "migsync.cli.server:inbox", "List the entity changes clients pushed, in the order received."
     ),
     "keygen": LazyCommand(
-        "migsync.cli_server:keygen",
+        "migsync.cli.server:keygen",
         "Create an Ed25519 key pair for signing published migrations, or requests.",
     ),
     "new": LazyCommand(
-        "migsync.cli_authoring:new", "Create the next migration NAME in DIR, in the folder's own convention."
+        "migsync.cli.authoring:new", "Create the next migration NAME in DIR, in the folder's own convention."
     ),
     "plugins": LazyCommand(
-        "migsync.cli_tools:plugins",
+        "migsync.cli.tools:plugins",
         "List every plugin, where it comes from and what it registers, with each one's description.",
     ),
     "process": LazyCommand(
-        "migsync.cli_queue:process", "Work what is already queued (applies and reverts), in order."
+        "migsync.cli.queue:process", "Work what is already queued (applies and reverts), in order."
     ),
     "publish": LazyCommand(
-        "migsync.cli_server:publish", "Sign the migrations in DIR and publish them to the server store."
+        "migsync.cli.server:publish", "Sign the migrations in DIR and publish them to the server store."
     ),
     "queue": LazyCommand(
-        "migsync.cli_queue:queue", "Queue migration NAME (and every earlier pending one) for apply."
+        "migsync.cli.queue:queue", "Queue migration NAME (and every earlier pending one) for apply."
     ),
     "repair": LazyCommand(
-        "migsync.cli_queue:repair", "Resolve a dirty migration after checking the database by hand."
+        "migsync.cli.queue:repair", "Resolve a dirty migration after checking the database by hand."
     ),
     "revert": LazyCommand(
-        "migsync.cli_queue:revert", "Revert NAME and every migration applied after it, newest first."
+        "migsync.cli.queue:revert", "Revert NAME and every migration applied after it, newest first."
     ),
-    "serve": LazyCommand("migsync.cli_server:serve", "Serve the store's HTTP API to clients (uvicorn)."),
+    "serve": LazyCommand("migsync.cli.server:serve", "Serve the store's HTTP API to clients (uvicorn)."),
     "status": LazyCommand(
-        "migsync.cli_inspection:status", "Show every migration the database knows and its state."
+        "migsync.cli.inspection:status", "Show every migration the database knows and its state."
     ),
     "validate": LazyCommand(
-        "migsync.cli_authoring:validate",
+        "migsync.cli.authoring:validate",
         "Check DIR's files, and with --db that the database agrees with them.",
     ),
 }
@@ -154,8 +154,8 @@ def _load_env_file(path: str | None) -> None:
     """The ``.env`` file's variables, before the command's options read the environment."""
     if path is None and not os.path.exists(".env"):
         return  # the common case costs one stat, not an import
+    from migsync.cli.dotenv import load
     from migsync.core.errors import ConfigError
-    from migsync.dotenv import load
 
     try:
         load(path)
@@ -168,7 +168,7 @@ def _load_config_file(ctx: click.Context, explicit: str | None) -> None:
     """``migsync.toml``'s defaults for every command, as click's default map."""
     if explicit is None and not os.path.exists("migsync.toml"):
         return  # the common case costs one stat, not an import
-    from migsync.config import default_map, find_file
+    from migsync.cli.config import default_map, find_file
     from migsync.core.errors import ConfigError
 
     try:

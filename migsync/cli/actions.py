@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from migsync.cli_server import on_store, store_option
-from migsync.cli_support import version_value
+from migsync.cli.server import on_store, store_option
+from migsync.cli.support import version_value
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -136,7 +136,7 @@ def list_actions(store_url: str, client_name: str | None, limit: int, as_json: b
         click.echo("no requests")
         return
     from migsync.core.clock import iso
-    from migsync.report_server import cell, print_table
+    from migsync.output.report_server import cell, print_table
 
     header = ("id", "requested", "by", "client", "action", "version", "state", "detail")
     rows = [

@@ -2,7 +2,7 @@
 
 ``migsync apply`` runs on every client start, so it must not pay for the
 import of ``serve``, ``publish`` or ``client run``. The group knows each lazy
-command by where it lives (``"migsync.cli_queue:apply"``) and by its short
+command by where it lives (``"migsync.cli.queue:apply"``) and by its short
 help, so ``migsync --help`` lists every command without importing one.
 tests/test_cli_startup.py checks that each short help here is the one the
 command itself would give.

@@ -1,7 +1,7 @@
 """``migsync client sync`` and ``migsync client run``: a client database kept in step with its server.
 
 Options come from the command line, ``MIGSYNC_*`` environment variables or
-``migsync.toml`` (its ``[client]`` table, among others: see :mod:`migsync.config`).
+``migsync.toml`` (its ``[client]`` table, among others: see :mod:`migsync.cli.config`).
 Like the other client commands, nothing heavy is imported until a command runs.
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from migsync.cli_support import (
+from migsync.cli.support import (
     EXIT_BAD_INPUT,
     connect,
     db_option,
@@ -37,8 +37,8 @@ EXIT_FAILED = 1
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    """``--config FILE`` of a client command: FILE's defaults for this command (see migsync.config)."""
-    from migsync.config import default_map, find_file
+    """``--config FILE`` of a client command: FILE's defaults for this command (see migsync.cli.config)."""
+    from migsync.cli.config import default_map, find_file
     from migsync.core.errors import ConfigError
 
     try:
@@ -296,7 +296,7 @@ async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, 
 
 
 def _print(result: SyncResult, elapsed: float, as_json: bool, *, quiet: bool) -> int:
-    from migsync.report import report_pass
+    from migsync.output.report import report_pass
 
     failed = not result.ok
     if as_json:

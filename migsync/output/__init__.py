@@ -1,0 +1,1 @@
+"""What the command line prints: tables for a terminal, plain text for a pipe, JSON."""
