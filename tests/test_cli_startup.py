@@ -79,6 +79,7 @@ APPLY_MIGSYNC_MODULES = {
     "migsync.plugins.sinks",
     "migsync.output",
     "migsync.output.report",
+    "migsync.output.table",
     "migsync.transports",
 }
 

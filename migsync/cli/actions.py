@@ -136,7 +136,8 @@ def list_actions(store_url: str, client_name: str | None, limit: int, as_json: b
         click.echo("no requests")
         return
     from migsync.core.clock import iso
-    from migsync.output.report_server import cell, print_table
+    from migsync.output.report_server import cell
+    from migsync.output.table import print_table
 
     header = ("id", "requested", "by", "client", "action", "version", "state", "detail")
     rows = [

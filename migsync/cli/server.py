@@ -247,7 +247,7 @@ def clients_list(store_url: str, as_json: bool) -> None:
         )
         for j in (r.to_json() for r in records)
     ]
-    from migsync.output.report_server import print_table
+    from migsync.output.table import print_table
 
     print_table(header, rows)
 
@@ -609,7 +609,8 @@ def inbox(store_url: str, as_json: bool, limit: int | None) -> None:
         click.echo("no changes received")
         return
     from migsync.core.clock import iso
-    from migsync.output.report_server import cell, print_table
+    from migsync.output.report_server import cell
+    from migsync.output.table import print_table
 
     header = ("received", "client", "entity", "entity id", "operation", "schema", "data", "error")
     rows = [

@@ -14,6 +14,7 @@ from migsync.core.client import Client
 from migsync.core.clock import iso
 from migsync.core.ledger import MigrationState
 from migsync.core.processor import Outcome, PassResult
+from migsync.output.table import on_a_terminal, table_text
 
 EXIT_FAILED = 1
 
@@ -41,11 +42,6 @@ _STATE_COLORS = {
 _STATUS_COLUMNS = ("version", "name", "state", "applied at", "attempts")
 
 
-def _on_a_terminal() -> bool:
-    """Whether rich would style stdout (a terminal, or ``FORCE_COLOR`` says to act as one)."""
-    return sys.stdout.isatty() or bool(os.environ.get("FORCE_COLOR"))
-
-
 def _state_label(s: MigrationState) -> str:
     if s.held:
         return f"{s.state} (held)"
@@ -58,7 +54,7 @@ def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None
     rich costs ~100 ms to import and draw 1000 rows; in a pipe (CI, scripts, ``| grep``) it
     would print no styles anyway, so there the same text is written without it.
     """
-    if _on_a_terminal():
+    if on_a_terminal():
         _print_status_rich(states, sqlite_version)
         return
     if sqlite_version is not None:
@@ -70,34 +66,11 @@ def print_status(states: Sequence[MigrationState], *, sqlite_version: str | None
         (str(s.version), s.name, _state_label(s), s.to_json()["applied_at"] or "", str(s.attempts or ""))
         for s in states
     ]
-    click.echo(_plain_table(_STATUS_COLUMNS, rows))
+    click.echo(table_text(_STATUS_COLUMNS, rows, edges=True))
     for line in _attention(states):
         click.echo(line)
     counts = {k: sum(1 for s in states if s.state == k) for k in _STATE_COLORS}
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n))
-
-
-def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns as rich draws a ``Table(box=None)`` of unbounded width: each cell padded by one
-    space on either side, left aligned."""
-    table = [header, *rows]
-    measure = len if all(cell.isascii() for row in table for cell in row) else _cells
-    widths = [max(measure(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join(
-        " "
-        + "  ".join(cell + " " * (width - measure(cell)) for cell, width in zip(row, widths, strict=True))
-        + " "
-        for row in table
-    )
-
-
-def _cells(text: str) -> int:
-    """Terminal cells ``text`` takes: East Asian wide characters take two."""
-    if text.isascii():
-        return len(text)
-    from unicodedata import east_asian_width
-
-    return sum(2 if east_asian_width(char) in "WF" else 1 for char in text)
 
 
 def _attention(states: Sequence[MigrationState], escape: Callable[[str], str] = str) -> list[str]:

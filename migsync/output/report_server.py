@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 
 import click
 
 from migsync.core.clock import iso
 from migsync.core.version import Version
+from migsync.output.table import on_a_terminal, print_table
 from migsync.server.records import Failure, FleetEntry
-
-
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Columns padded to their widest cell, two spaces apart."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    for row in (header, *rows):
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def print_fleet(entries: Sequence[FleetEntry]) -> None:
@@ -71,7 +64,7 @@ def _failure(failure: Failure) -> str:
     line = next((s.strip() for s in (failure.error or "").splitlines() if s.strip()), "")
     # A client sends its errors: no escape sequence of theirs reaches the admin's terminal.
     line = "".join(c if c.isprintable() else "?" for c in line)
-    if len(line) > _MAX_ERROR and _on_terminal():
+    if len(line) > _MAX_ERROR and on_a_terminal():
         line = line[: _MAX_ERROR - 3].rstrip() + "..."
     return f"{failure.version}{' (dead)' if failure.dead else ''}: {line or 'failed'}"
 
@@ -80,9 +73,4 @@ def cell(text: str, width: int = 30) -> str:
     """``text`` fit for one table cell: what came from a client cannot move the cursor, and
     on a terminal it is cut to ``width``."""
     shown = text if text.isprintable() else json.dumps(text)[1:-1]
-    return shown if len(shown) <= width or not _on_terminal() else shown[: width - 3] + "..."
-
-
-def _on_terminal() -> bool:
-    """Cells are cut to fit only for a person at a terminal; a pipe or a CI log gets them whole."""
-    return sys.stdout.isatty()
+    return shown if len(shown) <= width or not on_a_terminal() else shown[: width - 3] + "..."
