@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import forkserver
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -33,6 +34,11 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 PG_DSN = os.environ.get("MIGSYNC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_sessionfinish() -> None:
+    """This worker's ``migsync`` fork server ends with it (see tests/forkserver.py)."""
+    forkserver.shutdown()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

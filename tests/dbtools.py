@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 from conftest import MIGSYNC, REPO
+from forkserver import run_forked
 
 from migsync.core.migration import Migration, Script
 from migsync.core.schema import ACTIONS, CHANGES, META, MIGRATIONS, QUEUE, REPORTS, STATUS
@@ -111,17 +112,11 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """``migsync ARGS`` run to its end, its output captured; never raises on a failing exit code.
 
-    ``env``: variables to set on top of :func:`migsync_env`.
+    ``env``: variables to set on top of :func:`migsync_env`. The process is a fork of a Python
+    that has imported migsync already (:mod:`forkserver`): a process of its own, without the
+    start-up. A test about start-up runs :data:`MIGSYNC` with :mod:`subprocess` itself.
     """
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        env={**migsync_env(), **(env or {})},
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
+    return run_forked(MIGSYNC, args, {**migsync_env(), **(env or {})}, cwd, timeout)
 
 
 def run_in_clean_env(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -132,15 +127,7 @@ def run_in_clean_env(*args: str, cwd: Path, **env: str) -> subprocess.CompletedP
         for k, v in migsync_env().items()
         if k != "DATABASE_URL" and (not k.startswith("MIGSYNC_") or k == "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD")
     }
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**base, **env},
-        timeout=60,
-        check=False,
-    )
+    return run_forked(MIGSYNC, args, {**base, **env}, cwd, 60)
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
