@@ -41,10 +41,13 @@ def pytest_sessionfinish() -> None:
     forkserver.shutdown()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that share a module-scoped fixture (an installed plugin, an exported drop folder)
     run on one pytest-xdist worker (``make test`` runs ``--dist loadgroup``), so that the fixture
-    is made once, not once per worker. Without xdist the mark does nothing."""
+    is made once, not once per worker. Without xdist the mark does nothing.
+
+    First among the hooks: pytest-xdist reads the marks in its own, to group the tests."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         for name, definitions in info.name2fixturedefs.items() if info is not None else ():
