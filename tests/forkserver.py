@@ -7,14 +7,16 @@ runs over a thousand of them. A fork of a process that is past that point is sti
 of its own, as the console script makes one: its own interpreter state, environment, working
 directory, pipes for stdout and stderr, exit code, atexit handlers and signals; nothing it does
 reaches the test's process or the next command. What it does not repeat is the start-up, so a
-test about start-up (what gets imported, a new interpreter, Python's own environment
-variables) starts the console script itself: :func:`run_forked` does that when the environment
-differs in what only a new interpreter reads (``PYTHON*``, the locale, the dynamic loader), and
+test about start-up (what gets imported, a new interpreter) starts the console script itself;
+and what only a new interpreter reads from the environment (``PYTHON*``, the locale, the
+dynamic loader) is that of the fork server, which is started with the command's. And
 ``MIGSYNC_TEST_FORK=0`` makes every command a new interpreter again (to compare, or to rule the
 fork server out).
 
-The fork server is single-threaded and serves one command at a time: a test that runs two at
-once (from two threads) gets a plain subprocess for the second.
+A fork server is single-threaded and serves one command at a time: a test that runs two at
+once (from two threads) gets a plain subprocess for the second. Commands whose interpreter
+environment differs (a test's own ``PYTHONPATH`` with an installed plugin) get a fork server
+of their own, started with that environment.
 """
 
 from __future__ import annotations
@@ -96,11 +98,6 @@ class ForkServer:
         theirs.close()
         self.sock = ours
 
-    def startup_differs(self, environ: Mapping[str, str]) -> bool:
-        """Whether ``environ`` differs from the fork server's in what only a new interpreter reads."""
-        keys = {k for k in (*environ, *self.environ) if k.startswith(_STARTUP_PREFIXES)}
-        return any(environ.get(k) != self.environ.get(k) for k in keys)
-
     def _reply(self) -> int:
         data = self.sock.recv(64)
         if not data:
@@ -168,45 +165,52 @@ def _read_both(out_r: int, err_r: int, deadline: float) -> tuple[bytes, bytes]:
     return b"".join(chunks[out_r]), b"".join(chunks[err_r])
 
 
-_server: ForkServer | None = None
+#: This worker's fork servers, one for each interpreter environment (``PYTHONPATH``, mostly) that
+#: its tests run commands with, the most recently used last.
+_servers: dict[tuple[tuple[str, str], ...], ForkServer] = {}
+_MAX_SERVERS = 3
+#: Environments asked for once: a fork server costs as much CPU as a few commands, so the
+#: first command of an environment is a plain subprocess, and the second starts its server.
+_asked: set[tuple[tuple[str, str], ...]] = set()
+
+
+def _startup_key(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in environ.items() if k.startswith(_STARTUP_PREFIXES)))
 
 
 def run_forked(
     script: str, args: Sequence[str], environ: Mapping[str, str], cwd: Path | None, timeout: float
 ) -> subprocess.CompletedProcess[str]:
     """``script ARGS`` (the ``migsync`` console script) run to its end, as ``subprocess.run`` with
-    ``capture_output=True, text=True`` runs it, but forked from this worker's fork server.
+    ``capture_output=True, text=True`` runs it, but forked from a fork server that was started
+    with the same interpreter environment as ``environ`` (see :data:`_STARTUP_PREFIXES`).
 
-    A plain subprocess instead when the fork server is off (``MIGSYNC_TEST_FORK=0``), busy with
-    another command, or started with another interpreter environment than ``environ``.
+    A plain subprocess instead when the fork servers are off (``MIGSYNC_TEST_FORK=0``) or this
+    environment's is busy with another command, or this is the first command of its environment.
     """
-    global _server
     if _enabled():
-        if _server is None or _server.process.poll() is not None:
-            _server = ForkServer(script, environ)
-        server = _server
-        if not server.startup_differs(environ) and server.lock.acquire(blocking=False):
+        key = _startup_key(environ)
+        server = _servers.pop(key, None)
+        if (server is None or server.process.poll() is not None) and key in _asked:
+            server = ForkServer(script, environ)
+        _asked.add(key)
+        if server is not None:
+            _servers[key] = server
+            while len(_servers) > _MAX_SERVERS:
+                _servers.pop(next(iter(_servers))).close()
+        if server is not None and server.lock.acquire(blocking=False):
             try:
                 return server.run(args, environ, str(cwd or os.getcwd()), timeout)
             finally:
                 server.lock.release()
-    return subprocess.run(
-        [script, *args],
-        capture_output=True,
-        text=True,
-        env=dict(environ),
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
+    command, env = [script, *args], dict(environ)
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
 
 def shutdown() -> None:
-    """Stop this worker's fork server (its CPU time then counts as this process's children's)."""
-    global _server
-    if _server is not None:
-        _server.close()
-        _server = None
+    """Stop this worker's fork servers (their CPU time then counts as this process's children's)."""
+    while _servers:
+        _servers.popitem()[1].close()
 
 
 # -- the fork server's side ------------------------------------------------------------------------
