@@ -8,6 +8,7 @@ never one of migsync's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -205,24 +206,32 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float, interval:
         time.sleep(interval)
 
 
-def sqlite_busy_loop(seconds: float) -> str:
-    """A SQLite statement that runs about ``seconds`` here (calibrated, same library)."""
-    sql = (
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
-    )
+_BUSY_LOOP = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
+)
+
+
+@functools.cache
+def _sqlite_steps_per_second() -> float:
+    """How many steps of :data:`_BUSY_LOOP` this machine's SQLite runs a second (measured once
+    per worker: the measuring runs the loop for a fifth of a second or more)."""
     conn = sqlite3.connect(":memory:")
     try:
         n = 500_000
         while True:
             began = time.perf_counter()
-            conn.execute(sql.format(n=n)).fetchone()
+            conn.execute(_BUSY_LOOP.format(n=n)).fetchone()
             took = time.perf_counter() - began
             if took > 0.2:
-                break
+                return n / took
             n *= 4
     finally:
         conn.close()
-    return sql.format(n=int(n * seconds / took))
+
+
+def sqlite_busy_loop(seconds: float) -> str:
+    """A SQLite statement that runs about ``seconds`` here (calibrated, same library)."""
+    return _BUSY_LOOP.format(n=int(_sqlite_steps_per_second() * seconds))
 
 
 def long_statement(url: str, seconds: float) -> str:
