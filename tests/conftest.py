@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import forkserver
 import pytest
+from _pytest.nodeid import NodeId
 from hypothesis import HealthCheck, settings
 
 from migsync.core.signing import write_keypair
@@ -45,19 +46,27 @@ def pytest_sessionfinish() -> None:
     _dropper.finish()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share a module-scoped fixture (an installed plugin, an exported drop folder)
     run on one pytest-xdist worker (``make test`` runs ``--dist loadgroup``), so that the fixture
     is made once, not once per worker. Without xdist the mark does nothing.
 
-    First among the hooks: pytest-xdist reads the marks in its own, to group the tests."""
+    pytest-xdist groups by a suffix of the node id (``test_x.py::test_y@group``) that its own
+    hook adds by setting ``item._nodeid``, which pytest 9 no longer reads (the id is
+    ``item._id``): there, ``--dist loadgroup`` groups nothing, and each worker made the
+    fixture again. So this hook, after xdist's, adds the suffix where it is missing.
+    """
+    group_by_id = bool(getattr(config.option, "loadgroup", False))
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         for name, definitions in info.name2fixturedefs.items() if info is not None else ():
             if definitions and definitions[-1].scope == "module":
                 item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{name}"))
                 break
+        groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group") if mark.args})
+        if group_by_id and groups and item.nodeid.rfind("@") <= item.nodeid.rfind("]"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 @pytest.fixture
