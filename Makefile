@@ -49,8 +49,11 @@ browsers:
 # at most 8 so that a big machine does not run Postgres out of connections.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, 3 * (os.cpu_count() or 1)))")
 
+# Python's bytecode cache stays on even where the environment turns it off (PYTHONDONTWRITEBYTECODE,
+# common in containers): without it every worker rewrites the tests' asserts and every migsync
+# fork server compiles migsync from source again, run after run (about 4 s of CPU a worker).
 pytest: $(VENV)/.installed-test services browsers
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test: lint pytest
 

@@ -3,14 +3,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import forkserver
 import pytest
+from _pytest.nodeid import NodeId
 from hypothesis import HealthCheck, settings
 
 from migsync.protocol.signing import write_keypair
@@ -35,16 +39,34 @@ PG_DSN = os.environ.get("MIGSYNC_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_sessionfinish() -> None:
+    """This worker's ``migsync`` fork server ends with it (see tests/forkserver.py), and every
+    database its tests made is dropped before it ends."""
+    forkserver.shutdown()
+    _dropper.finish()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that share a module-scoped fixture (an installed plugin, an exported drop folder)
     run on one pytest-xdist worker (``make test`` runs ``--dist loadgroup``), so that the fixture
-    is made once, not once per worker. Without xdist the mark does nothing."""
+    is made once, not once per worker. Without xdist the mark does nothing.
+
+    pytest-xdist groups by a suffix of the node id (``test_x.py::test_y@group``) that its own
+    hook adds by setting ``item._nodeid``, which pytest 9 no longer reads (the id is
+    ``item._id``): there, ``--dist loadgroup`` groups nothing, and each worker made the
+    fixture again. So this hook, after xdist's, adds the suffix where it is missing.
+    """
+    group_by_id = bool(getattr(config.option, "loadgroup", False))
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         for name, definitions in info.name2fixturedefs.items() if info is not None else ():
             if definitions and definitions[-1].scope == "module":
                 item.add_marker(pytest.mark.xdist_group(f"{item.nodeid.split('::')[0]}::{name}"))
                 break
+        groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group") if mark.args})
+        if group_by_id and groups and item.nodeid.rfind("@") <= item.nodeid.rfind("]"):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 @pytest.fixture
@@ -94,16 +116,73 @@ def database_name(prefix: str = "migsync_test") -> str:
     return f"{prefix}_{worker_id()}_{uuid.uuid4().hex[:12]}"
 
 
+class DatabaseDropper:
+    """Drops the tests' databases in a thread of its own, several at once, while the tests go on.
+
+    Postgres makes a checkpoint for every ``DROP DATABASE`` and waits for it: a second or more
+    when the other workers write too, which a test spent waiting in its teardown. Drops that
+    run at the same time share one checkpoint. :meth:`finish` (at the end of the session) waits
+    for every drop; a drop that failed fails the next test that makes a database, or the end.
+    """
+
+    def __init__(self) -> None:
+        self._names: queue.Queue[str | None] = queue.Queue()
+        self._errors: list[str] = []
+        self._thread: threading.Thread | None = None
+
+    def drop(self, name: str) -> None:
+        self.check()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="drop databases", daemon=True)
+            self._thread.start()
+        self._names.put(name)
+
+    def check(self) -> None:
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise AssertionError("could not drop test databases: " + "; ".join(errors))
+
+    def finish(self) -> None:
+        if self._thread is not None:
+            self._names.put(None)
+            self._thread.join()
+            self._thread = None
+        self.check()
+
+    def _run(self) -> None:
+        while True:
+            names = [self._names.get()]
+            while not self._names.empty() and len(names) < 8:
+                names.append(self._names.get())
+            asyncio.run(self._drop_all([name for name in names if name is not None]))
+            if None in names:
+                return
+
+    async def _drop_all(self, names: list[str]) -> None:
+        async def drop(name: str) -> None:
+            try:
+                await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            except Exception as exc:
+                self._errors.append(f"{name}: {exc!r}")
+
+        await asyncio.gather(*(drop(name) for name in names))
+
+
+_dropper = DatabaseDropper()
+
+
 @contextlib.contextmanager
 def throwaway_database(prefix: str = "migsync_test") -> Iterator[str]:
-    """A fresh Postgres database of the caller's own (its URL), dropped afterwards even if in use."""
+    """A fresh Postgres database of the caller's own (its URL), dropped afterwards even if in use
+    (by :class:`DatabaseDropper`, soon after: the caller does not wait for it)."""
+    _dropper.check()
     name = database_name(prefix)
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     parts = urlsplit(PG_DSN)
     try:
         yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _dropper.drop(name)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ never one of migsync's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from typing import Any
 
 import asyncpg
 from conftest import MIGSYNC, REPO
+from forkserver import run_forked
 
 from migsync.core.migration import Migration, Script
 from migsync.core.schema import ACTIONS, CHANGES, META, MIGRATIONS, QUEUE, REPORTS, STATUS
@@ -111,17 +113,11 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """``migsync ARGS`` run to its end, its output captured; never raises on a failing exit code.
 
-    ``env``: variables to set on top of :func:`migsync_env`.
+    ``env``: variables to set on top of :func:`migsync_env`. The process is a fork of a Python
+    that has imported migsync already (:mod:`forkserver`): a process of its own, without the
+    start-up. A test about start-up runs :data:`MIGSYNC` with :mod:`subprocess` itself.
     """
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        env={**migsync_env(), **(env or {})},
-        cwd=cwd,
-        timeout=timeout,
-        check=False,
-    )
+    return run_forked(MIGSYNC, args, {**migsync_env(), **(env or {})}, cwd, timeout)
 
 
 def run_in_clean_env(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -132,15 +128,7 @@ def run_in_clean_env(*args: str, cwd: Path, **env: str) -> subprocess.CompletedP
         for k, v in migsync_env().items()
         if k != "DATABASE_URL" and (not k.startswith("MIGSYNC_") or k == "MIGSYNC_DISABLE_PLUGIN_AUTOLOAD")
     }
-    return subprocess.run(
-        [MIGSYNC, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**base, **env},
-        timeout=60,
-        check=False,
-    )
+    return run_forked(MIGSYNC, args, {**base, **env}, cwd, 60)
 
 
 def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -218,24 +206,32 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float, interval:
         time.sleep(interval)
 
 
-def sqlite_busy_loop(seconds: float) -> str:
-    """A SQLite statement that runs about ``seconds`` here (calibrated, same library)."""
-    sql = (
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
-    )
+_BUSY_LOOP = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT count(*) FROM c"
+)
+
+
+@functools.cache
+def _sqlite_steps_per_second() -> float:
+    """How many steps of :data:`_BUSY_LOOP` this machine's SQLite runs a second (measured once
+    per worker: the measuring runs the loop for a fifth of a second or more)."""
     conn = sqlite3.connect(":memory:")
     try:
         n = 500_000
         while True:
             began = time.perf_counter()
-            conn.execute(sql.format(n=n)).fetchone()
+            conn.execute(_BUSY_LOOP.format(n=n)).fetchone()
             took = time.perf_counter() - began
             if took > 0.2:
-                break
+                return n / took
             n *= 4
     finally:
         conn.close()
-    return sql.format(n=int(n * seconds / took))
+
+
+def sqlite_busy_loop(seconds: float) -> str:
+    """A SQLite statement that runs about ``seconds`` here (calibrated, same library)."""
+    return _BUSY_LOOP.format(n=int(_sqlite_steps_per_second() * seconds))
 
 
 def long_statement(url: str, seconds: float) -> str:

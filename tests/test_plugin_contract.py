@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import pytest
 from dbtools import run as migsync_run
+from forkserver import run_forked
 from servers import ServerThread
 
 from migsync import BaseEventSink, EventSinkSpec, PluginError, TransportSpec, hookimpl, make_plugins
@@ -148,7 +149,7 @@ def cli(*args: str, path: list[Path], **env: str) -> subprocess.CompletedProcess
     }
     environment["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *(str(p) for p in path)])
     environment.update(env)
-    return subprocess.run([MIGSYNC, *args], capture_output=True, text=True, env=environment, timeout=120)
+    return run_forked(MIGSYNC, args, environment, None, timeout=120)
 
 
 # -- a client on the docs' plugins, a real server ----------------------------------------------------

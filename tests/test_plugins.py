@@ -29,6 +29,7 @@ from typing import Any
 
 import attrs
 import pytest
+from forkserver import run_forked
 
 import migsync
 from migsync import (
@@ -159,7 +160,7 @@ def run(*args: str, path: list[Path], **env: str) -> subprocess.CompletedProcess
     }
     environment["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *(str(p) for p in path)])
     environment.update(env)
-    return subprocess.run([MIGSYNC, *args], capture_output=True, text=True, env=environment, timeout=120)
+    return run_forked(MIGSYNC, args, environment, None, timeout=120)
 
 
 def plugins_json(**kwargs: Any) -> dict[str, dict[str, Any]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from dbtools import MIGSYNC, migsync_env
+from forkserver import run_forked
 from servers import free_port
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -67,15 +68,7 @@ def normalised(lines: list[str]) -> list[str]:
 def migsync(command: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     words = shlex.split(command, comments=True)
     assert words[0] == "migsync", command
-    return subprocess.run(
-        [MIGSYNC, *words[1:]],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**migsync_env(), **(env or {})},
-        timeout=120,
-        check=False,
-    )
+    return run_forked(MIGSYNC, words[1:], {**migsync_env(), **(env or {})}, cwd, timeout=120)
 
 
 def write_readme_migrations(folder: Path) -> None:
@@ -212,14 +205,10 @@ def test_every_documented_command_is_a_real_one(where: str, block: str) -> None:
         if words[0] != "migsync" or "..." in words:
             continue
         path = [w for w in words[1:] if not w.startswith("-")][:2]
-        help_result = subprocess.run(
-            [MIGSYNC, *path[:1], "--help"], capture_output=True, text=True, env=migsync_env(), check=False
-        )
+        help_result = run_forked(MIGSYNC, [*path[:1], "--help"], migsync_env(), None, timeout=60)
         assert help_result.returncode == 0, f"{where}: {command}"
         if path and path[0] in ("client", "clients", "actions", "changes") and len(path) > 1:
-            help_result = subprocess.run(
-                [MIGSYNC, *path, "--help"], capture_output=True, text=True, env=migsync_env(), check=False
-            )
+            help_result = run_forked(MIGSYNC, [*path, "--help"], migsync_env(), None, timeout=60)
             assert help_result.returncode == 0, f"{where}: {command}"
         for option in [w.split("=")[0] for w in words if w.startswith("--")]:
             assert option in help_result.stdout, f"{where}: {command}: no option {option}"
