@@ -47,12 +47,14 @@ _STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "LANG", "MALLOC")
 #: changes nothing a command does: migsync reads its settings when a command runs, not at import.
 _PRELOAD = (
     "migsync.cli",
-    "migsync.cli_inspection",
+    "migsync.cli.inspection",
+    "migsync.cli.queue",
+    "migsync.cli.client",
     "migsync.core.client",
     "migsync.core.plugins",
     "migsync.core.sources",
-    "migsync.core.sync",
-    "migsync.report",
+    "migsync.client.sync",
+    "migsync.output.report",
     "migsync.backends.sqlite",
     "migsync.backends.postgres",
     "migsync.transports.http",
