@@ -13,7 +13,7 @@ from migsync.core.migration import ANY_DIALECT, EMPTY, Migration, Script
 from migsync.core.sources import load_directory, scan_directory
 from migsync.core.splitter import split
 
-DEMO = Path(__file__).resolve().parent.parent / "migsync" / "demo_migrations"
+DEMO = Path(__file__).resolve().parent.parent / "migsync" / "demo" / "migrations"
 
 
 def write(directory: Path, files: dict[str, str | bytes]) -> Path:

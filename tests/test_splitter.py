@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from migsync.core.sources import load_directory
 from migsync.core.splitter import Statement, is_blank, split
 
-DEMO = Path(__file__).resolve().parent.parent / "migsync" / "demo_migrations"
+DEMO = Path(__file__).resolve().parent.parent / "migsync" / "demo" / "migrations"
 ALL_DIALECTS = ["sqlite", "postgresql", "mysql", "cockroachdb"]
 
 
