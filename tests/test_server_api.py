@@ -765,6 +765,8 @@ def served(tmp_path: Path, key_path: Path) -> Iterator[tuple[str, str]]:
     # uvicorn shuts down cleanly, then ends by the signal it was sent (as a well-behaved server does).
     assert proc.returncode in (0, -signal.SIGTERM), stderr
     assert "Application shutdown complete" in stderr
+    # Without --panel-secret it says, once, that logins are this process's own.
+    assert stderr.count("warning: no --panel-secret: panel logins end when this process restarts") == 1
     # It said where it is, with the port it bound.
     assert stdout.splitlines()[:2] == [
         f"migsync: API at {base}/api/",

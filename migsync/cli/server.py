@@ -306,6 +306,21 @@ def fleet(store_url: str, as_json: bool) -> None:
     "X-Forwarded-Proto).",
 )
 @click.option(
+    "--panel-secret",
+    envvar="MIGSYNC_PANEL_SECRET",
+    metavar="SECRET",
+    help="Key (at least 32 bytes) the panel signs its login cookies and form tokens with. Give every "
+    "process that serves one store the same one; without it each process makes a random one, and "
+    "logins work on that process only until it restarts [env: MIGSYNC_PANEL_SECRET]",
+)
+@click.option(
+    "--panel-secret-file",
+    envvar="MIGSYNC_PANEL_SECRET_FILE",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Read --panel-secret from FILE (its first line) [env: MIGSYNC_PANEL_SECRET_FILE]",
+)
+@click.option(
     "--failed-auth-limit",
     default="20/minute",
     show_default=True,
@@ -334,6 +349,8 @@ def serve(
     no_apply_changes: bool,
     no_panel: bool,
     panel_secure_cookie: bool,
+    panel_secret: str | None,
+    panel_secret_file: str | None,
     failed_auth_limit: str,
     request_key_path: str | None,
 ) -> None:
@@ -349,6 +366,13 @@ def serve(
     cleanly on SIGINT or SIGTERM.
     """
     appliers = build_appliers(ctx, apply_changes, no_apply_changes)
+    from migsync.core.errors import ConfigError
+
+    try:
+        secret = None if no_panel else read_panel_secret(panel_secret, panel_secret_file)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     from migsync.protocol.signing import load_private_key
 
     request_key = None if request_key_path is None else load_private_key(request_key_path)
@@ -362,12 +386,17 @@ def serve(
     run_coro(check())  # a missing or unreadable store is one line and exit 2, before uvicorn starts
     import uvicorn
 
-    from migsync.core.errors import ConfigError
     from migsync.server.app import create_app
     from migsync.server.panel import PanelOptions
     from migsync.server.serving import AnnouncingServer
 
-    panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie)
+    panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie, secret=secret)
+    if panel is not False and secret is None:
+        click.echo(
+            "warning: no --panel-secret: panel logins end when this process restarts and work on this "
+            "process only (give every process of the store the same --panel-secret)",
+            err=True,
+        )
     try:
         app = create_app(
             store_url,
@@ -385,6 +414,42 @@ def serve(
     server.run()
     if not server.started:
         sys.exit(EXIT_BAD_INPUT)
+
+
+#: The shortest panel secret accepted: an HMAC-SHA256 key should be as long as its output.
+MIN_PANEL_SECRET_BYTES = 32
+
+
+def read_panel_secret(secret: str | None, secret_file: str | None) -> bytes | None:
+    """The panel's secret from --panel-secret or --panel-secret-file (None: neither was given).
+
+    A file's first line is the secret, so that ``openssl rand -hex 32 > FILE`` makes one.
+    """
+    from migsync.core.errors import ConfigError
+    from migsync.core.files import read_regular, reason
+
+    if secret is not None and secret_file is not None:
+        raise ConfigError("give --panel-secret or --panel-secret-file, not both")
+    if secret_file is not None:
+        try:
+            lines = read_regular(secret_file, limit=64 * 1024).decode("utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the panel secret file {secret_file}: {reason(exc)}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"the panel secret file {secret_file} is not UTF-8 text") from None
+        secret = lines[0].strip() if lines else ""
+        where = f"the panel secret in {secret_file}"
+    elif secret is not None:
+        where = "--panel-secret"
+    else:
+        return None
+    value = secret.encode("utf-8")
+    if len(value) < MIN_PANEL_SECRET_BYTES:
+        raise ConfigError(
+            f"{where} is {len(value)} bytes: it must be at least {MIN_PANEL_SECRET_BYTES} "
+            "(make one with: openssl rand -hex 32)"
+        )
+    return value
 
 
 @click.command("export")
