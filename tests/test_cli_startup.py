@@ -72,6 +72,7 @@ APPLY_MIGSYNC_MODULES = {
     "migsync.core.sources",
     "migsync.core.specs",
     "migsync.core.splitter",
+    "migsync.core.tables",
     "migsync.core.version",
     "migsync.core.work",
     "migsync.plugins",

@@ -27,13 +27,15 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
-from migsync.core import schema
-from migsync.core.backend import Backend, Params, Row
+from migsync.core import tables as names
 from migsync.core.errors import ConfigError
+
+if TYPE_CHECKING:  # the backend contract's schema upgrade builds on this module: types only
+    from migsync.core.backend import Backend, Params, Row
 
 log = logging.getLogger("migsync.capture")
 
@@ -45,12 +47,12 @@ FUNCTION = "migsync_capture"
 _OWN_TABLES = frozenset(
     name.lower()
     for name in (
-        schema.META,
-        schema.MIGRATIONS,
-        schema.STATUS,
-        schema.QUEUE,
-        schema.REPORTS,
-        schema.CHANGES,
+        names.META,
+        names.MIGRATIONS,
+        names.STATUS,
+        names.QUEUE,
+        names.REPORTS,
+        names.CHANGES,
     )
 )
 
@@ -121,7 +123,7 @@ def _parse(dialect: str, table: str) -> tuple[str | None, str]:
 class _SQLite:
     dialect = "sqlite"
 
-    def __init__(self, tables: schema.Tables):
+    def __init__(self, tables: names.Tables):
         self.tables = tables
 
     async def resolve(self, db: _Reader, schema_name: str | None, name: str) -> _Target | None:
@@ -211,7 +213,7 @@ class _SQLite:
 class _Postgres:
     dialect = "postgresql"
 
-    def __init__(self, tables: schema.Tables):
+    def __init__(self, tables: names.Tables):
         self.tables = tables
         namespace = tables.namespace
         self.function = FUNCTION if namespace is None else f"{quote(namespace)}.{FUNCTION}"
@@ -332,7 +334,7 @@ END
         return [self.function_sql(), *self.drop(target.name, target), *self.create(target).values()]
 
 
-def capture_function_sql(tables: schema.Tables) -> tuple[str, str]:
+def capture_function_sql(tables: names.Tables) -> tuple[str, str]:
     """Postgres: the statement that (re)creates the capture function, and the schema it lives in,
     each as a SQL string literal (for a bookkeeping upgrade that replaces an installed one)."""
     capture = _Postgres(tables)
@@ -353,7 +355,7 @@ def _match_key(dialect: str) -> str:
     return "key = $1 COLLATE NOCASE" if dialect == "sqlite" else "key = $1"
 
 
-async def _records(db: _Reader, tables: schema.Tables) -> dict[str, dict[str, Any]]:
+async def _records(db: _Reader, tables: names.Tables) -> dict[str, dict[str, Any]]:
     rows = await db.fetch(
         f"SELECT key, value FROM {tables.meta} WHERE key LIKE $1 ORDER BY key", (_KEY_PREFIX + "%",)
     )

@@ -11,77 +11,39 @@ release can upgrade the bookkeeping tables of an existing client.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-import attrs
-
-from migsync.core.errors import ConfigError
+from migsync.core.tables import (
+    ACTIONS as ACTIONS,
+)
+from migsync.core.tables import (
+    CHANGES as CHANGES,
+)
+from migsync.core.tables import (
+    DEFAULT_TABLES as DEFAULT_TABLES,
+)
+from migsync.core.tables import (
+    META as META,
+)
+from migsync.core.tables import (
+    MIGRATIONS as MIGRATIONS,
+)
+from migsync.core.tables import (
+    QUEUE as QUEUE,
+)
+from migsync.core.tables import (
+    REPORTS as REPORTS,
+)
+from migsync.core.tables import (
+    STATUS as STATUS,
+)
+from migsync.core.tables import (
+    Tables as Tables,
+)
 
 # 2: the status-report outbox; 3: entity changes; 4: admin actions; 5: versions as text keys
 SCHEMA_VERSION = 5
 
-MIGRATIONS = "client_migration"
-STATUS = "client_migration_status"
-QUEUE = "migration_changes"
-META = "migsync_meta"
-REPORTS = "migsync_report_outbox"
-CHANGES = "entity_changes"
-ACTIONS = "migsync_actions"
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
-
-
-@attrs.frozen
-class Tables:
-    """The bookkeeping tables' names as they appear in SQL, qualified by a schema or not.
-
-    Backends that keep the tables in a namespace of their own (a Postgres
-    schema) pass it here; all of migsync's SQL is built from these names, so
-    a migration's own unqualified statements still go where its author meant.
-    """
-
-    namespace: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if self.namespace is not None and not _IDENTIFIER.fullmatch(self.namespace):
-            raise ConfigError(
-                f"schema name {self.namespace!r} is not a plain SQL identifier (letters, digits, _)"
-            )
-
-    def _name(self, table: str) -> str:
-        return table if self.namespace is None else f'"{self.namespace}".{table}'
-
-    @property
-    def meta(self) -> str:
-        return self._name(META)
-
-    @property
-    def migrations(self) -> str:
-        return self._name(MIGRATIONS)
-
-    @property
-    def status(self) -> str:
-        return self._name(STATUS)
-
-    @property
-    def queue(self) -> str:
-        return self._name(QUEUE)
-
-    @property
-    def reports(self) -> str:
-        return self._name(REPORTS)
-
-    @property
-    def changes(self) -> str:
-        return self._name(CHANGES)
-
-    @property
-    def actions(self) -> str:
-        return self._name(ACTIONS)
-
-
-DEFAULT_TABLES = Tables()
 
 # SQLite makes a column declared exactly "INTEGER PRIMARY KEY" the table's
 # rowid: no separate index to write. On every migration that is one B-tree
@@ -369,7 +331,7 @@ def _columns(create: str) -> list[str]:
 
 def _capture_function_update(t: Tables) -> str:
     """Postgres: the capture trigger function, if installed, replaced by one for text versions."""
-    from migsync.core.capture import capture_function_sql  # capture builds on this module
+    from migsync.core.capture import capture_function_sql  # lazily: apply never needs it
 
     function, schema_name = capture_function_sql(t)
     return (

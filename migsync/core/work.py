@@ -22,16 +22,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
 from migsync.core.errors import ClaimLost
 
-if TYPE_CHECKING:
-    from migsync.core.backend import Connection
-
 T = TypeVar("T")
+
+
+class Connection(Protocol):
+    """What :func:`perform_async` needs of a session: the part of
+    :class:`migsync.core.backend.Connection` it uses (declared here, so that the unit of work
+    does not import the backend contract that is built on it)."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]: ...
+
+    async def run_script(self, sql: str, *, each_commits: bool = False) -> None: ...
 
 
 @attrs.frozen
