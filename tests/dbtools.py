@@ -153,6 +153,16 @@ def kill(proc: subprocess.Popen[str]) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM a background process (SIGKILL if it has not ended 15 s later); its output."""
+    proc.terminate()
+    try:
+        return proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
+
+
 def status_json(url: str) -> list[dict[str, Any]]:
     """The ``migrations`` rows of ``migsync status --json``, which must succeed."""
     result = run("status", "--db", url, "--json")

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import re
-import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dbtools import aquery, client_headers, drop_client_file, imported_name, is_sqlite, run, start
+from dbtools import aquery, client_headers, drop_client_file, imported_name, is_sqlite, run, start, stop
 from dbtools import table_migration as migration
 from servers import free_port
 from sqlalchemy import text
@@ -801,11 +800,6 @@ def test_serve_with_no_apply_changes_only_stores_them(tmp_path: Path, key_path: 
         assert response.status_code == 200, response.text
         assert response.json() == {"accepted": ["1"], "duplicate": [], "refused": None}
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     assert asyncio.run(aquery(url, "SELECT change_id, entity FROM store_inbox")) == [("1", "todo")]
     assert asyncio.run(aquery(url, "SELECT count(*) FROM todo")) == [(0,)], "--no-apply-changes: not applied"

@@ -8,13 +8,12 @@ balancer needs no sticky sessions; a process with another secret refuses them.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from dbtools import run, start, wait_for
+from dbtools import run, start, stop, wait_for
 from servers import free_port
 
 ADMIN = "admin-secret-token"
@@ -41,12 +40,7 @@ def serving(store: str, *args: str, env: dict[str, str] | None = None) -> Iterat
         wait_for(f"migsync serve on port {port}", answers, timeout=30)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
 
 
 def form_csrf(html: str) -> str:
