@@ -803,6 +803,25 @@ def test_migsync_serve_refuses_a_missing_store(tmp_path: Path) -> None:
     assert "--admin-token" in missing_token.stderr
 
 
+def test_migsync_serve_refuses_an_unreadable_request_key_in_one_line(tmp_path: Path) -> None:
+    result = run(
+        "serve",
+        "--store",
+        f"sqlite:///{tmp_path / 's.db'}",
+        "--admin-token",
+        ADMIN,
+        "--request-key",
+        str(tmp_path / "nope.key"),
+        "--port",
+        "1",
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: cannot read request key {tmp_path / 'nope.key'}: No such file or directory"
+    )
+
+
 async def test_the_fleet_cache_sees_new_clients_at_once_and_other_processes_within_cache_seconds(
     sqlite_store: str, key_path: Path
 ) -> None:

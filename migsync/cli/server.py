@@ -367,15 +367,14 @@ def serve(
     """
     appliers = build_appliers(ctx, apply_changes, no_apply_changes)
     from migsync.core.errors import ConfigError
+    from migsync.protocol.signing import load_private_key
 
     try:
         secret = None if no_panel else read_panel_secret(panel_secret, panel_secret_file)
+        request_key = None if request_key_path is None else load_private_key(request_key_path, "request key")
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    from migsync.protocol.signing import load_private_key
-
-    request_key = None if request_key_path is None else load_private_key(request_key_path)
 
     async def check() -> None:
         from migsync.server import Store
@@ -489,7 +488,7 @@ def export_command(store_url: str, folder: str, key_path: str | None, as_json: b
         from migsync.server import Store
         from migsync.server.export import export
 
-        key = None if key_path is None else load_private_key(key_path)
+        key = None if key_path is None else load_private_key(key_path, "request key")
         async with Store.open(store_url, create=False) as store:
             try:
                 return await export(store, Path(folder), key)

@@ -89,9 +89,9 @@ def write_keypair(path: str | Path, *, overwrite: bool = False) -> TrustedKey:
     return TrustedKey(public, str(public_path), fingerprint(public))
 
 
-def load_private_key(path: str | Path) -> Ed25519PrivateKey:
-    """The Ed25519 private key in the PEM file at ``path``."""
-    data = _read(path, "signing key")
+def load_private_key(path: str | Path, what: str = "signing key") -> Ed25519PrivateKey:
+    """The Ed25519 private key in the PEM file at ``path`` (``what``: the key's role, for errors)."""
+    data = _read(path, what)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
