@@ -233,13 +233,19 @@ def manifest_document(
     return document
 
 
-def parse_signed(data: bytes, where: str) -> SignedManifest | None:
-    """The signed manifest a folder's manifest carries (None: none, which the client refuses)."""
-    return signed_from_json(load(data, where).get("signed"), f"{where}: signed")
-
-
 def parse_manifest(data: bytes, where: str) -> list[ManifestEntry]:
+    """The entries of a folder's manifest, each file it names."""
+    return _entries(load(data, where), where)
+
+
+def parse_signed_manifest(data: bytes, where: str) -> tuple[list[ManifestEntry], SignedManifest | None]:
+    """A folder's manifest read once: its entries, and the signed manifest it carries (None:
+    none, which the client refuses)."""
     document = load(data, where)
+    return _entries(document, where), signed_from_json(document.get("signed"), f"{where}: signed")
+
+
+def _entries(document: dict[str, Any], where: str) -> list[ManifestEntry]:
     if not is_format(document, MANIFEST_FORMAT):
         raise MalformedAnswer(f"{where}: not a migsync manifest (format {document.get('format')!r})")
     items = document.get("migrations")

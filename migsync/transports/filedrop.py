@@ -105,8 +105,7 @@ class FileDropTransport(BaseTransport):
 
     def _fetch(self, etag: str | None) -> Offer:
         manifest_bytes = self._manifest_bytes()
-        entries = files.parse_manifest(manifest_bytes, str(self.root / files.MANIFEST))
-        signed = files.parse_signed(manifest_bytes, str(self.root / files.MANIFEST))
+        entries, signed = files.parse_signed_manifest(manifest_bytes, str(self.root / files.MANIFEST))
         self._check_registered()
         latest, answered = self._own_files()
         state = json.dumps(sorted((v.key, r.applied, r.checksum) for v, r in latest.items()))
