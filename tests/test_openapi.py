@@ -160,6 +160,7 @@ async def test_the_drop_folder_files_match_their_schemas(tmp_path: Path, key_pat
     files = [
         *(("Bundle", json.loads(p.read_text())) for p in (tmp_path / "drop" / "migrations").glob("*.json")),
         *(("ActionsFile", json.loads(p.read_text())) for p in (tmp_path / "drop" / "actions").glob("*.json")),
+        ("DropManifest", json.loads((tmp_path / "drop" / "manifest.json").read_text())),
         ("ReportsFile", files_.reports_document("1", [report])),
         ("AnswersFile", files_.answers_document("1", [ActionResult(1, "failed", "no down script")])),
         ("ChangesFile", files_.changes_document("1", [change])),

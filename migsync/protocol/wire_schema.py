@@ -402,6 +402,31 @@ SCHEMAS: dict[str, Schema] = {
             "signed_by": _KEY_ID,
         },
     ),
+    "DropManifest": _answer(
+        "a drop folder's manifest.json: where each bundle is, and the server's signed manifest. The "
+        "listing only says where files are; a client trusts the signed part alone",
+        {
+            "format": {"const": "migsync-manifest/2"},
+            "generated_at": {"type": "number", "description": "when it was written (epoch seconds)"},
+            "migrations": _list_of(
+                _answer(
+                    "one bundle of the folder",
+                    {
+                        "version": _version(),
+                        "name": _text("the migration's name"),
+                        "checksum": _CHECKSUM,
+                        "file": {
+                            "type": "string",
+                            "description": "the bundle's file name under migrations/ (no folders, no '..')",
+                            "pattern": "^[0-9]+(\\.[0-9]+)*(_[A-Za-z0-9_.-]{1,200})?\\.json$",
+                        },
+                    },
+                )
+            ),
+            "signed": ref("SignedManifest"),
+        },
+        optional=("signed",),
+    ),
     "ReportsFile": _file("migsync-reports/2", "StatusReport", "reports"),
     "AnswersFile": _file("migsync-answers/2", "ActionResult", "results"),
     "ChangesFile": _file("migsync-changes/2", "EntityChange", "changes"),
