@@ -148,6 +148,13 @@ class Migration:
         """
         return bool(self.script("up", dialect).sql) and not self.has_script("down", dialect)
 
+    def requirements(self) -> tuple[Any, ...]:
+        """What its ``-- migsync:requires`` lines say of the app versions that can run it
+        (:class:`migsync.core.requires.Requirement`); a malformed one is a :class:`SourceError`."""
+        from migsync.core import requires
+
+        return requires.of_scripts((s.sql, self.source or self.name) for s in self.up.values())
+
     def dialects(self) -> set[str]:
         return (set(self.up) | set(self.down)) - {ANY_DIALECT}
 
