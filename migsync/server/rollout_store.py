@@ -174,7 +174,8 @@ async def start(
         raise ConfigError("a rollout has at least one stage")
     wanted = sorted(set(versions))
     published = {
-        row.version for row in await conn.execute(select(_published.version).where(_published.version.in_(wanted)))
+        row.version
+        for row in await conn.execute(select(_published.version).where(_published.version.in_(wanted)))
     }
     missing = [v for v in wanted if v not in published]
     if missing:
@@ -211,8 +212,11 @@ async def start(
     assert key is not None
     rollout_id = int(key[0])
     await _audit_add(
-        conn, rollout_id, now, by, [f"started: {', '.join(v.text for v in wanted)} in stages "
-                                    f"{', '.join(s.name for s in stages)}"]  # fmt: skip
+        conn,
+        rollout_id,
+        now,
+        by,
+        [f"started: {', '.join(v.text for v in wanted)} in stages {', '.join(s.name for s in stages)}"],
     )
     await bump(conn)
     await evaluate(conn, now, rollout_ids=[rollout_id])
@@ -285,9 +289,7 @@ async def counts(conn: AsyncConnection, rollout: Rollout) -> list[r.Counts]:
 # -- moving ----------------------------------------------------------------------------------------
 
 
-async def _save(
-    conn: AsyncConnection, rollout: Rollout, step: r.Step, by: str, now: float
-) -> Rollout | None:
+async def _save(conn: AsyncConnection, rollout: Rollout, step: r.Step, by: str, now: float) -> Rollout | None:
     """Write ``step`` if the rollout is still where it was read (another writer may have moved it:
     then nothing is written and None returned)."""
     new, old = step.state, rollout.state
@@ -328,10 +330,14 @@ async def _revert(conn: AsyncConnection, rollout: Rollout, state: r.State, now: 
             select(_status.client_id).where(_status.version == oldest, _status.applied.is_(True))
         )
     }
-    targets = sorted(c for c, stage in members.items() if c in applied and stage is not None and stage <= state.stage)
+    targets = sorted(
+        c for c, stage in members.items() if c in applied and stage is not None and stage <= state.stage
+    )
     if targets:
         await requests.request(conn, "revert", oldest, targets, f"rollout {rollout.id}")
-        await _audit_add(conn, rollout.id, now, SELF, [f"asked {len(targets)} client(s) to revert {oldest.text}"])
+        await _audit_add(
+            conn, rollout.id, now, SELF, [f"asked {len(targets)} client(s) to revert {oldest.text}"]
+        )
 
 
 async def evaluate(

@@ -115,8 +115,14 @@ class Stage:
         return self.key is not None and labels.get(self.key) == self.value
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "kind": self.kind, "key": self.key, "value": self.value,
-                "low": self.low, "high": self.high}  # fmt: skip
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "key": self.key,
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Stage:
@@ -259,8 +265,12 @@ class Counts:
         return self.applied + self.failed
 
     def to_json(self) -> dict[str, int]:
-        return {"members": self.members, "applied": self.applied, "failed": self.failed,
-                "pending": self.pending}  # fmt: skip
+        return {
+            "members": self.members,
+            "applied": self.applied,
+            "failed": self.failed,
+            "pending": self.pending,
+        }
 
 
 #: a client's state in a rollout, as :func:`client_state` decides it
@@ -358,8 +368,11 @@ def evaluate(
     label = names or [f"stage {i + 1}" for i in range(len(counts))]
     failing = _failing(state, policy, counts)
     if failing is not None:
-        return Step(attrs.evolve(state, state=PAUSED, reason=failing), (f"paused: {failing}",),
-                    policy.on_failure == "revert")  # fmt: skip
+        return Step(
+            attrs.evolve(state, state=PAUSED, reason=failing),
+            (f"paused: {failing}",),
+            policy.on_failure == "revert",
+        )
     events: list[str] = []
     while _passes(state, policy, counts[state.stage], now):
         if state.stage + 1 >= len(counts):
@@ -461,7 +474,7 @@ def timeline(
     position = 0
     for end in ends:
         while position < len(ordered) and ordered[position][0] <= end:
-            at, client_id, version, state = ordered[position]
+            _at, client_id, version, state = ordered[position]
             known.setdefault(client_id, {})[version] = event_outcome(state)
             position += 1
         outcomes = (
