@@ -140,7 +140,8 @@ def client_options(command: Any) -> Any:
             envvar="MIGSYNC_APP_VERSION",
             metavar="VERSION",
             help="This application's version, sent with each poll: a migration that says "
-            "'-- migsync:requires app>=2.3' is offered only to apps that satisfy it [env: MIGSYNC_APP_VERSION]",
+            "'-- migsync:requires app>=2.3' is offered only to apps that satisfy it "
+            "[env: MIGSYNC_APP_VERSION]",
         ),
         click.option(
             "--sink",

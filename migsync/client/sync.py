@@ -75,8 +75,8 @@ def build_transport(
 ) -> Transport:
     """The transport for ``server_url`` (chosen by its scheme), built and checked against its contract.
 
-    ``reports_dir`` and ``app_version`` go only to a transport that takes them (the file drop's read-only case); one
-    that does not is a :class:`~migsync.core.errors.ConfigError`, not a traceback.
+    ``reports_dir`` (the file drop's read-only case) and ``app_version`` (HTTP) go only to a
+    transport that takes them; one that does not is a :class:`~migsync.core.errors.ConfigError`, not a traceback.
     """
     from migsync.core.errors import ConfigError
 

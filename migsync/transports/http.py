@@ -37,10 +37,10 @@ import httpx
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.protocol.wire import (
-    PROTOCOL,
-    PROTOCOL_HEADER,
     APP_VERSION_HEADER,
     APP_VERSION_PATTERN,
+    PROTOCOL,
+    PROTOCOL_HEADER,
     ActionResult,
     ActionsAck,
     ChangesAck,
