@@ -76,7 +76,8 @@ def build_transport(
     """The transport for ``server_url`` (chosen by its scheme), built and checked against its contract.
 
     ``reports_dir`` (the file drop's read-only case) and ``app_version`` (HTTP) go only to a
-    transport that takes them; one that does not is a :class:`~migsync.core.errors.ConfigError`, not a traceback.
+    transport that takes them; one that does not is a
+    :class:`~migsync.core.errors.ConfigError`, not a traceback.
     """
     from migsync.core.errors import ConfigError
 
