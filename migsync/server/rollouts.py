@@ -18,7 +18,8 @@ that appears mid-rollout falls into its stage like any other.
 The state machine (:func:`evaluate`, :func:`operate`): a rollout is ``running``, ``paused``,
 ``completed`` or ``aborted``. While running, the current stage *passes* when, of its clients
 that reported, at least ``success_threshold`` applied and ``soak`` seconds went by since the
-stage started (an empty stage passes at once); then the next stage starts, or after the last
+stage started (an empty stage passes at once; failures an operator accepted are left out of
+the share); then the next stage starts, or after the last
 the rollout is completed. It *pauses itself* when, of a started stage's clients that reported,
 more than ``error_threshold`` failed (not counting failures an operator accepted by resuming
 or advancing). An operator may pause, resume, advance (start the next stage now) or abort
@@ -348,9 +349,11 @@ def _failing(state: State, policy: Policy, counts: Sequence[Counts]) -> str | No
 def _passes(state: State, policy: Policy, c: Counts, now: float) -> bool:
     if c.members == 0:
         return True
+    # Failures an operator accepted count neither for nor against the stage.
+    reported = c.reported - min(state.accepted_in(state.stage), c.failed)
     return (
-        c.reported > 0
-        and c.applied / c.reported >= policy.success_threshold
+        reported > 0
+        and c.applied / reported >= policy.success_threshold
         and now - state.stage_started_at >= policy.soak
     )
 
