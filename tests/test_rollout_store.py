@@ -238,7 +238,7 @@ async def test_status_events_are_kept_for_the_retention(any_store: str, key_path
 async def test_history_shows_counts_over_time(any_store: str, key_path: Path) -> None:
     clock = SteppedClock()
     async with Store.open(any_store, clock=clock) as store:
-        canary, rest = await fleet_of(store, 2, 2)
+        canary, _ = await fleet_of(store, 2, 2)
         result = await store.publish(
             [V1], load_private_key(key_path), rollout=(parse_stages("canary,all"), Policy(soak=100), "o")
         )
