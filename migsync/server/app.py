@@ -320,6 +320,8 @@ class _Api:
         self._unwritten.pop(client_id, None)
         if result.recorded:
             self._reported(digest, state)
+        if result.rollouts_moved:  # every client may be offered something else now
+            self.forget_states()
         return JSONResponse(
             {
                 "recorded": [v.text for v in result.recorded],

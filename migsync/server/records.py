@@ -143,6 +143,8 @@ class ReportResult:
     unchanged: tuple[Version, ...] = ()
     drift: tuple[Drift, ...] = ()
     unpublished: tuple[Version, ...] = ()
+    #: a rollout moved (a stage started, it paused): every client's ETag changed
+    rollouts_moved: bool = False
 
 
 @attrs.frozen

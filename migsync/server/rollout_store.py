@@ -266,9 +266,11 @@ async def _outcomes(conn: AsyncConnection, rollout: Rollout) -> dict[int, r.Clie
         )
     )
     for row in rows:
-        if row.applied and row.checksum == published.get(row.version):
+        if row.checksum != published.get(row.version):
+            state = "pending"  # it reported on other content (replaced since): not on this rollout's
+        elif row.applied:
             state = "applied"
-        elif not row.applied and row.error:
+        elif row.error:
             state = "failed"
         else:
             state = "pending"
@@ -434,11 +436,11 @@ async def after_report(
     reports: Sequence[StatusReport],
     recorded: Sequence[Version],
     now: float,
-) -> None:
+) -> list[Rollout]:
     """Keep the status changes a client reported as events (and drop those past retention), then
-    evaluate the rollouts of the versions concerned."""
+    evaluate the rollouts of the versions concerned: those that moved."""
     if not recorded:
-        return
+        return []
     changed = set(recorded)
     rows = [
         {"client_id": client_id, "version": rep.version, "state": event_state(rep), "at": now}
@@ -448,7 +450,7 @@ async def after_report(
     await conn.execute(insert(t.store_status_events), rows)
     retention = await retention_seconds(conn)
     await conn.execute(delete(t.store_status_events).where(_events.at < now - retention))
-    await evaluate(conn, now, versions=changed)
+    return await evaluate(conn, now, versions=changed)
 
 
 async def retention_seconds(conn: AsyncConnection) -> float:

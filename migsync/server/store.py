@@ -482,7 +482,11 @@ class Store:
             if result.recorded:
                 from migsync.server import rollout_store
 
-                await rollout_store.after_report(conn, client_id, reports, result.recorded, self.now())
+                moved = await rollout_store.after_report(
+                    conn, client_id, reports, result.recorded, self.now()
+                )
+                if moved:
+                    result = attrs.evolve(result, rollouts_moved=True)
             return result
 
     async def touch(self, client_id: int, when: float | None = None) -> None:
