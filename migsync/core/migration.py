@@ -153,7 +153,11 @@ class Migration:
         (:class:`migsync.core.requires.Requirement`); a malformed one is a :class:`SourceError`."""
         from migsync.core import requires
 
-        return requires.of_scripts((s.sql, self.source or self.name) for s in self.up.values())
+        scripts = []
+        for dialect, script in self.up.items():
+            file, line = self.origins.get(f"up:{dialect}") or (self.source or self.name, 1)
+            scripts.append((script.sql, file, line))
+        return requires.of_scripts(scripts)
 
     def dialects(self) -> set[str]:
         return (set(self.up) | set(self.down)) - {ANY_DIALECT}

@@ -72,15 +72,16 @@ class Requirement:
         return f"app{self.op}{self.version}"
 
 
-def parse(sql: str, where: str | None = None) -> tuple[Requirement, ...]:
+def parse(sql: str, where: str | None = None, first_line: int = 1) -> tuple[Requirement, ...]:
     """The requirements the ``-- migsync:requires`` lines of ``sql`` state (none: empty).
 
-    A line that says something else is a :class:`SourceError` naming ``where`` and its line."""
+    A line that says something else is a :class:`SourceError` naming ``where`` and its line
+    (``sql`` starting on line ``first_line`` of ``where``)."""
     found: list[Requirement] = []
     if DIRECTIVE not in sql:
         return ()
     for match in _LINE.finditer(sql):
-        line = sql.count("\n", 0, match.start()) + 1
+        line = sql.count("\n", 0, match.start()) + first_line
         terms = [t.strip() for t in match.group("rest").split(",")]
         if not any(terms):
             raise SourceError("'-- migsync:requires' names no requirement (e.g. app>=2.3)", where, line)
@@ -97,18 +98,18 @@ def parse(sql: str, where: str | None = None) -> tuple[Requirement, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def of_scripts(scripts: Iterable[tuple[str, str | None]]) -> tuple[Requirement, ...]:
-    """The requirements of every ``(sql, where)`` given, together."""
+def of_scripts(scripts: Iterable[tuple[str, str | None, int]]) -> tuple[Requirement, ...]:
+    """The requirements of every ``(sql, where, first line)`` given, together."""
     found: list[Requirement] = []
-    for sql, where in scripts:
-        found.extend(parse(sql, where))
+    for sql, where, first_line in scripts:
+        found.extend(parse(sql, where, first_line))
     return tuple(dict.fromkeys(found))
 
 
 def of_content(content: Mapping[str, Any]) -> tuple[Requirement, ...]:
     """The requirements of a migration's published content (its ``to_json``): its up scripts'."""
     up = content.get("up", {})
-    return of_scripts((str(s.get("sql", "")), str(content.get("name", "?"))) for s in up.values())
+    return of_scripts((str(s.get("sql", "")), str(content.get("name", "?")), 1) for s in up.values())
 
 
 def describe(requirements: Iterable[Requirement]) -> str:
