@@ -27,7 +27,10 @@ CANARIES = 2
 CLIENTS = 20
 
 OK = "-- migrate:up\nCREATE TABLE a (x INTEGER);\n-- migrate:down\nDROP TABLE a;\n"
-BROKEN = "-- migrate:up\nCREATE TABLE b (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n-- migrate:down\nDROP TABLE b;\n"
+BROKEN = (
+    "-- migrate:up\nCREATE TABLE b (x INTEGER);\nINSERT INTO no_such_table VALUES (1);\n"
+    "-- migrate:down\nDROP TABLE b;\n"
+)
 FIXED = "-- migrate:up\nCREATE TABLE b (x INTEGER);\n-- migrate:down\nDROP TABLE b;\n"
 
 
