@@ -470,7 +470,8 @@ async def set_retention(conn: AsyncConnection, seconds: float) -> None:
 # -- offering --------------------------------------------------------------------------------------
 
 
-def _requirements(item: PendingMigration) -> tuple[requires.Requirement, ...]:
+def requirements(item: PendingMigration) -> tuple[requires.Requirement, ...]:
+    """What a published migration's ``-- migsync:requires`` lines say (none: it runs anywhere)."""
     if requires.DIRECTIVE not in item.content:
         return ()
     try:
@@ -479,14 +480,16 @@ def _requirements(item: PendingMigration) -> tuple[requires.Requirement, ...]:
         return ()  # published before requirements were checked: offered as before
 
 
-def held_by_app(client: ClientRecord, items: Sequence[PendingMigration]) -> list[tuple[Version, str]]:
-    """The versions of ``items`` the client's app version does not satisfy, with their requirement."""
-    held = []
-    for item in items:
-        needs = _requirements(item)
-        if not requires.satisfied(needs, client.app_version):
-            held.append((item.version, requires.describe(needs)))
-    return held
+def held_by_app(
+    client: ClientRecord, needs: Sequence[tuple[Version, tuple[requires.Requirement, ...]]]
+) -> list[tuple[Version, str]]:
+    """Of ``needs`` (version, its requirements), those the client's app version does not satisfy,
+    with what they require."""
+    return [
+        (version, requires.describe(items))
+        for version, items in needs
+        if not requires.satisfied(items, client.app_version)
+    ]
 
 
 async def offered(
@@ -496,7 +499,7 @@ async def offered(
     first one that a rollout does not offer it yet, or that its app version cannot run."""
     if not items:
         return items
-    held: set[Version] = {v for v, _ in held_by_app(client, items)}
+    held: set[Version] = {v for v, _ in held_by_app(client, [(i.version, requirements(i)) for i in items])}
     versions = {i.version.text for i in items}
     latest: dict[str, Rollout] = {}
     for rollout in await _all(conn):  # oldest first: the newest rollout of a version decides

@@ -234,9 +234,11 @@ async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[Fle
             select(_published.version, _published.checksum).order_by(_published.version)
         )
     }
-    # The published content of those that state app-version requirements (few), for who is held.
-    contents = {
-        r.version: PendingMigration(r.version, r.name, r.content, r.checksum, r.signature, r.signed_by)
+    # The requirements of the published migrations that state app-version ones (few), for who is held.
+    needs = {
+        r.version: rollout_store.requirements(
+            PendingMigration(r.version, r.name, r.content, r.checksum, r.signature, r.signed_by)
+        )
         for r in await conn.execute(
             select(t.store_migrations).where(_published.content.like(f"%{requires.DIRECTIVE}%"))
         )
@@ -258,6 +260,6 @@ async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[Fle
         )
         done = {r.version for r in mine if r.applied and r.checksum == published.get(r.version)}
         pending = tuple(v for v in published if v not in done)
-        held = tuple(rollout_store.held_by_app(record, [contents[v] for v in pending if v in contents]))
+        held = tuple(rollout_store.held_by_app(record, [(v, needs[v]) for v in pending if v in needs]))
         entries.append(FleetEntry(record, applied, failed, drift, pending, held_by_app=held))
     return entries
