@@ -17,6 +17,7 @@ from migsync.core.version import Version
 from migsync.protocol.signing import load_private_key
 from migsync.protocol.wire import StatusReport
 from migsync.server import Store
+from migsync.server.rollout_store import EVALUATE_EVERY
 from migsync.server.rollouts import Policy, RolloutError, parse_stages
 
 
@@ -94,10 +95,26 @@ async def test_a_report_moves_the_rollout_without_anyone_reading_it(any_store: s
         assert await offered(store, rest[0]) == []
         await store.report(canary[0], [applied(V1)])
         assert await offered(store, rest[0]) == ["1"]
-        for c in rest:
-            await store.report(c, [applied(V1)])
+        await store.report(rest[0], [applied(V1)])
+        # reports of success evaluate it at most every EVALUATE_EVERY seconds: this one did not
+        [rollout] = await store.rollouts()
+        assert rollout.state.state == "running"
+        clock.advance(EVALUATE_EVERY)
+        await store.report(rest[1], [applied(V1)])
         [rollout] = await store.rollouts()
         assert rollout.id == result.rollout_id and rollout.state.state == "completed"
+
+
+async def test_a_failure_is_evaluated_at_once(any_store: str, key_path: Path) -> None:
+    async with Store.open(any_store, clock=SteppedClock()) as store:
+        canary, _ = await fleet_of(store, 3, 1)
+        result = await store.publish(
+            [V1], load_private_key(key_path), rollout=(parse_stages("canary,all"), Policy(), "ops")
+        )
+        await store.report(canary[0], [applied(V1)])  # evaluated: nothing to do (soak)
+        await store.report(canary[1], [failed(V1)])  # within EVALUATE_EVERY, but a failure
+        [rollout] = await store.rollouts()
+        assert rollout.id == result.rollout_id and rollout.state.state == "paused"
 
 
 async def test_a_failing_canary_pauses_the_rollout_and_revert_is_asked(

@@ -42,6 +42,10 @@ _published = t.store_migrations.c
 #: who the audit names for what a rollout did by itself
 SELF = "migsync"
 RETENTION_KEY = "event_retention"
+#: A report of success has a rollout evaluated at most once per this many seconds: counting a
+#: stage reads every client, and a stage of thousands reports within minutes. A failure is
+#: evaluated at once (it may pause the rollout); a read (``rollout status``) always is.
+EVALUATE_EVERY = 2.0
 _MAX_WHO = 200
 
 
@@ -57,6 +61,7 @@ class Rollout:
     created_by: str
     created_at: float
     updated_at: float
+    evaluated_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,6 +132,7 @@ def _row(row: Any) -> Rollout:
         row.created_by,
         row.created_at,
         row.updated_at,
+        row.evaluated_at,
     )
 
 
@@ -348,9 +354,11 @@ async def evaluate(
     *,
     rollout_ids: Sequence[int] | None = None,
     versions: Iterable[Version] | None = None,
+    throttled: bool = False,
 ) -> list[Rollout]:
     """Move every running rollout (or those of ``rollout_ids``, or taking one of ``versions``) as
-    its counts now say; the ones that moved."""
+    its counts now say; the ones that moved. ``throttled``: skip a rollout evaluated so less than
+    :data:`EVALUATE_EVERY` seconds ago (and mark the others evaluated now)."""
     wanted = None if versions is None else {v.text for v in versions}
     moved = []
     for rollout in await _all(conn, open_only=True):
@@ -360,6 +368,12 @@ async def evaluate(
             continue
         if rollout.state.state != r.RUNNING:
             continue
+        if throttled:
+            if rollout.evaluated_at is not None and 0 <= now - rollout.evaluated_at < EVALUATE_EVERY:
+                continue
+            await conn.execute(
+                update(t.store_rollouts).where(_rollouts.id == rollout.id).values(evaluated_at=now)
+            )
         names = [s.name for s in rollout.stages]
         step = r.evaluate(rollout.state, rollout.policy, await counts(conn, rollout), now, names)
         if step.state != rollout.state:
@@ -438,7 +452,8 @@ async def after_report(
     now: float,
 ) -> list[Rollout]:
     """Keep the status changes a client reported as events (and drop those past retention), then
-    evaluate the rollouts of the versions concerned: those that moved."""
+    evaluate the rollouts of the versions concerned (a success at most every
+    :data:`EVALUATE_EVERY` seconds, a failure at once): those that moved."""
     if not recorded:
         return []
     changed = set(recorded)
@@ -450,7 +465,8 @@ async def after_report(
     await conn.execute(insert(t.store_status_events), rows)
     retention = await retention_seconds(conn)
     await conn.execute(delete(t.store_status_events).where(_events.at < now - retention))
-    return await evaluate(conn, now, versions=changed)
+    failed = any(rep.error and not rep.applied for rep in reports if rep.version in changed)
+    return await evaluate(conn, now, versions=changed, throttled=not failed)
 
 
 async def retention_seconds(conn: AsyncConnection) -> float:

@@ -195,6 +195,8 @@ store_rollouts = Table(
     Column("created_by", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    #: when a report last had it evaluated (reports evaluate it at most every few seconds)
+    Column("evaluated_at", Float, nullable=True),
 )
 
 #: Everything that happened to a rollout, with who (an operator's name, or ``migsync`` for what
