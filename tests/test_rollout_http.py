@@ -13,6 +13,7 @@ import pytest
 from dbtools import client_headers
 from servers import ServerThread
 
+import migsync
 from migsync.core.errors import ConfigError
 from migsync.core.migration import Migration, Script
 from migsync.protocol.signing import load_private_key
@@ -127,3 +128,21 @@ def test_the_rollout_endpoints(served: tuple[ServerThread, str, dict[str, str]])
     client_token = admin.get("/api/rollouts", headers={"Authorization": f"Bearer {tokens['plain']}"})
     assert client_token.status_code == 403
     admin.close()
+
+
+async def test_an_embedding_app_says_its_version(
+    served: tuple[ServerThread, str, dict[str, str]], key_path: Path, tmp_path: Path
+) -> None:
+    server, store, tokens = served
+    db = f"sqlite:///{tmp_path / 'app.db'}"
+    trust = [f"{key_path}.pub"]
+    old = await migsync.sync_async(
+        db, server.url, client_id="2", token=tokens["plain"], trust_keys=trust, app_version="2.2"
+    )
+    assert old.stored == ()  # 0001 needs app>=2.3, and 0002 comes after it
+    new = await migsync.sync_async(
+        db, server.url, client_id="2", token=tokens["plain"], trust_keys=trust, app_version="2.3.1"
+    )
+    assert new.stored == ("0001_note", "0002_plain")
+    async with Store.open(store, create=False) as opened:
+        assert {c.name: c.app_version for c in await opened.clients()}["plain"] == "2.3.1"
