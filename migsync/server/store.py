@@ -72,7 +72,7 @@ if TYPE_CHECKING:
 
     from migsync.core.clock import Clock
     from migsync.server.appliers import ChangeApplier
-    from migsync.server.rollout_store import AuditEntry, Rollout, RolloutStatus
+    from migsync.server.rollout_store import Rollout, RolloutStatus
     from migsync.server.rollouts import Policy, Stage
 
 #: Key of the Postgres advisory lock that serialises publishing and schema changes.
@@ -441,10 +441,6 @@ class Store:
 
         async with self._write(f"{operation} of a rollout") as conn:
             return await rollout_store.operate(conn, rollout_id, operation, by, self.now())
-
-    async def rollout_audit(self, rollout_id: int) -> list[AuditEntry]:
-        status_ = await self.rollout_status(rollout_id, 1)
-        return list(status_.audit)
 
     async def set_event_retention(self, seconds: float) -> None:
         """Keep clients' status events for ``seconds`` (older ones go with the next report)."""
