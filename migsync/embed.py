@@ -151,6 +151,7 @@ def sync(
     reports_dir: str | os.PathLike[str] | None = None,
     sinks: Sequence[str] | None = None,
     plugins: Plugins | None = None,
+    app_version: str | None = None,
 ) -> SyncResult:
     """One ``migsync client sync``: fetch what the server offers, apply it, report back, push changes.
 
@@ -161,7 +162,9 @@ def sync(
     client (bad token, unknown id, another protocol). ``trust_keys`` are the
     public keys migrations and the server's manifest must be signed by;
     ``trust_request_keys`` those the admin's requests must be signed by
-    (without one, every request is refused).
+    (without one, every request is refused). ``app_version``: the application's own version,
+    sent with each poll: a migration that says ``-- migsync:requires app>=2.3`` is offered only
+    to an app that satisfies it (docs/rollouts.md).
     """
     return _run(
         sync_async(
@@ -177,6 +180,7 @@ def sync(
             reports_dir=reports_dir,
             sinks=sinks,
             plugins=plugins,
+            app_version=app_version,
         )
     )
 
@@ -195,6 +199,7 @@ async def sync_async(
     reports_dir: str | os.PathLike[str] | None = None,
     sinks: Sequence[str] | None = None,
     plugins: Plugins | None = None,
+    app_version: str | None = None,
 ) -> SyncResult:
     """:func:`sync` for an application that already runs an event loop."""
     from migsync.client.sync import Syncer, build_transport
@@ -213,6 +218,7 @@ async def sync_async(
         timeout=timeout,
         retries=retries,
         reports_dir=None if reports_dir is None else os.fspath(reports_dir),
+        app_version=app_version,
     )
     client = Client.connect(
         db_url, plugins=plugins, sinks=sinks, backend_options={"create": True}, max_attempts=max_attempts

@@ -329,6 +329,13 @@ def imported_name(path: Path) -> Path:
 
 #: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
 _STORE_DOWNGRADES = {
+    5: [
+        "DROP TABLE store_status_events",
+        "DROP TABLE store_rollout_audit",
+        "DROP TABLE store_rollouts",
+        "ALTER TABLE store_clients DROP COLUMN app_version",
+        "ALTER TABLE store_clients DROP COLUMN labels",
+    ],
     # Layout 4 kept versions as integers; its upgrade leaves versions that are keys already alone.
     4: [],
     3: ["DROP TABLE store_actions", "ALTER TABLE store_client_status DROP COLUMN dead"],

@@ -433,6 +433,7 @@ def test_export_import_and_publish_speak_json(tmp_path: Path, key_path: Path, st
         "unchanged": [],
         "replaced": [],
         "resigned": [],
+        "rollout_id": None,
     }
 
     drop = tmp_path / "drop"

@@ -107,6 +107,9 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
         {
             "client_id": ids["shop-berlin"],
             "name": "shop-berlin",
+            "labels": {},
+            "app_version": None,
+            "held_by_app": [],
             "applied": ["1", "2"],
             "latest_version": "2",
             "failed": [],
@@ -117,6 +120,9 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
         {
             "client_id": ids["shop-paris"],
             "name": "shop-paris",
+            "labels": {},
+            "app_version": None,
+            "held_by_app": [],
             "applied": ["1"],
             "latest_version": "1",
             "failed": [{"version": "2", "error": ERROR, "attempts": 3, "dead": True}],
@@ -127,6 +133,9 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
         {
             "client_id": ids["shop-idle"],
             "name": "shop-idle",
+            "labels": {},
+            "app_version": None,
+            "held_by_app": [],
             "applied": [],
             "latest_version": None,
             "failed": [],
@@ -137,6 +146,9 @@ def test_fleet_shows_applied_failed_drift_pending_and_last_seen(store: str, tmp_
         {
             "client_id": ids["shop-drifted"],
             "name": "shop-drifted",
+            "labels": {},
+            "app_version": None,
+            "held_by_app": [],
             "applied": ["1"],
             "latest_version": "1",
             "failed": [],

@@ -34,6 +34,7 @@ from migsync.server import tables as t
 from migsync.server.app import create_app
 from migsync.server.export import export
 from migsync.server.openapi import ENDPOINTS, openapi_document
+from migsync.server.rollouts import Policy, parse_stages
 from migsync.server.validation import InvalidChanges, _change, _plainly_valid, entity_changes
 from migsync.transports import dropfiles as files_
 
@@ -56,7 +57,7 @@ def test_every_route_of_the_api_is_in_the_document() -> None:
     paths = openapi_document()["paths"]
     documented = {(path, method.upper()) for path, operations in paths.items() for method in operations}
     assert routes == documented
-    assert len(documented) == len(ENDPOINTS) == 10
+    assert len(documented) == len(ENDPOINTS) == 14
 
 
 def test_every_schema_says_only_what_the_server_enforces() -> None:
@@ -183,7 +184,7 @@ async def test_the_drop_folder_files_match_their_schemas(tmp_path: Path, key_pat
 #: MIGSYNC_SCHEMATHESIS_EXAMPLES=500 searches deeper, by hand.
 EXAMPLES = int(os.environ.get("MIGSYNC_SCHEMATHESIS_EXAMPLES", "12"))
 #: Operations that take nothing (but a token): no invalid data to send them.
-NOTHING_TO_NEGATE = ("GET /api/migrations", "GET /api/clients", "GET /api/openapi.json")
+NOTHING_TO_NEGATE = ("GET /api/migrations", "GET /api/clients", "GET /api/openapi.json", "GET /api/rollouts")
 
 
 def _checks(negative: bool) -> list[Callable[..., Any]]:
@@ -245,6 +246,8 @@ async def _seed(url: str, key_path: Path) -> tuple[str, str]:
         [request] = await store.request_action("revert", V1.version, [a], "admin")
         await store.record_answers(a, [ActionResult(request.id, "queued", None)])
         await store.receive_changes(a, [EntityChange("c1", "note", "1", "insert", {"x": 1}, V1.version, 1.0)])
+        # rollout 1, running: what the example of POST /api/rollouts/operations pauses
+        await store.start_rollout([v4.version], parse_stages("canary,all"), Policy(), "admin")
     return token_a, token_b
 
 

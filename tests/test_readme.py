@@ -207,7 +207,7 @@ def test_every_documented_command_is_a_real_one(where: str, block: str) -> None:
         path = [w for w in words[1:] if not w.startswith("-")][:2]
         help_result = run_forked(MIGSYNC, [*path[:1], "--help"], migsync_env(), None, timeout=60)
         assert help_result.returncode == 0, f"{where}: {command}"
-        if path and path[0] in ("client", "clients", "actions", "changes") and len(path) > 1:
+        if path and path[0] in ("client", "clients", "actions", "changes", "rollout") and len(path) > 1:
             help_result = run_forked(MIGSYNC, [*path, "--help"], migsync_env(), None, timeout=60)
             assert help_result.returncode == 0, f"{where}: {command}"
         for option in [w.split("=")[0] for w in words if w.startswith("--")]:

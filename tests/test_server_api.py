@@ -630,7 +630,7 @@ async def test_fleet_view_and_published_list(api: Api) -> None:
     for entry in entries:
         assert set(entry) == {
             "client_id", "name", "applied", "latest_version", "failed", "drift", "pending", "held_from",
-            "created_at", "last_seen",
+            "created_at", "last_seen", "labels", "app_version", "held_by_app",
         }  # fmt: skip
     a_entry, b_entry, idle_entry = entries
     assert (a_entry["applied"], a_entry["latest_version"], a_entry["failed"], a_entry["pending"]) == (

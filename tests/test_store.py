@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from conftest import MIGSYNC, write_migrations
+from dbtools import _STORE_DOWNGRADES as STORE_DOWNGRADES
 from dbtools import aquery, downgrade_store, is_sqlite, migsync_env, query, run
 
 from migsync.core.errors import ChecksumMismatch, ConfigError, ConnectError, SignatureError
@@ -127,7 +128,7 @@ async def test_a_version_2_store_gets_an_inbox(urls: Urls, key_path: Path) -> No
     assert await aquery(urls.raw, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
 
 
 async def test_without_create_a_missing_store_is_an_error(tmp_path: Path, pg_url: str) -> None:
@@ -439,6 +440,8 @@ async def test_a_layout_4_store_with_whole_number_versions_upgrades_in_place(
     async with engine.begin() as conn:
         await conn.run_sync(tables.metadata.drop_all)
         await conn.run_sync(old.create_all)
+        for statement in STORE_DOWNGRADES[5]:  # what layout 5 added: layout 4 had none of it
+            await conn.exec_driver_sql(statement)
         t = old.tables
         await conn.execute(t["store_meta"].insert(), [{"key": "schema_version", "value": "4"}])
         await conn.execute(

@@ -102,6 +102,10 @@ COMMANDS: dict[str, LazyCommand] = {
     "revert": LazyCommand(
         "migsync.cli.queue:revert", "Revert NAME and every migration applied after it, newest first."
     ),
+    "rollout": LazyCommand(
+        "migsync.cli.rollout:rollout",
+        "Take published versions to the fleet in stages, watched (docs/rollouts.md).",
+    ),
     "serve": LazyCommand("migsync.cli.server:serve", "Serve the store's HTTP API to clients (uvicorn)."),
     "status": LazyCommand(
         "migsync.cli.inspection:status", "Show every migration the database knows and its state."

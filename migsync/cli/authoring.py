@@ -113,6 +113,7 @@ def validate(
             "migrations": len(checked.migrations),
             "problems": [p.to_json() for p in problems],
             "warnings": checked.warnings,
+            "requires": _requirements(checked.migrations) if not checked.problems else {},
             "database": None,
         }
         if looked is not None:
@@ -128,8 +129,17 @@ def validate(
     else:
         against = " and the database agrees" if looked is not None else ""
         count = len(checked.migrations)
+        for name, needs in _requirements(checked.migrations).items():
+            click.echo(f"{name} requires {needs}")
         click.echo(f"{directory}: {count} migration{'s' * (count != 1)} ({checked.format}), valid{against}")
     sys.exit(code)
+
+
+def _requirements(migrations: list[Any]) -> dict[str, str]:
+    """Migration name -> what its ``-- migsync:requires`` lines say (those that say anything)."""
+    from migsync.core.requires import describe
+
+    return {m.name: describe(m.requirements()) for m in migrations if m.requirements()}
 
 
 async def _compare(ctx: click.Context, db_url: str, migrations: list[Any]) -> tuple[History, Comparison]:

@@ -136,6 +136,14 @@ def client_options(command: Any) -> Any:
         ),
         max_attempts_option,
         click.option(
+            "--app-version",
+            envvar="MIGSYNC_APP_VERSION",
+            metavar="VERSION",
+            help="This application's version, sent with each poll: a migration that says "
+            "'-- migsync:requires app>=2.3' is offered only to apps that satisfy it "
+            "[env: MIGSYNC_APP_VERSION]",
+        ),
+        click.option(
             "--sink",
             "sinks",
             multiple=True,
@@ -289,6 +297,7 @@ async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, 
         timeout=o["timeout"],
         retries=o["retries"],
         reports_dir=o["reports_dir"],
+        app_version=o["app_version"],
     )
     client = connect(ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
     async with transport, client:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from migsync.cli.rollout_options import rollout_options
 from migsync.cli.support import (
     EXIT_BAD_INPUT,
     SourceOptions,
@@ -140,6 +141,15 @@ def build_appliers(ctx: click.Context, names: tuple[str, ...], off: bool) -> lis
     help="Ed25519 private key to sign with (see 'migsync keygen').",
 )
 @click.option("--force", is_flag=True, help="Replace versions already published with other content.")
+@click.option(
+    "--stages",
+    default=None,
+    metavar="LIST",
+    help="Roll the added or replaced versions out in stages instead of to every client at once: "
+    "N% (by a stable hash of the client id), NAME (clients labelled group=NAME), key=value, all; "
+    "e.g. 1%,10%,100% or canary,all (docs/rollouts.md).",
+)
+@rollout_options
 @json_option
 @click.pass_context
 def publish(
@@ -149,6 +159,12 @@ def publish(
     store_url: str,
     key_path: str,
     force: bool,
+    stages: str | None,
+    success_threshold: str,
+    error_threshold: str,
+    soak: str,
+    on_failure: str,
+    by: str | None,
     as_json: bool,
 ) -> None:
     """Sign the migrations in DIR and publish them to the server store.
@@ -160,7 +176,21 @@ def publish(
     A version published with other content is refused (exit 2, nothing
     written) unless --force: then it is replaced, and clients that applied
     the old content are told of the checksum mismatch.
+
+    With --stages the versions this publish adds or replaces go to the fleet
+    as a rollout (see 'migsync rollout'): a client is offered them once its
+    stage has started; the rollout's other options apply only then.
     """
+    plan = None
+    if stages is not None:
+        from migsync.cli.rollout_options import policy_of, who
+        from migsync.server.rollouts import RolloutError, parse_stages
+
+        try:
+            parsed = parse_stages(stages)
+        except RolloutError as exc:
+            raise click.BadParameter(str(exc), param_hint="--stages") from None
+        plan = (parsed, policy_of(success_threshold, error_threshold, soak, on_failure), who(by))
 
     async def run() -> None:
         from migsync.protocol.signing import load_private_key
@@ -177,6 +207,8 @@ def publish(
                 err=True,
             )
             sys.exit(EXIT_BAD_INPUT)
+        for migration in migrations:
+            migration.requirements()  # a malformed '-- migsync:requires' stops it here, by file and line
         key = load_private_key(key_path)
         if not migrations:
             if as_json:
@@ -185,7 +217,7 @@ def publish(
                 click.echo(f"nothing to publish: {directory} holds no migrations")
             return
         async with Store.open(store_url) as store:
-            result = await store.publish(migrations, key, force=force)
+            result = await store.publish(migrations, key, force=force, rollout=plan)
         if as_json:
             echo_json(result)
             return
@@ -202,6 +234,11 @@ def publish(
             f"{len(result.added)} added, {len(result.unchanged)} unchanged, "
             f"{len(result.resigned)} re-signed, {len(result.replaced)} replaced"
         )
+        if result.rollout_id is not None:
+            click.echo(
+                f"rollout {result.rollout_id} started in stages {stages}: see 'migsync rollout status "
+                f"{result.rollout_id}'"
+            )
 
     run_coro(run())
 
@@ -214,16 +251,57 @@ def clients() -> None:
 @clients.command("add")
 @click.argument("name")
 @store_option
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label (repeatable), e.g. group=canary or region=eu: rollout stages select clients by them.",
+)
 @click.option("--json", "as_json", is_flag=True, help='Print {"client_id": ..., "token": ...}.')
-def clients_add(name: str, store_url: str, as_json: bool) -> None:
+def clients_add(name: str, store_url: str, labels: tuple[str, ...], as_json: bool) -> None:
     """Register client NAME and print its token (shown this once; the store keeps only its hash)."""
-
-    client_id, token = on_store(store_url, lambda store: store.add_client(name), create=True)
+    parsed = _labels(labels)
+    client_id, token = on_store(store_url, lambda store: store.add_client(name, parsed), create=True)
     if as_json:
         click.echo(json.dumps({"client_id": client_id, "token": token}))
         return
     click.echo(f"client {client_id} ({name.strip()}) added; its token (shown only now, stored hashed):")
     click.echo(token)
+
+
+@clients.command("label")
+@click.argument("name")
+@click.argument("labels", nargs=-1, required=True, metavar="KEY=VALUE|KEY-...")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the client as JSON.")
+def clients_label(name: str, labels: tuple[str, ...], store_url: str, as_json: bool) -> None:
+    """Set labels of client NAME (KEY=VALUE), or remove one (KEY-).
+
+    The client's next poll fetches what it is offered again: a new label may
+    put it in another rollout stage."""
+    changes: dict[str, str | None] = {}
+    for text in labels:
+        if text.endswith("-") and "=" not in text:
+            changes[text[:-1]] = None
+        else:
+            changes.update(_labels((text,)))
+    record = on_store(store_url, lambda store: store.label_client(name, changes))
+    if as_json:
+        click.echo(json.dumps(record.to_json(), indent=2))
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(record.labels.items())) or "none"
+    click.echo(f"client {record.client_id} ({record.name}) labels: {shown}")
+
+
+def _labels(texts: tuple[str, ...]) -> dict[str, str]:
+    from migsync.core.errors import ConfigError
+    from migsync.server.rollouts import parse_labels
+
+    try:
+        return parse_labels(texts)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label") from None
 
 
 @clients.command("list")

@@ -148,6 +148,17 @@ class Migration:
         """
         return bool(self.script("up", dialect).sql) and not self.has_script("down", dialect)
 
+    def requirements(self) -> tuple[Any, ...]:
+        """What its ``-- migsync:requires`` lines say of the app versions that can run it
+        (:class:`migsync.core.requires.Requirement`); a malformed one is a :class:`SourceError`."""
+        from migsync.core import requires
+
+        scripts = []
+        for dialect, script in self.up.items():
+            file, line = self.origins.get(f"up:{dialect}") or (self.source or self.name, 1)
+            scripts.append((script.sql, file, line))
+        return requires.of_scripts(scripts)
+
     def dialects(self) -> set[str]:
         return (set(self.up) | set(self.down)) - {ANY_DIALECT}
 

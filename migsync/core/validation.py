@@ -99,7 +99,17 @@ def check_folder(
     if problems:
         return FolderCheck(problems, warnings, snapshot.format)
     problems += [p for migration in migrations for p in _check_scripts(migration)]
+    problems += [p for migration in migrations for p in _check_requirements(migration)]
     return FolderCheck(problems, warnings, snapshot.format, migrations)
+
+
+def _check_requirements(migration: Migration) -> list[Problem]:
+    """A malformed ``-- migsync:requires`` line (see :mod:`migsync.core.requires`)."""
+    try:
+        migration.requirements()
+    except SourceError as exc:
+        return [Problem.of(exc)]
+    return []
 
 
 def _unknown(ignored: str) -> Problem:

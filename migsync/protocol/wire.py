@@ -36,6 +36,11 @@ def _json(record: Any) -> dict[str, Any]:
 #: request and answer (:data:`PROTOCOL_HEADER`); the other side refuses what it does not speak.
 PROTOCOL = 2
 PROTOCOL_HEADER = "Migsync-Protocol"
+#: The header a client says its application's version in (``client run --app-version``); the
+#: server offers a migration that says ``-- migsync:requires app>=2.3`` only to apps that satisfy it.
+APP_VERSION_HEADER = "Migsync-App-Version"
+#: What it may hold: a version such as ``2.3.1`` or ``2.3.1-beta+7`` (at most 64 characters).
+APP_VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_\-]{0,63}$"
 
 
 def protocol_refusal(theirs: str | None, who: str) -> str | None:

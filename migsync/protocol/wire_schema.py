@@ -135,6 +135,32 @@ _ISO_TIME_OR_NULL = _text("a time in ISO 8601 UTC, or null", nullable=True)
 _SIGNATURE = _text("an Ed25519 signature (base64), or null", nullable=True)
 _KEY_ID = _text("the id of the key that signed it, or null", nullable=True)
 _VERSIONS = _list_of(_version())
+_RATIO = {
+    "description": "a fraction from 0 to 1 (0.95 is 95 %)",
+    "type": "number",
+    "minimum": 0,
+    "maximum": 1,
+}
+_COUNT = {"type": "integer", "minimum": 0}
+#: What an operator may do to a rollout (:data:`migsync.server.rollouts.OPERATIONS`).
+ROLLOUT_OPERATIONS = ("pause", "resume", "advance", "abort")
+_ROLLOUT: dict[str, Schema] = {
+    "id": _id("the rollout's id"),
+    "versions": _VERSIONS,
+    "stages": _list_of(_text("a stage as given")),
+    "state": {"description": "where it is", "enum": ["running", "paused", "completed", "aborted"]},
+    "stage": {"description": "the current stage, from 1", "type": "integer", "minimum": 1},
+    "stage_name": _text("the current stage as given"),
+    "stage_started_at": _ISO_TIME,
+    "reason": _text("why it is paused or ended, or null", nullable=True),
+    "success_threshold": _RATIO,
+    "error_threshold": _RATIO,
+    "soak_seconds": {"type": "number", "minimum": 0},
+    "on_failure": {"enum": ["pause", "revert"]},
+    "created_by": _text("who started it"),
+    "created_at": _ISO_TIME,
+    "updated_at": _ISO_TIME,
+}
 
 #: Every schema by name (the OpenAPI document's ``components.schemas``).
 SCHEMAS: dict[str, Schema] = {
@@ -266,6 +292,46 @@ SCHEMAS: dict[str, Schema] = {
         "additionalProperties": False,
         "examples": [{"action": "revert", "version": "1", "clients": None, "requested_by": "alice"}],
     },
+    "RolloutOrder": {
+        "description": "an object with versions, stages, requested_by and optionally the rollout's policy",
+        "type": "object",
+        "properties": {
+            "versions": {**_list_of(_version()), "minItems": 1, "maxItems": MAX_REPORTS},
+            "stages": _text(
+                "comma-separated stages: N%, a group name, key=value or all (1%,10%,100% or canary,all)",
+                least=1,
+                most=2000,
+            ),
+            "success_threshold": _RATIO,
+            "error_threshold": _RATIO,
+            "soak_seconds": {
+                "description": "a number of seconds, at least 0",
+                "type": "number",
+                "minimum": 0,
+                "maximum": 10**9,
+            },
+            "on_failure": {"description": "pause or revert", "enum": ["pause", "revert"]},
+            # at most 200 printable characters (checked beyond the schema)
+            "requested_by": _text("who starts it", least=1, most=MAX_ERROR),
+        },
+        "required": ["versions", "stages", "requested_by"],
+        "additionalProperties": False,
+        "examples": [
+            {"versions": ["3"], "stages": "canary,all", "soak_seconds": 600, "requested_by": "alice"}
+        ],
+    },
+    "RolloutOperation": {
+        "description": "an object with rollout_id, operation and requested_by",
+        "type": "object",
+        "properties": {
+            "rollout_id": {**_id("a rollout's id"), "minimum": 1},
+            "operation": {"description": "pause, resume, advance or abort", "enum": list(ROLLOUT_OPERATIONS)},
+            "requested_by": _text("who does it", least=1, most=MAX_ERROR),
+        },
+        "required": ["rollout_id", "operation", "requested_by"],
+        "additionalProperties": False,
+        "examples": [{"rollout_id": 1, "operation": "pause", "requested_by": "alice"}],
+    },
     # -- answers ---------------------------------------------------------------------------------
     "SignedManifest": _answer(
         "the fleet manifest (every published version with its name and checksum, and a serial that only "
@@ -378,9 +444,54 @@ SCHEMAS: dict[str, Schema] = {
             "held_from": _version(nullable=True),
             "created_at": _ISO_TIME,
             "last_seen": _ISO_TIME_OR_NULL,
+            "labels": {"description": "its labels, key to value", "type": "object"},
+            "app_version": _text("the app version it last said it runs, or null", nullable=True),
+            "held_by_app": _list_of(
+                _answer(
+                    "a published version its app version does not satisfy",
+                    {"version": _version(), "requires": _text("what the migration requires (app>=2.3)")},
+                )
+            ),
         },
     ),
     "Fleet": _answer("every client, by id", {"clients": _list_of(ref("FleetEntry"))}),
+    "Rollout": _answer("a staged rollout: its versions, stages, policy and where it is", _ROLLOUT),
+    "Rollouts": _answer("every rollout, newest first", {"rollouts": _list_of(ref("Rollout"))}),
+    "RolloutStatus": _answer(
+        "a rollout with its stages' counts now and over time, and its audit",
+        {
+            **_ROLLOUT,
+            "stage_counts": _list_of(
+                _answer(
+                    "one stage's clients now",
+                    {
+                        "name": _text("the stage as given"),
+                        "started": {"type": "boolean"},
+                        "members": _COUNT,
+                        "applied": _COUNT,
+                        "failed": _COUNT,
+                        "pending": _COUNT,
+                    },
+                )
+            ),
+            "history": _list_of(
+                _answer(
+                    "the counts as of one time (evenly spaced since the rollout started)",
+                    {"at": _ISO_TIME, "stages": _list_of(ref("StageCounts"))},
+                )
+            ),
+            "audit": _list_of(
+                _answer(
+                    "what happened, who did it, when",
+                    {"at": _ISO_TIME, "who": _text("an operator, or migsync"), "what": _text("what")},
+                )
+            ),
+        },
+    ),
+    "StageCounts": _answer(
+        "one stage's clients at one time",
+        {"members": _COUNT, "applied": _COUNT, "failed": _COUNT, "pending": _COUNT},
+    ),
     "Error": _answer(
         "a refusal: what is wrong, and where",
         {

@@ -51,6 +51,7 @@ from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, protocol_refusal
 from migsync.protocol.wire_schema import SCHEMAS, standalone
+from migsync.server import rollout_api
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, token_hash
@@ -112,6 +113,7 @@ class _Api:
         self._monotonic = clock.now if clock is not None else time.monotonic
         self._wall = clock.now if clock is not None else time.time
         self._sleep = clock.sleep if clock is not None else asyncio.sleep
+        self._clock = clock
         self.max_changes_body = max_changes_body
         self.appliers = tuple(appliers)
         self.admin_token = admin_token.encode()
@@ -132,7 +134,9 @@ class _Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        async with Store.open(self.store_url, create=False, appliers=self.appliers) as store:
+        async with Store.open(
+            self.store_url, create=False, appliers=self.appliers, clock=self._clock
+        ) as store:
             self._store = store
             flusher = (
                 asyncio.create_task(self._flush_seen_every(self.seen_flush)) if self.seen_flush else None
@@ -253,6 +257,17 @@ class _Api:
 
     async def pending(self, request: Request) -> Response:
         digest, state = await self._client(request)
+        app_version = rollout_api.app_version(request)
+        if app_version is not None and app_version != state.client.app_version:
+            # Its ETag moves with it: what it is offered may differ (migsync:requires).
+            await self.store.set_app_version(state.client.client_id, app_version)
+            state = attrs.evolve(
+                state,
+                client=attrs.evolve(state.client, app_version=app_version),
+                status_serial=state.status_serial + 1,
+            )
+            self._states[digest] = state
+            self.forget_states()
         await self._seen(state.client.client_id)
         wanted = request.headers.get("if-none-match")
         if wanted is not None and _matches(wanted, state.etag):
@@ -305,6 +320,8 @@ class _Api:
         self._unwritten.pop(client_id, None)
         if result.recorded:
             self._reported(digest, state)
+        if result.rollouts_moved:  # every client may be offered something else now
+            self.forget_states()
         return JSONResponse(
             {
                 "recorded": [v.text for v in result.recorded],
@@ -381,6 +398,28 @@ class _Api:
         await self._admin(request)
         await self._flush_seen()  # this process's own view is never behind
         return JSONResponse({"clients": [entry.to_json() for entry in await self.store.fleet()]})
+
+    async def rollouts(self, request: Request) -> Response:
+        await self._admin(request)
+        return JSONResponse({"rollouts": [r.to_json() for r in await self.store.rollouts()]})
+
+    async def start_rollout(self, request: Request) -> Response:
+        await self._admin(request)
+        record = await rollout_api.start(self.store, await read_json(request, self.max_body))
+        self.forget_states()
+        return JSONResponse(record.to_json(), status_code=201)
+
+    async def rollout(self, request: Request) -> Response:
+        await self._admin(request)
+        result = await rollout_api.status(self.store, rollout_api.rollout_id(request))
+        self.forget_states()  # reading it may have moved it
+        return JSONResponse(result.to_json())
+
+    async def operate_rollout(self, request: Request) -> Response:
+        await self._admin(request)
+        record = await rollout_api.operate(self.store, await read_json(request, self.max_body))
+        self.forget_states()
+        return JSONResponse(record.to_json())
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(_OPENAPI)

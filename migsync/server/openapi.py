@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
+from migsync.protocol.wire import APP_VERSION_HEADER, APP_VERSION_PATTERN, PROTOCOL, PROTOCOL_HEADER
 from migsync.protocol.wire_schema import SCHEMAS, ref
 
 __all__ = ["ENDPOINTS", "MAX_LIMIT", "Endpoint", "QueryInt", "openapi_document"]
@@ -57,6 +57,8 @@ class Endpoint:
     answers: tuple[tuple[int, str, str | dict[str, Any] | None], ...] = ()
     #: the path's parameters: name -> the values it may take
     path_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: the path's parameters that are ids (whole numbers from 1)
+    path_ints: tuple[str, ...] = ()
 
 
 _REFUSED_BODY = (
@@ -89,6 +91,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         answers=(
             (200, "what the client has to do; ETag tags it", "Pending"),
             (304, "nothing changed since the ETag sent in If-None-Match", None),
+            (422, "a Migsync-App-Version header that is not a version", "Error"),
             *_CLIENT_REFUSALS,
         ),
     ),
@@ -175,6 +178,62 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         answers=((200, "the fleet", "Fleet"), *_ADMIN_REFUSALS),
     ),
     Endpoint(
+        "rollouts",
+        "GET",
+        "/api/rollouts",
+        "Every staged rollout, newest first",
+        ADMIN,
+        answers=((200, "the rollouts", "Rollouts"), *_ADMIN_REFUSALS),
+    ),
+    Endpoint(
+        "operate_rollout",
+        "POST",
+        "/api/rollouts/operations",
+        "The admin pauses, resumes, advances or aborts a rollout (recorded with requested_by)",
+        ADMIN,
+        body="RolloutOperation",
+        answers=(
+            (200, "the rollout as it is now", "Rollout"),
+            *_REFUSED_BODY,
+            (404, "no rollout with that id", "Error"),
+            (
+                409,
+                "the rollout's state does not allow it (resuming a running one, anything on an ended one)",
+                "Error",
+            ),
+            (422, "an operation of the wrong shape", "Error"),
+            *_ADMIN_REFUSALS,
+        ),
+    ),
+    Endpoint(
+        "start_rollout",
+        "POST",
+        "/api/rollouts",
+        "The admin starts a staged rollout of published versions",
+        ADMIN,
+        body="RolloutOrder",
+        answers=(
+            (201, "the rollout started", "Rollout"),
+            *_REFUSED_BODY,
+            (422, "an order of the wrong shape, bad stages, or a version not published", "Error"),
+            *_ADMIN_REFUSALS,
+        ),
+    ),
+    Endpoint(
+        "rollout",
+        "GET",
+        "/api/rollouts/{rollout_id}",
+        "One rollout (evaluated first): its stages' counts now and over time, and its audit",
+        ADMIN,
+        path_ints=("rollout_id",),
+        answers=(
+            (200, "the rollout", "RolloutStatus"),
+            (404, "no rollout with that id", "Error"),
+            (422, "a rollout id that is not a whole number from 1", "Error"),
+            *_ADMIN_REFUSALS,
+        ),
+    ),
+    Endpoint(
         "openapi",
         "GET",
         "/api/openapi.json",
@@ -244,6 +303,15 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "enum": list(values)}}
         for name, values in endpoint.path_values
     ]
+    parameters += [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        }
+        for name in endpoint.path_ints
+    ]
     if endpoint.auth == CLIENT:
         parameters.append(
             {
@@ -262,6 +330,17 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
                 "required": False,
                 "description": "the ETag of the last answer: 304 if nothing changed since",
                 "schema": {"type": "string"},
+            }
+        )
+        parameters.append(
+            {
+                "name": APP_VERSION_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "the version of the application the client database belongs to: a "
+                "migration that says '-- migsync:requires app>=2.3' is offered only to clients whose "
+                "app satisfies it",
+                "schema": {"type": "string", "pattern": APP_VERSION_PATTERN},
             }
         )
     if parameters:

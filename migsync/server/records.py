@@ -40,6 +40,8 @@ class PublishResult:
     replaced: tuple[str, ...] = ()
     #: same content, signed again with another key (a key rotation)
     resigned: tuple[str, ...] = ()
+    #: the rollout the publish started (``publish --stages``), or None
+    rollout_id: int | None = None
 
 
 @attrs.frozen
@@ -74,6 +76,10 @@ class ClientRecord:
     reported_version: Version | None = attrs.field(
         default=None, converter=attrs.converters.optional(as_version)
     )
+    #: its labels (``clients add --label k=v``), which rollout stages select by
+    labels: dict[str, str] = attrs.field(factory=dict, eq=False)
+    #: the application version it last said it runs (``Migsync-App-Version``), or None
+    app_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +88,8 @@ class ClientRecord:
             "created_at": iso(self.created_at),
             "last_seen_at": iso(self.last_seen_at),
             "reported_version": _text(self.reported_version),
+            "labels": dict(sorted(self.labels.items())),
+            "app_version": self.app_version,
         }
 
 
@@ -135,6 +143,8 @@ class ReportResult:
     unchanged: tuple[Version, ...] = ()
     drift: tuple[Drift, ...] = ()
     unpublished: tuple[Version, ...] = ()
+    #: a rollout moved (a stage started, it paused): every client's ETag changed
+    rollouts_moved: bool = False
 
 
 @attrs.frozen
@@ -161,11 +171,17 @@ class FleetEntry:
     #: the version from which a revert the admin asked for holds it (nothing from there on is
     #: applied until a re-apply), or None; see :func:`migsync.server.actions.hold_of`
     held_from: Version | None = None
+    #: published versions it is not offered because its app version does not satisfy their
+    #: ``-- migsync:requires`` (with the requirement): see :mod:`migsync.core.requires`
+    held_by_app: tuple[tuple[Version, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "client_id": self.client.client_id,
             "name": self.client.name,
+            "labels": dict(sorted(self.client.labels.items())),
+            "app_version": self.client.app_version,
+            "held_by_app": [{"version": v.text, "requires": r} for v, r in self.held_by_app],
             "applied": [v.text for v in self.applied],
             "latest_version": max(self.applied).text if self.applied else None,
             "failed": [{**attrs.asdict(f), "version": f.version.text} for f in self.failed],

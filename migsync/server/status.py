@@ -14,6 +14,7 @@ one indexed row, without reading a migration.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,9 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from migsync.core import requires
 from migsync.core.version import Version
+from migsync.server import rollout_store
 from migsync.server import tables as t
 from migsync.server.records import (
     ClientRecord,
@@ -42,7 +45,15 @@ _clients = t.store_clients.c
 
 
 def client(row: Row[Any]) -> ClientRecord:
-    return ClientRecord(row.id, row.name, row.created_at, row.last_seen_at, row.reported_version)
+    return ClientRecord(
+        row.id,
+        row.name,
+        row.created_at,
+        row.last_seen_at,
+        row.reported_version,
+        labels=json.loads(row.labels) if row.labels else {},
+        app_version=row.app_version,
+    )
 
 
 def _publish_serial_query() -> Any:
@@ -123,7 +134,8 @@ async def pending(conn: AsyncConnection, client_id: int) -> tuple[ClientState, l
         for r in rows
         if applied.get(r.version) != r.checksum
     ]
-    return state, items
+    # Rollouts and app-version requirements decide what of it the client is offered yet.
+    return state, await rollout_store.offered(conn, state.client, items)
 
 
 async def report(conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport]) -> ReportResult:
@@ -222,6 +234,15 @@ async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[Fle
             select(_published.version, _published.checksum).order_by(_published.version)
         )
     }
+    # The requirements of the published migrations that state app-version ones (few), for who is held.
+    needs = {
+        r.version: rollout_store.requirements(
+            PendingMigration(r.version, r.name, r.content, r.checksum, r.signature, r.signed_by)
+        )
+        for r in await conn.execute(
+            select(t.store_migrations).where(_published.content.like(f"%{requires.DIRECTIVE}%"))
+        )
+    }
     rows: dict[int, list[Row[Any]]] = {}
     for r in await conn.execute(rows_query):
         rows.setdefault(r.client_id, []).append(r)
@@ -239,5 +260,6 @@ async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[Fle
         )
         done = {r.version for r in mine if r.applied and r.checksum == published.get(r.version)}
         pending = tuple(v for v in published if v not in done)
-        entries.append(FleetEntry(record, applied, failed, drift, pending))
+        held = tuple(rollout_store.held_by_app(record, [(v, needs[v]) for v in pending if v in needs]))
+        entries.append(FleetEntry(record, applied, failed, drift, pending, held_by_app=held))
     return entries

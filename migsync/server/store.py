@@ -29,7 +29,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -70,7 +70,10 @@ from migsync.server.records import (
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from migsync.core.clock import Clock
     from migsync.server.appliers import ChangeApplier
+    from migsync.server.rollout_store import Rollout, RolloutStatus
+    from migsync.server.rollouts import Policy, Stage
 
 #: Key of the Postgres advisory lock that serialises publishing and schema changes.
 _LOCK_KEY = 0x6D696773796E63  # "migsync"
@@ -82,8 +85,16 @@ _MAX_TOKEN = 512
 class Store:
     """The server's database. Open it with :meth:`open`; every method is one unit of work."""
 
-    def __init__(self, engine: AsyncEngine, url: URL, appliers: Sequence[ChangeApplier] = ()) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        url: URL,
+        appliers: Sequence[ChangeApplier] = (),
+        clock: Clock | None = None,
+    ) -> None:
         self._engine = engine
+        #: what rollouts measure soak times on and date their events by (tests pass a test clock)
+        self.now = clock.now if clock is not None else time.time
         self._url = url
         self.where = engines.display(url)
         #: what :meth:`receive_changes` hands each stored change to, in this order
@@ -92,20 +103,26 @@ class Store:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, url: str, *, create: bool = True, appliers: Sequence[ChangeApplier] = ()
+        cls,
+        url: str,
+        *,
+        create: bool = True,
+        appliers: Sequence[ChangeApplier] = (),
+        clock: Clock | None = None,
     ) -> AsyncIterator[Store]:
         """The store at ``url``, its tables created (``create``) or upgraded as needed.
 
         Without ``create`` a store that does not exist yet is a :class:`ConfigError`.
         A store written by a newer migsync is refused with :class:`ConnectError`.
-        ``appliers`` get each entity change the store receives (none by default).
+        ``appliers`` get each entity change the store receives (none by default). ``clock``: what
+        rollouts measure time on (default: the system's).
         """
         mapped = engines.store_url(url)
         engine = engines.create_engine(mapped, create=create)
         try:
             where = engines.display(mapped)
             await engines.check_connection(engine, where)
-            store = cls(engine, mapped, appliers)
+            store = cls(engine, mapped, appliers, clock)
             await store._ensure_schema(create)
             yield store
         finally:
@@ -180,9 +197,20 @@ class Store:
     # -- migrations ------------------------------------------------------------------------------
 
     async def publish(
-        self, migrations: Iterable[Migration], signing_key: Ed25519PrivateKey, *, force: bool = False
+        self,
+        migrations: Iterable[Migration],
+        signing_key: Ed25519PrivateKey,
+        *,
+        force: bool = False,
+        rollout: tuple[Sequence[Stage], Policy, str] | None = None,
     ) -> PublishResult:
         """Sign ``migrations`` and add them; refuse changed content unless ``force``.
+
+        ``rollout``: ``(stages, policy, who)``: take the versions this publish adds or replaces
+        to the fleet in stages (:mod:`migsync.server.rollouts`), in the same transaction, so that
+        no client is offered them before the rollout holds them back. A publish that adds or
+        replaces nothing then is a :class:`ConfigError` (start a rollout of published versions
+        with :meth:`start_rollout`).
 
         Raises :class:`ChecksumMismatch` naming every version that is published
         with other content (nothing is written then), :class:`ConfigError` if
@@ -248,7 +276,20 @@ class Store:
             listed = await manifests.write(conn, signing_key)
             if rows or replaced or resigned or listed:
                 await status.bump_publish_serial(conn)
-        return PublishResult(tuple(added), tuple(unchanged), tuple(replaced), tuple(resigned))
+            rollout_id = None
+            if rollout is not None:
+                from migsync.server import rollout_store
+
+                changed = [m.version for m in items if m.name in added or m.name in replaced]
+                if not changed:
+                    raise ConfigError(
+                        "nothing to roll out: this publish adds or replaces no version; start a "
+                        "rollout of a published version with 'migsync rollout start VERSION'"
+                    )
+                stages, policy, by = rollout
+                started = await rollout_store.start(conn, changed, stages, policy, by, self.now())
+                rollout_id = started.id
+        return PublishResult(tuple(added), tuple(unchanged), tuple(replaced), tuple(resigned), rollout_id)
 
     async def manifest(self) -> SignedManifest | None:
         """The signed manifest of what the store publishes (None: not published by this release yet)."""
@@ -287,8 +328,9 @@ class Store:
 
     # -- clients ---------------------------------------------------------------------------------
 
-    async def add_client(self, name: str) -> tuple[int, str]:
-        """Register client ``name``: its id and its bearer token (shown this once, stored hashed)."""
+    async def add_client(self, name: str, labels: Mapping[str, str] | None = None) -> tuple[int, str]:
+        """Register client ``name`` (with ``labels``): its id and its bearer token (shown this
+        once, stored hashed)."""
         name = _client_name(name)
         token = secrets.token_urlsafe(32)
         async with self._write("adding a client") as conn:
@@ -297,7 +339,10 @@ class Store:
                 raise ConfigError(f"a client named {name!r} exists already (id {existing})")
             result = await conn.execute(
                 insert(t.store_clients).values(
-                    name=name, token_hash=token_hash(token), created_at=time.time()
+                    name=name,
+                    token_hash=token_hash(token),
+                    created_at=time.time(),
+                    labels=json.dumps(dict(sorted(labels.items()))) if labels else None,
                 )
             )
             key = result.inserted_primary_key
@@ -324,6 +369,86 @@ class Store:
             rows = (await conn.execute(select(t.store_clients).order_by(t.store_clients.c.id))).all()
         return [status.client(row) for row in rows]
 
+    async def label_client(self, name: str, changes: Mapping[str, str | None]) -> ClientRecord:
+        """Set (or, for None, remove) labels of client ``name``; the client re-fetches what it is
+        offered (its stage may have changed)."""
+        from migsync.server import rollouts
+
+        name = _client_name(name)
+        for key, value in changes.items():
+            rollouts.parse_label(f"{key}={value or ''}")
+        async with self._write("labelling a client") as conn:
+            row = (await conn.execute(select(t.store_clients).where(t.store_clients.c.name == name))).first()
+            if row is None:
+                raise ConfigError(f"no client named {name!r}")
+            labels = json.loads(row.labels) if row.labels else {}
+            for key, value in changes.items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            await conn.execute(
+                update(t.store_clients)
+                .where(t.store_clients.c.id == row.id)
+                .values(
+                    labels=json.dumps(dict(sorted(labels.items()))) if labels else None,
+                    status_serial=t.store_clients.c.status_serial + 1,
+                )
+            )
+            row = (await conn.execute(select(t.store_clients).where(t.store_clients.c.id == row.id))).one()
+        return status.client(row)
+
+    async def set_app_version(self, client_id: int, app_version: str | None) -> None:
+        """Record the app version client ``client_id`` says it runs; its ETag changes with it."""
+        if app_version is not None and (len(app_version) > 100 or not app_version.isprintable()):
+            raise ConfigError("an app version is at most 100 printable characters")
+        async with self._write("recording a client's app version") as conn:
+            await conn.execute(
+                update(t.store_clients)
+                .where(t.store_clients.c.id == client_id)
+                .where(t.store_clients.c.app_version.is_distinct_from(app_version))
+                .values(app_version=app_version, status_serial=t.store_clients.c.status_serial + 1)
+            )
+
+    # -- rollouts --------------------------------------------------------------------------------
+
+    async def start_rollout(
+        self, versions: Sequence[Version], stages: Sequence[Stage], policy: Policy, by: str
+    ) -> Rollout:
+        """Start a rollout of published ``versions`` (see :mod:`migsync.server.rollout_store`)."""
+        from migsync.server import rollout_store
+
+        async with self._write("starting a rollout", exclusive=True) as conn:
+            return await rollout_store.start(conn, versions, stages, policy, by, self.now())
+
+    async def rollouts(self) -> list[Rollout]:
+        """Every rollout, newest first (not evaluated: see :meth:`rollout_status`)."""
+        from migsync.server import rollout_store
+
+        async with self._read("reading rollouts") as conn:
+            return await rollout_store.read_all(conn)
+
+    async def rollout_status(self, rollout_id: int, points: int = 12) -> RolloutStatus:
+        """Rollout ``rollout_id``, evaluated now, with its stages' counts now and over time."""
+        from migsync.server import rollout_store
+
+        async with self._write("reading a rollout") as conn:
+            return await rollout_store.status(conn, rollout_id, self.now(), points)
+
+    async def rollout_operate(self, rollout_id: int, operation: str, by: str) -> Rollout:
+        """``pause``, ``resume``, ``advance`` or ``abort`` rollout ``rollout_id``, recorded with ``by``."""
+        from migsync.server import rollout_store
+
+        async with self._write(f"{operation} of a rollout") as conn:
+            return await rollout_store.operate(conn, rollout_id, operation, by, self.now())
+
+    async def set_event_retention(self, seconds: float) -> None:
+        """Keep clients' status events for ``seconds`` (older ones go with the next report)."""
+        from migsync.server import rollout_store
+
+        async with self._write("setting the status events' retention") as conn:
+            await rollout_store.set_retention(conn, seconds)
+
     # -- per-client status -----------------------------------------------------------------------
 
     async def client_state(self, token: str) -> ClientState | None:
@@ -349,7 +474,16 @@ class Store:
         published one is recorded as it is and returned as drift. Marks the client seen.
         """
         async with self._write("recording status reports") as conn:
-            return await status.report(conn, client_id, reports)
+            result = await status.report(conn, client_id, reports)
+            if result.recorded:
+                from migsync.server import rollout_store
+
+                moved = await rollout_store.after_report(
+                    conn, client_id, reports, result.recorded, self.now()
+                )
+                if moved:
+                    result = attrs.evolve(result, rollouts_moved=True)
+            return result
 
     async def touch(self, client_id: int, when: float | None = None) -> None:
         """Set the client's ``last_seen_at`` (now, by default)."""

@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeDecorator
 
 from migsync.core.version import Version
 
-SCHEMA_VERSION = 5  # 5: versions as text keys
+SCHEMA_VERSION = 6  # 5: versions as text keys; 6: rollouts, labels, app versions, status events
 
 
 class VersionKey(TypeDecorator[Version]):
@@ -99,6 +99,10 @@ store_clients = Table(
     Column("reported_version", VersionKey, nullable=True),
     #: bumped by every status report that changes something: half of the client's pending ETag
     Column("status_serial", BigInteger, nullable=False, default=0, server_default="0"),
+    #: the client's labels, a JSON object of text to text (``{"group": "canary"}``); NULL: none
+    Column("labels", Text, nullable=True),
+    #: the application version the client last said it runs (``Migsync-App-Version``); NULL: never said
+    Column("app_version", Text, nullable=True),
 )
 
 store_client_status = Table(
@@ -167,6 +171,64 @@ store_actions = Table(
     Column("updated_at", Float, nullable=False),
     Index("store_actions_client_state", "client_id", "state"),
 )
+
+#: A staged rollout of versions (see :mod:`migsync.server.rollouts`): its stages and policy as
+#: the operator gave them, and where it is. ``versions``, ``stages`` and ``accepted`` are JSON.
+store_rollouts = Table(
+    "store_rollouts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    #: the version texts it takes to the fleet, in order
+    Column("versions", Text, nullable=False),
+    Column("stages", Text, nullable=False),
+    Column("success_threshold", Float, nullable=False),
+    Column("error_threshold", Float, nullable=False),
+    Column("soak", Float, nullable=False),
+    Column("on_failure", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    #: the index of the last stage started
+    Column("stage", Integer, nullable=False),
+    Column("stage_started_at", Float, nullable=False),
+    Column("reason", Text, nullable=True),
+    #: per started stage, the failures an operator accepted by resuming or advancing
+    Column("accepted", Text, nullable=False),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    #: when a report last had it evaluated (reports evaluate it at most every few seconds)
+    Column("evaluated_at", Float, nullable=True),
+)
+
+#: Everything that happened to a rollout, with who (an operator's name, or ``migsync`` for what
+#: the rollout did by itself) and when.
+store_rollout_audit = Table(
+    "store_rollout_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("rollout_id", Integer, ForeignKey("store_rollouts.id", ondelete="CASCADE"), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("who", Text, nullable=False),
+    Column("what", Text, nullable=False),
+    Index("store_rollout_audit_rollout", "rollout_id", "id"),
+)
+
+#: Every status change a client reported: ``state`` is ``applied``, ``failed``, ``dead`` or
+#: ``pending`` (reported not applied without an error: reverted). Kept for the retention the
+#: store's ``store_meta.event_retention`` says (seconds; default :data:`DEFAULT_EVENT_RETENTION`).
+store_status_events = Table(
+    "store_status_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("client_id", Integer, ForeignKey("store_clients.id", ondelete="CASCADE"), nullable=False),
+    Column("version", VersionKey, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("at", Float, nullable=False),
+    Index("store_status_events_version_at", "version", "at"),
+    Index("store_status_events_at", "at"),
+)
+
+#: How long status events are kept when the store does not say (90 days).
+DEFAULT_EVENT_RETENTION = 90 * 86400.0
 
 #: ``UPGRADES[n]`` takes a store from schema version ``n`` to ``n + 1`` (inside one transaction).
 UPGRADES: dict[int, Callable[[Connection], None]] = {}
@@ -260,3 +322,15 @@ def _versions_as_keys(conn: Connection) -> None:
 
 
 UPGRADES[4] = _versions_as_keys
+
+
+def _add_rollouts(conn: Connection) -> None:
+    """Layout 6: rollouts, their audit, clients' status events, clients' labels and app versions."""
+    conn.exec_driver_sql("ALTER TABLE store_clients ADD COLUMN labels TEXT")
+    conn.exec_driver_sql("ALTER TABLE store_clients ADD COLUMN app_version TEXT")
+    store_rollouts.create(conn)
+    store_rollout_audit.create(conn)
+    store_status_events.create(conn)
+
+
+UPGRADES[5] = _add_rollouts

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,8 @@ import httpx
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.protocol.wire import (
+    APP_VERSION_HEADER,
+    APP_VERSION_PATTERN,
     PROTOCOL,
     PROTOCOL_HEADER,
     ActionResult,
@@ -81,6 +84,7 @@ class HttpTransport(BaseTransport):
         clock: Clock | None = None,
         http: httpx.AsyncClient | None = None,
         max_answer_bytes: int | None = None,
+        app_version: str | None = None,
     ) -> None:
         try:
             parsed = httpx.URL(url)
@@ -116,6 +120,14 @@ class HttpTransport(BaseTransport):
             "Accept": "application/json",
             PROTOCOL_HEADER: str(PROTOCOL),
         }
+        if app_version is not None:
+            # The server offers a migration that requires an app version only to apps that have it.
+            if not re.match(APP_VERSION_PATTERN, app_version):
+                raise ConfigError(
+                    f"app version {app_version!r} is not a version such as 2.3.1 (letters, digits and "
+                    ".+_-, at most 64 characters)"
+                )
+            self._headers[APP_VERSION_HEADER] = app_version
 
     async def aclose(self) -> None:
         if self._own_http:
