@@ -371,7 +371,10 @@ def _print_changes(result: SyncResult) -> None:
 
 def _print_refusals(refused: Sequence[Any]) -> None:
     for refusal in refused:
-        click.echo(f"refused ({refusal.kind}): {refusal.name}: {refusal.reason}", err=True)
+        if refusal.kind == "unsent":  # held back by the server or not copied yet: no refusal at all
+            click.echo(f"not sent yet: {refusal.name}: {refusal.reason}", err=True)
+        else:
+            click.echo(f"refused ({refusal.kind}): {refusal.name}: {refusal.reason}", err=True)
 
 
 __all__ = ["client"]
