@@ -329,6 +329,11 @@ def imported_name(path: Path) -> Path:
 
 #: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
 _STORE_DOWNGRADES = {
+    5: [
+        "DROP INDEX store_clients_change_seq",
+        "ALTER TABLE store_clients DROP COLUMN change_seq",
+        "DELETE FROM store_meta WHERE key = 'change_seq'",
+    ],
     # Layout 4 kept versions as integers; its upgrade leaves versions that are keys already alone.
     4: [],
     3: ["DROP TABLE store_actions", "ALTER TABLE store_client_status DROP COLUMN dead"],

@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, or_, select, update
+import attrs
+from sqlalchemy import Row, bindparam, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
@@ -32,9 +33,11 @@ from migsync.server.records import (
     PendingMigration,
     ReportResult,
     StatusReport,
+    pending_etag,
 )
 
 PUBLISH_SERIAL = "publish_serial"
+CHANGE_SEQ = "change_seq"
 
 _status = t.store_client_status.c
 _published = t.store_migrations.c
@@ -45,7 +48,7 @@ def client(row: Row[Any]) -> ClientRecord:
     return ClientRecord(row.id, row.name, row.created_at, row.last_seen_at, row.reported_version)
 
 
-def _publish_serial_query() -> Any:
+def publish_serial_query() -> Any:
     return select(t.store_meta.c.value).where(t.store_meta.c.key == PUBLISH_SERIAL).scalar_subquery()
 
 
@@ -59,45 +62,145 @@ async def bump_publish_serial(conn: AsyncConnection) -> None:
         await conn.execute(update(t.store_meta).where(where).values(value=str(int(current) + 1)))
 
 
+def _state(row: Row[Any]) -> ClientState:
+    return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial), int(row.change_seq))
+
+
+def _counter_query(key: str) -> Any:
+    return select(t.store_meta.c.value).where(t.store_meta.c.key == key).scalar_subquery()
+
+
+async def next_change(conn: AsyncConnection) -> int:
+    """Count one more client change and return its number: the caller stamps it on the clients
+    it changed (``store_clients.change_seq``).
+
+    Call it last in the unit of work, after the client rows are written: on Postgres the
+    counter's row stays locked until commit, so numbers are handed out in commit order, and a
+    reader that sees change ``n`` committed sees every change before it too. That is what makes
+    "the clients with ``change_seq`` above the last one seen" a complete list of what changed
+    (a sequence would hand out numbers in start order instead, and a slow transaction's lower
+    number would be committed after a reader had moved past it). Holding nothing else to wait
+    for, a transaction at this point cannot be part of a deadlock.
+    """
+    statement = text(
+        "INSERT INTO store_meta (key, value) VALUES (:key, '1') ON CONFLICT (key) DO UPDATE "
+        "SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) RETURNING value"
+    )
+    return int((await conn.execute(statement, {"key": CHANGE_SEQ})).scalar_one())
+
+
+async def stamp_change(conn: AsyncConnection, client_ids: Sequence[int]) -> int:
+    """Number the change just made to ``client_ids`` (whose rows this unit of work wrote, and so
+    holds locked); the number."""
+    seq = await next_change(conn)
+    await conn.execute(update(t.store_clients).where(_clients.id.in_(client_ids)).values(change_seq=seq))
+    return seq
+
+
 async def client_state(conn: AsyncConnection, digest: str) -> ClientState | None:
     """The client whose token hashes to ``digest`` and its ETag's parts, in one indexed read."""
-    query = select(t.store_clients, _publish_serial_query().label("publish_serial")).where(
+    query = select(t.store_clients, publish_serial_query().label("publish_serial")).where(
         _clients.token_hash == digest
     )
     row = (await conn.execute(query)).first()
-    if row is None:
-        return None
-    return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
+    return None if row is None else _state(row)
 
 
-async def generation(conn: AsyncConnection) -> tuple[int, int, int]:
-    """``(publish_serial, sum of status_serial, number of clients)``: it changes whenever any
-    client's ETag can. Every serial only grows, so their sum changes with any one of them."""
-    query = select(
-        _publish_serial_query(), func.coalesce(func.sum(_clients.status_serial), 0), func.count(_clients.id)
-    )
-    row = (await conn.execute(query)).one()
-    return int(row[0] or 0), int(row[1]), int(row[2])
-
-
-async def client_states(conn: AsyncConnection) -> dict[str, ClientState]:
-    """Every client's state, by token hash, in one read."""
-    query = select(t.store_clients, _publish_serial_query().label("publish_serial"))
-    return {
-        row.token_hash: ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
-        for row in await conn.execute(query)
+async def generation(conn: AsyncConnection) -> tuple[int, int]:
+    """``(publish_serial, change counter)``: it changes whenever any client's ETag can."""
+    rows = {
+        r.key: int(r.value)
+        for r in await conn.execute(
+            select(t.store_meta.c.key, t.store_meta.c.value).where(
+                t.store_meta.c.key.in_((PUBLISH_SERIAL, CHANGE_SEQ))
+            )
+        )
     }
+    return rows.get(PUBLISH_SERIAL, 0), rows.get(CHANGE_SEQ, 0)
+
+
+@attrs.frozen
+class Changes:
+    """What changed since a change number: see :func:`changes_since`."""
+
+    publish_serial: int
+    #: the newest change this read covers: the next read asks for the ones after it
+    seen: int
+    #: the changed clients' states by the sha256 of their token, oldest change first; None: more
+    #: than the limit changed
+    states: list[tuple[str, ClientState]] | None
+
+
+async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes:
+    """The clients whose ETag moved after change ``seen``: one read of two counters, and when
+    the change counter moved, one indexed read of the changed clients (at most ``limit``;
+    past it, ``states`` is None: the caller drops what it holds rather than read the fleet)."""
+    publish, counter = await generation(conn)
+    if counter <= seen:
+        return Changes(publish, seen, [])
+    query = (
+        select(t.store_clients, publish_serial_query().label("publish_serial"))
+        .where(_clients.change_seq > seen)
+        .order_by(_clients.change_seq)
+        .limit(limit + 1)
+    )
+    rows = (await conn.execute(query)).all()
+    if len(rows) > limit:
+        # Every change up to ``counter`` was committed before it was read (see next_change).
+        return Changes(publish, counter, None)
+    states = [(r.token_hash, _state(r)) for r in rows]
+    return Changes(publish, max([counter, *(s.change_seq for _, s in states)]), states)
+
+
+async def pending_view(
+    conn: AsyncConnection, client_id: int
+) -> tuple[ClientState, dict[Version, str | None]]:
+    """The client's state, and the checksum it applied of each version it applied: what its
+    pending answer is made of, with the published set (:func:`published_set`)."""
+    query = select(t.store_clients, publish_serial_query().label("publish_serial")).where(
+        _clients.id == client_id
+    )
+    state = _state((await conn.execute(query)).one())
+    applied = {
+        r.version: r.checksum
+        for r in await conn.execute(
+            select(_status.version, _status.checksum).where(
+                _status.client_id == client_id, _status.applied.is_(True)
+            )
+        )
+    }
+    return state, applied
+
+
+async def published_set(conn: AsyncConnection) -> tuple[int, list[PendingMigration]]:
+    """The publish serial, then every published migration (as a pending one, applied nowhere), in
+    version order. Read in that order: the content is never older than the serial it is filed
+    under, so an ETag made with that serial never stands for older content."""
+    serial = int((await conn.scalar(select(publish_serial_query()))) or 0)
+    rows = await conn.execute(
+        select(
+            _published.version,
+            _published.name,
+            _published.content,
+            _published.checksum,
+            _published.signature,
+            _published.signed_by,
+        ).order_by(_published.version)
+    )
+    return serial, [
+        PendingMigration(r.version, r.name, r.content, r.checksum, r.signature, r.signed_by) for r in rows
+    ]
 
 
 async def pending(conn: AsyncConnection, client_id: int) -> tuple[ClientState, list[PendingMigration]]:
     """The client's state and pending list. The counters are read first: a publish or a report
     landing in between gives an older ETag with newer content, never the reverse, so the worst
     case is one extra full answer."""
-    query = select(t.store_clients, _publish_serial_query().label("publish_serial")).where(
+    query = select(t.store_clients, publish_serial_query().label("publish_serial")).where(
         _clients.id == client_id
     )
     row = (await conn.execute(query)).one()
-    state = ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
+    state = _state(row)
     applied = {
         r.version: r.checksum
         for r in await conn.execute(
@@ -126,10 +229,17 @@ async def pending(conn: AsyncConnection, client_id: int) -> tuple[ClientState, l
     return state, items
 
 
-async def report(conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport]) -> ReportResult:
-    """Record ``reports`` for ``client_id``; nothing at all if one names an unpublished version."""
-    # Reports of one client run one after the other (a no-op on SQLite, whose writer is alone).
-    await conn.execute(select(_clients.id).where(_clients.id == client_id).with_for_update())
+async def report(
+    conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport], held: str | None = None
+) -> ReportResult:
+    """Record ``reports`` for ``client_id``; nothing at all if one names an unpublished version.
+
+    Three statements whatever the batch's size (five when it changes something): the published
+    checksums, one upsert that writes only the rows that differ, and the client's row. ``held``:
+    the ETag the client holds; when it was the client's ETag just before this report, the result
+    carries the new one (``etag``), which the client may keep: the pending answer it stands for
+    is the one the client holds, less what it just reported.
+    """
     versions = [r.version for r in reports]
     published = {
         r.version: r.checksum
@@ -140,47 +250,10 @@ async def report(conn: AsyncConnection, client_id: int, reports: Sequence[Status
     unpublished = tuple(sorted(v for v in versions if v not in published))
     if unpublished:
         return ReportResult(unpublished=unpublished)
-    existing = {
-        r.version: (bool(r.applied), r.error, r.attempts, r.checksum, bool(r.dead))
-        for r in await conn.execute(
-            select(
-                _status.version,
-                _status.applied,
-                _status.error,
-                _status.attempts,
-                _status.checksum,
-                _status.dead,
-            ).where(_status.client_id == client_id, _status.version.in_(versions))
-        )
-    }
     now = time.time()
-    recorded: list[Version] = []
-    unchanged: list[Version] = []
-    for item in reports:
-        values = (item.applied, item.error, item.attempts, item.checksum, item.dead)
-        old = existing.get(item.version)
-        if old == values:
-            unchanged.append(item.version)
-            continue
-        columns = {
-            "applied": item.applied,
-            "error": item.error,
-            "attempts": item.attempts,
-            "checksum": item.checksum,
-            "dead": item.dead,
-            "updated_at": now,
-        }
-        if old is None:
-            await conn.execute(
-                insert(t.store_client_status).values(client_id=client_id, version=item.version, **columns)
-            )
-        else:
-            await conn.execute(
-                update(t.store_client_status)
-                .where(_status.client_id == client_id, _status.version == item.version)
-                .values(**columns)
-            )
-        recorded.append(item.version)
+    written = await _upsert_status(conn, client_id, reports, now) if reports else set()
+    recorded = tuple(r.version for r in reports if r.version in written)
+    unchanged = tuple(r.version for r in reports if r.version not in written)
     drift = tuple(
         Drift(r.version, published[r.version], r.checksum)
         for r in reports
@@ -188,23 +261,89 @@ async def report(conn: AsyncConnection, client_id: int, reports: Sequence[Status
     )
     changes: dict[str, Any] = {"last_seen_at": now}
     if recorded:
-        latest = await conn.scalar(
-            select(func.max(_status.version)).where(_status.client_id == client_id, _status.applied.is_(True))
+        latest = (
+            select(func.max(_status.version))
+            .where(_status.client_id == client_id, _status.applied.is_(True))
+            .scalar_subquery()
         )
         changes |= {"status_serial": _clients.status_serial + 1, "reported_version": latest}
-    await conn.execute(update(t.store_clients).where(_clients.id == client_id).values(**changes))
-    return ReportResult(tuple(recorded), tuple(unchanged), drift)
+    row = (
+        await conn.execute(
+            update(t.store_clients)
+            .where(_clients.id == client_id)
+            .values(**changes)
+            .returning(*t.store_clients.c, publish_serial_query().label("publish_serial"))
+        )
+    ).one()
+    state = _state(row)
+    if recorded:
+        state = attrs.evolve(state, change_seq=await stamp_change(conn, [client_id]))
+    before = pending_etag(client_id, state.publish_serial, state.status_serial - (1 if recorded else 0))
+    etag = state.etag if held is not None and held == before else None
+    return ReportResult(recorded, unchanged, drift, etag=etag, state=state)
+
+
+async def _upsert_status(
+    conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport], now: float
+) -> set[Version]:
+    """Insert or update the client's status rows in one statement, skipping the rows that hold
+    the same word already; the versions it wrote."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    upsert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    # In version order: two batches of one client lock its rows in the same order.
+    statement: Any = upsert(t.store_client_status).values(
+        [
+            {
+                "client_id": client_id,
+                "version": r.version,
+                "applied": r.applied,
+                "error": r.error,
+                "attempts": r.attempts,
+                "checksum": r.checksum,
+                "dead": r.dead,
+                "updated_at": now,
+            }
+            for r in sorted(reports, key=lambda r: r.version)
+        ]
+    )
+    fields = ("applied", "error", "attempts", "checksum", "dead")
+    new = statement.excluded
+    differs = or_(*(t.store_client_status.c[f].is_distinct_from(new[f]) for f in fields))
+    statement = statement.on_conflict_do_update(
+        index_elements=[_status.client_id, _status.version],
+        set_={f: new[f] for f in (*fields, "updated_at")},
+        where=differs,
+    ).returning(_status.version)
+    return {r.version for r in await conn.execute(statement)}
 
 
 async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
-    """Set ``last_seen_at`` of each client in ``seen`` (client id -> when), never backwards."""
-    statement = (
+    """Set ``last_seen_at`` of each client in ``seen`` (client id -> when), never backwards, in
+    one statement. On Postgres the rows are locked in client id order first, as every other
+    writer of many client rows does: two processes marking overlapping clients wait for each
+    other rather than deadlock."""
+    ids = sorted(seen)
+    if conn.dialect.name == "postgresql":
+        statement = text(
+            "WITH seen AS (SELECT * FROM unnest(CAST(:ids AS integer[]), CAST(:whens AS double precision[])) "
+            "AS s(id, seen)), "
+            "locked AS (SELECT id FROM store_clients WHERE id = ANY(CAST(:ids AS integer[])) "
+            "ORDER BY id FOR UPDATE) "
+            "UPDATE store_clients AS c SET last_seen_at = seen.seen FROM seen, locked "
+            "WHERE c.id = locked.id AND c.id = seen.id "
+            "AND (c.last_seen_at IS NULL OR c.last_seen_at < seen.seen)"
+        )
+        await conn.execute(statement, {"ids": ids, "whens": [seen[i] for i in ids]})
+        return
+    # SQLite: one writer at a time, so no order to keep; one executemany of one statement.
+    many = (
         update(t.store_clients)
         .where(_clients.id == bindparam("client_id"))
         .where(or_(_clients.last_seen_at.is_(None), _clients.last_seen_at < bindparam("seen")))
         .values(last_seen_at=bindparam("seen"))
     )
-    await conn.execute(statement, [{"client_id": k, "seen": v} for k, v in seen.items()])
+    await conn.execute(many, [{"client_id": i, "seen": seen[i]} for i in ids])
 
 
 async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[FleetEntry]:

@@ -75,6 +75,9 @@ if TYPE_CHECKING:
 #: Key of the Postgres advisory lock that serialises publishing and schema changes.
 _LOCK_KEY = 0x6D696773796E63  # "migsync"
 
+#: How often a write that Postgres chose as a deadlock's (or a serialization failure's) victim is tried.
+_WRITE_ATTEMPTS = 5
+
 _MAX_NAME = 200
 _MAX_TOKEN = 512
 
@@ -340,36 +343,68 @@ class Store:
         async with self._read("reading a client's pending migrations") as conn:
             return await status.pending(conn, client_id)
 
-    async def report(self, client_id: int, reports: Sequence[StatusReport]) -> ReportResult:
+    async def report(
+        self, client_id: int, reports: Sequence[StatusReport], held: str | None = None
+    ) -> ReportResult:
         """Record a batch of status reports of client ``client_id``, all or nothing.
 
         Idempotent: a report equal to what is recorded changes nothing. A report
         for a version that is not published makes the whole batch write nothing
         (``ReportResult.unpublished`` names them). A checksum other than the
         published one is recorded as it is and returned as drift. Marks the client seen.
+        ``held``: the pending ETag the client holds; when it was current, the result's
+        ``etag`` is the client's new one (see :func:`migsync.server.status.report`).
         """
         async with self._write("recording status reports") as conn:
-            return await status.report(conn, client_id, reports)
+            return await status.report(conn, client_id, reports, held)
 
     async def touch(self, client_id: int, when: float | None = None) -> None:
         """Set the client's ``last_seen_at`` (now, by default)."""
         await self.touch_many({client_id: time.time() if when is None else when})
 
     async def touch_many(self, seen: dict[int, float]) -> None:
-        """Set the ``last_seen_at`` of many clients (client id -> when) in one transaction."""
-        if seen:
-            async with self._write("marking clients seen") as conn:
-                await status.touch(conn, seen)
+        """Set the ``last_seen_at`` of many clients (client id -> when) in one statement; tried
+        again when Postgres picks it as a deadlock's victim, so that no mark is lost."""
+        if not seen:
+            return
+        for attempt in itertools.count(1):
+            try:
+                async with self._write("marking clients seen") as conn:
+                    await status.touch(conn, seen)
+                return
+            except BackendError as exc:
+                if attempt >= _WRITE_ATTEMPTS or not engines.is_retryable(exc):
+                    raise
 
-    async def generation(self) -> tuple[int, int, int]:
-        """A value that changes whenever any client's pending ETag can (one small read)."""
+    async def generation(self) -> tuple[int, int]:
+        """``(publish serial, change counter)``: it changes whenever any client's pending ETag
+        can (one small read)."""
         async with self._read("reading the store's generation") as conn:
             return await status.generation(conn)
 
-    async def client_states(self) -> dict[str, ClientState]:
-        """Every client's state (see :meth:`client_state`), by the sha256 of its token."""
-        async with self._read("reading clients") as conn:
-            return await status.client_states(conn)
+    async def changes_since(self, seen: int, limit: int) -> status.Changes:
+        """The clients whose ETag moved after change number ``seen`` (at most ``limit``; see
+        :func:`migsync.server.status.changes_since`), in one or two indexed reads."""
+        async with self._read("reading the clients changed") as conn:
+            return await status.changes_since(conn, seen, limit)
+
+    async def pending_view(
+        self, client_id: int
+    ) -> tuple[ClientState, dict[Version, str | None], list[ActionRequest]]:
+        """What a pending answer is made of besides the published set: the client's state, the
+        checksum it applied of each version, and the requests it has not answered (one read)."""
+        async with self._read("reading a client's pending migrations") as conn:
+            state, applied = await status.pending_view(conn, client_id)
+            actions = (await requests.pending_for(conn, client_id)).get(client_id, [])
+        return state, applied, actions
+
+    async def published_set(self) -> tuple[int, list[PendingMigration], SignedManifest | None]:
+        """The publish serial, every published migration in version order, and the signed
+        manifest: content never older than the serial (see :func:`migsync.server.status.published_set`)."""
+        async with self._read("reading published migrations") as conn:
+            serial, items = await status.published_set(conn)
+            manifest = await manifests.read(conn)
+        return serial, items, manifest
 
     async def fleet(self, client_id: int | None = None) -> list[FleetEntry]:
         """Every client (or only ``client_id``) with what it applied, what failed, what drifted,
@@ -416,11 +451,12 @@ class Store:
             return await requests.pending_for(conn)
 
     async def record_answers(
-        self, client_id: int, answers: Sequence[ActionResult]
+        self, client_id: int, answers: Sequence[ActionResult], held: str | None = None
     ) -> tuple[ActionsAck, bool]:
-        """Record client ``client_id``'s answers to requests; the ack, and whether its ETag moved."""
+        """Record client ``client_id``'s answers to requests; the ack, and whether its ETag moved.
+        ``held``: the pending ETag the client holds (see :meth:`report`)."""
         async with self._write("recording a client's answers") as conn:
-            return await requests.record_answers(conn, client_id, answers)
+            return await requests.record_answers(conn, client_id, answers, held)
 
     async def actions(self, client_id: int | None = None, limit: int | None = None) -> list[ActionRecord]:
         """Requests made of clients (of ``client_id`` only, if given), newest first."""

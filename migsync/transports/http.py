@@ -36,6 +36,7 @@ import httpx
 from migsync.core.clock import Clock, RetryPolicy, SystemClock
 from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, ServerUnavailable
 from migsync.protocol.wire import (
+    HELD_ETAG_HEADER,
     PROTOCOL,
     PROTOCOL_HEADER,
     ActionResult,
@@ -106,6 +107,9 @@ class HttpTransport(BaseTransport):
         self.clock = clock or SystemClock()
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(timeout=httpx.Timeout(timeout), follow_redirects=False)
+        #: the pending ETag the client holds: sent with reports and answers, whose answer may
+        #: carry the new one (then kept here, for the client to save); see HELD_ETAG_HEADER
+        self.held_etag: str | None = None
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -136,6 +140,7 @@ class HttpTransport(BaseTransport):
             tuple(v for a in acks for v in a.recorded),
             tuple(v for a in acks for v in a.unchanged),
             tuple(d for a in acks for d in a.drift),
+            acks[-1].etag if acks else None,
         )
 
     async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
@@ -143,7 +148,9 @@ class HttpTransport(BaseTransport):
             "/api/actions/results", results, action_results_to_json, actions_ack_from_json
         )
         return ActionsAck(
-            tuple(i for a in acks for i in a.recorded), tuple(i for a in acks for i in a.unknown)
+            tuple(i for a in acks for i in a.recorded),
+            tuple(i for a in acks for i in a.unknown),
+            acks[-1].etag if acks else None,
         )
 
     async def _post_batches(
@@ -160,8 +167,13 @@ class HttpTransport(BaseTransport):
         for start in range(0, len(items), MAX_REPORTS):
             body = json.dumps(to_json(items[start : start + MAX_REPORTS])).encode()
             headers = self._headers | {"Content-Type": "application/json"}
+            if self.held_etag is not None:
+                headers[HELD_ETAG_HEADER] = self.held_etag
             response = await self._send("POST", url, headers=headers, content=body)
-            acks.append(parse(_json(response, url), f"POST {url}"))
+            ack = parse(_json(response, url), f"POST {url}")
+            # The new ETag, or None: the one held is no longer the client's (or the server is older).
+            self.held_etag = getattr(ack, "etag", None)
+            acks.append(ack)
         return acks
 
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
