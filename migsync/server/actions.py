@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
@@ -123,25 +123,30 @@ async def request(
     return records
 
 
+_PENDING = (
+    select(
+        _actions.client_id,
+        _actions.id,
+        _actions.action,
+        _actions.version,
+        _actions.requested_by,
+        _actions.requested_at,
+    )
+    .where(_actions.state == "pending")
+    .order_by(_actions.id)
+)
+_PENDING_OF = _PENDING.where(_actions.client_id == bindparam("client_id"))
+
+
 async def pending_for(conn: AsyncConnection, client_id: int | None = None) -> dict[int, list[ActionRequest]]:
     """The requests each client (or only ``client_id``) has not answered, oldest first, by client
     id; a client without any is not in it."""
-    query = (
-        select(
-            _actions.client_id,
-            _actions.id,
-            _actions.action,
-            _actions.version,
-            _actions.requested_by,
-            _actions.requested_at,
-        )
-        .where(_actions.state == "pending")
-        .order_by(_actions.id)
-    )
-    if client_id is not None:
-        query = query.where(_actions.client_id == client_id)
+    if client_id is None:
+        rows = await conn.execute(_PENDING)
+    else:
+        rows = await conn.execute(_PENDING_OF, {"client_id": client_id})  # every full poll: built once
     pending: dict[int, list[ActionRequest]] = {}
-    for r in await conn.execute(query):
+    for r in rows:
         request = ActionRequest(r.id, r.action, r.version, r.requested_by, r.requested_at)
         pending.setdefault(r.client_id, []).append(request)
     return pending

@@ -66,8 +66,50 @@ def _state(row: Row[Any]) -> ClientState:
     return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial), int(row.change_seq))
 
 
-def _counter_query(key: str) -> Any:
-    return select(t.store_meta.c.value).where(t.store_meta.c.key == key).scalar_subquery()
+# The poll and report path's statements, built once: building one costs more CPU than the
+# store spends running it, and a statement built once is also compiled once (SQLAlchemy's cache).
+_STATE = select(t.store_clients, publish_serial_query().label("publish_serial"))
+_STATE_BY_DIGEST = _STATE.where(_clients.token_hash == bindparam("digest"))
+_STATE_BY_ID = _STATE.where(_clients.id == bindparam("client_id"))
+_CHANGED = (
+    _STATE.where(_clients.change_seq > bindparam("seen"))
+    .order_by(_clients.change_seq)
+    .limit(bindparam("limit"))
+)
+_COUNTERS = select(t.store_meta.c.key, t.store_meta.c.value).where(
+    t.store_meta.c.key.in_((PUBLISH_SERIAL, CHANGE_SEQ))
+)
+_APPLIED = select(_status.version, _status.checksum).where(
+    _status.client_id == bindparam("client_id"), _status.applied.is_(True)
+)
+_PUBLISHED_CHECKSUMS = select(_published.version, _published.checksum).where(
+    _published.version.in_(bindparam("versions", expanding=True))
+)
+_NEXT_CHANGE = text(
+    "INSERT INTO store_meta (key, value) VALUES ('change_seq', '1') ON CONFLICT (key) DO UPDATE "
+    "SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) RETURNING value"
+)
+_STAMP = (
+    update(t.store_clients)
+    .where(_clients.id.in_(bindparam("ids", expanding=True)))
+    .values(change_seq=bindparam("seq"))
+)
+_LATEST_APPLIED = (
+    select(func.max(_status.version))
+    .where(_status.client_id == bindparam("client_id"), _status.applied.is_(True))
+    .scalar_subquery()
+)
+_REPORTED = (
+    update(t.store_clients)
+    .where(_clients.id == bindparam("client_id"))
+    .returning(*t.store_clients.c, publish_serial_query().label("publish_serial"))
+)
+#: a report that changed something: the client's ETag moves, and its newest applied version
+_REPORTED_CHANGE = _REPORTED.values(
+    last_seen_at=bindparam("now"), status_serial=_clients.status_serial + 1, reported_version=_LATEST_APPLIED
+)
+#: a report that changed nothing: it marks the client seen
+_REPORTED_SAME = _REPORTED.values(last_seen_at=bindparam("now"))
 
 
 async def next_change(conn: AsyncConnection) -> int:
@@ -82,40 +124,26 @@ async def next_change(conn: AsyncConnection) -> int:
     number would be committed after a reader had moved past it). Holding nothing else to wait
     for, a transaction at this point cannot be part of a deadlock.
     """
-    statement = text(
-        "INSERT INTO store_meta (key, value) VALUES (:key, '1') ON CONFLICT (key) DO UPDATE "
-        "SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) RETURNING value"
-    )
-    return int((await conn.execute(statement, {"key": CHANGE_SEQ})).scalar_one())
+    return int((await conn.execute(_NEXT_CHANGE)).scalar_one())
 
 
 async def stamp_change(conn: AsyncConnection, client_ids: Sequence[int]) -> int:
     """Number the change just made to ``client_ids`` (whose rows this unit of work wrote, and so
     holds locked); the number."""
     seq = await next_change(conn)
-    await conn.execute(update(t.store_clients).where(_clients.id.in_(client_ids)).values(change_seq=seq))
+    await conn.execute(_STAMP, {"ids": list(client_ids), "seq": seq})
     return seq
 
 
 async def client_state(conn: AsyncConnection, digest: str) -> ClientState | None:
     """The client whose token hashes to ``digest`` and its ETag's parts, in one indexed read."""
-    query = select(t.store_clients, publish_serial_query().label("publish_serial")).where(
-        _clients.token_hash == digest
-    )
-    row = (await conn.execute(query)).first()
+    row = (await conn.execute(_STATE_BY_DIGEST, {"digest": digest})).first()
     return None if row is None else _state(row)
 
 
 async def generation(conn: AsyncConnection) -> tuple[int, int]:
     """``(publish_serial, change counter)``: it changes whenever any client's ETag can."""
-    rows = {
-        r.key: int(r.value)
-        for r in await conn.execute(
-            select(t.store_meta.c.key, t.store_meta.c.value).where(
-                t.store_meta.c.key.in_((PUBLISH_SERIAL, CHANGE_SEQ))
-            )
-        )
-    }
+    rows = {r.key: int(r.value) for r in await conn.execute(_COUNTERS)}
     return rows.get(PUBLISH_SERIAL, 0), rows.get(CHANGE_SEQ, 0)
 
 
@@ -138,13 +166,7 @@ async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes
     publish, counter = await generation(conn)
     if counter <= seen:
         return Changes(publish, seen, [])
-    query = (
-        select(t.store_clients, publish_serial_query().label("publish_serial"))
-        .where(_clients.change_seq > seen)
-        .order_by(_clients.change_seq)
-        .limit(limit + 1)
-    )
-    rows = (await conn.execute(query)).all()
+    rows = (await conn.execute(_CHANGED, {"seen": seen, "limit": limit + 1})).all()
     if len(rows) > limit:
         # Every change up to ``counter`` was committed before it was read (see next_change).
         return Changes(publish, counter, None)
@@ -157,18 +179,8 @@ async def pending_view(
 ) -> tuple[ClientState, dict[Version, str | None]]:
     """The client's state, and the checksum it applied of each version it applied: what its
     pending answer is made of, with the published set (:func:`published_set`)."""
-    query = select(t.store_clients, publish_serial_query().label("publish_serial")).where(
-        _clients.id == client_id
-    )
-    state = _state((await conn.execute(query)).one())
-    applied = {
-        r.version: r.checksum
-        for r in await conn.execute(
-            select(_status.version, _status.checksum).where(
-                _status.client_id == client_id, _status.applied.is_(True)
-            )
-        )
-    }
+    state = _state((await conn.execute(_STATE_BY_ID, {"client_id": client_id})).one())
+    applied = {r.version: r.checksum for r in await conn.execute(_APPLIED, {"client_id": client_id})}
     return state, applied
 
 
@@ -242,10 +254,7 @@ async def report(
     """
     versions = [r.version for r in reports]
     published = {
-        r.version: r.checksum
-        for r in await conn.execute(
-            select(_published.version, _published.checksum).where(_published.version.in_(versions))
-        )
+        r.version: r.checksum for r in await conn.execute(_PUBLISHED_CHECKSUMS, {"versions": versions})
     }
     unpublished = tuple(sorted(v for v in versions if v not in published))
     if unpublished:
@@ -259,22 +268,8 @@ async def report(
         for r in reports
         if r.checksum != published[r.version]
     )
-    changes: dict[str, Any] = {"last_seen_at": now}
-    if recorded:
-        latest = (
-            select(func.max(_status.version))
-            .where(_status.client_id == client_id, _status.applied.is_(True))
-            .scalar_subquery()
-        )
-        changes |= {"status_serial": _clients.status_serial + 1, "reported_version": latest}
-    row = (
-        await conn.execute(
-            update(t.store_clients)
-            .where(_clients.id == client_id)
-            .values(**changes)
-            .returning(*t.store_clients.c, publish_serial_query().label("publish_serial"))
-        )
-    ).one()
+    statement = _REPORTED_CHANGE if recorded else _REPORTED_SAME
+    row = (await conn.execute(statement, {"client_id": client_id, "now": now})).one()
     state = _state(row)
     if recorded:
         state = attrs.evolve(state, change_seq=await stamp_change(conn, [client_id]))
@@ -288,34 +283,47 @@ async def _upsert_status(
 ) -> set[Version]:
     """Insert or update the client's status rows in one statement, skipping the rows that hold
     the same word already; the versions it wrote."""
-    from sqlalchemy.dialects import postgresql, sqlite
+    rows = [
+        {
+            "client_id": client_id,
+            "version": r.version,
+            "applied": r.applied,
+            "error": r.error,
+            "attempts": r.attempts,
+            "checksum": r.checksum,
+            "dead": r.dead,
+            "updated_at": now,
+        }
+        # In version order: two batches of one client lock its rows in the same order.
+        for r in sorted(reports, key=lambda r: r.version)
+    ]
+    # One statement: SQLAlchemy sends a batch of parameter sets as one multi-row INSERT.
+    result = await conn.execute(_upsert(conn.dialect.name), rows)
+    return {r.version for r in result}
 
-    upsert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    # In version order: two batches of one client lock its rows in the same order.
-    statement: Any = upsert(t.store_client_status).values(
-        [
-            {
-                "client_id": client_id,
-                "version": r.version,
-                "applied": r.applied,
-                "error": r.error,
-                "attempts": r.attempts,
-                "checksum": r.checksum,
-                "dead": r.dead,
-                "updated_at": now,
-            }
-            for r in sorted(reports, key=lambda r: r.version)
-        ]
-    )
-    fields = ("applied", "error", "attempts", "checksum", "dead")
-    new = statement.excluded
-    differs = or_(*(t.store_client_status.c[f].is_distinct_from(new[f]) for f in fields))
-    statement = statement.on_conflict_do_update(
-        index_elements=[_status.client_id, _status.version],
-        set_={f: new[f] for f in (*fields, "updated_at")},
-        where=differs,
-    ).returning(_status.version)
-    return {r.version for r in await conn.execute(statement)}
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    """``INSERT .. ON CONFLICT DO UPDATE .. WHERE the row differs RETURNING version`` of status
+    rows, for ``dialect`` (built once per dialect: each has its own upsert)."""
+    statement = _UPSERTS.get(dialect)
+    if statement is None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert_: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert_(t.store_client_status)
+        fields = ("applied", "error", "attempts", "checksum", "dead")
+        new = statement.excluded
+        differs = or_(*(t.store_client_status.c[f].is_distinct_from(new[f]) for f in fields))
+        statement = statement.on_conflict_do_update(
+            index_elements=[_status.client_id, _status.version],
+            set_={f: new[f] for f in (*fields, "updated_at")},
+            where=differs,
+        ).returning(_status.version)
+        _UPSERTS[dialect] = statement
+    return statement
 
 
 async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:

@@ -87,6 +87,12 @@ class Store:
 
     def __init__(self, engine: AsyncEngine, url: URL, appliers: Sequence[ChangeApplier] = ()) -> None:
         self._engine = engine
+        # The poll path's reads: one statement each, or statements that need no common snapshot
+        # (Postgres reads each in a snapshot of its own anyway). Without a transaction they save
+        # the BEGIN and ROLLBACK round trips. SQLite keeps its transactions (BEGIN is local).
+        self._lone_reads = (
+            engine if engines.is_sqlite(url) else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._url = url
         self.where = engines.display(url)
         #: what :meth:`receive_changes` hands each stored change to, in this order
@@ -117,8 +123,10 @@ class Store:
     # -- units of work ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _read(self, doing: str) -> AsyncIterator[AsyncConnection]:
-        async with engines.mapped_errors(self.where, doing), self._engine.connect() as conn:
+    async def _read(self, doing: str, *, snapshot: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A connection to read with; without ``snapshot``, outside a transaction on Postgres."""
+        engine = self._engine if snapshot else self._lone_reads
+        async with engines.mapped_errors(self.where, doing), engine.connect() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
@@ -334,7 +342,7 @@ class Store:
         if not token or len(token) > _MAX_TOKEN:
             return None
         digest = token_hash(token)
-        async with self._read("authenticating a client") as conn:
+        async with self._read("authenticating a client", snapshot=False) as conn:
             return await status.client_state(conn, digest)
 
     async def pending(self, client_id: int) -> tuple[ClientState, list[PendingMigration]]:
@@ -379,13 +387,13 @@ class Store:
     async def generation(self) -> tuple[int, int]:
         """``(publish serial, change counter)``: it changes whenever any client's pending ETag
         can (one small read)."""
-        async with self._read("reading the store's generation") as conn:
+        async with self._read("reading the store's generation", snapshot=False) as conn:
             return await status.generation(conn)
 
     async def changes_since(self, seen: int, limit: int) -> status.Changes:
         """The clients whose ETag moved after change number ``seen`` (at most ``limit``; see
         :func:`migsync.server.status.changes_since`), in one or two indexed reads."""
-        async with self._read("reading the clients changed") as conn:
+        async with self._read("reading the clients changed", snapshot=False) as conn:
             return await status.changes_since(conn, seen, limit)
 
     async def pending_view(
@@ -393,7 +401,7 @@ class Store:
     ) -> tuple[ClientState, dict[Version, str | None], list[ActionRequest]]:
         """What a pending answer is made of besides the published set: the client's state, the
         checksum it applied of each version, and the requests it has not answered (one read)."""
-        async with self._read("reading a client's pending migrations") as conn:
+        async with self._read("reading a client's pending migrations", snapshot=False) as conn:
             state, applied = await status.pending_view(conn, client_id)
             actions = (await requests.pending_for(conn, client_id)).get(client_id, [])
         return state, applied, actions
@@ -401,7 +409,7 @@ class Store:
     async def published_set(self) -> tuple[int, list[PendingMigration], SignedManifest | None]:
         """The publish serial, every published migration in version order, and the signed
         manifest: content never older than the serial (see :func:`migsync.server.status.published_set`)."""
-        async with self._read("reading published migrations") as conn:
+        async with self._read("reading published migrations", snapshot=False) as conn:
             serial, items = await status.published_set(conn)
             manifest = await manifests.read(conn)
         return serial, items, manifest
