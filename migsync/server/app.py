@@ -282,13 +282,13 @@ class _Api:
         wanted = request.headers.get("if-none-match")
         if wanted is not None and _matches(wanted, state.etag):
             return Response(status_code=304, headers=_etag_headers(state.etag))
-        state, applied, actions = await self.store.pending_view(state.client.client_id)
+        state, lacking, actions = await self.store.pending_view(state.client.client_id)
         self._cache.put(digest, state)  # as new as what the store holds: never older than the cache
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
             return Response(status_code=304, headers=_etag_headers(state.etag))
         published = await self._published_set(state.publish_serial)
         signed = [a.to_json() for a in self._signed(state.client.client_id, actions)]
-        body = published.answer(applied, signed)
+        body = published.answer(lacking, signed)
         return Response(body, media_type="application/json", headers=_etag_headers(state.etag))
 
     async def _published_set(self, serial: int) -> _Published:
@@ -537,27 +537,26 @@ class _Published:
     """The published set of one publish serial, serialized once for every client's answer."""
 
     serial: int
-    #: (version, checksum, the migration's JSON up to its ``applied_checksum`` value), in order
-    items: tuple[tuple[Any, str, str], ...]
+    #: version key -> the migration's JSON up to its ``applied_checksum`` value
+    items: dict[str, str]
     #: the signed manifest's JSON (``null`` when there is none)
     manifest: str
 
     @classmethod
     def of(cls, serial: int, items: list[PendingMigration], manifest: SignedManifest | None) -> _Published:
-        fragments = []
+        fragments = {}
         for item in items:
             whole = _dumps(item.to_json() | {"applied_checksum": None})
             assert whole.endswith('"applied_checksum":null}')  # the last key: its value is appended
-            fragments.append((item.version, item.checksum, whole.removesuffix("null}")))
-        return cls(serial, tuple(fragments), _dumps(None if manifest is None else manifest.to_json()))
+            fragments[item.version.key] = whole.removesuffix("null}")
+        return cls(serial, fragments, _dumps(None if manifest is None else manifest.to_json()))
 
-    def answer(self, applied: dict[Any, str | None], actions: list[dict[str, Any]]) -> bytes:
-        """A client's pending answer: what it has not applied with the published checksum."""
-        migrations = ",".join(
-            prefix + _dumps(applied.get(version)) + "}"
-            for version, checksum, prefix in self.items
-            if applied.get(version) != checksum
-        )
+    def answer(self, lacking: list[tuple[str, str | None]], actions: list[dict[str, Any]]) -> bytes:
+        """A client's pending answer: the versions it lacks, in order (by key, with the checksum
+        it applied, if any). A version published after this set was read is left out: the answer's
+        ETag is older than it, so the client asks again and gets it."""
+        items = self.items
+        migrations = ",".join(items[key] + _dumps(applied) + "}" for key, applied in lacking if key in items)
         answer = f'{{"migrations":[{migrations}],"actions":{_dumps(actions)},"manifest":{self.manifest}}}'
         return answer.encode()
 

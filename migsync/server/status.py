@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Row, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import Row, Text, and_, bindparam, func, insert, or_, select, text, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
@@ -79,8 +79,19 @@ _CHANGED = (
 _COUNTERS = select(t.store_meta.c.key, t.store_meta.c.value).where(
     t.store_meta.c.key.in_((PUBLISH_SERIAL, CHANGE_SEQ))
 )
-_APPLIED = select(_status.version, _status.checksum).where(
-    _status.client_id == bindparam("client_id"), _status.applied.is_(True)
+#: The published versions a client has not applied with the published checksum (the version's
+#: key as text, unparsed, and the checksum the client applied, if any), in version order: the
+#: store does the comparison, and a poll gets the few rows that differ, not every applied one.
+_APPLIED_HERE = and_(
+    _status.client_id == bindparam("client_id"),
+    _status.version == _published.version,
+    _status.applied.is_(True),
+)
+_PENDING_KEYS = (
+    select(type_coerce(_published.version, Text).label("key"), _status.checksum)
+    .select_from(t.store_migrations.outerjoin(t.store_client_status, _APPLIED_HERE))
+    .where(_status.checksum.is_distinct_from(_published.checksum))
+    .order_by(_published.version)
 )
 _PUBLISHED_CHECKSUMS = select(_published.version, _published.checksum).where(
     _published.version.in_(bindparam("versions", expanding=True))
@@ -176,12 +187,14 @@ async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes
 
 async def pending_view(
     conn: AsyncConnection, client_id: int
-) -> tuple[ClientState, dict[Version, str | None]]:
-    """The client's state, and the checksum it applied of each version it applied: what its
-    pending answer is made of, with the published set (:func:`published_set`)."""
+) -> tuple[ClientState, list[tuple[str, str | None]]]:
+    """The client's state, then the published versions it lacks (each version's key, and the
+    checksum the client applied of it if it did: drift): what its pending answer is made of,
+    with the published set (:func:`published_set`). The state is read first: a publish or a
+    report landing in between gives an older ETag with newer content, never the reverse."""
     state = _state((await conn.execute(_STATE_BY_ID, {"client_id": client_id})).one())
-    applied = {r.version: r.checksum for r in await conn.execute(_APPLIED, {"client_id": client_id})}
-    return state, applied
+    lacking = [(r.key, r.checksum) for r in await conn.execute(_PENDING_KEYS, {"client_id": client_id})]
+    return state, lacking
 
 
 async def published_set(conn: AsyncConnection) -> tuple[int, list[PendingMigration]]:

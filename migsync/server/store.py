@@ -398,13 +398,14 @@ class Store:
 
     async def pending_view(
         self, client_id: int
-    ) -> tuple[ClientState, dict[Version, str | None], list[ActionRequest]]:
+    ) -> tuple[ClientState, list[tuple[str, str | None]], list[ActionRequest]]:
         """What a pending answer is made of besides the published set: the client's state, the
-        checksum it applied of each version, and the requests it has not answered (one read)."""
+        versions it lacks (by key, with the checksum it applied, if any), and the requests it has
+        not answered; see :func:`migsync.server.status.pending_view`."""
         async with self._read("reading a client's pending migrations", snapshot=False) as conn:
-            state, applied = await status.pending_view(conn, client_id)
+            state, lacking = await status.pending_view(conn, client_id)
             actions = (await requests.pending_for(conn, client_id)).get(client_id, [])
-        return state, applied, actions
+        return state, lacking, actions
 
     async def published_set(self) -> tuple[int, list[PendingMigration], SignedManifest | None]:
         """The publish serial, every published migration in version order, and the signed
