@@ -113,7 +113,7 @@ async def request(
     # The clients' pending answers now hold a request: their ETags must change. Their rows are
     # locked in id order (as seen marks lock them), then numbered as one change.
     ordered = select(_clients.id).where(_clients.id.in_(targets)).order_by(_clients.id)
-    await conn.execute(ordered.with_for_update())
+    await conn.execute(ordered.with_for_update(key_share=True))  # FOR NO KEY UPDATE: as an UPDATE locks
     seq = await status.next_change(conn)
     await conn.execute(
         update(t.store_clients)

@@ -100,6 +100,13 @@ _NEXT_CHANGE = text(
     "INSERT INTO store_meta (key, value) VALUES ('change_seq', '1') ON CONFLICT (key) DO UPDATE "
     "SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) RETURNING value"
 )
+_COUNT_AND_STAMP = text(
+    "WITH counted AS (INSERT INTO store_meta (key, value) VALUES ('change_seq', '1') "
+    "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) "
+    "RETURNING CAST(value AS BIGINT) AS seq) "
+    "UPDATE store_clients SET change_seq = counted.seq FROM counted WHERE store_clients.id = ANY(:ids) "
+    "RETURNING counted.seq"
+)
 _STAMP = (
     update(t.store_clients)
     .where(_clients.id.in_(bindparam("ids", expanding=True)))
@@ -140,7 +147,10 @@ async def next_change(conn: AsyncConnection) -> int:
 
 async def stamp_change(conn: AsyncConnection, client_ids: Sequence[int]) -> int:
     """Number the change just made to ``client_ids`` (whose rows this unit of work wrote, and so
-    holds locked); the number."""
+    holds locked); the number. One statement on Postgres, two on SQLite."""
+    if conn.dialect.name == "postgresql":
+        seqs = (await conn.execute(_COUNT_AND_STAMP, {"ids": list(client_ids)})).scalars().all()
+        return int(seqs[0])  # one number for all: the rows are the caller's, locked
     seq = await next_change(conn)
     await conn.execute(_STAMP, {"ids": list(client_ids), "seq": seq})
     return seq
@@ -350,7 +360,7 @@ async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
             "WITH seen AS (SELECT * FROM unnest(CAST(:ids AS integer[]), CAST(:whens AS double precision[])) "
             "AS s(id, seen)), "
             "locked AS (SELECT id FROM store_clients WHERE id = ANY(CAST(:ids AS integer[])) "
-            "ORDER BY id FOR UPDATE) "
+            "ORDER BY id FOR NO KEY UPDATE) "
             "UPDATE store_clients AS c SET last_seen_at = seen.seen FROM seen, locked "
             "WHERE c.id = locked.id AND c.id = seen.id "
             "AND (c.last_seen_at IS NULL OR c.last_seen_at < seen.seen)"
