@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from clocks import SteppedClock, eventually
 from dbtools import aquery, client_headers, downgrade_store, start, stop, wait_for
 from servers import ServerThread, free_port
 from sqlalchemy import event, inspect
@@ -26,6 +27,7 @@ from test_server_api import sqlite_store as sqlite_store
 
 from migsync.client.sync import Syncer
 from migsync.core.client import Client
+from migsync.core.errors import ConfigError
 from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.protocol.wire import HELD_ETAG_HEADER, StatusReport
 from migsync.server import Store
@@ -346,3 +348,118 @@ async def test_a_report_through_one_process_is_seen_by_another_through_the_chang
             seen = await http.get(f"{a}/api/migrations/pending", headers=me | {"If-None-Match": new})
             assert seen.status_code == 200 and seen.headers["etag"] == newest
             assert seen.json()["migrations"] == []
+
+
+# -- long polls ------------------------------------------------------------------------------------
+
+
+async def _long_poll(http: httpx.AsyncClient, me: dict[str, str], etag: str, wait: int) -> httpx.Response:
+    return await http.get(f"/api/migrations/pending?wait={wait}", headers=me | {"If-None-Match": etag})
+
+
+async def _waiting(clock: SteppedClock, polls: int = 1) -> None:
+    """Until ``polls`` long polls sleep on the app's clock (the seen marks' flusher is off)."""
+    await eventually("the long poll to wait", lambda: len(clock._sleepers) >= polls)
+
+
+async def test_a_long_poll_answers_304_when_its_wait_ends(sqlite_store: str, key_path: Path) -> None:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, seen_flush=0, clock=clock) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        etag = (await api.pending(me)).headers["etag"]
+        poll = asyncio.create_task(
+            api.http.get("/api/migrations/pending?wait=30", headers=me | {"If-None-Match": etag})
+        )
+        await _waiting(clock)
+        clock.advance(29)
+        await asyncio.sleep(0)  # a turn of the loop: nothing is due yet
+        assert not poll.done()
+        clock.advance(1)
+        answer = await poll
+        assert answer.status_code == 304 and answer.headers["etag"] == etag
+        # An ETag that is not current, or "*", is answered at once.
+        assert (await api.http.get("/api/migrations/pending?wait=30", headers=me)).status_code == 200
+        star = await api.http.get("/api/migrations/pending?wait=30", headers=me | {"If-None-Match": "*"})
+        assert star.status_code == 304
+        too_long = await api.http.get("/api/migrations/pending?wait=61", headers=me)
+        assert too_long.status_code == 422 and "wait must be a whole number from 0 to 60" in too_long.text
+
+
+async def test_a_long_poll_is_woken_by_a_request_made_through_its_process(
+    sqlite_store: str, key_path: Path
+) -> None:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, seen_flush=0, clock=clock, cache_seconds=60) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        await api.report(me, applied(V1))
+        etag = (await api.pending(me)).headers["etag"]
+        poll = asyncio.create_task(
+            api.http.get("/api/migrations/pending?wait=60", headers=me | {"If-None-Match": etag})
+        )
+        await _waiting(clock)
+        made = await api.http.post(
+            "/api/actions",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            json={"action": "revert", "version": "1", "clients": None, "requested_by": "alice"},
+        )
+        assert made.status_code == 201, made.text
+        answer = await asyncio.wait_for(poll, 30)  # a bound for a loaded machine; the clock stands still
+        assert answer.status_code == 200 and answer.headers["etag"] != etag
+        assert [a["action"] for a in answer.json()["actions"]] == ["revert"]
+
+
+async def test_a_long_poll_hears_of_a_publish_by_another_process_through_postgres(
+    pg_url: str, key_path: Path
+) -> None:
+    clock = SteppedClock()
+    # A cache of 60 s on a clock that stands still: only the store's notification can wake it.
+    async with api_on(pg_url, key_path, seen_flush=0, clock=clock, cache_seconds=60) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        etag = (await api.pending(me)).headers["etag"]
+        await api.report(me, applied(V1))
+        etag = (await api.pending(me)).headers["etag"]
+        poll = asyncio.create_task(
+            api.http.get("/api/migrations/pending?wait=60", headers=me | {"If-None-Match": etag})
+        )
+        await _waiting(clock)
+        async with Store.open(pg_url) as other:  # migsync publish, elsewhere
+            await other.publish([V2], load_private_key(key_path))
+        answer = await asyncio.wait_for(poll, 30)
+        assert answer.status_code == 200, answer.text
+        assert [m["version"] for m in answer.json()["migrations"]] == ["2"]
+
+
+async def test_the_http_transport_long_polls(pg_url: str, key_path: Path, tmp_path: Path) -> None:
+    write_keypair(tmp_path / "request.key")
+    async with Store.open(pg_url) as store:
+        await store.publish([V1], load_private_key(key_path))
+        client_id, token = await store.add_client("a")
+    options = {"request_key": load_private_key(tmp_path / "request.key"), "cache_seconds": 60}
+    asked: list[httpx.URL] = []
+
+    async def record(request: httpx.Request) -> None:
+        asked.append(request.url)
+
+    async with (
+        _http_server(pg_url, **options) as server,
+        httpx.AsyncClient(event_hooks={"request": [record]}) as http,
+        HttpTransport(
+            server.url, client_id=str(client_id), token=token, long_poll=60, http=http
+        ) as transport,
+    ):
+        first = await transport.fetch()
+        assert first.migrations is not None and first.etag
+        assert "wait" not in asked[-1].params  # without an ETag there is nothing to wait on
+        waiting = asyncio.create_task(transport.fetch(first.etag))
+        await eventually("the long poll to be sent", lambda: len(asked) == 2)
+        assert asked[-1].params["wait"] == "60"
+        async with Store.open(pg_url) as other:
+            await other.publish([V1, V2], load_private_key(key_path))
+        offer = await asyncio.wait_for(waiting, 30)  # held until the publish (or at once, if after it)
+        assert offer.migrations is not None
+        assert [m.version.text for m in offer.migrations] == ["1", "2"]
+    with pytest.raises(ConfigError, match="long_poll must be from 0 to 60"):
+        HttpTransport("http://x", token="t", long_poll=61)

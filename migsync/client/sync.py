@@ -71,16 +71,20 @@ def build_transport(
     timeout: float,
     retries: int,
     reports_dir: str | None = None,
+    long_poll: float | None = None,
 ) -> Transport:
     """The transport for ``server_url`` (chosen by its scheme), built and checked against its contract.
 
-    ``reports_dir`` goes only to a transport that takes it (the file drop's read-only case); one
-    that does not is a :class:`~migsync.core.errors.ConfigError`, not a traceback.
+    ``reports_dir`` (the file drop's read-only case) and ``long_poll`` (seconds a fetch may wait
+    for a change: HTTP) go only to a transport that takes them; one that does not is a
+    :class:`~migsync.core.errors.ConfigError`, not a traceback.
     """
     from migsync.core.errors import ConfigError
 
     spec = plugins.transport_for_url(server_url)
-    extra = {"reports": reports_dir} if reports_dir else {}
+    extra: dict[str, Any] = {"reports": reports_dir} if reports_dir else {}
+    if long_poll:
+        extra["long_poll"] = long_poll
     try:
         transport: Transport = plugins.build(
             plugins.transports,

@@ -144,7 +144,14 @@ class _Api:
         #: the store's change number this process has read the changes up to
         self._seen_change = 0
         self._checked_at = -math.inf  # monotonic
+        #: told that something changed: the next poll reads it, whatever the period
+        self._stale = False
         self._refreshing = False
+        #: set (and replaced) when a refresh moved some client's ETag: wakes the long polls
+        self._changed = asyncio.Event()
+        #: how many long polls wait
+        self._waiting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         #: the published set, serialized, of the newest publish serial this process read
         self._published: _Published | None = None
         self._reading_published = asyncio.Lock()
@@ -155,10 +162,15 @@ class _Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        async with Store.open(self.store_url, create=False, appliers=self.appliers) as store:
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(
+                Store.open(self.store_url, create=False, appliers=self.appliers)
+            )
             self._store = store
             # Changes before now need no reading: the cache is empty, and a miss reads the store.
             _publish, self._seen_change = await store.generation()
+            # Postgres tells of every change at its commit: long polls hear of it at once.
+            await stack.enter_async_context(store.listening(self._notified))
             flusher = (
                 asyncio.create_task(self._flush_seen_every(self.seen_flush)) if self.seen_flush else None
             )
@@ -169,6 +181,8 @@ class _Api:
                     flusher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await flusher
+                for task in list(self._tasks):
+                    task.cancel()
                 with contextlib.suppress(MigsyncError):  # the store may be gone: marks are a nicety
                     await self._flush_seen()
                 self._store = None
@@ -228,23 +242,81 @@ class _Api:
         return digest, state
 
     async def _refresh(self) -> None:
-        """Read what changed in the store since this process last looked (once per period).
+        """Read what changed in the store since this process last looked (once per period, or
+        at once after :meth:`forget_states`).
 
         The first request that finds the check due makes it; the others answer from the cache
-        meanwhile rather than wait for it."""
-        if self._refreshing or self._monotonic() - self._checked_at < self.cache_seconds:
+        meanwhile rather than wait for it. Long polls waiting on a client whose ETag it finds
+        moved are woken."""
+        if self._refreshing:
             return
         self._refreshing = True
         try:
-            started = self._monotonic()
-            changes = await self.store.changes_since(self._seen_change, self._cache.size)
-            if changes.states is None:  # more changed than the cache holds: start afresh
-                self._cache.clear()
-            self._cache.changed(changes.publish_serial, changes.states or ())
-            self._seen_change = changes.seen
-            self._checked_at = started
+            while self._stale or self._monotonic() - self._checked_at >= self.cache_seconds:
+                self._stale = False
+                started = self._monotonic()
+                publish = self._cache.publish_serial
+                changes = await self.store.changes_since(self._seen_change, self._cache.size)
+                if changes.states is None:  # more changed than the cache holds: start afresh
+                    self._cache.clear()
+                self._cache.changed(changes.publish_serial, changes.states or ())
+                self._seen_change = changes.seen
+                self._checked_at = started
+                if changes.states or changes.states is None or changes.publish_serial != publish:
+                    self._wake()
+                if not (self._stale and self._waiting):  # told of a change meanwhile: read again
+                    break
         finally:
             self._refreshing = False
+
+    def _wake(self) -> None:
+        """Wake the long polls: each looks at its client's ETag again."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _notified(self) -> None:
+        """Something changed in the store (Postgres NOTIFY, or a write through this process that
+        other clients' answers depend on): read it now if a long poll waits for it."""
+        self.forget_states()
+        if self._waiting and not self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._refresh_logged())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self._refresh()
+        except MigsyncError as exc:  # the store is down: the long polls end at their deadline
+            log.warning("could not read what changed in the store: %s", exc)
+
+    async def _wait_for_change(self, digest: str, etag: str, seconds: int) -> bool:
+        """Wait until the client's ETag is no longer ``etag`` (True) or ``seconds`` pass (False).
+
+        Woken by the store's notifications (Postgres) and this process's own writes; besides,
+        it reads what changed once per ``cache_seconds`` (so on SQLite a publish by another
+        process arrives that late)."""
+        self._waiting += 1
+        try:
+            deadline = self._monotonic() + seconds
+            while True:
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    return False
+                tick = asyncio.ensure_future(
+                    self._sleep(min(remaining, self.cache_seconds) if self.cache_seconds else remaining)
+                )
+                woken = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({tick, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    tick.cancel()
+                    woken.cancel()
+                await self._refresh()
+                state = self._cache.get(digest)
+                if state is None or state.etag != etag:
+                    return True
+        finally:
+            self._waiting -= 1
 
     async def _admin(self, request: Request) -> None:
         token = self._throttled_bearer(request)
@@ -277,11 +349,16 @@ class _Api:
     # -- endpoints -------------------------------------------------------------------------------
 
     async def pending(self, request: Request) -> Response:
+        wait = _query_int(request, _WAIT)
         digest, state = await self._client(request)
         await self._seen(state.client.client_id)
         wanted = request.headers.get("if-none-match")
         if wanted is not None and _matches(wanted, state.etag):
-            return Response(status_code=304, headers=_etag_headers(state.etag))
+            # A long poll waits only on the ETag itself ("*" would wait on anything).
+            if not wait or wanted.strip().removeprefix("W/") != state.etag:
+                return Response(status_code=304, headers=_etag_headers(state.etag))
+            if not await self._wait_for_change(digest, state.etag, wait):
+                return Response(status_code=304, headers=_etag_headers(state.etag))
         state, lacking, actions = await self.store.pending_view(state.client.client_id)
         self._cache.put(digest, state)  # as new as what the store holds: never older than the cache
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
@@ -339,6 +416,7 @@ class _Api:
         self._unwritten.pop(client_id, None)
         if result.state is not None:
             self._cache.put(digest, result.state)
+            self._wake()
         body: dict[str, Any] = {
             "recorded": [v.text for v in result.recorded],
             "unchanged": [v.text for v in result.unchanged],
@@ -356,11 +434,12 @@ class _Api:
         )
         if moved:
             self._cache.drop(digest)  # the next poll reads its new state
+            self._wake()
         return JSONResponse(ack.to_json())
 
     def forget_states(self) -> None:
         """Trust no cached client state: the next poll asks the store (after a request to clients)."""
-        self._checked_at = -math.inf
+        self._stale = True
 
     async def actions(self, request: Request) -> Response:
         await self._admin(request)
@@ -378,7 +457,7 @@ class _Api:
             )
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from None
-        self.forget_states()
+        self._notified()
         return JSONResponse({"actions": [r.to_json() for r in records]}, status_code=201)
 
     async def changes(self, request: Request) -> Response:
@@ -510,7 +589,7 @@ def create_app(
                     admin_token,
                     options,
                     before_read=api._flush_seen,
-                    after_request=api.forget_states,
+                    after_request=api._notified,
                     throttle=api.throttle,  # one count per address, whichever door it knocks on
                     requests_refused=None if request_key is not None else NO_REQUEST_KEY,
                 ),
@@ -643,6 +722,7 @@ def _declared(endpoint: Endpoint, handler: Handler) -> Handler:
 
 
 _LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query)
+_WAIT = next(q for e in ENDPOINTS if e.name == "pending" for q in e.query)
 _OPENAPI = openapi_document()
 
 

@@ -60,6 +60,8 @@ async def bump_publish_serial(conn: AsyncConnection) -> None:
         await conn.execute(insert(t.store_meta).values(key=PUBLISH_SERIAL, value="1"))
     else:
         await conn.execute(update(t.store_meta).where(where).values(value=str(int(current) + 1)))
+    if conn.dialect.name == "postgresql":
+        await conn.execute(_NOTIFY)  # every client's ETag moved: wake the long polls
 
 
 def _state(row: Row[Any]) -> ClientState:
@@ -96,14 +98,23 @@ _PENDING_KEYS = (
 _PUBLISHED_CHECKSUMS = select(_published.version, _published.checksum).where(
     _published.version.in_(bindparam("versions", expanding=True))
 )
+#: The Postgres channel the store notifies of every change a poll depends on (at commit): a
+#: server process listens on it, to wake its long polls.
+CHANNEL = "migsync_changes"
 _NEXT_CHANGE = text(
     "INSERT INTO store_meta (key, value) VALUES ('change_seq', '1') ON CONFLICT (key) DO UPDATE "
     "SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) RETURNING value"
 )
-_COUNT_AND_STAMP = text(
+_NEXT_CHANGE_PG = text(
+    "INSERT INTO store_meta (key, value) VALUES ('change_seq', '1') ON CONFLICT (key) DO UPDATE "
+    "SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) "
+    f"RETURNING value, pg_notify('{CHANNEL}', '')"
+)
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', '')")
+_COUNT_AND_STAMP = text(  # the counter, the stamp, and the notification
     "WITH counted AS (INSERT INTO store_meta (key, value) VALUES ('change_seq', '1') "
     "ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(store_meta.value AS BIGINT) + 1 AS TEXT) "
-    "RETURNING CAST(value AS BIGINT) AS seq) "
+    f"RETURNING CAST(value AS BIGINT) AS seq, pg_notify('{CHANNEL}', '')) "
     "UPDATE store_clients SET change_seq = counted.seq FROM counted WHERE store_clients.id = ANY(:ids) "
     "RETURNING counted.seq"
 )
@@ -142,7 +153,8 @@ async def next_change(conn: AsyncConnection) -> int:
     number would be committed after a reader had moved past it). Holding nothing else to wait
     for, a transaction at this point cannot be part of a deadlock.
     """
-    return int((await conn.execute(_NEXT_CHANGE)).scalar_one())
+    statement = _NEXT_CHANGE_PG if conn.dialect.name == "postgresql" else _NEXT_CHANGE
+    return int((await conn.execute(statement)).scalars().one())
 
 
 async def stamp_change(conn: AsyncConnection, client_ids: Sequence[int]) -> int:

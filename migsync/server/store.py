@@ -29,7 +29,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -139,6 +139,32 @@ class Store:
                     # SQLite's BEGIN IMMEDIATE already admits one writer only.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
                 yield conn
+
+    @contextlib.asynccontextmanager
+    async def listening(self, notified: Callable[[], None]) -> AsyncIterator[bool]:
+        """Call ``notified()`` whenever a change a poll depends on is committed (a publish, a
+        report or an answer that changes something, a request to clients), by any process, while
+        the block runs; yields whether it can (Postgres ``LISTEN``, on a connection of its own).
+        On SQLite it cannot: yields False."""
+        if engines.is_sqlite(self._url):
+            yield False
+            return
+
+        def heard(*_args: Any) -> None:
+            notified()
+
+        async with (
+            engines.mapped_errors(self.where, "listening for changes"),
+            self._lone_reads.connect() as conn,
+        ):
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.add_listener(status.CHANNEL, heard)
+            try:
+                yield True
+            finally:
+                with contextlib.suppress(Exception):  # the connection may be gone: it closes anyway
+                    await raw.remove_listener(status.CHANNEL, heard)
 
     # -- the store's own schema ------------------------------------------------------------------
 

@@ -64,6 +64,8 @@ MAX_CHANGES = 1000
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 #: The largest answer read (bytes), unless told otherwise: some 100 migrations of 160 KiB.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: The longest long poll a server allows (``GET /api/migrations/pending?wait=N``), in seconds.
+MAX_LONG_POLL = 60
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -82,6 +84,7 @@ class HttpTransport(BaseTransport):
         clock: Clock | None = None,
         http: httpx.AsyncClient | None = None,
         max_answer_bytes: int | None = None,
+        long_poll: float | None = None,
     ) -> None:
         try:
             parsed = httpx.URL(url)
@@ -97,6 +100,11 @@ class HttpTransport(BaseTransport):
             max_answer_bytes = _size_option(url, parsed.params.get("max_answer_bytes"))
         if max_answer_bytes <= 0:
             raise ConfigError(f"max_answer_bytes must be > 0, not {max_answer_bytes}")
+        if long_poll is not None and not 0 <= long_poll <= MAX_LONG_POLL:
+            raise ConfigError(f"long_poll must be from 0 to {MAX_LONG_POLL} seconds, not {long_poll:g}")
+        #: seconds a fetch with an ETag lets the server wait for a change (``?wait=N``): a change
+        #: reaches the client as it happens rather than at its next poll (None, 0: plain polls)
+        self.long_poll = int(long_poll) if long_poll else None
         self.base = str(parsed.copy_with(query=None, fragment=None)).rstrip("/")
         self.where = self.base
         self.client_id = client_id
@@ -125,7 +133,13 @@ class HttpTransport(BaseTransport):
         if etag:
             headers["If-None-Match"] = etag
         url = f"{self.base}/api/migrations/pending"
-        response = await self._send("GET", url, headers=headers)
+        if etag and self.long_poll:
+            # The server answers at the latest after the wait: the deadline is that much later.
+            response = await self._send(
+                "GET", url, headers=headers, params={"wait": str(self.long_poll)}, extra_time=self.long_poll
+            )
+        else:
+            response = await self._send("GET", url, headers=headers)
         tag = response.headers.get("etag")
         if response.status_code == 304:
             return Offer(None, tag or etag)
@@ -212,18 +226,19 @@ class HttpTransport(BaseTransport):
             )
         raise ServerRefused(refusal)
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """The response (2xx or 304), after retries; a refusal or exhaustion raises."""
+    async def _send(self, method: str, url: str, *, extra_time: float = 0, **kwargs: Any) -> httpx.Response:
+        """The response (2xx or 304), after retries; a refusal or exhaustion raises. ``extra_time``:
+        seconds the server may take on purpose (a long poll), on top of the timeout."""
         attempt = 0
         while True:
             attempt += 1
             retry_after: float | None = None
             try:
-                response = await self._attempt(method, url, **kwargs)
+                response = await self._attempt(method, url, extra_time, **kwargs)
             except httpx.TransportError as exc:  # cannot connect, timed out, connection dropped
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except TimeoutError:  # the attempt's deadline (asyncio.timeout), not a read's
-                problem = f"no complete answer within {self.timeout:g} s"
+                problem = f"no complete answer within {self.timeout + extra_time:g} s"
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
                 raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
@@ -245,11 +260,14 @@ class HttpTransport(BaseTransport):
                 delay = min(max(delay, retry_after), self.backoff.cap)
             await self.clock.sleep(delay)
 
-    async def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _attempt(self, method: str, url: str, extra_time: float = 0, **kwargs: Any) -> httpx.Response:
         """One request with its answer read whole: within the deadline, at most
         ``max_answer_bytes`` of it (never more held in memory)."""
         limit = self.max_answer_bytes
-        async with asyncio.timeout(self.timeout), self._http.stream(method, url, **kwargs) as streamed:
+        if extra_time:
+            kwargs["timeout"] = httpx.Timeout(self.timeout + extra_time)
+        deadline = asyncio.timeout(self.timeout + extra_time)
+        async with deadline, self._http.stream(method, url, **kwargs) as streamed:
             declared = streamed.headers.get("content-length", "")
             if declared.isascii() and declared.isdigit() and (len(declared) > 15 or int(declared) > limit):
                 raise MalformedAnswer(f"{method} {url}: answer larger than {limit} bytes")
