@@ -152,6 +152,7 @@ class _Api:
         #: how many long polls wait
         self._waiting = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
         #: the published set, serialized, of the newest publish serial this process read
         self._published: _Published | None = None
         self._reading_published = asyncio.Lock()
@@ -181,7 +182,7 @@ class _Api:
                     flusher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await flusher
-                for task in list(self._tasks):
+                for task in [*self._tasks, *([self._ticker] if self._ticker else [])]:
                     task.cancel()
                 with contextlib.suppress(MigsyncError):  # the store may be gone: marks are a nicety
                     await self._flush_seen()
@@ -293,30 +294,37 @@ class _Api:
         """Wait until the client's ETag is no longer ``etag`` (True) or ``seconds`` pass (False).
 
         Woken by the store's notifications (Postgres) and this process's own writes; besides,
-        it reads what changed once per ``cache_seconds`` (so on SQLite a publish by another
-        process arrives that late)."""
+        one task reads what changed once per ``cache_seconds`` while polls wait (so on SQLite a
+        publish by another process arrives that late). A held poll itself only sleeps."""
         self._waiting += 1
+        if self.cache_seconds and (self._ticker is None or self._ticker.done()):
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
         try:
             deadline = self._monotonic() + seconds
             while True:
-                remaining = deadline - self._monotonic()
-                if remaining <= 0:
-                    return False
-                tick = asyncio.ensure_future(
-                    self._sleep(min(remaining, self.cache_seconds) if self.cache_seconds else remaining)
-                )
-                woken = asyncio.ensure_future(self._changed.wait())
-                try:
-                    await asyncio.wait({tick, woken}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    tick.cancel()
-                    woken.cancel()
-                await self._refresh()
+                await self._refresh()  # when due: told of a change, or the period is over
                 state = self._cache.get(digest)
                 if state is None or state.etag != etag:
                     return True
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    return False
+                # No await between the look above and taking the event: no wake-up is missed.
+                timer = asyncio.ensure_future(self._sleep(remaining))
+                woken = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({timer, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                    woken.cancel()
         finally:
             self._waiting -= 1
+
+    async def _tick(self) -> None:
+        """While polls are held: read what changed once per ``cache_seconds``."""
+        while self._waiting:
+            await self._sleep(self.cache_seconds)
+            await self._refresh_logged()
 
     async def _admin(self, request: Request) -> None:
         token = self._throttled_bearer(request)
