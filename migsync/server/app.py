@@ -171,7 +171,7 @@ class _Api:
             # Changes before now need no reading: the cache is empty, and a miss reads the store.
             _publish, self._seen_change = await store.generation()
             # Postgres tells of every change at its commit: long polls hear of it at once.
-            await stack.enter_async_context(store.listening(self._notified))
+            await stack.enter_async_context(store.listening(self._heard))
             flusher = (
                 asyncio.create_task(self._flush_seen_every(self.seen_flush)) if self.seen_flush else None
             )
@@ -275,9 +275,16 @@ class _Api:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
+    def _heard(self) -> None:
+        """The store says a change was committed (Postgres NOTIFY, this process's own included):
+        held polls want it now; plain polls read it with the next check, once per
+        ``cache_seconds`` (a busy fleet's reports must not make every poll a read)."""
+        if self._waiting:
+            self._notified()
+
     def _notified(self) -> None:
-        """Something changed in the store (Postgres NOTIFY, or a write through this process that
-        other clients' answers depend on): read it now if a long poll waits for it."""
+        """Something changed that other clients' answers depend on (a request through this
+        process, or :meth:`_heard`): the next poll reads it, and a held poll at once."""
         self.forget_states()
         if self._waiting and not self._refreshing:
             task = asyncio.get_running_loop().create_task(self._refresh_logged())
