@@ -1,4 +1,5 @@
-"""Per-client status: what a client still needs, what it reported, and the fleet view.
+"""Per-client status: what a client still needs and what it reported (the fleet view is
+:mod:`migsync.server.fleet`).
 
 The functions here run inside one of :class:`~migsync.server.store.Store`'s
 units of work and take its connection; the store's methods are their public face.
@@ -27,8 +28,6 @@ from migsync.server.records import (
     ClientRecord,
     ClientState,
     Drift,
-    Failure,
-    FleetEntry,
     PendingMigration,
     ReportResult,
     StatusReport,
@@ -205,39 +204,3 @@ async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
         .values(last_seen_at=bindparam("seen"))
     )
     await conn.execute(statement, [{"client_id": k, "seen": v} for k, v in seen.items()])
-
-
-async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[FleetEntry]:
-    """Every client (or only ``client_id``), oldest first, with its status against what is
-    published now."""
-    which = select(t.store_clients).order_by(_clients.id)
-    rows_query = select(t.store_client_status).order_by(_status.client_id, _status.version)
-    if client_id is not None:
-        which = which.where(_clients.id == client_id)
-        rows_query = rows_query.where(_status.client_id == client_id)
-    clients = [client(r) for r in await conn.execute(which)]
-    published = {
-        r.version: r.checksum
-        for r in await conn.execute(
-            select(_published.version, _published.checksum).order_by(_published.version)
-        )
-    }
-    rows: dict[int, list[Row[Any]]] = {}
-    for r in await conn.execute(rows_query):
-        rows.setdefault(r.client_id, []).append(r)
-    entries = []
-    for record in clients:
-        mine = rows.get(record.client_id, [])
-        applied = tuple(r.version for r in mine if r.applied)
-        failed = tuple(
-            Failure(r.version, r.error, r.attempts, bool(r.dead)) for r in mine if not r.applied and r.error
-        )
-        drift = tuple(
-            Drift(r.version, published[r.version], r.checksum)
-            for r in mine
-            if r.version in published and r.checksum is not None and r.checksum != published[r.version]
-        )
-        done = {r.version for r in mine if r.applied and r.checksum == published.get(r.version)}
-        pending = tuple(v for v in published if v not in done)
-        entries.append(FleetEntry(record, applied, failed, drift, pending))
-    return entries

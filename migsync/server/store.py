@@ -50,6 +50,7 @@ from migsync.protocol.wire import (
 )
 from migsync.server import actions as requests
 from migsync.server import engine as engines
+from migsync.server import fleet as fleets
 from migsync.server import inbox as inboxes
 from migsync.server import manifests, status
 from migsync.server import tables as t
@@ -382,17 +383,39 @@ class Store:
         client's last re-apply, newest first: see :func:`migsync.server.actions.current`), in one
         read, for a view that shows both."""
         async with self._read("reading the fleet's status") as conn:
-            entries = await status.fleet(conn, client_id)
+            entries = await fleets.entries(conn, None if client_id is None else [client_id])
             current = await requests.current(conn, client_id)
+        return self._held(entries, current), current
+
+    async def fleet_page(
+        self,
+        which: fleets.FleetFilter | None = None,
+        *,
+        limit: int = fleets.DEFAULT_LIMIT,
+        cursor: str | None = None,
+        counts: bool = True,
+    ) -> fleets.FleetPage:
+        """One page of the fleet (see :func:`migsync.server.fleet.page`): up to ``limit`` clients
+        matching ``which`` after ``cursor``, in id order, with where a revert holds them, the next
+        page's cursor and the counts per state. A bad cursor or limit is a :class:`ConfigError`."""
+        async with self._read("reading a page of the fleet") as conn:
+            page = await fleets.page(
+                conn, which or fleets.FleetFilter(), limit=limit, cursor=cursor, counts=counts
+            )
+            ids = [e.client.client_id for e in page.entries]
+            current = await requests.current(conn, client_ids=ids) if ids else []
+        return attrs.evolve(page, entries=tuple(self._held(list(page.entries), current)))
+
+    @staticmethod
+    def _held(entries: list[FleetEntry], current: list[ActionRecord]) -> list[FleetEntry]:
         by_client: dict[int, list[ActionRecord]] = {}
         for record in current:
             by_client.setdefault(record.client_id, []).append(record)
         held = [requests.hold_of(by_client.get(e.client.client_id, [])) for e in entries]
-        entries = [
+        return [
             attrs.evolve(e, held_from=None if hold is None else hold.version)
             for e, hold in zip(entries, held, strict=True)
         ]
-        return entries, current
 
     # -- the admin's requests to clients --------------------------------------------------------
 
