@@ -329,6 +329,8 @@ def imported_name(path: Path) -> Path:
 
 #: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
 _STORE_DOWNGRADES = {
+    6: ["DROP INDEX store_client_status_version"],
+    5: [],  # another branch's step; the integrator joins them
     # Layout 4 kept versions as integers; its upgrade leaves versions that are keys already alone.
     4: [],
     3: ["DROP TABLE store_actions", "ALTER TABLE store_client_status DROP COLUMN dead"],

@@ -1,4 +1,4 @@
-"""The server side of the ``migsync`` command: keygen, publish, clients, fleet, serve, export,
+"""The server side of the ``migsync`` command: keygen, publish, clients, serve, export,
 import-reports, inbox.
 
 Each command imports what it needs (cryptography, SQLAlchemy, Starlette,
@@ -212,12 +212,47 @@ def clients() -> None:
 
 
 @clients.command("add")
-@click.argument("name")
+@click.argument("name", required=False)
 @store_option
-@click.option("--json", "as_json", is_flag=True, help='Print {"client_id": ..., "token": ...}.')
-def clients_add(name: str, store_url: str, as_json: bool) -> None:
-    """Register client NAME and print its token (shown this once; the store keeps only its hash)."""
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="Register every client FILE lists (CSV with a 'name' column, or JSON lines "
+    '{"name": ...}; - reads standard input), all or nothing, and print name,client_id,token for each.',
+)
+@click.option(
+    "--tokens-out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="With --from: write the tokens to FILE (created with mode 0600) instead of standard output.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"client_id": ..., "token": ...}; with --from, one JSON object per line.',
+)
+def clients_add(
+    name: str | None, store_url: str, from_file: str | None, tokens_out: str | None, as_json: bool
+) -> None:
+    """Register client NAME and print its token (shown this once; the store keeps only its hash).
 
+    With --from FILE, register many at once: a bad or duplicate row (or a name
+    registered already) is one error naming the file and the line, and nothing
+    is registered.
+    """
+    if (name is None) == (from_file is None):
+        raise click.UsageError("give a client NAME or --from FILE (one of them)")
+    if from_file is not None:
+        from migsync.cli.fleet import add_from_file
+
+        add_from_file(store_url, from_file, tokens_out, as_json)
+        return
+    if tokens_out is not None:
+        raise click.UsageError("--tokens-out goes with --from FILE")
+    assert name is not None
     client_id, token = on_store(store_url, lambda store: store.add_client(name), create=True)
     if as_json:
         click.echo(json.dumps({"client_id": client_id, "token": token}))
@@ -250,30 +285,6 @@ def clients_list(store_url: str, as_json: bool) -> None:
     from migsync.output.table import print_table
 
     print_table(header, rows)
-
-
-@click.command()
-@store_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def fleet(store_url: str, as_json: bool) -> None:
-    """Show every client's status: applied, pending, failed, last seen.
-
-    One row per client: its latest applied version, how many it applied, the
-    published versions it lacks, those it applied with other content (drift),
-    when it last polled or reported, and what failed with the first line of
-    the error (--json has the errors in full). Exits 0 whatever the states.
-    """
-
-    entries = on_store(store_url, lambda store: store.fleet())
-    if as_json:
-        click.echo(json.dumps({"clients": [e.to_json() for e in entries]}, indent=2))
-        return
-    if not entries:
-        click.echo("no clients")
-        return
-    from migsync.output.report_server import print_fleet
-
-    print_fleet(entries)
 
 
 @click.command()
@@ -697,4 +708,4 @@ def _s(items: tuple[object, ...]) -> str:
     return "" if len(items) == 1 else "s"
 
 
-SERVER_COMMANDS = (keygen, publish, clients, fleet, serve, export_command, import_reports_command, inbox)
+SERVER_COMMANDS = (keygen, publish, clients, serve, export_command, import_reports_command, inbox)

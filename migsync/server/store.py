@@ -77,6 +77,8 @@ if TYPE_CHECKING:
 _LOCK_KEY = 0x6D696773796E63  # "migsync"
 
 _MAX_NAME = 200
+#: Clients registered per INSERT by :meth:`Store.add_clients` (and names looked up per SELECT).
+_BATCH = 1000
 _MAX_TOKEN = 512
 
 
@@ -306,6 +308,60 @@ class Store:
             client_id = key[0]
         return int(client_id), token
 
+    async def add_clients(
+        self,
+        names: Sequence[str],
+        labels: Sequence[dict[str, str] | None] | None = None,
+        *,
+        sources: Sequence[str] | None = None,
+    ) -> list[tuple[int, str, str]]:
+        """Register many clients at once, all or nothing: ``(id, name, token)`` for each of
+        ``names``, in their order (the tokens shown this once, stored hashed).
+
+        A name given twice, or one registered already, is a :class:`ConfigError` naming it, and
+        nothing is registered; ``sources`` (where each name was read, e.g. ``file line 3``)
+        name the row in that message. ``labels`` (one dict, or None, per name) are accepted for the
+        labels the store will keep; TODO(issue 21): stored once ``store_clients`` has a
+        ``labels`` column (the rollouts branch adds it), ignored until then.
+        """
+        cleaned = [_client_name(n) for n in names]
+        if labels is not None and len(labels) != len(cleaned):
+            raise ConfigError(f"{len(labels)} label sets for {len(cleaned)} clients")
+        first: dict[str, int] = {}
+        for index, name in enumerate(cleaned):
+            if name in first:
+                raise ConfigError(f"client {name!r} is given twice (#{first[name] + 1} and #{index + 1})")
+            first[name] = index
+        tokens = [secrets.token_urlsafe(32) for _ in cleaned]
+        now = time.time()
+        rows = [
+            {"name": n, "token_hash": token_hash(tok), "created_at": now}
+            for n, tok in zip(cleaned, tokens, strict=True)
+        ]
+        ids: dict[str, int] = {}
+        async with self._write("adding clients") as conn:
+            for start in range(0, len(rows), _BATCH):
+                batch = rows[start : start + _BATCH]
+                taken = (
+                    await conn.execute(
+                        select(t.store_clients.c.name, t.store_clients.c.id).where(
+                            t.store_clients.c.name.in_([r["name"] for r in batch])
+                        )
+                    )
+                ).first()
+                if taken is not None:
+                    where = f"{sources[first[taken.name]]}: " if sources else ""
+                    raise ConfigError(f"{where}a client named {taken.name!r} exists already (id {taken.id})")
+                # One multi-row INSERT per batch, its ids returned in the rows' order.
+                result = await conn.execute(
+                    insert(t.store_clients).returning(
+                        t.store_clients.c.id, t.store_clients.c.name, sort_by_parameter_order=True
+                    ),
+                    batch,
+                )
+                ids |= {r.name: int(r.id) for r in result}
+        return [(ids[n], n, tok) for n, tok in zip(cleaned, tokens, strict=True)]
+
     async def authenticate(self, token: str) -> ClientRecord | None:
         """The client whose token this is, or None. Reads only: it does not mark the client seen."""
         if not token or len(token) > _MAX_TOKEN:
@@ -471,6 +527,11 @@ class Store:
             raise ConfigError(f"limit must be >= 0, not {limit}")
         async with self._read("reading the inbox") as conn:
             return await inboxes.read(conn, limit)
+
+
+def client_name(name: str) -> str:
+    """``name`` as a client's name is stored (spaces stripped); :class:`ConfigError` saying why not."""
+    return _client_name(name)
 
 
 def _client_name(name: str) -> str:

@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeDecorator
 
 from migsync.core.version import Version
 
-SCHEMA_VERSION = 5  # 5: versions as text keys
+SCHEMA_VERSION = 7  # 5: versions as text keys; 7: the status rows indexed by version
 
 
 class VersionKey(TypeDecorator[Version]):
@@ -121,6 +121,8 @@ store_client_status = Table(
     Column("updated_at", Float, nullable=False),
     #: it failed as often as the client allows: nothing retries it until someone re-applies it
     Column("dead", Boolean, nullable=False, default=False, server_default="0"),
+    #: "every client that applied (or not) version V": a request for every client, a fleet filter
+    Index("store_client_status_version", "version", "applied"),
 )
 
 #: The entity changes clients pushed (``POST /api/changes``, a drop folder's ``changes/``);
@@ -260,3 +262,20 @@ def _versions_as_keys(conn: Connection) -> None:
 
 
 UPGRADES[4] = _versions_as_keys
+
+
+def _reserved(conn: Connection) -> None:
+    """Layout 6 is another branch's step (the integrator puts it here and renumbers ours)."""
+
+
+UPGRADES[5] = _reserved
+
+
+def _index_status_by_version(conn: Connection) -> None:
+    # IF NOT EXISTS: on SQLite the layout 4 step rebuilds the table with today's indexes.
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS store_client_status_version ON store_client_status (version, applied)"
+    )
+
+
+UPGRADES[6] = _index_status_by_version
