@@ -71,7 +71,7 @@ def fleet(
     page. Exits 0 whatever the states.
     """
     from migsync.core.errors import ConfigError
-    from migsync.core.version import Version
+    from migsync.core.version import Version, VersionError
     from migsync.server import Store
     from migsync.server.fleet import FleetFilter
 
@@ -84,7 +84,7 @@ def fleet(
             stale=stale,
             name=name,
         )
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, VersionError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
 

@@ -51,6 +51,7 @@ from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, protocol_refusal
 from migsync.protocol.wire_schema import SCHEMAS, standalone
+from migsync.server import fleet_api
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, token_hash
@@ -380,7 +381,12 @@ class _Api:
     async def clients(self, request: Request) -> Response:
         await self._admin(request)
         await self._flush_seen()  # this process's own view is never behind
-        return JSONResponse({"clients": [entry.to_json() for entry in await self.store.fleet()]})
+        return JSONResponse(await fleet_api.fleet_page(self.store, request.query_params))
+
+    async def add_clients(self, request: Request) -> Response:
+        await self._admin(request)
+        added = await fleet_api.register(self.store, await read_json(request, self.max_body))
+        return JSONResponse(added, status_code=201)
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(_OPENAPI)
@@ -565,7 +571,7 @@ def _declared(endpoint: Endpoint, handler: Handler) -> Handler:
     return checked
 
 
-_LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query)
+_LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query if isinstance(q, QueryInt))
 _OPENAPI = openapi_document()
 
 

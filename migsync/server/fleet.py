@@ -36,11 +36,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
 from migsync.core.version import Version
+from migsync.protocol.wire_schema import FLEET_STATES
 from migsync.server import tables as t
 from migsync.server.records import Drift, Failure, FleetEntry
 from migsync.server.status import client
 
-STATES = ("ok", "failing", "pending", "drift")
+STATES = FLEET_STATES
 #: How many clients a page holds unless asked otherwise, and at most.
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -21,12 +21,13 @@ from typing import Any
 import attrs
 
 from migsync.core.errors import ConfigError
+from migsync.protocol.wire_schema import MAX_NEW_CLIENTS
 from migsync.server.store import client_name
 
 __all__ = ["MAX_API_CLIENTS", "NewClient", "from_body", "parse_file", "parse_text"]
 
 #: The most clients one ``POST /api/clients`` registers.
-MAX_API_CLIENTS = 10_000
+MAX_API_CLIENTS = MAX_NEW_CLIENTS
 _KEYS = {"name", "labels"}
 
 
