@@ -417,10 +417,10 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "properties": {
             "name": _text("its name (unique, at most 200 printable characters)", least=1, most=MAX_ERROR),
+            # every value text (checked beyond the schema)
             "labels": {
                 "description": "labels of the client (text to text), or null",
                 "type": ["object", "null"],
-                "additionalProperties": _text("a label's value", most=MAX_ERROR),
             },
         },
         "required": ["name"],
