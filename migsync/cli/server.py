@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from migsync.server.export import ExportResult
     from migsync.server.import_reports import ImportResult
     from migsync.server.records import ReceivedChange
+    from migsync.server.workers import ServeConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -348,6 +349,27 @@ def clients_list(store_url: str, as_json: bool) -> None:
     help="Private key that signs the admin's requests to clients (see 'keygen'; not the key that "
     "signs migrations). Without it the API and the panel make no requests [env: MIGSYNC_REQUEST_KEY]",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Server processes (uvicorn workers) on the one port; more than one needs --panel-secret.",
+)
+@click.option(
+    "--pool-size",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Postgres connections each process keeps open.",
+)
+@click.option(
+    "--max-overflow",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Postgres connections each process may open beyond --pool-size under load.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -364,6 +386,9 @@ def serve(
     panel_secret_file: str | None,
     failed_auth_limit: str,
     request_key_path: str | None,
+    workers: int,
+    pool_size: int,
+    max_overflow: int,
 ) -> None:
     """Serve the store's HTTP API to clients (uvicorn).
 
@@ -374,7 +399,9 @@ def serve(
     panel at /admin. Received changes go to the inbox (see 'migsync inbox')
     and to the change appliers. The admin's requests to a client (revert,
     re-apply) are signed for it with --request-key as they are served. Stops
-    cleanly on SIGINT or SIGTERM.
+    cleanly on SIGINT or SIGTERM. --workers N runs N processes on one port
+    (any number of serve processes may share a Postgres store; a SQLite store
+    is for one process and a small fleet).
     """
     appliers = build_appliers(ctx, apply_changes, no_apply_changes)
     from migsync.core.errors import ConfigError
@@ -400,6 +427,38 @@ def serve(
     from migsync.server.panel import PanelOptions
     from migsync.server.serving import AnnouncingServer
 
+    if workers > 1 and not no_panel and secret is None:
+        click.echo(
+            "error: --workers needs --panel-secret (or MIGSYNC_PANEL_SECRET, --panel-secret-file): a "
+            "login on one worker must be good on the others (or serve with --no-panel)",
+            err=True,
+        )
+        sys.exit(EXIT_BAD_INPUT)
+    from migsync.server.engine import PoolOptions
+
+    pool = PoolOptions(size=pool_size, overflow=max_overflow)
+    if workers > 1:
+        from migsync.server.workers import ServeConfig
+
+        _serve_workers(
+            ServeConfig(
+                store_url,
+                admin_token,
+                appliers=[] if no_apply_changes else (list(apply_changes) or None),
+                panel=not no_panel,
+                panel_secure_cookie=panel_secure_cookie,
+                panel_secret=None if secret is None else secret.decode("utf-8"),
+                failed_auth_limit=failed_auth_limit,
+                request_key_path=request_key_path,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+            ),
+            workers,
+            host,
+            port,
+            log_level,
+        )
+        return
     panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie, secret=secret)
     if panel is not False and secret is None:
         click.echo(
@@ -415,6 +474,7 @@ def serve(
             panel=panel,
             failed_auth_limit=failed_auth_limit,
             request_key=request_key,
+            pool=pool,
         )
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -424,6 +484,30 @@ def serve(
     server.run()
     if not server.started:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _serve_workers(config: ServeConfig, workers: int, host: str, port: int, log_level: str) -> None:
+    """Run ``workers`` uvicorn worker processes on one socket, each making its app from ``config``
+    (handed to them in the environment: see :mod:`migsync.server.workers`)."""
+    import os
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from migsync.server.serving import announce
+    from migsync.server.workers import APP_FACTORY, environment
+
+    os.environ.update(environment(config))
+    settings = uvicorn.Config(
+        APP_FACTORY, factory=True, host=host, port=port, log_level=log_level, lifespan="on", workers=workers
+    )
+    try:
+        sock = settings.bind_socket()
+    except SystemExit:  # uvicorn logged why (the port is taken, say)
+        sys.exit(EXIT_BAD_INPUT)
+    # The socket listens already: a client that connects before a worker is up waits in its backlog.
+    announce([sock], panel=config.panel, workers=workers)
+    Multiprocess(settings, sockets=[sock]).run()
 
 
 #: The shortest panel secret accepted: an HMAC-SHA256 key should be as long as its output.

@@ -53,6 +53,7 @@ from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, prot
 from migsync.protocol.wire_schema import SCHEMAS, standalone
 from migsync.server import fleet_api
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
+from migsync.server.engine import PoolOptions
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, token_hash
 from migsync.server.store import Store
@@ -103,8 +104,10 @@ class _Api:
         throttle: AuthThrottle,
         clock: Clock | None = None,
         request_key: Ed25519PrivateKey | None = None,
+        pool: PoolOptions | None = None,
     ) -> None:
         self.store_url = store_url
+        self.pool = pool
         #: signs each request to a client, for that client, as it is served (None: no requests)
         self.request_key = request_key
         self.throttle = throttle
@@ -133,7 +136,7 @@ class _Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        async with Store.open(self.store_url, create=False, appliers=self.appliers) as store:
+        async with Store.open(self.store_url, create=False, appliers=self.appliers, pool=self.pool) as store:
             self._store = store
             flusher = (
                 asyncio.create_task(self._flush_seen_every(self.seen_flush)) if self.seen_flush else None
@@ -412,6 +415,7 @@ def create_app(
     failed_auth_limit: str = FAILED_AUTH_LIMIT,
     clock: Clock | None = None,
     request_key: Ed25519PrivateKey | None = None,
+    pool: PoolOptions | None = None,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -430,7 +434,8 @@ def create_app(
     to measure the periods above on and to date seen marks by (default: the system's).
     ``request_key``: the private key that signs the admin's requests to each client, as they
     are served (``serve --request-key``); without it the API and the panel refuse to make
-    requests (409), since no client would carry out an unsigned one.
+    requests (409), since no client would carry out an unsigned one. ``pool``: the size of a
+    Postgres store's connection pool in this process (``serve --pool-size``).
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
@@ -455,6 +460,7 @@ def create_app(
         AuthThrottle(failed_auth_limit),
         clock,
         request_key,
+        pool,
     )
     # The routes are the documented endpoints (migsync.server.openapi), each to its handler.
     routes: list[BaseRoute] = [

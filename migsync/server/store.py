@@ -95,16 +95,22 @@ class Store:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, url: str, *, create: bool = True, appliers: Sequence[ChangeApplier] = ()
+        cls,
+        url: str,
+        *,
+        create: bool = True,
+        appliers: Sequence[ChangeApplier] = (),
+        pool: engines.PoolOptions | None = None,
     ) -> AsyncIterator[Store]:
         """The store at ``url``, its tables created (``create``) or upgraded as needed.
 
         Without ``create`` a store that does not exist yet is a :class:`ConfigError`.
         A store written by a newer migsync is refused with :class:`ConnectError`.
-        ``appliers`` get each entity change the store receives (none by default).
+        ``appliers`` get each entity change the store receives (none by default). ``pool``
+        sizes a Postgres store's connection pool (:class:`~migsync.server.engine.PoolOptions`).
         """
         mapped = engines.store_url(url)
-        engine = engines.create_engine(mapped, create=create)
+        engine = engines.create_engine(mapped, create=create, pool=pool)
         try:
             where = engines.display(mapped)
             await engines.check_connection(engine, where)
