@@ -456,13 +456,15 @@ class Store:
         limit: int = fleets.DEFAULT_LIMIT,
         cursor: str | None = None,
         counts: bool = True,
+        now: float | None = None,
     ) -> fleets.FleetPage:
         """One page of the fleet (see :func:`migsync.server.fleet.page`): up to ``limit`` clients
         matching ``which`` after ``cursor``, in id order, with where a revert holds them, the next
-        page's cursor and the counts per state. A bad cursor or limit is a :class:`ConfigError`."""
+        page's cursor and the counts per state. A bad cursor or limit is a :class:`ConfigError`.
+        ``now``: the time ``stale`` counts back from (default: the system's)."""
         async with self._read("reading a page of the fleet") as conn:
             page = await fleets.page(
-                conn, which or fleets.FleetFilter(), limit=limit, cursor=cursor, counts=counts
+                conn, which or fleets.FleetFilter(), limit=limit, cursor=cursor, counts=counts, now=now
             )
             ids = [e.client.client_id for e in page.entries]
             current = await requests.current(conn, client_ids=ids) if ids else []
