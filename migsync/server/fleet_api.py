@@ -33,7 +33,10 @@ async def fleet_page(store: Store, query: Mapping[str, str]) -> dict[str, Any]:
             name=_text(query, "q"),
         )
         page = await store.fleet_page(
-            which, limit=_int(query, "limit") or DEFAULT_LIMIT, cursor=_text(query, "cursor")
+            which,
+            limit=_int(query, "limit") or DEFAULT_LIMIT,
+            cursor=_text(query, "cursor"),
+            counts=_text(query, "counts") != "0",
         )
     except ConfigError as exc:
         raise ApiError(422, str(exc)) from None

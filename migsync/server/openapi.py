@@ -121,6 +121,11 @@ FLEET_QUERY: tuple[QueryInt | QueryText, ...] = (
     QueryText("failing", "1: only clients a migration failed on", choices=("0", "1")),
     QueryInt("stale", "only clients not seen for this many seconds", 0, _MAX_STALE),
     QueryText("q", "only clients whose name holds this text (any case)"),
+    QueryText(
+        "counts",
+        "0: leave total and counts out (0): they are one pass over the status rows, the page is not",
+        choices=("0", "1"),
+    ),
 )
 
 #: Every endpoint of the API, in the order the document lists them.
