@@ -123,7 +123,7 @@ FLEET_QUERY: tuple[QueryInt | QueryText, ...] = (
     QueryText("q", "only clients whose name holds this text (any case)"),
     QueryText(
         "counts",
-        "0: leave total and counts out (0): they are one pass over the status rows, the page is not",
+        "0: total and counts are left at 0 (they cost one pass over the status rows; the page does not)",
         choices=("0", "1"),
     ),
 )
