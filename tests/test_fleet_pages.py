@@ -22,6 +22,7 @@ from migsync.core.errors import ConfigError
 from migsync.core.version import Version
 from migsync.server import StatusReport, Store
 from migsync.server.app import create_app
+from migsync.server.engine import PoolOptions
 from migsync.server.fleet import STATES, FleetFilter, decode_cursor, encode_cursor, state_of
 from migsync.server.records import FleetEntry
 
@@ -278,6 +279,9 @@ async def test_the_api_pages_filters_and_registers(any_store: str, tmp_path: Pat
                     break
             assert walked == [e.client.client_id for e in everything if state_of(e) == "failing"]
             assert body["total"] == len(walked)
+            uncounted = (await http.get("/api/clients", params={"limit": 4, "counts": "0"})).json()
+            assert uncounted["clients"] == first["clients"]
+            assert uncounted["total"] == 0 and set(uncounted["counts"].values()) == {0}
             for bad, error in (
                 ({"state": "fine"}, "state must be one of ok, failing, pending, drift"),
                 ({"cursor": "x"}, "is not one this server gave out"),
@@ -311,3 +315,11 @@ async def test_the_api_pages_filters_and_registers(any_store: str, tmp_path: Pat
             assert client is not None and client.client_id == tokens[1]["client_id"]
     finally:
         server.stop()
+
+
+async def test_the_pool_of_a_postgres_store_is_sized_as_asked(pg_url: str) -> None:
+    async with Store.open(pg_url, pool=PoolOptions(size=3, overflow=2, timeout=5)) as store:
+        pool = store._engine.pool
+        assert (pool.size(), pool._max_overflow, pool._timeout) == (3, 2, 5)  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="pool size must be >= 1"):
+        PoolOptions(size=0)
