@@ -229,7 +229,21 @@ async def page(
     ids = ids[:limit]
     by_state = dict.fromkeys(STATES, 0)
     if counts:
-        per = _per_client(0)
+        by_state |= await _counts(conn, conditions)
+    total = by_state[which.state] if which.state is not None else sum(by_state.values())
+    return FleetPage(
+        tuple(await entries(conn, ids)) if ids else (),
+        encode_cursor(ids[-1]) if more else None,
+        total,
+        by_state,
+    )
+
+
+async def _counts(conn: AsyncConnection, conditions: list[ColumnElement[bool]]) -> dict[str, int]:
+    """How many clients meeting ``conditions`` are in each state (a state without any: absent)."""
+    per = _per_client(0)
+    by_state: dict[str, int] = {}
+    if conditions:
         inner = (
             select(_state(per).label("state"))
             .select_from(t.store_clients.outerjoin(per, per.c.client_id == _clients.id))
@@ -238,13 +252,19 @@ async def page(
         )
         for row in await conn.execute(select(inner.c.state, func.count()).group_by(inner.c.state)):
             by_state[row[0]] = int(row[1])
-    total = by_state[which.state] if which.state is not None else sum(by_state.values())
-    return FleetPage(
-        tuple(await entries(conn, ids)) if ids else (),
-        encode_cursor(ids[-1]) if more else None,
-        total,
-        by_state,
-    )
+        return by_state
+    # The whole fleet: the clients with status rows from the aggregate alone (no join to the
+    # clients, a third of the time), those without any from the number of clients.
+    inner = select(_state(per).label("state")).subquery()
+    for row in await conn.execute(select(inner.c.state, func.count()).group_by(inner.c.state)):
+        by_state[row[0]] = int(row[1])
+    clients = int(await conn.scalar(select(func.count()).select_from(t.store_clients)) or 0)
+    published = int(await conn.scalar(select(func.count()).select_from(t.store_migrations)) or 0)
+    silent = clients - sum(by_state.values())
+    if silent:
+        state = "pending" if published else "ok"
+        by_state[state] = by_state.get(state, 0) + silent
+    return by_state
 
 
 async def entries(conn: AsyncConnection, client_ids: Sequence[int] | None = None) -> list[FleetEntry]:
