@@ -4,6 +4,7 @@ statement: real SQLite and Postgres stores, a real server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -143,17 +144,27 @@ async def test_a_walk_sees_every_client_once_while_others_register(store: Store,
     sums = await published(store, tmp_path, 2)
     before = await varied_fleet(store, sums, 90)
     seen: list[int] = []
-    cursor = None
     late = itertools.count()
-    while True:
-        page = await store.fleet_page(limit=7, cursor=cursor)
-        seen += [e.client.client_id for e in page.entries]
-        # Clients registered between pages, one by one and in a batch.
-        await store.add_client(f"late-{next(late)}")
-        await store.add_clients([f"late-{next(late)}", f"late-{next(late)}"])
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+
+    async def register_meanwhile() -> None:
+        # On connections of their own, while the walk reads: 60 clients, alone and in batches.
+        for _ in range(20):
+            await store.add_client(f"busy-{next(late)}")
+            await store.add_clients([f"busy-{next(late)}", f"busy-{next(late)}"])
+
+    async def walk_all() -> None:
+        cursor = None
+        while True:
+            page = await store.fleet_page(limit=7, cursor=cursor)
+            seen.extend(e.client.client_id for e in page.entries)
+            # And clients registered between pages, one by one and in a batch.
+            await store.add_client(f"late-{next(late)}")
+            await store.add_clients([f"late-{next(late)}", f"late-{next(late)}"])
+            cursor = page.next_cursor
+            if cursor is None:
+                return
+
+    await asyncio.gather(register_meanwhile(), walk_all())
     assert len(seen) == len(set(seen)), "no client twice"
     assert seen == sorted(seen)
     assert set(before) <= set(seen), "every client that was there when the walk began"
