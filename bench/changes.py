@@ -92,7 +92,7 @@ async def prepare_client(db: Path, url: str, token: str, public_key: Path, n: in
         for start in range(0, n, _RECORD_CHUNK):
             async with backend.transaction() as tx:
                 version = (await tx.fetch(schema_version_sql(backend.tables)))[0]["v"]
-                assert version == 1, version
+                assert version == MIGRATION.version.key, version  # the stored key of version 1
                 rows = [
                     (insert, ("todo", str(i), "insert", data_of(i), version))
                     for i in range(start, min(n, start + _RECORD_CHUNK))
@@ -257,7 +257,17 @@ async def raw_run(n: int, key: Path) -> float:
             client_id, _ = await store.add_client("bench")
         now = time.time()
         records = [
-            (client_id, os.urandom(16).hex(), "todo", str(i), "insert", data_of(i), 1, now, now)
+            (
+                client_id,
+                os.urandom(16).hex(),
+                "todo",
+                str(i),
+                "insert",
+                data_of(i),
+                MIGRATION.version.key,
+                now,
+                now,
+            )
             for i in range(n)
         ]
         conn = await asyncpg.connect(store_url)

@@ -53,6 +53,7 @@ from migsync.server import engine as engines
 from migsync.server import inbox as inboxes
 from migsync.server import manifests, status
 from migsync.server import tables as t
+from migsync.server.change_batch import ChangeBatch
 from migsync.server.records import (
     ActionRecord,
     ClientRecord,
@@ -429,7 +430,9 @@ class Store:
 
     # -- entity changes --------------------------------------------------------------------------
 
-    async def receive_changes(self, client_id: int, changes: Sequence[EntityChange]) -> ChangesAck:
+    async def receive_changes(
+        self, client_id: int, changes: Sequence[EntityChange] | ChangeBatch
+    ) -> ChangesAck:
         """Store a batch of client ``client_id``'s entity changes, in order, in one transaction.
 
         A change whose id the client sent before is a duplicate (stored once). A change
