@@ -194,7 +194,10 @@ class EntityChangeHandler:
             rows: list[Row] = yield Fetch(self._sql_batch, (last + 1,))
             if not rows:
                 return None
-            return _Ahead(rows, [change_of(row) for row in rows])
+            changes = [change_of(row) for row in rows]
+            # A transport that can encode a batch ahead of sending it (HTTP) does it now too.
+            encode = getattr(self.transport, "encode_changes", None)
+            return _Ahead(rows, changes if encode is None else encode(changes))
         except Exception:  # any: reading ahead is only a head start
             return None
 
