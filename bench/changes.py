@@ -291,15 +291,16 @@ async def run(args: argparse.Namespace) -> list[Row]:
         key = work / "signing.key"
         write_keypair(key)
         for n in args.n:
-            best: dict[str, Run] = {}
-            for mode in args.modes:
-                runs = [
-                    await migsync_run(n, mode, work, key, args.batch_size, args.profile)
-                    for _ in range(args.repeat)
-                ]
-                best[mode] = min(runs, key=lambda r: r.seconds)
-            raw = min([await raw_run(n, key) for _ in range(args.repeat)])
-            rows.append(Row(n, best, raw))
+            # Rounds interleaved (each mode, then the raw COPY, per round): a burst of load from
+            # elsewhere falls on all of them alike, not on one mode's runs only.
+            runs: dict[str, list[Run]] = {mode: [] for mode in args.modes}
+            raws = []
+            for _ in range(args.repeat):
+                for mode in args.modes:
+                    runs[mode].append(await migsync_run(n, mode, work, key, args.batch_size, args.profile))
+                raws.append(await raw_run(n, key))
+            best = {mode: min(found, key=lambda r: r.seconds) for mode, found in runs.items()}
+            rows.append(Row(n, best, min(raws)))
     return rows
 
 

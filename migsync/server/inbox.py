@@ -17,9 +17,12 @@ accepted all the same: the server has it, and an operator can look. (A lone
 applier with ``apply_many`` gets the batch at once, in one savepoint, and the
 changes one by one only if that fails: the same outcome, faster.)
 
-The batch is stored with one statement, which skips the ids the inbox has
-(the duplicates); the client's row, locked first, keeps two deliveries of the
-same batch from racing.
+The batch comes as columns (:class:`~migsync.server.change_batch.ChangeBatch`,
+no object per change) and is stored with one statement: on Postgres a ``COPY``
+in a savepoint, and only if a change of it is there already (a batch sent
+again) the statement that skips the ids the inbox has (the duplicates); on
+SQLite that statement, as a multi-row INSERT. The client's row, locked first,
+keeps two deliveries of the same batch from racing.
 """
 
 from __future__ import annotations

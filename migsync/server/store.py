@@ -440,7 +440,9 @@ class Store:
         and the batch stops there: the changes after it are neither accepted nor refused.
         Each stored change goes to :attr:`appliers` in a savepoint of its own; an applier's
         error is kept in the change's ``apply_error`` (it is accepted all the same).
-        Marks the client seen. See :mod:`migsync.server.inbox`.
+        Marks the client seen. ``changes``: records, or a :class:`ChangeBatch` (columns: what
+        the HTTP API decodes a body into, with no object per change). See
+        :mod:`migsync.server.inbox`.
         """
         async with self._write("storing entity changes") as conn:
             return await inboxes.receive(conn, client_id, changes, self.appliers)
