@@ -179,6 +179,7 @@ async def test_copy_converts_values_as_the_insert_does(pg_url: str, key_path: Pa
         "flag BOOLEAN, note TEXT, u UUID, ratio REAL)",
     )
     await aquery(pg_url, "CREATE TABLE docs (id INTEGER PRIMARY KEY, body JSONB)")
+    await aquery(pg_url, "CREATE TABLE tags (id INTEGER PRIMARY KEY)")  # rows of one column
     data = {
         "n": "1.50",
         "at": "2024-01-02T03:04:05",
@@ -193,6 +194,8 @@ async def test_copy_converts_values_as_the_insert_does(pg_url: str, key_path: Pa
         change("k2", entity="kinds", entity_id="2", data={**data, "flag": 0, "note": "x"}),
         change("j1", entity="docs", entity_id="1", data={"body": {"a": [1]}}),
         change("j2", entity="docs", entity_id="2", data={"body": {"b": None}}),
+        change("t1", entity="tags", entity_id="1"),
+        change("t2", entity="tags", entity_id="2", data={"id": "2"}),
     ]
     async with Store.open(pg_url, appliers=[TablesApplier({"cache_seconds": "0"})]) as store:
         await store.receive_changes(ids["a"], ChangeBatch.of(batch))
@@ -206,6 +209,7 @@ async def test_copy_converts_values_as_the_insert_does(pg_url: str, key_path: Pa
     )
     rows = await aquery(pg_url, "SELECT id, flag, note, n, at, day, u, ratio FROM kinds ORDER BY id")
     assert [tuple(r) for r in rows] == [(1, True, "5", *want), (2, False, "x", *want)]
+    assert await aquery(pg_url, "SELECT id FROM tags ORDER BY id") == [(1,), (2,)]
     assert await aquery(pg_url, "SELECT id, body FROM docs ORDER BY id") == [
         (1, '{"a": [1]}'),
         (2, '{"b": null}'),

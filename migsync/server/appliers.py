@@ -33,6 +33,7 @@ import datetime
 import decimal
 import json
 import math
+import operator
 import re
 import time
 import uuid
@@ -189,10 +190,9 @@ class TablesApplier(BaseChangeApplier):
                 continue
             if change.operation == "insert":
                 values = self._insert_values(table, change)
-                columns = frozenset(values)
-                if into is None or into[0] is not table or into[1] != columns:
+                if into is None or into[0] is not table or into[1] != values.keys():
                     await self._flush(into, rows, connection, dialect)
-                    into, rows = (table, columns), []
+                    into, rows = (table, frozenset(values)), []
                 rows.append(values)
                 continue
             await self._flush(into, rows, connection, dialect)
@@ -216,9 +216,9 @@ class TablesApplier(BaseChangeApplier):
             names = sorted(columns)
             driver = (await connection.get_raw_connection()).driver_connection
             assert driver is not None
-            await driver.copy_records_to_table(
-                table.name, records=[tuple(row[n] for n in names) for row in rows], columns=names
-            )
+            record = operator.itemgetter(*names)
+            records = map(record, rows) if len(names) > 1 else ((record(row),) for row in rows)
+            await driver.copy_records_to_table(table.name, records=records, columns=names)
             return
         await connection.execute(insert(table), rows)
 
