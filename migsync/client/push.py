@@ -10,7 +10,10 @@ events after commit. Its particulars:
   schema it needs (:class:`~migsync.core.errors.NotYet`, no attempt counted).
 * **In batches.** The head change carries the changes after it (up to
   ``batch_size``) in one request, sent with no transaction open; each change
-  the server took, a prefix of the batch, is marked processed.
+  the server took, a prefix of the batch, is marked processed. While the
+  server stores a batch, the next one is read (and, by a transport with
+  ``encode_changes``, encoded): it is sent only if the queue still holds
+  those rows when its turn comes, else read again.
 * **Idempotent delivery.** A change sent twice (a lost answer) is stored
   once by the server: it answers "duplicate", which counts as delivered.
 * **Server down** is :class:`~migsync.core.errors.Postponed`: retried later,
@@ -50,7 +53,11 @@ from migsync.protocol.wire import ChangesAck, EntityChange
 
 
 class ChangePusher(Protocol):
-    """The part of a transport the handler uses (:class:`migsync.transports.base.Transport` is one)."""
+    """The part of a transport the handler uses (:class:`migsync.transports.base.Transport` is one).
+
+    A transport may also have ``encode_changes(changes)``, pure and safe in any thread, returning
+    the changes (a sequence of them) with what it sends made ahead (HTTP: the request bodies).
+    """
 
     @property
     def where(self) -> str: ...
