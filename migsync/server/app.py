@@ -77,7 +77,7 @@ from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_docume
 from migsync.server.records import ClientState, PendingMigration, token_hash
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
-from migsync.server.validation import InvalidChanges, entity_changes
+from migsync.server.validation import InvalidChanges, entity_change_batch
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -498,7 +498,7 @@ class _Api:
     async def changes(self, request: Request) -> Response:
         _digest, state = await self._client(request)
         try:
-            changes = entity_changes(await read_json(request, self.max_changes_body))
+            changes = entity_change_batch(await read_json(request, self.max_changes_body))
         except InvalidChanges as exc:
             raise ApiError(422, str(exc)) from None
         client_id = state.client.client_id

@@ -54,6 +54,7 @@ from migsync.server import fleet as fleets
 from migsync.server import inbox as inboxes
 from migsync.server import manifests, serials, status
 from migsync.server import tables as t
+from migsync.server.change_batch import ChangeBatch
 from migsync.server.records import (
     ActionRecord,
     ClientRecord,
@@ -734,7 +735,9 @@ class Store:
 
     # -- entity changes --------------------------------------------------------------------------
 
-    async def receive_changes(self, client_id: int, changes: Sequence[EntityChange]) -> ChangesAck:
+    async def receive_changes(
+        self, client_id: int, changes: Sequence[EntityChange] | ChangeBatch
+    ) -> ChangesAck:
         """Store a batch of client ``client_id``'s entity changes, in order, in one transaction.
 
         A change whose id the client sent before is a duplicate (stored once). A change
@@ -742,7 +745,9 @@ class Store:
         and the batch stops there: the changes after it are neither accepted nor refused.
         Each stored change goes to :attr:`appliers` in a savepoint of its own; an applier's
         error is kept in the change's ``apply_error`` (it is accepted all the same).
-        Marks the client seen. See :mod:`migsync.server.inbox`.
+        Marks the client seen. ``changes``: records, or a :class:`ChangeBatch` (columns: what
+        the HTTP API decodes a body into, with no object per change). See
+        :mod:`migsync.server.inbox`.
         """
         async with self._write("storing entity changes") as conn:
             return await inboxes.receive(conn, client_id, changes, self.appliers)
