@@ -110,10 +110,13 @@ class Migration:
     #: For error messages only: not part of the content or the checksum.
     origins: Mapping[str, tuple[str, int]] = attrs.field(factory=dict, eq=False)
     checksum: str = attrs.field(init=False, eq=False)
+    #: The canonical content, made once: the checksum covers it and the ledger stores it.
+    _content: str = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        digest = hashlib.sha256(self.canonical_content().encode()).hexdigest()
-        object.__setattr__(self, "checksum", digest)
+        content = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "_content", content)
+        object.__setattr__(self, "checksum", hashlib.sha256(content.encode()).hexdigest())
 
     @property
     def description(self) -> str:
@@ -152,7 +155,8 @@ class Migration:
         return (set(self.up) | set(self.down)) - {ANY_DIALECT}
 
     def canonical_content(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        """The JSON document the checksum covers (sorted keys, no spaces)."""
+        return self._content
 
     def to_json(self) -> dict[str, Any]:
         content: dict[str, Any] = {

@@ -33,6 +33,8 @@ _KEY_PART = re.compile(r"([0-9]{2})([0-9]+)")
 #: (every format that claims a name parses it) on every start, and a Version is immutable.
 _PARSED: dict[str, Version] = {}
 _PARSED_MAX = 100_000
+#: Versions read back from stored keys, by key: the processor reads one per change it runs.
+_FROM_KEY: dict[str, Version] = {}
 
 
 class VersionError(ValueError):
@@ -102,13 +104,19 @@ class Version:
     @classmethod
     def from_key(cls, key: str) -> Version:
         """The version a stored :attr:`key` stands for."""
+        cached = _FROM_KEY.get(key)
+        if cached is not None and type(cached) is cls:
+            return cached
         parts = []
         for piece in key.split("."):
             found = _KEY_PART.fullmatch(piece)
             if found is None or int(found[1]) != len(found[2]) or found[2] != str(int(found[2])):
                 raise VersionError(f"{key!r} is not a stored version key")
             parts.append(int(found[2]))
-        return cls(tuple(parts))
+        version = cls(tuple(parts))
+        if len(_FROM_KEY) < _PARSED_MAX:
+            _FROM_KEY[key] = version
+        return version
 
     @property
     def text(self) -> str:
