@@ -194,3 +194,13 @@ class Migration:
             repeatable=bool(data.get("repeatable", False)),
             source=source,
         )
+
+
+def irreversible_content(content: Mapping[str, Any], dialect: str) -> bool:
+    """:meth:`Migration.irreversible` of a migration's stored content (its canonical JSON, parsed),
+    without building the migration: reverting a thousand asks it a thousand times."""
+    dialect = dialects.lookup(dialect) or dialect
+    up, down = content.get("up", {}), content.get("down", {})
+    script = up[dialect] if dialect in up else up.get(ANY_DIALECT)
+    has_down = dialect in down or ANY_DIALECT in down
+    return script is not None and bool(normalise_sql(script["sql"])) and not has_down
