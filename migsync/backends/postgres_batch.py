@@ -50,6 +50,10 @@ from migsync.core.work import Execute, Script
 TX_SETTING = "migsync.tx"
 CLAIM_LOST = "migsync_claim_lost"
 TX_LOST = "migsync_transaction_lost"
+#: The write lock was taken by someone else: the message failed right after its ``BEGIN``.
+LOCK_BUSY = "migsync_write_lock_busy"
+#: Between the parts of a message (a newline first: a script's last line may be a -- comment).
+_SEPARATOR = "\n;\n"
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _PROBE = "SELECT 1"
@@ -98,6 +102,16 @@ TX_GUARD = (
 )
 
 
+def try_lock(key: int) -> str:
+    """Take the advisory transaction lock ``key`` if it is free; else fail the message (``LOCK_BUSY``)."""
+    # The ELSE reads the lock's result, not constants only: Postgres folds a constant
+    # expression when it plans the query, and would fail it even when the lock was free.
+    return (
+        f"SELECT CASE WHEN taken THEN 0 ELSE ('{LOCK_BUSY}:' || taken)::int END "
+        f"FROM (SELECT pg_try_advisory_xact_lock({int(key)}) AS taken) AS lock"
+    )
+
+
 def ends_clean(script: str) -> bool:
     """Whether a statement appended after ``script`` (on a new line) is read as one of its own."""
     last = split(f"{script}\n;\n{_PROBE}", "postgresql")
@@ -106,8 +120,13 @@ def ends_clean(script: str) -> bool:
 
 @attrs.define
 class Pending:
-    """The requests of a migration's transaction not sent yet."""
+    """The requests of a migration's transaction not sent yet.
 
+    ``begin``: the statements that begin the transaction (``BEGIN``, the write lock tried
+    without waiting, the migration's settings), sent first in the message; None once sent.
+    """
+
+    begin: str | None = None
     script: Script | None = None
     statements: list[str] = attrs.Factory(list)
 
@@ -124,14 +143,18 @@ class Pending:
         return request.expect if request.expect is not None else -1
 
     def __bool__(self) -> bool:
-        return self.script is not None or bool(self.statements)
+        return self.begin is not None or self.script is not None or bool(self.statements)
+
+    @property
+    def script_offset(self) -> int:
+        """Where the script starts in :meth:`message` (an error's position is the message's)."""
+        return 0 if self.begin is None else len(self.begin) + len(_SEPARATOR)
 
     def message(self, commit: bool) -> str:
-        parts = []
+        parts = [] if self.begin is None else [self.begin]
         if self.script is not None:
             parts += [self.script.sql, TX_GUARD]
         parts += self.statements
         if commit:
             parts.append("COMMIT")
-        # A newline first: a script's last line may be a -- comment.
-        return "\n;\n".join(parts)
+        return _SEPARATOR.join(parts)

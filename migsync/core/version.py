@@ -89,13 +89,13 @@ class Version:
         """``"0042"``, ``"1.2.10"``, Flyway's ``"1_2_10"``, an int, or a Version as it is."""
         if isinstance(text, Version):
             return text
+        cached = _PARSED.get(text) if isinstance(text, str) else None  # only valid text is kept
+        if cached is not None and type(cached) is cls:
+            return cached
         if isinstance(text, int) and not isinstance(text, bool):
             return cls((text,))
         if not isinstance(text, str) or not _TEXT.fullmatch(text):
             raise VersionError(f"{text!r} is not a version (digits, parts separated by '.' or '_')")
-        cached = _PARSED.get(text)
-        if cached is not None and type(cached) is cls:
-            return cached
         version = cls(tuple(int(part) for part in re.split(r"[._]", text)))
         if len(_PARSED) < _PARSED_MAX:
             _PARSED[text] = version
