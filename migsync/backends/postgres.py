@@ -33,7 +33,8 @@ Units of work:
 * A migration's script is sent whole inside the open transaction (Postgres
   runs a multi-statement simple query as one implicit block, and within ours
   it is simply part of the transaction), together with the migration's
-  bookkeeping and the ``COMMIT``: one round trip after ``BEGIN``
+  bookkeeping, the ``COMMIT`` and the ``BEGIN`` before it (with the write lock
+  tried, not waited for): one round trip for the migration
   (:mod:`migsync.backends.postgres_batch`). A blank or comment-only script
   never reaches the driver. If the script ended that transaction after all,
   the message fails and so does the script, with

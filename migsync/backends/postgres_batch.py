@@ -1,13 +1,19 @@
 """A migration's transaction in one message to Postgres: the script and its bookkeeping.
 
 Inside a ``Begin(schema_change=True)`` transaction the Postgres backend does
-not send a migration's script, its status row and the statement that marks
-its change done one by one: it keeps them (:class:`Pending`) and sends them,
-with the ``COMMIT``, as one simple-query message at the ``Commit``. A
-migration then costs two round trips (``BEGIN`` with the write lock, and
-that message) instead of six.
+not send a migration's ``BEGIN``, its script, its status row and the
+statement that marks its change done one by one: it keeps them
+(:class:`Pending`) and sends them, with the ``COMMIT``, as one simple-query
+message at the ``Commit``. A migration then costs one round trip instead of
+six.
 
 What one round trip has to keep:
+
+* **The write lock.** The message's ``BEGIN`` tries migsync's write lock
+  without waiting (:func:`try_lock`); the message fails right there when
+  another process holds it (``LOCK_BUSY``), before anything else ran, and the
+  backend begins again the waiting way. A lock timeout of the script's own
+  cannot be mistaken for it.
 
 * **The claim.** A statement with ``expect`` (the processor's done
   statement, whose row count is its claim) is wrapped so that the message
@@ -22,9 +28,10 @@ What one round trip has to keep:
   statement right after the script fails the message unless it is still
   set, that is unless the script's transaction is still the one migsync
   opened (:class:`~migsync.core.errors.TransactionLost`).
-* **Errors located.** The script comes first in the message, so a syntax
-  error's position is the script's own; an error without a position is the
-  script's, as when it is sent alone.
+* **Errors located.** A syntax error's position is the message's: the
+  length of the ``BEGIN`` part before the script (:attr:`Pending.script_offset`)
+  is taken off; an error without a position is the script's, as when it is
+  sent alone.
 * **Where the script allows it.** The bookkeeping is appended only if
   migsync's lexer finds the script ending outside any string, comment or
   body (a statement appended after it is read as a statement of its own);
