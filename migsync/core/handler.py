@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Any
 
 from migsync.core.backend import Row
 from migsync.core.clock import Clock, SystemClock
@@ -39,7 +40,7 @@ from migsync.core.schema import DEFAULT_TABLES, Tables
 from migsync.core.version import Version
 from migsync.core.work import Execute, Fetch, Script, Work
 
-_NO_SCRIPT = {"sql": "", "autocommit": False}
+_NO_SCRIPT: dict[str, Any] = {"sql": "", "autocommit": False}
 
 #: Content longer than this (characters) is not read with the batch, but by its change alone.
 _INLINE_CONTENT = 1 << 20
