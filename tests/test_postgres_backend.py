@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -220,14 +221,16 @@ async def test_write_lock_timeout_in_a_program_with_a_small_pool(
             await backend.run(program())  # and the pool is whole again
 
 
-async def _waits_on_a_lock(holder: asyncpg.Connection) -> None:
+async def _waits_on_a_lock(holder: asyncpg.Connection, running: asyncio.Task[Any]) -> None:
     """Until a migsync session of this database waits on a lock (asked again and again, no clock)."""
+    # pg_locks alone: pg_stat_activity is read once per transaction, and the holder is in one.
     sql = (
-        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid "
-        "WHERE NOT l.granted AND s.datname = current_database() AND s.application_name = 'migsync'"
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     )
     while not await holder.fetchval(sql):
-        pass
+        if running.done():  # it did not wait: say how it ended
+            raise AssertionError(f"the pass ended without waiting for the lock: {running.result()!r}")
 
 
 async def test_a_migration_that_finds_the_write_lock_busy_waits_for_it(
@@ -241,7 +244,7 @@ async def test_a_migration_that_finds_the_write_lock_busy_waits_for_it(
         await holder.execute("BEGIN")
         await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key("public", "write"))
         running = asyncio.create_task(c.process())
-        await _waits_on_a_lock(holder)
+        await _waits_on_a_lock(holder, running)
         assert not running.done()
         await holder.execute("ROLLBACK")
         result = await running
