@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable, Hashable
 from operator import attrgetter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 
