@@ -8,39 +8,21 @@ balancer needs no sticky sessions; a process with another secret refuses them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 from dbtools import client_headers, run, start, stop, wait_for
-from servers import free_port
+from servers import free_port, serve_process
 
 ADMIN = "admin-secret-token"
 SHARED = "a-shared-panel-secret-of-at-least-32-bytes"
 OTHER = "another-panel-secret-also-of-32-bytes-or-more"
 
 
-@contextmanager
-def serving(store: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def serving(store: str, *args: str, env: dict[str, str] | None = None) -> AbstractContextManager[str]:
     """``migsync serve ARGS`` on a free loopback port until the block ends: its base URL."""
-    port = free_port()
-    proc = start("serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, *args, env=env)
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            httpx.get(f"{base}/admin/login", timeout=1)
-        except httpx.TransportError:
-            return False
-        return True
-
-    try:
-        wait_for(f"migsync serve on port {port}", answers, timeout=30)
-        yield base
-    finally:
-        stop(proc)
+    return serve_process(store, *args, admin=ADMIN, env=env)
 
 
 def form_csrf(html: str) -> str:

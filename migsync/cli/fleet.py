@@ -10,6 +10,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
+from migsync.cli.server import store_option
 from migsync.cli.support import EXIT_BAD_INPUT, run_coro
 
 if TYPE_CHECKING:
@@ -17,14 +18,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option(
-    "--store",
-    "store_url",
-    required=True,
-    envvar="MIGSYNC_STORE",
-    metavar="URL",
-    help="Server store URL, e.g. sqlite:///server.db or postgresql://host/db [env: MIGSYNC_STORE]",
-)
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option(
     "--limit",

@@ -8,6 +8,7 @@ uvicorn) when it runs, so none of that is paid by ``migsync apply``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -79,7 +80,12 @@ def on_store(store_url: str, work: Callable[[Store], Awaitable[T]], *, create: b
     async def run() -> T:
         from migsync.server import Store
 
-        async with Store.open(store_url, create=create) as store:
+        clock = None
+        if os.environ.get("MIGSYNC_TEST_CLOCK"):  # a testing aid: see migsync.testing.fileclock
+            from migsync.testing.fileclock import from_environment
+
+            clock = from_environment()
+        async with Store.open(store_url, create=create, clock=clock) as store:
             return await work(store)
 
     return run_coro(run())
