@@ -24,10 +24,11 @@ class HistorySQL:
         #: changes were deleted by hand, so that seqs are handed out again) goes back to 0.
         self.lower_open_from = (
             f"UPDATE {t.meta} SET value = '0' WHERE key = '{QUEUE_FROM_KEY}' "
-            f"AND CAST(value AS BIGINT) > (SELECT COALESCE(MAX(seq), 0) FROM {t.queue})"
+            # Not CAST(value ...) here: Postgres may test a condition on rows of other keys.
+            f"AND {self.open_from} > (SELECT COALESCE(MAX(seq), 0) FROM {t.queue})"
         )
         #: Moves ``open_from`` up to the first open change (past the last one when none is open).
-        #: Once per pass that did something, never per migration.
+        #: In the commit of each batch's last change (and of an atomic apply), never per migration.
         self.settle_open_from = (
             f"UPDATE {t.meta} SET value = CAST(COALESCE("
             f"(SELECT MIN(seq) FROM {t.queue} WHERE seq >= {self.open_from} AND processed = FALSE), "
