@@ -136,3 +136,115 @@ async def test_a_version_of_twenty_digits_applies_reverts_and_applies_again(any_
         assert (await client.process()).ok
         assert (await client.apply([USERS, POP])).ok
         assert [s.state for s in await client.status()] == ["applied", "applied"]
+
+
+BROKEN = Migration(
+    5,
+    "0005_broken",
+    up={ANY_DIALECT: Script("CREATE TABLE half (id INTEGER);\nINSERT INTO nowhere VALUES (1)")},
+    down={ANY_DIALECT: Script("DROP TABLE half")},
+)
+LATER = Migration(
+    4,
+    "0004_later",
+    up={ANY_DIALECT: Script("CREATE TABLE later (id INTEGER)")},
+    down={ANY_DIALECT: Script("DROP TABLE later")},
+)
+
+
+async def queue_indexes(url: str, t: schema.Tables) -> list[str]:
+    if is_sqlite(url):
+        sql = f"SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = '{schema.QUEUE}'"
+    else:
+        sql = f"SELECT indexname FROM pg_indexes WHERE tablename = '{schema.QUEUE}'"
+    return [name for (name,) in await aquery(url, sql)]
+
+
+async def queue_from(url: str, t: schema.Tables) -> int:
+    [(value,)] = await aquery(url, f"SELECT value FROM {t.meta} WHERE key = '{schema.QUEUE_FROM_KEY}'")
+    return int(value)
+
+
+async def set_back_to_layout_5(url: str, t: schema.Tables) -> None:
+    """Layout 5 differs from 6 in the queue's indexes and the stored bound only (the rows are alike)."""
+    on = "" if t.namespace is None else f'"{t.namespace}".'
+    for sql in (
+        f"DROP INDEX {on}idx_{schema.QUEUE}_name",
+        f"CREATE INDEX idx_{schema.QUEUE}_open ON {t.queue} (seq) WHERE processed = FALSE",
+        f"CREATE INDEX idx_{schema.QUEUE}_open_name ON {t.queue} (migration_name) WHERE processed = FALSE",
+        f"DELETE FROM {t.meta} WHERE key = '{schema.QUEUE_FROM_KEY}'",
+        f"UPDATE {t.meta} SET value = '5' WHERE key = 'schema_version'",
+    ):
+        await aquery(url, sql)
+
+
+async def test_a_layout_5_queue_upgrades_and_its_open_changes_still_run_in_order(any_url: str) -> None:
+    t = schema.DEFAULT_TABLES if is_sqlite(any_url) else schema.Tables("public")
+    async with Client.connect(any_url, sinks=[]) as client:
+        assert (await client.apply([USERS])).ok
+        await client.ledger.record([EMAIL, LATER])
+        assert await client.ledger.queue_pending() == ["0002_email", "0004_later"]
+    await set_back_to_layout_5(any_url, t)
+    assert f"idx_{schema.QUEUE}_open" in await queue_indexes(any_url, t)
+
+    async with Client.connect(any_url, sinks=[]) as client:
+        # The upgrade: no index on the open changes left, one by name, and a bound that is
+        # true of any queue (0) until a pass moves it.
+        assert {i for i in await queue_indexes(any_url, t) if i.startswith("idx_")} == {
+            f"idx_{schema.QUEUE}_name"
+        }
+        assert await queue_from(any_url, t) == 0
+        assert [(s.name, s.queued) for s in await client.status()] == [
+            ("0001_users", None),
+            ("0002_email", "apply"),
+            ("0004_later", "apply"),
+        ]
+        result = await client.process()
+        assert result.ok and result.remaining == 0, result
+        [(last,)] = await aquery(any_url, f"SELECT MAX(seq) FROM {t.queue}")
+        assert await queue_from(any_url, t) == last + 1  # past every change: none is open
+
+        # A failure blocks the queue: the bound is at the failed change, never past it.
+        result = await client.apply([USERS, EMAIL, LATER, BROKEN])
+        assert not result.ok and result.remaining == 1
+        [(broken,)] = await aquery(any_url, f"SELECT seq FROM {t.queue} WHERE migration_name = '0005_broken'")
+        assert await queue_from(any_url, t) == broken
+        # Reverting cancels the open change by name (the name index) and queues the reverts.
+        reverted = await client.ledger.revert(to=1)
+        assert reverted.cancelled == ["0005_broken"]
+        assert (await client.process()).ok
+        assert [s.state for s in await client.status()] == ["applied", "pending", "pending", "pending"]
+        assert await queue_from(any_url, t) == broken + 3  # after the two reverts queued behind it
+        # Applying again queues what is pending, the broken one included, behind the bound.
+        result = await client.apply([USERS, EMAIL, LATER])
+        assert [o.label for o in result.processed] == [
+            "apply 0002_email",
+            "apply 0004_later",
+            "apply 0005_broken",
+        ]
+        # The bound moves in a batch's last commit; this batch ended in a failure, so it stays
+        # where the last pass left it: below the open change, which is all it must be.
+        [(again,)] = await aquery(any_url, f"SELECT MAX(seq) FROM {t.queue} WHERE processed = FALSE")
+        assert result.remaining == 1 and await queue_from(any_url, t) == broken + 3 < again
+    assert await aquery(any_url, f"SELECT value FROM {t.meta} WHERE key = 'schema_version'") == [
+        (str(schema.SCHEMA_VERSION),)
+    ]
+
+
+async def test_a_queue_emptied_by_hand_hands_out_seqs_again_and_still_finds_them(any_url: str) -> None:
+    """Deleting the queue's rows by hand makes new changes reuse seqs below the stored bound:
+    queueing lowers the bound again, so they are found and run."""
+    t = schema.DEFAULT_TABLES if is_sqlite(any_url) else schema.Tables("public")
+    async with Client.connect(any_url, sinks=[]) as client:
+        assert (await client.apply([USERS, EMAIL])).ok
+        assert await queue_from(any_url, t) == 3
+        await aquery(any_url, f"DELETE FROM {t.queue}")
+        await aquery(any_url, f"DELETE FROM {t.status}")
+        await aquery(any_url, "DROP TABLE users")
+        await aquery(any_url, "DROP TABLE emails")
+        assert await client.ledger.queue_pending() == ["0001_users", "0002_email"]
+        assert await queue_from(any_url, t) == 0
+        result = await client.process()
+        assert [o.label for o in result.processed] == ["apply 0001_users", "apply 0002_email"]
+        assert result.ok and result.remaining == 0
+        assert await queue_from(any_url, t) == 3

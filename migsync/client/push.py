@@ -45,6 +45,7 @@ from migsync.core.errors import (
     ServerUnavailable,
 )
 from migsync.core.events import ChangeDead, ChangeFailed, ChangesPushed, Event
+from migsync.core.history_sql import history_sql
 from migsync.core.processor import Loaded
 from migsync.core.schema import Tables
 from migsync.core.version import Version
@@ -136,7 +137,8 @@ class EntityChangeHandler:
         #: changes the server took since this handler was made (a batch counts each of its changes)
         self.pushed = 0
         self._sql_gate = (
-            f"SELECT (SELECT COUNT(*) FROM {tables.queue} WHERE processed = FALSE) AS open, "
+            f"SELECT (SELECT COUNT(*) FROM {tables.queue} WHERE seq >= {history_sql(tables).open_from} "
+            "AND processed = FALSE) AS open, "
             f"(SELECT COUNT(*) FROM {tables.status} WHERE dirty = TRUE) AS dirty"
         )
         # What a push needs of each change (a row is a dict: every column costs).

@@ -125,6 +125,14 @@ class MigrationHandler:
             f"(SELECT m.checksum FROM {tables.migrations} m WHERE m.name = {tables.queue}.migration_name)",
             "checksum",
         )
+        #: How many changes are open, and (in a batch's last commit) the statement that moves
+        #: the bound the queries start from up to the first open change: see
+        #: ``HistorySQL.open_from``.
+        open_from = self.sql.open_from
+        self.remaining = (
+            f"SELECT COUNT(*) AS n FROM {tables.queue} WHERE seq >= {open_from} AND processed = FALSE"
+        )
+        self.settle = self.sql.settle_open_from
 
     def head(self, limit: int) -> str:
         """The batch query: the open changes in order, each with its migration (content included)."""
@@ -135,7 +143,7 @@ class MigrationHandler:
             f"CASE WHEN length(m.content) <= {_INLINE_CONTENT} THEN m.content END AS content "
             f"FROM {t.queue} q LEFT JOIN {t.migrations} m ON m.name = q.migration_name "
             f"LEFT JOIN {t.status} s ON s.version = m.version "
-            f"WHERE q.processed = FALSE ORDER BY q.seq LIMIT {int(limit)}"
+            f"WHERE q.seq >= {self.sql.open_from} AND q.processed = FALSE ORDER BY q.seq LIMIT {int(limit)}"
         )
 
     def describe(self, change: Row) -> str:

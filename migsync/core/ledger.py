@@ -322,7 +322,7 @@ class Ledger:
         """New content deserves a fresh start: its queued change retries now."""
         return (
             f"UPDATE {self.sql.t.queue} SET migration_name = $1, attempts = 0, error = NULL, "
-            "next_attempt_at = 0 WHERE migration_name = $2 AND processed = FALSE",
+            f"next_attempt_at = 0 WHERE {self.sql.open_named(2)}",
             (name, old_name),
         )
 
@@ -393,7 +393,7 @@ class Ledger:
         statements: list[tuple[str, Sequence[Any]]] = [
             (
                 f"UPDATE {self.sql.t.queue} SET attempts = 0, next_attempt_at = 0 "
-                "WHERE migration_name = $1 AND processed = FALSE",
+                f"WHERE {self.sql.open_named(1)}",
                 (name,),
             )
             for name in revived
@@ -402,6 +402,8 @@ class Ledger:
             (self.sql.insert_change, (str(uuid.uuid4()), name, operation, now, self.max_attempts))
             for _, name in fresh
         ]
+        if fresh:  # the queue's open changes are found from a bound that must stay below them
+            statements.append((self.sql.lower_open_from, ()))
         return statements
 
     def _emit_queued(self, queued: Sequence[tuple[Version, str]], operation: str) -> None:
@@ -502,7 +504,7 @@ class Ledger:
                 statements += [
                     (
                         f"UPDATE {self.sql.t.queue} SET processed = TRUE, processed_at = $1, "
-                        "error = 'cancelled by a revert' WHERE migration_name = $2 AND processed = FALSE",
+                        f"error = 'cancelled by a revert' WHERE {self.sql.open_named(2)}",
                         (now, name),
                     ),
                     (f"UPDATE {self.sql.t.status} SET error = NULL WHERE migration_name = $1", (name,)),
@@ -565,7 +567,7 @@ class Ledger:
                 statements.append(
                     (
                         f"UPDATE {self.sql.t.queue} SET processed = TRUE, processed_at = $1, error = NULL "
-                        "WHERE migration_name = $2 AND processed = FALSE",
+                        f"WHERE {self.sql.open_named(2)}",
                         (now, target.name),
                     )
                 )
@@ -573,7 +575,7 @@ class Ledger:
                 statements.append(
                     (
                         f"UPDATE {self.sql.t.queue} SET attempts = 0, error = NULL, next_attempt_at = 0 "
-                        "WHERE migration_name = $1 AND processed = FALSE",
+                        f"WHERE {self.sql.open_named(1)}",
                         (target.name,),
                     )
                 )

@@ -276,7 +276,13 @@ class ChangesProcessor:
         self._sql_postponed = (
             f"UPDATE {q} SET attempts = attempts - 1, error = $1, next_attempt_at = $2 WHERE seq = $3"
         )
-        self._sql_remaining = f"SELECT COUNT(*) AS n FROM {q} WHERE processed = FALSE"
+        self._sql_remaining = getattr(
+            handler, "remaining", f"SELECT COUNT(*) AS n FROM {q} WHERE processed = FALSE"
+        )
+        # A queue that finds its open changes from a stored bound moves the bound in the
+        # transaction of each batch's last change (and of an atomic apply): one statement and
+        # one page per batch, none per change.
+        self._sql_settle: str | None = getattr(handler, "settle", None)
         # ``--atomic``: the whole queue at once (the head query's LIMIT, as large as SQLite takes).
         self._sql_everything = (
             head(2**31 - 1) if head is not None else f"SELECT * FROM {q} WHERE processed = FALSE ORDER BY seq"
@@ -352,6 +358,7 @@ class ChangesProcessor:
         head: list[Row] = yield Fetch(self._sql_head)
         if not (yield from self._judge(result, head)):
             return False, events
+        last = head[-1] if head else None
         for change in head:
             if self._halted:
                 result.halted = True
@@ -363,7 +370,9 @@ class ChangesProcessor:
             if due_by is None and change["next_attempt_at"] > now:
                 result.waiting_until = float(change["next_attempt_at"])
                 return False, events
-            outcome = yield from self._change(change, now if due_by is None else due_by, events)
+            outcome = yield from self._change(
+                change, now if due_by is None else due_by, events, settle=change is last
+            )
             if outcome is None:
                 return True, events  # another processor got there first: read the queue again
             if outcome.postponed:
@@ -421,6 +430,8 @@ class ChangesProcessor:
                 yield Execute(self._sql_finish, (self.clock.now(), run.attempts, *run.claim), expect=1)
                 yield Flush()  # a failure is raised here, with the migration it belongs to
             current = runs[-1]  # a failure at the commit (a deferred check): the last one's
+            if self._sql_settle is not None:
+                yield Execute(self._sql_settle)
             yield Commit()
         except ClaimLost:
             yield from self._undo("atomic apply")
@@ -480,7 +491,9 @@ class ChangesProcessor:
         claim: tuple[Any, ...] = (change["seq"], int(change["attempts"]), due_by)
         return claim if self._pin is None else (*claim, change[self._pin])
 
-    def _change(self, change: Row, due_by: float, events: list[Event]) -> Work[Outcome | None]:
+    def _change(
+        self, change: Row, due_by: float, events: list[Event], settle: bool = False
+    ) -> Work[Outcome | None]:
         handler = self.handler
         before = int(change["attempts"])
         attempts, max_attempts = before + 1, int(change["max_attempts"])
@@ -513,6 +526,8 @@ class ChangesProcessor:
             event = yield from handler.handle(change, loaded)
             # Counts the attempt and marks it done; its row count is the claim.
             yield Execute(self._sql_finish, (self.clock.now(), attempts, *claim), expect=1)
+            if settle and self._sql_settle is not None:
+                yield Execute(self._sql_settle)
             yield Commit()  # deferred checks fail here: the change's failure like any other
         except ClaimLost:
             yield from self._undo(label)
