@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from migsync.cli.server import on_store, store_option
+from migsync.cli.stores import on_store, store_option
 from migsync.cli.support import version_value
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
-from migsync.cli.server import store_option
+from migsync.cli.stores import store_option
 from migsync.cli.support import EXIT_BAD_INPUT, run_coro
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from migsync.cli.rollout_options import policy_of, rollout_options, who
-from migsync.cli.server import on_store, store_option
+from migsync.cli.stores import on_store, store_option
 
 if TYPE_CHECKING:
     from migsync.server import Store

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from migsync.cli.rollout_options import rollout_options
+from migsync.cli.stores import on_store, store_option
 from migsync.cli.support import (
     EXIT_BAD_INPUT,
     SourceOptions,
@@ -71,34 +72,6 @@ def keygen(path: str, force: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
     click.echo(f"private key: {path} (keep it secret)\npublic key:  {public.source}")
     click.echo(f"fingerprint: {public.fingerprint}")
-
-
-def on_store(store_url: str, work: Callable[[Store], Awaitable[T]], *, create: bool = False) -> T:
-    """``work(store)`` on the store at ``store_url``, opened for it (made if missing only with
-    ``create``); a migsync error is one line and exit 2."""
-
-    async def run() -> T:
-        from migsync.server import Store
-
-        clock = None
-        if os.environ.get("MIGSYNC_TEST_CLOCK"):  # a testing aid: see migsync.testing.fileclock
-            from migsync.testing.fileclock import from_environment
-
-            clock = from_environment()
-        async with Store.open(store_url, create=create, clock=clock) as store:
-            return await work(store)
-
-    return run_coro(run())
-
-
-store_option = click.option(
-    "--store",
-    "store_url",
-    required=True,
-    envvar="MIGSYNC_STORE",
-    metavar="URL",
-    help="Server store URL, e.g. sqlite:///server.db or postgresql://host/db [env: MIGSYNC_STORE]",
-)
 
 
 def appliers_options(command: F) -> F:
@@ -605,7 +578,6 @@ def serve(
 def _serve_workers(config: ServeConfig, workers: int, host: str, port: int, log_level: str) -> None:
     """Run ``workers`` uvicorn worker processes on one socket, each making its app from ``config``
     (handed to them in the environment: see :mod:`migsync.server.workers`)."""
-    import os
 
     import uvicorn
     from uvicorn.supervisors import Multiprocess
