@@ -219,14 +219,19 @@ async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
     await conn.execute(statement, [{"client_id": k, "seen": v} for k, v in seen.items()])
 
 
-async def fleet(conn: AsyncConnection, client_id: int | None = None) -> list[FleetEntry]:
-    """Every client (or only ``client_id``), oldest first, with its status against what is
-    published now."""
+async def fleet(
+    conn: AsyncConnection, client_id: int | None = None, *, client_ids: Sequence[int] | None = None
+) -> list[FleetEntry]:
+    """Every client (or only ``client_id``, or those of ``client_ids``), oldest first, with its
+    status against what is published now."""
     which = select(t.store_clients).order_by(_clients.id)
     rows_query = select(t.store_client_status).order_by(_status.client_id, _status.version)
     if client_id is not None:
         which = which.where(_clients.id == client_id)
         rows_query = rows_query.where(_status.client_id == client_id)
+    if client_ids is not None:
+        which = which.where(_clients.id.in_(client_ids))
+        rows_query = rows_query.where(_status.client_id.in_(client_ids))
     clients = [client(r) for r in await conn.execute(which)]
     published = {
         r.version: r.checksum

@@ -36,7 +36,7 @@ from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.version import Version
 from migsync.server.bodies import ApiError
 from migsync.server.panel import rollout_views, views
-from migsync.server.panel.forms import action_fields, flag, read_form, requested_count
+from migsync.server.panel.forms import action_fields, clients_query, flag, read_form, requested_count
 from migsync.server.panel.sessions import MAX_NAME, Session, Sessions, clean_name
 from migsync.server import rollouts as r
 from migsync.server.records import ActionRecord, PublishedMigration
@@ -55,6 +55,8 @@ ACTIONS_SHOWN = 200
 #: The rollouts page charts the open rollouts and this many of the latest ended ones; the
 #: older ones are listed.
 ENDED_CHARTED = 3
+#: The clients page shows each client's status for this many of the newest migrations.
+NEWEST_SHOWN = 3
 #: Times per chart.
 CHART_POINTS = 24
 _DONE = {"pause": "paused", "resume": "resumed", "advance": "advanced", "abort": "aborted"}
@@ -178,7 +180,14 @@ class _Panel:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=views.when, ago=views.ago, short=views.short, takes=rollout_views.takes)
+        self.env.filters.update(
+            when=views.when,
+            ago=views.ago,
+            short=views.short,
+            takes=rollout_views.takes,
+            problems=views.problems,
+            newest=views.newest,
+        )
         static = importlib.resources.files("migsync.server.panel").joinpath("static")
         self.css = static.joinpath("panel.css").read_bytes()
         self.js = static.joinpath("panel.js").read_bytes()
@@ -345,20 +354,39 @@ class _Panel:
     # -- pages -----------------------------------------------------------------------------------
 
     async def fleet(self, request: Request) -> Response:
+        """The clients, a page at a time: searched, filtered, sorted; each row leads with what is
+        wrong and the newest migrations."""
         session = self.require(request)
-        failing = flag(request.query_params.get("failing"))
-        stale = flag(request.query_params.get("stale"))
-        published, rows = await self._read()
+        query = clients_query(request)
+        if self.before_read is not None:
+            await self.before_read()
+        store = self.store()
         now = time.time()
+        try:
+            listing = await store.client_list(
+                query.which(now),
+                sort=query.sort,
+                limit=query.size,
+                cursor=query.after,
+                stale_before=now - views.STALE_AFTER,
+            )
+        except ConfigError as exc:
+            raise HTTPException(400, f"{exc}.") from None
+        published = await store.migrations()
+        rows = views.client_rows(listing.entries, published, listing.requests)
         return self.render(
             request,
-            "fleet.html",
+            "clients.html",
             session,
-            published=published,
-            rows=views.select(rows, failing=failing, stale=stale, now=now),
-            counts=views.counts(rows, now),
-            failing=failing,
-            stale=stale,
+            q=query,
+            rows=rows,
+            listing=listing,
+            newest=[m for m in reversed(published[-NEWEST_SHOWN:])],
+            newest_count=NEWEST_SHOWN,
+            next_url=query.url(_root(request), after=listing.page.next_cursor)
+            if listing.page.next_cursor
+            else None,
+            first_url=query.url(_root(request), after=None) if query.after else None,
         )
 
     async def rollouts(self, request: Request) -> Response:

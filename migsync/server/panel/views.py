@@ -41,12 +41,15 @@ __all__ = [
     "ClientRow",
     "Counts",
     "MigrationRow",
+    "Problem",
     "ago",
     "client_row",
     "client_rows",
     "counts",
     "hold_of",
     "migration_rows",
+    "newest",
+    "problems",
     "select",
     "short",
     "when",
@@ -228,6 +231,49 @@ def migration_rows(rows: Sequence[ClientRow], published: Sequence[PublishedMigra
         for cell in row.cells:
             tally[cell.version][cell.state] += 1
     return [MigrationRow(m, **tally[m.version]) for m in published]
+
+
+@attrs.frozen
+class Problem:
+    """Something wrong with a client, as its row and page lead with: ``kind`` one of ``dead``,
+    ``failed``, ``drift``, ``held`` (by a revert), ``app`` (held back by its app version)."""
+
+    kind: str
+    version: Version
+    text: str
+    #: the error or detail to show in full on the client's page
+    detail: str | None = None
+
+
+def problems(row: ClientRow) -> list[Problem]:
+    """What is wrong with a client, the newest migration first; empty: nothing."""
+    out: list[Problem] = []
+    for cell in reversed(row.cells):
+        if cell.state in ("dead", "failed"):
+            times = f" \u00d7{cell.attempts}" if cell.attempts is not None else ""
+            what = "dead (waits for a re-apply)" if cell.state == "dead" else "failed"
+            out.append(Problem(cell.state, cell.version, f"{cell.version} {what}{times}", cell.error))
+        if cell.drift is not None:
+            out.append(Problem("drift", cell.version, f"{cell.version} applied with other content (drift)"))
+    if row.hold is not None:
+        out.append(
+            Problem(
+                "held",
+                row.hold.version,
+                f"held from {row.hold.version} by a revert ({row.hold.requested_by}, request {row.hold.id})",
+            )
+        )
+    for version, needs in reversed(row.entry.held_by_app):
+        app = row.entry.client.app_version or "none reported"
+        out.append(Problem("app", version, f"{version} needs {needs}; its app: {app}"))
+    return out
+
+
+def newest(row: ClientRow, count: int) -> list[Cell | None]:
+    """The client's cells for the ``count`` newest published migrations, newest first (None
+    where fewer are published)."""
+    cells: list[Cell | None] = list(reversed(row.cells[-count:])) if count else []
+    return cells + [None] * (count - len(cells))
 
 
 # -- text the templates show (their filters) ---------------------------------------------------
