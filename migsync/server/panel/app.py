@@ -36,7 +36,14 @@ from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.version import Version
 from migsync.server.bodies import ApiError
 from migsync.server.panel import rollout_views, views
-from migsync.server.panel.forms import action_fields, clients_query, flag, read_form, requested_count
+from migsync.server.panel.forms import (
+    action_fields,
+    check_typed_name,
+    clients_query,
+    flag,
+    read_form,
+    requested_count,
+)
 from migsync.server.panel.sessions import MAX_NAME, Session, Sessions, clean_name
 from migsync.server import rollouts as r
 from migsync.server.records import ActionRecord, PublishedMigration
@@ -489,8 +496,12 @@ class _Panel:
         """A re-apply or revert of this migration on every client it makes sense for."""
         session = self.require(request)
         form = await self.checked_form(request, session)
-        action, version = action_fields(form, str(request.path_params["version"]))
+        action, version = action_fields(form, str(request.path_params["version"]), confirm_box=False)
         back = f"{_root(request)}/migrations"
+        published, rows = await self._read()
+        row = next((m for m in views.migration_rows(rows, published) if m.migration.version == version), None)
+        if row is not None:  # one that is not published: the store says so (and requests nothing)
+            check_typed_name(form, action, row.migration.name, row.reach(action))
         return await self._request(request, session, action, version, None, back, f"#v{version}")
 
     async def _request(

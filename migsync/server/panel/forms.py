@@ -26,6 +26,7 @@ __all__ = [
     "PAGE_SIZES",
     "ClientsQuery",
     "action_fields",
+    "check_typed_name",
     "clients_query",
     "flag",
     "read_form",
@@ -65,11 +66,14 @@ def flag(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
 
 
-def action_fields(form: dict[str, str], version_text: str | None) -> tuple[str, Version]:
+def action_fields(
+    form: dict[str, str], version_text: str | None, *, confirm_box: bool = True
+) -> tuple[str, Version]:
     """The action and version a request form asks for; a 400 page if they make no sense.
 
-    A revert must carry its ``confirm`` box: the browser insists on it (``required``), and so
-    does the server, for a form sent some other way.
+    A revert must carry its ``confirm`` box (``confirm_box``; a request for every client is
+    confirmed by typing the migration's name instead: :func:`check_typed_name`): the browser
+    insists on it (``required``), and so does the server, for a form sent some other way.
     """
     action = form.get("action", "")
     if action not in ACTIONS:
@@ -78,7 +82,7 @@ def action_fields(form: dict[str, str], version_text: str | None) -> tuple[str, 
     version = read_version(text) if len(text) <= _MAX_VERSION_TEXT else None
     if version is None:
         raise HTTPException(400, f"{text[:_MAX_VERSION_TEXT]!r} is not a migration version.")
-    if action == "revert" and not flag(form.get("confirm")):
+    if confirm_box and action == "revert" and not flag(form.get("confirm")):
         raise HTTPException(
             400,
             "A revert must be confirmed: tick the box that says what it reverts, and send the form again.",
@@ -173,3 +177,16 @@ def clients_query(request: Request) -> ClientsQuery:
         size=int(size_text),
         after=after,
     )
+
+
+def check_typed_name(form: dict[str, str], action: str, name: str, clients: int) -> None:
+    """A request for every client must carry the migration's name, typed (``confirm_name``):
+    a 400 page saying what was typed and what is wanted otherwise (nothing is requested)."""
+    typed = form.get("confirm_name", "").strip()
+    if typed != name:
+        what = "nothing" if not typed else repr(typed[:80])
+        raise HTTPException(
+            400,
+            f"Nothing was requested: to {action} migration {name!r} on every client "
+            f"({clients} client{'s' if clients != 1 else ''}), type its name exactly; you typed {what}.",
+        )

@@ -160,6 +160,11 @@ class MigrationRow:
         """Whether a revert for every client would reach anyone."""
         return bool(self.applied + self.drift)
 
+    def reach(self, action: str) -> int:
+        """How many clients a request for every client would go to: a revert, those that applied
+        it (with the published content or not); a re-apply, those that reported it not applied."""
+        return self.applied + self.drift if action == "revert" else self.not_applied
+
 
 def _cell(
     entry: FleetEntry,
