@@ -40,7 +40,7 @@ from migsync.server.records import ActionRecord, FleetEntry, PendingMigration
 __all__ = ["SORTS", "ClientFilter", "ClientListing", "ClientPage", "decode_cursor", "encode_cursor", "page"]
 
 Sort = Literal["name", "seen", "unseen"]
-#: ``name`` (A to Z), ``seen`` (the most recently seen first), ``unseen`` (never or the longest
+#: ``name`` (A to Z, case aside), ``seen`` (the most recently seen first), ``unseen`` (never or the longest
 #: ago seen first)
 SORTS: tuple[Sort, ...] = ("name", "seen", "unseen")
 MAX_LIMIT = 500
@@ -181,7 +181,7 @@ async def _where(conn: AsyncConnection, which: ClientFilter) -> list[ColumnEleme
 
 def _key(sort: Sort) -> Any:
     if sort == "name":
-        return _clients.name
+        return func.lower(_clients.name)  # "shop-lyon" before "shop-Paris", on every database
     return func.coalesce(_clients.last_seen_at, -1.0)
 
 
