@@ -979,7 +979,10 @@ async def test_a_revert_without_its_confirm_box_is_refused(admin: Panel) -> None
         every = await admin.ask_all("revert", 1, typed=typed)
         assert every.status_code == 400, typed
         assert "<h1>Bad request</h1>" in every.text
-        assert "Nothing was requested: to revert migration &#39;0001_users&#39; on every client (1 client)" in every.text
+        assert (
+            "Nothing was requested: to revert migration &#39;0001_users&#39; on every client (1 client)"
+            in every.text
+        )
         assert "type its name exactly; you typed" in every.text
     assert await admin.store.actions() == []
     # A re-apply undoes nothing: it needs no box.

@@ -107,7 +107,9 @@ async def test_filters_failing_stale_label_and_app_version(admin: Panel) -> None
     assert shown_clients(stale) == [us] and count(stale, "stale") == 1
     html = await admin.page("/admin/clients")
     # The app-version filter offers the versions clients run.
-    assert re.findall(r'<option value="([^"]*)"', html.split('name="app"', 1)[1].split("</select>", 1)[0]) == [
+    assert re.findall(
+        r'<option value="([^"]*)"', html.split('name="app"', 1)[1].split("</select>", 1)[0]
+    ) == [
         "",
         "1.0",
         "2.1",
@@ -115,7 +117,10 @@ async def test_filters_failing_stale_label_and_app_version(admin: Panel) -> None
     ]
     assert "<code>group=canary</code> <code>region=eu</code>" in html
     bad_label = await admin.http.get("/admin/clients?label=nokey")
-    assert bad_label.status_code == 400 and "Label filter: label &#39;nokey&#39; is not key=value" in bad_label.text
+    assert (
+        bad_label.status_code == 400
+        and "Label filter: label &#39;nokey&#39; is not key=value" in bad_label.text
+    )
 
 
 async def test_held_by_app_version(admin: Panel) -> None:

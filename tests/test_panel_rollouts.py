@@ -9,8 +9,9 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
-from test_panel import ADMIN, NAME, V1, V2, Panel, applied, failed, form_csrf, panel_on
+from test_panel import NAME, V1, V2, Panel, applied, failed, form_csrf, panel_on
 
 from migsync.protocol.signing import load_private_key
 from migsync.server import rollouts as r
@@ -37,7 +38,9 @@ async def rollout_admin(any_store: str, tmp_path: Path) -> AsyncIterator[Panel]:
         yield value
 
 
-async def start(admin: Panel, stages: str = "canary,all", **policy: float) -> tuple[int, list[int], list[int]]:
+async def start(
+    admin: Panel, stages: str = "canary,all", **policy: float
+) -> tuple[int, list[int], list[int]]:
     """A fleet of 4 canaries and 6 others, V1 published to all, V2 rolled out in ``stages``."""
     canary = [(await admin.store.add_client(f"canary{i}", {"group": "canary"}))[0] for i in range(4)]
     rest = [(await admin.store.add_client(f"plain{i}"))[0] for i in range(6)]
@@ -57,14 +60,20 @@ def chart_counts(html: str, rollout_id: int) -> list[tuple[int, int, int]]:
     return [
         (int(a), int(f), int(p))
         for a, f, p in re.findall(
-            r'data-count="applied">(\d+)<.*?data-count="failed">(\d+)<.*?data-count="pending">(\d+)<', section, re.S
+            r'data-count="applied">(\d+)<.*?data-count="failed">(\d+)<.*?data-count="pending">(\d+)<',
+            section,
+            re.S,
         )
     ]
 
 
-async def operate(admin: Panel, rollout_id: int, op: str, back: str = "home", csrf: str | None = None) -> object:
+async def operate(
+    admin: Panel, rollout_id: int, op: str, back: str = "home", csrf: str | None = None
+) -> httpx.Response:
     token = csrf if csrf is not None else form_csrf(await admin.page("/admin/"))
-    return await admin.http.post(f"/admin/rollouts/{rollout_id}", data={"csrf": token, "op": op, "back": back})
+    return await admin.http.post(
+        f"/admin/rollouts/{rollout_id}", data={"csrf": token, "op": op, "back": back}
+    )
 
 
 async def test_the_home_page_is_the_rollouts_with_charts_stage_and_error_rate(rollout_admin: Panel) -> None:
@@ -96,13 +105,13 @@ async def test_pause_and_resume_from_the_home_page_are_recorded_with_the_admin(r
     admin = rollout_admin
     rollout_id, _canary, _rest = await start(admin)
     response = await operate(admin, rollout_id, "pause")
-    assert response.status_code == 303  # type: ignore[attr-defined]
-    assert response.headers["location"] == f"/admin/?done=pause#rollout-{rollout_id}"  # type: ignore[attr-defined]
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/admin/?done=pause#rollout-{rollout_id}"
     assert (await admin.store.rollouts())[0].state.state == r.PAUSED
-    html = await admin.page(f"/admin/?done=pause")
+    html = await admin.page("/admin/?done=pause")
     assert "Rollout paused: recorded with your name in its audit." in html
     response = await operate(admin, rollout_id, "resume", back="rollout")
-    assert response.headers["location"] == f"/admin/rollouts/{rollout_id}?done=resume#rollout-{rollout_id}"  # type: ignore[attr-defined]
+    assert response.headers["location"] == f"/admin/rollouts/{rollout_id}?done=resume#rollout-{rollout_id}"
     status = await admin.store.rollout_status(rollout_id)
     assert status.rollout.state.state == r.RUNNING
     whats = [(a.who, a.what) for a in status.audit]
@@ -118,12 +127,12 @@ async def test_advance_and_abort(rollout_admin: Panel) -> None:
     rollout_id, _canary, rest = await start(admin)
     _, items = await admin.store.pending(rest[0])
     assert [i.version for i in items] == [V1.version]  # not in the canary stage: not offered V2
-    assert (await operate(admin, rollout_id, "advance")).status_code == 303  # type: ignore[attr-defined]
+    assert (await operate(admin, rollout_id, "advance")).status_code == 303
     _, items = await admin.store.pending(rest[0])
     assert [i.version for i in items] == [V1.version, V2.version]
     html = await admin.page("/admin/")
     assert "2 of 2: all" in html
-    assert (await operate(admin, rollout_id, "abort")).status_code == 303  # type: ignore[attr-defined]
+    assert (await operate(admin, rollout_id, "abort")).status_code == 303
     assert (await admin.store.rollouts())[0].state.state == r.ABORTED
     html = await admin.page("/admin/")
     section = html.split(f'id="rollout-{rollout_id}"', 1)[1].split("</section>", 1)[0]
@@ -133,24 +142,24 @@ async def test_advance_and_abort(rollout_admin: Panel) -> None:
 async def test_an_operation_the_state_refuses_is_a_409_page_and_changes_nothing(admin: Panel) -> None:
     rollout_id, _canary, _rest = await start(admin)
     response = await operate(admin, rollout_id, "resume")
-    assert response.status_code == 409  # type: ignore[attr-defined]
-    assert "was not changed: the rollout is running: there is nothing to resume" in response.text  # type: ignore[attr-defined]
+    assert response.status_code == 409
+    assert "was not changed: the rollout is running: there is nothing to resume" in response.text
     assert (await admin.store.rollouts())[0].state.state == r.RUNNING
     response = await operate(admin, rollout_id, "explode")
-    assert response.status_code == 400 and "Unknown operation" in response.text  # type: ignore[attr-defined]
+    assert response.status_code == 400 and "Unknown operation" in response.text
     response = await operate(admin, 999, "pause")
-    assert response.status_code == 409 and "no rollout 999" in response.text  # type: ignore[attr-defined]
+    assert response.status_code == 409 and "no rollout 999" in response.text
 
 
 async def test_an_operation_needs_a_session_and_its_csrf_token(admin: Panel) -> None:
     rollout_id, _canary, _rest = await start(admin)
     response = await operate(admin, rollout_id, "pause", csrf="not-the-token")
-    assert response.status_code == 403  # type: ignore[attr-defined]
+    assert response.status_code == 403
     assert (await admin.store.rollouts())[0].state.state == r.RUNNING
     csrf = form_csrf(await admin.page("/admin/"))
     admin.http.cookies.clear()
     response = await operate(admin, rollout_id, "pause", csrf=csrf)
-    assert response.status_code == 303 and response.headers["location"] == "/admin/login"  # type: ignore[attr-defined]
+    assert response.status_code == 303 and response.headers["location"] == "/admin/login"
     assert (await admin.store.rollouts())[0].state.state == r.RUNNING
 
 
@@ -216,7 +225,10 @@ def test_a_chart_stacks_applied_failed_and_pending_over_time() -> None:
     h, w = rollout_views.CHART_H, rollout_views.CHART_W
     assert c.scale == 10 and c.points == 3
     # applied: from 0 to 5 to 10 of 10 (the top edge), over the bottom edge
-    assert c.applied == f"0.0,{h:.1f} {w / 2:.1f},{h / 2:.1f} {w:.1f},0.0 {w:.1f},{h:.1f} {w / 2:.1f},{h:.1f} 0.0,{h:.1f}"
+    assert (
+        c.applied
+        == f"0.0,{h:.1f} {w / 2:.1f},{h / 2:.1f} {w:.1f},0.0 {w:.1f},{h:.1f} {w / 2:.1f},{h:.1f} 0.0,{h:.1f}"
+    )
     assert c.failed.split()[1] == f"{w / 2:.1f},{h * 0.4:.1f}"  # 6 of 10 at the middle time
     assert c.pending.split()[0] == "0.0,0.0"  # all pending at first
     empty = rollout_views.chart("none", False, [], r.Counts())

@@ -114,7 +114,9 @@ def _like(text: str) -> str:
 
 
 def _failing() -> ColumnElement[bool]:
-    failed = exists().where(_status.client_id == _clients.id, _status.applied.is_(False), _status.error.is_not(None))
+    failed = exists().where(
+        _status.client_id == _clients.id, _status.applied.is_(False), _status.error.is_not(None)
+    )
     drift = exists().where(
         _status.client_id == _clients.id,
         _status.version == _published.version,
@@ -130,7 +132,8 @@ def _done(version: Version) -> ColumnElement[bool]:
         _status.client_id == _clients.id,
         _status.version == version,
         _status.applied.is_(True),
-        _status.checksum == select(_published.checksum).where(_published.version == version).scalar_subquery(),
+        _status.checksum
+        == select(_published.checksum).where(_published.version == version).scalar_subquery(),
     )
 
 
@@ -138,9 +141,14 @@ async def _held(conn: AsyncConnection) -> ColumnElement[bool]:
     """Held back by the app version: per app version the clients run (few), the published
     migrations it cannot run; a client is held when it lacks one of its app version's."""
     needs = [
-        (row.version, rollout_store.requirements(
-            PendingMigration(row.version, row.name, row.content, row.checksum, row.signature, row.signed_by)
-        ))
+        (
+            row.version,
+            rollout_store.requirements(
+                PendingMigration(
+                    row.version, row.name, row.content, row.checksum, row.signature, row.signed_by
+                )
+            ),
+        )
         for row in await conn.execute(
             select(t.store_migrations).where(_published.content.like(f"%{requires.DIRECTIVE}%"))
         )
@@ -167,7 +175,9 @@ async def _where(conn: AsyncConnection, which: ClientFilter) -> list[ColumnEleme
         out.append(func.coalesce(_clients.last_seen_at, _clients.created_at) <= which.stale_before)
     if which.app_version is not None:
         out.append(
-            _clients.app_version.is_(None) if which.app_version == "" else _clients.app_version == which.app_version
+            _clients.app_version.is_(None)
+            if which.app_version == ""
+            else _clients.app_version == which.app_version
         )
     if which.label is not None:
         key, value = which.label
@@ -244,5 +254,3 @@ def check_sort(text: str) -> Sort:
         if text == sort:
             return sort
     raise ConfigError(f"unknown sort {text[:20]!r}: use one of {', '.join(SORTS)}")
-
-

@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.version import Version
+from migsync.server import rollouts as r
 from migsync.server.bodies import ApiError
 from migsync.server.panel import rollout_views, views
 from migsync.server.panel.forms import (
@@ -45,7 +46,6 @@ from migsync.server.panel.forms import (
     requested_count,
 )
 from migsync.server.panel.sessions import MAX_NAME, Session, Sessions, clean_name
-from migsync.server import rollouts as r
 from migsync.server.records import ActionRecord, PublishedMigration
 from migsync.server.store import Store
 from migsync.server.throttle import AuthThrottle
@@ -408,12 +408,12 @@ class _Panel:
         for rollout in every:
             if rollout.state.state in r.OPEN or ended_charted < ENDED_CHARTED:
                 ended_charted += rollout.state.state not in r.OPEN
-                charted.append(rollout_views.rollout_view(await store.rollout_status(rollout.id, CHART_POINTS)))
+                charted.append(
+                    rollout_views.rollout_view(await store.rollout_status(rollout.id, CHART_POINTS))
+                )
             else:
                 ended.append(rollout)
-        return self.render(
-            request, "rollouts.html", session, views=charted, ended=ended, done=_done(request)
-        )
+        return self.render(request, "rollouts.html", session, views=charted, ended=ended, done=_done(request))
 
     async def rollout(self, request: Request) -> Response:
         session = self.require(request)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode
 
 import attrs
-
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
