@@ -329,6 +329,11 @@ def imported_name(path: Path) -> Path:
 
 #: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
 _STORE_DOWNGRADES = {
+    6: [
+        "DROP INDEX store_clients_change_seq",
+        "ALTER TABLE store_clients DROP COLUMN change_seq",
+        "DELETE FROM store_meta WHERE key = 'change_seq'",
+    ],
     5: [
         "DROP TABLE store_status_events",
         "DROP TABLE store_rollout_audit",

@@ -62,18 +62,24 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # offline, it hears nothing of steps 7 to 9 (it only appears in step 7's fleet table)
     assert "ship-atlantic" not in step[7].split("id  name")[0] + step[8] + step[9]
 
-    # 7: shop-berlin fails on the broken migration, and the fleet view says so; shop-paris did not sync
+    # 7: the broken migration is rolled out canary first: shop-berlin fails on it, the rollout pauses
+    # itself, shop-paris (outside the canary stage) is never sent it; the fleet view says so
     assert "shop-berlin: FAILED apply 0004_add_customer_email (attempt 1 of 3)" in step[7]
     assert "no such table: customer" in step[7]
-    assert "shop-paris" not in step[7].split("id  name")[0]
+    assert "shop-paris: 0 offered" in step[7]
+    assert "shop-paris: 0004_add_customer_email not sent yet (the rollout holds it back)" in step[7]
+    assert "rollout 1: 4 paused (stage 1: 1 of 1 clients that reported failed" in step[7]
     failing = fleet_rows(step[7])
     assert failing["shop-berlin"]["failed"].startswith("4: migration 0004_add_customer_email")
-    assert failing["shop-paris"]["failed"] == "-"
+    assert (failing["shop-paris"]["failed"], failing["shop-paris"]["latest"]) == ("-", "3")
 
-    # 8: the fix replaces it; both apply it
+    # 8: the fix is rolled out over it: the canary applies it, the rollout moves on, shop-paris too
     assert "replaced 0004_add_customer_email" in step[8]
-    for shop in ("shop-berlin", "shop-paris"):
-        assert f"{shop}: 1 offered, 1 verified and stored, applied 0004_add_customer_email" in step[8]
+    berlin, moved, paris, done = re.split(r"^   (rollout 2: .*)$", step[8], flags=re.MULTILINE)[:4]
+    assert "shop-berlin: 1 offered, 1 verified and stored, applied 0004_add_customer_email" in berlin
+    assert moved == "rollout 2: 4 running, stage 2 of 2 (all); stages canary, all"
+    assert "shop-paris: 1 offered, 1 verified and stored, applied 0004_add_customer_email" in paris
+    assert done.startswith("rollout 2: 4 completed")
 
     # 9: both refuse the rogue signature, nothing of it runs until the real key signs it
     assert step[9].count("re-signed 0005_add_customer_city") == 1, step[9]

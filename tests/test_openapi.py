@@ -35,7 +35,16 @@ from migsync.server.app import create_app
 from migsync.server.export import export
 from migsync.server.openapi import ENDPOINTS, openapi_document
 from migsync.server.rollouts import Policy, parse_stages
-from migsync.server.validation import InvalidChanges, _change, _plainly_valid, entity_changes
+from migsync.server.validation import (
+    InvalidChanges,
+    InvalidReports,
+    _change,
+    _plainly_valid,
+    _plainly_valid_report,
+    _report,
+    entity_changes,
+    status_reports,
+)
 from migsync.transports import dropfiles as files_
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,6 +153,38 @@ def test_the_fast_path_for_changes_takes_only_what_the_schema_takes(item: dict[s
             entity_changes({"changes": [item]})
     else:
         assert entity_changes({"changes": [item]}) == [slow]
+
+
+_REPORT = st.fixed_dictionaries(
+    {
+        "version": st.sampled_from(["1", "1.2", "0" * 120, "1.", "", 3, None]),
+        "applied": st.booleans() | st.just(1) | st.none(),
+        "error": st.none() | _TEXT | st.just("x" * 5000) | st.just(2),
+        "attempts": st.integers(min_value=-2, max_value=2**63) | st.just(True) | st.just(1.0),
+        "checksum": st.sampled_from(["0" * 64, "A" * 64, "0" * 63, "", None]),
+    },
+    optional={"dead": st.booleans() | st.just(0), "extra": st.just(1)},
+)
+
+
+@hypothesis.settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@hypothesis.given(_REPORT)
+def test_the_fast_path_for_reports_takes_only_what_the_schema_takes(item: dict[str, Any]) -> None:
+    """A report the fast path takes is the one the schema and the slow path make of it; one it
+    does not take gets the slow path's own error message."""
+    fast = _plainly_valid_report(item)
+    try:
+        check(SCHEMAS["StatusReport"], item, registry=SCHEMAS)
+        slow: StatusReport | None = _report("reports[0]", item)
+    except (SchemaViolation, InvalidReports):
+        slow = None
+    if fast is not None:
+        assert fast == slow
+    if slow is None:
+        with pytest.raises(InvalidReports):
+            status_reports({"reports": [item]})
+    else:
+        assert status_reports({"reports": [item]}) == [slow]
 
 
 async def test_the_drop_folder_files_match_their_schemas(tmp_path: Path, key_path: Path) -> None:

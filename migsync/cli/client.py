@@ -225,6 +225,16 @@ def sync(ctx: click.Context, /, retry_now: bool, **options: Any) -> None:
     type=click.FloatRange(min=0.1),
     help="Seconds between syncs [env: MIGSYNC_INTERVAL]",
 )
+@click.option(
+    "--long-poll",
+    "long_poll",
+    type=click.IntRange(0, 60),
+    envvar="MIGSYNC_LONG_POLL",
+    metavar="SECONDS",
+    help="Let the server hold each poll up to SECONDS and answer as soon as something changes (HTTP "
+    "long poll): a publish reaches this client at once instead of at its next poll; 0: plain polls "
+    "[env: MIGSYNC_LONG_POLL]",
+)
 @click.pass_context
 def run(ctx: click.Context, /, interval: float, **options: Any) -> None:
     """Sync every --interval seconds until stopped.
@@ -298,6 +308,7 @@ async def _session(ctx: click.Context, **o: Any) -> AsyncIterator[tuple[Syncer, 
         retries=o["retries"],
         reports_dir=o["reports_dir"],
         app_version=o["app_version"],
+        long_poll=o.get("long_poll"),
     )
     client = connect(ctx, o["db_url"], o["sinks"], create=True, max_attempts=o["max_attempts"])
     async with transport, client:
@@ -371,7 +382,10 @@ def _print_changes(result: SyncResult) -> None:
 
 def _print_refusals(refused: Sequence[Any]) -> None:
     for refusal in refused:
-        click.echo(f"refused ({refusal.kind}): {refusal.name}: {refusal.reason}", err=True)
+        if refusal.kind == "unsent":  # held back by the server or not copied yet: no refusal at all
+            click.echo(f"not sent yet: {refusal.name}: {refusal.reason}", err=True)
+        else:
+            click.echo(f"refused ({refusal.kind}): {refusal.name}: {refusal.reason}", err=True)
 
 
 __all__ = ["client"]

@@ -166,16 +166,13 @@ def _show(record: Rollout, as_json: bool) -> None:
 
 
 def _line(record: Rollout) -> None:
-    j = record.to_json()
-    reason = f" ({j['reason']})" if j["reason"] else ""
-    click.echo(
-        f"rollout {j['id']}: {', '.join(j['versions'])} {j['state']}{reason}, "
-        f"stage {j['stage']} of {len(j['stages'])} ({j['stage_name']}); stages {', '.join(j['stages'])}"
-    )
+    from migsync.output.report_server import rollout_line
+
+    click.echo(rollout_line(record))
 
 
 def _print_status(result: RolloutStatus) -> None:
-    from migsync.output.table import print_table
+    from migsync.output.report_server import print_rollout_stages
 
     _line(result.rollout)
     j = result.to_json()
@@ -183,18 +180,7 @@ def _print_status(result: RolloutStatus) -> None:
         f"success threshold {j['success_threshold']:.0%}, error threshold {j['error_threshold']:.0%}, "
         f"soak {j['soak_seconds']:g} s, on failure {j['on_failure']}; started by {j['created_by']}"
     )
-    rows = [
-        (
-            s["name"],
-            "yes" if s["started"] else "no",
-            str(s["members"]),
-            str(s["applied"]),
-            str(s["failed"]),
-            str(s["pending"]),
-        )
-        for s in j["stage_counts"]
-    ]
-    print_table(("stage", "started", "clients", "applied", "failed", "pending"), rows)
+    print_rollout_stages(result)
     click.echo("history (applied/failed/pending per stage):")
     for point in j["history"]:
         cells = "  ".join(f"{s['applied']}/{s['failed']}/{s['pending']}" for s in point["stages"])

@@ -415,6 +415,24 @@ def fleet(store_url: str, as_json: bool) -> None:
     help="Private key that signs the admin's requests to clients (see 'keygen'; not the key that "
     "signs migrations). Without it the API and the panel make no requests [env: MIGSYNC_REQUEST_KEY]",
 )
+@click.option(
+    "--cache-seconds",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    metavar="SECONDS",
+    help="How long this process answers polls from memory before it reads what changed in the store "
+    "(a publish, reports through other processes); 0: on every poll.",
+)
+@click.option(
+    "--cache-clients",
+    default=200_000,  # client_cache.DEFAULT_CACHE_CLIENTS, not imported here: the CLI starts lean
+    show_default=True,
+    type=click.IntRange(1),
+    metavar="N",
+    help="How many clients' states this process keeps in memory (about 0.6 KB each; the least "
+    "recently polled are dropped first, and cost one store read when they poll again).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -431,6 +449,8 @@ def serve(
     panel_secret_file: str | None,
     failed_auth_limit: str,
     request_key_path: str | None,
+    cache_seconds: float,
+    cache_clients: int,
 ) -> None:
     """Serve the store's HTTP API to clients (uvicorn).
 
@@ -482,6 +502,8 @@ def serve(
             panel=panel,
             failed_auth_limit=failed_auth_limit,
             request_key=request_key,
+            cache_seconds=cache_seconds,
+            cache_clients=cache_clients,
         )
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)

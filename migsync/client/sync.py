@@ -72,19 +72,23 @@ def build_transport(
     retries: int,
     reports_dir: str | None = None,
     app_version: str | None = None,
+    long_poll: float | None = None,
 ) -> Transport:
     """The transport for ``server_url`` (chosen by its scheme), built and checked against its contract.
 
-    ``reports_dir`` (the file drop's read-only case) and ``app_version`` (HTTP) go only to a
-    transport that takes them; one that does not is a
+    ``reports_dir`` (the file drop's read-only case), ``app_version`` (HTTP) and ``long_poll``
+    (seconds a fetch may wait for a change: HTTP) go only to a transport that takes them; one
+    that does not is a
     :class:`~migsync.core.errors.ConfigError`, not a traceback.
     """
     from migsync.core.errors import ConfigError
 
     spec = plugins.transport_for_url(server_url)
-    extra: dict[str, str] = {"reports": reports_dir} if reports_dir else {}
+    extra: dict[str, Any] = {"reports": reports_dir} if reports_dir else {}
     if app_version is not None:  # the HTTP transport sends it (Migsync-App-Version)
         extra["app_version"] = app_version
+    if long_poll:
+        extra["long_poll"] = long_poll
     try:
         transport: Transport = plugins.build(
             plugins.transports,
@@ -308,10 +312,12 @@ class Syncer:
         if asked:
             await self.actions.settle()
         refused_reports = self._refusal_reports(offer, refused, listed)
+        held = await self._hold_etag()
         delivered, undelivered, report_error = await self._report(refused_reports, deliver=offline is None)
         answered = 0
         if asked and offline is None and report_error is None:
             answered, report_error = await self._answer_actions()
+        await self._keep_new_etag(held)
         changes = None
         handler = self.changes_processor.handler
         assert isinstance(handler, EntityChangeHandler)
@@ -497,6 +503,22 @@ class Syncer:
             f"SELECT version FROM {self.client.backend.tables.migrations} WHERE signature IS NOT NULL"
         )
         return {Version.from_key(r["version"]) for r in rows}
+
+    async def _hold_etag(self) -> str | None:
+        """Tell a transport that can carry it which pending ETag this client holds (the HTTP
+        one sends it with the reports, and keeps the new one the server answers with)."""
+        if not hasattr(self.transport, "held_etag"):
+            return None
+        held = await self._etag()
+        self.transport.held_etag = held
+        return held
+
+    async def _keep_new_etag(self, held: str | None) -> None:
+        """Save the ETag the server gave with its answer to the reports: the pending answer it
+        stands for is the one held, less what was just reported, so the next poll is a 304."""
+        new = getattr(self.transport, "held_etag", None)
+        if held is not None and new is not None and new != held:
+            await self._save_etag(new)
 
     async def _etag(self) -> str | None:
         rows = await self.client.backend.fetch(f"SELECT value FROM {self._meta} WHERE key = $1", (_ETAG_KEY,))

@@ -8,10 +8,12 @@
    ship-atlantic, never reaches the server: the migrations are exported to a
    drop folder, it syncs from there, and its reports reach the fleet view only
    when ``import-reports`` reads them back;
-7. a broken migration is published: shop-berlin fails on it, and the fleet
-   view shows the failure;
-8. the fix is published over it (``force``: nobody applied the old content):
-   shop-berlin recovers, shop-paris gets the fixed one directly;
+7. a broken migration is rolled out in stages, canary (shop-berlin, labelled
+   ``group=canary``) then all: shop-berlin fails on it, the rollout pauses
+   itself, shop-paris is never offered it, and the fleet view shows both;
+8. the fix is rolled out over it (``force``: nobody applied the old content):
+   shop-berlin applies it, the canary stage passes, the rollout moves on to
+   all, and shop-paris gets the fixed one directly;
 9. a migration signed with a key nobody trusts is refused by both clients
    (with the manifest that key signed); signed again with the real key, it applies;
 10. the admin asks shop-paris to revert a migration, then to re-apply it:
@@ -46,12 +48,13 @@ from migsync.core.errors import MigsyncError
 from migsync.core.sources import load_directory
 from migsync.core.version import Version
 from migsync.demo.steps import BROKEN, FIXED, FOURTH, command_to_type, copy_bundled, step
-from migsync.output.report_server import print_fleet
+from migsync.output.report_server import print_fleet, print_rollout_stages, rollout_line
 from migsync.protocol.signing import TrustedKey, load_private_key, write_keypair
 from migsync.server import PublishResult, Store
 from migsync.server.app import create_app
 from migsync.server.export import ExportResult, export
 from migsync.server.import_reports import ImportResult, import_reports
+from migsync.server.rollouts import Policy, parse_stages
 from migsync.transports.base import Transport
 from migsync.transports.filedrop import FileDropTransport
 from migsync.transports.http import HttpTransport
@@ -65,6 +68,10 @@ ALTER TABLE customers ADD COLUMN city TEXT;
 -- migrate:down
 ALTER TABLE customers DROP COLUMN city;
 """
+#: The staged rollouts of steps 7 and 8: the canary first, then everyone. No soak time: the demo
+#: moves on as soon as the canary stage passes (a real one would watch it for a while).
+STAGES = parse_stages("canary,all")
+ROLLOUT = (STAGES, Policy(soak=0), "demo admin")
 #: Short and without jitter: the demo is quick and prints the same every time.
 _RETRY = RetryPolicy(base=0.05, factor=2, cap=0.5, jitter=0)
 
@@ -90,10 +97,14 @@ async def run_fleet(root: Path) -> int:
         request_key = load_private_key(root / "keys" / "requests")
         store = await stack.enter_async_context(Store.open(store_url))
         _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
-        registered = {name: await store.add_client(name) for name in (*SHOPS, SHIP)}
+        labels = {"shop-berlin": {"group": "canary"}}
+        registered = {name: await store.add_client(name, labels.get(name)) for name in (*SHOPS, SHIP)}
         click.echo(
             "   registered "
-            + ", ".join(f"{n} (id {i}{', offline' if n == SHIP else ''})" for n, (i, _) in registered.items())
+            + ", ".join(
+                f"{n} (id {i}{', offline' if n == SHIP else ''}{', group=canary' if n in labels else ''})"
+                for n, (i, _) in registered.items()
+            )
         )
         url = await stack.enter_async_context(_serving(store_url, request_key))
         click.echo(
@@ -122,17 +133,23 @@ async def run_fleet(root: Path) -> int:
         ship_now = next(e for e in await store.fleet() if e.client.name == SHIP)
         click.echo(f"   the fleet view now: {SHIP} on version {max(ship_now.applied, default='-')}")
 
-        step("7. a broken migration is published; shop-berlin syncs and fails on it")
+        step("7. a broken migration is rolled out in stages (canary, then all); shop-berlin fails on it")
         (migrations / FOURTH).write_text(BROKEN, encoding="utf-8")
-        _published(await store.publish(load_directory(migrations), key), trusted.fingerprint)
+        broken = await store.publish(load_directory(migrations), key, rollout=ROLLOUT)
+        _published(broken, trusted.fingerprint)
         await _sync(berlin)
+        await _sync(paris)  # outside the canary stage: not offered the broken migration
+        await _rollout(store, broken)
         print_fleet(await store.fleet())
 
-        step("8. the fix is published over it (force: nobody applied the old content)")
+        step("8. the fix is rolled out over it (force: nobody applied the old content)")
         (migrations / FOURTH).write_text(FIXED, encoding="utf-8")
-        _published(await store.publish(load_directory(migrations), key, force=True), trusted.fingerprint)
-        for shop in (berlin, paris):
-            await _sync(shop)
+        fixed = await store.publish(load_directory(migrations), key, force=True, rollout=ROLLOUT)
+        _published(fixed, trusted.fingerprint)
+        await _sync(berlin)
+        await _rollout(store, fixed)  # the canary stage passed: the rollout moves on to all
+        await _sync(paris)
+        await _rollout(store, fixed)
 
         step("9. a migration signed with a key the clients do not trust; then with the real key")
         (migrations / FIFTH).write_text(CITY, encoding="utf-8")
@@ -171,6 +188,14 @@ def _published(result: PublishResult, signer: str) -> None:
     done = {"added": result.added, "replaced": result.replaced, "re-signed": result.resigned}
     listed = "; ".join(f"{what} {_span(names)}" for what, names in done.items() if names)
     click.echo(f"   published, signed by {signer}: {listed or 'nothing new'}")
+
+
+async def _rollout(store: Store, published: PublishResult) -> None:
+    """The rollout ``published`` started, as the admin watching it sees it (reading it evaluates it)."""
+    assert published.rollout_id is not None
+    status = await store.rollout_status(published.rollout_id)
+    click.echo(f"   {rollout_line(status.rollout)}")
+    print_rollout_stages(status)
 
 
 def _exported(result: ExportResult, drop: Path) -> None:
@@ -222,7 +247,9 @@ async def _sync(shop: _Shop) -> SyncResult:
         click.echo(
             f"   {shop.name}: FAILED {bad.label} (attempt {bad.attempts} of {bad.max_attempts}): {bad.error}"
         )
-    for refusal in (r for r in result.refused if r.kind != "manifest"):  # said just above
+    for refusal in (r for r in result.refused if r.kind == "unsent"):
+        click.echo(f"   {shop.name}: {refusal.name} not sent yet (the rollout holds it back)")
+    for refusal in (r for r in result.refused if r.kind not in ("manifest", "unsent")):  # manifest: above
         click.echo(
             f"   {shop.name}: REFUSED {refusal.name} ({refusal.kind}), not stored, not run: {refusal.reason}"
         )

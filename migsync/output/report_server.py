@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,9 @@ from migsync.core.clock import iso
 from migsync.core.version import Version
 from migsync.output.table import on_a_terminal, print_table
 from migsync.server.records import Failure, FleetEntry
+
+if TYPE_CHECKING:
+    from migsync.server.rollout_store import Rollout, RolloutStatus
 
 
 def print_fleet(entries: Sequence[FleetEntry]) -> None:
@@ -34,6 +38,32 @@ def print_fleet(entries: Sequence[FleetEntry]) -> None:
         for e in entries
     ]
     print_table(header, rows)
+
+
+def rollout_line(record: Rollout) -> str:
+    """``rollout 3: 4 paused (...), stage 1 of 2 (canary); stages canary, all``."""
+    j = record.to_json()
+    reason = f" ({j['reason']})" if j["reason"] else ""
+    return (
+        f"rollout {j['id']}: {', '.join(j['versions'])} {j['state']}{reason}, "
+        f"stage {j['stage']} of {len(j['stages'])} ({j['stage_name']}); stages {', '.join(j['stages'])}"
+    )
+
+
+def print_rollout_stages(result: RolloutStatus) -> None:
+    """A rollout's stages with their counts now: one row per stage."""
+    rows = [
+        (
+            s["name"],
+            "yes" if s["started"] else "no",
+            str(s["members"]),
+            str(s["applied"]),
+            str(s["failed"]),
+            str(s["pending"]),
+        )
+        for s in result.to_json()["stage_counts"]
+    ]
+    print_table(("stage", "started", "clients", "applied", "failed", "pending"), rows)
 
 
 _MAX_ERROR = 100

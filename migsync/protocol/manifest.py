@@ -202,7 +202,10 @@ def check_offers(
                 )
                 problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "withheld"))
             else:  # nothing after it was sent either: not there yet (a copy in progress), not skipped
-                reason = f"listed in {serial}, not sent yet: waits for the next sync"
+                reason = (
+                    f"listed in {serial}, not sent to this client yet (a rollout holds it back, or a "
+                    "drop folder's copy is in progress): waits for a later sync"
+                )
                 problems.append(Problem(entry.version, entry.name, entry.checksum, reason, "unsent"))
             break
     kept: list[OfferedMigration] = []

@@ -41,6 +41,11 @@ PROTOCOL_HEADER = "Migsync-Protocol"
 APP_VERSION_HEADER = "Migsync-App-Version"
 #: What it may hold: a version such as ``2.3.1`` or ``2.3.1-beta+7`` (at most 64 characters).
 APP_VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_\-]{0,63}$"
+#: Sent with a report (and with answers to requests): the pending ETag the client holds. When it
+#: was current just before, the answer carries the client's new ETag (``etag``), which the client
+#: keeps, so its next poll is a 304 rather than a full answer it has already. Optional both ways:
+#: a server that does not know it answers without ``etag``, and the client then keeps its old one.
+HELD_ETAG_HEADER = "Migsync-Held-ETag"
 
 
 def protocol_refusal(theirs: str | None, who: str) -> str | None:
@@ -168,9 +173,12 @@ class ActionsAck:
 
     recorded: tuple[int, ...] = ()
     unknown: tuple[int, ...] = ()
+    #: the client's new pending ETag (see :data:`HELD_ETAG_HEADER`); None: keep the one held
+    etag: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"recorded": list(self.recorded), "unknown": list(self.unknown)}
+        body: dict[str, Any] = {"recorded": list(self.recorded), "unknown": list(self.unknown)}
+        return body if self.etag is None else body | {"etag": self.etag}
 
 
 @attrs.frozen
@@ -208,13 +216,16 @@ class ReportAck:
     recorded: tuple[Version, ...] = ()
     unchanged: tuple[Version, ...] = ()
     drift: tuple[Drift, ...] = ()
+    #: the client's new pending ETag (see :data:`HELD_ETAG_HEADER`); None: keep the one held
+    etag: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "recorded": [v.text for v in self.recorded],
             "unchanged": [v.text for v in self.unchanged],
             "drift": [d.to_json() for d in self.drift],
         }
+        return body if self.etag is None else body | {"etag": self.etag}
 
 
 def reports_to_json(reports: Sequence[StatusReport]) -> dict[str, Any]:
@@ -281,7 +292,15 @@ def actions_ack_from_json(body: Any, where: str) -> ActionsAck:
         raise MalformedAnswer(f"{where}: expected an object with 'recorded' and 'unknown'")
     recorded = _ids(body.get("recorded", []), f"{where}: recorded")
     unknown = _ids(body.get("unknown", []), f"{where}: unknown")
-    return ActionsAck(recorded, unknown)
+    return ActionsAck(recorded, unknown, _etag(body, where))
+
+
+def _etag(body: dict[str, Any], where: str) -> str | None:
+    """The answer's optional ``etag`` (absent from an older server's)."""
+    etag = body.get("etag")
+    if etag is not None and (not isinstance(etag, str) or not etag or len(etag) > 200):
+        raise MalformedAnswer(f"{where}: etag is not a short string")
+    return etag
 
 
 def _offer(where: str, item: Any) -> OfferedMigration:
@@ -322,6 +341,7 @@ def ack_from_json(body: Any, where: str) -> ReportAck:
         recorded,
         unchanged,
         tuple(Drift(d["version"], d["published_checksum"], d["reported_checksum"]) for d in drift),
+        _etag(body, where),
     )
 
 

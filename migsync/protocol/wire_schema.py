@@ -106,6 +106,14 @@ def _answer(description: str, properties: dict[str, Schema], optional: tuple[str
     }
 
 
+#: A report's (or answers') new pending ETag, sent when the request's Migsync-Held-ETag was current.
+_NEW_ETAG: Schema = {
+    "description": "the client's new pending ETag: the request's Migsync-Held-ETag header was its ETag "
+    "just before, so the client keeps this one and its next poll is a 304",
+    "type": "string",
+}
+
+
 def _list_of(schema: Schema) -> Schema:
     return {"type": "array", "items": schema}
 
@@ -362,11 +370,18 @@ SCHEMAS: dict[str, Schema] = {
                     {"version": _version(), "published_checksum": _CHECKSUM, "reported_checksum": _CHECKSUM},
                 )
             ),
+            "etag": _NEW_ETAG,
         },
+        optional=("etag",),
     ),
     "ActionsAck": _answer(
         "which answers the server recorded, and which request ids it does not know",
-        {"recorded": _list_of(_id("a request's id")), "unknown": _list_of(_id("a request's id"))},
+        {
+            "recorded": _list_of(_id("a request's id")),
+            "unknown": _list_of(_id("a request's id")),
+            "etag": _NEW_ETAG,
+        },
+        optional=("etag",),
     ),
     "ChangesAck": _answer(
         "the changes the server took, in order: accepted and duplicate together are a prefix of the "

@@ -19,14 +19,15 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
 from migsync.core.version import Version
 from migsync.protocol.wire import ACTIONS, ActionRequest, ActionResult, ActionsAck
+from migsync.server import serials
 from migsync.server import tables as t
-from migsync.server.records import ActionRecord
+from migsync.server.records import ActionRecord, pending_etag
 
 _actions = t.store_actions.c
 _clients = t.store_clients.c
@@ -109,44 +110,55 @@ async def request(
                 now,
             )
         )
-    # The clients' pending answers now hold a request: their ETags must change.
+    # The clients' pending answers now hold a request: their ETags must change. Their rows are
+    # locked in id order (as seen marks lock them), then numbered as one change.
+    ordered = select(_clients.id).where(_clients.id.in_(targets)).order_by(_clients.id)
+    await conn.execute(ordered.with_for_update(key_share=True))  # FOR NO KEY UPDATE: as an UPDATE locks
+    seq = await serials.next_change(conn)
     await conn.execute(
         update(t.store_clients)
         .where(_clients.id.in_(targets))
-        .values(status_serial=_clients.status_serial + 1)
+        .values(status_serial=_clients.status_serial + 1, change_seq=seq)
     )
     return records
+
+
+_PENDING = (
+    select(
+        _actions.client_id,
+        _actions.id,
+        _actions.action,
+        _actions.version,
+        _actions.requested_by,
+        _actions.requested_at,
+    )
+    .where(_actions.state == "pending")
+    .order_by(_actions.id)
+)
+_PENDING_OF = _PENDING.where(_actions.client_id == bindparam("client_id"))
 
 
 async def pending_for(conn: AsyncConnection, client_id: int | None = None) -> dict[int, list[ActionRequest]]:
     """The requests each client (or only ``client_id``) has not answered, oldest first, by client
     id; a client without any is not in it."""
-    query = (
-        select(
-            _actions.client_id,
-            _actions.id,
-            _actions.action,
-            _actions.version,
-            _actions.requested_by,
-            _actions.requested_at,
-        )
-        .where(_actions.state == "pending")
-        .order_by(_actions.id)
-    )
-    if client_id is not None:
-        query = query.where(_actions.client_id == client_id)
+    if client_id is None:
+        rows = await conn.execute(_PENDING)
+    else:
+        rows = await conn.execute(_PENDING_OF, {"client_id": client_id})  # every full poll: built once
     pending: dict[int, list[ActionRequest]] = {}
-    for r in await conn.execute(query):
+    for r in rows:
         request = ActionRequest(r.id, r.action, r.version, r.requested_by, r.requested_at)
         pending.setdefault(r.client_id, []).append(request)
     return pending
 
 
 async def record_answers(
-    conn: AsyncConnection, client_id: int, answers: Sequence[ActionResult]
+    conn: AsyncConnection, client_id: int, answers: Sequence[ActionResult], held: str | None = None
 ) -> tuple[ActionsAck, bool]:
     """Record ``client_id``'s answers; the ack, and whether a pending request was answered (then
-    the client's ``status_serial`` was bumped, by one: its pending answer changed)."""
+    the client's ``status_serial`` was bumped, by one: its pending answer changed). ``held``: the
+    ETag the client holds; when it was the client's ETag just before, the ack carries the new one
+    (see :func:`migsync.server.status.report`)."""
     ids = [a.id for a in answers]
     current = {
         r.id: (r.state, r.detail)
@@ -175,13 +187,22 @@ async def record_answers(
             .where(and_(_actions.id == answer.id, _actions.client_id == client_id))
             .values(state=answer.state, detail=detail, updated_at=now)
         )
-    if answered_pending:
-        await conn.execute(
-            update(t.store_clients)
-            .where(_clients.id == client_id)
-            .values(status_serial=_clients.status_serial + 1)
+    etag = None
+    if answered_pending or held is not None:
+        counters = (_clients.status_serial, serials.publish_serial_query())
+        query: Any = (
+            update(t.store_clients).values(status_serial=_clients.status_serial + 1).returning(*counters)
+            if answered_pending
+            else select(*counters)
         )
-    return ActionsAck(tuple(recorded), tuple(unknown)), answered_pending
+        row = (await conn.execute(query.where(_clients.id == client_id))).one()
+        if answered_pending:
+            await serials.stamp_change(conn, [client_id])
+        serial, publish = int(row[0]), int(row[1] or 0)
+        before = pending_etag(client_id, publish, serial - 1 if answered_pending else serial)
+        if held is not None and held == before:
+            etag = pending_etag(client_id, publish, serial)
+    return ActionsAck(tuple(recorded), tuple(unknown), etag), answered_pending
 
 
 async def read(

@@ -11,15 +11,24 @@ global, so two apps (or a test's) never share anything. Starlette does not
 run the lifespan of a mounted app: a parent app enters it from its own
 (``async with api.router.lifespan_context(api): yield``).
 
-An idle poll costs no store access at all. Each process keeps every
-client's state (its token hash, and its ETag's parts, see
-:mod:`migsync.server.status`) in memory, and checks at most once per
-``cache_seconds`` whether anything changed, with one small read for the
-whole fleet (the store's *generation*). Only when it changed are the
-clients read again, all in one read. So a publish (``migsync publish`` is
-another process) or a report through another process is seen within
-``cache_seconds``; a report through this process is seen at once. A
-poll marks its client seen at most once per ``seen_interval``; those
+An idle poll costs no store access at all. Each process keeps the state of
+the clients that poll it (their token hash, and their ETag's parts, see
+:mod:`migsync.server.status`) in a bounded cache (``cache_clients``, least
+recently used dropped first: :mod:`migsync.server.client_cache`), and checks
+at most once per ``cache_seconds`` what changed: one small read of the store's
+publish serial and change counter, and, when the counter moved, one indexed
+read of the clients changed since the counter it saw last (never the whole
+fleet). So a publish (``migsync publish`` is another process) or a report
+through another process is seen within ``cache_seconds``; a report through
+this process is seen at once. The first poll that finds the check due makes
+it; polls meanwhile answer from the cache, never waiting for it. A client the
+cache does not hold costs one indexed read.
+
+A full answer is made of the client's applied versions and requests (one
+read) and the published set, kept serialized per publish serial. A report
+(and answers to requests) sent with the client's ETag (``Migsync-Held-ETag``)
+is answered with its new ETag, so the client's next poll is a 304.
+A poll marks its client seen at most once per ``seen_interval``; those
 marks are written together, once per ``seen_flush`` seconds.
 
 Entity changes a client pushes (``POST /api/changes``) go to the store's
@@ -32,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import math
 import time
@@ -49,12 +59,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
-from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER, ActionRequest, protocol_refusal
+from migsync.core.requires import Requirement, satisfied
+from migsync.protocol.wire import (
+    HELD_ETAG_HEADER,
+    PROTOCOL,
+    PROTOCOL_HEADER,
+    ActionRequest,
+    SignedManifest,
+    protocol_refusal,
+)
 from migsync.protocol.wire_schema import SCHEMAS, standalone
 from migsync.server import rollout_api
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
+from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
-from migsync.server.records import ClientState, token_hash
+from migsync.server.records import ClientState, PendingMigration, token_hash
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
 from migsync.server.validation import InvalidChanges, entity_changes
@@ -103,6 +122,7 @@ class _Api:
         throttle: AuthThrottle,
         clock: Clock | None = None,
         request_key: Ed25519PrivateKey | None = None,
+        cache_clients: int = DEFAULT_CACHE_CLIENTS,
     ) -> None:
         self.store_url = store_url
         #: signs each request to a client, for that client, as it is served (None: no requests)
@@ -122,11 +142,23 @@ class _Api:
         self.max_body = max_body
         self.seen_flush = seen_flush
         self._store: Store | None = None
-        #: token hash -> the client and its ETag's parts, as of ``_generation``
-        self._states: dict[str, ClientState] = {}
-        self._generation: tuple[int, int, int] | None = None
+        #: token hash -> the client and its ETag's parts, for the clients that polled lately
+        self._cache = ClientCache(cache_clients)
+        #: the store's change number this process has read the changes up to
+        self._seen_change = 0
         self._checked_at = -math.inf  # monotonic
-        self._refreshing = asyncio.Lock()
+        #: told that something changed: the next poll reads it, whatever the period
+        self._stale = False
+        self._refreshing = False
+        #: set (and replaced) when a refresh moved some client's ETag: wakes the long polls
+        self._changed = asyncio.Event()
+        #: how many long polls wait
+        self._waiting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        #: the published set, serialized, of the newest publish serial this process read
+        self._published: _Published | None = None
+        self._reading_published = asyncio.Lock()
         #: client id -> when this process last marked it seen (monotonic)
         self._touched: dict[int, float] = {}
         #: client id -> when it was seen (epoch), not written yet
@@ -134,10 +166,15 @@ class _Api:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        async with Store.open(
-            self.store_url, create=False, appliers=self.appliers, clock=self._clock
-        ) as store:
+        async with contextlib.AsyncExitStack() as stack:
+            store = await stack.enter_async_context(
+                Store.open(self.store_url, create=False, appliers=self.appliers, clock=self._clock)
+            )
             self._store = store
+            # Changes before now need no reading: the cache is empty, and a miss reads the store.
+            _publish, self._seen_change = await store.generation()
+            # Postgres tells of every change at its commit: long polls hear of it at once.
+            await stack.enter_async_context(store.listening(self._heard))
             flusher = (
                 asyncio.create_task(self._flush_seen_every(self.seen_flush)) if self.seen_flush else None
             )
@@ -148,11 +185,14 @@ class _Api:
                     flusher.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await flusher
+                for task in [*self._tasks, *([self._ticker] if self._ticker else [])]:
+                    task.cancel()
                 with contextlib.suppress(MigsyncError):  # the store may be gone: marks are a nicety
                     await self._flush_seen()
                 self._store = None
-                self._states.clear()
-                self._generation = None
+                self._cache.clear()
+                self._published = None
+                self._checked_at = -math.inf
                 self._touched.clear()
 
     @property
@@ -194,36 +234,107 @@ class _Api:
             raise ApiError(403, "the admin token is not a client's; use the client's own token")
         digest = token_hash(token)
         await self._refresh()
-        state = self._states.get(digest)
+        state = self._cache.get(digest)
         if state is None:
-            state = await self.store.client_state(token)  # a client registered since the last read
+            state = await self.store.client_state(token)  # not polled lately, or new
             if state is None:
                 raise self._wrong_token(request)
-            self._states[digest] = state
+            self._cache.put(digest, state)
         refusal = protocol_refusal(request.headers.get(PROTOCOL_HEADER), "this client")
         if refusal is not None:
             raise ApiError(426, refusal.replace("and this migsync", "and the server"))
         return digest, state
 
     async def _refresh(self) -> None:
-        """Read every client's state again if the store's generation moved (checked once per period)."""
-        if self._monotonic() - self._checked_at < self.cache_seconds:
-            return
-        async with self._refreshing:
-            if self._monotonic() - self._checked_at < self.cache_seconds:
-                return  # another request refreshed meanwhile
-            generation = await self.store.generation()
-            if generation != self._generation:
-                self._states = await self.store.client_states()
-                self._generation = generation
-            self._checked_at = self._monotonic()
+        """Read what changed in the store since this process last looked (once per period, or
+        at once after :meth:`forget_states`).
 
-    def _reported(self, digest: str, state: ClientState) -> None:
-        """A report through this process bumped the client's status serial by one."""
-        self._states[digest] = attrs.evolve(state, status_serial=state.status_serial + 1)
-        if self._generation is not None:
-            publish, status_sum, clients = self._generation
-            self._generation = (publish, status_sum + 1, clients)
+        The first request that finds the check due makes it; the others answer from the cache
+        meanwhile rather than wait for it. Long polls waiting on a client whose ETag it finds
+        moved are woken."""
+        if self._refreshing:
+            return
+        self._refreshing = True
+        try:
+            while self._stale or self._monotonic() - self._checked_at >= self.cache_seconds:
+                self._stale = False
+                started = self._monotonic()
+                publish = self._cache.publish_serial
+                changes = await self.store.changes_since(self._seen_change, self._cache.size)
+                if changes.states is None:  # more changed than the cache holds: start afresh
+                    self._cache.clear()
+                self._cache.changed(changes.publish_serial, changes.states or ())
+                self._seen_change = changes.seen
+                self._checked_at = started
+                if changes.states or changes.states is None or changes.publish_serial != publish:
+                    self._wake()
+                if not (self._stale and self._waiting):  # told of a change meanwhile: read again
+                    break
+        finally:
+            self._refreshing = False
+
+    def _wake(self) -> None:
+        """Wake the long polls: each looks at its client's ETag again."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _heard(self) -> None:
+        """The store says a change was committed (Postgres NOTIFY, this process's own included):
+        held polls want it now; plain polls read it with the next check, once per
+        ``cache_seconds`` (a busy fleet's reports must not make every poll a read)."""
+        if self._waiting:
+            self._notified()
+
+    def _notified(self) -> None:
+        """Something changed that other clients' answers depend on (a request through this
+        process, or :meth:`_heard`): the next poll reads it, and a held poll at once."""
+        self.forget_states()
+        if self._waiting and not self._refreshing:
+            task = asyncio.get_running_loop().create_task(self._refresh_logged())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _refresh_logged(self) -> None:
+        try:
+            await self._refresh()
+        except MigsyncError as exc:  # the store is down: the long polls end at their deadline
+            log.warning("could not read what changed in the store: %s", exc)
+
+    async def _wait_for_change(self, digest: str, etag: str, seconds: int) -> bool:
+        """Wait until the client's ETag is no longer ``etag`` (True) or ``seconds`` pass (False).
+
+        Woken by the store's notifications (Postgres) and this process's own writes; besides,
+        one task reads what changed once per ``cache_seconds`` while polls wait (so on SQLite a
+        publish by another process arrives that late). A held poll itself only sleeps."""
+        self._waiting += 1
+        if self.cache_seconds and (self._ticker is None or self._ticker.done()):
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        try:
+            deadline = self._monotonic() + seconds
+            while True:
+                await self._refresh()  # when due: told of a change, or the period is over
+                state = self._cache.get(digest)
+                if state is None or state.etag != etag:
+                    return True
+                remaining = deadline - self._monotonic()
+                if remaining <= 0:
+                    return False
+                # No await between the look above and taking the event: no wake-up is missed.
+                timer = asyncio.ensure_future(self._sleep(remaining))
+                woken = asyncio.ensure_future(self._changed.wait())
+                try:
+                    await asyncio.wait({timer, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    timer.cancel()
+                    woken.cancel()
+        finally:
+            self._waiting -= 1
+
+    async def _tick(self) -> None:
+        """While polls are held: read what changed once per ``cache_seconds``."""
+        while self._waiting:
+            await self._sleep(self.cache_seconds)
+            await self._refresh_logged()
 
     async def _admin(self, request: Request) -> None:
         token = self._throttled_bearer(request)
@@ -256,6 +367,7 @@ class _Api:
     # -- endpoints -------------------------------------------------------------------------------
 
     async def pending(self, request: Request) -> Response:
+        wait = _query_int(request, _WAIT)
         digest, state = await self._client(request)
         app_version = rollout_api.app_version(request)
         if app_version is not None and app_version != state.client.app_version:
@@ -266,26 +378,38 @@ class _Api:
                 client=attrs.evolve(state.client, app_version=app_version),
                 status_serial=state.status_serial + 1,
             )
-            self._states[digest] = state
-            self.forget_states()
+            self._cache.put(digest, state)
         await self._seen(state.client.client_id)
         wanted = request.headers.get("if-none-match")
         if wanted is not None and _matches(wanted, state.etag):
-            return Response(status_code=304, headers=_etag_headers(state.etag))
-        state, items = await self.store.pending(state.client.client_id)
-        self._states[digest] = state  # as new as what the store holds: never older than the cache
+            # A long poll waits only on the ETag itself ("*" would wait on anything).
+            if not wait or wanted.strip().removeprefix("W/") != state.etag:
+                return Response(status_code=304, headers=_etag_headers(state.etag))
+            if not await self._wait_for_change(digest, state.etag, wait):
+                return Response(status_code=304, headers=_etag_headers(state.etag))
+        state, lacking, held, actions = await self.store.pending_view(state.client.client_id)
+        self._cache.put(digest, state)  # as new as what the store holds: never older than the cache
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
             return Response(status_code=304, headers=_etag_headers(state.etag))
-        actions = await self.store.pending_actions(state.client.client_id)
-        manifest = await self.store.manifest()
-        return JSONResponse(
-            {
-                "migrations": [item.to_json() for item in items],
-                "actions": [a.to_json() for a in self._signed(state.client.client_id, actions)],
-                "manifest": None if manifest is None else manifest.to_json(),
-            },
-            headers=_etag_headers(state.etag),
-        )
+        published = await self._published_set(state.publish_serial)
+        signed = [a.to_json() for a in self._signed(state.client.client_id, actions)]
+        body = published.answer(published.offered(lacking, held, state.client.app_version), signed)
+        return Response(body, media_type="application/json", headers=_etag_headers(state.etag))
+
+    async def _published_set(self, serial: int) -> _Published:
+        """The published set, serialized, at least as new as publish serial ``serial`` (read again
+        only when a newer serial is asked for: once per publish and process)."""
+        published = self._published
+        if published is not None and published.serial >= serial:
+            return published
+        async with self._reading_published:
+            published = self._published
+            if published is None or published.serial < serial:
+                read_serial, items, manifest = await self.store.published_set()
+                published = _Published.of(read_serial, items, manifest)
+                if self._published is None or self._published.serial <= read_serial:
+                    self._published = published
+        return published
 
     def _signed(self, client_id: int, actions: list[ActionRequest]) -> list[ActionRequest]:
         """``actions`` signed for ``client_id`` with the request key; none without one (a client
@@ -307,7 +431,7 @@ class _Api:
         digest, state = await self._client(request)
         reports = status_reports(await read_json(request, self.max_body))
         client_id = state.client.client_id
-        result = await self.store.report(client_id, reports)
+        result = await self.store.report(client_id, reports, request.headers.get(HELD_ETAG_HEADER))
         if result.unpublished:
             listed = ", ".join(str(v) for v in result.unpublished)
             raise ApiError(
@@ -318,29 +442,34 @@ class _Api:
             )
         self._touched[client_id] = self._monotonic()  # the report marked it seen
         self._unwritten.pop(client_id, None)
-        if result.recorded:
-            self._reported(digest, state)
+        if result.state is not None:
+            self._cache.put(digest, result.state)
+            self._wake()
         if result.rollouts_moved:  # every client may be offered something else now
-            self.forget_states()
-        return JSONResponse(
-            {
-                "recorded": [v.text for v in result.recorded],
-                "unchanged": [v.text for v in result.unchanged],
-                "drift": [d.to_json() for d in result.drift],
-            }
-        )
+            self._notified()
+        body: dict[str, Any] = {
+            "recorded": [v.text for v in result.recorded],
+            "unchanged": [v.text for v in result.unchanged],
+            "drift": [d.to_json() for d in result.drift],
+        }
+        if result.etag is not None:
+            body["etag"] = result.etag
+        return JSONResponse(body)
 
     async def answers(self, request: Request) -> Response:
         digest, state = await self._client(request)
         answers = action_answers(await read_json(request, self.max_body))
-        ack, moved = await self.store.record_answers(state.client.client_id, answers)
+        ack, moved = await self.store.record_answers(
+            state.client.client_id, answers, request.headers.get(HELD_ETAG_HEADER)
+        )
         if moved:
-            self._reported(digest, state)
+            self._cache.drop(digest)  # the next poll reads its new state
+            self._wake()
         return JSONResponse(ack.to_json())
 
     def forget_states(self) -> None:
         """Trust no cached client state: the next poll asks the store (after a request to clients)."""
-        self._checked_at = -math.inf
+        self._stale = True
 
     async def actions(self, request: Request) -> Response:
         await self._admin(request)
@@ -358,7 +487,7 @@ class _Api:
             )
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from None
-        self.forget_states()
+        self._notified()
         return JSONResponse({"actions": [r.to_json() for r in records]}, status_code=201)
 
     async def changes(self, request: Request) -> Response:
@@ -406,19 +535,19 @@ class _Api:
     async def start_rollout(self, request: Request) -> Response:
         await self._admin(request)
         record = await rollout_api.start(self.store, await read_json(request, self.max_body))
-        self.forget_states()
+        self._notified()
         return JSONResponse(record.to_json(), status_code=201)
 
     async def rollout(self, request: Request) -> Response:
         await self._admin(request)
         result = await rollout_api.status(self.store, rollout_api.rollout_id(request))
-        self.forget_states()  # reading it may have moved it
+        self._notified()  # reading it may have moved it
         return JSONResponse(result.to_json())
 
     async def operate_rollout(self, request: Request) -> Response:
         await self._admin(request)
         record = await rollout_api.operate(self.store, await read_json(request, self.max_body))
-        self.forget_states()
+        self._notified()
         return JSONResponse(record.to_json())
 
     async def openapi(self, request: Request) -> Response:
@@ -445,6 +574,7 @@ def create_app(
     failed_auth_limit: str = FAILED_AUTH_LIMIT,
     clock: Clock | None = None,
     request_key: Ed25519PrivateKey | None = None,
+    cache_clients: int = DEFAULT_CACHE_CLIENTS,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -463,10 +593,14 @@ def create_app(
     to measure the periods above on and to date seen marks by (default: the system's).
     ``request_key``: the private key that signs the admin's requests to each client, as they
     are served (``serve --request-key``); without it the API and the panel refuse to make
-    requests (409), since no client would carry out an unsigned one.
+    requests (409), since no client would carry out an unsigned one. ``cache_clients``: how
+    many clients' states the process keeps in memory (least recently polled dropped first; a
+    poll of one it dropped costs one indexed read).
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
+    if cache_clients < 1:
+        raise ConfigError(f"cache_clients must be at least 1, not {cache_clients}")
     if cache_seconds < 0 or seen_interval < 0 or seen_flush < 0 or max_body < 1 or max_changes_body < 1:
         raise ConfigError(
             "cache_seconds, seen_interval and seen_flush must be >= 0, max_body and max_changes_body > 0"
@@ -488,6 +622,7 @@ def create_app(
         AuthThrottle(failed_auth_limit),
         clock,
         request_key,
+        cache_clients,
     )
     # The routes are the documented endpoints (migsync.server.openapi), each to its handler.
     routes: list[BaseRoute] = [
@@ -506,7 +641,7 @@ def create_app(
                     admin_token,
                     options,
                     before_read=api._flush_seen,
-                    after_request=api.forget_states,
+                    after_request=api._notified,
                     throttle=api.throttle,  # one count per address, whichever door it knocks on
                     requests_refused=None if request_key is not None else NO_REQUEST_KEY,
                 ),
@@ -526,6 +661,59 @@ def create_app(
         lifespan=api.lifespan,
         middleware=[Middleware(_SaysItsProtocol)],
     )
+
+
+@attrs.frozen
+class _Published:
+    """The published set of one publish serial, serialized once for every client's answer."""
+
+    serial: int
+    #: version key -> the migration's JSON up to its ``applied_checksum`` value
+    items: dict[str, str]
+    #: the signed manifest's JSON (``null`` when there is none)
+    manifest: str
+    #: version key -> what its ``-- migsync:requires`` lines ask of the app (only those that ask)
+    requirements: dict[str, tuple[Requirement, ...]]
+
+    @classmethod
+    def of(cls, serial: int, items: list[PendingMigration], manifest: SignedManifest | None) -> _Published:
+        from migsync.server.rollout_store import requirements
+
+        fragments = {}
+        needs = {}
+        for item in items:
+            whole = _dumps(item.to_json() | {"applied_checksum": None})
+            assert whole.endswith('"applied_checksum":null}')  # the last key: its value is appended
+            fragments[item.version.key] = whole.removesuffix("null}")
+            if wanted := requirements(item):
+                needs[item.version.key] = wanted
+        return cls(serial, fragments, _dumps(None if manifest is None else manifest.to_json()), needs)
+
+    def offered(
+        self, lacking: list[tuple[str, str | None]], held: set[str], app_version: str | None
+    ) -> list[tuple[str, str | None]]:
+        """Of ``lacking`` (in version order), what the client is offered now: up to the first
+        version a rollout holds back (``held``) or its app version cannot run. A client applies
+        migrations in order, so one it is not offered holds back every later one too."""
+        needs = self.requirements
+        for index, (key, _) in enumerate(lacking):
+            if key in held or (key in needs and not satisfied(needs[key], app_version)):
+                return lacking[:index]
+        return lacking
+
+    def answer(self, lacking: list[tuple[str, str | None]], actions: list[dict[str, Any]]) -> bytes:
+        """A client's pending answer: the versions it lacks, in order (by key, with the checksum
+        it applied, if any). A version published after this set was read is left out: the answer's
+        ETag is older than it, so the client asks again and gets it."""
+        items = self.items
+        migrations = ",".join(items[key] + _dumps(applied) + "}" for key, applied in lacking if key in items)
+        answer = f'{{"migrations":[{migrations}],"actions":{_dumps(actions)},"manifest":{self.manifest}}}'
+        return answer.encode()
+
+
+def _dumps(value: Any) -> str:
+    """JSON as Starlette's JSONResponse writes it."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":"))
 
 
 async def _to_panel(request: Request) -> Response:
@@ -605,6 +793,7 @@ def _declared(endpoint: Endpoint, handler: Handler) -> Handler:
 
 
 _LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query)
+_WAIT = next(q for e in ENDPOINTS if e.name == "pending" for q in e.query)
 _OPENAPI = openapi_document()
 
 

@@ -130,6 +130,18 @@ async def mapped_errors(where: str, doing: str) -> AsyncIterator[None]:
         raise BackendError(f"store {where}: {doing}: {describe(exc)}") from exc
 
 
+#: SQLSTATEs of a transaction Postgres rolled back so that another could go on: trying it again helps.
+_RETRYABLE = {"40P01", "40001"}  # deadlock detected, serialization failure
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` (a :class:`BackendError` from :func:`mapped_errors`) is a deadlock or a
+    serialization failure: the transaction was rolled back whole and may be tried again."""
+    cause = exc.__cause__
+    inner = cause.orig if isinstance(cause, DBAPIError) else None
+    return getattr(inner, "sqlstate", None) in _RETRYABLE or getattr(inner, "pgcode", None) in _RETRYABLE
+
+
 def describe(exc: BaseException) -> str:
     """The driver's own message, on one line, without SQLAlchemy's wrapping."""
     inner = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc

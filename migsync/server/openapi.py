@@ -80,6 +80,9 @@ _ADMIN_REFUSALS = (
     (503, "the store is unavailable (Retry-After says when to try again)", "Error"),
 )
 
+#: The longest long poll (``GET /api/migrations/pending?wait=N``), in seconds.
+MAX_WAIT = 60
+
 #: Every endpoint of the API, in the order the document lists them.
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -88,10 +91,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/migrations/pending",
         "The client's pending migrations and the admin's requests to it (If-None-Match: 304 when unchanged)",
         CLIENT,
+        query=(
+            QueryInt(
+                "wait",
+                "long poll: when If-None-Match is the client's current ETag, wait up to this many "
+                "seconds for it to change before answering 304",
+                0,
+                MAX_WAIT,
+            ),
+        ),
         answers=(
             (200, "what the client has to do; ETag tags it", "Pending"),
-            (304, "nothing changed since the ETag sent in If-None-Match", None),
-            (422, "a Migsync-App-Version header that is not a version", "Error"),
+            (304, "nothing changed since the ETag sent in If-None-Match (within the wait, if any)", None),
+            (
+                422,
+                "a bad wait, a Migsync-App-Version header that is not a version, "
+                "or an unknown query parameter",
+                "Error",
+            ),
             *_CLIENT_REFUSALS,
         ),
     ),

@@ -106,6 +106,8 @@ class ClientState:
     publish_serial: int
     #: bumped by every status report of this client that changes something
     status_serial: int
+    #: the store's change number when this state was last changed (orders two reads of it)
+    change_seq: int = 0
 
     @property
     def etag(self) -> str:
@@ -145,6 +147,10 @@ class ReportResult:
     unpublished: tuple[Version, ...] = ()
     #: a rollout moved (a stage started, it paused): every client's ETag changed
     rollouts_moved: bool = False
+    #: the client's new pending ETag, when the report was sent with the one it replaces
+    etag: str | None = None
+    #: the client's state after the report (None: nothing was recorded)
+    state: ClientState | None = None
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import BigInteger, Text, cast, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
@@ -29,6 +29,7 @@ from migsync.core.version import Version
 from migsync.protocol.wire import StatusReport
 from migsync.server import actions as requests
 from migsync.server import rollouts as r
+from migsync.server import serials
 from migsync.server import tables as t
 from migsync.server.records import ClientRecord, PendingMigration
 
@@ -144,14 +145,8 @@ def who(text: str) -> str:
 
 
 async def bump(conn: AsyncConnection) -> None:
-    """One more publish serial, atomically (two reports may change rollouts at once)."""
-    meta = t.store_meta.c
-    where = meta.key == "publish_serial"
-    done = await conn.execute(
-        update(t.store_meta).where(where).values(value=cast(cast(meta.value, BigInteger) + 1, Text))
-    )
-    if done.rowcount == 0:
-        await conn.execute(insert(t.store_meta).values(key="publish_serial", value="1"))
+    """One more publish serial: every client's ETag moves (see :mod:`migsync.server.serials`)."""
+    await serials.bump_publish_serial(conn)
 
 
 async def _audit_add(conn: AsyncConnection, rollout_id: int, at: float, by: str, what: Iterable[str]) -> None:
@@ -516,17 +511,29 @@ async def offered(
     if not items:
         return items
     held: set[Version] = {v for v, _ in held_by_app(client, [(i.version, requirements(i)) for i in items])}
-    versions = {i.version.text for i in items}
-    latest: dict[str, Rollout] = {}
-    for rollout in await _all(conn):  # oldest first: the newest rollout of a version decides
-        for v in rollout.versions:
-            if v.text in versions:
-                latest[v.text] = rollout
-    for text, rollout in latest.items():
-        stage = r.stage_of(rollout.stages, client.client_id, client.labels)
-        if not r.offered(rollout.state.state, rollout.state.stage, stage):
-            held.add(Version.parse(text))
+    held |= await held_by_rollouts(conn, client, [i.version for i in items])
     if not held:
         return items
     kept = r.in_order([i.version for i in items], held)
     return items[: len(kept)]
+
+
+async def held_by_rollouts(
+    conn: AsyncConnection, client: ClientRecord, versions: Sequence[Version]
+) -> set[Version]:
+    """Of ``versions``, those a rollout does not offer the client yet (the newest rollout of a
+    version decides). The app version is the caller's to check (:func:`held_by_app`)."""
+    if not versions:
+        return set()
+    wanted = {v.text: v for v in versions}
+    latest: dict[str, Rollout] = {}
+    for rollout in await _all(conn):  # oldest first: the newest rollout of a version decides
+        for v in rollout.versions:
+            if v.text in wanted:
+                latest[v.text] = rollout
+    held = set()
+    for text, rollout in latest.items():
+        stage = r.stage_of(rollout.stages, client.client_id, client.labels)
+        if not r.offered(rollout.state.state, rollout.state.stage, stage):
+            held.add(wanted[text])
+    return held

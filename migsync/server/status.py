@@ -19,7 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, or_, select, update
+import attrs
+from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
@@ -35,9 +36,9 @@ from migsync.server.records import (
     PendingMigration,
     ReportResult,
     StatusReport,
+    pending_etag,
 )
-
-PUBLISH_SERIAL = "publish_serial"
+from migsync.server.serials import CHANGE_SEQ, PUBLISH_SERIAL, publish_serial_query, stamp_change
 
 _status = t.store_client_status.c
 _published = t.store_migrations.c
@@ -56,59 +57,138 @@ def client(row: Row[Any]) -> ClientRecord:
     )
 
 
-def _publish_serial_query() -> Any:
-    return select(t.store_meta.c.value).where(t.store_meta.c.key == PUBLISH_SERIAL).scalar_subquery()
+def _state(row: Row[Any]) -> ClientState:
+    return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial), int(row.change_seq))
 
 
-async def bump_publish_serial(conn: AsyncConnection) -> None:
-    """Count one more publish; the caller holds the publish lock."""
-    where = t.store_meta.c.key == PUBLISH_SERIAL
-    current = await conn.scalar(select(t.store_meta.c.value).where(where))
-    if current is None:
-        await conn.execute(insert(t.store_meta).values(key=PUBLISH_SERIAL, value="1"))
-    else:
-        await conn.execute(update(t.store_meta).where(where).values(value=str(int(current) + 1)))
+# The poll and report path's statements, built once: building one costs more CPU than the
+# store spends running it, and a statement built once is also compiled once (SQLAlchemy's cache).
+_STATE = select(t.store_clients, publish_serial_query().label("publish_serial"))
+_STATE_BY_DIGEST = _STATE.where(_clients.token_hash == bindparam("digest"))
+_STATE_BY_ID = _STATE.where(_clients.id == bindparam("client_id"))
+_CHANGED = (
+    _STATE.where(_clients.change_seq > bindparam("seen"))
+    .order_by(_clients.change_seq)
+    .limit(bindparam("limit"))
+)
+_COUNTERS = select(t.store_meta.c.key, t.store_meta.c.value).where(
+    t.store_meta.c.key.in_((PUBLISH_SERIAL, CHANGE_SEQ))
+)
+#: The published versions a client has not applied with the published checksum (the version's
+#: key as text, unparsed, and the checksum the client applied, if any), in version order: the
+#: store does the comparison, and a poll gets the few rows that differ, not every applied one.
+_APPLIED_HERE = and_(
+    _status.client_id == bindparam("client_id"),
+    _status.version == _published.version,
+    _status.applied.is_(True),
+)
+_PENDING_KEYS = (
+    select(type_coerce(_published.version, Text).label("key"), _status.checksum)
+    .select_from(t.store_migrations.outerjoin(t.store_client_status, _APPLIED_HERE))
+    .where(_status.checksum.is_distinct_from(_published.checksum))
+    .order_by(_published.version)
+)
+_PUBLISHED_CHECKSUMS = select(_published.version, _published.checksum).where(
+    _published.version.in_(bindparam("versions", expanding=True))
+)
+_LATEST_APPLIED = (
+    select(func.max(_status.version))
+    .where(_status.client_id == bindparam("client_id"), _status.applied.is_(True))
+    .scalar_subquery()
+)
+_REPORTED = (
+    update(t.store_clients)
+    .where(_clients.id == bindparam("client_id"))
+    .returning(*t.store_clients.c, publish_serial_query().label("publish_serial"))
+)
+#: a report that changed something: the client's ETag moves, and its newest applied version
+_REPORTED_CHANGE = _REPORTED.values(
+    last_seen_at=bindparam("now"), status_serial=_clients.status_serial + 1, reported_version=_LATEST_APPLIED
+)
+#: a report that changed nothing: it marks the client seen
+_REPORTED_SAME = _REPORTED.values(last_seen_at=bindparam("now"))
 
 
 async def client_state(conn: AsyncConnection, digest: str) -> ClientState | None:
     """The client whose token hashes to ``digest`` and its ETag's parts, in one indexed read."""
-    query = select(t.store_clients, _publish_serial_query().label("publish_serial")).where(
-        _clients.token_hash == digest
+    row = (await conn.execute(_STATE_BY_DIGEST, {"digest": digest})).first()
+    return None if row is None else _state(row)
+
+
+async def generation(conn: AsyncConnection) -> tuple[int, int]:
+    """``(publish_serial, change counter)``: it changes whenever any client's ETag can."""
+    rows = {r.key: int(r.value) for r in await conn.execute(_COUNTERS)}
+    return rows.get(PUBLISH_SERIAL, 0), rows.get(CHANGE_SEQ, 0)
+
+
+@attrs.frozen
+class Changes:
+    """What changed since a change number: see :func:`changes_since`."""
+
+    publish_serial: int
+    #: the newest change this read covers: the next read asks for the ones after it
+    seen: int
+    #: the changed clients' states by the sha256 of their token, oldest change first; None: more
+    #: than the limit changed
+    states: list[tuple[str, ClientState]] | None
+
+
+async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes:
+    """The clients whose ETag moved after change ``seen``: one read of two counters, and when
+    the change counter moved, one indexed read of the changed clients (at most ``limit``;
+    past it, ``states`` is None: the caller drops what it holds rather than read the fleet)."""
+    publish, counter = await generation(conn)
+    if counter <= seen:
+        return Changes(publish, seen, [])
+    rows = (await conn.execute(_CHANGED, {"seen": seen, "limit": limit + 1})).all()
+    if len(rows) > limit:
+        # Every change up to ``counter`` was committed before it was read (see next_change).
+        return Changes(publish, counter, None)
+    states = [(r.token_hash, _state(r)) for r in rows]
+    return Changes(publish, max([counter, *(s.change_seq for _, s in states)]), states)
+
+
+async def pending_view(
+    conn: AsyncConnection, client_id: int
+) -> tuple[ClientState, list[tuple[str, str | None]]]:
+    """The client's state, then the published versions it lacks (each version's key, and the
+    checksum the client applied of it if it did: drift): what its pending answer is made of,
+    with the published set (:func:`published_set`). The state is read first: a publish or a
+    report landing in between gives an older ETag with newer content, never the reverse."""
+    state = _state((await conn.execute(_STATE_BY_ID, {"client_id": client_id})).one())
+    lacking = [(r.key, r.checksum) for r in await conn.execute(_PENDING_KEYS, {"client_id": client_id})]
+    return state, lacking
+
+
+async def published_set(conn: AsyncConnection) -> tuple[int, list[PendingMigration]]:
+    """The publish serial, then every published migration (as a pending one, applied nowhere), in
+    version order. Read in that order: the content is never older than the serial it is filed
+    under, so an ETag made with that serial never stands for older content."""
+    serial = int((await conn.scalar(select(publish_serial_query()))) or 0)
+    rows = await conn.execute(
+        select(
+            _published.version,
+            _published.name,
+            _published.content,
+            _published.checksum,
+            _published.signature,
+            _published.signed_by,
+        ).order_by(_published.version)
     )
-    row = (await conn.execute(query)).first()
-    if row is None:
-        return None
-    return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
-
-
-async def generation(conn: AsyncConnection) -> tuple[int, int, int]:
-    """``(publish_serial, sum of status_serial, number of clients)``: it changes whenever any
-    client's ETag can. Every serial only grows, so their sum changes with any one of them."""
-    query = select(
-        _publish_serial_query(), func.coalesce(func.sum(_clients.status_serial), 0), func.count(_clients.id)
-    )
-    row = (await conn.execute(query)).one()
-    return int(row[0] or 0), int(row[1]), int(row[2])
-
-
-async def client_states(conn: AsyncConnection) -> dict[str, ClientState]:
-    """Every client's state, by token hash, in one read."""
-    query = select(t.store_clients, _publish_serial_query().label("publish_serial"))
-    return {
-        row.token_hash: ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
-        for row in await conn.execute(query)
-    }
+    return serial, [
+        PendingMigration(r.version, r.name, r.content, r.checksum, r.signature, r.signed_by) for r in rows
+    ]
 
 
 async def pending(conn: AsyncConnection, client_id: int) -> tuple[ClientState, list[PendingMigration]]:
     """The client's state and pending list. The counters are read first: a publish or a report
     landing in between gives an older ETag with newer content, never the reverse, so the worst
     case is one extra full answer."""
-    query = select(t.store_clients, _publish_serial_query().label("publish_serial")).where(
+    query = select(t.store_clients, publish_serial_query().label("publish_serial")).where(
         _clients.id == client_id
     )
     row = (await conn.execute(query)).one()
-    state = ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
+    state = _state(row)
     applied = {
         r.version: r.checksum
         for r in await conn.execute(
@@ -138,85 +218,117 @@ async def pending(conn: AsyncConnection, client_id: int) -> tuple[ClientState, l
     return state, await rollout_store.offered(conn, state.client, items)
 
 
-async def report(conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport]) -> ReportResult:
-    """Record ``reports`` for ``client_id``; nothing at all if one names an unpublished version."""
-    # Reports of one client run one after the other (a no-op on SQLite, whose writer is alone).
-    await conn.execute(select(_clients.id).where(_clients.id == client_id).with_for_update())
+async def report(
+    conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport], held: str | None = None
+) -> ReportResult:
+    """Record ``reports`` for ``client_id``; nothing at all if one names an unpublished version.
+
+    Three statements whatever the batch's size (five when it changes something): the published
+    checksums, one upsert that writes only the rows that differ, and the client's row. ``held``:
+    the ETag the client holds; when it was the client's ETag just before this report, the result
+    carries the new one (``etag``), which the client may keep: the pending answer it stands for
+    is the one the client holds, less what it just reported.
+    """
     versions = [r.version for r in reports]
     published = {
-        r.version: r.checksum
-        for r in await conn.execute(
-            select(_published.version, _published.checksum).where(_published.version.in_(versions))
-        )
+        r.version: r.checksum for r in await conn.execute(_PUBLISHED_CHECKSUMS, {"versions": versions})
     }
     unpublished = tuple(sorted(v for v in versions if v not in published))
     if unpublished:
         return ReportResult(unpublished=unpublished)
-    existing = {
-        r.version: (bool(r.applied), r.error, r.attempts, r.checksum, bool(r.dead))
-        for r in await conn.execute(
-            select(
-                _status.version,
-                _status.applied,
-                _status.error,
-                _status.attempts,
-                _status.checksum,
-                _status.dead,
-            ).where(_status.client_id == client_id, _status.version.in_(versions))
-        )
-    }
     now = time.time()
-    recorded: list[Version] = []
-    unchanged: list[Version] = []
-    for item in reports:
-        values = (item.applied, item.error, item.attempts, item.checksum, item.dead)
-        old = existing.get(item.version)
-        if old == values:
-            unchanged.append(item.version)
-            continue
-        columns = {
-            "applied": item.applied,
-            "error": item.error,
-            "attempts": item.attempts,
-            "checksum": item.checksum,
-            "dead": item.dead,
-            "updated_at": now,
-        }
-        if old is None:
-            await conn.execute(
-                insert(t.store_client_status).values(client_id=client_id, version=item.version, **columns)
-            )
-        else:
-            await conn.execute(
-                update(t.store_client_status)
-                .where(_status.client_id == client_id, _status.version == item.version)
-                .values(**columns)
-            )
-        recorded.append(item.version)
+    written = await _upsert_status(conn, client_id, reports, now) if reports else set()
+    recorded = tuple(r.version for r in reports if r.version in written)
+    unchanged = tuple(r.version for r in reports if r.version not in written)
     drift = tuple(
         Drift(r.version, published[r.version], r.checksum)
         for r in reports
         if r.checksum != published[r.version]
     )
-    changes: dict[str, Any] = {"last_seen_at": now}
+    statement = _REPORTED_CHANGE if recorded else _REPORTED_SAME
+    row = (await conn.execute(statement, {"client_id": client_id, "now": now})).one()
+    state = _state(row)
     if recorded:
-        latest = await conn.scalar(
-            select(func.max(_status.version)).where(_status.client_id == client_id, _status.applied.is_(True))
-        )
-        changes |= {"status_serial": _clients.status_serial + 1, "reported_version": latest}
-    await conn.execute(update(t.store_clients).where(_clients.id == client_id).values(**changes))
-    return ReportResult(tuple(recorded), tuple(unchanged), drift)
+        state = attrs.evolve(state, change_seq=await stamp_change(conn, [client_id]))
+    before = pending_etag(client_id, state.publish_serial, state.status_serial - (1 if recorded else 0))
+    etag = state.etag if held is not None and held == before else None
+    return ReportResult(recorded, unchanged, drift, etag=etag, state=state)
+
+
+async def _upsert_status(
+    conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport], now: float
+) -> set[Version]:
+    """Insert or update the client's status rows in one statement, skipping the rows that hold
+    the same word already; the versions it wrote."""
+    rows = [
+        {
+            "client_id": client_id,
+            "version": r.version,
+            "applied": r.applied,
+            "error": r.error,
+            "attempts": r.attempts,
+            "checksum": r.checksum,
+            "dead": r.dead,
+            "updated_at": now,
+        }
+        # In version order: two batches of one client lock its rows in the same order.
+        for r in sorted(reports, key=lambda r: r.version)
+    ]
+    # One statement: SQLAlchemy sends a batch of parameter sets as one multi-row INSERT.
+    result = await conn.execute(_upsert(conn.dialect.name), rows)
+    return {r.version for r in result}
+
+
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(dialect: str) -> Any:
+    """``INSERT .. ON CONFLICT DO UPDATE .. WHERE the row differs RETURNING version`` of status
+    rows, for ``dialect`` (built once per dialect: each has its own upsert)."""
+    statement = _UPSERTS.get(dialect)
+    if statement is None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert_: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert_(t.store_client_status)
+        fields = ("applied", "error", "attempts", "checksum", "dead")
+        new = statement.excluded
+        differs = or_(*(t.store_client_status.c[f].is_distinct_from(new[f]) for f in fields))
+        statement = statement.on_conflict_do_update(
+            index_elements=[_status.client_id, _status.version],
+            set_={f: new[f] for f in (*fields, "updated_at")},
+            where=differs,
+        ).returning(_status.version)
+        _UPSERTS[dialect] = statement
+    return statement
 
 
 async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
-    """Set ``last_seen_at`` of each client in ``seen`` (client id -> when), never backwards."""
-    statement = (
+    """Set ``last_seen_at`` of each client in ``seen`` (client id -> when), never backwards, in
+    one statement. On Postgres the rows are locked in client id order first, as every other
+    writer of many client rows does: two processes marking overlapping clients wait for each
+    other rather than deadlock."""
+    ids = sorted(seen)
+    if conn.dialect.name == "postgresql":
+        statement = text(
+            "WITH seen AS (SELECT * FROM unnest(CAST(:ids AS integer[]), CAST(:whens AS double precision[])) "
+            "AS s(id, seen)), "
+            "locked AS (SELECT id FROM store_clients WHERE id = ANY(CAST(:ids AS integer[])) "
+            "ORDER BY id FOR NO KEY UPDATE) "
+            "UPDATE store_clients AS c SET last_seen_at = seen.seen FROM seen, locked "
+            "WHERE c.id = locked.id AND c.id = seen.id "
+            "AND (c.last_seen_at IS NULL OR c.last_seen_at < seen.seen)"
+        )
+        await conn.execute(statement, {"ids": ids, "whens": [seen[i] for i in ids]})
+        return
+    # SQLite: one writer at a time, so no order to keep; one executemany of one statement.
+    many = (
         update(t.store_clients)
         .where(_clients.id == bindparam("client_id"))
         .where(or_(_clients.last_seen_at.is_(None), _clients.last_seen_at < bindparam("seen")))
         .values(last_seen_at=bindparam("seen"))
     )
-    await conn.execute(statement, [{"client_id": k, "seen": v} for k, v in seen.items()])
+    await conn.execute(many, [{"client_id": i, "seen": seen[i]} for i in ids])
 
 
 async def fleet(

@@ -29,7 +29,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -51,7 +51,7 @@ from migsync.protocol.wire import (
 from migsync.server import actions as requests
 from migsync.server import engine as engines
 from migsync.server import inbox as inboxes
-from migsync.server import manifests, status
+from migsync.server import manifests, serials, status
 from migsync.server import tables as t
 from migsync.server.records import (
     ActionRecord,
@@ -79,6 +79,9 @@ if TYPE_CHECKING:
 #: Key of the Postgres advisory lock that serialises publishing and schema changes.
 _LOCK_KEY = 0x6D696773796E63  # "migsync"
 
+#: How often a write that Postgres chose as a deadlock's (or a serialization failure's) victim is tried.
+_WRITE_ATTEMPTS = 5
+
 _MAX_NAME = 200
 _MAX_TOKEN = 512
 
@@ -96,6 +99,12 @@ class Store:
         self._engine = engine
         #: what rollouts measure soak times on and date their events by (tests pass a test clock)
         self.now = clock.now if clock is not None else time.time
+        # The poll path's reads: one statement each, or statements that need no common snapshot
+        # (Postgres reads each in a snapshot of its own anyway). Without a transaction they save
+        # the BEGIN and ROLLBACK round trips. SQLite keeps its transactions (BEGIN is local).
+        self._lone_reads = (
+            engine if engines.is_sqlite(url) else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._url = url
         self.where = engines.display(url)
         #: what :meth:`receive_changes` hands each stored change to, in this order
@@ -132,8 +141,10 @@ class Store:
     # -- units of work ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _read(self, doing: str) -> AsyncIterator[AsyncConnection]:
-        async with engines.mapped_errors(self.where, doing), self._engine.connect() as conn:
+    async def _read(self, doing: str, *, snapshot: bool = True) -> AsyncIterator[AsyncConnection]:
+        """A connection to read with; without ``snapshot``, outside a transaction on Postgres."""
+        engine = self._engine if snapshot else self._lone_reads
+        async with engines.mapped_errors(self.where, doing), engine.connect() as conn:
             yield conn
 
     @contextlib.asynccontextmanager
@@ -146,6 +157,32 @@ class Store:
                     # SQLite's BEGIN IMMEDIATE already admits one writer only.
                     await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
                 yield conn
+
+    @contextlib.asynccontextmanager
+    async def listening(self, notified: Callable[[], None]) -> AsyncIterator[bool]:
+        """Call ``notified()`` whenever a change a poll depends on is committed (a publish, a
+        report or an answer that changes something, a request to clients), by any process, while
+        the block runs; yields whether it can (Postgres ``LISTEN``, on a connection of its own).
+        On SQLite it cannot: yields False."""
+        if engines.is_sqlite(self._url):
+            yield False
+            return
+
+        def heard(*_args: Any) -> None:
+            notified()
+
+        async with (
+            engines.mapped_errors(self.where, "listening for changes"),
+            self._lone_reads.connect() as conn,
+        ):
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.add_listener(serials.CHANNEL, heard)
+            try:
+                yield True
+            finally:
+                with contextlib.suppress(Exception):  # the connection may be gone: it closes anyway
+                    await raw.remove_listener(serials.CHANNEL, heard)
 
     # -- the store's own schema ------------------------------------------------------------------
 
@@ -276,7 +313,7 @@ class Store:
             # migration the manifest does not list, nor a manifest listing one it cannot get.
             listed = await manifests.write(conn, signing_key)
             if rows or replaced or resigned or listed:
-                await status.bump_publish_serial(conn)
+                await serials.bump_publish_serial(conn)
             rollout_id = None
             if rollout is not None:
                 from migsync.server import rollout_store
@@ -396,6 +433,7 @@ class Store:
                     status_serial=t.store_clients.c.status_serial + 1,
                 )
             )
+            await serials.stamp_change(conn, [row.id])  # other server processes read it as changed
             row = (await conn.execute(select(t.store_clients).where(t.store_clients.c.id == row.id))).one()
         return status.client(row)
 
@@ -404,12 +442,14 @@ class Store:
         if app_version is not None and (len(app_version) > 100 or not app_version.isprintable()):
             raise ConfigError("an app version is at most 100 printable characters")
         async with self._write("recording a client's app version") as conn:
-            await conn.execute(
+            changed = await conn.execute(
                 update(t.store_clients)
                 .where(t.store_clients.c.id == client_id)
                 .where(t.store_clients.c.app_version.is_distinct_from(app_version))
                 .values(app_version=app_version, status_serial=t.store_clients.c.status_serial + 1)
             )
+            if changed.rowcount:
+                await serials.stamp_change(conn, [client_id])  # other server processes read it as changed
 
     # -- rollouts --------------------------------------------------------------------------------
 
@@ -457,7 +497,7 @@ class Store:
         if not token or len(token) > _MAX_TOKEN:
             return None
         digest = token_hash(token)
-        async with self._read("authenticating a client") as conn:
+        async with self._read("authenticating a client", snapshot=False) as conn:
             return await status.client_state(conn, digest)
 
     async def pending(self, client_id: int) -> tuple[ClientState, list[PendingMigration]]:
@@ -466,24 +506,28 @@ class Store:
         async with self._read("reading a client's pending migrations") as conn:
             return await status.pending(conn, client_id)
 
-    async def report(self, client_id: int, reports: Sequence[StatusReport]) -> ReportResult:
+    async def report(
+        self, client_id: int, reports: Sequence[StatusReport], held: str | None = None
+    ) -> ReportResult:
         """Record a batch of status reports of client ``client_id``, all or nothing.
 
         Idempotent: a report equal to what is recorded changes nothing. A report
         for a version that is not published makes the whole batch write nothing
         (``ReportResult.unpublished`` names them). A checksum other than the
         published one is recorded as it is and returned as drift. Marks the client seen.
+        ``held``: the pending ETag the client holds; when it was current, the result's
+        ``etag`` is the client's new one (see :func:`migsync.server.status.report`).
         """
         async with self._write("recording status reports") as conn:
-            result = await status.report(conn, client_id, reports)
+            result = await status.report(conn, client_id, reports, held)
             if result.recorded:
                 from migsync.server import rollout_store
 
                 moved = await rollout_store.after_report(
                     conn, client_id, reports, result.recorded, self.now()
                 )
-                if moved:
-                    result = attrs.evolve(result, rollouts_moved=True)
+                if moved:  # every client's ETag moved with the publish serial: the new one is not known
+                    result = attrs.evolve(result, rollouts_moved=True, etag=None)
             return result
 
     async def touch(self, client_id: int, when: float | None = None) -> None:
@@ -491,20 +535,55 @@ class Store:
         await self.touch_many({client_id: time.time() if when is None else when})
 
     async def touch_many(self, seen: dict[int, float]) -> None:
-        """Set the ``last_seen_at`` of many clients (client id -> when) in one transaction."""
-        if seen:
-            async with self._write("marking clients seen") as conn:
-                await status.touch(conn, seen)
+        """Set the ``last_seen_at`` of many clients (client id -> when) in one statement; tried
+        again when Postgres picks it as a deadlock's victim, so that no mark is lost."""
+        if not seen:
+            return
+        for attempt in itertools.count(1):
+            try:
+                async with self._write("marking clients seen") as conn:
+                    await status.touch(conn, seen)
+                return
+            except BackendError as exc:
+                if attempt >= _WRITE_ATTEMPTS or not engines.is_retryable(exc):
+                    raise
 
-    async def generation(self) -> tuple[int, int, int]:
-        """A value that changes whenever any client's pending ETag can (one small read)."""
-        async with self._read("reading the store's generation") as conn:
+    async def generation(self) -> tuple[int, int]:
+        """``(publish serial, change counter)``: it changes whenever any client's pending ETag
+        can (one small read)."""
+        async with self._read("reading the store's generation", snapshot=False) as conn:
             return await status.generation(conn)
 
-    async def client_states(self) -> dict[str, ClientState]:
-        """Every client's state (see :meth:`client_state`), by the sha256 of its token."""
-        async with self._read("reading clients") as conn:
-            return await status.client_states(conn)
+    async def changes_since(self, seen: int, limit: int) -> status.Changes:
+        """The clients whose ETag moved after change number ``seen`` (at most ``limit``; see
+        :func:`migsync.server.status.changes_since`), in one or two indexed reads."""
+        async with self._read("reading the clients changed", snapshot=False) as conn:
+            return await status.changes_since(conn, seen, limit)
+
+    async def pending_view(
+        self, client_id: int
+    ) -> tuple[ClientState, list[tuple[str, str | None]], set[str], list[ActionRequest]]:
+        """What a pending answer is made of besides the published set: the client's state, the
+        versions it lacks (by key, with the checksum it applied, if any), the keys of those a
+        rollout does not offer it yet, and the requests it has not answered; see
+        :func:`migsync.server.status.pending_view`. Which of them its app version cannot run is
+        the caller's to say (the requirements are in the published content it holds)."""
+        from migsync.server import rollout_store
+
+        async with self._read("reading a client's pending migrations", snapshot=False) as conn:
+            state, lacking = await status.pending_view(conn, client_id)
+            versions = [Version.from_key(key) for key, _ in lacking]
+            held = await rollout_store.held_by_rollouts(conn, state.client, versions)
+            actions = (await requests.pending_for(conn, client_id)).get(client_id, [])
+        return state, lacking, {v.key for v in held}, actions
+
+    async def published_set(self) -> tuple[int, list[PendingMigration], SignedManifest | None]:
+        """The publish serial, every published migration in version order, and the signed
+        manifest: content never older than the serial (see :func:`migsync.server.status.published_set`)."""
+        async with self._read("reading published migrations", snapshot=False) as conn:
+            serial, items = await status.published_set(conn)
+            manifest = await manifests.read(conn)
+        return serial, items, manifest
 
     async def fleet(self, client_id: int | None = None) -> list[FleetEntry]:
         """Every client (or only ``client_id``) with what it applied, what failed, what drifted,
@@ -579,11 +658,12 @@ class Store:
             return await requests.pending_for(conn)
 
     async def record_answers(
-        self, client_id: int, answers: Sequence[ActionResult]
+        self, client_id: int, answers: Sequence[ActionResult], held: str | None = None
     ) -> tuple[ActionsAck, bool]:
-        """Record client ``client_id``'s answers to requests; the ack, and whether its ETag moved."""
+        """Record client ``client_id``'s answers to requests; the ack, and whether its ETag moved.
+        ``held``: the pending ETag the client holds (see :meth:`report`)."""
         async with self._write("recording a client's answers") as conn:
-            return await requests.record_answers(conn, client_id, answers)
+            return await requests.record_answers(conn, client_id, answers, held)
 
     async def actions(self, client_id: int | None = None, limit: int | None = None) -> list[ActionRecord]:
         """Requests made of clients (of ``client_id`` only, if given), newest first."""

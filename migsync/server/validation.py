@@ -122,6 +122,18 @@ def status_reports(body: Any, *, max_reports: int | None = MAX_REPORTS) -> list[
     ``max_reports=None`` lifts the cap on their number (a report file's size cap bounds it instead).
     """
     assert max_reports in (None, MAX_REPORTS), "the cap is the schema's"
+    if isinstance(body, dict) and body.keys() == {"reports"} and isinstance(body["reports"], list):
+        items = body["reports"]
+        if max_reports is None or len(items) <= max_reports:
+            plain = [_plainly_valid_report(item) for item in items]  # most of the cost, else
+            if all(report is not None for report in plain):
+                return _once(
+                    "reports",
+                    cast(list[StatusReport], plain),
+                    _VERSION,
+                    lambda v: f"version {v} is reported twice",
+                    InvalidReports,
+                )
     _checked("StatusReports", body, InvalidReports, uncapped=max_reports is None)
     return _each_once(
         "reports",
@@ -278,6 +290,47 @@ def _plainly_valid(item: Any) -> EntityChange | None:
     if type(timestamp) is not float or not -MAX_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:  # NaN: False
         return None
     return EntityChange(change_id, entity, entity_id, operation, data, version, timestamp)
+
+
+_REPORT_KEYS = frozenset(("version", "applied", "error", "attempts", "checksum"))
+_REPORT_KEYS_DEAD = _REPORT_KEYS | {"dead"}
+_HEX64 = re.compile("[0-9a-f]{64}")
+
+
+def _plainly_valid_report(item: Any) -> StatusReport | None:
+    """``item`` as a report when it is valid in the plain way clients send them, checked fast;
+    None: the schema and :func:`_report` look closer and say what is wrong.
+
+    Narrower than the schema ``StatusReport`` on purpose (exact types, an ASCII error without
+    NUL): whatever it lets through, the schema and ``_report`` accept as well, and the same way
+    (a test holds it to that).
+    """
+    if type(item) is not dict:
+        return None
+    keys = item.keys()
+    if keys != _REPORT_KEYS and keys != _REPORT_KEYS_DEAD:
+        return None
+    version, applied, error, attempts, checksum = (
+        item["version"],
+        item["applied"],
+        item["error"],
+        item["attempts"],
+        item["checksum"],
+    )
+    dead = item.get("dead", False)
+    if type(version) is not str or not _VERSION_TEXT.search(version):
+        return None
+    if type(applied) is not bool or type(dead) is not bool:
+        return None
+    if error is not None and (
+        type(error) is not str or len(error) > MAX_ERROR or not error.isascii() or "\x00" in error
+    ):
+        return None
+    if type(attempts) is not int or not 0 <= attempts <= MAX_ID:
+        return None
+    if type(checksum) is not str or not _HEX64.fullmatch(checksum):
+        return None
+    return StatusReport(Version.parse(version), applied, error, attempts, checksum, dead and not applied)
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

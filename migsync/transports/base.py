@@ -39,7 +39,10 @@ class Transport(Protocol):
     """Every member is required; a transport that lacks one is refused when it loads.
 
     Optional, read with a default: ``client_id`` (the client it speaks for: the admin's requests
-    must be signed for it, :func:`migsync.protocol.signing.verify_request`).
+    must be signed for it, :func:`migsync.protocol.signing.verify_request`); ``held_etag`` (an
+    attribute the syncer sets to the pending ETag the client holds before it reports, and reads
+    back after: a transport that learns the client's new ETag from the report's answer puts it
+    there, so that the next fetch is "unchanged"; see :data:`migsync.protocol.wire.HELD_ETAG_HEADER`).
     """
 
     #: where it goes, for messages (never a token)

@@ -39,6 +39,7 @@ from migsync.core.errors import ConfigError, MalformedAnswer, ServerRefused, Ser
 from migsync.protocol.wire import (
     APP_VERSION_HEADER,
     APP_VERSION_PATTERN,
+    HELD_ETAG_HEADER,
     PROTOCOL,
     PROTOCOL_HEADER,
     ActionResult,
@@ -66,6 +67,8 @@ MAX_CHANGES = 1000
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
 #: The largest answer read (bytes), unless told otherwise: some 100 migrations of 160 KiB.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: The longest long poll a server allows (``GET /api/migrations/pending?wait=N``), in seconds.
+MAX_LONG_POLL = 60
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -85,6 +88,7 @@ class HttpTransport(BaseTransport):
         http: httpx.AsyncClient | None = None,
         max_answer_bytes: int | None = None,
         app_version: str | None = None,
+        long_poll: float | None = None,
     ) -> None:
         try:
             parsed = httpx.URL(url)
@@ -100,6 +104,11 @@ class HttpTransport(BaseTransport):
             max_answer_bytes = _size_option(url, parsed.params.get("max_answer_bytes"))
         if max_answer_bytes <= 0:
             raise ConfigError(f"max_answer_bytes must be > 0, not {max_answer_bytes}")
+        if long_poll is not None and not 0 <= long_poll <= MAX_LONG_POLL:
+            raise ConfigError(f"long_poll must be from 0 to {MAX_LONG_POLL} seconds, not {long_poll:g}")
+        #: seconds a fetch with an ETag lets the server wait for a change (``?wait=N``): a change
+        #: reaches the client as it happens rather than at its next poll (None, 0: plain polls)
+        self.long_poll = int(long_poll) if long_poll else None
         self.base = str(parsed.copy_with(query=None, fragment=None)).rstrip("/")
         self.where = self.base
         self.client_id = client_id
@@ -115,6 +124,9 @@ class HttpTransport(BaseTransport):
         self._http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), follow_redirects=False, verify=parsed.scheme == "https"
         )
+        #: the pending ETag the client holds: sent with reports and answers, whose answer may
+        #: carry the new one (then kept here, for the client to save); see HELD_ETAG_HEADER
+        self.held_etag: str | None = None
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -138,7 +150,13 @@ class HttpTransport(BaseTransport):
         if etag:
             headers["If-None-Match"] = etag
         url = f"{self.base}/api/migrations/pending"
-        response = await self._send("GET", url, headers=headers)
+        if etag and self.long_poll:
+            # The server answers at the latest after the wait: the deadline is that much later.
+            response = await self._send(
+                "GET", url, headers=headers, params={"wait": str(self.long_poll)}, extra_time=self.long_poll
+            )
+        else:
+            response = await self._send("GET", url, headers=headers)
         tag = response.headers.get("etag")
         if response.status_code == 304:
             return Offer(None, tag or etag)
@@ -153,6 +171,7 @@ class HttpTransport(BaseTransport):
             tuple(v for a in acks for v in a.recorded),
             tuple(v for a in acks for v in a.unchanged),
             tuple(d for a in acks for d in a.drift),
+            acks[-1].etag if acks else None,
         )
 
     async def report_actions(self, results: Sequence[ActionResult]) -> ActionsAck:
@@ -160,7 +179,9 @@ class HttpTransport(BaseTransport):
             "/api/actions/results", results, action_results_to_json, actions_ack_from_json
         )
         return ActionsAck(
-            tuple(i for a in acks for i in a.recorded), tuple(i for a in acks for i in a.unknown)
+            tuple(i for a in acks for i in a.recorded),
+            tuple(i for a in acks for i in a.unknown),
+            acks[-1].etag if acks else None,
         )
 
     async def _post_batches(
@@ -177,8 +198,13 @@ class HttpTransport(BaseTransport):
         for start in range(0, len(items), MAX_REPORTS):
             body = json.dumps(to_json(items[start : start + MAX_REPORTS])).encode()
             headers = self._headers | {"Content-Type": "application/json"}
+            if self.held_etag is not None:
+                headers[HELD_ETAG_HEADER] = self.held_etag
             response = await self._send("POST", url, headers=headers, content=body)
-            acks.append(parse(_json(response, url), f"POST {url}"))
+            ack = parse(_json(response, url), f"POST {url}")
+            # The new ETag, or None: the one held is no longer the client's (or the server is older).
+            self.held_etag = getattr(ack, "etag", None)
+            acks.append(ack)
         return acks
 
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
@@ -217,18 +243,19 @@ class HttpTransport(BaseTransport):
             )
         raise ServerRefused(refusal)
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """The response (2xx or 304), after retries; a refusal or exhaustion raises."""
+    async def _send(self, method: str, url: str, *, extra_time: float = 0, **kwargs: Any) -> httpx.Response:
+        """The response (2xx or 304), after retries; a refusal or exhaustion raises. ``extra_time``:
+        seconds the server may take on purpose (a long poll), on top of the timeout."""
         attempt = 0
         while True:
             attempt += 1
             retry_after: float | None = None
             try:
-                response = await self._attempt(method, url, **kwargs)
+                response = await self._attempt(method, url, extra_time, **kwargs)
             except httpx.TransportError as exc:  # cannot connect, timed out, connection dropped
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except TimeoutError:  # the attempt's deadline (asyncio.timeout), not a read's
-                problem = f"no complete answer within {self.timeout:g} s"
+                problem = f"no complete answer within {self.timeout + extra_time:g} s"
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
                 raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
@@ -250,11 +277,14 @@ class HttpTransport(BaseTransport):
                 delay = min(max(delay, retry_after), self.backoff.cap)
             await self.clock.sleep(delay)
 
-    async def _attempt(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _attempt(self, method: str, url: str, extra_time: float = 0, **kwargs: Any) -> httpx.Response:
         """One request with its answer read whole: within the deadline, at most
         ``max_answer_bytes`` of it (never more held in memory)."""
         limit = self.max_answer_bytes
-        async with asyncio.timeout(self.timeout), self._http.stream(method, url, **kwargs) as streamed:
+        if extra_time:
+            kwargs["timeout"] = httpx.Timeout(self.timeout + extra_time)
+        deadline = asyncio.timeout(self.timeout + extra_time)
+        async with deadline, self._http.stream(method, url, **kwargs) as streamed:
             declared = streamed.headers.get("content-length", "")
             if declared.isascii() and declared.isdigit() and (len(declared) > 15 or int(declared) > limit):
                 raise MalformedAnswer(f"{method} {url}: answer larger than {limit} bytes")

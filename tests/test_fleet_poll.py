@@ -1,0 +1,465 @@
+"""The poll path for a fleet: server processes that read only what changed, one poll per change.
+
+A process reads the clients whose ``change_seq`` moved since the change it saw last (never the
+whole fleet), keeps a bounded number of clients in memory, answers a report with the client's
+new ETag (so the next poll is a 304), and writes seen marks in one ordered statement that two
+processes can run at once without a deadlock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from clocks import SteppedClock, eventually
+from dbtools import aquery, client_headers, downgrade_store, start, stop, wait_for
+from servers import ServerThread, free_port
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import create_async_engine
+from test_server_api import ADMIN, V1, V2, api_on, applied
+from test_server_api import sqlite_store as sqlite_store
+
+from migsync.client.sync import Syncer
+from migsync.core.client import Client
+from migsync.core.errors import ConfigError
+from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
+from migsync.protocol.wire import HELD_ETAG_HEADER, StatusReport
+from migsync.server import Store
+from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
+from migsync.server.records import ClientRecord, ClientState
+from migsync.server.tables import SCHEMA_VERSION
+from migsync.transports.http import HttpTransport
+
+# -- the change counter ----------------------------------------------------------------------------
+
+
+async def test_a_process_reads_only_the_clients_changed_since_its_last_change(
+    any_store: str, key_path: Path
+) -> None:
+    async with Store.open(any_store) as store:
+        await store.publish([V1, V2], load_private_key(key_path))
+        ids = [(await store.add_client(f"c{i}"))[0] for i in range(30)]
+        _, seen = await store.generation()
+        nothing = await store.changes_since(seen, 100)
+        assert nothing.states == [] and nothing.seen == seen
+        await store.report(ids[7], [StatusReport(1, True, None, 1, V1.checksum)])
+        await store.report(ids[3], [StatusReport(1, True, None, 1, V1.checksum)])
+        # A report equal to what is recorded changes nothing, and is no change.
+        await store.report(ids[7], [StatusReport(1, True, None, 1, V1.checksum)])
+        changes = await store.changes_since(seen, 100)
+        assert changes.states is not None
+        assert [state.client.client_id for _, state in changes.states] == [ids[7], ids[3]]
+        assert changes.seen == seen + 2
+        assert (await store.changes_since(changes.seen, 100)).states == []
+        # A request to every client is one change of each.
+        await store.request_action("revert", V1.version, None, "alice")
+        after = await store.changes_since(changes.seen, 100)
+        assert after.states is not None and {s.client.client_id for _, s in after.states} == {ids[7], ids[3]}
+        assert after.seen == changes.seen + 1
+        # More changes than the reader holds: it is told to start afresh, not handed the fleet.
+        too_many = await store.changes_since(seen, 1)
+        assert too_many.states is None and too_many.seen == after.seen
+
+
+async def test_a_schema_5_store_gets_the_change_counter(any_store: str) -> None:
+    async with Store.open(any_store) as store:
+        client_id, _ = await store.add_client("a")
+    await downgrade_store(any_store, 5)
+    async with Store.open(any_store, create=False) as store:
+        await store.report(client_id, [])
+        assert (await store.generation())[1] == 0
+    assert await aquery(any_store, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]
+    from migsync.server.engine import store_url
+
+    engine = create_async_engine(store_url(any_store))
+    try:
+        async with engine.connect() as conn:
+            columns, indexes = await conn.run_sync(
+                lambda sync: (
+                    {c["name"] for c in inspect(sync).get_columns("store_clients")},
+                    {i["name"]: i["column_names"] for i in inspect(sync).get_indexes("store_clients")},
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert "change_seq" in columns
+    assert indexes["store_clients_change_seq"] == ["change_seq"]
+
+
+# -- one poll per change -------------------------------------------------------------------------
+
+
+async def test_a_reports_answer_carries_the_etag_of_the_next_poll(any_store: str, key_path: Path) -> None:
+    async with api_on(any_store, key_path) as api:
+        await api.publish(V1, V2)
+        me = await api.client("a")
+        etag = (await api.pending(me)).headers["etag"]
+        answer = await api.http.post(
+            "/api/migrations/status",
+            headers=me | {HELD_ETAG_HEADER: etag},
+            json={"reports": [applied(V1)]},
+        )
+        assert answer.status_code == 200, answer.text
+        new = answer.json()["etag"]
+        assert new != etag
+        assert (await api.pending(me, new)).status_code == 304
+        # The answer it stands for: the one held, less what was reported.
+        full = await api.pending(me)
+        assert full.headers["etag"] == new
+        assert [m["version"] for m in full.json()["migrations"]] == ["2"]
+        # The same report again changes nothing: the ETag stays.
+        again = await api.http.post(
+            "/api/migrations/status", headers=me | {HELD_ETAG_HEADER: new}, json={"reports": [applied(V1)]}
+        )
+        assert again.json()["etag"] == new
+        # Without the header, or with an ETag that is not the client's any more: no etag.
+        plain = await api.report(me, {**applied(V2), "applied": False, "error": "x"})
+        assert "etag" not in plain.json()
+        stale = await api.http.post(
+            "/api/migrations/status", headers=me | {HELD_ETAG_HEADER: new}, json={"reports": [applied(V2)]}
+        )
+        assert stale.status_code == 200 and "etag" not in stale.json()
+
+
+async def test_a_publish_between_the_poll_and_the_report_is_not_hidden(
+    any_store: str, key_path: Path
+) -> None:
+    async with api_on(any_store, key_path) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        etag = (await api.pending(me)).headers["etag"]
+        await api.publish(V2)  # the client has not seen it
+        answer = await api.http.post(
+            "/api/migrations/status", headers=me | {HELD_ETAG_HEADER: etag}, json={"reports": [applied(V1)]}
+        )
+        assert "etag" not in answer.json()
+        assert [m["version"] for m in (await api.pending(me, etag)).json()["migrations"]] == ["2"]
+
+
+async def test_an_answer_to_a_request_carries_the_etag_of_the_next_poll(
+    any_store: str, key_path: Path
+) -> None:
+    async with api_on(any_store, key_path) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        await api.report(me, applied(V1))
+        await api.store.request_action("revert", V1.version, None, "alice")
+        offer = await api.pending(me)
+        [action] = offer.json()["actions"]
+        answer = await api.http.post(
+            "/api/actions/results",
+            headers=me | {HELD_ETAG_HEADER: offer.headers["etag"]},
+            json={"results": [{"id": action["id"], "state": "queued", "detail": None}]},
+        )
+        assert answer.status_code == 200, answer.text
+        assert (await api.pending(me, answer.json()["etag"])).status_code == 304
+        assert (await api.pending(me)).json()["actions"] == []
+
+
+@contextlib.asynccontextmanager
+async def _http_server(store_url: str, **options: Any) -> AsyncIterator[ServerThread]:
+    from migsync.server.app import create_app
+
+    request_key = options.pop("request_key")
+    server = ServerThread(
+        lambda: create_app(store_url, admin_token=ADMIN, request_key=request_key, **options)
+    )
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_a_client_keeps_the_etag_its_report_was_answered_with(
+    any_store: str, key_path: Path, tmp_path: Path
+) -> None:
+    """After a sync that applies what it fetched, the next sync's fetch is a 304: one full
+    answer per change, not two."""
+    write_keypair(tmp_path / "request.key")
+    async with Store.open(any_store) as store:
+        await store.publish([V1, V2], load_private_key(key_path))
+        client_id, token = await store.add_client("a")
+    trusted = load_public_keys([key_path.with_name(key_path.name + ".pub")])
+    options = {"request_key": load_private_key(tmp_path / "request.key"), "cache_seconds": 60}
+    async with _http_server(any_store, **options) as server:
+        results = []
+        db = f"sqlite:///{tmp_path / 'client.db'}"
+        for _ in range(2):
+            async with (
+                Client.connect(db, sinks=[], backend_options={"create": True}) as client,
+                HttpTransport(server.url, client_id=str(client_id), token=token) as transport,
+            ):
+                results.append(await Syncer(client, transport, trusted).sync())
+    first, second = results
+    assert first.ok and first.offered == 2 and first.delivered == 2
+    assert second.ok and second.offered is None, "the second fetch was answered 304"
+
+
+# -- a bounded cache -----------------------------------------------------------------------------
+
+
+async def test_the_cache_holds_at_most_cache_clients_and_a_miss_costs_one_read(
+    sqlite_store: str, key_path: Path
+) -> None:
+    async with api_on(sqlite_store, key_path, cache_seconds=60, cache_clients=2) as api:
+        await api.publish(V1)
+        tokens = [await api.client(name) for name in ("a", "b", "c")]
+        etags = [(await api.pending(me)).headers["etag"] for me in tokens]
+        statements: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(Engine, "before_cursor_execute", count)
+        try:
+            # b and c were polled last: held, answered from memory.
+            assert (await api.pending(tokens[1], etags[1])).status_code == 304
+            assert (await api.pending(tokens[2], etags[2])).status_code == 304
+            assert statements == []
+            # a was dropped to keep two: one indexed read brings it back (and drops b).
+            assert (await api.pending(tokens[0], etags[0])).status_code == 304
+            reads = [s for s in statements if s != "BEGIN"]
+            assert len(reads) == 1 and "token_hash" in reads[0]
+            assert (await api.pending(tokens[0], etags[0])).status_code == 304
+            assert (await api.pending(tokens[1], etags[1])).status_code == 304
+            assert len([s for s in statements if s != "BEGIN"]) == 2
+        finally:
+            event.remove(Engine, "before_cursor_execute", count)
+
+
+def _state(client_id: int, status_serial: int, change_seq: int) -> ClientState:
+    return ClientState(ClientRecord(client_id, f"c{client_id}", 0.0), 1, status_serial, change_seq)
+
+
+def test_the_client_cache_drops_the_least_recently_used_and_keeps_the_newer_state() -> None:
+    cache = ClientCache(2)
+    cache.put("a", _state(1, 0, 0))
+    cache.put("b", _state(2, 0, 0))
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("c", _state(3, 0, 0))
+    assert len(cache) == 2 and cache.get("b") is None and cache.get("a") is not None
+    # An older read of a client arriving late does not undo a newer one.
+    cache.put("a", _state(1, 2, 5))
+    cache.put("a", _state(1, 1, 4))
+    assert cache.get("a") == _state(1, 2, 5)
+    # Changes read from the store update the clients held, and only those.
+    cache.changed(3, [("a", _state(1, 3, 6)), ("z", _state(9, 1, 6))])
+    assert cache.get("z") is None
+    held = cache.get("a")
+    assert held is not None and (held.status_serial, held.publish_serial) == (3, 3)
+    assert DEFAULT_CACHE_CLIENTS == 200_000  # serve --cache-clients's default says so too
+    with pytest.raises(ValueError, match="at least 1"):
+        ClientCache(0)
+
+
+# -- seen marks from several processes --------------------------------------------------------------
+
+
+async def test_seen_marks_from_two_processes_at_once_neither_deadlock_nor_get_lost(pg_url: str) -> None:
+    async with Store.open(pg_url) as setup:
+        ids = [(await setup.add_client(f"c{i}"))[0] for i in range(40)]
+    async with Store.open(pg_url) as one, Store.open(pg_url) as two:
+        for round_ in range(15):
+            when = 1000.0 + round_
+            # Overlapping sets, handed over in opposite orders: per-row updates in this order
+            # deadlocked; one statement locking in id order only waits.
+            forward = {i: when for i in ids}
+            backward = {i: when + 0.5 for i in reversed(ids)}
+            await asyncio.gather(*(store.touch_many(m) for store, m in [(one, forward), (two, backward)] * 3))
+            rows = await aquery(pg_url, "SELECT last_seen_at FROM store_clients")
+            assert {r[0] for r in rows} == {when + 0.5}, round_
+
+
+# -- two real server processes on one Postgres store -----------------------------------------------
+
+
+@contextlib.contextmanager
+def _serving(store: str, *args: str) -> Iterator[str]:
+    port = free_port()
+    proc = start("serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, *args)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            httpx.get(f"{base}/api/openapi.json", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
+    try:
+        wait_for(f"migsync serve on port {port}", answers, timeout=30)
+        yield base
+    finally:
+        stop(proc)
+
+
+async def test_a_report_through_one_process_is_seen_by_another_through_the_change_counter(
+    pg_url: str, key_path: Path
+) -> None:
+    async with Store.open(pg_url) as store:
+        await store.publish([V1, V2], load_private_key(key_path))
+        _, token = await store.add_client("a")
+        for i in range(20):  # a fleet around it, which neither process reads
+            await store.add_client(f"other-{i}")
+    me = client_headers(token)
+    # --cache-seconds 0: each poll asks the store what changed (a test needs no waiting).
+    with (
+        _serving(pg_url, "--cache-seconds", "0", "--no-panel") as a,
+        _serving(pg_url, "--cache-seconds", "0", "--cache-clients", "5", "--no-panel") as b,
+    ):
+        async with httpx.AsyncClient(timeout=10) as http:
+            offer = await http.get(f"{b}/api/migrations/pending", headers=me)
+            assert offer.status_code == 200
+            etag = offer.headers["etag"]
+            assert (
+                await http.get(f"{b}/api/migrations/pending", headers=me | {"If-None-Match": etag})
+            ).status_code == 304
+            # The report goes to A (round-robin), and its answer carries the new ETag ...
+            answer = await http.post(
+                f"{a}/api/migrations/status",
+                headers=me | {HELD_ETAG_HEADER: etag},
+                json={"reports": [applied(V1)]},
+            )
+            new = answer.json()["etag"]
+            # ... which B, holding the client's old state, learns from the change counter: the old
+            # ETag gets the new answer, the new one a 304.
+            stale = await http.get(f"{b}/api/migrations/pending", headers=me | {"If-None-Match": etag})
+            assert stale.status_code == 200 and stale.headers["etag"] == new
+            assert [m["version"] for m in stale.json()["migrations"]] == ["2"]
+            fresh = await http.get(f"{b}/api/migrations/pending", headers=me | {"If-None-Match": new})
+            assert fresh.status_code == 304
+            # And a report through B is seen by A.
+            answer = await http.post(
+                f"{b}/api/migrations/status",
+                headers=me | {HELD_ETAG_HEADER: new},
+                json={"reports": [applied(V2)]},
+            )
+            newest = answer.json()["etag"]
+            seen = await http.get(f"{a}/api/migrations/pending", headers=me | {"If-None-Match": new})
+            assert seen.status_code == 200 and seen.headers["etag"] == newest
+            assert seen.json()["migrations"] == []
+
+
+# -- long polls ------------------------------------------------------------------------------------
+
+
+async def _long_poll(http: httpx.AsyncClient, me: dict[str, str], etag: str, wait: int) -> httpx.Response:
+    return await http.get(f"/api/migrations/pending?wait={wait}", headers=me | {"If-None-Match": etag})
+
+
+async def _waiting(clock: SteppedClock, polls: int = 1) -> None:
+    """Until ``polls`` long polls sleep on the app's clock (the seen marks' flusher is off)."""
+    await eventually("the long poll to wait", lambda: len(clock._sleepers) >= polls)
+
+
+async def test_a_long_poll_answers_304_when_its_wait_ends(sqlite_store: str, key_path: Path) -> None:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, seen_flush=0, clock=clock) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        etag = (await api.pending(me)).headers["etag"]
+        poll = asyncio.create_task(
+            api.http.get("/api/migrations/pending?wait=30", headers=me | {"If-None-Match": etag})
+        )
+        await _waiting(clock)
+        clock.advance(29)
+        await asyncio.sleep(0)  # a turn of the loop: nothing is due yet
+        assert not poll.done()
+        clock.advance(1)
+        answer = await poll
+        assert answer.status_code == 304 and answer.headers["etag"] == etag
+        # An ETag that is not current, or "*", is answered at once.
+        assert (await api.http.get("/api/migrations/pending?wait=30", headers=me)).status_code == 200
+        star = await api.http.get("/api/migrations/pending?wait=30", headers=me | {"If-None-Match": "*"})
+        assert star.status_code == 304
+        too_long = await api.http.get("/api/migrations/pending?wait=61", headers=me)
+        assert too_long.status_code == 422 and "wait must be a whole number from 0 to 60" in too_long.text
+
+
+async def test_a_long_poll_is_woken_by_a_request_made_through_its_process(
+    sqlite_store: str, key_path: Path
+) -> None:
+    clock = SteppedClock()
+    async with api_on(sqlite_store, key_path, seen_flush=0, clock=clock, cache_seconds=60) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        await api.report(me, applied(V1))
+        etag = (await api.pending(me)).headers["etag"]
+        poll = asyncio.create_task(
+            api.http.get("/api/migrations/pending?wait=60", headers=me | {"If-None-Match": etag})
+        )
+        await _waiting(clock)
+        made = await api.http.post(
+            "/api/actions",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            json={"action": "revert", "version": "1", "clients": None, "requested_by": "alice"},
+        )
+        assert made.status_code == 201, made.text
+        answer = await asyncio.wait_for(poll, 30)  # a bound for a loaded machine; the clock stands still
+        assert answer.status_code == 200 and answer.headers["etag"] != etag
+        assert [a["action"] for a in answer.json()["actions"]] == ["revert"]
+
+
+async def test_a_long_poll_hears_of_a_publish_by_another_process_through_postgres(
+    pg_url: str, key_path: Path
+) -> None:
+    clock = SteppedClock()
+    # A cache of 60 s on a clock that stands still: only the store's notification can wake it.
+    async with api_on(pg_url, key_path, seen_flush=0, clock=clock, cache_seconds=60) as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        etag = (await api.pending(me)).headers["etag"]
+        await api.report(me, applied(V1))
+        etag = (await api.pending(me)).headers["etag"]
+        poll = asyncio.create_task(
+            api.http.get("/api/migrations/pending?wait=60", headers=me | {"If-None-Match": etag})
+        )
+        await _waiting(clock)
+        async with Store.open(pg_url) as other:  # migsync publish, elsewhere
+            await other.publish([V2], load_private_key(key_path))
+        answer = await asyncio.wait_for(poll, 30)
+        assert answer.status_code == 200, answer.text
+        assert [m["version"] for m in answer.json()["migrations"]] == ["2"]
+
+
+async def test_the_http_transport_long_polls(pg_url: str, key_path: Path, tmp_path: Path) -> None:
+    write_keypair(tmp_path / "request.key")
+    async with Store.open(pg_url) as store:
+        await store.publish([V1], load_private_key(key_path))
+        client_id, token = await store.add_client("a")
+    options = {"request_key": load_private_key(tmp_path / "request.key"), "cache_seconds": 60}
+    asked: list[httpx.URL] = []
+
+    async def record(request: httpx.Request) -> None:
+        asked.append(request.url)
+
+    async with (
+        _http_server(pg_url, **options) as server,
+        httpx.AsyncClient(event_hooks={"request": [record]}) as http,
+        HttpTransport(
+            server.url, client_id=str(client_id), token=token, long_poll=60, http=http
+        ) as transport,
+    ):
+        first = await transport.fetch()
+        assert first.migrations is not None and first.etag
+        assert "wait" not in asked[-1].params  # without an ETag there is nothing to wait on
+        waiting = asyncio.create_task(transport.fetch(first.etag))
+        await eventually("the long poll to be sent", lambda: len(asked) == 2)
+        assert asked[-1].params["wait"] == "60"
+        async with Store.open(pg_url) as other:
+            await other.publish([V1, V2], load_private_key(key_path))
+        offer = await asyncio.wait_for(waiting, 30)  # held until the publish (or at once, if after it)
+        assert offer.migrations is not None
+        assert [m.version.text for m in offer.migrations] == ["1", "2"]
+    with pytest.raises(ConfigError, match="long_poll must be from 0 to 60"):
+        HttpTransport("http://x", token="t", long_poll=61)
