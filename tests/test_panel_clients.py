@@ -182,3 +182,37 @@ async def test_the_live_part_of_the_clients_page(admin: Panel) -> None:
     part = await admin.page("/admin/clients?failing=1&fragment=1")
     assert "<header>" not in part and "<form" not in part  # the filters stay put
     assert shown_clients(part) == [client_id] and 'id="count-failing">1<' in part
+
+
+async def test_the_migrations_pages_counts_from_the_store_are_the_cells_counts(admin: Panel) -> None:
+    """The migrations page counts in SQL (and works out the few held clients itself): the same
+    numbers as tallying every client's cells, in every state."""
+    from test_panel import V2_OTHER, V3, dead, not_applied
+
+    from migsync.protocol.wire import ActionResult
+    from migsync.server.panel import views
+
+    await admin.publish(V1, V2_OTHER, V3)
+    await admin.client("latest", applied(V1), applied(V2_OTHER), applied(V3))
+    await admin.client("drift", applied(V1), applied(V2_OTHER, checksum=V2.checksum))
+    await admin.client("failing", applied(V1), failed(V2_OTHER, "boom"))
+    await admin.client("dead", applied(V1), dead(V3, "no"))
+    await admin.client("new")
+    held = await admin.client("held", applied(V1), applied(V2_OTHER), applied(V3))
+    [revert] = await admin.store.request_action("revert", 2, [held], "Bob")
+    await admin.store.record_answers(held, [ActionResult(revert.id, "done", "reverted")])
+    await admin.store.report(held, [not_applied(V2_OTHER), not_applied(V3)])
+    published = await admin.store.migrations()
+    entries, requests = await admin.store.fleet_view()
+    expected = views.migration_rows(views.client_rows(entries, published, requests), published)
+    tallies, counted, held_entries, held_requests = await admin.store.migration_tallies()
+    assert counted == 5 and [e.client.client_id for e in held_entries] == [held]
+    got = views.migration_rows_from(
+        published, tallies, counted, views.client_rows(held_entries, published, held_requests)
+    )
+    assert got == expected
+    assert [(r.applied, r.failed, r.dead, r.drift, r.held, r.pending) for r in got] == [
+        (5, 0, 0, 0, 0, 1),
+        (1, 1, 0, 1, 1, 2),
+        (1, 0, 1, 0, 1, 3),
+    ]

@@ -24,10 +24,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
-from sqlalchemy import ColumnElement, and_, exists, false, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, case, exists, false, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
@@ -240,6 +241,42 @@ async def counts(conn: AsyncConnection, stale_before: float) -> dict[str, int]:
         query = select(func.count()).select_from(t.store_clients).where(*conditions)
         out[name] = int(await conn.scalar(query) or 0)
     return out
+
+
+async def tallies(
+    conn: AsyncConnection, leave_out: Sequence[int]
+) -> tuple[dict[Version, dict[str, int]], int]:
+    """Per published version, how many clients (but those of ``leave_out``: the few a revert
+    holds, whose cells the panel works out itself) stand where on it, as the panel's cells say
+    (see :mod:`migsync.server.panel.views`): ``failed``, ``dead``, ``drift``, ``applied``; the
+    rest are pending. With the number of clients counted. One aggregate over the status rows."""
+    failure = and_(_status.applied.is_(False), _status.error.is_not(None))
+    drift = and_(~failure, _status.checksum.is_not(None), _status.checksum != _published.checksum)
+    done = and_(~failure, _status.applied.is_(True), _status.checksum == _published.checksum)
+
+    def tally(condition: ColumnElement[bool]) -> Any:
+        return func.sum(case((condition, 1), else_=0))
+
+    query = (
+        select(
+            _status.version,
+            tally(and_(failure, _status.dead.is_(False))).label("failed"),
+            tally(and_(failure, _status.dead.is_(True))).label("dead"),
+            tally(drift).label("drift"),
+            tally(done).label("applied"),
+        )
+        .join(t.store_migrations, _published.version == _status.version)
+        .group_by(_status.version)
+    )
+    counted = select(func.count()).select_from(t.store_clients)
+    if leave_out:
+        query = query.where(_status.client_id.not_in(leave_out))
+        counted = counted.where(_clients.id.not_in(leave_out))
+    out = {
+        row.version: {k: int(getattr(row, k) or 0) for k in ("failed", "dead", "drift", "applied")}
+        for row in await conn.execute(query)
+    }
+    return out, int(await conn.scalar(counted) or 0)
 
 
 async def app_versions(conn: AsyncConnection) -> list[str | None]:

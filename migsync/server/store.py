@@ -610,6 +610,25 @@ class Store:
 
     # -- the admin's requests to clients --------------------------------------------------------
 
+    async def migration_tallies(
+        self,
+    ) -> tuple[dict[Version, dict[str, int]], int, list[FleetEntry], list[ActionRecord]]:
+        """How the fleet stands on each published migration, for the panel's migrations page,
+        in one read: per version the counts of the clients no revert holds
+        (:func:`migsync.server.client_list.tallies`) and how many those are, then the fleet
+        entries of the clients a revert holds (few) and the requests their holds come from."""
+        from migsync.server import client_list
+
+        async with self._read("reading how the fleet stands on each migration") as conn:
+            current = await requests.current(conn)
+            by_client: dict[int, list[ActionRecord]] = {}
+            for record in current:
+                by_client.setdefault(record.client_id, []).append(record)
+            held = sorted(c for c, records in by_client.items() if requests.hold_of(records) is not None)
+            counts, total = await client_list.tallies(conn, held)
+            entries = await status.fleet(conn, client_ids=held) if held else []
+        return counts, total, entries, [r for r in current if r.client_id in set(held)]
+
     async def client_list(
         self,
         which: ClientFilter,

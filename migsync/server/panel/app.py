@@ -466,14 +466,29 @@ class _Panel:
 
     async def migrations(self, request: Request) -> Response:
         session = self.require(request)
-        published, rows = await self._read()
+        published, migration_rows, clients = await self._migration_rows()
         return self.render(
             request,
             "migrations.html",
             session,
-            migrations=views.migration_rows(rows, published),
-            clients=len(rows),
+            migrations=migration_rows,
+            clients=clients,
             requested=requested_count(request),
+        )
+
+    async def _migration_rows(self) -> tuple[list[PublishedMigration], list[views.MigrationRow], int]:
+        """The published migrations, how the fleet stands on each (counted by the store; the
+        few clients a revert holds worked out here) and how many clients there are."""
+        if self.before_read is not None:
+            await self.before_read()
+        store = self.store()
+        published = await store.migrations()
+        tallies, counted, held, held_requests = await store.migration_tallies()
+        held_rows = views.client_rows(held, published, held_requests)
+        return (
+            published,
+            views.migration_rows_from(published, tallies, counted, held_rows),
+            counted + len(held),
         )
 
     async def actions(self, request: Request) -> Response:
@@ -498,8 +513,8 @@ class _Panel:
         form = await self.checked_form(request, session)
         action, version = action_fields(form, str(request.path_params["version"]), confirm_box=False)
         back = f"{_root(request)}/migrations"
-        published, rows = await self._read()
-        row = next((m for m in views.migration_rows(rows, published) if m.migration.version == version), None)
+        _published, migration_rows, _clients = await self._migration_rows()
+        row = next((m for m in migration_rows if m.migration.version == version), None)
         if row is not None:  # one that is not published: the store says so (and requests nothing)
             check_typed_name(form, action, row.migration.name, row.reach(action))
         return await self._request(request, session, action, version, None, back, f"#v{version}")

@@ -48,6 +48,7 @@ __all__ = [
     "counts",
     "hold_of",
     "migration_rows",
+    "migration_rows_from",
     "newest",
     "problems",
     "select",
@@ -279,6 +280,34 @@ def newest(row: ClientRow, count: int) -> list[Cell | None]:
     where fewer are published)."""
     cells: list[Cell | None] = list(reversed(row.cells[-count:])) if count else []
     return cells + [None] * (count - len(cells))
+
+
+def migration_rows_from(
+    published: Sequence[PublishedMigration],
+    tallies: dict[Version, dict[str, int]],
+    counted: int,
+    held_rows: Sequence[ClientRow],
+) -> list[MigrationRow]:
+    """:func:`migration_rows` from the store's counts of the clients no revert holds
+    (``counted`` of them) and the rows of those a revert holds."""
+    exact = {row.migration.version: row for row in migration_rows(held_rows, published)}
+    out = []
+    for m in published:
+        got = tallies.get(m.version, {})
+        mine = exact[m.version]
+        failed, dead, drift, applied = (got.get(k, 0) for k in ("failed", "dead", "drift", "applied"))
+        out.append(
+            MigrationRow(
+                m,
+                applied=applied + mine.applied,
+                failed=failed + mine.failed,
+                drift=drift + mine.drift,
+                pending=counted - failed - dead - drift - applied + mine.pending,
+                dead=dead + mine.dead,
+                held=mine.held,
+            )
+        )
+    return out
 
 
 # -- text the templates show (their filters) ---------------------------------------------------
