@@ -5,7 +5,7 @@ migrations and N clients, written with direct bulk inserts (registering and repo
 clients one by one would take longer than everything timed here): each client has a status row
 per migration (a tenth failing on the next-to-last, a twentieth of those dead), some were not seen
 for days, a twentieth carry ``region=eu``, they run one of three app versions, and a tenth have a
-request history (a revert and a re-apply). The last migration is in a rollout (stages
+request history (a revert and a re-apply). The last migration (which needs app >= 2.4) is in a rollout (stages
 1%,10%,50%,100%, a day's soak) started six hours ago, now in its 50% stage, with the status events
 of the clients that reported on it spread over those hours: what its charts draw.
 
@@ -68,8 +68,11 @@ async def fill(url: str, clients: int, migrations: int, key_path: Path, now: flo
     """The fleet described above, in store ``url`` (created)."""
     published = [
         Migration(v, f"{v:04d}_m{v}", {"*": Script(f"CREATE TABLE t{v} (x INTEGER)")}, {})
-        for v in range(1, migrations + 1)
+        for v in range(1, migrations)
     ]
+    # The rollout's migration needs a newer app than a third of the fleet runs: held back there.
+    needs = f"-- migsync:requires app>=2.4\nCREATE TABLE t{migrations} (x INTEGER)"
+    published.append(Migration(migrations, f"{migrations:04d}_m{migrations}", {"*": Script(needs)}, {}))
     start = now - 6 * HOUR
     key = load_private_key(key_path)
     async with Store.open(url, clock=_At(start)) as store:
@@ -151,7 +154,7 @@ async def fill(url: str, clients: int, migrations: int, key_path: Path, now: flo
             event_rows.append(
                 {"client_id": i, "version": last.version, "state": "failed" if broke else "applied", "at": at}
             )
-        async with store._engine.begin() as conn:  # noqa: SLF001 - a bench's bulk fill
+        async with store._engine.begin() as conn:  # a bench's bulk fill: past the store's API
             for table, rows in (
                 (t.store_clients, client_rows),
                 (t.store_client_status, status_rows),
@@ -176,9 +179,8 @@ async def fill(url: str, clients: int, migrations: int, key_path: Path, now: flo
             await conn.execute(insert(t.store_rollout_audit), audit)
             if url.startswith("postgresql"):  # the ids were given: move the sequences past them
                 for table in ("store_clients", "store_actions", "store_status_events"):
-                    await conn.exec_driver_sql(
-                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
-                    )
+                    sequence = f"pg_get_serial_sequence('{table}', 'id')"
+                    await conn.exec_driver_sql(f"SELECT setval({sequence}, (SELECT max(id) FROM {table}))")
 
 
 async def timed(

@@ -282,9 +282,12 @@ async def _outcomes(conn: AsyncConnection, rollout: Rollout) -> dict[int, r.Clie
     }
 
 
-async def counts(conn: AsyncConnection, rollout: Rollout) -> list[r.Counts]:
-    """Each stage's counts now."""
-    members = await _members(conn, rollout)
+async def counts(
+    conn: AsyncConnection, rollout: Rollout, members: dict[int, int | None] | None = None
+) -> list[r.Counts]:
+    """Each stage's counts now (``members``: :func:`_members`'s, if the caller read them)."""
+    if members is None:
+        members = await _members(conn, rollout)
     outcomes = await _outcomes(conn, rollout)
     return r.count(((stage, outcomes.get(c, "pending")) for c, stage in members.items()), len(rollout.stages))
 
@@ -399,7 +402,7 @@ async def status(conn: AsyncConnection, rollout_id: int, now: float, points: int
     await evaluate(conn, now, rollout_ids=[rollout_id])
     rollout = await read(conn, rollout_id)
     members = await _members(conn, rollout)
-    now_counts = await counts(conn, rollout)
+    now_counts = await counts(conn, rollout, members)
     texts = [v.text for v in rollout.versions]
     events = [
         (row.at, row.client_id, row.version.text, row.state)

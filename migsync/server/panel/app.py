@@ -466,7 +466,7 @@ class _Panel:
 
     async def migrations(self, request: Request) -> Response:
         session = self.require(request)
-        published, migration_rows, clients = await self._migration_rows()
+        _published, migration_rows, clients = await self._migration_rows()
         return self.render(
             request,
             "migrations.html",
