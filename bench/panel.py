@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 import httpx
-from sqlalchemy import insert, update
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import delete, insert, update
 
 from migsync.core.migration import Migration, Script
 from migsync.protocol.signing import load_private_key, write_keypair
@@ -137,7 +138,8 @@ async def fill(url: str, clients: int, migrations: int, key_path: Path, now: flo
             fraction = (i * 7919 % 1000) / 1000
             if stage == 2 and fraction > 0.55:
                 continue  # not reported yet
-            at = start + HOUR * (share[0] + (share[1] - share[0]) * fraction)
+            spread = min(fraction / 0.55, 1.0) if stage == 2 else fraction
+            at = start + HOUR * (share[0] + (share[1] - share[0]) * spread)
             broke = i % 53 == 0
             status_rows.append(
                 {
@@ -164,10 +166,24 @@ async def fill(url: str, clients: int, migrations: int, key_path: Path, now: flo
                 for chunk in _chunks(rows):
                     await conn.execute(insert(table), chunk)
             c = t.store_rollouts.c
+            # Published before there were clients, its empty stages passed at once: it is put
+            # where a rollout of these clients would be now, with the audit to match.
             await conn.execute(
                 update(t.store_rollouts)
                 .where(c.id == result.rollout_id)
-                .values(stage=2, stage_started_at=start + 2.2 * HOUR, updated_at=start + 2.2 * HOUR)
+                .values(
+                    state=r.RUNNING,
+                    reason=None,
+                    stage=2,
+                    stage_started_at=start + 2.2 * HOUR,
+                    updated_at=start + 2.2 * HOUR,
+                )
+            )
+            await conn.execute(
+                delete(t.store_rollout_audit).where(
+                    t.store_rollout_audit.c.rollout_id == result.rollout_id,
+                    t.store_rollout_audit.c.what.not_like("started:%"),
+                )
             )
             audit = [
                 {"rollout_id": result.rollout_id, "at": start + h * HOUR, "who": who, "what": what}
@@ -223,11 +239,13 @@ async def run(
     with tempfile.TemporaryDirectory() as tmp:
         url = store_url or f"sqlite:///{Path(tmp) / 'server.db'}"
         write_keypair(Path(tmp) / "key")
+        write_keypair(Path(tmp) / "request.key")
+        request_key = load_private_key(Path(tmp) / "request.key")
         now = time.time()
         began = time.perf_counter()
         await fill(url, clients, migrations, Path(tmp) / "key", now)
         print(f"  (filled {clients} clients in {time.perf_counter() - began:.1f} s)", file=sys.stderr)
-        app = create_app(url, admin_token=ADMIN, cache_seconds=0)
+        app = create_app(url, admin_token=ADMIN, cache_seconds=0, request_key=request_key)
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
@@ -241,44 +259,43 @@ async def run(
                         f"{api * 1000:>12.1f} {seconds / api:>7.2f}x"
                     )
         if shots is not None:
-            screenshots(url, shots, f"{clients // 1000}k" if clients >= 1000 else str(clients))
+            await screenshots(
+                url, request_key, shots, f"{clients // 1000}k" if clients >= 1000 else str(clients)
+            )
         return rows
 
 
-def screenshots(url: str, folder: Path, tag: str) -> None:
+async def screenshots(url: str, request_key: Ed25519PrivateKey, folder: Path, tag: str) -> None:
     """The rollouts page and the clients page of the fleet in ``url``, served on loopback and
     taken with Debian's chromium."""
     import uvicorn
-    from playwright.sync_api import sync_playwright
+    from playwright.async_api import async_playwright
 
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(url, admin_token=ADMIN, cache_seconds=0), host="127.0.0.1", port=0, log_config=None
-        )
-    )
+    app = create_app(url, admin_token=ADMIN, cache_seconds=0, request_key=request_key)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
-        time.sleep(0.05)
+        await asyncio.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     base = f"http://127.0.0.1:{port}/admin"
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
                 executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"]
             )
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{base}/login")
-            page.fill("#name", "Ana Admin")
-            page.fill("#token", ADMIN)
-            page.click("button[type=submit]")
-            page.wait_for_selector("figure.chart")
-            page.screenshot(path=folder / f"panel-rollouts-{tag}.png", full_page=True)
-            page.goto(f"{base}/clients?failing=1&size=25")
-            page.wait_for_selector("table.clients")
-            page.screenshot(path=folder / f"panel-clients-{tag}.png")
-            browser.close()
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"{base}/login")
+            await page.fill("#name", "Ana Admin")
+            await page.fill("#token", ADMIN)
+            await page.click("button[type=submit]")
+            await page.wait_for_selector("figure.chart")
+            await page.screenshot(path=folder / f"panel-rollouts-{tag}.png", full_page=True)
+            await page.goto(f"{base}/clients?failing=1&size=25")
+            await page.wait_for_selector("table.clients")
+            await page.screenshot(path=folder / f"panel-clients-{tag}.png")
+            await browser.close()
     finally:
         server.should_exit = True
         thread.join(10)

@@ -191,6 +191,7 @@ class _Panel:
             when=views.when,
             ago=views.ago,
             short=views.short,
+            span=views.span,
             takes=rollout_views.takes,
             problems=views.problems,
             newest=views.newest,

@@ -53,6 +53,7 @@ __all__ = [
     "problems",
     "select",
     "short",
+    "span",
     "when",
 ]
 
@@ -327,6 +328,17 @@ def ago(t: float | None, now: float) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     return f"{seconds} s ago"
+
+
+def span(seconds: float) -> str:
+    """A duration, roughly ("1 d", "10 min", "90 s")."""
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size} {unit}"
+    if whole >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{whole // 60} min" if whole >= 600 else f"{whole} s"
 
 
 def short(checksum: str | None) -> str:
