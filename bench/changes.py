@@ -92,7 +92,7 @@ async def prepare_client(db: Path, url: str, token: str, public_key: Path, n: in
         for start in range(0, n, _RECORD_CHUNK):
             async with backend.transaction() as tx:
                 version = (await tx.fetch(schema_version_sql(backend.tables)))[0]["v"]
-                assert version == 1, version
+                assert version == MIGRATION.version.key, version  # the stored key of version 1
                 rows = [
                     (insert, ("todo", str(i), "insert", data_of(i), version))
                     for i in range(start, min(n, start + _RECORD_CHUNK))
@@ -257,7 +257,17 @@ async def raw_run(n: int, key: Path) -> float:
             client_id, _ = await store.add_client("bench")
         now = time.time()
         records = [
-            (client_id, os.urandom(16).hex(), "todo", str(i), "insert", data_of(i), 1, now, now)
+            (
+                client_id,
+                os.urandom(16).hex(),
+                "todo",
+                str(i),
+                "insert",
+                data_of(i),
+                MIGRATION.version.key,
+                now,
+                now,
+            )
             for i in range(n)
         ]
         conn = await asyncpg.connect(store_url)
@@ -281,15 +291,16 @@ async def run(args: argparse.Namespace) -> list[Row]:
         key = work / "signing.key"
         write_keypair(key)
         for n in args.n:
-            best: dict[str, Run] = {}
-            for mode in args.modes:
-                runs = [
-                    await migsync_run(n, mode, work, key, args.batch_size, args.profile)
-                    for _ in range(args.repeat)
-                ]
-                best[mode] = min(runs, key=lambda r: r.seconds)
-            raw = min([await raw_run(n, key) for _ in range(args.repeat)])
-            rows.append(Row(n, best, raw))
+            # Rounds interleaved (each mode, then the raw COPY, per round): a burst of load from
+            # elsewhere falls on all of them alike, not on one mode's runs only.
+            runs: dict[str, list[Run]] = {mode: [] for mode in args.modes}
+            raws = []
+            for _ in range(args.repeat):
+                for mode in args.modes:
+                    runs[mode].append(await migsync_run(n, mode, work, key, args.batch_size, args.profile))
+                raws.append(await raw_run(n, key))
+            best = {mode: min(found, key=lambda r: r.seconds) for mode, found in runs.items()}
+            rows.append(Row(n, best, min(raws)))
     return rows
 
 

@@ -110,7 +110,8 @@ def report(name: str, out: dict[str, list[str]], n: int) -> None:
         # One migration in the middle: from the start of its transaction to the next one's.
         lines = out[step]
         starts = [i for i, s in enumerate(lines) if _starts_transaction(s)]
-        starts = [i for i in starts if not (i > 0 and i - 1 in starts)]  # PRAGMA then BEGIN: one
+        # PRAGMA then BEGIN: one (a Postgres migration is one message, each starting with BEGIN)
+        starts = [i for i in starts if not (i > 0 and i - 1 in starts and "PRAGMA" in lines[i - 1])]
         if len(starts) < 4:
             continue
         start, stop = starts[2], starts[3]

@@ -7,12 +7,13 @@ which is how a test plays a server that goes away and comes back.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -100,3 +101,29 @@ class ServerThread:
     @property
     def running(self) -> bool:
         return self._server is not None
+
+
+@contextlib.contextmanager
+def serve_process(store: str, *args: str, admin: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``migsync serve --store STORE ARGS`` (a real process) on a free loopback port until the
+    block ends: its base URL, once it answers."""
+    import httpx
+    from dbtools import start, stop, wait_for
+
+    port = free_port()
+    proc = start("serve", "--store", store, "--port", str(port), "--admin-token", admin, *args, env=env)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            httpx.get(f"{base}/api/openapi.json", timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
+
+    try:
+        wait_for(f"migsync serve on port {port}", answers, timeout=30)
+        yield base
+    finally:
+        stop(proc)

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dbtools import aquery
 
+from migsync.client.push import EntityChangeHandler, _Ahead, change_of
 from migsync.client.sync import Syncer
 from migsync.core.client import Client
 from migsync.core.clock import RetryPolicy
@@ -136,6 +137,56 @@ async def test_changes_go_in_order_in_batches(setup: Setup) -> None:
     assert sizes == [10, 10, 5]
     assert [c.data["n"] for c in setup.server.inbox["c1"]] == list(range(25))
     assert await aquery(setup.url, "SELECT COUNT(*) FROM entity_changes WHERE processed = FALSE") == [(0,)]
+
+
+async def test_changes_written_while_a_batch_is_pushed_are_pushed_once_in_order(setup: Setup) -> None:
+    """The next batch is read while one is pushed: what is written meanwhile (new changes, a
+    change taken out of the queue) is what the next batches carry, whichever came first."""
+    setup.server.publish_signed([TODO], setup.key)
+    sizes: list[int] = []
+
+    class Busy(MemoryTransport):
+        async def push_changes(self, changes: Any) -> ChangesAck:
+            sizes.append(len(changes))
+            if len(sizes) == 1:  # another writer, on its own connection
+                async with setup.client() as other:
+                    for n in range(25, 32):
+                        async with other.changes() as rec:
+                            await rec.update("todo", n % 3, {"id": n % 3, "n": n})
+                await aquery(setup.url, "UPDATE entity_changes SET processed = TRUE WHERE seq = 16")
+            return await super().push_changes(changes)
+
+    async with setup.client() as client:
+        await setup.syncer(client).sync()
+        for n in range(25):
+            async with client.changes() as rec:
+                await rec.update("todo", n % 3, {"id": n % 3, "n": n})
+        syncer = setup.syncer(client, batch_size=10)
+        syncer.transport = Busy(setup.server, client_id="c1")
+        result = await syncer.sync()
+    assert result.ok
+    sent = [c.data["n"] for c in setup.server.inbox["c1"]]
+    assert sent == [n for n in range(32) if n != 15], "each once, in order, none taken out"
+    assert sum(sizes) == 31 and max(sizes) == 10
+
+
+async def test_a_batch_read_ahead_is_not_sent_once_the_queue_changed(setup: Setup) -> None:
+    setup.server.publish_signed([TODO], setup.key)
+    async with setup.client() as client:
+        await setup.syncer(client).sync()
+        for n in range(6):
+            async with client.changes() as rec:
+                await rec.update("todo", 1, {"id": 1, "n": n})
+        syncer = setup.syncer(client, batch_size=4)
+        handler = syncer.changes_processor.handler
+        assert isinstance(handler, EntityChangeHandler)
+        # As if read while an earlier batch was pushed; then a change of it leaves the queue.
+        rows = await client.backend.fetch(handler._sql_batch, (1,))
+        handler._ahead = _Ahead(rows, [change_of(row) for row in rows])
+        await aquery(setup.url, "UPDATE entity_changes SET processed = TRUE WHERE seq = 3")
+        result = await syncer.sync()
+    assert result.ok
+    assert [c.data["n"] for c in setup.server.inbox["c1"]] == [0, 1, 3, 4, 5]
 
 
 class LosesAnswers(MemoryTransport):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from servers import ServerThread
 from migsync.client.sync import Syncer
 from migsync.core.client import Client
 from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
+from migsync.protocol.wire import ChangesAck, EntityChange
 from migsync.server import Store
 from migsync.server.app import create_app
 from migsync.server.export import export
@@ -97,6 +98,36 @@ async def test_changes_reach_the_inbox_in_order_once(server: Server, tmp_path: P
         (client_id, "todo", "1", "delete", "1"),
     ]
     assert inbox[1]["data"] == {"id": 2, "title": "milk"}
+
+
+async def test_batches_encoded_ahead_reach_the_inbox_in_order_once(server: Server, tmp_path: Path) -> None:
+    """Small batches: each next one is read and encoded while the server stores the one before."""
+    async with Store.open(server.store_url) as store:
+        client_id, token = await store.add_client("shop")
+    sizes: list[int] = []
+
+    class Counting(HttpTransport):
+        async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+            sizes.append(len(changes))
+            return await super().push_changes(changes)
+
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        Counting(server.http.url, client_id=str(client_id), token=token) as transport,
+    ):
+        assert (await Syncer(client, transport, server.trusted).sync()).ok
+        for n in range(23):
+            async with client.changes() as rec:
+                await rec.insert("todo", n, {"id": n, "title": f"item {n}"})
+        result = await Syncer(client, transport, server.trusted, batch_size=5).sync()
+        assert result.ok and result.pushed == 23
+        left = await client.backend.fetch("SELECT COUNT(*) AS n FROM entity_changes WHERE processed = FALSE")
+        assert left[0]["n"] == 0
+    assert sizes == [5, 5, 5, 5, 3]
+    assert [c["entity_id"] for c in server.inbox()] == [str(n) for n in range(23)]
+    assert server.inbox()[22]["data"] == {"id": 22, "title": "item 22"}
 
 
 async def test_a_bad_schema_version_is_refused_over_http_and_the_change_is_dead(

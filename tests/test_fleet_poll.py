@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from clocks import SteppedClock, eventually
-from dbtools import aquery, client_headers, downgrade_store, start, stop, wait_for
-from servers import ServerThread, free_port
+from dbtools import aquery, client_headers, downgrade_store
+from servers import ServerThread, serve_process
 from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -282,25 +282,8 @@ async def test_seen_marks_from_two_processes_at_once_neither_deadlock_nor_get_lo
 # -- two real server processes on one Postgres store -----------------------------------------------
 
 
-@contextlib.contextmanager
-def _serving(store: str, *args: str) -> Iterator[str]:
-    port = free_port()
-    proc = start("serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, *args)
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            httpx.get(f"{base}/api/openapi.json", timeout=1)
-        except httpx.TransportError:
-            return False
-        return True
-
-    try:
-        wait_for(f"migsync serve on port {port}", answers, timeout=30)
-        yield base
-    finally:
-        stop(proc)
+def _serving(store: str, *args: str) -> contextlib.AbstractContextManager[str]:
+    return serve_process(store, *args, admin=ADMIN)
 
 
 async def test_a_report_through_one_process_is_seen_by_another_through_the_change_counter(

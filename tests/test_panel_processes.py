@@ -8,39 +8,21 @@ balancer needs no sticky sessions; a process with another secret refuses them.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
-from dbtools import run, start, stop, wait_for
-from servers import free_port
+from dbtools import client_headers, run, start, stop, wait_for
+from servers import free_port, serve_process
 
 ADMIN = "admin-secret-token"
 SHARED = "a-shared-panel-secret-of-at-least-32-bytes"
 OTHER = "another-panel-secret-also-of-32-bytes-or-more"
 
 
-@contextmanager
-def serving(store: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def serving(store: str, *args: str, env: dict[str, str] | None = None) -> AbstractContextManager[str]:
     """``migsync serve ARGS`` on a free loopback port until the block ends: its base URL."""
-    port = free_port()
-    proc = start("serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, *args, env=env)
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            httpx.get(f"{base}/admin/login", timeout=1)
-        except httpx.TransportError:
-            return False
-        return True
-
-    try:
-        wait_for(f"migsync serve on port {port}", answers, timeout=30)
-        yield base
-    finally:
-        stop(proc)
+    return serve_process(store, *args, admin=ADMIN, env=env)
 
 
 def form_csrf(html: str) -> str:
@@ -143,3 +125,87 @@ def test_the_panel_secret_comes_from_the_configuration_file(tmp_path: Path) -> N
     config.write_text(f'[serve]\nstore = "{store}"\npanel_secret = "short"\n')
     result = run("serve", "--admin-token", ADMIN, cwd=tmp_path, env={"MIGSYNC_CONFIG": str(config)})
     assert result.returncode == 2 and "error: --panel-secret is 5 bytes" in result.stderr
+
+
+def worker_pids(parent: int) -> set[int]:
+    """The uvicorn worker processes of ``migsync serve`` ``parent`` (its spawned children)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def test_workers_share_logins_and_clients_alternate_between_them(
+    pg_url: str, tmp_path: Path, key_path: Path
+) -> None:
+    store = published_store(pg_url, tmp_path, key_path)
+    refused = run("serve", "--store", store, "--admin-token", ADMIN, "--workers", "2")
+    assert refused.returncode == 2 and "--workers needs --panel-secret" in refused.stderr
+    port = free_port()
+    proc = start(
+        "serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, "--workers", "2",
+        "--pool-size", "2", "--max-overflow", "1", env={"MIGSYNC_PANEL_SECRET": SHARED},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+
+    def up() -> bool:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            return httpx.get(f"{base}/api/clients", headers=admin, timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for("migsync serve --workers 2", up, timeout=60)
+        wait_for("two workers", lambda: len(worker_pids(proc.pid)) == 2, timeout=30)
+        # Clients registered through the API; each request on a connection of its own, so the
+        # kernel hands them to either worker.
+        made = httpx.post(
+            f"{base}/api/clients", headers=admin, json={"clients": [{"name": "a"}, {"name": "b"}]}
+        )
+        assert made.status_code == 201, made.text
+        tokens = [c["token"] for c in made.json()["clients"]]
+        for round_ in range(10):
+            for token in tokens:
+                headers = client_headers(token)
+                pending = httpx.get(f"{base}/api/migrations/pending", headers=headers)
+                assert pending.status_code == 200, pending.text
+                assert [m["version"] for m in pending.json()["migrations"]] == (["1"] if round_ == 0 else [])
+                migration = pending.json()["migrations"][0] if round_ == 0 else None
+                if migration is not None:
+                    report = {
+                        "reports": [
+                            {"version": "1", "applied": True, "error": None, "attempts": 1,
+                             "checksum": migration["checksum"]}
+                        ]
+                    }  # fmt: skip
+                    done = httpx.post(f"{base}/api/migrations/status", headers=headers, json=report)
+                    assert done.status_code == 200, done.text
+        fleet = httpx.get(f"{base}/api/clients", headers=admin).json()
+        assert fleet["counts"] == {"ok": 2, "failing": 0, "pending": 0, "drift": 0}
+        # A login made on one connection (one worker or the other) holds on every later one.
+        with httpx.Client(timeout=10) as browser:
+            login_page = browser.get(f"{base}/admin/login")
+            login = {"name": "ada", "token": ADMIN, "csrf": form_csrf(login_page.text)}
+            assert browser.post(f"{base}/admin/login", data=login).status_code == 303
+            cookies = browser.cookies
+        for _ in range(10):
+            with httpx.Client(timeout=10, cookies=cookies) as fresh:  # a new connection each time
+                page = fresh.get(f"{base}/admin/")
+                assert page.status_code == 200 and "ada" in page.text
+    finally:
+        stdout, stderr = stop(proc)
+    assert f"migsync: API at {base}/api/ (2 worker processes)" in stdout
+    served = {
+        line.split("[")[1].split("]")[0] for line in stderr.splitlines() if "Started server process" in line
+    }
+    assert len(served) == 2, stderr

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -21,7 +22,7 @@ from migsync.core.errors import BackendError, ConfigError, ConnectError, LockTim
 from migsync.core.plugins import make_plugins
 from migsync.core.work import Begin, Commit, Execute, Work
 from migsync.testing import FakeClock
-from migsync.testing.backend_suite import migration
+from migsync.testing.backend_suite import THREE, migration
 
 # -- URLs and options (no server needed) -----------------------------------------------------
 
@@ -218,6 +219,59 @@ async def test_write_lock_timeout_in_a_program_with_a_small_pool(
         await holder.execute("ROLLBACK")
         async with backend.processor_lock("q", 1):
             await backend.run(program())  # and the pool is whole again
+
+
+async def _waits_on_a_lock(holder: asyncpg.Connection, running: asyncio.Task[Any]) -> None:
+    """Until a migsync session of this database waits on a lock (asked again and again, no clock)."""
+    # pg_locks alone: pg_stat_activity is read once per transaction, and the holder is in one.
+    sql = (
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    while not await holder.fetchval(sql):
+        if running.done():  # it did not wait: say how it ended
+            raise AssertionError(f"the pass ended without waiting for the lock: {running.result()!r}")
+
+
+async def test_a_migration_that_finds_the_write_lock_busy_waits_for_it(
+    pg_url: str, holder: asyncpg.Connection
+) -> None:
+    # A migration's BEGIN goes with its script in one message, trying the write lock without
+    # waiting; another holder makes it begin again the waiting way, then run as usual.
+    async with client(pg_url) as c:
+        await c.ledger.record(THREE[:1])
+        await c.ledger.queue_pending()
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key("public", "write"))
+        running = asyncio.create_task(c.process())
+        await _waits_on_a_lock(holder, running)
+        assert not running.done()
+        await holder.execute("ROLLBACK")
+        result = await running
+        assert result.ok and [(o.label, o.attempts) for o in result.processed] == [("apply 0001_one", 1)]
+        assert [s.state for s in await c.status()] == ["applied"]
+        assert await holder.fetchval("SELECT count(*) FROM t1") == 0
+
+
+async def test_a_busy_write_lock_at_a_migration_counts_no_attempt(
+    pg_url: str, holder: asyncpg.Connection
+) -> None:
+    async with Client.connect(
+        f"{pg_url}?lock_timeout=0.3", plugins=make_plugins(autoload=False), sinks=[], clock=FakeClock()
+    ) as c:
+        await c.ledger.record(THREE[:1])
+        await c.ledger.queue_pending()
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", lock_key("public", "write"))
+        with pytest.raises(LockTimeout, match=r"write lock was held for over 0\.3s.*suite-holder"):
+            await c.process()
+        await holder.execute("ROLLBACK")
+        # Nothing ran and nothing was counted: the change is as it was queued.
+        row = await holder.fetchrow("SELECT processed, attempts, error FROM migration_changes")
+        assert tuple(row) == (False, 0, None)
+        assert await holder.fetchval("SELECT to_regclass('t1')") is None
+        result = await c.process()
+        assert result.ok and [(o.label, o.attempts) for o in result.processed] == [("apply 0001_one", 1)]
 
 
 async def test_processor_lock_held_elsewhere_names_the_holder(

@@ -6,18 +6,17 @@ And ``migsync clients add --label`` / ``clients label`` / ``rollout ...`` throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 from conftest import write_migrations
-from dbtools import run, start, stop, wait_for
-from servers import free_port
+from dbtools import run
+from servers import serve_process
 
 from migsync.core.version import Version
 from migsync.server import Store
@@ -34,26 +33,9 @@ BROKEN = (
 FIXED = "-- migrate:up\nCREATE TABLE b (x INTEGER);\n-- migrate:down\nDROP TABLE b;\n"
 
 
-@contextmanager
-def serving(store: str) -> Iterator[str]:
+def serving(store: str) -> contextlib.AbstractContextManager[str]:
     """``migsync serve`` on a free loopback port until the block ends: its base URL."""
-    port = free_port()
-    proc = start("serve", "--store", store, "--port", str(port), "--admin-token", ADMIN, "--no-panel")
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            httpx.get(f"{base}/api/openapi.json", timeout=1)
-        except httpx.TransportError:
-            return False
-        return True
-
-    try:
-        wait_for(f"migsync serve on port {port}", answers, timeout=30)
-        yield base
-    finally:
-        stop(proc)
+    return serve_process(store, "--no-panel", admin=ADMIN)
 
 
 def ok(*args: str) -> str:

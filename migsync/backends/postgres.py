@@ -33,7 +33,8 @@ Units of work:
 * A migration's script is sent whole inside the open transaction (Postgres
   runs a multi-statement simple query as one implicit block, and within ours
   it is simply part of the transaction), together with the migration's
-  bookkeeping and the ``COMMIT``: one round trip after ``BEGIN``
+  bookkeeping, the ``COMMIT`` and the ``BEGIN`` before it (with the write lock
+  tried, not waited for): one round trip for the migration
   (:mod:`migsync.backends.postgres_batch`). A blank or comment-only script
   never reaches the driver. If the script ended that transaction after all,
   the message fails and so does the script, with
@@ -77,6 +78,7 @@ from migsync.core.errors import (
     LockTimeout,
     StatementError,
     TransactionLost,
+    WriteLockTimeout,
 )
 from migsync.core.schema import Tables
 from migsync.core.splitter import is_blank, split
@@ -177,9 +179,12 @@ def _describe(exc: asyncpg.PostgresError) -> str:
     return text
 
 
-def _statement_error(exc: asyncpg.PostgresError, script: str) -> StatementError:
-    """Which statement of ``script`` failed, from the error's character position."""
-    position = getattr(exc, "position", None)
+def _statement_error(exc: asyncpg.PostgresError, script: str, at: int | None = None) -> StatementError:
+    """Which statement of ``script`` failed, from the error's character position.
+
+    ``at``: that position in ``script``, when the script was sent after something else.
+    """
+    position = at if at is not None else getattr(exc, "position", None)
     statements = split(script, "postgresql")
     if not position or not str(position).isdigit():
         only = statements[0] if len(statements) == 1 else None
@@ -417,18 +422,19 @@ class PostgresBackend(BaseBackend):
             with _mapped(self.where):
                 await pool.release(conn)
 
+    def _settings(self, schema_change: bool) -> str:
+        """What a transaction sets once it holds the write lock; for a migration, its timeouts."""
+        if schema_change:
+            return f"{self._timeouts('SET LOCAL')}; SET LOCAL {postgres_batch.TX_SETTING} = 'on'"
+        return "SET LOCAL lock_timeout = 0"
+
     async def _begin(self, conn: asyncpg.Connection, schema_change: bool = False) -> None:
         """BEGIN and take migsync's write lock, in one round trip; for a migration, its timeouts too."""
         millis = int(self.lock_timeout * 1000)
-        timeouts = (
-            f"{self._timeouts('SET LOCAL')}; SET LOCAL {postgres_batch.TX_SETTING} = 'on'"
-            if schema_change
-            else "SET LOCAL lock_timeout = 0"
-        )
         try:
             await conn.execute(
                 f"BEGIN; SET LOCAL lock_timeout = {millis}; "
-                f"SELECT pg_advisory_xact_lock({self._write_key}); {timeouts}"
+                f"SELECT pg_advisory_xact_lock({self._write_key}); {self._settings(schema_change)}"
             )
         except asyncpg.LockNotAvailableError as exc:
             # Ask on this connection: the pool may have none to spare (deadlock).
@@ -442,6 +448,11 @@ class PostgresBackend(BaseBackend):
             raise ConnectError(f"lost the connection to Postgres at {self.where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             raise BackendError(f"{self.where}: {_describe(exc)}") from exc
+
+    def _fast_begin(self) -> str:
+        """A migration's BEGIN, to send in one message with its work: the write lock is tried,
+        not waited for (see :meth:`_send`), so a busy lock cannot be mistaken for the script's."""
+        return f"BEGIN; {postgres_batch.try_lock(self._write_key)}; {self._settings(True)}"
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresConnection]:
@@ -502,7 +513,12 @@ class PostgresBackend(BaseBackend):
                         await conn.execute("RESET lock_timeout; RESET statement_timeout")
 
     async def _send(self, conn: asyncpg.Connection, pending: Pending, commit: bool) -> None:
-        """Send the kept requests as one message; map its failure to the request it belongs to."""
+        """Send the kept requests as one message; map its failure to the request it belongs to.
+
+        A message that begins the transaction tries the write lock without waiting; when another
+        process holds it, nothing after the ``BEGIN`` ran: the transaction is begun again the
+        waiting way (:meth:`_begin`) and the rest sent after it.
+        """
         message = pending.message(commit)
         try:
             await conn.execute(message)
@@ -510,6 +526,20 @@ class PostgresBackend(BaseBackend):
             raise ConnectError(f"lost the connection to Postgres at {self.where}: {exc}") from exc
         except asyncpg.PostgresError as exc:
             text = str(getattr(exc, "message", "") or exc)
+            if pending.begin is not None and postgres_batch.LOCK_BUSY in text:
+                with _mapped(self.where):
+                    await conn.execute("ROLLBACK")
+                try:
+                    await self._begin(conn, schema_change=True)
+                except LockTimeout as busy:
+                    raise WriteLockTimeout(str(busy)) from busy
+                pending.begin = None
+                if pending:
+                    await self._send(conn, pending, commit)
+                elif commit:
+                    with _mapped(self.where, "commit failed: "):
+                        await conn.execute("COMMIT")
+                return
             if postgres_batch.CLAIM_LOST in text:
                 raise ClaimLost(f"{self.where}: the change was no longer as read ({text})") from exc
             if postgres_batch.TX_LOST in text:
@@ -519,11 +549,13 @@ class PostgresBackend(BaseBackend):
                 ) from exc
             script = pending.script
             position = getattr(exc, "position", None)
-            ours = position and str(position).isdigit() and script and int(position) > len(script.sql)
+            # The error's position is the message's; the script starts after the BEGIN, if sent.
+            at = int(position) - pending.script_offset if position and str(position).isdigit() else None
+            ours = at is not None and script is not None and not 0 < at <= len(script.sql)
             if script is None or ours:
                 doing = "commit failed: " if commit and not pending.statements else ""
                 raise BackendError(f"{self.where}: {doing}{_describe(exc)}") from exc
-            raise _statement_error(exc, script.sql) from exc
+            raise _statement_error(exc, script.sql, at) from exc
 
     async def run(self, work: Work[T]) -> T:
         async with self._connection() as conn:
@@ -562,9 +594,11 @@ class PostgresBackend(BaseBackend):
                         return await rollback()
                     await flush()
                 if isinstance(request, Begin):
-                    await self._begin(conn, request.schema_change)
                     if request.schema_change:
-                        pending = Pending()
+                        # Sent with the script and bookkeeping: one round trip for the migration.
+                        pending = Pending(begin=self._fast_begin())
+                    else:
+                        await self._begin(conn)
                     return None
                 if isinstance(request, Rollback):
                     return await rollback()

@@ -1,13 +1,19 @@
 """A migration's transaction in one message to Postgres: the script and its bookkeeping.
 
 Inside a ``Begin(schema_change=True)`` transaction the Postgres backend does
-not send a migration's script, its status row and the statement that marks
-its change done one by one: it keeps them (:class:`Pending`) and sends them,
-with the ``COMMIT``, as one simple-query message at the ``Commit``. A
-migration then costs two round trips (``BEGIN`` with the write lock, and
-that message) instead of six.
+not send a migration's ``BEGIN``, its script, its status row and the
+statement that marks its change done one by one: it keeps them
+(:class:`Pending`) and sends them, with the ``COMMIT``, as one simple-query
+message at the ``Commit``. A migration then costs one round trip instead of
+six.
 
 What one round trip has to keep:
+
+* **The write lock.** The message's ``BEGIN`` tries migsync's write lock
+  without waiting (:func:`try_lock`); the message fails right there when
+  another process holds it (``LOCK_BUSY``), before anything else ran, and the
+  backend begins again the waiting way. A lock timeout of the script's own
+  cannot be mistaken for it.
 
 * **The claim.** A statement with ``expect`` (the processor's done
   statement, whose row count is its claim) is wrapped so that the message
@@ -22,9 +28,10 @@ What one round trip has to keep:
   statement right after the script fails the message unless it is still
   set, that is unless the script's transaction is still the one migsync
   opened (:class:`~migsync.core.errors.TransactionLost`).
-* **Errors located.** The script comes first in the message, so a syntax
-  error's position is the script's own; an error without a position is the
-  script's, as when it is sent alone.
+* **Errors located.** A syntax error's position is the message's: the
+  length of the ``BEGIN`` part before the script (:attr:`Pending.script_offset`)
+  is taken off; an error without a position is the script's, as when it is
+  sent alone.
 * **Where the script allows it.** The bookkeeping is appended only if
   migsync's lexer finds the script ending outside any string, comment or
   body (a statement appended after it is read as a statement of its own);
@@ -50,6 +57,10 @@ from migsync.core.work import Execute, Script
 TX_SETTING = "migsync.tx"
 CLAIM_LOST = "migsync_claim_lost"
 TX_LOST = "migsync_transaction_lost"
+#: The write lock was taken by someone else: the message failed right after its ``BEGIN``.
+LOCK_BUSY = "migsync_write_lock_busy"
+#: Between the parts of a message (a newline first: a script's last line may be a -- comment).
+_SEPARATOR = "\n;\n"
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _PROBE = "SELECT 1"
@@ -98,6 +109,16 @@ TX_GUARD = (
 )
 
 
+def try_lock(key: int) -> str:
+    """Take the advisory transaction lock ``key`` if it is free; else fail the message (``LOCK_BUSY``)."""
+    # The ELSE reads the lock's result, not constants only: Postgres folds a constant
+    # expression when it plans the query, and would fail it even when the lock was free.
+    return (
+        f"SELECT CASE WHEN taken THEN 0 ELSE ('{LOCK_BUSY}:' || taken)::int END "
+        f"FROM (SELECT pg_try_advisory_xact_lock({int(key)}) AS taken) AS lock"
+    )
+
+
 def ends_clean(script: str) -> bool:
     """Whether a statement appended after ``script`` (on a new line) is read as one of its own."""
     last = split(f"{script}\n;\n{_PROBE}", "postgresql")
@@ -106,8 +127,13 @@ def ends_clean(script: str) -> bool:
 
 @attrs.define
 class Pending:
-    """The requests of a migration's transaction not sent yet."""
+    """The requests of a migration's transaction not sent yet.
 
+    ``begin``: the statements that begin the transaction (``BEGIN``, the write lock tried
+    without waiting, the migration's settings), sent first in the message; None once sent.
+    """
+
+    begin: str | None = None
     script: Script | None = None
     statements: list[str] = attrs.Factory(list)
 
@@ -124,14 +150,18 @@ class Pending:
         return request.expect if request.expect is not None else -1
 
     def __bool__(self) -> bool:
-        return self.script is not None or bool(self.statements)
+        return self.begin is not None or self.script is not None or bool(self.statements)
+
+    @property
+    def script_offset(self) -> int:
+        """Where the script starts in :meth:`message` (an error's position is the message's)."""
+        return 0 if self.begin is None else len(self.begin) + len(_SEPARATOR)
 
     def message(self, commit: bool) -> str:
-        parts = []
+        parts = [] if self.begin is None else [self.begin]
         if self.script is not None:
             parts += [self.script.sql, TX_GUARD]
         parts += self.statements
         if commit:
             parts.append("COMMIT")
-        # A newline first: a script's last line may be a -- comment.
-        return "\n;\n".join(parts)
+        return _SEPARATOR.join(parts)

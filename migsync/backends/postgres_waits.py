@@ -54,12 +54,11 @@ class WaitWatch:
         self._listener = listener
         self.last: LockWait | None = None
 
-    async def run(self) -> None:
-        started = time.monotonic()
+    async def run(self, started: float) -> None:
+        """Ask now, then every ``every`` seconds, until cancelled (``started``: when the script did)."""
         conn: asyncpg.Connection | None = None
         try:
             while True:
-                await asyncio.sleep(self._every)
                 if conn is None:
                     conn = await asyncpg.connect(
                         self._dsn, timeout=10, server_settings={"application_name": "migsync"}
@@ -67,6 +66,7 @@ class WaitWatch:
                 rows = await conn.fetch(_BLOCKERS, self._pid, timeout=10)
                 if rows:
                     self._report(time.monotonic() - started, rows)
+                await asyncio.sleep(self._every)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a helper for messages must never fail the migration
@@ -96,10 +96,23 @@ async def watching(
         yield None
         return
     watch = WaitWatch(dsn, pid, label, every, listener)
-    task = asyncio.create_task(watch.run(), name=f"migsync-lock-wait-{pid}")
+    # A timer, not a task, until the script has run ``every`` seconds: nearly every script ends
+    # sooner, and a timer costs next to nothing to cancel (a task per migration cost more than
+    # the rest of its bookkeeping in Python).
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    task: asyncio.Task[None] | None = None
+
+    def start() -> None:
+        nonlocal task
+        task = loop.create_task(watch.run(started), name=f"migsync-lock-wait-{pid}")
+
+    timer = loop.call_later(every, start)
     try:
         yield watch
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        timer.cancel()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -67,7 +67,7 @@ COMMANDS: dict[str, LazyCommand] = {
         "migsync.cli.server:export_command", "Write the published migrations to drop folder DIR."
     ),
     "fleet": LazyCommand(
-        "migsync.cli.server:fleet", "Show every client's status: applied, pending, failed, last seen."
+        "migsync.cli.fleet:fleet", "Show every client's status: applied, pending, failed, last seen."
     ),
     "import-reports": LazyCommand(
         "migsync.cli.server:import_reports_command",

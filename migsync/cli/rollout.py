@@ -7,15 +7,13 @@ The options shared with ``migsync publish --stages`` are here too (:func:`rollou
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from migsync.cli.rollout_options import policy_of, rollout_options, who
-from migsync.cli.server import store_option
-from migsync.cli.support import run_coro
+from migsync.cli.server import on_store, store_option
 
 if TYPE_CHECKING:
     from migsync.server import Store
@@ -25,18 +23,7 @@ T = TypeVar("T")
 
 
 def _on_store(store_url: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    async def run() -> T:
-        from migsync.server import Store
-
-        clock = None
-        if os.environ.get("MIGSYNC_TEST_CLOCK"):  # a testing aid: see migsync.testing.fileclock
-            from migsync.testing.fileclock import from_environment
-
-            clock = from_environment()
-        async with Store.open(store_url, create=False, clock=clock) as store:
-            return await work(store)
-
-    return run_coro(run())
+    return on_store(store_url, work)
 
 
 @click.group()

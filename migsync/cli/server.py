@@ -1,4 +1,4 @@
-"""The server side of the ``migsync`` command: keygen, publish, clients, fleet, serve, export,
+"""The server side of the ``migsync`` command: keygen, publish, clients, serve, export,
 import-reports, inbox.
 
 Each command imports what it needs (cryptography, SQLAlchemy, Starlette,
@@ -8,6 +8,7 @@ uvicorn) when it runs, so none of that is paid by ``migsync apply``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from migsync.server.export import ExportResult
     from migsync.server.import_reports import ImportResult
     from migsync.server.records import ReceivedChange
+    from migsync.server.workers import ServeConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -78,7 +80,12 @@ def on_store(store_url: str, work: Callable[[Store], Awaitable[T]], *, create: b
     async def run() -> T:
         from migsync.server import Store
 
-        async with Store.open(store_url, create=create) as store:
+        clock = None
+        if os.environ.get("MIGSYNC_TEST_CLOCK"):  # a testing aid: see migsync.testing.fileclock
+            from migsync.testing.fileclock import from_environment
+
+            clock = from_environment()
+        async with Store.open(store_url, create=create, clock=clock) as store:
             return await work(store)
 
     return run_coro(run())
@@ -249,7 +256,7 @@ def clients() -> None:
 
 
 @clients.command("add")
-@click.argument("name")
+@click.argument("name", required=False)
 @store_option
 @click.option(
     "--label",
@@ -258,9 +265,52 @@ def clients() -> None:
     metavar="KEY=VALUE",
     help="A label (repeatable), e.g. group=canary or region=eu: rollout stages select clients by them.",
 )
-@click.option("--json", "as_json", is_flag=True, help='Print {"client_id": ..., "token": ...}.')
-def clients_add(name: str, store_url: str, labels: tuple[str, ...], as_json: bool) -> None:
-    """Register client NAME and print its token (shown this once; the store keeps only its hash)."""
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="Register every client FILE lists (CSV with a 'name' column, or JSON lines "
+    '{"name": ...}; - reads standard input), all or nothing, and print name,client_id,token for each.',
+)
+@click.option(
+    "--tokens-out",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="With --from: write the tokens to FILE (created with mode 0600) instead of standard output.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help='Print {"client_id": ..., "token": ...}; with --from, one JSON object per line.',
+)
+def clients_add(
+    name: str | None,
+    store_url: str,
+    labels: tuple[str, ...],
+    from_file: str | None,
+    tokens_out: str | None,
+    as_json: bool,
+) -> None:
+    """Register client NAME and print its token (shown this once; the store keeps only its hash).
+
+    With --from FILE, register many at once: a bad or duplicate row (or a name
+    registered already) is one error naming the file and the line, and nothing
+    is registered.
+    """
+    if (name is None) == (from_file is None):
+        raise click.UsageError("give a client NAME or --from FILE (one of them)")
+    if from_file is not None:
+        if labels:
+            raise click.UsageError("--label goes with a client NAME; with --from, give each row its labels")
+        from migsync.cli.fleet import add_from_file
+
+        add_from_file(store_url, from_file, tokens_out, as_json)
+        return
+    if tokens_out is not None:
+        raise click.UsageError("--tokens-out goes with --from FILE")
+    assert name is not None
     parsed = _labels(labels)
     client_id, token = on_store(store_url, lambda store: store.add_client(name, parsed), create=True)
     if as_json:
@@ -328,30 +378,6 @@ def clients_list(store_url: str, as_json: bool) -> None:
     from migsync.output.table import print_table
 
     print_table(header, rows)
-
-
-@click.command()
-@store_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def fleet(store_url: str, as_json: bool) -> None:
-    """Show every client's status: applied, pending, failed, last seen.
-
-    One row per client: its latest applied version, how many it applied, the
-    published versions it lacks, those it applied with other content (drift),
-    when it last polled or reported, and what failed with the first line of
-    the error (--json has the errors in full). Exits 0 whatever the states.
-    """
-
-    entries = on_store(store_url, lambda store: store.fleet())
-    if as_json:
-        click.echo(json.dumps({"clients": [e.to_json() for e in entries]}, indent=2))
-        return
-    if not entries:
-        click.echo("no clients")
-        return
-    from migsync.output.report_server import print_fleet
-
-    print_fleet(entries)
 
 
 @click.command()
@@ -433,6 +459,27 @@ def fleet(store_url: str, as_json: bool) -> None:
     help="How many clients' states this process keeps in memory (about 0.6 KB each; the least "
     "recently polled are dropped first, and cost one store read when they poll again).",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Server processes (uvicorn workers) on the one port; more than one needs --panel-secret.",
+)
+@click.option(
+    "--pool-size",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Postgres connections each process keeps open.",
+)
+@click.option(
+    "--max-overflow",
+    default=10,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Postgres connections each process may open beyond --pool-size under load.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -451,6 +498,9 @@ def serve(
     request_key_path: str | None,
     cache_seconds: float,
     cache_clients: int,
+    workers: int,
+    pool_size: int,
+    max_overflow: int,
 ) -> None:
     """Serve the store's HTTP API to clients (uvicorn).
 
@@ -461,7 +511,9 @@ def serve(
     panel at /admin. Received changes go to the inbox (see 'migsync inbox')
     and to the change appliers. The admin's requests to a client (revert,
     re-apply) are signed for it with --request-key as they are served. Stops
-    cleanly on SIGINT or SIGTERM.
+    cleanly on SIGINT or SIGTERM. --workers N runs N processes on one port
+    (any number of serve processes may share a Postgres store; a SQLite store
+    is for one process and a small fleet).
     """
     appliers = build_appliers(ctx, apply_changes, no_apply_changes)
     from migsync.core.errors import ConfigError
@@ -487,6 +539,40 @@ def serve(
     from migsync.server.panel import PanelOptions
     from migsync.server.serving import AnnouncingServer
 
+    if workers > 1 and not no_panel and secret is None:
+        click.echo(
+            "error: --workers needs --panel-secret (or MIGSYNC_PANEL_SECRET, --panel-secret-file): a "
+            "login on one worker must be good on the others (or serve with --no-panel)",
+            err=True,
+        )
+        sys.exit(EXIT_BAD_INPUT)
+    from migsync.server.engine import PoolOptions
+
+    pool = PoolOptions(size=pool_size, overflow=max_overflow)
+    if workers > 1:
+        from migsync.server.workers import ServeConfig
+
+        _serve_workers(
+            ServeConfig(
+                store_url,
+                admin_token,
+                appliers=[] if no_apply_changes else (list(apply_changes) or None),
+                panel=not no_panel,
+                panel_secure_cookie=panel_secure_cookie,
+                panel_secret=None if secret is None else secret.decode("utf-8"),
+                failed_auth_limit=failed_auth_limit,
+                request_key_path=request_key_path,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                cache_seconds=cache_seconds,
+                cache_clients=cache_clients,
+            ),
+            workers,
+            host,
+            port,
+            log_level,
+        )
+        return
     panel = False if no_panel else PanelOptions(secure_cookie=panel_secure_cookie, secret=secret)
     if panel is not False and secret is None:
         click.echo(
@@ -504,6 +590,7 @@ def serve(
             request_key=request_key,
             cache_seconds=cache_seconds,
             cache_clients=cache_clients,
+            pool=pool,
         )
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -513,6 +600,30 @@ def serve(
     server.run()
     if not server.started:
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _serve_workers(config: ServeConfig, workers: int, host: str, port: int, log_level: str) -> None:
+    """Run ``workers`` uvicorn worker processes on one socket, each making its app from ``config``
+    (handed to them in the environment: see :mod:`migsync.server.workers`)."""
+    import os
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from migsync.server.serving import announce
+    from migsync.server.workers import APP_FACTORY, environment
+
+    os.environ.update(environment(config))
+    settings = uvicorn.Config(
+        APP_FACTORY, factory=True, host=host, port=port, log_level=log_level, lifespan="on", workers=workers
+    )
+    try:
+        sock = settings.bind_socket()
+    except SystemExit:  # uvicorn logged why (the port is taken, say)
+        sys.exit(EXIT_BAD_INPUT)
+    # The socket listens already: a client that connects before a worker is up waits in its backlog.
+    announce([sock], panel=config.panel, workers=workers)
+    Multiprocess(settings, sockets=[sock]).run()
 
 
 #: The shortest panel secret accepted: an HMAC-SHA256 key should be as long as its output.
@@ -797,4 +908,4 @@ def _s(items: tuple[object, ...]) -> str:
     return "" if len(items) == 1 else "s"
 
 
-SERVER_COMMANDS = (keygen, publish, clients, fleet, serve, export_command, import_reports_command, inbox)
+SERVER_COMMANDS = (keygen, publish, clients, serve, export_command, import_reports_command, inbox)

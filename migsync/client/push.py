@@ -10,7 +10,10 @@ events after commit. Its particulars:
   schema it needs (:class:`~migsync.core.errors.NotYet`, no attempt counted).
 * **In batches.** The head change carries the changes after it (up to
   ``batch_size``) in one request, sent with no transaction open; each change
-  the server took, a prefix of the batch, is marked processed.
+  the server took, a prefix of the batch, is marked processed. While the
+  server stores a batch, the next one is read (and, by a transport with
+  ``encode_changes``, encoded): it is sent only if the queue still holds
+  those rows when its turn comes, else read again.
 * **Idempotent delivery.** A change sent twice (a lost answer) is stored
   once by the server: it answers "duplicate", which counts as delivered.
 * **Server down** is :class:`~migsync.core.errors.Postponed`: retried later,
@@ -22,8 +25,11 @@ events after commit. Its particulars:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import attrs
@@ -47,7 +53,11 @@ from migsync.protocol.wire import ChangesAck, EntityChange
 
 
 class ChangePusher(Protocol):
-    """The part of a transport the handler uses (:class:`migsync.transports.base.Transport` is one)."""
+    """The part of a transport the handler uses (:class:`migsync.transports.base.Transport` is one).
+
+    A transport may also have ``encode_changes(changes)``, pure and safe in any thread, returning
+    the changes (a sequence of them) with what it sends made ahead (HTTP: the request bodies).
+    """
 
     @property
     def where(self) -> str: ...
@@ -55,20 +65,23 @@ class ChangePusher(Protocol):
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck: ...
 
 
+@functools.lru_cache(maxsize=256)
 def _schema_version(key: str) -> Version:
+    # Cached: a batch's changes share a few versions, and parsing a key per change was a tenth of
+    # what a push cost the client.
     return Version.from_key(key)
 
 
 def change_of(row: Row) -> EntityChange:
-    data = row["data"]
+    data, version = row["data"], row["schema_version"]
     return EntityChange(
-        id=row["id"],
-        entity=row["entity"],
-        entity_id=row["entity_id"],
-        operation=row["operation"],
-        data=None if data is None else json.loads(data),
-        schema_version=None if row["schema_version"] is None else _schema_version(row["schema_version"]),
-        timestamp=float(row["timestamp"]),
+        row["id"],
+        row["entity"],
+        row["entity_id"],
+        row["operation"],
+        None if data is None else json.loads(data),
+        None if version is None else _schema_version(version),
+        float(row["timestamp"]),
     )
 
 
@@ -79,7 +92,31 @@ _MARK_CHUNK = 500
 @attrs.define
 class _Batch:
     rows: list[Row]
+    #: the rows as the wire's records, when read ahead (else made from the rows when sent)
+    changes: list[EntityChange] | None = None
     done: list[str] = attrs.field(factory=list)
+
+
+@attrs.frozen
+class _Ahead:
+    """The batch after the one being pushed, read while the server stores that one."""
+
+    rows: list[Row]
+    changes: list[EntityChange]
+
+
+async def _started(push: Awaitable[ChangesAck]) -> asyncio.Future[ChangesAck]:
+    return asyncio.ensure_future(push)
+
+
+async def _finished(push: asyncio.Future[ChangesAck]) -> ChangesAck:
+    return await push
+
+
+async def _dropped(push: asyncio.Future[ChangesAck]) -> None:
+    push.cancel()
+    with contextlib.suppress(BaseException):
+        await push
 
 
 class EntityChangeHandler:
@@ -111,6 +148,18 @@ class EntityChangeHandler:
         self._sql_done = (
             f"UPDATE {tables.changes} SET processed = TRUE, processed_at = $1, error = NULL WHERE seq IN "
         )
+        # Whether the rows after a head are still those read ahead: their number and the last seq
+        # (seqs only grow, so a row gone or come back among them changes one or the other).
+        self._sql_still = (
+            f"SELECT COUNT(*) AS n, MAX(seq) AS last FROM (SELECT seq FROM {tables.changes} "
+            "WHERE processed = FALSE AND seq > $1 AND attempts < max_attempts "
+            f"ORDER BY seq LIMIT {int(batch_size) - 1}) AS after_head"
+        )
+        #: the next batch, read while the last one was pushed
+        self._ahead: _Ahead | None = None
+        #: the seqs of the batch pushed last: the processor's next head after a batch is one of
+        #: them (its claim fails, as the batch took it): nothing to read for it
+        self._pushed_seqs: frozenset[int] = frozenset()
 
     def describe(self, change: Row) -> str:
         return f"push {change['operation']} {change['entity']} {change['entity_id']}"
@@ -125,10 +174,39 @@ class EntityChangeHandler:
             )
 
     def load(self, change: Row) -> Work[Loaded]:
-        rows: list[Row] = yield Fetch(self._sql_batch, (change["seq"],))
+        seq = int(change["seq"])
+        if seq in self._pushed_seqs:
+            # Pushed with the last batch: the processor's claim on it fails, and it reads the
+            # queue again. (Were it claimed after all, it is pushed alone: the server stores a
+            # change once.)
+            return Loaded(_Batch([change]), outside_transaction=True)
+        self._pushed_seqs = frozenset()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and int(ahead.rows[0]["seq"]) == seq:
+            rest = ahead.rows[1:]
+            still: list[Row] = yield Fetch(self._sql_still, (seq,))
+            count, last = int(still[0]["n"]), still[0]["last"]
+            if count == len(rest) and (count == 0 or int(last) == int(rest[-1]["seq"])):
+                return Loaded(_Batch([change, *rest], ahead.changes), outside_transaction=True)
+        rows: list[Row] = yield Fetch(self._sql_batch, (seq,))
         # The head itself was claimed (its attempts went up): keep it whatever its count says now.
         batch = [change, *(r for r in rows if r["seq"] != change["seq"])]
         return Loaded(_Batch(batch), outside_transaction=True)
+
+    def _read_ahead(self, batch: _Batch) -> Work[_Ahead | None]:
+        """The batch after ``batch``, as :meth:`load` would read it, and its records (None: none,
+        or it could not be read: :meth:`load` reads it then, and says what is wrong)."""
+        try:
+            last = max(int(r["seq"]) for r in batch.rows)
+            rows: list[Row] = yield Fetch(self._sql_batch, (last + 1,))
+            if not rows:
+                return None
+            changes = [change_of(row) for row in rows]
+            # A transport that can encode a batch ahead of sending it (HTTP) does it now too.
+            encode = getattr(self.transport, "encode_changes", None)
+            return _Ahead(rows, changes if encode is None else encode(changes))
+        except Exception:  # any: reading ahead is only a head start
+            return None
 
     def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
         raise AssertionError("entity changes are pushed outside a transaction")  # load says so
@@ -143,11 +221,23 @@ class EntityChangeHandler:
 
     def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         batch: _Batch = loaded.data
-        changes = [change_of(row) for row in batch.rows]
+        changes = batch.changes if batch.changes is not None else [change_of(row) for row in batch.rows]
+        # The push runs on the event loop while the next batch is read (and made records of)
+        # here: the client's share of a batch overlaps the server's, instead of adding to it.
+        push: asyncio.Future[ChangesAck] = yield Await(lambda: _started(self.transport.push_changes(changes)))
         try:
-            ack = yield Await(lambda: self.transport.push_changes(changes))
+            self._ahead = yield from self._read_ahead(batch)
+        except Exception:  # it catches its own: this is a stop from outside (a halt)
+            yield Await(lambda: _dropped(push))
+            raise
+        try:
+            ack = yield Await(lambda: _finished(push))
         except ServerUnavailable as exc:
+            self._ahead = None
             raise Postponed(f"the server cannot be reached: {exc}") from None
+        except Exception:
+            self._ahead = None
+            raise
         taken = [*ack.accepted, *ack.duplicate]
         sent = [c.id for c in changes]
         prefix = sent[: len(taken)]
@@ -175,6 +265,7 @@ class EntityChangeHandler:
             marks = ", ".join(f"${i}" for i in range(2, len(chunk) + 2))
             yield Execute(f"{self._sql_done}({marks})", (now, *chunk))
         self.pushed += len(seqs)
+        self._pushed_seqs = frozenset(seqs)
         return ChangesPushed(count=len(seqs), first_seq=min(seqs), last_seq=max(seqs))
 
     def record_failure(

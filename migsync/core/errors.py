@@ -75,6 +75,15 @@ class LockTimeout(BackendError):
     """The processor lock could not be taken in time."""
 
 
+class WriteLockTimeout(LockTimeout):
+    """migsync's write lock was not free in time, found when a change's transaction was sent.
+
+    A backend may begin a change's transaction in the same message as its work (Postgres);
+    then a busy write lock is found only there. Nothing of the change ran: the processor
+    ends the pass as it does when its ``BEGIN`` times out, and counts no attempt.
+    """
+
+
 class StatementError(BackendError):
     """A SQL statement failed.
 

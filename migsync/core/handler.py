@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-
-import attrs
+from typing import Any
 
 from migsync.core.backend import Row
 from migsync.core.clock import Clock, SystemClock
@@ -41,6 +40,8 @@ from migsync.core.schema import DEFAULT_TABLES, Tables
 from migsync.core.version import Version
 from migsync.core.work import Execute, Fetch, Script, Work
 
+_NO_SCRIPT: dict[str, Any] = {"sql": "", "autocommit": False}
+
 #: Content longer than this (characters) is not read with the batch, but by its change alone.
 _INLINE_CONTENT = 1 << 20
 
@@ -58,17 +59,45 @@ def dirty_message(name: str) -> str:
     )
 
 
-@attrs.frozen
 class _Step:
-    """One migration change, loaded: what to run and how to record it."""
+    """One migration change, loaded: what to run and how to record it.
 
-    name: str
-    version: Version
-    checksum: str
-    applying: bool
-    sql: str
-    done: bool
-    origin: tuple[str, int] | None = None  # the script's file and first line
+    A plain class, not attrs: one is made per change the processor runs. Where the
+    script came from is decoded only when a message needs it (an error).
+    """
+
+    __slots__ = ("_dialect", "_origins", "applying", "checksum", "done", "name", "sql", "version")
+
+    def __init__(
+        self,
+        name: str,
+        version: Version,
+        checksum: str,
+        applying: bool,
+        sql: str,
+        done: bool,
+        origins: str,
+        dialect: str,
+    ):
+        self.name = name
+        self.version = version
+        self.checksum = checksum
+        self.applying = applying
+        self.sql = sql
+        self.done = done
+        self._origins = origins  # the stored JSON of the migration's origins ("" for none)
+        self._dialect = dialect
+
+    @property
+    def origin(self) -> tuple[str, int] | None:
+        """The script's file and first line, if known."""
+        return _origin(self._origins, self.applying, self._dialect)
+
+
+def _origin(origins: str | None, applying: bool, dialect: str) -> tuple[str, int] | None:
+    """The file and first line of the script a change runs, from its migration's stored origins."""
+    found = origins_lookup(json.loads(origins), "up" if applying else "down", dialect) if origins else None
+    return (found[0], int(found[1])) if found else None
 
 
 class MigrationHandler:
@@ -139,9 +168,7 @@ class MigrationHandler:
                 f"{row['checksum'][:12]}; the database's copy was modified"
             )
         scripts = json.loads(content)["up" if applying else "down"]
-        script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or {"sql": "", "autocommit": False}
-        origins = json.loads(row["origins"]) if row["origins"] else {}
-        origin = origins_lookup(origins, "up" if applying else "down", self.dialect)
+        script = scripts.get(self.dialect) or scripts.get(ANY_DIALECT) or _NO_SCRIPT
         # Already in the requested state: queued twice by racing processes. Never run twice.
         done = bool(row["applied"]) == applying
         outside = (script["autocommit"] or not self.transactional_ddl) and not done
@@ -153,16 +180,18 @@ class MigrationHandler:
             # bundle or an older publisher. A wrapper BEGIN/COMMIT is blanked out.
             sql = "" if done else script_check.runnable(script["sql"], self.dialect, autocommit=outside)
         except script_check.ScriptRefused as exc:
-            where = f"{origin[0]}:{int(origin[1]) + exc.line - 1}" if origin else f"line {exc.line}"
+            origin = _origin(row["origins"], applying, self.dialect)
+            where = f"{origin[0]}:{origin[1] + exc.line - 1}" if origin else f"line {exc.line}"
             raise PermanentFailure(f"migration {name}, {where}: {exc}") from None
         step = _Step(
-            name=name,
-            origin=(origin[0], int(origin[1])) if origin else None,
-            version=Version.from_key(row["version"]),
-            checksum=row["checksum"],
-            applying=applying,
-            sql=sql,
-            done=done,
+            name,
+            Version.from_key(row["version"]),
+            row["checksum"],
+            applying,
+            sql,
+            done,
+            row["origins"] or "",
+            self.dialect,
         )
         return Loaded(step, outside_transaction=outside)
 

@@ -38,7 +38,7 @@ from migsync.core.errors import ChecksumMismatch, DirtyDatabase, MigrationError,
 from migsync.core.events import EventDispatcher, MigrationQueued, MigrationRepaired, MigrationsQueued
 from migsync.core.handler import dirty_message
 from migsync.core.history_sql import HistorySQL, history_sql
-from migsync.core.migration import Migration, description_of
+from migsync.core.migration import Migration, description_of, irreversible_content
 from migsync.core.sources import SourceSnapshot
 from migsync.core.version import Version, VersionError
 
@@ -524,7 +524,7 @@ class Ledger:
         lacking = [
             name
             for version, name in to_revert
-            if Migration.from_json(json.loads(contents[version])).irreversible(dialect)
+            if irreversible_content(json.loads(contents[version]), dialect)
         ]
         if lacking:
             they = "it has" if len(lacking) == 1 else "they have"

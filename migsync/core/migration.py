@@ -110,10 +110,13 @@ class Migration:
     #: For error messages only: not part of the content or the checksum.
     origins: Mapping[str, tuple[str, int]] = attrs.field(factory=dict, eq=False)
     checksum: str = attrs.field(init=False, eq=False)
+    #: The canonical content, made once: the checksum covers it and the ledger stores it.
+    _content: str = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        digest = hashlib.sha256(self.canonical_content().encode()).hexdigest()
-        object.__setattr__(self, "checksum", digest)
+        content = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        object.__setattr__(self, "_content", content)
+        object.__setattr__(self, "checksum", hashlib.sha256(content.encode()).hexdigest())
 
     @property
     def description(self) -> str:
@@ -163,7 +166,8 @@ class Migration:
         return (set(self.up) | set(self.down)) - {ANY_DIALECT}
 
     def canonical_content(self) -> str:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        """The JSON document the checksum covers (sorted keys, no spaces)."""
+        return self._content
 
     def to_json(self) -> dict[str, Any]:
         content: dict[str, Any] = {
@@ -201,3 +205,13 @@ class Migration:
             repeatable=bool(data.get("repeatable", False)),
             source=source,
         )
+
+
+def irreversible_content(content: Mapping[str, Any], dialect: str) -> bool:
+    """:meth:`Migration.irreversible` of a migration's stored content (its canonical JSON, parsed),
+    without building the migration: reverting a thousand asks it a thousand times."""
+    dialect = dialects.lookup(dialect) or dialect
+    up, down = content.get("up", {}), content.get("down", {})
+    script = up[dialect] if dialect in up else up.get(ANY_DIALECT)
+    has_down = dialect in down or ANY_DIALECT in down
+    return script is not None and bool(normalise_sql(script["sql"])) and not has_down

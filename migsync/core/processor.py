@@ -61,6 +61,7 @@ from migsync.core.errors import (
     NotYet,
     PermanentFailure,
     Postponed,
+    WriteLockTimeout,
 )
 from migsync.core.events import Event, EventDispatcher, PassCompleted
 from migsync.core.work import (
@@ -429,6 +430,9 @@ class ChangesProcessor:
                 raise
             yield Rollback()
             raise
+        except WriteLockTimeout:  # the transaction never began: nothing ran, no attempt counts
+            yield from self._undo("atomic apply")
+            raise
         except DirtyDatabase as exc:
             if current is None or current.loaded is not None:
                 raise
@@ -488,6 +492,9 @@ class ChangesProcessor:
         except DirtyDatabase as exc:
             yield Rollback()  # not this change's failure: leave no trace of it
             return Outcome(change["id"], label, False, before, max_attempts, str(exc), dirty=True, ran=False)
+        except WriteLockTimeout:  # the transaction never began: no one's failure
+            yield from self._undo(label)
+            raise
         except Exception as exc:
             mark = len(events)
             try:
@@ -510,6 +517,9 @@ class ChangesProcessor:
         except ClaimLost:
             yield from self._undo(label)
             return None
+        except WriteLockTimeout:  # the transaction never began: nothing ran, no attempt counts
+            yield from self._undo(label)
+            raise
         except Exception as exc:
             error = handler.explain(change, loaded, exc)
             if error is not exc and error.__cause__ is None:

@@ -183,6 +183,8 @@ def problems(sql: str, dialect: str) -> list[Problem]:
     ``CREATE TRIGGER ... BEGIN ... END;`` and Postgres reads ``$$`` and ``BEGIN ATOMIC``
     bodies, and a generic script may be meant for either.
     """
+    if not _SUSPECT.search(sql):  # the common case, asked once for every view
+        return []
     if dialect != "*":
         return _problems(sql, dialects.lookup(dialect) or dialect)[0]
     views = [_problems(sql, d)[0] for d in ("sqlite", "postgresql")]

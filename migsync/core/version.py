@@ -33,6 +33,8 @@ _KEY_PART = re.compile(r"([0-9]{2})([0-9]+)")
 #: (every format that claims a name parses it) on every start, and a Version is immutable.
 _PARSED: dict[str, Version] = {}
 _PARSED_MAX = 100_000
+#: Versions read back from stored keys, by key: the processor reads one per change it runs.
+_FROM_KEY: dict[str, Version] = {}
 
 
 class VersionError(ValueError):
@@ -87,13 +89,13 @@ class Version:
         """``"0042"``, ``"1.2.10"``, Flyway's ``"1_2_10"``, an int, or a Version as it is."""
         if isinstance(text, Version):
             return text
+        cached = _PARSED.get(text) if isinstance(text, str) else None  # only valid text is kept
+        if cached is not None and type(cached) is cls:
+            return cached
         if isinstance(text, int) and not isinstance(text, bool):
             return cls((text,))
         if not isinstance(text, str) or not _TEXT.fullmatch(text):
             raise VersionError(f"{text!r} is not a version (digits, parts separated by '.' or '_')")
-        cached = _PARSED.get(text)
-        if cached is not None and type(cached) is cls:
-            return cached
         version = cls(tuple(int(part) for part in re.split(r"[._]", text)))
         if len(_PARSED) < _PARSED_MAX:
             _PARSED[text] = version
@@ -102,13 +104,19 @@ class Version:
     @classmethod
     def from_key(cls, key: str) -> Version:
         """The version a stored :attr:`key` stands for."""
+        cached = _FROM_KEY.get(key)
+        if cached is not None and type(cached) is cls:
+            return cached
         parts = []
         for piece in key.split("."):
             found = _KEY_PART.fullmatch(piece)
             if found is None or int(found[1]) != len(found[2]) or found[2] != str(int(found[2])):
                 raise VersionError(f"{key!r} is not a stored version key")
             parts.append(int(found[2]))
-        return cls(tuple(parts))
+        version = cls(tuple(parts))
+        if len(_FROM_KEY) < _PARSED_MAX:
+            _FROM_KEY[key] = version
+        return version
 
     @property
     def text(self) -> str:

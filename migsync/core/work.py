@@ -98,6 +98,10 @@ class Begin:
     foreign-key enforcement off before the transaction begins (``PRAGMA
     foreign_keys`` is a no-op inside one) and runs ``PRAGMA foreign_key_check``
     before it commits, failing the commit on a violation the script left.
+    A backend may also keep such a ``Begin`` back and send it with the requests
+    after it (Postgres: the whole migration in one message); a busy write lock
+    is then found at the ``Commit`` or ``Flush``, and a wait for it that times
+    out raises :class:`~migsync.core.errors.WriteLockTimeout` there.
     """
 
     schema_change: bool = False

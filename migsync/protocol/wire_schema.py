@@ -22,7 +22,18 @@ from migsync.core.changes import OPERATIONS
 from migsync.core.version import MAX_DIGITS
 from migsync.protocol.wire import ACTION_STATES, ACTIONS
 
-__all__ = ["MAX_CHANGES", "MAX_ERROR", "MAX_ID", "MAX_KEY", "MAX_REPORTS", "SCHEMAS", "ref", "standalone"]
+__all__ = [
+    "FLEET_STATES",
+    "MAX_CHANGES",
+    "MAX_ERROR",
+    "MAX_ID",
+    "MAX_KEY",
+    "MAX_NEW_CLIENTS",
+    "MAX_REPORTS",
+    "SCHEMAS",
+    "ref",
+    "standalone",
+]
 
 #: The most status reports (or answers) one request may carry.
 MAX_REPORTS = 1000
@@ -30,6 +41,10 @@ MAX_REPORTS = 1000
 MAX_CHANGES = 1000
 #: The longest error message or detail a client may send.
 MAX_ERROR = 64 * 1024
+#: The most clients one ``POST /api/clients`` registers.
+MAX_NEW_CLIENTS = 10_000
+#: A client's state in the fleet view (see :mod:`migsync.server.fleet`).
+FLEET_STATES = ("ok", "failing", "pending", "drift")
 #: The largest id of a client or a request: the store's ids are 32-bit integers (Postgres ``integer``).
 MAX_ID = 2**31 - 1
 #: The longest change id, entity name and entity id.
@@ -469,7 +484,53 @@ SCHEMAS: dict[str, Schema] = {
             ),
         },
     ),
-    "Fleet": _answer("every client, by id", {"clients": _list_of(ref("FleetEntry"))}),
+    "Fleet": _answer(
+        "a page of the fleet, in client id order, with the counts of the clients the filter leaves",
+        {
+            "clients": _list_of(ref("FleetEntry")),
+            "next_cursor": _text(
+                "pass it as ?cursor= for the next page; null: this is the last", nullable=True
+            ),
+            "total": {"description": "how many clients match the filter", "type": "integer", "minimum": 0},
+            "counts": {
+                "description": "how many clients match the filter but its state, per state",
+                "type": "object",
+                "properties": {s: {"type": "integer", "minimum": 0} for s in FLEET_STATES},
+                "required": list(FLEET_STATES),
+                "additionalProperties": False,
+            },
+        },
+    ),
+    "NewClient": {
+        "description": "a client to register: its name, and optional labels",
+        "type": "object",
+        "properties": {
+            "name": _text("its name (unique, at most 200 printable characters)", least=1, most=MAX_ERROR),
+            # every value text (checked beyond the schema)
+            "labels": {
+                "description": "labels of the client (text to text), or null",
+                "type": ["object", "null"],
+            },
+        },
+        "required": ["name"],
+        "additionalProperties": False,
+    },
+    "NewClients": _body("clients", "NewClient", MAX_NEW_CLIENTS, {"name": "shop-berlin"}),
+    "RegisteredClients": _answer(
+        "the clients registered, in the order given, each with its token (shown this once)",
+        {
+            "clients": _list_of(
+                _answer(
+                    "a registered client",
+                    {
+                        "client_id": _id("its id"),
+                        "name": _text("its name"),
+                        "token": _text("its bearer token"),
+                    },
+                )
+            )
+        },
+    ),
     "Rollout": _answer("a staged rollout: its versions, stages, policy and where it is", _ROLLOUT),
     "Rollouts": _answer("every rollout, newest first", {"rollouts": _list_of(ref("Rollout"))}),
     "RolloutStatus": _answer(

@@ -19,7 +19,20 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.errors import ConfigError
@@ -57,70 +70,90 @@ async def request(
     )
     if published is None:
         raise ConfigError(f"version {version} is not published")
-    names = {r.id: r.name for r in await conn.execute(select(_clients.id, _clients.name))}
     if client_ids is None:
         applied = action == "revert"
-        rows = await conn.execute(
+        # Every client it makes sense for, chosen by the store itself: no list of ids travels.
+        chosen: ColumnElement[bool] = _clients.id.in_(
             select(_status.client_id).where(_status.version == version, _status.applied.is_(applied))
         )
-        targets = sorted(r.client_id for r in rows if r.client_id in names)
-        if not targets:
-            state = "applied" if applied else "reported as not applied (failed, dead or reverted)"
-            raise ConfigError(f"no client has {published} {state}: there is nothing to {action}")
     else:
-        targets = sorted(set(client_ids))
-        unknown = [c for c in targets if c not in names]
+        wanted = sorted(set(client_ids))
+        if not wanted:
+            raise ConfigError("no client given")
+        known = {r.id for r in await conn.execute(select(_clients.id).where(_clients.id.in_(wanted)))}
+        unknown = [c for c in wanted if c not in known]
         if unknown:
             raise ConfigError(f"no client with id {', '.join(map(str, unknown))}")
-        if not targets:
-            raise ConfigError("no client given")
+        chosen = _clients.id.in_(wanted)
     now = time.time()
-    records = []
-    for client_id in targets:
-        result = await conn.execute(
-            insert(t.store_actions).values(
-                client_id=client_id,
-                action=action,
-                version=version,
-                requested_by=requested_by,
-                requested_at=now,
-                state="pending",
-                updated_at=now,
+    # One statement makes every request, however many clients (INSERT .. SELECT).
+    made = await conn.execute(
+        insert(t.store_actions)
+        .from_select(
+            ["client_id", "action", "version", "requested_by", "requested_at", "state", "updated_at"],
+            select(
+                _clients.id,
+                literal(action),
+                literal(version, t.VersionKey()),
+                literal(requested_by),
+                literal(now),
+                literal("pending"),
+                literal(now),
             )
+            .where(chosen)
+            .order_by(_clients.id),
         )
-        key = result.inserted_primary_key
-        assert key is not None  # an INSERT of one row always has one
-        action_id = int(key[0])
-        await conn.execute(
-            update(t.store_actions)
-            .where(_actions.client_id == client_id, _actions.state == "pending", _actions.id < action_id)
-            .values(state="superseded", detail=f"replaced by request {action_id}", updated_at=now)
+        .returning(_actions.id, _actions.client_id)
+    )
+    created = sorted((r.client_id, r.id) for r in made)
+    if not created:
+        state = "applied" if action == "revert" else "reported as not applied (failed, dead or reverted)"
+        raise ConfigError(f"no client has {published} {state}: there is nothing to {action}")
+    # This call's requests, told from any other by their ids and their time, for the statements
+    # below (a list of thousands of ids would not fit one statement's parameters).
+    mine = t.store_actions.alias("mine")
+    ours = select(mine.c.client_id).where(
+        mine.c.id.between(min(i for _, i in created), max(i for _, i in created)),
+        mine.c.requested_at == now,
+        mine.c.requested_by == requested_by,
+    )
+    # A newer request replaces one its client has not picked up yet: every pending request with a
+    # newer pending one of the same client is superseded, in one statement.
+    newer = t.store_actions.alias("newer")
+    latest = (
+        select(func.max(newer.c.id))
+        .where(newer.c.client_id == _actions.client_id, newer.c.state == "pending")
+        .scalar_subquery()
+    )
+    await conn.execute(
+        update(t.store_actions)
+        .where(_actions.state == "pending", _actions.client_id.in_(ours), _actions.id < latest)
+        .values(
+            state="superseded",
+            detail=literal("replaced by request ") + cast(latest, Text),
+            updated_at=now,
         )
-        records.append(
-            ActionRecord(
-                action_id,
-                client_id,
-                names[client_id],
-                action,
-                version,
-                requested_by,
-                now,
-                "pending",
-                None,
-                now,
-            )
-        )
+    )
     # The clients' pending answers now hold a request: their ETags must change. Their rows are
     # locked in id order (as seen marks lock them), then numbered as one change.
-    ordered = select(_clients.id).where(_clients.id.in_(targets)).order_by(_clients.id)
+    ordered = select(_clients.id).where(_clients.id.in_(ours)).order_by(_clients.id)
     await conn.execute(ordered.with_for_update(key_share=True))  # FOR NO KEY UPDATE: as an UPDATE locks
     seq = await serials.next_change(conn)
     await conn.execute(
         update(t.store_clients)
-        .where(_clients.id.in_(targets))
+        .where(_clients.id.in_(ours))
         .values(status_serial=_clients.status_serial + 1, change_seq=seq)
     )
-    return records
+    names = {
+        r.id: r.name
+        for r in await conn.execute(select(_clients.id, _clients.name).where(_clients.id.in_(ours)))
+    }
+    return [
+        ActionRecord(
+            action_id, client_id, names[client_id], action, version, requested_by, now, "pending", None, now
+        )
+        for client_id, action_id in created
+    ]
 
 
 _PENDING = (
@@ -225,11 +258,13 @@ async def read(
 CARRIED_OUT = ("queued", "done", "failed")
 
 
-async def current(conn: AsyncConnection, client_id: int | None = None) -> list[ActionRecord]:
+async def current(
+    conn: AsyncConnection, client_id: int | None = None, *, client_ids: Sequence[int] | None = None
+) -> list[ActionRecord]:
     """The requests that still say something about their client (every client's, or
-    ``client_id``'s), newest first: those not settled (pending, queued), and those carried out
-    since the client's last carried-out re-apply, that re-apply included: what decides whether
-    the client holds. A long history costs nothing."""
+    ``client_id``'s, or those of ``client_ids``), newest first: those not settled (pending,
+    queued), and those carried out since the client's last carried-out re-apply, that re-apply
+    included: what decides whether the client holds. A long history costs nothing."""
     later = t.store_actions.alias("later")
     last_reapply = (
         select(func.max(later.c.id))
@@ -253,6 +288,8 @@ async def current(conn: AsyncConnection, client_id: int | None = None) -> list[A
     )
     if client_id is not None:
         query = query.where(_actions.client_id == client_id)
+    if client_ids is not None:
+        query = query.where(_actions.client_id.in_(client_ids))
     return [_record(r) for r in await conn.execute(query)]
 
 

@@ -69,14 +69,15 @@ from migsync.protocol.wire import (
     protocol_refusal,
 )
 from migsync.protocol.wire_schema import SCHEMAS, standalone
-from migsync.server import rollout_api
+from migsync.server import fleet_api, rollout_api
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
 from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
+from migsync.server.engine import PoolOptions
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, PendingMigration, token_hash
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
-from migsync.server.validation import InvalidChanges, entity_changes
+from migsync.server.validation import InvalidChanges, entity_change_batch
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -123,8 +124,10 @@ class _Api:
         clock: Clock | None = None,
         request_key: Ed25519PrivateKey | None = None,
         cache_clients: int = DEFAULT_CACHE_CLIENTS,
+        pool: PoolOptions | None = None,
     ) -> None:
         self.store_url = store_url
+        self.pool = pool
         #: signs each request to a client, for that client, as it is served (None: no requests)
         self.request_key = request_key
         self.throttle = throttle
@@ -168,7 +171,9 @@ class _Api:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             store = await stack.enter_async_context(
-                Store.open(self.store_url, create=False, appliers=self.appliers, clock=self._clock)
+                Store.open(
+                    self.store_url, create=False, appliers=self.appliers, clock=self._clock, pool=self.pool
+                )
             )
             self._store = store
             # Changes before now need no reading: the cache is empty, and a miss reads the store.
@@ -493,7 +498,7 @@ class _Api:
     async def changes(self, request: Request) -> Response:
         _digest, state = await self._client(request)
         try:
-            changes = entity_changes(await read_json(request, self.max_changes_body))
+            changes = entity_change_batch(await read_json(request, self.max_changes_body))
         except InvalidChanges as exc:
             raise ApiError(422, str(exc)) from None
         client_id = state.client.client_id
@@ -526,7 +531,12 @@ class _Api:
     async def clients(self, request: Request) -> Response:
         await self._admin(request)
         await self._flush_seen()  # this process's own view is never behind
-        return JSONResponse({"clients": [entry.to_json() for entry in await self.store.fleet()]})
+        return JSONResponse(await fleet_api.fleet_page(self.store, request.query_params))
+
+    async def add_clients(self, request: Request) -> Response:
+        await self._admin(request)
+        added = await fleet_api.register(self.store, await read_json(request, self.max_body))
+        return JSONResponse(added, status_code=201)
 
     async def rollouts(self, request: Request) -> Response:
         await self._admin(request)
@@ -575,6 +585,7 @@ def create_app(
     clock: Clock | None = None,
     request_key: Ed25519PrivateKey | None = None,
     cache_clients: int = DEFAULT_CACHE_CLIENTS,
+    pool: PoolOptions | None = None,
 ) -> Starlette:
     """The API on the store at ``store_url`` (which must exist), its admin endpoints behind ``admin_token``.
 
@@ -595,7 +606,8 @@ def create_app(
     are served (``serve --request-key``); without it the API and the panel refuse to make
     requests (409), since no client would carry out an unsigned one. ``cache_clients``: how
     many clients' states the process keeps in memory (least recently polled dropped first; a
-    poll of one it dropped costs one indexed read).
+    poll of one it dropped costs one indexed read). ``pool``: the size of a Postgres store's
+    connection pool in this process (``serve --pool-size``).
     """
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty (--admin-token or MIGSYNC_ADMIN_TOKEN)")
@@ -623,6 +635,7 @@ def create_app(
         clock,
         request_key,
         cache_clients,
+        pool,
     )
     # The routes are the documented endpoints (migsync.server.openapi), each to its handler.
     routes: list[BaseRoute] = [
@@ -792,8 +805,8 @@ def _declared(endpoint: Endpoint, handler: Handler) -> Handler:
     return checked
 
 
-_LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query)
-_WAIT = next(q for e in ENDPOINTS if e.name == "pending" for q in e.query)
+_LIMIT = next(q for e in ENDPOINTS if e.name == "actions" for q in e.query if isinstance(q, QueryInt))
+_WAIT = next(q for e in ENDPOINTS if e.name == "pending" for q in e.query if isinstance(q, QueryInt))
 _OPENAPI = openapi_document()
 
 

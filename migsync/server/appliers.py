@@ -33,6 +33,7 @@ import datetime
 import decimal
 import json
 import math
+import operator
 import re
 import time
 import uuid
@@ -45,6 +46,7 @@ from migsync.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
+    from sqlalchemy.engine import Dialect
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from migsync.core.plugins import Plugins
@@ -176,32 +178,49 @@ class TablesApplier(BaseChangeApplier):
         self, changes: Sequence[ReceivedChange], connection: AsyncConnection, dialect: str
     ) -> None:
         """:meth:`apply` on each of ``changes`` in turn; a run of inserts into one table, of the
-        same columns, is one ``executemany``."""
+        same columns, is one statement (a ``COPY`` on Postgres, else an ``executemany``)."""
         rows: list[dict[str, Any]] = []
         into: tuple[Table, frozenset[str]] | None = None
+        tables: dict[str, Table | None] = {}  # by entity: looked up once per batch
         for change in changes:
-            table = await self._table(change.entity, connection)
+            entity = change.entity
+            table = tables[entity] if entity in tables else await self._table(entity, connection)
+            tables[entity] = table
             if table is None:
                 continue
             if change.operation == "insert":
                 values = self._insert_values(table, change)
-                columns = frozenset(values)
-                if into is None or into[0] is not table or into[1] != columns:
-                    await self._flush(into, rows, connection)
-                    into, rows = (table, columns), []
+                if into is None or into[0] is not table or into[1] != values.keys():
+                    await self._flush(into, rows, connection, dialect)
+                    into, rows = (table, frozenset(values)), []
                 rows.append(values)
                 continue
-            await self._flush(into, rows, connection)
+            await self._flush(into, rows, connection, dialect)
             into, rows = None, []
             await self._apply_to(table, change, connection)
-        await self._flush(into, rows, connection)
+        await self._flush(into, rows, connection, dialect)
 
     @staticmethod
     async def _flush(
-        into: tuple[Table, frozenset[str]] | None, rows: list[dict[str, Any]], connection: AsyncConnection
+        into: tuple[Table, frozenset[str]] | None,
+        rows: list[dict[str, Any]],
+        connection: AsyncConnection,
+        dialect: str,
     ) -> None:
-        if into is not None and rows:
-            await connection.execute(insert(into[0]), rows)
+        if into is None or not rows:
+            return
+        table, columns = into
+        if dialect == "postgresql" and columns and _copyable(table, columns, connection.dialect):
+            # The rows as COPY takes them, through the asyncpg connection under SQLAlchemy's (same
+            # transaction, same savepoint): a tenth of what an INSERT per row costs Postgres.
+            names = sorted(columns)
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            record = operator.itemgetter(*names)
+            records = map(record, rows) if len(names) > 1 else ((record(row),) for row in rows)
+            await driver.copy_records_to_table(table.name, records=records, columns=names)
+            return
+        await connection.execute(insert(table), rows)
 
     async def _table(self, entity: str, connection: AsyncConnection) -> Table | None:
         if not IDENTIFIER.fullmatch(entity):
@@ -279,6 +298,39 @@ def _columns(table: Table) -> dict[str, tuple[Column[Any], type | None]]:
 
 _KEYS = "migsync_key_columns"
 _COLUMNS = "migsync_columns"
+_COPYABLE = "migsync_copyable"
+#: The Python types of the columns COPY is used for: asyncpg encodes these values as they are,
+#: as SQLAlchemy would bind them (a JSON column, an array, a type of SQLAlchemy's own processing
+#: or one it does not know keep the INSERT, whose bind processing they need).
+_PLAIN_TYPES = frozenset(
+    {
+        int,
+        float,
+        str,
+        bool,
+        decimal.Decimal,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        uuid.UUID,
+        bytes,
+    }
+)
+
+
+def _copyable(table: Table, columns: frozenset[str], dialect: Dialect) -> bool:
+    """Whether rows of ``columns`` go into ``table`` as well by COPY as by an INSERT."""
+    plain: frozenset[str] | None = table.info.get(_COPYABLE)
+    if plain is None:
+        plain = frozenset(
+            name
+            for name, (column, kind) in _columns(table).items()
+            if kind in _PLAIN_TYPES
+            # Boolean's processing only checks the value is one, which _convert_as made sure of.
+            and (kind is bool or column.type.dialect_impl(dialect).bind_processor(dialect) is None)
+        )
+        table.info[_COPYABLE] = plain
+    return columns <= plain
 
 
 def _values(table: Table, change: ReceivedChange) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
@@ -66,11 +67,37 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def create_engine(url: URL, *, create: bool) -> AsyncEngine:
-    """The engine for a mapped store ``url``; a missing SQLite file is an error unless ``create``."""
+@attrs.frozen
+class PoolOptions:
+    """The Postgres connection pool of one server process (SQLAlchemy's ``QueuePool``).
+
+    Each process holds up to ``size`` connections open and opens ``overflow`` more under load
+    (closed again once returned); ``timeout`` is how long a unit of work waits for one. Size
+    them so that processes x (size + overflow) stays below Postgres' ``max_connections``.
+    """
+
+    size: int = 5
+    overflow: int = 10
+    timeout: float = 30.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.size < 1 or self.overflow < 0 or self.timeout <= 0:
+            raise ConfigError(
+                f"pool size must be >= 1, max overflow >= 0 and pool timeout > 0, not "
+                f"{self.size}, {self.overflow}, {self.timeout}"
+            )
+
+
+def create_engine(url: URL, *, create: bool, pool: PoolOptions | None = None) -> AsyncEngine:
+    """The engine for a mapped store ``url``; a missing SQLite file is an error unless ``create``.
+    ``pool`` sizes a Postgres store's connection pool (SQLite keeps SQLAlchemy's defaults)."""
     if not is_sqlite(url):
+        sizes = pool or PoolOptions()
         return create_async_engine(
             url,
+            pool_size=sizes.size,
+            max_overflow=sizes.overflow,
+            pool_timeout=sizes.timeout,
             connect_args={
                 "timeout": _PG_CONNECT_TIMEOUT_S,
                 "server_settings": {"application_name": "migsync-server"},

@@ -15,12 +15,26 @@ from typing import Any
 import attrs
 
 from migsync.protocol.wire import APP_VERSION_HEADER, APP_VERSION_PATTERN, PROTOCOL, PROTOCOL_HEADER
-from migsync.protocol.wire_schema import SCHEMAS, ref
+from migsync.protocol.wire_schema import FLEET_STATES, SCHEMAS, ref
 
-__all__ = ["ENDPOINTS", "MAX_LIMIT", "Endpoint", "QueryInt", "openapi_document"]
+__all__ = [
+    "ENDPOINTS",
+    "FLEET_QUERY",
+    "MAX_FLEET_LIMIT",
+    "MAX_LIMIT",
+    "Endpoint",
+    "QueryInt",
+    "QueryText",
+    "openapi_document",
+]
 
 #: The most requests ``GET /api/actions?limit=`` lists.
 MAX_LIMIT = 100_000
+
+#: The most clients one page of ``GET /api/clients`` holds.
+MAX_FLEET_LIMIT = 1000
+#: The most seconds ``GET /api/clients?stale=`` takes (about 31 years).
+_MAX_STALE = 10**9
 
 CLIENT = "clientToken"
 ADMIN = "adminToken"
@@ -40,6 +54,21 @@ class QueryInt:
 
 
 @attrs.frozen
+class QueryText:
+    """A text query parameter, optional: at most ``most`` characters, or one of ``choices``."""
+
+    name: str
+    description: str
+    most: int = 200
+    choices: tuple[str, ...] = ()
+
+    def schema(self) -> dict[str, Any]:
+        if self.choices:
+            return {"type": "string", "enum": list(self.choices)}
+        return {"type": "string", "maxLength": self.most}
+
+
+@attrs.frozen
 class Endpoint:
     """One operation of the API: where, who may call it, what it takes and what it answers."""
 
@@ -52,7 +81,7 @@ class Endpoint:
     auth: str | None
     #: the schema of the JSON body (a name in :data:`SCHEMAS`), or None for no body
     body: str | None = None
-    query: tuple[QueryInt, ...] = ()
+    query: tuple[QueryInt | QueryText, ...] = ()
     #: (status, what it means, the answer's schema: a name in SCHEMAS, a schema, or None for no body)
     answers: tuple[tuple[int, str, str | dict[str, Any] | None], ...] = ()
     #: the path's parameters: name -> the values it may take
@@ -82,6 +111,26 @@ _ADMIN_REFUSALS = (
 
 #: The longest long poll (``GET /api/migrations/pending?wait=N``), in seconds.
 MAX_WAIT = 60
+#: ``GET /api/clients``'s filters and paging (see :mod:`migsync.server.fleet`).
+FLEET_QUERY: tuple[QueryInt | QueryText, ...] = (
+    QueryInt("limit", "clients per page (default 100)", 1, MAX_FLEET_LIMIT),
+    QueryText("cursor", "the next_cursor of the page before (default: the first page)"),
+    QueryText(
+        "state",
+        "only clients in this state (failing wins over drift, drift over pending)",
+        choices=FLEET_STATES,
+    ),
+    QueryText("applied", "only clients that applied this version", most=64),
+    QueryText("lacking", "only clients that lack this published version", most=64),
+    QueryText("failing", "1: only clients a migration failed on", choices=("0", "1")),
+    QueryInt("stale", "only clients not seen for this many seconds", 0, _MAX_STALE),
+    QueryText("q", "only clients whose name holds this text (any case)"),
+    QueryText(
+        "counts",
+        "0: total and counts are left at 0 (they cost one pass over the status rows; the page does not)",
+        choices=("0", "1"),
+    ),
+)
 
 #: Every endpoint of the API, in the order the document lists them.
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -190,9 +239,32 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "clients",
         "GET",
         "/api/clients",
-        "Every client: what it applied, what failed, what drifted, when it was seen",
+        "A page of the fleet: what each client applied, what failed, what drifted, when it was seen",
         ADMIN,
-        answers=((200, "the fleet", "Fleet"), *_ADMIN_REFUSALS),
+        query=FLEET_QUERY,
+        answers=(
+            (200, "a page of the fleet, with the counts per state", "Fleet"),
+            (422, "a bad query parameter (an unknown state, a cursor this server did not give)", "Error"),
+            *_ADMIN_REFUSALS,
+        ),
+    ),
+    Endpoint(
+        "add_clients",
+        "POST",
+        "/api/clients",
+        "Register clients, all or nothing: their ids and tokens (shown this once)",
+        ADMIN,
+        body="NewClients",
+        answers=(
+            (201, "the clients registered, with their tokens", "RegisteredClients"),
+            *_REFUSED_BODY,
+            (
+                422,
+                "a client of the wrong shape, a name given twice or registered already (none added)",
+                "Error",
+            ),
+            *_ADMIN_REFUSALS,
+        ),
     ),
     Endpoint(
         "rollouts",

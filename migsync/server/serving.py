@@ -24,14 +24,23 @@ class AnnouncingServer(uvicorn.Server):
         await super().startup(sockets)
         if not self.started:
             return
-        for base in self.base_urls():
-            click.echo(f"migsync: API at {base}/api/")
-            if self.panel:
-                click.echo(f"migsync: admin panel at {base}/admin/ (log in with the admin token)")
+        announce([sock for listener in self.servers for sock in listener.sockets], panel=self.panel)
 
     def base_urls(self) -> Iterable[str]:
-        for listener in self.servers:
-            for sock in listener.sockets:
-                address, port = sock.getsockname()[:2]
-                host = f"[{address}]" if ":" in address else address
-                yield f"http://{host}:{port}"
+        return base_urls(sock for listener in self.servers for sock in listener.sockets)
+
+
+def base_urls(sockets: Iterable[socket.socket]) -> Iterable[str]:
+    for sock in sockets:
+        address, port = sock.getsockname()[:2]
+        host = f"[{address}]" if ":" in address else address
+        yield f"http://{host}:{port}"
+
+
+def announce(sockets: Iterable[socket.socket], *, panel: bool, workers: int = 1) -> None:
+    """Say where the API (and the panel) listen; with ``workers``, how many processes serve them."""
+    processes = f" ({workers} worker processes)" if workers > 1 else ""
+    for base in base_urls(sockets):
+        click.echo(f"migsync: API at {base}/api/{processes}")
+        if panel:
+            click.echo(f"migsync: admin panel at {base}/admin/ (log in with the admin token)")

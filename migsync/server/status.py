@@ -1,4 +1,5 @@
-"""Per-client status: what a client still needs, what it reported, and the fleet view.
+"""Per-client status: what a client still needs and what it reported (the fleet view is
+:mod:`migsync.server.fleet`).
 
 The functions here run inside one of :class:`~migsync.server.store.Store`'s
 units of work and take its connection; the store's methods are their public face.
@@ -23,7 +24,6 @@ import attrs
 from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from migsync.core import requires
 from migsync.core.version import Version
 from migsync.server import rollout_store
 from migsync.server import tables as t
@@ -31,8 +31,6 @@ from migsync.server.records import (
     ClientRecord,
     ClientState,
     Drift,
-    Failure,
-    FleetEntry,
     PendingMigration,
     ReportResult,
     StatusReport,
@@ -329,54 +327,3 @@ async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:
         .values(last_seen_at=bindparam("seen"))
     )
     await conn.execute(many, [{"client_id": i, "seen": seen[i]} for i in ids])
-
-
-async def fleet(
-    conn: AsyncConnection, client_id: int | None = None, *, client_ids: Sequence[int] | None = None
-) -> list[FleetEntry]:
-    """Every client (or only ``client_id``, or those of ``client_ids``), oldest first, with its
-    status against what is published now."""
-    which = select(t.store_clients).order_by(_clients.id)
-    rows_query = select(t.store_client_status).order_by(_status.client_id, _status.version)
-    if client_id is not None:
-        which = which.where(_clients.id == client_id)
-        rows_query = rows_query.where(_status.client_id == client_id)
-    if client_ids is not None:
-        which = which.where(_clients.id.in_(client_ids))
-        rows_query = rows_query.where(_status.client_id.in_(client_ids))
-    clients = [client(r) for r in await conn.execute(which)]
-    published = {
-        r.version: r.checksum
-        for r in await conn.execute(
-            select(_published.version, _published.checksum).order_by(_published.version)
-        )
-    }
-    # The requirements of the published migrations that state app-version ones (few), for who is held.
-    needs = {
-        r.version: rollout_store.requirements(
-            PendingMigration(r.version, r.name, r.content, r.checksum, r.signature, r.signed_by)
-        )
-        for r in await conn.execute(
-            select(t.store_migrations).where(_published.content.like(f"%{requires.DIRECTIVE}%"))
-        )
-    }
-    rows: dict[int, list[Row[Any]]] = {}
-    for r in await conn.execute(rows_query):
-        rows.setdefault(r.client_id, []).append(r)
-    entries = []
-    for record in clients:
-        mine = rows.get(record.client_id, [])
-        applied = tuple(r.version for r in mine if r.applied)
-        failed = tuple(
-            Failure(r.version, r.error, r.attempts, bool(r.dead)) for r in mine if not r.applied and r.error
-        )
-        drift = tuple(
-            Drift(r.version, published[r.version], r.checksum)
-            for r in mine
-            if r.version in published and r.checksum is not None and r.checksum != published[r.version]
-        )
-        done = {r.version for r in mine if r.applied and r.checksum == published.get(r.version)}
-        pending = tuple(v for v in published if v not in done)
-        held = tuple(rollout_store.held_by_app(record, [(v, needs[v]) for v in pending if v in needs]))
-        entries.append(FleetEntry(record, applied, failed, drift, pending, held_by_app=held))
-    return entries

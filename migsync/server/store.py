@@ -50,9 +50,11 @@ from migsync.protocol.wire import (
 )
 from migsync.server import actions as requests
 from migsync.server import engine as engines
+from migsync.server import fleet as fleets
 from migsync.server import inbox as inboxes
 from migsync.server import manifests, serials, status
 from migsync.server import tables as t
+from migsync.server.change_batch import ChangeBatch
 from migsync.server.records import (
     ActionRecord,
     ClientRecord,
@@ -83,6 +85,8 @@ _LOCK_KEY = 0x6D696773796E63  # "migsync"
 _WRITE_ATTEMPTS = 5
 
 _MAX_NAME = 200
+#: Clients registered per INSERT by :meth:`Store.add_clients` (and names looked up per SELECT).
+_BATCH = 1000
 _MAX_TOKEN = 512
 
 
@@ -119,16 +123,18 @@ class Store:
         create: bool = True,
         appliers: Sequence[ChangeApplier] = (),
         clock: Clock | None = None,
+        pool: engines.PoolOptions | None = None,
     ) -> AsyncIterator[Store]:
         """The store at ``url``, its tables created (``create``) or upgraded as needed.
 
         Without ``create`` a store that does not exist yet is a :class:`ConfigError`.
         A store written by a newer migsync is refused with :class:`ConnectError`.
         ``appliers`` get each entity change the store receives (none by default). ``clock``: what
-        rollouts measure time on (default: the system's).
+        rollouts measure time on (default: the system's). ``pool`` sizes a Postgres store's
+        connection pool (:class:`~migsync.server.engine.PoolOptions`).
         """
         mapped = engines.store_url(url)
-        engine = engines.create_engine(mapped, create=create)
+        engine = engines.create_engine(mapped, create=create, pool=pool)
         try:
             where = engines.display(mapped)
             await engines.check_connection(engine, where)
@@ -388,6 +394,68 @@ class Store:
             client_id = key[0]
         return int(client_id), token
 
+    async def add_clients(
+        self,
+        names: Sequence[str],
+        labels: Sequence[dict[str, str] | None] | None = None,
+        *,
+        sources: Sequence[str] | None = None,
+    ) -> list[tuple[int, str, str]]:
+        """Register many clients at once, all or nothing: ``(id, name, token)`` for each of
+        ``names``, in their order (the tokens shown this once, stored hashed).
+
+        A name given twice, or one registered already, is a :class:`ConfigError` naming it, and
+        nothing is registered; ``sources`` (where each name was read, e.g. ``file line 3``)
+        name the row in that message. ``labels``: one dict (or None) per name, the client's labels
+        (rollout stages select clients by them: :mod:`migsync.server.rollouts`).
+        """
+        from migsync.server import rollouts
+
+        cleaned = [_client_name(n) for n in names]
+        if labels is not None and len(labels) != len(cleaned):
+            raise ConfigError(f"{len(labels)} label sets for {len(cleaned)} clients")
+        stored: list[str | None] = []
+        for index, given in enumerate(labels or [None] * len(cleaned)):
+            try:
+                checked = dict(rollouts.parse_label(f"{k}={v}") for k, v in (given or {}).items())
+            except ConfigError as exc:
+                raise ConfigError(f"{sources[index] + ': ' if sources else ''}{exc}") from None
+            stored.append(json.dumps(dict(sorted(checked.items()))) if checked else None)
+        first: dict[str, int] = {}
+        for index, name in enumerate(cleaned):
+            if name in first:
+                raise ConfigError(f"client {name!r} is given twice (#{first[name] + 1} and #{index + 1})")
+            first[name] = index
+        tokens = [secrets.token_urlsafe(32) for _ in cleaned]
+        now = time.time()
+        rows = [
+            {"name": n, "token_hash": token_hash(tok), "created_at": now, "labels": held}
+            for n, tok, held in zip(cleaned, tokens, stored, strict=True)
+        ]
+        ids: dict[str, int] = {}
+        async with self._write("adding clients") as conn:
+            for start in range(0, len(rows), _BATCH):
+                batch = rows[start : start + _BATCH]
+                taken = (
+                    await conn.execute(
+                        select(t.store_clients.c.name, t.store_clients.c.id).where(
+                            t.store_clients.c.name.in_([r["name"] for r in batch])
+                        )
+                    )
+                ).first()
+                if taken is not None:
+                    where = f"{sources[first[taken.name]]}: " if sources else ""
+                    raise ConfigError(f"{where}a client named {taken.name!r} exists already (id {taken.id})")
+                # One multi-row INSERT per batch, its ids returned in the rows' order.
+                result = await conn.execute(
+                    insert(t.store_clients).returning(
+                        t.store_clients.c.id, t.store_clients.c.name, sort_by_parameter_order=True
+                    ),
+                    batch,
+                )
+                ids |= {r.name: int(r.id) for r in result}
+        return [(ids[n], n, tok) for n, tok in zip(cleaned, tokens, strict=True)]
+
     async def authenticate(self, token: str) -> ClientRecord | None:
         """The client whose token this is, or None. Reads only: it does not mark the client seen."""
         if not token or len(token) > _MAX_TOKEN:
@@ -596,17 +664,41 @@ class Store:
         client's last re-apply, newest first: see :func:`migsync.server.actions.current`), in one
         read, for a view that shows both."""
         async with self._read("reading the fleet's status") as conn:
-            entries = await status.fleet(conn, client_id)
+            entries = await fleets.entries(conn, None if client_id is None else [client_id])
             current = await requests.current(conn, client_id)
+        return self._held(entries, current), current
+
+    async def fleet_page(
+        self,
+        which: fleets.FleetFilter | None = None,
+        *,
+        limit: int = fleets.DEFAULT_LIMIT,
+        cursor: str | None = None,
+        counts: bool = True,
+        now: float | None = None,
+    ) -> fleets.FleetPage:
+        """One page of the fleet (see :func:`migsync.server.fleet.page`): up to ``limit`` clients
+        matching ``which`` after ``cursor``, in id order, with where a revert holds them, the next
+        page's cursor and the counts per state. A bad cursor or limit is a :class:`ConfigError`.
+        ``now``: the time ``stale`` counts back from (default: the system's)."""
+        async with self._read("reading a page of the fleet") as conn:
+            page = await fleets.page(
+                conn, which or fleets.FleetFilter(), limit=limit, cursor=cursor, counts=counts, now=now
+            )
+            ids = [e.client.client_id for e in page.entries]
+            current = await requests.current(conn, client_ids=ids) if ids else []
+        return attrs.evolve(page, entries=tuple(self._held(list(page.entries), current)))
+
+    @staticmethod
+    def _held(entries: list[FleetEntry], current: list[ActionRecord]) -> list[FleetEntry]:
         by_client: dict[int, list[ActionRecord]] = {}
         for record in current:
             by_client.setdefault(record.client_id, []).append(record)
         held = [requests.hold_of(by_client.get(e.client.client_id, [])) for e in entries]
-        entries = [
+        return [
             attrs.evolve(e, held_from=None if hold is None else hold.version)
             for e, hold in zip(entries, held, strict=True)
         ]
-        return entries, current
 
     # -- the admin's requests to clients --------------------------------------------------------
 
@@ -626,7 +718,7 @@ class Store:
                 by_client.setdefault(record.client_id, []).append(record)
             held = sorted(c for c, records in by_client.items() if requests.hold_of(records) is not None)
             counts, total = await client_list.tallies(conn, held)
-            entries = await status.fleet(conn, client_ids=held) if held else []
+            entries = await fleets.entries(conn, held) if held else []
         return counts, total, entries, [r for r in current if r.client_id in set(held)]
 
     async def client_list(
@@ -650,8 +742,8 @@ class Store:
                 conn, which, sort=client_list.check_sort(sort), limit=limit, cursor=cursor
             )
             ids = list(found.client_ids)
-            entries = await status.fleet(conn, client_ids=ids) if ids else []
-            current = [r for r in await requests.current(conn) if r.client_id in set(ids)] if ids else []
+            entries = await fleets.entries(conn, ids) if ids else []
+            current = await requests.current(conn, client_ids=ids) if ids else []
             counts = await client_list.counts(conn, stale_before)
             apps = await client_list.app_versions(conn)
         by_id = {e.client.client_id: e for e in entries}
@@ -691,7 +783,9 @@ class Store:
 
     # -- entity changes --------------------------------------------------------------------------
 
-    async def receive_changes(self, client_id: int, changes: Sequence[EntityChange]) -> ChangesAck:
+    async def receive_changes(
+        self, client_id: int, changes: Sequence[EntityChange] | ChangeBatch
+    ) -> ChangesAck:
         """Store a batch of client ``client_id``'s entity changes, in order, in one transaction.
 
         A change whose id the client sent before is a duplicate (stored once). A change
@@ -699,7 +793,9 @@ class Store:
         and the batch stops there: the changes after it are neither accepted nor refused.
         Each stored change goes to :attr:`appliers` in a savepoint of its own; an applier's
         error is kept in the change's ``apply_error`` (it is accepted all the same).
-        Marks the client seen. See :mod:`migsync.server.inbox`.
+        Marks the client seen. ``changes``: records, or a :class:`ChangeBatch` (columns: what
+        the HTTP API decodes a body into, with no object per change). See
+        :mod:`migsync.server.inbox`.
         """
         async with self._write("storing entity changes") as conn:
             return await inboxes.receive(conn, client_id, changes, self.appliers)
@@ -710,6 +806,11 @@ class Store:
             raise ConfigError(f"limit must be >= 0, not {limit}")
         async with self._read("reading the inbox") as conn:
             return await inboxes.read(conn, limit)
+
+
+def client_name(name: str) -> str:
+    """``name`` as a client's name is stored (spaces stripped); :class:`ConfigError` saying why not."""
+    return _client_name(name)
 
 
 def _client_name(name: str) -> str:

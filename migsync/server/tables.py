@@ -43,8 +43,8 @@ from sqlalchemy.types import TypeDecorator
 
 from migsync.core.version import Version
 
-SCHEMA_VERSION = 7  # 5: versions as text keys; 6: rollouts, labels, app versions, status events;
-#                    7: change_seq on clients
+SCHEMA_VERSION = 8  # 5: versions as text keys; 6: rollouts, labels, app versions, status events;
+#                    7: change_seq on clients; 8: the status rows indexed by version
 
 
 class VersionKey(TypeDecorator[Version]):
@@ -132,6 +132,8 @@ store_client_status = Table(
     Column("updated_at", Float, nullable=False),
     #: it failed as often as the client allows: nothing retries it until someone re-applies it
     Column("dead", Boolean, nullable=False, default=False, server_default="0"),
+    #: "every client that applied (or not) version V": a request for every client, a fleet filter
+    Index("store_client_status_version", "version", "applied"),
 )
 
 #: The entity changes clients pushed (``POST /api/changes``, a drop folder's ``changes/``);
@@ -353,3 +355,13 @@ def _add_change_seq(conn: Connection) -> None:
 
 
 UPGRADES[6] = _add_change_seq
+
+
+def _index_status_by_version(conn: Connection) -> None:
+    # IF NOT EXISTS: on SQLite the layout 4 step rebuilds the table with today's indexes.
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS store_client_status_version ON store_client_status (version, applied)"
+    )
+
+
+UPGRADES[7] = _index_status_by_version

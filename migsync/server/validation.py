@@ -38,6 +38,7 @@ from migsync.protocol.wire_schema import (
     MAX_TIMESTAMP,
     SCHEMAS,
 )
+from migsync.server.change_batch import ChangeBatch
 
 __all__ = [
     "MAX_CHANGES",
@@ -50,6 +51,7 @@ __all__ = [
     "InvalidReports",
     "action_answers",
     "action_order",
+    "entity_change_batch",
     "entity_changes",
     "status_reports",
     "storable",
@@ -221,15 +223,34 @@ def entity_changes(body: Any, *, max_changes: int | None = MAX_CHANGES) -> list[
 
     ``max_changes=None`` lifts the cap on their number (a changes file's size cap bounds it instead).
     """
+    return entity_change_batch(body, max_changes=max_changes).changes()
+
+
+def entity_change_batch(body: Any, *, max_changes: int | None = MAX_CHANGES) -> ChangeBatch:
+    """:func:`entity_changes` as columns (:class:`ChangeBatch`), with no object made per change:
+    what the server stores a pushed batch from. The same checks, the same errors."""
     assert max_changes in (None, MAX_CHANGES), "the cap is the schema's"
     if isinstance(body, dict) and body.keys() == {"changes"} and isinstance(body["changes"], list):
         items = body["changes"]
         if max_changes is None or len(items) <= max_changes:
-            plain = [_plainly_valid(item) for item in items]  # most of the cost of a batch, else
-            if all(change is not None for change in plain):
-                return _once("changes", cast(list[EntityChange], plain), _ID, _twice, InvalidChanges)
+            versions: dict[str, Version] = {}
+            rows = []
+            for item in items:  # most of the cost of a batch, else
+                row = _plain_fields(item, versions)
+                if row is None:
+                    break
+                rows.append(row)
+            else:
+                batch = ChangeBatch(*map(list, zip(*rows, strict=True))) if rows else ChangeBatch()
+                if len(set(batch.ids)) != len(batch.ids):
+                    _once("changes", batch.ids, _same, _twice, InvalidChanges)  # raises, naming both
+                return batch
     _checked("EntityChanges", body, InvalidChanges, uncapped=max_changes is None)
-    return _each_once("changes", body["changes"], _change, _ID, _twice, InvalidChanges)
+    return ChangeBatch.of(_each_once("changes", body["changes"], _change, _ID, _twice, InvalidChanges))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _twice(change_id: Hashable) -> str:
@@ -268,13 +289,23 @@ def _plainly_valid(item: Any) -> EntityChange | None:
     timestamp): whatever it lets through, the schema and ``_change`` accept as well, and the
     same way (a test holds it to that).
     """
+    fields = _plain_fields(item, {})
+    return None if fields is None else EntityChange(*fields)
+
+
+_Fields = tuple[str, str, str, str, Any, "Version | None", float]
+
+
+def _plain_fields(item: Any, versions: dict[str, Version]) -> _Fields | None:
+    """:func:`_plainly_valid`'s check, the change's fields as a tuple (no object per change);
+    ``versions``: the versions parsed so far in the batch, by their text (a batch has few)."""
     if type(item) is not dict or item.keys() != _CHANGE_KEYS:
         return None
     change_id, entity, entity_id = item["id"], item["entity"], item["entity_id"]
     for value in (change_id, entity, entity_id):
         if type(value) is not str or not 0 < len(value) <= MAX_KEY or not value.isascii() or "\x00" in value:
             return None
-    operation, data, version, timestamp = (
+    operation, data, text, timestamp = (
         item["operation"],
         item["data"],
         item["schema_version"],
@@ -284,12 +315,18 @@ def _plainly_valid(item: Any) -> EntityChange | None:
         return None
     if data is not None and type(data) is not dict:
         return None
-    if version is not None and (type(version) is not str or not _VERSION_TEXT.search(version)):
-        return None
-    version = None if version is None else Version.parse(version)
+    version = None
+    if text is not None:
+        if type(text) is not str:
+            return None
+        version = versions.get(text)
+        if version is None:
+            if not _VERSION_TEXT.search(text):
+                return None
+            version = versions[text] = Version.parse(text)
     if type(timestamp) is not float or not -MAX_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:  # NaN: False
         return None
-    return EntityChange(change_id, entity, entity_id, operation, data, version, timestamp)
+    return change_id, entity, entity_id, operation, data, version, timestamp
 
 
 _REPORT_KEYS = frozenset(("version", "applied", "error", "attempts", "checksum"))
