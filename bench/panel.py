@@ -11,7 +11,8 @@ of the clients that reported on it spread over those hours: what its charts draw
 
 The app runs in this process (``httpx.ASGITransport``: no sockets, so what is timed is the app:
 store reads, views and rendering). Each page is fetched ``--repeat`` times, best time kept, next
-to ``GET /api/clients`` (the fleet as JSON): the ratio is what the page costs against it.
+to ``GET /api/clients`` (the fleet's first page as JSON, with its counts): the ratio is what
+the page costs against it.
 
     python bench/panel.py [-n 1000 10000] [-m 20] [--repeat 5] [--screenshots docs/images]
 

@@ -516,7 +516,8 @@ class _Panel:
         back = f"{_root(request)}/migrations"
         _published, migration_rows, _clients = await self._migration_rows()
         row = next((m for m in migration_rows if m.migration.version == version), None)
-        if row is not None:  # one that is not published: the store says so (and requests nothing)
+        # One that is not published: the store says so; requests off: that is said first.
+        if row is not None and self.requests_refused is None:
             check_typed_name(form, action, row.migration.name, row.reach(action))
         return await self._request(request, session, action, version, None, back, f"#v{version}")
 
