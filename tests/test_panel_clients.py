@@ -46,6 +46,8 @@ async def test_pages_follow_each_other_through_their_cursors(admin: Panel) -> No
         seen += shown_clients(html)
         pages += 1
         assert 'href="/admin/clients?size=25">first page</a>' in html
+        # Each page counts every match, not those after its cursor.
+        assert ("25 shown of 60" if pages == 2 else "11 shown of 61") in html
         # A client registered meanwhile (its name sorts last) turns up at the end, once.
         if pages == 2:
             ids.append(await admin.client("zz-late"))

@@ -210,8 +210,14 @@ async def page(
         raise ConfigError(f"a page holds 1 to {MAX_LIMIT} clients, not {limit}")
     conditions = await _where(conn, which)
     key = _key(sort)
-    total = int(await conn.scalar(select(func.count()).select_from(t.store_clients).where(*conditions)) or 0)
-    query = select(_clients.id, key.label("k")).where(*conditions)
+    # The first page counts the matches in the same statement (a window over them all); a later
+    # one cannot (its rows start after the cursor), so it counts them apart.
+    total: int | None = None
+    if cursor is not None:
+        total = int(
+            await conn.scalar(select(func.count()).select_from(t.store_clients).where(*conditions)) or 0
+        )
+    query = select(_clients.id, key.label("k"), func.count().over().label("total")).where(*conditions)
     descending = sort == "seen"
     if cursor is not None:
         after, after_id = decode_cursor(cursor, sort)
@@ -221,6 +227,8 @@ async def page(
             query = query.where(tuple_(key, _clients.id) > tuple_(after, after_id))
     order = (key.desc(), _clients.id.desc()) if descending else (key, _clients.id)
     rows = (await conn.execute(query.order_by(*order).limit(limit + 1))).all()
+    if total is None:
+        total = int(rows[0].total) if rows else 0
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(sort, rows[-1].k, rows[-1].id) if more else None
@@ -228,18 +236,19 @@ async def page(
 
 
 async def counts(conn: AsyncConnection, stale_before: float) -> dict[str, int]:
-    """Fleet-wide: how many clients there are, failing, stale and held back by their app version."""
-    out = {}
-    for name, which in (
-        ("clients", ClientFilter()),
-        ("failing", ClientFilter(failing=True)),
-        ("stale", ClientFilter(stale_before=stale_before)),
-        ("held", ClientFilter(held=True)),
-    ):
-        conditions = await _where(conn, which)
-        query = select(func.count()).select_from(t.store_clients).where(*conditions)
-        out[name] = int(await conn.scalar(query) or 0)
-    return out
+    """Fleet-wide: how many clients there are, failing, stale and held back by their app version,
+    in one pass over the clients (each filter's id sets are built once)."""
+    terms = {
+        "failing": _failing(),
+        "stale": and_(*await _where(conn, ClientFilter(stale_before=stale_before))),
+        "held": await _held(conn),
+    }
+    query = select(
+        func.count().label("clients"),
+        *(func.sum(case((term, 1), else_=0)).label(name) for name, term in terms.items()),
+    ).select_from(t.store_clients)
+    row = (await conn.execute(query)).one()
+    return {name: int(getattr(row, name) or 0) for name in ("clients", *terms)}
 
 
 async def tallies(
