@@ -204,7 +204,18 @@ async def any_admin(any_store: str, tmp_path: Path) -> AsyncIterator[Panel]:
 # -- login and session ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/admin/", "/admin/migrations", "/admin/clients/1", "/admin/?failing=1"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/",
+        "/admin/migrations",
+        "/admin/clients/1",
+        "/admin/?failing=1",
+        "/admin/clients",
+        "/admin/clients?failing=1",
+        "/admin/rollouts/1",
+    ],
+)
 async def test_every_page_redirects_to_the_login_without_a_session(panel: Panel, path: str) -> None:
     response = await panel.http.get(path)
     assert response.status_code == 303
