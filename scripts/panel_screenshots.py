@@ -1,5 +1,6 @@
-"""Take the admin panel's screenshots for the docs: docs/images/panel-*.png (login, fleet,
-fleet-held, client, migrations, actions).
+"""Take the admin panel's screenshots for the docs: docs/images/panel-*.png (login, clients,
+clients-held, client, migrations, actions, rollouts, rollout). The two at 10,000 clients
+(panel-rollouts-10k, panel-clients-10k) come from ``bench/panel.py --screenshots docs/images``.
 
 They come from the browser test itself (tests/test_panel_browser.py: a real server, clients
 synced over HTTP, Debian's chromium through Playwright), so the pictures show what the test

@@ -85,11 +85,13 @@ class Panel:
             data["confirm"] = "1"
         return await self.http.post(f"/admin/clients/{client_id}/actions", data={**data, **fields})
 
-    async def ask_all(self, action: str, version: int | str, confirmed: bool = True) -> httpx.Response:
-        """POST the every-client request form of the migrations page."""
-        data = {"csrf": await self.csrf(), "action": action}
-        if confirmed:
-            data["confirm"] = "1"
+    async def ask_all(self, action: str, version: int | str, typed: str | None = None) -> httpx.Response:
+        """POST the every-client request form of the migrations page, with the migration's name
+        typed (or ``typed``)."""
+        if typed is None:
+            names = {str(m.version): m.name for m in await self.store.migrations()}
+            typed = names.get(str(version), "")
+        data = {"csrf": await self.csrf(), "action": action, "confirm_name": typed}
         return await self.http.post(f"/admin/migrations/{version}/actions", data=data)
 
 
@@ -117,9 +119,10 @@ def not_applied(m: Any) -> StatusReport:
 
 
 def cells(html: str, client_id: int) -> list[str]:
-    """The states of a client's cells in the grid."""
+    """The states of a client's cells on the clients page (the newest migrations, shown newest
+    first), in version order."""
     row = html.split(f'<tr id="client-{client_id}"', 1)[1].split("</tr>", 1)[0]
-    return re.findall(r'<td class="cell (\w+)"', row)
+    return list(reversed(re.findall(r'<td class="cell (\w+)"', row)))
 
 
 def request_rows(html: str) -> list[list[str]]:
@@ -201,7 +204,18 @@ async def any_admin(any_store: str, tmp_path: Path) -> AsyncIterator[Panel]:
 # -- login and session ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/admin/", "/admin/migrations", "/admin/clients/1", "/admin/?failing=1"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/",
+        "/admin/migrations",
+        "/admin/clients/1",
+        "/admin/?failing=1",
+        "/admin/clients",
+        "/admin/clients?failing=1",
+        "/admin/rollouts/1",
+    ],
+)
 async def test_every_page_redirects_to_the_login_without_a_session(panel: Panel, path: str) -> None:
     response = await panel.http.get(path)
     assert response.status_code == 303
@@ -254,7 +268,7 @@ async def test_the_admin_token_logs_in_with_a_strict_http_only_cookie(panel: Pan
     assert f"Max-Age={8 * 3600}" in session
     assert "Secure" not in session  # plain http, not forced
     assert "Max-Age=0" in cookies[LOGIN_COOKIE] or "expires=" in cookies[LOGIN_COOKIE].lower()
-    assert "<h1>Fleet</h1>" in await panel.page("/admin/")
+    assert "<h1>Rollouts</h1>" in await panel.page("/admin/")
     # Logged in, the login page sends you on.
     assert (await panel.http.get("/admin/login")).headers["location"] == "/admin/"
 
@@ -359,10 +373,13 @@ async def test_forms_must_be_small_and_urlencoded(admin: Panel) -> None:
 async def test_pages_carry_strict_security_headers(panel: Panel) -> None:
     login = await panel.http.get("/admin/login")
     await panel.login()
-    for response in [login, *[await panel.http.get(path) for path in ("/admin/", "/admin/migrations")]]:
+    paths = ("/admin/", "/admin/clients", "/admin/migrations")
+    for response in [login, *[await panel.http.get(path) for path in paths]]:
         assert response.status_code == 200
         csp = response.headers["content-security-policy"]
-        assert "default-src 'none'" in csp and "script-src" not in csp and "frame-ancestors 'none'" in csp
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        # Scripts only from the panel itself (panel.js): nothing inline, nothing from elsewhere.
+        assert "script-src 'self';" in csp and "unsafe" not in csp and "connect-src 'self';" in csp
         assert response.headers["cache-control"] == "no-store"
         assert response.headers["x-content-type-options"] == "nosniff"
     css = await panel.http.get("/admin/panel.css")
@@ -405,11 +422,11 @@ async def test_what_a_client_reported_is_escaped_everywhere(admin: Panel) -> Non
     await admin.publish(V1, V2)
     error = 'near "<script>alert(1)</script>": syntax error & "quotes"'
     client_id = await admin.client("<b>shop</b>", applied(V1), failed(V2, error, attempts=3))
-    for path in ("/admin/", f"/admin/clients/{client_id}", "/admin/?failing=1"):
+    for path in ("/admin/clients", f"/admin/clients/{client_id}", "/admin/clients?failing=1"):
         html = await admin.page(path)
         assert "<script>" not in html and "<b>shop</b>" not in html, path
         assert "&lt;b&gt;shop&lt;/b&gt;" in html, path
-    grid = await admin.page("/admin/")
+    grid = await admin.page("/admin/clients")
     # The error is in the failed cell's title, escaped for an attribute, and links to the client.
     assert (
         f'href="/admin/clients/{client_id}#v2" title="near &#34;&lt;script&gt;alert(1)&lt;/script&gt;&#34;: '
@@ -437,24 +454,24 @@ async def _fleet(admin: Panel) -> dict[str, int]:
     return ids
 
 
-async def test_the_grid_counts_and_filters(admin: Panel) -> None:
+async def test_the_clients_page_counts_and_filters(admin: Panel) -> None:
     ids = await _fleet(admin)
-    html = await admin.page("/admin/")
-    assert shown_clients(html) == list(ids.values())
-    counts = [count(html, name) for name in ("latest", "behind", "failing", "stale")]
-    assert counts == [1, 5, 2, 1]
-    failing = await admin.page("/admin/?failing=1")
-    assert shown_clients(failing) == [ids["failing"], ids["drift"]]
-    assert count(failing, "behind") == 5  # the counts are the whole fleet's
+    html = await admin.page("/admin/clients")
+    assert shown_clients(html) == [ids[n] for n in sorted(ids)]  # by name
+    counts = [count(html, name) for name in ("clients", "failing", "stale", "held", "matching")]
+    assert counts == [6, 2, 1, 0, 6]
+    failing = await admin.page("/admin/clients?failing=1")
+    assert shown_clients(failing) == [ids["drift"], ids["failing"]]
+    assert count(failing, "clients") == 6 and count(failing, "matching") == 2  # the counts are the fleet's
     assert 'name="failing" value="1" checked' in failing
-    assert shown_clients(await admin.page("/admin/?stale=1")) == [ids["stale"]]
-    assert shown_clients(await admin.page("/admin/?failing=1&stale=1")) == []
-    assert "No client matches the filters." in await admin.page("/admin/?failing=1&stale=1")
+    assert shown_clients(await admin.page("/admin/clients?stale=1")) == [ids["stale"]]
+    assert shown_clients(await admin.page("/admin/clients?failing=1&stale=1")) == []
+    assert "No client matches." in await admin.page("/admin/clients?failing=1&stale=1")
 
 
-async def test_the_grid_has_a_cell_per_client_and_migration(admin: Panel) -> None:
+async def test_the_clients_page_has_a_cell_per_client_and_newest_migration(admin: Panel) -> None:
     ids = await _fleet(admin)
-    html = await admin.page("/admin/")
+    html = await admin.page("/admin/clients")
     assert cells(html, ids["latest"]) == ["applied", "applied"]
     assert cells(html, ids["behind"]) == ["applied", "pending"]
     assert cells(html, ids["failing"]) == ["applied", "failed"]
@@ -474,11 +491,13 @@ async def test_a_client_page_shows_its_status_per_migration(admin: Panel) -> Non
     assert f'<pre class="error">{long_error}</pre>' in page  # in full
     assert "6 attempts; the last error:" in page
     assert re.search(r"<dt>reported version</dt><dd>1</dd>", page)
-    assert re.findall(r'<td class="state (\w+)"', page) == ["applied", "failed"]
+    assert re.findall(r'<td class="state (\w+)"', page) == ["failed", "applied"]  # newest first
+    assert page.index('id="attention"') < page.index('<dl class="facts">')  # what is wrong comes first
     drift = await admin.page(f"/admin/clients/{ids['drift']}")
     assert f"<code>{V2.checksum}</code>; published: <code>{V2_OTHER.checksum}</code>" in drift
     new = await admin.page(f"/admin/clients/{ids['new']}")
     assert re.findall(r'<td class="state (\w+)"', new) == ["pending", "pending"]
+    assert 'id="attention"' not in new  # nothing wrong: nothing to lead with
     assert "<dt>last seen</dt><dd" in new and ">never</dd>" in new
     missing = await admin.http.get("/admin/clients/999")
     assert missing.status_code == 404 and "There is no client 999." in missing.text
@@ -545,6 +564,9 @@ async def test_a_store_that_is_not_open_or_fails_is_an_html_503(tmp_path: Path) 
         async def migrations(self) -> None:
             raise BackendError("the database went away")
 
+        async def rollouts(self) -> None:
+            raise BackendError("the database went away")
+
     _, cookie = Sessions(SECRET, 60).issue(NAME)
     url = f"sqlite:///{tmp_path / 'server.db'}"
     async with Store.open(url):
@@ -590,7 +612,8 @@ async def test_the_panel_follows_the_path_it_is_mounted_at(tmp_path: Path) -> No
             )
             assert login.headers["location"] == "/sync/admin/"
             assert "Path=/sync/admin" in set_cookies(login)[SESSION_COOKIE]
-            assert "<h1>Fleet</h1>" in (await http.get("/sync/admin/")).text
+            assert "<h1>Rollouts</h1>" in (await http.get("/sync/admin/")).text
+            assert 'src="/sync/admin/panel.js"' in (await http.get("/sync/admin/clients")).text
 
 
 # -- who is logged in ----------------------------------------------------------------------------
@@ -660,7 +683,7 @@ async def test_a_dead_migration_has_its_own_cell_and_counts_as_failing(admin: Pa
     await admin.publish(V1, V2)
     dying = await admin.client("dying", applied(V1), dead(V2, "table orders already exists", attempts=3))
     retrying = await admin.client("retrying", applied(V1), failed(V2, "busy", attempts=1))
-    html = await admin.page("/admin/")
+    html = await admin.page("/admin/clients")
     assert cells(html, dying) == ["applied", "dead"]
     assert cells(html, retrying) == ["applied", "failed"]
     assert (
@@ -668,9 +691,10 @@ async def test_a_dead_migration_has_its_own_cell_and_counts_as_failing(admin: Pa
         "dead &times;3</a>"
     ) in html
     assert count(html, "failing") == 2
-    assert shown_clients(await admin.page("/admin/?failing=1")) == [dying, retrying]
+    assert shown_clients(await admin.page("/admin/clients?failing=1")) == [dying, retrying]
     page = await admin.page(f"/admin/clients/{dying}")
-    assert re.findall(r'<td class="state (\w+)"', page) == ["applied", "dead"]
+    assert re.findall(r'<td class="state (\w+)"', page) == ["dead", "applied"]
+    assert '<span class="problem dead">2 dead (waits for a re-apply) \u00d73</span>' in page
     assert "3 attempts, as many as the client allows: it waits for a re-apply." in page
     tallies = re.findall(r'<td class="tally">(.*)</td>', await admin.page("/admin/migrations"))
     assert re.sub(r"<[^>]+>", "", tallies[1]) == "0 applied, 1 failed, 1 dead"
@@ -682,19 +706,20 @@ async def test_a_revert_the_client_carried_out_holds_that_version_and_later(any_
     client_id = await admin.client("shop", applied(V1), applied(V2), applied(V3))
     other = await admin.client("other", applied(V1), applied(V2), applied(V3))
     [record] = await admin.store.request_action("revert", 2, [client_id], "Bob")
-    html = await admin.page("/admin/")
+    html = await admin.page("/admin/clients")
     # Asked, not picked up yet: still applied, with the request on the cell.
     assert cells(html, client_id) == ["applied", "applied", "applied"]
     assert "requested: revert" in html.split(f'<tr id="client-{client_id}"', 1)[1].split("</tr>", 1)[0]
     await admin.store.record_answers(client_id, [ActionResult(record.id, "done", "reverted")])
     await admin.store.report(client_id, [not_applied(V2), not_applied(V3)])
-    html = await admin.page("/admin/")
+    html = await admin.page("/admin/clients")
     assert cells(html, client_id) == ["applied", "held", "held"]
     assert cells(html, other) == ["applied", "applied", "applied"]
     assert "requested: revert" not in html
-    assert count(html, "held") == 1 and count(html, "failing") == 0
+    assert f"held from 2 by a revert (Bob, request {record.id})" in html
+    assert count(html, "held") == 0 and count(html, "failing") == 0  # held by a revert, not by its app
     page = await admin.page(f"/admin/clients/{client_id}")
-    assert re.findall(r'<td class="state (\w+)"', page) == ["applied", "held", "held"]
+    assert re.findall(r'<td class="state (\w+)"', page) == ["held", "held", "applied"]
     assert f"Held by request {record.id} (revert of version 2, by Bob)" in page
     assert "held from version 2" in page
     forms = _row_forms(page)
@@ -708,13 +733,13 @@ async def test_a_reapply_the_client_carried_out_lifts_the_hold(admin: Panel) -> 
     client_id = await admin.client("shop", applied(V1), applied(V2))
     await _held(admin, client_id, 2)
     await admin.store.report(client_id, [not_applied(V2)])
-    assert cells(await admin.page("/admin/"), client_id) == ["applied", "held"]
+    assert cells(await admin.page("/admin/clients"), client_id) == ["applied", "held"]
     [reapply] = await admin.store.request_action("reapply", 2, [client_id], "Bob")
-    html = await admin.page("/admin/")
+    html = await admin.page("/admin/clients")
     assert cells(html, client_id) == ["applied", "held"]  # not carried out yet: the client still holds
     assert "requested: reapply" in html
     await admin.store.record_answers(client_id, [ActionResult(reapply.id, "queued", "queued 0002_email")])
-    html = await admin.page("/admin/")
+    html = await admin.page("/admin/clients")
     assert cells(html, client_id) == ["applied", "pending"]
     assert "reapply under way" in html
 
@@ -808,7 +833,7 @@ async def test_a_request_from_a_client_page_is_recorded_with_who_and_when(any_ad
         [str(record.id), "reapply", "2", NAME, iso(record.requested_at), "pending", ""]
     ]
     assert "requested: reapply" in page  # on its row, too
-    assert "requested: reapply" in await admin.page("/admin/")
+    assert "requested: reapply" in await admin.page("/admin/clients")
     assert "Request recorded" not in await admin.page(f"/admin/clients/{client_id}")  # once, after the POST
 
 
@@ -956,14 +981,20 @@ async def test_a_revert_without_its_confirm_box_is_refused(admin: Panel) -> None
     client_id = await admin.client("shop", applied(V1))
     for confirm in ({}, {"confirm": ""}, {"confirm": "0"}, {"confirm": "no"}):
         one = await admin.ask(client_id, "revert", 1, confirmed=False, **confirm)
-        every = await admin.http.post(
-            "/admin/migrations/1/actions", data={"csrf": await admin.csrf(), "action": "revert", **confirm}
+        assert one.status_code == 400, confirm
+        assert one.headers["content-type"].startswith("text/html")
+        assert "<h1>Bad request</h1>" in one.text
+        assert "A revert must be confirmed: tick the box" in one.text
+    # For every client, the box is the migration's name, typed: a wrong one requests nothing.
+    for typed in ("", "0001", "0001_USERS", "0002_email", "1"):
+        every = await admin.ask_all("revert", 1, typed=typed)
+        assert every.status_code == 400, typed
+        assert "<h1>Bad request</h1>" in every.text
+        assert (
+            "Nothing was requested: to revert migration &#39;0001_users&#39; on every client (1 client)"
+            in every.text
         )
-        for response in (one, every):
-            assert response.status_code == 400, confirm
-            assert response.headers["content-type"].startswith("text/html")
-            assert "<h1>Bad request</h1>" in response.text
-            assert "A revert must be confirmed: tick the box" in response.text
+        assert "type its name exactly; you typed" in every.text
     assert await admin.store.actions() == []
     # A re-apply undoes nothing: it needs no box.
     [record] = await admin.store.request_action("revert", 1, [client_id], "Bob")
@@ -1038,13 +1069,19 @@ async def test_requests_for_every_client_from_the_migrations_page(any_admin: Pan
     v2 = page.split('<tr id="v2">', 1)[1].split("</tr>", 1)[0]
     assert "Re-apply on every client that failed it" not in v1 and "Revert on every client" in v1
     assert "Re-apply on every client that failed it" in v2 and "Revert on every client" in v2
-    assert (
-        '<label><input type="checkbox" name="confirm" value="1" required> '
-        "revert this and every later migration on every client that applied it</label>"
-    ) in v1
+    # Each says how many clients it reaches, and is sent only with the migration's name typed.
+    assert "Revert this and every later migration on every client that applied it: " in v1
+    assert '<strong class="reach">5 clients</strong>. Type <code>0001_users</code> to confirm:' in v1
+    assert '<input type="text" name="confirm_name" required' in v1
+    assert "Revert on every client (5)</button>" in v1
+    assert '<strong class="reach">2 clients</strong>. Type <code>0002_email</code>' in v2  # failing, dying
+    assert "Re-apply on every client that failed it (2)</button>" in v2
     assert 'action="/admin/migrations/2/actions"' in v2
+    wrong = await admin.ask_all("reapply", 2, typed="0001_users")
+    assert wrong.status_code == 400 and "you typed &#39;0001_users&#39;" in wrong.text
+    assert await admin.store.actions() == []  # nothing requested
 
-    reapply = await admin.ask_all("reapply", 2, confirmed=False)
+    reapply = await admin.ask_all("reapply", 2, typed=" 0002_email ")  # spaces around are forgiven
     assert reapply.status_code == 303
     assert reapply.headers["location"] == "/admin/migrations?requested=2#v2"
     records = await admin.store.actions()

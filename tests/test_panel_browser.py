@@ -173,7 +173,7 @@ async def _log_in(page: Any, url: str) -> None:
     await page.fill("#name", WHO)
     await page.fill("#token", ADMIN)
     await page.click("button[type=submit]")
-    await expect(page.locator("h1")).to_have_text("Fleet")
+    await expect(page.locator("h1")).to_have_text("Rollouts")
 
 
 def _request_row(page: Any, index: int) -> Any:
@@ -181,7 +181,7 @@ def _request_row(page: Any, index: int) -> Any:
     return page.locator("table.requests tbody tr").nth(index)
 
 
-async def test_log_in_see_the_grid_open_a_failing_client_and_filter(
+async def test_log_in_see_the_clients_open_a_failing_client_and_filter(
     chromium: str, fleet: Fleet, shots: Path
 ) -> None:
     from playwright.async_api import async_playwright, expect
@@ -203,50 +203,63 @@ async def test_log_in_see_the_grid_open_a_failing_client_and_filter(
             await page.fill("#token", ADMIN)
             await page.click("button[type=submit]")
 
-            # The fleet grid: one row per client, one column per migration.
-            await expect(page.locator("h1")).to_have_text("Fleet")
+            # The home page is the rollouts (none here); the clients are a click away.
+            await expect(page.locator("h1")).to_have_text("Rollouts")
             await expect(page.locator("header .who")).to_have_text(f"signed in as {WHO}")
+            await page.click("nav >> text=Clients")
+            await expect(page.locator("h1")).to_have_text("Clients")
             cookies = {c["name"]: c for c in await page.context.cookies()}
             assert cookies["migsync_panel"]["httpOnly"] and cookies["migsync_panel"]["sameSite"] == "Strict"
             assert await page.evaluate("document.cookie") == ""  # HttpOnly: no script sees it
-            await expect(page.locator("#count-latest")).to_have_text("2")
-            await expect(page.locator("#count-behind")).to_have_text("4")
+            await expect(page.locator("#count-clients")).to_have_text("6")
             await expect(page.locator("#count-failing")).to_have_text("2")  # failed, and dead
             await expect(page.locator("#count-held")).to_have_text("0")
-            rows = page.locator("table.grid tbody tr")
+            rows = page.locator("table.clients tbody tr")
             await expect(rows).to_have_count(6)
+            await expect(rows.locator("th a")).to_have_text(
+                ["berlin", "lyon", "madrid", "oslo", "paris", "rome"]
+            )
             rome = page.locator(f"#client-{fleet.clients['rome']}")
+            # What is wrong first, then the newest migrations, newest first.
+            await expect(rome.locator("td.wrong")).to_have_text("2 failed \u00d71")
             await expect(rome.locator("td.cell")).to_have_class(
-                [re.compile(s) for s in ("applied", "failed", "pending")]
+                [re.compile(s) for s in ("pending", "failed", "applied")]
             )
             failed = rome.locator("td.cell.failed a")
             await expect(failed).to_have_text("failed \u00d71")
             await expect(failed).to_have_attribute("title", re.compile("orders already exists"))
             lyon = page.locator(f"#client-{fleet.clients['lyon']}")
             await expect(lyon.locator("td.cell")).to_have_class(
-                [re.compile(s) for s in ("applied", "dead", "pending")]
+                [re.compile(s) for s in ("pending", "dead", "applied")]
             )
             await expect(lyon.locator("td.cell.dead a")).to_have_text(f"dead \u00d7{LYON_ATTEMPTS}")
             madrid = page.locator(f"#client-{fleet.clients['madrid']}")
-            await expect(madrid.locator("td.cell")).to_have_text(["applied", "applied", "pending"])
-            await page.screenshot(path=shots / "panel-fleet.png")
+            await expect(madrid.locator("td.cell")).to_have_text(["pending", "applied", "applied"])
+            await page.screenshot(path=shots / "panel-clients.png")
 
             # The failing client's page, from its failed cell: the whole error.
             await failed.click()
             await expect(page).to_have_url(re.compile(rf"/admin/clients/{fleet.clients['rome']}#v2$"))
             await expect(page.locator("h1")).to_contain_text("rome")
+            await expect(page.locator("#attention li")).to_have_text(
+                re.compile("2 failed \u00d71.*orders already exists", re.S)
+            )
             error = page.locator("tr#v2 pre.error")
             await expect(error).to_contain_text("table orders already exists")
             await expect(page.locator("tr#v2 td.state")).to_have_text("failed")
             await expect(page.locator("tr#v3 td.state")).to_have_text("pending")
 
-            # The failing filter, from the form on the fleet page.
-            await page.click("nav >> text=Fleet")
+            # The failing filter, from the form on the clients page; then a search.
+            await page.click("nav >> text=Clients")
             await page.check("input[name=failing]")
             await page.click("form.filters button")
-            await expect(page).to_have_url(re.compile(r"/admin/\?failing=1$"))
+            await expect(page).to_have_url(re.compile(r"/admin/clients\?.*failing=1"))
             await expect(rows).to_have_count(2)
             await expect(rows.locator("th a")).to_have_text(["lyon", "rome"])
+            await page.fill("input[name=q]", "RO")
+            await page.click("form.filters button")
+            await expect(rows.locator("th a")).to_have_text(["rome"])
+            await expect(page.locator("input[name=failing]")).to_be_checked()
 
             await page.click("nav >> text=Migrations")
             await expect(page.locator("table.migrations tbody tr")).to_have_count(3)
@@ -262,7 +275,7 @@ async def test_log_in_see_the_grid_open_a_failing_client_and_filter(
             await expect(page).to_have_url(re.compile(r"/admin/login\?next="))
         finally:
             await browser.close()
-    for name in ("login", "fleet", "migrations"):
+    for name in ("login", "clients", "migrations"):
         assert (shots / f"panel-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -280,6 +293,7 @@ async def test_re_apply_a_dead_migration_then_revert_it_and_see_the_client_do_it
             await expect(page.locator("header .who")).to_have_text(f"signed in as {WHO}")
 
             # lyon's V2 is dead: it will not try again by itself. Open it from its cell.
+            await page.click("nav >> text=Clients")
             await page.click(f"#client-{lyon_id} td.cell.dead a")
             await expect(page).to_have_url(re.compile(rf"/admin/clients/{lyon_id}#v2$"))
             await expect(page.locator("tr#v2 td.state")).to_have_text("dead")
@@ -330,7 +344,8 @@ async def test_re_apply_a_dead_migration_then_revert_it_and_see_the_client_do_it
             result = await fleet.sync("lyon", max_attempts=LYON_ATTEMPTS)
             assert result.actions_received == 1 and result.actions_answered == 1, result
             await page.reload()
-            await expect(page.locator("tbody td.state")).to_have_text(["applied", "held", "held"])
+            await expect(page.locator("tbody td.state")).to_have_text(["held", "held", "applied"])
+            await expect(page.locator("#attention")).to_contain_text("held from 2 by a revert")
             await expect(page.locator("tr#v3")).to_contain_text("Held by request")
             await expect(_request_row(page, 0).locator("td.rstate")).to_have_text("done")
             await expect(_request_row(page, 0).locator("td.detail")).to_have_text(
@@ -344,31 +359,44 @@ async def test_re_apply_a_dead_migration_then_revert_it_and_see_the_client_do_it
             again = await fleet.sync("lyon", max_attempts=LYON_ATTEMPTS)
             assert again.ok and "orders" not in fleet.tables("lyon")
 
-            await page.click("nav >> text=Fleet")
-            await expect(page.locator(f"#client-{lyon_id} td.cell")).to_have_text(["applied", "held", "held"])
-            await expect(page.locator("#count-held")).to_have_text("1")
+            await page.click("nav >> text=Clients")
+            await expect(page.locator(f"#client-{lyon_id} td.cell")).to_have_text(["held", "held", "applied"])
+            await expect(page.locator(f"#client-{lyon_id} td.wrong")).to_contain_text(
+                "held from 2 by a revert"
+            )
 
             # For every client at once, from the migrations page: lyon (held) and rome (failed).
             await page.click("nav >> text=Migrations")
             await expect(page.locator("tr#v2 td.tally")).to_have_text(
                 "3 applied, 1 pending, 1 failed, 1 held"
             )
-            await (
-                page.locator("tr#v2")
-                .get_by_role("button", name="Re-apply on every client that failed it")
-                .click()
+            # It says how many clients it reaches, and wants the migration's name typed.
+            reapply_all = page.locator("tr#v2 form.reapply")
+            await expect(reapply_all.locator(".reach")).to_have_text("2 clients")
+            button = reapply_all.get_by_role("button", name="Re-apply on every client that failed it (2)")
+            await button.click()  # nothing typed: the browser refuses the form
+            assert await reapply_all.locator("input[name=confirm_name]").evaluate(
+                "i => i.validity.valueMissing"
             )
+            await reapply_all.locator("input[name=confirm_name]").fill("0002_order")
+            await button.click()  # a wrong name: the server refuses, and nothing is requested
+            await expect(page.locator("main p").first).to_contain_text(
+                "Nothing was requested: to reapply migration '0002_orders' on every client (2 clients)"
+            )
+            await page.go_back()
+            await reapply_all.locator("input[name=confirm_name]").fill("0002_orders")
+            await button.click()
             await expect(page).to_have_url(re.compile(r"/admin/migrations\?requested=2#v2$"))
             await expect(page.get_by_role("status")).to_contain_text("2 requests recorded, one per client")
 
-            # The grid marks the requests the clients have not picked up yet.
-            await page.click("nav >> text=Fleet")
+            # The clients page marks the requests the clients have not picked up yet.
+            await page.click("nav >> text=Clients")
             lyon_cells = page.locator(f"#client-{lyon_id} td.cell")
-            await expect(lyon_cells).to_have_class([re.compile(s) for s in ("applied", "held", "held")])
+            await expect(lyon_cells).to_have_class([re.compile(s) for s in ("held", "held", "applied")])
             await expect(lyon_cells.nth(1).locator(".asked")).to_have_text("requested: reapply")
             rome = page.locator(f"#client-{fleet.clients['rome']} td.cell.failed .asked")
             await expect(rome).to_have_text("requested: reapply")
-            await page.screenshot(path=shots / "panel-fleet-held.png")
+            await page.screenshot(path=shots / "panel-clients-held.png")
 
             # The Actions page: every request, newest first, each client linking to its page.
             await page.click("nav >> text=Actions")
@@ -384,5 +412,123 @@ async def test_re_apply_a_dead_migration_then_revert_it_and_see_the_client_do_it
             await expect(page.locator("h1")).to_contain_text("lyon")
         finally:
             await browser.close()
-    for name in ("client", "fleet-held", "actions"):
+    for name in ("client", "clients-held", "actions"):
+        assert (shots / f"panel-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_follow_a_rollout_pause_and_resume_it_and_see_the_chart_follow_the_reports(
+    chromium: str, tmp_path: Path, shots: Path
+) -> None:
+    """A rollout of V2 in two stages (4 canaries, then all 10; an hour's soak): the home page
+    charts it and refreshes itself (panel.js) as clients report through the store; pause, resume
+    and advance are buttons, recorded with the admin's name in the rollout's audit."""
+    from playwright.async_api import async_playwright, expect
+
+    from migsync.protocol.wire import StatusReport
+    from migsync.server.panel import PanelOptions
+    from migsync.server.rollouts import Policy, parse_stages
+
+    store_url = f"sqlite:///{tmp_path / 'server.db'}"
+    write_keypair(tmp_path / "signing.key")
+    key = load_private_key(tmp_path / "signing.key")
+    write_keypair(tmp_path / "request.key")
+    request_key = load_private_key(tmp_path / "request.key")
+    async with Store.open(store_url) as store:
+        canaries = [(await store.add_client(f"canary-{i}", {"group": "canary"}))[0] for i in range(4)]
+        others = [(await store.add_client(f"shop-{i}"))[0] for i in range(6)]
+        await store.publish([V1], key)
+        result = await store.publish(
+            [V2], key, rollout=(parse_stages("canary,all"), Policy(soak=3600), "alice")
+        )
+        rollout_id = result.rollout_id
+
+    async def report(*client_ids: int) -> None:
+        async with Store.open(store_url) as store:
+            for client_id in client_ids:
+                await store.report(
+                    client_id, [StatusReport(m.version, True, None, 1, m.checksum) for m in (V1, V2)]
+                )
+
+    server = ServerThread(
+        lambda: create_app(
+            store_url,
+            admin_token=ADMIN,
+            cache_seconds=0,
+            request_key=request_key,
+            panel=PanelOptions(refresh_seconds=0.2),
+        )
+    )
+    server.start()
+    try:
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = await browser.new_page(viewport=VIEWPORT)  # type: ignore[arg-type]
+                await _log_in(page, server.url)
+                section = page.locator(f"#rollout-{rollout_id}")
+                await expect(section.locator(".stage")).to_contain_text("1 of 2: canary")
+                canary_chart = section.locator("figure.chart").nth(0)
+                applied = canary_chart.locator("[data-count=applied]")
+                await expect(applied).to_have_text("0")
+                await expect(canary_chart.locator("[data-count=pending]")).to_have_text("4")
+                before = await canary_chart.locator("polygon.a-applied").get_attribute("points")
+
+                # Two canaries report: the page follows by itself, without a reload.
+                marker = await page.evaluate("document.querySelector('header').dataset.marker = 'same page'")
+                await report(*canaries[:2])
+                await expect(applied).to_have_text("2")
+                await expect(canary_chart.locator("polygon.a-applied")).not_to_have_attribute(
+                    "points", before or ""
+                )
+                assert (
+                    await page.evaluate("document.querySelector('header').dataset.marker") == "same page"
+                ), marker
+
+                # Pause: the button, the state, and the audit with who did it.
+                await section.get_by_role("button", name="Pause").click()
+                await expect(page.locator(".flash")).to_have_text(
+                    "Rollout paused: recorded with your name in its audit."
+                )
+                section = page.locator(f"#rollout-{rollout_id}")
+                await expect(section.locator(".rollout-state")).to_have_text("paused")
+                await expect(section.get_by_role("button")).to_have_text(["Resume", "Advance", "Abort"])
+                # Paused, the remaining canaries' reports move the counts but not the stage.
+                await report(*canaries[2:])
+                await expect(
+                    section.locator("figure.chart").nth(0).locator("[data-count=applied]")
+                ).to_have_text("4")
+                await expect(section.locator(".stage")).to_contain_text("1 of 2: canary")
+
+                await section.get_by_role("button", name="Resume").click()
+                section = page.locator(f"#rollout-{rollout_id}")
+                await expect(section.locator(".rollout-state")).to_have_text("running")
+                await expect(section.get_by_role("button")).to_have_text(["Pause", "Advance", "Abort"])
+                # Every canary applied it, but the stage soaks for an hour: advance now.
+                await expect(section.locator(".stage")).to_contain_text("1 of 2: canary")
+                await section.get_by_role("button", name="Advance").click()
+                section = page.locator(f"#rollout-{rollout_id}")
+                await expect(section.locator(".stage")).to_contain_text("2 of 2: all")
+                all_chart = section.locator("figure.chart").nth(1)
+                # The second stage takes the 6 others (the canaries are the first's).
+                await expect(all_chart.locator("[data-count=pending]")).to_have_text("6")
+                await report(*others[:3])
+                await expect(all_chart.locator("[data-count=applied]")).to_have_text("3")
+                await expect(all_chart.locator("[data-count=pending]")).to_have_text("3")
+                await page.screenshot(path=shots / "panel-rollouts.png", full_page=True)
+
+                # The rollout's page: its stages and the audit, newest first, with who.
+                await section.get_by_role("link", name=f"Rollout {rollout_id}").click()
+                await expect(page.locator("h1")).to_contain_text(f"Rollout {rollout_id}")
+                await expect(page.locator("#stage-1 td").last).to_have_text("passed")
+                await expect(page.locator("#stage-2 td").last).to_have_text("current")
+                audit = page.locator("table.audit tbody tr")
+                await expect(audit.locator("td.who")).to_contain_text([WHO, WHO, WHO, "alice"])
+                await expect(page.locator("table.audit")).to_contain_text(f"paused (by {WHO})")
+                await expect(page.locator("table.audit")).to_contain_text(f"resumed (by {WHO})")
+                await page.screenshot(path=shots / "panel-rollout.png", full_page=True)
+            finally:
+                await browser.close()
+    finally:
+        server.stop()
+    for name in ("rollouts", "rollout"):
         assert (shots / f"panel-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

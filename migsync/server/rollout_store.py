@@ -282,9 +282,12 @@ async def _outcomes(conn: AsyncConnection, rollout: Rollout) -> dict[int, r.Clie
     }
 
 
-async def counts(conn: AsyncConnection, rollout: Rollout) -> list[r.Counts]:
-    """Each stage's counts now."""
-    members = await _members(conn, rollout)
+async def counts(
+    conn: AsyncConnection, rollout: Rollout, members: dict[int, int | None] | None = None
+) -> list[r.Counts]:
+    """Each stage's counts now (``members``: :func:`_members`'s, if the caller read them)."""
+    if members is None:
+        members = await _members(conn, rollout)
     outcomes = await _outcomes(conn, rollout)
     return r.count(((stage, outcomes.get(c, "pending")) for c, stage in members.items()), len(rollout.stages))
 
@@ -396,10 +399,16 @@ async def operate(conn: AsyncConnection, rollout_id: int, operation: str, by: st
 async def status(conn: AsyncConnection, rollout_id: int, now: float, points: int = 12) -> RolloutStatus:
     """The rollout (evaluated first), its counts now and at ``points`` times since it started, and
     its audit."""
-    await evaluate(conn, now, rollout_ids=[rollout_id])
     rollout = await read(conn, rollout_id)
     members = await _members(conn, rollout)
-    now_counts = await counts(conn, rollout)
+    now_counts = await counts(conn, rollout, members)
+    # Evaluated first, as :func:`evaluate` would, on the counts just read (a move of the
+    # rollout's state changes neither who is in which stage nor what they reported).
+    if rollout.state.state == r.RUNNING:
+        names = [s.name for s in rollout.stages]
+        step = r.evaluate(rollout.state, rollout.policy, now_counts, now, names)
+        if step.state != rollout.state and await _save(conn, rollout, step, SELF, now) is not None:
+            rollout = await read(conn, rollout_id)
     texts = [v.text for v in rollout.versions]
     events = [
         (row.at, row.client_id, row.version.text, row.state)

@@ -29,6 +29,7 @@ aborted and its stage has started.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -181,6 +182,7 @@ def parse_stages(text: str | Sequence[str]) -> tuple[Stage, ...]:
     return tuple(stages)
 
 
+@functools.lru_cache(maxsize=1 << 17)  # a pure function of the id, asked for every client per read
 def bucket(client_id: int) -> float:
     """The client's place in ``[0, 100)`` for percentage stages: a stable hash of its id, so that
     it is the same on every server, in every rollout, whatever the other clients."""
@@ -473,18 +475,34 @@ def timeline(
     rollout's. A client with no event for a version by then is pending for it."""
     ordered = sorted(e for e in events if e[2] in versions)
     known: dict[int, dict[str, str]] = {}
+    # Counted as the events come (not recounted over every member at each time: a chart of 24
+    # times over 10,000 clients would be 240,000 client states): every member starts pending.
+    tally = [[0, 0, 0] for _ in range(stages)]
+    for stage in members.values():
+        if stage is not None:
+            tally[stage][0] += 1
+    outcome: dict[int, ClientOutcome] = {}
+    column = {"applied": 1, "failed": 2}
     out: list[list[Counts]] = []
     position = 0
     for end in ends:
         while position < len(ordered) and ordered[position][0] <= end:
             _at, client_id, version, state = ordered[position]
-            known.setdefault(client_id, {})[version] = event_outcome(state)
             position += 1
-        outcomes = (
-            (stage, client_state(known.get(client_id, {}).get(v, "pending") for v in versions))
-            for client_id, stage in members.items()
-        )
-        out.append(count(outcomes, stages))
+            mine = known.setdefault(client_id, {})
+            mine[version] = event_outcome(state)
+            stage = members.get(client_id)
+            if stage is None:
+                continue
+            before = outcome.get(client_id, "pending")
+            after = client_state(mine.get(v, "pending") for v in versions)
+            if after != before:
+                if before in column:
+                    tally[stage][column[before]] -= 1
+                if after in column:
+                    tally[stage][column[after]] += 1
+                outcome[client_id] = after
+        out.append([Counts(*t) for t in tally])
     return out
 
 

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 
     from migsync.core.clock import Clock
     from migsync.server.appliers import ChangeApplier
+    from migsync.server.client_list import ClientFilter, ClientListing
     from migsync.server.rollout_store import Rollout, RolloutStatus
     from migsync.server.rollouts import Policy, Stage
 
@@ -700,6 +701,53 @@ class Store:
         ]
 
     # -- the admin's requests to clients --------------------------------------------------------
+
+    async def migration_tallies(
+        self,
+    ) -> tuple[dict[Version, dict[str, int]], int, list[FleetEntry], list[ActionRecord]]:
+        """How the fleet stands on each published migration, for the panel's migrations page,
+        in one read: per version the counts of the clients no revert holds
+        (:func:`migsync.server.client_list.tallies`) and how many those are, then the fleet
+        entries of the clients a revert holds (few) and the requests their holds come from."""
+        from migsync.server import client_list
+
+        async with self._read("reading how the fleet stands on each migration") as conn:
+            current = await requests.current(conn)
+            by_client: dict[int, list[ActionRecord]] = {}
+            for record in current:
+                by_client.setdefault(record.client_id, []).append(record)
+            held = sorted(c for c, records in by_client.items() if requests.hold_of(records) is not None)
+            counts, total = await client_list.tallies(conn, held)
+            entries = await fleets.entries(conn, held) if held else []
+        return counts, total, entries, [r for r in current if r.client_id in set(held)]
+
+    async def client_list(
+        self,
+        which: ClientFilter,
+        *,
+        sort: str = "name",
+        limit: int = 50,
+        cursor: str | None = None,
+        stale_before: float,
+    ) -> ClientListing:
+        """A page of the admin panel's list of clients (see :mod:`migsync.server.client_list`),
+        in one read: its clients' fleet entries in the page's order, the requests their holds
+        come from, the fleet-wide counts (``stale_before``: when a client not seen since is
+        stale) and the app versions clients run. A bad sort, limit or cursor is a
+        :class:`ConfigError`."""
+        from migsync.server import client_list
+
+        async with self._read("reading a page of clients") as conn:
+            found = await client_list.page(
+                conn, which, sort=client_list.check_sort(sort), limit=limit, cursor=cursor
+            )
+            ids = list(found.client_ids)
+            entries = await fleets.entries(conn, ids) if ids else []
+            current = await requests.current(conn, client_ids=ids) if ids else []
+            counts = await client_list.counts(conn, stale_before)
+            apps = await client_list.app_versions(conn)
+        by_id = {e.client.client_id: e for e in entries}
+        return client_list.ClientListing(found, [by_id[i] for i in ids if i in by_id], current, counts, apps)
 
     async def request_action(
         self, action: str, version: Version, client_ids: Sequence[int] | None, requested_by: str

@@ -34,9 +34,17 @@ from starlette.routing import Route
 
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.version import Version
+from migsync.server import rollouts as r
 from migsync.server.bodies import ApiError
-from migsync.server.panel import views
-from migsync.server.panel.forms import action_fields, flag, read_form, requested_count
+from migsync.server.panel import rollout_views, views
+from migsync.server.panel.forms import (
+    action_fields,
+    check_typed_name,
+    clients_query,
+    flag,
+    read_form,
+    requested_count,
+)
 from migsync.server.panel.sessions import MAX_NAME, Session, Sessions, clean_name
 from migsync.server.records import ActionRecord, PublishedMigration
 from migsync.server.store import Store
@@ -51,13 +59,22 @@ LOGIN_COOKIE = "migsync_panel_login"
 _LOGIN_COOKIE_SECONDS = 3600
 #: The Actions page shows this many requests, the newest.
 ACTIONS_SHOWN = 200
+#: The rollouts page charts the open rollouts and this many of the latest ended ones; the
+#: older ones are listed.
+ENDED_CHARTED = 3
+#: The clients page shows each client's status for this many of the newest migrations.
+NEWEST_SHOWN = 3
+#: Times per chart.
+CHART_POINTS = 24
+_DONE = {"pause": "paused", "resume": "resumed", "advance": "advanced", "abort": "aborted"}
 
 log = logging.getLogger("migsync.server.panel")
 
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; connect-src 'self'; "
+        "form-action 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
@@ -78,6 +95,9 @@ class PanelOptions:
     #: The key sessions are signed with (at least 32 bytes). None: a random one per app, so
     #: a restart logs everyone out. Give processes that share the logins the same secret.
     secret: bytes | None = None
+    #: How often, in seconds, a page with a live part (rollouts, clients) fetches it again in
+    #: the browser (panel.js); 0: never.
+    refresh_seconds: float = 5.0
 
 
 class LoginRequired(Exception):
@@ -108,6 +128,8 @@ def create_panel(
     options = options or PanelOptions()
     if not admin_token or not admin_token.strip():
         raise ConfigError("the admin token must not be empty")
+    if options.refresh_seconds < 0:
+        raise ConfigError("the panel's refresh_seconds must be >= 0")
     if options.session_seconds <= 0:
         raise ConfigError("the panel's session_seconds must be > 0")
     if options.secret is not None and len(options.secret) < 32:
@@ -115,7 +137,10 @@ def create_panel(
     panel = _Panel(store, admin_token, options, before_read, after_request, throttle or AuthThrottle())
     panel.requests_refused = requests_refused
     routes = [
-        Route("/", panel.fleet, methods=["GET"], name="fleet"),
+        Route("/", panel.rollouts, methods=["GET"], name="rollouts"),
+        Route("/rollouts/{rollout_id}", panel.rollout, methods=["GET"], name="rollout"),
+        Route("/rollouts/{rollout_id}", panel.operate, methods=["POST"]),
+        Route("/clients", panel.fleet, methods=["GET"], name="fleet"),
         Route("/migrations", panel.migrations, methods=["GET"], name="migrations"),
         Route("/clients/{client_id}", panel.client, methods=["GET"], name="client"),
         Route("/clients/{client_id}/actions", panel.request_for_client, methods=["POST"]),
@@ -125,6 +150,7 @@ def create_panel(
         Route("/login", panel.login, methods=["POST"]),
         Route("/logout", panel.logout, methods=["POST"], name="logout"),
         Route("/panel.css", panel.stylesheet, methods=["GET"], name="stylesheet"),
+        Route("/panel.js", panel.script, methods=["GET"], name="script"),
     ]
     handlers: dict[Any, Any] = {
         LoginRequired: panel.to_login,
@@ -161,8 +187,18 @@ class _Panel:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.env.filters.update(when=views.when, ago=views.ago, short=views.short)
-        self.css = importlib.resources.files("migsync.server.panel").joinpath("static/panel.css").read_bytes()
+        self.env.filters.update(
+            when=views.when,
+            ago=views.ago,
+            short=views.short,
+            span=views.span,
+            takes=rollout_views.takes,
+            problems=views.problems,
+            newest=views.newest,
+        )
+        static = importlib.resources.files("migsync.server.panel").joinpath("static")
+        self.css = static.joinpath("panel.css").read_bytes()
+        self.js = static.joinpath("panel.js").read_bytes()
 
     # -- sessions, cookies and forms ------------------------------------------------------------
 
@@ -207,14 +243,24 @@ class _Panel:
     def render(
         self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any
     ) -> HTMLResponse:
-        html = self.env.get_template(template).render(
-            root=_root(request),
-            session=session,
-            csrf=self.sessions.csrf(session) if session is not None else None,
-            now=time.time(),
-            requests_refused=self.requests_refused,
+        """The page; with ``?fragment=1`` (what panel.js asks for to refresh a page in place),
+        only its ``live`` block, for a page that has one."""
+        page = self.env.get_template(template)
+        values = {
+            "root": _root(request),
+            "session": session,
+            "csrf": self.sessions.csrf(session) if session is not None else None,
+            "now": time.time(),
+            "requests_refused": self.requests_refused,
+            "refresh": self.options.refresh_seconds,
+            "chart_w": rollout_views.CHART_W,
+            "chart_h": rollout_views.CHART_H,
             **context,
-        )
+        }
+        if "live" in page.blocks and flag(request.query_params.get("fragment")) and status == 200:
+            html = "".join(page.blocks["live"](page.new_context(values)))
+        else:
+            html = page.render(values)
         return HTMLResponse(html, status_code=status, headers=_PAGE_HEADERS)
 
     async def _read(
@@ -316,21 +362,97 @@ class _Panel:
     # -- pages -----------------------------------------------------------------------------------
 
     async def fleet(self, request: Request) -> Response:
+        """The clients, a page at a time: searched, filtered, sorted; each row leads with what is
+        wrong and the newest migrations."""
         session = self.require(request)
-        failing = flag(request.query_params.get("failing"))
-        stale = flag(request.query_params.get("stale"))
-        published, rows = await self._read()
+        query = clients_query(request)
+        if self.before_read is not None:
+            await self.before_read()
+        store = self.store()
         now = time.time()
+        try:
+            listing = await store.client_list(
+                query.which(now),
+                sort=query.sort,
+                limit=query.size,
+                cursor=query.after,
+                stale_before=now - views.STALE_AFTER,
+            )
+        except ConfigError as exc:
+            raise HTTPException(400, f"{exc}.") from None
+        published = await store.migrations()
+        rows = views.client_rows(listing.entries, published, listing.requests)
         return self.render(
             request,
-            "fleet.html",
+            "clients.html",
             session,
-            published=published,
-            rows=views.select(rows, failing=failing, stale=stale, now=now),
-            counts=views.counts(rows, now),
-            failing=failing,
-            stale=stale,
+            q=query,
+            rows=rows,
+            listing=listing,
+            newest=[m for m in reversed(published[-NEWEST_SHOWN:])],
+            newest_count=NEWEST_SHOWN,
+            next_url=query.url(_root(request), after=listing.page.next_cursor)
+            if listing.page.next_cursor
+            else None,
+            first_url=query.url(_root(request), after=None) if query.after else None,
         )
+
+    async def rollouts(self, request: Request) -> Response:
+        """The home page: every open rollout (and the latest ended ones) with its charts and
+        controls, then the older ones listed."""
+        session = self.require(request)
+        if self.before_read is not None:
+            await self.before_read()
+        store = self.store()
+        every = await store.rollouts()  # newest first
+        charted, ended, ended_charted = [], [], 0
+        for rollout in every:
+            if rollout.state.state in r.OPEN or ended_charted < ENDED_CHARTED:
+                ended_charted += rollout.state.state not in r.OPEN
+                charted.append(
+                    rollout_views.rollout_view(await store.rollout_status(rollout.id, CHART_POINTS))
+                )
+            else:
+                ended.append(rollout)
+        return self.render(request, "rollouts.html", session, views=charted, ended=ended, done=_done(request))
+
+    async def rollout(self, request: Request) -> Response:
+        session = self.require(request)
+        rollout_id = _rollout_id(request)
+        if self.before_read is not None:
+            await self.before_read()
+        try:
+            status = await self.store().rollout_status(rollout_id, CHART_POINTS)
+        except ConfigError:
+            raise HTTPException(404, f"There is no rollout {rollout_id}.") from None
+        return self.render(
+            request, "rollout.html", session, v=rollout_views.rollout_view(status), done=_done(request)
+        )
+
+    async def operate(self, request: Request) -> Response:
+        """Pause, resume, advance or abort a rollout, recorded with the admin's name."""
+        session = self.require(request)
+        rollout_id = _rollout_id(request)
+        form = await self.checked_form(request, session)
+        op = form.get("op", "")
+        if op not in r.OPERATIONS:
+            raise HTTPException(400, f"Unknown operation {op[:40]!r}: use one of {', '.join(r.OPERATIONS)}.")
+        root = _root(request)
+        back = f"{root}/rollouts/{rollout_id}" if form.get("back") == "rollout" else f"{root}/"
+        try:
+            await self.store().rollout_operate(rollout_id, op, session.name)
+        except ConfigError as exc:
+            return self.render(
+                request,
+                "error.html",
+                session,
+                status=409,
+                title="Not done",
+                message=f"Rollout {rollout_id} was not changed: {exc}.",
+                back=back,
+            )
+        log.info("panel: %s (from %s) did %s on rollout %s", session.name, _address(request), op, rollout_id)
+        return RedirectResponse(f"{back}?done={op}#rollout-{rollout_id}", 303)
 
     async def client(self, request: Request) -> Response:
         session = self.require(request)
@@ -345,14 +467,29 @@ class _Panel:
 
     async def migrations(self, request: Request) -> Response:
         session = self.require(request)
-        published, rows = await self._read()
+        _published, migration_rows, clients = await self._migration_rows()
         return self.render(
             request,
             "migrations.html",
             session,
-            migrations=views.migration_rows(rows, published),
-            clients=len(rows),
+            migrations=migration_rows,
+            clients=clients,
             requested=requested_count(request),
+        )
+
+    async def _migration_rows(self) -> tuple[list[PublishedMigration], list[views.MigrationRow], int]:
+        """The published migrations, how the fleet stands on each (counted by the store; the
+        few clients a revert holds worked out here) and how many clients there are."""
+        if self.before_read is not None:
+            await self.before_read()
+        store = self.store()
+        published = await store.migrations()
+        tallies, counted, held, held_requests = await store.migration_tallies()
+        held_rows = views.client_rows(held, published, held_requests)
+        return (
+            published,
+            views.migration_rows_from(published, tallies, counted, held_rows),
+            counted + len(held),
         )
 
     async def actions(self, request: Request) -> Response:
@@ -375,8 +512,13 @@ class _Panel:
         """A re-apply or revert of this migration on every client it makes sense for."""
         session = self.require(request)
         form = await self.checked_form(request, session)
-        action, version = action_fields(form, str(request.path_params["version"]))
+        action, version = action_fields(form, str(request.path_params["version"]), confirm_box=False)
         back = f"{_root(request)}/migrations"
+        _published, migration_rows, _clients = await self._migration_rows()
+        row = next((m for m in migration_rows if m.migration.version == version), None)
+        # One that is not published: the store says so; requests off: that is said first.
+        if row is not None and self.requests_refused is None:
+            check_typed_name(form, action, row.migration.name, row.reach(action))
         return await self._request(request, session, action, version, None, back, f"#v{version}")
 
     async def _request(
@@ -429,6 +571,13 @@ class _Panel:
         return Response(
             self.css,
             media_type="text/css",
+            headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def script(self, _request: Request) -> Response:
+        return Response(
+            self.js,
+            media_type="text/javascript",
             headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
         )
 
@@ -496,6 +645,20 @@ def _address(request: Request) -> str:
 
 def _names(records: list[ActionRecord]) -> str:
     return ", ".join(f"{r.client_name!r} ({r.client_id})" for r in records)
+
+
+def _done(request: Request) -> str | None:
+    """What the redirect after a rollout's operation says was done (None: no word)."""
+    op = request.query_params.get("done", "")
+    return f"Rollout {_DONE[op]}: recorded with your name in its audit." if op in _DONE else None
+
+
+def _rollout_id(request: Request) -> int:
+    """The page's rollout id; 404 for anything that is not one (as :func:`_client_id`)."""
+    text = str(request.path_params["rollout_id"])
+    if not (text.isascii() and text.isdigit() and len(text) <= 10) or int(text) > MAX_ID:
+        raise HTTPException(404, f"There is no rollout {text[:20]}.")
+    return int(text)
 
 
 def _client_id(request: Request) -> int:

@@ -41,14 +41,19 @@ __all__ = [
     "ClientRow",
     "Counts",
     "MigrationRow",
+    "Problem",
     "ago",
     "client_row",
     "client_rows",
     "counts",
     "hold_of",
     "migration_rows",
+    "migration_rows_from",
+    "newest",
+    "problems",
     "select",
     "short",
+    "span",
     "when",
 ]
 
@@ -157,6 +162,11 @@ class MigrationRow:
         """Whether a revert for every client would reach anyone."""
         return bool(self.applied + self.drift)
 
+    def reach(self, action: str) -> int:
+        """How many clients a request for every client would go to: a revert, those that applied
+        it (with the published content or not); a re-apply, those that reported it not applied."""
+        return self.applied + self.drift if action == "revert" else self.not_applied
+
 
 def _cell(
     entry: FleetEntry,
@@ -230,6 +240,77 @@ def migration_rows(rows: Sequence[ClientRow], published: Sequence[PublishedMigra
     return [MigrationRow(m, **tally[m.version]) for m in published]
 
 
+@attrs.frozen
+class Problem:
+    """Something wrong with a client, as its row and page lead with: ``kind`` one of ``dead``,
+    ``failed``, ``drift``, ``held`` (by a revert), ``app`` (held back by its app version)."""
+
+    kind: str
+    version: Version
+    text: str
+    #: the error or detail to show in full on the client's page
+    detail: str | None = None
+
+
+def problems(row: ClientRow) -> list[Problem]:
+    """What is wrong with a client, the newest migration first; empty: nothing."""
+    out: list[Problem] = []
+    for cell in reversed(row.cells):
+        if cell.state in ("dead", "failed"):
+            times = f" \u00d7{cell.attempts}" if cell.attempts is not None else ""
+            what = "dead (waits for a re-apply)" if cell.state == "dead" else "failed"
+            out.append(Problem(cell.state, cell.version, f"{cell.version} {what}{times}", cell.error))
+        if cell.drift is not None:
+            out.append(Problem("drift", cell.version, f"{cell.version} applied with other content (drift)"))
+    if row.hold is not None:
+        out.append(
+            Problem(
+                "held",
+                row.hold.version,
+                f"held from {row.hold.version} by a revert ({row.hold.requested_by}, request {row.hold.id})",
+            )
+        )
+    for version, needs in reversed(row.entry.held_by_app):
+        app = row.entry.client.app_version or "none reported"
+        out.append(Problem("app", version, f"{version} needs {needs}; its app: {app}"))
+    return out
+
+
+def newest(row: ClientRow, count: int) -> list[Cell | None]:
+    """The client's cells for the ``count`` newest published migrations, newest first (None
+    where fewer are published)."""
+    cells: list[Cell | None] = list(reversed(row.cells[-count:])) if count else []
+    return cells + [None] * (count - len(cells))
+
+
+def migration_rows_from(
+    published: Sequence[PublishedMigration],
+    tallies: dict[Version, dict[str, int]],
+    counted: int,
+    held_rows: Sequence[ClientRow],
+) -> list[MigrationRow]:
+    """:func:`migration_rows` from the store's counts of the clients no revert holds
+    (``counted`` of them) and the rows of those a revert holds."""
+    exact = {row.migration.version: row for row in migration_rows(held_rows, published)}
+    out = []
+    for m in published:
+        got = tallies.get(m.version, {})
+        mine = exact[m.version]
+        failed, dead, drift, applied = (got.get(k, 0) for k in ("failed", "dead", "drift", "applied"))
+        out.append(
+            MigrationRow(
+                m,
+                applied=applied + mine.applied,
+                failed=failed + mine.failed,
+                drift=drift + mine.drift,
+                pending=counted - failed - dead - drift - applied + mine.pending,
+                dead=dead + mine.dead,
+                held=mine.held,
+            )
+        )
+    return out
+
+
 # -- text the templates show (their filters) ---------------------------------------------------
 
 
@@ -247,6 +328,17 @@ def ago(t: float | None, now: float) -> str:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     return f"{seconds} s ago"
+
+
+def span(seconds: float) -> str:
+    """A duration, roughly ("1 d", "10 min", "90 s")."""
+    whole = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if whole >= size and whole % size == 0:
+            return f"{whole // size} {unit}"
+    if whole >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{whole // 60} min" if whole >= 600 else f"{whole} s"
 
 
 def short(checksum: str | None) -> str:
