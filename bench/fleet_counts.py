@@ -74,7 +74,8 @@ _PG_CLIENTS = (
     "CASE WHEN i % 10 = 0 THEN NULL ELSE 1000 + i % 100 END, 0, 0 FROM generate_series(1, :n) AS i"
 )
 _PG_ROWS = (
-    "INSERT INTO store_client_status (client_id, version, applied, error, attempts, checksum, updated_at, dead) "
+    "INSERT INTO store_client_status "
+    "(client_id, version, applied, error, attempts, checksum, updated_at, dead) "
     "SELECT c.id, m.version, NOT (m.version = :v3 AND c.id % 100 = 7), "
     "CASE WHEN m.version = :v3 AND c.id % 100 = 7 THEN 'boom' END, 1, "
     "CASE WHEN m.version = :v2 AND c.id % 200 = 3 THEN repeat('e', 64) ELSE m.checksum END, 0, FALSE "

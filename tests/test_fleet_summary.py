@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from conftest import throwaway_database
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,9 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from migsync.core.migration import Migration, Script
+from migsync.core.version import Version
 from migsync.protocol.wire import StatusReport
 from migsync.server import Store
 from migsync.server.fleet import STATES, state_of
+from migsync.server.fleet_summary import PUBLISH_LOCK_KEY
 from migsync.server.import_reports import import_reports
 from migsync.server.records import FleetEntry
 from migsync.transports import dropfiles
@@ -188,3 +191,80 @@ def test_the_layout_upgrade_computes_every_summary(any_store: str) -> None:
         assert rows == [(2,)], "clients with applied versions have a summary, not the columns' default"
 
     asyncio.run(upgraded())
+
+
+# -- concurrent writers (Postgres: SQLite admits one writer at a time) ------------------------------
+
+
+async def _waits_on_a_lock(url: str, running: asyncio.Task[Any]) -> None:
+    """Until a session of this database waits on a lock (asked again and again, no clock), from
+    a session outside any transaction (``pg_stat_activity`` is read once per transaction)."""
+    sql = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid "
+        "WHERE NOT l.granted AND s.datname = current_database()"
+    )
+    watcher = await asyncpg.connect(url)
+    try:
+        while not await watcher.fetchval(sql):
+            if running.done():
+                raise AssertionError(f"the report ended without waiting: {running.result()!r}")
+    finally:
+        await watcher.close()
+
+
+async def _two_published(url: str) -> tuple[int, dict[int, str]]:
+    async with Store.open(url) as store:
+        await store.publish([migration(1), migration(2)], Ed25519PrivateKey.generate())
+        [(client_id, _, _)] = await store.add_clients(["c"])
+        return client_id, {int(m.version.text): m.checksum for m in await store.migrations()}
+
+
+async def test_a_report_during_a_forced_publish_counts_the_new_content(pg_url: str) -> None:
+    # The publish (by hand here: the lock a publish holds, and the checksum a force writes) has
+    # not committed when the report comes; the report waits, then counts against the new checksum.
+    client_id, _ = await _two_published(pg_url)
+    holder = await asyncpg.connect(pg_url)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", PUBLISH_LOCK_KEY)
+        key = Version.parse(1).key
+        await holder.execute("UPDATE store_migrations SET checksum = $1 WHERE version = $2", OTHER, key)
+        async with Store.open(pg_url) as store:
+            running = asyncio.create_task(store.report(client_id, [StatusReport(1, True, None, 1, OTHER)]))
+            await _waits_on_a_lock(pg_url, running)
+            await holder.execute("COMMIT")
+            await running
+            [entry] = await store.fleet()  # (not check(): the content no longer matches its checksum)
+            assert entry.drift == () and entry.pending == (2,)
+    finally:
+        await holder.close()
+    assert await aquery(pg_url, "SELECT fleet_drift, fleet_done FROM store_clients") == [(False, 1)]
+
+
+async def test_two_reports_of_one_client_at_once_both_count(pg_url: str) -> None:
+    # Another report of the same client (by hand: its locks and its row) is in flight: this one
+    # waits for it, then its summary counts both.
+    client_id, sums = await _two_published(pg_url)
+    holder = await asyncpg.connect(pg_url)
+    try:
+        await holder.execute("BEGIN")
+        await holder.execute("SELECT pg_advisory_xact_lock_shared($1)", PUBLISH_LOCK_KEY)
+        await holder.execute("SELECT id FROM store_clients WHERE id = $1 FOR NO KEY UPDATE", client_id)
+        await holder.execute(
+            "INSERT INTO store_client_status (client_id, version, applied, error, attempts, checksum, "
+            "updated_at, dead) VALUES ($1, $2, FALSE, 'boom', 1, $3, 0, FALSE)",
+            client_id,
+            Version.parse(2).key,
+            sums[2],
+        )
+        await holder.execute("UPDATE store_clients SET fleet_failing = TRUE WHERE id = $1", client_id)
+        async with Store.open(pg_url) as store:
+            report_one = [StatusReport(1, True, None, 1, sums[1])]
+            running = asyncio.create_task(store.report(client_id, report_one))
+            await _waits_on_a_lock(pg_url, running)
+            await holder.execute("COMMIT")
+            await running
+            await check(store, pg_url)
+    finally:
+        await holder.close()
+    assert await aquery(pg_url, "SELECT fleet_failing, fleet_done FROM store_clients") == [(True, 1)]
