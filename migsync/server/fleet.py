@@ -118,18 +118,18 @@ def decode_cursor(cursor: str) -> int:
     return int(digits)
 
 
-def _done(version: Version) -> Any:
-    """Whether the client applied ``version`` with the published content (0 or 1)."""
-    return (
-        select(func.count())
+def _done(version: Version) -> ColumnElement[bool]:
+    """Whether the client applied ``version`` with the published content: a semi-join, so that
+    "lacking" is an anti-join (one hash join over that version's rows, not a lookup per client)."""
+    return exists(
+        select(_status.client_id)
+        .select_from(t.store_client_status.join(t.store_migrations, _published.version == _status.version))
         .where(
             _status.client_id == _clients.id,
-            _status.version == _published.version,
-            _published.version == version,
+            _status.version == version,
             _status.applied.is_(True),
             _status.checksum == _published.checksum,
         )
-        .scalar_subquery()
     )
 
 
@@ -161,7 +161,7 @@ def _where(which: FleetFilter, now: float) -> list[ColumnElement[bool]]:
         )
     if which.lacking is not None:
         is_published = exists().where(_published.version == which.lacking)
-        conditions.append(and_(is_published, _done(which.lacking) == 0))
+        conditions.append(and_(is_published, ~_done(which.lacking)))
     if which.stale is not None:
         cutoff = now - which.stale
         conditions.append(or_(_clients.last_seen_at.is_(None), _clients.last_seen_at < cutoff))
