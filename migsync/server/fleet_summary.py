@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, exists, func, select, text, update
+from sqlalchemy import Integer, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
@@ -94,13 +94,6 @@ _LOCK_CLIENT = text(
     "SELECT c.id FROM gate, store_clients AS c WHERE c.id = :client_id FOR NO KEY UPDATE OF c"
 ).bindparams(key=PUBLISH_LOCK_KEY)
 
-_REFRESH_MANY = (
-    update(t.store_clients)
-    .where(_clients.id.in_(bindparam("ids", expanding=True)))
-    .values(SUMMARY)
-    .execution_options(synchronize_session=False)
-)
-
 
 async def lock_client(conn: AsyncConnection, client_id: int) -> None:
     """Before a report writes ``client_id``'s status rows (Postgres): the publish lock, shared,
@@ -109,33 +102,24 @@ async def lock_client(conn: AsyncConnection, client_id: int) -> None:
         await conn.execute(_LOCK_CLIENT, {"client_id": client_id})
 
 
-async def refresh_versions(conn: AsyncConnection, versions: Sequence[Version]) -> int:
+async def refresh_versions(conn: AsyncConnection, versions: Sequence[Version]) -> None:
     """Recompute the summary of every client with a status row of one of ``versions`` (those a
-    publish added or replaced); how many. Run inside the publish's transaction, which holds the
-    publish lock: no report is in flight. The rows are locked in client id order first, as every
-    writer of many client rows does, and recomputed by a later statement that sees them locked."""
+    publish added or replaced). Run inside the publish's transaction, which holds the publish
+    lock: no report is in flight, so the set of those clients cannot change meanwhile. On
+    Postgres their rows are locked in client id order first, as every writer of many client
+    rows does, and recomputed by a later statement, which sees what their last writers committed."""
     if not versions:
-        return 0
-    which = (
-        select(_status.client_id)
-        .where(_status.version.in_(list(versions)))
-        .distinct()
-        .order_by(_status.client_id)
-    )
-    ids = [r.client_id for r in await conn.execute(which)]
-    if not ids:
-        return 0
+        return
+    having = select(_status.client_id).where(_status.version.in_(list(versions)))
     if conn.dialect.name == "postgresql":
         lock = (
             select(_clients.id)
-            .where(_clients.id.in_(ids))
+            .where(_clients.id.in_(having))
             .order_by(_clients.id)
             .with_for_update(key_share=True)
         )
-        await conn.execute(lock)
-    for start in range(0, len(ids), 10_000):
-        await conn.execute(_REFRESH_MANY, {"ids": ids[start : start + 10_000]})
-    return len(ids)
+        await conn.execute(select(func.count()).select_from(lock.subquery()))  # not a row per client
+    await conn.execute(update(t.store_clients).where(_clients.id.in_(having)).values(SUMMARY))
 
 
 def pending_condition(published_count: Any) -> Any:
