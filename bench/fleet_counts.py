@@ -10,6 +10,7 @@ statement (:data:`migsync.server.fleet_summary.REFRESH_ALL_SQL`), then ``VACUUM 
 
     python bench/fleet_counts.py -n 100000 1000000          # Postgres
     python bench/fleet_counts.py --sqlite -n 1000 10000     # SQLite files
+    python bench/fleet_counts.py -n 1000000 --no-fill       # the store an earlier run filled
 
 The machine is shared and has 2 cores: the ratio in one run is what counts.
 """
@@ -30,7 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fleet_scale import fresh_store
+from fleet_scale import _PG, fresh_store
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
@@ -217,11 +218,14 @@ async def run(args: argparse.Namespace) -> None:
     for n in args.n:
         if args.sqlite:
             url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'store.db'}"
+        elif args.no_fill:
+            url = f"{_PG}/migsync_bench_counts_{n}"
         else:
             url = await fresh_store(f"migsync_bench_counts_{n}")
-        started = time.perf_counter()
-        await fill(url, n)
-        print(f"filled {n:,} clients in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        if not args.no_fill:
+            started = time.perf_counter()
+            await fill(url, n)
+            print(f"filled {n:,} clients in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         results = await measure(url, n, before, args.repeat)
         print(table(n, "SQLite" if args.sqlite else "Postgres", results))
         print()
@@ -232,6 +236,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, nargs="+", default=[100_000])
     parser.add_argument("--sqlite", action="store_true", help="SQLite files instead of Postgres")
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--no-fill", action="store_true", help="Postgres: the store an earlier run filled")
     parser.add_argument("--before", default="4ed0063", help="the commit to compare with (its fleet.py)")
     asyncio.run(run(parser.parse_args()))
 

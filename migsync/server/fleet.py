@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import ColumnElement, Row, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
@@ -207,15 +207,14 @@ async def _counts(conn: AsyncConnection, conditions: list[ColumnElement[bool]]) 
     """How many clients meeting ``conditions`` are in each state (a state without any: absent).
     One aggregate over the clients' summaries (an index-only scan of ``store_clients_fleet``
     when there is no other condition), whatever the number of status rows."""
-    lacks = case((_clients.fleet_done < fleet_summary.published_count(), 1), else_=0).label("lacks")
-    query = (
-        select(_clients.fleet_failing, _clients.fleet_drift, lacks, func.count())
-        .where(*conditions)
-        .group_by(_clients.fleet_failing, _clients.fleet_drift, lacks)
-    )
+    # Grouped by the index's columns themselves (the groups come in index order, no expression
+    # per client), "pending" decided per group: fewer published versions done than published.
+    summary = (_clients.fleet_failing, _clients.fleet_drift, _clients.fleet_done)
+    published = fleet_summary.published_count().label("published")
+    query = select(*summary, func.count(), published).where(*conditions).group_by(*summary)
     by_state: dict[str, int] = {}
-    for failing, drift, lacking, number in await conn.execute(query):
-        state = "failing" if failing else "drift" if drift else "pending" if lacking else "ok"
+    for failing, drift, done, number, of in await conn.execute(query):
+        state = "failing" if failing else "drift" if drift else "pending" if done < of else "ok"
         by_state[state] = by_state.get(state, 0) + int(number)
     return by_state
 

@@ -122,11 +122,6 @@ async def refresh_versions(conn: AsyncConnection, versions: Sequence[Version]) -
     await conn.execute(update(t.store_clients).where(_clients.id.in_(having)).values(SUMMARY))
 
 
-def pending_condition(published_count: Any) -> Any:
-    """Whether the client lacks a published version, given the number of published versions."""
-    return _clients.fleet_done < published_count
-
-
 def published_count() -> Any:
     """The number of published versions, as a scalar subquery."""
     return select(func.count()).select_from(t.store_migrations).scalar_subquery().cast(Integer)
@@ -137,7 +132,6 @@ __all__ = [
     "REFRESH_ALL_SQL",
     "SUMMARY",
     "lock_client",
-    "pending_condition",
     "published_count",
     "refresh_versions",
 ]
