@@ -119,7 +119,25 @@ async def refresh_versions(conn: AsyncConnection, versions: Sequence[Version]) -
             .with_for_update(key_share=True)
         )
         await conn.execute(select(func.count()).select_from(lock.subquery()))  # not a row per client
+        # One aggregate over those clients' rows (a hash join and a hash aggregate), not three
+        # lookups per client: a forced publish over the whole fleet rewrites every client's row.
+        await conn.execute(_REFRESH_FROM_AGGREGATE, {"versions": [v.key for v in versions]})
+        return
     await conn.execute(update(t.store_clients).where(_clients.id.in_(having)).values(SUMMARY))
+
+
+_REFRESH_FROM_AGGREGATE = text(
+    "UPDATE store_clients AS c SET fleet_failing = a.failing, fleet_drift = a.drift, fleet_done = a.done "
+    "FROM (SELECT s.client_id, "
+    "bool_or(NOT s.applied AND s.error IS NOT NULL) AS failing, "
+    "coalesce(bool_or(s.checksum IS NOT NULL AND s.checksum <> m.checksum), FALSE) AS drift, "
+    "count(*) FILTER (WHERE s.applied AND s.checksum = m.checksum) AS done "
+    "FROM store_client_status AS s LEFT JOIN store_migrations AS m ON m.version = s.version "
+    "WHERE s.client_id IN "
+    "(SELECT client_id FROM store_client_status WHERE version = ANY(CAST(:versions AS text[]))) "
+    "GROUP BY s.client_id) AS a "
+    "WHERE c.id = a.client_id"
+)
 
 
 def published_count() -> Any:
