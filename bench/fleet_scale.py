@@ -54,7 +54,7 @@ from fleet import BARE_SERVER, Rate, Tally, _Poller, free_port, migration_file
 
 from migsync import load_directory
 from migsync.protocol.wire import PROTOCOL, PROTOCOL_HEADER
-from migsync.server import Store
+from migsync.server import Store, fleet_summary
 
 ADMIN = "bench-admin-token"
 PENDING = "/api/migrations/pending"
@@ -207,6 +207,7 @@ async def fill(store_url: str, n: int, root: Path) -> Filled:
         await conn.execute(
             "UPDATE store_clients SET reported_version = (SELECT max(version) FROM store_migrations)"
         )
+        await conn.execute(fleet_summary.REFRESH_ALL_SQL)  # rows written behind the store's back
         await conn.execute("ANALYZE")
     finally:
         await conn.close()

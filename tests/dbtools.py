@@ -329,6 +329,12 @@ def imported_name(path: Path) -> Path:
 
 #: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
 _STORE_DOWNGRADES = {
+    8: [
+        "DROP INDEX store_clients_fleet",
+        "ALTER TABLE store_clients DROP COLUMN fleet_failing",
+        "ALTER TABLE store_clients DROP COLUMN fleet_drift",
+        "ALTER TABLE store_clients DROP COLUMN fleet_done",
+    ],
     7: ["DROP INDEX store_client_status_version"],
     6: [
         "DROP INDEX store_clients_change_seq",

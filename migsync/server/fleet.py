@@ -16,10 +16,11 @@ A client's *state* is one of, first match wins:
 - ``pending``: a published version it has not applied with the published content;
 - ``ok``: none of these.
 
-Filters and counts are SQL: the page reads only its own clients' rows (but
-for a filter on the state, which is one aggregate over the status rows after
-the cursor), and the counts are one aggregate over the status rows joined to
-the clients the filter leaves.
+Filters and counts are SQL over each client's summary, kept on its row by the
+writes that change it (:mod:`migsync.server.fleet_summary`): the page reads only
+its own clients' status rows, a filter on the state is a condition on the
+clients' rows, and the counts are one aggregate over the clients the filter
+leaves (an index-only scan for the whole fleet), never a pass over every status row.
 """
 
 from __future__ import annotations
@@ -31,14 +32,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import ColumnElement, Row, and_, case, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
 from migsync.core.errors import ConfigError
 from migsync.core.version import Version
 from migsync.protocol.wire_schema import FLEET_STATES
-from migsync.server import rollout_store
+from migsync.server import fleet_summary, rollout_store
 from migsync.server import tables as t
 from migsync.server.records import Drift, Failure, FleetEntry, PendingMigration
 from migsync.server.status import client
@@ -117,73 +118,39 @@ def decode_cursor(cursor: str) -> int:
     return int(digits)
 
 
-def _has_failure() -> ColumnElement[bool]:
-    return exists().where(
-        _status.client_id == _clients.id, _status.applied.is_(False), _status.error.is_not(None)
-    )
-
-
-def _done(version: Version) -> Any:
-    """Whether the client applied ``version`` with the published content (0 or 1)."""
-    return (
-        select(func.count())
+def _done(version: Version) -> ColumnElement[bool]:
+    """Whether the client applied ``version`` with the published content: a semi-join, so that
+    "lacking" is an anti-join (one hash join over that version's rows, not a lookup per client)."""
+    return exists(
+        select(_status.client_id)
+        .select_from(t.store_client_status.join(t.store_migrations, _published.version == _status.version))
         .where(
             _status.client_id == _clients.id,
-            _status.version == _published.version,
-            _published.version == version,
+            _status.version == version,
             _status.applied.is_(True),
             _status.checksum == _published.checksum,
         )
-        .scalar_subquery()
     )
 
 
-def _per_client(after: int) -> Any:
-    """Per client with status rows (those after id ``after``): whether a migration failed on it,
-    whether it drifted, and how many published versions it applied with the published content.
-    One aggregate over the status rows (a hash join and a hash aggregate): the cost of a count
-    over the whole fleet is one pass, not three lookups per client."""
-    failing = and_(_status.applied.is_(False), _status.error.is_not(None))
-    drift = and_(
-        _published.version.is_not(None),
-        _status.checksum.is_not(None),
-        _status.checksum != _published.checksum,
-    )
-    done = and_(_status.applied.is_(True), _status.checksum == _published.checksum)
-    query = (
-        select(
-            _status.client_id,
-            func.max(case((failing, 1), else_=0)).label("failing"),
-            func.max(case((drift, 1), else_=0)).label("drift"),
-            func.sum(case((done, 1), else_=0)).label("done"),
-        )
-        .select_from(
-            t.store_client_status.outerjoin(t.store_migrations, _published.version == _status.version)
-        )
-        .group_by(_status.client_id)
-    )
-    if after:
-        query = query.where(_status.client_id > after)
-    return query.subquery("per_client")
-
-
-def _state(per: Any) -> Any:
-    """The client's state (see the module's docstring) from :func:`_per_client`'s row (NULL
-    for a client without status rows)."""
-    published = select(func.count()).select_from(t.store_migrations).scalar_subquery()
-    return case(
-        (per.c.failing == 1, literal("failing")),
-        (per.c.drift == 1, literal("drift")),
-        (func.coalesce(per.c.done, 0) < published, literal("pending")),
-        else_=literal("ok"),
-    )
+def _in_state(state: str) -> ColumnElement[bool]:
+    """Whether a client is in ``state`` (see the module's docstring), from its row's summary."""
+    failing, drift = _clients.fleet_failing, _clients.fleet_drift
+    if state == "failing":
+        return failing.is_(True)
+    if state == "drift":
+        return and_(failing.is_(False), drift.is_(True))
+    published = fleet_summary.published_count()
+    # fleet_done is at most the number of published versions: "ok" is equality (an index prefix).
+    done = _clients.fleet_done < published if state == "pending" else _clients.fleet_done >= published
+    return and_(failing.is_(False), drift.is_(False), done)
 
 
 def _where(which: FleetFilter, now: float) -> list[ColumnElement[bool]]:
     """The filter's conditions on ``store_clients``, but its state."""
     conditions: list[ColumnElement[bool]] = []
     if which.failing:
-        conditions.append(_has_failure())
+        conditions.append(_clients.fleet_failing.is_(True))
     if which.applied is not None:
         conditions.append(
             exists().where(
@@ -194,7 +161,7 @@ def _where(which: FleetFilter, now: float) -> list[ColumnElement[bool]]:
         )
     if which.lacking is not None:
         is_published = exists().where(_published.version == which.lacking)
-        conditions.append(and_(is_published, _done(which.lacking) == 0))
+        conditions.append(and_(is_published, ~_done(which.lacking)))
     if which.stale is not None:
         cutoff = now - which.stale
         conditions.append(or_(_clients.last_seen_at.is_(None), _clients.last_seen_at < cutoff))
@@ -219,13 +186,8 @@ async def page(
     after = 0 if cursor is None else decode_cursor(cursor)
     when = time.time() if now is None else now
     conditions = _where(which, when)
-    ids_query = select(_clients.id).where(_clients.id > after, *conditions).order_by(_clients.id)
-    if which.state is not None:
-        # Decided for every client after the cursor at once: a rare state (failing, drift)
-        # costs one pass over the status rows, not a lookup per client until a page is found.
-        per = _per_client(after)
-        ids_query = ids_query.select_from(t.store_clients.outerjoin(per, per.c.client_id == _clients.id))
-        ids_query = ids_query.where(_state(per) == which.state)
+    state = [] if which.state is None else [_in_state(which.state)]
+    ids_query = select(_clients.id).where(_clients.id > after, *conditions, *state).order_by(_clients.id)
     ids = [r.id for r in await conn.execute(ids_query.limit(limit + 1))]
     more = len(ids) > limit
     ids = ids[:limit]
@@ -242,30 +204,18 @@ async def page(
 
 
 async def _counts(conn: AsyncConnection, conditions: list[ColumnElement[bool]]) -> dict[str, int]:
-    """How many clients meeting ``conditions`` are in each state (a state without any: absent)."""
-    per = _per_client(0)
+    """How many clients meeting ``conditions`` are in each state (a state without any: absent).
+    One aggregate over the clients' summaries (an index-only scan of ``store_clients_fleet``
+    when there is no other condition), whatever the number of status rows."""
+    # Grouped by the index's columns themselves (the groups come in index order, no expression
+    # per client), "pending" decided per group: fewer published versions done than published.
+    summary = (_clients.fleet_failing, _clients.fleet_drift, _clients.fleet_done)
+    published = fleet_summary.published_count().label("published")
+    query = select(*summary, func.count(), published).where(*conditions).group_by(*summary)
     by_state: dict[str, int] = {}
-    if conditions:
-        inner = (
-            select(_state(per).label("state"))
-            .select_from(t.store_clients.outerjoin(per, per.c.client_id == _clients.id))
-            .where(*conditions)
-            .subquery()
-        )
-        for row in await conn.execute(select(inner.c.state, func.count()).group_by(inner.c.state)):
-            by_state[row[0]] = int(row[1])
-        return by_state
-    # The whole fleet: the clients with status rows from the aggregate alone (no join to the
-    # clients, a third of the time), those without any from the number of clients.
-    inner = select(_state(per).label("state")).subquery()
-    for row in await conn.execute(select(inner.c.state, func.count()).group_by(inner.c.state)):
-        by_state[row[0]] = int(row[1])
-    clients = int(await conn.scalar(select(func.count()).select_from(t.store_clients)) or 0)
-    published = int(await conn.scalar(select(func.count()).select_from(t.store_migrations)) or 0)
-    silent = clients - sum(by_state.values())
-    if silent:
-        state = "pending" if published else "ok"
-        by_state[state] = by_state.get(state, 0) + silent
+    for failing, drift, done, number, of in await conn.execute(query):
+        state = "failing" if failing else "drift" if drift else "pending" if done < of else "ok"
+        by_state[state] = by_state.get(state, 0) + int(number)
     return by_state
 
 
@@ -316,7 +266,7 @@ async def entries(conn: AsyncConnection, client_ids: Sequence[int] | None = None
 
 
 def state_of(entry: FleetEntry) -> str:
-    """An entry's state, computed in Python as :func:`_state` does in SQL."""
+    """An entry's state, computed in Python as :func:`_in_state` does in SQL."""
     if entry.failed:
         return "failing"
     if entry.drift:

@@ -25,7 +25,7 @@ from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, type
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
-from migsync.server import rollout_store
+from migsync.server import fleet_summary, rollout_store
 from migsync.server import tables as t
 from migsync.server.records import (
     ClientRecord,
@@ -100,8 +100,12 @@ _REPORTED = (
     .returning(*t.store_clients.c, publish_serial_query().label("publish_serial"))
 )
 #: a report that changed something: the client's ETag moves, and its newest applied version
+#: and its fleet summary (:mod:`migsync.server.fleet_summary`), recomputed from its rows
 _REPORTED_CHANGE = _REPORTED.values(
-    last_seen_at=bindparam("now"), status_serial=_clients.status_serial + 1, reported_version=_LATEST_APPLIED
+    last_seen_at=bindparam("now"),
+    status_serial=_clients.status_serial + 1,
+    reported_version=_LATEST_APPLIED,
+    **fleet_summary.SUMMARY,
 )
 #: a report that changed nothing: it marks the client seen
 _REPORTED_SAME = _REPORTED.values(last_seen_at=bindparam("now"))
@@ -221,7 +225,8 @@ async def report(
 ) -> ReportResult:
     """Record ``reports`` for ``client_id``; nothing at all if one names an unpublished version.
 
-    Three statements whatever the batch's size (five when it changes something): the published
+    Three statements whatever the batch's size (five when it changes something; on Postgres one
+    more, the locks of :func:`migsync.server.fleet_summary.lock_client`): the published
     checksums, one upsert that writes only the rows that differ, and the client's row. ``held``:
     the ETag the client holds; when it was the client's ETag just before this report, the result
     carries the new one (``etag``), which the client may keep: the pending answer it stands for
@@ -235,6 +240,8 @@ async def report(
     if unpublished:
         return ReportResult(unpublished=unpublished)
     now = time.time()
+    if reports:  # the fleet summary below must see every row and checksum committed before
+        await fleet_summary.lock_client(conn, client_id)
     written = await _upsert_status(conn, client_id, reports, now) if reports else set()
     recorded = tuple(r.version for r in reports if r.version in written)
     unchanged = tuple(r.version for r in reports if r.version not in written)

@@ -51,8 +51,8 @@ from migsync.protocol.wire import (
 from migsync.server import actions as requests
 from migsync.server import engine as engines
 from migsync.server import fleet as fleets
+from migsync.server import fleet_summary, manifests, serials, status
 from migsync.server import inbox as inboxes
-from migsync.server import manifests, serials, status
 from migsync.server import tables as t
 from migsync.server.change_batch import ChangeBatch
 from migsync.server.records import (
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     from migsync.server.rollouts import Policy, Stage
 
 #: Key of the Postgres advisory lock that serialises publishing and schema changes.
-_LOCK_KEY = 0x6D696773796E63  # "migsync"
+_LOCK_KEY = fleet_summary.PUBLISH_LOCK_KEY  # "migsync"; reports take it shared
 
 #: How often a write that Postgres chose as a deadlock's (or a serialization failure's) victim is tried.
 _WRITE_ATTEMPTS = 5
@@ -315,6 +315,15 @@ class Store:
                     unchanged.append(migration.name)
             if rows:
                 await conn.execute(insert(t.store_migrations), rows)
+            if rows or replaced:
+                # Drift and "done" of the clients with rows of these versions (a force replaced
+                # what they applied; a new version: rows reported before it was published, if any).
+                changed_versions = [
+                    m.version
+                    for m, _ in signed
+                    if m.version not in published or published[m.version].checksum != m.checksum
+                ]
+                await fleet_summary.refresh_versions(conn, changed_versions)
             # The signed list of every version, in the same transaction: a client never sees a
             # migration the manifest does not list, nor a manifest listing one it cannot get.
             listed = await manifests.write(conn, signing_key)

@@ -43,8 +43,9 @@ from sqlalchemy.types import TypeDecorator
 
 from migsync.core.version import Version
 
-SCHEMA_VERSION = 8  # 5: versions as text keys; 6: rollouts, labels, app versions, status events;
-#                    7: change_seq on clients; 8: the status rows indexed by version
+SCHEMA_VERSION = 9  # 5: versions as text keys; 6: rollouts, labels, app versions, status events;
+#                    7: change_seq on clients; 8: the status rows indexed by version;
+#                    9: each client's fleet summary on its row
 
 
 class VersionKey(TypeDecorator[Version]):
@@ -109,7 +110,15 @@ store_clients = Table(
     #: the store's change counter (``store_meta.change_seq``) when this client's ETag last moved:
     #: a server process reads only the clients changed since the counter it saw last
     Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
+    #: the client's fleet summary (see :mod:`migsync.server.fleet_summary`), kept by the writes
+    #: that change it: a migration failed on it; it applied a published version with other
+    #: content; how many published versions it applied with the published content
+    Column("fleet_failing", Boolean, nullable=False, default=False, server_default="0"),
+    Column("fleet_drift", Boolean, nullable=False, default=False, server_default="0"),
+    Column("fleet_done", Integer, nullable=False, default=0, server_default="0"),
     Index("store_clients_change_seq", "change_seq"),
+    #: the fleet's counts per state: an index-only scan, narrower than the table
+    Index("store_clients_fleet", "fleet_failing", "fleet_drift", "fleet_done"),
 )
 
 store_client_status = Table(
@@ -365,3 +374,39 @@ def _index_status_by_version(conn: Connection) -> None:
 
 
 UPGRADES[7] = _index_status_by_version
+
+
+def _add_fleet_summary(conn: Connection) -> None:
+    """Layout 9: each client's fleet summary on its row (see
+    :mod:`migsync.server.fleet_summary`), computed here for every client from its status rows."""
+    default = "0" if conn.dialect.name == "sqlite" else "FALSE"
+    have = {c["name"] for c in inspect(conn).get_columns("store_clients")}
+    for column, kind, value in (
+        ("fleet_failing", "BOOLEAN", default),
+        ("fleet_drift", "BOOLEAN", default),
+        ("fleet_done", "INTEGER", "0"),
+    ):
+        if column not in have:  # a layout set back by hand, or tables made from this layout
+            conn.exec_driver_sql(
+                f"ALTER TABLE store_clients ADD COLUMN {column} {kind} NOT NULL DEFAULT {value}"
+            )
+    # The same statement as migsync.server.fleet_summary.REFRESH_ALL_SQL, spelled out: an upgrade
+    # step stays what it was when later releases change the code.
+    conn.exec_driver_sql(
+        "UPDATE store_clients SET "
+        "fleet_failing = EXISTS (SELECT 1 FROM store_client_status s WHERE s.client_id = store_clients.id "
+        "AND NOT s.applied AND s.error IS NOT NULL), "
+        "fleet_drift = EXISTS (SELECT 1 FROM store_client_status s JOIN store_migrations m "
+        "ON m.version = s.version WHERE s.client_id = store_clients.id AND s.checksum IS NOT NULL "
+        "AND s.checksum <> m.checksum), "
+        "fleet_done = (SELECT count(*) FROM store_client_status s JOIN store_migrations m "
+        "ON m.version = s.version WHERE s.client_id = store_clients.id AND s.applied "
+        "AND s.checksum = m.checksum)"
+    )
+    conn.exec_driver_sql(
+        "CREATE INDEX IF NOT EXISTS store_clients_fleet "
+        "ON store_clients (fleet_failing, fleet_drift, fleet_done)"
+    )
+
+
+UPGRADES[8] = _add_fleet_summary
