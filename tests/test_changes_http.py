@@ -177,3 +177,195 @@ async def test_changes_travel_through_a_drop_folder(tmp_path: Path) -> None:
         assert not imported.refused
         [change] = await store.inbox()
     assert (change.entity, change.entity_id, change.schema_version) == ("todo", "5", 1)
+
+
+# -- the data as the JSON text the client stored ------------------------------------------------
+
+#: Data texts as a client's queue may hold them (its recorder writes ``json.dumps``, SQLite's
+#: capture triggers ``json_object``, Postgres's ``to_jsonb``; anything else writing the table
+#: may write any JSON): each must reach the server's inbox as the same bytes as when the client
+#: parsed the text and encoded it again.
+ODD_DATA = [
+    '{"s": "\u00e9\u2603\U0001f600 raw"}',
+    '{"s": "\\u00e9\\ud83d\\ude00 escaped", "lone": "\\ud800", "low": "\\udc00x"}',
+    '{"s": "a\\nb\\t\\"q\\" \\\\ \\u0000 \\/ \\b\\f\\r"}',
+    '{"big": 123456789012345678901234567890, "neg": -98765432109876543210, "max": 9223372036854775807}',
+    '{"f": 1.0e+308, "g": 5e-324, "h": -0.0, "i": 0.1000000000000000055511151231257827, "j": 1E5, "k": -0}',
+    '{"tiny": 1e-400, "e": 2.5E-3, "z": 0.0}',
+    '{"n": {"a": [1, {"b": [[], {}, [null, true, false]]}], "c": null}, "t": true}',
+    '  {"spaced" :  1 ,"b":[ 1 , 2 ] ,\n\t"c" : "x" }  ',
+    '{"dup": 1, "dup": 2}',
+    '{"z": 1, "a": 2}',
+    "{}",
+    '{"deep": ' + "[" * 100 + "]" * 100 + "}",
+    None,
+]
+
+
+async def _two_clients(server: Server, tmp_path: Path) -> tuple[int, str, int, str]:
+    async with Store.open(server.store_url) as store:
+        new_id, new_token = await store.add_client("raw")
+        old_id, old_token = await store.add_client("parsed")
+    return new_id, new_token, old_id, old_token
+
+
+async def _queue(client: Client, texts: Sequence[str | None]) -> list[dict[str, object]]:
+    """The client's queue holding one change per text (its data that text, as stored)."""
+    async with client.changes() as rec:
+        for n, text in enumerate(texts):
+            await rec.record("todo", n, "update" if text is not None else "delete", None)
+            if text is not None:
+                await rec.execute("UPDATE entity_changes SET data = $1 WHERE entity_id = $2", (text, str(n)))
+    return [dict(r) for r in await client.backend.fetch("SELECT * FROM entity_changes ORDER BY seq")]
+
+
+async def _stored_data(server: Server, client_id: int) -> list[object]:
+    """The inbox's ``data`` column of ``client_id``'s changes, as stored (the text, unparsed)."""
+    from sqlalchemy import text
+
+    async with Store.open(server.store_url) as store, store._read("test") as conn:
+        rows = await conn.execute(
+            text("SELECT data FROM store_inbox WHERE client_id = :c ORDER BY id"), {"c": client_id}
+        )
+        return [r[0] for r in rows]
+
+
+async def test_the_data_text_reaches_the_inbox_as_the_same_bytes_as_parsed(
+    server: Server, tmp_path: Path
+) -> None:
+    from migsync.client.push import change_of
+
+    new_id, new_token, old_id, old_token = await _two_clients(server, tmp_path)
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        HttpTransport(server.http.url, client_id=str(new_id), token=new_token) as raw,
+        HttpTransport(server.http.url, client_id=str(old_id), token=old_token) as parsed,
+    ):
+        assert (await Syncer(client, raw, server.trusted).sync()).ok
+        rows = await _queue(client, ODD_DATA)
+        encoded = raw.encode_change_rows(rows)
+        # The raw texts are in the body as they are.
+        assert ODD_DATA[0].encode() in encoded.bodies[0] and ODD_DATA[7].encode() in encoded.bodies[0]
+        new = await raw.push_changes(encoded)
+        old = await parsed.push_changes([change_of(r) for r in rows])  # what the client sent before
+        assert len(new.accepted) == len(old.accepted) == len(ODD_DATA)
+        assert new.accepted == old.accepted and new.refused is None
+        # Sent again (a lost answer): stored once.
+        again = await raw.push_changes(raw.encode_change_rows(rows))
+        assert again.accepted == () and again.duplicate == new.accepted
+    stored_new, stored_old = await _stored_data(server, new_id), await _stored_data(server, old_id)
+    assert len(stored_new) == len(ODD_DATA)
+    assert stored_new == stored_old
+    inbox = {c["client_id"]: [] for c in server.inbox()}  # type: dict[object, list[object]]
+    for c in server.inbox():
+        inbox[c["client_id"]].append(c["data"])
+    assert inbox[new_id] == inbox[old_id]
+    assert inbox[new_id][0] == {"s": "\u00e9\u2603\U0001f600 raw"}
+    assert inbox[new_id][3]["big"] == 123456789012345678901234567890  # type: ignore[index]
+    assert inbox[new_id][8] == {"dup": 2}
+
+
+def test_data_the_client_recorded_makes_the_same_body_as_before() -> None:
+    """The recorder's text (``json.dumps``, sorted keys) spliced in is the body the client made by
+    parsing it and encoding it again, byte for byte."""
+    from migsync.client.push import change_of
+    from migsync.core.version import Version
+    from migsync.transports.http import _changes_bodies
+
+    values = [
+        {"id": 1, "title": "milk \u00e9\U0001f600", "done": False, "qty": 1.5, "n": None},
+        {"nested": {"a": [1, 2.25e-300, "x\ny"], "b": {}}, "big": 2**80, "neg": -0.0},
+        {"s": "\ud800 lone"},
+    ]
+    rows = [
+        {
+            "seq": n,
+            "id": f"{n:032x}",
+            "entity": "todo\u00e9",
+            "entity_id": str(n),
+            "operation": "insert",
+            "data": json.dumps(value, sort_keys=True, allow_nan=False),
+            "schema_version": None if n == 0 else Version.parse("1.2").key,
+            "timestamp": 1_700_000_000.125 + n,
+        }
+        for n, value in enumerate(values * 400)  # 1200: two bodies
+    ]
+    encoded = HttpTransport.encode_change_rows(rows)
+    assert len(encoded.bodies) == 2
+    assert encoded.bodies == _changes_bodies([change_of(r) for r in rows])
+    assert encoded[1] == change_of(rows[1]) and len(encoded) == 1200
+
+
+#: A bad change among good ones (index 2 of 5): the server refuses the whole batch with the
+#: message it gave when the client parsed the text and encoded it again.
+BAD_DATA = [
+    "NaN",
+    '{"x": NaN}',
+    '{"x": Infinity}',
+    '{"x": [1, -Infinity]}',
+    '{"x": 1e400}',
+    '{"x": {"y": [-1.5e999]}}',
+    '{"x": 1' + "0" * 400 + ".0}",
+    "[1, 2]",
+    "5",
+    '"text"',
+    "true",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_DATA)
+async def test_a_bad_data_text_anywhere_refuses_the_batch_with_the_same_message(
+    server: Server, tmp_path: Path, bad: str
+) -> None:
+    from migsync.client.push import change_of
+    from migsync.core.errors import ServerRefused
+
+    new_id, new_token, old_id, old_token = await _two_clients(server, tmp_path)
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        HttpTransport(server.http.url, client_id=str(new_id), token=new_token) as raw,
+        HttpTransport(server.http.url, client_id=str(old_id), token=old_token) as parsed,
+    ):
+        assert (await Syncer(client, raw, server.trusted).sync()).ok
+        rows = await _queue(client, ['{"a": 1}', '{"a": 2}', bad, '{"a": 4}', '{"a": 5}'])
+        with pytest.raises(ServerRefused) as new:
+            await raw.push_changes(raw.encode_change_rows(rows))
+        with pytest.raises(ServerRefused) as old:
+            await parsed.push_changes([change_of(r) for r in rows])
+    assert str(new.value) == str(old.value)
+    assert " 400 " in str(new.value) or "changes[2].data" in str(new.value)
+    assert server.inbox() == []
+
+
+@pytest.mark.parametrize("bad", ['{"x": Inf}', '{"x": ', "", "{'x': 1}", '{"x": 1} {"y": 2}'])
+async def test_a_data_text_that_is_not_json_fails_as_before_and_nothing_is_stored(
+    server: Server, tmp_path: Path, bad: str
+) -> None:
+    """SQLite's ``json_object`` writes an infinity as ``Inf``: the server refuses the body, and the
+    client raises what parsing the text raised before (when it parsed each text first)."""
+    from migsync.client.push import change_of
+
+    async with Store.open(server.store_url) as store:
+        client_id, token = await store.add_client("shop")
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        HttpTransport(server.http.url, client_id=str(client_id), token=token) as transport,
+    ):
+        assert (await Syncer(client, transport, server.trusted).sync()).ok
+        rows = await _queue(client, ['{"a": 1}', bad, '{"a": 3}'])
+        with pytest.raises(json.JSONDecodeError) as before:
+            [change_of(r) for r in rows]
+        with pytest.raises(json.JSONDecodeError) as now:
+            await transport.push_changes(transport.encode_change_rows(rows))
+        assert str(now.value) == str(before.value)
+        # The processor keeps the change failed, with that error, and stores nothing.
+        result = await Syncer(client, transport, server.trusted).sync()
+        assert result.changes is not None and result.changes.failure is not None
+        assert str(before.value) in (result.changes.failure.error or "")
+    assert server.inbox() == []

@@ -12,8 +12,10 @@ events after commit. Its particulars:
   ``batch_size``) in one request, sent with no transaction open; each change
   the server took, a prefix of the batch, is marked processed. While the
   server stores a batch, the next one is read (and, by a transport with
-  ``encode_changes``, encoded): it is sent only if the queue still holds
-  those rows when its turn comes, else read again.
+  ``encode_change_rows`` or ``encode_changes``, encoded): it is sent only if
+  the queue still holds those rows when its turn comes, else read again.
+  Each change's data is the JSON text the client stored: the HTTP transport
+  sends it as it is, unparsed (the server parses and checks it).
 * **Idempotent delivery.** A change sent twice (a lost answer) is stored
   once by the server: it answers "duplicate", which counts as delivered.
 * **Server down** is :class:`~migsync.core.errors.Postponed`: retried later,
@@ -56,7 +58,9 @@ class ChangePusher(Protocol):
     """The part of a transport the handler uses (:class:`migsync.transports.base.Transport` is one).
 
     A transport may also have ``encode_changes(changes)``, pure and safe in any thread, returning
-    the changes (a sequence of them) with what it sends made ahead (HTTP: the request bodies).
+    the changes (a sequence of them) with what it sends made ahead (HTTP: the request bodies);
+    or, better, ``encode_change_rows(rows)``, the same made from the queue's rows as they are,
+    each change's data the JSON text the client stored (HTTP sends it unparsed).
     """
 
     @property
@@ -92,8 +96,8 @@ _MARK_CHUNK = 500
 @attrs.define
 class _Batch:
     rows: list[Row]
-    #: the rows as the wire's records, when read ahead (else made from the rows when sent)
-    changes: list[EntityChange] | None = None
+    #: the rows as the transport sends them, when read ahead (else made from the rows when sent)
+    changes: Sequence[EntityChange] | None = None
     done: list[str] = attrs.field(factory=list)
 
 
@@ -102,7 +106,7 @@ class _Ahead:
     """The batch after the one being pushed, read while the server stores that one."""
 
     rows: list[Row]
-    changes: list[EntityChange]
+    changes: Sequence[EntityChange]
 
 
 async def _started(push: Awaitable[ChangesAck]) -> asyncio.Future[ChangesAck]:
@@ -201,12 +205,21 @@ class EntityChangeHandler:
             rows: list[Row] = yield Fetch(self._sql_batch, (last + 1,))
             if not rows:
                 return None
-            changes = [change_of(row) for row in rows]
-            # A transport that can encode a batch ahead of sending it (HTTP) does it now too.
-            encode = getattr(self.transport, "encode_changes", None)
-            return _Ahead(rows, changes if encode is None else encode(changes))
+            return _Ahead(rows, self._encoded(rows))
         except Exception:  # any: reading ahead is only a head start
             return None
+
+    def _encoded(self, rows: list[Row]) -> Sequence[EntityChange]:
+        """``rows`` as the transport sends them: a transport that encodes a batch ahead of
+        sending it (HTTP) does it now, from the rows as they are if it can (the data's JSON text
+        not parsed), else from their records."""
+        encode_rows = getattr(self.transport, "encode_change_rows", None)
+        if encode_rows is not None:
+            encoded: Sequence[EntityChange] = encode_rows(rows)
+            return encoded
+        changes = [change_of(row) for row in rows]
+        encode = getattr(self.transport, "encode_changes", None)
+        return changes if encode is None else encode(changes)
 
     def handle(self, change: Row, loaded: Loaded) -> Work[Event | None]:
         raise AssertionError("entity changes are pushed outside a transaction")  # load says so
@@ -221,7 +234,7 @@ class EntityChangeHandler:
 
     def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         batch: _Batch = loaded.data
-        changes = batch.changes if batch.changes is not None else [change_of(row) for row in batch.rows]
+        changes = batch.changes if batch.changes is not None else self._encoded(batch.rows)
         # The push runs on the event loop while the next batch is read (and made records of)
         # here: the client's share of a batch overlaps the server's, instead of adding to it.
         push: asyncio.Future[ChangesAck] = yield Await(lambda: _started(self.transport.push_changes(changes)))
@@ -239,7 +252,7 @@ class EntityChangeHandler:
             self._ahead = None
             raise
         taken = [*ack.accepted, *ack.duplicate]
-        sent = [c.id for c in changes]
+        sent = [row["id"] for row in batch.rows]
         prefix = sent[: len(taken)]
         if sorted(taken) != sorted(prefix):
             raise MalformedAnswer(

@@ -498,7 +498,7 @@ class _Api:
     async def changes(self, request: Request) -> Response:
         _digest, state = await self._client(request)
         try:
-            changes = entity_change_batch(await read_json(request, self.max_changes_body))
+            changes = entity_change_batch(await read_json(request, self.max_changes_body, finite=True))
         except InvalidChanges as exc:
             raise ApiError(422, str(exc)) from None
         client_id = state.client.client_id
