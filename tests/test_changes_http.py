@@ -105,11 +105,17 @@ async def test_batches_encoded_ahead_reach_the_inbox_in_order_once(server: Serve
     async with Store.open(server.store_url) as store:
         client_id, token = await store.add_client("shop")
     sizes: list[int] = []
+    ahead: list[str | None] = []
 
     class Counting(HttpTransport):
-        async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
-            sizes.append(len(changes))
-            return await super().push_changes(changes)
+        async def _push_changes(
+            self, changes: Sequence[EntityChange], after: str | None
+        ) -> ChangesAck | None:
+            answer = await super()._push_changes(changes, after)
+            if answer is not None:  # stored (else sent again)
+                sizes.append(len(changes))
+                ahead.append(after)
+            return answer
 
     async with (
         Client.connect(
@@ -126,6 +132,9 @@ async def test_batches_encoded_ahead_reach_the_inbox_in_order_once(server: Serve
         left = await client.backend.fetch("SELECT COUNT(*) AS n FROM entity_changes WHERE processed = FALSE")
         assert left[0]["n"] == 0
     assert sizes == [5, 5, 5, 5, 3]
+    # The first batch tells the client the server keeps its batches in order; from the next
+    # one on, each is sent while the one before is stored, naming that one's last change.
+    assert ahead[0] is None and ahead[2:] != [None, None, None]
     assert [c["entity_id"] for c in server.inbox()] == [str(n) for n in range(23)]
     assert server.inbox()[22]["data"] == {"id": 22, "title": "item 22"}
 
@@ -369,3 +378,103 @@ async def test_a_data_text_that_is_not_json_fails_as_before_and_nothing_is_store
         assert result.changes is not None and result.changes.failure is not None
         assert str(before.value) in (result.changes.failure.error or "")
     assert server.inbox() == []
+
+
+# -- two batches in flight: the server keeps a client's batches in its order ----------------------
+
+
+async def test_a_batch_sent_after_one_not_stored_is_refused_whole_then_taken_in_order(
+    server: Server, tmp_path: Path
+) -> None:
+    from migsync.protocol.wire import CHANGES_AFTER_HEADER, CHANGES_ORDERED_HEADER
+
+    async with Store.open(server.store_url) as store:
+        client_id, token = await store.add_client("shop")
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        HttpTransport(server.http.url, client_id=str(client_id), token=token) as transport,
+    ):
+        assert (await Syncer(client, transport, server.trusted).sync()).ok
+        rows = await _queue(client, [json.dumps({"id": n}) for n in range(6)])
+        first, second = transport.encode_change_rows(rows[:3]), transport.encode_change_rows(rows[3:])
+        last_of_first = str(rows[2]["id"])
+        # The second batch arrives first: nothing of it is stored, the answer says why.
+        assert await transport.push_changes_after(second, last_of_first) is None
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Migsync-Protocol": "2",
+            CHANGES_AFTER_HEADER: last_of_first,
+        }
+        import httpx
+
+        async with httpx.AsyncClient() as raw:
+            answer = await raw.post(
+                f"{server.http.url}/api/changes", content=second.bodies[0], headers=headers
+            )
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"] == (
+            f"the batch before this one (up to change {last_of_first!r}) is not stored yet: "
+            "send this one again once it is"
+        )
+        assert answer.headers[CHANGES_ORDERED_HEADER] == "1"
+        assert server.inbox() == []
+        # Then the first, and the second again: stored in the client's order.
+        ack = await transport.push_changes(first)
+        assert transport.orders_changes  # the answer said the server keeps the order
+        assert len(ack.accepted) == 3
+        ack = await transport.push_changes_after(second, last_of_first)
+        assert ack is not None and len(ack.accepted) == 3
+        # Sent again (a lost answer), "after" or not: stored once.
+        again = await transport.push_changes_after(second, last_of_first)
+        assert again is not None and again.accepted == () and len(again.duplicate) == 3
+        assert (await transport.push_changes(first)).duplicate == tuple(str(r["id"]) for r in rows[:3])
+    assert [c["data"] for c in server.inbox()] == [{"id": n} for n in range(6)]
+
+
+async def test_a_batch_sent_ahead_that_overtakes_the_one_before_is_stored_after_it(
+    server: Server, tmp_path: Path
+) -> None:
+    """The request of batch 2 is held until batch 3, sent ahead of batch 2's answer, has been
+    answered: the server must not store 3 before 2 (it answers "not yet"), and the client sends
+    3 again once 2 is stored. The inbox keeps the client's order."""
+    async with Store.open(server.store_url) as store:
+        client_id, token = await store.add_client("shop")
+    overtaken = asyncio.Event()
+    calls: list[tuple[int, str | None, bool]] = []
+
+    class Overtaking(HttpTransport):
+        async def _push_changes(
+            self, changes: Sequence[EntityChange], after: str | None
+        ) -> ChangesAck | None:
+            number = len(calls)
+            calls.append((len(changes), after, False))
+            if number == 1:  # batch 2: held back until batch 3 has overtaken it
+                await overtaken.wait()
+            answer = await super()._push_changes(changes, after)
+            calls[number] = (len(changes), after, answer is not None)
+            if after is not None and not overtaken.is_set():
+                overtaken.set()
+            return answer
+
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        Overtaking(server.http.url, client_id=str(client_id), token=token) as transport,
+    ):
+        assert (await Syncer(client, transport, server.trusted).sync()).ok
+        for n in range(12):
+            async with client.changes() as rec:
+                await rec.update("todo", n % 3, {"id": n % 3, "title": f"version {n}"})
+        result = await Syncer(client, transport, server.trusted, batch_size=3).sync()
+        assert result.ok and result.pushed == 12
+    inbox = server.inbox()
+    assert [c["data"] for c in inbox] == [{"id": n % 3, "title": f"version {n}"} for n in range(12)]
+    # batch 1 (tells the client the server keeps order), batch 2 (held), batch 3 sent ahead
+    # and refused "not yet", ..., batch 3 again.
+    assert calls[0] == (3, None, True)
+    assert calls[2][1] is not None and calls[2][2] is False, calls
+    assert (3, None, True) in calls[3:], calls

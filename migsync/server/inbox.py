@@ -67,19 +67,42 @@ _CHUNK = 500
 MAX_APPLY_ERROR = 8 * 1024
 
 
+class NotInOrder(Exception):
+    """A batch that follows a change the inbox does not have (yet): nothing of it is stored."""
+
+    def __init__(self, after: str) -> None:
+        super().__init__(
+            f"the batch before this one (up to change {after!r}) is not stored yet: "
+            "send this one again once it is"
+        )
+        self.after = after
+
+
 async def receive(
     conn: AsyncConnection,
     client_id: int,
     changes: Sequence[EntityChange] | ChangeBatch,
     appliers: Sequence[ChangeApplier] = (),
+    after: str | None = None,
 ) -> ChangesAck:
-    """Store ``changes`` of ``client_id`` and apply them; see the module docstring."""
+    """Store ``changes`` of ``client_id`` and apply them; see the module docstring.
+
+    ``after``: the id of the change this batch follows (the last of the batch before it, which
+    the client sent without waiting for its answer). Unless the inbox has that change from the
+    client, :class:`NotInOrder` is raised and nothing is stored: the client's batches are stored
+    in its order, whichever request arrives first. (What the inbox has of a client is always a
+    prefix of what it sent, in order: the last change of a batch stored means the batch is.)
+    """
     batch = ChangeBatch.of(changes)
     now = time.time()
     # Marking the client seen locks its row: batches of one client run one after the other
     # (a no-op on SQLite, whose writer is alone), so two deliveries of a batch store it once.
     if await conn.scalar(_SEEN, {"client_id": client_id, "now": now}) is None:
         raise ConfigError(f"no client has id {client_id} (see 'migsync clients list')")
+    # Checked with the client's row locked: the batch before, if in flight, has committed or
+    # not begun.
+    if after is not None and not await _stored(conn, client_id, [after]):
+        raise NotInOrder(after)
     end, refused = await _refusal(conn, client_id, batch)
     if not end:
         return ChangesAck((), (), refused)

@@ -40,6 +40,8 @@ from migsync.core.version import Version
 from migsync.protocol.wire import (
     APP_VERSION_HEADER,
     APP_VERSION_PATTERN,
+    CHANGES_AFTER_HEADER,
+    CHANGES_ORDERED_HEADER,
     HELD_ETAG_HEADER,
     PROTOCOL,
     PROTOCOL_HEADER,
@@ -128,6 +130,10 @@ class HttpTransport(BaseTransport):
         #: the pending ETag the client holds: sent with reports and answers, whose answer may
         #: carry the new one (then kept here, for the client to save); see HELD_ETAG_HEADER
         self.held_etag: str | None = None
+        #: whether the server said it stores a client's batches of changes in the client's order
+        #: (CHANGES_ORDERED_HEADER on an answer to one): then :meth:`push_changes_after` may send
+        #: a batch before the batch before it is answered
+        self.orders_changes = False
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -226,6 +232,19 @@ class HttpTransport(BaseTransport):
         return EncodedRows(rows, _rows_bodies(rows))
 
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+        ack = await self._push_changes(changes, None)
+        assert ack is not None  # only a batch sent "after" is answered "not yet"
+        return ack
+
+    async def push_changes_after(self, changes: Sequence[EntityChange], after: str) -> ChangesAck | None:
+        """:meth:`push_changes` of a batch sent before the answer to the batch before it came:
+        ``after`` is the id of that batch's last change, and the server stores this one only if
+        it has that change. None: it had not (yet), and stored nothing of this batch; send it
+        again (with :meth:`push_changes`) once the batch before is stored. Only for a server
+        that said it honours this (:attr:`orders_changes`): an older one ignores ``after``."""
+        return await self._push_changes(changes, after)
+
+    async def _push_changes(self, changes: Sequence[EntityChange], after: str | None) -> ChangesAck | None:
         url = f"{self.base}/api/changes"
         accepted: list[str] = []
         duplicate: list[str] = []
@@ -236,12 +255,24 @@ class HttpTransport(BaseTransport):
         count = len(changes)
         for start, body in zip(range(0, count, MAX_CHANGES), bodies, strict=True):
             headers = self._headers | {"Content-Type": "application/json"}
+            if after is not None and start == 0:  # the bodies after the first follow it anyway
+                headers[CHANGES_AFTER_HEADER] = after
             try:
-                response = await self._send("POST", url, headers=headers, content=body)
+                response = await self._send(
+                    "POST",
+                    url,
+                    headers=headers,
+                    content=body,
+                    passed=(409,) if CHANGES_AFTER_HEADER in headers else (),
+                )
             except ServerRefused:
                 if isinstance(changes, EncodedRows):
                     changes.parse_data(start, start + MAX_CHANGES)  # a text that is not JSON raises
                 raise
+            if response.headers.get(CHANGES_ORDERED_HEADER) == "1":
+                self.orders_changes = True
+            if response.status_code == 409:
+                return None
             ack = changes_ack_from_json(_json(response, url), f"POST {url}")
             accepted += ack.accepted
             duplicate += ack.duplicate
@@ -269,9 +300,12 @@ class HttpTransport(BaseTransport):
             )
         raise ServerRefused(refusal)
 
-    async def _send(self, method: str, url: str, *, extra_time: float = 0, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, url: str, *, extra_time: float = 0, passed: tuple[int, ...] = (), **kwargs: Any
+    ) -> httpx.Response:
         """The response (2xx or 304), after retries; a refusal or exhaustion raises. ``extra_time``:
-        seconds the server may take on purpose (a long poll), on top of the timeout."""
+        seconds the server may take on purpose (a long poll), on top of the timeout; ``passed``:
+        more statuses returned rather than refused."""
         attempt = 0
         while True:
             attempt += 1
@@ -285,7 +319,7 @@ class HttpTransport(BaseTransport):
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
                 raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
-                if response.status_code < 300 or response.status_code in (304, 426):
+                if response.status_code < 300 or response.status_code in (304, 426, *passed):
                     self._check_protocol(response)
                     if response.status_code != 426:
                         return response
