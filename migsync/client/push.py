@@ -16,6 +16,12 @@ events after commit. Its particulars:
   the queue still holds those rows when its turn comes, else read again.
   Each change's data is the JSON text the client stored: the HTTP transport
   sends it as it is, unparsed (the server parses and checks it).
+* **Two in flight, in order.** To a server that keeps a client's batches in
+  order (HTTP: ``orders_changes``), the batch read ahead is also sent at
+  once, naming the last change of the batch before; the server stores it
+  only after that batch (else answers "not yet", and it is sent again once
+  that batch is answered). If the batch before is not taken whole, or the
+  queue is no longer as read, it is dropped.
 * **Idempotent delivery.** A change sent twice (a lost answer) is stored
   once by the server: it answers "duplicate", which counts as delivered.
 * **Server down** is :class:`~migsync.core.errors.Postponed`: retried later,
