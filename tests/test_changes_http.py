@@ -127,7 +127,7 @@ async def test_batches_encoded_ahead_reach_the_inbox_in_order_once(server: Serve
         for n in range(23):
             async with client.changes() as rec:
                 await rec.insert("todo", n, {"id": n, "title": f"item {n}"})
-        result = await Syncer(client, transport, server.trusted, batch_size=5).sync()
+        result = await Syncer(client, transport, server.trusted, batch_size=5, send_changes_ahead=True).sync()
         assert result.ok and result.pushed == 23
         left = await client.backend.fetch("SELECT COUNT(*) AS n FROM entity_changes WHERE processed = FALSE")
         assert left[0]["n"] == 0
@@ -469,7 +469,7 @@ async def test_a_batch_sent_ahead_that_overtakes_the_one_before_is_stored_after_
         for n in range(12):
             async with client.changes() as rec:
                 await rec.update("todo", n % 3, {"id": n % 3, "title": f"version {n}"})
-        result = await Syncer(client, transport, server.trusted, batch_size=3).sync()
+        result = await Syncer(client, transport, server.trusted, batch_size=3, send_changes_ahead=True).sync()
         assert result.ok and result.pushed == 12
     inbox = server.inbox()
     assert [c["data"] for c in inbox] == [{"id": n % 3, "title": f"version {n}"} for n in range(12)]
@@ -478,3 +478,32 @@ async def test_a_batch_sent_ahead_that_overtakes_the_one_before_is_stored_after_
     assert calls[0] == (3, None, True)
     assert calls[2][1] is not None and calls[2][2] is False, calls
     assert (3, None, True) in calls[3:], calls
+
+
+async def test_by_default_no_batch_is_sent_ahead(server: Server, tmp_path: Path) -> None:
+    async with Store.open(server.store_url) as store:
+        client_id, token = await store.add_client("shop")
+    afters: list[str | None] = []
+
+    class Recording(HttpTransport):
+        async def _push_changes(
+            self, changes: Sequence[EntityChange], after: str | None
+        ) -> ChangesAck | None:
+            afters.append(after)
+            return await super()._push_changes(changes, after)
+
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        Recording(server.http.url, client_id=str(client_id), token=token) as transport,
+    ):
+        assert (await Syncer(client, transport, server.trusted).sync()).ok
+        for n in range(9):
+            async with client.changes() as rec:
+                await rec.insert("todo", n, {"id": n})
+        result = await Syncer(client, transport, server.trusted, batch_size=2).sync()
+        assert result.ok and result.pushed == 9
+        assert transport.orders_changes
+    assert afters == [None] * 5
+    assert [c["data"] for c in server.inbox()] == [{"id": n} for n in range(9)]

@@ -226,6 +226,7 @@ class Syncer:
         request_keys: Sequence[TrustedKey] = (),
         push_changes: bool = True,
         batch_size: int = 1000,
+        send_changes_ahead: bool = False,
     ) -> None:
         if not trusted:
             raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")
@@ -243,7 +244,13 @@ class Syncer:
         #: the same processor as the migrations', over the entity changes queue
         self.changes_processor = ChangesProcessor(
             client.backend,
-            EntityChangeHandler(client.backend.tables, transport, client.clock, batch_size=batch_size),
+            EntityChangeHandler(
+                client.backend.tables,
+                transport,
+                client.clock,
+                batch_size=batch_size,
+                send_ahead=send_changes_ahead,
+            ),
             events=client.events,
             clock=client.clock,
             retry=client.processor.retry,
