@@ -256,8 +256,8 @@ class Syncer:
             retry=client.processor.retry,
             lock_timeout=client.processor.lock_timeout,
             # The processor reads only the head of the queue: the handler reads each batch
-            # (batch_size changes) itself. A head of 100 rows, of which the first was used,
-            # cost the client a seventh of what pushing a change did.
+            # (batch_size changes) itself. A head of 100 rows (every column), of which only the
+            # first was used, was read before each batch.
             batch_size=1,
         )
 
