@@ -226,6 +226,7 @@ class Syncer:
         request_keys: Sequence[TrustedKey] = (),
         push_changes: bool = True,
         batch_size: int = 1000,
+        send_changes_ahead: bool = False,
     ) -> None:
         if not trusted:
             raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")
@@ -243,11 +244,21 @@ class Syncer:
         #: the same processor as the migrations', over the entity changes queue
         self.changes_processor = ChangesProcessor(
             client.backend,
-            EntityChangeHandler(client.backend.tables, transport, client.clock, batch_size=batch_size),
+            EntityChangeHandler(
+                client.backend.tables,
+                transport,
+                client.clock,
+                batch_size=batch_size,
+                send_ahead=send_changes_ahead,
+            ),
             events=client.events,
             clock=client.clock,
             retry=client.processor.retry,
             lock_timeout=client.processor.lock_timeout,
+            # The processor reads only the head of the queue: the handler reads each batch
+            # (batch_size changes) itself. A head of 100 rows (every column), of which only the
+            # first was used, was read before each batch.
+            batch_size=1,
         )
 
     @property

@@ -46,6 +46,16 @@ APP_VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_\-]{0,63}$"
 #: keeps, so its next poll is a 304 rather than a full answer it has already. Optional both ways:
 #: a server that does not know it answers without ``etag``, and the client then keeps its old one.
 HELD_ETAG_HEADER = "Migsync-Held-ETag"
+#: Sent with a batch of entity changes that the client sends before the answer to the batch
+#: before it came (two requests in flight): the id of the last change of that batch. The server
+#: stores this batch only if it has that change (so the batches are stored in the client's
+#: order, whichever request arrives first), else answers 409 with nothing stored, and the
+#: client sends it again once the batch before is stored.
+CHANGES_AFTER_HEADER = "Migsync-Changes-After"
+#: On every answer to a batch of entity changes from a server that honours
+#: :data:`CHANGES_AFTER_HEADER`: a client sends a batch before the answer to the one before it
+#: only to a server that said so (an older one would store them in the order they arrive).
+CHANGES_ORDERED_HEADER = "Migsync-Changes-Ordered"
 
 
 def protocol_refusal(theirs: str | None, who: str) -> str | None:

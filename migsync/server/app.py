@@ -61,6 +61,8 @@ from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.requires import Requirement, satisfied
 from migsync.protocol.wire import (
+    CHANGES_AFTER_HEADER,
+    CHANGES_ORDERED_HEADER,
     HELD_ETAG_HEADER,
     PROTOCOL,
     PROTOCOL_HEADER,
@@ -73,6 +75,7 @@ from migsync.server import fleet_api, rollout_api
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
 from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
 from migsync.server.engine import PoolOptions
+from migsync.server.inbox import NotInOrder
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientState, PendingMigration, token_hash
 from migsync.server.store import Store
@@ -105,6 +108,9 @@ NO_REQUEST_KEY = (
 )
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="migsync"'}
+#: On every answer to a batch of entity changes: this server stores batches in the client's
+#: order (see CHANGES_AFTER_HEADER), so the client may send one before the last is answered.
+_ORDERED = {CHANGES_ORDERED_HEADER: "1"}
 
 
 class _Api:
@@ -498,14 +504,19 @@ class _Api:
     async def changes(self, request: Request) -> Response:
         _digest, state = await self._client(request)
         try:
-            changes = entity_change_batch(await read_json(request, self.max_changes_body))
+            changes = entity_change_batch(await read_json(request, self.max_changes_body, finite=True))
         except InvalidChanges as exc:
             raise ApiError(422, str(exc)) from None
         client_id = state.client.client_id
-        ack = await self.store.receive_changes(client_id, changes)
+        try:
+            ack = await self.store.receive_changes(
+                client_id, changes, request.headers.get(CHANGES_AFTER_HEADER)
+            )
+        except NotInOrder as exc:
+            raise ApiError(409, str(exc), headers=_ORDERED) from None
         self._touched[client_id] = self._monotonic()  # receiving marked it seen
         self._unwritten.pop(client_id, None)
-        return JSONResponse(ack.to_json())
+        return JSONResponse(ack.to_json(), headers=_ORDERED)
 
     async def migrations(self, request: Request) -> Response:
         await self._admin(request)

@@ -38,8 +38,13 @@ class ApiError(Exception):
         return {"error": self.message, **self.extra}
 
 
-async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
-    """The request's JSON body, read no further than ``limit`` bytes."""
+async def read_json(request: Request, limit: int = MAX_BODY, *, finite: bool = False) -> Any:
+    """The request's JSON body, read no further than ``limit`` bytes.
+
+    ``finite``: a number too large for a float (``1e400``) is refused as Infinity is, rather
+    than read as infinity (for the entity changes, whose data a client sends as the JSON text
+    it stored: parsing it first, it used to send such a number as ``Infinity``, refused here).
+    """
     kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if kind != "application/json" and not kind.endswith("+json"):
         raise ApiError(415, f"the body must be JSON (Content-Type: application/json), not {kind!r}")
@@ -60,6 +65,8 @@ async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
     if not raw.strip():
         raise ApiError(400, "the body is empty; expected a JSON object")
     try:
+        if finite:
+            return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
         return json.loads(raw, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
@@ -73,6 +80,13 @@ async def read_json(request: Request, limit: int = MAX_BODY) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # inf - inf is NaN (a float's text is never NaN)
+        raise ValueError(f"{'-' if value < 0 else ''}Infinity is not a JSON number")
+    return value
 
 
 def status_reports(body: Any) -> list[StatusReport]:

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import Row, select, text, update
+from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -51,10 +51,31 @@ _inbox = t.store_inbox.c
 _clients = t.store_clients.c
 _published = t.store_migrations.c
 
+# Built once (SQLAlchemy caches their compiled form; building them per batch cost more than
+# running them).
+_SEEN = (
+    update(t.store_clients)
+    .where(_clients.id == bindparam("client_id"))
+    .values(last_seen_at=bindparam("now"))
+    .returning(_clients.id)
+)
+_PUBLISHED = select(_published.version).where(_published.version.in_(bindparam("versions", expanding=True)))
+
 #: How many ids one ``IN (...)`` holds (well under SQLite's limit on bound parameters).
 _CHUNK = 500
 #: The longest apply error kept.
 MAX_APPLY_ERROR = 8 * 1024
+
+
+class NotInOrder(Exception):
+    """A batch that follows a change the inbox does not have (yet): nothing of it is stored."""
+
+    def __init__(self, after: str) -> None:
+        super().__init__(
+            f"the batch before this one (up to change {after!r}) is not stored yet: "
+            "send this one again once it is"
+        )
+        self.after = after
 
 
 async def receive(
@@ -62,15 +83,26 @@ async def receive(
     client_id: int,
     changes: Sequence[EntityChange] | ChangeBatch,
     appliers: Sequence[ChangeApplier] = (),
+    after: str | None = None,
 ) -> ChangesAck:
-    """Store ``changes`` of ``client_id`` and apply them; see the module docstring."""
+    """Store ``changes`` of ``client_id`` and apply them; see the module docstring.
+
+    ``after``: the id of the change this batch follows (the last of the batch before it, which
+    the client sent without waiting for its answer). Unless the inbox has that change from the
+    client, :class:`NotInOrder` is raised and nothing is stored: the client's batches are stored
+    in its order, whichever request arrives first. (What the inbox has of a client is always a
+    prefix of what it sent, in order: the last change of a batch stored means the batch is.)
+    """
     batch = ChangeBatch.of(changes)
     now = time.time()
     # Marking the client seen locks its row: batches of one client run one after the other
     # (a no-op on SQLite, whose writer is alone), so two deliveries of a batch store it once.
-    seen = update(t.store_clients).where(_clients.id == client_id).values(last_seen_at=now)
-    if await conn.scalar(seen.returning(_clients.id)) is None:
+    if await conn.scalar(_SEEN, {"client_id": client_id, "now": now}) is None:
         raise ConfigError(f"no client has id {client_id} (see 'migsync clients list')")
+    # Checked with the client's row locked: the batch before, if in flight, has committed or
+    # not begun.
+    if after is not None and not await _stored(conn, client_id, [after]):
+        raise NotInOrder(after)
     end, refused = await _refusal(conn, client_id, batch)
     if not end:
         return ChangesAck((), (), refused)
@@ -102,11 +134,7 @@ async def _refusal(
     versions = sorted({v for v in schema_versions if v is not None})
     published: set[Version] = set()
     for start in range(0, len(versions), _CHUNK):
-        published.update(
-            await conn.scalars(
-                select(_published.version).where(_published.version.in_(versions[start : start + _CHUNK]))
-            )
-        )
+        published.update(await conn.scalars(_PUBLISHED, {"versions": versions[start : start + _CHUNK]}))
     if published.issuperset(versions):
         return len(batch), None
     unknown = [i for i, v in enumerate(schema_versions) if v is not None and v not in published]
@@ -141,10 +169,7 @@ async def _insert(conn: AsyncConnection, client_id: int, batch: ChangeBatch, now
 
     The ids inserted; None: all of them (nothing was there before).
     """
-    # ASCII JSON: a string of the data may hold what a database cannot store as text (an
-    # unpaired surrogate); escaped, it is stored and read back unchanged.
-    dumps = _ENCODER.encode
-    data = [dumps(d) for d in batch.data]
+    data = _json_texts(batch.data)
     if conn.dialect.name == "postgresql":
         keys: dict[Version, str] = {}  # a batch has few versions: each one's key worked out once
         versions = [
@@ -240,6 +265,26 @@ _PG_INSERT = text(
     "AS c(change_id, entity, entity_id, operation, data, schema_version, client_timestamp, n) "
     "ORDER BY c.n ON CONFLICT (client_id, change_id) DO NOTHING RETURNING change_id"
 )
+
+
+def _json_texts(values: Sequence[Any]) -> list[str]:
+    """Each of ``values`` as :func:`json.dumps` writes it: ASCII JSON, since a string of the data
+    may hold what a database cannot store as text (an unpaired surrogate); escaped, it is stored
+    and read back unchanged.
+
+    One C encoder for the batch: ``JSONEncoder.encode`` makes one per call, which was half of
+    what encoding a change's data cost. (Made per batch, not once: its record of the objects
+    being encoded, which finds a circular reference, may keep an entry after an error.)
+    """
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator
+        return [_ENCODER.encode(value) for value in values]
+    encode = make(
+        {}, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ": ", ", ", False, False, True
+    )
+    join = "".join
+    return [join(encode(value, 0)) for value in values]
+
 
 _ENCODER = json.JSONEncoder()
 _COPY_COLUMNS = (

@@ -199,6 +199,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         answers=(
             (200, "which changes were taken", "ChangesAck"),
             *_REFUSED_BODY,
+            (
+                409,
+                "the batch names (Migsync-Changes-After) a change not stored yet: nothing stored; "
+                "sent again once the batch before is",
+                "Error",
+            ),
             (422, "a change of the wrong shape", "Error"),
             *_CLIENT_REFUSALS,
         ),

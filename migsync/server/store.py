@@ -793,7 +793,7 @@ class Store:
     # -- entity changes --------------------------------------------------------------------------
 
     async def receive_changes(
-        self, client_id: int, changes: Sequence[EntityChange] | ChangeBatch
+        self, client_id: int, changes: Sequence[EntityChange] | ChangeBatch, after: str | None = None
     ) -> ChangesAck:
         """Store a batch of client ``client_id``'s entity changes, in order, in one transaction.
 
@@ -803,11 +803,12 @@ class Store:
         Each stored change goes to :attr:`appliers` in a savepoint of its own; an applier's
         error is kept in the change's ``apply_error`` (it is accepted all the same).
         Marks the client seen. ``changes``: records, or a :class:`ChangeBatch` (columns: what
-        the HTTP API decodes a body into, with no object per change). See
-        :mod:`migsync.server.inbox`.
+        the HTTP API decodes a body into, with no object per change). ``after``: the id of the
+        change the batch follows; unless the inbox has it, :class:`~migsync.server.inbox.NotInOrder`
+        is raised and nothing stored. See :mod:`migsync.server.inbox`.
         """
         async with self._write("storing entity changes") as conn:
-            return await inboxes.receive(conn, client_id, changes, self.appliers)
+            return await inboxes.receive(conn, client_id, changes, self.appliers, after)
 
     async def inbox(self, limit: int | None = None) -> list[ReceivedChange]:
         """The entity changes received, in the order received; with ``limit``, the latest ones."""

@@ -25,11 +25,12 @@ What a server (or anything posing as one) can make a client spend is bounded:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar, overload
 
 import httpx
 
@@ -39,6 +40,8 @@ from migsync.core.version import Version
 from migsync.protocol.wire import (
     APP_VERSION_HEADER,
     APP_VERSION_PATTERN,
+    CHANGES_AFTER_HEADER,
+    CHANGES_ORDERED_HEADER,
     HELD_ETAG_HEADER,
     PROTOCOL,
     PROTOCOL_HEADER,
@@ -127,6 +130,10 @@ class HttpTransport(BaseTransport):
         #: the pending ETag the client holds: sent with reports and answers, whose answer may
         #: carry the new one (then kept here, for the client to save); see HELD_ETAG_HEADER
         self.held_etag: str | None = None
+        #: whether the server said it stores a client's batches of changes in the client's order
+        #: (CHANGES_ORDERED_HEADER on an answer to one): then :meth:`push_changes_after` may send
+        #: a batch before the batch before it is answered
+        self.orders_changes = False
         self._headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
@@ -216,19 +223,61 @@ class HttpTransport(BaseTransport):
         encoded.bodies = _changes_bodies(changes)
         return encoded
 
+    @staticmethod
+    def encode_change_rows(rows: Sequence[Mapping[str, Any]]) -> EncodedRows:
+        """The changes of the client's queue ``rows`` (its ``entity_changes`` columns) with the
+        request bodies that carry them, made now with each row's ``data`` as it is stored: the
+        JSON text goes into the body unparsed (the server parses and checks it). Pure, like
+        :meth:`encode_changes`."""
+        return EncodedRows(rows, _rows_bodies(rows))
+
     async def push_changes(self, changes: Sequence[EntityChange]) -> ChangesAck:
+        ack = await self._push_changes(changes, None)
+        assert ack is not None  # only a batch sent "after" is answered "not yet"
+        return ack
+
+    async def push_changes_after(self, changes: Sequence[EntityChange], after: str) -> ChangesAck | None:
+        """:meth:`push_changes` of a batch sent before the answer to the batch before it came:
+        ``after`` is the id of that batch's last change, and the server stores this one only if
+        it has that change. None: it had not (yet), and stored nothing of this batch; send it
+        again (with :meth:`push_changes`) once the batch before is stored. Only for a server
+        that said it honours this (:attr:`orders_changes`): an older one ignores ``after``."""
+        return await self._push_changes(changes, after)
+
+    async def _push_changes(self, changes: Sequence[EntityChange], after: str | None) -> ChangesAck | None:
         url = f"{self.base}/api/changes"
         accepted: list[str] = []
         duplicate: list[str] = []
-        bodies = changes.bodies if isinstance(changes, EncodedChanges) else _changes_bodies(changes)
-        for start, body in zip(range(0, len(changes), MAX_CHANGES), bodies, strict=True):
+        if isinstance(changes, EncodedChanges | EncodedRows):
+            bodies = changes.bodies
+        else:
+            bodies = _changes_bodies(changes)
+        count = len(changes)
+        for start, body in zip(range(0, count, MAX_CHANGES), bodies, strict=True):
             headers = self._headers | {"Content-Type": "application/json"}
-            response = await self._send("POST", url, headers=headers, content=body)
+            if after is not None and start == 0:  # the bodies after the first follow it anyway
+                headers[CHANGES_AFTER_HEADER] = after
+            try:
+                response = await self._send(
+                    "POST",
+                    url,
+                    headers=headers,
+                    content=body,
+                    passed=(409,) if CHANGES_AFTER_HEADER in headers else (),
+                )
+            except ServerRefused:
+                if isinstance(changes, EncodedRows):
+                    changes.parse_data(start, start + MAX_CHANGES)  # a text that is not JSON raises
+                raise
+            if response.headers.get(CHANGES_ORDERED_HEADER) == "1":
+                self.orders_changes = True
+            if response.status_code == 409:
+                return None
             ack = changes_ack_from_json(_json(response, url), f"POST {url}")
             accepted += ack.accepted
             duplicate += ack.duplicate
-            if ack.refused is not None or len(ack.accepted) + len(ack.duplicate) < len(
-                changes[start : start + MAX_CHANGES]
+            if ack.refused is not None or len(ack.accepted) + len(ack.duplicate) < min(
+                MAX_CHANGES, count - start
             ):
                 return ChangesAck(tuple(accepted), tuple(duplicate), ack.refused)
         return ChangesAck(tuple(accepted), tuple(duplicate))
@@ -251,9 +300,12 @@ class HttpTransport(BaseTransport):
             )
         raise ServerRefused(refusal)
 
-    async def _send(self, method: str, url: str, *, extra_time: float = 0, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, url: str, *, extra_time: float = 0, passed: tuple[int, ...] = (), **kwargs: Any
+    ) -> httpx.Response:
         """The response (2xx or 304), after retries; a refusal or exhaustion raises. ``extra_time``:
-        seconds the server may take on purpose (a long poll), on top of the timeout."""
+        seconds the server may take on purpose (a long poll), on top of the timeout; ``passed``:
+        more statuses returned rather than refused."""
         attempt = 0
         while True:
             attempt += 1
@@ -267,7 +319,7 @@ class HttpTransport(BaseTransport):
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode
                 raise MalformedAnswer(f"{method} {url}: the answer cannot be decoded ({exc})") from None
             else:
-                if response.status_code < 300 or response.status_code in (304, 426):
+                if response.status_code < 300 or response.status_code in (304, 426, *passed):
                     self._check_protocol(response)
                     if response.status_code != 426:
                         return response
@@ -344,6 +396,113 @@ def _changes_bodies(changes: Sequence[EntityChange]) -> list[bytes]:
         ).encode()
         for start in range(0, len(changes), MAX_CHANGES)
     ]
+
+
+class EncodedRows(Sequence[EntityChange]):
+    """Rows of the client's change queue, and the bodies of the requests that carry them
+    (:meth:`HttpTransport.encode_change_rows`). Indexing makes a change's record (its data
+    parsed): only for callers that want one, the push itself sends the bodies."""
+
+    def __init__(self, rows: Sequence[Mapping[str, Any]], bodies: list[bytes]) -> None:
+        self.rows = rows
+        self.bodies = bodies
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def parse_data(self, start: int, end: int) -> None:
+        """Parse the data of rows ``start`` to ``end``: a text that is not JSON raises what
+        parsing it raises (:class:`json.JSONDecodeError`), as when each change's data was
+        parsed before it was sent. (Called when the server refused a batch: the same error
+        as before, rather than the server's.)"""
+        for row in self.rows[start:end]:
+            if row["data"] is not None:
+                json.loads(row["data"])
+
+    @overload
+    def __getitem__(self, index: int) -> EntityChange: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[EntityChange]: ...
+
+    def __getitem__(self, index: int | slice) -> EntityChange | Sequence[EntityChange]:
+        if isinstance(index, slice):
+            return [_row_change(row) for row in self.rows[index]]
+        return _row_change(self.rows[index])
+
+
+def _row_change(row: Mapping[str, Any]) -> EntityChange:
+    data, key = row["data"], row["schema_version"]
+    return EntityChange(
+        row["id"],
+        row["entity"],
+        row["entity_id"],
+        row["operation"],
+        None if data is None else json.loads(data),
+        None if key is None else _version_of_key(key),
+        float(row["timestamp"]),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _version_of_key(key: str) -> Version:
+    return Version.from_key(key)
+
+
+@functools.lru_cache(maxsize=256)
+def _version_json(key: str) -> str:
+    """The JSON of the text of the version stored as ``key`` (a batch has few: worked out once)."""
+    return _str(Version.from_key(key).text)
+
+
+#: A string as JSON, as :func:`json.dumps` writes it (ASCII, the C encoder).
+_str: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _float(value: float) -> str:
+    """A float as JSON, as :func:`json.dumps` writes it (NaN, Infinity: the server refuses them)."""
+    if value != value or value in (_INF, -_INF):
+        return json.dumps(value)
+    return float.__repr__(value)
+
+
+_INF = float("inf")
+
+
+def _rows_bodies(rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """The bodies of ``POST /api/changes`` that carry the queue's ``rows``, at most MAX_CHANGES
+    each, the wire's JSON written as :func:`_changes_bodies` writes it.
+
+    Each row's ``data`` is the JSON text the client stored, spliced in as it is: parsing it
+    only to encode it again was a third of what a push cost the client. The server parses the
+    body and checks every change as before, so a text that holds NaN or a number too large for
+    a float is refused there, the whole batch with it, with the message it had when the client
+    sent such a number as ``Infinity``; a text that is not JSON at all makes the server refuse
+    the body, and the client then raises what parsing the text raises (:meth:`EncodedRows.parse_data`),
+    as when it parsed each text first. Data the body cannot carry as UTF-8 (a lone surrogate,
+    which no text column the client uses holds) is parsed and encoded as before.
+    """
+    try:
+        return [_rows_body(rows[start : start + MAX_CHANGES]) for start in range(0, len(rows), MAX_CHANGES)]
+    except UnicodeEncodeError:
+        return _changes_bodies([_row_change(row) for row in rows])
+
+
+def _rows_body(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    parts = []
+    for row in rows:
+        data, key = row["data"], row["schema_version"]
+        if data is None:
+            data = "null"
+        elif type(data) is not str:  # a BLOB in the column: parsed, as before
+            data = json.dumps(json.loads(data))
+        parts.append(
+            f'{{"id": {_str(row["id"])}, "entity": {_str(row["entity"])}, '
+            f'"entity_id": {_str(row["entity_id"])}, "operation": {_str(row["operation"])}, '
+            f'"data": {data}, "schema_version": {"null" if key is None else _version_json(key)}, '
+            f'"timestamp": {_float(float(row["timestamp"]))}}}'
+        )
+    return ('{"changes": [' + ", ".join(parts) + "]}").encode()
 
 
 def _change_json(change: EntityChange, texts: dict[Version, str]) -> dict[str, Any]:
