@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from html import unescape
 from pathlib import Path
 
 import httpx
@@ -233,3 +234,69 @@ def test_a_chart_stacks_applied_failed_and_pending_over_time() -> None:
     assert c.pending.split()[0] == "0.0,0.0"  # all pending at first
     empty = rollout_views.chart("none", False, [], r.Counts())
     assert empty.scale == 0 and empty.points == 2
+
+
+async def start_form(admin: Panel, csrf: str | None = None, **fields: str) -> httpx.Response:
+    """The home page's "Start a rollout" form, posted with ``fields`` over its defaults."""
+    token = csrf if csrf is not None else form_csrf(await admin.page("/admin/"))
+    return await admin.http.post("/admin/rollouts", data={"csrf": token, **fields})
+
+
+async def test_a_rollout_is_started_from_the_home_page_with_the_admins_name(rollout_admin: Panel) -> None:
+    admin = rollout_admin
+    canary = (await admin.store.add_client("canary0", {"group": "canary"}))[0]
+    other = (await admin.store.add_client("plain0"))[0]
+    await admin.publish(V1)
+    await admin.publish(V2)  # published to everyone: the rollout holds V2 back from now on
+    home = await admin.page("/admin/")
+    assert 'action="/admin/rollouts"' in home and 'value="canary,10%,all"' in home
+    assert f'<option value="{V2.version}">' in home  # the published versions to choose from
+    response = await start_form(
+        admin, versions=str(V2.version), stages="canary,all", soak="0", on_failure="revert"
+    )
+    assert response.status_code == 303, response.text
+    [rollout] = await admin.store.rollouts()
+    assert response.headers["location"] == f"/admin/rollouts/{rollout.id}?done=start"
+    assert rollout.versions == (V2.version,) and [s.name for s in rollout.stages] == ["canary", "all"]
+    assert (rollout.created_by, rollout.policy.soak, rollout.policy.on_failure) == (NAME, 0.0, "revert")
+    assert (rollout.policy.success_threshold, rollout.policy.error_threshold) == (0.95, 0.05)
+    _, offered = await admin.store.pending(other)
+    assert [i.version for i in offered] == [V1.version]  # outside the canary stage: held back
+    _, offered = await admin.store.pending(canary)
+    assert [i.version for i in offered] == [V1.version, V2.version]
+    page = await admin.page(f"/admin/rollouts/{rollout.id}?done=start")
+    assert "Rollout started: recorded with your name in its audit." in page
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"versions": ""}, "give the versions to roll out"),
+        ({"versions": "not-a-version"}, "not-a-version"),
+        ({"versions": "99"}, "99"),
+        ({"stages": "10%,5%"}, "percentages must grow"),
+        ({"error_threshold": "150%"}, "error threshold '150%' must be from 0% to 100%"),
+        ({"soak": "soon"}, "duration 'soon'"),
+        ({"on_failure": "explode"}, "explode"),
+    ],
+)
+async def test_a_bad_start_form_is_one_message_and_starts_nothing(
+    admin: Panel, fields: dict[str, str], says: str
+) -> None:
+    await admin.publish(V1)
+    response = await start_form(admin, **{"versions": str(V1.version), "stages": "canary,all", **fields})
+    assert response.status_code == 422, response.text
+    text = unescape(response.text)
+    assert "No rollout was started:" in text and says in text
+    assert await admin.store.rollouts() == []
+
+
+async def test_starting_a_rollout_needs_a_session_and_its_csrf_token(admin: Panel) -> None:
+    await admin.publish(V1)
+    response = await start_form(admin, csrf="not-the-token", versions=str(V1.version), stages="all")
+    assert response.status_code == 403
+    csrf = form_csrf(await admin.page("/admin/"))
+    admin.http.cookies.clear()
+    response = await start_form(admin, csrf=csrf, versions=str(V1.version), stages="all")
+    assert response.status_code == 303 and response.headers["location"] == "/admin/login"
+    assert await admin.store.rollouts() == []

@@ -33,7 +33,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from migsync.core.errors import ConfigError, MigsyncError
-from migsync.core.version import Version
+from migsync.core.version import Version, VersionError
 from migsync.server import rollouts as r
 from migsync.server.bodies import ApiError
 from migsync.server.panel import rollout_views, views
@@ -66,9 +66,23 @@ ENDED_CHARTED = 3
 NEWEST_SHOWN = 3
 #: Times per chart.
 CHART_POINTS = 24
-_DONE = {"pause": "paused", "resume": "resumed", "advance": "advanced", "abort": "aborted"}
+_DONE = {
+    "pause": "paused",
+    "resume": "resumed",
+    "advance": "advanced",
+    "abort": "aborted",
+    "start": "started",
+}
 
 log = logging.getLogger("migsync.server.panel")
+
+#: What the home page's "Start a rollout" form offers (the defaults of ``migsync rollout start``).
+START_DEFAULTS = {
+    "stages": "canary,10%,all",
+    "success": f"{r.DEFAULT_SUCCESS:.0%}",
+    "error": f"{r.DEFAULT_ERROR:.0%}",
+    "soak": f"{r.DEFAULT_SOAK / 60:g}m",
+}
 
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -138,6 +152,7 @@ def create_panel(
     panel.requests_refused = requests_refused
     routes = [
         Route("/", panel.rollouts, methods=["GET"], name="rollouts"),
+        Route("/rollouts", panel.start_rollout, methods=["POST"], name="start_rollout"),
         Route("/rollouts/{rollout_id}", panel.rollout, methods=["GET"], name="rollout"),
         Route("/rollouts/{rollout_id}", panel.operate, methods=["POST"]),
         Route("/clients", panel.fleet, methods=["GET"], name="fleet"),
@@ -414,7 +429,56 @@ class _Panel:
                 )
             else:
                 ended.append(rollout)
-        return self.render(request, "rollouts.html", session, views=charted, ended=ended, done=_done(request))
+        return self.render(
+            request,
+            "rollouts.html",
+            session,
+            views=charted,
+            ended=ended,
+            done=_done(request),
+            published=await store.migrations(),
+            defaults=START_DEFAULTS,
+        )
+
+    async def start_rollout(self, request: Request) -> Response:
+        """Start a rollout from the home page's form (as ``migsync rollout start`` does), recorded
+        with the admin's name. A bad field is one message, and nothing is started."""
+        session = self.require(request)
+        form = await self.checked_form(request, session)
+        try:
+            versions = [Version.parse(v) for v in form.get("versions", "").replace(" ", ",").split(",") if v]
+            if not versions:
+                raise ConfigError("give the versions to roll out (4, or 4,5)")
+            stages = r.parse_stages(form.get("stages", ""))
+            policy = r.Policy(
+                r.parse_ratio(
+                    form.get("success_threshold") or START_DEFAULTS["success"], "success threshold"
+                ),
+                r.parse_ratio(form.get("error_threshold") or START_DEFAULTS["error"], "error threshold"),
+                r.parse_duration(form.get("soak") or START_DEFAULTS["soak"]),
+                form.get("on_failure") or "pause",
+            )
+            rollout = await self.store().start_rollout(versions, stages, policy, session.name)
+        except (ConfigError, VersionError) as exc:
+            return self.render(
+                request,
+                "error.html",
+                session,
+                status=422,
+                title="Not started",
+                message=f"No rollout was started: {exc}.",
+                back=f"{_root(request)}/#start",
+            )
+        if self.after_request is not None:
+            self.after_request()  # the clients' next polls see what they are offered now
+        log.info(
+            "panel: %s (from %s) started rollout %s of %s",
+            session.name,
+            _address(request),
+            rollout.id,
+            ", ".join(v.text for v in versions),
+        )
+        return RedirectResponse(f"{_root(request)}/rollouts/{rollout.id}?done=start", 303)
 
     async def rollout(self, request: Request) -> Response:
         session = self.require(request)
