@@ -384,6 +384,62 @@ async def idle_polls(server: Server, port: int, tokens: Sequence[str], etags: Se
         await asyncio.gather(*(p.closed for p in pollers))
 
 
+async def report_rate(server: Server, fleet: SimulatedFleet, checksum: str, seconds: float) -> Rate:
+    """Reports per second that change something (version 1 applied, its ``attempts`` one more
+    each time: an upsert that writes, the client's row, the change counter and a status event),
+    the clients in turn over the fleet's connections, each waiting for its answer: the
+    throughput of the report path, whose commits all take the one change counter row."""
+    counts = Tally()
+    attempts = 1
+
+    async def worker(start: int) -> None:
+        nonlocal attempts
+        conn = await Connection.open(fleet.port)
+        try:
+            i = start
+            while counts.running:
+                attempts += 1
+                body = json.dumps(
+                    {"reports": [{"version": "1", "applied": True, "error": None, "attempts": attempts,
+                                  "checksum": checksum}]}  # fmt: skip
+                ).encode()
+                status, _, answer = await conn.request(post(fleet.port, fleet.tokens[i], body))
+                if status == 200 and json.loads(answer)["recorded"] == ["1"]:
+                    counts.ok += 1
+                else:
+                    counts.other += 1
+                    if counts.other == 1:
+                        print(f"a report failed: {status} {answer[:300]!r}", file=sys.stderr)
+                i = (i + fleet.connections) % len(fleet.tokens)
+        finally:
+            conn.close()
+
+    tasks = [asyncio.create_task(worker(c)) for c in range(fleet.connections)]
+    try:
+        await asyncio.sleep(0.5)
+        ok, other = counts.ok, counts.other
+        wall, cpu, mine = time.perf_counter(), server.cpu(), time.process_time()
+        await asyncio.sleep(seconds)
+        return Rate(
+            counts.ok - ok, counts.other - other, time.perf_counter() - wall, server.cpu() - cpu,
+            time.process_time() - mine,
+        )  # fmt: skip
+    finally:
+        counts.running = False
+        await asyncio.gather(*tasks)
+
+
+async def published_checksum(store_url: str, version: str) -> str:
+    from migsync.core.version import Version
+
+    conn = await asyncpg.connect(store_url)
+    try:
+        key = Version.parse(version).key  # the store keeps versions as sortable keys
+        return str(await conn.fetchval("SELECT checksum FROM store_migrations WHERE version = $1", key))
+    finally:
+        await conn.close()
+
+
 async def first_page_ms(server: Server, counts: bool = True) -> float:
     times = []
     params = {"limit": "100"} if counts else {"limit": "100", "counts": "0"}
@@ -409,6 +465,7 @@ class Row:
     cpu_ms_per_client: float | None
     idle: Rate
     bare: Rate
+    reports: Rate
     page_ms: float
     page_no_counts_ms: float
     rss_mb: float
@@ -444,15 +501,17 @@ async def bench(n: int, processes: int, root: Path, args: argparse.Namespace) ->
             await running
         await fleet.poll_all_once()  # every ETag current (one full answer each after a report)
         idle = await idle_polls(server, server.port, polling, fleet.etags, args.connections, args.seconds)
+        checksum = await published_checksum(store_url, "1")
+        reports = await report_rate(server, fleet, checksum, args.seconds)
         page = await first_page_ms(server)
         page_without_counts = await first_page_ms(server, counts=False)
         rss = server.rss_mb()
     with serving(bare_server(root, processes), "/api/migrations/pending") as bare:
         bare_rate = await idle_polls(bare, bare.port, polling, fleet.etags, args.connections, args.seconds)
     return Row(
-        n, processes, filled.per_second, first_poll, converge, cpu_per_client, idle, bare_rate, page,
+        n, processes, filled.per_second, first_poll, converge, cpu_per_client, idle, bare_rate, reports, page,
         page_without_counts, rss,
-        fleet.counters.errors + idle.other,
+        fleet.counters.errors + idle.other + reports.other,
     )  # fmt: skip
 
 
@@ -463,17 +522,19 @@ def report(rows: Sequence[Row], args: argparse.Namespace) -> None:
     )
     print(
         "| N | processes | bulk add (clients/s) | first poll of all (s) | publish to all applied (s) "
-        "| server CPU per client cycle (ms) | idle 304/s | bare 304/s | ratio | GET /api/clients (ms) "
+        "| server CPU per client cycle (ms) | idle 304/s | bare 304/s | ratio | reports/s "
+        "| server CPU per report (ms) | GET /api/clients (ms) "
         "| ... ?counts=0 (ms) | RSS (MB) | errors |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: " * 15 + "|")
     for r in rows:
         converge = "-" if r.converge_s is None else f"{r.converge_s:.1f}"
         cpu = "-" if r.cpu_ms_per_client is None else f"{r.cpu_ms_per_client:.2f}"
         ratio = r.idle.per_second / r.bare.per_second if r.bare.per_second else float("nan")
         print(
             f"| {r.n} | {r.processes} | {r.fill_per_s:,.0f} | {r.first_poll_s:.1f} | {converge} | {cpu} "
-            f"| {r.idle.per_second:,.0f} | {r.bare.per_second:,.0f} | {ratio:.2f} | {r.page_ms:.1f} "
+            f"| {r.idle.per_second:,.0f} | {r.bare.per_second:,.0f} | {ratio:.2f} | {r.reports.per_second:,.0f} "
+            f"| {r.reports.server_ms_per_1000 / 1000:.2f} | {r.page_ms:.1f} "
             f"| {r.page_no_counts_ms:.1f} | {r.rss_mb:.0f} | {r.errors} |"
         )
 
