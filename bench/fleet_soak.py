@@ -77,6 +77,7 @@ class Sent:
     publishes: int = 0
     requests: int = 0
     pages: int = 0
+    reconnects: int = 0
 
 
 class SoakFleet:
@@ -86,6 +87,17 @@ class SoakFleet:
         self.applied: list[set[str]] = [{"1"} for _ in tokens]
         self.turn = [i % 2 for i in range(len(tokens))]  # which server the client's next request goes to
 
+    async def send(self, conns: list[Connection], which: int, raw: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+        """``raw`` on the connection to server ``which``; on a fresh one when the server closed the
+        old one (uvicorn closes a keep-alive connection idle for 5 s), without counting an error."""
+        try:
+            return await conns[which].request(raw)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            conns[which].close()
+            conns[which] = await Connection.open(self.ports[which])
+            self.sent.reconnects += 1
+            return await conns[which].request(raw)
+
     def _next(self, i: int) -> int:
         server = self.turn[i]
         self.turn[i] ^= 1
@@ -93,7 +105,7 @@ class SoakFleet:
 
     async def step(self, conns: list[Connection], i: int) -> None:
         which = self._next(i)
-        status, headers, body = await conns[which].request(get(self.ports[which], self.tokens[i], self.etags[i]))
+        status, headers, body = await self.send(conns, which, get(self.ports[which], self.tokens[i], self.etags[i]))
         self.sent.polls += 1
         if status == 304:
             return
@@ -119,8 +131,8 @@ class SoakFleet:
         for _try in range(5):  # a failed request is sent again (a report is idempotent)
             which = self._next(i)
             try:
-                status, _, answer = await conns[which].request(
-                    report_request(self.ports[which], self.tokens[i], self.etags[i], body)
+                status, _, answer = await self.send(
+                    conns, which, report_request(self.ports[which], self.tokens[i], self.etags[i], body)
                 )
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 self.sent.errors[f"report {type(exc).__name__}"] += 1
@@ -298,7 +310,12 @@ async def soak(args: argparse.Namespace) -> int:
                 admin_load([s.url for s in servers], filled.migrations, store_url, filled.key, sent, args, until),
             )
             while time.perf_counter() - started < args.minutes * 60:
-                await asyncio.sleep(min(30.0, args.minutes * 60 - (time.perf_counter() - started)))
+                await asyncio.wait(
+                    [running], timeout=min(30.0, args.minutes * 60 - (time.perf_counter() - started))
+                )
+                if running.done():
+                    running.result()  # the generator failed: say why
+                    raise SystemExit("the generator stopped before the end")
                 print(
                     f"{time.perf_counter() - started:6.0f} s: {sent.polls} polls, {sent.full} full, "
                     f"{sent.reports} reports, {sum(sent.recorded.values())} recorded, {sent.publishes} "
