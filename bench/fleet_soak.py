@@ -87,7 +87,9 @@ class SoakFleet:
         self.applied: list[set[str]] = [{"1"} for _ in tokens]
         self.turn = [i % 2 for i in range(len(tokens))]  # which server the client's next request goes to
 
-    async def send(self, conns: list[Connection], which: int, raw: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    async def send(
+        self, conns: list[Connection], which: int, raw: bytes
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
         """``raw`` on the connection to server ``which``; on a fresh one when the server closed the
         old one (uvicorn closes a keep-alive connection idle for 5 s), without counting an error."""
         try:
@@ -105,7 +107,9 @@ class SoakFleet:
 
     async def step(self, conns: list[Connection], i: int) -> None:
         which = self._next(i)
-        status, headers, body = await self.send(conns, which, get(self.ports[which], self.tokens[i], self.etags[i]))
+        status, headers, body = await self.send(
+            conns, which, get(self.ports[which], self.tokens[i], self.etags[i])
+        )
         self.sent.polls += 1
         if status == 304:
             return
@@ -125,8 +129,17 @@ class SoakFleet:
     async def report(self, conns: list[Connection], i: int, m: dict, applied: bool, attempts: int,
                      error: str | None) -> None:  # fmt: skip
         body = json.dumps(
-            {"reports": [{"version": m["version"], "applied": applied, "error": error, "attempts": attempts,
-                          "checksum": m["checksum"]}]}  # fmt: skip
+            {
+                "reports": [
+                    {
+                        "version": m["version"],
+                        "applied": applied,
+                        "error": error,
+                        "attempts": attempts,
+                        "checksum": m["checksum"],
+                    }
+                ]
+            }
         ).encode()
         for _try in range(5):  # a failed request is sent again (a report is idempotent)
             which = self._next(i)
@@ -241,9 +254,7 @@ async def compare(store_url: str, fleet: SoakFleet, sent: Sent) -> list[str]:
     problems = []
     conn = await asyncpg.connect(store_url)
     try:
-        ids = {
-            r["name"]: r["id"] for r in await conn.fetch("SELECT id, name FROM store_clients ORDER BY id")
-        }
+        ids = {r["name"]: r["id"] for r in await conn.fetch("SELECT id, name FROM store_clients ORDER BY id")}
         index = {ids[f"client-{i:07d}"]: i for i in range(len(fleet.tokens))}
         events = collections.Counter(
             (index[r["client_id"]], r["version"], r["state"])
@@ -254,7 +265,8 @@ async def compare(store_url: str, fleet: SoakFleet, sent: Sent) -> list[str]:
         rows = {
             (index[r["client_id"]], r["version"]): (r["applied"], r["attempts"])
             for r in await conn.fetch(
-                "SELECT client_id, CAST(version AS TEXT) AS version, applied, attempts FROM store_client_status"
+                "SELECT client_id, CAST(version AS TEXT) AS version, applied, attempts "
+                "FROM store_client_status"
             )
         }
     finally:
@@ -266,7 +278,9 @@ async def compare(store_url: str, fleet: SoakFleet, sent: Sent) -> list[str]:
     if lost:
         problems.append(f"{sum(lost.values())} recorded reports without their event, e.g. {list(lost)[:3]}")
     if doubled:
-        problems.append(f"{sum(doubled.values())} events more than reports recorded, e.g. {list(doubled)[:3]}")
+        problems.append(
+            f"{sum(doubled.values())} events more than reports recorded, e.g. {list(doubled)[:3]}"
+        )
     wrong = [
         (key, want, rows.get((key[0], _key_of(version_text, key[1]))))
         for key, want in sent.last.items()
@@ -298,7 +312,9 @@ async def soak(args: argparse.Namespace) -> int:
         key = root / "request.key"
         write_keypair(key)
         deadlocks_before = await pg_deadlocks(store_url)
-        servers = [soak_server(store_url, root, f"serve-{x}", key, "soak-panel-secret-" + "0" * 32) for x in "ab"]
+        servers = [
+            soak_server(store_url, root, f"serve-{x}", key, "soak-panel-secret-" + "0" * 32) for x in "ab"
+        ]
         sent = Sent()
         with serving(servers[0], "/api/openapi.json"), serving(servers[1], "/api/openapi.json"):
             fleet = SoakFleet([s.port for s in servers], filled.tokens, sent)
@@ -307,7 +323,9 @@ async def soak(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             running = asyncio.gather(
                 fleet.run(args.interval, args.connections, until),
-                admin_load([s.url for s in servers], filled.migrations, store_url, filled.key, sent, args, until),
+                admin_load(
+                    [s.url for s in servers], filled.migrations, store_url, filled.key, sent, args, until
+                ),
             )
             while time.perf_counter() - started < args.minutes * 60:
                 await asyncio.wait(
@@ -343,7 +361,8 @@ async def soak(args: argparse.Namespace) -> int:
         f"\n{args.n} clients, 2 processes, {seconds:.0f} s: {sent.polls} polls ({sent.full} full), "
         f"{sent.reports} reports sent, {sum(sent.recorded.values())} recorded, {sent.unchanged} unchanged, "
         f"{sent.retried} sent again, {sent.publishes} publishes, {sent.requests} requests for every client, "
-        f"{sent.pages} fleet pages; server CPU {cpu[0]:.0f} + {cpu[1]:.0f} s, RSS {rss[0]:.0f} + {rss[1]:.0f} MB; "
+        f"{sent.pages} fleet pages; server CPU {cpu[0]:.0f} + {cpu[1]:.0f} s, "
+        f"RSS {rss[0]:.0f} + {rss[1]:.0f} MB; "
         f"Postgres deadlocks {deadlocks}"
     )
     for problem in problems:
@@ -354,7 +373,9 @@ async def soak(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the soak runs")
     parser.add_argument("-n", type=int, default=2000, help="clients")
     parser.add_argument("--interval", type=float, default=5.0, help="each client's poll interval (s)")
