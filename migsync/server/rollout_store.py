@@ -463,16 +463,14 @@ async def after_report(
     return await evaluate(conn, now, versions=changed, throttled=not failed)
 
 
+#: The store's retention of status events, in SQL (the default when it does not say).
+_RETENTION = func.coalesce(
+    select(cast(t.store_meta.c.value, Float)).where(t.store_meta.c.key == RETENTION_KEY).scalar_subquery(),
+    t.DEFAULT_EVENT_RETENTION,
+)
 #: The events past the store's retention, which is read in the same statement (one round trip
 #: per report, not two).
-_EXPIRED_EVENTS = delete(t.store_status_events).where(
-    _events.at
-    < bindparam("now", type_=Float)
-    - func.coalesce(
-        select(cast(t.store_meta.c.value, Float)).where(t.store_meta.c.key == RETENTION_KEY).scalar_subquery(),
-        t.DEFAULT_EVENT_RETENTION,
-    )
-)
+_EXPIRED_EVENTS = delete(t.store_status_events).where(_events.at < bindparam("now", type_=Float) - _RETENTION)
 
 
 async def retention_seconds(conn: AsyncConnection) -> float:
