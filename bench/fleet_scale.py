@@ -385,6 +385,71 @@ async def idle_polls(server: Server, port: int, tokens: Sequence[str], etags: Se
         await asyncio.gather(*(p.closed for p in pollers))
 
 
+async def report_rate(server: Server, fleet: SimulatedFleet, checksum: str, seconds: float) -> Rate:
+    """Reports per second that change something (version 1 applied, its ``attempts`` one more
+    each time: an upsert that writes, the client's row, the change counter and a status event),
+    the clients in turn over the fleet's connections, each waiting for its answer: the
+    throughput of the report path, whose commits all take the one change counter row."""
+    counts = Tally()
+    attempts = 1
+
+    async def worker(start: int) -> None:
+        nonlocal attempts
+        conn = await Connection.open(fleet.port)
+        try:
+            i = start
+            while counts.running:
+                attempts += 1
+                body = json.dumps(
+                    {
+                        "reports": [
+                            {
+                                "version": "1",
+                                "applied": True,
+                                "error": None,
+                                "attempts": attempts,
+                                "checksum": checksum,
+                            }
+                        ]
+                    }
+                ).encode()
+                status, _, answer = await conn.request(post(fleet.port, fleet.tokens[i], body))
+                if status == 200 and json.loads(answer)["recorded"] == ["1"]:
+                    counts.ok += 1
+                else:
+                    counts.other += 1
+                    if counts.other == 1:
+                        print(f"a report failed: {status} {answer[:300]!r}", file=sys.stderr)
+                i = (i + fleet.connections) % len(fleet.tokens)
+        finally:
+            conn.close()
+
+    tasks = [asyncio.create_task(worker(c)) for c in range(fleet.connections)]
+    try:
+        await asyncio.sleep(0.5)
+        ok, other = counts.ok, counts.other
+        wall, cpu, mine = time.perf_counter(), server.cpu(), time.process_time()
+        await asyncio.sleep(seconds)
+        return Rate(
+            counts.ok - ok, counts.other - other, time.perf_counter() - wall, server.cpu() - cpu,
+            time.process_time() - mine,
+        )  # fmt: skip
+    finally:
+        counts.running = False
+        await asyncio.gather(*tasks)
+
+
+async def published_checksum(store_url: str, version: str) -> str:
+    from migsync.core.version import Version
+
+    conn = await asyncpg.connect(store_url)
+    try:
+        key = Version.parse(version).key  # the store keeps versions as sortable keys
+        return str(await conn.fetchval("SELECT checksum FROM store_migrations WHERE version = $1", key))
+    finally:
+        await conn.close()
+
+
 async def first_page_ms(server: Server, counts: bool = True) -> float:
     times = []
     params = {"limit": "100"} if counts else {"limit": "100", "counts": "0"}
@@ -407,9 +472,12 @@ class Row:
     fill_per_s: float
     first_poll_s: float
     converge_s: float | None
+    applied_share: float
+    polls_per_s: float | None
     cpu_ms_per_client: float | None
     idle: Rate
     bare: Rate
+    reports: Rate
     page_ms: float
     page_no_counts_ms: float
     rss_mb: float
@@ -423,13 +491,14 @@ async def bench(n: int, processes: int, root: Path, args: argparse.Namespace) ->
         polling = filled.tokens[: args.sample] if args.sample else filled.tokens
         fleet = SimulatedFleet(server.port, polling, args.connections)
         first_poll = await fleet.poll_all_once()
-        converge = cpu_per_client = None
+        converge = cpu_per_client = polls_per_s = None
+        applied_share = 1.0
         if not args.skip_propagation and not args.sample:
             stop = asyncio.Event()
             running = asyncio.create_task(fleet.run(args.interval, stop))
             await asyncio.sleep(args.interval)  # the fleet at its steady polling rate
             migration_file(filled.migrations, 2)
-            reports0, cpu0 = fleet.counters.reports, server.cpu()
+            reports0, cpu0, polls0 = fleet.counters.reports, server.cpu(), fleet.counters.polls
             async with Store.open(store_url, create=False) as store:
                 published = time.perf_counter()
                 await store.publish(load_directory(filled.migrations), filled.key)
@@ -437,23 +506,35 @@ async def bench(n: int, processes: int, root: Path, args: argparse.Namespace) ->
             while fleet.counters.reports - reports0 < n and time.perf_counter() < deadline:
                 await asyncio.sleep(0.05)
             converge = time.perf_counter() - published
-            cpu_per_client = (server.cpu() - cpu0) * 1000 / n
+            cpu_per_client = (server.cpu() - cpu0) * 1000 / max(1, fleet.counters.reports - reports0)
+            # Behind schedule when the generator (or the server) cannot keep n / interval polls a second.
+            polls_per_s = (fleet.counters.polls - polls0) / converge
             if fleet.counters.reports - reports0 < n:
                 converge = None  # did not converge within --timeout
+                applied_share = (fleet.counters.reports - reports0) / n
             await asyncio.sleep(args.interval + 2)  # everyone's next poll keeps the post-report ETag
             stop.set()
             await running
-        await fleet.poll_all_once()  # every ETag current (one full answer each after a report)
-        idle = await idle_polls(server, server.port, polling, fleet.etags, args.connections, args.seconds)
+        # Every idle poller's ETag current (one full answer each after a report); at most
+        # --idle-clients of them (the LRU holds them all; a poll of all 100k takes minutes).
+        idlers = SimulatedFleet(server.port, polling[: args.idle_clients], args.connections)
+        await idlers.poll_all_once()
+        idle = await idle_polls(
+            server, server.port, idlers.tokens, idlers.etags, args.connections, args.seconds
+        )
+        checksum = await published_checksum(store_url, "1")
+        reports = await report_rate(server, fleet, checksum, args.seconds)
         page = await first_page_ms(server)
         page_without_counts = await first_page_ms(server, counts=False)
         rss = server.rss_mb()
     with serving(bare_server(root, processes), "/api/migrations/pending") as bare:
-        bare_rate = await idle_polls(bare, bare.port, polling, fleet.etags, args.connections, args.seconds)
+        bare_rate = await idle_polls(
+            bare, bare.port, idlers.tokens, idlers.etags, args.connections, args.seconds
+        )
     return Row(
-        n, processes, filled.per_second, first_poll, converge, cpu_per_client, idle, bare_rate, page,
-        page_without_counts, rss,
-        fleet.counters.errors + idle.other,
+        n, processes, filled.per_second, first_poll, converge, applied_share, polls_per_s, cpu_per_client,
+        idle, bare_rate, reports, page, page_without_counts, rss,
+        fleet.counters.errors + idle.other + reports.other,
     )  # fmt: skip
 
 
@@ -464,17 +545,27 @@ def report(rows: Sequence[Row], args: argparse.Namespace) -> None:
     )
     print(
         "| N | processes | bulk add (clients/s) | first poll of all (s) | publish to all applied (s) "
-        "| server CPU per client cycle (ms) | idle 304/s | bare 304/s | ratio | GET /api/clients (ms) "
+        "| polls/s meanwhile (wanted) "
+        "| server CPU per client cycle (ms) | idle 304/s | bare 304/s | ratio | server µs per 304 (bare) "
+        "| reports/s "
+        "| server CPU per report (ms) | GET /api/clients (ms) "
         "| ... ?counts=0 (ms) | RSS (MB) | errors |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: " * 17 + "|")
     for r in rows:
         converge = "-" if r.converge_s is None else f"{r.converge_s:.1f}"
+        if r.converge_s is None and r.polls_per_s is not None:
+            converge = f"> {args.timeout:g} ({r.applied_share:.0%} applied)"
         cpu = "-" if r.cpu_ms_per_client is None else f"{r.cpu_ms_per_client:.2f}"
+        polls = "-" if r.polls_per_s is None else f"{r.polls_per_s:,.0f}"
         ratio = r.idle.per_second / r.bare.per_second if r.bare.per_second else float("nan")
         print(
-            f"| {r.n} | {r.processes} | {r.fill_per_s:,.0f} | {r.first_poll_s:.1f} | {converge} | {cpu} "
-            f"| {r.idle.per_second:,.0f} | {r.bare.per_second:,.0f} | {ratio:.2f} | {r.page_ms:.1f} "
+            f"| {r.n} | {r.processes} | {r.fill_per_s:,.0f} | {r.first_poll_s:.1f} | {converge} "
+            f"| {polls} ({r.n / args.interval:,.0f}) | {cpu} "
+            f"| {r.idle.per_second:,.0f} | {r.bare.per_second:,.0f} | {ratio:.2f} "
+            f"| {r.idle.server_ms_per_1000:.0f} ({r.bare.server_ms_per_1000:.0f}) "
+            f"| {r.reports.per_second:,.0f} "
+            f"| {r.reports.server_ms_per_1000 / 1000:.2f} | {r.page_ms:.1f} "
             f"| {r.page_no_counts_ms:.1f} | {r.rss_mb:.0f} | {r.errors} |"
         )
 
@@ -501,6 +592,9 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0, help="each client's poll interval (s)")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the fleet")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the idle measurement (s)")
+    parser.add_argument(
+        "--idle-clients", type=int, default=10_000, help="clients whose ETags the idle polls use (10000)"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="give up waiting for convergence (s)")
     parser.add_argument(
         "--skip-propagation", action="store_true", help="fill, first poll, idle and fleet view only"

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Float, bindparam, cast, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
@@ -467,10 +467,19 @@ async def after_report(
         if rep.version in changed
     ]
     await conn.execute(insert(t.store_status_events), rows)
-    retention = await retention_seconds(conn)
-    await conn.execute(delete(t.store_status_events).where(_events.at < now - retention))
+    await conn.execute(_EXPIRED_EVENTS, {"now": now})
     failed = any(rep.error and not rep.applied for rep in reports if rep.version in changed)
     return await evaluate(conn, now, versions=changed, throttled=not failed)
+
+
+#: The store's retention of status events, in SQL (the default when it does not say).
+_RETENTION = func.coalesce(
+    select(cast(t.store_meta.c.value, Float)).where(t.store_meta.c.key == RETENTION_KEY).scalar_subquery(),
+    t.DEFAULT_EVENT_RETENTION,
+)
+#: The events past the store's retention, which is read in the same statement (one round trip
+#: per report, not two).
+_EXPIRED_EVENTS = delete(t.store_status_events).where(_events.at < bindparam("now", type_=Float) - _RETENTION)
 
 
 async def retention_seconds(conn: AsyncConnection) -> float:

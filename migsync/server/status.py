@@ -221,7 +221,12 @@ async def pending(conn: AsyncConnection, client_id: int) -> tuple[ClientState, l
 
 
 async def report(
-    conn: AsyncConnection, client_id: int, reports: Sequence[StatusReport], held: str | None = None
+    conn: AsyncConnection,
+    client_id: int,
+    reports: Sequence[StatusReport],
+    held: str | None = None,
+    *,
+    stamp: bool = True,
 ) -> ReportResult:
     """Record ``reports`` for ``client_id``; nothing at all if one names an unpublished version.
 
@@ -231,6 +236,11 @@ async def report(
     the ETag the client holds; when it was the client's ETag just before this report, the result
     carries the new one (``etag``), which the client may keep: the pending answer it stands for
     is the one the client holds, less what it just reported.
+
+    ``stamp``: number the change (:func:`~migsync.server.serials.stamp_change`) when something was
+    recorded. A caller with more to write in the unit of work passes False and stamps last
+    itself: the change counter's row stays locked from the stamp until commit, and every report
+    of every process waits for it, so the less that follows the stamp, the more reports per second.
     """
     versions = [r.version for r in reports]
     published = {
@@ -253,7 +263,7 @@ async def report(
     statement = _REPORTED_CHANGE if recorded else _REPORTED_SAME
     row = (await conn.execute(statement, {"client_id": client_id, "now": now})).one()
     state = _state(row)
-    if recorded:
+    if recorded and stamp:
         state = attrs.evolve(state, change_seq=await stamp_change(conn, [client_id]))
     before = pending_etag(client_id, state.publish_serial, state.status_serial - (1 if recorded else 0))
     etag = state.etag if held is not None and held == before else None

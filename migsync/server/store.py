@@ -596,7 +596,7 @@ class Store:
         ``etag`` is the client's new one (see :func:`migsync.server.status.report`).
         """
         async with self._write("recording status reports") as conn:
-            result = await status.report(conn, client_id, reports, held)
+            result = await status.report(conn, client_id, reports, held, stamp=False)
             if result.recorded:
                 from migsync.server import rollout_store
 
@@ -605,6 +605,11 @@ class Store:
                 )
                 if moved:  # every client's ETag moved with the publish serial: the new one is not known
                     result = attrs.evolve(result, rollouts_moved=True, etag=None)
+                # The change is numbered last: the counter's row, which every report of every
+                # process takes, is locked from here until commit, so nothing else may follow.
+                assert result.state is not None
+                seq = await serials.stamp_change(conn, [client_id])
+                result = attrs.evolve(result, state=attrs.evolve(result.state, change_seq=seq))
             return result
 
     async def touch(self, client_id: int, when: float | None = None) -> None:

@@ -54,9 +54,15 @@ class AuthThrottle:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         #: address -> when its last "over the limit" line was logged (monotonic)
         self._logged: dict[str, float] = {}
+        #: address -> when it last failed (epoch, the limiter's clock): an address not here, or
+        #: not within the window, may try without asking the limiter (every poll asks)
+        self._failed_at: dict[str, float] = {}
 
     def retry_after(self, address: str) -> int | None:
         """Whole seconds until ``address`` may try again, or None when it may try now."""
+        last = self._failed_at.get(address)
+        if last is None or time.time() - last >= self.item.get_expiry():
+            return None  # no failure within the window: the limiter would say the same
         if self._limiter.test(self.item, address):
             return None
         stats = self._limiter.get_window_stats(self.item, address)
@@ -65,6 +71,10 @@ class AuthThrottle:
     def failed(self, address: str, what: str) -> None:
         """Count a failure of ``address`` (``what``: "wrong bearer tokens on the API", ...)."""
         self._limiter.hit(self.item, address)
+        if len(self._failed_at) >= _MAX_LOGGED:
+            horizon = time.time() - self.item.get_expiry()
+            self._failed_at = {a: t for a, t in self._failed_at.items() if t > horizon}
+        self._failed_at[address] = time.time()
         if self._limiter.test(self.item, address):
             return
         now = time.monotonic()
