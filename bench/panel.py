@@ -35,11 +35,11 @@ from pathlib import Path
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import delete, insert, update
+from sqlalchemy import delete, insert, text, update
 
 from migsync.core.migration import Migration, Script
 from migsync.protocol.signing import load_private_key, write_keypair
-from migsync.server import Store
+from migsync.server import Store, fleet_summary
 from migsync.server import rollouts as r
 from migsync.server import tables as t
 from migsync.server.app import create_app
@@ -166,6 +166,8 @@ async def fill(url: str, clients: int, migrations: int, key_path: Path, now: flo
             ):
                 for chunk in _chunks(rows):
                     await conn.execute(insert(table), chunk)
+            # Status rows written past the store's API: each client's fleet summary from them.
+            await conn.execute(text(fleet_summary.REFRESH_ALL_SQL))
             c = t.store_rollouts.c
             # Published before there were clients, its empty stages passed at once: it is put
             # where a rollout of these clients would be now, with the audit to match.
