@@ -4,8 +4,9 @@ and through a drop folder; read back with ``migsync inbox``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -211,11 +212,25 @@ ODD_DATA = [
 ]
 
 
-async def _two_clients(server: Server, tmp_path: Path) -> tuple[int, str, int, str]:
+@contextlib.asynccontextmanager
+async def _raw_and_parsed(
+    server: Server, tmp_path: Path
+) -> AsyncIterator[tuple[Client, HttpTransport, HttpTransport, int, int]]:
+    """A client database synced once, and the transports of two clients registered for the same
+    data: ``raw`` (the stored texts as they are) and ``parsed`` (the old parse-and-encode path),
+    with their ids."""
     async with Store.open(server.store_url) as store:
         new_id, new_token = await store.add_client("raw")
         old_id, old_token = await store.add_client("parsed")
-    return new_id, new_token, old_id, old_token
+    async with (
+        Client.connect(
+            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
+        ) as client,
+        HttpTransport(server.http.url, client_id=str(new_id), token=new_token) as raw,
+        HttpTransport(server.http.url, client_id=str(old_id), token=old_token) as parsed,
+    ):
+        assert (await Syncer(client, raw, server.trusted).sync()).ok
+        yield client, raw, parsed, new_id, old_id
 
 
 async def _queue(client: Client, texts: Sequence[str | None]) -> list[dict[str, object]]:
@@ -244,15 +259,7 @@ async def test_the_data_text_reaches_the_inbox_as_the_same_bytes_as_parsed(
 ) -> None:
     from migsync.client.push import change_of
 
-    new_id, new_token, old_id, old_token = await _two_clients(server, tmp_path)
-    async with (
-        Client.connect(
-            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
-        ) as client,
-        HttpTransport(server.http.url, client_id=str(new_id), token=new_token) as raw,
-        HttpTransport(server.http.url, client_id=str(old_id), token=old_token) as parsed,
-    ):
-        assert (await Syncer(client, raw, server.trusted).sync()).ok
+    async with _raw_and_parsed(server, tmp_path) as (client, raw, parsed, new_id, old_id):
         rows = await _queue(client, ODD_DATA)
         encoded = raw.encode_change_rows(rows)
         # The raw texts are in the body as they are.
@@ -331,15 +338,7 @@ async def test_a_bad_data_text_anywhere_refuses_the_batch_with_the_same_message(
     from migsync.client.push import change_of
     from migsync.core.errors import ServerRefused
 
-    new_id, new_token, old_id, old_token = await _two_clients(server, tmp_path)
-    async with (
-        Client.connect(
-            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
-        ) as client,
-        HttpTransport(server.http.url, client_id=str(new_id), token=new_token) as raw,
-        HttpTransport(server.http.url, client_id=str(old_id), token=old_token) as parsed,
-    ):
-        assert (await Syncer(client, raw, server.trusted).sync()).ok
+    async with _raw_and_parsed(server, tmp_path) as (client, raw, parsed, _new, _old):
         rows = await _queue(client, ['{"a": 1}', '{"a": 2}', bad, '{"a": 4}', '{"a": 5}'])
         with pytest.raises(ServerRefused) as new:
             await raw.push_changes(raw.encode_change_rows(rows))
