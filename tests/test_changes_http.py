@@ -64,15 +64,26 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
         s.http.stop()
 
 
-async def test_changes_reach_the_inbox_in_order_once(server: Server, tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def _shop(
+    server: Server, tmp_path: Path, transport: type[HttpTransport] = HttpTransport
+) -> AsyncIterator[tuple[Client, HttpTransport]]:
+    """Client "shop", registered on ``server``: its database (made in ``tmp_path``) and its
+    ``transport`` to the server."""
     async with Store.open(server.store_url) as store:
         client_id, token = await store.add_client("shop")
     async with (
         Client.connect(
             f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
         ) as client,
-        HttpTransport(server.http.url, client_id=str(client_id), token=token) as transport,
+        transport(server.http.url, client_id=str(client_id), token=token) as http,
     ):
+        yield client, http
+
+
+async def test_changes_reach_the_inbox_in_order_once(server: Server, tmp_path: Path) -> None:
+    async with _shop(server, tmp_path) as (client, transport):
+        client_id = int(str(transport.client_id))
         async with client.changes() as rec:
             await rec.insert("todo", 1, {"id": 1, "title": "before the schema"})
         syncer = Syncer(client, transport, server.trusted)
@@ -103,8 +114,6 @@ async def test_changes_reach_the_inbox_in_order_once(server: Server, tmp_path: P
 
 async def test_batches_encoded_ahead_reach_the_inbox_in_order_once(server: Server, tmp_path: Path) -> None:
     """Small batches: each next one is read and encoded while the server stores the one before."""
-    async with Store.open(server.store_url) as store:
-        client_id, token = await store.add_client("shop")
     sizes: list[int] = []
     ahead: list[str | None] = []
 
@@ -118,12 +127,7 @@ async def test_batches_encoded_ahead_reach_the_inbox_in_order_once(server: Serve
                 ahead.append(after)
             return answer
 
-    async with (
-        Client.connect(
-            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
-        ) as client,
-        Counting(server.http.url, client_id=str(client_id), token=token) as transport,
-    ):
+    async with _shop(server, tmp_path, Counting) as (client, transport):
         assert (await Syncer(client, transport, server.trusted).sync()).ok
         for n in range(23):
             async with client.changes() as rec:
@@ -143,14 +147,7 @@ async def test_batches_encoded_ahead_reach_the_inbox_in_order_once(server: Serve
 async def test_a_bad_schema_version_is_refused_over_http_and_the_change_is_dead(
     server: Server, tmp_path: Path
 ) -> None:
-    async with Store.open(server.store_url) as store:
-        client_id, token = await store.add_client("shop")
-    async with (
-        Client.connect(
-            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
-        ) as client,
-        HttpTransport(server.http.url, client_id=str(client_id), token=token) as transport,
-    ):
+    async with _shop(server, tmp_path) as (client, transport):
         syncer = Syncer(client, transport, server.trusted)
         await syncer.sync()
         assert (await client.apply([migration(9, "0009_local", "CREATE TABLE mine (x INTEGER)")])).ok
@@ -357,14 +354,7 @@ async def test_a_data_text_that_is_not_json_fails_as_before_and_nothing_is_store
     client raises what parsing the text raised before (when it parsed each text first)."""
     from migsync.client.push import change_of
 
-    async with Store.open(server.store_url) as store:
-        client_id, token = await store.add_client("shop")
-    async with (
-        Client.connect(
-            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
-        ) as client,
-        HttpTransport(server.http.url, client_id=str(client_id), token=token) as transport,
-    ):
+    async with _shop(server, tmp_path) as (client, transport):
         assert (await Syncer(client, transport, server.trusted).sync()).ok
         rows = await _queue(client, ['{"a": 1}', bad, '{"a": 3}'])
         with pytest.raises(json.JSONDecodeError) as before:
@@ -439,8 +429,6 @@ async def test_a_batch_sent_ahead_that_overtakes_the_one_before_is_stored_after_
     """The request of batch 2 is held until batch 3, sent ahead of batch 2's answer, has been
     answered: the server must not store 3 before 2 (it answers "not yet"), and the client sends
     3 again once 2 is stored. The inbox keeps the client's order."""
-    async with Store.open(server.store_url) as store:
-        client_id, token = await store.add_client("shop")
     overtaken = asyncio.Event()
     calls: list[tuple[int, str | None, bool]] = []
 
@@ -458,12 +446,7 @@ async def test_a_batch_sent_ahead_that_overtakes_the_one_before_is_stored_after_
                 overtaken.set()
             return answer
 
-    async with (
-        Client.connect(
-            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
-        ) as client,
-        Overtaking(server.http.url, client_id=str(client_id), token=token) as transport,
-    ):
+    async with _shop(server, tmp_path, Overtaking) as (client, transport):
         assert (await Syncer(client, transport, server.trusted).sync()).ok
         for n in range(12):
             async with client.changes() as rec:
@@ -480,8 +463,6 @@ async def test_a_batch_sent_ahead_that_overtakes_the_one_before_is_stored_after_
 
 
 async def test_by_default_no_batch_is_sent_ahead(server: Server, tmp_path: Path) -> None:
-    async with Store.open(server.store_url) as store:
-        client_id, token = await store.add_client("shop")
     afters: list[str | None] = []
 
     class Recording(HttpTransport):
@@ -491,12 +472,7 @@ async def test_by_default_no_batch_is_sent_ahead(server: Server, tmp_path: Path)
             afters.append(after)
             return await super()._push_changes(changes, after)
 
-    async with (
-        Client.connect(
-            f"sqlite:///{tmp_path / 'shop.db'}", sinks=[], backend_options={"create": True}
-        ) as client,
-        Recording(server.http.url, client_id=str(client_id), token=token) as transport,
-    ):
+    async with _shop(server, tmp_path, Recording) as (client, transport):
         assert (await Syncer(client, transport, server.trusted).sync()).ok
         for n in range(9):
             async with client.changes() as rec:
