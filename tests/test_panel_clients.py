@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-from test_panel import DAY, V1, V2, Panel, applied, count, failed, panel_on, shown_clients
+from test_panel import DAY, V1, V2, Panel, applied, count, failed, shown_clients
+from test_panel import any_admin as any_admin
 
 from migsync.core.errors import ConfigError
 from migsync.server.client_list import decode_cursor, encode_cursor
@@ -21,10 +20,9 @@ NEEDS_APP_2 = migration(3, "0003_needs_app", "-- migsync:requires app>=2\nCREATE
 
 
 @pytest.fixture
-async def admin(any_store: str, tmp_path: Path) -> AsyncIterator[Panel]:
-    async with panel_on(tmp_path, store_url=any_store) as value:
-        assert (await value.login()).status_code == 303
-        yield value
+def admin(any_admin: Panel) -> Panel:
+    """The panel, logged in, on a store of each kind: the clients page's SQL runs on both."""
+    return any_admin
 
 
 def next_link(html: str) -> str | None:

@@ -6,37 +6,20 @@ admin's name behind the session's CSRF token, and the live part panel.js fetches
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from html import unescape
 from pathlib import Path
 
 import httpx
 import pytest
 from test_panel import NAME, V1, V2, Panel, applied, failed, form_csrf, panel_on
+from test_panel import admin as admin
+from test_panel import any_admin as any_admin
+from test_panel import panel as panel
 
 from migsync.protocol.signing import load_private_key
 from migsync.server import rollouts as r
 from migsync.server.panel import rollout_views
 from migsync.server.rollouts import Policy, parse_stages
-
-
-@pytest.fixture
-async def panel(tmp_path: Path) -> AsyncIterator[Panel]:
-    async with panel_on(tmp_path) as value:
-        yield value
-
-
-@pytest.fixture
-async def admin(panel: Panel) -> Panel:
-    assert (await panel.login()).status_code == 303
-    return panel
-
-
-@pytest.fixture
-async def rollout_admin(any_store: str, tmp_path: Path) -> AsyncIterator[Panel]:
-    async with panel_on(tmp_path, store_url=any_store) as value:
-        assert (await value.login()).status_code == 303
-        yield value
 
 
 async def start(
@@ -77,8 +60,8 @@ async def operate(
     )
 
 
-async def test_the_home_page_is_the_rollouts_with_charts_stage_and_error_rate(rollout_admin: Panel) -> None:
-    admin = rollout_admin
+async def test_the_home_page_is_the_rollouts_with_charts_stage_and_error_rate(any_admin: Panel) -> None:
+    admin = any_admin
     rollout_id, canary, _rest = await start(admin)
     html = await admin.page("/admin/")
     assert "<h1>Rollouts</h1>" in html
@@ -102,8 +85,8 @@ async def test_the_home_page_is_the_rollouts_with_charts_stage_and_error_rate(ro
     assert re.findall(r'name="do" value="(\w+)"', section) == ["resume", "advance", "abort"]
 
 
-async def test_pause_and_resume_from_the_home_page_are_recorded_with_the_admin(rollout_admin: Panel) -> None:
-    admin = rollout_admin
+async def test_pause_and_resume_from_the_home_page_are_recorded_with_the_admin(any_admin: Panel) -> None:
+    admin = any_admin
     rollout_id, _canary, _rest = await start(admin)
     response = await operate(admin, rollout_id, "pause")
     assert response.status_code == 303
@@ -123,8 +106,8 @@ async def test_pause_and_resume_from_the_home_page_are_recorded_with_the_admin(r
     assert audit.index(f"resumed (by {NAME})") < audit.index(f"paused (by {NAME})") < audit.index("started:")
 
 
-async def test_advance_and_abort(rollout_admin: Panel) -> None:
-    admin = rollout_admin
+async def test_advance_and_abort(any_admin: Panel) -> None:
+    admin = any_admin
     rollout_id, _canary, rest = await start(admin)
     _, items = await admin.store.pending(rest[0])
     assert [i.version for i in items] == [V1.version]  # not in the canary stage: not offered V2
@@ -242,8 +225,8 @@ async def start_form(admin: Panel, csrf: str | None = None, **fields: str) -> ht
     return await admin.http.post("/admin/rollouts", data={"csrf": token, **fields})
 
 
-async def test_a_rollout_is_started_from_the_home_page_with_the_admins_name(rollout_admin: Panel) -> None:
-    admin = rollout_admin
+async def test_a_rollout_is_started_from_the_home_page_with_the_admins_name(any_admin: Panel) -> None:
+    admin = any_admin
     canary = (await admin.store.add_client("canary0", {"group": "canary"}))[0]
     other = (await admin.store.add_client("plain0"))[0]
     await admin.publish(V1)
