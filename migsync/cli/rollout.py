@@ -7,7 +7,6 @@ The options shared with ``migsync publish --stages`` are here too (:func:`rollou
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import click
@@ -16,14 +15,9 @@ from migsync.cli.rollout_options import policy_of, rollout_options, who
 from migsync.cli.stores import on_store, store_option
 
 if TYPE_CHECKING:
-    from migsync.server import Store
     from migsync.server.rollout_store import Rollout, RolloutStatus
 
 T = TypeVar("T")
-
-
-def _on_store(store_url: str, work: Callable[[Store], Awaitable[T]]) -> T:
-    return on_store(store_url, work)
 
 
 @click.group()
@@ -64,7 +58,7 @@ def start(
     except (rollouts.RolloutError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     policy = policy_of(success_threshold, error_threshold, soak, on_failure)
-    record = _on_store(store_url, lambda s: s.start_rollout(wanted, parsed, policy, who(by)))
+    record = on_store(store_url, lambda s: s.start_rollout(wanted, parsed, policy, who(by)))
     _show(record, as_json)
 
 
@@ -73,7 +67,7 @@ def start(
 @click.option("--json", "as_json", is_flag=True, help='Print {"rollouts": [...]}.')
 def list_command(store_url: str, as_json: bool) -> None:
     """List every rollout, newest first."""
-    records = _on_store(store_url, lambda s: s.rollouts())
+    records = on_store(store_url, lambda s: s.rollouts())
     if as_json:
         click.echo(json.dumps({"rollouts": [r.to_json() for r in records]}, indent=2))
         return
@@ -97,7 +91,7 @@ def status(rollout_id: int, store_url: str, points: int, as_json: bool) -> None:
     """Show rollout ROLLOUT_ID: its state, each stage's counts now and over time, its audit.
 
     Reading it evaluates it first: a stage whose soak time is over starts now."""
-    result = _on_store(store_url, lambda s: s.rollout_status(rollout_id, points))
+    result = on_store(store_url, lambda s: s.rollout_status(rollout_id, points))
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return
@@ -117,7 +111,7 @@ def _operation(name: str, doc: str) -> None:
     )
     @click.option("--json", "as_json", is_flag=True, help="Print the rollout as JSON.")
     def command(rollout_id: int, store_url: str, by: str | None, as_json: bool) -> None:
-        record = _on_store(store_url, lambda s: s.rollout_operate(rollout_id, name, who(by)))
+        record = on_store(store_url, lambda s: s.rollout_operate(rollout_id, name, who(by)))
         _show(record, as_json)
 
 
@@ -141,7 +135,7 @@ def retention(duration: str, store_url: str) -> None:
         seconds = rollouts.parse_duration(duration)
     except rollouts.RolloutError as exc:
         raise click.BadParameter(str(exc)) from None
-    _on_store(store_url, lambda s: s.set_event_retention(seconds))
+    on_store(store_url, lambda s: s.set_event_retention(seconds))
     click.echo(f"status events are kept for {duration}")
 
 
