@@ -28,15 +28,15 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import attrs
-from sqlalchemy import ColumnElement, and_, case, exists, false, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
 from migsync.core.errors import ConfigError
 from migsync.core.version import Version
-from migsync.server import rollout_store
+from migsync.server import fleet, rollout_store
 from migsync.server import tables as t
-from migsync.server.records import ActionRecord, FleetEntry, PendingMigration
+from migsync.server.records import ActionRecord, FleetEntry
 
 __all__ = ["SORTS", "ClientFilter", "ClientListing", "ClientPage", "decode_cursor", "encode_cursor", "page"]
 
@@ -115,53 +115,23 @@ def _like(text: str) -> str:
 
 
 def _failing() -> ColumnElement[bool]:
-    # Two uncorrelated sets of ids (each built once), not an EXISTS per client: ten times faster
-    # over a large fleet on SQLite.
-    failed = select(_status.client_id).where(_status.applied.is_(False), _status.error.is_not(None))
-    drift = (
-        select(_status.client_id)
-        .join(t.store_migrations, _published.version == _status.version)
-        .where(_status.checksum.is_not(None), _status.checksum != _published.checksum)
-    )
-    return or_(_clients.id.in_(failed), _clients.id.in_(drift))
-
-
-def _done(version: Version) -> ColumnElement[bool]:
-    """The client applied ``version`` with the published content."""
-    return exists().where(
-        _status.client_id == _clients.id,
-        _status.version == version,
-        _status.applied.is_(True),
-        _status.checksum
-        == select(_published.checksum).where(_published.version == version).scalar_subquery(),
-    )
+    """A migration failed on the client, or it applied a published version with other content:
+    from its row's summary (:mod:`migsync.server.fleet_summary`), not its status rows."""
+    return or_(_clients.fleet_failing.is_(True), _clients.fleet_drift.is_(True))
 
 
 async def _held(conn: AsyncConnection) -> ColumnElement[bool]:
     """Held back by the app version: per app version the clients run (few), the published
     migrations it cannot run; a client is held when it lacks one of its app version's."""
-    needs = [
-        (
-            row.version,
-            rollout_store.requirements(
-                PendingMigration(
-                    row.version, row.name, row.content, row.checksum, row.signature, row.signed_by
-                )
-            ),
-        )
-        for row in await conn.execute(
-            select(t.store_migrations).where(_published.content.like(f"%{requires.DIRECTIVE}%"))
-        )
-    ]
-    needs = [(v, items) for v, items in needs if items]
+    needs = await rollout_store.published_requirements(conn)
     if not needs:
         return false()
     terms = []
     for (app,) in await conn.execute(select(_clients.app_version).distinct()):
-        cannot = [v for v, items in needs if not requires.satisfied(items, app)]
+        cannot = [v for v, items in needs.items() if not requires.satisfied(items, app)]
         if cannot:
             same = _clients.app_version.is_(None) if app is None else _clients.app_version == app
-            terms.append(and_(same, or_(*(~_done(v) for v in cannot))))
+            terms.append(and_(same, or_(*(~fleet.done(v) for v in cannot))))
     return or_(*terms) if terms else false()
 
 

@@ -35,13 +35,12 @@ import attrs
 from sqlalchemy import ColumnElement, Row, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from migsync.core import requires
 from migsync.core.errors import ConfigError
 from migsync.core.version import Version
 from migsync.protocol.wire_schema import FLEET_STATES
 from migsync.server import fleet_summary, rollout_store
 from migsync.server import tables as t
-from migsync.server.records import Drift, Failure, FleetEntry, PendingMigration
+from migsync.server.records import Drift, Failure, FleetEntry
 from migsync.server.status import client
 
 STATES = FLEET_STATES
@@ -118,9 +117,10 @@ def decode_cursor(cursor: str) -> int:
     return int(digits)
 
 
-def _done(version: Version) -> ColumnElement[bool]:
+def done(version: Version) -> ColumnElement[bool]:
     """Whether the client applied ``version`` with the published content: a semi-join, so that
-    "lacking" is an anti-join (one hash join over that version's rows, not a lookup per client)."""
+    "lacking" (and the panel's "held") is an anti-join (one hash join over that version's rows,
+    not a lookup per client)."""
     return exists(
         select(_status.client_id)
         .select_from(t.store_client_status.join(t.store_migrations, _published.version == _status.version))
@@ -161,7 +161,7 @@ def _where(which: FleetFilter, now: float) -> list[ColumnElement[bool]]:
         )
     if which.lacking is not None:
         is_published = exists().where(_published.version == which.lacking)
-        conditions.append(and_(is_published, ~_done(which.lacking)))
+        conditions.append(and_(is_published, ~done(which.lacking)))
     if which.stale is not None:
         cutoff = now - which.stale
         conditions.append(or_(_clients.last_seen_at.is_(None), _clients.last_seen_at < cutoff))
@@ -234,15 +234,7 @@ async def entries(conn: AsyncConnection, client_ids: Sequence[int] | None = None
             select(_published.version, _published.checksum).order_by(_published.version)
         )
     }
-    # The requirements of the published migrations that state app-version ones (few), for who is held.
-    needs = {
-        r.version: rollout_store.requirements(
-            PendingMigration(r.version, r.name, r.content, r.checksum, r.signature, r.signed_by)
-        )
-        for r in await conn.execute(
-            select(t.store_migrations).where(_published.content.like(f"%{requires.DIRECTIVE}%"))
-        )
-    }
+    needs = await rollout_store.published_requirements(conn)
     rows: dict[int, list[Row[Any]]] = {}
     for r in await conn.execute(rows_query):
         rows.setdefault(r.client_id, []).append(r)
@@ -283,6 +275,7 @@ __all__ = [
     "FleetFilter",
     "FleetPage",
     "decode_cursor",
+    "done",
     "encode_cursor",
     "entries",
     "page",

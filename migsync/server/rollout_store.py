@@ -509,6 +509,22 @@ def requirements(item: PendingMigration) -> tuple[requires.Requirement, ...]:
         return ()  # published before requirements were checked: offered as before
 
 
+async def published_requirements(conn: AsyncConnection) -> dict[Version, tuple[requires.Requirement, ...]]:
+    """The published migrations that state app-version requirements (few), with them: what tells
+    who is held back by the app version it runs. Only the migrations whose content names the
+    directive are read."""
+    rows = await conn.execute(
+        select(t.store_migrations).where(t.store_migrations.c.content.like(f"%{requires.DIRECTIVE}%"))
+    )
+    needs = {
+        row.version: requirements(
+            PendingMigration(row.version, row.name, row.content, row.checksum, row.signature, row.signed_by)
+        )
+        for row in rows
+    }
+    return {version: items for version, items in needs.items() if items}
+
+
 def held_by_app(
     client: ClientRecord, needs: Sequence[tuple[Version, tuple[requires.Requirement, ...]]]
 ) -> list[tuple[Version, str]]:
