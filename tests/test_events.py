@@ -120,25 +120,3 @@ def test_public_api_resolves() -> None:
         assert getattr(migsync, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = migsync.nope
-
-
-def test_the_sync_events_are_still_importable_from_the_events_module() -> None:
-    # They live in migsync.core.sync_events (migsync apply does not define them); plugins and
-    # applications written against migsync.core.events keep importing them from there.
-    from migsync.core import events, sync_events
-
-    moved = (
-        "ChangeDead",
-        "ChangeEvent",
-        "ChangeFailed",
-        "ChangesPushed",
-        "MigrationRefused",
-        "SyncCompleted",
-    )
-    for name in moved:
-        assert getattr(events, name) is getattr(sync_events, name)
-    from migsync.core.events import SyncCompleted
-
-    assert SyncCompleted.kind == "sync_completed"
-    with pytest.raises(AttributeError):
-        events.NoSuchEvent  # noqa: B018

@@ -15,7 +15,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
@@ -23,33 +23,7 @@ from migsync.core.contracts import to_implement
 from migsync.core.errors import ConfigError
 from migsync.core.version import Version, as_version
 
-if TYPE_CHECKING:
-    from migsync.core.sync_events import ChangeDead as ChangeDead
-    from migsync.core.sync_events import ChangeEvent as ChangeEvent
-    from migsync.core.sync_events import ChangeFailed as ChangeFailed
-    from migsync.core.sync_events import ChangesPushed as ChangesPushed
-    from migsync.core.sync_events import MigrationRefused as MigrationRefused
-    from migsync.core.sync_events import SyncCompleted as SyncCompleted
-
 log = logging.getLogger("migsync.events")
-
-#: The events of a sync with a server and of entity changes, defined in
-#: :mod:`migsync.core.sync_events` and importable from here as before: imported on first use
-#: (PEP 562), as ``migsync apply`` never emits one and each attrs class costs its start-up
-#: about half a millisecond.
-_SYNC_EVENTS = frozenset(
-    {"ChangeDead", "ChangeEvent", "ChangeFailed", "ChangesPushed", "MigrationRefused", "SyncCompleted"}
-)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _SYNC_EVENTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from migsync.core import sync_events
-
-    value = getattr(sync_events, name)
-    globals()[name] = value
-    return value
 
 
 def _now() -> float:

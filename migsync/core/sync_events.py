@@ -1,8 +1,8 @@
 """The events of a client's sync with its server and of its entity changes.
 
-Defined apart from :mod:`migsync.core.events` (which still exports them, on first
-use) so that ``migsync apply``, which emits none of them, does not define them at
-every start; they are delivered like every other event.
+Defined apart from :mod:`migsync.core.events` so that ``migsync apply``, which
+emits none of them, does not build them at every start (each attrs class costs it
+about half a millisecond); they are delivered like every other event.
 """
 
 from __future__ import annotations
