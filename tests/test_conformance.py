@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 
 from migsync import Client
-from migsync.core import contracts, events
+from migsync.core import contracts, events, sync_events
 from migsync.core.events import EventSink
 from migsync.core.plugins import Plugins, make_plugins
 from migsync.testing import FakeClock, backend_suite, sink_suite, transport_suite
@@ -148,7 +148,8 @@ def test_every_built_in_keeps_its_contract(kind: str) -> None:
 def test_the_sink_suite_emits_every_kind_of_event() -> None:
     kinds = {
         value.kind
-        for value in vars(events).values()
+        for module in (events, sync_events)
+        for value in vars(module).values()
         if isinstance(value, type) and issubclass(value, events.Event) and "kind" in vars(value)
     } - {"event"}
     assert {event.kind for event in EVERY_KIND} == kinds

@@ -17,8 +17,8 @@ from dbtools import query
 from migsync.client.outbox import ReportOutbox
 from migsync.client.sync import Syncer
 from migsync.core.client import Client
-from migsync.core.events import MigrationRefused
 from migsync.core.migration import Migration, Script
+from migsync.core.sync_events import MigrationRefused
 from migsync.protocol.signing import TrustedKey, load_private_key, sign, write_keypair
 from migsync.protocol.wire import OfferedMigration, ReportAck, StatusReport
 from migsync.testing import FakeClock

@@ -52,10 +52,11 @@ from migsync.core.errors import (
     Postponed,
     ServerUnavailable,
 )
-from migsync.core.events import ChangeDead, ChangeFailed, ChangesPushed, Event
+from migsync.core.events import Event
 from migsync.core.history_sql import history_sql
 from migsync.core.processor import Loaded
 from migsync.core.schema import Tables
+from migsync.core.sync_events import ChangeDead, ChangeFailed, ChangesPushed
 from migsync.core.version import Version
 from migsync.core.work import Await, Execute, Fetch, Work
 from migsync.protocol.wire import ChangesAck, EntityChange

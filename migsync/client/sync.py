@@ -44,10 +44,10 @@ from migsync.client.actions import ClientActions
 from migsync.client.outbox import ReportOutbox, report_of, worth_reporting
 from migsync.client.push import EntityChangeHandler
 from migsync.core.errors import MigsyncError, ServerRefused, ServerUnavailable, SignatureError, TransportError
-from migsync.core.events import MigrationRefused, SyncCompleted
 from migsync.core.ledger import MigrationState
 from migsync.core.migration import Migration
 from migsync.core.processor import ChangesProcessor, PassResult
+from migsync.core.sync_events import MigrationRefused, SyncCompleted
 from migsync.core.version import Version
 from migsync.protocol.manifest import accept_serial, check_offers, last_serial, verify_manifest
 from migsync.protocol.signing import TrustedKey, verify_request

@@ -21,9 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import attrs
+from typing import Any, NamedTuple, TypeVar
 
 #: The kinds that have a contract: registry kind -> (module, protocol).
 PROTOCOLS: dict[str, tuple[str, str]] = {
@@ -36,9 +34,9 @@ PROTOCOLS: dict[str, tuple[str, str]] = {
 _CONTRACT_DUNDERS = frozenset({"__aenter__", "__aexit__"})
 
 
-@attrs.frozen
-class Member:
-    """One member of a protocol."""
+class Member(NamedTuple):
+    """One member of a protocol (a named tuple: defined at every start, where an attrs class
+    costs more)."""
 
     name: str
     method: bool

@@ -17,17 +17,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-import attrs
+from typing import NamedTuple
 
 from migsync.core.errors import ConfigError, SourceError
 from migsync.core.formats import FileName, SourceFormat
 from migsync.core.migration import ANY_DIALECT
 
 
-@attrs.frozen
-class Candidate:
-    """A file some format claims: its name in the folder, its path, the claims and its bytes."""
+class Candidate(NamedTuple):
+    """A file some format claims: its name in the folder, its path, the claims and its bytes.
+
+    A named tuple, not an attrs class: one is made per file on every start.
+    """
 
     name: str
     path: str
@@ -67,25 +68,31 @@ def read_as(
     return readings
 
 
-@attrs.frozen
-class _Readers:
+class _Readers(NamedTuple):
     """Who may read a file: ``can`` (its marks decide), ``marked`` (found their mark in it),
     ``refused`` (claim its name but need a mark it lacks)."""
 
     can: list[SourceFormat]
-    marked: set[SourceFormat]
+    marked: list[SourceFormat]
     refused: list[SourceFormat]
 
 
 def _readers(candidate: Candidate) -> _Readers:
-    sniffed = {fmt: fmt.sniff(file, candidate.data) for fmt, file in candidate.claims.items()}
-    marked = {fmt for fmt, said in sniffed.items() if said is True}
-    can = [fmt for fmt in candidate.claims if fmt in marked] or [
-        fmt for fmt in candidate.claims if sniffed[fmt] is None
-    ]
-    refused = [fmt for fmt, said in sniffed.items() if said is False]
+    # One pass over the claims, in their order: this runs per file on every start.
+    marked: list[SourceFormat] = []
+    silent: list[SourceFormat] = []
+    refused: list[SourceFormat] = []
+    data = candidate.data
+    for fmt, file in candidate.claims.items():
+        said = fmt.sniff(file, data)
+        if said is True:
+            marked.append(fmt)
+        elif said is None:
+            silent.append(fmt)
+        elif said is False:
+            refused.append(fmt)
     # No format will have it: the first claimant reads it, and says what is wrong with it.
-    return _Readers(can or [next(iter(candidate.claims))], marked, refused)
+    return _Readers(marked or silent or [next(iter(candidate.claims))], marked, refused)
 
 
 def detect(
@@ -99,11 +106,14 @@ def detect(
     viable: list[list[tuple[SourceFormat, FileName, Candidate]]] = []
     for members in groups.values():
         reading = []
-        for candidate, who in zip(candidates, readers, strict=True):
-            reader = next((f for f in members if f in who.can), None)
-            if reader is None:
+        for candidate, (can, _, _) in zip(candidates, readers, strict=True):
+            # The first member that may read it (usually the first one asked, of one or two).
+            for reader in members:
+                if reader in can:
+                    reading.append((reader, candidate.claims[reader], candidate))
+                    break
+            else:
                 break
-            reading.append((reader, candidate.claims[reader], candidate))
         else:
             viable.append(reading)
     if not viable:

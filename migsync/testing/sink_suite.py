@@ -39,9 +39,6 @@ import pytest
 
 from migsync.core import contracts
 from migsync.core.events import (
-    ChangeDead,
-    ChangeFailed,
-    ChangesPushed,
     Event,
     EventDispatcher,
     EventSink,
@@ -50,15 +47,14 @@ from migsync.core.events import (
     MigrationDirty,
     MigrationFailed,
     MigrationQueued,
-    MigrationRefused,
     MigrationRepaired,
     MigrationReverted,
     MigrationsQueued,
     MigrationWaiting,
     PassCompleted,
-    SyncCompleted,
 )
 from migsync.core.plugins import Plugins, make_plugins
+from migsync.core.sync_events import ChangeDead, ChangeFailed, ChangesPushed, MigrationRefused, SyncCompleted
 
 #: One event of every kind migsync emits.
 EVERY_KIND: tuple[Event, ...] = (
