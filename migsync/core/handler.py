@@ -66,7 +66,9 @@ class _Step:
     script came from is decoded only when a message needs it (an error).
     """
 
-    __slots__ = ("_dialect", "_origins", "applying", "checksum", "done", "key", "label", "name", "sql", "version")
+    __slots__ = (
+        "_dialect", "_origins", "applying", "checksum", "done", "key", "label", "name", "sql", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
