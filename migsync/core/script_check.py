@@ -57,7 +57,8 @@ _SUSPECT_WORDS = frozenset({
 _SUSPECT = re.compile(rf"\b(?:{'|'.join(sorted(_SUSPECT_WORDS))})\b", re.IGNORECASE)
 #: The ASCII words of a lower-cased script, as ``\b`` delimits them. A non-ASCII letter also ends
 #: one here ("ébegin" is a suspect, not for the regex); the regex's case folding also takes
-#: "ſtart" and "commıt", which no database reads as keywords (theirs are ASCII).
+#: "start" and "commit" spelled with a long s or a dotless i, which no database reads as keywords
+#: (theirs are ASCII).
 _ASCII_WORDS = re.compile(r"[a-z0-9_]+")
 #: Above this length the regex (which stops at the first suspect) is used: no list of every word.
 _WORD_LIST_MAX = 1 << 16
