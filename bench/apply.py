@@ -311,10 +311,17 @@ def sqlite_bench(n: int, repeat: int) -> None:
         return statistics.median(s[index] for s in samples[key])
 
     print(f"\nmigsync bench/apply.py  N={n}  pragmas={pragmas}  sqlite {sqlite3.sqlite_version}")
-    print(f"{'operation':<34}{'raw ms':>10}{'migsync ms':>12}{'ms/migration':>14}{'ratio':>8}")
+    print(
+        f"{'operation':<34}{'raw ms':>10}{'migsync ms':>12}{'ms/migration':>14}{'ratio':>8}"
+        f"{'raw CPU ms':>12}{'migsync CPU ms':>16}{'CPU ratio':>11}"
+    )
     for op in ("apply", "revert"):
         raw_ms, ours_ms = median(f"raw {op}") * 1000, median(f"migsync {op}") * 1000
-        print(f"{op + ' N':<34}{raw_ms:>10.1f}{ours_ms:>12.1f}{ours_ms / n:>14.3f}{ours_ms / raw_ms:>7.2f}x")
+        raw_cpu, ours_cpu = median(f"raw {op}", 1) * 1000, median(f"migsync {op}", 1) * 1000
+        print(
+            f"{op + ' N':<34}{raw_ms:>10.1f}{ours_ms:>12.1f}{ours_ms / n:>14.3f}{ours_ms / raw_ms:>7.2f}x"
+            f"{raw_cpu:>12.1f}{ours_cpu:>16.1f}{ours_cpu / raw_cpu:>10.2f}x"
+        )
     raw_ms, floor_ms = median("raw apply") * 1000, median("floor apply") * 1000
     label = "apply N, raw + migsync's bookkeeping"
     print(f"{label:<34}{raw_ms:>10.1f}{floor_ms:>12.1f}{floor_ms / n:>14.3f}{floor_ms / raw_ms:>7.2f}x")

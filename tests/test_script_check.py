@@ -108,3 +108,29 @@ def test_bodies_are_read_by_each_dialect_and_a_generic_script_by_both(
     assert [line for line, _ in lines(sql, "sqlite")] == sqlite
     assert [line for line, _ in lines(sql, "postgresql")] == postgresql
     assert problems(sql, "*") == []  # transaction control only where both dialects agree
+
+
+def test_the_quick_look_misses_no_keyword_the_full_regex_finds() -> None:
+    # The word-set lookup stands in for the case-insensitive regex: on ASCII text it finds every
+    # suspect word the regex finds, in any case and beside any punctuation, quotes or digits.
+    import random
+
+    from migsync.core import script_check
+
+    rng = random.Random(18)
+    words = sorted(script_check._SUSPECT_WORDS)
+    glue = ["", " ", ";", "\n", "_", "1", "x", "(", "'", '"', "--", "/*", "é"]
+    for _ in range(20000):
+        pieces = [
+            rng.choice(words) if rng.random() < 0.3 else rng.choice(["t", "ab", "end_", "2"])
+            for _ in range(4)
+        ]
+        sql = "".join(rng.choice(glue) + (p.upper() if rng.random() < 0.3 else p) for p in pieces)
+        if script_check._SUSPECT.search(sql):
+            assert script_check._suspect(sql), sql
+    assert not script_check._suspect("CREATE TABLE beginning (ends INT, committed TEXT)")
+    assert script_check._suspect("CREATE TABLE t (a INT);\nCOMMIT;")
+    # A long script is searched with the regex: no list of its every word.
+    long = "INSERT INTO t VALUES (1);\n" * 5000
+    assert not script_check._suspect(long)
+    assert script_check._suspect(long + "VACUUM;")

@@ -250,9 +250,7 @@ class _Session:
                 self.keys_on()
             return _script_sync(conn, statements, self.guard)
         try:
-            match request:
-                case Fetch(sql, params):
-                    return _fetch_sync(conn, sql, params)
+            match request:  # the requests of every migration first: a pass asks for thousands
                 case Execute(sql, params, expect):
                     if not conn.in_transaction:
                         self.keys_on()
@@ -268,6 +266,8 @@ class _Session:
                     conn.execute("COMMIT")
                     self.guard = None
                     return None
+                case Fetch(sql, params):
+                    return _fetch_sync(conn, sql, params)
                 case Rollback():
                     return self.rollback()
                 case Flush():

@@ -66,12 +66,15 @@ class _Step:
     script came from is decoded only when a message needs it (an error).
     """
 
-    __slots__ = ("_dialect", "_origins", "applying", "checksum", "done", "name", "sql", "version")
+    __slots__ = (
+        "_dialect", "_origins", "applying", "checksum", "done", "key", "label", "name", "sql", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
         name: str,
-        version: Version,
+        key: str,
+        label: str,
         checksum: str,
         applying: bool,
         sql: str,
@@ -80,7 +83,9 @@ class _Step:
         dialect: str,
     ):
         self.name = name
-        self.version = version
+        self.key = key  # the version as stored: what the bookkeeping writes, without recomputing it
+        self.version = Version.from_key(key)
+        self.label = label
         self.checksum = checksum
         self.applying = applying
         self.sql = sql
@@ -193,7 +198,8 @@ class MigrationHandler:
             raise PermanentFailure(f"migration {name}, {where}: {exc}") from None
         step = _Step(
             name,
-            Version.from_key(row["version"]),
+            row["version"],
+            self.describe(change),
             row["checksum"],
             applying,
             sql,
@@ -208,7 +214,7 @@ class MigrationHandler:
         if step.done:
             return None
         started = time.perf_counter()
-        yield Script(step.sql, label=self.describe(change))
+        yield Script(step.sql, label=step.label)
         return (yield from self._applied(change, step, time.perf_counter() - started))
 
     def explain(self, change: Row, loaded: Loaded, error: Exception) -> Exception:
@@ -223,12 +229,12 @@ class MigrationHandler:
     def begin_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         step: _Step = loaded.data
         attempts, now = change["attempts"] + 1, self.clock.now()
-        yield Execute(self.sql.mark_dirty, (step.name, step.version.key, not step.applying, attempts, now))
+        yield Execute(self.sql.mark_dirty, (step.name, step.key, not step.applying, attempts, now))
 
     def handle_outside(self, change: Row, loaded: Loaded) -> Work[None]:
         step: _Step = loaded.data
         try:
-            yield Script(step.sql, each_commits=True, label=self.describe(change))
+            yield Script(step.sql, each_commits=True, label=step.label)
         except StatementError as exc:
             done = exc.committed if exc.committed is not None else exc.index
             if done:  # statements before it have committed: only a person can tell what now
@@ -249,7 +255,7 @@ class MigrationHandler:
             self.sql.upsert_status,
             (
                 step.name,
-                step.version.key,
+                step.key,
                 step.applying,
                 now if step.applying else None,
                 step.checksum if step.applying else None,

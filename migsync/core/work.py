@@ -175,9 +175,11 @@ class _Program(Generic[T]):
             return None
 
     def performed(self, request: Request) -> None:
-        if isinstance(request, Begin):
+        # Exact types (the requests are final), not isinstance of a union: asked for every request.
+        kind = type(request)
+        if kind is Begin:
             self.in_transaction = True
-        elif isinstance(request, Commit | Rollback):
+        elif kind is Commit or kind is Rollback:
             self.in_transaction = False
 
 
