@@ -40,6 +40,7 @@ from migsync.core.version import Version
 from migsync.protocol.wire import ACTIONS, ActionRequest, ActionResult, ActionsAck
 from migsync.server import serials
 from migsync.server import tables as t
+from migsync.server.prepared import Prepared
 from migsync.server.records import ActionRecord, pending_etag
 
 _actions = t.store_actions.c
@@ -168,16 +169,17 @@ _PENDING = (
     .where(_actions.state == "pending")
     .order_by(_actions.id)
 )
-_PENDING_OF = _PENDING.where(_actions.client_id == bindparam("client_id"))
+_PENDING_OF = Prepared(_PENDING.where(_actions.client_id == bindparam("client_id")))
 
 
 async def pending_for(conn: AsyncConnection, client_id: int | None = None) -> dict[int, list[ActionRequest]]:
     """The requests each client (or only ``client_id``) has not answered, oldest first, by client
     id; a client without any is not in it."""
+    rows: Sequence[Any]
     if client_id is None:
-        rows = await conn.execute(_PENDING)
+        rows = (await conn.execute(_PENDING)).all()
     else:
-        rows = await conn.execute(_PENDING_OF, {"client_id": client_id})  # every full poll: built once
+        rows = await _PENDING_OF.rows(conn, {"client_id": client_id})  # every full poll: prepared
     pending: dict[int, list[ActionRequest]] = {}
     for r in rows:
         request = ActionRequest(r.id, r.action, r.version, r.requested_by, r.requested_at)

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Float, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import Float, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
@@ -31,6 +31,7 @@ from migsync.server import actions as requests
 from migsync.server import rollouts as r
 from migsync.server import serials
 from migsync.server import tables as t
+from migsync.server.prepared import Prepared
 from migsync.server.records import ClientRecord, PendingMigration
 
 _rollouts = t.store_rollouts.c
@@ -224,11 +225,19 @@ async def start(
     return await read(conn, rollout_id)
 
 
+#: Every rollout, oldest first (every full poll reads them: prepared). The open ones are
+#: filtered by equalities: an ``IN`` of a list is expanded at execution, which a prepared
+#: statement cannot be.
+_ALL = Prepared(select(t.store_rollouts).order_by(_rollouts.id))
+_OPEN = Prepared(
+    select(t.store_rollouts)
+    .where(or_(*(_rollouts.state == state for state in r.OPEN)))
+    .order_by(_rollouts.id)
+)
+
+
 async def _all(conn: AsyncConnection, *, open_only: bool = False) -> list[Rollout]:
-    query = select(t.store_rollouts).order_by(_rollouts.id)
-    if open_only:
-        query = query.where(_rollouts.state.in_(r.OPEN))
-    return [_row(row) for row in await conn.execute(query)]
+    return [_row(row) for row in await (_OPEN if open_only else _ALL).rows(conn)]
 
 
 async def read(conn: AsyncConnection, rollout_id: int) -> Rollout:
@@ -466,8 +475,11 @@ async def after_report(
         for rep in reports
         if rep.version in changed
     ]
-    await conn.execute(insert(t.store_status_events), rows)
-    await conn.execute(_EXPIRED_EVENTS, {"now": now})
+    if len(rows) == 1:  # the usual report: one migration applied
+        await _EVENT.rows(conn, rows[0])
+    else:
+        await conn.execute(insert(t.store_status_events), rows)
+    await _EXPIRED_EVENTS.rows(conn, {"now": now})
     failed = any(rep.error and not rep.applied for rep in reports if rep.version in changed)
     return await evaluate(conn, now, versions=changed, throttled=not failed)
 
@@ -479,7 +491,14 @@ _RETENTION = func.coalesce(
 )
 #: The events past the store's retention, which is read in the same statement (one round trip
 #: per report, not two).
-_EXPIRED_EVENTS = delete(t.store_status_events).where(_events.at < bindparam("now", type_=Float) - _RETENTION)
+_EXPIRED_EVENTS = Prepared(
+    delete(t.store_status_events).where(_events.at < bindparam("now", type_=Float) - _RETENTION)
+)
+_EVENT = Prepared(
+    insert(t.store_status_events).values(
+        {name: bindparam(name) for name in ("client_id", "version", "state", "at")}
+    )
+)
 
 
 async def retention_seconds(conn: AsyncConnection) -> float:
