@@ -548,29 +548,27 @@ async def offered(
     if not items:
         return items
     held: set[Version] = {v for v, _ in held_by_app(client, [(i.version, requirements(i)) for i in items])}
-    held |= await held_by_rollouts(conn, client, [i.version for i in items])
+    deciding = deciding_rollouts(await _all(conn))
+    held |= {i.version for i in items if i.version.key in deciding and holds(deciding[i.version.key], client)}
     if not held:
         return items
     kept = r.in_order([i.version for i in items], held)
     return items[: len(kept)]
 
 
-async def held_by_rollouts(
-    conn: AsyncConnection, client: ClientRecord, versions: Sequence[Version]
-) -> set[Version]:
-    """Of ``versions``, those a rollout does not offer the client yet (the newest rollout of a
-    version decides). The app version is the caller's to check (:func:`held_by_app`)."""
-    if not versions:
-        return set()
-    wanted = {v.text: v for v in versions}
-    latest: dict[str, Rollout] = {}
-    for rollout in await _all(conn):  # oldest first: the newest rollout of a version decides
-        for v in rollout.versions:
-            if v.text in wanted:
-                latest[v.text] = rollout
-    held = set()
-    for text, rollout in latest.items():
-        stage = r.stage_of(rollout.stages, client.client_id, client.labels)
-        if not r.offered(rollout.state.state, rollout.state.stage, stage):
-            held.add(wanted[text])
-    return held
+async def every_rollout(conn: AsyncConnection) -> list[Rollout]:
+    """Every rollout, oldest first (what :func:`deciding_rollouts` takes)."""
+    return await _all(conn)
+
+
+def deciding_rollouts(rollouts: Sequence[Rollout]) -> dict[str, Rollout]:
+    """Version key -> the rollout that decides who is offered the version: its newest one.
+    ``rollouts`` oldest first."""
+    return {v.key: rollout for rollout in rollouts for v in rollout.versions}
+
+
+def holds(rollout: Rollout, client: ClientRecord) -> bool:
+    """Whether ``rollout`` does not offer its versions to the client yet (its app version is the
+    caller's to check: :func:`held_by_app`)."""
+    stage = r.stage_of(rollout.stages, client.client_id, client.labels)
+    return not r.offered(rollout.state.state, rollout.state.stage, stage)

@@ -644,28 +644,30 @@ class Store:
 
     async def pending_view(
         self, client_id: int
-    ) -> tuple[ClientState, list[tuple[str, str | None]], set[str], list[ActionRequest]]:
+    ) -> tuple[ClientState, list[tuple[str, str | None]], list[ActionRequest]]:
         """What a pending answer is made of besides the published set: the client's state, the
-        versions it lacks (by key, with the checksum it applied, if any), the keys of those a
-        rollout does not offer it yet, and the requests it has not answered; see
-        :func:`migsync.server.status.pending_view`. Which of them its app version cannot run is
-        the caller's to say (the requirements are in the published content it holds)."""
-        from migsync.server import rollout_store
-
+        versions it lacks (by key, with the checksum it applied, if any), and the requests it has
+        not answered; see :func:`migsync.server.status.pending_view`. Which of them a rollout or
+        its app version holds back is the caller's to say, from the published set (the rollouts
+        and the requirements are in what :meth:`published_set` reads)."""
         async with self._read("reading a client's pending migrations", snapshot=False) as conn:
             state, lacking = await status.pending_view(conn, client_id)
-            versions = [Version.from_key(key) for key, _ in lacking]
-            held = await rollout_store.held_by_rollouts(conn, state.client, versions)
             actions = (await requests.pending_for(conn, client_id)).get(client_id, [])
-        return state, lacking, {v.key for v in held}, actions
+        return state, lacking, actions
 
-    async def published_set(self) -> tuple[int, list[PendingMigration], SignedManifest | None]:
-        """The publish serial, every published migration in version order, and the signed
-        manifest: content never older than the serial (see :func:`migsync.server.status.published_set`)."""
+    async def published_set(
+        self,
+    ) -> tuple[int, list[PendingMigration], SignedManifest | None, list[Rollout]]:
+        """The publish serial, every published migration in version order, the signed manifest,
+        and every rollout (oldest first): content never older than the serial (see
+        :func:`migsync.server.status.published_set`; a rollout that moves bumps the serial)."""
+        from migsync.server import rollout_store
+
         async with self._read("reading published migrations", snapshot=False) as conn:
             serial, items = await status.published_set(conn)
             manifest = await manifests.read(conn)
-        return serial, items, manifest
+            rollouts = await rollout_store.every_rollout(conn)
+        return serial, items, manifest, rollouts
 
     async def fleet(self, client_id: int | None = None) -> list[FleetEntry]:
         """Every client (or only ``client_id``) with what it applied, what failed, what drifted,
