@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    exists,
     func,
     insert,
     literal,
@@ -170,6 +171,9 @@ _PENDING = (
     .order_by(_actions.id)
 )
 _PENDING_OF = Prepared(_PENDING.where(_actions.client_id == bindparam("client_id")))
+#: whether the client (``store_clients``' row) has a request it has not answered, as a column of
+#: a read of its row: a full poll reads its requests only when it has one
+ANY_PENDING = exists().where(_actions.client_id == _clients.id, _actions.state == "pending")
 
 
 async def pending_for(conn: AsyncConnection, client_id: int | None = None) -> dict[int, list[ActionRequest]]:

@@ -463,9 +463,11 @@ async def after_report(
     reports: Sequence[StatusReport],
     recorded: Sequence[Version],
     now: float,
+    *,
+    expire: bool = True,
 ) -> list[Rollout]:
-    """Keep the status changes a client reported as events (and drop those past retention), then
-    evaluate the rollouts of the versions concerned (a success at most every
+    """Keep the status changes a client reported as events (and, with ``expire``, drop those past
+    retention), then evaluate the rollouts of the versions concerned (a success at most every
     :data:`EVALUATE_EVERY` seconds, a failure at once): those that moved."""
     if not recorded:
         return []
@@ -479,7 +481,8 @@ async def after_report(
         await _EVENT.rows(conn, rows[0])
     else:
         await conn.execute(insert(t.store_status_events), rows)
-    await _EXPIRED_EVENTS.rows(conn, {"now": now})
+    if expire:
+        await _EXPIRED_EVENTS.rows(conn, {"now": now})
     failed = any(rep.error and not rep.applied for rep in reports if rep.version in changed)
     return await evaluate(conn, now, versions=changed, throttled=not failed)
 

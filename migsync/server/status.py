@@ -25,6 +25,7 @@ from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, type
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
+from migsync.server import actions as requests
 from migsync.server import fleet_summary, rollout_store
 from migsync.server import tables as t
 from migsync.server.prepared import Prepared
@@ -64,7 +65,10 @@ def _state(row: Row[Any]) -> ClientState:
 # store spends running it, and a statement built once is also compiled once (SQLAlchemy's cache).
 _STATE = select(t.store_clients, publish_serial_query().label("publish_serial"))
 _STATE_BY_DIGEST = Prepared(_STATE.where(_clients.token_hash == bindparam("digest")))
-_STATE_BY_ID = Prepared(_STATE.where(_clients.id == bindparam("client_id")))
+#: a full poll's: the client's state, and whether it has requests to read (see pending_view)
+_VIEW_BY_ID = Prepared(
+    _STATE.add_columns(requests.ANY_PENDING.label("any_request")).where(_clients.id == bindparam("client_id"))
+)
 _CHANGED = (
     _STATE.where(_clients.change_seq > bindparam("seen"))
     .order_by(_clients.change_seq)
@@ -160,15 +164,16 @@ async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes
 
 async def pending_view(
     conn: AsyncConnection, client_id: int
-) -> tuple[ClientState, list[tuple[str, str | None]]]:
+) -> tuple[ClientState, list[tuple[str, str | None]], bool]:
     """The client's state, then the published versions it lacks (each version's key, and the
-    checksum the client applied of it if it did: drift): what its pending answer is made of,
-    with the published set (:func:`published_set`). The state is read first: a publish or a
-    report landing in between gives an older ETag with newer content, never the reverse."""
-    (row,) = await _STATE_BY_ID.rows(conn, {"client_id": client_id})
+    checksum the client applied of it if it did: drift), and whether it has requests it has not
+    answered (read with its state): what its pending answer is made of, with the published set
+    (:func:`published_set`) and the requests. The state is read first: a publish or a report
+    landing in between gives an older ETag with newer content, never the reverse (a request
+    made in between moves the ETag too)."""
+    (row,) = await _VIEW_BY_ID.rows(conn, {"client_id": client_id})
     lacking = [(r.key, r.checksum) for r in await _PENDING_KEYS.rows(conn, {"client_id": client_id})]
-    state = _state(row)
-    return state, lacking
+    return _state(row), lacking, bool(row.any_request)
 
 
 async def published_set(conn: AsyncConnection) -> tuple[int, list[PendingMigration]]:
