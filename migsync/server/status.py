@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, type_coerce, update
+from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, true, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
@@ -65,10 +65,6 @@ def _state(row: Row[Any]) -> ClientState:
 # store spends running it, and a statement built once is also compiled once (SQLAlchemy's cache).
 _STATE = select(t.store_clients, publish_serial_query().label("publish_serial"))
 _STATE_BY_DIGEST = Prepared(_STATE.where(_clients.token_hash == bindparam("digest")))
-#: a full poll's: the client's state, and whether it has requests to read (see pending_view)
-_VIEW_BY_ID = Prepared(
-    _STATE.add_columns(requests.ANY_PENDING.label("any_request")).where(_clients.id == bindparam("client_id"))
-)
 _CHANGED = (
     _STATE.where(_clients.change_seq > bindparam("seen"))
     .order_by(_clients.change_seq)
@@ -85,11 +81,20 @@ _APPLIED_HERE = and_(
     _status.version == _published.version,
     _status.applied.is_(True),
 )
-_PENDING_KEYS = Prepared(
-    select(type_coerce(_published.version, Text).label("key"), _status.checksum)
+_LACKING = (
+    select(type_coerce(_published.version, Text).label("key"), _status.checksum.label("applied_checksum"))
     .select_from(t.store_migrations.outerjoin(t.store_client_status, _APPLIED_HERE))
     .where(_status.checksum.is_distinct_from(_published.checksum))
-    .order_by(_published.version)
+    .subquery("lacking")
+)
+#: A full poll's one read: the client's state and whether it has requests it has not answered,
+#: on each row of what it lacks (one row with no version when it lacks nothing). One statement
+#: reads them all in one snapshot, in one round trip.
+_VIEW = Prepared(
+    _STATE.add_columns(requests.ANY_PENDING.label("any_request"), _LACKING.c.key, _LACKING.c.applied_checksum)
+    .select_from(t.store_clients.outerjoin(_LACKING, true()))
+    .where(_clients.id == bindparam("client_id"))
+    .order_by(_LACKING.c.key)
 )
 _PUBLISHED_CHECKSUMS = select(_published.version, _published.checksum).where(
     _published.version.in_(bindparam("versions", expanding=True))
@@ -165,15 +170,14 @@ async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes
 async def pending_view(
     conn: AsyncConnection, client_id: int
 ) -> tuple[ClientState, list[tuple[str, str | None]], bool]:
-    """The client's state, then the published versions it lacks (each version's key, and the
-    checksum the client applied of it if it did: drift), and whether it has requests it has not
-    answered (read with its state): what its pending answer is made of, with the published set
-    (:func:`published_set`) and the requests. The state is read first: a publish or a report
-    landing in between gives an older ETag with newer content, never the reverse (a request
-    made in between moves the ETag too)."""
-    (row,) = await _VIEW_BY_ID.rows(conn, {"client_id": client_id})
-    lacking = [(r.key, r.checksum) for r in await _PENDING_KEYS.rows(conn, {"client_id": client_id})]
-    return _state(row), lacking, bool(row.any_request)
+    """The client's state, the published versions it lacks (each version's key, and the checksum
+    the client applied of it if it did: drift), in version order, and whether it has requests it
+    has not answered: what its pending answer is made of, with the published set
+    (:func:`published_set`) and the requests. One read, so the ETag and the list are of one
+    moment (the published set is read no older than the ETag's publish serial)."""
+    rows = await _VIEW.rows(conn, {"client_id": client_id})
+    lacking = [(r.key, r.applied_checksum) for r in rows if r.key is not None]
+    return _state(rows[0]), lacking, bool(rows[0].any_request)
 
 
 async def published_set(conn: AsyncConnection) -> tuple[int, list[PendingMigration]]:
