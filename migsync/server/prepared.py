@@ -52,7 +52,11 @@ class Prepared:
         compiled = self._postgres
         if compiled is None:
             compiled = self._postgres = _Compiled(self.statement, conn.dialect)
-        proxied = await conn.get_raw_connection()
+        # The pooled connection, without a trip through a greenlet when SQLAlchemy holds it
+        # already (it does but after an invalidation, which only its own path may handle).
+        sync = conn.sync_connection
+        held = sync is not None and not sync.invalidated
+        proxied = sync.connection if sync is not None and held else await conn.get_raw_connection()
         adapted: Any = proxied.dbapi_connection
         args = compiled.arguments(params or {})
         try:
