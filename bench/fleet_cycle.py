@@ -13,7 +13,10 @@ Two measurements per run:
   HTTP/1.1 on raw keep-alive connections (asyncio streams, ``--connections`` at once), so it
   costs far less than the server. Server CPU (utime + stime from /proc) per cycle.
 - **statements**: the same cycle against the app in this process (httpx's ASGI transport),
-  counting the statements its engine sends (``BEGIN`` and ``COMMIT`` included).
+  counting the statements its connections send, ``BEGIN`` and ``COMMIT`` included: those
+  SQLAlchemy runs (its events), and those asyncpg logs (the transactions' statements and the
+  hot path's own, which the server runs on the asyncpg connection; asyncpg does not log a
+  statement SQLAlchemy runs, so none is counted twice).
 
 Run it with the code under test first on ``PYTHONPATH`` (the worktree, or /work/main for the
 numbers before)::
@@ -281,6 +284,7 @@ async def measure_statements(args: argparse.Namespace, root: Path) -> dict[str, 
     import httpx
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
+    from sqlalchemy.pool import Pool
 
     from migsync.server.app import create_app
 
@@ -300,21 +304,33 @@ async def measure_statements(args: argparse.Namespace, root: Path) -> dict[str, 
                 clock.now_ += args.cache_seconds  # the app's cache ends: it reads the publish
                 body = report_body(args.published + 1, checksum)
                 statements: list[str] = []
+                logging: set[int] = set()
 
-                def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+                def count(query: Any) -> None:
+                    statements.append(query.query)
+
+                def count_sqlalchemy(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
                     statements.append(statement)
 
-                event.listen(Engine, "before_cursor_execute", count)
+                def checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+                    driver = dbapi_connection.driver_connection
+                    if id(driver) not in logging:
+                        logging.add(id(driver))
+                        driver.add_query_logger(count)
+
+                event.listen(Pool, "checkout", checkout)
+                event.listen(Engine, "before_cursor_execute", count_sqlalchemy)
                 try:
                     requests = 0
                     for (_, token), etag in zip(clients, etags, strict=True):
                         requests += await asgi_cycle(http, token, etag, body)
                 finally:
-                    event.remove(Engine, "before_cursor_execute", count)
+                    event.remove(Pool, "checkout", checkout)
+                    event.remove(Engine, "before_cursor_execute", count_sqlalchemy)
     return {
         f"statements per cycle (cache_seconds={args.cache_seconds:g})": len(statements) / n,
         "of which BEGIN/COMMIT/ROLLBACK": sum(
-            s.split()[0].upper() in ("BEGIN", "COMMIT", "ROLLBACK") for s in statements
+            s.split()[0].upper().rstrip(";") in ("BEGIN", "COMMIT", "ROLLBACK") for s in statements
         )
         / n,
         "requests per cycle (ASGI)": requests / n,

@@ -236,6 +236,37 @@ async def test_the_cache_holds_at_most_cache_clients_and_a_miss_costs_one_read(
             event.remove(Engine, "before_cursor_execute", count)
 
 
+async def test_a_poll_answered_from_memory_is_the_304_the_full_path_gives(
+    sqlite_store: str, key_path: Path
+) -> None:
+    """A poll whose ETag holds is answered before Starlette's stack (``_Api.not_modified``): the
+    same answer as the endpoint's (``?wait=0`` takes the endpoint), and every refusal still the
+    endpoint's, in its order."""
+    async with api_on(sqlite_store, key_path, cache_seconds=60, failed_auth_limit="3/minute") as api:
+        await api.publish(V1)
+        me = await api.client("a")
+        etag = (await api.pending(me)).headers["etag"]
+        fast = await api.pending(me, etag)
+        full = await api.http.get("/api/migrations/pending?wait=0", headers=me | {"If-None-Match": etag})
+        assert fast.status_code == full.status_code == 304
+        assert fast.headers.raw == full.headers.raw and fast.content == full.content == b""
+        assert (await api.pending(me, f'W/"x", {etag}')).status_code == 304  # a list, weak: as the endpoint
+        assert (await api.pending(me, '"other"')).status_code == 200
+        old = me | {"Migsync-Protocol": "1"}
+        assert (await api.pending(old, etag)).status_code == 426
+        admin = {"Authorization": f"Bearer {ADMIN}", "Migsync-Protocol": "2"}
+        assert (await api.pending(admin, etag)).status_code == 403
+        # A new app version moves the ETag (what is offered may differ): not a 304.
+        moved = await api.pending(me | {"Migsync-App-Version": "2.0"}, etag)
+        assert moved.status_code == 200 and moved.headers["etag"] != etag
+        etag = moved.headers["etag"]
+        assert (await api.pending(me, etag)).status_code == 304
+        # An address that sent too many wrong tokens is refused, whatever it sends next.
+        for _ in range(3):
+            assert (await api.pending(me | {"Authorization": "Bearer wrong"}, etag)).status_code == 401
+        assert (await api.pending(me, etag)).status_code == 429
+
+
 def _state(client_id: int, status_serial: int, change_seq: int) -> ClientState:
     return ClientState(ClientRecord(client_id, f"c{client_id}", 0.0), 1, status_serial, change_seq)
 

@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
+    exists,
     func,
     insert,
     literal,
@@ -40,6 +41,7 @@ from migsync.core.version import Version
 from migsync.protocol.wire import ACTIONS, ActionRequest, ActionResult, ActionsAck
 from migsync.server import serials
 from migsync.server import tables as t
+from migsync.server.prepared import Prepared
 from migsync.server.records import ActionRecord, pending_etag
 
 _actions = t.store_actions.c
@@ -168,16 +170,20 @@ _PENDING = (
     .where(_actions.state == "pending")
     .order_by(_actions.id)
 )
-_PENDING_OF = _PENDING.where(_actions.client_id == bindparam("client_id"))
+_PENDING_OF = Prepared(_PENDING.where(_actions.client_id == bindparam("client_id")))
+#: whether the client (``store_clients``' row) has a request it has not answered, as a column of
+#: a read of its row: a full poll reads its requests only when it has one
+ANY_PENDING = exists().where(_actions.client_id == _clients.id, _actions.state == "pending")
 
 
 async def pending_for(conn: AsyncConnection, client_id: int | None = None) -> dict[int, list[ActionRequest]]:
     """The requests each client (or only ``client_id``) has not answered, oldest first, by client
     id; a client without any is not in it."""
+    rows: Sequence[Any]
     if client_id is None:
-        rows = await conn.execute(_PENDING)
+        rows = (await conn.execute(_PENDING)).all()
     else:
-        rows = await conn.execute(_PENDING_OF, {"client_id": client_id})  # every full poll: built once
+        rows = await _PENDING_OF.rows(conn, {"client_id": client_id})  # every full poll: prepared
     pending: dict[int, list[ActionRequest]] = {}
     for r in rows:
         request = ActionRequest(r.id, r.action, r.version, r.requested_by, r.requested_at)

@@ -61,6 +61,7 @@ from migsync.core.clock import Clock, iso
 from migsync.core.errors import ConfigError, MigsyncError
 from migsync.core.requires import Requirement, satisfied
 from migsync.protocol.wire import (
+    APP_VERSION_HEADER,
     CHANGES_AFTER_HEADER,
     CHANGES_ORDERED_HEADER,
     HELD_ETAG_HEADER,
@@ -77,7 +78,7 @@ from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
 from migsync.server.engine import PoolOptions
 from migsync.server.inbox import NotInOrder
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
-from migsync.server.records import ClientState, PendingMigration, token_hash
+from migsync.server.records import ClientRecord, ClientState, PendingMigration, token_hash
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
 from migsync.server.validation import InvalidChanges, entity_change_batch
@@ -87,6 +88,7 @@ if TYPE_CHECKING:
 
     from migsync.server.appliers import ChangeApplier
     from migsync.server.panel import PanelOptions
+    from migsync.server.rollout_store import Rollout
 
 __all__ = ["MAX_CHANGES_BODY", "create_app"]
 
@@ -356,12 +358,18 @@ class _Api:
         raise self._wrong_token(request)
 
     async def _seen(self, client_id: int) -> None:
+        if self._mark_seen(client_id) and not self.seen_flush:
+            await self._flush_seen()
+
+    def _mark_seen(self, client_id: int) -> bool:
+        """Mark the client seen, to be written with the next flush, unless it was marked within
+        ``seen_interval``; whether it was marked."""
         now = self._monotonic()
-        if now - self._touched.get(client_id, -math.inf) >= self.seen_interval:
-            self._touched[client_id] = now
-            self._unwritten[client_id] = self._wall()
-            if not self.seen_flush:
-                await self._flush_seen()
+        if now - self._touched.get(client_id, -math.inf) < self.seen_interval:
+            return False
+        self._touched[client_id] = now
+        self._unwritten[client_id] = self._wall()
+        return True
 
     async def _flush_seen(self) -> None:
         seen, self._unwritten = self._unwritten, {}
@@ -374,6 +382,43 @@ class _Api:
                 await self._flush_seen()
             except MigsyncError as exc:  # the store is down: the next poll marks them again
                 log.warning("could not mark clients seen: %s", exc)
+
+    def not_modified(self, scope: Scope) -> list[tuple[bytes, bytes]] | None:
+        """The headers of a 304 to the poll ``scope`` (a ``GET /api/migrations/pending`` without
+        a query) when :meth:`pending` would answer it with a 304 from memory; None when it would
+        do anything else (refuse it, read the store, wait, answer in full): then it answers.
+
+        Most of a fleet's requests are such polls: this answers them from the ASGI scope alone,
+        without Starlette's routing, request and response objects and exception handling, which
+        cost more than the poll itself. It checks what :meth:`pending` checks, in its order, and
+        leaves to it every request that fails a check, so every refusal is its."""
+        if self._stale or self._monotonic() - self._checked_at >= self.cache_seconds or not self.seen_flush:
+            return None  # a read of the store is due, or a seen mark would be written at once
+        authorization = wanted = protocol = None
+        for name, value in scope["headers"]:  # the first of a repeated header, as Starlette's
+            if name == b"authorization":
+                authorization = authorization or value
+            elif name == b"if-none-match":
+                wanted = wanted or value
+            elif name == _PROTOCOL_HEADER:
+                protocol = protocol or value
+            elif name == _APP_VERSION_HEADER:
+                return None  # checked, and a new one written: pending's
+        if authorization is None or wanted is None or protocol != _PROTOCOL[1]:
+            return None
+        client = scope.get("client")
+        if self.throttle.retry_after(client[0] if client else "?") is not None:
+            return None
+        scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or self._is_admin(token):
+            return None
+        state = self._cache.get(token_hash(token))
+        if state is None or not _matches(wanted.decode("latin-1"), state.etag):
+            return None
+        self._mark_seen(state.client.client_id)
+        etag = state.etag.encode()
+        return [(b"etag", etag), (b"cache-control", b"no-cache"), _PROTOCOL]
 
     # -- endpoints -------------------------------------------------------------------------------
 
@@ -398,13 +443,13 @@ class _Api:
                 return Response(status_code=304, headers=_etag_headers(state.etag))
             if not await self._wait_for_change(digest, state.etag, wait):
                 return Response(status_code=304, headers=_etag_headers(state.etag))
-        state, lacking, held, actions = await self.store.pending_view(state.client.client_id)
+        state, lacking, actions = await self.store.pending_view(state.client.client_id)
         self._cache.put(digest, state)  # as new as what the store holds: never older than the cache
         if wanted is not None and _matches(wanted, state.etag):  # the cached state was stale
             return Response(status_code=304, headers=_etag_headers(state.etag))
         published = await self._published_set(state.publish_serial)
         signed = [a.to_json() for a in self._signed(state.client.client_id, actions)]
-        body = published.answer(published.offered(lacking, held, state.client.app_version), signed)
+        body = published.answer(published.offered(lacking, state.client), signed)
         return Response(body, media_type="application/json", headers=_etag_headers(state.etag))
 
     async def _published_set(self, serial: int) -> _Published:
@@ -416,8 +461,8 @@ class _Api:
         async with self._reading_published:
             published = self._published
             if published is None or published.serial < serial:
-                read_serial, items, manifest = await self.store.published_set()
-                published = _Published.of(read_serial, items, manifest)
+                read_serial, items, manifest, rollouts = await self.store.published_set()
+                published = _Published.of(read_serial, items, manifest, rollouts)
                 if self._published is None or self._published.serial <= read_serial:
                     self._published = published
         return published
@@ -679,7 +724,8 @@ def create_app(
         HTTPException: _http_error,
         MigsyncError: _store_error,
     }
-    return Starlette(
+    return _Server(
+        api,
         routes=routes,
         exception_handlers=handlers,
         lifespan=api.lifespan,
@@ -687,9 +733,34 @@ def create_app(
     )
 
 
+class _Server(Starlette):
+    """The app: a poll whose ETag still holds is answered before Starlette's stack sees it
+    (:meth:`_Api.not_modified`); every other request goes through it."""
+
+    def __init__(self, api: _Api, **options: Any) -> None:
+        super().__init__(**options)
+        self._api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == _PENDING_PATH
+            and scope["method"] == "GET"
+            and not scope["query_string"]
+            and not scope.get("root_path")
+        ):
+            headers = self._api.not_modified(scope)
+            if headers is not None:
+                await send({"type": "http.response.start", "status": 304, "headers": headers})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        await super().__call__(scope, receive, send)
+
+
 @attrs.frozen
 class _Published:
-    """The published set of one publish serial, serialized once for every client's answer."""
+    """The published set of one publish serial, serialized once for every client's answer, and
+    what decides who is offered what (rollouts move the publish serial too)."""
 
     serial: int
     #: version key -> the migration's JSON up to its ``applied_checksum`` value
@@ -698,10 +769,18 @@ class _Published:
     manifest: str
     #: version key -> what its ``-- migsync:requires`` lines ask of the app (only those that ask)
     requirements: dict[str, tuple[Requirement, ...]]
+    #: version key -> the rollout that decides who is offered it (only the versions that have one)
+    rollouts: dict[str, Rollout]
 
     @classmethod
-    def of(cls, serial: int, items: list[PendingMigration], manifest: SignedManifest | None) -> _Published:
-        from migsync.server.rollout_store import requirements
+    def of(
+        cls,
+        serial: int,
+        items: list[PendingMigration],
+        manifest: SignedManifest | None,
+        rollouts: list[Rollout],
+    ) -> _Published:
+        from migsync.server.rollout_store import deciding_rollouts, requirements
 
         fragments = {}
         needs = {}
@@ -711,17 +790,24 @@ class _Published:
             fragments[item.version.key] = whole.removesuffix("null}")
             if wanted := requirements(item):
                 needs[item.version.key] = wanted
-        return cls(serial, fragments, _dumps(None if manifest is None else manifest.to_json()), needs)
+        manifest_json = _dumps(None if manifest is None else manifest.to_json())
+        return cls(serial, fragments, manifest_json, needs, deciding_rollouts(rollouts))
 
     def offered(
-        self, lacking: list[tuple[str, str | None]], held: set[str], app_version: str | None
+        self, lacking: list[tuple[str, str | None]], client: ClientRecord
     ) -> list[tuple[str, str | None]]:
         """Of ``lacking`` (in version order), what the client is offered now: up to the first
-        version a rollout holds back (``held``) or its app version cannot run. A client applies
+        version a rollout holds back or its app version cannot run. A client applies
         migrations in order, so one it is not offered holds back every later one too."""
-        needs = self.requirements
+        needs, rollouts = self.requirements, self.rollouts
+        if not needs and not rollouts:
+            return lacking
+        from migsync.server.rollout_store import holds
+
         for index, (key, _) in enumerate(lacking):
-            if key in held or (key in needs and not satisfied(needs[key], app_version)):
+            if (key in rollouts and holds(rollouts[key], client)) or (
+                key in needs and not satisfied(needs[key], client.app_version)
+            ):
                 return lacking[:index]
         return lacking
 
@@ -765,6 +851,9 @@ class _SaysItsProtocol:
 
 
 _PROTOCOL = (PROTOCOL_HEADER.lower().encode(), str(PROTOCOL).encode())
+_PROTOCOL_HEADER = _PROTOCOL[0]
+_APP_VERSION_HEADER = APP_VERSION_HEADER.lower().encode()
+_PENDING_PATH = next(e.path for e in ENDPOINTS if e.name == "pending")
 
 
 def _address(request: Request) -> str:

@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
 from migsync.server import tables as t
+from migsync.server.prepared import Prepared
 
 _status = t.store_client_status.c
 _published = t.store_migrations.c
@@ -89,17 +90,19 @@ REFRESH_ALL_SQL = (
     "AND s.checksum = m.checksum)"
 )
 
-_LOCK_CLIENT = text(
-    "WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(:key) AS locked) "
-    "SELECT c.id FROM gate, store_clients AS c WHERE c.id = :client_id FOR NO KEY UPDATE OF c"
-).bindparams(key=PUBLISH_LOCK_KEY)
+_LOCK_CLIENT = Prepared(
+    text(
+        "WITH gate AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared(:key) AS locked) "
+        "SELECT c.id FROM gate, store_clients AS c WHERE c.id = :client_id FOR NO KEY UPDATE OF c"
+    ).bindparams(key=PUBLISH_LOCK_KEY)
+)
 
 
 async def lock_client(conn: AsyncConnection, client_id: int) -> None:
     """Before a report writes ``client_id``'s status rows (Postgres): the publish lock, shared,
     then the client's row, in that order (a publish takes them in the same order)."""
     if conn.dialect.name == "postgresql":
-        await conn.execute(_LOCK_CLIENT, {"client_id": client_id})
+        await _LOCK_CLIENT.rows(conn, {"client_id": client_id})
 
 
 async def refresh_versions(conn: AsyncConnection, versions: Sequence[Version]) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Float, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import Float, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core import requires
@@ -31,6 +31,7 @@ from migsync.server import actions as requests
 from migsync.server import rollouts as r
 from migsync.server import serials
 from migsync.server import tables as t
+from migsync.server.prepared import Prepared
 from migsync.server.records import ClientRecord, PendingMigration
 
 _rollouts = t.store_rollouts.c
@@ -224,11 +225,19 @@ async def start(
     return await read(conn, rollout_id)
 
 
+#: Every rollout, oldest first (every full poll reads them: prepared). The open ones are
+#: filtered by equalities: an ``IN`` of a list is expanded at execution, which a prepared
+#: statement cannot be.
+_ALL = Prepared(select(t.store_rollouts).order_by(_rollouts.id))
+_OPEN = Prepared(
+    select(t.store_rollouts)
+    .where(or_(*(_rollouts.state == state for state in r.OPEN)))
+    .order_by(_rollouts.id)
+)
+
+
 async def _all(conn: AsyncConnection, *, open_only: bool = False) -> list[Rollout]:
-    query = select(t.store_rollouts).order_by(_rollouts.id)
-    if open_only:
-        query = query.where(_rollouts.state.in_(r.OPEN))
-    return [_row(row) for row in await conn.execute(query)]
+    return [_row(row) for row in await (_OPEN if open_only else _ALL).rows(conn)]
 
 
 async def read(conn: AsyncConnection, rollout_id: int) -> Rollout:
@@ -454,9 +463,11 @@ async def after_report(
     reports: Sequence[StatusReport],
     recorded: Sequence[Version],
     now: float,
+    *,
+    expire: bool = True,
 ) -> list[Rollout]:
-    """Keep the status changes a client reported as events (and drop those past retention), then
-    evaluate the rollouts of the versions concerned (a success at most every
+    """Keep the status changes a client reported as events (and, with ``expire``, drop those past
+    retention), then evaluate the rollouts of the versions concerned (a success at most every
     :data:`EVALUATE_EVERY` seconds, a failure at once): those that moved."""
     if not recorded:
         return []
@@ -466,8 +477,12 @@ async def after_report(
         for rep in reports
         if rep.version in changed
     ]
-    await conn.execute(insert(t.store_status_events), rows)
-    await conn.execute(_EXPIRED_EVENTS, {"now": now})
+    if len(rows) == 1:  # the usual report: one migration applied
+        await _EVENT.rows(conn, rows[0])
+    else:
+        await conn.execute(insert(t.store_status_events), rows)
+    if expire:
+        await _EXPIRED_EVENTS.rows(conn, {"now": now})
     failed = any(rep.error and not rep.applied for rep in reports if rep.version in changed)
     return await evaluate(conn, now, versions=changed, throttled=not failed)
 
@@ -479,7 +494,14 @@ _RETENTION = func.coalesce(
 )
 #: The events past the store's retention, which is read in the same statement (one round trip
 #: per report, not two).
-_EXPIRED_EVENTS = delete(t.store_status_events).where(_events.at < bindparam("now", type_=Float) - _RETENTION)
+_EXPIRED_EVENTS = Prepared(
+    delete(t.store_status_events).where(_events.at < bindparam("now", type_=Float) - _RETENTION)
+)
+_EVENT = Prepared(
+    insert(t.store_status_events).values(
+        {name: bindparam(name) for name in ("client_id", "version", "state", "at")}
+    )
+)
 
 
 async def retention_seconds(conn: AsyncConnection) -> float:
@@ -545,29 +567,27 @@ async def offered(
     if not items:
         return items
     held: set[Version] = {v for v, _ in held_by_app(client, [(i.version, requirements(i)) for i in items])}
-    held |= await held_by_rollouts(conn, client, [i.version for i in items])
+    deciding = deciding_rollouts(await _all(conn))
+    held |= {i.version for i in items if i.version.key in deciding and holds(deciding[i.version.key], client)}
     if not held:
         return items
     kept = r.in_order([i.version for i in items], held)
     return items[: len(kept)]
 
 
-async def held_by_rollouts(
-    conn: AsyncConnection, client: ClientRecord, versions: Sequence[Version]
-) -> set[Version]:
-    """Of ``versions``, those a rollout does not offer the client yet (the newest rollout of a
-    version decides). The app version is the caller's to check (:func:`held_by_app`)."""
-    if not versions:
-        return set()
-    wanted = {v.text: v for v in versions}
-    latest: dict[str, Rollout] = {}
-    for rollout in await _all(conn):  # oldest first: the newest rollout of a version decides
-        for v in rollout.versions:
-            if v.text in wanted:
-                latest[v.text] = rollout
-    held = set()
-    for text, rollout in latest.items():
-        stage = r.stage_of(rollout.stages, client.client_id, client.labels)
-        if not r.offered(rollout.state.state, rollout.state.stage, stage):
-            held.add(wanted[text])
-    return held
+async def every_rollout(conn: AsyncConnection) -> list[Rollout]:
+    """Every rollout, oldest first (what :func:`deciding_rollouts` takes)."""
+    return await _all(conn)
+
+
+def deciding_rollouts(rollouts: Sequence[Rollout]) -> dict[str, Rollout]:
+    """Version key -> the rollout that decides who is offered the version: its newest one.
+    ``rollouts`` oldest first."""
+    return {v.key: rollout for rollout in rollouts for v in rollout.versions}
+
+
+def holds(rollout: Rollout, client: ClientRecord) -> bool:
+    """Whether ``rollout`` does not offer its versions to the client yet (its app version is the
+    caller's to check: :func:`held_by_app`)."""
+    stage = r.stage_of(rollout.stages, client.client_id, client.labels)
+    return not r.offered(rollout.state.state, rollout.state.stage, stage)

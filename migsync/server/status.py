@@ -21,12 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, type_coerce, update
+from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, true, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
+from migsync.server import actions as requests
 from migsync.server import fleet_summary, rollout_store
 from migsync.server import tables as t
+from migsync.server.prepared import Prepared
 from migsync.server.records import (
     ClientRecord,
     ClientState,
@@ -62,8 +64,7 @@ def _state(row: Row[Any]) -> ClientState:
 # The poll and report path's statements, built once: building one costs more CPU than the
 # store spends running it, and a statement built once is also compiled once (SQLAlchemy's cache).
 _STATE = select(t.store_clients, publish_serial_query().label("publish_serial"))
-_STATE_BY_DIGEST = _STATE.where(_clients.token_hash == bindparam("digest"))
-_STATE_BY_ID = _STATE.where(_clients.id == bindparam("client_id"))
+_STATE_BY_DIGEST = Prepared(_STATE.where(_clients.token_hash == bindparam("digest")))
 _CHANGED = (
     _STATE.where(_clients.change_seq > bindparam("seen"))
     .order_by(_clients.change_seq)
@@ -80,14 +81,28 @@ _APPLIED_HERE = and_(
     _status.version == _published.version,
     _status.applied.is_(True),
 )
-_PENDING_KEYS = (
-    select(type_coerce(_published.version, Text).label("key"), _status.checksum)
+_LACKING = (
+    select(type_coerce(_published.version, Text).label("key"), _status.checksum.label("applied_checksum"))
     .select_from(t.store_migrations.outerjoin(t.store_client_status, _APPLIED_HERE))
     .where(_status.checksum.is_distinct_from(_published.checksum))
-    .order_by(_published.version)
+    .subquery("lacking")
+)
+#: A full poll's one read: the client's state and whether it has requests it has not answered,
+#: on each row of what it lacks (one row with no version when it lacks nothing). One statement
+#: reads them all in one snapshot, in one round trip.
+_VIEW = Prepared(
+    _STATE.add_columns(requests.ANY_PENDING.label("any_request"), _LACKING.c.key, _LACKING.c.applied_checksum)
+    .select_from(t.store_clients.outerjoin(_LACKING, true()))
+    .where(_clients.id == bindparam("client_id"))
+    .order_by(_LACKING.c.key)
 )
 _PUBLISHED_CHECKSUMS = select(_published.version, _published.checksum).where(
     _published.version.in_(bindparam("versions", expanding=True))
+)
+#: the same for a batch of one version (the usual report): a list is expanded at execution,
+#: which a prepared statement cannot be
+_PUBLISHED_CHECKSUM = Prepared(
+    select(_published.version, _published.checksum).where(_published.version == bindparam("version"))
 )
 _LATEST_APPLIED = (
     select(func.max(_status.version))
@@ -101,20 +116,22 @@ _REPORTED = (
 )
 #: a report that changed something: the client's ETag moves, and its newest applied version
 #: and its fleet summary (:mod:`migsync.server.fleet_summary`), recomputed from its rows
-_REPORTED_CHANGE = _REPORTED.values(
-    last_seen_at=bindparam("now"),
-    status_serial=_clients.status_serial + 1,
-    reported_version=_LATEST_APPLIED,
-    **fleet_summary.SUMMARY,
+_REPORTED_CHANGE = Prepared(
+    _REPORTED.values(
+        last_seen_at=bindparam("now"),
+        status_serial=_clients.status_serial + 1,
+        reported_version=_LATEST_APPLIED,
+        **fleet_summary.SUMMARY,
+    )
 )
 #: a report that changed nothing: it marks the client seen
-_REPORTED_SAME = _REPORTED.values(last_seen_at=bindparam("now"))
+_REPORTED_SAME = Prepared(_REPORTED.values(last_seen_at=bindparam("now")))
 
 
 async def client_state(conn: AsyncConnection, digest: str) -> ClientState | None:
     """The client whose token hashes to ``digest`` and its ETag's parts, in one indexed read."""
-    row = (await conn.execute(_STATE_BY_DIGEST, {"digest": digest})).first()
-    return None if row is None else _state(row)
+    rows = await _STATE_BY_DIGEST.rows(conn, {"digest": digest})
+    return _state(rows[0]) if rows else None
 
 
 async def generation(conn: AsyncConnection) -> tuple[int, int]:
@@ -152,14 +169,15 @@ async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes
 
 async def pending_view(
     conn: AsyncConnection, client_id: int
-) -> tuple[ClientState, list[tuple[str, str | None]]]:
-    """The client's state, then the published versions it lacks (each version's key, and the
-    checksum the client applied of it if it did: drift): what its pending answer is made of,
-    with the published set (:func:`published_set`). The state is read first: a publish or a
-    report landing in between gives an older ETag with newer content, never the reverse."""
-    state = _state((await conn.execute(_STATE_BY_ID, {"client_id": client_id})).one())
-    lacking = [(r.key, r.checksum) for r in await conn.execute(_PENDING_KEYS, {"client_id": client_id})]
-    return state, lacking
+) -> tuple[ClientState, list[tuple[str, str | None]], bool]:
+    """The client's state, the published versions it lacks (each version's key, and the checksum
+    the client applied of it if it did: drift), in version order, and whether it has requests it
+    has not answered: what its pending answer is made of, with the published set
+    (:func:`published_set`) and the requests. One read, so the ETag and the list are of one
+    moment (the published set is read no older than the ETag's publish serial)."""
+    rows = await _VIEW.rows(conn, {"client_id": client_id})
+    lacking = [(r.key, r.applied_checksum) for r in rows if r.key is not None]
+    return _state(rows[0]), lacking, bool(rows[0].any_request)
 
 
 async def published_set(conn: AsyncConnection) -> tuple[int, list[PendingMigration]]:
@@ -243,9 +261,11 @@ async def report(
     of every process waits for it, so the less that follows the stamp, the more reports per second.
     """
     versions = [r.version for r in reports]
-    published = {
-        r.version: r.checksum for r in await conn.execute(_PUBLISHED_CHECKSUMS, {"versions": versions})
-    }
+    if len(versions) == 1:
+        rows = await _PUBLISHED_CHECKSUM.rows(conn, {"version": versions[0]})
+    else:
+        rows = (await conn.execute(_PUBLISHED_CHECKSUMS, {"versions": versions})).all()
+    published = {r.version: r.checksum for r in rows}
     unpublished = tuple(sorted(v for v in versions if v not in published))
     if unpublished:
         return ReportResult(unpublished=unpublished)
@@ -261,7 +281,7 @@ async def report(
         if r.checksum != published[r.version]
     )
     statement = _REPORTED_CHANGE if recorded else _REPORTED_SAME
-    row = (await conn.execute(statement, {"client_id": client_id, "now": now})).one()
+    (row,) = await statement.rows(conn, {"client_id": client_id, "now": now})
     state = _state(row)
     if recorded and stamp:
         state = attrs.evolve(state, change_seq=await stamp_change(conn, [client_id]))
@@ -289,19 +309,21 @@ async def _upsert_status(
         # In version order: two batches of one client lock its rows in the same order.
         for r in sorted(reports, key=lambda r: r.version)
     ]
+    upsert = _upsert(conn.dialect.name)
+    if len(rows) == 1:  # the usual batch: one migration applied
+        return {r.version for r in await upsert.rows(conn, rows[0])}
     # One statement: SQLAlchemy sends a batch of parameter sets as one multi-row INSERT.
-    result = await conn.execute(_upsert(conn.dialect.name), rows)
-    return {r.version for r in result}
+    return {r.version for r in await conn.execute(upsert.statement, rows)}
 
 
-_UPSERTS: dict[str, Any] = {}
+_UPSERTS: dict[str, Prepared] = {}
 
 
-def _upsert(dialect: str) -> Any:
+def _upsert(dialect: str) -> Prepared:
     """``INSERT .. ON CONFLICT DO UPDATE .. WHERE the row differs RETURNING version`` of status
     rows, for ``dialect`` (built once per dialect: each has its own upsert)."""
-    statement = _UPSERTS.get(dialect)
-    if statement is None:
+    prepared = _UPSERTS.get(dialect)
+    if prepared is None:
         from sqlalchemy.dialects import postgresql, sqlite
 
         insert_: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -314,8 +336,8 @@ def _upsert(dialect: str) -> Any:
             set_={f: new[f] for f in (*fields, "updated_at")},
             where=differs,
         ).returning(_status.version)
-        _UPSERTS[dialect] = statement
-    return statement
+        _UPSERTS[dialect] = prepared = Prepared(statement)
+    return prepared
 
 
 async def touch(conn: AsyncConnection, seen: dict[int, float]) -> None:

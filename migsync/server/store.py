@@ -27,6 +27,7 @@ import contextlib
 import hmac
 import itertools
 import json
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -83,6 +84,8 @@ _LOCK_KEY = fleet_summary.PUBLISH_LOCK_KEY  # "migsync"; reports take it shared
 
 #: How often a write that Postgres chose as a deadlock's (or a serialization failure's) victim is tried.
 _WRITE_ATTEMPTS = 5
+#: How often, at most, a report drops the status events past retention (seconds, on the store's clock).
+_EXPIRE_EVERY = 1.0
 
 _MAX_NAME = 200
 #: Clients registered per INSERT by :meth:`Store.add_clients` (and names looked up per SELECT).
@@ -113,6 +116,8 @@ class Store:
         self.where = engines.display(url)
         #: what :meth:`receive_changes` hands each stored change to, in this order
         self.appliers: tuple[ChangeApplier, ...] = tuple(appliers)
+        #: when a report last dropped the status events past retention (on :attr:`now`'s clock)
+        self._expired_at = -math.inf
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -600,9 +605,15 @@ class Store:
             if result.recorded:
                 from migsync.server import rollout_store
 
+                now = self.now()
+                # Dropping the events past retention once a second is as good as at every
+                # report, and takes a statement from all but one report a second.
+                expire = not 0 <= now - self._expired_at < _EXPIRE_EVERY
                 moved = await rollout_store.after_report(
-                    conn, client_id, reports, result.recorded, self.now()
+                    conn, client_id, reports, result.recorded, now, expire=expire
                 )
+                if expire:
+                    self._expired_at = now
                 if moved:  # every client's ETag moved with the publish serial: the new one is not known
                     result = attrs.evolve(result, rollouts_moved=True, etag=None)
                 # The change is numbered last: the counter's row, which every report of every
@@ -644,28 +655,30 @@ class Store:
 
     async def pending_view(
         self, client_id: int
-    ) -> tuple[ClientState, list[tuple[str, str | None]], set[str], list[ActionRequest]]:
+    ) -> tuple[ClientState, list[tuple[str, str | None]], list[ActionRequest]]:
         """What a pending answer is made of besides the published set: the client's state, the
-        versions it lacks (by key, with the checksum it applied, if any), the keys of those a
-        rollout does not offer it yet, and the requests it has not answered; see
-        :func:`migsync.server.status.pending_view`. Which of them its app version cannot run is
-        the caller's to say (the requirements are in the published content it holds)."""
+        versions it lacks (by key, with the checksum it applied, if any), and the requests it has
+        not answered; see :func:`migsync.server.status.pending_view`. Which of them a rollout or
+        its app version holds back is the caller's to say, from the published set (the rollouts
+        and the requirements are in what :meth:`published_set` reads)."""
+        async with self._read("reading a client's pending migrations", snapshot=False) as conn:
+            state, lacking, any_request = await status.pending_view(conn, client_id)
+            actions = (await requests.pending_for(conn, client_id)).get(client_id, []) if any_request else []
+        return state, lacking, actions
+
+    async def published_set(
+        self,
+    ) -> tuple[int, list[PendingMigration], SignedManifest | None, list[Rollout]]:
+        """The publish serial, every published migration in version order, the signed manifest,
+        and every rollout (oldest first): content never older than the serial (see
+        :func:`migsync.server.status.published_set`; a rollout that moves bumps the serial)."""
         from migsync.server import rollout_store
 
-        async with self._read("reading a client's pending migrations", snapshot=False) as conn:
-            state, lacking = await status.pending_view(conn, client_id)
-            versions = [Version.from_key(key) for key, _ in lacking]
-            held = await rollout_store.held_by_rollouts(conn, state.client, versions)
-            actions = (await requests.pending_for(conn, client_id)).get(client_id, [])
-        return state, lacking, {v.key for v in held}, actions
-
-    async def published_set(self) -> tuple[int, list[PendingMigration], SignedManifest | None]:
-        """The publish serial, every published migration in version order, and the signed
-        manifest: content never older than the serial (see :func:`migsync.server.status.published_set`)."""
         async with self._read("reading published migrations", snapshot=False) as conn:
             serial, items = await status.published_set(conn)
             manifest = await manifests.read(conn)
-        return serial, items, manifest
+            rollouts = await rollout_store.every_rollout(conn)
+        return serial, items, manifest, rollouts
 
     async def fleet(self, client_id: int | None = None) -> list[FleetEntry]:
         """Every client (or only ``client_id``) with what it applied, what failed, what drifted,
