@@ -31,7 +31,7 @@ from migsync.core.client import Client
 from migsync.core.errors import ConfigError
 from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.protocol.wire import HELD_ETAG_HEADER, StatusReport
-from migsync.server import Store, serials, status
+from migsync.server import Store, rollout_store, serials, status
 from migsync.server import tables as t
 from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
 from migsync.server.engine import store_url
@@ -106,16 +106,24 @@ async def test_reports_of_two_clients_commit_without_waiting_for_each_other(
     pg_url: str, key_path: Path
 ) -> None:
     """No row of the store is shared by two reports: one held open does not hold up another
-    (a change counter in one row did: every report of every process queued on it)."""
+    (a change counter in one row did: every report of every process queued on it; and so did
+    a status event past retention, which every report deletes)."""
     async with Store.open(pg_url) as store:
         await store.publish([V1], load_private_key(key_path))
         one, two = [(await store.add_client(name))[0] for name in ("one", "two")]
+        await aquery(
+            pg_url,
+            "INSERT INTO store_status_events (client_id, version, state, at) "
+            f"VALUES ({one}, '{V1.version.key}', 'applied', 0)",  # 1970: long past retention
+        )
         seen = await store.change_horizon()
         engine = create_async_engine(store_url(pg_url))
         try:
             async with engine.connect() as slow, slow.begin():
-                held = await status.report(slow, one, [StatusReport(1, True, None, 1, V1.checksum)])
+                reports = [StatusReport(1, True, None, 1, V1.checksum)]
+                held = await status.report(slow, one, reports)
                 assert held.recorded
+                await rollout_store.after_report(slow, one, reports, held.recorded, store.now())
                 # A bound for a loaded machine; waiting on the held report would take it all.
                 other = await asyncio.wait_for(
                     store.report(two, [StatusReport(1, True, None, 1, V1.checksum)]), 30
@@ -125,6 +133,7 @@ async def test_reports_of_two_clients_commit_without_waiting_for_each_other(
             await engine.dispose()
         changes = await store.changes_since(seen, 100)
         assert changes.states is not None and {s.client.client_id for _, s in changes.states} == {one, two}
+        assert await aquery(pg_url, "SELECT count(*) FROM store_status_events WHERE at = 0") == [(0,)]
 
 
 async def test_reports_wake_no_long_poll_but_requests_and_publishes_do(pg_url: str, key_path: Path) -> None:
