@@ -23,6 +23,7 @@ from servers import ServerThread, serve_process
 from sqlalchemy import event, inspect, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.sql.base import Executable
 from test_server_api import ADMIN, V1, V2, api_on, applied
 from test_server_api import sqlite_store as sqlite_store
 
@@ -166,6 +167,14 @@ async def test_reports_wake_no_long_poll_but_requests_and_publishes_do(pg_url: s
             assert await notified() == 1
         finally:
             await listener.close()
+
+
+def test_the_poll_and_report_statements_are_compiled_once() -> None:
+    """SQLAlchemy compiles a statement once only if each of its parts has a cache key: one
+    without (the change stamp had none) is compiled again at every report, in the server's CPU."""
+    built = {k: v for k, v in vars(status).items() if k.isupper() and isinstance(v, Executable)}
+    assert {"_REPORTED_CHANGE", "_CHANGED_PG", "_CHANGED", "_STATE_BY_DIGEST"} <= set(built)
+    assert [name for name, s in built.items() if s._generate_cache_key() is None] == []
 
 
 async def test_a_schema_5_store_gets_the_change_counter(any_store: str) -> None:

@@ -67,6 +67,8 @@ class ChangeStamp(ColumnElement[int]):
     transaction id; on SQLite the change counter, which :func:`count_change` bumped before."""
 
     type = BigInteger()
+    #: no state: its cache key is its class (a statement holding it is compiled once, not each time)
+    _traverse_internals: list[Any] = []
     inherit_cache = True
 
 

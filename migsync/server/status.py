@@ -21,7 +21,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, true, type_coerce, update
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
@@ -65,17 +80,24 @@ _STATE = select(t.store_clients, publish_serial_query().label("publish_serial"))
 _STATE_BY_DIGEST = _STATE.where(_clients.token_hash == bindparam("digest"))
 _STATE_BY_ID = _STATE.where(_clients.id == bindparam("client_id"))
 #: the clients changed beyond a horizon (:class:`~migsync.server.serials.Horizon`), oldest stamp
-#: first: two index ranges, whatever the fleet's size
-_UNSEEN = or_(
-    _clients.change_seq >= bindparam("floor"),
-    _clients.change_seq.in_(bindparam("in_flight", expanding=True)),
+#: first: on SQLite those stamped at or above its floor (one index range)
+_CHANGED = (
+    _STATE.where(_clients.change_seq >= bindparam("floor"))
+    .order_by(_clients.change_seq)
+    .limit(bindparam("limit"))
 )
-_CHANGED = _STATE.where(_UNSEEN).order_by(_clients.change_seq).limit(bindparam("limit"))
-#: Postgres: the same, with the snapshot they were read in, in one statement (so in one snapshot),
-#: which gives one row even when no client changed
+#: Postgres: also those stamped by a transaction in flight at the last read (two index ranges,
+#: whatever the fleet's size; the ids as one array, so that the statement's text never changes),
+#: with the snapshot they were read in, in one statement (so in one snapshot), which gives one
+#: row even when no client changed
 _CHANGED_LATERAL = (
     select(t.store_clients)
-    .where(_UNSEEN)
+    .where(
+        or_(
+            _clients.change_seq >= bindparam("floor"),
+            _clients.change_seq == any_(bindparam("in_flight", type_=postgresql.ARRAY(BigInteger))),
+        )
+    )
     .order_by(_clients.change_seq)
     .limit(bindparam("limit"))
     .lateral("changed")
@@ -164,9 +186,9 @@ async def changes_since(conn: AsyncConnection, seen: Horizon, limit: int) -> Cha
     horizon is the next one (:class:`~migsync.server.serials.Horizon`): a change it does not see
     was made by a transaction in progress then, or begun later, and is beyond it. A transaction
     with a lower id that commits after one with a higher id is read then, not skipped."""
-    params = {"floor": seen.floor, "in_flight": list(seen.in_flight), "limit": limit + 1}
+    params = {"floor": seen.floor, "limit": limit + 1}
     if conn.dialect.name == "postgresql":
-        rows = (await conn.execute(_CHANGED_PG, params)).all()
+        rows = (await conn.execute(_CHANGED_PG, params | {"in_flight": list(seen.in_flight)})).all()
         horizon = Horizon.of_snapshot(rows[0].snapshot)
         publish = int(rows[0].publish_serial or 0)
         changed = [r for r in rows if r.id is not None]
@@ -333,7 +355,7 @@ def _upsert(dialect: str) -> Any:
     rows, for ``dialect`` (built once per dialect: each has its own upsert)."""
     statement = _UPSERTS.get(dialect)
     if statement is None:
-        from sqlalchemy.dialects import postgresql, sqlite
+        from sqlalchemy.dialects import sqlite
 
         insert_: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         statement = insert_(t.store_client_status)
