@@ -139,7 +139,7 @@ async def test_reports_of_two_clients_commit_without_waiting_for_each_other(
 
 async def test_reports_wake_no_long_poll_but_requests_and_publishes_do(pg_url: str, key_path: Path) -> None:
     """A report moves its own client's ETag only, and that client is not waiting: it notifies
-    nobody (a notifying commit waits on a lock of the whole database)."""
+    nobody (a notifying commit waits on a lock of the whole cluster)."""
     async with Store.open(pg_url) as store:
         await store.publish([V1], load_private_key(key_path))
         client_id, _ = await store.add_client("a")
