@@ -202,6 +202,20 @@ async def test_a_schema_5_store_gets_the_change_counter(any_store: str) -> None:
     assert indexes["store_clients_change_seq"] == ["change_seq"]
 
 
+async def test_a_layout_9_postgres_store_sets_its_counter_stamps_back(pg_url: str) -> None:
+    """Layout 9 stamped with a counter, whose numbers may be above every transaction id: left
+    as they were, a reader would take them for changes beyond where it stands, at every read."""
+    async with Store.open(pg_url) as store:
+        await store.add_client("a")
+    await downgrade_store(pg_url, 9)
+    await aquery(pg_url, "UPDATE store_clients SET change_seq = 9000000000000")
+    await aquery(pg_url, "INSERT INTO store_meta (key, value) VALUES ('change_seq', '9000000000000')")
+    async with Store.open(pg_url, create=False) as store:
+        assert (await store.changes_since(await store.change_horizon(), 100)).states == []
+    assert await aquery(pg_url, "SELECT change_seq FROM store_clients") == [(0,)]
+    assert await aquery(pg_url, "SELECT value FROM store_meta WHERE key = 'change_seq'") == []
+
+
 # -- one poll per change -------------------------------------------------------------------------
 
 
