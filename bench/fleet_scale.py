@@ -387,9 +387,9 @@ async def idle_polls(server: Server, port: int, tokens: Sequence[str], etags: Se
 
 async def report_rate(server: Server, fleet: SimulatedFleet, checksum: str, seconds: float) -> Rate:
     """Reports per second that change something (version 1 applied, its ``attempts`` one more
-    each time: an upsert that writes, the client's row, the change counter and a status event),
-    the clients in turn over the fleet's connections, each waiting for its answer: the
-    throughput of the report path, whose commits all take the one change counter row."""
+    each time: an upsert that writes, the client's row with its change stamp, and a status
+    event), the clients in turn over the fleet's connections, each waiting for its answer: the
+    throughput of the report path."""
     counts = Tally()
     attempts = 1
 

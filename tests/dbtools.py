@@ -329,6 +329,7 @@ def imported_name(path: Path) -> Path:
 
 #: What undoes each step of the store's layout (``_STORE_DOWNGRADES[n]`` takes ``n + 1`` back to ``n``).
 _STORE_DOWNGRADES = {
+    9: ["UPDATE store_clients SET change_seq = 0", "DELETE FROM store_meta WHERE key = 'change_seq'"],
     8: [
         "DROP INDEX store_clients_fleet",
         "ALTER TABLE store_clients DROP COLUMN fleet_failing",

@@ -14,14 +14,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from clocks import SteppedClock, eventually
 from dbtools import aquery, client_headers, downgrade_store
 from servers import ServerThread, serve_process
-from sqlalchemy import event, inspect
+from sqlalchemy import event, inspect, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.sql.base import Executable
 from test_server_api import ADMIN, V1, V2, api_on, applied
 from test_server_api import sqlite_store as sqlite_store
 
@@ -30,13 +32,16 @@ from migsync.core.client import Client
 from migsync.core.errors import ConfigError
 from migsync.protocol.signing import load_private_key, load_public_keys, write_keypair
 from migsync.protocol.wire import HELD_ETAG_HEADER, StatusReport
-from migsync.server import Store
+from migsync.server import Store, rollout_store, serials, status
+from migsync.server import tables as t
 from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
+from migsync.server.engine import store_url
+from migsync.server.prepared import Prepared
 from migsync.server.records import ClientRecord, ClientState
 from migsync.server.tables import SCHEMA_VERSION
 from migsync.transports.http import HttpTransport
 
-# -- the change counter ----------------------------------------------------------------------------
+# -- change stamps ---------------------------------------------------------------------------------
 
 
 async def test_a_process_reads_only_the_clients_changed_since_its_last_change(
@@ -45,9 +50,9 @@ async def test_a_process_reads_only_the_clients_changed_since_its_last_change(
     async with Store.open(any_store) as store:
         await store.publish([V1, V2], load_private_key(key_path))
         ids = [(await store.add_client(f"c{i}"))[0] for i in range(30)]
-        _, seen = await store.generation()
+        seen = await store.change_horizon()
         nothing = await store.changes_since(seen, 100)
-        assert nothing.states == [] and nothing.seen == seen
+        assert nothing.states == []
         await store.report(ids[7], [StatusReport(1, True, None, 1, V1.checksum)])
         await store.report(ids[3], [StatusReport(1, True, None, 1, V1.checksum)])
         # A report equal to what is recorded changes nothing, and is no change.
@@ -55,16 +60,126 @@ async def test_a_process_reads_only_the_clients_changed_since_its_last_change(
         changes = await store.changes_since(seen, 100)
         assert changes.states is not None
         assert [state.client.client_id for _, state in changes.states] == [ids[7], ids[3]]
-        assert changes.seen == seen + 2
         assert (await store.changes_since(changes.seen, 100)).states == []
         # A request to every client is one change of each.
         await store.request_action("revert", V1.version, None, "alice")
         after = await store.changes_since(changes.seen, 100)
         assert after.states is not None and {s.client.client_id for _, s in after.states} == {ids[7], ids[3]}
-        assert after.seen == changes.seen + 1
-        # More changes than the reader holds: it is told to start afresh, not handed the fleet.
+        assert (await store.changes_since(after.seen, 100)).states == []
+        # More changes than the reader holds: it is told to start afresh, not handed the fleet,
+        # and where it stands then is past them.
         too_many = await store.changes_since(seen, 1)
-        assert too_many.states is None and too_many.seen == after.seen
+        assert too_many.states is None
+        assert (await store.changes_since(too_many.seen, 100)).states == []
+
+
+async def test_a_change_committed_after_a_later_one_was_read_is_read_next_time(
+    pg_url: str, key_path: Path
+) -> None:
+    """Postgres stamps a change with its transaction's id: a transaction that began first, and so
+    has the lower id, can commit after a reader saw a higher one. It is read all the same."""
+    async with Store.open(pg_url) as store:
+        await store.publish([V1], load_private_key(key_path))
+        early, late = [(await store.add_client(name))[0] for name in ("early", "late")]
+        seen = await store.change_horizon()
+        engine = create_async_engine(store_url(pg_url))
+        try:
+            async with engine.connect() as slow, slow.begin():
+                await slow.execute(text("SELECT pg_current_xact_id()"))  # it began first
+                await store.report(late, [StatusReport(1, True, None, 1, V1.checksum)])
+                read = await store.changes_since(seen, 100)
+                assert read.states is not None and [s.client.client_id for _, s in read.states] == [late]
+                await slow.execute(
+                    update(t.store_clients)
+                    .where(t.store_clients.c.id == early)
+                    .values(status_serial=t.store_clients.c.status_serial + 1)
+                )
+                await serials.stamp_change(slow, [early])
+        finally:
+            await engine.dispose()
+        stamps = dict(await aquery(pg_url, "SELECT name, change_seq FROM store_clients"))
+        assert stamps["early"] < stamps["late"]  # committed last, numbered first
+        after = await store.changes_since(read.seen, 100)
+        assert after.states is not None and [s.client.client_id for _, s in after.states] == [early]
+        assert (await store.changes_since(after.seen, 100)).states == []
+
+
+async def test_reports_of_two_clients_commit_without_waiting_for_each_other(
+    pg_url: str, key_path: Path
+) -> None:
+    """No row of the store is shared by two reports: one held open does not hold up another
+    (a change counter in one row did: every report of every process queued on it; and so did
+    a status event past retention, which every report deletes)."""
+    async with Store.open(pg_url) as store:
+        await store.publish([V1], load_private_key(key_path))
+        one, two = [(await store.add_client(name))[0] for name in ("one", "two")]
+        await aquery(
+            pg_url,
+            "INSERT INTO store_status_events (client_id, version, state, at) "
+            f"VALUES ({one}, '{V1.version.key}', 'applied', 0)",  # 1970: long past retention
+        )
+        seen = await store.change_horizon()
+        engine = create_async_engine(store_url(pg_url))
+        try:
+            async with engine.connect() as slow, slow.begin():
+                reports = [StatusReport(1, True, None, 1, V1.checksum)]
+                held = await status.report(slow, one, reports)
+                assert held.recorded
+                await rollout_store.after_report(slow, one, reports, held.recorded, store.now())
+                # A bound for a loaded machine; waiting on the held report would take it all.
+                other = await asyncio.wait_for(
+                    store.report(two, [StatusReport(1, True, None, 1, V1.checksum)]), 30
+                )
+                assert other.recorded
+        finally:
+            await engine.dispose()
+        changes = await store.changes_since(seen, 100)
+        assert changes.states is not None and {s.client.client_id for _, s in changes.states} == {one, two}
+        assert await aquery(pg_url, "SELECT count(*) FROM store_status_events WHERE at = 0") == [(0,)]
+
+
+async def test_reports_wake_no_long_poll_but_requests_and_publishes_do(pg_url: str, key_path: Path) -> None:
+    """A report moves its own client's ETag only, and that client is not waiting: it notifies
+    nobody (a notifying commit waits on a lock of the whole cluster)."""
+    async with Store.open(pg_url) as store:
+        await store.publish([V1], load_private_key(key_path))
+        client_id, _ = await store.add_client("a")
+        heard: list[str] = []
+        listener = await asyncpg.connect(pg_url)
+        try:
+            await listener.add_listener(serials.CHANNEL, lambda *args: heard.append(args[2]))
+
+            async def notified() -> int:
+                # The listener's server sends what it was told before it answers a query.
+                await listener.fetchval("SELECT 1")
+                await asyncio.sleep(0)
+                count = len(heard)
+                heard.clear()
+                return count
+
+            await store.report(client_id, [StatusReport(1, True, None, 1, V1.checksum)])
+            await store.report(client_id, [StatusReport(1, True, None, 2, V1.checksum)])
+            assert await notified() == 0
+            await store.request_action("revert", V1.version, None, "alice")
+            assert await notified() == 1
+            await store.label_client("a", {"group": "canary"})
+            assert await notified() == 1
+            await store.publish([V1, V2], load_private_key(key_path))
+            assert await notified() == 1
+        finally:
+            await listener.close()
+
+
+def test_the_poll_and_report_statements_are_compiled_once() -> None:
+    """SQLAlchemy compiles a statement once only if each of its parts has a cache key: one
+    without (the change stamp had none) is compiled again at every report, in the server's CPU."""
+    built = {
+        k: v.statement if isinstance(v, Prepared) else v
+        for k, v in vars(status).items()
+        if k.isupper() and isinstance(v, Executable | Prepared)
+    }
+    assert {"_REPORTED_CHANGE", "_CHANGED_PG", "_CHANGED", "_STATE_BY_DIGEST"} <= set(built)
+    assert [name for name, s in built.items() if s._generate_cache_key() is None] == []
 
 
 async def test_a_schema_5_store_gets_the_change_counter(any_store: str) -> None:
@@ -77,8 +192,6 @@ async def test_a_schema_5_store_gets_the_change_counter(any_store: str) -> None:
     assert await aquery(any_store, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    from migsync.server.engine import store_url
-
     engine = create_async_engine(store_url(any_store))
     try:
         async with engine.connect() as conn:
@@ -92,6 +205,20 @@ async def test_a_schema_5_store_gets_the_change_counter(any_store: str) -> None:
         await engine.dispose()
     assert "change_seq" in columns
     assert indexes["store_clients_change_seq"] == ["change_seq"]
+
+
+async def test_a_layout_9_postgres_store_sets_its_counter_stamps_back(pg_url: str) -> None:
+    """Layout 9 stamped with a counter, whose numbers may be above every transaction id: left
+    as they were, a reader would take them for changes beyond where it stands, at every read."""
+    async with Store.open(pg_url) as store:
+        await store.add_client("a")
+    await downgrade_store(pg_url, 9)
+    await aquery(pg_url, "UPDATE store_clients SET change_seq = 9000000000000")
+    await aquery(pg_url, "INSERT INTO store_meta (key, value) VALUES ('change_seq', '9000000000000')")
+    async with Store.open(pg_url, create=False) as store:
+        assert (await store.changes_since(await store.change_horizon(), 100)).states == []
+    assert await aquery(pg_url, "SELECT change_seq FROM store_clients") == [(0,)]
+    assert await aquery(pg_url, "SELECT value FROM store_meta WHERE key = 'change_seq'") == []
 
 
 # -- one poll per change -------------------------------------------------------------------------
@@ -267,23 +394,26 @@ async def test_a_poll_answered_from_memory_is_the_304_the_full_path_gives(
         assert (await api.pending(me, etag)).status_code == 429
 
 
-def _state(client_id: int, status_serial: int, change_seq: int) -> ClientState:
-    return ClientState(ClientRecord(client_id, f"c{client_id}", 0.0), 1, status_serial, change_seq)
+def _state(client_id: int, status_serial: int, seen_at: float = 0.0) -> ClientState:
+    return ClientState(ClientRecord(client_id, f"c{client_id}", 0.0, seen_at), 1, status_serial)
 
 
 def test_the_client_cache_drops_the_least_recently_used_and_keeps_the_newer_state() -> None:
     cache = ClientCache(2)
-    cache.put("a", _state(1, 0, 0))
-    cache.put("b", _state(2, 0, 0))
+    cache.put("a", _state(1, 0))
+    cache.put("b", _state(2, 0))
     assert cache.get("a") is not None  # a is now the most recently used
-    cache.put("c", _state(3, 0, 0))
+    cache.put("c", _state(3, 0))
     assert len(cache) == 2 and cache.get("b") is None and cache.get("a") is not None
-    # An older read of a client arriving late does not undo a newer one.
-    cache.put("a", _state(1, 2, 5))
-    cache.put("a", _state(1, 1, 4))
-    assert cache.get("a") == _state(1, 2, 5)
+    # An older read of a client arriving late does not undo a newer one: the newer is the one
+    # with the higher status serial (a change stamp, a transaction id on Postgres, cannot say).
+    cache.put("a", _state(1, 2))
+    cache.put("a", _state(1, 1, seen_at=9.0))
+    assert cache.get("a") == _state(1, 2)
+    cache.changed(1, [("a", _state(1, 1, seen_at=9.0))])
+    assert cache.get("a") == _state(1, 2)
     # Changes read from the store update the clients held, and only those.
-    cache.changed(3, [("a", _state(1, 3, 6)), ("z", _state(9, 1, 6))])
+    cache.changed(3, [("a", _state(1, 3)), ("z", _state(9, 1))])
     assert cache.get("z") is None
     held = cache.get("a")
     assert held is not None and (held.status_serial, held.publish_serial) == (3, 3)

@@ -128,7 +128,7 @@ async def test_a_version_2_store_gets_an_inbox(urls: Urls, key_path: Path) -> No
     assert await aquery(urls.raw, "SELECT value FROM store_meta WHERE key = 'schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    assert SCHEMA_VERSION == 9
+    assert SCHEMA_VERSION == 10
 
 
 async def test_without_create_a_missing_store_is_an_error(tmp_path: Path, pg_url: str) -> None:

@@ -137,15 +137,16 @@ async def request(
         )
     )
     # The clients' pending answers now hold a request: their ETags must change. Their rows are
-    # locked in id order (as seen marks lock them), then numbered as one change.
+    # locked in id order (as seen marks lock them), then stamped as changed.
     ordered = select(_clients.id).where(_clients.id.in_(ours)).order_by(_clients.id)
     await conn.execute(ordered.with_for_update(key_share=True))  # FOR NO KEY UPDATE: as an UPDATE locks
-    seq = await serials.next_change(conn)
+    await serials.count_change(conn)
     await conn.execute(
         update(t.store_clients)
         .where(_clients.id.in_(ours))
-        .values(status_serial=_clients.status_serial + 1, change_seq=seq)
+        .values(status_serial=_clients.status_serial + 1, change_seq=serials.STAMP)
     )
+    await serials.notify(conn)  # their long polls, held by any server process, answer now
     names = {
         r.id: r.name
         for r in await conn.execute(select(_clients.id, _clients.name).where(_clients.id.in_(ours)))
@@ -229,14 +230,15 @@ async def record_answers(
     etag = None
     if answered_pending or held is not None:
         counters = (_clients.status_serial, serials.publish_serial_query())
-        query: Any = (
-            update(t.store_clients).values(status_serial=_clients.status_serial + 1).returning(*counters)
-            if answered_pending
-            else select(*counters)
-        )
-        row = (await conn.execute(query.where(_clients.id == client_id))).one()
+        query: Any = select(*counters)
         if answered_pending:
-            await serials.stamp_change(conn, [client_id])
+            await serials.count_change(conn)
+            query = (
+                update(t.store_clients)
+                .values(status_serial=_clients.status_serial + 1, change_seq=serials.STAMP)
+                .returning(*counters)
+            )
+        row = (await conn.execute(query.where(_clients.id == client_id))).one()
         serial, publish = int(row[0]), int(row[1] or 0)
         before = pending_etag(client_id, publish, serial - 1 if answered_pending else serial)
         if held is not None and held == before:

@@ -79,6 +79,7 @@ from migsync.server.engine import PoolOptions
 from migsync.server.inbox import NotInOrder
 from migsync.server.openapi import ENDPOINTS, Endpoint, QueryInt, openapi_document
 from migsync.server.records import ClientRecord, ClientState, PendingMigration, token_hash
+from migsync.server.serials import Horizon
 from migsync.server.store import Store
 from migsync.server.throttle import FAILED_AUTH_LIMIT, AuthThrottle
 from migsync.server.validation import InvalidChanges, entity_change_batch
@@ -155,8 +156,8 @@ class _Api:
         self._store: Store | None = None
         #: token hash -> the client and its ETag's parts, for the clients that polled lately
         self._cache = ClientCache(cache_clients)
-        #: the store's change number this process has read the changes up to
-        self._seen_change = 0
+        #: where this process has read the store's client changes up to (set when the store opens)
+        self._seen_change = Horizon(0)
         self._checked_at = -math.inf  # monotonic
         #: told that something changed: the next poll reads it, whatever the period
         self._stale = False
@@ -185,7 +186,7 @@ class _Api:
             )
             self._store = store
             # Changes before now need no reading: the cache is empty, and a miss reads the store.
-            _publish, self._seen_change = await store.generation()
+            self._seen_change = await store.change_horizon()
             # Postgres tells of every change at its commit: long polls hear of it at once.
             await stack.enter_async_context(store.listening(self._heard))
             flusher = (

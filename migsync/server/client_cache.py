@@ -5,8 +5,10 @@ read (:meth:`migsync.server.store.Store.client_state`), and the state joins the 
 other processes (and ``migsync publish``) change reaches it through :meth:`ClientCache.changed`:
 only the clients the cache holds are updated, the others are read when they next ask.
 
-Each state carries the store's change number it was read at (``ClientState.change_seq``): of
-two reads of one client, the newer one wins, whichever arrives last.
+Of two reads of one client, the newer one wins, whichever arrives last: the one with the higher
+``status_serial``, which every change of the client's ETag bumps in its row (a change stamp
+would not do: on Postgres it is the writer's transaction id, and a transaction that began
+earlier may write the row later).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class ClientCache:
     def put(self, digest: str, state: ClientState) -> None:
         """Keep ``state`` unless the cache holds a newer one of the client."""
         old = self._states.get(digest)
-        if old is not None and old.change_seq > state.change_seq:
+        if old is not None and old.status_serial > state.status_serial:
             return
         self._states[digest] = state
         self._states.move_to_end(digest)
@@ -62,7 +64,7 @@ class ClientCache:
         self.publish_serial = max(self.publish_serial, publish_serial)
         for digest, state in states:
             old = self._states.get(digest)
-            if old is not None and old.change_seq <= state.change_seq:
+            if old is not None and old.status_serial <= state.status_serial:
                 self._states[digest] = state
 
     def drop(self, digest: str) -> None:

@@ -104,10 +104,9 @@ class ClientState:
     client: ClientRecord
     #: bumped by every publish that changes what clients get
     publish_serial: int
-    #: bumped by every status report of this client that changes something
+    #: bumped by every change of this client's ETag (a report that changes something, a request
+    #: to it, its labels, its app version): of two reads of the client, the higher is the newer
     status_serial: int
-    #: the store's change number when this state was last changed (orders two reads of it)
-    change_seq: int = 0
 
     @property
     def etag(self) -> str:

@@ -493,9 +493,18 @@ _RETENTION = func.coalesce(
     t.DEFAULT_EVENT_RETENTION,
 )
 #: The events past the store's retention, which is read in the same statement (one round trip
-#: per report, not two).
+#: per report, not two). Reports delete them (at most once a second per store, see
+#: ``after_report``), and at the same time as other reports: on Postgres each skips the rows
+#: another is deleting (else every report would wait for the commit of the one before it, once
+#: events expire as fast as reports come: a queue of the whole store).
 _EXPIRED_EVENTS = Prepared(
-    delete(t.store_status_events).where(_events.at < bindparam("now", type_=Float) - _RETENTION)
+    delete(t.store_status_events).where(
+        _events.id.in_(
+            select(_events.id)
+            .where(_events.at < bindparam("now", type_=Float) - _RETENTION)
+            .with_for_update(skip_locked=True, of=t.store_status_events)
+        )
+    )
 )
 _EVENT = Prepared(
     insert(t.store_status_events).values(

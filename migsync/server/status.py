@@ -21,12 +21,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from sqlalchemy import Row, Text, and_, bindparam, func, or_, select, text, true, type_coerce, update
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from migsync.core.version import Version
 from migsync.server import actions as requests
-from migsync.server import fleet_summary, rollout_store
+from migsync.server import fleet_summary, rollout_store, serials
 from migsync.server import tables as t
 from migsync.server.prepared import Prepared
 from migsync.server.records import (
@@ -38,7 +53,7 @@ from migsync.server.records import (
     StatusReport,
     pending_etag,
 )
-from migsync.server.serials import CHANGE_SEQ, PUBLISH_SERIAL, publish_serial_query, stamp_change
+from migsync.server.serials import Horizon, publish_serial_query
 
 _status = t.store_client_status.c
 _published = t.store_migrations.c
@@ -58,21 +73,44 @@ def client(row: Row[Any]) -> ClientRecord:
 
 
 def _state(row: Row[Any]) -> ClientState:
-    return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial), int(row.change_seq))
+    return ClientState(client(row), int(row.publish_serial or 0), int(row.status_serial))
 
 
 # The poll and report path's statements, built once: building one costs more CPU than the
 # store spends running it, and a statement built once is also compiled once (SQLAlchemy's cache).
 _STATE = select(t.store_clients, publish_serial_query().label("publish_serial"))
 _STATE_BY_DIGEST = Prepared(_STATE.where(_clients.token_hash == bindparam("digest")))
+#: the clients changed beyond a horizon (:class:`~migsync.server.serials.Horizon`), oldest stamp
+#: first: on SQLite those stamped at or above its floor (one index range)
 _CHANGED = (
-    _STATE.where(_clients.change_seq > bindparam("seen"))
+    _STATE.where(_clients.change_seq >= bindparam("floor"))
     .order_by(_clients.change_seq)
     .limit(bindparam("limit"))
 )
-_COUNTERS = select(t.store_meta.c.key, t.store_meta.c.value).where(
-    t.store_meta.c.key.in_((PUBLISH_SERIAL, CHANGE_SEQ))
+#: Postgres: also those stamped by a transaction in flight at the last read (two index ranges,
+#: whatever the fleet's size; the ids as one array, so that the statement's text never changes),
+#: with the snapshot they were read in, in one statement (so in one snapshot), which gives one
+#: row even when no client changed
+_CHANGED_LATERAL = (
+    select(t.store_clients)
+    .where(
+        or_(
+            _clients.change_seq >= bindparam("floor"),
+            _clients.change_seq == any_(bindparam("in_flight", type_=postgresql.ARRAY(BigInteger))),
+        )
+    )
+    .order_by(_clients.change_seq)
+    .limit(bindparam("limit"))
+    .lateral("changed")
 )
+_READ_AT = select(
+    serials.SNAPSHOT.label("snapshot"), publish_serial_query().label("publish_serial")
+).subquery("read_at")
+_CHANGED_PG = select(_READ_AT, _CHANGED_LATERAL).select_from(_READ_AT.outerjoin(_CHANGED_LATERAL, true()))
+_GENERATION = select(
+    publish_serial_query(), select(func.coalesce(func.max(_clients.change_seq), 0)).scalar_subquery()
+)
+_SQLITE_COUNTERS = select(publish_serial_query(), serials.COUNTER)
 #: The published versions a client has not applied with the published checksum (the version's
 #: key as text, unparsed, and the checksum the client applied, if any), in version order: the
 #: store does the comparison, and a poll gets the few rows that differ, not every applied one.
@@ -114,12 +152,14 @@ _REPORTED = (
     .where(_clients.id == bindparam("client_id"))
     .returning(*t.store_clients.c, publish_serial_query().label("publish_serial"))
 )
-#: a report that changed something: the client's ETag moves, and its newest applied version
-#: and its fleet summary (:mod:`migsync.server.fleet_summary`), recomputed from its rows
+#: a report that changed something: the client's ETag moves (and the change is stamped), and its
+#: newest applied version and its fleet summary (:mod:`migsync.server.fleet_summary`),
+#: recomputed from its rows
 _REPORTED_CHANGE = Prepared(
     _REPORTED.values(
         last_seen_at=bindparam("now"),
         status_serial=_clients.status_serial + 1,
+        change_seq=serials.STAMP,
         reported_version=_LATEST_APPLIED,
         **fleet_summary.SUMMARY,
     )
@@ -135,36 +175,53 @@ async def client_state(conn: AsyncConnection, digest: str) -> ClientState | None
 
 
 async def generation(conn: AsyncConnection) -> tuple[int, int]:
-    """``(publish_serial, change counter)``: it changes whenever any client's ETag can."""
-    rows = {r.key: int(r.value) for r in await conn.execute(_COUNTERS)}
-    return rows.get(PUBLISH_SERIAL, 0), rows.get(CHANGE_SEQ, 0)
+    """``(publish_serial, the newest change stamp)``: one read that a change of what any client
+    is offered moves (when changes come one after another; under concurrent writers on Postgres
+    a change may be stamped below the newest: readers of changes use :func:`changes_since`)."""
+    publish, newest = (await conn.execute(_GENERATION)).one()
+    return int(publish or 0), int(newest)
 
 
 @attrs.frozen
 class Changes:
-    """What changed since a change number: see :func:`changes_since`."""
+    """What changed beyond a horizon: see :func:`changes_since`."""
 
     publish_serial: int
-    #: the newest change this read covers: the next read asks for the ones after it
-    seen: int
-    #: the changed clients' states by the sha256 of their token, oldest change first; None: more
+    #: where this read leaves the reader: the next read asks for the changes beyond it
+    seen: Horizon
+    #: the changed clients' states by the sha256 of their token, oldest stamp first; None: more
     #: than the limit changed
     states: list[tuple[str, ClientState]] | None
 
 
-async def changes_since(conn: AsyncConnection, seen: int, limit: int) -> Changes:
-    """The clients whose ETag moved after change ``seen``: one read of two counters, and when
-    the change counter moved, one indexed read of the changed clients (at most ``limit``;
-    past it, ``states`` is None: the caller drops what it holds rather than read the fleet)."""
-    publish, counter = await generation(conn)
-    if counter <= seen:
+async def changes_since(conn: AsyncConnection, seen: Horizon, limit: int) -> Changes:
+    """The clients whose ETag moved beyond horizon ``seen`` (at most ``limit``; past it,
+    ``states`` is None: the caller drops what it holds rather than read the fleet), in one
+    indexed read on Postgres, two small ones on SQLite.
+
+    On Postgres the clients are read in one statement with the snapshot it runs in, whose
+    horizon is the next one (:class:`~migsync.server.serials.Horizon`): a change it does not see
+    was made by a transaction in progress then, or begun later, and is beyond it. A transaction
+    with a lower id that commits after one with a higher id is read then, not skipped."""
+    params = {"floor": seen.floor, "limit": limit + 1}
+    if conn.dialect.name == "postgresql":
+        rows = (await conn.execute(_CHANGED_PG, params | {"in_flight": list(seen.in_flight)})).all()
+        horizon = Horizon.of_snapshot(rows[0].snapshot)
+        publish = int(rows[0].publish_serial or 0)
+        changed = [r for r in rows if r.id is not None]
+        if len(changed) > limit:
+            return Changes(publish, horizon, None)
+        return Changes(publish, horizon, [(r.token_hash, _state(r)) for r in changed])
+    # SQLite: the counter first; a change committed after it is read too, or by the next read.
+    publish, counter = (await conn.execute(_SQLITE_COUNTERS)).one()
+    counter, publish = int(counter or 0), int(publish or 0)
+    if counter < seen.floor:
         return Changes(publish, seen, [])
-    rows = (await conn.execute(_CHANGED, {"seen": seen, "limit": limit + 1})).all()
+    rows = (await conn.execute(_CHANGED, params)).all()
     if len(rows) > limit:
-        # Every change up to ``counter`` was committed before it was read (see next_change).
-        return Changes(publish, counter, None)
-    states = [(r.token_hash, _state(r)) for r in rows]
-    return Changes(publish, max([counter, *(s.change_seq for _, s in states)]), states)
+        return Changes(publish, Horizon(counter + 1), None)
+    newest = max([counter, *(int(r.change_seq) for r in rows)])
+    return Changes(publish, Horizon(newest + 1), [(r.token_hash, _state(r)) for r in rows])
 
 
 async def pending_view(
@@ -243,22 +300,18 @@ async def report(
     client_id: int,
     reports: Sequence[StatusReport],
     held: str | None = None,
-    *,
-    stamp: bool = True,
 ) -> ReportResult:
     """Record ``reports`` for ``client_id``; nothing at all if one names an unpublished version.
 
-    Three statements whatever the batch's size (five when it changes something; on Postgres one
-    more, the locks of :func:`migsync.server.fleet_summary.lock_client`): the published
-    checksums, one upsert that writes only the rows that differ, and the client's row. ``held``:
+    Three statements whatever the batch's size (on Postgres one more, the locks of
+    :func:`migsync.server.fleet_summary.lock_client`; on SQLite one more when it changes
+    something, the change counter): the published checksums, one upsert that writes only the
+    rows that differ, and the client's row, which is stamped as changed
+    (:data:`~migsync.server.serials.STAMP`) when something was recorded. ``held``:
     the ETag the client holds; when it was the client's ETag just before this report, the result
     carries the new one (``etag``), which the client may keep: the pending answer it stands for
-    is the one the client holds, less what it just reported.
-
-    ``stamp``: number the change (:func:`~migsync.server.serials.stamp_change`) when something was
-    recorded. A caller with more to write in the unit of work passes False and stamps last
-    itself: the change counter's row stays locked from the stamp until commit, and every report
-    of every process waits for it, so the less that follows the stamp, the more reports per second.
+    is the one the client holds, less what it just reported. It wakes no long poll: its client
+    is the only one whose ETag moved, and that client is the one reporting.
     """
     versions = [r.version for r in reports]
     if len(versions) == 1:
@@ -280,11 +333,11 @@ async def report(
         for r in reports
         if r.checksum != published[r.version]
     )
+    if recorded:
+        await serials.count_change(conn)
     statement = _REPORTED_CHANGE if recorded else _REPORTED_SAME
     (row,) = await statement.rows(conn, {"client_id": client_id, "now": now})
     state = _state(row)
-    if recorded and stamp:
-        state = attrs.evolve(state, change_seq=await stamp_change(conn, [client_id]))
     before = pending_etag(client_id, state.publish_serial, state.status_serial - (1 if recorded else 0))
     etag = state.etag if held is not None and held == before else None
     return ReportResult(recorded, unchanged, drift, etag=etag, state=state)
@@ -324,7 +377,7 @@ def _upsert(dialect: str) -> Prepared:
     rows, for ``dialect`` (built once per dialect: each has its own upsert)."""
     prepared = _UPSERTS.get(dialect)
     if prepared is None:
-        from sqlalchemy.dialects import postgresql, sqlite
+        from sqlalchemy.dialects import sqlite
 
         insert_: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
         statement = insert_(t.store_client_status)

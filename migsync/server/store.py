@@ -516,6 +516,7 @@ class Store:
                 )
             )
             await serials.stamp_change(conn, [row.id])  # other server processes read it as changed
+            await serials.notify(conn)  # what it is offered may change (a rollout's stages by label)
             row = (await conn.execute(select(t.store_clients).where(t.store_clients.c.id == row.id))).one()
         return status.client(row)
 
@@ -601,7 +602,7 @@ class Store:
         ``etag`` is the client's new one (see :func:`migsync.server.status.report`).
         """
         async with self._write("recording status reports") as conn:
-            result = await status.report(conn, client_id, reports, held, stamp=False)
+            result = await status.report(conn, client_id, reports, held)
             if result.recorded:
                 from migsync.server import rollout_store
 
@@ -616,11 +617,6 @@ class Store:
                     self._expired_at = now
                 if moved:  # every client's ETag moved with the publish serial: the new one is not known
                     result = attrs.evolve(result, rollouts_moved=True, etag=None)
-                # The change is numbered last: the counter's row, which every report of every
-                # process takes, is locked from here until commit, so nothing else may follow.
-                assert result.state is not None
-                seq = await serials.stamp_change(conn, [client_id])
-                result = attrs.evolve(result, state=attrs.evolve(result.state, change_seq=seq))
             return result
 
     async def touch(self, client_id: int, when: float | None = None) -> None:
@@ -642,14 +638,19 @@ class Store:
                     raise
 
     async def generation(self) -> tuple[int, int]:
-        """``(publish serial, change counter)``: it changes whenever any client's pending ETag
-        can (one small read)."""
+        """``(publish serial, newest change stamp)`` (one small read; see
+        :func:`migsync.server.status.generation`)."""
         async with self._read("reading the store's generation", snapshot=False) as conn:
             return await status.generation(conn)
 
-    async def changes_since(self, seen: int, limit: int) -> status.Changes:
-        """The clients whose ETag moved after change number ``seen`` (at most ``limit``; see
-        :func:`migsync.server.status.changes_since`), in one or two indexed reads."""
+    async def change_horizon(self) -> serials.Horizon:
+        """Where a reader of client changes stands now: the changes committed so far are behind it."""
+        async with self._read("reading the store's change horizon", snapshot=False) as conn:
+            return await serials.horizon(conn)
+
+    async def changes_since(self, seen: serials.Horizon, limit: int) -> status.Changes:
+        """The clients whose ETag moved beyond horizon ``seen`` (at most ``limit``; see
+        :func:`migsync.server.status.changes_since`), in one indexed read (two on SQLite)."""
         async with self._read("reading the clients changed", snapshot=False) as conn:
             return await status.changes_since(conn, seen, limit)
 

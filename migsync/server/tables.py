@@ -9,8 +9,8 @@ cannot be right.
 
 ``store_meta`` holds ``schema_version``: the layout below, and
 ``publish_serial``, bumped by every publish that changes what clients get
-(the other half of a pending ETag; absent means 0), and ``change_seq``, the counter
-of client changes (see :func:`migsync.server.serials.next_change`; absent means 0). ``store_inbox`` holds
+(the other half of a pending ETag; absent means 0), and on SQLite ``change_seq``, the counter
+of client changes (see :mod:`migsync.server.serials`; absent means 0). ``store_inbox`` holds
 the entity changes clients pushed, in the order received; ``store_actions``
 what an admin asked of clients. A release that
 changes it adds an upgrade step to :data:`UPGRADES` and bumps
@@ -43,9 +43,10 @@ from sqlalchemy.types import TypeDecorator
 
 from migsync.core.version import Version
 
-SCHEMA_VERSION = 9  # 5: versions as text keys; 6: rollouts, labels, app versions, status events;
-#                    7: change_seq on clients; 8: the status rows indexed by version;
-#                    9: each client's fleet summary on its row
+SCHEMA_VERSION = 10  # 5: versions as text keys; 6: rollouts, labels, app versions, status events;
+#                     7: change_seq on clients; 8: the status rows indexed by version;
+#                     9: each client's fleet summary on its row;
+#                     10: Postgres stamps client changes with transaction ids
 
 
 class VersionKey(TypeDecorator[Version]):
@@ -107,8 +108,9 @@ store_clients = Table(
     Column("labels", Text, nullable=True),
     #: the application version the client last said it runs (``Migsync-App-Version``); NULL: never said
     Column("app_version", Text, nullable=True),
-    #: the store's change counter (``store_meta.change_seq``) when this client's ETag last moved:
-    #: a server process reads only the clients changed since the counter it saw last
+    #: the stamp of the last change of this client's ETag (Postgres: the writer's transaction id;
+    #: SQLite: the change counter, ``store_meta.change_seq``): a server process reads only the
+    #: clients changed beyond where it read last (:mod:`migsync.server.serials`)
     Column("change_seq", BigInteger, nullable=False, default=0, server_default="0"),
     #: the client's fleet summary (see :mod:`migsync.server.fleet_summary`), kept by the writes
     #: that change it: a migration failed on it; it applied a published version with other
@@ -410,3 +412,16 @@ def _add_fleet_summary(conn: Connection) -> None:
 
 
 UPGRADES[8] = _add_fleet_summary
+
+
+def _stamp_by_transaction(conn: Connection) -> None:
+    """Layout 10: on Postgres a client change is stamped with its transaction's id, no longer with
+    a counter: the counter's stamps are set back to 0 (below every transaction id), lest a
+    reader take them for changes beyond where it stands, and the counter goes. A process of an
+    earlier release, which would stamp with the counter, refuses the store from now on."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("UPDATE store_clients SET change_seq = 0 WHERE change_seq <> 0")
+        conn.exec_driver_sql("DELETE FROM store_meta WHERE key = 'change_seq'")
+
+
+UPGRADES[9] = _stamp_by_transaction
