@@ -441,7 +441,7 @@ def clients_list(store_url: str, as_json: bool) -> None:
 )
 @click.option(
     "--pool-size",
-    default=5,
+    default=10,
     show_default=True,
     type=click.IntRange(1, 1000),
     help="Postgres connections each process keeps open.",

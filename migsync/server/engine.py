@@ -76,7 +76,7 @@ class PoolOptions:
     them so that processes x (size + overflow) stays below Postgres' ``max_connections``.
     """
 
-    size: int = 5
+    size: int = 10
     overflow: int = 10
     timeout: float = 30.0
 

@@ -38,7 +38,7 @@ class ServeConfig:
     panel_secret: str | None = None
     failed_auth_limit: str = "20/minute"
     request_key_path: str | None = None
-    pool_size: int = 5
+    pool_size: int = 10
     max_overflow: int = 10
     cache_seconds: float = 1.0
     cache_clients: int = 200_000
