@@ -826,3 +826,67 @@ def test_the_inbox_writes_each_data_as_json_dumps_does() -> None:
     with pytest.raises(TypeError, match="not JSON serializable"):
         _json_texts([{"x": object()}])
     assert _json_texts([loop["a"][:1], {"a": [1]}]) == ["[1]", '{"a": [1]}']
+
+
+async def test_a_batch_that_overtakes_the_one_before_in_this_process_waits_for_it(
+    any_store: str, key_path: Path
+) -> None:
+    """Batch 2 is sent before batch 1 is stored (``Migsync-Changes-After``) and reaches the
+    store first. Batch 1 is in flight in this process, so batch 2 waits for it instead of
+    being refused, and both are stored in the client's order."""
+    from clocks import eventually
+
+    from migsync.protocol.wire import CHANGES_AFTER_HEADER
+
+    await prepare(any_store, key_path)
+    app = create_app(any_store, admin_token=ADMIN, cache_seconds=0, appliers=[])
+    turns = app._api._batches  # type: ignore[attr-defined]
+    async with Store.open(any_store) as store, app.router.lifespan_context(app):
+        client_id, token = await store.add_client("a")
+        me = client_headers(token)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://migsync.test") as http:
+            first = json.dumps({"changes": [wire(id=f"c{n}") for n in (1, 2, 3)]}).encode()
+            second = json.dumps({"changes": [wire(id=f"c{n}") for n in (4, 5, 6)]}).encode()
+            reading, release = asyncio.Event(), asyncio.Event()
+
+            async def slow_body() -> AsyncIterator[bytes]:
+                yield first[:10]
+                reading.set()  # the server reads batch 1's body: it is in flight
+                await release.wait()
+                yield first[10:]
+
+            one = asyncio.create_task(http.post("/api/changes", headers=me, content=slow_body()))
+            await reading.wait()
+            two = asyncio.create_task(
+                http.post("/api/changes", headers={**me, CHANGES_AFTER_HEADER: "c3"}, content=second)
+            )
+            # Batch 2 found c3 missing and waits for batch 1, instead of a 409.
+            await eventually("batch 2 to wait for batch 1", lambda: turns.waiting.get(client_id) == 1)
+            assert not two.done()
+            release.set()
+            answers = await asyncio.gather(one, two)
+            assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+            assert answers[1].json()["accepted"] == ["c4", "c5", "c6"]
+            assert [c.change_id for c in await store.inbox()] == ["c1", "c2", "c3", "c4", "c5", "c6"]
+            assert turns.waiting == {} and turns._flying == {}
+            # With nothing of its client in flight here, a batch that overtook is refused at once.
+            third = json.dumps({"changes": [wire(id="c8")]}).encode()
+            headers = {**me, CHANGES_AFTER_HEADER: "c7"}
+            refused = await http.post("/api/changes", headers=headers, content=third)
+            assert refused.status_code == 409 and "not stored yet" in refused.json()["error"]
+
+
+async def test_a_waiting_batch_is_refused_when_the_one_before_it_never_comes() -> None:
+    from migsync.server.batch_turns import BatchTurns
+
+    turns = BatchTurns(wait=0.01)
+    with turns.arrived(7) as none_before:
+        assert none_before == []
+        assert not await turns.after(7, none_before)  # nothing in flight before: no wait
+        with turns.arrived(7) as before:
+            assert len(before) == 1
+            # The batch before is still in flight (it is this block's outer one): given up on.
+            assert not await turns.after(7, before)
+            assert turns.waiting == {}
+    assert turns._flying == {}

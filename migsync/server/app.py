@@ -73,6 +73,7 @@ from migsync.protocol.wire import (
 )
 from migsync.protocol.wire_schema import SCHEMAS, standalone
 from migsync.server import fleet_api, rollout_api
+from migsync.server.batch_turns import BatchTurns
 from migsync.server.bodies import MAX_BODY, ApiError, action_answers, action_order, read_json, status_reports
 from migsync.server.client_cache import DEFAULT_CACHE_CLIENTS, ClientCache
 from migsync.server.engine import PoolOptions
@@ -175,6 +176,8 @@ class _Api:
         self._touched: dict[int, float] = {}
         #: client id -> when it was seen (epoch), not written yet
         self._unwritten: dict[int, float] = {}
+        #: the batches of entity changes being stored, per client, in the order they arrived
+        self._batches = BatchTurns()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -549,17 +552,25 @@ class _Api:
 
     async def changes(self, request: Request) -> Response:
         _digest, state = await self._client(request)
-        try:
-            changes = entity_change_batch(await read_json(request, self.max_changes_body, finite=True))
-        except InvalidChanges as exc:
-            raise ApiError(422, str(exc)) from None
         client_id = state.client.client_id
-        try:
-            ack = await self.store.receive_changes(
-                client_id, changes, request.headers.get(CHANGES_AFTER_HEADER)
-            )
-        except NotInOrder as exc:
-            raise ApiError(409, str(exc), headers=_ORDERED) from None
+        # In flight from before its body is read: a batch sent after it waits for it.
+        with self._batches.arrived(client_id) as before:
+            try:
+                changes = entity_change_batch(await read_json(request, self.max_changes_body, finite=True))
+            except InvalidChanges as exc:
+                raise ApiError(422, str(exc)) from None
+            after = request.headers.get(CHANGES_AFTER_HEADER)
+            try:
+                ack = await self.store.receive_changes(client_id, changes, after)
+            except NotInOrder as exc:
+                # The batch before may be in flight here: once those before this one are done,
+                # once more (see migsync.server.batch_turns).
+                if not await self._batches.after(client_id, before):
+                    raise ApiError(409, str(exc), headers=_ORDERED) from None
+                try:
+                    ack = await self.store.receive_changes(client_id, changes, after)
+                except NotInOrder as again:
+                    raise ApiError(409, str(again), headers=_ORDERED) from None
         self._touched[client_id] = self._monotonic()  # receiving marked it seen
         self._unwritten.pop(client_id, None)
         return JSONResponse(ack.to_json(), headers=_ORDERED)
