@@ -123,6 +123,7 @@ class MigrationHandler:
         self.transactional_ddl = transactional_ddl
         self.clock = clock or SystemClock()
         self.sql = history_sql(tables)
+        self._upsert_status = self.sql.replace_status if dialect == "sqlite" else self.sql.upsert_status
         self.queue = tables.queue
         #: The processor's claim also pins the migration's checksum as the batch read it: content
         #: recorded anew after the read (``Ledger.record``) makes the claim fail, never run stale.
@@ -252,7 +253,7 @@ class MigrationHandler:
     def _applied(self, change: Row, step: _Step, duration: float) -> Work[Event]:
         now = self.clock.now()
         yield Execute(
-            self.sql.upsert_status,
+            self._upsert_status,
             (
                 step.name,
                 step.key,
