@@ -24,8 +24,9 @@ take turns (the client waits for each answer), so they add up to about the
 wall time. ``--profile PREFIX`` records the server and the client with py-spy.
 
     python bench/changes.py [-n 10000 100000] [--batch-size 1000] [--repeat 3]
-      (Postgres: MIGSYNC_BENCH_PG_DSN, default the local server; MIGSYNC_BENCH_SEND_AHEAD=1:
-      the client sends each batch read ahead at once, Syncer(send_changes_ahead=True))
+      (Postgres: MIGSYNC_BENCH_PG_DSN, default the local server; MIGSYNC_BENCH_SEND_AHEAD=0:
+      one request at a time, Syncer(send_changes_ahead=False); the default sends each batch
+      read ahead at once)
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ async def push(db: Path, url: str, token: str, public_key: Path, batch_size: int
         Client.connect(f"sqlite:///{db}", plugins=plugins, sinks=[]) as client,
         HttpTransport(url, client_id="bench", token=token) as transport,
     ):
-        ahead = os.environ.get("MIGSYNC_BENCH_SEND_AHEAD") == "1"  # two requests in flight
+        ahead = os.environ.get("MIGSYNC_BENCH_SEND_AHEAD") != "0"  # two requests in flight
         syncer = Syncer(
             client, transport, load_public_keys([public_key]), batch_size=batch_size, send_changes_ahead=ahead
         )

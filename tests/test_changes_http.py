@@ -462,7 +462,10 @@ async def test_a_batch_sent_ahead_that_overtakes_the_one_before_is_stored_after_
     assert (3, None, True) in calls[3:], calls
 
 
-async def test_by_default_no_batch_is_sent_ahead(server: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ahead", [True, False], ids=["by-default", "off"])
+async def test_batches_are_sent_ahead_by_default_and_one_at_a_time_when_off(
+    server: Server, tmp_path: Path, ahead: bool
+) -> None:
     afters: list[str | None] = []
 
     class Recording(HttpTransport):
@@ -477,8 +480,15 @@ async def test_by_default_no_batch_is_sent_ahead(server: Server, tmp_path: Path)
         for n in range(9):
             async with client.changes() as rec:
                 await rec.insert("todo", n, {"id": n})
-        result = await Syncer(client, transport, server.trusted, batch_size=2).sync()
+        options = {} if ahead else {"send_changes_ahead": False}
+        result = await Syncer(client, transport, server.trusted, batch_size=2, **options).sync()
         assert result.ok and result.pushed == 9
         assert transport.orders_changes
-    assert afters == [None] * 5
+    if ahead:
+        # The first batch learns that the server keeps the order; each one after it is sent
+        # at once, naming the last change of the batch before.
+        assert afters[0] is None and len(afters) >= 5
+        assert any(after is not None for after in afters[1:]), afters
+    else:
+        assert afters == [None] * 5
     assert [c["data"] for c in server.inbox()] == [{"id": n} for n in range(9)]

@@ -16,7 +16,7 @@ events after commit. Its particulars:
   the queue still holds those rows when its turn comes, else read again.
   Each change's data is the JSON text the client stored: the HTTP transport
   sends it as it is, unparsed (the server parses and checks it).
-* **Two in flight, in order** (``send_ahead``, off by default). To a server
+* **Two in flight, in order** (``send_ahead``, on by default). To a server
   that keeps a client's batches in order (HTTP: ``orders_changes``), the
   batch read ahead is also sent at once, naming the last change of the batch before; the server stores it
   only after that batch (else answers "not yet", and it is sent again once
@@ -162,7 +162,7 @@ class EntityChangeHandler:
         clock: Clock,
         *,
         batch_size: int = 1000,
-        send_ahead: bool = False,
+        send_ahead: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be at least 1")

@@ -226,7 +226,7 @@ class Syncer:
         request_keys: Sequence[TrustedKey] = (),
         push_changes: bool = True,
         batch_size: int = 1000,
-        send_changes_ahead: bool = False,
+        send_changes_ahead: bool = True,
     ) -> None:
         if not trusted:
             raise MigsyncError("no trusted public key: give the server's public key (--trust-key)")
