@@ -95,15 +95,14 @@ def raw_bookkeeping_apply(
     """
     from migsync.backends.sqlite import _placeholders
     from migsync.core.handler import MigrationHandler
-    from migsync.core.history_sql import history_sql
     from migsync.core.processor import ChangesProcessor
-    from migsync.core.schema import DEFAULT_TABLES
 
     conn = raw_connect(db, pragmas)
     proc = ChangesProcessor.__new__(ChangesProcessor)
-    ChangesProcessor.__init__(proc, None, MigrationHandler("sqlite"))  # type: ignore[arg-type]
+    handler = MigrationHandler("sqlite")
+    ChangesProcessor.__init__(proc, None, handler)  # type: ignore[arg-type]
     done = _placeholders(proc._sql_finish)
-    upsert = _placeholders(history_sql(DEFAULT_TABLES).upsert_status)
+    upsert = _placeholders(handler._upsert_status)
     changes = conn.execute(
         "SELECT q.seq, q.migration_name, m.version, m.checksum FROM migration_changes q "
         "JOIN client_migration m ON m.name = q.migration_name ORDER BY q.seq"
