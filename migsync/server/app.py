@@ -563,8 +563,8 @@ class _Api:
             try:
                 ack = await self.store.receive_changes(client_id, changes, after)
             except NotInOrder as exc:
-                # The batch before may be in flight here: once those before this one are done,
-                # once more (see migsync.server.batch_turns).
+                # The batch before may be in flight in this process: wait for the batches that
+                # arrived here before this one, then try once more (migsync.server.batch_turns).
                 if not await self._batches.after(client_id, before):
                     raise ApiError(409, str(exc), headers=_ORDERED) from None
                 try:

@@ -52,11 +52,15 @@ class BatchTurns:
                 del self._flying[client_id]
 
     async def after(self, client_id: int, before: list[asyncio.Event]) -> bool:
-        """Wait until the batches in ``before`` are done (stored or refused); False at once if
-        none is in flight any more, or after :attr:`wait` seconds if one still is."""
+        """Wait until the batches in ``before`` are done (stored or refused): True once they are
+        (at once if they are already: the batch before may have committed just after the store
+        said it had not), False at once if there are none, or after :attr:`wait` seconds if one
+        is still in flight."""
+        if not before:
+            return False
         pending = [event for event in before if not event.is_set()]
         if not pending:
-            return False
+            return True
         self.waiting[client_id] = self.waiting.get(client_id, 0) + 1
         try:
             await asyncio.wait_for(asyncio.gather(*(event.wait() for event in pending)), self.wait)
