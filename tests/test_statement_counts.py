@@ -113,8 +113,9 @@ async def test_sqlite_revert_costs_the_script_and_four_statements_and_the_key_ch
 @contextlib.contextmanager
 def asyncpg_messages(seen: list[str]) -> Iterator[None]:
     """Every call that sends a message to Postgres (the pool's proxy forwards to these), made on
-    this event loop: a server another test left in a thread of this process (its own loop)
-    polls its store meanwhile, and those messages are not this pass's."""
+    this event loop: other threads of this process send their own meanwhile (conftest's
+    ``DatabaseDropper`` drops earlier tests' databases on a loop of its own), and those
+    messages are not this pass's."""
     names = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
     saved = {name: getattr(asyncpg.Connection, name) for name in names}
     ours = asyncio.get_running_loop()
